@@ -1,0 +1,156 @@
+"""The canonical checkpoint: names and layouts every framework adapter converts to.
+
+Names are torchvision's state_dict keys (without ``num_batches_tracked``); a variant
+without BatchNorm uses the same names with ``conv.bias`` and no ``bn``. Layouts are
+PyTorch's: conv kernels OIHW, dense weights (out, in), a flattened map read in
+(C, H, W) order. Files are safetensors: no pickle, so loading runs no code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .spec import ConvUnit, Dense, Plan
+
+Params = dict[str, np.ndarray]
+
+BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
+
+
+class CanonicalError(ValueError):
+    """Canonical parameters that do not fit a plan (names, shapes, dtypes)."""
+
+
+def conv_shapes(u: ConvUnit) -> dict[str, tuple[int, ...]]:
+    shapes = {f"{u.name}.conv.weight": (u.out_channels, u.in_channels, u.kernel, u.kernel)}
+    if u.norm is None:
+        shapes[f"{u.name}.conv.bias"] = (u.out_channels,)
+    else:
+        shapes.update({f"{u.name}.bn.{s}": (u.out_channels,) for s in BN_SUFFIXES})
+    return shapes
+
+
+def dense_shapes(d: Dense) -> dict[str, tuple[int, ...]]:
+    return {f"{d.name}.weight": (d.out_features, d.in_features), f"{d.name}.bias": (d.out_features,)}
+
+
+def canonical_shapes(p: Plan) -> dict[str, tuple[int, ...]]:
+    """Every canonical key and its shape, in torchvision's state_dict order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for u in p.units():
+        shapes.update(conv_shapes(u) if isinstance(u, ConvUnit) else dense_shapes(u))
+    return shapes
+
+
+def validate(p: Plan, params: Mapping[str, np.ndarray]) -> None:
+    """Strict check before loading: every key present, none extra, shapes and dtype
+    exact. The error names each offending key with both shapes."""
+    expected = canonical_shapes(p)
+    problems = [f"missing key {k!r} (expected shape {s})" for k, s in expected.items()
+                if k not in params]
+    problems += [f"unexpected key {k!r} (shape {_shape(v)})" for k, v in params.items()
+                 if k not in expected]
+    for key, shape in expected.items():
+        value = params.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, np.ndarray):
+            problems.append(f"{key!r}: expected a numpy.ndarray, got {type(value).__name__}")
+        elif value.shape != shape:
+            problems.append(f"shape mismatch at {key!r}: expected {shape}, got {value.shape}")
+        elif value.dtype != np.float32:
+            problems.append(f"{key!r}: expected float32, got {value.dtype}")
+    if problems:
+        head = f"canonical parameters do not fit {describe(p)}: "
+        more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
+        raise CanonicalError(head + "; ".join(problems[:8]) + more)
+
+
+def describe(p: Plan) -> str:
+    v = p.variant
+    return f"{v.name} (num_classes={v.num_classes}, aux_logits={v.aux_logits})"
+
+
+def _shape(value: object) -> object:
+    return getattr(value, "shape", type(value).__name__)
+
+
+def random_params(p: Plan, seed: int = 0) -> Params:
+    """Seeded weights that exercise every parameter and keep activations O(1).
+
+    BatchNorm running variances are small (1e-3 .. 1e-2, comparable to eps 1e-3) with
+    the scale compensating, so a wrong epsilon changes each layer's gain by up to 40%.
+    """
+    rng = np.random.default_rng(seed)
+    params: Params = {}
+    for key, shape in canonical_shapes(p).items():
+        if key.endswith("conv.weight"):  # He init: keeps the activation scale through ReLUs
+            fan_in = int(np.prod(shape[1:]))
+            value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+        elif key.endswith(".bn.running_var"):
+            value = rng.uniform(1e-3, 1e-2, shape)
+        elif key.endswith(".bn.weight"):
+            value = rng.uniform(0.5, 1.5, shape)  # scaled by sqrt(var + eps) below
+        elif key.endswith(".weight"):  # dense (out, in)
+            value = rng.standard_normal(shape) / np.sqrt(shape[1])
+        else:  # biases, BN shifts and running means
+            value = rng.standard_normal(shape) * 0.1
+        params[key] = value.astype(np.float32)
+    for u in p.conv_units():
+        if u.norm is not None:
+            var = params[f"{u.name}.bn.running_var"].astype(np.float64)
+            gain = params[f"{u.name}.bn.weight"] * np.sqrt(var + u.norm.eps)
+            params[f"{u.name}.bn.weight"] = gain.astype(np.float32)
+    return params
+
+
+# --------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` through a temporary file in the same directory, then rename it into
+    place, so a reader never sees half a file. An existing ``path`` is an error unless
+    ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists; refusing to overwrite it")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save(params: Mapping[str, np.ndarray], path: str | Path, p: Plan | None = None,
+         overwrite: bool = False) -> Path:
+    """Save canonical parameters as safetensors (validated against ``p`` when given;
+    the variant and its options go into the file's metadata)."""
+    from safetensors.numpy import save as st_save
+
+    metadata = {"format": "googlenet-canonical"}
+    if p is not None:
+        validate(p, params)
+        metadata.update({"variant": p.variant.name, **{k: str(v) for k, v in p.variant.options.items()}})
+    data = st_save({k: np.ascontiguousarray(v) for k, v in params.items()}, metadata=metadata)
+    return atomic_write(path, data, overwrite=overwrite)
+
+
+def load(path: str | Path) -> Params:
+    """Read a canonical safetensors file into numpy arrays."""
+    from safetensors.numpy import load_file
+
+    return dict(load_file(str(path)))

@@ -1,0 +1,71 @@
+"""What every ``impl_*`` package exposes, and the framework-neutral checks they share.
+
+Each implementation package provides these functions (the harness, tests and
+users call them the same way for every framework)::
+
+    build(variant, num_classes=1000, aux_logits=False, **options) -> native model
+    to_canonical(model) -> dict[str, numpy.ndarray]
+    from_canonical(model, params) -> None          # strict
+    forward(model, x, aux=False) -> logits | (logits, aux2, aux1)
+    stages(model, x) -> dict[str, numpy.ndarray]   # every stage, NCHW
+    count_params(model) -> (trainable, statistics) # with the framework's own API
+    version() -> str
+
+``x`` is always NCHW float32; each implementation handles its own layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+
+from .spec import Plan, SpecError, aux_admits, stage_shapes
+
+
+class Backend(Protocol):
+    name: str
+    build: Callable[..., Any]
+    to_canonical: Callable[[Any], dict[str, np.ndarray]]
+    from_canonical: Callable[[Any, Mapping[str, np.ndarray]], None]
+    forward: Callable[..., Any]
+    stages: Callable[[Any, np.ndarray], dict[str, np.ndarray]]
+    count_params: Callable[[Any], tuple[int, int]]
+    version: Callable[[], str]
+
+
+def check_input(p: Plan, x: object) -> np.ndarray:
+    """``x`` as a contiguous NCHW float32 array the plan can run, or a clear error."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x: expected a numpy.ndarray (NCHW float32), got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != p.in_channels:
+        raise ValueError(f"x: expected shape (N, {p.in_channels}, H, W), got {x.shape}")
+    if x.dtype != np.float32:
+        raise ValueError(f"x: expected dtype float32, got {x.dtype}")
+    if x.shape[0] < 1:
+        raise ValueError("x: expected a batch of at least one image, got 0")
+    stage_shapes(p, x.shape[2:])  # raises SpecError when the image is too small
+    return np.ascontiguousarray(x)
+
+
+def aux_wanted(p: Plan, x: np.ndarray, aux: bool) -> bool:
+    """Validate a request for aux logits at this input size."""
+    if not aux:
+        return False
+    if not p.aux:
+        raise ValueError("aux=True: the model was built with aux_logits=False")
+    if not aux_admits(p, x.shape[2:]):
+        raise SpecError(f"aux=True: at input {x.shape[2]} x {x.shape[3]} the aux pool does not give "
+                        f"the {p.aux[0].pooled} x {p.aux[0].pooled} map fc1 expects")
+    return True
+
+
+def select_outputs(p: Plan, out: Mapping[str, np.ndarray], aux: bool) -> Any:
+    """logits, or (logits, aux2, aux1) in torchvision's order."""
+    if not aux:
+        return out["logits"]
+    return (out["logits"], *(out[head.name] for head in reversed(p.aux)))
+
+
+def output_names(p: Plan, aux: bool) -> tuple[str, ...]:
+    return ("logits", *(head.name for head in p.aux)) if aux else ("logits",)

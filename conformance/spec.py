@@ -1,0 +1,558 @@
+"""The one description of every GoogLeNet variant, as data.
+
+Two levels:
+
+* The *table*: a :class:`Variant` lists its layers in order, one row each, as in
+  the paper's Table 1 (``Conv``, ``Pool``, ``Inception`` rows), plus the settings
+  that apply everywhere (normalization, branch-3 kernel, aux heads, dropout).
+* The *plan*: :func:`plan` resolves a variant into named units with their input
+  channels filled in (``ConvUnit``, ``Dense``, ...). Unit names are the canonical
+  checkpoint prefixes (torchvision's state_dict names), so every framework builds
+  the same tree with the same names, and the checkpoint keys follow from the plan.
+
+Everything here is plain Python: shapes, parameter counts and multiply-adds are
+computed without importing any framework. The shape comments in the tables are
+for a 224 x 224 input; ``python -m conformance spec`` prints them for any size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, Union
+
+# --------------------------------------------------------------------------------------
+# Table rows
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A conv unit: convolution, then BatchNorm (if the variant has it), then ReLU."""
+
+    name: str
+    out: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A max or average pool with PyTorch semantics (padding, ceil rounding)."""
+
+    name: str
+    kind: Literal["max", "avg"]
+    kernel: int
+    stride: int
+    padding: int = 0
+    ceil_mode: bool = False
+    # Average pools only: do zero-padded cells count in the mean (PyTorch's default)?
+    count_include_pad: bool = True
+
+
+@dataclass(frozen=True)
+class AdaptiveAvgPool:
+    """Average pool to a fixed ``size`` x ``size`` map, PyTorch's window rule."""
+
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Inception:
+    """One row of the paper's Table 1."""
+
+    name: str
+    ch1x1: int
+    ch3x3red: int
+    ch3x3: int
+    ch5x5red: int
+    ch5x5: int
+    pool_proj: int
+
+    @property
+    def out(self) -> int:
+        return self.ch1x1 + self.ch3x3 + self.ch5x5 + self.pool_proj
+
+
+Row = Union[Conv, Pool, Inception]
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """BatchNorm after every conv (the conv then has no bias).
+
+    ``momentum`` uses PyTorch's convention (weight of the new batch statistic);
+    Keras and Gluon take ``1 - momentum``.
+    """
+
+    eps: float
+    momentum: float = 0.1
+
+
+@dataclass(frozen=True)
+class AuxHead:
+    """Auxiliary classifier: pool -> 1x1 conv -> flatten -> fc -> ReLU -> dropout -> fc."""
+
+    pool: Union[Pool, AdaptiveAvgPool]
+    conv: int = 128
+    fc: int = 1024
+    dropout: float = 0.7
+    # The spatial size the pool must produce: fc1 has conv * pooled**2 inputs.
+    pooled: int = 4
+    taps: tuple[str, ...] = ("inception4a", "inception4d")  # feed aux1, aux2, ...
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """torchvision's ``transform_input``: re-maps ImageNet mean/std-normalised input
+    to the (x - 0.5) / 0.5 normalisation the ported Inception weights expect."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def scale(self) -> tuple[float, ...]:
+        return tuple(s / 0.5 for s in self.std)
+
+    @property
+    def shift(self) -> tuple[float, ...]:
+        return tuple((m - 0.5) / 0.5 for m in self.mean)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A complete GoogLeNet variant. The last three fields are build options."""
+
+    name: str
+    description: str
+    rows: tuple[Row, ...]
+    branch3_kernel: int
+    branch_pool: Pool  # the pool opening branch 4 of every Inception block
+    norm: BatchNorm | None
+    aux: AuxHead | None
+    dropout: float
+    in_channels: int = 3
+    input_size: int = 224  # the size the variant was designed for; any admissible size runs
+    input_transform: InputTransform | None = None
+    # Build options (see configure()).
+    num_classes: int = 1000
+    aux_logits: bool = False
+    transform_input: bool = False
+
+    @property
+    def options(self) -> dict[str, object]:
+        return {"num_classes": self.num_classes, "aux_logits": self.aux_logits,
+                "transform_input": self.transform_input}
+
+
+# --------------------------------------------------------------------------------------
+# The variants
+# --------------------------------------------------------------------------------------
+
+# fmt: off
+_TABLE1 = (                  # 1x1 3x3red 3x3 5x5red 5x5 pool   out   @224
+    Inception("inception3a",  64,  96, 128, 16,  32,  32),      # N x  256 x 28 x 28
+    Inception("inception3b", 128, 128, 192, 32,  96,  64),      # N x  480 x 28 x 28
+    Inception("inception4a", 192,  96, 208, 16,  48,  64),      # N x  512 x 14 x 14
+    Inception("inception4b", 160, 112, 224, 24,  64,  64),      # N x  512 x 14 x 14
+    Inception("inception4c", 128, 128, 256, 24,  64,  64),      # N x  512 x 14 x 14
+    Inception("inception4d", 112, 144, 288, 32,  64,  64),      # N x  528 x 14 x 14
+    Inception("inception4e", 256, 160, 320, 32, 128, 128),      # N x  832 x 14 x 14
+    Inception("inception5a", 256, 160, 320, 32, 128, 128),      # N x  832 x  7 x  7
+    Inception("inception5b", 384, 192, 384, 48, 128, 128),      # N x 1024 x  7 x  7
+)
+_3a, _3b, _4a, _4b, _4c, _4d, _4e, _5a, _5b = _TABLE1
+
+
+def _max(name: str, kernel: int = 3, stride: int = 2) -> Pool:
+    return Pool(name, "max", kernel, stride, ceil_mode=True)
+
+
+GOOGLENET = Variant(
+    name="googlenet",
+    description="the paper network as the PyTorch post builds it: conv + bias + ReLU, 5x5 branch 3",
+    rows=(                                                      # N x    3 x 224 x 224
+        Conv("conv1", 64, 7, stride=2, padding=3),              # N x   64 x 112 x 112
+        _max("maxpool1"),                                       # N x   64 x  56 x  56
+        Conv("conv2", 64, 1),                                   # N x   64 x  56 x  56
+        Conv("conv3", 192, 3, padding=1),                       # N x  192 x  56 x  56
+        _max("maxpool2"),                                       # N x  192 x  28 x  28
+        _3a, _3b,
+        _max("maxpool3"),                                       # N x  480 x  14 x  14
+        _4a, _4b, _4c, _4d, _4e,
+        _max("maxpool4"),                                       # N x  832 x   7 x   7
+        _5a, _5b,
+    ),
+    branch3_kernel=5,
+    branch_pool=Pool("branch_pool", "max", 3, 1, padding=1, ceil_mode=True),
+    norm=None,
+    aux=AuxHead(pool=Pool("pool", "avg", 5, 3)),                # 14 x 14 -> 4 x 4
+    dropout=0.4,
+)
+
+GOOGLENET_BN = dataclasses.replace(
+    GOOGLENET,
+    name="googlenet_bn",
+    description="torchvision's googlenet: conv (no bias) + BatchNorm(eps 1e-3) + ReLU, "
+                "3x3 branch 3, 2x2 pool before 5a, adaptive aux pool",
+    rows=tuple(_max("maxpool4", kernel=2) if r.name == "maxpool4" else r for r in GOOGLENET.rows),
+    branch3_kernel=3,  # torchvision's known bug (pytorch/vision#906), kept for its weights
+    norm=BatchNorm(eps=1e-3),
+    aux=AuxHead(pool=AdaptiveAvgPool("pool", 4)),
+    dropout=0.2,
+    input_transform=InputTransform(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+)
+# fmt: on
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (GOOGLENET, GOOGLENET_BN)}
+
+
+class SpecError(ValueError):
+    """A variant name, option or input size that the spec cannot honour."""
+
+
+def configure(variant: str | Variant, num_classes: int = 1000, aux_logits: bool = False,
+              **options: object) -> Variant:
+    """The variant with its build options set and checked.
+
+    ``options``: ``transform_input`` (only for variants that define an input transform).
+    """
+    if isinstance(variant, str):
+        if variant not in VARIANTS:
+            raise SpecError(f"variant: unknown {variant!r}; expected one of {sorted(VARIANTS)}")
+        variant = VARIANTS[variant]
+    unknown = set(options) - {"transform_input"}
+    if unknown:
+        raise SpecError(f"option {sorted(unknown)[0]!r} is not known; expected: transform_input")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise SpecError(f"num_classes: expected a positive integer, got {num_classes!r}")
+    transform_input = bool(options.get("transform_input", False))
+    if transform_input and variant.input_transform is None:
+        raise SpecError(f"transform_input: variant {variant.name!r} defines no input transform")
+    if aux_logits and variant.aux is None:
+        raise SpecError(f"aux_logits: variant {variant.name!r} has no aux heads")
+    return dataclasses.replace(variant, num_classes=num_classes, aux_logits=bool(aux_logits),
+                               transform_input=transform_input)
+
+
+# --------------------------------------------------------------------------------------
+# The plan: named units with input channels resolved
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvUnit:
+    """Conv (+ BatchNorm) + ReLU; ``name`` is the canonical prefix, e.g.
+    ``inception3a.branch2.1`` owns ``inception3a.branch2.1.conv.weight``."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    norm: BatchNorm | None
+
+    @property
+    def bias(self) -> bool:
+        return self.norm is None
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Fully connected layer. ``flattened_from`` is the (C, H, W) map it reads after a
+    flatten, in PyTorch's (C, H, W) order; None when it reads a plain vector."""
+
+    name: str
+    in_features: int
+    out_features: int
+    flattened_from: tuple[int, int, int] | None = None
+
+
+PoolUnit = Union[Pool, AdaptiveAvgPool]
+Op = Union[ConvUnit, PoolUnit]
+
+
+@dataclass(frozen=True)
+class InceptionBlock:
+    """Four parallel branches, concatenated on channels. A branch with a single op
+    is that op (``branch1.conv``); a longer one is a sequence (``branch2.0.conv``)."""
+
+    name: str
+    in_channels: int
+    branches: tuple[tuple[Op, ...], ...]
+
+    @property
+    def out_channels(self) -> int:
+        return sum(_chain_out(b, self.in_channels) for b in self.branches)
+
+
+Stage = Union[ConvUnit, PoolUnit, InceptionBlock]
+
+
+@dataclass(frozen=True)
+class AuxUnit:
+    name: str  # aux1, aux2
+    tap: str  # the stage whose output it reads
+    pool: PoolUnit
+    conv: ConvUnit
+    fc1: Dense
+    fc2: Dense
+    dropout: float
+    pooled: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    variant: Variant
+    stages: tuple[Stage, ...]
+    aux: tuple[AuxUnit, ...]
+    fc: Dense
+    dropout: float
+    transform: InputTransform | None = None
+
+    @property
+    def in_channels(self) -> int:
+        return self.variant.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.variant.num_classes
+
+    def aux_for(self, stage: str) -> tuple[AuxUnit, ...]:
+        return tuple(a for a in self.aux if a.tap == stage)
+
+    def units(self) -> Iterator[Union[ConvUnit, Dense]]:
+        """Every parametrised unit in canonical (torchvision state_dict) order: the
+        trunk's conv units, then each aux head's conv, fc1, fc2, then fc."""
+        for stage in self.stages:
+            if isinstance(stage, ConvUnit):
+                yield stage
+            elif isinstance(stage, InceptionBlock):
+                for branch in stage.branches:
+                    yield from (op for op in branch if isinstance(op, ConvUnit))
+        for head in self.aux:
+            yield from (head.conv, head.fc1, head.fc2)
+        yield self.fc
+
+    def conv_units(self) -> Iterator[ConvUnit]:
+        return (u for u in self.units() if isinstance(u, ConvUnit))
+
+
+def _chain_out(ops: tuple[Op, ...], in_channels: int) -> int:
+    for op in ops:
+        if isinstance(op, ConvUnit):
+            in_channels = op.out_channels
+    return in_channels
+
+
+def _conv(row: Conv, name: str, in_channels: int, norm: BatchNorm | None) -> ConvUnit:
+    return ConvUnit(name, in_channels, row.out, row.kernel, row.stride, row.padding, norm)
+
+
+def _inception(row: Inception, in_channels: int, v: Variant) -> InceptionBlock:
+    k = v.branch3_kernel
+    n = row.name
+
+    def conv(local: str, cin: int, cout: int, kernel: int) -> ConvUnit:
+        return ConvUnit(f"{n}.{local}", cin, cout, kernel, 1, kernel // 2, v.norm)
+
+    pool = dataclasses.replace(v.branch_pool, name=f"{n}.branch4.0")
+    return InceptionBlock(n, in_channels, (
+        (conv("branch1", in_channels, row.ch1x1, 1),),
+        (conv("branch2.0", in_channels, row.ch3x3red, 1),
+         conv("branch2.1", row.ch3x3red, row.ch3x3, 3)),
+        (conv("branch3.0", in_channels, row.ch5x5red, 1),
+         conv("branch3.1", row.ch5x5red, row.ch5x5, k)),
+        (pool, conv("branch4.1", in_channels, row.pool_proj, 1)),
+    ))
+
+
+def plan(variant: Variant) -> Plan:
+    """Resolve a configured variant into named units (see :func:`configure`)."""
+    stages: list[Stage] = []
+    channels: dict[str, int] = {}
+    c = variant.in_channels
+    for row in variant.rows:
+        if isinstance(row, Conv):
+            stage: Stage = _conv(row, row.name, c, variant.norm)
+            c = row.out
+        elif isinstance(row, Inception):
+            stage = _inception(row, c, variant)
+            if stage.out_channels != row.out:  # the table and the branches must agree
+                raise SpecError(f"{row.name}: branches give {stage.out_channels} channels")
+            c = row.out
+        else:
+            stage = row
+        stages.append(stage)
+        channels[row.name] = c
+    aux: list[AuxUnit] = []
+    if variant.aux_logits and variant.aux is not None:
+        head = variant.aux
+        for i, tap in enumerate(head.taps, start=1):
+            name = f"aux{i}"
+            conv = ConvUnit(f"{name}.conv", channels[tap], head.conv, 1, 1, 0, variant.norm)
+            flat = (head.conv, head.pooled, head.pooled)
+            aux.append(AuxUnit(
+                name, tap, dataclasses.replace(head.pool, name=f"{name}.pool"), conv,
+                Dense(f"{name}.fc1", math.prod(flat), head.fc, flattened_from=flat),
+                Dense(f"{name}.fc2", head.fc, variant.num_classes),
+                head.dropout, head.pooled,
+            ))
+    transform = variant.input_transform if variant.transform_input else None
+    return Plan(variant, tuple(stages), tuple(aux), Dense("fc", c, variant.num_classes),
+                variant.dropout, transform)
+
+
+# --------------------------------------------------------------------------------------
+# Arithmetic: output sizes, shapes, parameter counts, multiply-adds
+# --------------------------------------------------------------------------------------
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output size (``ceil_mode`` drops a last window that would
+    start in the right padding)."""
+    span = size + 2 * padding - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows: [floor(i*size/out), ceil((i+1)*size/out))."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+HW = tuple[int, int]
+CHW = tuple[int, int, int]
+
+
+def _op_chw(op: Stage, chw: CHW) -> CHW:
+    c, h, w = chw
+    if isinstance(op, ConvUnit):
+        return (op.out_channels, conv_out(h, op.kernel, op.stride, op.padding),
+                conv_out(w, op.kernel, op.stride, op.padding))
+    if isinstance(op, Pool):
+        return (c, pool_out(h, op.kernel, op.stride, op.padding, op.ceil_mode),
+                pool_out(w, op.kernel, op.stride, op.padding, op.ceil_mode))
+    if isinstance(op, AdaptiveAvgPool):
+        return (c, op.size, op.size)
+    return (op.out_channels, h, w)  # Inception blocks keep the spatial size
+
+
+def _size(size: int | HW) -> HW:
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in hw):
+        raise SpecError(f"input size: expected a positive int or (height, width), got {size!r}")
+    return hw  # type: ignore[return-value]
+
+
+def stage_shapes(p: Plan, size: int | HW) -> dict[str, CHW]:
+    """(C, H, W) after every stage; SpecError if the input is too small for the network."""
+    h, w = _size(size)
+    chw: CHW = (p.in_channels, h, w)
+    out: dict[str, CHW] = {}
+    for stage in p.stages:
+        chw = _op_chw(stage, chw)
+        if min(chw[1:]) < 1:
+            raise SpecError(f"input size {size}: nothing left after {stage.name} "
+                            f"({chw[1]} x {chw[2]}); use a larger --input-size")
+        out[stage.name] = chw
+    return out
+
+
+def aux_admits(p: Plan, size: int | HW) -> bool:
+    """Whether the aux heads can run at this input size: their pool must give the
+    ``pooled x pooled`` map that fc1's weights expect (avg 5x5/3 needs a 14-16 map)."""
+    if not p.aux:
+        return False
+    shapes = stage_shapes(p, size)
+    return all(_op_chw(a.pool, shapes[a.tap])[1:] == (a.pooled, a.pooled) for a in p.aux)
+
+
+def expected_shapes(p: Plan, size: int | HW, batch: int = 1) -> dict[str, tuple[int, ...]]:
+    """Output shape of every stage (NCHW), then ``avgpool`` (the pooled features),
+    ``logits`` and, where the size admits them, the aux logits."""
+    shapes: dict[str, tuple[int, ...]] = {
+        name: (batch, *chw) for name, chw in stage_shapes(p, size).items()}
+    shapes["avgpool"] = (batch, p.fc.in_features)
+    shapes["logits"] = (batch, p.num_classes)
+    if aux_admits(p, size):
+        shapes.update({head.name: (batch, p.num_classes) for head in p.aux})
+    return shapes
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    """One parametrised layer: canonical name, trainable parameters, BatchNorm
+    statistics (running mean + variance) and multiply-adds at a given input size."""
+
+    name: str
+    params: int
+    stats: int
+    macs: int
+
+
+def conv_params(u: ConvUnit) -> tuple[int, int]:
+    """(trainable, statistics): kernel + bias, or kernel + BN scale/shift and stats."""
+    kernel = u.out_channels * u.in_channels * u.kernel * u.kernel
+    if u.norm is None:
+        return kernel + u.out_channels, 0
+    return kernel + 2 * u.out_channels, 2 * u.out_channels
+
+
+def dense_params(d: Dense) -> tuple[int, int]:
+    return d.in_features * d.out_features + d.out_features, 0
+
+
+def layer_counts(p: Plan, size: int | HW = 224) -> list[LayerCount]:
+    """Per conv unit and dense layer, in forward order. Pools, ReLU and BatchNorm's
+    element-wise work are not counted as multiply-adds (the usual convention)."""
+    shapes = stage_shapes(p, size)
+    admitted = aux_admits(p, size)
+    rows: list[LayerCount] = []
+
+    def conv_row(u: ConvUnit, in_hw: HW) -> HW:
+        h, w = (conv_out(s, u.kernel, u.stride, u.padding) for s in in_hw)
+        params, stats = conv_params(u)
+        macs = h * w * u.out_channels * u.in_channels * u.kernel * u.kernel
+        rows.append(LayerCount(u.name, params, stats, macs))
+        return h, w
+
+    def dense_row(d: Dense, active: bool = True) -> None:
+        macs = d.in_features * d.out_features if active else 0
+        rows.append(LayerCount(d.name, *dense_params(d), macs))
+
+    hw = _size(size)
+    for stage in p.stages:
+        if isinstance(stage, ConvUnit):
+            conv_row(stage, hw)
+        elif isinstance(stage, InceptionBlock):
+            for branch in stage.branches:
+                bhw = hw
+                for op in branch:
+                    bhw = conv_row(op, bhw) if isinstance(op, ConvUnit) else _op_chw(op, (0, *bhw))[1:]
+        hw = shapes[stage.name][1:]
+        for head in p.aux_for(stage.name):
+            pooled = (head.pooled, head.pooled)
+            conv_row(head.conv, pooled)
+            if not admitted:  # the aux heads do not run at this size
+                rows[-1] = dataclasses.replace(rows[-1], macs=0)
+            dense_row(head.fc1, admitted)
+            dense_row(head.fc2, admitted)
+    dense_row(p.fc)
+    return rows
+
+
+def count_params(p: Plan) -> tuple[int, int]:
+    """(trainable parameters, BatchNorm statistics) of the whole plan."""
+    counts = [conv_params(u) if isinstance(u, ConvUnit) else dense_params(u) for u in p.units()]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)

@@ -1,0 +1,75 @@
+"""GoogLeNet in Keras 3 (TensorFlow backend): the shared interface (see
+``conformance.interface``). Inputs and outputs are NCHW numpy; the model runs NHWC."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of reports
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from conformance import interface  # noqa: E402
+from conformance.spec import aux_admits, configure, plan  # noqa: E402
+
+from .model import GoogLeNet  # noqa: E402
+from .weights import from_canonical, to_canonical  # noqa: E402
+
+name = "keras"
+__all__ = ["GoogLeNet", "build", "count_params", "forward", "from_canonical", "stages",
+           "to_canonical", "version"]
+
+
+def version() -> str:
+    return f"keras {keras.__version__} ({keras.backend.backend()} {_backend_version()})"
+
+
+def _backend_version() -> str:
+    import importlib
+
+    module = importlib.import_module(keras.backend.backend())
+    return getattr(module, "__version__", "?")
+
+
+def build(variant: str, num_classes: int = 1000, aux_logits: bool = False, **options: object) -> GoogLeNet:
+    """A built GoogLeNet (weights created by one forward at the spec's input size),
+    initialised as torchvision does: truncated normal, std 0.01, for kernels."""
+    p = plan(configure(variant, num_classes, aux_logits, **options))
+    model = GoogLeNet(p)
+    size = p.variant.input_size
+    model.forward_stages(np.zeros((1, size, size, p.in_channels), np.float32), with_aux=bool(p.aux))
+    init = keras.initializers.TruncatedNormal(stddev=0.01, seed=0)
+    for v in model.trainable_weights:
+        if v.path.endswith("/kernel"):
+            v.assign(init(v.shape))
+    return model
+
+
+def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool) -> dict[str, np.ndarray]:
+    out = model.forward_stages(x.transpose(0, 2, 3, 1), with_aux=with_aux, training=False)
+    # NHWC -> NCHW for every 4-D activation; vectors are layout-free.
+    return {k: keras.ops.convert_to_numpy(v).transpose(0, 3, 1, 2) if len(v.shape) == 4
+            else keras.ops.convert_to_numpy(v) for k, v in out.items()}
+
+
+def forward(model: GoogLeNet, x: np.ndarray, aux: bool = False):
+    """Logits (or logits, aux2, aux1) as numpy, with inference behaviour."""
+    x = interface.check_input(model.plan, x)
+    out = _run(model, x, interface.aux_wanted(model.plan, x, aux))
+    return interface.select_outputs(model.plan, out, aux)
+
+
+def stages(model: GoogLeNet, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every stage's activation (NCHW), the pooled features, the logits and, where the
+    input size admits them, the aux logits."""
+    x = interface.check_input(model.plan, x)
+    return _run(model, x, bool(model.plan.aux) and aux_admits(model.plan, x.shape[2:]))
+
+
+def count_params(model: GoogLeNet) -> tuple[int, int]:
+    """(trainable weights, non-trainable weights: BatchNorm's moving statistics), as Keras
+    counts them. ``model.count_params()`` would add the two."""
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    return trainable, sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)

@@ -1,0 +1,165 @@
+"""GoogLeNet in Keras 3, built from a ``conformance.spec`` plan.
+
+Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
+
+* Layout is NHWC (channels last): TensorFlow's CPU kernels want it. Shape comments
+  read ``N x H x W x C``; concatenation is on the last axis.
+* Every weight-carrying layer is named with its canonical prefix
+  (``inception3a.branch2.1.conv``), so the weight adapter is a table, not a pairing
+  by order. Nested Keras layers do not prefix names, so full names are passed.
+* Padding: PyTorch's ``padding=3`` on the strided 7x7 conv pads (3, 3); Keras
+  ``"same"`` would pad (2, 3) at 224. Same shape, shifted values. Explicit
+  ``ZeroPadding2D`` reproduces PyTorch; ``"same"`` is used only where it is
+  symmetric (stride 1, odd kernel).
+* Pools follow PyTorch's ceil rounding through ``layers.Pool2D``; the adaptive aux
+  pool has no Keras layer (``layers.AdaptiveAvgPool2D``).
+* BatchNorm momentum is the weight of the *old* statistic: 1 - PyTorch's momentum.
+* ``Flatten`` reads NHWC in (H, W, C) order; the weight adapter permutes fc1's rows.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from conformance.spec import AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage
+
+from .layers import AdaptiveAvgPool2D, Pool2D
+
+
+class BasicConv2d(layers.Layer):
+    """conv -> [BatchNorm] -> ReLU, padded exactly as PyTorch pads."""
+
+    def __init__(self, u: ConvUnit) -> None:
+        super().__init__(name=u.name)
+        same = u.stride == 1 and 2 * u.padding == u.kernel - 1  # symmetric, so safe
+        explicit = u.padding > 0 and not same
+        self.pad = layers.ZeroPadding2D(u.padding, name=f"{u.name}.pad") if explicit else None
+        self.conv = layers.Conv2D(u.out_channels, u.kernel, strides=u.stride,
+                                  padding="same" if same and u.padding else "valid",
+                                  use_bias=u.bias, name=f"{u.name}.conv")
+        self.bn = None if u.norm is None else layers.BatchNormalization(
+            epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, name=f"{u.name}.bn")
+        self.relu = layers.ReLU()
+
+    def call(self, x):
+        if self.pad is not None:
+            x = self.pad(x)
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.relu(x)
+
+
+def make_pool(p: Pool | AdaptiveAvgPool) -> layers.Layer:
+    return AdaptiveAvgPool2D(p) if isinstance(p, AdaptiveAvgPool) else Pool2D(p)
+
+
+def make_op(op: Op) -> layers.Layer:
+    return BasicConv2d(op) if isinstance(op, ConvUnit) else make_pool(op)
+
+
+class Sequential(layers.Layer):
+    """A numbered chain of ops (``branch2.0``, ``branch2.1``), like ``nn.Sequential``."""
+
+    def __init__(self, ops_: tuple[Op, ...], name: str) -> None:
+        super().__init__(name=name)
+        self.ops = [make_op(op) for op in ops_]
+
+    def call(self, x):
+        for op in self.ops:
+            x = op(x)
+        return x
+
+
+def make_branch(ops_: tuple[Op, ...], name: str) -> layers.Layer:
+    """A single op stands alone (``branch1.conv``); a chain is numbered (``branch2.0.conv``)."""
+    return make_op(ops_[0]) if len(ops_) == 1 else Sequential(ops_, name)
+
+
+class Inception(layers.Layer):
+    def __init__(self, block: InceptionBlock) -> None:
+        super().__init__(name=block.name)
+        # 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 (3x3 in torchvision) | 3x3 max pool -> 1x1
+        self.branch1, self.branch2, self.branch3, self.branch4 = (
+            make_branch(ops_, f"{block.name}.branch{i}") for i, ops_ in enumerate(block.branches, 1))
+
+    def call(self, x):
+        # N x 28 x 28 x 192 (inception3a)
+        branches = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
+        # N x 28 x 28 x (64 + 128 + 32 + 32): concatenated on the channel axis, last here
+        return ops.concatenate(branches, axis=-1)
+
+
+class InceptionAux(layers.Layer):
+    def __init__(self, head: AuxUnit) -> None:
+        super().__init__(name=head.name)
+        self.pool = make_pool(head.pool)
+        self.conv = BasicConv2d(head.conv)
+        self.flatten = layers.Flatten()
+        self.fc1 = layers.Dense(head.fc1.out_features, name=head.fc1.name)
+        self.fc2 = layers.Dense(head.fc2.out_features, name=head.fc2.name)
+        self.dropout = layers.Dropout(head.dropout)
+
+    def call(self, x):
+        # aux1: N x 14 x 14 x 512, aux2: N x 14 x 14 x 528
+        x = self.pool(x)
+        # aux1: N x 4 x 4 x 512, aux2: N x 4 x 4 x 528
+        x = self.conv(x)
+        # N x 4 x 4 x 128
+        x = self.flatten(x)
+        # N x 2048, in (H, W, C) order: fc1's rows are permuted when porting
+        x = ops.relu(self.fc1(x))
+        # N x 1024
+        x = self.dropout(x)
+        return self.fc2(x)
+        # N x 1000 (num_classes)
+
+
+def make_stage(stage: Stage) -> layers.Layer:
+    return Inception(stage) if isinstance(stage, InceptionBlock) else make_op(stage)
+
+
+class GoogLeNet(keras.Model):
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(name=plan.variant.name)
+        self.plan = plan
+        if plan.transform is not None:  # per channel, last axis
+            self.input_scale = np.asarray(plan.transform.scale, np.float32)
+            self.input_shift = np.asarray(plan.transform.shift, np.float32)
+        for stage in plan.stages:  # conv1, maxpool1, ..., inception5b, in table order
+            setattr(self, stage.name, make_stage(stage))
+        for head in plan.aux:  # aux1, aux2
+            setattr(self, head.name, InceptionAux(head))
+        self.avgpool = layers.GlobalAveragePooling2D()
+        self.dropout = layers.Dropout(plan.dropout)
+        self.fc = layers.Dense(plan.fc.out_features, name=plan.fc.name)
+
+    def forward_stages(self, x, with_aux: bool = False, training: bool = False) -> dict:
+        """Every stage's output by name (NHWC), then ``avgpool``, ``logits`` and the aux logits."""
+        out = {}
+        if self.plan.transform is not None:  # torchvision's transform_input
+            x = x * self.input_scale + self.input_shift
+        # N x 224 x 224 x 3
+        for stage in self.plan.stages:
+            x = getattr(self, stage.name)(x, training=training)
+            # conv1: N x 112 x 112 x 64 ... inception5b: N x 7 x 7 x 1024 (spec table)
+            out[stage.name] = x
+            for head in self.plan.aux_for(stage.name) if with_aux else ():
+                out[head.name] = getattr(self, head.name)(x, training=training)
+        x = self.avgpool(x)
+        # N x 1024
+        out["avgpool"] = x
+        x = self.dropout(x, training=training)
+        out["logits"] = self.fc(x)
+        # N x 1000 (num_classes)
+        return out
+
+    def call(self, x, training: bool = False):
+        """torchvision's contract: logits, or (logits, aux2, aux1) when training with aux."""
+        training_aux = bool(training) and bool(self.plan.aux)
+        out = self.forward_stages(x, with_aux=training_aux, training=training)
+        if training_aux:
+            return (out["logits"], *(out[head.name] for head in reversed(self.plan.aux)))
+        return out["logits"]

@@ -1,0 +1,106 @@
+"""Canonical <-> Keras weights: one table row per canonical key.
+
+Each row names the Keras layer (its canonical prefix), the Keras variable and the
+two layout conversions. Every conversion is a pure permutation, so a round trip
+is bit-identical.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, NamedTuple
+
+import numpy as np
+
+from conformance.canonical import CanonicalError, validate
+from conformance.spec import Dense, Plan
+
+Convert = Callable[[np.ndarray], np.ndarray]
+
+
+def oihw_to_hwio(w: np.ndarray) -> np.ndarray:
+    """PyTorch conv kernel (out, in, kh, kw) -> Keras (kh, kw, in, out)."""
+    return w.transpose(2, 3, 1, 0)
+
+
+def hwio_to_oihw(w: np.ndarray) -> np.ndarray:
+    return w.transpose(3, 2, 0, 1)
+
+
+def dense_to_keras(d: Dense) -> Convert:
+    """(out, in) -> (in, out); after a flatten, rows re-ordered from (C, H, W) to (H, W, C)."""
+    if d.flattened_from is None:
+        return lambda w: w.T
+    c, h, w_ = d.flattened_from
+    return lambda w: w.reshape(d.out_features, c, h, w_).transpose(2, 3, 1, 0).reshape(-1, d.out_features)
+
+
+def dense_from_keras(d: Dense) -> Convert:
+    if d.flattened_from is None:
+        return lambda k: k.T
+    c, h, w_ = d.flattened_from
+    return lambda k: k.reshape(h, w_, c, d.out_features).transpose(3, 2, 0, 1).reshape(d.out_features, -1)
+
+
+def same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+class Row(NamedTuple):
+    layer: str  # Keras layer name
+    variable: str  # Keras variable name
+    to_keras: Convert
+    to_canonical: Convert
+
+
+BN_VARIABLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                "running_var": "moving_variance"}
+
+
+def table(p: Plan) -> dict[str, Row]:
+    """Canonical key -> where it lives in the Keras model and how it is laid out."""
+    rows: dict[str, Row] = {}
+    for u in p.units():
+        if isinstance(u, Dense):
+            rows[f"{u.name}.weight"] = Row(u.name, "kernel", dense_to_keras(u), dense_from_keras(u))
+            rows[f"{u.name}.bias"] = Row(u.name, "bias", same, same)
+            continue
+        rows[f"{u.name}.conv.weight"] = Row(f"{u.name}.conv", "kernel", oihw_to_hwio, hwio_to_oihw)
+        if u.norm is None:
+            rows[f"{u.name}.conv.bias"] = Row(f"{u.name}.conv", "bias", same, same)
+        for ours, theirs in BN_VARIABLES.items() if u.norm is not None else ():
+            rows[f"{u.name}.bn.{ours}"] = Row(f"{u.name}.bn", theirs, same, same)
+    return rows
+
+
+def _variables(model) -> dict[tuple[str, str], object]:
+    """(layer name, variable name) -> variable; a Keras path ends ``<layer>/<variable>``."""
+    found = {tuple(v.path.split("/")[-2:]): v for v in model.weights}
+    if len(found) != len(model.weights):
+        raise RuntimeError(f"{model.name}: two Keras variables share a layer and variable name")
+    return found
+
+
+def _located(model, p: Plan) -> list[tuple[str, Row, object]]:
+    variables = _variables(model)
+    rows = table(p)
+    unmapped = set(variables) - {(r.layer, r.variable) for r in rows.values()}
+    missing = [k for k, r in rows.items() if (r.layer, r.variable) not in variables]
+    if unmapped or missing:  # the model and the plan disagree: a bug in model.py
+        raise RuntimeError(f"Keras model {model.name}: variables without a canonical key "
+                           f"{sorted(unmapped)[:3]}, canonical keys without a variable {missing[:3]}")
+    return [(key, row, variables[(row.layer, row.variable)]) for key, row in rows.items()]
+
+
+def to_canonical(model) -> dict[str, np.ndarray]:
+    return {key: np.ascontiguousarray(row.to_canonical(np.asarray(var.numpy())))
+            for key, row, var in _located(model, model.plan)}
+
+
+def from_canonical(model, params: Mapping[str, np.ndarray]) -> None:
+    validate(model.plan, params)
+    for key, row, var in _located(model, model.plan):
+        value = row.to_keras(params[key])
+        if tuple(var.shape) != value.shape:
+            raise CanonicalError(f"{key!r}: converted to {value.shape}, Keras variable "
+                                 f"{row.layer}/{row.variable} is {tuple(var.shape)}")
+        var.assign(value)

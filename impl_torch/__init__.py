@@ -1,0 +1,84 @@
+"""GoogLeNet in PyTorch: the shared interface (see ``conformance.interface``)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from conformance import interface
+from conformance.canonical import validate
+from conformance.spec import aux_admits, configure, plan
+
+from .model import GoogLeNet
+
+name = "torch"
+__all__ = ["GoogLeNet", "build", "count_params", "forward", "from_canonical", "stages",
+           "to_canonical", "version"]
+
+
+def version() -> str:
+    return f"torch {torch.__version__}"
+
+
+def build(variant: str, num_classes: int = 1000, aux_logits: bool = False, **options: object) -> GoogLeNet:
+    """A GoogLeNet in eval mode, initialised as torchvision does (truncated normal,
+    std 0.01, for conv and linear weights; BatchNorm scale 1, shift 0)."""
+    model = GoogLeNet(plan(configure(variant, num_classes, aux_logits, **options)))
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+    return model.eval()
+
+
+def _state(model: GoogLeNet) -> dict[str, torch.Tensor]:
+    # num_batches_tracked only counts training steps; it is no weight and not canonical.
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+def to_canonical(model: GoogLeNet) -> dict[str, np.ndarray]:
+    """The state_dict is already canonical: same names, same layouts."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in _state(model).items()}
+
+
+def from_canonical(model: GoogLeNet, params: Mapping[str, np.ndarray]) -> None:
+    validate(model.plan, params)
+    with torch.no_grad():
+        for key, tensor in _state(model).items():
+            tensor.copy_(torch.from_numpy(np.asarray(params[key])))
+
+
+def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool) -> dict[str, torch.Tensor]:
+    was_training = model.training
+    try:
+        with torch.inference_mode():
+            return model.eval().forward_stages(torch.from_numpy(x), with_aux=with_aux)
+    finally:
+        model.train(was_training)
+
+
+def forward(model: GoogLeNet, x: np.ndarray, aux: bool = False):
+    """Logits (or logits, aux2, aux1) as numpy, with inference behaviour."""
+    x = interface.check_input(model.plan, x)
+    out = _run(model, x, interface.aux_wanted(model.plan, x, aux))
+    return interface.select_outputs(
+        model.plan, {k: out[k].numpy() for k in interface.output_names(model.plan, aux)}, aux)
+
+
+def stages(model: GoogLeNet, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every stage's activation (NCHW), the pooled features, the logits and, where the
+    input size admits them, the aux logits."""
+    x = interface.check_input(model.plan, x)
+    with_aux = bool(model.plan.aux) and aux_admits(model.plan, x.shape[2:])
+    return {k: v.numpy() for k, v in _run(model, x, with_aux).items()}
+
+
+def count_params(model: GoogLeNet) -> tuple[int, int]:
+    """(trainable parameters, BatchNorm running statistics), counted by PyTorch."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    stats = sum(b.numel() for n, b in model.named_buffers()
+                if n.endswith(("running_mean", "running_var")))
+    return trainable, stats
