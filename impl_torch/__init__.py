@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
 import torch
 
 from conformance import interface
-from conformance.canonical import validate
 from conformance.spec import aux_admits, configure, plan
 
 from .model import GoogLeNet
+from .weights import from_canonical, to_canonical
 
 name = "torch"
 __all__ = ["GoogLeNet", "build", "count_params", "forward", "from_canonical", "stages",
@@ -32,23 +30,6 @@ def build(variant: str, num_classes: int = 1000, aux_logits: bool = False, **opt
             if m.bias is not None:
                 torch.nn.init.zeros_(m.bias)
     return model.eval()
-
-
-def _state(model: GoogLeNet) -> dict[str, torch.Tensor]:
-    # num_batches_tracked only counts training steps; it is no weight and not canonical.
-    return {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-
-
-def to_canonical(model: GoogLeNet) -> dict[str, np.ndarray]:
-    """The state_dict is already canonical: same names, same layouts."""
-    return {k: v.detach().cpu().numpy().copy() for k, v in _state(model).items()}
-
-
-def from_canonical(model: GoogLeNet, params: Mapping[str, np.ndarray]) -> None:
-    validate(model.plan, params)
-    with torch.no_grad():
-        for key, tensor in _state(model).items():
-            tensor.copy_(torch.from_numpy(np.asarray(params[key])))
 
 
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool) -> dict[str, torch.Tensor]:

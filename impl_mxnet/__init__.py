@@ -1,0 +1,60 @@
+"""GoogLeNet in MXNet Gluon: the shared interface (see ``conformance.interface``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+if "bool" not in np.__dict__:  # mxnet 1.9.1 uses numpy.bool, which numpy 1.24 removed
+    np.bool = bool  # type: ignore[attr-defined]
+
+import mxnet as mx  # noqa: E402
+
+from conformance import interface  # noqa: E402
+from conformance.spec import aux_admits, configure, plan  # noqa: E402
+
+from .model import GoogLeNet  # noqa: E402
+from .weights import from_canonical, to_canonical  # noqa: E402
+
+name = "mxnet"
+__all__ = ["GoogLeNet", "build", "count_params", "forward", "from_canonical", "stages",
+           "to_canonical", "version"]
+
+
+def version() -> str:
+    return f"mxnet {mx.__version__}"
+
+
+def build(variant: str, num_classes: int = 1000, aux_logits: bool = False, **options: object) -> GoogLeNet:
+    """An initialised GoogLeNet: normal, std 0.01, for weights (Gluon has no truncated
+    normal); zero biases; BatchNorm scale 1, shift 0."""
+    model = GoogLeNet(plan(configure(variant, num_classes, aux_logits, **options)))
+    model.initialize(mx.init.Normal(0.01), ctx=mx.cpu())
+    return model
+
+
+def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool) -> dict[str, np.ndarray]:
+    # Outside autograd.record() Gluon runs BatchNorm and Dropout in inference mode.
+    out = model.forward_stages(mx.nd.array(x, dtype=np.float32), with_aux=with_aux)
+    return {k: v.asnumpy() for k, v in out.items()}
+
+
+def forward(model: GoogLeNet, x: np.ndarray, aux: bool = False):
+    """Logits (or logits, aux2, aux1) as numpy, with inference behaviour."""
+    x = interface.check_input(model.plan, x)
+    out = _run(model, x, interface.aux_wanted(model.plan, x, aux))
+    return interface.select_outputs(model.plan, out, aux)
+
+
+def stages(model: GoogLeNet, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every stage's activation (NCHW), the pooled features, the logits and, where the
+    input size admits them, the aux logits."""
+    x = interface.check_input(model.plan, x)
+    return _run(model, x, bool(model.plan.aux) and aux_admits(model.plan, x.shape[2:]))
+
+
+def count_params(model: GoogLeNet) -> tuple[int, int]:
+    """(trainable parameters, BatchNorm running statistics): Gluon marks the statistics
+    with ``grad_req='null'``."""
+    params = model.collect_params().values()
+    trainable = sum(int(np.prod(p.shape)) for p in params if p.grad_req != "null")
+    return trainable, sum(int(np.prod(p.shape)) for p in params if p.grad_req == "null")

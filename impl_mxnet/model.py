@@ -1,0 +1,160 @@
+"""GoogLeNet in MXNet Gluon, built from a ``conformance.spec`` plan.
+
+Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
+
+* ``hybrid_forward(F, x)``: ``F`` is ``mx.nd`` when run imperatively and ``mx.sym``
+  once hybridized, so every op goes through ``F``.
+* Layers are told their ``in_channels`` (from the spec) so parameters exist right
+  after ``initialize()``, without a first forward.
+* BatchNorm calls its scale and shift ``gamma``/``beta``, and its momentum is the
+  weight of the *old* statistic: 1 - PyTorch's momentum.
+* ``save_parameters`` names parameters by attribute path (``conv1.conv.weight``),
+  the same tree as torchvision's state_dict.
+"""
+
+from __future__ import annotations
+
+import mxnet as mx
+from mxnet.gluon import nn
+
+from conformance.spec import AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage
+
+
+class BasicConv2d(nn.HybridBlock):
+    """conv -> [BatchNorm] -> ReLU. Gluon pads symmetrically, like PyTorch."""
+
+    def __init__(self, u: ConvUnit) -> None:
+        super().__init__()
+        self.conv = nn.Conv2D(u.out_channels, u.kernel, strides=u.stride, padding=u.padding,
+                              use_bias=u.bias, in_channels=u.in_channels)
+        self.bn = None if u.norm is None else nn.BatchNorm(
+            epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, in_channels=u.out_channels)
+        self.relu = nn.Activation("relu")
+
+    def hybrid_forward(self, F, x):
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.relu(x)
+
+
+class AdaptiveAvgPool2D(nn.HybridBlock):
+    """``torch.nn.AdaptiveAvgPool2d``: Gluon has it only as a contrib operator."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def hybrid_forward(self, F, x):
+        return F.contrib.AdaptiveAvgPooling2D(x, output_size=self.size)
+
+
+def make_pool(p: Pool | AdaptiveAvgPool) -> nn.HybridBlock:
+    if isinstance(p, AdaptiveAvgPool):
+        return AdaptiveAvgPool2D(p.size)
+    if p.kind == "max":  # ceil_mode is MXNet's pooling_convention="full"
+        return nn.MaxPool2D(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode)
+    return nn.AvgPool2D(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode,
+                        count_include_pad=p.count_include_pad)
+
+
+def make_op(op: Op) -> nn.HybridBlock:
+    return BasicConv2d(op) if isinstance(op, ConvUnit) else make_pool(op)
+
+
+def make_branch(ops: tuple[Op, ...]) -> nn.HybridBlock:
+    """A single op stands alone (``branch1.conv``); a chain is numbered (``branch2.0.conv``)."""
+    if len(ops) == 1:
+        return make_op(ops[0])
+    chain = nn.HybridSequential()
+    chain.add(*map(make_op, ops))
+    return chain
+
+
+class Inception(nn.HybridBlock):
+    def __init__(self, block: InceptionBlock) -> None:
+        super().__init__()
+        # 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 (3x3 in torchvision) | 3x3 max pool -> 1x1
+        self.branch1, self.branch2, self.branch3, self.branch4 = map(make_branch, block.branches)
+
+    def hybrid_forward(self, F, x):
+        # N x 192 x 28 x 28 (inception3a)
+        branches = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
+        # N x (64 + 128 + 32 + 32) x 28 x 28: concatenated on the channel axis
+        return F.concat(*branches, dim=1)
+
+
+class InceptionAux(nn.HybridBlock):
+    def __init__(self, head: AuxUnit) -> None:
+        super().__init__()
+        self.pool = make_pool(head.pool)
+        self.conv = BasicConv2d(head.conv)
+        self.fc1 = nn.Dense(head.fc1.out_features, in_units=head.fc1.in_features)
+        self.fc2 = nn.Dense(head.fc2.out_features, in_units=head.fc2.in_features)
+        self.dropout = nn.Dropout(head.dropout)
+
+    def hybrid_forward(self, F, x):
+        # aux1: N x 512 x 14 x 14, aux2: N x 528 x 14 x 14
+        x = self.pool(x)
+        # aux1: N x 512 x 4 x 4, aux2: N x 528 x 4 x 4
+        x = self.conv(x)
+        # N x 128 x 4 x 4
+        x = F.flatten(x)
+        # N x 2048, in (C, H, W) order, as PyTorch
+        x = F.relu(self.fc1(x))
+        # N x 1024
+        x = self.dropout(x)
+        return self.fc2(x)
+        # N x 1000 (num_classes)
+
+
+def make_stage(stage: Stage) -> nn.HybridBlock:
+    return Inception(stage) if isinstance(stage, InceptionBlock) else make_op(stage)
+
+
+class GoogLeNet(nn.HybridBlock):
+    def __init__(self, plan: Plan) -> None:
+        super().__init__()
+        self.plan = plan
+        for stage in plan.stages:  # conv1, maxpool1, ..., inception5b, in table order
+            setattr(self, stage.name, make_stage(stage))
+        for head in plan.aux:  # aux1, aux2
+            setattr(self, head.name, InceptionAux(head))
+        self.avgpool = nn.GlobalAvgPool2D()
+        self.dropout = nn.Dropout(plan.dropout)
+        self.fc = nn.Dense(plan.fc.out_features, in_units=plan.fc.in_features)
+
+    def _stages(self, F, x, with_aux: bool) -> dict:
+        out = {}
+        if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
+            t = self.plan.transform
+            x = F.concat(*(F.slice_axis(x, axis=1, begin=c, end=c + 1) * s + b
+                           for c, (s, b) in enumerate(zip(t.scale, t.shift))), dim=1)
+        # N x 3 x 224 x 224
+        for stage in self.plan.stages:
+            x = getattr(self, stage.name)(x)
+            # conv1: N x 64 x 112 x 112 ... inception5b: N x 1024 x 7 x 7 (spec table)
+            out[stage.name] = x
+            for head in self.plan.aux_for(stage.name) if with_aux else ():
+                out[head.name] = getattr(self, head.name)(x)
+        x = self.avgpool(x)
+        # N x 1024 x 1 x 1
+        x = F.flatten(x)
+        # N x 1024
+        out["avgpool"] = x
+        x = self.dropout(x)
+        out["logits"] = self.fc(x)
+        # N x 1000 (num_classes)
+        return out
+
+    def forward_stages(self, x, with_aux: bool = False) -> dict:
+        """Every stage's output by name, then ``avgpool``, ``logits`` and the aux logits."""
+        return self._stages(mx.nd, x, with_aux)
+
+    def hybrid_forward(self, F, x):
+        """torchvision's contract: logits, or (logits, aux2, aux1) when training with aux."""
+        training_aux = mx.autograd.is_training() and bool(self.plan.aux)
+        out = self._stages(F, x, with_aux=training_aux)
+        if training_aux:
+            return (out["logits"], *(out[head.name] for head in reversed(self.plan.aux)))
+        return out["logits"]

@@ -1,0 +1,46 @@
+"""Canonical <-> Gluon parameters: Gluon's structural names (what ``save_parameters``
+writes) are the canonical names, except BatchNorm's scale and shift."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import mxnet as mx
+import numpy as np
+
+from conformance.canonical import CanonicalError, canonical_shapes, validate
+from conformance.spec import Plan
+
+BN_RENAMES = {".bn.weight": ".bn.gamma", ".bn.bias": ".bn.beta"}
+
+
+def gluon_name(key: str) -> str:
+    """Canonical key -> Gluon structural name (``conv1.bn.weight`` -> ``conv1.bn.gamma``)."""
+    for ours, theirs in BN_RENAMES.items():
+        if key.endswith(ours):
+            return key[: -len(ours)] + theirs
+    return key
+
+
+def _located(model, p: Plan) -> list[tuple[str, mx.gluon.Parameter]]:
+    params = model._collect_params_with_prefix()  # the names save_parameters uses
+    names = {key: gluon_name(key) for key in canonical_shapes(p)}
+    unmapped = set(params) - set(names.values())
+    missing = [k for k, n in names.items() if n not in params]
+    if unmapped or missing:  # the model and the plan disagree: a bug in model.py
+        raise RuntimeError(f"Gluon model: parameters without a canonical key {sorted(unmapped)[:3]}, "
+                           f"canonical keys without a parameter {missing[:3]}")
+    return [(key, params[name]) for key, name in names.items()]
+
+
+def to_canonical(model) -> dict[str, np.ndarray]:
+    return {key: param.data().asnumpy() for key, param in _located(model, model.plan)}
+
+
+def from_canonical(model, params: Mapping[str, np.ndarray]) -> None:
+    validate(model.plan, params)
+    for key, param in _located(model, model.plan):
+        if tuple(param.shape) != params[key].shape:
+            raise CanonicalError(f"{key!r}: Gluon parameter {gluon_name(key)} is {param.shape}, "
+                                 f"got {params[key].shape}")
+        param.set_data(mx.nd.array(params[key], dtype=np.float32))
