@@ -1,0 +1,101 @@
+"""``python -m conformance check`` and ``python -m conformance spec``.
+
+Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import spec
+from .frameworks import FRAMEWORKS
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m conformance",
+                                     description="GoogLeNet across PyTorch, Keras 3 and MXNet Gluon.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="prove that the frameworks agree, stage by stage")
+    check.add_argument("--variant", action="append", choices=sorted(spec.VARIANTS),
+                       help="variant to check (repeatable; default: all)")
+    check.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                       help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: all)")
+    check.add_argument("--input-size", action="append", type=_positive, metavar="PIXELS",
+                       help="square input size (repeatable; default: 224, 225, 97)")
+    check.add_argument("--batch", type=_positive, default=2, help="images per input (default: 2)")
+    check.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
+    check.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    check.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+
+    table = sub.add_parser("spec", help="print a variant's layers, shapes, parameters and multiply-adds")
+    table.add_argument("--variant", default="googlenet", choices=sorted(spec.VARIANTS))
+    table.add_argument("--input-size", type=_positive, default=None, metavar="PIXELS")
+    table.add_argument("--num-classes", type=_positive, default=1000)
+    table.add_argument("--aux-logits", action="store_true")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from . import frameworks, harness, report
+
+    if args.json is not None:  # refuse before spending a minute on the check
+        if args.json.exists() and not args.force:
+            raise ValueError(f"--json {args.json}: already exists; pass --force to overwrite it")
+        if not args.json.parent.is_dir():
+            raise ValueError(f"--json {args.json}: directory {args.json.parent} does not exist")
+    names = frameworks.parse(args.frameworks)
+    variants = args.variant or list(spec.VARIANTS)
+    sizes = args.input_size or list(harness.DEFAULT_SIZES)
+    harness.check_input_sizes(variants, sizes)
+    backends, skipped = frameworks.load(names)
+    result = harness.run(variants, backends, skipped, sizes, args.batch, args.seed)
+    print(report.render(result), flush=True)
+    if args.json is not None:
+        report.write_json(result, args.json, overwrite=args.force)
+        print(f"JSON report written to {args.json}")
+    return 0 if result.passed else 1
+
+
+def _spec(args: argparse.Namespace) -> int:
+    v = spec.configure(args.variant, args.num_classes, args.aux_logits)
+    p = spec.plan(v)
+    size = args.input_size or v.input_size
+    shapes = spec.expected_shapes(p, size)
+    print(f"{v.name}: {v.description}")
+    print(f"input {p.in_channels} x {size} x {size}, {v.num_classes} classes, aux_logits={v.aux_logits}")
+    print(f"\n{'stage':<14} {'output (C x H x W)':<20}")
+    for name, shape in shapes.items():
+        print(f"{name:<14} {' x '.join(map(str, shape[1:])):<20}")
+    rows = spec.layer_counts(p, size)
+    print(f"\n{'layer':<26} {'params':>11} {'BN stats':>9} {'mult-adds':>15}")
+    for r in rows:
+        print(f"{r.name:<26} {r.params:>11,} {r.stats:>9,} {r.macs:>15,}")
+    trainable, stats = spec.count_params(p)
+    print(f"{'total':<26} {trainable:>11,} {stats:>9,} {sum(r.macs for r in rows):>15,}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _check(args) if args.command == "check" else _spec(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

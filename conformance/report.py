@@ -1,0 +1,110 @@
+"""Render a check report: a terminal table and a JSON document."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .canonical import atomic_write
+from .harness import Report, SizeReport, StageRow, VariantReport
+
+
+def _mark(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def _shape(s: tuple[int, ...] | None) -> str:
+    return "-" if s is None else "x".join(map(str, s))
+
+
+def _stage_line(row: StageRow, others: list[str]) -> list[str]:
+    shapes = "same" if all(s == row.expected for s in row.shapes.values()) else "; ".join(
+        f"{fw} {_shape(s)}" for fw, s in row.shapes.items() if s != row.expected)
+    cells = [f"{a.max_abs:8.1e} {a.max_rel:8.1e}" if (a := row.agreement.get(fw)) else f"{'-':>17}"
+             for fw in others]
+    lines = [f"    {row.stage:<12} {_shape(row.expected):<17} {shapes:<6} {'   '.join(cells)}"
+             f"   {_mark(row.passed)}"]
+    topk = [f"{fw} top-1 {a.top1:.0%}, top-5 {a.top5:.0%}" for fw, a in row.agreement.items()
+            if a.top1 is not None]
+    if topk:
+        lines.append(f"    {'':<12} {'':<17} {'':<6} {'; '.join(topk)}")
+    return lines
+
+
+def _size_block(s: SizeReport, reference: str, others: list[str]) -> list[str]:
+    head = f"  input {s.size} x {s.size}" + ("" if s.aux else "  (aux heads skipped: the aux pool does not give 4 x 4 here)")
+    cols = "   ".join(f"{fw + ': max abs  max rel':>17}" for fw in others)
+    lines = [head, f"    {'stage':<12} {'expected shape':<17} {'shapes':<6} {cols}   vs {reference}"]
+    return lines + [line for r in s.stages for line in _stage_line(r, others)]
+
+
+def _variant_block(v: VariantReport, reference: str | None) -> list[str]:
+    fws = [k for k in v.counts if k != "spec"]
+    options = ", ".join(f"{k}={val}" for k, val in v.options.items())
+    lines = [f"{v.variant}  ({options})"]
+    lines.append(f"  {'parameters':<14}" + "".join(f"{k:>14}" for k in v.counts))
+    for i, label in enumerate(("trainable", "statistics")):
+        values = [c[i] for c in v.counts.values()]
+        ok = all(x == values[0] for x in values)
+        lines.append(f"    {label:<12}" + "".join(f"{x:>14,}" for x in values) + f"   {_mark(ok)}")
+    for fw, err in v.errors.items():
+        lines.append(f"  {fw}: FAIL {err}")
+    if v.roundtrip:
+        trips = "  ".join(f"{k} {_mark(not bad)}" + (f" ({', '.join(bad[:3])})" if bad else "")
+                          for k, bad in v.roundtrip.items())
+        lines.append(f"  round trip (bit-identical): {trips}")
+    others = [fw for fw in fws if fw != reference]
+    for s in v.sizes:
+        lines += _size_block(s, reference or "-", others)
+    return lines
+
+
+def count_checks(r: Report) -> tuple[int, int]:
+    """(checks run, checks failed)."""
+    results: list[bool] = []
+    for v in r.variants:
+        results += [all(c[i] == v.counts["spec"][i] for c in v.counts.values()) for i in (0, 1)]
+        results += [False] * len(v.errors)
+        results += [not bad for bad in v.roundtrip.values()]
+        results += [row.passed for s in v.sizes for row in s.stages]
+    return len(results), results.count(False)
+
+
+def render(r: Report) -> str:
+    versions = " | ".join(f"{v}" + (" (reference)" if fw == r.reference else "")
+                          for fw, v in r.frameworks.items())
+    lines = ["GoogLeNet conformance check",
+             f"  frameworks: {versions or 'none'}"]
+    lines += [f"  skipped:    {fw}: {why}" for fw, why in r.skipped.items()]
+    lines += [f"  weights:    seeded canonical (seed {r.seed}), shared by every framework",
+              f"  inputs:     batch {r.batch}, seeded standard normal, NCHW float32",
+              f"  tolerance:  max relative error <= {r.rel_tol:.0e} (to the reference's largest "
+              f"magnitude); logits: identical top-1 and top-5", ""]
+    for v in r.variants:
+        lines += _variant_block(v, r.reference) + [""]
+    total = {fw: sum(p.values()) for fw, p in r.timings.items()}
+    if total:
+        lines.append("  time: " + ", ".join(
+            f"{fw} {t:.1f} s (" + ", ".join(f"{ph} {s:.1f}" for ph, s in r.timings[fw].items()) + ")"
+            for fw, t in total.items()))
+    checks, failed = count_checks(r)
+    if not r.frameworks:
+        lines.append("FAIL: no framework is installed, nothing was checked")
+    elif r.passed:
+        lines.append(f"PASS: all {checks} checks passed")
+    else:
+        lines.append(f"FAIL: {failed} of {checks} checks failed")
+    return "\n".join(lines)
+
+
+def to_json(r: Report) -> dict:
+    doc = dataclasses.asdict(r)
+    doc["passed"] = r.passed
+    doc["checks"], doc["failed"] = count_checks(r)
+    return doc
+
+
+def write_json(r: Report, path: str | Path, overwrite: bool = False) -> Path:
+    data = json.dumps(to_json(r), indent=1, allow_nan=True).encode()
+    return atomic_write(path, data, overwrite=overwrite)
