@@ -80,6 +80,13 @@ def _shape(value: object) -> object:
     return getattr(value, "shape", type(value).__name__)
 
 
+def from_state_dict(state: Mapping[str, object]) -> Params:
+    """A PyTorch or torchvision state_dict as canonical parameters: ``num_batches_tracked``
+    (a training-step counter, not a weight) dropped, tensors as numpy arrays."""
+    return {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+            for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
 def random_params(p: Plan, seed: int = 0) -> Params:
     """Seeded weights that exercise every parameter and keep activations O(1).
 
@@ -128,11 +135,18 @@ def atomic_write(path: str | Path, data: bytes, overwrite: bool = False) -> Path
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save(params: Mapping[str, np.ndarray], path: str | Path, p: Plan | None = None,

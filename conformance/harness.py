@@ -162,9 +162,14 @@ def check_variant(name: str, backends: Mapping[str, Backend], sizes: list[int], 
     for size in sizes:
         outs = {}
         for fw, model in models.items():
-            with timer(fw, "forward"):
-                outs[fw] = backends[fw].stages(model, _input(p, size, batch, seed))
-        report.sizes.append(_compare_size(p, size, batch, outs, reference))
+            try:
+                with timer(fw, "forward"):
+                    outs[fw] = backends[fw].stages(model, _input(p, size, batch, seed))
+            except Exception as e:  # a broken port may fail to run at all: report it
+                report.errors[f"{fw} at {size}"] = f"{type(e).__name__}: {e}"
+        if outs:
+            report.sizes.append(_compare_size(p, size, batch, outs, reference if reference in outs
+                                              else next(iter(outs))))
     for fw, model in models.items():  # canonical -> framework -> canonical
         with timer(fw, "roundtrip"):
             report.roundtrip[fw] = identical(params, backends[fw].to_canonical(model))

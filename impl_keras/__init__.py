@@ -38,8 +38,7 @@ def build(variant: str, num_classes: int = 1000, aux_logits: bool = False, **opt
     initialised as torchvision does: truncated normal, std 0.01, for kernels."""
     p = plan(configure(variant, num_classes, aux_logits, **options))
     model = GoogLeNet(p)
-    size = p.variant.input_size
-    model.forward_stages(np.zeros((1, size, size, p.in_channels), np.float32), with_aux=bool(p.aux))
+    model.build((None, p.variant.input_size, p.variant.input_size, p.in_channels))
     init = keras.initializers.TruncatedNormal(stddev=0.01, seed=0)
     for v in model.trainable_weights:
         if v.path.endswith("/kernel"):

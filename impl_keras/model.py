@@ -136,6 +136,10 @@ class GoogLeNet(keras.Model):
         self.dropout = layers.Dropout(plan.dropout)
         self.fc = layers.Dense(plan.fc.out_features, name=plan.fc.name)
 
+    def build(self, input_shape) -> None:
+        """Create every weight, aux heads included, by one forward at this input size."""
+        self.forward_stages(np.zeros((1, *input_shape[1:]), np.float32), with_aux=bool(self.plan.aux))
+
     def forward_stages(self, x, with_aux: bool = False, training: bool = False) -> dict:
         """Every stage's output by name (NHWC), then ``avgpool``, ``logits`` and the aux logits."""
         out = {}

@@ -1,0 +1,82 @@
+"""``python -m conformance``: exit codes, messages, the JSON report, skipped frameworks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance import frameworks
+from conformance.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "conformance", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+
+
+def test_check_passes_prints_the_table_and_writes_json(tmp_path):
+    out = tmp_path / "report.json"
+    r = cli("check", "--variant", "googlenet", "--frameworks", "torch", "--input-size", "97",
+            "--batch", "1", "--json", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "googlenet  (aux_logits=True)" in r.stdout and "PASS: all" in r.stdout
+    assert "6,998,552" not in r.stdout and "13,378,280" in r.stdout
+    doc = json.loads(out.read_text())
+    assert doc["passed"] is True and doc["failed"] == 0 and doc["checks"] > 10
+    assert doc["variants"][0]["counts"]["torch"] == [13_378_280, 0]
+
+
+def test_json_is_never_overwritten_silently(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    out.write_text("keep me")
+    assert main(["check", "--frameworks", "torch", "--input-size", "97", "--json", str(out)]) == 2
+    assert "--json" in capsys.readouterr().err and out.read_text() == "keep me"
+    assert main(["check", "--frameworks", "torch", "--json", str(tmp_path / "no" / "r.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["check", "--input-size", "16"], "--input-size 16: too small for googlenet"),
+    (["check", "--frameworks", "torch,jax"], "--frameworks: unknown ['jax']"),
+])
+def test_bad_options_exit_2_naming_the_option(capsys, args, message):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["check", "--batch", "0"], ["check", "--variant", "vgg"],
+                                  ["check", "--input-size", "big"]])
+def test_argparse_rejects_bad_values(capsys, args):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and args[1] in capsys.readouterr().err
+
+
+def test_missing_framework_is_skipped_with_its_install_hint(monkeypatch, capsys):
+    monkeypatch.setitem(frameworks.FRAMEWORKS, "ghost", ("impl_ghost", "pip install ghost"))
+    backends, skipped = frameworks.load(["ghost"])
+    assert backends == {} and "install with: pip install ghost" in skipped["ghost"]
+    # alongside a real one: reported as skipped, never a traceback, and the rest still runs
+    assert main(["check", "--variant", "googlenet", "--frameworks", "torch,ghost",
+                 "--input-size", "97", "--batch", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped:    ghost: not installed" in out and "PASS: all" in out
+
+
+def test_no_framework_at_all_fails(monkeypatch, capsys):
+    monkeypatch.setitem(frameworks.FRAMEWORKS, "ghost", ("impl_ghost", "pip install ghost"))
+    assert main(["check", "--frameworks", "ghost", "--input-size", "97"]) == 1
+    assert "FAIL: no framework is installed" in capsys.readouterr().out
+
+
+def test_spec_prints_shapes_counts_and_multiply_adds():
+    r = cli("spec", "--variant", "googlenet", "--input-size", "224")
+    assert r.returncode == 0, r.stderr
+    assert "inception4d    528 x 14 x 14" in r.stdout
+    assert "total" in r.stdout and "6,998,552" in r.stdout and "1,582,671,872" in r.stdout

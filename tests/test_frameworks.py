@@ -1,0 +1,138 @@
+"""Each implementation on its own: the four-function interface, counts with the
+framework's own API, strict loading, bit-identical round trips, input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conformance import canonical, spec
+from conformance.compare import identical
+
+from .conftest import full_plan, loaded_model
+
+PUBLISHED = {("googlenet", False): (6_998_552, 0), ("googlenet", True): (13_378_280, 0),
+             ("googlenet_bn", False): (6_624_904, 14_560), ("googlenet_bn", True): (13_004_888, 15_072)}
+
+
+@pytest.mark.parametrize("variant,aux", sorted(PUBLISHED))
+def test_parameter_counts_with_the_frameworks_own_api(backend, variant, aux):
+    model = backend.build(variant, aux_logits=aux)
+    assert backend.count_params(model) == PUBLISHED[variant, aux]
+
+
+@pytest.mark.parametrize("variant", sorted(spec.VARIANTS))
+def test_to_canonical_gives_exactly_the_canonical_keys_and_shapes(backend, variant):
+    model = loaded_model(backend, variant)
+    params = backend.to_canonical(model)
+    shapes = canonical.canonical_shapes(full_plan(variant))
+    assert list(params) == list(shapes)
+    assert {k: v.shape for k, v in params.items()} == shapes
+    assert all(v.dtype == np.float32 for v in params.values())
+
+
+@pytest.mark.parametrize("variant", sorted(spec.VARIANTS))
+def test_round_trip_is_bit_identical(backend, variant):
+    params = canonical.random_params(full_plan(variant), 0)
+    assert identical(params, backend.to_canonical(loaded_model(backend, variant))) == []
+
+
+def test_fresh_build_is_initialised_and_differs_from_loaded(backend):
+    model = backend.build("googlenet_bn")
+    params = backend.to_canonical(model)
+    w = params["inception4a.branch2.1.conv.weight"]
+    assert 0.005 < float(w.std()) < 0.015  # torchvision's init: std 0.01
+    assert np.all(params["conv1.bn.weight"] == 1) and np.all(params["conv1.bn.running_var"] == 1)
+    logits = backend.forward(model, np.zeros((1, 3, 224, 224), np.float32))
+    assert logits.shape == (1, 1000) and np.isfinite(logits).all()
+
+
+def _strict_params():
+    p = spec.plan(spec.configure("googlenet"))
+    return canonical.random_params(p, 3)
+
+
+def test_from_canonical_refuses_missing_key(backend):
+    model = backend.build("googlenet")
+    params = _strict_params()
+    del params["inception5b.branch1.conv.bias"]
+    with pytest.raises(canonical.CanonicalError, match="missing key 'inception5b.branch1.conv.bias'"):
+        backend.from_canonical(model, params)
+
+
+def test_from_canonical_refuses_extra_key(backend):
+    model = backend.build("googlenet")
+    params = _strict_params()
+    params["aux1.fc1.weight"] = np.zeros((1024, 2048), np.float32)
+    with pytest.raises(canonical.CanonicalError, match=r"unexpected key 'aux1.fc1.weight' \(shape \(1024, 2048\)\)"):
+        backend.from_canonical(model, params)
+
+
+def test_from_canonical_refuses_shape_mismatch_and_changes_nothing(backend):
+    model = backend.build("googlenet")
+    before = backend.to_canonical(model)
+    params = _strict_params()
+    params["conv1.conv.weight"] = params["conv1.conv.weight"].transpose(0, 1, 3, 2)[:, :, :, :5].copy()
+    with pytest.raises(canonical.CanonicalError,
+                       match=r"'conv1.conv.weight': expected \(64, 3, 7, 7\), got \(64, 3, 7, 5\)"):
+        backend.from_canonical(model, params)
+    assert identical(before, backend.to_canonical(model)) == []  # validated before any write
+
+
+def test_forward_returns_logits_or_the_aux_tuple(backend):
+    model = loaded_model(backend, "googlenet")
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    logits = backend.forward(model, x)
+    out = backend.forward(model, x, aux=True)
+    assert isinstance(out, tuple) and len(out) == 3
+    assert logits.shape == out[0].shape == out[1].shape == out[2].shape == (2, 1000)
+    np.testing.assert_array_equal(logits, out[0])
+    assert not np.allclose(out[1], out[2])  # aux2 and aux1 are different heads
+
+
+def test_stages_cover_the_spec_in_nchw(backend):
+    model = loaded_model(backend, "googlenet_bn")
+    x = np.random.default_rng(0).standard_normal((1, 3, 97, 97)).astype(np.float32)
+    got = {k: v.shape for k, v in backend.stages(model, x).items()}
+    assert got == spec.expected_shapes(full_plan("googlenet_bn"), 97, batch=1)
+
+
+def test_transform_input_changes_the_input_as_torchvision(backend):
+    plain, remapped = backend.build("googlenet_bn"), backend.build("googlenet_bn", transform_input=True)
+    params = canonical.random_params(spec.plan(spec.configure("googlenet_bn")), 0)
+    backend.from_canonical(plain, params)
+    backend.from_canonical(remapped, params)
+    x = np.random.default_rng(0).standard_normal((1, 3, 97, 97)).astype(np.float32)
+    t = spec.GOOGLENET_BN.input_transform
+    x_remapped = (x * np.array(t.scale, np.float32)[:, None, None]
+                  + np.array(t.shift, np.float32)[:, None, None])
+    np.testing.assert_allclose(backend.forward(remapped, x), backend.forward(plain, x_remapped),
+                               rtol=0, atol=1e-4 * np.abs(backend.forward(plain, x_remapped)).max())
+    assert not np.allclose(backend.forward(remapped, x), backend.forward(plain, x), atol=1e-3)
+
+
+@pytest.mark.parametrize("x,message", [
+    (np.zeros((1, 3, 224), np.float32), r"x: expected shape \(N, 3, H, W\), got \(1, 3, 224\)"),
+    (np.zeros((1, 224, 224, 3), np.float32), r"x: expected shape \(N, 3, H, W\), got \(1, 224, 224, 3\)"),
+    (np.zeros((1, 3, 224, 224), np.float64), "x: expected dtype float32, got float64"),
+    (np.zeros((1, 3, 20, 20), np.float32), "nothing left after"),
+])
+def test_forward_rejects_bad_input_by_name(backend, x, message):
+    with pytest.raises(ValueError, match=message):
+        backend.forward(loaded_model(backend, "googlenet"), x)
+
+
+def test_forward_rejects_aux_requests_it_cannot_honour(backend):
+    model = loaded_model(backend, "googlenet")
+    with pytest.raises(ValueError, match="aux=True: at input 97 x 97 the aux pool"):
+        backend.forward(model, np.zeros((1, 3, 97, 97), np.float32), aux=True)
+    plain = backend.build("googlenet")
+    with pytest.raises(ValueError, match="built with aux_logits=False"):
+        backend.forward(plain, np.zeros((1, 3, 224, 224), np.float32), aux=True)
+    with pytest.raises(TypeError, match="x: expected a numpy.ndarray"):
+        backend.forward(model, [[0.0]])
+
+
+def test_build_rejects_unknown_option(backend):
+    with pytest.raises(ValueError, match="option 'transfrom_input' is not known"):
+        backend.build("googlenet_bn", transfrom_input=True)

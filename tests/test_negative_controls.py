@@ -1,0 +1,168 @@
+"""Negative controls: every parity check is shown to fail on a deliberately broken port.
+
+Each test breaks one thing a real port gets wrong (REFERENCE.md's pitfalls), runs
+the same harness as ``python -m conformance check``, and asserts that the report
+fails exactly where the bug is, while the rest still passes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conformance import harness
+from conformance.compare import REL_TOL
+
+from .conftest import backend_or_skip, patched
+
+
+def check(backends: dict, variant: str, size: int) -> harness.VariantReport:
+    report = harness.run([variant], backends, {}, sizes=[size], batch=2)
+    assert not report.passed
+    return report.variants[0]
+
+
+def rows(v: harness.VariantReport) -> dict[str, harness.StageRow]:
+    return {r.stage: r for r in v.sizes[0].stages}
+
+
+def test_kernel_not_transposed_fails_at_the_first_conv(monkeypatch):
+    """OIHW -> HWIO done as transpose(3, 2, 1, 0): the kernel's height and width swap.
+    Square kernels keep their shape, so only the values can tell."""
+    torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
+    import impl_keras.weights
+
+    monkeypatch.setattr(impl_keras.weights, "oihw_to_hwio", lambda w: w.transpose(3, 2, 1, 0))
+    v = check({"torch": torch_, "keras": keras_}, "googlenet", 97)
+    conv1 = rows(v)["conv1"]
+    assert conv1.shapes == {"torch": conv1.expected, "keras": conv1.expected}
+    assert not conv1.passed and conv1.agreement["keras"].max_rel > 100 * REL_TOL
+    assert v.counts_passed  # counts cannot see it; only the values do
+
+
+def test_asymmetric_same_padding_fails_while_shapes_match():
+    """Keras ``padding="same"`` on the strided 7x7 conv pads (2, 3) at 224; PyTorch pads
+    (3, 3). The output is 112 x 112 either way."""
+    torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
+
+    def build_with_tf_same(variant, **options):
+        model = keras_.build(variant, **options)
+        model.conv1.pad = None
+        model.conv1.conv.padding = "same"
+        return model
+
+    v = check({"torch": torch_, "keras": patched(keras_, build=build_with_tf_same)}, "googlenet_bn", 224)
+    r = rows(v)
+    assert all(s == r[name].expected for name in r for s in r[name].shapes.values())  # shapes all agree
+    assert not r["conv1"].passed and r["conv1"].agreement["keras"].max_rel > 100 * REL_TOL
+    assert not r["logits"].passed
+
+
+def test_wrong_batchnorm_epsilon_fails():
+    """Gluon's default BatchNorm epsilon is 1e-5; torchvision's GoogLeNet uses 1e-3."""
+    torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
+    from mxnet.gluon import nn
+
+    def build_with_default_eps(variant, **options):
+        model = mxnet_.build(variant, **options)
+        model.apply(lambda block: block._kwargs.__setitem__("eps", 1e-5)
+                    if isinstance(block, nn.BatchNorm) else None)
+        return model
+
+    v = check({"torch": torch_, "mxnet": patched(mxnet_, build=build_with_default_eps)}, "googlenet_bn", 97)
+    assert not rows(v)["conv1"].passed
+    assert rows(v)["conv1"].agreement["mxnet"].max_rel > 100 * REL_TOL
+
+
+def test_aux_features_flattened_in_the_wrong_order_fail_only_the_aux_heads(monkeypatch):
+    """fc1 reads 128 x 4 x 4 features: (C, H, W) in PyTorch, (H, W, C) after a Keras
+    Flatten. Porting fc1 without permuting its rows breaks the aux heads only."""
+    torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
+    import impl_keras.weights
+
+    monkeypatch.setattr(impl_keras.weights, "dense_to_keras", lambda d: (lambda w: w.T))
+    v = check({"torch": torch_, "keras": keras_}, "googlenet", 224)
+    r = rows(v)
+    assert not r["aux1"].passed and not r["aux2"].passed
+    assert r["aux1"].agreement["keras"].max_rel > 100 * REL_TOL
+    assert all(row.passed for name, row in r.items() if name not in ("aux1", "aux2"))
+
+
+def _floor_pools(mxnet_):
+    from mxnet.gluon import nn
+
+    def build_with_floor_pools(variant, **options):
+        model = mxnet_.build(variant, **options)
+        model.apply(lambda block: block._kwargs.__setitem__("pooling_convention", "valid")
+                    if isinstance(block, nn.MaxPool2D) else None)
+        return model
+
+    return patched(mxnet_, build=build_with_floor_pools)
+
+
+def test_floor_instead_of_ceil_pooling_fails_on_shape():
+    """Pools built without ceil rounding: 112 -> 55 instead of 56 after maxpool1."""
+    torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
+    v = check({"torch": torch_, "mxnet": _floor_pools(mxnet_)}, "googlenet_bn", 224)
+    maxpool1 = rows(v)["maxpool1"]
+    assert maxpool1.shapes["mxnet"] == (2, 64, 55, 55) and maxpool1.expected == (2, 64, 56, 56)
+    assert not maxpool1.passed
+
+
+def test_a_port_that_cannot_run_is_reported_not_a_crash():
+    """With floor pools the avg 5x5/3 aux pool gives 3 x 3, and fc1 refuses 1152 inputs."""
+    torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
+    v = check({"torch": torch_, "mxnet": _floor_pools(mxnet_)}, "googlenet", 224)
+    assert list(v.errors) == ["mxnet at 224"] and "MXNetError" in v.errors["mxnet at 224"]
+    assert v.sizes[0].passed  # what torch computed still checks out against the spec
+
+
+def test_lossy_round_trip_fails():
+    """An adapter that passes weights through float16 still agrees to ~1e-3, and the
+    bit-identical round trip catches it."""
+    torch_ = backend_or_skip("torch")
+
+    def lossy(model):
+        return {k: v.astype(np.float16).astype(np.float32) for k, v in torch_.to_canonical(model).items()}
+
+    v = check({"torch": patched(torch_, to_canonical=lossy)}, "googlenet", 97)
+    assert v.roundtrip["torch"]  # names the keys that changed
+    assert "conv1.conv.weight" in v.roundtrip["torch"]
+
+
+def test_keras_count_params_total_fails_the_count():
+    """``model.count_params()`` in Keras adds BatchNorm's moving statistics to the weights."""
+    keras_ = backend_or_skip("keras")
+
+    def keras_total(model):
+        return model.count_params(), 0
+
+    v = check({"keras": patched(keras_, count_params=keras_total)}, "googlenet_bn", 97)
+    assert v.counts["keras"] == (13_004_888 + 15_072, 0) and not v.counts_passed
+
+
+def test_a_framework_that_raises_is_a_failure_not_a_crash():
+    torch_ = backend_or_skip("torch")
+
+    def broken_build(variant, **options):
+        raise RuntimeError("no such layer")
+
+    v = check({"torch": torch_, "broken": patched(torch_, build=broken_build, name="broken")}, "googlenet", 97)
+    assert v.errors == {"broken": "RuntimeError: no such layer"}
+    assert v.sizes[0].passed  # torch alone still ran and passed
+
+
+@pytest.mark.parametrize("scale", [1.0 + 2 * REL_TOL, 1.0 + 1e-2])
+def test_a_small_scale_error_in_one_layer_fails(scale):
+    """A port that is off by a factor in one layer (e.g. a mis-set BN scale)."""
+    torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
+
+    def load_scaled(model, params):
+        params = dict(params)
+        params["inception4c.branch1.conv.bias"] = params["inception4c.branch1.conv.bias"] * np.float32(scale)
+        params["inception4c.branch1.conv.weight"] = params["inception4c.branch1.conv.weight"] * np.float32(scale)
+        mxnet_.from_canonical(model, params)
+
+    v = check({"torch": torch_, "mxnet": patched(mxnet_, from_canonical=load_scaled)}, "googlenet", 97)
+    r = rows(v)
+    assert r["inception4b"].passed and not r["inception4c"].passed

@@ -1,0 +1,178 @@
+"""Spec arithmetic, with no framework imported."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance import spec
+
+# The paper's Table 1, as REFERENCE.md gives it: in, 1x1, 3x3red, 3x3, 5x5red, 5x5, pool proj, out.
+TABLE1 = {
+    "inception3a": (192, 64, 96, 128, 16, 32, 32, 256),
+    "inception3b": (256, 128, 128, 192, 32, 96, 64, 480),
+    "inception4a": (480, 192, 96, 208, 16, 48, 64, 512),
+    "inception4b": (512, 160, 112, 224, 24, 64, 64, 512),
+    "inception4c": (512, 128, 128, 256, 24, 64, 64, 512),
+    "inception4d": (512, 112, 144, 288, 32, 64, 64, 528),
+    "inception4e": (528, 256, 160, 320, 32, 128, 128, 832),
+    "inception5a": (832, 256, 160, 320, 32, 128, 128, 832),
+    "inception5b": (832, 384, 192, 384, 48, 128, 128, 1024),
+}
+
+# torchvision's shape comments at 224 x 224.
+SHAPES_224 = {
+    "conv1": (64, 112, 112), "maxpool1": (64, 56, 56), "conv2": (64, 56, 56),
+    "conv3": (192, 56, 56), "maxpool2": (192, 28, 28), "inception3a": (256, 28, 28),
+    "inception3b": (480, 28, 28), "maxpool3": (480, 14, 14), "inception4a": (512, 14, 14),
+    "inception4b": (512, 14, 14), "inception4c": (512, 14, 14), "inception4d": (528, 14, 14),
+    "inception4e": (832, 14, 14), "maxpool4": (832, 7, 7), "inception5a": (832, 7, 7),
+    "inception5b": (1024, 7, 7),
+}
+
+
+def plan(variant: str, **kw) -> spec.Plan:
+    return spec.plan(spec.configure(variant, **kw))
+
+
+@pytest.mark.parametrize("variant", sorted(spec.VARIANTS))
+def test_channel_table_and_input_channels(variant):
+    p = plan(variant)
+    blocks = {s.name: s for s in p.stages if isinstance(s, spec.InceptionBlock)}
+    assert list(blocks) == list(TABLE1)
+    for name, (cin, c1, c3r, c3, c5r, c5, pp, out) in TABLE1.items():
+        b = blocks[name]
+        assert b.in_channels == cin
+        assert b.out_channels == out
+        convs = [op for branch in b.branches for op in branch if isinstance(op, spec.ConvUnit)]
+        assert [(u.in_channels, u.out_channels) for u in convs] == [
+            (cin, c1), (cin, c3r), (c3r, c3), (cin, c5r), (c5r, c5), (cin, pp)]
+
+
+def test_variant_differences_are_data():
+    g, bn = plan("googlenet", aux_logits=True), plan("googlenet_bn", aux_logits=True)
+    b3 = {p.variant.name: p.stages[5].branches[2][1].kernel for p in (g, bn)}
+    assert b3 == {"googlenet": 5, "googlenet_bn": 3}
+    pools = {p.variant.name: next(s for s in p.stages if s.name == "maxpool4") for p in (g, bn)}
+    assert (pools["googlenet"].kernel, pools["googlenet_bn"].kernel) == (3, 2)
+    assert all(p.ceil_mode for p in pools.values())
+    assert isinstance(g.aux[0].pool, spec.Pool) and g.aux[0].pool.kernel == 5
+    assert isinstance(bn.aux[0].pool, spec.AdaptiveAvgPool) and bn.aux[0].pool.size == 4
+    assert (g.dropout, bn.dropout) == (0.4, 0.2)
+    assert g.variant.norm is None and bn.variant.norm == spec.BatchNorm(eps=1e-3, momentum=0.1)
+    assert all(u.bias for u in g.conv_units()) and not any(u.bias for u in bn.conv_units())
+
+
+@pytest.mark.parametrize("variant", sorted(spec.VARIANTS))
+def test_shapes_at_224_match_torchvision_comments(variant):
+    shapes = spec.expected_shapes(plan(variant, aux_logits=True), 224, batch=2)
+    assert {k: v[1:] for k, v in shapes.items() if k in SHAPES_224} == SHAPES_224
+    assert shapes["avgpool"] == (2, 1024) and shapes["logits"] == (2, 1000)
+    assert shapes["aux1"] == shapes["aux2"] == (2, 1000)
+
+
+def _torch_pool_out(size, k, s, p, ceil):
+    """PyTorch's formula written out independently (aten pooling_output_shape)."""
+    out = math.floor((size + 2 * p - k + ((s - 1) if ceil else 0)) / s) + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 7, 13, 14, 15, 56, 97, 112, 113, 224, 225])
+@pytest.mark.parametrize("k,s,p", [(3, 2, 0), (2, 2, 0), (3, 1, 1), (3, 2, 1), (5, 3, 0)])
+@pytest.mark.parametrize("ceil", [False, True])
+def test_pool_out_matches_pytorch_formula(size, k, s, p, ceil):
+    if size + 2 * p < k:
+        return
+    assert spec.pool_out(size, k, s, p, ceil) == _torch_pool_out(size, k, s, p, ceil)
+
+
+def test_odd_sizes_and_aux_admission():
+    g = plan("googlenet", aux_logits=True)
+    assert spec.stage_shapes(g, 225)["conv1"] == (64, 113, 113)
+    assert spec.stage_shapes(g, 225)["maxpool1"] == (64, 56, 56)  # ceil((113 - 3) / 2) + 1
+    assert spec.stage_shapes(g, 97)["inception5b"] == (1024, 3, 3)
+    # avg 5x5/3 gives fc1's 4 x 4 only from a 14..16 map at 4a: inputs 223..270.
+    assert spec.stage_shapes(g, 222)["inception4a"][1:] == (13, 13)
+    assert spec.stage_shapes(g, 270)["inception4a"][1:] == (16, 16)
+    assert spec.stage_shapes(g, 271)["inception4a"][1:] == (17, 17)
+    assert [s for s in range(150, 300) if spec.aux_admits(g, s)] == list(range(223, 271))
+    bn = plan("googlenet_bn", aux_logits=True)
+    assert spec.aux_admits(bn, 97)  # the adaptive pool admits any size
+    assert spec.adaptive_windows(14, 4) == [(0, 4), (3, 7), (7, 11), (10, 14)]
+    assert "aux1" not in spec.expected_shapes(g, 97)
+
+
+@pytest.mark.parametrize("variant,aux,trainable,stats", [
+    ("googlenet", False, 6_998_552, 0),
+    ("googlenet", True, 13_378_280, 0),
+    ("googlenet_bn", False, 6_624_904, 14_560),
+    ("googlenet_bn", True, 13_004_888, 15_072),
+])
+def test_parameter_counts_match_published_figures(variant, aux, trainable, stats):
+    assert spec.count_params(plan(variant, aux_logits=aux)) == (trainable, stats)
+
+
+def test_bn_statistics_by_hand():
+    # Two statistics (mean, variance) per BatchNorm channel; one BatchNorm per conv.
+    stem = 64 + 64 + 192
+    blocks = sum(c1 + c3r + c3 + c5r + c5 + pp for _, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
+    assert spec.count_params(plan("googlenet_bn"))[1] == 2 * (stem + blocks)
+    assert spec.count_params(plan("googlenet_bn", aux_logits=True))[1] == 2 * (stem + blocks + 2 * 128)
+
+
+def test_parameter_count_by_hand_for_googlenet():
+    # conv kernels + biases, block by block, from Table 1 (5x5 branch 3), then the fc.
+    stem = (64 * 3 * 49 + 64) + (64 * 64 + 64) + (192 * 64 * 9 + 192)
+    blocks = sum(cin * c1 + c1 + cin * c3r + c3r + c3r * c3 * 9 + c3 + cin * c5r + c5r
+                 + c5r * c5 * 25 + c5 + cin * pp + pp
+                 for cin, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
+    fc = 1024 * 1000 + 1000
+    aux = lambda cin: (cin * 128 + 128) + (2048 * 1024 + 1024) + (1024 * 1000 + 1000)  # noqa: E731
+    assert stem + blocks + fc == 6_998_552
+    assert stem + blocks + fc + aux(512) + aux(528) == 13_378_280
+
+
+def test_multiply_adds():
+    rows = {r.name: r for r in spec.layer_counts(plan("googlenet"), 224)}
+    assert rows["conv1"].macs == 112 * 112 * 64 * 3 * 7 * 7
+    assert rows["inception3a.branch3.1"].macs == 28 * 28 * 32 * 16 * 5 * 5
+    assert rows["fc"].macs == 1024 * 1000
+    total = sum(r.macs for r in rows.values())
+    assert total == 1_582_671_872  # "about 1.5 billion" in the paper; 1.58 G in REFERENCE.md
+    assert sum(r.params for r in rows.values()) == 6_998_552
+    # aux heads count where they run, and cost nothing where the size shuts them out
+    aux_rows = {r.name: r for r in spec.layer_counts(plan("googlenet", aux_logits=True), 97)}
+    assert aux_rows["aux1.fc1"].macs == 0 and aux_rows["aux1.fc1"].params == 2048 * 1024 + 1024
+
+
+def test_configure_rejects_bad_options_with_their_names():
+    with pytest.raises(spec.SpecError, match="variant: unknown 'resnet'"):
+        spec.configure("resnet")
+    with pytest.raises(spec.SpecError, match="option 'colour'"):
+        spec.configure("googlenet", colour=True)
+    with pytest.raises(spec.SpecError, match="transform_input: variant 'googlenet'"):
+        spec.configure("googlenet", transform_input=True)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(spec.SpecError, match="num_classes"):
+            spec.configure("googlenet", num_classes=bad)
+    with pytest.raises(spec.SpecError, match="nothing left after"):
+        spec.stage_shapes(plan("googlenet"), 16)
+
+
+def test_variants_are_frozen():
+    with pytest.raises(Exception):
+        spec.GOOGLENET.dropout = 0.5  # type: ignore[misc]
+
+
+def test_spec_imports_no_framework():
+    code = ("import sys, conformance.spec, conformance.canonical, conformance.harness; "
+            "print(sorted({'torch', 'keras', 'tensorflow', 'mxnet'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
