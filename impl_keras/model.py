@@ -125,9 +125,6 @@ class GoogLeNet(keras.Model):
     def __init__(self, plan: Plan) -> None:
         super().__init__(name=plan.variant.name)
         self.plan = plan
-        if plan.transform is not None:  # per channel, last axis
-            self.input_scale = np.asarray(plan.transform.scale, np.float32)
-            self.input_shift = np.asarray(plan.transform.shift, np.float32)
         for stage in plan.stages:  # conv1, maxpool1, ..., inception5b, in table order
             setattr(self, stage.name, make_stage(stage))
         for head in plan.aux:  # aux1, aux2
@@ -143,8 +140,10 @@ class GoogLeNet(keras.Model):
     def forward_stages(self, x, with_aux: bool = False, training: bool = False) -> dict:
         """Every stage's output by name (NHWC), then ``avgpool``, ``logits`` and the aux logits."""
         out = {}
-        if self.plan.transform is not None:  # torchvision's transform_input
-            x = x * self.input_scale + self.input_shift
+        if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
+            t = self.plan.transform
+            x = ops.concatenate([x[..., c:c + 1] * s + b for c, (s, b) in enumerate(zip(t.scale, t.shift))],
+                                axis=-1)
         # N x 224 x 224 x 3
         for stage in self.plan.stages:
             x = getattr(self, stage.name)(x, training=training)

@@ -96,11 +96,6 @@ class GoogLeNet(nn.Module):
     def __init__(self, plan: Plan) -> None:
         super().__init__()
         self.plan = plan
-        if plan.transform is not None:
-            self.register_buffer("input_scale", torch.tensor(plan.transform.scale).view(1, -1, 1, 1),
-                                 persistent=False)
-            self.register_buffer("input_shift", torch.tensor(plan.transform.shift).view(1, -1, 1, 1),
-                                 persistent=False)
         for stage in plan.stages:  # conv1, maxpool1, ..., inception5b, in table order
             self.add_module(stage.name, make_stage(stage))
         for head in plan.aux:  # aux1, aux2
@@ -112,8 +107,9 @@ class GoogLeNet(nn.Module):
     def forward_stages(self, x: Tensor, with_aux: bool = False) -> dict[str, Tensor]:
         """Every stage's output by name, then ``avgpool``, ``logits`` and the aux logits."""
         out: dict[str, Tensor] = {}
-        if self.plan.transform is not None:  # torchvision's transform_input
-            x = x * self.input_scale + self.input_shift
+        if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
+            t = self.plan.transform
+            x = torch.cat([x[:, c:c + 1] * s + b for c, (s, b) in enumerate(zip(t.scale, t.shift))], 1)
         # N x 3 x 224 x 224
         for stage in self.plan.stages:
             x = getattr(self, stage.name)(x)

@@ -10,6 +10,11 @@ import pytest
 from conformance import canonical, frameworks, spec
 from conformance.harness import full_options
 
+try:  # only where torchvision is installed (a side venv): its CUDA build of torch 2.14.1
+    import torchvision  # noqa: F401  segfaults when TensorFlow was imported before it
+except ImportError:
+    pass
+
 FRAMEWORKS = list(frameworks.FRAMEWORKS)
 _BACKENDS, _SKIPPED = frameworks.load(FRAMEWORKS)
 _MODELS: dict[tuple, object] = {}
