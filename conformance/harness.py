@@ -102,7 +102,7 @@ def full_options(variant: spec.Variant) -> dict[str, object]:
     return options
 
 
-def check_input_sizes(variants: list[str], sizes: list[int]) -> None:
+def check_input_sizes(variants: list[str], sizes: tuple[int, ...] | list[int]) -> None:
     """Fail fast, naming the option, on a size some variant cannot run."""
     for name in variants:
         p = spec.plan(spec.configure(name))
@@ -139,7 +139,7 @@ def _compare_size(p: spec.Plan, size: int, batch: int, outs: Mapping[str, Mappin
     return SizeReport(size, spec.aux_admits(p, size), rows)
 
 
-def check_variant(name: str, backends: Mapping[str, Backend], sizes: list[int], batch: int,
+def check_variant(name: str, backends: Mapping[str, Backend], sizes: tuple[int, ...] | list[int], batch: int,
                   seed: int, timer: Timer) -> VariantReport:
     options = full_options(spec.VARIANTS[name])
     p = spec.plan(spec.configure(name, **options))  # type: ignore[arg-type]
@@ -185,7 +185,7 @@ def check_variant(name: str, backends: Mapping[str, Backend], sizes: list[int], 
 
 
 def run(variants: list[str], backends: Mapping[str, Backend], skipped: Mapping[str, str],
-        sizes: list[int] = list(DEFAULT_SIZES), batch: int = DEFAULT_BATCH, seed: int = 0,
+        sizes: tuple[int, ...] | list[int] = DEFAULT_SIZES, batch: int = DEFAULT_BATCH, seed: int = 0,
         timer: Timer | None = None) -> Report:
     """The full check. ``backends`` maps a framework name to its implementation package
     (or any object with the same functions, e.g. a deliberately broken port)."""

@@ -60,12 +60,21 @@ def aux_wanted(p: Plan, x: np.ndarray, aux: bool) -> bool:
     return True
 
 
-def select_outputs(p: Plan, out: Mapping[str, np.ndarray], aux: bool) -> Any:
-    """logits, or (logits, aux2, aux1) in torchvision's order."""
+Run = Callable[[Any, np.ndarray, bool], dict[str, np.ndarray]]
+"""A framework's forward: (model, NCHW input, with_aux) -> every stage as NCHW numpy."""
+
+
+def forward(run: Run, model: Any, x: object, aux: bool = False) -> Any:
+    """Logits, or (logits, aux2, aux1) in torchvision's order, with inference behaviour."""
+    x = check_input(model.plan, x)
+    out = run(model, x, aux_wanted(model.plan, x, aux))
     if not aux:
         return out["logits"]
-    return (out["logits"], *(out[head.name] for head in reversed(p.aux)))
+    return (out["logits"], *(out[head.name] for head in reversed(model.plan.aux)))
 
 
-def output_names(p: Plan, aux: bool) -> tuple[str, ...]:
-    return ("logits", *(head.name for head in p.aux)) if aux else ("logits",)
+def stages(run: Run, model: Any, x: object) -> dict[str, np.ndarray]:
+    """Every stage's activation (NCHW), the pooled features, the logits and, where the
+    input size admits them, the aux logits."""
+    x = check_input(model.plan, x)
+    return run(model, x, bool(model.plan.aux) and aux_admits(model.plan, x.shape[2:]))

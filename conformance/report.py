@@ -33,7 +33,9 @@ def _stage_line(row: StageRow, others: list[str]) -> list[str]:
 
 
 def _size_block(s: SizeReport, reference: str, others: list[str]) -> list[str]:
-    head = f"  input {s.size} x {s.size}" + ("" if s.aux else "  (aux heads skipped: the aux pool does not give 4 x 4 here)")
+    head = f"  input {s.size} x {s.size}"
+    if not s.aux:
+        head += "  (aux heads skipped: their pool does not give the map fc1 expects at this size)"
     cols = "   ".join(f"{fw + ': max abs  max rel':>17}" for fw in others)
     lines = [head, f"    {'stage':<12} {'expected shape':<17} {'shapes':<6} {cols}   vs {reference}"]
     return lines + [line for r in s.stages for line in _stage_line(r, others)]

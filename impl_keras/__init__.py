@@ -12,7 +12,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from conformance import interface  # noqa: E402
-from conformance.spec import aux_admits, configure, plan  # noqa: E402
+from conformance.spec import configure, plan  # noqa: E402
 
 from .model import GoogLeNet  # noqa: E402
 from .weights import from_canonical, to_canonical  # noqa: E402
@@ -55,16 +55,13 @@ def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool) -> dict[str, np.ndarra
 
 def forward(model: GoogLeNet, x: np.ndarray, aux: bool = False):
     """Logits (or logits, aux2, aux1) as numpy, with inference behaviour."""
-    x = interface.check_input(model.plan, x)
-    out = _run(model, x, interface.aux_wanted(model.plan, x, aux))
-    return interface.select_outputs(model.plan, out, aux)
+    return interface.forward(_run, model, x, aux)
 
 
 def stages(model: GoogLeNet, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Every stage's activation (NCHW), the pooled features, the logits and, where the
-    input size admits them, the aux logits."""
-    x = interface.check_input(model.plan, x)
-    return _run(model, x, bool(model.plan.aux) and aux_admits(model.plan, x.shape[2:]))
+    """Every stage's activation (NCHW), the pooled features, the logits and the aux logits
+    where the input size admits them."""
+    return interface.stages(_run, model, x)
 
 
 def count_params(model: GoogLeNet) -> tuple[int, int]:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from conformance import interface
-from conformance.spec import aux_admits, configure, plan
+from conformance.spec import configure, plan
 
 from .model import GoogLeNet
 from .weights import from_canonical, to_canonical
@@ -32,29 +32,25 @@ def build(variant: str, num_classes: int = 1000, aux_logits: bool = False, **opt
     return model.eval()
 
 
-def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool) -> dict[str, torch.Tensor]:
+def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool) -> dict[str, np.ndarray]:
     was_training = model.training
     try:
         with torch.inference_mode():
-            return model.eval().forward_stages(torch.from_numpy(x), with_aux=with_aux)
+            out = model.eval().forward_stages(torch.from_numpy(x), with_aux=with_aux)
     finally:
         model.train(was_training)
+    return {k: v.numpy() for k, v in out.items()}
 
 
 def forward(model: GoogLeNet, x: np.ndarray, aux: bool = False):
     """Logits (or logits, aux2, aux1) as numpy, with inference behaviour."""
-    x = interface.check_input(model.plan, x)
-    out = _run(model, x, interface.aux_wanted(model.plan, x, aux))
-    return interface.select_outputs(
-        model.plan, {k: out[k].numpy() for k in interface.output_names(model.plan, aux)}, aux)
+    return interface.forward(_run, model, x, aux)
 
 
 def stages(model: GoogLeNet, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Every stage's activation (NCHW), the pooled features, the logits and, where the
-    input size admits them, the aux logits."""
-    x = interface.check_input(model.plan, x)
-    with_aux = bool(model.plan.aux) and aux_admits(model.plan, x.shape[2:])
-    return {k: v.numpy() for k, v in _run(model, x, with_aux).items()}
+    """Every stage's activation (NCHW), the pooled features, the logits and the aux logits
+    where the input size admits them."""
+    return interface.stages(_run, model, x)
 
 
 def count_params(model: GoogLeNet) -> tuple[int, int]:
