@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from .canonical import atomic_write
@@ -101,12 +102,23 @@ def render(r: Report) -> str:
 
 
 def to_json(r: Report) -> dict:
-    doc = dataclasses.asdict(r)
+    doc = _finite(dataclasses.asdict(r))
     doc["passed"] = r.passed
     doc["checks"], doc["failed"] = count_checks(r)
     return doc
 
 
+def _finite(value: object) -> object:
+    """Strict JSON has no NaN or Infinity: such errors are written as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(r: Report, path: str | Path, overwrite: bool = False) -> Path:
-    data = json.dumps(to_json(r), indent=1, allow_nan=True).encode()
+    data = json.dumps(to_json(r), indent=1, allow_nan=False).encode()
     return atomic_write(path, data, overwrite=overwrite)

@@ -80,3 +80,18 @@ def test_spec_prints_shapes_counts_and_multiply_adds():
     assert r.returncode == 0, r.stderr
     assert "inception4d    528 x 14 x 14" in r.stdout
     assert "total" in r.stdout and "6,998,552" in r.stdout and "1,582,671,872" in r.stdout
+
+
+def test_json_report_is_strict_json_even_for_infinite_errors(tmp_path):
+    from conformance import harness, report
+    from conformance.compare import Agreement
+
+    row = harness.StageRow("conv1", (1, 64, 49, 49), {"torch": (1, 64, 49, 49)},
+                           {"keras": Agreement(float("inf"), float("nan"))}, False)
+    r = harness.Report({"torch": "torch"}, {}, "torch", 1, 0, 1e-4,
+                       [harness.VariantReport("googlenet", {}, {"spec": (1, 0), "torch": (1, 0)}, {},
+                                              [harness.SizeReport(97, False, [row])])], {})
+    path = report.write_json(r, tmp_path / "r.json")
+    doc = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    agreement = doc["variants"][0]["sizes"][0]["stages"][0]["agreement"]["keras"]
+    assert agreement["max_abs"] == "inf" and agreement["max_rel"] == "nan" and doc["passed"] is False
