@@ -60,6 +60,7 @@ def _variant_block(v: VariantReport, reference: str | None) -> list[str]:
     others = [fw for fw in fws if fw != reference]
     for s in v.sizes:
         lines += _size_block(s, reference or "-", others)
+    lines += [f"  input {size} x {size}: skipped, {why}" for size, why in v.skipped_sizes.items()]
     return lines
 
 

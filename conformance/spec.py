@@ -134,6 +134,8 @@ class Variant:
     norm: BatchNorm | None
     aux: AuxHead | None
     dropout: float
+    # The pool before fc; fc reads its output flattened, so it must give 1 x 1.
+    head_pool: Union[Pool, AdaptiveAvgPool] = AdaptiveAvgPool("avgpool", 1)
     in_channels: int = 3
     input_size: int = 224  # the size the variant was designed for; any admissible size runs
     input_transform: InputTransform | None = None
@@ -205,9 +207,21 @@ GOOGLENET_BN = dataclasses.replace(
     dropout=0.2,
     input_transform=InputTransform(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
 )
+
+GOOGLENET_GLUONCV = dataclasses.replace(
+    GOOGLENET_BN,
+    name="googlenet_gluoncv",
+    description="GluonCV's googlenet: torchvision's layers and weights, but a 2x2 pool before "
+                "5a without ceil, avg 5x5/3 aux pools and a fixed 7x7 head pool",
+    rows=tuple(Pool("maxpool4", "max", 2, 2) if r.name == "maxpool4" else r for r in GOOGLENET.rows),
+    aux=GOOGLENET.aux,
+    dropout=0.4,
+    head_pool=Pool("avgpool", "avg", 7, 7),  # = global at 224; needs a 7..13 map
+    input_transform=None,
+)
 # fmt: on
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (GOOGLENET, GOOGLENET_BN)}
+VARIANTS: dict[str, Variant] = {v.name: v for v in (GOOGLENET, GOOGLENET_BN, GOOGLENET_GLUONCV)}
 
 
 class SpecError(ValueError):
@@ -312,6 +326,7 @@ class Plan:
     aux: tuple[AuxUnit, ...]
     fc: Dense
     dropout: float
+    head_pool: PoolUnit
     transform: InputTransform | None = None
 
     @property
@@ -404,7 +419,7 @@ def plan(variant: Variant) -> Plan:
             ))
     transform = variant.input_transform if variant.transform_input else None
     return Plan(variant, tuple(stages), tuple(aux), Dense("fc", c, variant.num_classes),
-                variant.dropout, transform)
+                variant.dropout, variant.head_pool, transform)
 
 
 # --------------------------------------------------------------------------------------
@@ -448,6 +463,14 @@ def _op_chw(op: Stage, chw: CHW) -> CHW:
     return (op.out_channels, h, w)  # Inception blocks keep the spatial size
 
 
+def _window_fits(op: Stage, chw: CHW) -> bool:
+    """Whether a pool's window fits its padded input. PyTorch runs a ceil-mode window
+    larger than the input; MXNet refuses, so the spec admits neither."""
+    if not isinstance(op, Pool):
+        return True
+    return all(op.kernel <= s + 2 * op.padding for s in chw[1:])
+
+
 def _size(size: int | HW) -> HW:
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if len(hw) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in hw):
@@ -461,11 +484,18 @@ def stage_shapes(p: Plan, size: int | HW) -> dict[str, CHW]:
     chw: CHW = (p.in_channels, h, w)
     out: dict[str, CHW] = {}
     for stage in p.stages:
+        if not _window_fits(stage, chw):
+            raise SpecError(f"input size {size}: the {stage.name} window ({stage.kernel} x {stage.kernel}) "
+                            f"is larger than its {chw[1]} x {chw[2]} input; use a larger --input-size")
         chw = _op_chw(stage, chw)
         if min(chw[1:]) < 1:
             raise SpecError(f"input size {size}: nothing left after {stage.name} "
                             f"({chw[1]} x {chw[2]}); use a larger --input-size")
         out[stage.name] = chw
+    pooled = _op_chw(p.head_pool, chw)
+    if pooled[1:] != (1, 1) or not _window_fits(p.head_pool, chw):
+        raise SpecError(f"input size {size}: the head pool turns the {chw[1]} x {chw[2]} map into "
+                        f"{pooled[1]} x {pooled[2]}; fc expects 1 x 1")
     return out
 
 
@@ -475,7 +505,8 @@ def aux_admits(p: Plan, size: int | HW) -> bool:
     if not p.aux:
         return False
     shapes = stage_shapes(p, size)
-    return all(_op_chw(a.pool, shapes[a.tap])[1:] == (a.pooled, a.pooled) for a in p.aux)
+    return all(_window_fits(a.pool, shapes[a.tap]) and
+               _op_chw(a.pool, shapes[a.tap])[1:] == (a.pooled, a.pooled) for a in p.aux)
 
 
 def expected_shapes(p: Plan, size: int | HW, batch: int = 1) -> dict[str, tuple[int, ...]]:

@@ -129,7 +129,8 @@ class GoogLeNet(keras.Model):
             setattr(self, stage.name, make_stage(stage))
         for head in plan.aux:  # aux1, aux2
             setattr(self, head.name, InceptionAux(head))
-        self.avgpool = layers.GlobalAveragePooling2D()
+        self.avgpool = make_pool(plan.head_pool)  # global average (a fixed 7x7 in GluonCV)
+        self.flatten = layers.Flatten()
         self.dropout = layers.Dropout(plan.dropout)
         self.fc = layers.Dense(plan.fc.out_features, name=plan.fc.name)
 
@@ -152,6 +153,8 @@ class GoogLeNet(keras.Model):
             for head in self.plan.aux_for(stage.name) if with_aux else ():
                 out[head.name] = getattr(self, head.name)(x, training=training)
         x = self.avgpool(x)
+        # N x 1 x 1 x 1024
+        x = self.flatten(x)
         # N x 1024
         out["avgpool"] = x
         x = self.dropout(x, training=training)

@@ -120,7 +120,7 @@ class GoogLeNet(nn.HybridBlock):
             setattr(self, stage.name, make_stage(stage))
         for head in plan.aux:  # aux1, aux2
             setattr(self, head.name, InceptionAux(head))
-        self.avgpool = nn.GlobalAvgPool2D()
+        self.avgpool = make_pool(plan.head_pool)  # global average (a fixed 7x7 in GluonCV)
         self.dropout = nn.Dropout(plan.dropout)
         self.fc = nn.Dense(plan.fc.out_features, in_units=plan.fc.in_features)
 

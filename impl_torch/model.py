@@ -100,7 +100,7 @@ class GoogLeNet(nn.Module):
             self.add_module(stage.name, make_stage(stage))
         for head in plan.aux:  # aux1, aux2
             self.add_module(head.name, InceptionAux(head))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = make_pool(plan.head_pool)  # global average (a fixed 7x7 in GluonCV)
         self.dropout = nn.Dropout(plan.dropout)
         self.fc = nn.Linear(plan.fc.in_features, plan.fc.out_features)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+
 from conformance import harness, spec
 from conformance.compare import REL_TOL
 
@@ -16,7 +17,7 @@ def report():
     backends = installed()
     if len(backends) < 2:
         pytest.skip(f"needs two frameworks to compare, found {sorted(backends)}")
-    return harness.run(list(spec.VARIANTS), backends, {}, sizes=[224, 225, 97], batch=2)
+    return harness.run(list(spec.VARIANTS), backends, {}, sizes=list(harness.DEFAULT_SIZES), batch=2)
 
 
 def test_every_check_passes(report):
@@ -43,13 +44,36 @@ def test_every_stage_of_the_spec_was_compared(report):
             assert ("aux1" in compared) == s.aux
 
 
-def test_aux_heads_compared_at_224_and_odd_225(report):
+def test_aux_heads_compared_at_224_and_odd_239(report):
     sizes = {v.variant: {s.size: s.aux for s in v.sizes} for v in report.variants}
-    assert sizes["googlenet"] == {224: True, 225: True, 97: False}  # avg 5x5/3 needs a 14..16 map
-    assert sizes["googlenet_bn"] == {224: True, 225: True, 97: True}  # adaptive: any size
+    assert harness.DEFAULT_SIZES == (224, 239, 97)
+    assert sizes["googlenet"] == {224: True, 239: True, 97: False}  # avg 5x5/3 needs a 14..16 map
+    assert sizes["googlenet_bn"] == {224: True, 239: True, 97: True}  # adaptive: any size
+    # GluonCV's fixed 7x7 head pool needs a 7..13 map: 97 is skipped, with the reason
+    assert sizes["googlenet_gluoncv"] == {224: True, 239: True}
+    gluoncv = next(v for v in report.variants if v.variant == "googlenet_gluoncv")
+    assert "fc expects 1 x 1" in gluoncv.skipped_sizes[97]
 
 
 def test_round_trips_are_bit_identical(report):
     for v in report.variants:
         assert v.roundtrip and all(not bad for bad in v.roundtrip.values()), v.roundtrip
         assert any("->" in k for k in v.roundtrip)  # the chain through every framework ran
+
+
+def smallest_size(variant: str) -> int:
+    return next(s for s in range(1, 1000) if harness.inadmissible(variant, s) is None)
+
+
+def test_the_smallest_sizes_the_spec_admits_run_in_every_framework():
+    """The spec's admissibility is the common ground of the frameworks: PyTorch runs a
+    ceil-mode pool window larger than its input, MXNet refuses, so the spec refuses too."""
+    backends = installed()
+    if len(backends) < 2:
+        pytest.skip(f"needs two frameworks to compare, found {sorted(backends)}")
+    sizes = {v: smallest_size(v) for v in spec.VARIANTS}
+    assert sizes == {"googlenet": 47, "googlenet_bn": 31, "googlenet_gluoncv": 223}
+    assert "maxpool4 window (2 x 2) is larger than its 1 x 1 input" in harness.inadmissible("googlenet_bn", 30)
+    r = harness.run(["googlenet", "googlenet_bn"], backends, {}, sizes=[31, 47], batch=1)
+    assert r.passed, [(v.variant, v.errors) for v in r.variants]
+    assert [s.size for s in r.variants[0].sizes] == [47] and 31 in r.variants[0].skipped_sizes

@@ -115,7 +115,7 @@ def test_transform_input_changes_the_input_as_torchvision(backend):
     (np.zeros((1, 3, 224), np.float32), r"x: expected shape \(N, 3, H, W\), got \(1, 3, 224\)"),
     (np.zeros((1, 224, 224, 3), np.float32), r"x: expected shape \(N, 3, H, W\), got \(1, 224, 224, 3\)"),
     (np.zeros((1, 3, 224, 224), np.float64), "x: expected dtype float32, got float64"),
-    (np.zeros((1, 3, 20, 20), np.float32), "nothing left after"),
+    (np.zeros((1, 3, 20, 20), np.float32), "is larger than its"),
 ])
 def test_forward_rejects_bad_input_by_name(backend, x, message):
     with pytest.raises(ValueError, match=message):

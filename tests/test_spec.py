@@ -162,8 +162,10 @@ def test_configure_rejects_bad_options_with_their_names():
     for bad in (0, -3, 2.5, True):
         with pytest.raises(spec.SpecError, match="num_classes"):
             spec.configure("googlenet", num_classes=bad)
-    with pytest.raises(spec.SpecError, match="nothing left after"):
+    with pytest.raises(spec.SpecError, match=r"the maxpool3 window \(3 x 3\) is larger than its 2 x 2 input"):
         spec.stage_shapes(plan("googlenet"), 16)
+    with pytest.raises(spec.SpecError, match="turns the 3 x 3 map into 0 x 0; fc expects 1 x 1"):
+        spec.stage_shapes(plan("googlenet_gluoncv"), 97)
 
 
 def test_variants_are_frozen():
