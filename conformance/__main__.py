@@ -1,4 +1,4 @@
-"""``python -m conformance check`` and ``python -m conformance spec``.
+"""``python -m conformance check``, ``port`` and ``spec``.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input.
 """
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import spec
+from .formats import FORMATS
 from .frameworks import FRAMEWORKS
 
 
@@ -39,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
     check.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     check.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+
+    port = sub.add_parser("port", help="convert a checkpoint to another framework's format, verified")
+    port.add_argument("src", type=Path, metavar="SRC", help="checkpoint to read")
+    port.add_argument("dst", type=Path, metavar="DST", help="file to write (never overwritten without --force)")
+    port.add_argument("--variant", required=True, choices=sorted(spec.VARIANTS))
+    port.add_argument("--from", dest="src_format", choices=list(FORMATS), help="format of SRC (default: from its name)")
+    port.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="format of DST (default: from its name)")
+    port.add_argument("--num-classes", type=_positive, default=1000)
+    port.add_argument("--transform-input", action="store_true",
+                      help="torchvision's transform_input (googlenet_bn)")
+    port.add_argument("--force", action="store_true", help="overwrite DST")
 
     table = sub.add_parser("spec", help="print a variant's layers, shapes, parameters and multiply-adds")
     table.add_argument("--variant", default="googlenet", choices=sorted(spec.VARIANTS))
@@ -89,11 +101,25 @@ def _spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(args: argparse.Namespace) -> int:
+    from .port import VerificationError, port
+
+    try:
+        port(args.src, args.dst, args.variant, args.src_format, args.dst_format, args.num_classes,
+             args.transform_input, args.force, log=lambda line: print(line, flush=True))
+    except VerificationError as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        return 1
+    print("PASS")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"check": _check, "port": _port, "spec": _spec}
     try:
-        return _check(args) if args.command == "check" else _spec(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError is a ValueError
+        return commands[args.command](args)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError, PortError: ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
 

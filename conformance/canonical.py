@@ -135,7 +135,7 @@ def atomic_write(path: str | Path, data: bytes, overwrite: bool = False) -> Path
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -143,10 +143,11 @@ def atomic_write(path: str | Path, data: bytes, overwrite: bool = False) -> Path
     return path
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The permissions a new file gets here (0666 less the umask)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def save(params: Mapping[str, np.ndarray], path: str | Path, p: Plan | None = None,

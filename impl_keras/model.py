@@ -20,10 +20,10 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import layers, ops
 
-from conformance.spec import AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage
+from conformance.spec import (AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage,
+                              configure, plan)
 
 from .layers import AdaptiveAvgPool2D, Pool2D
 
@@ -33,6 +33,7 @@ class BasicConv2d(layers.Layer):
 
     def __init__(self, u: ConvUnit) -> None:
         super().__init__(name=u.name)
+        self.unit = u
         same = u.stride == 1 and 2 * u.padding == u.kernel - 1  # symmetric, so safe
         explicit = u.padding > 0 and not same
         self.pad = layers.ZeroPadding2D(u.padding, name=f"{u.name}.pad") if explicit else None
@@ -42,6 +43,13 @@ class BasicConv2d(layers.Layer):
         self.bn = None if u.norm is None else layers.BatchNormalization(
             epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, name=f"{u.name}.bn")
         self.relu = layers.ReLU()
+
+    def build(self, input_shape=None) -> None:
+        """Weights from the spec's channel counts, as Gluon's ``in_channels``: no forward
+        pass (Keras 3 would otherwise trace ``call`` at every level to find shapes)."""
+        self.conv.build((None, None, None, self.unit.in_channels))
+        if self.bn is not None:
+            self.bn.build((None, None, None, self.unit.out_channels))
 
     def call(self, x):
         if self.pad is not None:
@@ -67,6 +75,10 @@ class Sequential(layers.Layer):
         super().__init__(name=name)
         self.ops = [make_op(op) for op in ops_]
 
+    def build(self, input_shape=None) -> None:
+        for op in self.ops:
+            op.build(None)
+
     def call(self, x):
         for op in self.ops:
             x = op(x)
@@ -85,6 +97,10 @@ class Inception(layers.Layer):
         self.branch1, self.branch2, self.branch3, self.branch4 = (
             make_branch(ops_, f"{block.name}.branch{i}") for i, ops_ in enumerate(block.branches, 1))
 
+    def build(self, input_shape=None) -> None:
+        for branch in (self.branch1, self.branch2, self.branch3, self.branch4):
+            branch.build(None)
+
     def call(self, x):
         # N x 28 x 28 x 192 (inception3a)
         branches = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
@@ -101,6 +117,12 @@ class InceptionAux(layers.Layer):
         self.fc1 = layers.Dense(head.fc1.out_features, name=head.fc1.name)
         self.fc2 = layers.Dense(head.fc2.out_features, name=head.fc2.name)
         self.dropout = layers.Dropout(head.dropout)
+        self.head = head
+
+    def build(self, input_shape=None) -> None:
+        self.conv.build(None)
+        self.fc1.build((None, self.head.fc1.in_features))
+        self.fc2.build((None, self.head.fc2.in_features))
 
     def call(self, x):
         # aux1: N x 14 x 14 x 512, aux2: N x 14 x 14 x 528
@@ -121,9 +143,10 @@ def make_stage(stage: Stage) -> layers.Layer:
     return Inception(stage) if isinstance(stage, InceptionBlock) else make_op(stage)
 
 
+@keras.saving.register_keras_serializable(package="conformance")
 class GoogLeNet(keras.Model):
-    def __init__(self, plan: Plan) -> None:
-        super().__init__(name=plan.variant.name)
+    def __init__(self, plan: Plan, **kwargs) -> None:
+        super().__init__(name=plan.variant.name, **kwargs)
         self.plan = plan
         for stage in plan.stages:  # conv1, maxpool1, ..., inception5b, in table order
             setattr(self, stage.name, make_stage(stage))
@@ -134,9 +157,22 @@ class GoogLeNet(keras.Model):
         self.dropout = layers.Dropout(plan.dropout)
         self.fc = layers.Dense(plan.fc.out_features, name=plan.fc.name)
 
-    def build(self, input_shape) -> None:
-        """Create every weight, aux heads included, by one forward at this input size."""
-        self.forward_stages(np.zeros((1, *input_shape[1:]), np.float32), with_aux=bool(self.plan.aux))
+    def get_config(self) -> dict:
+        """The variant and its options: enough to rebuild the model (``.keras`` files)."""
+        return {"variant": self.plan.variant.name, **self.plan.variant.options}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "GoogLeNet":
+        config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+        return cls(plan(configure(config.pop("variant"), **config)))
+
+    def build(self, input_shape=None) -> None:
+        """Create every weight, aux heads included, from the spec's channel counts."""
+        for stage in self.plan.stages:
+            getattr(self, stage.name).build(None)
+        for head in self.plan.aux:
+            getattr(self, head.name).build(None)
+        self.fc.build((None, self.plan.fc.in_features))
 
     def forward_stages(self, x, with_aux: bool = False, training: bool = False) -> dict:
         """Every stage's output by name (NHWC), then ``avgpool``, ``logits`` and the aux logits."""

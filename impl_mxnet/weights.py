@@ -1,5 +1,6 @@
 """Canonical <-> Gluon parameters: Gluon's structural names (what ``save_parameters``
-writes) are the canonical names, except BatchNorm's scale and shift."""
+writes) are the canonical names, except BatchNorm's scale and shift
+(``conformance.naming.gluon_name``)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,8 @@ import mxnet as mx
 import numpy as np
 
 from conformance.canonical import CanonicalError, canonical_shapes, validate
+from conformance.naming import gluon_name
 from conformance.spec import Plan
-
-BN_RENAMES = {".bn.weight": ".bn.gamma", ".bn.bias": ".bn.beta"}
-
-
-def gluon_name(key: str) -> str:
-    """Canonical key -> Gluon structural name (``conv1.bn.weight`` -> ``conv1.bn.gamma``)."""
-    for ours, theirs in BN_RENAMES.items():
-        if key.endswith(ours):
-            return key[: -len(ours)] + theirs
-    return key
 
 
 def _located(model, p: Plan) -> list[tuple[str, mx.gluon.Parameter]]:

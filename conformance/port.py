@@ -1,0 +1,216 @@
+"""Port a GoogLeNet checkpoint from one format to another, proven equivalent.
+
+``port(src, dst, variant)`` reads ``src`` (any format of ``conformance.formats``, any
+naming of ``conformance.naming``), checks it strictly against the spec, writes ``dst``
+through a temporary file in the same directory, then verifies before renaming it
+into place: the written file is loaded into the target framework the way its users
+load it, the source into its own framework, both run the same seeded input, and
+logits (and aux logits) must agree within the float32 tolerance with identical
+top-5, and every tensor must come back bit-identical. A failed verification
+leaves ``dst`` untouched.
+
+Input dtypes: float16 and float64 tensors are converted to float32, with a notice
+(float64 -> float32 rounds; float16 -> float32 is exact). Integer tensors other than
+``num_batches_tracked`` are refused, and so are NaN or Inf values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import naming, spec
+from .canonical import CanonicalError, Params, file_mode, validate
+from .compare import Agreement, agreement, identical
+from .formats import (Format, PortError, built, framework_of, infer, installed_reference,
+                      load_native, read, write)
+
+__all__ = ["PortError", "PortResult", "VerificationError", "port"]
+
+VERIFY_BATCH = 2
+
+
+class VerificationError(RuntimeError):
+    """The written file does not reproduce the source: nothing was written."""
+
+
+@dataclass
+class PortResult:
+    src: Path
+    dst: Path
+    src_format: str
+    dst_format: str
+    variant: str
+    options: dict[str, object]
+    source_framework: str
+    target_framework: str
+    agreement: dict[str, Agreement]  # logits and, where they run, the aux logits
+    changed: list[str]  # canonical keys not bit-identical after the round trip
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.changed and all(a.passed for a in self.agreement.values())
+
+
+def _check_paths(src: Path, dst: Path, force: bool) -> None:
+    if not src.is_file():
+        raise PortError(f"SRC {src}: no such file")
+    if not os.access(src, os.R_OK):
+        raise PortError(f"SRC {src}: not readable")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise PortError(f"DST {dst} is SRC: write the port to another file")
+    if dst.is_dir():
+        raise PortError(f"DST {dst} is a directory; give a file name")
+    if dst.exists() and not force:
+        raise PortError(f"DST {dst} already exists; pass --force to overwrite it")
+    parent = dst.parent if str(dst.parent) else Path(".")
+    if not parent.is_dir():
+        raise PortError(f"DST {dst}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PortError(f"DST {dst}: directory {parent} is not writable")
+
+
+def _as_float32(params: Params, src: Path, notes: list[str]) -> Params:
+    converted: dict[str, int] = {}
+    out = {}
+    for key, value in params.items():
+        value = np.asarray(value)
+        if value.dtype in (np.float16, np.float64):
+            converted[str(value.dtype)] = converted.get(str(value.dtype), 0) + 1
+            value = value.astype(np.float32)
+        elif value.dtype != np.float32:
+            raise PortError(f"{src}: {key!r} is {value.dtype}; expected floating-point weights")
+        bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+        if bad:
+            raise PortError(f"{src}: {key!r} holds {bad} NaN or Inf values; refusing to port it")
+        out[key] = value
+    notes += [f"converted {n} {dtype} tensors to float32" for dtype, n in converted.items()]
+    return out
+
+
+def _diagnose(params: Params, src: Path, v: spec.Variant, num_classes: int) -> None:
+    """Say what a checkpoint of another variant or class count looks like, before the
+    strict key-by-key check lists every difference."""
+    branch3 = params.get("inception3a.branch3.1.conv.weight")
+    has_bn = any(".bn." in k for k in params)
+    if branch3 is not None and branch3.ndim == 4 and branch3.shape[-1] != v.branch3_kernel:
+        k = branch3.shape[-1]
+        fits = [n for n, c in spec.VARIANTS.items() if c.branch3_kernel == k and (c.norm is not None) == has_bn]
+        raise PortError(f"{src}: {k}x{k} branch found (inception3a.branch3.1.conv.weight is "
+                        f"{branch3.shape}): this is {' or '.join(f'`{n}`' for n in fits) or 'no known variant'}, "
+                        f"not `{v.name}`")
+    if params and has_bn != (v.norm is not None):
+        fits = [n for n, c in spec.VARIANTS.items() if (c.norm is not None) == has_bn]
+        found = "BatchNorm found" if has_bn else "conv biases and no BatchNorm found"
+        raise PortError(f"{src}: {found}: this is {' or '.join(f'`{n}`' for n in fits)}, not `{v.name}`")
+    fc = params.get("fc.weight")
+    if fc is not None and fc.ndim == 2 and fc.shape[0] != num_classes:
+        raise PortError(f"{src}: the checkpoint has {fc.shape[0]} classes (fc.weight is {fc.shape}), "
+                        f"not {num_classes}: pass --num-classes {fc.shape[0]}")
+
+
+def _configure(variant: str, num_classes: int, aux: bool, transform_input: bool) -> spec.Plan:
+    try:
+        options = {"transform_input": True} if transform_input else {}
+        return spec.plan(spec.configure(variant, num_classes, aux, **options))
+    except spec.SpecError as e:  # name the command-line option
+        raise PortError(str(e).replace("num_classes:", "--num-classes:", 1)) from None
+
+
+def _temporary(dst: Path, fmt: Format) -> Path:
+    """An unused name beside ``dst``, ending as ``fmt`` needs (Keras insists on it)."""
+    suffix = next((s for s in fmt.suffixes if dst.name.endswith(s)), fmt.suffixes[0])
+    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".tmp{suffix}", dir=dst.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _verify(params: Params, p: spec.Plan, source: tuple, tmp: Path, dst_fmt: Format,
+            reference: str) -> tuple[str, dict[str, Agreement], list[str]]:
+    source_backend, source_model = source
+    target_backend, target_model = load_native(tmp, dst_fmt, p, reference)
+    changed = identical(params, target_backend.to_canonical(target_model))
+    size = p.variant.input_size
+    x = np.random.default_rng(0).standard_normal((VERIFY_BATCH, p.in_channels, size, size)).astype(np.float32)
+    aux = bool(p.aux) and spec.aux_admits(p, size)
+    ours = source_backend.forward(source_model, x, aux=aux)
+    theirs = target_backend.forward(target_model, x, aux=aux)
+    names = ["logits", *(h.name for h in reversed(p.aux))] if aux else ["logits"]
+    ours, theirs = (ours, theirs) if aux else ((ours,), (theirs,))
+    agree = {n: agreement(a, b, logits=True) for n, a, b in zip(names, ours, theirs)}
+    return target_backend.name, agree, changed
+
+
+def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None = None,
+         dst_format: str | None = None, num_classes: int = 1000, transform_input: bool = False,
+         force: bool = False, log: Callable[[str], None] = lambda line: None) -> PortResult:
+    """Convert ``src`` to ``dst`` and prove it. Raises PortError (bad input; nothing
+    written) or VerificationError (the written file disagrees; nothing written)."""
+    start = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    _check_paths(src, dst, force)
+    src_fmt, dst_fmt = infer(src, src_format, "--from"), infer(dst, dst_format, "--to")
+    if variant not in spec.VARIANTS:
+        raise PortError(f"--variant: unknown {variant!r}; expected one of {', '.join(spec.VARIANTS)}")
+    has_aux = spec.VARIANTS[variant].aux is not None
+    p = _configure(variant, num_classes, has_aux, transform_input)
+
+    raw = read(src, src_fmt, p)
+    params, notes = naming.to_canonical(raw.tensors, raw.scheme, p)
+    notes = raw.notes + notes + ([f"names: {raw.scheme}"] if raw.scheme != "canonical" else [])
+    if raw.config is not None and (raw.config.get("variant"), raw.config.get("num_classes")) != (variant, num_classes):
+        raise PortError(f"{src}: this Keras model is {raw.config.get('variant')} with "
+                        f"{raw.config.get('num_classes')} classes; pass --variant "
+                        f"{raw.config.get('variant')} --num-classes {raw.config.get('num_classes')}")
+    params = _as_float32(params, src, notes)
+    _diagnose(params, src, spec.VARIANTS[variant], num_classes)
+    aux = any(k.startswith("aux1.") for k in params)
+    if aux and not has_aux:
+        raise PortError(f"{src}: aux head weights found, but `{variant}` has no aux heads")
+    p = _configure(variant, num_classes, aux, transform_input)
+    try:
+        validate(p, params)
+    except CanonicalError as e:
+        raise PortError(f"{src}: {e}") from None
+    log(f"read   {src} ({src_fmt.description}): {len(params)} tensors, {p.variant.name}, "
+        f"{num_classes} classes, aux heads {'yes' if aux else 'no'}")
+    for note in notes:
+        log(f"       {note}")
+
+    reference = installed_reference() if None in (src_fmt.framework, dst_fmt.framework) else ""
+    src_fw = framework_of(src_fmt, reference)
+    tmp = _temporary(dst, dst_fmt)
+    try:
+        write(params, p, dst_fmt, tmp)
+        # the source in its own framework: as the reader loaded it, else from its tensors
+        native = raw.native if raw.native and raw.native[1].plan == p else None
+        source = native or built(src_fw, p, params)
+        target_fw, agree, changed = _verify(params, p, source, tmp, dst_fmt, reference)
+        result = PortResult(src, dst, src_fmt.name, dst_fmt.name, variant, p.variant.options, src_fw,
+                            target_fw, agree, changed, notes)
+        log(f"verify {src_fw} (source) vs {target_fw} (written file), seeded input "
+            f"{VERIFY_BATCH} x {p.in_channels} x {p.variant.input_size} x {p.variant.input_size}:")
+        for name, a in agree.items():
+            log(f"       {name:<7} max abs {a.max_abs:.1e}, max rel {a.max_rel:.1e}, top-1 {a.top1:.0%}, "
+                f"top-5 {a.top5:.0%}  {'PASS' if a.passed else 'FAIL'}")
+        log(f"       weights: {'bit-identical' if not changed else f'{len(changed)} tensors changed: {changed[:3]}'}")
+        if not result.passed:
+            raise VerificationError(f"{dst}: the written file does not reproduce {src}; nothing was written")
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, dst)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    result.seconds = time.perf_counter() - start
+    log(f"wrote  {dst} ({dst_fmt.description}) in {result.seconds:.1f} s")
+    return result
+
