@@ -10,6 +10,7 @@ write canonical parameters in it, and load it natively for verification.
 | ``keras-weights`` | ``.weights.h5`` | ``model.save_weights`` / ``load_weights``   |
 | ``keras``       | ``.keras``       | ``model.save`` / ``keras.models.load_model``  |
 | ``mxnet``       | ``.params``      | ``save_parameters``; reads Gluon and GluonCV names |
+| ``gluoncv``     | ``.params``      | GluonCV's names (``--to gluoncv``), for its ``googlenet`` |
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ FORMATS = {f.name: f for f in (
     Format("keras-weights", (".weights.h5",), "Keras weights", "keras", ("hdf5",)),
     Format("keras", (".keras",), "Keras model", "keras", ("keras",)),
     Format("mxnet", (".params",), "MXNet Gluon parameters", "mxnet", ("mxnet",)),
+    # Only by name (--to gluoncv): .params files are read whatever their naming.
+    Format("gluoncv", (".params",), "GluonCV parameters", "mxnet", ("mxnet",)),
 )}
 
 _KIND_NAMES = {"safetensors": "safetensors", "npz": "a numpy archive", "torch": "a PyTorch file",
@@ -236,6 +239,7 @@ def read(path: Path, fmt: Format, p: Plan) -> Raw:
         "safetensors": lambda: _read_safetensors(path), "npz": lambda: _read_npz(path),
         "torch": lambda: _read_torch(path), "keras-weights": lambda: _read_keras_weights(path, p),
         "keras": lambda: _read_keras(path), "mxnet": lambda: _read_mxnet(path),
+        "gluoncv": lambda: _read_mxnet(path),
     }
     try:
         return readers[fmt.name]()
@@ -281,6 +285,12 @@ def write(params: Params, p: Plan, fmt: Format, path: Path) -> None:
         built("keras", p, params)[1].save(str(path))
     elif fmt.name == "mxnet":
         built("mxnet", p, params)[1].save_parameters(str(path))
+    elif fmt.name == "gluoncv":
+        backend("mxnet")
+        import mxnet as mx
+
+        mx.nd.save(str(path), {k: mx.nd.array(v, dtype=np.float32)
+                               for k, v in naming.from_canonical(params, "gluoncv", p).items()})
     else:  # pragma: no cover - FORMATS and this function list the same names
         raise AssertionError(fmt.name)
 
@@ -288,9 +298,10 @@ def write(params: Params, p: Plan, fmt: Format, path: Path) -> None:
 def load_native(path: Path, fmt: Format, p: Plan, reference: str):
     """(backend, model) with ``path`` loaded the way a user of that framework would load
     it; canonical files go through ``reference``'s strict ``from_canonical``."""
-    if fmt.name in ("safetensors", "npz"):
+    if fmt.name in ("safetensors", "npz", "gluoncv"):  # through the naming tables
         raw = read(path, fmt, p)
-        return built(reference, p, raw.tensors)
+        tensors, _ = naming.to_canonical(raw.tensors, raw.scheme, p)
+        return built(framework_of(fmt, reference), p, tensors)
     if fmt.name == "torch":
         import torch
 

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from . import naming, spec
-from .canonical import CanonicalError, Params, file_mode, validate
+from .canonical import CanonicalError, Params, canonical_shapes, file_mode, validate
 from .compare import Agreement, agreement, identical
 from .formats import (Format, PortError, built, framework_of, infer, installed_reference,
                       load_native, read, write)
@@ -129,7 +129,10 @@ def _configure(variant: str, num_classes: int, aux: bool, transform_input: bool)
 def _temporary(dst: Path, fmt: Format) -> Path:
     """An unused name beside ``dst``, ending as ``fmt`` needs (Keras insists on it)."""
     suffix = next((s for s in fmt.suffixes if dst.name.endswith(s)), fmt.suffixes[0])
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".tmp{suffix}", dir=dst.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".tmp{suffix}", dir=dst.parent)
+    except OSError as e:
+        raise PortError(f"DST {dst}: cannot write in {dst.parent or '.'}: {e.strerror}") from None
     os.close(fd)
     return Path(name)
 
@@ -181,6 +184,7 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
         validate(p, params)
     except CanonicalError as e:
         raise PortError(f"{src}: {e}") from None
+    params = {key: params[key] for key in canonical_shapes(p)}  # files may store keys sorted
     log(f"read   {src} ({src_fmt.description}): {len(params)} tensors, {p.variant.name}, "
         f"{num_classes} classes, aux heads {'yes' if aux else 'no'}")
     for note in notes:

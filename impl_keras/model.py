@@ -15,6 +15,8 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
   pool has no Keras layer (``layers.AdaptiveAvgPool2D``).
 * BatchNorm momentum is the weight of the *old* statistic: 1 - PyTorch's momentum.
 * ``Flatten`` reads NHWC in (H, W, C) order; the weight adapter permutes fc1's rows.
+* Keras infers input channels when a layer is built; each block's ``build`` passes
+  them from the spec (as Gluon's ``in_channels``), so no dummy forward pass runs.
 """
 
 from __future__ import annotations

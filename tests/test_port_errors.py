@@ -1,0 +1,223 @@
+"""Every bad input to ``port`` gets one clear message naming the file, key or option,
+and loses nothing: DST stays absent (or untouched), no temporary file is left."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance import canonical, formats, spec
+from conformance.port import PortError, VerificationError, port
+
+from .conftest import backend_or_skip
+from .test_port import save_torch, torch_state
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def assert_refused(tmp_path: Path, src: Path, dst_name: str, message: str, **kwargs) -> None:
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(PortError, match=message):
+        port(src, tmp_path / dst_name, kwargs.pop("variant", "googlenet"), **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no DST, no temporary file
+
+
+@pytest.fixture
+def state():
+    return torch_state("googlenet", aux=False)
+
+
+def test_missing_key(tmp_path, state):
+    del state["inception4b.branch2.1.conv.bias"]
+    src = save_torch(state, tmp_path / "a.pth")
+    assert_refused(tmp_path, src, "b.npz", r"a.pth: .*missing key 'inception4b.branch2.1.conv.bias' "
+                                           r"\(expected shape \(224,\)\)")
+
+
+def test_extra_key(tmp_path, state):
+    state["classifier.weight"] = state["fc.weight"]
+    src = save_torch(state, tmp_path / "a.pth")
+    assert_refused(tmp_path, src, "b.npz", r"unexpected key 'classifier.weight' \(shape \(1000, 1024\)\)")
+
+
+def test_shape_mismatch(tmp_path, state):
+    state["conv2.conv.weight"] = state["conv2.conv.weight"][:32]
+    src = save_torch(state, tmp_path / "a.pth")
+    assert_refused(tmp_path, src, "b.npz", r"shape mismatch at 'conv2.conv.weight': expected \(64, 64, 1, 1\), "
+                                           r"got \(32, 64, 1, 1\)")
+
+
+def test_checkpoint_of_the_other_variant(tmp_path, state):
+    src = save_torch(state, tmp_path / "a.pth")
+    assert_refused(tmp_path, src, "b.npz", r"5x5 branch found .*: this is `googlenet`, not `googlenet_bn`",
+                   variant="googlenet_bn")
+    bn = save_torch(torch_state("googlenet_bn", aux=False), tmp_path / "bn.pth")
+    assert_refused(tmp_path, bn, "b.npz", r"3x3 branch found .*: this is `googlenet_bn` or `googlenet_gluoncv`, "
+                                          r"not `googlenet`")
+
+
+def test_wrong_number_of_classes_offers_the_option(tmp_path):
+    src = save_torch(torch_state("googlenet", aux=False, num_classes=10), tmp_path / "a.pth")
+    assert_refused(tmp_path, src, "b.npz", r"has 10 classes \(fc.weight is \(10, 1024\)\), not 1000: "
+                                           r"pass --num-classes 10")
+    assert port(src, tmp_path / "b.npz", "googlenet", num_classes=10).passed
+
+
+def test_nan_or_inf_is_refused(tmp_path, state):
+    state["inception3a.branch1.conv.weight"][0, 0, 0, 0] = float("nan")
+    state["fc.bias"][3] = float("inf")
+    src = save_torch(state, tmp_path / "a.pth")
+    assert_refused(tmp_path, src, "b.npz", r"'inception3a.branch1.conv.weight' holds 1 NaN or Inf values")
+
+
+def test_integer_weights_are_refused(tmp_path, state):
+    state["fc.bias"] = state["fc.bias"].long()
+    src = save_torch(state, tmp_path / "a.pth")
+    assert_refused(tmp_path, src, "b.npz", r"'fc.bias' is int64; expected floating-point weights")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "a.pth").write_bytes(b"")
+    assert_refused(tmp_path, tmp_path / "a.pth", "b.npz", r"a.pth: the file is empty")
+
+
+def _torch_file(params, p, path):
+    import torch
+
+    save_torch({k: torch.from_numpy(v) for k, v in params.items()}, path)
+
+
+@pytest.mark.parametrize("name,writer", [
+    ("a.pth", _torch_file),
+    ("a.safetensors", lambda params, p, path: canonical.save(params, path, p)),
+    ("a.npz", lambda params, p, path: np.savez(path, **params)),
+])
+def test_truncated_file(tmp_path, name, writer):
+    p = spec.plan(spec.configure("googlenet"))
+    path = tmp_path / name
+    writer(canonical.random_params(p, 0), p, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert_refused(tmp_path, path, "b.params", rf"{name}: (cannot read it as|expected)")
+
+
+def test_corrupt_file(tmp_path):
+    (tmp_path / "a.params").write_bytes(np.random.default_rng(0).bytes(4096))
+    assert_refused(tmp_path, tmp_path / "a.params", "b.npz", r"a.params: expected MXNet Gluon parameters "
+                   r"\(mxnet\), but the file is not a known checkpoint format")
+
+
+def test_another_format_than_the_extension_says(tmp_path):
+    p = spec.plan(spec.configure("googlenet"))
+    canonical.save(canonical.random_params(p, 0), tmp_path / "real.safetensors", p)
+    os.rename(tmp_path / "real.safetensors", tmp_path / "looks.pth")
+    assert_refused(tmp_path, tmp_path / "looks.pth", "b.npz",
+                   r"looks.pth: expected PyTorch state_dict \(torch\), but the file is safetensors "
+                   r"\(pass --from safetensors if it is canonical safetensors\)")
+    assert port(tmp_path / "looks.pth", tmp_path / "b.npz", "googlenet", src_format="safetensors").passed
+
+
+class Payload:
+    """An object whose unpickling would run code of this module."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_a_pickle_that_needs_code_is_not_loaded(tmp_path, state):
+    backend_or_skip("torch")
+    import torch
+
+    src = tmp_path / "evil.pth"
+    torch.save({"state_dict": state, "hook": Payload()}, src)
+    assert_refused(tmp_path, src, "b.npz", r"evil.pth: refusing to load: the pickle needs more than tensors")
+    with open(tmp_path / "legacy.pth", "wb") as f:  # a plain pickle, no zip container
+        pickle.dump(Payload(), f, protocol=2)
+    assert_refused(tmp_path, tmp_path / "legacy.pth", "b.npz", r"legacy.pth: (refusing to load|cannot read)")
+
+
+def test_object_arrays_in_npz_need_pickle_and_are_refused(tmp_path):
+    np.savez(tmp_path / "a.npz", fc=np.array([{"a": 1}], dtype=object))
+    assert_refused(tmp_path, tmp_path / "a.npz", "b.pth", r"a.npz: refusing to read: .*allow_pickle=False")
+
+
+def test_src_equal_to_dst(tmp_path, state):
+    src = save_torch(state, tmp_path / "a.pth")
+    with pytest.raises(PortError, match=r"DST .*a.pth is SRC"):
+        port(src, tmp_path / "." / "a.pth", "googlenet", force=True)
+
+
+def test_existing_dst_needs_force(tmp_path, state):
+    src = save_torch(state, tmp_path / "a.pth")
+    (tmp_path / "b.npz").write_bytes(b"precious")
+    assert_refused(tmp_path, src, "b.npz", r"DST .*b.npz already exists; pass --force to overwrite it")
+    assert (tmp_path / "b.npz").read_bytes() == b"precious"
+
+
+def test_dst_in_a_missing_or_unwritable_directory(tmp_path, state, monkeypatch):
+    src = save_torch(state, tmp_path / "a.pth")
+    with pytest.raises(PortError, match=r"directory .*nowhere does not exist"):
+        port(src, tmp_path / "nowhere" / "b.npz", "googlenet")
+    with pytest.raises(PortError, match=r"directory /proc/self is not writable"):
+        port(src, "/proc/self/b.npz", "googlenet")
+    # root passes os.access everywhere; the directory can still refuse the file itself
+    with pytest.raises(PortError, match=r"DST /sys/b.npz: cannot write in /sys"):
+        port(src, "/sys/b.npz", "googlenet")
+
+
+def test_missing_src_unknown_format_and_options(tmp_path, state):
+    with pytest.raises(PortError, match=r"SRC .*none.pth: no such file"):
+        port(tmp_path / "none.pth", tmp_path / "b.npz", "googlenet")
+    src = save_torch(state, tmp_path / "a.pth")
+    with pytest.raises(PortError, match=r"b.bin: cannot tell the format from the name .*; pass --to"):
+        port(src, tmp_path / "b.bin", "googlenet")
+    with pytest.raises(PortError, match=r"--to: unknown format 'onnx'"):
+        port(src, tmp_path / "b.bin", "googlenet", dst_format="onnx")
+    with pytest.raises(PortError, match=r"--variant: unknown 'inception_v3'"):
+        port(src, tmp_path / "b.npz", "inception_v3")
+    with pytest.raises(PortError, match=r"--num-classes: expected a positive integer, got 0"):
+        port(src, tmp_path / "b.npz", "googlenet", num_classes=0)
+    with pytest.raises(PortError, match=r"transform_input: variant 'googlenet' defines no input transform"):
+        port(src, tmp_path / "b.npz", "googlenet", transform_input=True)
+
+
+def test_a_failed_verification_writes_nothing(tmp_path, state, monkeypatch):
+    """A writer that changes one tensor slightly: the port must catch it and keep DST absent."""
+    import conformance.port as port_module
+
+    real_write = formats.write
+
+    def sloppy_write(params, p, fmt, path):
+        params = dict(params)
+        params["inception4c.branch1.conv.weight"] = params["inception4c.branch1.conv.weight"] * np.float32(1.01)
+        real_write(params, p, fmt, path)
+
+    monkeypatch.setattr(port_module, "write", sloppy_write)
+    src = save_torch(state, tmp_path / "a.pth")
+    log: list[str] = []
+    with pytest.raises(VerificationError, match="does not reproduce .*nothing was written"):
+        port(src, tmp_path / "b.safetensors", "googlenet", log=log.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth"]
+    assert any("1 tensors changed: ['inception4c.branch1.conv.weight']" in line for line in log)
+    assert any("FAIL" in line for line in log)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "conformance", "port", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+
+
+def test_cli_exit_codes_and_one_message(tmp_path, state):
+    state["fc.bias"][0] = float("inf")
+    src = save_torch(state, tmp_path / "a.pth")
+    r = cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "'fc.bias' holds 1 NaN or Inf" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "b.npz").exists()
+    r = cli(str(src), str(tmp_path / "b.npz"))
+    assert r.returncode == 2 and "--variant" in r.stderr  # required
