@@ -137,6 +137,22 @@ def _temporary(dst: Path, fmt: Format) -> Path:
     return Path(name)
 
 
+def _move_into_place(tmp: Path, dst: Path, force: bool) -> None:
+    """Rename ``tmp`` to ``dst``. Without ``force``, a hard link, which fails if ``dst``
+    appeared since it was checked: never a silent overwrite."""
+    if force:
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise PortError(f"DST {dst} appeared while porting; pass --force to overwrite it") from None
+    except OSError:  # a file system without hard links: check again, then rename
+        if dst.exists():
+            raise PortError(f"DST {dst} appeared while porting; pass --force to overwrite it") from None
+        os.replace(tmp, dst)
+
+
 def _verify(params: Params, p: spec.Plan, source: tuple, tmp: Path, dst_fmt: Format,
             reference: str) -> tuple[str, dict[str, Agreement], list[str]]:
     source_backend, source_model = source
@@ -194,11 +210,17 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
     src_fw = framework_of(src_fmt, reference)
     tmp = _temporary(dst, dst_fmt)
     try:
-        write(params, p, dst_fmt, tmp)
-        # the source in its own framework: as the reader loaded it, else from its tensors
-        native = raw.native if raw.native and raw.native[1].plan == p else None
-        source = native or built(src_fw, p, params)
-        target_fw, agree, changed = _verify(params, p, source, tmp, dst_fmt, reference)
+        try:
+            write(params, p, dst_fmt, tmp)
+            # the source in its own framework: as the reader loaded it, else from its tensors
+            native = raw.native if raw.native and raw.native[1].plan == p else None
+            source = native or built(src_fw, p, params)
+            target_fw, agree, changed = _verify(params, p, source, tmp, dst_fmt, reference)
+        except PortError:
+            raise
+        except Exception as e:  # the file could not be written or loaded back
+            raise VerificationError(f"{dst}: writing or reloading {dst_fmt.description} failed "
+                                    f"({type(e).__name__}: {e}); nothing was written") from e
         result = PortResult(src, dst, src_fmt.name, dst_fmt.name, variant, p.variant.options, src_fw,
                             target_fw, agree, changed, notes)
         log(f"verify {src_fw} (source) vs {target_fw} (written file), seeded input "
@@ -210,7 +232,7 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
         if not result.passed:
             raise VerificationError(f"{dst}: the written file does not reproduce {src}; nothing was written")
         os.chmod(tmp, file_mode())
-        os.replace(tmp, dst)
+        _move_into_place(tmp, dst, force)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -221,3 +221,34 @@ def test_cli_exit_codes_and_one_message(tmp_path, state):
     assert "Traceback" not in r.stderr and not (tmp_path / "b.npz").exists()
     r = cli(str(src), str(tmp_path / "b.npz"))
     assert r.returncode == 2 and "--variant" in r.stderr  # required
+
+
+def test_a_writer_that_crashes_is_a_failed_verification(tmp_path, state, monkeypatch):
+    import conformance.port as port_module
+
+    def broken_write(params, p, fmt, path):
+        path.write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(port_module, "write", broken_write)
+    src = save_torch(state, tmp_path / "a.pth")
+    with pytest.raises(VerificationError, match=r"writing or reloading .* failed \(OSError: disk full\)"):
+        port(src, tmp_path / "b.safetensors", "googlenet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth"]
+
+
+def test_dst_appearing_during_the_port_is_not_overwritten(tmp_path, state, monkeypatch):
+    import conformance.port as port_module
+
+    real_verify = port_module._verify
+
+    def verify_while_someone_writes(*args):
+        (tmp_path / "b.safetensors").write_bytes(b"someone else's")
+        return real_verify(*args)
+
+    monkeypatch.setattr(port_module, "_verify", verify_while_someone_writes)
+    src = save_torch(state, tmp_path / "a.pth")
+    with pytest.raises(PortError, match="appeared while porting; pass --force"):
+        port(src, tmp_path / "b.safetensors", "googlenet")
+    assert (tmp_path / "b.safetensors").read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.safetensors"]
