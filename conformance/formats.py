@@ -264,60 +264,69 @@ def built(framework: str, p: Plan, params: Params | None = None):
     return b, model
 
 
-def write(params: Params, p: Plan, fmt: Format, path: Path) -> None:
-    """Write ``params`` to ``path`` (a temporary name; the caller renames it into place)."""
+def write(params: Params, p: Plan, fmt: Format, path: Path) -> tuple[Any, Any] | None:
+    """Write ``params`` to ``path`` (a temporary name; the caller renames it into place).
+    Returns the (backend, model) that wrote it, for formats a framework writes."""
     if fmt.name == "safetensors":
         from .canonical import save
 
         save(params, path, p, overwrite=True)
-    elif fmt.name == "npz":
+        return None
+    if fmt.name == "npz":
         buffer = io.BytesIO()
         np.savez(buffer, **params)
         atomic_write(path, buffer.getvalue(), overwrite=True)
-    elif fmt.name == "torch":
-        import torch
-
-        _, model = built("torch", p, params)
-        torch.save(model.state_dict(), path)  # with num_batches_tracked: torchvision loads it strictly
-    elif fmt.name == "keras-weights":
-        built("keras", p, params)[1].save_weights(str(path))
-    elif fmt.name == "keras":
-        built("keras", p, params)[1].save(str(path))
-    elif fmt.name == "mxnet":
-        built("mxnet", p, params)[1].save_parameters(str(path))
-    elif fmt.name == "gluoncv":
+        return None
+    if fmt.name == "gluoncv":
         backend("mxnet")
         import mxnet as mx
 
         mx.nd.save(str(path), {k: mx.nd.array(v, dtype=np.float32)
                                for k, v in naming.from_canonical(params, "gluoncv", p).items()})
-    else:  # pragma: no cover - FORMATS and this function list the same names
-        raise AssertionError(fmt.name)
+        return None
+    b, model = built(fmt.framework, p, params)
+    if fmt.name == "torch":
+        import torch
+
+        torch.save(model.state_dict(), path)  # with num_batches_tracked: torchvision loads it strictly
+    elif fmt.name == "keras-weights":
+        model.save_weights(str(path))
+    elif fmt.name == "keras":
+        model.save(str(path))
+    else:
+        model.save_parameters(str(path))
+    return b, model
 
 
-def load_native(path: Path, fmt: Format, p: Plan, reference: str):
-    """(backend, model) with ``path`` loaded the way a user of that framework would load
-    it; canonical files go through ``reference``'s strict ``from_canonical``."""
+def wipe(b, model, p: Plan) -> None:
+    """Set every weight and statistic to NaN: whatever a load does not restore shows."""
+    from .canonical import canonical_shapes
+
+    b.from_canonical(model, {k: np.full(s, np.nan, np.float32) for k, s in canonical_shapes(p).items()})
+
+
+def load_native(path: Path, fmt: Format, p: Plan, reference: str, into: tuple[Any, Any] | None = None):
+    """(backend, model) with ``path`` loaded the way a user of that framework loads it.
+    ``into``: a model of that framework to load into, after wiping it to NaN (saves
+    building another). Canonical and GluonCV files go through ``from_canonical``."""
     if fmt.name in ("safetensors", "npz", "gluoncv"):  # through the naming tables
         raw = read(path, fmt, p)
         tensors, _ = naming.to_canonical(raw.tensors, raw.scheme, p)
         return built(framework_of(fmt, reference), p, tensors)
-    if fmt.name == "torch":
-        import torch
-
-        b, model = built("torch", p)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-        return b, model
-    if fmt.name == "keras-weights":
-        b, model = built("keras", p)
-        model.load_weights(str(path))
-        return b, model
     if fmt.name == "keras":
         import keras
 
-        return backend("keras"), keras.models.load_model(path)
-    b, model = built("mxnet", p)
-    model.load_parameters(str(path))  # strict: no missing, no extra parameter
+        return backend("keras"), keras.models.load_model(path)  # a .keras file builds its own model
+    b, model = into if into is not None else built(fmt.framework, p)
+    wipe(b, model, p)
+    if fmt.name == "torch":
+        import torch
+
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    elif fmt.name == "keras-weights":
+        model.load_weights(str(path))
+    else:
+        model.load_parameters(str(path))  # strict: no missing, no extra parameter
     return b, model
 
 

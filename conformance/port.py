@@ -4,7 +4,8 @@
 naming of ``conformance.naming``), checks it strictly against the spec, writes ``dst``
 through a temporary file in the same directory, then verifies before renaming it
 into place: the written file is loaded into the target framework the way its users
-load it, the source into its own framework, both run the same seeded input, and
+load it (into a model whose every weight was first set to NaN, so nothing the file
+lacks can survive), the source into its own framework, both run the same seeded input, and
 logits (and aux logits) must agree within the float32 tolerance with identical
 top-5, and every tensor must come back bit-identical. A failed verification
 leaves ``dst`` untouched.
@@ -154,9 +155,12 @@ def _move_into_place(tmp: Path, dst: Path, force: bool) -> None:
 
 
 def _verify(params: Params, p: spec.Plan, source: tuple, tmp: Path, dst_fmt: Format,
-            reference: str) -> tuple[str, dict[str, Agreement], list[str]]:
+            reference: str, writer: tuple | None) -> tuple[str, dict[str, Agreement], list[str]]:
+    """Load the written file into the target framework (into the writer's model, wiped
+    to NaN first, when it is not the source's), run both on one seeded input."""
     source_backend, source_model = source
-    target_backend, target_model = load_native(tmp, dst_fmt, p, reference)
+    into = writer if writer is not None and writer[1] is not source_model else None
+    target_backend, target_model = load_native(tmp, dst_fmt, p, reference, into)
     changed = identical(params, target_backend.to_canonical(target_model))
     size = p.variant.input_size
     x = np.random.default_rng(0).standard_normal((VERIFY_BATCH, p.in_channels, size, size)).astype(np.float32)
@@ -211,11 +215,11 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
     tmp = _temporary(dst, dst_fmt)
     try:
         try:
-            write(params, p, dst_fmt, tmp)
+            writer = write(params, p, dst_fmt, tmp)
             # the source in its own framework: as the reader loaded it, else from its tensors
             native = raw.native if raw.native and raw.native[1].plan == p else None
             source = native or built(src_fw, p, params)
-            target_fw, agree, changed = _verify(params, p, source, tmp, dst_fmt, reference)
+            target_fw, agree, changed = _verify(params, p, source, tmp, dst_fmt, reference, writer)
         except PortError:
             raise
         except Exception as e:  # the file could not be written or loaded back

@@ -34,15 +34,11 @@ def _backend_version() -> str:
 
 
 def build(variant: str, num_classes: int = 1000, aux_logits: bool = False, **options: object) -> GoogLeNet:
-    """A built GoogLeNet (weights created by one forward at the spec's input size),
-    initialised as torchvision does: truncated normal, std 0.01, for kernels."""
+    """A built GoogLeNet, initialised as torchvision does: truncated normal, std 0.01,
+    for conv and dense kernels; zero biases; BatchNorm scale 1, shift 0."""
     p = plan(configure(variant, num_classes, aux_logits, **options))
     model = GoogLeNet(p)
     model.build((None, p.variant.input_size, p.variant.input_size, p.in_channels))
-    init = keras.initializers.TruncatedNormal(stddev=0.01, seed=0)
-    for v in model.trainable_weights:
-        if v.path.endswith("/kernel"):
-            v.assign(init(v.shape))
     return model
 
 

@@ -30,6 +30,12 @@ from conformance.spec import (AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock
 from .layers import AdaptiveAvgPool2D, Pool2D
 
 
+def init() -> keras.initializers.Initializer:
+    """torchvision's initialisation of conv and linear weights (a new instance per layer:
+    Keras warns when one unseeded initializer is shared)."""
+    return keras.initializers.TruncatedNormal(stddev=0.01)
+
+
 class BasicConv2d(layers.Layer):
     """conv -> [BatchNorm] -> ReLU, padded exactly as PyTorch pads."""
 
@@ -41,7 +47,7 @@ class BasicConv2d(layers.Layer):
         self.pad = layers.ZeroPadding2D(u.padding, name=f"{u.name}.pad") if explicit else None
         self.conv = layers.Conv2D(u.out_channels, u.kernel, strides=u.stride,
                                   padding="same" if same and u.padding else "valid",
-                                  use_bias=u.bias, name=f"{u.name}.conv")
+                                  use_bias=u.bias, kernel_initializer=init(), name=f"{u.name}.conv")
         self.bn = None if u.norm is None else layers.BatchNormalization(
             epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, name=f"{u.name}.bn")
         self.relu = layers.ReLU()
@@ -116,8 +122,8 @@ class InceptionAux(layers.Layer):
         self.pool = make_pool(head.pool)
         self.conv = BasicConv2d(head.conv)
         self.flatten = layers.Flatten()
-        self.fc1 = layers.Dense(head.fc1.out_features, name=head.fc1.name)
-        self.fc2 = layers.Dense(head.fc2.out_features, name=head.fc2.name)
+        self.fc1 = layers.Dense(head.fc1.out_features, kernel_initializer=init(), name=head.fc1.name)
+        self.fc2 = layers.Dense(head.fc2.out_features, kernel_initializer=init(), name=head.fc2.name)
         self.dropout = layers.Dropout(head.dropout)
         self.head = head
 
@@ -157,7 +163,7 @@ class GoogLeNet(keras.Model):
         self.avgpool = make_pool(plan.head_pool)  # global average (a fixed 7x7 in GluonCV)
         self.flatten = layers.Flatten()
         self.dropout = layers.Dropout(plan.dropout)
-        self.fc = layers.Dense(plan.fc.out_features, name=plan.fc.name)
+        self.fc = layers.Dense(plan.fc.out_features, kernel_initializer=init(), name=plan.fc.name)
 
     def get_config(self) -> dict:
         """The variant and its options: enough to rebuild the model (``.keras`` files)."""

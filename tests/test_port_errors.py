@@ -252,3 +252,16 @@ def test_dst_appearing_during_the_port_is_not_overwritten(tmp_path, state, monke
         port(src, tmp_path / "b.safetensors", "googlenet")
     assert (tmp_path / "b.safetensors").read_bytes() == b"someone else's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.safetensors"]
+
+
+def test_a_load_that_silently_restores_nothing_fails_verification(tmp_path, state, monkeypatch):
+    """The written file is loaded into a model wiped to NaN: a loader that does nothing
+    leaves NaN behind, so the check cannot pass on the writer's own weights."""
+    t = backend_or_skip("torch")
+    monkeypatch.setattr(t.GoogLeNet, "load_state_dict", lambda self, *a, **k: None)
+    src = save_torch(state, tmp_path / "a.npz.pth")
+    log: list[str] = []
+    with pytest.raises(VerificationError, match="nothing was written"):
+        port(src, tmp_path / "b.pth", "googlenet", log=log.append)
+    assert any("116 tensors changed" in line for line in log)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz.pth"]
