@@ -16,6 +16,8 @@ write canonical parameters in it, and load it natively for verification.
 from __future__ import annotations
 
 import io
+import json
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import naming
-from .canonical import Params, atomic_write, from_state_dict
+from .canonical import Params, atomic_write, canonical_shapes, from_state_dict, save
+from .frameworks import FRAMEWORKS, load
 from .spec import Plan
 
 
@@ -117,8 +120,6 @@ def check_content(path: Path, fmt: Format) -> None:
 
 def backend(name: str):
     """An implementation package, or a PortError with its install hint."""
-    from .frameworks import load
-
     found, skipped = load([name])
     if name not in found:
         raise PortError(f"{name} is needed for this format and is {skipped[name]}")
@@ -156,8 +157,6 @@ def _read_npz(path: Path) -> Raw:
 
 
 def _read_torch(path: Path) -> Raw:
-    import pickle
-
     import torch
 
     try:
@@ -208,8 +207,6 @@ def _read_keras_weights(path: Path, p: Plan) -> Raw:
 
 
 def _read_keras(path: Path) -> Raw:
-    import json
-
     k = backend("keras")
     import keras
 
@@ -256,6 +253,8 @@ def read(path: Path, fmt: Format, p: Plan) -> Raw:
 
 
 def built(framework: str, p: Plan, params: Params | None = None):
+    """(backend, model) of ``framework`` for the plan's variant and options, holding
+    ``params`` when given."""
     b = backend(framework)
     v = p.variant
     model = b.build(v.name, v.num_classes, v.aux_logits, **({"transform_input": True} if v.transform_input else {}))
@@ -268,8 +267,6 @@ def write(params: Params, p: Plan, fmt: Format, path: Path) -> tuple[Any, Any] |
     """Write ``params`` to ``path`` (a temporary name; the caller renames it into place).
     Returns the (backend, model) that wrote it, for formats a framework writes."""
     if fmt.name == "safetensors":
-        from .canonical import save
-
         save(params, path, p, overwrite=True)
         return None
     if fmt.name == "npz":
@@ -300,8 +297,6 @@ def write(params: Params, p: Plan, fmt: Format, path: Path) -> tuple[Any, Any] |
 
 def wipe(b, model, p: Plan) -> None:
     """Set every weight and statistic to NaN: whatever a load does not restore shows."""
-    from .canonical import canonical_shapes
-
     b.from_canonical(model, {k: np.full(s, np.nan, np.float32) for k, s in canonical_shapes(p).items()})
 
 
@@ -336,8 +331,6 @@ def framework_of(fmt: Format, default: str) -> str:
 
 def installed_reference() -> str:
     """The first installed framework (torch, keras, mxnet order), for canonical files."""
-    from .frameworks import FRAMEWORKS, load
-
     for name in FRAMEWORKS:
         if load([name])[0]:
             return name

@@ -19,7 +19,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .spec import ConvUnit, InceptionBlock, Plan
+from .canonical import canonical_shapes
+from .spec import ConvUnit, InceptionBlock, Plan, configure, plan
 
 SCHEMES = ("canonical", "gluon", "gluoncv")
 
@@ -58,8 +59,6 @@ def _gluoncv_units(p: Plan) -> dict[str, str]:
 
 def gluoncv_names(p: Plan) -> dict[str, str]:
     """Canonical key -> GluonCV key, for every key of the plan."""
-    from .canonical import canonical_shapes
-
     units = _gluoncv_units(p)
     names: dict[str, str] = {}
     for key in canonical_shapes(p):
@@ -120,13 +119,9 @@ def _with_aux(p: Plan) -> Plan:
     """The plan with aux heads, so that names of a file with or without them map."""
     if p.aux or p.variant.aux is None:
         return p
-    from .spec import configure, plan
-
     v = p.variant
     return plan(configure(v, v.num_classes, True, transform_input=v.transform_input))
 
 
 def _all_keys(p: Plan) -> list[str]:
-    from .canonical import canonical_shapes
-
     return list(canonical_shapes(_with_aux(p)))

@@ -30,8 +30,7 @@ import numpy as np
 from . import naming, spec
 from .canonical import CanonicalError, Params, canonical_shapes, file_mode, validate
 from .compare import Agreement, agreement, identical
-from .formats import (Format, PortError, built, framework_of, infer, installed_reference,
-                      load_native, read, write)
+from .formats import Format, PortError, built, framework_of, infer, installed_reference, load_native, read, write
 
 __all__ = ["PortError", "PortResult", "VerificationError", "port"]
 

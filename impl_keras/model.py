@@ -24,8 +24,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from conformance.spec import (AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage,
-                              configure, plan)
+from conformance.spec import AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage, configure, plan
 
 from .layers import AdaptiveAvgPool2D, Pool2D
 

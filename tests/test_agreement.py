@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-
 from conformance import harness, spec
 from conformance.compare import REL_TOL
 
