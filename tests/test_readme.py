@@ -18,11 +18,15 @@ def test_ci_runs_the_readme_commands_verbatim():
     assert "python -m conformance check" in setup_and_check and "pytest" in tests
 
 
-def test_line_links_point_at_existing_code():
-    links = re.findall(r"\]\(([\w/]+\.py)#L(\d+)(?:-L(\d+))?\)", README)
+def test_line_links_point_at_the_code_they_name():
+    """Links read [`code`](file.py#L12): the code must be on that line, so a link that
+    drifts when the file changes fails here instead of misleading a reader."""
+    links = re.findall(r"\[`([^`]+)`\]\(([\w/]+\.py)#L(\d+)(?:-L(\d+))?\)", README)
     assert len(links) > 15
-    for path, start, end in links:
+    for text, path, start, end in links:
         lines = (ROOT / path).read_text().splitlines()
         first, last = int(start), int(end or start)
         assert 1 <= first <= last <= len(lines), f"{path}#L{start}: the file has {len(lines)} lines"
-        assert any(line.strip() for line in lines[first - 1:last]), f"{path}#L{start} is blank"
+        assert text in "\n".join(lines[first - 1:last]), f"{path}#L{start} no longer shows `{text}`"
+    bare = re.findall(r"\[[^`\]]*\]\([\w/]+\.py#L\d+", README)
+    assert not bare, f"links to lines must name their code: {bare}"
