@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                        help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: all)")
     check.add_argument("--input-size", action="append", type=_positive, metavar="PIXELS",
-                       help="square input size (repeatable; default: 224, 239, 97)")
+                       help="square input size (repeatable; default: each variant's own, 239 and 97)")
     check.add_argument("--batch", type=_positive, default=2, help="images per input (default: 2)")
     check.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
     check.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     port.add_argument("--variant", required=True, choices=sorted(spec.VARIANTS))
     port.add_argument("--from", dest="src_format", choices=list(FORMATS), help="format of SRC (default: from its name)")
     port.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="format of DST (default: from its name)")
-    port.add_argument("--num-classes", type=_positive, default=1000)
+    port.add_argument("--num-classes", type=_positive, default=None,
+                      help="classes of the checkpoint (default: the variant's, 1000 or 10)")
     port.add_argument("--transform-input", action="store_true",
                       help="torchvision's transform_input (googlenet_bn)")
     port.add_argument("--force", action="store_true", help="overwrite DST")
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     table = sub.add_parser("spec", help="print a variant's layers, shapes, parameters and multiply-adds")
     table.add_argument("--variant", default="googlenet", choices=sorted(spec.VARIANTS))
     table.add_argument("--input-size", type=_positive, default=None, metavar="PIXELS")
-    table.add_argument("--num-classes", type=_positive, default=1000)
+    table.add_argument("--num-classes", type=_positive, default=None)
     table.add_argument("--aux-logits", action="store_true")
     return parser
 
@@ -70,8 +71,8 @@ def _check(args: argparse.Namespace) -> int:
             raise ValueError(f"--json {args.json}: directory {args.json.parent} does not exist")
     names = frameworks.parse(args.frameworks)
     variants = args.variant or list(spec.VARIANTS)
-    sizes = args.input_size or list(harness.DEFAULT_SIZES)
-    if args.input_size:  # a default size a variant cannot run is skipped, and reported
+    sizes = args.input_size  # None: each variant's defaults; one it cannot run is skipped, and reported
+    if sizes:
         harness.check_input_sizes(variants, sizes)
     backends, skipped = frameworks.load(names)
     result = harness.run(variants, backends, skipped, sizes, args.batch, args.seed)

@@ -19,7 +19,7 @@ from .canonical import random_params
 from .compare import REL_TOL, Agreement, agreement, identical
 from .interface import Backend
 
-DEFAULT_SIZES = (224, 239, 97)
+ODD_SIZES = (239, 97)  # besides each variant's own size: odd maps, where ceil and floor differ
 DEFAULT_BATCH = 2
 
 
@@ -196,14 +196,20 @@ def check_variant(name: str, backends: Mapping[str, Backend], sizes: tuple[int, 
     return report
 
 
+def default_sizes(variant: str) -> list[int]:
+    """The variant's own input size, then the odd sizes."""
+    return list(dict.fromkeys((spec.VARIANTS[variant].input_size, *ODD_SIZES)))
+
+
 def run(variants: list[str], backends: Mapping[str, Backend], skipped: Mapping[str, str],
-        sizes: tuple[int, ...] | list[int] = DEFAULT_SIZES, batch: int = DEFAULT_BATCH, seed: int = 0,
+        sizes: tuple[int, ...] | list[int] | None = None, batch: int = DEFAULT_BATCH, seed: int = 0,
         timer: Timer | None = None) -> Report:
     """The full check. ``backends`` maps a framework name to its implementation package
-    (or any object with the same functions, e.g. a deliberately broken port)."""
+    (or any object with the same functions, e.g. a deliberately broken port). ``sizes``:
+    None checks each variant at :func:`default_sizes`."""
     if batch < 1:
         raise ValueError(f"--batch: expected a positive integer, got {batch}")
     timer = timer or Timer()
-    reports = [check_variant(v, backends, sizes, batch, seed, timer) for v in variants]
+    reports = [check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer) for v in variants]
     return Report({fw: b.version() for fw, b in backends.items()}, dict(skipped),
                   next(iter(backends), None), batch, seed, REL_TOL, reports, timer.seconds)

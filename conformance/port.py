@@ -101,17 +101,23 @@ def _diagnose(params: Params, src: Path, v: spec.Variant, num_classes: int) -> N
     """Say what a checkpoint of another variant or class count looks like, before the
     strict key-by-key check lists every difference."""
     branch3 = params.get("inception3a.branch3.1.conv.weight")
+    conv1 = params.get("conv1.conv.weight")
     has_bn = any(".bn." in k for k in params)
+    channels = conv1.shape[1] if conv1 is not None and conv1.ndim == 4 else v.in_channels
+
+    def like(kernel: int) -> str:
+        fits = [n for n, c in spec.VARIANTS.items() if c.branch3_kernel == kernel
+                and (c.norm is not None) == has_bn and c.in_channels == channels]
+        return " or ".join(f"`{n}`" for n in fits) or "no known variant"
+
     if branch3 is not None and branch3.ndim == 4 and branch3.shape[-1] != v.branch3_kernel:
         k = branch3.shape[-1]
-        fits = [n for n, c in spec.VARIANTS.items() if c.branch3_kernel == k and (c.norm is not None) == has_bn]
         raise PortError(f"{src}: {k}x{k} branch found (inception3a.branch3.1.conv.weight is "
-                        f"{branch3.shape}): this is {' or '.join(f'`{n}`' for n in fits) or 'no known variant'}, "
-                        f"not `{v.name}`")
-    if params and has_bn != (v.norm is not None):
-        fits = [n for n, c in spec.VARIANTS.items() if (c.norm is not None) == has_bn]
-        found = "BatchNorm found" if has_bn else "conv biases and no BatchNorm found"
-        raise PortError(f"{src}: {found}: this is {' or '.join(f'`{n}`' for n in fits)}, not `{v.name}`")
+                        f"{branch3.shape}): this is {like(k)}, not `{v.name}`")
+    if params and (has_bn != (v.norm is not None) or channels != v.in_channels):
+        found = ("BatchNorm found" if has_bn else "conv biases and no BatchNorm found") + (
+            f", {channels} input channels" if channels != v.in_channels else "")
+        raise PortError(f"{src}: {found}: this is {like(v.branch3_kernel)}, not `{v.name}`")
     fc = params.get("fc.weight")
     if fc is not None and fc.ndim == 2 and fc.shape[0] != num_classes:
         raise PortError(f"{src}: the checkpoint has {fc.shape[0]} classes (fc.weight is {fc.shape}), "
@@ -173,7 +179,7 @@ def _verify(params: Params, p: spec.Plan, source: tuple, tmp: Path, dst_fmt: For
 
 
 def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None = None,
-         dst_format: str | None = None, num_classes: int = 1000, transform_input: bool = False,
+         dst_format: str | None = None, num_classes: int | None = None, transform_input: bool = False,
          force: bool = False, log: Callable[[str], None] = lambda line: None) -> PortResult:
     """Convert ``src`` to ``dst`` and prove it. Raises PortError (bad input; nothing
     written) or VerificationError (the written file disagrees; nothing written)."""
@@ -183,6 +189,8 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
     src_fmt, dst_fmt = infer(src, src_format, "--from"), infer(dst, dst_format, "--to")
     if variant not in spec.VARIANTS:
         raise PortError(f"--variant: unknown {variant!r}; expected one of {', '.join(spec.VARIANTS)}")
+    if num_classes is None:
+        num_classes = spec.VARIANTS[variant].num_classes
     has_aux = spec.VARIANTS[variant].aux is not None
     p = _configure(variant, num_classes, has_aux, transform_input)
 

@@ -33,9 +33,9 @@ def _stage_line(row: StageRow, others: list[str]) -> list[str]:
     return lines
 
 
-def _size_block(s: SizeReport, reference: str, others: list[str]) -> list[str]:
+def _size_block(s: SizeReport, reference: str, others: list[str], has_aux: bool) -> list[str]:
     head = f"  input {s.size} x {s.size}"
-    if not s.aux:
+    if has_aux and not s.aux:
         head += "  (aux heads skipped: their pool does not give the map fc1 expects at this size)"
     cols = "   ".join(f"{fw + ': max abs  max rel':>17}" for fw in others)
     lines = [head, f"    {'stage':<12} {'expected shape':<17} {'shapes':<6} {cols}   vs {reference}"]
@@ -59,7 +59,7 @@ def _variant_block(v: VariantReport, reference: str | None) -> list[str]:
         lines.append(f"  round trip (bit-identical): {trips}")
     others = [fw for fw in fws if fw != reference]
     for s in v.sizes:
-        lines += _size_block(s, reference or "-", others)
+        lines += _size_block(s, reference or "-", others, bool(v.options.get("aux_logits")))
     lines += [f"  input {size} x {size}: skipped, {why}" for size, why in v.skipped_sizes.items()]
     return lines
 

@@ -77,7 +77,20 @@ class Inception:
         return self.ch1x1 + self.ch3x3 + self.ch5x5 + self.pool_proj
 
 
-Row = Union[Conv, Pool, Inception]
+@dataclass(frozen=True)
+class LRN:
+    """Local response normalisation across channels, with Caffe's and PyTorch's meaning:
+    ``b = a / (k + alpha / size * sum(a**2 over size neighbouring channels)) ** beta``.
+    MXNet states it the same way; TensorFlow's takes ``alpha / size`` and a radius."""
+
+    name: str
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
+
+
+Row = Union[Conv, Pool, Inception, LRN]
 
 
 @dataclass(frozen=True)
@@ -219,19 +232,48 @@ GOOGLENET_GLUONCV = dataclasses.replace(
     head_pool=Pool("avgpool", "avg", 7, 7),  # = global at 224; needs a 7..13 map
     input_transform=None,
 )
+
+GOOGLENET_LRN = dataclasses.replace(
+    GOOGLENET,
+    name="googlenet_lrn",
+    description="Caffe's bvlc_googlenet, as the paper draws it: the paper network with "
+                "LocalResponseNorm(5, 1e-4, 0.75) after the first pool and after conv3",
+    rows=tuple(r2 for r in GOOGLENET.rows for r2 in
+               ((r, LRN("lrn1")) if r.name == "maxpool1" else (r, LRN("lrn2")) if r.name == "conv3" else (r,))),
+)
+
+
+def _d2l_pool(name: str) -> Pool:
+    return Pool(name, "max", 3, 2, padding=1)  # floor rounding, padded with -inf
+
+
+GOOGLENET_D2L = dataclasses.replace(
+    GOOGLENET,
+    name="googlenet_d2l",
+    description="d2l's GoogLeNet (seed 002): 1 x 96 x 96 Fashion-MNIST, 10 classes, 3x3/2 pools "
+                "with padding 1 and floor rounding, ReLU after every conv, no aux heads, no dropout",
+    rows=tuple(_d2l_pool(r.name) if isinstance(r, Pool) else r for r in GOOGLENET.rows),
+    aux=None,
+    dropout=0.0,
+    in_channels=1,
+    input_size=96,
+    num_classes=10,
+)
 # fmt: on
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (GOOGLENET, GOOGLENET_BN, GOOGLENET_GLUONCV)}
+VARIANTS: dict[str, Variant] = {v.name: v for v in (GOOGLENET, GOOGLENET_BN, GOOGLENET_GLUONCV, GOOGLENET_LRN,
+                                                     GOOGLENET_D2L)}
 
 
 class SpecError(ValueError):
     """A variant name, option or input size that the spec cannot honour."""
 
 
-def configure(variant: str | Variant, num_classes: int = 1000, aux_logits: bool = False,
+def configure(variant: str | Variant, num_classes: int | None = None, aux_logits: bool = False,
               **options: object) -> Variant:
     """The variant with its build options set and checked.
 
+    ``num_classes``: None keeps the variant's own (1000; 10 for ``googlenet_d2l``).
     ``options``: ``transform_input`` (only for variants that define an input transform).
     """
     if isinstance(variant, str):
@@ -241,6 +283,8 @@ def configure(variant: str | Variant, num_classes: int = 1000, aux_logits: bool 
     unknown = set(options) - {"transform_input"}
     if unknown:
         raise SpecError(f"option {sorted(unknown)[0]!r} is not known; expected: transform_input")
+    if num_classes is None:
+        num_classes = variant.num_classes
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise SpecError(f"num_classes: expected a positive integer, got {num_classes!r}")
     transform_input = bool(options.get("transform_input", False))
@@ -304,7 +348,7 @@ class InceptionBlock:
         return sum(_chain_out(b, self.in_channels) for b in self.branches)
 
 
-Stage = Union[ConvUnit, PoolUnit, InceptionBlock]
+Stage = Union[ConvUnit, PoolUnit, InceptionBlock, LRN]
 
 
 @dataclass(frozen=True)
@@ -460,6 +504,8 @@ def _op_chw(op: Stage, chw: CHW) -> CHW:
                 pool_out(w, op.kernel, op.stride, op.padding, op.ceil_mode))
     if isinstance(op, AdaptiveAvgPool):
         return (c, op.size, op.size)
+    if isinstance(op, LRN):
+        return chw
     return (op.out_channels, h, w)  # Inception blocks keep the spatial size
 
 

@@ -33,7 +33,7 @@ def _backend_version() -> str:
     return getattr(module, "__version__", "?")
 
 
-def build(variant: str, num_classes: int = 1000, aux_logits: bool = False, **options: object) -> GoogLeNet:
+def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, **options: object) -> GoogLeNet:
     """A built GoogLeNet, initialised as torchvision does: truncated normal, std 0.01,
     for conv and dense kernels; zero biases; BatchNorm scale 1, shift 0."""
     p = plan(configure(variant, num_classes, aux_logits, **options))

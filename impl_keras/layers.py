@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from keras import layers, ops
 
-from conformance.spec import AdaptiveAvgPool, Pool, adaptive_windows, pool_out
+from conformance.spec import LRN, AdaptiveAvgPool, Pool, adaptive_windows, pool_out
 
 
 def _pads(size: int, p: Pool) -> tuple[int, int]:
@@ -71,3 +71,21 @@ class AdaptiveAvgPool2D(layers.Layer):
                              for a, b in adaptive_windows(x.shape[1], self.size)], axis=1)
         return ops.concatenate([ops.mean(x[:, :, a:b], axis=2, keepdims=True)
                                 for a, b in adaptive_windows(x.shape[2], self.size)], axis=2)
+
+
+class LocalResponseNorm(layers.Layer):
+    """Keras has no LRN layer: ``b = a / (k + alpha / size * window sum of a**2) ** beta``
+    over ``size`` neighbouring channels (NHWC: the last axis), zero-padded as PyTorch
+    pads. (``tf.nn.local_response_normalization`` would need ``alpha / size`` and a
+    radius: it does not divide by the window.)"""
+
+    def __init__(self, lrn: LRN, **kwargs) -> None:
+        super().__init__(name=lrn.name, **kwargs)
+        self.lrn = lrn
+        self.scale = lrn.alpha / lrn.size  # the translation point: per-element weight of the sum
+
+    def call(self, x):
+        n, channels = self.lrn.size, x.shape[-1]
+        squares = ops.pad(ops.square(x), [[0, 0], [0, 0], [0, 0], [n // 2, (n - 1) // 2]])
+        window = sum(squares[..., i:i + channels] for i in range(n))
+        return x / ops.power(self.lrn.k + self.scale * window, self.lrn.beta)

@@ -24,9 +24,21 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from conformance.spec import AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage, configure, plan
+from conformance.spec import (
+    LRN,
+    AdaptiveAvgPool,
+    AuxUnit,
+    ConvUnit,
+    InceptionBlock,
+    Op,
+    Plan,
+    Pool,
+    Stage,
+    configure,
+    plan,
+)
 
-from .layers import AdaptiveAvgPool2D, Pool2D
+from .layers import AdaptiveAvgPool2D, LocalResponseNorm, Pool2D
 
 
 def init() -> keras.initializers.Initializer:
@@ -147,6 +159,8 @@ class InceptionAux(layers.Layer):
 
 
 def make_stage(stage: Stage) -> layers.Layer:
+    if isinstance(stage, LRN):
+        return LocalResponseNorm(stage)
     return Inception(stage) if isinstance(stage, InceptionBlock) else make_op(stage)
 
 

@@ -24,7 +24,7 @@ def version() -> str:
     return f"mxnet {mx.__version__}"
 
 
-def build(variant: str, num_classes: int = 1000, aux_logits: bool = False, **options: object) -> GoogLeNet:
+def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, **options: object) -> GoogLeNet:
     """An initialised GoogLeNet: normal, std 0.01, for weights (Gluon has no truncated
     normal); zero biases; BatchNorm scale 1, shift 0."""
     model = GoogLeNet(plan(configure(variant, num_classes, aux_logits, **options)))

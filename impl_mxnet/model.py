@@ -17,7 +17,7 @@ from __future__ import annotations
 import mxnet as mx
 from mxnet.gluon import nn
 
-from conformance.spec import AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage
+from conformance.spec import LRN, AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage
 
 
 class BasicConv2d(nn.HybridBlock):
@@ -47,6 +47,17 @@ class AdaptiveAvgPool2D(nn.HybridBlock):
 
     def hybrid_forward(self, F, x):
         return F.contrib.AdaptiveAvgPooling2D(x, output_size=self.size)
+
+
+class LocalResponseNorm(nn.HybridBlock):
+    """Gluon has no LRN block, only the operator; it divides alpha by nsize, as the spec."""
+
+    def __init__(self, lrn: LRN) -> None:
+        super().__init__()
+        self.lrn = lrn
+
+    def hybrid_forward(self, F, x):
+        return F.LRN(x, alpha=self.lrn.alpha, beta=self.lrn.beta, knorm=self.lrn.k, nsize=self.lrn.size)
 
 
 def make_pool(p: Pool | AdaptiveAvgPool) -> nn.HybridBlock:
@@ -109,6 +120,8 @@ class InceptionAux(nn.HybridBlock):
 
 
 def make_stage(stage: Stage) -> nn.HybridBlock:
+    if isinstance(stage, LRN):
+        return LocalResponseNorm(stage)
     return Inception(stage) if isinstance(stage, InceptionBlock) else make_op(stage)
 
 

@@ -20,7 +20,7 @@ def version() -> str:
     return f"torch {torch.__version__}"
 
 
-def build(variant: str, num_classes: int = 1000, aux_logits: bool = False, **options: object) -> GoogLeNet:
+def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, **options: object) -> GoogLeNet:
     """A GoogLeNet in eval mode, initialised as torchvision does (truncated normal,
     std 0.01, for conv and linear weights; BatchNorm scale 1, shift 0)."""
     model = GoogLeNet(plan(configure(variant, num_classes, aux_logits, **options)))

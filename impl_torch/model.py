@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conformance.spec import AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage
+from conformance.spec import LRN, AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage
 
 
 class BasicConv2d(nn.Module):
@@ -89,6 +89,8 @@ class InceptionAux(nn.Module):
 
 
 def make_stage(stage: Stage) -> nn.Module:
+    if isinstance(stage, LRN):  # alpha is divided by size inside, as the spec means it
+        return nn.LocalResponseNorm(stage.size, stage.alpha, stage.beta, stage.k)
     return Inception(stage) if isinstance(stage, InceptionBlock) else make_op(stage)
 
 

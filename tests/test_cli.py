@@ -42,7 +42,7 @@ def test_json_is_never_overwritten_silently(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["check", "--input-size", "16"],
+    (["check", "--variant", "googlenet", "--variant", "googlenet_bn", "--input-size", "16"],
      "--input-size 16: no variant can run it: googlenet: input size 16: the maxpool3 window"),
     (["check", "--frameworks", "torch,jax"], "--frameworks: unknown ['jax']"),
 ])

@@ -9,7 +9,7 @@ import pytest
 from conformance import canonical, spec
 from conformance.compare import identical
 
-from .conftest import full_plan, loaded_model
+from .conftest import backend_or_skip, full_plan, loaded_model
 
 PUBLISHED = {("googlenet", False): (6_998_552, 0), ("googlenet", True): (13_378_280, 0),
              ("googlenet_bn", False): (6_624_904, 14_560), ("googlenet_bn", True): (13_004_888, 15_072)}
@@ -136,3 +136,23 @@ def test_forward_rejects_aux_requests_it_cannot_honour(backend):
 def test_build_rejects_unknown_option(backend):
     with pytest.raises(ValueError, match="option 'transfrom_input' is not known"):
         backend.build("googlenet_bn", transfrom_input=True)
+
+
+def test_keras_local_response_norm_matches_pytorch_and_tensorflow():
+    """The small Keras LRN layer against PyTorch's and TensorFlow's own operators."""
+    backend_or_skip("keras")
+    torch = pytest.importorskip("torch")
+    import keras
+    import tensorflow as tf
+
+    from impl_keras.layers import LocalResponseNorm
+
+    lrn = spec.LRN("lrn", 5, 1e-4, 0.75, 1.0)
+    x = (np.random.default_rng(0).standard_normal((2, 6, 5, 16)) * 40).astype(np.float32)  # NHWC
+    ours = keras.ops.convert_to_numpy(LocalResponseNorm(lrn)(x))
+    theirs = torch.nn.functional.local_response_norm(torch.from_numpy(x.transpose(0, 3, 1, 2)), 5, 1e-4, 0.75,
+                                                     1.0).numpy().transpose(0, 2, 3, 1)
+    tf_lrn = tf.nn.local_response_normalization(x, depth_radius=2, bias=1.0, alpha=1e-4 / 5, beta=0.75).numpy()
+    assert np.abs(ours - x).max() > 0.1 * np.abs(x).max()  # the normalisation is not negligible here
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
+    np.testing.assert_allclose(ours, tf_lrn, rtol=0, atol=1e-5 * np.abs(theirs).max())

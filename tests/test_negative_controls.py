@@ -166,3 +166,21 @@ def test_a_small_scale_error_in_one_layer_fails(scale):
     v = check({"torch": torch_, "mxnet": patched(mxnet_, from_canonical=load_scaled)}, "googlenet", 97)
     r = rows(v)
     assert r["inception4b"].passed and not r["inception4c"].passed
+
+
+def test_lrn_alpha_not_divided_by_size_fails_at_the_lrn():
+    """TensorFlow's LRN takes alpha per element of the window sum; PyTorch, MXNet and the
+    spec divide alpha by the window size. Porting alpha unchanged breaks lrn1 onwards."""
+    torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
+
+    def build_with_tf_alpha(variant, **options):
+        model = keras_.build(variant, **options)
+        for name in ("lrn1", "lrn2"):
+            getattr(model, name).scale = getattr(model, name).lrn.alpha  # not / size
+        return model
+
+    v = check({"torch": torch_, "keras": patched(keras_, build=build_with_tf_alpha)}, "googlenet_lrn", 97)
+    r = rows(v)
+    assert r["maxpool1"].passed and not r["lrn1"].passed
+    # LRN moves these activations by a few percent, so alpha x5 shows as ~5e-3: 47x the tolerance
+    assert r["lrn1"].agreement["keras"].max_rel > 10 * REL_TOL

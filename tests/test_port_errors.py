@@ -55,8 +55,10 @@ def test_shape_mismatch(tmp_path, state):
 
 def test_checkpoint_of_the_other_variant(tmp_path, state):
     src = save_torch(state, tmp_path / "a.pth")
-    assert_refused(tmp_path, src, "b.npz", r"5x5 branch found .*: this is `googlenet`, not `googlenet_bn`",
-                   variant="googlenet_bn")
+    assert_refused(tmp_path, src, "b.npz", r"5x5 branch found .*: this is `googlenet` or `googlenet_lrn`, "
+                                           r"not `googlenet_bn`", variant="googlenet_bn")
+    assert_refused(tmp_path, src, "b.npz", r"3 input channels: this is `googlenet` or `googlenet_lrn`, "
+                                           r"not `googlenet_d2l`", variant="googlenet_d2l", num_classes=1000)
     bn = save_torch(torch_state("googlenet_bn", aux=False), tmp_path / "bn.pth")
     assert_refused(tmp_path, bn, "b.npz", r"3x3 branch found .*: this is `googlenet_bn` or `googlenet_gluoncv`, "
                                           r"not `googlenet`")

@@ -68,7 +68,7 @@ def test_variant_differences_are_data():
     assert all(u.bias for u in g.conv_units()) and not any(u.bias for u in bn.conv_units())
 
 
-@pytest.mark.parametrize("variant", sorted(spec.VARIANTS))
+@pytest.mark.parametrize("variant", sorted(v for v in spec.VARIANTS if spec.VARIANTS[v].input_size == 224))
 def test_shapes_at_224_match_torchvision_comments(variant):
     shapes = spec.expected_shapes(plan(variant, aux_logits=True), 224, batch=2)
     assert {k: v[1:] for k, v in shapes.items() if k in SHAPES_224} == SHAPES_224
@@ -137,6 +137,34 @@ def test_parameter_count_by_hand_for_googlenet():
     aux = lambda cin: (cin * 128 + 128) + (2048 * 1024 + 1024) + (1024 * 1000 + 1000)  # noqa: E731
     assert stem + blocks + fc == 6_998_552
     assert stem + blocks + fc + aux(512) + aux(528) == 13_378_280
+
+
+def test_googlenet_d2l_parameter_count_by_hand():
+    # 1-channel 7x7 stem conv, the same Inception blocks as the paper network, a 10-way fc.
+    stem = (64 * 1 * 49 + 64) + (64 * 64 + 64) + (192 * 64 * 9 + 192)
+    blocks = sum(cin * c1 + c1 + cin * c3r + c3r + c3r * c3 * 9 + c3 + cin * c5r + c5r
+                 + c5r * c5 * 25 + c5 + cin * pp + pp
+                 for cin, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
+    fc = 1024 * 10 + 10
+    assert stem + blocks + fc == 5_977_530
+    assert spec.count_params(plan("googlenet_d2l")) == (5_977_530, 0)
+    assert plan("googlenet_d2l").num_classes == 10 and plan("googlenet_d2l", num_classes=1000).num_classes == 1000
+
+
+def test_googlenet_lrn_is_the_paper_network_plus_two_parameter_free_lrns():
+    p, paper = plan("googlenet_lrn", aux_logits=True), plan("googlenet", aux_logits=True)
+    assert spec.count_params(p) == spec.count_params(paper) == (13_378_280, 0)
+    names = [s.name for s in p.stages]
+    assert names[:7] == ["conv1", "maxpool1", "lrn1", "conv2", "conv3", "lrn2", "maxpool2"]
+    assert all(s == spec.LRN(s.name, 5, 1e-4, 0.75, 1.0) for s in p.stages if isinstance(s, spec.LRN))
+    assert spec.expected_shapes(p, 224)["lrn2"] == (1, 192, 56, 56)
+
+
+def test_d2l_shapes_at_96():
+    shapes = spec.expected_shapes(plan("googlenet_d2l"), 96)
+    assert shapes["conv1"] == (1, 64, 48, 48) and shapes["maxpool1"] == (1, 64, 24, 24)
+    assert shapes["maxpool4"] == (1, 832, 3, 3) and shapes["logits"] == (1, 10)
+    assert "aux1" not in shapes
 
 
 def test_multiply_adds():
