@@ -127,12 +127,17 @@ def test_bn_statistics_by_hand():
     assert spec.count_params(plan("googlenet_bn", aux_logits=True))[1] == 2 * (stem + blocks + 2 * 128)
 
 
+def inception_params_by_hand() -> int:
+    """Conv kernels + biases of the nine blocks, from Table 1, with a 5x5 branch 3."""
+    return sum(cin * c1 + c1 + cin * c3r + c3r + c3r * c3 * 9 + c3 + cin * c5r + c5r
+               + c5r * c5 * 25 + c5 + cin * pp + pp
+               for cin, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
+
+
 def test_parameter_count_by_hand_for_googlenet():
-    # conv kernels + biases, block by block, from Table 1 (5x5 branch 3), then the fc.
+    # the stem's conv kernels + biases, the blocks, then the fc.
     stem = (64 * 3 * 49 + 64) + (64 * 64 + 64) + (192 * 64 * 9 + 192)
-    blocks = sum(cin * c1 + c1 + cin * c3r + c3r + c3r * c3 * 9 + c3 + cin * c5r + c5r
-                 + c5r * c5 * 25 + c5 + cin * pp + pp
-                 for cin, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
+    blocks = inception_params_by_hand()
     fc = 1024 * 1000 + 1000
     aux = lambda cin: (cin * 128 + 128) + (2048 * 1024 + 1024) + (1024 * 1000 + 1000)  # noqa: E731
     assert stem + blocks + fc == 6_998_552
@@ -142,9 +147,7 @@ def test_parameter_count_by_hand_for_googlenet():
 def test_googlenet_d2l_parameter_count_by_hand():
     # 1-channel 7x7 stem conv, the same Inception blocks as the paper network, a 10-way fc.
     stem = (64 * 1 * 49 + 64) + (64 * 64 + 64) + (192 * 64 * 9 + 192)
-    blocks = sum(cin * c1 + c1 + cin * c3r + c3r + c3r * c3 * 9 + c3 + cin * c5r + c5r
-                 + c5r * c5 * 25 + c5 + cin * pp + pp
-                 for cin, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
+    blocks = inception_params_by_hand()
     fc = 1024 * 10 + 10
     assert stem + blocks + fc == 5_977_530
     assert spec.count_params(plan("googlenet_d2l")) == (5_977_530, 0)
