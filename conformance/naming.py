@@ -22,8 +22,6 @@ import numpy as np
 from .canonical import canonical_shapes
 from .spec import ConvUnit, InceptionBlock, Plan, configure, plan
 
-SCHEMES = ("canonical", "gluon", "gluoncv")
-
 GLUON_BN = {".bn.weight": ".bn.gamma", ".bn.bias": ".bn.beta"}
 _GLUONCV_BN = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean",
                "running_var": "running_var"}
