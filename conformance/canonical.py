@@ -26,11 +26,17 @@ class CanonicalError(ValueError):
     """Canonical parameters that do not fit a plan (names, shapes, dtypes)."""
 
 
+def conv_key(u: ConvUnit) -> str:
+    """Where a unit's conv lives: ``<name>.conv`` (torchvision's BasicConv2d) or, for a
+    plain conv, ``<name>`` itself."""
+    return u.name if u.plain else f"{u.name}.conv"
+
+
 def conv_shapes(u: ConvUnit) -> dict[str, tuple[int, ...]]:
-    shapes = {f"{u.name}.conv.weight": (u.out_channels, u.in_channels, u.kernel, u.kernel)}
-    if u.norm is None:
-        shapes[f"{u.name}.conv.bias"] = (u.out_channels,)
-    else:
+    shapes = {f"{conv_key(u)}.weight": (u.out_channels, u.in_channels, u.kernel, u.kernel)}
+    if u.bias:
+        shapes[f"{conv_key(u)}.bias"] = (u.out_channels,)
+    if u.norm is not None:
         shapes.update({f"{u.name}.bn.{s}": (u.out_channels,) for s in BN_SUFFIXES})
     return shapes
 
@@ -96,7 +102,7 @@ def random_params(p: Plan, seed: int = 0) -> Params:
     rng = np.random.default_rng(seed)
     params: Params = {}
     for key, shape in canonical_shapes(p).items():
-        if key.endswith("conv.weight"):  # He init: keeps the activation scale through ReLUs
+        if len(shape) == 4:  # conv kernels. He init: keeps the activation scale through ReLUs
             fan_in = int(np.prod(shape[1:]))
             value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
         elif key.endswith(".bn.running_var"):

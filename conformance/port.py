@@ -104,9 +104,10 @@ def _diagnose(params: Params, src: Path, v: spec.Variant, num_classes: int) -> N
     conv1 = params.get("conv1.conv.weight")
     has_bn = any(".bn." in k for k in params)
     channels = conv1.shape[1] if conv1 is not None and conv1.ndim == 4 else v.in_channels
+    depth = sum(f"inception3a.branch3.{i}.conv.weight" in params for i in range(1, 4)) or v.branch3_depth
 
     def like(kernel: int) -> str:
-        fits = [n for n, c in spec.VARIANTS.items() if c.branch3_kernel == kernel
+        fits = [n for n, c in spec.VARIANTS.items() if c.branch3_kernel == kernel and c.branch3_depth == depth
                 and (c.norm is not None) == has_bn and c.in_channels == channels]
         return " or ".join(f"`{n}`" for n in fits) or "no known variant"
 

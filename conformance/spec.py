@@ -36,6 +36,8 @@ class Conv:
     kernel: int
     stride: int = 1
     padding: int = 0
+    bias: bool | None = None  # None: the variant's conv_bias
+    relu: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,40 @@ class LRN:
     k: float = 1.0
 
 
-Row = Union[Conv, Pool, Inception, LRN]
+@dataclass(frozen=True)
+class ReLU:
+    """A ReLU on its own, where a post applies it after a pool (``relu(mp(conv(x)))``)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class InceptionA:
+    """The lecture's Inception block (seed 001): plain convs without ReLU, branches
+    1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | 3x3 avg pool -> 1x1, named as the post names them."""
+
+    name: str
+    ch1x1: int = 16
+    ch5x5red: int = 16
+    ch5x5: int = 24
+    ch3x3red: int = 16
+    ch3x3: int = 24
+    pool_proj: int = 24
+
+    @property
+    def out(self) -> int:
+        return self.ch1x1 + self.ch5x5 + self.ch3x3 + self.pool_proj  # 16 + 24 + 24 + 24 = 88
+
+
+@dataclass(frozen=True)
+class Residual:
+    """The lecture's residual block (seed 001): ``relu(x + conv2(relu(conv1(x))))``,
+    two 3x3 convs that keep the channels."""
+
+    name: str
+
+
+Row = Union[Conv, Pool, Inception, LRN, ReLU, InceptionA, Residual]
 
 
 @dataclass(frozen=True)
@@ -147,8 +182,16 @@ class Variant:
     norm: BatchNorm | None
     aux: AuxHead | None
     dropout: float
-    # The pool before fc; fc reads its output flattened, so it must give 1 x 1.
-    head_pool: Union[Pool, AdaptiveAvgPool] = AdaptiveAvgPool("avgpool", 1)
+    # The pool before fc; fc reads its output flattened, so it must give 1 x 1. None:
+    # fc reads the last map flattened (the lecture nets), so the input size is fixed.
+    head_pool: Union[Pool, AdaptiveAvgPool, None] = AdaptiveAvgPool("avgpool", 1)
+    branch3_depth: int = 1  # stacked branch3_kernel convs after branch 3's 1x1
+    conv_bias: bool | None = None  # None: a bias exactly when there is no BatchNorm
+    # pytorch-cifar100 writes ``nn.BatchNorm2d(n5x5, n5x5)``: the second argument is eps,
+    # so branch 3's first stacked conv normalises with eps = its channel count.
+    branch3_eps_is_channels: bool = False
+    plain_convs: bool = False  # bare convs named ``<name>.weight``, as the lecture's nets
+    fc_name: str = "fc"
     in_channels: int = 3
     input_size: int = 224  # the size the variant was designed for; any admissible size runs
     input_transform: InputTransform | None = None
@@ -259,10 +302,79 @@ GOOGLENET_D2L = dataclasses.replace(
     input_size=96,
     num_classes=10,
 )
+
+GOOGLENET_CIFAR = dataclasses.replace(
+    GOOGLENET_D2L,
+    name="googlenet_cifar",
+    description="pytorch-cifar100's GoogLeNet (seed 004): 3 x 32 x 32, 100 classes, a stem of three "
+                "3x3 convs, BatchNorm after conv + bias, two stacked 3x3 convs in branch 3",
+    rows=(                                                      # N x    3 x 32 x 32
+        Conv("conv1", 64, 3, padding=1, bias=False),            # N x   64 x 32 x 32
+        Conv("conv2", 64, 3, padding=1, bias=False),            # N x   64 x 32 x 32
+        Conv("conv3", 192, 3, padding=1, bias=False),           # N x  192 x 32 x 32
+        _d2l_pool("maxpool2"),                                  # N x  192 x 16 x 16
+        _3a, _3b,                                               # N x  480 x 16 x 16
+        _d2l_pool("maxpool3"),                                  # N x  480 x  8 x  8
+        _4a, _4b, _4c, _4d, _4e,                                # N x  832 x  8 x  8
+        _d2l_pool("maxpool4"),                                  # N x  832 x  4 x  4
+        _5a, _5b,                                               # N x 1024 x  4 x  4
+    ),
+    branch3_kernel=3,
+    branch3_depth=2,
+    branch_pool=Pool("branch_pool", "max", 3, 1, padding=1),
+    norm=BatchNorm(eps=1e-5),
+    conv_bias=True,  # the Inception blocks' convs keep their bias before BatchNorm
+    branch3_eps_is_channels=True,
+    dropout=0.4,  # Dropout2d on an N x 1024 x 1 x 1 map: the same as Dropout
+    in_channels=3,
+    input_size=32,
+    num_classes=100,
+)
+
+_LECTURE = dict(branch3_kernel=5, norm=None, aux=None, dropout=0.0, head_pool=None, plain_convs=True,
+                conv_bias=True, in_channels=1, input_size=28, num_classes=10)
+
+INCEPTION_MNIST = dataclasses.replace(
+    GOOGLENET,
+    name="inception_mnist",
+    description="the lecture's Inception net (seed 001): 1 x 28 x 28 MNIST, two InceptionA blocks, "
+                "conv -> 2x2 max pool -> ReLU, fc on the flattened map; names as the post's",
+    rows=(                                                      # N x  1 x 28 x 28
+        Conv("conv1", 10, 5, relu=False),                       # N x 10 x 24 x 24
+        Pool("mp1", "max", 2, 2),                               # N x 10 x 12 x 12
+        ReLU("relu1"),
+        InceptionA("incep1"),                                   # N x 88 x 12 x 12
+        Conv("conv2", 20, 5, relu=False),                       # N x 20 x  8 x  8
+        Pool("mp2", "max", 2, 2),                               # N x 20 x  4 x  4
+        ReLU("relu2"),
+        InceptionA("incep2"),                                   # N x 88 x  4 x  4 -> fc 1408
+    ),
+    branch_pool=Pool("pool", "avg", 3, 1, padding=1),  # F.avg_pool2d: zero padding counts
+    **_LECTURE,
+)
+
+RESIDUAL_MNIST = dataclasses.replace(
+    INCEPTION_MNIST,
+    name="residual_mnist",
+    description="the lecture's residual net (seed 001): 1 x 28 x 28 MNIST, two residual blocks "
+                "relu(x + conv(relu(conv(x)))), fc on the flattened map; names as the post's",
+    rows=(                                                      # N x  1 x 28 x 28
+        Conv("c1", 16, 5, relu=False),                          # N x 16 x 24 x 24
+        Pool("mp1", "max", 2, 2),                               # N x 16 x 12 x 12
+        ReLU("relu1"),
+        Residual("rblock1"),                                    # N x 16 x 12 x 12
+        Conv("c2", 32, 5, relu=False),                          # N x 32 x  8 x  8
+        Pool("mp2", "max", 2, 2),                               # N x 32 x  4 x  4
+        ReLU("relu2"),
+        Residual("rblock2"),                                    # N x 32 x  4 x  4 -> l 512
+    ),
+    fc_name="l",
+)
 # fmt: on
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (GOOGLENET, GOOGLENET_BN, GOOGLENET_GLUONCV, GOOGLENET_LRN,
-                                                     GOOGLENET_D2L)}
+                                                     GOOGLENET_D2L, GOOGLENET_CIFAR, INCEPTION_MNIST,
+                                                     RESIDUAL_MNIST)}
 
 
 class SpecError(ValueError):
@@ -303,8 +415,9 @@ def configure(variant: str | Variant, num_classes: int | None = None, aux_logits
 
 @dataclass(frozen=True)
 class ConvUnit:
-    """Conv (+ BatchNorm) + ReLU; ``name`` is the canonical prefix, e.g.
-    ``inception3a.branch2.1`` owns ``inception3a.branch2.1.conv.weight``."""
+    """Conv (+ BatchNorm) (+ ReLU); ``name`` is the canonical prefix, e.g.
+    ``inception3a.branch2.1`` owns ``inception3a.branch2.1.conv.weight``. A ``plain``
+    unit is a bare conv, as the lecture nets write it: ``incep1.branch1x1.weight``."""
 
     name: str
     in_channels: int
@@ -313,10 +426,13 @@ class ConvUnit:
     stride: int
     padding: int
     norm: BatchNorm | None
+    bias: bool
+    relu: bool = True
+    plain: bool = False
 
-    @property
-    def bias(self) -> bool:
-        return self.norm is None
+    def __post_init__(self) -> None:
+        if self.plain and self.norm is not None:
+            raise SpecError(f"{self.name}: a plain conv has no BatchNorm")
 
 
 @dataclass(frozen=True)
@@ -342,13 +458,29 @@ class InceptionBlock:
     name: str
     in_channels: int
     branches: tuple[tuple[Op, ...], ...]
+    # Ops are the block's own attributes, named as the lecture's InceptionA names them
+    # (``incep1.branch5x5_1``), rather than torchvision's numbered branches.
+    flat: bool = False
 
     @property
     def out_channels(self) -> int:
         return sum(_chain_out(b, self.in_channels) for b in self.branches)
 
 
-Stage = Union[ConvUnit, PoolUnit, InceptionBlock, LRN]
+@dataclass(frozen=True)
+class ResidualUnit:
+    """``relu(x + conv2(conv1(x)))``; conv1 has its ReLU, conv2 none."""
+
+    name: str
+    conv1: ConvUnit
+    conv2: ConvUnit
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv2.out_channels
+
+
+Stage = Union[ConvUnit, PoolUnit, InceptionBlock, LRN, ReLU, ResidualUnit]
 
 
 @dataclass(frozen=True)
@@ -370,7 +502,7 @@ class Plan:
     aux: tuple[AuxUnit, ...]
     fc: Dense
     dropout: float
-    head_pool: PoolUnit
+    head_pool: PoolUnit | None  # None: fc reads the last map flattened
     transform: InputTransform | None = None
 
     @property
@@ -393,6 +525,8 @@ class Plan:
             elif isinstance(stage, InceptionBlock):
                 for branch in stage.branches:
                     yield from (op for op in branch if isinstance(op, ConvUnit))
+            elif isinstance(stage, ResidualUnit):
+                yield from (stage.conv1, stage.conv2)
         for head in self.aux:
             yield from (head.conv, head.fc1, head.fc2)
         yield self.fc
@@ -408,26 +542,67 @@ def _chain_out(ops: tuple[Op, ...], in_channels: int) -> int:
     return in_channels
 
 
-def _conv(row: Conv, name: str, in_channels: int, norm: BatchNorm | None) -> ConvUnit:
-    return ConvUnit(name, in_channels, row.out, row.kernel, row.stride, row.padding, norm)
+def _unit(v: Variant, name: str, cin: int, cout: int, kernel: int, stride: int = 1, padding: int | None = None,
+          bias: bool | None = None, relu: bool = True, norm: BatchNorm | None | str = "variant") -> ConvUnit:
+    """A conv unit with the variant's settings: its norm, bias rule and conv style;
+    ``padding`` None keeps the size (kernel // 2)."""
+    norm = v.norm if norm == "variant" else norm
+    if bias is None:
+        bias = v.conv_bias if v.conv_bias is not None else norm is None
+    padding = kernel // 2 if padding is None else padding
+    return ConvUnit(name, cin, cout, kernel, stride, padding, norm, bias, relu, v.plain_convs)
 
 
-def _inception(row: Inception, in_channels: int, v: Variant) -> InceptionBlock:
-    k = v.branch3_kernel
+def _inception(row: Inception, cin: int, v: Variant) -> InceptionBlock:
+    n, k = row.name, v.branch3_kernel
+    # branch 3: 1x1, then branch3_depth stacked k x k convs (two 3x3 in pytorch-cifar100)
+    outs = (row.ch5x5red,) + (row.ch5x5,) * v.branch3_depth
+    branch3 = [_unit(v, f"{n}.branch3.0", cin, row.ch5x5red, 1)]
+    for i in range(1, len(outs)):
+        quirk = v.norm is not None and v.branch3_eps_is_channels and i == 1
+        norm = dataclasses.replace(v.norm, eps=float(outs[i])) if quirk else "variant"
+        branch3.append(_unit(v, f"{n}.branch3.{i}", outs[i - 1], outs[i], k, norm=norm))
+    return InceptionBlock(n, cin, (
+        (_unit(v, f"{n}.branch1", cin, row.ch1x1, 1),),
+        (_unit(v, f"{n}.branch2.0", cin, row.ch3x3red, 1), _unit(v, f"{n}.branch2.1", row.ch3x3red, row.ch3x3, 3)),
+        tuple(branch3),
+        (dataclasses.replace(v.branch_pool, name=f"{n}.branch4.0"), _unit(v, f"{n}.branch4.1", cin, row.pool_proj, 1)),
+    ))
+
+
+def _inception_a(row: InceptionA, cin: int, v: Variant) -> InceptionBlock:
     n = row.name
 
-    def conv(local: str, cin: int, cout: int, kernel: int) -> ConvUnit:
-        return ConvUnit(f"{n}.{local}", cin, cout, kernel, 1, kernel // 2, v.norm)
+    def conv(local: str, c_in: int, c_out: int, kernel: int) -> ConvUnit:
+        return _unit(v, f"{n}.{local}", c_in, c_out, kernel, relu=False)
 
-    pool = dataclasses.replace(v.branch_pool, name=f"{n}.branch4.0")
-    return InceptionBlock(n, in_channels, (
-        (conv("branch1", in_channels, row.ch1x1, 1),),
-        (conv("branch2.0", in_channels, row.ch3x3red, 1),
-         conv("branch2.1", row.ch3x3red, row.ch3x3, 3)),
-        (conv("branch3.0", in_channels, row.ch5x5red, 1),
-         conv("branch3.1", row.ch5x5red, row.ch5x5, k)),
-        (pool, conv("branch4.1", in_channels, row.pool_proj, 1)),
-    ))
+    return InceptionBlock(n, cin, (
+        (conv("branch1x1", cin, row.ch1x1, 1),),
+        (conv("branch5x5_1", cin, row.ch5x5red, 1), conv("branch5x5_2", row.ch5x5red, row.ch5x5, 5)),
+        (conv("branch3x3_1", cin, row.ch3x3red, 1), conv("branch3x3_2", row.ch3x3red, row.ch3x3, 3),
+         conv("branch3x3_3", row.ch3x3, row.ch3x3, 3)),
+        (dataclasses.replace(v.branch_pool, name=f"{n}.pool"), conv("branch_pool", cin, row.pool_proj, 1)),
+    ), flat=True)
+
+
+def _stage(row: Row, c: int, v: Variant) -> Stage:
+    if isinstance(row, Conv):
+        return _unit(v, row.name, c, row.out, row.kernel, row.stride, row.padding, row.bias, row.relu)
+    if isinstance(row, Inception):
+        block = _inception(row, c, v)
+        if block.out_channels != row.out:  # the table and the branches must agree
+            raise SpecError(f"{row.name}: branches give {block.out_channels} channels, the row says {row.out}")
+        return block
+    if isinstance(row, InceptionA):
+        return _inception_a(row, c, v)
+    if isinstance(row, Residual):
+        return ResidualUnit(row.name, _unit(v, f"{row.name}.conv1", c, c, 3),
+                             _unit(v, f"{row.name}.conv2", c, c, 3, relu=False))
+    return row
+
+
+def _stage_out(stage: Stage, c: int) -> int:
+    return getattr(stage, "out_channels", c)
 
 
 def plan(variant: Variant) -> Plan:
@@ -436,16 +611,8 @@ def plan(variant: Variant) -> Plan:
     channels: dict[str, int] = {}
     c = variant.in_channels
     for row in variant.rows:
-        if isinstance(row, Conv):
-            stage: Stage = _conv(row, row.name, c, variant.norm)
-            c = row.out
-        elif isinstance(row, Inception):
-            stage = _inception(row, c, variant)
-            if stage.out_channels != row.out:  # the table and the branches must agree
-                raise SpecError(f"{row.name}: branches give {stage.out_channels} channels")
-            c = row.out
-        else:
-            stage = row
+        stage = _stage(row, c, variant)
+        c = _stage_out(stage, c)
         stages.append(stage)
         channels[row.name] = c
     aux: list[AuxUnit] = []
@@ -453,7 +620,7 @@ def plan(variant: Variant) -> Plan:
         head = variant.aux
         for i, tap in enumerate(head.taps, start=1):
             name = f"aux{i}"
-            conv = ConvUnit(f"{name}.conv", channels[tap], head.conv, 1, 1, 0, variant.norm)
+            conv = _unit(variant, f"{name}.conv", channels[tap], head.conv, 1)
             flat = (head.conv, head.pooled, head.pooled)
             aux.append(AuxUnit(
                 name, tap, dataclasses.replace(head.pool, name=f"{name}.pool"), conv,
@@ -461,9 +628,13 @@ def plan(variant: Variant) -> Plan:
                 Dense(f"{name}.fc2", head.fc, variant.num_classes),
                 head.dropout, head.pooled,
             ))
+    if variant.head_pool is None:  # fc reads the whole last map, at the variant's own size
+        last = _trace(stages, (variant.in_channels, variant.input_size, variant.input_size))
+        fc = Dense(variant.fc_name, math.prod(last), variant.num_classes, flattened_from=last)
+    else:
+        fc = Dense(variant.fc_name, c, variant.num_classes)
     transform = variant.input_transform if variant.transform_input else None
-    return Plan(variant, tuple(stages), tuple(aux), Dense("fc", c, variant.num_classes),
-                variant.dropout, variant.head_pool, transform)
+    return Plan(variant, tuple(stages), tuple(aux), fc, variant.dropout, variant.head_pool, transform)
 
 
 # --------------------------------------------------------------------------------------
@@ -504,9 +675,9 @@ def _op_chw(op: Stage, chw: CHW) -> CHW:
                 pool_out(w, op.kernel, op.stride, op.padding, op.ceil_mode))
     if isinstance(op, AdaptiveAvgPool):
         return (c, op.size, op.size)
-    if isinstance(op, LRN):
+    if isinstance(op, (LRN, ReLU)):
         return chw
-    return (op.out_channels, h, w)  # Inception blocks keep the spatial size
+    return (op.out_channels, h, w)  # Inception and residual blocks keep the spatial size
 
 
 def _window_fits(op: Stage, chw: CHW) -> bool:
@@ -524,12 +695,11 @@ def _size(size: int | HW) -> HW:
     return hw  # type: ignore[return-value]
 
 
-def stage_shapes(p: Plan, size: int | HW) -> dict[str, CHW]:
-    """(C, H, W) after every stage; SpecError if the input is too small for the network."""
-    h, w = _size(size)
-    chw: CHW = (p.in_channels, h, w)
-    out: dict[str, CHW] = {}
-    for stage in p.stages:
+def _trace(stages: tuple[Stage, ...] | list[Stage], chw: CHW, out: dict[str, CHW] | None = None) -> CHW:
+    """The (C, H, W) after the stages (each recorded in ``out``); SpecError if the input
+    is too small for them."""
+    size = f"{chw[1]} x {chw[2]}" if chw[1] != chw[2] else chw[1]
+    for stage in stages:
         if not _window_fits(stage, chw):
             raise SpecError(f"input size {size}: the {stage.name} window ({stage.kernel} x {stage.kernel}) "
                             f"is larger than its {chw[1]} x {chw[2]} input; use a larger --input-size")
@@ -537,7 +707,23 @@ def stage_shapes(p: Plan, size: int | HW) -> dict[str, CHW]:
         if min(chw[1:]) < 1:
             raise SpecError(f"input size {size}: nothing left after {stage.name} "
                             f"({chw[1]} x {chw[2]}); use a larger --input-size")
-        out[stage.name] = chw
+        if out is not None:
+            out[stage.name] = chw
+    return chw
+
+
+def stage_shapes(p: Plan, size: int | HW) -> dict[str, CHW]:
+    """(C, H, W) after every stage; SpecError if the input is too small for the network,
+    or gives the map a flattening fc cannot read."""
+    h, w = _size(size)
+    out: dict[str, CHW] = {}
+    chw = _trace(p.stages, (p.in_channels, h, w), out)
+    if p.head_pool is None:
+        if chw != p.fc.flattened_from:
+            raise SpecError(f"input size {size}: the last map is {' x '.join(map(str, chw))}; {p.fc.name} reads "
+                            f"{' x '.join(map(str, p.fc.flattened_from))} flattened, so use "
+                            f"--input-size {p.variant.input_size}")
+        return out
     pooled = _op_chw(p.head_pool, chw)
     if pooled[1:] != (1, 1) or not _window_fits(p.head_pool, chw):
         raise SpecError(f"input size {size}: the head pool turns the {chw[1]} x {chw[2]} map into "
@@ -556,11 +742,11 @@ def aux_admits(p: Plan, size: int | HW) -> bool:
 
 
 def expected_shapes(p: Plan, size: int | HW, batch: int = 1) -> dict[str, tuple[int, ...]]:
-    """Output shape of every stage (NCHW), then ``avgpool`` (the pooled features),
+    """Output shape of every stage (NCHW), then ``flatten`` (the features fc reads),
     ``logits`` and, where the size admits them, the aux logits."""
     shapes: dict[str, tuple[int, ...]] = {
         name: (batch, *chw) for name, chw in stage_shapes(p, size).items()}
-    shapes["avgpool"] = (batch, p.fc.in_features)
+    shapes["flatten"] = (batch, p.fc.in_features)
     shapes["logits"] = (batch, p.num_classes)
     if aux_admits(p, size):
         shapes.update({head.name: (batch, p.num_classes) for head in p.aux})
@@ -579,10 +765,10 @@ class LayerCount:
 
 
 def conv_params(u: ConvUnit) -> tuple[int, int]:
-    """(trainable, statistics): kernel + bias, or kernel + BN scale/shift and stats."""
-    kernel = u.out_channels * u.in_channels * u.kernel * u.kernel
+    """(trainable, statistics): kernel [+ bias] [+ BN scale/shift, and its statistics]."""
+    kernel = u.out_channels * u.in_channels * u.kernel * u.kernel + (u.out_channels if u.bias else 0)
     if u.norm is None:
-        return kernel + u.out_channels, 0
+        return kernel, 0
     return kernel + 2 * u.out_channels, 2 * u.out_channels
 
 
@@ -617,6 +803,8 @@ def layer_counts(p: Plan, size: int | HW = 224) -> list[LayerCount]:
                 bhw = hw
                 for op in branch:
                     bhw = conv_row(op, bhw) if isinstance(op, ConvUnit) else _op_chw(op, (0, *bhw))[1:]
+        elif isinstance(stage, ResidualUnit):
+            conv_row(stage.conv2, conv_row(stage.conv1, hw))
         hw = shapes[stage.name][1:]
         for head in p.aux_for(stage.name):
             pooled = (head.pooled, head.pooled)

@@ -43,10 +43,14 @@ def build(variant: str, num_classes: int | None = None, aux_logits: bool = False
 
 
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool) -> dict[str, np.ndarray]:
-    out = model.forward_stages(x.transpose(0, 2, 3, 1), with_aux=with_aux, training=False)
-    # NHWC -> NCHW for every 4-D activation; vectors are layout-free.
-    return {k: keras.ops.convert_to_numpy(v).transpose(0, 3, 1, 2) if len(v.shape) == 4
-            else keras.ops.convert_to_numpy(v) for k, v in out.items()}
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in
+           model.forward_stages(x.transpose(0, 2, 3, 1), with_aux=with_aux, training=False).items()}
+    # NHWC -> NCHW for every 4-D activation; a flattened map from (H, W, C) to (C, H, W) order.
+    flat = model.plan.fc.flattened_from
+    if flat is not None:
+        c, h, w = flat
+        out["flatten"] = out["flatten"].reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(-1, c * h * w)
+    return {k: v.transpose(0, 3, 1, 2) if v.ndim == 4 else v for k, v in out.items()}
 
 
 def forward(model: GoogLeNet, x: np.ndarray, aux: bool = False):

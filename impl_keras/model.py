@@ -33,6 +33,8 @@ from conformance.spec import (
     Op,
     Plan,
     Pool,
+    ReLU,
+    ResidualUnit,
     Stage,
     configure,
     plan,
@@ -47,8 +49,13 @@ def init() -> keras.initializers.Initializer:
     return keras.initializers.TruncatedNormal(stddev=0.01)
 
 
+def local(name: str) -> str:
+    """An op's attribute name inside its block: ``incep1.branch5x5_1`` -> ``branch5x5_1``."""
+    return name.rsplit(".", 1)[-1]
+
+
 class BasicConv2d(layers.Layer):
-    """conv -> [BatchNorm] -> ReLU, padded exactly as PyTorch pads."""
+    """conv -> [BatchNorm] -> [ReLU], padded exactly as PyTorch pads."""
 
     def __init__(self, u: ConvUnit) -> None:
         super().__init__(name=u.name)
@@ -61,7 +68,7 @@ class BasicConv2d(layers.Layer):
                                   use_bias=u.bias, kernel_initializer=init(), name=f"{u.name}.conv")
         self.bn = None if u.norm is None else layers.BatchNormalization(
             epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, name=f"{u.name}.bn")
-        self.relu = layers.ReLU()
+        self.relu = layers.ReLU() if u.relu else None
 
     def build(self, input_shape=None) -> None:
         """Weights from the spec's channel counts, as Gluon's ``in_channels``: no forward
@@ -76,7 +83,24 @@ class BasicConv2d(layers.Layer):
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
-        return self.relu(x)
+        return x if self.relu is None else self.relu(x)
+
+
+class PlainConv2d(layers.Conv2D):
+    """A bare conv, as the lecture nets write it (the layer carries the canonical name
+    ``incep1.branch1x1``), with the ReLU its unit asks for. Their padding keeps the size
+    (``"same"`` at stride 1 is symmetric) or is zero."""
+
+    def __init__(self, u: ConvUnit) -> None:
+        if u.padding and not (u.stride == 1 and 2 * u.padding == u.kernel - 1):
+            raise ValueError(f"{u.name}: a plain conv pads to keep the size or not at all")
+        super().__init__(u.out_channels, u.kernel, strides=u.stride, padding="same" if u.padding else "valid",
+                         use_bias=u.bias, activation="relu" if u.relu else None,
+                         kernel_initializer=init(), name=u.name)
+        self.unit = u
+
+    def build(self, input_shape=None) -> None:
+        super().build((None, None, None, self.unit.in_channels))
 
 
 def make_pool(p: Pool | AdaptiveAvgPool) -> layers.Layer:
@@ -84,7 +108,9 @@ def make_pool(p: Pool | AdaptiveAvgPool) -> layers.Layer:
 
 
 def make_op(op: Op) -> layers.Layer:
-    return BasicConv2d(op) if isinstance(op, ConvUnit) else make_pool(op)
+    if isinstance(op, ConvUnit):
+        return PlainConv2d(op) if op.plain else BasicConv2d(op)
+    return make_pool(op)
 
 
 class Sequential(layers.Layer):
@@ -127,6 +153,49 @@ class Inception(layers.Layer):
         return ops.concatenate(branches, axis=-1)
 
 
+class InceptionA(layers.Layer):
+    """The lecture's Inception block: its ops are attributes named as the post names them."""
+
+    def __init__(self, block: InceptionBlock) -> None:
+        super().__init__(name=block.name)
+        # 1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | 3x3 avg pool -> 1x1, no ReLU anywhere
+        self.branches = [[local(op.name) for op in branch] for branch in block.branches]
+        for branch in block.branches:
+            for op in branch:
+                setattr(self, local(op.name), make_op(op))
+
+    def build(self, input_shape=None) -> None:
+        for branch in self.branches:
+            for name in branch:
+                getattr(self, name).build(None)
+
+    def call(self, x):
+        # N x 12 x 12 x 10 (incep1)
+        outputs = []
+        for branch in self.branches:
+            y = x
+            for name in branch:
+                y = getattr(self, name)(y)
+            outputs.append(y)
+        # N x 12 x 12 x (16 + 24 + 24 + 24): concatenated on the channel axis, last here
+        return ops.concatenate(outputs, axis=-1)
+
+
+class ResidualBlock(layers.Layer):
+    def __init__(self, block: ResidualUnit) -> None:
+        super().__init__(name=block.name)
+        self.conv1 = make_op(block.conv1)  # with its ReLU
+        self.conv2 = make_op(block.conv2)  # without
+
+    def build(self, input_shape=None) -> None:
+        self.conv1.build(None)
+        self.conv2.build(None)
+
+    def call(self, x):
+        # N x 12 x 12 x 16 (rblock1)
+        return ops.relu(x + self.conv2(self.conv1(x)))  # add, then activate
+
+
 class InceptionAux(layers.Layer):
     def __init__(self, head: AuxUnit) -> None:
         super().__init__(name=head.name)
@@ -161,7 +230,13 @@ class InceptionAux(layers.Layer):
 def make_stage(stage: Stage) -> layers.Layer:
     if isinstance(stage, LRN):
         return LocalResponseNorm(stage)
-    return Inception(stage) if isinstance(stage, InceptionBlock) else make_op(stage)
+    if isinstance(stage, ReLU):
+        return layers.ReLU(name=stage.name)
+    if isinstance(stage, ResidualUnit):
+        return ResidualBlock(stage)
+    if isinstance(stage, InceptionBlock):
+        return InceptionA(stage) if stage.flat else Inception(stage)
+    return make_op(stage)
 
 
 @keras.saving.register_keras_serializable(package="conformance")
@@ -173,10 +248,12 @@ class GoogLeNet(keras.Model):
             setattr(self, stage.name, make_stage(stage))
         for head in plan.aux:  # aux1, aux2
             setattr(self, head.name, InceptionAux(head))
-        self.avgpool = make_pool(plan.head_pool)  # global average (a fixed 7x7 in GluonCV)
+        # global average (a fixed 7x7 in GluonCV; none in the lecture nets)
+        self.avgpool = None if plan.head_pool is None else make_pool(plan.head_pool)
         self.flatten = layers.Flatten()
         self.dropout = layers.Dropout(plan.dropout)
-        self.fc = layers.Dense(plan.fc.out_features, kernel_initializer=init(), name=plan.fc.name)
+        setattr(self, plan.fc.name, layers.Dense(plan.fc.out_features, kernel_initializer=init(),
+                                                 name=plan.fc.name))  # fc (l: lecture)
 
     def get_config(self) -> dict:
         """The variant and its options: enough to rebuild the model (``.keras`` files)."""
@@ -193,10 +270,10 @@ class GoogLeNet(keras.Model):
             getattr(self, stage.name).build(None)
         for head in self.plan.aux:
             getattr(self, head.name).build(None)
-        self.fc.build((None, self.plan.fc.in_features))
+        getattr(self, self.plan.fc.name).build((None, self.plan.fc.in_features))
 
     def forward_stages(self, x, with_aux: bool = False, training: bool = False) -> dict:
-        """Every stage's output by name (NHWC), then ``avgpool``, ``logits`` and the aux logits."""
+        """Every stage's output by name (NHWC), then ``flatten``, ``logits`` and the aux logits."""
         out = {}
         if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
             t = self.plan.transform
@@ -209,13 +286,15 @@ class GoogLeNet(keras.Model):
             out[stage.name] = x
             for head in self.plan.aux_for(stage.name) if with_aux else ():
                 out[head.name] = getattr(self, head.name)(x, training=training)
-        x = self.avgpool(x)
-        # N x 1 x 1 x 1024
+        if self.avgpool is not None:
+            x = self.avgpool(x)
+            # N x 1 x 1 x 1024
         x = self.flatten(x)
-        # N x 1024
-        out["avgpool"] = x
+        # N x 1024, or the whole last map in (H, W, C) order: N x 1408 (inception_mnist),
+        # so the weight adapter permutes fc's rows
+        out["flatten"] = x
         x = self.dropout(x, training=training)
-        out["logits"] = self.fc(x)
+        out["logits"] = getattr(self, self.plan.fc.name)(x)
         # N x 1000 (num_classes)
         return out
 

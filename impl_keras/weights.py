@@ -11,7 +11,7 @@ from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from conformance.canonical import CanonicalError, validate
+from conformance.canonical import CanonicalError, conv_key, validate
 from conformance.spec import Dense, Plan
 
 Convert = Callable[[np.ndarray], np.ndarray]
@@ -64,9 +64,10 @@ def table(p: Plan) -> dict[str, Row]:
             rows[f"{u.name}.weight"] = Row(u.name, "kernel", dense_to_keras(u), dense_from_keras(u))
             rows[f"{u.name}.bias"] = Row(u.name, "bias", same, same)
             continue
-        rows[f"{u.name}.conv.weight"] = Row(f"{u.name}.conv", "kernel", oihw_to_hwio, hwio_to_oihw)
-        if u.norm is None:
-            rows[f"{u.name}.conv.bias"] = Row(f"{u.name}.conv", "bias", same, same)
+        conv = conv_key(u)
+        rows[f"{conv}.weight"] = Row(conv, "kernel", oihw_to_hwio, hwio_to_oihw)
+        if u.bias:
+            rows[f"{conv}.bias"] = Row(conv, "bias", same, same)
         for ours, theirs in BN_VARIABLES.items() if u.norm is not None else ():
             rows[f"{u.name}.bn.{ours}"] = Row(f"{u.name}.bn", theirs, same, same)
     return rows

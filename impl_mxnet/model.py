@@ -17,11 +17,28 @@ from __future__ import annotations
 import mxnet as mx
 from mxnet.gluon import nn
 
-from conformance.spec import LRN, AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage
+from conformance.spec import (
+    LRN,
+    AdaptiveAvgPool,
+    AuxUnit,
+    ConvUnit,
+    InceptionBlock,
+    Op,
+    Plan,
+    Pool,
+    ReLU,
+    ResidualUnit,
+    Stage,
+)
+
+
+def local(name: str) -> str:
+    """An op's attribute name inside its block: ``incep1.branch5x5_1`` -> ``branch5x5_1``."""
+    return name.rsplit(".", 1)[-1]
 
 
 class BasicConv2d(nn.HybridBlock):
-    """conv -> [BatchNorm] -> ReLU. Gluon pads symmetrically, like PyTorch."""
+    """conv -> [BatchNorm] -> [ReLU]. Gluon pads symmetrically, like PyTorch."""
 
     def __init__(self, u: ConvUnit) -> None:
         super().__init__()
@@ -29,13 +46,20 @@ class BasicConv2d(nn.HybridBlock):
                               use_bias=u.bias, in_channels=u.in_channels)
         self.bn = None if u.norm is None else nn.BatchNorm(
             epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, in_channels=u.out_channels)
-        self.relu = nn.Activation("relu")
+        self.relu = nn.Activation("relu") if u.relu else None
 
     def hybrid_forward(self, F, x):
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
-        return self.relu(x)
+        return x if self.relu is None else self.relu(x)
+
+
+def plain_conv(u: ConvUnit) -> nn.Conv2D:
+    """A bare conv, as the lecture nets write it (``incep1.branch1x1.weight``), with the
+    ReLU its unit asks for."""
+    return nn.Conv2D(u.out_channels, u.kernel, strides=u.stride, padding=u.padding, use_bias=u.bias,
+                     activation="relu" if u.relu else None, in_channels=u.in_channels)
 
 
 class AdaptiveAvgPool2D(nn.HybridBlock):
@@ -70,7 +94,9 @@ def make_pool(p: Pool | AdaptiveAvgPool) -> nn.HybridBlock:
 
 
 def make_op(op: Op) -> nn.HybridBlock:
-    return BasicConv2d(op) if isinstance(op, ConvUnit) else make_pool(op)
+    if isinstance(op, ConvUnit):
+        return plain_conv(op) if op.plain else BasicConv2d(op)
+    return make_pool(op)
 
 
 def make_branch(ops: tuple[Op, ...]) -> nn.HybridBlock:
@@ -93,6 +119,40 @@ class Inception(nn.HybridBlock):
         branches = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
         # N x (64 + 128 + 32 + 32) x 28 x 28: concatenated on the channel axis
         return F.concat(*branches, dim=1)
+
+
+class InceptionA(nn.HybridBlock):
+    """The lecture's Inception block: its ops are attributes named as the post names them."""
+
+    def __init__(self, block: InceptionBlock) -> None:
+        super().__init__()
+        # 1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | 3x3 avg pool -> 1x1, no ReLU anywhere
+        self.branches = [[local(op.name) for op in branch] for branch in block.branches]
+        for branch in block.branches:
+            for op in branch:
+                setattr(self, local(op.name), make_op(op))
+
+    def hybrid_forward(self, F, x):
+        # N x 10 x 12 x 12 (incep1)
+        outputs = []
+        for branch in self.branches:
+            y = x
+            for name in branch:
+                y = getattr(self, name)(y)
+            outputs.append(y)
+        # N x (16 + 24 + 24 + 24) x 12 x 12
+        return F.concat(*outputs, dim=1)
+
+
+class ResidualBlock(nn.HybridBlock):
+    def __init__(self, block: ResidualUnit) -> None:
+        super().__init__()
+        self.conv1 = make_op(block.conv1)  # with its ReLU
+        self.conv2 = make_op(block.conv2)  # without
+
+    def hybrid_forward(self, F, x):
+        # N x 16 x 12 x 12 (rblock1)
+        return F.relu(x + self.conv2(self.conv1(x)))  # add, then activate
 
 
 class InceptionAux(nn.HybridBlock):
@@ -122,7 +182,13 @@ class InceptionAux(nn.HybridBlock):
 def make_stage(stage: Stage) -> nn.HybridBlock:
     if isinstance(stage, LRN):
         return LocalResponseNorm(stage)
-    return Inception(stage) if isinstance(stage, InceptionBlock) else make_op(stage)
+    if isinstance(stage, ReLU):
+        return nn.Activation("relu")
+    if isinstance(stage, ResidualUnit):
+        return ResidualBlock(stage)
+    if isinstance(stage, InceptionBlock):
+        return InceptionA(stage) if stage.flat else Inception(stage)
+    return make_op(stage)
 
 
 class GoogLeNet(nn.HybridBlock):
@@ -133,9 +199,10 @@ class GoogLeNet(nn.HybridBlock):
             setattr(self, stage.name, make_stage(stage))
         for head in plan.aux:  # aux1, aux2
             setattr(self, head.name, InceptionAux(head))
-        self.avgpool = make_pool(plan.head_pool)  # global average (a fixed 7x7 in GluonCV)
+        # global average (a fixed 7x7 in GluonCV; none in the lecture nets)
+        self.avgpool = None if plan.head_pool is None else make_pool(plan.head_pool)
         self.dropout = nn.Dropout(plan.dropout)
-        self.fc = nn.Dense(plan.fc.out_features, in_units=plan.fc.in_features)
+        setattr(self, plan.fc.name, nn.Dense(plan.fc.out_features, in_units=plan.fc.in_features))  # fc (l: lecture)
 
     def _stages(self, F, x, with_aux: bool) -> dict:
         out = {}
@@ -150,18 +217,19 @@ class GoogLeNet(nn.HybridBlock):
             out[stage.name] = x
             for head in self.plan.aux_for(stage.name) if with_aux else ():
                 out[head.name] = getattr(self, head.name)(x)
-        x = self.avgpool(x)
-        # N x 1024 x 1 x 1
+        if self.avgpool is not None:
+            x = self.avgpool(x)
+            # N x 1024 x 1 x 1
         x = F.flatten(x)
-        # N x 1024
-        out["avgpool"] = x
+        # N x 1024, or the whole last map in (C, H, W) order: N x 1408 (inception_mnist)
+        out["flatten"] = x
         x = self.dropout(x)
-        out["logits"] = self.fc(x)
+        out["logits"] = getattr(self, self.plan.fc.name)(x)
         # N x 1000 (num_classes)
         return out
 
     def forward_stages(self, x, with_aux: bool = False) -> dict:
-        """Every stage's output by name, then ``avgpool``, ``logits`` and the aux logits."""
+        """Every stage's output by name, then ``flatten``, ``logits`` and the aux logits."""
         return self._stages(mx.nd, x, with_aux)
 
     def hybrid_forward(self, F, x):

@@ -12,11 +12,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conformance.spec import LRN, AdaptiveAvgPool, AuxUnit, ConvUnit, InceptionBlock, Op, Plan, Pool, Stage
+from conformance.spec import (
+    LRN,
+    AdaptiveAvgPool,
+    AuxUnit,
+    ConvUnit,
+    InceptionBlock,
+    Op,
+    Plan,
+    Pool,
+    ReLU,
+    ResidualUnit,
+    Stage,
+)
+
+
+def local(name: str) -> str:
+    """An op's attribute name inside its block: ``incep1.branch5x5_1`` -> ``branch5x5_1``."""
+    return name.rsplit(".", 1)[-1]
 
 
 class BasicConv2d(nn.Module):
-    """conv -> [BatchNorm] -> ReLU. PyTorch pads symmetrically: ``padding=3`` is (3, 3)."""
+    """conv -> [BatchNorm] -> [ReLU]. PyTorch pads symmetrically: ``padding=3`` is (3, 3)."""
 
     def __init__(self, u: ConvUnit) -> None:
         super().__init__()
@@ -24,13 +41,26 @@ class BasicConv2d(nn.Module):
                               padding=u.padding, bias=u.bias)
         self.bn = None if u.norm is None else nn.BatchNorm2d(
             u.out_channels, eps=u.norm.eps, momentum=u.norm.momentum)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU(inplace=True) if u.relu else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
         return self.relu(x)
+
+
+class PlainConv2d(nn.Conv2d):
+    """A bare conv, as the lecture nets write it (weights at ``incep1.branch1x1.weight``),
+    with the ReLU its unit asks for."""
+
+    def __init__(self, u: ConvUnit) -> None:
+        super().__init__(u.in_channels, u.out_channels, u.kernel, stride=u.stride, padding=u.padding, bias=u.bias)
+        self.relu = u.relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        return F.relu(x) if self.relu else x
 
 
 def make_pool(p: Pool | AdaptiveAvgPool) -> nn.Module:
@@ -43,7 +73,9 @@ def make_pool(p: Pool | AdaptiveAvgPool) -> nn.Module:
 
 
 def make_op(op: Op) -> nn.Module:
-    return BasicConv2d(op) if isinstance(op, ConvUnit) else make_pool(op)
+    if isinstance(op, ConvUnit):
+        return PlainConv2d(op) if op.plain else BasicConv2d(op)
+    return make_pool(op)
 
 
 def make_branch(ops: tuple[Op, ...]) -> nn.Module:
@@ -62,6 +94,40 @@ class Inception(nn.Module):
         branches = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
         # N x (64 + 128 + 32 + 32) x 28 x 28: concatenated on the channel axis
         return torch.cat(branches, 1)
+
+
+class InceptionA(nn.Module):
+    """The lecture's Inception block: its ops are attributes named as the post names them."""
+
+    def __init__(self, block: InceptionBlock) -> None:
+        super().__init__()
+        # 1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | 3x3 avg pool -> 1x1, no ReLU anywhere
+        self.branches = [[local(op.name) for op in branch] for branch in block.branches]
+        for branch in block.branches:
+            for op in branch:
+                self.add_module(local(op.name), make_op(op))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # N x 10 x 12 x 12 (incep1)
+        outputs = []
+        for branch in self.branches:
+            y = x
+            for name in branch:
+                y = getattr(self, name)(y)
+            outputs.append(y)
+        # N x (16 + 24 + 24 + 24) x 12 x 12
+        return torch.cat(outputs, 1)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, block: ResidualUnit) -> None:
+        super().__init__()
+        self.conv1 = make_op(block.conv1)  # with its ReLU
+        self.conv2 = make_op(block.conv2)  # without
+
+    def forward(self, x: Tensor) -> Tensor:
+        # N x 16 x 12 x 12 (rblock1)
+        return F.relu(x + self.conv2(self.conv1(x)))  # add, then activate
 
 
 class InceptionAux(nn.Module):
@@ -91,7 +157,13 @@ class InceptionAux(nn.Module):
 def make_stage(stage: Stage) -> nn.Module:
     if isinstance(stage, LRN):  # alpha is divided by size inside, as the spec means it
         return nn.LocalResponseNorm(stage.size, stage.alpha, stage.beta, stage.k)
-    return Inception(stage) if isinstance(stage, InceptionBlock) else make_op(stage)
+    if isinstance(stage, ReLU):
+        return nn.ReLU()
+    if isinstance(stage, ResidualUnit):
+        return ResidualBlock(stage)
+    if isinstance(stage, InceptionBlock):
+        return InceptionA(stage) if stage.flat else Inception(stage)
+    return make_op(stage)
 
 
 class GoogLeNet(nn.Module):
@@ -102,12 +174,13 @@ class GoogLeNet(nn.Module):
             self.add_module(stage.name, make_stage(stage))
         for head in plan.aux:  # aux1, aux2
             self.add_module(head.name, InceptionAux(head))
-        self.avgpool = make_pool(plan.head_pool)  # global average (a fixed 7x7 in GluonCV)
+        # global average (a fixed 7x7 in GluonCV; none in the lecture nets)
+        self.avgpool = None if plan.head_pool is None else make_pool(plan.head_pool)
         self.dropout = nn.Dropout(plan.dropout)
-        self.fc = nn.Linear(plan.fc.in_features, plan.fc.out_features)
+        self.add_module(plan.fc.name, nn.Linear(plan.fc.in_features, plan.fc.out_features))  # fc (l: lecture)
 
     def forward_stages(self, x: Tensor, with_aux: bool = False) -> dict[str, Tensor]:
-        """Every stage's output by name, then ``avgpool``, ``logits`` and the aux logits."""
+        """Every stage's output by name, then ``flatten``, ``logits`` and the aux logits."""
         out: dict[str, Tensor] = {}
         if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
             t = self.plan.transform
@@ -119,13 +192,14 @@ class GoogLeNet(nn.Module):
             out[stage.name] = x
             for head in self.plan.aux_for(stage.name) if with_aux else ():
                 out[head.name] = getattr(self, head.name)(x)
-        x = self.avgpool(x)
-        # N x 1024 x 1 x 1
+        if self.avgpool is not None:
+            x = self.avgpool(x)
+            # N x 1024 x 1 x 1
         x = torch.flatten(x, 1)
-        # N x 1024
-        out["avgpool"] = x
+        # N x 1024, or the whole last map in (C, H, W) order: N x 1408 (inception_mnist)
+        out["flatten"] = x
         x = self.dropout(x)
-        out["logits"] = self.fc(x)
+        out["logits"] = getattr(self, self.plan.fc.name)(x)
         # N x 1000 (num_classes)
         return out
 
