@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="square input size (repeatable; default: each variant's own, 239 and 97)")
     check.add_argument("--batch", type=_positive, default=2, help="images per input (default: 2)")
     check.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
+    check.add_argument("--train", action="store_true",
+                       help="also check one training step: loss, gradients, SGD updates, BatchNorm statistics")
     check.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     check.add_argument("--force", action="store_true", help="overwrite an existing --json file")
 
@@ -75,7 +77,7 @@ def _check(args: argparse.Namespace) -> int:
     if sizes:
         harness.check_input_sizes(variants, sizes)
     backends, skipped = frameworks.load(names)
-    result = harness.run(variants, backends, skipped, sizes, args.batch, args.seed)
+    result = harness.run(variants, backends, skipped, sizes, args.batch, args.seed, train=args.train)
     print(report.render(result), flush=True)
     if args.json is not None:
         report.write_json(result, args.json, overwrite=args.force)

@@ -93,11 +93,16 @@ def from_state_dict(state: Mapping[str, object]) -> Params:
             for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
-def random_params(p: Plan, seed: int = 0) -> Params:
+def random_params(p: Plan, seed: int = 0, training: bool = False) -> Params:
     """Seeded weights that exercise every parameter and keep activations O(1).
 
     BatchNorm running variances are small (1e-3 .. 1e-2, comparable to eps 1e-3) with
     the scale compensating, so a wrong epsilon changes each layer's gain by up to 40%.
+    ``training``: BatchNorm scales of 0.5 .. 1.5 instead, for batch statistics. The
+    compensated scales (about 0.1) would let a shift of 0.1 push a whole channel below
+    zero, and a channel that is dead across the batch leaves the next BatchNorm
+    normalising float32 round-off: gradients then differ in the second digit between any
+    two float32 runs, float64 included, which no framework comparison can survive.
     """
     rng = np.random.default_rng(seed)
     params: Params = {}
@@ -114,7 +119,7 @@ def random_params(p: Plan, seed: int = 0) -> Params:
         else:  # biases, BN shifts and running means
             value = rng.standard_normal(shape) * 0.1
         params[key] = value.astype(np.float32)
-    for u in p.conv_units():
+    for u in p.conv_units() if not training else ():
         if u.norm is not None:
             var = params[f"{u.name}.bn.running_var"].astype(np.float64)
             gain = params[f"{u.name}.bn.weight"] * np.sqrt(var + u.norm.eps)

@@ -7,6 +7,7 @@ the spec and its values against the reference framework.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from . import spec
-from .canonical import random_params
+from .canonical import conv_key, random_params
 from .compare import REL_TOL, Agreement, agreement, identical
 from .interface import Backend
 
@@ -44,6 +45,17 @@ class SizeReport:
 
 
 @dataclass
+class TrainRow:
+    """One quantity of the training-parity check, worst key first: e.g. the gradients."""
+
+    quantity: str
+    keys: int  # how many tensors were compared
+    worst: dict[str, str]  # framework -> the key with the largest relative error
+    agreement: dict[str, Agreement]  # every framework but the reference: its worst key
+    passed: bool
+
+
+@dataclass
 class VariantReport:
     variant: str
     options: dict[str, object]
@@ -52,6 +64,7 @@ class VariantReport:
     sizes: list[SizeReport] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # framework -> what raised
     skipped_sizes: dict[int, str] = field(default_factory=dict)  # size -> why the variant cannot run it
+    training: list[TrainRow] = field(default_factory=list)  # check --train
 
     @property
     def counts_passed(self) -> bool:
@@ -60,7 +73,7 @@ class VariantReport:
     @property
     def passed(self) -> bool:
         return (self.counts_passed and not self.errors and all(not v for v in self.roundtrip.values())
-                and all(s.passed for s in self.sizes))
+                and all(s.passed for s in self.sizes) and all(r.passed for r in self.training))
 
 
 @dataclass
@@ -196,6 +209,99 @@ def check_variant(name: str, backends: Mapping[str, Backend], sizes: tuple[int, 
     return report
 
 
+# --------------------------------------------------------------------------------------
+# Training parity (check --train)
+# --------------------------------------------------------------------------------------
+
+TRAIN_LR = 0.01
+TRAIN_MOMENTUM = 0.9  # SGD's momentum means the same in all three; BatchNorm's does not
+TRAIN_STEPS = 2  # the second step is the first that the momentum buffer changes
+# Training parity runs in float64. Backpropagation through BatchNorm in training mode
+# is ill-conditioned at random weights: in PyTorch alone, float32 gradients differ
+# from float64 ones by up to 3e-2 relative on some tensors (googlenet_bn at 224,
+# googlenet_cifar at 32; any batch from 2 to 32), while without BatchNorm they agree to
+# 1e-6. Two float32 frameworks therefore differ by as much, whatever their conventions.
+# In float64 the same amplification leaves 1e-10, so 1e-4 tests the conventions.
+TRAIN_DTYPE = "float64"
+
+
+def without_dropout(v: spec.Variant) -> spec.Variant:
+    """The variant with every dropout rate 0: random masks cannot agree across frameworks."""
+    aux = None if v.aux is None else dataclasses.replace(v.aux, dropout=0.0)
+    return dataclasses.replace(v, dropout=0.0, aux=aux)
+
+
+def _train(backend: Backend, v: spec.Variant, params: Mapping[str, np.ndarray], x: np.ndarray,
+           y: np.ndarray, timer: Timer, fw: str, dtype: str = TRAIN_DTYPE) -> dict[str, dict[str, np.ndarray]]:
+    """Every quantity of two SGD steps from ``params``, by canonical key."""
+    with timer(fw, "build"):
+        model = backend.build(v, aux_logits=v.aux_logits, dtype=dtype)
+        backend.from_canonical(model, params)
+    trainer = backend.Trainer(model, lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, record=True)
+    out: dict[str, dict[str, np.ndarray]] = {"loss": {}}
+    for step in range(1, TRAIN_STEPS + 1):
+        with timer(fw, "train"):
+            out["loss"][f"step {step}"] = np.array([trainer.step(x, y)[0]])
+        if step == 1:
+            out["gradients"] = trainer.gradients()
+            if v.norm is not None:
+                out["batch statistics"] = trainer.batch_stats()
+        weights = backend.to_canonical(model)
+        stats = {k: w for k, w in weights.items() if k.endswith(("running_mean", "running_var"))}
+        out[f"weights after step {step}"] = {k: w for k, w in weights.items() if k not in stats}
+        if stats:
+            out[f"running statistics after step {step}"] = stats
+    return out
+
+
+def zero_gradients(p: spec.Plan) -> dict[str, str]:
+    """Conv biases followed by BatchNorm (pytorch-cifar100's) -> their conv weight. In
+    training mode BatchNorm subtracts the batch mean, so a per-channel constant has no
+    effect: the exact gradient is zero and what a framework returns is round-off, to be
+    measured against the gradient of the unit's weight, not its own."""
+    return {f"{conv_key(u)}.bias": f"{conv_key(u)}.weight" for u in p.conv_units() if u.bias and u.norm}
+
+
+def _train_row(quantity: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
+               scales: Mapping[str, str]) -> tuple[str, Agreement]:
+    """The worst key of one quantity, or a failure naming a key that one side lacks."""
+    missing = sorted(set(ref) ^ set(got))
+    if missing:
+        return f"{missing[0]} (only one side has it)", Agreement(float("inf"), float("inf"))
+    agree = {k: agreement(ref[k], got[k], scale=float(np.abs(ref[scales[k]]).max()) if k in scales else None)
+             for k in ref}
+    worst = max(agree, key=lambda k: agree[k].max_rel)
+    return worst, dataclasses.replace(agree[worst], passed=all(a.passed for a in agree.values()))
+
+
+def check_training(report: VariantReport, backends: Mapping[str, Backend], batch: int, seed: int,
+                   timer: Timer, dtype: str = TRAIN_DTYPE) -> None:
+    """From one set of canonical weights and one batch, with dropout off: the loss, every
+    gradient, BatchNorm's batch statistics, and the weights and running statistics after
+    each of two SGD-with-momentum steps, compared key by key with the reference."""
+    v = without_dropout(spec.configure(report.variant, **report.options))  # type: ignore[arg-type]
+    p = spec.plan(v)
+    params = random_params(p, seed, training=True)
+    size = v.input_size
+    x = _input(p, size, batch, seed).astype(dtype)
+    y = np.random.default_rng([seed, size, 1]).integers(0, v.num_classes, batch)
+    outs = {}
+    for fw, b in backends.items():
+        try:
+            outs[fw] = _train(b, v, params, x, y, timer, fw, dtype)
+        except Exception as e:  # a broken port may fail to train at all: report it
+            report.errors[f"{fw} training"] = f"{type(e).__name__}: {e}"
+    if len(outs) < 2:
+        return
+    reference, *others = outs
+    for quantity, ref in outs[reference].items():
+        worst, agree = {}, {}
+        for fw in others:
+            scales = zero_gradients(p) if quantity == "gradients" else {}
+            worst[fw], agree[fw] = _train_row(quantity, ref, outs[fw].get(quantity, {}), scales)
+        report.training.append(TrainRow(quantity, len(ref), worst, agree, all(a.passed for a in agree.values())))
+
+
 def default_sizes(variant: str) -> list[int]:
     """The variant's own input size, then the odd sizes."""
     return list(dict.fromkeys((spec.VARIANTS[variant].input_size, *ODD_SIZES)))
@@ -203,13 +309,18 @@ def default_sizes(variant: str) -> list[int]:
 
 def run(variants: list[str], backends: Mapping[str, Backend], skipped: Mapping[str, str],
         sizes: tuple[int, ...] | list[int] | None = None, batch: int = DEFAULT_BATCH, seed: int = 0,
-        timer: Timer | None = None) -> Report:
+        timer: Timer | None = None, train: bool = False) -> Report:
     """The full check. ``backends`` maps a framework name to its implementation package
     (or any object with the same functions, e.g. a deliberately broken port). ``sizes``:
-    None checks each variant at :func:`default_sizes`."""
+    None checks each variant at :func:`default_sizes`. ``train``: also the training
+    parity (:func:`check_training`), at each variant's own size."""
     if batch < 1:
         raise ValueError(f"--batch: expected a positive integer, got {batch}")
+    if train and batch < 2:
+        raise ValueError("--batch: --train needs at least 2 images (BatchNorm's batch variance)")
     timer = timer or Timer()
     reports = [check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer) for v in variants]
+    for r in reports if train else ():
+        check_training(r, backends, batch, seed, timer)
     return Report({fw: b.version() for fw, b in backends.items()}, dict(skipped),
                   next(iter(backends), None), batch, seed, REL_TOL, reports, timer.seconds)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from .canonical import atomic_write
-from .harness import Report, SizeReport, StageRow, VariantReport
+from .harness import TRAIN_DTYPE, TRAIN_LR, TRAIN_MOMENTUM, Report, SizeReport, StageRow, TrainRow, VariantReport
 
 
 def _mark(ok: bool) -> str:
@@ -42,6 +42,20 @@ def _size_block(s: SizeReport, reference: str, others: list[str], has_aux: bool)
     return lines + [line for r in s.stages for line in _stage_line(r, others)]
 
 
+def _train_block(rows: list[TrainRow], reference: str) -> list[str]:
+    others = list(rows[0].agreement)
+    width = max([len(k) + 19 for r in rows for k in r.worst.values()] + [len(fw) + 29 for fw in others])
+    cols = "   ".join(f"{fw + ': max abs  max rel  worst key':<{width}}" for fw in others)
+    lines = [f"  training step ({TRAIN_DTYPE}, SGD lr {TRAIN_LR} momentum {TRAIN_MOMENTUM}, dropout off, "
+             f"own input size)",
+             f"    {'quantity':<32} {'keys':>5}  {cols}   vs {reference}"]
+    for r in rows:
+        cells = "   ".join(f"{f' {a.max_abs:8.1e} {a.max_rel:8.1e}  {r.worst[fw]}':<{width}}"
+                           for fw, a in r.agreement.items())
+        lines.append(f"    {r.quantity:<32} {r.keys:>5}  {cells}   {_mark(r.passed)}")
+    return lines
+
+
 def _variant_block(v: VariantReport, reference: str | None) -> list[str]:
     fws = [k for k in v.counts if k != "spec"]
     options = ", ".join(f"{k}={val}" for k, val in v.options.items())
@@ -61,6 +75,8 @@ def _variant_block(v: VariantReport, reference: str | None) -> list[str]:
     for s in v.sizes:
         lines += _size_block(s, reference or "-", others, bool(v.options.get("aux_logits")))
     lines += [f"  input {size} x {size}: skipped, {why}" for size, why in v.skipped_sizes.items()]
+    if v.training:
+        lines += _train_block(v.training, reference or "-")
     return lines
 
 
@@ -72,6 +88,7 @@ def count_checks(r: Report) -> tuple[int, int]:
         results += [False] * len(v.errors)
         results += [not bad for bad in v.roundtrip.values()]
         results += [row.passed for s in v.sizes for row in s.stages]
+        results += [row.passed for row in v.training]
     return len(results), results.count(False)
 
 

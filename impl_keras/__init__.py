@@ -15,10 +15,11 @@ from conformance import interface  # noqa: E402
 from conformance.spec import configure, plan  # noqa: E402
 
 from .model import GoogLeNet  # noqa: E402
+from .train import Trainer  # noqa: E402
 from .weights import from_canonical, to_canonical  # noqa: E402
 
 name = "keras"
-__all__ = ["GoogLeNet", "build", "count_params", "forward", "from_canonical", "stages",
+__all__ = ["GoogLeNet", "Trainer", "build", "count_params", "forward", "from_canonical", "stages",
            "to_canonical", "version"]
 
 
@@ -33,12 +34,19 @@ def _backend_version() -> str:
     return getattr(module, "__version__", "?")
 
 
-def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, **options: object) -> GoogLeNet:
+def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, dtype: str = "float32",
+          **options: object) -> GoogLeNet:
     """A built GoogLeNet, initialised as torchvision does: truncated normal, std 0.01,
-    for conv and dense kernels; zero biases; BatchNorm scale 1, shift 0."""
+    for conv and dense kernels; zero biases; BatchNorm scale 1, shift 0. ``dtype``:
+    float64 for the training-parity check."""
     p = plan(configure(variant, num_classes, aux_logits, **options))
-    model = GoogLeNet(p)
-    model.build((None, p.variant.input_size, p.variant.input_size, p.in_channels))
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)  # each layer takes the policy in force when it is made
+    try:
+        model = GoogLeNet(p)
+        model.build((None, p.variant.input_size, p.variant.input_size, p.in_channels))
+    finally:
+        keras.config.set_dtype_policy(previous)
     return model
 
 

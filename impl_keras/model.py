@@ -13,7 +13,9 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
   symmetric (stride 1, odd kernel).
 * Pools follow PyTorch's ceil rounding through ``layers.Pool2D``; the adaptive aux
   pool has no Keras layer (``layers.AdaptiveAvgPool2D``).
-* BatchNorm momentum is the weight of the *old* statistic: 1 - PyTorch's momentum.
+* BatchNorm momentum is the weight of the *old* statistic: 1 - PyTorch's momentum; and
+  its moving variance keeps the biased batch variance, PyTorch's the unbiased one
+  (``layers.BatchNorm`` keeps PyTorch's).
 * ``Flatten`` reads NHWC in (H, W, C) order; the weight adapter permutes fc1's rows.
 * Keras infers input channels when a layer is built; each block's ``build`` passes
   them from the spec (as Gluon's ``in_channels``), so no dummy forward pass runs.
@@ -40,7 +42,7 @@ from conformance.spec import (
     plan,
 )
 
-from .layers import AdaptiveAvgPool2D, LocalResponseNorm, Pool2D
+from .layers import AdaptiveAvgPool2D, BatchNorm, LocalResponseNorm, Pool2D
 
 
 def init() -> keras.initializers.Initializer:
@@ -66,7 +68,7 @@ class BasicConv2d(layers.Layer):
         self.conv = layers.Conv2D(u.out_channels, u.kernel, strides=u.stride,
                                   padding="same" if same and u.padding else "valid",
                                   use_bias=u.bias, kernel_initializer=init(), name=f"{u.name}.conv")
-        self.bn = None if u.norm is None else layers.BatchNormalization(
+        self.bn = None if u.norm is None else BatchNorm(
             epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, name=f"{u.name}.bn")
         self.relu = layers.ReLU() if u.relu else None
 

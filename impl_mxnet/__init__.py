@@ -13,10 +13,11 @@ from conformance import interface  # noqa: E402
 from conformance.spec import configure, plan  # noqa: E402
 
 from .model import GoogLeNet  # noqa: E402
+from .train import Trainer  # noqa: E402
 from .weights import from_canonical, to_canonical  # noqa: E402
 
 name = "mxnet"
-__all__ = ["GoogLeNet", "build", "count_params", "forward", "from_canonical", "stages",
+__all__ = ["GoogLeNet", "Trainer", "build", "count_params", "forward", "from_canonical", "stages",
            "to_canonical", "version"]
 
 
@@ -24,11 +25,15 @@ def version() -> str:
     return f"mxnet {mx.__version__}"
 
 
-def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, **options: object) -> GoogLeNet:
+def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, dtype: str = "float32",
+          **options: object) -> GoogLeNet:
     """An initialised GoogLeNet: normal, std 0.01, for weights (Gluon has no truncated
-    normal); zero biases; BatchNorm scale 1, shift 0."""
+    normal); zero biases; BatchNorm scale 1, shift 0. ``dtype``: float64 for the
+    training-parity check."""
     model = GoogLeNet(plan(configure(variant, num_classes, aux_logits, **options)))
     model.initialize(mx.init.Normal(0.01), ctx=mx.cpu())
+    if dtype != "float32":
+        model.cast(dtype)
     return model
 
 

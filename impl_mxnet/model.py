@@ -7,7 +7,8 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
 * Layers are told their ``in_channels`` (from the spec) so parameters exist right
   after ``initialize()``, without a first forward.
 * BatchNorm calls its scale and shift ``gamma``/``beta``, and its momentum is the
-  weight of the *old* statistic: 1 - PyTorch's momentum.
+  weight of the *old* statistic: 1 - PyTorch's momentum. Its running variance keeps the
+  biased batch variance, PyTorch's the unbiased one (``BatchNorm`` keeps PyTorch's).
 * ``save_parameters`` names parameters by attribute path (``conv1.conv.weight``),
   the same tree as torchvision's state_dict.
 """
@@ -37,6 +38,30 @@ def local(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+class BatchNorm(nn.BatchNorm):
+    """``nn.BatchNorm`` keeping PyTorch's running variance. MXNet folds the biased batch
+    variance (the one it normalises with) into ``running_var``; PyTorch folds the unbiased
+    one, n / (n - 1) times larger (n = N x H x W). In training the operator runs with its
+    own update switched off (momentum 1) and the statistics are updated here."""
+
+    record = False  # the training-parity check sets it: keep the last batch statistics
+
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        if not mx.autograd.is_training():
+            return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
+        keep = self._kwargs["momentum"]  # Gluon's momentum: the weight of the old statistic
+        y = F.BatchNorm(x, gamma, beta, running_mean, running_var, name="fwd", **{**self._kwargs, "momentum": 1.0})
+        with mx.autograd.pause():
+            mean = x.mean(axis=(0, 2, 3))
+            var = F.square(F.broadcast_sub(x, mean.reshape((1, -1, 1, 1)))).mean(axis=(0, 2, 3))
+            n = x.size / x.shape[1]
+            running_mean[:] = running_mean * keep + mean * (1.0 - keep)
+            running_var[:] = running_var * keep + var * (n / (n - 1.0)) * (1.0 - keep)
+        if self.record:
+            self.batch_stats = (mean, var)
+        return y
+
+
 class BasicConv2d(nn.HybridBlock):
     """conv -> [BatchNorm] -> [ReLU]. Gluon pads symmetrically, like PyTorch."""
 
@@ -44,7 +69,7 @@ class BasicConv2d(nn.HybridBlock):
         super().__init__()
         self.conv = nn.Conv2D(u.out_channels, u.kernel, strides=u.stride, padding=u.padding,
                               use_bias=u.bias, in_channels=u.in_channels)
-        self.bn = None if u.norm is None else nn.BatchNorm(
+        self.bn = None if u.norm is None else BatchNorm(
             epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, in_channels=u.out_channels)
         self.relu = nn.Activation("relu") if u.relu else None
 

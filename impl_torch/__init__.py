@@ -9,10 +9,11 @@ from conformance import interface
 from conformance.spec import configure, plan
 
 from .model import GoogLeNet
+from .train import Trainer
 from .weights import from_canonical, to_canonical
 
 name = "torch"
-__all__ = ["GoogLeNet", "build", "count_params", "forward", "from_canonical", "stages",
+__all__ = ["GoogLeNet", "Trainer", "build", "count_params", "forward", "from_canonical", "stages",
            "to_canonical", "version"]
 
 
@@ -20,10 +21,12 @@ def version() -> str:
     return f"torch {torch.__version__}"
 
 
-def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, **options: object) -> GoogLeNet:
+def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, dtype: str = "float32",
+          **options: object) -> GoogLeNet:
     """A GoogLeNet in eval mode, initialised as torchvision does (truncated normal,
-    std 0.01, for conv and linear weights; BatchNorm scale 1, shift 0)."""
-    model = GoogLeNet(plan(configure(variant, num_classes, aux_logits, **options)))
+    std 0.01, for conv and linear weights; BatchNorm scale 1, shift 0). ``dtype``:
+    float64 for the training-parity check."""
+    model = GoogLeNet(plan(configure(variant, num_classes, aux_logits, **options))).to(getattr(torch, dtype))
     for m in model.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             torch.nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)

@@ -52,7 +52,7 @@ def loaded_model(b, variant: str, seed: int = 0):
 
 
 FUNCTIONS = ("name", "build", "to_canonical", "from_canonical", "forward", "stages",
-             "count_params", "version")
+             "count_params", "version", "Trainer")
 
 
 def patched(b, **overrides) -> types.SimpleNamespace:

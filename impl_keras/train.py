@@ -1,0 +1,76 @@
+"""Training GoogLeNet in Keras 3, as the posts train it: SGD with momentum on the
+cross-entropy of the logits, plus ``aux_weight`` times each aux head's.
+
+Mirrors ``impl_torch/train.py``. What differs, and why:
+
+* Keras's SGD keeps ``v = momentum * v - lr * grad; w += v``: with a constant learning
+  rate that is PyTorch's ``buf = momentum * buf + grad; w -= lr * buf``, v = -lr * buf.
+* The step is a ``tf.function`` (TensorFlow runs eager code several times slower);
+  ``record`` runs it eagerly so BatchNorm can hand its batch statistics back.
+* Gradients come back in canonical layouts through the weight adapter's table.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from conformance.spec import aux_admits
+
+from .layers import BatchNorm
+from .model import GoogLeNet
+from .weights import _located
+
+
+class Trainer:
+    def __init__(self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3,
+                 record: bool = False) -> None:
+        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
+        self.model, self.aux_weight = model, aux_weight
+        self.optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+        self.bns = [layer for layer in model._flatten_layers() if isinstance(layer, BatchNorm)]
+        for layer in self.bns:
+            layer.record = record
+        self._step = self._eager_step if record else tf.function(self._eager_step)
+        self.grads: dict[str, np.ndarray] = {}
+
+    def _eager_step(self, x, y, with_aux: bool):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            out = self.model.forward_stages(x, with_aux=with_aux, training=True)
+
+            def ce(logits):
+                return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+
+            loss = ce(out["logits"])
+            for head in self.model.plan.aux if with_aux else ():
+                loss = loss + self.aux_weight * ce(out[head.name])
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        correct = keras.ops.sum(keras.ops.cast(keras.ops.argmax(out["logits"], 1) == y, "int32"))
+        return loss, correct, grads
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
+        with_aux = aux_admits(self.model.plan, x.shape[2:])
+        loss, correct, grads = self._step(x.transpose(0, 2, 3, 1), y.astype(np.int64), with_aux)
+        self._last = (self.model.trainable_variables, grads)
+        return float(loss), int(correct)
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """The last step's gradient of every trainable parameter, by canonical key and
+        in canonical layout."""
+        variables, grads = self._last
+        by_path = {v.path: np.asarray(g) for v, g in zip(variables, grads)}
+        return {key: np.ascontiguousarray(row.to_canonical(by_path[var.path]))
+                for key, row, var in _located(self.model, self.model.plan) if var.path in by_path}
+
+    def batch_stats(self) -> dict[str, np.ndarray]:
+        """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""
+        stats = {}
+        for layer in self.bns:
+            mean, var = layer.batch_stats
+            stats[f"{layer.name}.batch_mean"] = np.asarray(mean)
+            stats[f"{layer.name}.batch_var"] = np.asarray(var)
+        return stats

@@ -1,0 +1,69 @@
+"""Training GoogLeNet in MXNet Gluon, as the posts train it: SGD with momentum on the
+cross-entropy of the logits, plus ``aux_weight`` times each aux head's.
+
+Mirrors ``impl_torch/train.py``. What differs, and why:
+
+* Gluon's SGD keeps ``mom = momentum * mom - lr * grad; w += mom``: with a constant
+  learning rate that is PyTorch's rule, mom = -lr * buf.
+* Training mode is ``autograd.record()``: inside it BatchNorm uses batch statistics and
+  Dropout drops; ``trainer.step(1)`` because the loss is already a batch mean.
+"""
+
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as np
+
+from conformance.spec import aux_admits
+
+from .model import BatchNorm, GoogLeNet
+from .weights import _located
+
+
+def named_blocks(block: mx.gluon.Block, prefix: str = ""):
+    """(attribute path, block) for every block in the tree: ``conv1.bn``, ``inception3a.branch2.1.bn``."""
+    for name, child in block._children.items():
+        path = f"{prefix}{name}"
+        yield path, child
+        yield from named_blocks(child, path + ".")
+
+
+class Trainer:
+    def __init__(self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3,
+                 record: bool = False) -> None:
+        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
+        self.model, self.aux_weight = model, aux_weight
+        self.trainer = mx.gluon.Trainer(model.collect_params(), "sgd",
+                                        {"learning_rate": lr, "momentum": momentum, "wd": 0.0})
+        self.ce = mx.gluon.loss.SoftmaxCrossEntropyLoss()
+        self.bns = {name: b for name, b in named_blocks(model) if isinstance(b, BatchNorm)}
+        for b in self.bns.values():
+            b.record = record
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
+        plan = self.model.plan
+        with_aux = aux_admits(plan, x.shape[2:])
+        data, target = mx.nd.array(x, dtype=x.dtype), mx.nd.array(y, dtype=x.dtype)
+        with mx.autograd.record():
+            out = self.model.forward_stages(data, with_aux=with_aux)
+            loss = self.ce(out["logits"], target).mean()
+            for head in plan.aux if with_aux else ():
+                loss = loss + self.aux_weight * self.ce(out[head.name], target).mean()
+        loss.backward()
+        self.trainer.step(1)
+        correct = int((out["logits"].argmax(axis=1) == target).sum().asscalar())
+        return float(loss.asscalar()), correct
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """The last step's gradient of every trainable parameter, by canonical key."""
+        return {key: param.grad().asnumpy() for key, param in _located(self.model, self.model.plan)
+                if param.grad_req != "null"}
+
+    def batch_stats(self) -> dict[str, np.ndarray]:
+        """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""
+        stats = {}
+        for name, b in self.bns.items():
+            mean, var = b.batch_stats
+            stats[f"{name}.batch_mean"], stats[f"{name}.batch_var"] = mean.asnumpy(), var.asnumpy()
+        return stats
