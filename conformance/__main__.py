@@ -1,4 +1,4 @@
-"""``python -m conformance check``, ``port`` and ``spec``.
+"""``python -m conformance check``, ``port``, ``train`` and ``spec``.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input.
 """
@@ -21,6 +21,26 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1 (exclusive), got {value}")
     return value
 
 
@@ -54,6 +74,21 @@ def _parser() -> argparse.ArgumentParser:
     port.add_argument("--transform-input", action="store_true",
                       help="torchvision's transform_input (googlenet_bn)")
     port.add_argument("--force", action="store_true", help="overwrite DST")
+
+    train = sub.add_parser("train", help="train a variant in one framework (SGD, as the posts), with a plot")
+    train.add_argument("--framework", required=True, choices=list(FRAMEWORKS))
+    train.add_argument("--variant", required=True, choices=sorted(spec.VARIANTS))
+    train.add_argument("--data", type=Path, metavar="DIR",
+                       help="MNIST or Fashion-MNIST IDX files, gzipped or not (default: a generated data set)")
+    train.add_argument("--epochs", type=_positive, default=10, help="default: 10")
+    train.add_argument("--batch-size", type=_positive, default=64, help="default: 64")
+    train.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (default: 0.01)")
+    train.add_argument("--momentum", type=_fraction, default=0.5, help="SGD momentum, 0 to 1 (default: 0.5)")
+    train.add_argument("--limit", type=_positive, metavar="N", help="use only the first N train and test images")
+    train.add_argument("--seed", type=int, default=0, help="seed of the data order and generated data")
+    train.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
+                       help="directory for checkpoints, plot and history (default: .)")
+    train.add_argument("--force", action="store_true", help="overwrite files of an earlier run")
 
     table = sub.add_parser("spec", help="print a variant's layers, shapes, parameters and multiply-adds")
     table.add_argument("--variant", default="googlenet", choices=sorted(spec.VARIANTS))
@@ -117,9 +152,27 @@ def _port(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from . import frameworks, training
+
+    settings = training.Settings(args.variant, args.epochs, args.batch_size, args.lr, args.momentum,
+                                 limit=args.limit, seed=args.seed)
+    training.check_outputs(args.out, args.variant, args.framework, args.epochs, args.force)
+    splits = training.load_data(args.data, settings)  # bad data fails here, before any framework loads
+    backends, skipped = frameworks.load([args.framework])
+    if args.framework not in backends:
+        raise ValueError(f"--framework {args.framework}: {skipped[args.framework]}")
+    try:
+        training.train(backends[args.framework], settings, splits, args.out, args.force)
+    except training.TrainingError as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"check": _check, "port": _port, "spec": _spec}
+    commands = {"check": _check, "port": _port, "spec": _spec, "train": _train}
     try:
         return commands[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError, PortError: ValueErrors

@@ -127,6 +127,28 @@ def random_params(p: Plan, seed: int = 0, training: bool = False) -> Params:
     return params
 
 
+def initial_params(p: Plan, seed: int = 0) -> Params:
+    """Weights to train from, the same in every framework: PyTorch's default
+    initialisation, which the posts train from (conv and dense weights and biases
+    uniform in +-1 / sqrt(fan-in), BatchNorm scale 1 and shift 0, running mean 0 and
+    variance 1). Each framework's own default differs, and torchvision's std 0.01
+    stalls the lecture nets, which have no BatchNorm to restore the scale."""
+    rng = np.random.default_rng(seed)
+    shapes = canonical_shapes(p)
+    params: Params = {}
+    for key, shape in shapes.items():
+        if key.endswith((".bn.weight", ".running_var")):
+            value = np.ones(shape)
+        elif key.endswith((".bn.bias", ".running_mean")):
+            value = np.zeros(shape)
+        else:  # a weight, or a bias bounded by its weight's fan-in
+            weight = shapes[key[: -len("bias")] + "weight"] if key.endswith(".bias") else shape
+            bound = 1.0 / np.sqrt(np.prod(weight[1:]))
+            value = rng.uniform(-bound, bound, shape)
+        params[key] = value.astype(np.float32)
+    return params
+
+
 # --------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------

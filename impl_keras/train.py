@@ -48,7 +48,8 @@ class Trainer:
                 loss = loss + self.aux_weight * ce(out[head.name])
         grads = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
-        correct = keras.ops.sum(keras.ops.cast(keras.ops.argmax(out["logits"], 1) == y, "int32"))
+        predicted = keras.ops.cast(keras.ops.argmax(out["logits"], 1), y.dtype)
+        correct = keras.ops.sum(keras.ops.cast(predicted == y, "int32"))
         return loss, correct, grads
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:

@@ -1,0 +1,137 @@
+"""Training data for ``python -m conformance train``: MNIST / Fashion-MNIST IDX files
+from a local directory, or a small generated data set. Nothing is downloaded.
+
+IDX (LeCun's format): a big-endian header, magic ``0x00000803`` for uint8 images
+(count, rows, cols) or ``0x00000801`` for uint8 labels (count), then the bytes.
+Files may be gzipped (``.gz``), as they are distributed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .canonical import atomic_write
+
+IMAGES_MAGIC, LABELS_MAGIC = 0x803, 0x801
+SPLITS = {"train": "train", "test": "t10k"}  # file prefixes, as MNIST and Fashion-MNIST name them
+MEAN, STD = 0.1307, 0.3081  # MNIST's, as the lecture normalises (transforms.Normalize)
+
+
+class DataError(ValueError):
+    """Data files that cannot be read as MNIST-style IDX."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # N x H x W uint8
+    labels: np.ndarray  # N int64
+
+
+def _open(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":  # gzip's magic, whatever the file is called
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable gzip file ({e})") from None
+    return raw
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """One IDX file as a uint8 array, checking the magic number and the length."""
+    data = _open(path)
+    dims = 3 if magic == IMAGES_MAGIC else 1
+    what = "images" if magic == IMAGES_MAGIC else "labels"
+    if len(data) < 4 + 4 * dims:
+        raise DataError(f"{path}: {len(data)} bytes is too short for an IDX {what} header")
+    found = struct.unpack(">I", data[:4])[0]
+    if found != magic:
+        raise DataError(f"{path}: magic number {found:#010x}, expected {magic:#010x} (IDX uint8 {what}, "
+                        f"{dims} dimension{'s' if dims > 1 else ''})")
+    shape = struct.unpack(f">{dims}I", data[4:4 + 4 * dims])
+    body = data[4 + 4 * dims:]
+    if len(body) != int(np.prod(shape)):
+        raise DataError(f"{path}: header says {' x '.join(map(str, shape))} = {int(np.prod(shape))} bytes of "
+                        f"{what}, the file holds {len(body)}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for name in (stem, f"{stem}.gz"):
+        if (directory / name).is_file():
+            return directory / name
+    present = sorted(p.name for p in directory.iterdir())[:8]
+    raise DataError(f"--data {directory}: missing {stem} (or {stem}.gz); the directory holds "
+                    f"{present or 'nothing'}")
+
+
+def load_idx(directory: str | Path) -> dict[str, Split]:
+    """``train`` and ``test`` splits of an MNIST-style directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"--data {directory}: not a directory")
+    splits = {}
+    for split, prefix in SPLITS.items():
+        images_path = _find(directory, f"{prefix}-images-idx3-ubyte")
+        labels_path = _find(directory, f"{prefix}-labels-idx1-ubyte")
+        images, labels = read_idx(images_path, IMAGES_MAGIC), read_idx(labels_path, LABELS_MAGIC)
+        if len(images) != len(labels):
+            raise DataError(f"--data {directory}: {images_path.name} holds {len(images)} images but "
+                            f"{labels_path.name} {len(labels)} labels")
+        splits[split] = Split(images, labels.astype(np.int64))
+    return splits
+
+
+def write_idx(path: str | Path, array: np.ndarray, overwrite: bool = False) -> Path:
+    """Write uint8 images (N x H x W) or labels (N) as IDX, gzipped if ``path`` ends in .gz."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = IMAGES_MAGIC if array.ndim == 3 else LABELS_MAGIC
+    data = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
+    path = Path(path)
+    return atomic_write(path, gzip.compress(data, mtime=0) if path.suffix == ".gz" else data, overwrite)
+
+
+def synthetic(n_train: int = 2000, n_test: int = 500, classes: int = 10, size: int = 28,
+              seed: int = 0) -> dict[str, Split]:
+    """A learnable MNIST-like set: each class is a fixed random blob pattern, each image
+    its class's pattern, shifted by up to 2 pixels, dimmed or brightened, plus noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((classes, 7, 7)) ** 3  # sparse bright strokes
+    templates = np.kron(coarse, np.ones((size // 7 + 1, size // 7 + 1)))[:, :size, :size]
+
+    def split(n: int) -> Split:
+        labels = rng.integers(0, classes, n)
+        shifts = rng.integers(-2, 3, (n, 2))
+        images = np.stack([np.roll(templates[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts)])
+        images = images * rng.uniform(0.6, 1.0, (n, 1, 1)) + rng.normal(0, 0.15, images.shape)
+        return Split(np.clip(images * 255, 0, 255).astype(np.uint8), labels.astype(np.int64))
+
+    return {"train": split(n_train), "test": split(n_test)}
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of N x H x W floats to size x size, with half-pixel centres (as
+    torchvision's ``Resize`` and d2l's ``resize=96``)."""
+    n, h, w = images.shape
+    if (h, w) == (size, size):
+        return images
+
+    def axis(src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((np.arange(size) + 0.5) * src / size - 0.5, 0, src - 1)
+        lo = np.floor(pos).astype(int)
+        return lo, np.minimum(lo + 1, src - 1), (pos - lo).astype(np.float32)
+
+    (r0, r1, fr), (c0, c1, fc) = axis(h), axis(w)
+    rows = images[:, r0] * (1 - fr)[None, :, None] + images[:, r1] * fr[None, :, None]
+    return rows[:, :, c0] * (1 - fc) + rows[:, :, c1] * fc
+
+
+def prepare(images: np.ndarray, channels: int, size: int) -> np.ndarray:
+    """uint8 N x H x W -> normalised float32 N x C x size x size (grey repeated for RGB nets)."""
+    x = resize((images.astype(np.float32) / 255.0 - MEAN) / STD, size)
+    return np.ascontiguousarray(np.repeat(x[:, None], channels, axis=1), dtype=np.float32)

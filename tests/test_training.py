@@ -1,0 +1,175 @@
+"""Training parity (``check --train``): one set of canonical weights, one batch, two
+SGD-with-momentum steps in every framework, compared key by key; and the negative
+controls that show each comparison fails on a training bug a real port makes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conformance import harness, spec
+from conformance.canonical import random_params
+from conformance.compare import REL_TOL, agreement
+
+from .conftest import backend_or_skip, installed, patched
+
+QUANTITIES_BN = ["loss", "gradients", "batch statistics", "weights after step 1",
+                 "running statistics after step 1", "weights after step 2", "running statistics after step 2"]
+
+
+def train_report(backends: dict, variant: str, batch: int = 2) -> harness.VariantReport:
+    report = harness.VariantReport(variant, harness.full_options(spec.VARIANTS[variant]), {}, {})
+    harness.check_training(report, backends, batch, seed=0, timer=harness.Timer())
+    return report
+
+
+def by_quantity(report: harness.VariantReport) -> dict[str, harness.TrainRow]:
+    return {r.quantity: r for r in report.training}
+
+
+@pytest.mark.parametrize("variant", ["inception_mnist", "residual_mnist", "googlenet_cifar", "googlenet_d2l",
+                                     "googlenet_bn"])
+def test_one_sgd_step_agrees_in_every_framework(variant):
+    backends = installed()
+    if len(backends) < 2:
+        pytest.skip(f"needs two frameworks to compare, found {sorted(backends)}")
+    report = train_report(backends, variant)
+    assert not report.errors, report.errors
+    rows = by_quantity(report)
+    has_bn = spec.VARIANTS[variant].norm is not None
+    assert list(rows) == (QUANTITIES_BN if has_bn else [q for q in QUANTITIES_BN if "statistics" not in q])
+    for row in report.training:
+        assert row.passed, (row.quantity, row.worst, row.agreement)
+        assert all(a.max_rel <= REL_TOL for a in row.agreement.values())
+    p = spec.plan(spec.configure(variant, **harness.full_options(spec.VARIANTS[variant])))
+    trainable = [k for k in random_params(p) if not k.endswith(("running_mean", "running_var"))]
+    assert rows["gradients"].keys == len(trainable)  # every trainable tensor, aux heads included
+
+
+def test_keras_stock_batchnorm_keeps_the_biased_variance():
+    """Keras's BatchNormalization folds the biased batch variance into its moving
+    variance; PyTorch the unbiased one. Gradients and weights still agree: only the
+    running variance can tell."""
+    torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
+    from keras import layers, ops
+
+    import impl_keras.layers
+
+    def stock_call(self, x, training=None, mask=None):
+        if training and self.record:
+            self.batch_stats = ops.moments(x, axes=[0, 1, 2])
+        return layers.BatchNormalization.call(self, x, training=training, mask=mask)
+
+    original = impl_keras.layers.BatchNorm.call
+    try:
+        impl_keras.layers.BatchNorm.call = stock_call
+        rows = by_quantity(train_report({"torch": torch_, "keras": keras_}, "googlenet_cifar"))
+    finally:
+        impl_keras.layers.BatchNorm.call = original
+    assert rows["gradients"].passed and rows["weights after step 1"].passed
+    bad = rows["running statistics after step 1"]
+    assert not bad.passed and bad.worst["keras"].endswith("running_var")
+    # n = 2 x 4 x 4 at inception5: the biased variance is 31/32 of the unbiased
+    assert bad.agreement["keras"].max_rel > 100 * REL_TOL
+
+
+def test_batchnorm_momentum_not_translated_fails_the_running_statistics():
+    """PyTorch's momentum 0.1 is the weight of the new batch; Gluon's 0.9 the weight of
+    the old statistic. Passing 0.1 to Gluon as is keeps 10% of the old."""
+    torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
+    from mxnet.gluon import nn
+
+    def build_untranslated(variant, **options):
+        model = mxnet_.build(variant, **options)
+        model.apply(lambda b: b._kwargs.__setitem__("momentum", 0.1) if isinstance(b, nn.BatchNorm) else None)
+        return model
+
+    rows = by_quantity(train_report({"torch": torch_, "mxnet": patched(mxnet_, build=build_untranslated)},
+                                    "googlenet_cifar"))
+    assert rows["gradients"].passed and rows["batch statistics"].passed
+    assert not rows["running statistics after step 1"].passed
+    assert rows["running statistics after step 1"].agreement["mxnet"].max_rel > 100 * REL_TOL
+
+
+def test_sgd_momentum_translated_like_batchnorm_fails_only_from_the_second_step():
+    """SGD's momentum means the same in all three (the weight of the old velocity); a
+    port that 'translates' it to 1 - m agrees after step 1, when the velocity is still
+    zero, and fails after step 2: why the check takes two steps."""
+    torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
+
+    def trainer(model, lr, momentum, **kw):
+        return keras_.Trainer(model, lr=lr, momentum=1.0 - momentum, **kw)
+
+    rows = by_quantity(train_report({"torch": torch_, "keras": patched(keras_, Trainer=trainer)},
+                                    "inception_mnist"))
+    assert rows["gradients"].passed and rows["weights after step 1"].passed
+    assert not rows["weights after step 2"].passed
+
+
+def test_aux_loss_weight_fails_the_loss_and_gradients():
+    """The aux heads' loss is weighted 0.3 (the paper); a port with 1.0 trains another net."""
+    torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
+
+    def trainer(model, lr, momentum, **kw):
+        return mxnet_.Trainer(model, lr=lr, momentum=momentum, **{**kw, "aux_weight": 1.0})
+
+    rows = by_quantity(train_report({"torch": torch_, "mxnet": patched(mxnet_, Trainer=trainer)}, "googlenet"))
+    assert not rows["loss"].passed and not rows["gradients"].passed
+    assert rows["gradients"].worst["mxnet"].startswith("aux")
+
+
+def test_batchnorm_training_gradients_are_ill_conditioned_in_float32():
+    """Why the training check runs in float64: PyTorch alone, float32 against float64,
+    differs in the second digit on BatchNorm nets, and not without BatchNorm."""
+    torch_ = backend_or_skip("torch")
+    import torch
+
+    def worst_float32_error(variant: str) -> float:
+        v = harness.without_dropout(spec.configure(variant))
+        p = spec.plan(v)
+        params = random_params(p, 0, training=True)
+        x = np.random.default_rng(0).standard_normal((2, p.in_channels, v.input_size, v.input_size))
+        y = np.arange(2) % v.num_classes
+        grads = {}
+        for dtype in ("float32", "float64"):
+            model = torch_.build(v, dtype=dtype)
+            torch_.from_canonical(model, params)
+            trainer = torch_.Trainer(model, lr=0.01, momentum=0.9)
+            trainer.step(x.astype(dtype), y)
+            grads[dtype] = trainer.gradients()
+        return max(agreement(grads["float64"][k], grads["float32"][k]).max_rel
+                   for k in grads["float64"] if k.endswith("conv.weight") or k.endswith(".weight"))
+
+    assert worst_float32_error("googlenet_cifar") > 1e-3  # BatchNorm in training mode
+    assert worst_float32_error("inception_mnist") < 1e-5  # no BatchNorm
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_keras_compiled_step_matches_the_eager_one():
+    """``train`` runs Keras's step as a tf.function; the parity check runs it eagerly.
+    (In float64: in float32 the two orders of operations differ by BatchNorm's
+    amplified round-off, see above.)"""
+    keras_ = backend_or_skip("keras")
+    v = harness.without_dropout(spec.configure("googlenet_cifar"))
+    params = random_params(spec.plan(v), 0, training=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
+    y = np.array([3, 7])
+    weights = {}
+    for record in (True, False):
+        model = keras_.build(v, dtype="float64")
+        keras_.from_canonical(model, params)
+        trainer = keras_.Trainer(model, lr=0.01, momentum=0.9, record=record)
+        trainer.step(x, y)
+        trainer.step(x, y)
+        weights[record] = keras_.to_canonical(model)
+    for k in weights[True]:
+        assert agreement(weights[True][k], weights[False][k]).max_rel <= REL_TOL, k
+
+
+def test_without_dropout_zeroes_every_rate():
+    v = harness.without_dropout(spec.configure("googlenet", aux_logits=True))
+    assert (v.dropout, v.aux.dropout) == (0.0, 0.0)
+    assert dataclasses.replace(v, dropout=0.4, aux=spec.VARIANTS["googlenet"].aux) == spec.configure(
+        "googlenet", aux_logits=True)  # nothing else changed
