@@ -11,6 +11,11 @@
   op 0); an aux head is ``(pool, conv unit, flatten, fc1, relu, dropout, fc2)`` ->
   ``aux1.1`` / ``aux1.3`` / ``aux1.6``; fc is ``output``, saved a second time as
   ``head.2`` because the same Dense sits in ``self.head`` too.
+* ``cifar100``: what pytorch-cifar100's ``GoogleNet`` (seed 004) writes, for
+  ``googlenet_cifar``: the stem is ``prelayer`` (conv, bn, relu) x 3 -> ``prelayer.3``
+  is conv2; blocks are ``a3`` ... ``b5`` with branches ``b1`` ... ``b4``, each a
+  ``Sequential`` of (conv, bn, relu) -> ``a3.b3.6`` is branch 3's third conv (after the
+  pool, at 0, in ``b4``); fc is ``linear``. Read only (``port`` from a ``.pth``).
 """
 
 from __future__ import annotations
@@ -73,11 +78,34 @@ def gluoncv_names(p: Plan) -> dict[str, str]:
     return names
 
 
+def cifar100_names(p: Plan) -> dict[str, str]:
+    """Canonical key -> pytorch-cifar100 key, for every key of the plan."""
+    names: dict[str, str] = {}
+    for i, stage in enumerate(s for s in p.stages if isinstance(s, ConvUnit)):
+        names.update({f"{stage.name}.{k}": f"prelayer.{3 * i + (k[:2] == 'bn')}.{k.split('.', 1)[1]}"
+                      for k in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")})
+    for stage in p.stages:
+        if not isinstance(stage, InceptionBlock):
+            continue
+        block = stage.name[-1] + stage.name[-2]  # inception3a -> a3
+        for b, branch in enumerate(stage.branches, 1):
+            for i, op in enumerate(branch):
+                if isinstance(op, ConvUnit):  # a pool is one module; a conv unit three
+                    at = 3 * i - 2 * (b == 4)
+                    prefix = f"{block}.b{b}"
+                    names.update({f"{op.name}.conv.{s}": f"{prefix}.{at}.{s}" for s in ("weight", "bias")})
+                    names.update({f"{op.name}.bn.{s}": f"{prefix}.{at + 1}.{s}" for s in _GLUONCV_BN})
+    names.update({f"{p.fc.name}.{s}": f"linear.{s}" for s in ("weight", "bias")})
+    return names
+
+
 def detect(keys: list[str] | tuple[str, ...] | Mapping[str, object]) -> str:
     """Which scheme a set of keys follows."""
     keys = list(keys)
     if any(k.startswith("conv1.0.") for k in keys) or "output.weight" in keys:
         return "gluoncv"
+    if any(k.startswith("prelayer.0.") for k in keys):
+        return "cifar100"
     if any(k.endswith((".bn.gamma", ".bn.beta")) for k in keys):
         return "gluon"
     return "canonical"
@@ -92,6 +120,9 @@ def to_canonical(raw: Mapping[str, np.ndarray], scheme: str, p: Plan) -> tuple[d
     if scheme == "gluon":
         inverse = {gluon_name(k): k for k in _all_keys(p)}
         return {inverse.get(k, k): v for k, v in raw.items()}, notes
+    if scheme == "cifar100":
+        inverse = {c: k for k, c in cifar100_names(p).items()}
+        return {inverse.get(k, k): v for k, v in raw.items() if not k.endswith("num_batches_tracked")}, notes
     inverse = {g: k for k, g in gluoncv_names(_with_aux(p)).items()}
     raw = dict(raw)
     for alias, key in GLUONCV_ALIASES.items():

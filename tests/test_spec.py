@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conformance import spec
+from conformance.canonical import canonical_shapes
 
 # The paper's Table 1, as REFERENCE.md gives it: in, 1x1, 3x3red, 3x3, 5x5red, 5x5, pool proj, out.
 TABLE1 = {
@@ -212,3 +213,62 @@ def test_spec_imports_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+def test_googlenet_cifar_parameter_count_by_hand():
+    # Stem: three bias-free 3x3 convs, each + BatchNorm (scale, shift).
+    stem = (64 * 3 * 9 + 2 * 64) + (64 * 64 * 9 + 2 * 64) + (192 * 64 * 9 + 2 * 192)
+    # Blocks: every conv keeps its bias before BatchNorm (3 per channel); branch 3 is
+    # 1x1 -> 3x3 -> 3x3.
+    blocks = sum(cin * c1 + 3 * c1 + cin * c3r + 3 * c3r + c3r * c3 * 9 + 3 * c3
+                 + cin * c5r + 3 * c5r + c5r * c5 * 9 + 3 * c5 + c5 * c5 * 9 + 3 * c5 + cin * pp + 3 * pp
+                 for cin, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
+    fc = 1024 * 100 + 100
+    assert stem + blocks + fc == 6_402_564
+    stats = 2 * (64 + 64 + 192 + sum(c1 + c3r + c3 + c5r + 2 * c5 + pp for _, c1, c3r, c3, c5r, c5, pp, _
+                                     in TABLE1.values()))
+    assert spec.count_params(plan("googlenet_cifar")) == (6_402_564, stats) == (6_402_564, 16_064)
+
+
+def test_googlenet_cifar_reproduces_the_posts_batchnorm_eps_quirk():
+    """``nn.BatchNorm2d(n5x5, n5x5)``: the second argument is eps. Only branch 3's first
+    3x3 has it; every other BatchNorm has PyTorch's default 1e-5."""
+    p = plan("googlenet_cifar")
+    eps = {u.name: u.norm.eps for u in p.conv_units()}
+    assert eps["inception3a.branch3.1"] == 32.0 and eps["inception5b.branch3.1"] == 128.0
+    assert {e for n, e in eps.items() if ".branch3.1" not in n} == {1e-5}
+    shapes = spec.expected_shapes(p, 32)
+    assert shapes["maxpool2"] == (1, 192, 16, 16) and shapes["inception5b"] == (1, 1024, 4, 4)
+
+
+def test_inception_mnist_parameter_count_by_hand():
+    # InceptionA(cin): 1x1 16 | 1x1 16 -> 5x5 24 | 1x1 16 -> 3x3 24 -> 3x3 24 | pool -> 1x1 24
+    def inception_a(cin: int) -> int:
+        return ((cin * 16 + 16) + (cin * 16 + 16) + (16 * 24 * 25 + 24) + (cin * 16 + 16)
+                + (16 * 24 * 9 + 24) + (24 * 24 * 9 + 24) + (cin * 24 + 24))
+
+    conv1, conv2 = 1 * 10 * 25 + 10, 88 * 20 * 25 + 20
+    fc = 88 * 4 * 4 * 10 + 10  # the post's Linear(1408, 10)
+    assert conv1 + inception_a(10) + conv2 + inception_a(20) + fc == 97_298
+    assert spec.count_params(plan("inception_mnist")) == (97_298, 0)
+
+
+def test_residual_mnist_parameter_count_by_hand():
+    def residual(c: int) -> int:
+        return 2 * (c * c * 9 + c)
+
+    c1, c2, fc = 1 * 16 * 25 + 16, 16 * 32 * 25 + 32, 512 * 10 + 10  # the post's Linear(512, 10)
+    assert c1 + residual(16) + c2 + residual(32) + fc == 41_514
+    assert spec.count_params(plan("residual_mnist")) == (41_514, 0)
+
+
+def test_lecture_nets_keep_the_posts_names_and_shapes():
+    p = plan("inception_mnist")
+    keys = list(canonical_shapes(p))
+    assert keys[:4] == ["conv1.weight", "conv1.bias", "incep1.branch1x1.weight", "incep1.branch1x1.bias"]
+    assert "incep1.branch3x3_3.weight" in keys and keys[-2:] == ["fc.weight", "fc.bias"]
+    assert list(canonical_shapes(plan("residual_mnist")))[-2:] == ["l.weight", "l.bias"]
+    shapes = spec.expected_shapes(p, 28)
+    assert shapes["incep1"] == (1, 88, 12, 12) and shapes["flatten"] == (1, 1408)
+    with pytest.raises(spec.SpecError, match="fc reads 88 x 4 x 4 flattened, so use --input-size 28"):
+        spec.stage_shapes(p, 32)
