@@ -107,7 +107,8 @@ def synthetic(n_train: int = 2000, n_test: int = 500, classes: int = 10, size: i
     def split(n: int) -> Split:
         labels = rng.integers(0, classes, n)
         shifts = rng.integers(-2, 3, (n, 2))
-        images = np.stack([np.roll(templates[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts)])
+        images = np.array([np.roll(templates[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts)]
+                          ).reshape(n, size, size)
         images = images * rng.uniform(0.6, 1.0, (n, 1, 1)) + rng.normal(0, 0.15, images.shape)
         return Split(np.clip(images * 255, 0, 255).astype(np.uint8), labels.astype(np.int64))
 
