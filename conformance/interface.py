@@ -3,7 +3,7 @@
 Each implementation package provides these functions (the harness, tests and
 users call them the same way for every framework)::
 
-    build(variant, num_classes=None, aux_logits=False, **options) -> native model
+    build(variant, num_classes=None, aux_logits=False, dtype="float32", **options) -> native model
                                                    # None: the variant's own
     to_canonical(model) -> dict[str, numpy.ndarray]
     from_canonical(model, params) -> None          # strict
@@ -11,6 +11,10 @@ users call them the same way for every framework)::
     stages(model, x) -> dict[str, numpy.ndarray]   # every stage, NCHW
     count_params(model) -> (trainable, statistics) # with the framework's own API
     version() -> str
+    Trainer(model, lr, momentum, aux_weight=0.3, record=False)
+        .step(x, labels) -> (loss, correct)        # one SGD step, training mode
+        .gradients() -> dict[str, numpy.ndarray]   # canonical keys and layouts
+        .batch_stats() -> dict[str, numpy.ndarray] # <unit>.bn.batch_mean / batch_var
 
 ``x`` is always NCHW float32; each implementation handles its own layout.
 """
@@ -33,6 +37,7 @@ class Backend(Protocol):
     stages: Callable[[Any, np.ndarray], dict[str, np.ndarray]]
     count_params: Callable[[Any], tuple[int, int]]
     version: Callable[[], str]
+    Trainer: Callable[..., Any]
 
 
 def check_input(p: Plan, x: object) -> np.ndarray:

@@ -16,6 +16,7 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
 from __future__ import annotations
 
 import mxnet as mx
+import numpy as np
 from mxnet.gluon import nn
 
 from conformance.spec import (
@@ -106,7 +107,16 @@ class LocalResponseNorm(nn.HybridBlock):
         self.lrn = lrn
 
     def hybrid_forward(self, F, x):
-        return F.LRN(x, alpha=self.lrn.alpha, beta=self.lrn.beta, knorm=self.lrn.k, nsize=self.lrn.size)
+        lrn = self.lrn
+        if x.dtype == np.float32:
+            return F.LRN(x, alpha=lrn.alpha, beta=lrn.beta, knorm=lrn.k, nsize=lrn.size)
+        # float64 (the training-parity check): MXNet's LRN kernel is float32 only. The window
+        # sum as a 1x1 convolution with a band of ones, PyTorch's window [c - 2, c + 2].
+        c = np.arange(x.shape[1])
+        band = (c[None, :] >= c[:, None] - lrn.size // 2) & (c[None, :] <= c[:, None] + (lrn.size - 1) // 2)
+        weight = mx.nd.array(band[:, :, None, None], dtype=x.dtype)
+        window = F.Convolution(F.square(x), weight, kernel=(1, 1), num_filter=len(c), no_bias=True)
+        return x / F.power(lrn.k + lrn.alpha / lrn.size * window, lrn.beta)
 
 
 def make_pool(p: Pool | AdaptiveAvgPool) -> nn.HybridBlock:

@@ -173,3 +173,27 @@ def test_without_dropout_zeroes_every_rate():
     assert (v.dropout, v.aux.dropout) == (0.0, 0.0)
     assert dataclasses.replace(v, dropout=0.4, aux=spec.VARIANTS["googlenet"].aux) == spec.configure(
         "googlenet", aux_logits=True)  # nothing else changed
+
+
+def test_mxnet_lrn_float64_path_matches_its_float32_operator():
+    """MXNet's LRN kernel is float32 only, so in float64 Gluon's block computes the same
+    formula itself; forward and backward agree with the operator's."""
+    backend_or_skip("mxnet")
+    import mxnet as mx
+
+    from impl_mxnet.model import LocalResponseNorm
+
+    block = LocalResponseNorm(spec.LRN("lrn", alpha=1.0))  # a strong normalisation, so it shows
+    x = np.random.default_rng(0).standard_normal((2, 16, 5, 5)) * 2
+    outs, grads = {}, {}
+    for dtype in ("float32", "float64"):
+        a = mx.nd.array(x, dtype=dtype)
+        a.attach_grad()
+        with mx.autograd.record():
+            y = block(a)
+            loss = (y * mx.nd.array(np.arange(y.size).reshape(y.shape) % 7, dtype=dtype)).sum()
+        loss.backward()
+        outs[dtype], grads[dtype] = y.asnumpy(), a.grad.asnumpy()
+    assert agreement(outs["float64"], outs["float32"]).max_rel < 1e-6
+    assert agreement(grads["float64"], grads["float32"]).max_rel < 1e-5
+    assert agreement(x, outs["float64"]).max_rel > 0.1  # the normalisation did something
