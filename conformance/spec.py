@@ -331,9 +331,6 @@ GOOGLENET_CIFAR = dataclasses.replace(
     num_classes=100,
 )
 
-_LECTURE = dict(branch3_kernel=5, norm=None, aux=None, dropout=0.0, head_pool=None, plain_convs=True,
-                conv_bias=True, in_channels=1, input_size=28, num_classes=10)
-
 INCEPTION_MNIST = dataclasses.replace(
     GOOGLENET,
     name="inception_mnist",
@@ -350,7 +347,14 @@ INCEPTION_MNIST = dataclasses.replace(
         InceptionA("incep2"),                                   # N x 88 x  4 x  4 -> fc 1408
     ),
     branch_pool=Pool("pool", "avg", 3, 1, padding=1),  # F.avg_pool2d: zero padding counts
-    **_LECTURE,
+    norm=None,
+    aux=None,
+    dropout=0.0,
+    head_pool=None,
+    plain_convs=True,
+    in_channels=1,
+    input_size=28,
+    num_classes=10,
 )
 
 RESIDUAL_MNIST = dataclasses.replace(

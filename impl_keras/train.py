@@ -20,7 +20,7 @@ from conformance.spec import aux_admits
 
 from .layers import BatchNorm
 from .model import GoogLeNet
-from .weights import _located
+from .weights import located
 
 
 class Trainer:
@@ -65,7 +65,7 @@ class Trainer:
         variables, grads = self._last
         by_path = {v.path: np.asarray(g) for v, g in zip(variables, grads)}
         return {key: np.ascontiguousarray(row.to_canonical(by_path[var.path]))
-                for key, row, var in _located(self.model, self.model.plan) if var.path in by_path}
+                for key, row, var in located(self.model, self.model.plan) if var.path in by_path}
 
     def batch_stats(self) -> dict[str, np.ndarray]:
         """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""

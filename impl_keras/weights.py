@@ -81,7 +81,9 @@ def _variables(model) -> dict[tuple[str, str], object]:
     return found
 
 
-def _located(model, p: Plan) -> list[tuple[str, Row, object]]:
+def located(model, p: Plan) -> list[tuple[str, Row, object]]:
+    """(canonical key, table row, Keras variable) for every key; an error if the model
+    and the plan disagree (a bug in model.py)."""
     variables = _variables(model)
     rows = table(p)
     unmapped = set(variables) - {(r.layer, r.variable) for r in rows.values()}
@@ -94,12 +96,12 @@ def _located(model, p: Plan) -> list[tuple[str, Row, object]]:
 
 def to_canonical(model) -> dict[str, np.ndarray]:
     return {key: np.ascontiguousarray(row.to_canonical(np.asarray(var.numpy())))
-            for key, row, var in _located(model, model.plan)}
+            for key, row, var in located(model, model.plan)}
 
 
 def from_canonical(model, params: Mapping[str, np.ndarray]) -> None:
     validate(model.plan, params)
-    for key, row, var in _located(model, model.plan):
+    for key, row, var in located(model, model.plan):
         value = row.to_keras(params[key])
         if tuple(var.shape) != value.shape:
             raise CanonicalError(f"{key!r}: converted to {value.shape}, Keras variable "

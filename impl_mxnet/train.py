@@ -17,7 +17,7 @@ import numpy as np
 from conformance.spec import aux_admits
 
 from .model import BatchNorm, GoogLeNet
-from .weights import _located
+from .weights import located
 
 
 def named_blocks(block: mx.gluon.Block, prefix: str = ""):
@@ -57,7 +57,7 @@ class Trainer:
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The last step's gradient of every trainable parameter, by canonical key."""
-        return {key: param.grad().asnumpy() for key, param in _located(self.model, self.model.plan)
+        return {key: param.grad().asnumpy() for key, param in located(self.model, self.model.plan)
                 if param.grad_req != "null"}
 
     def batch_stats(self) -> dict[str, np.ndarray]:

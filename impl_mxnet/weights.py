@@ -14,7 +14,9 @@ from conformance.naming import gluon_name
 from conformance.spec import Plan
 
 
-def _located(model, p: Plan) -> list[tuple[str, mx.gluon.Parameter]]:
+def located(model, p: Plan) -> list[tuple[str, mx.gluon.Parameter]]:
+    """(canonical key, Gluon parameter) for every key; an error if the model and the
+    plan disagree (a bug in model.py)."""
     params = model._collect_params_with_prefix()  # the names save_parameters uses
     names = {key: gluon_name(key) for key in canonical_shapes(p)}
     unmapped = set(params) - set(names.values())
@@ -26,12 +28,12 @@ def _located(model, p: Plan) -> list[tuple[str, mx.gluon.Parameter]]:
 
 
 def to_canonical(model) -> dict[str, np.ndarray]:
-    return {key: param.data().asnumpy() for key, param in _located(model, model.plan)}
+    return {key: param.data().asnumpy() for key, param in located(model, model.plan)}
 
 
 def from_canonical(model, params: Mapping[str, np.ndarray]) -> None:
     validate(model.plan, params)
-    for key, param in _located(model, model.plan):
+    for key, param in located(model, model.plan):
         if tuple(param.shape) != params[key].shape:
             raise CanonicalError(f"{key!r}: Gluon parameter {gluon_name(key)} is {param.shape}, "
                                  f"got {params[key].shape}")

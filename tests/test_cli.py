@@ -83,6 +83,15 @@ def test_spec_prints_shapes_counts_and_multiply_adds():
     assert "total" in r.stdout and "6,998,552" in r.stdout and "1,582,671,872" in r.stdout
 
 
+def test_spec_of_a_lecture_net_names_its_blocks_as_the_post():
+    r = cli("spec", "--variant", "residual_mnist")
+    assert r.returncode == 0, r.stderr
+    assert "rblock1.conv2" in r.stdout and "flatten        512" in r.stdout
+    assert r.stdout.splitlines()[-1].split()[:2] == ["total", "41,514"]
+    r = cli("spec", "--variant", "residual_mnist", "--input-size", "64")
+    assert r.returncode == 2 and "l reads 32 x 4 x 4 flattened, so use --input-size 28" in r.stderr
+
+
 def test_json_report_is_strict_json_even_for_infinite_errors(tmp_path):
     from conformance import harness, report
     from conformance.compare import Agreement
