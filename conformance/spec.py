@@ -3,8 +3,10 @@
 Two levels:
 
 * The *table*: a :class:`Variant` lists its layers in order, one row each, as in
-  the paper's Table 1 (``Conv``, ``Pool``, ``Inception`` rows), plus the settings
-  that apply everywhere (normalization, branch-3 kernel, aux heads, dropout).
+  the paper's Table 1 (``Conv``, ``Pool``, ``Inception`` rows; ``LRN`` for Caffe's
+  network; ``InceptionA``, ``Residual`` and ``ReLU`` for the lecture's small nets),
+  plus the settings that apply everywhere (normalization, conv bias, branch 3, aux
+  heads, dropout, head).
 * The *plan*: :func:`plan` resolves a variant into named units with their input
   channels filled in (``ConvUnit``, ``Dense``, ...). Unit names are the canonical
   checkpoint prefixes (torchvision's state_dict names), so every framework builds
