@@ -12,6 +12,8 @@ import pytest
 from conformance import frameworks
 from conformance.__main__ import main
 
+from .conftest import installed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,6 +32,22 @@ def test_check_passes_prints_the_table_and_writes_json(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["passed"] is True and doc["failed"] == 0 and doc["checks"] > 10
     assert doc["variants"][0]["counts"]["torch"] == [13_378_280, 0]
+
+
+def test_check_train_reports_the_training_step(tmp_path):
+    if len(installed()) < 2:
+        pytest.skip("needs two frameworks")
+    out = tmp_path / "report.json"
+    fws = ",".join(list(installed())[:2])
+    r = cli("check", "--train", "--variant", "residual_mnist", "--frameworks", fws, "--json", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "training step (float64, SGD lr 0.01 momentum 0.9" in r.stdout
+    rows = json.loads(out.read_text())["variants"][0]["training"]
+    assert [row["quantity"] for row in rows] == ["loss", "gradients", "weights after step 1", "weights after step 2"]
+    assert all(row["passed"] for row in rows)
+    assert rows[1]["keys"] == 14  # c1, two convs per block, c2, l: weight and bias each
+    r = cli("check", "--train", "--variant", "residual_mnist", "--batch", "1", "--frameworks", fws)
+    assert r.returncode == 2 and "--batch: --train needs at least 2 images" in r.stderr
 
 
 def test_json_is_never_overwritten_silently(tmp_path, capsys):
