@@ -126,11 +126,11 @@ def test_batchnorm_training_gradients_are_ill_conditioned_in_float32():
     torch_ = backend_or_skip("torch")
     import torch
 
-    def worst_float32_error(variant: str) -> float:
+    def worst_float32_error(variant: str, seed: int) -> float:
         v = harness.without_dropout(spec.configure(variant))
         p = spec.plan(v)
-        params = random_params(p, 0, training=True)
-        x = np.random.default_rng(0).standard_normal((2, p.in_channels, v.input_size, v.input_size))
+        params = random_params(p, seed, training=True)
+        x = np.random.default_rng(seed).standard_normal((2, p.in_channels, v.input_size, v.input_size))
         y = np.arange(2) % v.num_classes
         grads = {}
         for dtype in ("float32", "float64"):
@@ -140,10 +140,13 @@ def test_batchnorm_training_gradients_are_ill_conditioned_in_float32():
             trainer.step(x.astype(dtype), y)
             grads[dtype] = trainer.gradients()
         return max(agreement(grads["float64"][k], grads["float32"][k]).max_rel
-                   for k in grads["float64"] if k.endswith("conv.weight") or k.endswith(".weight"))
+                   for k in grads["float64"] if k.endswith(".weight"))
 
-    assert worst_float32_error("googlenet_cifar") > 1e-3  # BatchNorm in training mode
-    assert worst_float32_error("inception_mnist") < 1e-5  # no BatchNorm
+    bn = [worst_float32_error("googlenet_cifar", seed) for seed in range(3)]
+    plain = [worst_float32_error("inception_mnist", seed) for seed in range(3)]
+    print(f"float32 vs float64, worst gradient: googlenet_cifar {bn}, inception_mnist {plain}")
+    assert min(bn) > 1e-2  # BatchNorm in training mode: the second digit, at every seed
+    assert max(plain) < 1e-5  # no BatchNorm
     assert torch.get_default_dtype() == torch.float32
 
 
