@@ -23,6 +23,11 @@ from .model import GoogLeNet
 from .weights import located
 
 
+def cross_entropy(labels, logits):
+    """The batch mean, as ``torch.nn.functional.cross_entropy``."""
+    return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+
 class Trainer:
     def __init__(self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3,
                  record: bool = False) -> None:
@@ -33,19 +38,15 @@ class Trainer:
         for layer in self.bns:
             layer.record = record
         self._step = self._eager_step if record else tf.function(self._eager_step)
-        self.grads: dict[str, np.ndarray] = {}
+        self._last: tuple[list, list] = ([], [])  # the variables and gradients of the last step
 
     def _eager_step(self, x, y, with_aux: bool):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             out = self.model.forward_stages(x, with_aux=with_aux, training=True)
-
-            def ce(logits):
-                return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
-
-            loss = ce(out["logits"])
+            loss = cross_entropy(y, out["logits"])
             for head in self.model.plan.aux if with_aux else ():
-                loss = loss + self.aux_weight * ce(out[head.name])
+                loss = loss + self.aux_weight * cross_entropy(y, out[head.name])
         grads = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         predicted = keras.ops.cast(keras.ops.argmax(out["logits"], 1), y.dtype)
