@@ -98,11 +98,10 @@ def random_params(p: Plan, seed: int = 0, training: bool = False) -> Params:
 
     BatchNorm running variances are small (1e-3 .. 1e-2, comparable to eps 1e-3) with
     the scale compensating, so a wrong epsilon changes each layer's gain by up to 40%.
-    ``training``: BatchNorm scales of 0.5 .. 1.5 instead, for batch statistics. The
-    compensated scales (about 0.1) would let a shift of 0.1 push a whole channel below
-    zero, and a channel that is dead across the batch leaves the next BatchNorm
-    normalising float32 round-off: gradients then differ in the second digit between any
-    two float32 runs, float64 included, which no framework comparison can survive.
+    ``training``: BatchNorm scales of 0.5 .. 1.5 instead, for batch statistics (the
+    training-parity check). With the compensated scales (about 0.1) a shift of 0.1
+    pushes whole channels below zero across the batch, and the next BatchNorm then
+    normalises little but round-off.
     """
     rng = np.random.default_rng(seed)
     params: Params = {}

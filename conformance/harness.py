@@ -297,8 +297,8 @@ def check_training(report: VariantReport, backends: Mapping[str, Backend], batch
     reference, *others = outs
     for quantity, ref in outs[reference].items():
         worst, agree = {}, {}
+        scales = zero_gradients(p) if quantity == "gradients" else {}
         for fw in others:
-            scales = zero_gradients(p) if quantity == "gradients" else {}
             worst[fw], agree[fw] = _train_row(quantity, ref, outs[fw].get(quantity, {}), scales)
         report.training.append(TrainRow(quantity, len(ref), worst, agree, all(a.passed for a in agree.values())))
 

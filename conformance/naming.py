@@ -24,7 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .canonical import canonical_shapes
+from .canonical import BN_SUFFIXES, canonical_shapes
 from .spec import ConvUnit, InceptionBlock, Plan, configure, plan
 
 GLUON_BN = {".bn.weight": ".bn.gamma", ".bn.bias": ".bn.beta"}
@@ -82,8 +82,8 @@ def cifar100_names(p: Plan) -> dict[str, str]:
     """Canonical key -> pytorch-cifar100 key, for every key of the plan."""
     names: dict[str, str] = {}
     for i, stage in enumerate(s for s in p.stages if isinstance(s, ConvUnit)):
-        names.update({f"{stage.name}.{k}": f"prelayer.{3 * i + (k[:2] == 'bn')}.{k.split('.', 1)[1]}"
-                      for k in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")})
+        names[f"{stage.name}.conv.weight"] = f"prelayer.{3 * i}.weight"  # (conv, bn, relu) x 3
+        names.update({f"{stage.name}.bn.{s}": f"prelayer.{3 * i + 1}.{s}" for s in BN_SUFFIXES})
     for stage in p.stages:
         if not isinstance(stage, InceptionBlock):
             continue
@@ -94,7 +94,7 @@ def cifar100_names(p: Plan) -> dict[str, str]:
                     at = 3 * i - 2 * (b == 4)
                     prefix = f"{block}.b{b}"
                     names.update({f"{op.name}.conv.{s}": f"{prefix}.{at}.{s}" for s in ("weight", "bias")})
-                    names.update({f"{op.name}.bn.{s}": f"{prefix}.{at + 1}.{s}" for s in _GLUONCV_BN})
+                    names.update({f"{op.name}.bn.{s}": f"{prefix}.{at + 1}.{s}" for s in BN_SUFFIXES})
     names.update({f"{p.fc.name}.{s}": f"linear.{s}" for s in ("weight", "bias")})
     return names
 

@@ -549,10 +549,10 @@ def _chain_out(ops: tuple[Op, ...], in_channels: int) -> int:
 
 
 def _unit(v: Variant, name: str, cin: int, cout: int, kernel: int, stride: int = 1, padding: int | None = None,
-          bias: bool | None = None, relu: bool = True, norm: BatchNorm | None | str = "variant") -> ConvUnit:
+          bias: bool | None = None, relu: bool = True, eps: float | None = None) -> ConvUnit:
     """A conv unit with the variant's settings: its norm, bias rule and conv style;
-    ``padding`` None keeps the size (kernel // 2)."""
-    norm = v.norm if norm == "variant" else norm
+    ``padding`` None keeps the size (kernel // 2); ``eps`` overrides the norm's."""
+    norm = v.norm if eps is None or v.norm is None else dataclasses.replace(v.norm, eps=eps)
     if bias is None:
         bias = v.conv_bias if v.conv_bias is not None else norm is None
     padding = kernel // 2 if padding is None else padding
@@ -565,9 +565,8 @@ def _inception(row: Inception, cin: int, v: Variant) -> InceptionBlock:
     outs = (row.ch5x5red,) + (row.ch5x5,) * v.branch3_depth
     branch3 = [_unit(v, f"{n}.branch3.0", cin, row.ch5x5red, 1)]
     for i in range(1, len(outs)):
-        quirk = v.norm is not None and v.branch3_eps_is_channels and i == 1
-        norm = dataclasses.replace(v.norm, eps=float(outs[i])) if quirk else "variant"
-        branch3.append(_unit(v, f"{n}.branch3.{i}", outs[i - 1], outs[i], k, norm=norm))
+        eps = float(outs[i]) if v.branch3_eps_is_channels and i == 1 else None
+        branch3.append(_unit(v, f"{n}.branch3.{i}", outs[i - 1], outs[i], k, eps=eps))
     return InceptionBlock(n, cin, (
         (_unit(v, f"{n}.branch1", cin, row.ch1x1, 1),),
         (_unit(v, f"{n}.branch2.0", cin, row.ch3x3red, 1), _unit(v, f"{n}.branch2.1", row.ch3x3red, row.ch3x3, 3)),

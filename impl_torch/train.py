@@ -40,11 +40,12 @@ class Trainer:
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
         plan = self.model.plan
+        with_aux = aux_admits(plan, x.shape[2:])
         target = torch.from_numpy(y.astype(np.int64))
         self.model.train()
-        out = self.model.forward_stages(torch.from_numpy(x), with_aux=aux_admits(plan, x.shape[2:]))
+        out = self.model.forward_stages(torch.from_numpy(x), with_aux=with_aux)
         loss = F.cross_entropy(out["logits"], target)
-        for head in plan.aux if aux_admits(plan, x.shape[2:]) else ():
+        for head in plan.aux if with_aux else ():
             loss = loss + self.aux_weight * F.cross_entropy(out[head.name], target)
         self.optimizer.zero_grad()
         loss.backward()
