@@ -88,6 +88,18 @@ def test_aux_features_flattened_in_the_wrong_order_fail_only_the_aux_heads(monke
     assert all(row.passed for name, row in r.items() if name not in ("aux1", "aux2"))
 
 
+def test_lecture_fc_flattened_in_the_wrong_order_fails_only_the_logits(monkeypatch):
+    """The lecture nets' fc reads the whole 88 x 4 x 4 map: in Keras its rows need the
+    same (C, H, W) -> (H, W, C) permutation as aux fc1. Every stage before it passes."""
+    torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
+    import impl_keras.weights
+
+    monkeypatch.setattr(impl_keras.weights, "dense_to_keras", lambda d: (lambda w: w.T))
+    r = rows(check({"torch": torch_, "keras": keras_}, "inception_mnist", 28))
+    assert not r["logits"].passed and r["logits"].agreement["keras"].max_rel > 100 * REL_TOL
+    assert all(row.passed for name, row in r.items() if name != "logits")
+
+
 def _floor_pools(mxnet_):
     from mxnet.gluon import nn
 

@@ -168,3 +168,11 @@ def test_labels_outside_the_variant_are_refused(tmp_path):
     splits = data.synthetic(n_train=8, n_test=4, classes=20)
     with pytest.raises(ValueError, match=r"--data: train labels run 2..18, the variant has 10 classes"):
         training.train(b, training.Settings("residual_mnist", epochs=1), splits, tmp_path, log=lambda line: None)
+
+
+def test_a_diverging_loss_stops_training_with_a_clear_error(tmp_path):
+    b = backend_or_skip("torch")
+    splits = data.synthetic(n_train=256, n_test=8)
+    with pytest.raises(training.TrainingError, match=r"the loss is nan; training diverged, try a smaller --lr"):
+        training.train(b, training.Settings("inception_mnist", epochs=2, lr=1e4), splits, tmp_path,
+                       log=lambda line: None, stream=io.StringIO())

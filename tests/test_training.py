@@ -75,6 +75,38 @@ def test_keras_stock_batchnorm_keeps_the_biased_variance():
     assert bad.agreement["keras"].max_rel > 100 * REL_TOL
 
 
+def test_normalising_with_the_unbiased_variance_fails_the_batch_statistics():
+    """BatchNorm normalises with the biased batch variance in all three; a port that
+    normalises (and reports) the unbiased one is caught by the batch statistics and the
+    gradients."""
+    torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
+    from keras import ops
+
+    import impl_keras.layers
+
+    def unbiased_call(self, x, training=None, mask=None):
+        if not training:
+            return original(self, x, training=training, mask=mask)
+        mean, var = ops.moments(x, axes=[0, 1, 2])
+        n = float(np.prod(x.shape[:3]))
+        var = var * (n / (n - 1.0))
+        if self.record:
+            self.batch_stats = (mean, var)
+        return ops.batch_normalization(x, mean, var, axis=-1, offset=self.beta, scale=self.gamma,
+                                       epsilon=self.epsilon)
+
+    original = impl_keras.layers.BatchNorm.call
+    try:
+        impl_keras.layers.BatchNorm.call = unbiased_call
+        rows = by_quantity(train_report({"torch": torch_, "keras": keras_}, "googlenet_cifar"))
+    finally:
+        impl_keras.layers.BatchNorm.call = original
+    bad = rows["batch statistics"]
+    assert not bad.passed and bad.worst["keras"].endswith("batch_var")
+    assert bad.agreement["keras"].max_rel > 100 * REL_TOL
+    assert not rows["gradients"].passed and rows["batch statistics"].keys == 132
+
+
 def test_batchnorm_momentum_not_translated_fails_the_running_statistics():
     """PyTorch's momentum 0.1 is the weight of the new batch; Gluon's 0.9 the weight of
     the old statistic. Passing 0.1 to Gluon as is keeps 10% of the old."""
