@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from conformance import frameworks, harness, spec
-from conformance.report import count_checks
+from conformance import frameworks, spec
+from conformance.check import harness
+from conformance.check.report import count_checks
 
 TARGET_SECONDS = 60.0
 

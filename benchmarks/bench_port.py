@@ -38,11 +38,11 @@ def one(direction: str, variant: str) -> dict:
     import impl_mxnet  # noqa: F401
     import impl_torch  # noqa: F401
     from conformance import canonical, formats, spec
-    from conformance.port import port
+    from conformance.formats.port import port
 
     imports = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
-        p = spec.plan(spec.configure(variant, aux_logits=True))
+        p = spec.resolve(variant, aux_logits=True)
         src = Path(d) / f"src{SUFFIX[src_fmt]}"
         formats.write(canonical.random_params(p, 0), p, formats.FORMATS[src_fmt], src)
         before = peak_mb()

@@ -20,7 +20,7 @@ import numpy as np
 
 from conformance import frameworks, spec
 from conformance.canonical import initial_params
-from conformance.data import prepare, synthetic
+from conformance.train.data import prepare, synthetic
 
 DEFAULT_VARIANTS = ("inception_mnist", "googlenet_d2l")
 WARMUP = 3

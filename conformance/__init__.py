@@ -2,11 +2,11 @@
 checkpoint, one conformance check.
 
 * :mod:`conformance.spec` - the variants as data, and their arithmetic;
-* :mod:`conformance.canonical` - checkpoint names, layouts, strict validation, files;
+* :mod:`conformance.canonical` - checkpoint names, layouts, strict validation;
 * :mod:`conformance.interface` - what every ``impl_*`` package provides;
-* :mod:`conformance.harness` - the check behind ``python -m conformance check``.
+* :mod:`conformance.check` - the check behind ``python -m conformance check``.
 """
 
-from .spec import VARIANTS, configure, plan
+from .spec import VARIANTS, resolve
 
-__all__ = ["VARIANTS", "configure", "plan"]
+__all__ = ["VARIANTS", "resolve"]

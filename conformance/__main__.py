@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import spec
-from .formats import FORMATS
+from .formats.registry import FORMATS
 from .frameworks import FRAMEWORKS
 
 
@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from . import frameworks, harness, report
+    from . import frameworks
+    from .check import harness, report
 
     if args.json is not None:  # refuse before spending a minute on the check
         if args.json.exists() and not args.force:
@@ -110,12 +111,12 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _spec(args: argparse.Namespace) -> int:
-    v = spec.configure(args.variant, args.num_classes, args.aux_logits)
-    p = spec.plan(v)
-    size = args.input_size or v.input_size
+    p = spec.resolve(args.variant, args.num_classes, args.aux_logits)
+    v = p.variant
+    size = args.input_size or p.input_size
     shapes = spec.expected_shapes(p, size)
     print(f"{v.name}: {v.description}")
-    print(f"input {p.in_channels} x {size} x {size}, {v.num_classes} classes, aux_logits={v.aux_logits}")
+    print(f"input {p.in_channels} x {size} x {size}, {p.num_classes} classes, aux_logits={p.options.aux_logits}")
     print(f"\n{'stage':<14} {'output (C x H x W)':<20}")
     for name, shape in shapes.items():
         print(f"{name:<14} {' x '.join(map(str, shape[1:])):<20}")
@@ -129,7 +130,7 @@ def _spec(args: argparse.Namespace) -> int:
 
 
 def _port(args: argparse.Namespace) -> int:
-    from .port import VerificationError, port
+    from .formats.port import VerificationError, port
 
     try:
         port(args.src, args.dst, args.variant, args.src_format, args.dst_format, args.num_classes,
@@ -142,7 +143,8 @@ def _port(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from . import frameworks, training
+    from . import frameworks
+    from .train import training
 
     settings = training.Settings(args.variant, args.epochs, args.batch_size, args.lr, args.momentum,
                                  limit=args.limit, seed=args.seed)

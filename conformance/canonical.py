@@ -8,18 +8,20 @@ PyTorch's: conv kernels OIHW, dense weights (out, in), a flattened map read in
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from .files import atomic_write
 from .spec import ConvUnit, Dense, Plan
 
 Params = dict[str, np.ndarray]
 
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
+# Gluon's structural names (what save_parameters writes) are the canonical names, but
+# BatchNorm calls its scale and shift gamma and beta.
+GLUON_BN = {".bn.weight": ".bn.gamma", ".bn.bias": ".bn.beta"}
 
 
 class CanonicalError(ValueError):
@@ -30,6 +32,14 @@ def conv_key(u: ConvUnit) -> str:
     """Where a unit's conv lives: ``<name>.conv`` (torchvision's BasicConv2d) or, for a
     plain conv, ``<name>`` itself."""
     return u.name if u.plain else f"{u.name}.conv"
+
+
+def gluon_name(key: str) -> str:
+    """Canonical key -> Gluon structural name (``conv1.bn.weight`` -> ``conv1.bn.gamma``)."""
+    for ours, theirs in GLUON_BN.items():
+        if key.endswith(ours):
+            return key[: -len(ours)] + theirs
+    return key
 
 
 def conv_shapes(u: ConvUnit) -> dict[str, tuple[int, ...]]:
@@ -78,8 +88,7 @@ def validate(p: Plan, params: Mapping[str, np.ndarray]) -> None:
 
 
 def describe(p: Plan) -> str:
-    v = p.variant
-    return f"{v.name} (num_classes={v.num_classes}, aux_logits={v.aux_logits})"
+    return f"{p.variant.name} (num_classes={p.num_classes}, aux_logits={p.options.aux_logits})"
 
 
 def _shape(value: object) -> object:
@@ -91,6 +100,24 @@ def from_state_dict(state: Mapping[str, object]) -> Params:
     (a training-step counter, not a weight) dropped, tensors as numpy arrays."""
     return {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
             for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def default_params(p: Plan, seed: int = 0) -> Params:
+    """The weights every framework's ``build`` starts from, as torchvision initialises
+    GoogLeNet: conv and dense weights normal with std 0.01 (torchvision truncates at
+    +-2, two hundred standard deviations out), biases and BatchNorm shifts 0, BatchNorm
+    scales 1, running means 0 and variances 1. Drawn here once for every framework, so
+    a freshly built model is the same network in all three."""
+    rng = np.random.default_rng(seed)
+    params: Params = {}
+    for key, shape in canonical_shapes(p).items():
+        if key.endswith((".bn.weight", ".running_var")):
+            params[key] = np.ones(shape, np.float32)
+        elif key.endswith(".weight"):
+            params[key] = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.01)
+        else:
+            params[key] = np.zeros(shape, np.float32)
+    return params
 
 
 def random_params(p: Plan, seed: int = 0, training: bool = False) -> Params:
@@ -148,40 +175,6 @@ def initial_params(p: Plan, seed: int = 0) -> Params:
     return params
 
 
-# --------------------------------------------------------------------------------------
-# Files
-# --------------------------------------------------------------------------------------
-
-
-def atomic_write(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
-    """Write ``data`` through a temporary file in the same directory, then rename it into
-    place, so a reader never sees half a file. An existing ``path`` is an error unless
-    ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists; refusing to overwrite it")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def file_mode() -> int:
-    """The permissions a new file gets here (0666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def save(params: Mapping[str, np.ndarray], path: str | Path, p: Plan | None = None,
          overwrite: bool = False) -> Path:
     """Save canonical parameters as safetensors (validated against ``p`` when given;
@@ -191,7 +184,7 @@ def save(params: Mapping[str, np.ndarray], path: str | Path, p: Plan | None = No
     metadata = {"format": "googlenet-canonical"}
     if p is not None:
         validate(p, params)
-        metadata.update({"variant": p.variant.name, **{k: str(v) for k, v in p.variant.options.items()}})
+        metadata.update({"variant": p.variant.name, **{k: str(v) for k, v in p.options.asdict().items()}})
     data = st_save({k: np.ascontiguousarray(v) for k, v in params.items()}, metadata=metadata)
     return atomic_write(path, data, overwrite=overwrite)
 

@@ -3,8 +3,13 @@ reported as skipped with its install hint, never as a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from typing import Iterable
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
 
 from .interface import Backend
 
@@ -41,3 +46,32 @@ def load(names: Iterable[str]) -> tuple[dict[str, Backend], dict[str, str]]:
         except (ImportError, OSError) as e:  # OSError: a wheel whose shared library is missing
             skipped[name] = f"not installed ({e.__class__.__name__}: {e}); install with: {hint}"
     return backends, skipped
+
+
+# What TensorFlow prints to file descriptor 2 on import, before its logging starts (so
+# TF_CPP_MIN_LOG_LEVEL cannot silence it), once per process that imports it.
+_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|^[IW]\d{4} [\d:. ]+\d+ (port|cpu_feature_guard)\.cc:\d+\]"
+    r"|^To enable the following instructions: .*rebuild TensorFlow"
+)
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Hold back what native libraries write to stderr while importing, then pass on
+    every line but TensorFlow's known start-up notices (an error still shows)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines() if not _NOISE.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)

@@ -3,8 +3,8 @@
 Each implementation package provides these functions (the harness, tests and
 users call them the same way for every framework)::
 
-    build(variant, num_classes=None, aux_logits=False, dtype="float32", **options) -> native model
-                                                   # None: the variant's own
+    build(variant, num_classes=None, aux_logits=False, transform_input=False,
+          dtype="float32") -> native model         # num_classes None: the variant's own
     to_canonical(model) -> dict[str, numpy.ndarray]
     from_canonical(model, params) -> None          # strict
     forward(model, x, aux=False) -> logits | (logits, aux2, aux1)

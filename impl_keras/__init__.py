@@ -8,11 +8,16 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of reports
 
-import keras  # noqa: E402
+from conformance.frameworks import quiet_stderr  # noqa: E402
+
+with quiet_stderr():  # TensorFlow's absl and oneDNN lines, printed before its logging starts
+    import keras
+
 import numpy as np  # noqa: E402
 
 from conformance import interface  # noqa: E402
-from conformance.spec import configure, plan  # noqa: E402
+from conformance.canonical import default_params  # noqa: E402
+from conformance.spec import Variant, resolve  # noqa: E402
 
 from .model import GoogLeNet  # noqa: E402
 from .train import Trainer  # noqa: E402
@@ -34,19 +39,15 @@ def _backend_version() -> str:
     return getattr(module, "__version__", "?")
 
 
-def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, dtype: str = "float32",
-          **options: object) -> GoogLeNet:
-    """A built GoogLeNet, initialised as torchvision does: truncated normal, std 0.01,
-    for conv and dense kernels; zero biases; BatchNorm scale 1, shift 0. ``dtype``:
-    float64 for the training-parity check."""
-    p = plan(configure(variant, num_classes, aux_logits, **options))
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(dtype)  # each layer takes the policy in force when it is made
-    try:
-        model = GoogLeNet(p)
-        model.build((None, p.variant.input_size, p.variant.input_size, p.in_channels))
-    finally:
-        keras.config.set_dtype_policy(previous)
+def build(variant: str | Variant, num_classes: int | None = None, aux_logits: bool = False,
+          transform_input: bool = False, dtype: str = "float32") -> GoogLeNet:
+    """A built GoogLeNet holding the suite's initial weights (torchvision's
+    initialisation, ``conformance.canonical.default_params``). The options are
+    ``conformance.spec.resolve``'s; ``dtype``: float64 for the training-parity check."""
+    p = resolve(variant, num_classes, aux_logits, transform_input)
+    model = GoogLeNet(p, dtype=dtype)
+    model.build((None, p.input_size, p.input_size, p.in_channels))
+    from_canonical(model, default_params(p))
     return model
 
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from conformance.spec import aux_admits
 
-from .layers import BatchNorm
+from .layers import BatchNorm, walk
 from .model import GoogLeNet
 from .weights import located
 
@@ -34,7 +34,7 @@ class Trainer:
         """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
         self.model, self.aux_weight = model, aux_weight
         self.optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
-        self.bns = [layer for layer in model._flatten_layers() if isinstance(layer, BatchNorm)]
+        self.bns = [layer for layer in walk(model) if isinstance(layer, BatchNorm)]
         for layer in self.bns:
             layer.record = record
         self._step = self._eager_step if record else tf.function(self._eager_step)

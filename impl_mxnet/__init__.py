@@ -10,7 +10,8 @@ if "bool" not in np.__dict__:  # mxnet 1.9.1 uses numpy.bool, which numpy 1.24 r
 import mxnet as mx  # noqa: E402
 
 from conformance import interface  # noqa: E402
-from conformance.spec import configure, plan  # noqa: E402
+from conformance.canonical import default_params  # noqa: E402
+from conformance.spec import Variant, resolve  # noqa: E402
 
 from .model import GoogLeNet  # noqa: E402
 from .train import Trainer  # noqa: E402
@@ -25,15 +26,16 @@ def version() -> str:
     return f"mxnet {mx.__version__}"
 
 
-def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, dtype: str = "float32",
-          **options: object) -> GoogLeNet:
-    """An initialised GoogLeNet: normal, std 0.01, for weights (Gluon has no truncated
-    normal); zero biases; BatchNorm scale 1, shift 0. ``dtype``: float64 for the
-    training-parity check."""
-    model = GoogLeNet(plan(configure(variant, num_classes, aux_logits, **options)))
-    model.initialize(mx.init.Normal(0.01), ctx=mx.cpu())
+def build(variant: str | Variant, num_classes: int | None = None, aux_logits: bool = False,
+          transform_input: bool = False, dtype: str = "float32") -> GoogLeNet:
+    """An initialised GoogLeNet holding the suite's initial weights (torchvision's
+    initialisation, ``conformance.canonical.default_params``). The options are
+    ``conformance.spec.resolve``'s; ``dtype``: float64 for the training-parity check."""
+    model = GoogLeNet(resolve(variant, num_classes, aux_logits, transform_input))
+    model.initialize(mx.init.Zero(), ctx=mx.cpu())  # overwritten below
     if dtype != "float32":
         model.cast(dtype)
+    from_canonical(model, default_params(model.plan))
     return model
 
 

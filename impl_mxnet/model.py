@@ -4,178 +4,44 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
 
 * ``hybrid_forward(F, x)``: ``F`` is ``mx.nd`` when run imperatively and ``mx.sym``
   once hybridized, so every op goes through ``F``.
-* Layers are told their ``in_channels`` (from the spec) so parameters exist right
-  after ``initialize()``, without a first forward.
-* BatchNorm calls its scale and shift ``gamma``/``beta``, and its momentum is the
-  weight of the *old* statistic: 1 - PyTorch's momentum. Its running variance keeps the
-  biased batch variance, PyTorch's the unbiased one (``BatchNorm`` keeps PyTorch's).
+* Training mode is not a flag on the model: inside ``autograd.record()`` BatchNorm
+  uses batch statistics and Dropout drops.
 * ``save_parameters`` names parameters by attribute path (``conv1.conv.weight``),
-  the same tree as torchvision's state_dict.
+  the same tree as torchvision's state_dict; BatchNorm's scale and shift are
+  ``gamma``/``beta``.
+
+The gaps Gluon has (the adaptive pool, LRN, PyTorch's BatchNorm running variance) are
+filled in ``layers.py``.
 """
 
 from __future__ import annotations
 
 import mxnet as mx
-import numpy as np
 from mxnet.gluon import nn
 
-from conformance.spec import (
-    LRN,
-    AdaptiveAvgPool,
-    AuxUnit,
-    ConvUnit,
-    InceptionBlock,
-    Op,
-    Plan,
-    Pool,
-    ReLU,
-    ResidualUnit,
-    Stage,
-)
+from conformance.spec import LRN, AuxUnit, InceptionBlock, Plan, ReLU, ResidualUnit, Stage
 
-
-def local(name: str) -> str:
-    """An op's attribute name inside its block: ``incep1.branch5x5_1`` -> ``branch5x5_1``."""
-    return name.rsplit(".", 1)[-1]
-
-
-class BatchNorm(nn.BatchNorm):
-    """``nn.BatchNorm`` keeping PyTorch's running variance. MXNet folds the biased batch
-    variance (the one it normalises with) into ``running_var``; PyTorch folds the unbiased
-    one, n / (n - 1) times larger (n = N x H x W). In training the operator runs with its
-    own update switched off (momentum 1) and the statistics are updated here."""
-
-    record = False  # the training-parity check sets it: keep the last batch statistics
-
-    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
-        if not mx.autograd.is_training():
-            return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
-        keep = self._kwargs["momentum"]  # Gluon's momentum: the weight of the old statistic
-        y = F.BatchNorm(x, gamma, beta, running_mean, running_var, name="fwd", **{**self._kwargs, "momentum": 1.0})
-        with mx.autograd.pause():
-            mean = x.mean(axis=(0, 2, 3))
-            var = F.square(F.broadcast_sub(x, mean.reshape((1, -1, 1, 1)))).mean(axis=(0, 2, 3))
-            n = x.size / x.shape[1]
-            running_mean[:] = running_mean * keep + mean * (1.0 - keep)
-            running_var[:] = running_var * keep + var * (n / (n - 1.0)) * (1.0 - keep)
-        if self.record:
-            self.batch_stats = (mean, var)
-        return y
-
-
-class BasicConv2d(nn.HybridBlock):
-    """conv -> [BatchNorm] -> [ReLU]. Gluon pads symmetrically, like PyTorch."""
-
-    def __init__(self, u: ConvUnit) -> None:
-        super().__init__()
-        self.conv = nn.Conv2D(u.out_channels, u.kernel, strides=u.stride, padding=u.padding,
-                              use_bias=u.bias, in_channels=u.in_channels)
-        self.bn = None if u.norm is None else BatchNorm(
-            epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, in_channels=u.out_channels)
-        self.relu = nn.Activation("relu") if u.relu else None
-
-    def hybrid_forward(self, F, x):
-        x = self.conv(x)
-        if self.bn is not None:
-            x = self.bn(x)
-        return x if self.relu is None else self.relu(x)
-
-
-def plain_conv(u: ConvUnit) -> nn.Conv2D:
-    """A bare conv, as the lecture nets write it (``incep1.branch1x1.weight``), with the
-    ReLU its unit asks for."""
-    return nn.Conv2D(u.out_channels, u.kernel, strides=u.stride, padding=u.padding, use_bias=u.bias,
-                     activation="relu" if u.relu else None, in_channels=u.in_channels)
-
-
-class AdaptiveAvgPool2D(nn.HybridBlock):
-    """``torch.nn.AdaptiveAvgPool2d``: Gluon has it only as a contrib operator."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def hybrid_forward(self, F, x):
-        return F.contrib.AdaptiveAvgPooling2D(x, output_size=self.size)
-
-
-class LocalResponseNorm(nn.HybridBlock):
-    """Gluon has no LRN block, only the operator; it divides alpha by nsize, as the spec."""
-
-    def __init__(self, lrn: LRN) -> None:
-        super().__init__()
-        self.lrn = lrn
-
-    def hybrid_forward(self, F, x):
-        lrn = self.lrn
-        if x.dtype == np.float32:
-            return F.LRN(x, alpha=lrn.alpha, beta=lrn.beta, knorm=lrn.k, nsize=lrn.size)
-        # float64 (the training-parity check): MXNet's LRN kernel is float32 only. The window
-        # sum as a 1x1 convolution with a band of ones, PyTorch's window [c - 2, c + 2].
-        c = np.arange(x.shape[1])
-        band = (c[None, :] >= c[:, None] - lrn.size // 2) & (c[None, :] <= c[:, None] + (lrn.size - 1) // 2)
-        weight = mx.nd.array(band[:, :, None, None], dtype=x.dtype)
-        window = F.Convolution(F.square(x), weight, kernel=(1, 1), num_filter=len(c), no_bias=True)
-        return x / F.power(lrn.k + lrn.alpha / lrn.size * window, lrn.beta)
-
-
-def make_pool(p: Pool | AdaptiveAvgPool) -> nn.HybridBlock:
-    if isinstance(p, AdaptiveAvgPool):
-        return AdaptiveAvgPool2D(p.size)
-    if p.kind == "max":  # ceil_mode is MXNet's pooling_convention="full"
-        return nn.MaxPool2D(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode)
-    return nn.AvgPool2D(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode,
-                        count_include_pad=p.count_include_pad)
-
-
-def make_op(op: Op) -> nn.HybridBlock:
-    if isinstance(op, ConvUnit):
-        return plain_conv(op) if op.plain else BasicConv2d(op)
-    return make_pool(op)
-
-
-def make_branch(ops: tuple[Op, ...]) -> nn.HybridBlock:
-    """A single op stands alone (``branch1.conv``); a chain is numbered (``branch2.0.conv``)."""
-    if len(ops) == 1:
-        return make_op(ops[0])
-    chain = nn.HybridSequential()
-    chain.add(*map(make_op, ops))
-    return chain
+from .layers import BasicConv2d, make_chain, make_lrn, make_op, make_pool, make_relu
 
 
 class Inception(nn.HybridBlock):
     def __init__(self, block: InceptionBlock) -> None:
         super().__init__()
         # 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 (3x3 in torchvision) | 3x3 max pool -> 1x1
-        self.branch1, self.branch2, self.branch3, self.branch4 = map(make_branch, block.branches)
+        self.branches = [[attr for attr, _ in branch] for branch in block.modules()]
+        for branch in block.modules():
+            for attr, ops in branch:  # branch1, branch2 (ops 0, 1), ...; Liu's: branch5x5_1, ...
+                setattr(self, attr, make_chain(ops))
 
     def hybrid_forward(self, F, x):
         # N x 192 x 28 x 28 (inception3a)
-        branches = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
-        # N x (64 + 128 + 32 + 32) x 28 x 28: concatenated on the channel axis
-        return F.concat(*branches, dim=1)
-
-
-class InceptionA(nn.HybridBlock):
-    """The lecture's Inception block: its ops are attributes named as the post names them."""
-
-    def __init__(self, block: InceptionBlock) -> None:
-        super().__init__()
-        # 1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | 3x3 avg pool -> 1x1, no ReLU anywhere
-        self.branches = [[local(op.name) for op in branch] for branch in block.branches]
-        for branch in block.branches:
-            for op in branch:
-                setattr(self, local(op.name), make_op(op))
-
-    def hybrid_forward(self, F, x):
-        # N x 10 x 12 x 12 (incep1)
         outputs = []
         for branch in self.branches:
             y = x
-            for name in branch:
-                y = getattr(self, name)(y)
+            for attr in branch:
+                y = getattr(self, attr)(y)
             outputs.append(y)
-        # N x (16 + 24 + 24 + 24) x 12 x 12
+        # N x (64 + 128 + 32 + 32) x 28 x 28: concatenated on the channel axis
         return F.concat(*outputs, dim=1)
 
 
@@ -210,19 +76,19 @@ class InceptionAux(nn.HybridBlock):
         x = F.relu(self.fc1(x))
         # N x 1024
         x = self.dropout(x)
-        return self.fc2(x)
-        # N x 1000 (num_classes)
+        # N x 1024
+        return self.fc2(x)  # N x 1000 (num_classes)
 
 
 def make_stage(stage: Stage) -> nn.HybridBlock:
     if isinstance(stage, LRN):
-        return LocalResponseNorm(stage)
+        return make_lrn(stage)
     if isinstance(stage, ReLU):
-        return nn.Activation("relu")
+        return make_relu(stage.name)
     if isinstance(stage, ResidualUnit):
         return ResidualBlock(stage)
     if isinstance(stage, InceptionBlock):
-        return InceptionA(stage) if stage.flat else Inception(stage)
+        return Inception(stage)
     return make_op(stage)
 
 
@@ -234,10 +100,10 @@ class GoogLeNet(nn.HybridBlock):
             setattr(self, stage.name, make_stage(stage))
         for head in plan.aux:  # aux1, aux2
             setattr(self, head.name, InceptionAux(head))
-        # global average (a fixed 7x7 in GluonCV; none in the lecture nets)
+        # global average (a fixed 7x7 in GluonCV; none in Liu's nets)
         self.avgpool = None if plan.head_pool is None else make_pool(plan.head_pool)
         self.dropout = nn.Dropout(plan.dropout)
-        setattr(self, plan.fc.name, nn.Dense(plan.fc.out_features, in_units=plan.fc.in_features))  # fc (l: lecture)
+        setattr(self, plan.fc.name, nn.Dense(plan.fc.out_features, in_units=plan.fc.in_features))  # fc (l: Liu's)
 
     def _stages(self, F, x, with_aux: bool) -> dict:
         out = {}
@@ -259,8 +125,8 @@ class GoogLeNet(nn.HybridBlock):
         # N x 1024, or the whole last map in (C, H, W) order: N x 1408 (inception_mnist)
         out["flatten"] = x
         x = self.dropout(x)
-        out["logits"] = getattr(self, self.plan.fc.name)(x)
-        # N x 1000 (num_classes)
+        # N x 1024
+        out["logits"] = getattr(self, self.plan.fc.name)(x)  # N x 1000 (num_classes)
         return out
 
     def forward_stages(self, x, with_aux: bool = False) -> dict:

@@ -16,16 +16,9 @@ import numpy as np
 
 from conformance.spec import aux_admits
 
-from .model import BatchNorm, GoogLeNet
+from .layers import BatchNorm, named_blocks
+from .model import GoogLeNet
 from .weights import located
-
-
-def named_blocks(block: mx.gluon.Block, prefix: str = ""):
-    """(attribute path, block) for every block in the tree: ``conv1.bn``, ``inception3a.branch2.1.bn``."""
-    for name, child in block._children.items():
-        path = f"{prefix}{name}"
-        yield path, child
-        yield from named_blocks(child, path + ".")
 
 
 class Trainer:

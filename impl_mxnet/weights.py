@@ -1,6 +1,6 @@
 """Canonical <-> Gluon parameters: Gluon's structural names (what ``save_parameters``
 writes) are the canonical names, except BatchNorm's scale and shift
-(``conformance.naming.gluon_name``)."""
+(``conformance.canonical.gluon_name``)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from typing import Mapping
 import mxnet as mx
 import numpy as np
 
-from conformance.canonical import CanonicalError, canonical_shapes, validate
-from conformance.naming import gluon_name
+from conformance.canonical import CanonicalError, canonical_shapes, gluon_name, validate
 from conformance.spec import Plan
+
+from .layers import structural_params
 
 
 def located(model, p: Plan) -> list[tuple[str, mx.gluon.Parameter]]:
     """(canonical key, Gluon parameter) for every key; an error if the model and the
     plan disagree (a bug in model.py)."""
-    params = model._collect_params_with_prefix()  # the names save_parameters uses
+    params = structural_params(model)  # the names save_parameters uses
     names = {key: gluon_name(key) for key in canonical_shapes(p)}
     unmapped = set(params) - set(names.values())
     missing = [k for k, n in names.items() if n not in params]

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from conformance import interface
-from conformance.spec import configure, plan
+from conformance.canonical import default_params
+from conformance.spec import Variant, resolve
 
 from .model import GoogLeNet
 from .train import Trainer
@@ -21,17 +22,13 @@ def version() -> str:
     return f"torch {torch.__version__}"
 
 
-def build(variant: str, num_classes: int | None = None, aux_logits: bool = False, dtype: str = "float32",
-          **options: object) -> GoogLeNet:
-    """A GoogLeNet in eval mode, initialised as torchvision does (truncated normal,
-    std 0.01, for conv and linear weights; BatchNorm scale 1, shift 0). ``dtype``:
-    float64 for the training-parity check."""
-    model = GoogLeNet(plan(configure(variant, num_classes, aux_logits, **options))).to(getattr(torch, dtype))
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            torch.nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)
-            if m.bias is not None:
-                torch.nn.init.zeros_(m.bias)
+def build(variant: str | Variant, num_classes: int | None = None, aux_logits: bool = False,
+          transform_input: bool = False, dtype: str = "float32") -> GoogLeNet:
+    """A GoogLeNet in eval mode holding the suite's initial weights (torchvision's
+    initialisation, ``conformance.canonical.default_params``). The options are
+    ``conformance.spec.resolve``'s; ``dtype``: float64 for the training-parity check."""
+    model = GoogLeNet(resolve(variant, num_classes, aux_logits, transform_input)).to(getattr(torch, dtype))
+    from_canonical(model, default_params(model.plan))
     return model.eval()
 
 
@@ -59,6 +56,5 @@ def stages(model: GoogLeNet, x: np.ndarray) -> dict[str, np.ndarray]:
 def count_params(model: GoogLeNet) -> tuple[int, int]:
     """(trainable parameters, BatchNorm running statistics), counted by PyTorch."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    stats = sum(b.numel() for n, b in model.named_buffers()
-                if n.endswith(("running_mean", "running_var")))
+    stats = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
     return trainable, stats

@@ -58,7 +58,7 @@ def main() -> None:
     state = model.state_dict()
     keys = {k: list(v.shape) for k, v in state.items()}
 
-    p = spec.plan(spec.configure("googlenet_bn", aux_logits=True, transform_input=True))
+    p = spec.resolve("googlenet_bn", aux_logits=True, transform_input=True)
     params = canonical.random_params(p, SEED)
     full = {k: (torch.from_numpy(params[k]) if k in params else v) for k, v in state.items()}
     model.load_state_dict(full, strict=True)  # proves the canonical names are torchvision's

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from conformance import canonical, frameworks, spec
-from conformance.harness import full_options
+from conformance.check.harness import full_options
 
 try:  # only where torchvision is installed (a side venv): its CUDA build of torch 2.14.1
     import torchvision  # noqa: F401  segfaults when TensorFlow was imported before it
@@ -37,7 +37,7 @@ def backend(request):
 
 
 def full_plan(variant: str) -> spec.Plan:
-    return spec.plan(spec.configure(variant, **full_options(spec.VARIANTS[variant])))
+    return spec.resolve(variant, **full_options(spec.VARIANTS[variant]))
 
 
 def loaded_model(b, variant: str, seed: int = 0):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import harness, spec
-from conformance.compare import REL_TOL
+from conformance import spec
+from conformance.check import harness
+from conformance.check.compare import REL_TOL
 
 from .conftest import installed
 
@@ -36,7 +37,7 @@ def test_logits_within_tolerance_with_identical_top5(report):
 
 def test_every_stage_of_the_spec_was_compared(report):
     for v in report.variants:
-        p = spec.plan(spec.configure(v.variant, **v.options))
+        p = spec.resolve(v.variant, **v.options)
         for s in v.sizes:
             compared = {r.stage for r in s.stages if r.agreement}
             assert compared == set(spec.expected_shapes(p, s.size)), (v.variant, s.size)

@@ -13,21 +13,17 @@ from conformance import canonical, spec
 DATA = Path(__file__).parent / "data"
 
 
-def plan(variant: str, **kw) -> spec.Plan:
-    return spec.plan(spec.configure(variant, **kw))
-
-
 def test_googlenet_bn_keys_are_torchvisions():
     """Keys and shapes of torchvision 0.29.1's googlenet(aux_logits=True).state_dict(),
     recorded by scripts/make_torchvision_reference.py."""
     recorded = json.loads((DATA / "torchvision_googlenet_keys.json").read_text())
     tv = {k: tuple(v) for k, v in recorded.items() if not k.endswith("num_batches_tracked")}
-    assert canonical.canonical_shapes(plan("googlenet_bn", aux_logits=True)) == tv
-    assert list(canonical.canonical_shapes(plan("googlenet_bn", aux_logits=True))) == list(tv)
+    assert canonical.canonical_shapes(spec.resolve("googlenet_bn", aux_logits=True)) == tv
+    assert list(canonical.canonical_shapes(spec.resolve("googlenet_bn", aux_logits=True))) == list(tv)
 
 
 def test_googlenet_keys_have_conv_bias_and_no_bn():
-    keys = canonical.canonical_shapes(plan("googlenet", aux_logits=True))
+    keys = canonical.canonical_shapes(spec.resolve("googlenet", aux_logits=True))
     assert keys["conv1.conv.weight"] == (64, 3, 7, 7) and keys["conv1.conv.bias"] == (64,)
     assert keys["inception3a.branch3.1.conv.weight"] == (32, 16, 5, 5)
     assert keys["inception3a.branch4.1.conv.weight"] == (32, 192, 1, 1)
@@ -36,7 +32,7 @@ def test_googlenet_keys_have_conv_bias_and_no_bn():
 
 
 def test_random_params_are_seeded_float32_and_complete():
-    p = plan("googlenet_bn", aux_logits=True)
+    p = spec.resolve("googlenet_bn", aux_logits=True)
     a, b, c = (canonical.random_params(p, s) for s in (0, 0, 1))
     assert list(a) == list(canonical.canonical_shapes(p))
     assert all(v.dtype == np.float32 for v in a.values())
@@ -47,7 +43,7 @@ def test_random_params_are_seeded_float32_and_complete():
 
 
 def _params(variant="googlenet"):
-    p = plan(variant)
+    p = spec.resolve(variant)
     return p, canonical.random_params(p, 0)
 
 
@@ -85,7 +81,7 @@ def test_validate_rejects_other_dtypes_and_non_arrays():
 
 
 def test_validate_rejects_the_other_variant():
-    p = plan("googlenet_bn")
+    p = spec.resolve("googlenet_bn")
     _, params = _params("googlenet")
     with pytest.raises(canonical.CanonicalError, match="do not fit googlenet_bn"):
         canonical.validate(p, params)
@@ -121,16 +117,3 @@ def test_save_validates_before_writing(tmp_path):
     with pytest.raises(canonical.CanonicalError, match="missing key 'fc.bias'"):
         canonical.save(params, tmp_path / "w.safetensors", p)
     assert not list(tmp_path.iterdir())
-
-
-def test_atomic_write_missing_directory_and_failed_write(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        canonical.atomic_write(tmp_path / "nope" / "x.bin", b"data")
-
-    def broken_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(canonical.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        canonical.atomic_write(tmp_path / "x.bin", b"data")
-    assert not list(tmp_path.iterdir())  # neither the target nor the temporary file

@@ -111,8 +111,8 @@ def test_spec_of_a_lecture_net_names_its_blocks_as_the_post():
 
 
 def test_json_report_is_strict_json_even_for_infinite_errors(tmp_path):
-    from conformance import harness, report
-    from conformance.compare import Agreement
+    from conformance.check import harness, report
+    from conformance.check.compare import Agreement
 
     row = harness.StageRow("conv1", (1, 64, 49, 49), {"torch": (1, 64, 49, 49)},
                            {"keras": Agreement(float("inf"), float("nan"))}, False)

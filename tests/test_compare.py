@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.compare import REL_TOL, agreement, identical
+from conformance.check.compare import REL_TOL, agreement, identical
 
 
 def logits(seed=0, n=4, classes=1000):

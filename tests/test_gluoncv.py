@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import canonical, naming, spec
-from conformance.compare import agreement
-from conformance.port import port
+from conformance import canonical, spec
+from conformance.formats import naming
+from conformance.check.compare import agreement
+from conformance.formats.port import port
 
 from .conftest import backend_or_skip
 
@@ -42,11 +43,13 @@ def gluoncv_file(gluoncv_googlenet, tmp_path_factory):
     statistics, and that model's outputs for a seeded input."""
     import mxnet as mx
 
+    from impl_mxnet.layers import structural_params
+
     net = gluoncv_googlenet.googlenet(pretrained=False, aux_logits=True)
     net.initialize()
-    p = spec.plan(spec.configure(VARIANT, aux_logits=True))
+    p = spec.resolve(VARIANT, aux_logits=True)
     theirs = naming.from_canonical(canonical.random_params(p, 11), "gluoncv", p)
-    for name, param in net._collect_params_with_prefix().items():
+    for name, param in structural_params(net).items():
         param.set_data(mx.nd.array(theirs[name]))
     path = tmp_path_factory.mktemp("gluoncv") / "googlenet.params"
     net.save_parameters(str(path))
@@ -101,7 +104,7 @@ def test_round_trip_back_into_gluoncvs_own_model(gluoncv_googlenet, gluoncv_file
 
 def test_gluoncv_is_not_torchvision_where_it_matters():
     """Same weights, different pooling: the variants must differ in the spec."""
-    bn, gcv = (spec.plan(spec.configure(v, aux_logits=True)) for v in ("googlenet_bn", VARIANT))
+    bn, gcv = (spec.resolve(v, aux_logits=True) for v in ("googlenet_bn", VARIANT))
     assert canonical.canonical_shapes(bn) == canonical.canonical_shapes(gcv)
     assert spec.stage_shapes(bn, 239)["maxpool4"] == (832, 8, 8)  # ceil
     assert spec.stage_shapes(gcv, 239)["maxpool4"] == (832, 7, 7)  # floor

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import harness
-from conformance.compare import REL_TOL
+from conformance.check import harness
+from conformance.check.compare import REL_TOL
 
 from .conftest import backend_or_skip, patched
 
@@ -63,9 +63,11 @@ def test_wrong_batchnorm_epsilon_fails():
     torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
     from mxnet.gluon import nn
 
-    def build_with_default_eps(variant, **options):
-        model = mxnet_.build(variant, **options)
-        model.apply(lambda block: block._kwargs.__setitem__("eps", 1e-5)
+    from impl_mxnet.layers import options
+
+    def build_with_default_eps(variant, **kwargs):
+        model = mxnet_.build(variant, **kwargs)
+        model.apply(lambda block: options(block).__setitem__("eps", 1e-5)
                     if isinstance(block, nn.BatchNorm) else None)
         return model
 
@@ -103,9 +105,11 @@ def test_lecture_fc_flattened_in_the_wrong_order_fails_only_the_logits(monkeypat
 def _floor_pools(mxnet_):
     from mxnet.gluon import nn
 
-    def build_with_floor_pools(variant, **options):
-        model = mxnet_.build(variant, **options)
-        model.apply(lambda block: block._kwargs.__setitem__("pooling_convention", "valid")
+    from impl_mxnet.layers import options
+
+    def build_with_floor_pools(variant, **kwargs):
+        model = mxnet_.build(variant, **kwargs)
+        model.apply(lambda block: options(block).__setitem__("pooling_convention", "valid")
                     if isinstance(block, nn.MaxPool2D) else None)
         return model
 

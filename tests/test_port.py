@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conformance import canonical, spec
-from conformance.compare import REL_TOL, agreement
-from conformance.port import port
+from conformance.check.compare import REL_TOL, agreement
+from conformance.formats.port import port
 
 from .conftest import backend_or_skip
 
@@ -66,7 +66,7 @@ def test_canonical_formats_and_whole_keras_models(tmp_path):
         assert_verified(result, log)
         assert set(result.agreement) == {"logits"}  # no aux heads in, none out
     assert canonical.load(chain[1]).keys() == canonical.canonical_shapes(
-        spec.plan(spec.configure("googlenet"))).keys()
+        spec.resolve("googlenet")).keys()
 
 
 def test_torchvision_dict_wrapped_with_module_prefix_and_no_aux_keys(tmp_path):

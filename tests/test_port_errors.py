@@ -3,6 +3,7 @@ and loses nothing: DST stays absent (or untouched), no temporary file is left.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import canonical, formats, spec
-from conformance.port import PortError, VerificationError, port
+from conformance import canonical, spec
+from conformance.formats import registry as formats
+from conformance.formats.port import PortError, VerificationError, port
 
 from .conftest import backend_or_skip
 from .test_port import save_torch, torch_state
@@ -101,7 +103,7 @@ def _torch_file(params, p, path):
     ("a.npz", lambda params, p, path: np.savez(path, **params)),
 ])
 def test_truncated_file(tmp_path, name, writer):
-    p = spec.plan(spec.configure("googlenet"))
+    p = spec.resolve("googlenet")
     path = tmp_path / name
     writer(canonical.random_params(p, 0), p, path)
     data = path.read_bytes()
@@ -116,7 +118,7 @@ def test_corrupt_file(tmp_path):
 
 
 def test_another_format_than_the_extension_says(tmp_path):
-    p = spec.plan(spec.configure("googlenet"))
+    p = spec.resolve("googlenet")
     canonical.save(canonical.random_params(p, 0), tmp_path / "real.safetensors", p)
     os.rename(tmp_path / "real.safetensors", tmp_path / "looks.pth")
     assert_refused(tmp_path, tmp_path / "looks.pth", "b.npz",
@@ -191,16 +193,14 @@ def test_missing_src_unknown_format_and_options(tmp_path, state):
 
 def test_a_failed_verification_writes_nothing(tmp_path, state, monkeypatch):
     """A writer that changes one tensor slightly: the port must catch it and keep DST absent."""
-    import conformance.port as port_module
+    real = formats.FORMATS["safetensors"]
 
-    real_write = formats.write
-
-    def sloppy_write(params, p, fmt, path):
+    def sloppy_write(params, p, path):
         params = dict(params)
         params["inception4c.branch1.conv.weight"] = params["inception4c.branch1.conv.weight"] * np.float32(1.01)
-        real_write(params, p, fmt, path)
+        return real.write(params, p, path)
 
-    monkeypatch.setattr(port_module, "write", sloppy_write)
+    monkeypatch.setitem(formats.FORMATS, "safetensors", dataclasses.replace(real, write=sloppy_write))
     src = save_torch(state, tmp_path / "a.pth")
     log: list[str] = []
     with pytest.raises(VerificationError, match="does not reproduce .*nothing was written"):
@@ -226,13 +226,12 @@ def test_cli_exit_codes_and_one_message(tmp_path, state):
 
 
 def test_a_writer_that_crashes_is_a_failed_verification(tmp_path, state, monkeypatch):
-    import conformance.port as port_module
-
-    def broken_write(params, p, fmt, path):
+    def broken_write(params, p, path):
         path.write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(port_module, "write", broken_write)
+    real = formats.FORMATS["safetensors"]
+    monkeypatch.setitem(formats.FORMATS, "safetensors", dataclasses.replace(real, write=broken_write))
     src = save_torch(state, tmp_path / "a.pth")
     with pytest.raises(VerificationError, match=r"writing or reloading .* failed \(OSError: disk full\)"):
         port(src, tmp_path / "b.safetensors", "googlenet")
@@ -240,7 +239,7 @@ def test_a_writer_that_crashes_is_a_failed_verification(tmp_path, state, monkeyp
 
 
 def test_dst_appearing_during_the_port_is_not_overwritten(tmp_path, state, monkeypatch):
-    import conformance.port as port_module
+    import conformance.formats.port as port_module
 
     real_verify = port_module._verify
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import canonical, naming, spec
-from conformance.compare import REL_TOL, agreement
-from conformance.port import port
+from conformance import canonical, spec
+from conformance.formats import naming
+from conformance.check.compare import REL_TOL, agreement
+from conformance.formats.port import port
 
 from .conftest import backend_or_skip
 
@@ -33,7 +34,7 @@ def post_model(variant: str):
 
 def post_params(variant: str, net) -> dict[str, np.ndarray]:
     state = {k: v.numpy() for k, v in net.state_dict().items()}
-    p = spec.plan(spec.configure(variant))
+    p = spec.resolve(variant)
     params, _ = naming.to_canonical(state, naming.detect(state), p)
     return canonical.from_state_dict(params)
 
@@ -42,13 +43,13 @@ def post_params(variant: str, net) -> dict[str, np.ndarray]:
 def test_lecture_state_dict_keys_are_the_canonical_keys(variant):
     """The post's own module names: its checkpoints port without a renaming table."""
     keys = set(post_model(variant).state_dict())
-    assert keys == set(canonical.canonical_shapes(spec.plan(spec.configure(variant))))
+    assert keys == set(canonical.canonical_shapes(spec.resolve(variant)))
 
 
 def test_cifar100_names_cover_every_key_of_its_state_dict():
     state = post_model("googlenet_cifar").state_dict()
     assert naming.detect(state) == "cifar100"
-    names = naming.cifar100_names(spec.plan(spec.configure("googlenet_cifar")))
+    names = naming.cifar100_names(spec.resolve("googlenet_cifar"))
     assert set(names.values()) == {k for k in state if not k.endswith("num_batches_tracked")}
     assert names["inception3a.branch3.2.conv.bias"] == "a3.b3.6.bias"
     assert names["inception3a.branch4.1.bn.weight"] == "a3.b4.2.weight"
@@ -61,7 +62,7 @@ def test_the_posts_outputs_are_reproduced(variant, framework):
     b = backend_or_skip(framework)
     net = post_model(variant)
     v = spec.VARIANTS[variant]
-    x = np.random.default_rng(0).standard_normal((2, v.in_channels, v.input_size, v.input_size)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((2, v.input.channels, v.input.size, v.input.size)).astype(np.float32)
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     model = b.build(variant)
@@ -80,7 +81,8 @@ def test_the_eps_quirk_matters(tmp_path):
         ref = net(torch.from_numpy(x)).numpy()
     import dataclasses
 
-    plain = dataclasses.replace(spec.configure("googlenet_cifar"), branch3_eps_is_channels=False)
+    v = spec.GOOGLENET_CIFAR
+    plain = dataclasses.replace(v, branch3=dataclasses.replace(v.branch3, first_eps=None))
     model = b.build(plain)
     b.from_canonical(model, post_params("googlenet_cifar", net))
     assert agreement(ref, b.forward(model, x)).max_rel > 100 * REL_TOL

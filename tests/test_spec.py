@@ -37,14 +37,10 @@ SHAPES_224 = {
 }
 
 
-def plan(variant: str, **kw) -> spec.Plan:
-    return spec.plan(spec.configure(variant, **kw))
-
-
 @pytest.mark.parametrize("variant", sorted(n for n, v in spec.VARIANTS.items()
                                             if any(isinstance(r, spec.Inception) for r in v.rows)))
 def test_channel_table_and_input_channels(variant):
-    p = plan(variant)
+    p = spec.resolve(variant)
     blocks = {s.name: s for s in p.stages if isinstance(s, spec.InceptionBlock)}
     assert list(blocks) == list(TABLE1)
     for name, (cin, c1, c3r, c3, c5r, c5, pp, out) in TABLE1.items():
@@ -52,13 +48,13 @@ def test_channel_table_and_input_channels(variant):
         assert b.in_channels == cin
         assert b.out_channels == out
         convs = [op for branch in b.branches for op in branch if isinstance(op, spec.ConvUnit)]
-        stacked = [(c5, c5)] * (p.variant.branch3_depth - 1)  # pytorch-cifar100's second 3x3
+        stacked = [(c5, c5)] * (p.variant.branch3.depth - 1)  # pytorch-cifar100's second 3x3
         assert [(u.in_channels, u.out_channels) for u in convs] == [
             (cin, c1), (cin, c3r), (c3r, c3), (cin, c5r), (c5r, c5), *stacked, (cin, pp)]
 
 
 def test_variant_differences_are_data():
-    g, bn = plan("googlenet", aux_logits=True), plan("googlenet_bn", aux_logits=True)
+    g, bn = spec.resolve("googlenet", aux_logits=True), spec.resolve("googlenet_bn", aux_logits=True)
     b3 = {p.variant.name: p.stages[5].branches[2][1].kernel for p in (g, bn)}
     assert b3 == {"googlenet": 5, "googlenet_bn": 3}
     pools = {p.variant.name: next(s for s in p.stages if s.name == "maxpool4") for p in (g, bn)}
@@ -67,13 +63,13 @@ def test_variant_differences_are_data():
     assert isinstance(g.aux[0].pool, spec.Pool) and g.aux[0].pool.kernel == 5
     assert isinstance(bn.aux[0].pool, spec.AdaptiveAvgPool) and bn.aux[0].pool.size == 4
     assert (g.dropout, bn.dropout) == (0.4, 0.2)
-    assert g.variant.norm is None and bn.variant.norm == spec.BatchNorm(eps=1e-3, momentum=0.1)
+    assert g.variant.convs.norm is None and bn.variant.convs.norm == spec.BatchNorm(eps=1e-3, momentum=0.1)
     assert all(u.bias for u in g.conv_units()) and not any(u.bias for u in bn.conv_units())
 
 
-@pytest.mark.parametrize("variant", sorted(v for v in spec.VARIANTS if spec.VARIANTS[v].input_size == 224))
+@pytest.mark.parametrize("variant", sorted(v for v in spec.VARIANTS if spec.VARIANTS[v].input.size == 224))
 def test_shapes_at_224_match_torchvision_comments(variant):
-    shapes = spec.expected_shapes(plan(variant, aux_logits=True), 224, batch=2)
+    shapes = spec.expected_shapes(spec.resolve(variant, aux_logits=True), 224, batch=2)
     assert {k: v[1:] for k, v in shapes.items() if k in SHAPES_224} == SHAPES_224
     assert shapes["flatten"] == (2, 1024) and shapes["logits"] == (2, 1000)
     assert shapes["aux1"] == shapes["aux2"] == (2, 1000)
@@ -97,7 +93,7 @@ def test_pool_out_matches_pytorch_formula(size, k, s, p, ceil):
 
 
 def test_odd_sizes_and_aux_admission():
-    g = plan("googlenet", aux_logits=True)
+    g = spec.resolve("googlenet", aux_logits=True)
     assert spec.stage_shapes(g, 225)["conv1"] == (64, 113, 113)
     assert spec.stage_shapes(g, 225)["maxpool1"] == (64, 56, 56)  # ceil((113 - 3) / 2) + 1
     assert spec.stage_shapes(g, 97)["inception5b"] == (1024, 3, 3)
@@ -106,7 +102,7 @@ def test_odd_sizes_and_aux_admission():
     assert spec.stage_shapes(g, 270)["inception4a"][1:] == (16, 16)
     assert spec.stage_shapes(g, 271)["inception4a"][1:] == (17, 17)
     assert [s for s in range(150, 300) if spec.aux_admits(g, s)] == list(range(223, 271))
-    bn = plan("googlenet_bn", aux_logits=True)
+    bn = spec.resolve("googlenet_bn", aux_logits=True)
     assert spec.aux_admits(bn, 97)  # the adaptive pool admits any size
     assert spec.adaptive_windows(14, 4) == [(0, 4), (3, 7), (7, 11), (10, 14)]
     assert "aux1" not in spec.expected_shapes(g, 97)
@@ -119,15 +115,15 @@ def test_odd_sizes_and_aux_admission():
     ("googlenet_bn", True, 13_004_888, 15_072),
 ])
 def test_parameter_counts_match_published_figures(variant, aux, trainable, stats):
-    assert spec.count_params(plan(variant, aux_logits=aux)) == (trainable, stats)
+    assert spec.count_params(spec.resolve(variant, aux_logits=aux)) == (trainable, stats)
 
 
 def test_bn_statistics_by_hand():
     # Two statistics (mean, variance) per BatchNorm channel; one BatchNorm per conv.
     stem = 64 + 64 + 192
     blocks = sum(c1 + c3r + c3 + c5r + c5 + pp for _, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
-    assert spec.count_params(plan("googlenet_bn"))[1] == 2 * (stem + blocks)
-    assert spec.count_params(plan("googlenet_bn", aux_logits=True))[1] == 2 * (stem + blocks + 2 * 128)
+    assert spec.count_params(spec.resolve("googlenet_bn"))[1] == 2 * (stem + blocks)
+    assert spec.count_params(spec.resolve("googlenet_bn", aux_logits=True))[1] == 2 * (stem + blocks + 2 * 128)
 
 
 def inception_params_by_hand() -> int:
@@ -153,12 +149,12 @@ def test_googlenet_d2l_parameter_count_by_hand():
     blocks = inception_params_by_hand()
     fc = 1024 * 10 + 10
     assert stem + blocks + fc == 5_977_530
-    assert spec.count_params(plan("googlenet_d2l")) == (5_977_530, 0)
-    assert plan("googlenet_d2l").num_classes == 10 and plan("googlenet_d2l", num_classes=1000).num_classes == 1000
+    assert spec.count_params(spec.resolve("googlenet_d2l")) == (5_977_530, 0)
+    assert spec.resolve("googlenet_d2l").num_classes == 10 and spec.resolve("googlenet_d2l", num_classes=1000).num_classes == 1000
 
 
 def test_googlenet_lrn_is_the_paper_network_plus_two_parameter_free_lrns():
-    p, paper = plan("googlenet_lrn", aux_logits=True), plan("googlenet", aux_logits=True)
+    p, paper = spec.resolve("googlenet_lrn", aux_logits=True), spec.resolve("googlenet", aux_logits=True)
     assert spec.count_params(p) == spec.count_params(paper) == (13_378_280, 0)
     names = [s.name for s in p.stages]
     assert names[:7] == ["conv1", "maxpool1", "lrn1", "conv2", "conv3", "lrn2", "maxpool2"]
@@ -167,14 +163,14 @@ def test_googlenet_lrn_is_the_paper_network_plus_two_parameter_free_lrns():
 
 
 def test_d2l_shapes_at_96():
-    shapes = spec.expected_shapes(plan("googlenet_d2l"), 96)
+    shapes = spec.expected_shapes(spec.resolve("googlenet_d2l"), 96)
     assert shapes["conv1"] == (1, 64, 48, 48) and shapes["maxpool1"] == (1, 64, 24, 24)
     assert shapes["maxpool4"] == (1, 832, 3, 3) and shapes["logits"] == (1, 10)
     assert "aux1" not in shapes
 
 
 def test_multiply_adds():
-    rows = {r.name: r for r in spec.layer_counts(plan("googlenet"), 224)}
+    rows = {r.name: r for r in spec.layer_counts(spec.resolve("googlenet"), 224)}
     assert rows["conv1"].macs == 112 * 112 * 64 * 3 * 7 * 7
     assert rows["inception3a.branch3.1"].macs == 28 * 28 * 32 * 16 * 5 * 5
     assert rows["fc"].macs == 1024 * 1000
@@ -182,33 +178,35 @@ def test_multiply_adds():
     assert total == 1_582_671_872  # "about 1.5 billion" in the paper; 1.58 G in REFERENCE.md
     assert sum(r.params for r in rows.values()) == 6_998_552
     # aux heads count where they run, and cost nothing where the size shuts them out
-    aux_rows = {r.name: r for r in spec.layer_counts(plan("googlenet", aux_logits=True), 97)}
+    aux_rows = {r.name: r for r in spec.layer_counts(spec.resolve("googlenet", aux_logits=True), 97)}
     assert aux_rows["aux1.fc1"].macs == 0 and aux_rows["aux1.fc1"].params == 2048 * 1024 + 1024
 
 
-def test_configure_rejects_bad_options_with_their_names():
+def test_resolve_rejects_bad_options_with_their_names():
     with pytest.raises(spec.SpecError, match="variant: unknown 'resnet'"):
-        spec.configure("resnet")
-    with pytest.raises(spec.SpecError, match="option 'colour'"):
-        spec.configure("googlenet", colour=True)
+        spec.resolve("resnet")
+    with pytest.raises(TypeError, match="colour"):
+        spec.resolve("googlenet", colour=True)  # type: ignore[call-arg]
     with pytest.raises(spec.SpecError, match="transform_input: variant 'googlenet'"):
-        spec.configure("googlenet", transform_input=True)
+        spec.resolve("googlenet", transform_input=True)
+    with pytest.raises(spec.SpecError, match="aux_logits: variant 'googlenet_d2l' has no aux heads"):
+        spec.resolve("googlenet_d2l", aux_logits=True)
     for bad in (0, -3, 2.5, True):
         with pytest.raises(spec.SpecError, match="num_classes"):
-            spec.configure("googlenet", num_classes=bad)
+            spec.resolve("googlenet", num_classes=bad)
     with pytest.raises(spec.SpecError, match=r"the maxpool3 window \(3 x 3\) is larger than its 2 x 2 input"):
-        spec.stage_shapes(plan("googlenet"), 16)
+        spec.stage_shapes(spec.resolve("googlenet"), 16)
     with pytest.raises(spec.SpecError, match="turns the 3 x 3 map into 0 x 0; fc expects 1 x 1"):
-        spec.stage_shapes(plan("googlenet_gluoncv"), 97)
+        spec.stage_shapes(spec.resolve("googlenet_gluoncv"), 97)
 
 
 def test_variants_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        spec.GOOGLENET.dropout = 0.5  # type: ignore[misc]
+        spec.GOOGLENET.head = spec.Head()  # type: ignore[misc]
 
 
 def test_spec_imports_no_framework():
-    code = ("import sys, conformance.spec, conformance.canonical, conformance.harness; "
+    code = ("import sys, conformance.spec, conformance.canonical, conformance.check.harness; "
             "print(sorted({'torch', 'keras', 'tensorflow', 'mxnet'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
@@ -227,13 +225,13 @@ def test_googlenet_cifar_parameter_count_by_hand():
     assert stem + blocks + fc == 6_402_564
     stats = 2 * (64 + 64 + 192 + sum(c1 + c3r + c3 + c5r + 2 * c5 + pp for _, c1, c3r, c3, c5r, c5, pp, _
                                      in TABLE1.values()))
-    assert spec.count_params(plan("googlenet_cifar")) == (6_402_564, stats) == (6_402_564, 16_064)
+    assert spec.count_params(spec.resolve("googlenet_cifar")) == (6_402_564, stats) == (6_402_564, 16_064)
 
 
 def test_googlenet_cifar_reproduces_the_posts_batchnorm_eps_quirk():
     """``nn.BatchNorm2d(n5x5, n5x5)``: the second argument is eps. Only branch 3's first
     3x3 has it; every other BatchNorm has PyTorch's default 1e-5."""
-    p = plan("googlenet_cifar")
+    p = spec.resolve("googlenet_cifar")
     eps = {u.name: u.norm.eps for u in p.conv_units()}
     assert eps["inception3a.branch3.1"] == 32.0 and eps["inception5b.branch3.1"] == 128.0
     assert {e for n, e in eps.items() if ".branch3.1" not in n} == {1e-5}
@@ -250,7 +248,7 @@ def test_inception_mnist_parameter_count_by_hand():
     conv1, conv2 = 1 * 10 * 25 + 10, 88 * 20 * 25 + 20
     fc = 88 * 4 * 4 * 10 + 10  # the post's Linear(1408, 10)
     assert conv1 + inception_a(10) + conv2 + inception_a(20) + fc == 97_298
-    assert spec.count_params(plan("inception_mnist")) == (97_298, 0)
+    assert spec.count_params(spec.resolve("inception_mnist")) == (97_298, 0)
 
 
 def test_residual_mnist_parameter_count_by_hand():
@@ -259,15 +257,15 @@ def test_residual_mnist_parameter_count_by_hand():
 
     c1, c2, fc = 1 * 16 * 25 + 16, 16 * 32 * 25 + 32, 512 * 10 + 10  # the post's Linear(512, 10)
     assert c1 + residual(16) + c2 + residual(32) + fc == 41_514
-    assert spec.count_params(plan("residual_mnist")) == (41_514, 0)
+    assert spec.count_params(spec.resolve("residual_mnist")) == (41_514, 0)
 
 
 def test_lecture_nets_keep_the_posts_names_and_shapes():
-    p = plan("inception_mnist")
+    p = spec.resolve("inception_mnist")
     keys = list(canonical_shapes(p))
     assert keys[:4] == ["conv1.weight", "conv1.bias", "incep1.branch1x1.weight", "incep1.branch1x1.bias"]
     assert "incep1.branch3x3_3.weight" in keys and keys[-2:] == ["fc.weight", "fc.bias"]
-    assert list(canonical_shapes(plan("residual_mnist")))[-2:] == ["l.weight", "l.bias"]
+    assert list(canonical_shapes(spec.resolve("residual_mnist")))[-2:] == ["l.weight", "l.bias"]
     shapes = spec.expected_shapes(p, 28)
     assert shapes["incep1"] == (1, 88, 12, 12) and shapes["flatten"] == (1, 1408)
     with pytest.raises(spec.SpecError, match="fc reads 88 x 4 x 4 flattened, so use --input-size 28"):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conformance import canonical, spec
-from conformance.compare import agreement
+from conformance.check.compare import agreement
 
 from .conftest import backend_or_skip
 
@@ -26,7 +26,7 @@ OPTIONS = {"aux_logits": True, "transform_input": True}
 
 
 def reference_params() -> dict[str, np.ndarray]:
-    p = spec.plan(spec.configure("googlenet_bn", **OPTIONS))
+    p = spec.resolve("googlenet_bn", **OPTIONS)
     return canonical.random_params(p, SEED)
 
 

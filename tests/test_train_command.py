@@ -14,7 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from conformance import canonical, data, spec, training
+from conformance import canonical, spec
+from conformance.train import training
+from conformance.train import data
 
 from .conftest import backend_or_skip, installed
 
@@ -115,7 +117,7 @@ def test_generated_data_is_learned_alike_in_every_framework(tmp_path):
     losses = np.array([[e.loss for e in h] for h in histories.values()])
     np.testing.assert_allclose(losses, losses[:1].repeat(len(losses), 0), rtol=1e-3)
     fw = next(iter(backends))
-    p = spec.plan(spec.configure("inception_mnist"))
+    p = spec.resolve("inception_mnist")
     for e in histories[fw]:  # every epoch's checkpoint is a valid canonical file
         canonical.validate(p, canonical.load(e.checkpoint))
     assert (tmp_path / f"inception_mnist-{fw}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,9 +9,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conformance import harness, spec
+from conformance import spec
+from conformance.check import harness
 from conformance.canonical import random_params
-from conformance.compare import REL_TOL, agreement
+from conformance.check.compare import REL_TOL, agreement
 
 from .conftest import backend_or_skip, installed, patched
 
@@ -38,12 +39,12 @@ def test_one_sgd_step_agrees_in_every_framework(variant):
     report = train_report(backends, variant)
     assert not report.errors, report.errors
     rows = by_quantity(report)
-    has_bn = spec.VARIANTS[variant].norm is not None
+    has_bn = spec.VARIANTS[variant].convs.norm is not None
     assert list(rows) == (QUANTITIES_BN if has_bn else [q for q in QUANTITIES_BN if "statistics" not in q])
     for row in report.training:
         assert row.passed, (row.quantity, row.worst, row.agreement)
         assert all(a.max_rel <= REL_TOL for a in row.agreement.values())
-    p = spec.plan(spec.configure(variant, **harness.full_options(spec.VARIANTS[variant])))
+    p = spec.resolve(variant, **harness.full_options(spec.VARIANTS[variant]))
     trainable = [k for k in random_params(p) if not k.endswith(("running_mean", "running_var"))]
     assert rows["gradients"].keys == len(trainable)  # every trainable tensor, aux heads included
 
@@ -113,9 +114,11 @@ def test_batchnorm_momentum_not_translated_fails_the_running_statistics():
     torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
     from mxnet.gluon import nn
 
-    def build_untranslated(variant, **options):
-        model = mxnet_.build(variant, **options)
-        model.apply(lambda b: b._kwargs.__setitem__("momentum", 0.1) if isinstance(b, nn.BatchNorm) else None)
+    from impl_mxnet.layers import options
+
+    def build_untranslated(variant, **kwargs):
+        model = mxnet_.build(variant, **kwargs)
+        model.apply(lambda b: options(b).__setitem__("momentum", 0.1) if isinstance(b, nn.BatchNorm) else None)
         return model
 
     rows = by_quantity(train_report({"torch": torch_, "mxnet": patched(mxnet_, build=build_untranslated)},
@@ -159,11 +162,11 @@ def test_batchnorm_training_gradients_are_ill_conditioned_in_float32():
     import torch
 
     def worst_float32_error(variant: str, seed: int) -> float:
-        v = harness.without_dropout(spec.configure(variant))
-        p = spec.plan(v)
+        v = harness.without_dropout(spec.VARIANTS[variant])
+        p = spec.resolve(v)
         params = random_params(p, seed, training=True)
-        x = np.random.default_rng(seed).standard_normal((2, p.in_channels, v.input_size, v.input_size))
-        y = np.arange(2) % v.num_classes
+        x = np.random.default_rng(seed).standard_normal((2, p.in_channels, p.input_size, p.input_size))
+        y = np.arange(2) % p.num_classes
         grads = {}
         for dtype in ("float32", "float64"):
             model = torch_.build(v, dtype=dtype)
@@ -187,8 +190,8 @@ def test_keras_compiled_step_matches_the_eager_one():
     (In float64: in float32 the two orders of operations differ by BatchNorm's
     amplified round-off, see above.)"""
     keras_ = backend_or_skip("keras")
-    v = harness.without_dropout(spec.configure("googlenet_cifar"))
-    params = random_params(spec.plan(v), 0, training=True)
+    v = harness.without_dropout(spec.GOOGLENET_CIFAR)
+    params = random_params(spec.resolve(v), 0, training=True)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
     y = np.array([3, 7])
     weights = {}
@@ -204,10 +207,11 @@ def test_keras_compiled_step_matches_the_eager_one():
 
 
 def test_without_dropout_zeroes_every_rate():
-    v = harness.without_dropout(spec.configure("googlenet", aux_logits=True))
-    assert (v.dropout, v.aux.dropout) == (0.0, 0.0)
-    assert dataclasses.replace(v, dropout=0.4, aux=spec.VARIANTS["googlenet"].aux) == spec.configure(
-        "googlenet", aux_logits=True)  # nothing else changed
+    v = harness.without_dropout(spec.GOOGLENET)
+    assert (v.head.dropout, v.aux.dropout) == (0.0, 0.0)
+    assert spec.resolve(v, aux_logits=True).dropout == 0.0
+    restored = dataclasses.replace(v, head=spec.GOOGLENET.head, aux=spec.GOOGLENET.aux)
+    assert restored == spec.GOOGLENET  # nothing else changed
 
 
 def test_mxnet_lrn_float64_path_matches_its_float32_operator():
@@ -216,7 +220,7 @@ def test_mxnet_lrn_float64_path_matches_its_float32_operator():
     backend_or_skip("mxnet")
     import mxnet as mx
 
-    from impl_mxnet.model import LocalResponseNorm
+    from impl_mxnet.layers import LocalResponseNorm
 
     block = LocalResponseNorm(spec.LRN("lrn", alpha=1.0))  # a strong normalisation, so it shows
     x = np.random.default_rng(0).standard_normal((2, 16, 5, 5)) * 2

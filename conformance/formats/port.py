@@ -1,7 +1,7 @@
 """Port a GoogLeNet checkpoint from one format to another, proven equivalent.
 
-``port(src, dst, variant)`` reads ``src`` (any format of ``conformance.formats``, any
-naming of ``conformance.naming``), checks it strictly against the spec, writes ``dst``
+``port(src, dst, variant)`` reads ``src`` (any format of ``formats.registry``, any
+naming of ``formats.naming``), checks it strictly against the spec, writes ``dst``
 through a temporary file in the same directory, then verifies before renaming it
 into place: the written file is loaded into the target framework the way its users
 load it (into a model whose every weight was first set to NaN, so nothing the file
@@ -27,10 +27,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import naming, spec
-from .canonical import CanonicalError, Params, canonical_shapes, file_mode, validate
-from .compare import Agreement, agreement, identical
-from .formats import Format, PortError, built, framework_of, infer, installed_reference, load_native, read, write
+from .. import spec
+from ..canonical import CanonicalError, Params, canonical_shapes, validate
+from ..check.compare import Agreement, agreement, identical
+from ..files import file_mode
+from . import naming
+from .registry import Format, Native, PortError, built, infer, installed_reference, read
 
 __all__ = ["PortError", "PortResult", "VerificationError", "port"]
 
@@ -103,32 +105,31 @@ def _diagnose(params: Params, src: Path, v: spec.Variant, num_classes: int) -> N
     branch3 = params.get("inception3a.branch3.1.conv.weight")
     conv1 = params.get("conv1.conv.weight")
     has_bn = any(".bn." in k for k in params)
-    channels = conv1.shape[1] if conv1 is not None and conv1.ndim == 4 else v.in_channels
-    depth = sum(f"inception3a.branch3.{i}.conv.weight" in params for i in range(1, 4)) or v.branch3_depth
+    channels = conv1.shape[1] if conv1 is not None and conv1.ndim == 4 else v.input.channels
+    depth = sum(f"inception3a.branch3.{i}.conv.weight" in params for i in range(1, 4)) or v.branch3.depth
 
     def like(kernel: int) -> str:
-        fits = [n for n, c in spec.VARIANTS.items() if c.branch3_kernel == kernel and c.branch3_depth == depth
-                and (c.norm is not None) == has_bn and c.in_channels == channels]
+        fits = [n for n, c in spec.VARIANTS.items() if c.branch3.kernel == kernel and c.branch3.depth == depth
+                and (c.convs.norm is not None) == has_bn and c.input.channels == channels]
         return " or ".join(f"`{n}`" for n in fits) or "no known variant"
 
-    if branch3 is not None and branch3.ndim == 4 and branch3.shape[-1] != v.branch3_kernel:
+    if branch3 is not None and branch3.ndim == 4 and branch3.shape[-1] != v.branch3.kernel:
         k = branch3.shape[-1]
         raise PortError(f"{src}: {k}x{k} branch found (inception3a.branch3.1.conv.weight is "
                         f"{branch3.shape}): this is {like(k)}, not `{v.name}`")
-    if params and (has_bn != (v.norm is not None) or channels != v.in_channels):
+    if params and (has_bn != (v.convs.norm is not None) or channels != v.input.channels):
         found = ("BatchNorm found" if has_bn else "conv biases and no BatchNorm found") + (
-            f", {channels} input channels" if channels != v.in_channels else "")
-        raise PortError(f"{src}: {found}: this is {like(v.branch3_kernel)}, not `{v.name}`")
+            f", {channels} input channels" if channels != v.input.channels else "")
+        raise PortError(f"{src}: {found}: this is {like(v.branch3.kernel)}, not `{v.name}`")
     fc = params.get("fc.weight")
     if fc is not None and fc.ndim == 2 and fc.shape[0] != num_classes:
         raise PortError(f"{src}: the checkpoint has {fc.shape[0]} classes (fc.weight is {fc.shape}), "
                         f"not {num_classes}: pass --num-classes {fc.shape[0]}")
 
 
-def _configure(variant: str, num_classes: int, aux: bool, transform_input: bool) -> spec.Plan:
+def _resolve(variant: str, num_classes: int, aux: bool, transform_input: bool) -> spec.Plan:
     try:
-        options = {"transform_input": True} if transform_input else {}
-        return spec.plan(spec.configure(variant, num_classes, aux, **options))
+        return spec.resolve(variant, num_classes, aux, transform_input)
     except spec.SpecError as e:  # name the command-line option
         raise PortError(str(e).replace("num_classes:", "--num-classes:", 1)) from None
 
@@ -160,15 +161,15 @@ def _move_into_place(tmp: Path, dst: Path, force: bool) -> None:
         os.replace(tmp, dst)
 
 
-def _verify(params: Params, p: spec.Plan, source: tuple, tmp: Path, dst_fmt: Format,
-            reference: str, writer: tuple | None) -> tuple[str, dict[str, Agreement], list[str]]:
+def _verify(params: Params, p: spec.Plan, source: Native, tmp: Path, dst_fmt: Format,
+            reference: str, writer: Native | None) -> tuple[str, dict[str, Agreement], list[str]]:
     """Load the written file into the target framework (into the writer's model, wiped
     to NaN first, when it is not the source's), run both on one seeded input."""
     source_backend, source_model = source
     into = writer if writer is not None and writer[1] is not source_model else None
-    target_backend, target_model = load_native(tmp, dst_fmt, p, reference, into)
+    target_backend, target_model = dst_fmt.load(tmp, p, reference, into)
     changed = identical(params, target_backend.to_canonical(target_model))
-    size = p.variant.input_size
+    size = p.input_size
     x = np.random.default_rng(0).standard_normal((VERIFY_BATCH, p.in_channels, size, size)).astype(np.float32)
     aux = bool(p.aux) and spec.aux_admits(p, size)
     ours = source_backend.forward(source_model, x, aux=aux)
@@ -191,9 +192,9 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
     if variant not in spec.VARIANTS:
         raise PortError(f"--variant: unknown {variant!r}; expected one of {', '.join(spec.VARIANTS)}")
     if num_classes is None:
-        num_classes = spec.VARIANTS[variant].num_classes
+        num_classes = spec.VARIANTS[variant].head.classes
     has_aux = spec.VARIANTS[variant].aux is not None
-    p = _configure(variant, num_classes, has_aux, transform_input)
+    p = _resolve(variant, num_classes, has_aux, transform_input)
 
     raw = read(src, src_fmt, p)
     params, notes = naming.to_canonical(raw.tensors, raw.scheme, p)
@@ -207,7 +208,7 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
     aux = any(k.startswith("aux1.") for k in params)
     if aux and not has_aux:
         raise PortError(f"{src}: aux head weights found, but `{variant}` has no aux heads")
-    p = _configure(variant, num_classes, aux, transform_input)
+    p = _resolve(variant, num_classes, aux, transform_input)
     try:
         validate(p, params)
     except CanonicalError as e:
@@ -219,11 +220,11 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
         log(f"       {note}")
 
     reference = installed_reference() if None in (src_fmt.framework, dst_fmt.framework) else ""
-    src_fw = framework_of(src_fmt, reference)
+    src_fw = src_fmt.framework or reference
     tmp = _temporary(dst, dst_fmt)
     try:
         try:
-            writer = write(params, p, dst_fmt, tmp)
+            writer = dst_fmt.write(params, p, tmp)
             # the source in its own framework: as the reader loaded it, else from its tensors
             native = raw.native if raw.native and raw.native[1].plan == p else None
             source = native or built(src_fw, p, params)
@@ -233,10 +234,10 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
         except Exception as e:  # the file could not be written or loaded back
             raise VerificationError(f"{dst}: writing or reloading {dst_fmt.description} failed "
                                     f"({type(e).__name__}: {e}); nothing was written") from e
-        result = PortResult(src, dst, src_fmt.name, dst_fmt.name, variant, p.variant.options, src_fw,
+        result = PortResult(src, dst, src_fmt.name, dst_fmt.name, variant, p.options.asdict(), src_fw,
                             target_fw, agree, changed, notes)
         log(f"verify {src_fw} (source) vs {target_fw} (written file), seeded input "
-            f"{VERIFY_BATCH} x {p.in_channels} x {p.variant.input_size} x {p.variant.input_size}:")
+            f"{VERIFY_BATCH} x {p.in_channels} x {p.input_size} x {p.input_size}:")
         for name, a in agree.items():
             log(f"       {name:<7} max abs {a.max_abs:.1e}, max rel {a.max_rel:.1e}, top-1 {a.top1:.0%}, "
                 f"top-5 {a.top5:.0%}  {'PASS' if a.passed else 'FAIL'}")

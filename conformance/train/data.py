@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .canonical import atomic_write
+from ..files import atomic_write
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x803, 0x801
 SPLITS = {"train": "train", "test": "t10k"}  # file prefixes, as MNIST and Fashion-MNIST name them

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from .canonical import atomic_write
+from ..files import atomic_write
 from .harness import TRAIN_DTYPE, TRAIN_LR, TRAIN_MOMENTUM, Report, SizeReport, StageRow, TrainRow, VariantReport
 
 

@@ -15,10 +15,10 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from . import spec
-from .canonical import conv_key, random_params
+from .. import spec
+from ..canonical import conv_key, random_params
+from ..interface import Backend
 from .compare import REL_TOL, Agreement, agreement, identical
-from .interface import Backend
 
 ODD_SIZES = (239, 97)  # besides each variant's own size: odd maps, where ceil and floor differ
 DEFAULT_BATCH = 2
@@ -109,9 +109,10 @@ class Timer:
 
 
 def full_options(variant: spec.Variant) -> dict[str, object]:
-    """Options that exercise every parameter and code path the variant has."""
+    """Options that exercise every parameter and code path the variant has (the variant's
+    own number of classes)."""
     options: dict[str, object] = {"aux_logits": variant.aux is not None}
-    if variant.input_transform is not None:
+    if variant.input.transform is not None:
         options["transform_input"] = True
     return options
 
@@ -120,7 +121,7 @@ def inadmissible(variant: str, size: int) -> str | None:
     """Why ``variant`` cannot run at ``size`` (too small, or a fixed pool that does not
     give fc its 1 x 1 map), or None."""
     try:
-        spec.stage_shapes(spec.plan(spec.configure(variant)), size)
+        spec.stage_shapes(spec.resolve(variant), size)
     except spec.SpecError as e:
         return str(e)
     return None
@@ -163,7 +164,7 @@ def _compare_size(p: spec.Plan, size: int, batch: int, outs: Mapping[str, Mappin
 def check_variant(name: str, backends: Mapping[str, Backend], sizes: tuple[int, ...] | list[int], batch: int,
                   seed: int, timer: Timer) -> VariantReport:
     options = full_options(spec.VARIANTS[name])
-    p = spec.plan(spec.configure(name, **options))  # type: ignore[arg-type]
+    p = spec.resolve(name, **options)
     params = random_params(p, seed)
     report = VariantReport(name, options, {"spec": spec.count_params(p)}, {})
     models = {}
@@ -229,14 +230,14 @@ TRAIN_DTYPE = "float64"
 def without_dropout(v: spec.Variant) -> spec.Variant:
     """The variant with every dropout rate 0: random masks cannot agree across frameworks."""
     aux = None if v.aux is None else dataclasses.replace(v.aux, dropout=0.0)
-    return dataclasses.replace(v, dropout=0.0, aux=aux)
+    return dataclasses.replace(v, head=dataclasses.replace(v.head, dropout=0.0), aux=aux)
 
 
-def _train(backend: Backend, v: spec.Variant, params: Mapping[str, np.ndarray], x: np.ndarray,
+def _train(backend: Backend, p: spec.Plan, params: Mapping[str, np.ndarray], x: np.ndarray,
            y: np.ndarray, timer: Timer, fw: str, dtype: str = TRAIN_DTYPE) -> dict[str, dict[str, np.ndarray]]:
     """Every quantity of two SGD steps from ``params``, by canonical key."""
     with timer(fw, "build"):
-        model = backend.build(v, aux_logits=v.aux_logits, dtype=dtype)
+        model = backend.build(p.variant, **p.options.asdict(), dtype=dtype)
         backend.from_canonical(model, params)
     trainer = backend.Trainer(model, lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, record=True)
     out: dict[str, dict[str, np.ndarray]] = {"loss": {}}
@@ -245,7 +246,7 @@ def _train(backend: Backend, v: spec.Variant, params: Mapping[str, np.ndarray], 
             out["loss"][f"step {step}"] = np.array([trainer.step(x, y)[0]])
         if step == 1:
             out["gradients"] = trainer.gradients()
-            if v.norm is not None:
+            if p.variant.convs.norm is not None:
                 out["batch statistics"] = trainer.batch_stats()
         weights = backend.to_canonical(model)
         stats = {k: w for k, w in weights.items() if k.endswith(("running_mean", "running_var"))}
@@ -280,16 +281,15 @@ def check_training(report: VariantReport, backends: Mapping[str, Backend], batch
     """From one set of canonical weights and one batch, with dropout off: the loss, every
     gradient, BatchNorm's batch statistics, and the weights and running statistics after
     each of two SGD-with-momentum steps, compared key by key with the reference."""
-    v = without_dropout(spec.configure(report.variant, **report.options))  # type: ignore[arg-type]
-    p = spec.plan(v)
+    p = spec.resolve(without_dropout(spec.variant(report.variant)), **report.options)  # type: ignore[arg-type]
     params = random_params(p, seed, training=True)
-    size = v.input_size
+    size = p.input_size
     x = _input(p, size, batch, seed).astype(dtype)
-    y = np.random.default_rng([seed, size, 1]).integers(0, v.num_classes, batch)
+    y = np.random.default_rng([seed, size, 1]).integers(0, p.num_classes, batch)
     outs = {}
     for fw, b in backends.items():
         try:
-            outs[fw] = _train(b, v, params, x, y, timer, fw, dtype)
+            outs[fw] = _train(b, p, params, x, y, timer, fw, dtype)
         except Exception as e:  # a broken port may fail to train at all: report it
             report.errors[f"{fw} training"] = f"{type(e).__name__}: {e}"
     if len(outs) < 2:
@@ -305,7 +305,7 @@ def check_training(report: VariantReport, backends: Mapping[str, Backend], batch
 
 def default_sizes(variant: str) -> list[int]:
     """The variant's own input size, then the odd sizes."""
-    return list(dict.fromkeys((spec.VARIANTS[variant].input_size, *ODD_SIZES)))
+    return list(dict.fromkeys((spec.VARIANTS[variant].input.size, *ODD_SIZES)))
 
 
 def run(variants: list[str], backends: Mapping[str, Backend], skipped: Mapping[str, str],

@@ -18,10 +18,11 @@ from typing import Callable, TextIO
 
 import numpy as np
 
-from . import spec
-from .canonical import atomic_write, initial_params, save
+from .. import spec
+from ..canonical import initial_params, save
+from ..files import atomic_write
+from ..interface import Backend
 from .data import Split, load_idx, prepare, synthetic
-from .interface import Backend
 
 
 class TrainingError(RuntimeError):
@@ -104,18 +105,18 @@ def train(backend: Backend, s: Settings, splits: dict[str, Split], out: Path, fo
     """Train and write the outputs; returns the history."""
     check_outputs(out, s.variant, backend.name, s.epochs, force)
     v = spec.VARIANTS[s.variant]
-    _check_labels(splits, v.num_classes)
-    aux = v.aux is not None and spec.aux_admits(spec.plan(spec.configure(v, aux_logits=True)), v.input_size)
+    _check_labels(splits, v.head.classes)
+    aux = v.aux is not None and spec.aux_admits(spec.resolve(v, aux_logits=True), v.input.size)
     model = backend.build(s.variant, aux_logits=aux)
     p = model.plan
     backend.from_canonical(model, initial_params(p, s.seed))  # the same start in every framework
-    train_x = prepare(splits["train"].images, p.in_channels, v.input_size)
-    test_x = prepare(splits["test"].images, p.in_channels, v.input_size)
+    train_x = prepare(splits["train"].images, p.in_channels, v.input.size)
+    test_x = prepare(splits["test"].images, p.in_channels, v.input.size)
     train_y, test_y = splits["train"].labels, splits["test"].labels
     trainer = backend.Trainer(model, lr=s.lr, momentum=s.momentum, aux_weight=s.aux_weight)
     rng = np.random.default_rng(s.seed)
     log(f"training {s.variant} in {backend.version()}: {len(train_x)} train / {len(test_x)} test images at "
-        f"{p.in_channels} x {v.input_size} x {v.input_size}, SGD lr {s.lr} momentum {s.momentum}"
+        f"{p.in_channels} x {v.input.size} x {v.input.size}, SGD lr {s.lr} momentum {s.momentum}"
         + (f", aux losses x {s.aux_weight}" if aux else ""))
     history: list[Epoch] = []
     paths = outputs(out, s.variant, backend.name, s.epochs)

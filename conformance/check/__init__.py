@@ -1,0 +1,1 @@
+"""The conformance check: the harness, honest comparison, and the report."""

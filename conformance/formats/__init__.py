@@ -1,0 +1,1 @@
+"""Checkpoints in and out: the format registry, naming schemes, and ``port``."""

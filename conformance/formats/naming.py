@@ -1,0 +1,195 @@
+"""Naming schemes: the names other code writes for the canonical keys, each derived
+from the plan (never by order), in one registry.
+
+| scheme | whose names | example |
+|---|---|---|
+| ``canonical`` | torchvision's state_dict (also ``impl_torch``'s and WZMIAOMIAO's) | ``inception3a.branch2.1.conv.weight`` |
+| ``gluon`` | ``impl_mxnet``'s ``save_parameters``: BatchNorm's scale and shift are ``gamma``/``beta`` | ``conv1.bn.gamma`` |
+| ``gluoncv`` | GluonCV 0.10's ``googlenet`` | ``inception3a.1.1.0.weight`` |
+| ``cifar100`` | pytorch-cifar100's ``GoogleNet`` (for ``googlenet_cifar``) | ``a3.b3.6.bias`` |
+
+GluonCV's blocks are positional ``HybridSequential``s: a conv unit is ``(conv, bn,
+relu)`` -> ``conv1.0.weight``, ``conv1.1.gamma``; an Inception block is a
+``HybridConcurrent`` of four branches -> ``inception3a.1.1.0.weight`` is branch 2, op 1
+(the pool opening branch 4 counts as op 0); an aux head is ``(pool, conv unit, flatten,
+fc1, relu, dropout, fc2)`` -> ``aux1.1`` / ``aux1.3`` / ``aux1.6``; fc is ``output``,
+saved a second time as ``head.2`` because the same Dense sits in ``self.head`` too.
+pytorch-cifar100's stem is ``prelayer`` (conv, bn, relu) x 3 -> ``prelayer.3`` is conv2;
+blocks are ``a3`` ... ``b5`` with branches ``b1`` ... ``b4``, each a ``Sequential`` of
+(conv, bn, relu) -> ``a3.b3.6`` is branch 3's third conv (after the pool, at 0, in
+``b4``); fc is ``linear``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..canonical import BN_SUFFIXES, canonical_shapes, gluon_name
+from ..spec import ConvUnit, InceptionBlock, Plan
+
+Params = dict[str, np.ndarray]
+
+
+class NamingError(ValueError):
+    """An unknown naming scheme, or a file whose names contradict themselves."""
+
+
+def _gluoncv_units(p: Plan) -> dict[str, str]:
+    """Canonical unit prefix -> GluonCV unit prefix."""
+    units: dict[str, str] = {}
+    for stage in p.stages:
+        if isinstance(stage, ConvUnit):
+            units[stage.name] = stage.name
+        elif isinstance(stage, InceptionBlock):
+            for b, branch in enumerate(stage.branches):
+                for i, op in enumerate(branch):
+                    if isinstance(op, ConvUnit):
+                        units[op.name] = f"{stage.name}.{b}.{i}"
+    for head in p.aux:
+        for part, position in {"conv": "1", "fc1": "3", "fc2": "6"}.items():  # positions in GluonCV's _make_aux
+            units[f"{head.name}.{part}"] = f"{head.name}.{position}"
+    units[p.fc.name] = "output"
+    return units
+
+
+def gluoncv_names(p: Plan) -> dict[str, str]:
+    """Canonical key -> GluonCV key, for every key of the plan."""
+    units = _gluoncv_units(p)
+    bn = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean", "running_var": "running_var"}
+    names: dict[str, str] = {}
+    for key in canonical_shapes(p):
+        for prefix in (key.rsplit(".", 2)[0], key.rsplit(".", 1)[0]):
+            if prefix in units:  # "<unit>.conv.weight" / "<unit>.bn.bias" or "<dense>.weight"
+                rest = key[len(prefix) + 1 :]
+                break
+        else:
+            raise KeyError(key)
+        kind, _, suffix = rest.rpartition(".")
+        g = units[prefix]
+        names[key] = f"{g}.0.{suffix}" if kind == "conv" else f"{g}.1.{bn[suffix]}" if kind == "bn" else f"{g}.{suffix}"
+    return names
+
+
+GLUONCV_ALIASES = {"head.2.weight": "output.weight", "head.2.bias": "output.bias"}  # the classifier, saved twice
+
+
+def _gluoncv_read(raw: Params) -> tuple[Params, list[str]]:
+    """GluonCV saves the classifier twice: keep one copy, after checking the two agree."""
+    raw, notes = dict(raw), []
+    for alias, key in GLUONCV_ALIASES.items():
+        if alias not in raw:
+            continue
+        duplicate = raw.pop(alias)
+        if key not in raw:
+            raw[key] = duplicate
+            notes.append(f"took GluonCV's {alias} as {key}, which the file lacks")
+        elif not np.array_equal(duplicate, raw[key]):
+            raise NamingError(f"GluonCV file: {alias} and {key} should be the same tensor and differ")
+        else:
+            notes.append(f"dropped GluonCV's duplicate {alias} (the same tensor as {key})")
+    return raw, notes
+
+
+def _gluoncv_write(params: Params) -> Params:
+    return {**params, **{alias: params[key] for alias, key in GLUONCV_ALIASES.items()}}  # as GluonCV saves it
+
+
+def cifar100_names(p: Plan) -> dict[str, str]:
+    """Canonical key -> pytorch-cifar100 key, for every key of the plan."""
+    names: dict[str, str] = {}
+    for i, stage in enumerate(s for s in p.stages if isinstance(s, ConvUnit)):
+        names[f"{stage.name}.conv.weight"] = f"prelayer.{3 * i}.weight"  # (conv, bn, relu) x 3
+        names.update({f"{stage.name}.bn.{s}": f"prelayer.{3 * i + 1}.{s}" for s in BN_SUFFIXES})
+    for stage in p.stages:
+        if not isinstance(stage, InceptionBlock):
+            continue
+        block = stage.name[-1] + stage.name[-2]  # inception3a -> a3
+        for b, branch in enumerate(stage.branches, 1):
+            for i, op in enumerate(branch):
+                if isinstance(op, ConvUnit):  # a pool is one module; a conv unit three
+                    at = 3 * i - 2 * (b == 4)
+                    prefix = f"{block}.b{b}"
+                    names.update({f"{op.name}.conv.{s}": f"{prefix}.{at}.{s}" for s in ("weight", "bias")})
+                    names.update({f"{op.name}.bn.{s}": f"{prefix}.{at + 1}.{s}" for s in BN_SUFFIXES})
+    names.update({f"{p.fc.name}.{s}": f"linear.{s}" for s in ("weight", "bias")})
+    return names
+
+
+def _no_change(raw: Params) -> tuple[Params, list[str]]:
+    return dict(raw), []
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One naming scheme: how to recognise it, and its name for every canonical key."""
+
+    name: str
+    description: str
+    detects: Callable[[list[str]], bool]
+    names: Callable[[Plan], dict[str, str]]  # canonical key -> this scheme's key
+    on_read: Callable[[Params], tuple[Params, list[str]]] = field(default=_no_change)
+    on_write: Callable[[Params], Params] = field(default=dict)
+
+
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in (  # in the order detect() tries them
+        Scheme(
+            "gluoncv",
+            "GluonCV's googlenet",
+            lambda keys: any(k.startswith("conv1.0.") for k in keys) or "output.weight" in keys,
+            gluoncv_names,
+            _gluoncv_read,
+            _gluoncv_write,
+        ),
+        Scheme(
+            "cifar100",
+            "pytorch-cifar100's GoogleNet",
+            lambda keys: any(k.startswith("prelayer.0.") for k in keys),
+            cifar100_names,
+        ),
+        Scheme(
+            "gluon",
+            "Gluon's structural names",
+            lambda keys: any(k.endswith((".bn.gamma", ".bn.beta")) for k in keys),
+            lambda p: {k: gluon_name(k) for k in canonical_shapes(p)},
+        ),
+        Scheme("canonical", "canonical (torchvision's)", lambda keys: True, lambda p: {k: k for k in canonical_shapes(p)}),
+    )
+}
+
+
+def scheme(name: str) -> Scheme:
+    if name not in SCHEMES:
+        raise NamingError(f"naming scheme: unknown {name!r}; expected one of {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+def detect(keys: Iterable[str]) -> str:
+    """Which scheme a set of keys follows."""
+    keys = list(keys)
+    return next(s.name for s in SCHEMES.values() if s.detects(keys))
+
+
+def _with_aux(p: Plan) -> Plan:
+    """The plan with aux heads, so that names of a file with or without them map."""
+    return p if p.aux or p.variant.aux is None else p.with_options(aux_logits=True)
+
+
+def to_canonical(raw: Mapping[str, np.ndarray], name: str, p: Plan) -> tuple[Params, list[str]]:
+    """Rename ``raw`` from scheme ``name`` to canonical keys. Keys the scheme does not know
+    keep their name, so strict validation reports them. Returns (params, notes)."""
+    s = scheme(name)
+    tensors, notes = s.on_read({k: v for k, v in raw.items() if not k.endswith("num_batches_tracked")})
+    inverse = {theirs: ours for ours, theirs in s.names(_with_aux(p)).items()}
+    return {inverse.get(k, k): v for k, v in tensors.items()}, notes
+
+
+def from_canonical(params: Mapping[str, np.ndarray], name: str, p: Plan) -> Params:
+    """Canonical ``params`` under scheme ``name``'s keys."""
+    s = scheme(name)
+    names = s.names(_with_aux(p))
+    return s.on_write({names[k]: v for k, v in params.items()})

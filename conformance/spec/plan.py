@@ -1,0 +1,345 @@
+"""A table resolved into named units: :func:`resolve` turns a variant and its build
+options into a :class:`Plan` whose unit names are the canonical checkpoint prefixes
+(torchvision's state_dict names), with every layer's input channels filled in. Every
+framework builds the same tree from it, and the checkpoint keys follow from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Union
+
+from .rows import (
+    LRN,
+    AdaptiveAvgPool,
+    BatchNorm,
+    Conv,
+    Inception,
+    InceptionA,
+    InputTransform,
+    Pool,
+    ReLU,
+    Residual,
+    Row,
+    Variant,
+)
+from .tables import VARIANTS
+
+
+class SpecError(ValueError):
+    """A variant name, option or input size that the spec cannot honour."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a variant is built: the classifier's classes, the aux heads, the input transform."""
+
+    num_classes: int
+    aux_logits: bool = False
+    transform_input: bool = False
+
+    def asdict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ConvUnit:
+    """Conv (+ BatchNorm) (+ ReLU); ``name`` is the canonical prefix, e.g.
+    ``inception3a.branch2.1`` owns ``inception3a.branch2.1.conv.weight``. A ``plain``
+    unit is a bare conv, as Liu's lecture writes it: ``incep1.branch1x1.weight``."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    norm: BatchNorm | None
+    bias: bool
+    relu: bool = True
+    plain: bool = False
+
+    def __post_init__(self) -> None:
+        if self.plain and self.norm is not None:
+            raise SpecError(f"{self.name}: a plain conv has no BatchNorm")
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Fully connected layer. ``flattened_from`` is the (C, H, W) map it reads after a
+    flatten, in PyTorch's (C, H, W) order; None when it reads a plain vector."""
+
+    name: str
+    in_features: int
+    out_features: int
+    flattened_from: tuple[int, int, int] | None = None
+
+
+PoolUnit = Union[Pool, AdaptiveAvgPool]
+Op = Union[ConvUnit, PoolUnit]
+
+
+@dataclass(frozen=True)
+class InceptionBlock:
+    """Four parallel branches, concatenated on channels."""
+
+    name: str
+    in_channels: int
+    branches: tuple[tuple[Op, ...], ...]
+
+    @property
+    def out_channels(self) -> int:
+        return sum(_chain_out(b, self.in_channels) for b in self.branches)
+
+    def modules(self) -> tuple[tuple[tuple[str, tuple[Op, ...]], ...], ...]:
+        """Each branch as the block's attributes it runs through, in order, with the ops of
+        each: torchvision's ``branch2`` holds ops ``branch2.0``, ``branch2.1`` (a sequence),
+        ``branch1`` a single op; Liu's ``branch5x5_1``, ``branch5x5_2`` one op each."""
+        out = []
+        for branch in self.branches:
+            attrs: dict[str, list[Op]] = {}
+            for op in branch:
+                attrs.setdefault(op.name[len(self.name) + 1 :].split(".")[0], []).append(op)
+            out.append(tuple((attr, tuple(ops)) for attr, ops in attrs.items()))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class ResidualUnit:
+    """``relu(x + conv2(conv1(x)))``; conv1 has its ReLU, conv2 none."""
+
+    name: str
+    conv1: ConvUnit
+    conv2: ConvUnit
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv2.out_channels
+
+
+Stage = Union[ConvUnit, PoolUnit, InceptionBlock, LRN, ReLU, ResidualUnit]
+
+
+@dataclass(frozen=True)
+class AuxUnit:
+    name: str  # aux1, aux2
+    tap: str  # the stage whose output it reads
+    pool: PoolUnit
+    conv: ConvUnit
+    fc1: Dense
+    fc2: Dense
+    dropout: float
+    pooled: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    variant: Variant
+    options: Options
+    stages: tuple[Stage, ...]
+    aux: tuple[AuxUnit, ...]  # empty unless options.aux_logits
+    fc: Dense
+    dropout: float
+    head_pool: PoolUnit | None  # None: fc reads the last map flattened
+    transform: InputTransform | None = None  # set when options.transform_input
+
+    @property
+    def in_channels(self) -> int:
+        return self.variant.input.channels
+
+    @property
+    def input_size(self) -> int:
+        return self.variant.input.size
+
+    @property
+    def num_classes(self) -> int:
+        return self.options.num_classes
+
+    def aux_for(self, stage: str) -> tuple[AuxUnit, ...]:
+        return tuple(a for a in self.aux if a.tap == stage)
+
+    def units(self) -> Iterator[ConvUnit | Dense]:
+        """Every parametrised unit in canonical (torchvision state_dict) order: the
+        trunk's conv units, then each aux head's conv, fc1, fc2, then fc."""
+        for stage in self.stages:
+            if isinstance(stage, ConvUnit):
+                yield stage
+            elif isinstance(stage, InceptionBlock):
+                for branch in stage.branches:
+                    yield from (op for op in branch if isinstance(op, ConvUnit))
+            elif isinstance(stage, ResidualUnit):
+                yield from (stage.conv1, stage.conv2)
+        for head in self.aux:
+            yield from (head.conv, head.fc1, head.fc2)
+        yield self.fc
+
+    def conv_units(self) -> Iterator[ConvUnit]:
+        return (u for u in self.units() if isinstance(u, ConvUnit))
+
+    def with_options(self, **changes: object) -> Plan:
+        """The same variant resolved with some options changed."""
+        return resolve(self.variant, **{**self.options.asdict(), **changes})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------
+# resolve(): table -> plan
+# --------------------------------------------------------------------------------------
+
+
+def variant(name: str | Variant) -> Variant:
+    """The variant of that name (or the variant itself), or a SpecError listing the names."""
+    if isinstance(name, Variant):
+        return name
+    if name not in VARIANTS:
+        raise SpecError(f"variant: unknown {name!r}; expected one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def resolve(
+    name: str | Variant,
+    num_classes: int | None = None,
+    aux_logits: bool = False,
+    transform_input: bool = False,
+) -> Plan:
+    """The plan of a variant built with these options, each checked and named in the error.
+
+    ``num_classes``: None keeps the variant's own (1000; 10 or 100 for the small nets).
+    ``transform_input``: only for variants that define an input transform.
+    """
+    v = variant(name)
+    if num_classes is None:
+        num_classes = v.head.classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise SpecError(f"num_classes: expected a positive integer, got {num_classes!r}")
+    if transform_input and v.input.transform is None:
+        raise SpecError(f"transform_input: variant {v.name!r} defines no input transform")
+    if aux_logits and v.aux is None:
+        raise SpecError(f"aux_logits: variant {v.name!r} has no aux heads")
+    return _plan(v, Options(num_classes, bool(aux_logits), bool(transform_input)))
+
+
+def _plan(v: Variant, options: Options) -> Plan:
+    stages: list[Stage] = []
+    channels: dict[str, int] = {}
+    c = v.input.channels
+    for row in v.rows:
+        stage = _stage(row, c, v)
+        c = getattr(stage, "out_channels", c)
+        stages.append(stage)
+        channels[row.name] = c
+    aux: list[AuxUnit] = []
+    if options.aux_logits and v.aux is not None:
+        head = v.aux
+        for i, tap in enumerate(head.taps, start=1):
+            name = f"aux{i}"
+            flat = (head.conv, head.pooled, head.pooled)
+            aux.append(
+                AuxUnit(
+                    name,
+                    tap,
+                    dataclasses.replace(head.pool, name=f"{name}.pool"),
+                    _unit(v, f"{name}.conv", channels[tap], head.conv, 1),
+                    Dense(f"{name}.fc1", math.prod(flat), head.fc, flattened_from=flat),
+                    Dense(f"{name}.fc2", head.fc, options.num_classes),
+                    head.dropout,
+                    head.pooled,
+                )
+            )
+    if v.head.pool is None:  # fc reads the whole last map, at the variant's own size
+        from .shapes import trace  # the arithmetic builds on the plan's types
+
+        last = trace(stages, (v.input.channels, v.input.size, v.input.size))
+        fc = Dense(v.head.fc, math.prod(last), options.num_classes, flattened_from=last)
+    else:
+        fc = Dense(v.head.fc, c, options.num_classes)
+    transform = v.input.transform if options.transform_input else None
+    return Plan(v, options, tuple(stages), tuple(aux), fc, v.head.dropout, v.head.pool, transform)
+
+
+def _chain_out(ops: tuple[Op, ...], in_channels: int) -> int:
+    for op in ops:
+        if isinstance(op, ConvUnit):
+            in_channels = op.out_channels
+    return in_channels
+
+
+def _unit(
+    v: Variant,
+    name: str,
+    cin: int,
+    cout: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int | None = None,
+    bias: bool = True,
+    relu: bool = True,
+    eps: float | None = None,
+) -> ConvUnit:
+    """A conv unit with the variant's conv settings. It has a bias when the variant's
+    convs have one and ``bias`` (the row's) does not drop it; ``padding`` None keeps the
+    size (kernel // 2); ``eps`` overrides the norm's."""
+    norm = v.convs.norm if eps is None or v.convs.norm is None else dataclasses.replace(v.convs.norm, eps=eps)
+    padding = kernel // 2 if padding is None else padding
+    return ConvUnit(name, cin, cout, kernel, stride, padding, norm, v.convs.bias and bias, relu, v.convs.plain)
+
+
+def _inception(row: Inception, cin: int, v: Variant) -> InceptionBlock:
+    n, b3 = row.name, v.branch3
+    # branch 3: 1x1, then `depth` stacked kernel x kernel convs (two 3x3 in pytorch-cifar100)
+    widths = (row.ch5x5red,) + (row.ch5x5,) * b3.depth
+    branch3 = [_unit(v, f"{n}.branch3.0", cin, row.ch5x5red, 1)]
+    for i in range(1, len(widths)):
+        eps = float(widths[i]) if b3.first_eps == "width" and i == 1 else None
+        branch3.append(_unit(v, f"{n}.branch3.{i}", widths[i - 1], widths[i], b3.kernel, eps=eps))
+    pool = dataclasses.replace(v.branch_pool, name=f"{n}.branch4.0")
+    return InceptionBlock(
+        n,
+        cin,
+        (
+            (_unit(v, f"{n}.branch1", cin, row.ch1x1, 1),),
+            (_unit(v, f"{n}.branch2.0", cin, row.ch3x3red, 1), _unit(v, f"{n}.branch2.1", row.ch3x3red, row.ch3x3, 3)),
+            tuple(branch3),
+            (pool, _unit(v, f"{n}.branch4.1", cin, row.pool_proj, 1)),
+        ),
+    )
+
+
+def _inception_a(row: InceptionA, cin: int, v: Variant) -> InceptionBlock:
+    n = row.name
+
+    def conv(attr: str, c_in: int, c_out: int, kernel: int) -> ConvUnit:
+        return _unit(v, f"{n}.{attr}", c_in, c_out, kernel, relu=False)
+
+    return InceptionBlock(
+        n,
+        cin,
+        (
+            (conv("branch1x1", cin, row.ch1x1, 1),),
+            (conv("branch5x5_1", cin, row.ch5x5red, 1), conv("branch5x5_2", row.ch5x5red, row.ch5x5, 5)),
+            (
+                conv("branch3x3_1", cin, row.ch3x3red, 1),
+                conv("branch3x3_2", row.ch3x3red, row.ch3x3, 3),
+                conv("branch3x3_3", row.ch3x3, row.ch3x3, 3),
+            ),
+            (dataclasses.replace(v.branch_pool, name=f"{n}.pool"), conv("branch_pool", cin, row.pool_proj, 1)),
+        ),
+    )
+
+
+def _stage(row: Row, c: int, v: Variant) -> Stage:
+    if isinstance(row, Conv):
+        return _unit(v, row.name, c, row.out, row.kernel, row.stride, row.padding, row.bias, row.relu)
+    if isinstance(row, Inception):
+        block = _inception(row, c, v)
+        if block.out_channels != row.out:  # the table and the branches must agree
+            raise SpecError(f"{row.name}: branches give {block.out_channels} channels, the row says {row.out}")
+        return block
+    if isinstance(row, InceptionA):
+        return _inception_a(row, c, v)
+    if isinstance(row, Residual):
+        return ResidualUnit(
+            row.name, _unit(v, f"{row.name}.conv1", c, c, 3), _unit(v, f"{row.name}.conv2", c, c, 3, relu=False)
+        )
+    return row

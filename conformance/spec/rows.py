@@ -1,0 +1,210 @@
+"""The vocabulary of the tables: one dataclass per kind of row, and the settings a
+variant applies everywhere (how a conv unit is built, branch 3, the aux heads, the
+head, the input). Plain data: nothing here knows about any framework."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A conv unit: convolution [+ bias], then BatchNorm (if the variant has it), then ReLU.
+    ``bias=False`` drops the bias even where the variant's convs carry one."""
+
+    name: str
+    out: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    bias: bool = True
+    relu: bool = True
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A max or average pool with PyTorch's semantics (symmetric padding, ceil rounding)."""
+
+    name: str
+    kind: Literal["max", "avg"]
+    kernel: int
+    stride: int
+    padding: int = 0
+    ceil_mode: bool = False
+    # Average pools only: do zero-padded cells count in the mean (PyTorch's default)?
+    count_include_pad: bool = True
+
+
+@dataclass(frozen=True)
+class AdaptiveAvgPool:
+    """Average pool to a fixed ``size`` x ``size`` map, PyTorch's window rule."""
+
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Inception:
+    """One row of the paper's Table 1: the widths of the four branches."""
+
+    name: str
+    ch1x1: int
+    ch3x3red: int
+    ch3x3: int
+    ch5x5red: int
+    ch5x5: int
+    pool_proj: int
+
+    @property
+    def out(self) -> int:
+        return self.ch1x1 + self.ch3x3 + self.ch5x5 + self.pool_proj
+
+
+@dataclass(frozen=True)
+class LRN:
+    """Local response normalisation across channels, with Caffe's and PyTorch's meaning:
+    ``b = a / (k + alpha / size * sum(a**2 over size neighbouring channels)) ** beta``.
+    MXNet states it the same way; TensorFlow's takes ``alpha / size`` and a radius."""
+
+    name: str
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
+
+
+@dataclass(frozen=True)
+class ReLU:
+    """A ReLU on its own, where a network applies it after a pool (``relu(mp(conv(x)))``)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class InceptionA:
+    """The Inception block of Hongpu Liu's lecture: plain convs without ReLU, branches
+    1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | 3x3 avg pool -> 1x1, named as the lecture names
+    them (``branch5x5_1``)."""
+
+    name: str
+    ch1x1: int = 16
+    ch5x5red: int = 16
+    ch5x5: int = 24
+    ch3x3red: int = 16
+    ch3x3: int = 24
+    pool_proj: int = 24
+
+    @property
+    def out(self) -> int:
+        return self.ch1x1 + self.ch5x5 + self.ch3x3 + self.pool_proj  # 16 + 24 + 24 + 24 = 88
+
+
+@dataclass(frozen=True)
+class Residual:
+    """The residual block of Hongpu Liu's lecture: ``relu(x + conv2(relu(conv1(x))))``,
+    two 3x3 convs that keep the channels."""
+
+    name: str
+
+
+Row = Union[Conv, Pool, Inception, LRN, ReLU, InceptionA, Residual]
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """BatchNorm after every conv. ``momentum`` uses PyTorch's convention (the weight of
+    the new batch statistic); Keras and Gluon take ``1 - momentum``."""
+
+    eps: float
+    momentum: float = 0.1
+
+
+@dataclass(frozen=True)
+class Convs:
+    """How every conv unit is built. A conv has a bias when ``bias`` is set and its row
+    does not drop it; ``plain`` convs are bare layers named ``<name>.weight`` (Liu's
+    lecture), others torchvision's ``BasicConv2d`` with ``<name>.conv.weight``."""
+
+    norm: BatchNorm | None = None
+    bias: bool = True
+    plain: bool = False
+
+
+@dataclass(frozen=True)
+class Branch3:
+    """Branch 3 of every Inception block: a 1x1 reduction, then ``depth`` stacked
+    ``kernel`` x ``kernel`` convs. ``first_eps``: the BatchNorm epsilon of the first
+    stacked conv when it is not the variant's; ``"width"`` is the branch's width, as
+    pytorch-cifar100's ``nn.BatchNorm2d(n5x5, n5x5)`` passes it (the second argument of
+    ``BatchNorm2d`` is eps)."""
+
+    kernel: int
+    depth: int = 1
+    first_eps: Literal["width"] | None = None
+
+
+@dataclass(frozen=True)
+class AuxHead:
+    """Auxiliary classifier: pool -> 1x1 conv -> flatten -> fc -> ReLU -> dropout -> fc."""
+
+    pool: Union[Pool, AdaptiveAvgPool]
+    conv: int = 128
+    fc: int = 1024
+    dropout: float = 0.7
+    # The spatial size the pool must produce: fc1 has conv * pooled**2 inputs.
+    pooled: int = 4
+    taps: tuple[str, ...] = ("inception4a", "inception4d")  # feed aux1, aux2, ...
+
+
+@dataclass(frozen=True)
+class Head:
+    """What follows the last block: a pool to 1 x 1 (None: fc reads the whole last map
+    flattened, so the input size is fixed), dropout, and the classifier ``fc``."""
+
+    pool: Union[Pool, AdaptiveAvgPool, None] = AdaptiveAvgPool("avgpool", 1)
+    dropout: float = 0.0
+    classes: int = 1000  # the default; resolve(num_classes=...) changes it
+    fc: str = "fc"  # the classifier's name in checkpoints
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """torchvision's ``transform_input``: re-maps ImageNet mean/std-normalised input
+    to the (x - 0.5) / 0.5 normalisation the ported Inception weights expect."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def scale(self) -> tuple[float, ...]:
+        return tuple(s / 0.5 for s in self.std)
+
+    @property
+    def shift(self) -> tuple[float, ...]:
+        return tuple((m - 0.5) / 0.5 for m in self.mean)
+
+
+@dataclass(frozen=True)
+class Input:
+    """The image a variant was designed for; any size the spec admits runs."""
+
+    channels: int = 3
+    size: int = 224
+    transform: InputTransform | None = None  # offered as the transform_input option
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A complete GoogLeNet: its rows in order, and the settings that apply everywhere."""
+
+    name: str
+    description: str
+    source: str  # where it comes from, with a link
+    rows: tuple[Row, ...]
+    convs: Convs
+    branch3: Branch3
+    branch_pool: Pool  # the pool opening branch 4 of every Inception block
+    aux: AuxHead | None
+    head: Head
+    input: Input = Input()

@@ -1,0 +1,248 @@
+"""The arithmetic of a plan: output sizes, every stage's shape at any input size, the
+sizes a variant admits, parameter counts and multiply-adds. Plain Python."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .plan import ConvUnit, Dense, InceptionBlock, Plan, ResidualUnit, SpecError, Stage
+from .rows import LRN, AdaptiveAvgPool, Pool, ReLU
+
+HW = tuple[int, int]
+CHW = tuple[int, int, int]
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output size (``ceil_mode`` drops a last window that would
+    start in the right padding)."""
+    span = size + 2 * padding - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows: [floor(i*size/out), ceil((i+1)*size/out))."""
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+def op_chw(op: Stage, chw: CHW) -> CHW:
+    """The (C, H, W) an op or stage gives from ``chw``."""
+    c, h, w = chw
+    if isinstance(op, ConvUnit):
+        return (
+            op.out_channels,
+            conv_out(h, op.kernel, op.stride, op.padding),
+            conv_out(w, op.kernel, op.stride, op.padding),
+        )
+    if isinstance(op, Pool):
+        return (
+            c,
+            pool_out(h, op.kernel, op.stride, op.padding, op.ceil_mode),
+            pool_out(w, op.kernel, op.stride, op.padding, op.ceil_mode),
+        )
+    if isinstance(op, AdaptiveAvgPool):
+        return (c, op.size, op.size)
+    if isinstance(op, (LRN, ReLU)):
+        return chw
+    return (op.out_channels, h, w)  # Inception and residual blocks keep the spatial size
+
+
+def window_fits(op: Stage, chw: CHW) -> bool:
+    """Whether a pool's window fits its padded input. PyTorch runs a ceil-mode window
+    larger than the input; MXNet refuses, so the spec admits neither."""
+    if not isinstance(op, Pool):
+        return True
+    return all(op.kernel <= s + 2 * op.padding for s in chw[1:])
+
+
+def input_hw(size: int | Sequence[int]) -> HW:
+    """(height, width) from a size or a pair; SpecError otherwise."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in hw):
+        raise SpecError(f"input size: expected a positive int or (height, width), got {size!r}")
+    return hw[0], hw[1]
+
+
+def trace(stages: Sequence[Stage], chw: CHW, out: dict[str, CHW] | None = None) -> CHW:
+    """The (C, H, W) after the stages (each recorded in ``out``); SpecError if the input
+    is too small for them."""
+    size = f"{chw[1]} x {chw[2]}" if chw[1] != chw[2] else chw[1]
+    for stage in stages:
+        if not window_fits(stage, chw):
+            assert isinstance(stage, Pool)
+            raise SpecError(
+                f"input size {size}: the {stage.name} window ({stage.kernel} x {stage.kernel}) "
+                f"is larger than its {chw[1]} x {chw[2]} input; use a larger --input-size"
+            )
+        chw = op_chw(stage, chw)
+        if min(chw[1:]) < 1:
+            raise SpecError(
+                f"input size {size}: nothing left after {stage.name} ({chw[1]} x {chw[2]}); "
+                f"use a larger --input-size"
+            )
+        if out is not None:
+            out[stage.name] = chw
+    return chw
+
+
+def _shapes(p: Plan, hw: HW) -> dict[str, CHW]:
+    out: dict[str, CHW] = {}
+    chw = trace(p.stages, (p.in_channels, *hw), out)
+    if p.head_pool is None:
+        if chw != p.fc.flattened_from:
+            assert p.fc.flattened_from is not None
+            raise SpecError(
+                f"input size {_text(hw)}: the last map is {' x '.join(map(str, chw))}; {p.fc.name} reads "
+                f"{' x '.join(map(str, p.fc.flattened_from))} flattened, so use --input-size {p.input_size}"
+            )
+        return out
+    pooled = op_chw(p.head_pool, chw)
+    if pooled[1:] != (1, 1) or not window_fits(p.head_pool, chw):
+        raise SpecError(
+            f"input size {_text(hw)}: the head pool turns the {chw[1]} x {chw[2]} map into "
+            f"{pooled[1]} x {pooled[2]}; fc expects 1 x 1"
+        )
+    return out
+
+
+def _text(hw: HW) -> str:
+    return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]} x {hw[1]}"
+
+
+def stage_shapes(p: Plan, size: int | Sequence[int]) -> dict[str, CHW]:
+    """(C, H, W) after every stage; SpecError if the input is too small for the network,
+    or gives the map a flattening fc cannot read. The error says which sizes run."""
+    hw = input_hw(size)
+    try:
+        return _shapes(p, hw)
+    except SpecError as e:
+        raise SpecError(f"{e} ({p.variant.name} runs at {admitted_text(p)})") from None
+
+
+SIZE_LIMIT = 1024  # the largest square input the admitted ranges are searched up to
+
+
+@lru_cache(maxsize=64)
+def admitted(p: Plan, limit: int = SIZE_LIMIT) -> tuple[tuple[int, int], ...]:
+    """The square input sizes the plan runs, as inclusive (first, last) ranges up to ``limit``."""
+    ok = []
+    for s in range(1, limit + 1):
+        try:
+            _shapes(p, (s, s))
+        except SpecError:
+            continue
+        ok.append(s)
+    ranges: list[tuple[int, int]] = []
+    for s in ok:
+        if ranges and ranges[-1][1] == s - 1:
+            ranges[-1] = (ranges[-1][0], s)
+        else:
+            ranges.append((s, s))
+    return tuple(ranges)
+
+
+def admitted_text(p: Plan) -> str:
+    """``223-446``, ``47 and up`` or ``28-31``: where the plan runs, in words."""
+    parts = [
+        f"{a} and up" if b == SIZE_LIMIT else (f"{a}" if a == b else f"{a}-{b}") for a, b in admitted(p)
+    ]
+    return ", ".join(parts) or "no square size"
+
+
+def aux_admits(p: Plan, size: int | Sequence[int]) -> bool:
+    """Whether the aux heads can run at this input size: their pool must give the
+    ``pooled x pooled`` map that fc1's weights expect (avg 5x5/3 needs a 14-16 map)."""
+    if not p.aux:
+        return False
+    shapes = stage_shapes(p, size)
+    return all(
+        window_fits(a.pool, shapes[a.tap]) and op_chw(a.pool, shapes[a.tap])[1:] == (a.pooled, a.pooled)
+        for a in p.aux
+    )
+
+
+def expected_shapes(p: Plan, size: int | Sequence[int], batch: int = 1) -> dict[str, tuple[int, ...]]:
+    """Output shape of every stage (NCHW), then ``flatten`` (the features fc reads),
+    ``logits`` and, where the size admits them, the aux logits."""
+    shapes: dict[str, tuple[int, ...]] = {name: (batch, *chw) for name, chw in stage_shapes(p, size).items()}
+    shapes["flatten"] = (batch, p.fc.in_features)
+    shapes["logits"] = (batch, p.num_classes)
+    if aux_admits(p, size):
+        shapes.update({head.name: (batch, p.num_classes) for head in p.aux})
+    return shapes
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    """One parametrised layer: canonical name, trainable parameters, BatchNorm
+    statistics (running mean + variance) and multiply-adds at a given input size."""
+
+    name: str
+    params: int
+    stats: int
+    macs: int
+
+
+def conv_params(u: ConvUnit) -> tuple[int, int]:
+    """(trainable, statistics): kernel [+ bias] [+ BN scale/shift, and its statistics]."""
+    kernel = u.out_channels * u.in_channels * u.kernel * u.kernel + (u.out_channels if u.bias else 0)
+    if u.norm is None:
+        return kernel, 0
+    return kernel + 2 * u.out_channels, 2 * u.out_channels
+
+
+def dense_params(d: Dense) -> tuple[int, int]:
+    return d.in_features * d.out_features + d.out_features, 0
+
+
+def layer_counts(p: Plan, size: int | Sequence[int] = 224) -> list[LayerCount]:
+    """Per conv unit and dense layer, in forward order. Pools, ReLU and BatchNorm's
+    element-wise work are not counted as multiply-adds (the usual convention)."""
+    shapes = stage_shapes(p, size)
+    admitted_aux = aux_admits(p, size)
+    rows: list[LayerCount] = []
+
+    def conv_row(u: ConvUnit, in_hw: HW) -> HW:
+        h, w = (conv_out(s, u.kernel, u.stride, u.padding) for s in in_hw)
+        params, stats = conv_params(u)
+        rows.append(LayerCount(u.name, params, stats, h * w * u.out_channels * u.in_channels * u.kernel * u.kernel))
+        return h, w
+
+    def dense_row(d: Dense, active: bool = True) -> None:
+        rows.append(LayerCount(d.name, *dense_params(d), d.in_features * d.out_features if active else 0))
+
+    hw = input_hw(size)
+    for stage in p.stages:
+        if isinstance(stage, ConvUnit):
+            conv_row(stage, hw)
+        elif isinstance(stage, InceptionBlock):
+            for branch in stage.branches:
+                bhw = hw
+                for op in branch:
+                    bhw = conv_row(op, bhw) if isinstance(op, ConvUnit) else op_chw(op, (0, *bhw))[1:]
+        elif isinstance(stage, ResidualUnit):
+            conv_row(stage.conv2, conv_row(stage.conv1, hw))
+        hw = shapes[stage.name][1:]
+        for head in p.aux_for(stage.name):
+            conv_row(head.conv, (head.pooled, head.pooled))
+            if not admitted_aux:  # the aux heads do not run at this size
+                rows[-1] = dataclasses.replace(rows[-1], macs=0)
+            dense_row(head.fc1, admitted_aux)
+            dense_row(head.fc2, admitted_aux)
+    dense_row(p.fc)
+    return rows
+
+
+def count_params(p: Plan) -> tuple[int, int]:
+    """(trainable parameters, BatchNorm statistics) of the whole plan."""
+    counts = [conv_params(u) if isinstance(u, ConvUnit) else dense_params(u) for u in p.units()]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)

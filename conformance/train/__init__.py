@@ -1,0 +1,1 @@
+"""Training as the posts train: ``python -m conformance train`` and its data."""

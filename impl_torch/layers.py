@@ -1,0 +1,73 @@
+"""The layers of GoogLeNet's units in PyTorch, one maker per kind of op in the plan.
+
+Mirrors ``impl_keras/layers.py`` and ``impl_mxnet/layers.py``: the same makers in the
+same order, so ``model.py`` reads the same in all three. PyTorch has every layer the
+spec needs (the spec states its semantics, so nothing is missing here); Keras and
+Gluon fill their gaps in their own ``layers.py``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from conformance.spec import LRN, ConvUnit, Op, PoolUnit, Pool
+
+
+class BasicConv2d(nn.Module):
+    """conv -> [BatchNorm] -> [ReLU]. PyTorch pads symmetrically: ``padding=3`` is (3, 3)."""
+
+    def __init__(self, u: ConvUnit) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(u.in_channels, u.out_channels, u.kernel, stride=u.stride, padding=u.padding,
+                              bias=u.bias)
+        # momentum: the weight of the new batch statistic (0.1), the spec's convention
+        self.bn = None if u.norm is None else nn.BatchNorm2d(u.out_channels, eps=u.norm.eps,
+                                                             momentum=u.norm.momentum)
+        self.relu = u.relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return F.relu(x) if self.relu else x
+
+
+class PlainConv2d(nn.Conv2d):
+    """A bare conv, as Liu's lecture writes it (weights at ``incep1.branch1x1.weight``),
+    with the ReLU its unit asks for."""
+
+    def __init__(self, u: ConvUnit) -> None:
+        super().__init__(u.in_channels, u.out_channels, u.kernel, stride=u.stride, padding=u.padding, bias=u.bias)
+        self.relu = u.relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        return F.relu(x) if self.relu else x
+
+
+def make_pool(p: PoolUnit) -> nn.Module:
+    if not isinstance(p, Pool):  # the adaptive aux pool: PyTorch's own window rule
+        return nn.AdaptiveAvgPool2d(p.size)
+    if p.kind == "max":  # padded cells never win: PyTorch pads max pools with -inf
+        return nn.MaxPool2d(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode)
+    return nn.AvgPool2d(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode, count_include_pad=p.count_include_pad)
+
+
+def make_lrn(lrn: LRN) -> nn.Module:
+    return nn.LocalResponseNorm(lrn.size, lrn.alpha, lrn.beta, lrn.k)  # alpha / size inside, as the spec
+
+
+def make_relu(name: str) -> nn.Module:
+    return nn.ReLU()
+
+
+def make_op(op: Op) -> nn.Module:
+    if isinstance(op, ConvUnit):
+        return PlainConv2d(op) if op.plain else BasicConv2d(op)
+    return make_pool(op)
+
+
+def make_chain(ops: tuple[Op, ...]) -> nn.Module:
+    """A single op stands alone (``branch1.conv``); a chain is numbered (``branch2.0.conv``)."""
+    return make_op(ops[0]) if len(ops) == 1 else nn.Sequential(*map(make_op, ops))
