@@ -37,13 +37,16 @@ def main() -> None:
     total = time.perf_counter() - start
 
     checks, failed = count_checks(report)
-    print(f"full check: {len(spec.VARIANTS)} variants x {len(backends)} frameworks x sizes "
-          f"{sizes or 'own, 239, 97'}, "
-          f"batch {args.batch}: {checks} checks, {failed} failed")
+    print(
+        f"full check: {len(spec.VARIANTS)} variants x {len(backends)} frameworks x sizes "
+        f"{sizes or 'own, 239, 97'}, "
+        f"batch {args.batch}: {checks} checks, {failed} failed"
+    )
     for name, why in skipped.items():
         print(f"  skipped {name}: {why}")
-    parts = sorted(((s, fw, phase) for fw, phases in timer.seconds.items() for phase, s in phases.items()),
-                   reverse=True)
+    parts = sorted(
+        ((s, fw, phase) for fw, phases in timer.seconds.items() for phase, s in phases.items()), reverse=True
+    )
     accounted = sum(s for s, _, _ in parts)
     print(f"\n{'framework':<10} {'phase':<10} {'seconds':>8} {'share':>7}")
     for s, fw, phase in parts:
@@ -54,8 +57,10 @@ def main() -> None:
     print("\nper framework: " + ", ".join(f"{fw} {s:.1f} s ({s / total:.0%})" for fw, s in by_fw.items()))
     s, fw, phase = parts[0]
     print(f"dominant part: {fw} {phase}, {s:.1f} s of {total:.1f} s")
-    print(f"total {total:.1f} s; target {TARGET_SECONDS:.0f} s: {'met' if total < TARGET_SECONDS else 'MISSED'} "
-          f"({total / TARGET_SECONDS:.0%} of the budget)")
+    print(
+        f"total {total:.1f} s; target {TARGET_SECONDS:.0f} s: {'met' if total < TARGET_SECONDS else 'MISSED'} "
+        f"({total / TARGET_SECONDS:.0%} of the budget)"
+    )
 
 
 if __name__ == "__main__":

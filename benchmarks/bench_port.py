@@ -21,8 +21,14 @@ import time
 from pathlib import Path
 
 TARGET_SECONDS, TARGET_MB = 5.0, 1024.0
-SUFFIX = {"torch": ".pth", "keras-weights": ".weights.h5", "keras": ".keras", "mxnet": ".params",
-          "safetensors": ".safetensors", "npz": ".npz"}
+SUFFIX = {
+    "torch": ".pth",
+    "keras-weights": ".weights.h5",
+    "keras": ".keras",
+    "mxnet": ".params",
+    "safetensors": ".safetensors",
+    "npz": ".npz",
+}
 DIRECTIONS = ("torch:keras-weights", "keras-weights:mxnet", "mxnet:torch", "torch:keras")
 
 
@@ -37,21 +43,28 @@ def one(direction: str, variant: str) -> dict:
     import impl_keras  # noqa: F401
     import impl_mxnet  # noqa: F401
     import impl_torch  # noqa: F401
-    from conformance import canonical, formats, spec
+    from conformance import canonical, spec
     from conformance.formats.port import port
+    from conformance.formats.registry import FORMATS
 
     imports = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
         p = spec.resolve(variant, aux_logits=True)
         src = Path(d) / f"src{SUFFIX[src_fmt]}"
-        formats.write(canonical.random_params(p, 0), p, formats.FORMATS[src_fmt], src)
+        FORMATS[src_fmt].write(canonical.random_params(p, 0), p, src)
         before = peak_mb()
         t1 = time.perf_counter()
         result = port(src, Path(d) / f"dst{SUFFIX[dst_fmt]}", variant)
         seconds = time.perf_counter() - t1
         grown = peak_mb() - before
-    return {"direction": direction, "imports": imports, "seconds": seconds, "peak_growth_mb": grown,
-            "peak_mb": peak_mb(), "passed": result.passed}
+    return {
+        "direction": direction,
+        "imports": imports,
+        "seconds": seconds,
+        "peak_growth_mb": grown,
+        "peak_mb": peak_mb(),
+        "passed": result.passed,
+    }
 
 
 def main() -> None:
@@ -66,13 +79,19 @@ def main() -> None:
     print(f"one conversion of {args.variant} with aux heads (13.0 M parameters), each in a fresh process")
     print(f"{'direction':<24} {'imports s':>9} {'convert s':>9} {'peak growth MB':>15} {'peak MB':>8}  verdict")
     for direction in args.direction or DIRECTIONS:
-        out = subprocess.run([sys.executable, __file__, "--child", direction, "--variant", args.variant],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", direction, "--variant", args.variant],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         ok = r["passed"] and r["seconds"] < TARGET_SECONDS and r["peak_growth_mb"] < TARGET_MB
-        print(f"{direction:<24} {r['imports']:9.1f} {r['seconds']:9.2f} {r['peak_growth_mb']:15.0f} "
-              f"{r['peak_mb']:8.0f}  {'met' if ok else 'MISSED'} (target < {TARGET_SECONDS:.0f} s, "
-              f"< {TARGET_MB:.0f} MB)")
+        print(
+            f"{direction:<24} {r['imports']:9.1f} {r['seconds']:9.2f} {r['peak_growth_mb']:15.0f} "
+            f"{r['peak_mb']:8.0f}  {'met' if ok else 'MISSED'} (target < {TARGET_SECONDS:.0f} s, "
+            f"< {TARGET_MB:.0f} MB)"
+        )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ WARMUP = 3
 
 
 def batches(variant: str, batch: int, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    v = spec.VARIANTS[variant]
-    split = synthetic(n_train=batch * steps, n_test=0, classes=v.num_classes)["train"]
-    x = prepare(split.images, v.in_channels, v.input_size)
-    return [(x[i:i + batch], split.labels[i:i + batch]) for i in range(0, len(x), batch)]
+    p = spec.resolve(variant)
+    split = synthetic(n_train=batch * steps, n_test=0, classes=p.num_classes)["train"]
+    x = prepare(split.images, p.in_channels, p.input_size)
+    return [(x[i : i + batch], split.labels[i : i + batch]) for i in range(0, len(x), batch)]
 
 
 def main() -> None:
@@ -43,10 +43,12 @@ def main() -> None:
     backends, skipped = frameworks.load(list(frameworks.FRAMEWORKS))
     for fw, why in skipped.items():
         print(f"skipped {fw}: {why}")
-    print(f"training throughput, batch {args.batch}, {args.steps} steps x {args.rounds} rounds after "
-          f"{WARMUP} warm-up steps; {', '.join(b.version() for b in backends.values())}")
+    print(
+        f"training throughput, batch {args.batch}, {args.steps} steps x {args.rounds} rounds after "
+        f"{WARMUP} warm-up steps; {', '.join(b.version() for b in backends.values())}"
+    )
     for variant in args.variant or DEFAULT_VARIANTS:
-        v = spec.VARIANTS[variant]
+        p = spec.resolve(variant)
         data = batches(variant, args.batch, args.steps)
         trainers = {}
         for fw, b in backends.items():
@@ -55,17 +57,18 @@ def main() -> None:
             trainers[fw] = b.Trainer(model, lr=0.01, momentum=0.5)
             for x, y in data[:WARMUP]:
                 trainers[fw].step(x, y)
-        seconds = {fw: [] for fw in trainers}
+        seconds: dict[str, list[float]] = {fw: [] for fw in trainers}
         for r in range(args.rounds):
-            for fw in (list(trainers) if r % 2 == 0 else list(reversed(trainers))):
+            for fw in list(trainers) if r % 2 == 0 else list(reversed(trainers)):
                 start = time.perf_counter()
                 for x, y in data:
                     trainers[fw].step(x, y)
                 seconds[fw].append(time.perf_counter() - start)
         rates = {fw: args.batch * args.steps / min(s) for fw, s in seconds.items()}  # best round
         best = max(rates.values())
-        print(f"\n{variant} ({v.in_channels} x {v.input_size} x {v.input_size}, {spec.count_params(model.plan)[0]:,} "
-              f"parameters)")
+        print(
+            f"\n{variant} ({p.in_channels} x {p.input_size} x {p.input_size}, {spec.count_params(p)[0]:,} parameters)"
+        )
         for fw, rate in rates.items():
             spread = args.batch * args.steps / max(seconds[fw])
             print(f"  {fw:<6} {rate:8.1f} images/s  (slowest round {spread:.1f})  {rate / best:5.2f} x the fastest")

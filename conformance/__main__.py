@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import spec
 from .formats.registry import FORMATS
@@ -17,6 +17,7 @@ from .frameworks import FRAMEWORKS
 
 def _typed(convert: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
     """An argparse type: ``convert``, then ``ok``; otherwise say what was expected."""
+
     def parse(text: str) -> float:
         try:
             value = convert(text)
@@ -25,6 +26,7 @@ def _typed(convert: Callable[[str], float], ok: Callable[[float], bool], expecte
         if not ok(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
+
     return parse
 
 
@@ -34,21 +36,34 @@ _fraction = _typed(float, lambda v: 0 <= v < 1, "a number from 0 to 1 (exclusive
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m conformance",
-                                     description="GoogLeNet across PyTorch, Keras 3 and MXNet Gluon.")
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance", description="GoogLeNet across PyTorch, Keras 3 and MXNet Gluon."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="prove that the frameworks agree, stage by stage")
-    check.add_argument("--variant", action="append", choices=sorted(spec.VARIANTS),
-                       help="variant to check (repeatable; default: all)")
-    check.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                       help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: all)")
-    check.add_argument("--input-size", action="append", type=_positive, metavar="PIXELS",
-                       help="square input size (repeatable; default: each variant's own, 239 and 97)")
+    check.add_argument(
+        "--variant", action="append", choices=sorted(spec.VARIANTS), help="variant to check (repeatable; default: all)"
+    )
+    check.add_argument(
+        "--frameworks",
+        default=",".join(FRAMEWORKS),
+        help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: all)",
+    )
+    check.add_argument(
+        "--input-size",
+        action="append",
+        type=_positive,
+        metavar="PIXELS",
+        help="square input size (repeatable; default: each variant's own, 239 and 97)",
+    )
     check.add_argument("--batch", type=_positive, default=2, help="images per input (default: 2)")
     check.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
-    check.add_argument("--train", action="store_true",
-                       help="also check one training step: loss, gradients, SGD updates, BatchNorm statistics")
+    check.add_argument(
+        "--train",
+        action="store_true",
+        help="also check one training step: loss, gradients, SGD updates, BatchNorm statistics",
+    )
     check.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     check.add_argument("--force", action="store_true", help="overwrite an existing --json file")
 
@@ -58,25 +73,37 @@ def _parser() -> argparse.ArgumentParser:
     port.add_argument("--variant", required=True, choices=sorted(spec.VARIANTS))
     port.add_argument("--from", dest="src_format", choices=list(FORMATS), help="format of SRC (default: from its name)")
     port.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="format of DST (default: from its name)")
-    port.add_argument("--num-classes", type=_positive, default=None,
-                      help="classes of the checkpoint (default: the variant's, 1000 or 10)")
-    port.add_argument("--transform-input", action="store_true",
-                      help="torchvision's transform_input (googlenet_bn)")
+    port.add_argument(
+        "--num-classes",
+        type=_positive,
+        default=None,
+        help="classes of the checkpoint (default: the variant's, 1000 or 10)",
+    )
+    port.add_argument("--transform-input", action="store_true", help="torchvision's transform_input (googlenet_bn)")
     port.add_argument("--force", action="store_true", help="overwrite DST")
 
     train = sub.add_parser("train", help="train a variant in one framework (SGD, as the posts), with a plot")
     train.add_argument("--framework", required=True, choices=list(FRAMEWORKS))
     train.add_argument("--variant", required=True, choices=sorted(spec.VARIANTS))
-    train.add_argument("--data", type=Path, metavar="DIR",
-                       help="MNIST or Fashion-MNIST IDX files, gzipped or not (default: a generated data set)")
+    train.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="MNIST or Fashion-MNIST IDX files, gzipped or not (default: a generated data set)",
+    )
     train.add_argument("--epochs", type=_positive, default=10, help="default: 10")
     train.add_argument("--batch-size", type=_positive, default=64, help="default: 64")
     train.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (default: 0.01)")
     train.add_argument("--momentum", type=_fraction, default=0.5, help="SGD momentum, 0 to 1 (default: 0.5)")
     train.add_argument("--limit", type=_positive, metavar="N", help="use only the first N train and test images")
     train.add_argument("--seed", type=int, default=0, help="seed of the data order and generated data")
-    train.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
-                       help="directory for checkpoints, plot and history (default: .)")
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="directory for checkpoints, plot and history (default: .)",
+    )
     train.add_argument("--force", action="store_true", help="overwrite files of an earlier run")
 
     table = sub.add_parser("spec", help="print a variant's layers, shapes, parameters and multiply-adds")
@@ -133,8 +160,17 @@ def _port(args: argparse.Namespace) -> int:
     from .formats.port import VerificationError, port
 
     try:
-        port(args.src, args.dst, args.variant, args.src_format, args.dst_format, args.num_classes,
-             args.transform_input, args.force, log=lambda line: print(line, flush=True))
+        port(
+            args.src,
+            args.dst,
+            args.variant,
+            args.src_format,
+            args.dst_format,
+            args.num_classes,
+            args.transform_input,
+            args.force,
+            log=lambda line: print(line, flush=True),
+        )
     except VerificationError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1
@@ -146,8 +182,9 @@ def _train(args: argparse.Namespace) -> int:
     from . import frameworks
     from .train import training
 
-    settings = training.Settings(args.variant, args.epochs, args.batch_size, args.lr, args.momentum,
-                                 limit=args.limit, seed=args.seed)
+    settings = training.Settings(
+        args.variant, args.epochs, args.batch_size, args.lr, args.momentum, limit=args.limit, seed=args.seed
+    )
     training.check_outputs(args.out, args.variant, args.framework, args.epochs, args.force)
     splits = training.load_data(args.data, settings)  # bad data fails here, before any framework loads
     backends, skipped = frameworks.load([args.framework])

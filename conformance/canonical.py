@@ -8,8 +8,8 @@ PyTorch's: conv kernels OIHW, dense weights (out, in), a flattened map read in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def gluon_name(key: str) -> str:
 
 
 def conv_shapes(u: ConvUnit) -> dict[str, tuple[int, ...]]:
-    shapes = {f"{conv_key(u)}.weight": (u.out_channels, u.in_channels, u.kernel, u.kernel)}
+    shapes: dict[str, tuple[int, ...]] = {f"{conv_key(u)}.weight": (u.out_channels, u.in_channels, u.kernel, u.kernel)}
     if u.bias:
         shapes[f"{conv_key(u)}.bias"] = (u.out_channels,)
     if u.norm is not None:
@@ -67,10 +67,8 @@ def validate(p: Plan, params: Mapping[str, np.ndarray]) -> None:
     """Strict check before loading: every key present, none extra, shapes and dtype
     exact. The error names each offending key with both shapes."""
     expected = canonical_shapes(p)
-    problems = [f"missing key {k!r} (expected shape {s})" for k, s in expected.items()
-                if k not in params]
-    problems += [f"unexpected key {k!r} (shape {_shape(v)})" for k, v in params.items()
-                 if k not in expected]
+    problems = [f"missing key {k!r} (expected shape {s})" for k, s in expected.items() if k not in params]
+    problems += [f"unexpected key {k!r} (shape {_shape(v)})" for k, v in params.items() if k not in expected]
     for key, shape in expected.items():
         value = params.get(key)
         if value is None:
@@ -98,8 +96,11 @@ def _shape(value: object) -> object:
 def from_state_dict(state: Mapping[str, object]) -> Params:
     """A PyTorch or torchvision state_dict as canonical parameters: ``num_batches_tracked``
     (a training-step counter, not a weight) dropped, tensors as numpy arrays."""
-    return {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-            for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    return {
+        k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
 
 
 def default_params(p: Plan, seed: int = 0) -> Params:
@@ -175,8 +176,7 @@ def initial_params(p: Plan, seed: int = 0) -> Params:
     return params
 
 
-def save(params: Mapping[str, np.ndarray], path: str | Path, p: Plan | None = None,
-         overwrite: bool = False) -> Path:
+def save(params: Mapping[str, np.ndarray], path: str | Path, p: Plan | None = None, overwrite: bool = False) -> Path:
     """Save canonical parameters as safetensors (validated against ``p`` when given;
     the variant and its options go into the file's metadata)."""
     from safetensors.numpy import save as st_save

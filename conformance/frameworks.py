@@ -30,8 +30,9 @@ def parse(names: str | Iterable[str] | None) -> list[str]:
     names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in FRAMEWORKS]
     if unknown or not names:
-        raise ValueError(f"--frameworks: unknown {unknown or names!r}; expected a comma-separated "
-                         f"subset of {','.join(FRAMEWORKS)}")
+        raise ValueError(
+            f"--frameworks: unknown {unknown or names!r}; expected a comma-separated subset of {','.join(FRAMEWORKS)}"
+        )
     return names
 
 
@@ -42,7 +43,7 @@ def load(names: Iterable[str]) -> tuple[dict[str, Backend], dict[str, str]]:
     for name in names:
         package, hint = FRAMEWORKS[name]
         try:
-            backends[name] = importlib.import_module(package)  # type: ignore[assignment]
+            backends[name] = importlib.import_module(package)
         except (ImportError, OSError) as e:  # OSError: a wheel whose shared library is missing
             skipped[name] = f"not installed ({e.__class__.__name__}: {e}); install with: {hint}"
     return backends, skipped

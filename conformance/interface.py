@@ -21,7 +21,8 @@ users call them the same way for every framework)::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -61,8 +62,10 @@ def aux_wanted(p: Plan, x: np.ndarray, aux: bool) -> bool:
     if not p.aux:
         raise ValueError("aux=True: the model was built with aux_logits=False")
     if not aux_admits(p, x.shape[2:]):
-        raise SpecError(f"aux=True: at input {x.shape[2]} x {x.shape[3]} the aux pool does not give "
-                        f"the {p.aux[0].pooled} x {p.aux[0].pooled} map fc1 expects")
+        raise SpecError(
+            f"aux=True: at input {x.shape[2]} x {x.shape[3]} the aux pool does not give "
+            f"the {p.aux[0].pooled} x {p.aux[0].pooled} map fc1 expects"
+        )
     return True
 
 

@@ -8,24 +8,33 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of reports
 
-from conformance.frameworks import quiet_stderr  # noqa: E402
+from conformance.frameworks import quiet_stderr
 
 with quiet_stderr():  # TensorFlow's absl and oneDNN lines, printed before its logging starts
     import keras
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from conformance import interface  # noqa: E402
-from conformance.canonical import default_params  # noqa: E402
-from conformance.spec import Variant, resolve  # noqa: E402
+from conformance import interface
+from conformance.canonical import default_params
+from conformance.spec import Variant, resolve
 
-from .model import GoogLeNet  # noqa: E402
-from .train import Trainer  # noqa: E402
-from .weights import from_canonical, to_canonical  # noqa: E402
+from .model import GoogLeNet
+from .train import Trainer
+from .weights import from_canonical, to_canonical
 
 name = "keras"
-__all__ = ["GoogLeNet", "Trainer", "build", "count_params", "forward", "from_canonical", "stages",
-           "to_canonical", "version"]
+__all__ = [
+    "GoogLeNet",
+    "Trainer",
+    "build",
+    "count_params",
+    "forward",
+    "from_canonical",
+    "stages",
+    "to_canonical",
+    "version",
+]
 
 
 def version() -> str:
@@ -39,8 +48,13 @@ def _backend_version() -> str:
     return getattr(module, "__version__", "?")
 
 
-def build(variant: str | Variant, num_classes: int | None = None, aux_logits: bool = False,
-          transform_input: bool = False, dtype: str = "float32") -> GoogLeNet:
+def build(
+    variant: str | Variant,
+    num_classes: int | None = None,
+    aux_logits: bool = False,
+    transform_input: bool = False,
+    dtype: str = "float32",
+) -> GoogLeNet:
     """A built GoogLeNet holding the suite's initial weights (torchvision's
     initialisation, ``conformance.canonical.default_params``). The options are
     ``conformance.spec.resolve``'s; ``dtype``: float64 for the training-parity check."""
@@ -52,8 +66,10 @@ def build(variant: str | Variant, num_classes: int | None = None, aux_logits: bo
 
 
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool) -> dict[str, np.ndarray]:
-    out = {k: keras.ops.convert_to_numpy(v) for k, v in
-           model.forward_stages(x.transpose(0, 2, 3, 1), with_aux=with_aux, training=False).items()}
+    out = {
+        k: keras.ops.convert_to_numpy(v)
+        for k, v in model.forward_stages(x.transpose(0, 2, 3, 1), with_aux=with_aux, training=False).items()
+    }
     # NHWC -> NCHW for every 4-D activation; a flattened map from (H, W, C) to (C, H, W) order.
     flat = model.plan.fc.flattened_from
     if flat is not None:

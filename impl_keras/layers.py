@@ -49,8 +49,7 @@ class BatchNorm(layers.BatchNormalization):
         self.moving_variance.assign(self.moving_variance * keep + var * (n / (n - 1.0)) * (1.0 - keep))
         if self.record:
             self.batch_stats = (mean, var)
-        return ops.batch_normalization(x, mean, var, axis=-1, offset=self.beta, scale=self.gamma,
-                                       epsilon=self.epsilon)
+        return ops.batch_normalization(x, mean, var, axis=-1, offset=self.beta, scale=self.gamma, epsilon=self.epsilon)
 
 
 class BasicConv2d(layers.Layer):
@@ -64,12 +63,22 @@ class BasicConv2d(layers.Layer):
         same = u.stride == 1 and 2 * u.padding == u.kernel - 1  # symmetric, so safe
         explicit = u.padding > 0 and not same
         self.pad = layers.ZeroPadding2D(u.padding, name=f"{u.name}.pad", dtype=dtype) if explicit else None
-        self.conv = layers.Conv2D(u.out_channels, u.kernel, strides=u.stride,
-                                  padding="same" if same and u.padding else "valid", use_bias=u.bias,
-                                  kernel_initializer=init(), name=f"{u.name}.conv", dtype=dtype)
+        self.conv = layers.Conv2D(
+            u.out_channels,
+            u.kernel,
+            strides=u.stride,
+            padding="same" if same and u.padding else "valid",
+            use_bias=u.bias,
+            kernel_initializer=init(),
+            name=f"{u.name}.conv",
+            dtype=dtype,
+        )
         # momentum: the weight of the old statistic, 1 - the spec's (PyTorch's) 0.1
-        self.bn = None if u.norm is None else BatchNorm(epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum,
-                                                        name=f"{u.name}.bn", dtype=dtype)
+        self.bn = (
+            None
+            if u.norm is None
+            else BatchNorm(epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, name=f"{u.name}.bn", dtype=dtype)
+        )
         self.relu = u.relu
 
     def build(self, input_shape=None) -> None:
@@ -96,9 +105,17 @@ class PlainConv2d(layers.Conv2D):
     def __init__(self, u: ConvUnit, dtype=None) -> None:
         if u.padding and not (u.stride == 1 and 2 * u.padding == u.kernel - 1):
             raise ValueError(f"{u.name}: a plain conv pads to keep the size or not at all")
-        super().__init__(u.out_channels, u.kernel, strides=u.stride, padding="same" if u.padding else "valid",
-                         use_bias=u.bias, activation="relu" if u.relu else None, kernel_initializer=init(),
-                         name=u.name, dtype=dtype)
+        super().__init__(
+            u.out_channels,
+            u.kernel,
+            strides=u.stride,
+            padding="same" if u.padding else "valid",
+            use_bias=u.bias,
+            activation="relu" if u.relu else None,
+            kernel_initializer=init(),
+            name=u.name,
+            dtype=dtype,
+        )
         self.unit = u
 
     def build(self, input_shape=None) -> None:
@@ -160,10 +177,12 @@ class AdaptiveAvgPool2D(layers.Layer):
 
     def call(self, x):
         # A rectangle's mean is the mean of its row means: pool rows, then columns.
-        x = ops.concatenate([ops.mean(x[:, a:b], axis=1, keepdims=True)
-                             for a, b in adaptive_windows(x.shape[1], self.size)], axis=1)
-        return ops.concatenate([ops.mean(x[:, :, a:b], axis=2, keepdims=True)
-                                for a, b in adaptive_windows(x.shape[2], self.size)], axis=2)
+        x = ops.concatenate(
+            [ops.mean(x[:, a:b], axis=1, keepdims=True) for a, b in adaptive_windows(x.shape[1], self.size)], axis=1
+        )
+        return ops.concatenate(
+            [ops.mean(x[:, :, a:b], axis=2, keepdims=True) for a, b in adaptive_windows(x.shape[2], self.size)], axis=2
+        )
 
 
 def make_pool(p: PoolUnit, dtype=None) -> layers.Layer:

@@ -123,8 +123,11 @@ class GoogLeNet(keras.Model):
         self.avgpool = None if plan.head_pool is None else make_pool(plan.head_pool, dtype)
         self.flatten = layers.Flatten(dtype=dtype)
         self.dropout = layers.Dropout(plan.dropout, dtype=dtype)
-        setattr(self, plan.fc.name, layers.Dense(plan.fc.out_features, kernel_initializer=init(),
-                                                 name=plan.fc.name, dtype=dtype))  # fc (l: Liu's)
+        setattr(
+            self,
+            plan.fc.name,
+            layers.Dense(plan.fc.out_features, kernel_initializer=init(), name=plan.fc.name, dtype=dtype),
+        )  # fc (l: Liu's)
 
     def get_config(self) -> dict:
         """The variant and its options: enough to rebuild the model (``.keras`` files)."""
@@ -149,7 +152,7 @@ class GoogLeNet(keras.Model):
         if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
             t = self.plan.transform
             x = ops.concatenate(
-                [x[..., c : c + 1] * s + b for c, (s, b) in enumerate(zip(t.scale, t.shift))], axis=-1
+                [x[..., c : c + 1] * s + b for c, (s, b) in enumerate(zip(t.scale, t.shift, strict=True))], axis=-1
             )
         # N x 224 x 224 x 3
         for stage in self.plan.stages:

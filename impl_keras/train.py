@@ -29,8 +29,9 @@ def cross_entropy(labels, logits):
 
 
 class Trainer:
-    def __init__(self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3,
-                 record: bool = False) -> None:
+    def __init__(
+        self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3, record: bool = False
+    ) -> None:
         """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
         self.model, self.aux_weight = model, aux_weight
         self.optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
@@ -48,7 +49,7 @@ class Trainer:
             for head in self.model.plan.aux if with_aux else ():
                 loss = loss + self.aux_weight * cross_entropy(y, out[head.name])
         grads = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         predicted = keras.ops.cast(keras.ops.argmax(out["logits"], 1), y.dtype)
         correct = keras.ops.sum(keras.ops.cast(predicted == y, "int32"))
         return loss, correct, grads
@@ -64,9 +65,12 @@ class Trainer:
         """The last step's gradient of every trainable parameter, by canonical key and
         in canonical layout."""
         variables, grads = self._last
-        by_path = {v.path: np.asarray(g) for v, g in zip(variables, grads)}
-        return {key: np.ascontiguousarray(row.to_canonical(by_path[var.path]))
-                for key, row, var in located(self.model, self.model.plan) if var.path in by_path}
+        by_path = {v.path: np.asarray(g) for v, g in zip(variables, grads, strict=True)}
+        return {
+            key: np.ascontiguousarray(row.to_canonical(by_path[var.path]))
+            for key, row, var in located(self.model, self.model.plan)
+            if var.path in by_path
+        }
 
     def batch_stats(self) -> dict[str, np.ndarray]:
         """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""

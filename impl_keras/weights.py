@@ -7,7 +7,8 @@ is bit-identical.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -52,8 +53,7 @@ class Row(NamedTuple):
     to_canonical: Convert
 
 
-BN_VARIABLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-                "running_var": "moving_variance"}
+BN_VARIABLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
 def table(p: Plan) -> dict[str, Row]:
@@ -73,7 +73,7 @@ def table(p: Plan) -> dict[str, Row]:
     return rows
 
 
-def _variables(model) -> dict[tuple[str, str], object]:
+def _variables(model) -> dict[tuple[str, str], Any]:
     """(layer name, variable name) -> variable; a Keras path ends ``<layer>/<variable>``."""
     found = {tuple(v.path.split("/")[-2:]): v for v in model.weights}
     if len(found) != len(model.weights):
@@ -81,7 +81,7 @@ def _variables(model) -> dict[tuple[str, str], object]:
     return found
 
 
-def located(model, p: Plan) -> list[tuple[str, Row, object]]:
+def located(model, p: Plan) -> list[tuple[str, Row, Any]]:
     """(canonical key, table row, Keras variable) for every key; an error if the model
     and the plan disagree (a bug in model.py)."""
     variables = _variables(model)
@@ -89,14 +89,18 @@ def located(model, p: Plan) -> list[tuple[str, Row, object]]:
     unmapped = set(variables) - {(r.layer, r.variable) for r in rows.values()}
     missing = [k for k, r in rows.items() if (r.layer, r.variable) not in variables]
     if unmapped or missing:  # the model and the plan disagree: a bug in model.py
-        raise RuntimeError(f"Keras model {model.name}: variables without a canonical key "
-                           f"{sorted(unmapped)[:3]}, canonical keys without a variable {missing[:3]}")
+        raise RuntimeError(
+            f"Keras model {model.name}: variables without a canonical key "
+            f"{sorted(unmapped)[:3]}, canonical keys without a variable {missing[:3]}"
+        )
     return [(key, row, variables[(row.layer, row.variable)]) for key, row in rows.items()]
 
 
 def to_canonical(model) -> dict[str, np.ndarray]:
-    return {key: np.ascontiguousarray(row.to_canonical(np.asarray(var.numpy())))
-            for key, row, var in located(model, model.plan)}
+    return {
+        key: np.ascontiguousarray(row.to_canonical(np.asarray(var.numpy())))
+        for key, row, var in located(model, model.plan)
+    }
 
 
 def from_canonical(model, params: Mapping[str, np.ndarray]) -> None:
@@ -104,6 +108,7 @@ def from_canonical(model, params: Mapping[str, np.ndarray]) -> None:
     for key, row, var in located(model, model.plan):
         value = row.to_keras(params[key])
         if tuple(var.shape) != value.shape:
-            raise CanonicalError(f"{key!r}: converted to {value.shape}, Keras variable "
-                                 f"{row.layer}/{row.variable} is {tuple(var.shape)}")
+            raise CanonicalError(
+                f"{key!r}: converted to {value.shape}, Keras variable {row.layer}/{row.variable} is {tuple(var.shape)}"
+            )
         var.assign(value)

@@ -7,27 +7,41 @@ import numpy as np
 if "bool" not in np.__dict__:  # mxnet 1.9.1 uses numpy.bool, which numpy 1.24 removed
     np.bool = bool  # type: ignore[attr-defined]
 
-import mxnet as mx  # noqa: E402
+import mxnet as mx
 
-from conformance import interface  # noqa: E402
-from conformance.canonical import default_params  # noqa: E402
-from conformance.spec import Variant, resolve  # noqa: E402
+from conformance import interface
+from conformance.canonical import default_params
+from conformance.spec import Variant, resolve
 
-from .model import GoogLeNet  # noqa: E402
-from .train import Trainer  # noqa: E402
-from .weights import from_canonical, to_canonical  # noqa: E402
+from .model import GoogLeNet
+from .train import Trainer
+from .weights import from_canonical, to_canonical
 
 name = "mxnet"
-__all__ = ["GoogLeNet", "Trainer", "build", "count_params", "forward", "from_canonical", "stages",
-           "to_canonical", "version"]
+__all__ = [
+    "GoogLeNet",
+    "Trainer",
+    "build",
+    "count_params",
+    "forward",
+    "from_canonical",
+    "stages",
+    "to_canonical",
+    "version",
+]
 
 
 def version() -> str:
     return f"mxnet {mx.__version__}"
 
 
-def build(variant: str | Variant, num_classes: int | None = None, aux_logits: bool = False,
-          transform_input: bool = False, dtype: str = "float32") -> GoogLeNet:
+def build(
+    variant: str | Variant,
+    num_classes: int | None = None,
+    aux_logits: bool = False,
+    transform_input: bool = False,
+    dtype: str = "float32",
+) -> GoogLeNet:
     """An initialised GoogLeNet holding the suite's initial weights (torchvision's
     initialisation, ``conformance.canonical.default_params``). The options are
     ``conformance.spec.resolve``'s; ``dtype``: float64 for the training-parity check."""

@@ -53,12 +53,16 @@ class BasicConv2d(nn.HybridBlock):
 
     def __init__(self, u: ConvUnit) -> None:
         super().__init__()
-        self.conv = nn.Conv2D(u.out_channels, u.kernel, strides=u.stride, padding=u.padding, use_bias=u.bias,
-                              in_channels=u.in_channels)
+        self.conv = nn.Conv2D(
+            u.out_channels, u.kernel, strides=u.stride, padding=u.padding, use_bias=u.bias, in_channels=u.in_channels
+        )
         # momentum: the weight of the old statistic, 1 - the spec's (PyTorch's) 0.1;
         # BatchNorm calls its scale and shift gamma and beta
-        self.bn = None if u.norm is None else BatchNorm(epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum,
-                                                        in_channels=u.out_channels)
+        self.bn = (
+            None
+            if u.norm is None
+            else BatchNorm(epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, in_channels=u.out_channels)
+        )
         self.relu = u.relu
 
     def hybrid_forward(self, F, x):
@@ -73,8 +77,15 @@ class PlainConv2d(nn.Conv2D):
     with the ReLU its unit asks for."""
 
     def __init__(self, u: ConvUnit) -> None:
-        super().__init__(u.out_channels, u.kernel, strides=u.stride, padding=u.padding, use_bias=u.bias,
-                         activation="relu" if u.relu else None, in_channels=u.in_channels)
+        super().__init__(
+            u.out_channels,
+            u.kernel,
+            strides=u.stride,
+            padding=u.padding,
+            use_bias=u.bias,
+            activation="relu" if u.relu else None,
+            in_channels=u.in_channels,
+        )
 
 
 class AdaptiveAvgPool2D(nn.HybridBlock):

@@ -109,8 +109,13 @@ class GoogLeNet(nn.HybridBlock):
         out = {}
         if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
             t = self.plan.transform
-            x = F.concat(*[F.slice_axis(x, axis=1, begin=c, end=c + 1) * s + b
-                           for c, (s, b) in enumerate(zip(t.scale, t.shift))], dim=1)
+            x = F.concat(
+                *[
+                    F.slice_axis(x, axis=1, begin=c, end=c + 1) * s + b
+                    for c, (s, b) in enumerate(zip(t.scale, t.shift, strict=True))
+                ],
+                dim=1,
+            )
         # N x 3 x 224 x 224
         for stage in self.plan.stages:
             x = getattr(self, stage.name)(x)

@@ -22,12 +22,14 @@ from .weights import located
 
 
 class Trainer:
-    def __init__(self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3,
-                 record: bool = False) -> None:
+    def __init__(
+        self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3, record: bool = False
+    ) -> None:
         """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
         self.model, self.aux_weight = model, aux_weight
-        self.trainer = mx.gluon.Trainer(model.collect_params(), "sgd",
-                                        {"learning_rate": lr, "momentum": momentum, "wd": 0.0})
+        self.trainer = mx.gluon.Trainer(
+            model.collect_params(), "sgd", {"learning_rate": lr, "momentum": momentum, "wd": 0.0}
+        )
         self.ce = mx.gluon.loss.SoftmaxCrossEntropyLoss()
         self.bns = {name: b for name, b in named_blocks(model) if isinstance(b, BatchNorm)}
         for b in self.bns.values():
@@ -50,8 +52,11 @@ class Trainer:
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The last step's gradient of every trainable parameter, by canonical key."""
-        return {key: param.grad().asnumpy() for key, param in located(self.model, self.model.plan)
-                if param.grad_req != "null"}
+        return {
+            key: param.grad().asnumpy()
+            for key, param in located(self.model, self.model.plan)
+            if param.grad_req != "null"
+        }
 
     def batch_stats(self) -> dict[str, np.ndarray]:
         """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""

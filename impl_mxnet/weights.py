@@ -4,7 +4,7 @@ writes) are the canonical names, except BatchNorm's scale and shift
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import mxnet as mx
 import numpy as np
@@ -23,8 +23,10 @@ def located(model, p: Plan) -> list[tuple[str, mx.gluon.Parameter]]:
     unmapped = set(params) - set(names.values())
     missing = [k for k, n in names.items() if n not in params]
     if unmapped or missing:  # the model and the plan disagree: a bug in model.py
-        raise RuntimeError(f"Gluon model: parameters without a canonical key {sorted(unmapped)[:3]}, "
-                           f"canonical keys without a parameter {missing[:3]}")
+        raise RuntimeError(
+            f"Gluon model: parameters without a canonical key {sorted(unmapped)[:3]}, "
+            f"canonical keys without a parameter {missing[:3]}"
+        )
     return [(key, params[name]) for key, name in names.items()]
 
 
@@ -36,6 +38,7 @@ def from_canonical(model, params: Mapping[str, np.ndarray]) -> None:
     validate(model.plan, params)
     for key, param in located(model, model.plan):
         if tuple(param.shape) != params[key].shape:
-            raise CanonicalError(f"{key!r}: Gluon parameter {gluon_name(key)} is {param.shape}, "
-                                 f"got {params[key].shape}")
+            raise CanonicalError(
+                f"{key!r}: Gluon parameter {gluon_name(key)} is {param.shape}, got {params[key].shape}"
+            )
         param.set_data(mx.nd.array(params[key], dtype=np.float32))

@@ -14,16 +14,30 @@ from .train import Trainer
 from .weights import from_canonical, to_canonical
 
 name = "torch"
-__all__ = ["GoogLeNet", "Trainer", "build", "count_params", "forward", "from_canonical", "stages",
-           "to_canonical", "version"]
+__all__ = [
+    "GoogLeNet",
+    "Trainer",
+    "build",
+    "count_params",
+    "forward",
+    "from_canonical",
+    "stages",
+    "to_canonical",
+    "version",
+]
 
 
 def version() -> str:
     return f"torch {torch.__version__}"
 
 
-def build(variant: str | Variant, num_classes: int | None = None, aux_logits: bool = False,
-          transform_input: bool = False, dtype: str = "float32") -> GoogLeNet:
+def build(
+    variant: str | Variant,
+    num_classes: int | None = None,
+    aux_logits: bool = False,
+    transform_input: bool = False,
+    dtype: str = "float32",
+) -> GoogLeNet:
     """A GoogLeNet in eval mode holding the suite's initial weights (torchvision's
     initialisation, ``conformance.canonical.default_params``). The options are
     ``conformance.spec.resolve``'s; ``dtype``: float64 for the training-parity check."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conformance.spec import LRN, ConvUnit, Op, PoolUnit, Pool
+from conformance.spec import LRN, ConvUnit, Op, Pool, PoolUnit
 
 
 class BasicConv2d(nn.Module):
@@ -19,11 +19,9 @@ class BasicConv2d(nn.Module):
 
     def __init__(self, u: ConvUnit) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(u.in_channels, u.out_channels, u.kernel, stride=u.stride, padding=u.padding,
-                              bias=u.bias)
+        self.conv = nn.Conv2d(u.in_channels, u.out_channels, u.kernel, stride=u.stride, padding=u.padding, bias=u.bias)
         # momentum: the weight of the new batch statistic (0.1), the spec's convention
-        self.bn = None if u.norm is None else nn.BatchNorm2d(u.out_channels, eps=u.norm.eps,
-                                                             momentum=u.norm.momentum)
+        self.bn = None if u.norm is None else nn.BatchNorm2d(u.out_channels, eps=u.norm.eps, momentum=u.norm.momentum)
         self.relu = u.relu
 
     def forward(self, x: Tensor) -> Tensor:

@@ -103,7 +103,7 @@ class GoogLeNet(nn.Module):
         out: dict[str, Tensor] = {}
         if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
             t = self.plan.transform
-            x = torch.cat([x[:, c : c + 1] * s + b for c, (s, b) in enumerate(zip(t.scale, t.shift))], 1)
+            x = torch.cat([x[:, c : c + 1] * s + b for c, (s, b) in enumerate(zip(t.scale, t.shift, strict=True))], 1)
         # N x 3 x 224 x 224
         for stage in self.plan.stages:
             x = getattr(self, stage.name)(x)

@@ -19,8 +19,9 @@ from .model import GoogLeNet
 
 
 class Trainer:
-    def __init__(self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3,
-                 record: bool = False) -> None:
+    def __init__(
+        self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3, record: bool = False
+    ) -> None:
         """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
         self.model, self.aux_weight = model, aux_weight
         # buf = momentum * buf + grad; w -= lr * buf
@@ -35,6 +36,7 @@ class Trainer:
             x = inputs[0].detach()
             self.stats[f"{name}.batch_mean"] = x.mean((0, 2, 3)).numpy()
             self.stats[f"{name}.batch_var"] = x.var((0, 2, 3), unbiased=False).numpy()
+
         return hook
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -54,7 +56,7 @@ class Trainer:
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The last step's gradient of every trainable parameter, by canonical key."""
-        return {k: p.grad.numpy().copy() for k, p in self.model.named_parameters()}
+        return {k: p.grad.numpy().copy() for k, p in self.model.named_parameters() if p.grad is not None}
 
     def batch_stats(self) -> dict[str, np.ndarray]:
         """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""

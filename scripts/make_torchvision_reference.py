@@ -53,8 +53,7 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="overwrite existing fixtures")
     args = parser.parse_args()
 
-    model = torchvision.models.googlenet(weights=None, aux_logits=True, transform_input=True,
-                                         init_weights=True).eval()
+    model = torchvision.models.googlenet(weights=None, aux_logits=True, transform_input=True, init_weights=True).eval()
     state = model.state_dict()
     keys = {k: list(v.shape) for k, v in state.items()}
 
@@ -75,12 +74,16 @@ def main() -> None:
             outputs[f"aux2_{size}"] = model.aux2(taps["4d"]).numpy()
 
     buffer = io.BytesIO()
-    np.savez(buffer, **outputs, params_sha256=np.array(params_digest(params)),
-             torchvision=np.array(torchvision.__version__), torch=np.array(torch.__version__))
+    np.savez(
+        buffer,
+        **outputs,
+        params_sha256=np.array(params_digest(params)),
+        torchvision=np.array(torchvision.__version__),
+        torch=np.array(torch.__version__),
+    )
     canonical.atomic_write(DATA / "torchvision_googlenet_outputs.npz", buffer.getvalue(), args.force)
     lines = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in keys.items())
-    canonical.atomic_write(DATA / "torchvision_googlenet_keys.json", f"{{\n{lines}\n}}\n".encode(),
-                           args.force)
+    canonical.atomic_write(DATA / "torchvision_googlenet_keys.json", f"{{\n{lines}\n}}\n".encode(), args.force)
     print(f"recorded torchvision {torchvision.__version__} (torch {torch.__version__}) into {DATA}")
 
 

@@ -3,6 +3,7 @@ GoogLeNet takes a second or two to build on 2 cores)."""
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import pytest
@@ -10,10 +11,10 @@ import pytest
 from conformance import canonical, frameworks, spec
 from conformance.check.harness import full_options
 
-try:  # only where torchvision is installed (a side venv): its CUDA build of torch 2.14.1
-    import torchvision  # noqa: F401  segfaults when TensorFlow was imported before it
-except ImportError:
-    pass
+# Only where torchvision is installed (a side venv): its CUDA build of torch 2.14.1
+# segfaults when TensorFlow was imported before it.
+with contextlib.suppress(ImportError):
+    import torchvision  # noqa: F401
 
 FRAMEWORKS = list(frameworks.FRAMEWORKS)
 _BACKENDS, _SKIPPED = frameworks.load(FRAMEWORKS)
@@ -51,8 +52,17 @@ def loaded_model(b, variant: str, seed: int = 0):
     return _MODELS[key]
 
 
-FUNCTIONS = ("name", "build", "to_canonical", "from_canonical", "forward", "stages",
-             "count_params", "version", "Trainer")
+FUNCTIONS = (
+    "name",
+    "build",
+    "to_canonical",
+    "from_canonical",
+    "forward",
+    "stages",
+    "count_params",
+    "version",
+    "Trainer",
+)
 
 
 def patched(b, **overrides) -> types.SimpleNamespace:

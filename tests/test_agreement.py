@@ -21,8 +21,7 @@ def report():
 
 
 def test_every_check_passes(report):
-    failing = [(v.variant, s.size, r.stage) for v in report.variants for s in v.sizes
-               for r in s.stages if not r.passed]
+    failing = [(v.variant, s.size, r.stage) for v in report.variants for s in v.sizes for r in s.stages if not r.passed]
     assert report.passed, failing
 
 
@@ -73,9 +72,16 @@ def test_the_smallest_sizes_the_spec_admits_run_in_every_framework():
     if len(backends) < 2:
         pytest.skip(f"needs two frameworks to compare, found {sorted(backends)}")
     sizes = {v: smallest_size(v) for v in spec.VARIANTS}
-    assert sizes == {"googlenet": 47, "googlenet_bn": 31, "googlenet_gluoncv": 223, "googlenet_lrn": 47,
-                     "googlenet_d2l": 1, "googlenet_cifar": 1,  # padded floor pools never outgrow their input
-                     "inception_mnist": 28, "residual_mnist": 28}  # fc reads a 4 x 4 map: 28..31 give one
+    assert sizes == {
+        "googlenet": 47,
+        "googlenet_bn": 31,
+        "googlenet_gluoncv": 223,
+        "googlenet_lrn": 47,
+        "googlenet_d2l": 1,
+        "googlenet_cifar": 1,  # padded floor pools never outgrow their input
+        "inception_mnist": 28,
+        "residual_mnist": 28,
+    }  # fc reads a 4 x 4 map: 28..31 give one
     assert [s for s in range(20, 40) if harness.inadmissible("inception_mnist", s) is None] == [28, 29, 30, 31]
     assert "maxpool4 window (2 x 2) is larger than its 1 x 1 input" in harness.inadmissible("googlenet_bn", 30)
     r = harness.run(["googlenet", "googlenet_bn"], backends, {}, sizes=[31, 47], batch=1)

@@ -50,8 +50,10 @@ def _params(variant="googlenet"):
 def test_validate_names_missing_key_with_expected_shape():
     p, params = _params()
     del params["inception4c.branch2.1.conv.weight"]
-    with pytest.raises(canonical.CanonicalError,
-                       match=r"missing key 'inception4c.branch2.1.conv.weight' \(expected shape \(256, 128, 3, 3\)\)"):
+    with pytest.raises(
+        canonical.CanonicalError,
+        match=r"missing key 'inception4c.branch2.1.conv.weight' \(expected shape \(256, 128, 3, 3\)\)",
+    ):
         canonical.validate(p, params)
 
 
@@ -65,25 +67,28 @@ def test_validate_names_extra_key():
 def test_validate_names_shape_mismatch_with_both_shapes():
     p, params = _params()
     params["inception3a.branch3.1.conv.weight"] = np.zeros((32, 16, 3, 3), np.float32)
-    with pytest.raises(canonical.CanonicalError, match=r"shape mismatch at 'inception3a.branch3.1.conv.weight': "
-                                                       r"expected \(32, 16, 5, 5\), got \(32, 16, 3, 3\)"):
+    with pytest.raises(
+        canonical.CanonicalError,
+        match=r"shape mismatch at 'inception3a.branch3.1.conv.weight': "
+        r"expected \(32, 16, 5, 5\), got \(32, 16, 3, 3\)",
+    ):
         canonical.validate(p, params)
 
 
 def test_validate_rejects_other_dtypes_and_non_arrays():
     p, params = _params()
     params["fc.bias"] = params["fc.bias"].astype(np.float64)
-    with pytest.raises(canonical.CanonicalError, match="'fc.bias': expected float32, got float64"):
+    with pytest.raises(canonical.CanonicalError, match=r"'fc.bias': expected float32, got float64"):
         canonical.validate(p, params)
     params["fc.bias"] = [0.0] * 1000
-    with pytest.raises(canonical.CanonicalError, match="'fc.bias': expected a numpy.ndarray, got list"):
+    with pytest.raises(canonical.CanonicalError, match=r"'fc.bias': expected a numpy.ndarray, got list"):
         canonical.validate(p, params)
 
 
 def test_validate_rejects_the_other_variant():
     p = spec.resolve("googlenet_bn")
     _, params = _params("googlenet")
-    with pytest.raises(canonical.CanonicalError, match="do not fit googlenet_bn"):
+    with pytest.raises(canonical.CanonicalError, match=r"do not fit googlenet_bn"):
         canonical.validate(p, params)
 
 
@@ -104,7 +109,7 @@ def test_save_never_overwrites_silently(tmp_path):
     p, params = _params()
     target = tmp_path / "w.safetensors"
     target.write_bytes(b"precious")
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(FileExistsError, match=r"already exists"):
         canonical.save(params, target, p)
     assert target.read_bytes() == b"precious"
     canonical.save(params, target, p, overwrite=True)
@@ -114,6 +119,6 @@ def test_save_never_overwrites_silently(tmp_path):
 def test_save_validates_before_writing(tmp_path):
     p, params = _params()
     del params["fc.bias"]
-    with pytest.raises(canonical.CanonicalError, match="missing key 'fc.bias'"):
+    with pytest.raises(canonical.CanonicalError, match=r"missing key 'fc.bias'"):
         canonical.save(params, tmp_path / "w.safetensors", p)
     assert not list(tmp_path.iterdir())

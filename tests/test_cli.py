@@ -18,14 +18,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "conformance", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "conformance", *args], check=False, capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
 
 
 def test_check_passes_prints_the_table_and_writes_json(tmp_path):
     out = tmp_path / "report.json"
-    r = cli("check", "--variant", "googlenet", "--frameworks", "torch", "--input-size", "97",
-            "--batch", "1", "--json", str(out))
+    r = cli(
+        "check",
+        "--variant",
+        "googlenet",
+        "--frameworks",
+        "torch",
+        "--input-size",
+        "97",
+        "--batch",
+        "1",
+        "--json",
+        str(out),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "googlenet  (aux_logits=True)" in r.stdout and "PASS: all" in r.stdout
     assert "6,998,552" not in r.stdout and "13,378,280" in r.stdout
@@ -59,18 +71,24 @@ def test_json_is_never_overwritten_silently(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,message", [
-    (["check", "--variant", "googlenet", "--variant", "googlenet_bn", "--input-size", "16"],
-     "--input-size 16: no variant can run it: googlenet: input size 16: the maxpool3 window"),
-    (["check", "--frameworks", "torch,jax"], "--frameworks: unknown ['jax']"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["check", "--variant", "googlenet", "--variant", "googlenet_bn", "--input-size", "16"],
+            "--input-size 16: no variant can run it: googlenet: input size 16: the maxpool3 window",
+        ),
+        (["check", "--frameworks", "torch,jax"], "--frameworks: unknown ['jax']"),
+    ],
+)
 def test_bad_options_exit_2_naming_the_option(capsys, args, message):
     assert main(args) == 2
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args", [["check", "--batch", "0"], ["check", "--variant", "vgg"],
-                                  ["check", "--input-size", "big"]])
+@pytest.mark.parametrize(
+    "args", [["check", "--batch", "0"], ["check", "--variant", "vgg"], ["check", "--input-size", "big"]]
+)
 def test_argparse_rejects_bad_values(capsys, args):
     with pytest.raises(SystemExit) as e:
         main(args)
@@ -82,8 +100,10 @@ def test_missing_framework_is_skipped_with_its_install_hint(monkeypatch, capsys)
     backends, skipped = frameworks.load(["ghost"])
     assert backends == {} and "install with: pip install ghost" in skipped["ghost"]
     # alongside a real one: reported as skipped, never a traceback, and the rest still runs
-    assert main(["check", "--variant", "googlenet", "--frameworks", "torch,ghost",
-                 "--input-size", "97", "--batch", "1"]) == 0
+    assert (
+        main(["check", "--variant", "googlenet", "--frameworks", "torch,ghost", "--input-size", "97", "--batch", "1"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "skipped:    ghost: not installed" in out and "PASS: all" in out
 
@@ -114,11 +134,23 @@ def test_json_report_is_strict_json_even_for_infinite_errors(tmp_path):
     from conformance.check import harness, report
     from conformance.check.compare import Agreement
 
-    row = harness.StageRow("conv1", (1, 64, 49, 49), {"torch": (1, 64, 49, 49)},
-                           {"keras": Agreement(float("inf"), float("nan"))}, False)
-    r = harness.Report({"torch": "torch"}, {}, "torch", 1, 0, 1e-4,
-                       [harness.VariantReport("googlenet", {}, {"spec": (1, 0), "torch": (1, 0)}, {},
-                                              [harness.SizeReport(97, False, [row])])], {})
+    row = harness.StageRow(
+        "conv1", (1, 64, 49, 49), {"torch": (1, 64, 49, 49)}, {"keras": Agreement(float("inf"), float("nan"))}, False
+    )
+    r = harness.Report(
+        {"torch": "torch"},
+        {},
+        "torch",
+        1,
+        0,
+        1e-4,
+        [
+            harness.VariantReport(
+                "googlenet", {}, {"spec": (1, 0), "torch": (1, 0)}, {}, [harness.SizeReport(97, False, [row])]
+            )
+        ],
+        {},
+    )
     path = report.write_json(r, tmp_path / "r.json")
     doc = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
     agreement = doc["variants"][0]["sizes"][0]["stages"][0]["agreement"]["keras"]

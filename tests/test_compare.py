@@ -58,7 +58,7 @@ def test_nan_fails():
 
 
 def test_shape_mismatch_is_an_error():
-    with pytest.raises(ValueError, match="cannot compare shapes"):
+    with pytest.raises(ValueError, match=r"cannot compare shapes"):
         agreement(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32))
 
 

@@ -11,8 +11,12 @@ from conformance.check.compare import identical
 
 from .conftest import backend_or_skip, full_plan, loaded_model
 
-PUBLISHED = {("googlenet", False): (6_998_552, 0), ("googlenet", True): (13_378_280, 0),
-             ("googlenet_bn", False): (6_624_904, 14_560), ("googlenet_bn", True): (13_004_888, 15_072)}
+PUBLISHED = {
+    ("googlenet", False): (6_998_552, 0),
+    ("googlenet", True): (13_378_280, 0),
+    ("googlenet_bn", False): (6_624_904, 14_560),
+    ("googlenet_bn", True): (13_004_888, 15_072),
+}
 
 
 @pytest.mark.parametrize("variant,aux", sorted(PUBLISHED))
@@ -56,7 +60,7 @@ def test_from_canonical_refuses_missing_key(backend):
     model = backend.build("googlenet")
     params = _strict_params()
     del params["inception5b.branch1.conv.bias"]
-    with pytest.raises(canonical.CanonicalError, match="missing key 'inception5b.branch1.conv.bias'"):
+    with pytest.raises(canonical.CanonicalError, match=r"missing key 'inception5b.branch1.conv.bias'"):
         backend.from_canonical(model, params)
 
 
@@ -73,8 +77,9 @@ def test_from_canonical_refuses_shape_mismatch_and_changes_nothing(backend):
     before = backend.to_canonical(model)
     params = _strict_params()
     params["conv1.conv.weight"] = params["conv1.conv.weight"].transpose(0, 1, 3, 2)[:, :, :, :5].copy()
-    with pytest.raises(canonical.CanonicalError,
-                       match=r"'conv1.conv.weight': expected \(64, 3, 7, 7\), got \(64, 3, 7, 5\)"):
+    with pytest.raises(
+        canonical.CanonicalError, match=r"'conv1.conv.weight': expected \(64, 3, 7, 7\), got \(64, 3, 7, 5\)"
+    ):
         backend.from_canonical(model, params)
     assert identical(before, backend.to_canonical(model)) == []  # validated before any write
 
@@ -104,19 +109,25 @@ def test_transform_input_changes_the_input_as_torchvision(backend):
     backend.from_canonical(remapped, params)
     x = np.random.default_rng(0).standard_normal((1, 3, 97, 97)).astype(np.float32)
     t = spec.GOOGLENET_BN.input.transform
-    x_remapped = (x * np.array(t.scale, np.float32)[:, None, None]
-                  + np.array(t.shift, np.float32)[:, None, None])
-    np.testing.assert_allclose(backend.forward(remapped, x), backend.forward(plain, x_remapped),
-                               rtol=0, atol=1e-4 * np.abs(backend.forward(plain, x_remapped)).max())
+    x_remapped = x * np.array(t.scale, np.float32)[:, None, None] + np.array(t.shift, np.float32)[:, None, None]
+    np.testing.assert_allclose(
+        backend.forward(remapped, x),
+        backend.forward(plain, x_remapped),
+        rtol=0,
+        atol=1e-4 * np.abs(backend.forward(plain, x_remapped)).max(),
+    )
     assert not np.allclose(backend.forward(remapped, x), backend.forward(plain, x), atol=1e-3)
 
 
-@pytest.mark.parametrize("x,message", [
-    (np.zeros((1, 3, 224), np.float32), r"x: expected shape \(N, 3, H, W\), got \(1, 3, 224\)"),
-    (np.zeros((1, 224, 224, 3), np.float32), r"x: expected shape \(N, 3, H, W\), got \(1, 224, 224, 3\)"),
-    (np.zeros((1, 3, 224, 224), np.float64), "x: expected dtype float32, got float64"),
-    (np.zeros((1, 3, 20, 20), np.float32), "is larger than its"),
-])
+@pytest.mark.parametrize(
+    "x,message",
+    [
+        (np.zeros((1, 3, 224), np.float32), r"x: expected shape \(N, 3, H, W\), got \(1, 3, 224\)"),
+        (np.zeros((1, 224, 224, 3), np.float32), r"x: expected shape \(N, 3, H, W\), got \(1, 224, 224, 3\)"),
+        (np.zeros((1, 3, 224, 224), np.float64), "x: expected dtype float32, got float64"),
+        (np.zeros((1, 3, 20, 20), np.float32), "is larger than its"),
+    ],
+)
 def test_forward_rejects_bad_input_by_name(backend, x, message):
     with pytest.raises(ValueError, match=message):
         backend.forward(loaded_model(backend, "googlenet"), x)
@@ -124,17 +135,17 @@ def test_forward_rejects_bad_input_by_name(backend, x, message):
 
 def test_forward_rejects_aux_requests_it_cannot_honour(backend):
     model = loaded_model(backend, "googlenet")
-    with pytest.raises(ValueError, match="aux=True: at input 97 x 97 the aux pool"):
+    with pytest.raises(ValueError, match=r"aux=True: at input 97 x 97 the aux pool"):
         backend.forward(model, np.zeros((1, 3, 97, 97), np.float32), aux=True)
     plain = backend.build("googlenet")
-    with pytest.raises(ValueError, match="built with aux_logits=False"):
+    with pytest.raises(ValueError, match=r"built with aux_logits=False"):
         backend.forward(plain, np.zeros((1, 3, 224, 224), np.float32), aux=True)
-    with pytest.raises(TypeError, match="x: expected a numpy.ndarray"):
+    with pytest.raises(TypeError, match=r"x: expected a numpy.ndarray"):
         backend.forward(model, [[0.0]])
 
 
 def test_build_rejects_unknown_option(backend):
-    with pytest.raises(TypeError, match="transfrom_input"):
+    with pytest.raises(TypeError, match=r"transfrom_input"):
         backend.build("googlenet_bn", transfrom_input=True)
 
 
@@ -150,8 +161,11 @@ def test_keras_local_response_norm_matches_pytorch_and_tensorflow():
     lrn = spec.LRN("lrn", 5, 1e-4, 0.75, 1.0)
     x = (np.random.default_rng(0).standard_normal((2, 6, 5, 16)) * 40).astype(np.float32)  # NHWC
     ours = keras.ops.convert_to_numpy(LocalResponseNorm(lrn)(x))
-    theirs = torch.nn.functional.local_response_norm(torch.from_numpy(x.transpose(0, 3, 1, 2)), 5, 1e-4, 0.75,
-                                                     1.0).numpy().transpose(0, 2, 3, 1)
+    theirs = (
+        torch.nn.functional.local_response_norm(torch.from_numpy(x.transpose(0, 3, 1, 2)), 5, 1e-4, 0.75, 1.0)
+        .numpy()
+        .transpose(0, 2, 3, 1)
+    )
     tf_lrn = tf.nn.local_response_normalization(x, depth_radius=2, bias=1.0, alpha=1e-4 / 5, beta=0.75).numpy()
     assert np.abs(ours - x).max() > 0.1 * np.abs(x).max()  # the normalisation is not negligible here
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from conformance import canonical, spec
-from conformance.formats import naming
 from conformance.check.compare import agreement
+from conformance.formats import naming
 from conformance.formats.port import port
 
 from .conftest import backend_or_skip
@@ -62,8 +62,14 @@ def test_the_file_holds_gluoncv_names_and_the_head_twice(gluoncv_file):
     import mxnet as mx
 
     keys = set(mx.nd.load(str(gluoncv_file[0])))
-    assert {"conv1.0.weight", "conv1.1.gamma", "inception3a.3.1.0.weight", "aux1.3.weight",
-            "output.weight", "head.2.weight"} <= keys
+    assert {
+        "conv1.0.weight",
+        "conv1.1.gamma",
+        "inception3a.3.1.0.weight",
+        "aux1.3.weight",
+        "output.weight",
+        "head.2.weight",
+    } <= keys
     assert naming.detect(keys) == "gluoncv"
 
 

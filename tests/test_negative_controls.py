@@ -67,8 +67,7 @@ def test_wrong_batchnorm_epsilon_fails():
 
     def build_with_default_eps(variant, **kwargs):
         model = mxnet_.build(variant, **kwargs)
-        model.apply(lambda block: options(block).__setitem__("eps", 1e-5)
-                    if isinstance(block, nn.BatchNorm) else None)
+        model.apply(lambda block: options(block).__setitem__("eps", 1e-5) if isinstance(block, nn.BatchNorm) else None)
         return model
 
     v = check({"torch": torch_, "mxnet": patched(mxnet_, build=build_with_default_eps)}, "googlenet_bn", 97)
@@ -82,7 +81,7 @@ def test_aux_features_flattened_in_the_wrong_order_fail_only_the_aux_heads(monke
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
     import impl_keras.weights
 
-    monkeypatch.setattr(impl_keras.weights, "dense_to_keras", lambda d: (lambda w: w.T))
+    monkeypatch.setattr(impl_keras.weights, "dense_to_keras", lambda d: lambda w: w.T)
     v = check({"torch": torch_, "keras": keras_}, "googlenet", 224)
     r = rows(v)
     assert not r["aux1"].passed and not r["aux2"].passed
@@ -96,7 +95,7 @@ def test_lecture_fc_flattened_in_the_wrong_order_fails_only_the_logits(monkeypat
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
     import impl_keras.weights
 
-    monkeypatch.setattr(impl_keras.weights, "dense_to_keras", lambda d: (lambda w: w.T))
+    monkeypatch.setattr(impl_keras.weights, "dense_to_keras", lambda d: lambda w: w.T)
     r = rows(check({"torch": torch_, "keras": keras_}, "inception_mnist", 28))
     assert not r["logits"].passed and r["logits"].agreement["keras"].max_rel > 100 * REL_TOL
     assert all(row.passed for name, row in r.items() if name != "logits")
@@ -109,8 +108,11 @@ def _floor_pools(mxnet_):
 
     def build_with_floor_pools(variant, **kwargs):
         model = mxnet_.build(variant, **kwargs)
-        model.apply(lambda block: options(block).__setitem__("pooling_convention", "valid")
-                    if isinstance(block, nn.MaxPool2D) else None)
+        model.apply(
+            lambda block: (
+                options(block).__setitem__("pooling_convention", "valid") if isinstance(block, nn.MaxPool2D) else None
+            )
+        )
         return model
 
     return patched(mxnet_, build=build_with_floor_pools)

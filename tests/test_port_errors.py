@@ -38,8 +38,13 @@ def state():
 def test_missing_key(tmp_path, state):
     del state["inception4b.branch2.1.conv.bias"]
     src = save_torch(state, tmp_path / "a.pth")
-    assert_refused(tmp_path, src, "b.npz", r"a.pth: .*missing key 'inception4b.branch2.1.conv.bias' "
-                                           r"\(expected shape \(224,\)\)")
+    assert_refused(
+        tmp_path,
+        src,
+        "b.npz",
+        r"a.pth: .*missing key 'inception4b.branch2.1.conv.bias' "
+        r"\(expected shape \(224,\)\)",
+    )
 
 
 def test_extra_key(tmp_path, state):
@@ -51,25 +56,53 @@ def test_extra_key(tmp_path, state):
 def test_shape_mismatch(tmp_path, state):
     state["conv2.conv.weight"] = state["conv2.conv.weight"][:32]
     src = save_torch(state, tmp_path / "a.pth")
-    assert_refused(tmp_path, src, "b.npz", r"shape mismatch at 'conv2.conv.weight': expected \(64, 64, 1, 1\), "
-                                           r"got \(32, 64, 1, 1\)")
+    assert_refused(
+        tmp_path,
+        src,
+        "b.npz",
+        r"shape mismatch at 'conv2.conv.weight': expected \(64, 64, 1, 1\), "
+        r"got \(32, 64, 1, 1\)",
+    )
 
 
 def test_checkpoint_of_the_other_variant(tmp_path, state):
     src = save_torch(state, tmp_path / "a.pth")
-    assert_refused(tmp_path, src, "b.npz", r"5x5 branch found .*: this is `googlenet` or `googlenet_lrn`, "
-                                           r"not `googlenet_bn`", variant="googlenet_bn")
-    assert_refused(tmp_path, src, "b.npz", r"3 input channels: this is `googlenet` or `googlenet_lrn`, "
-                                           r"not `googlenet_d2l`", variant="googlenet_d2l", num_classes=1000)
+    assert_refused(
+        tmp_path,
+        src,
+        "b.npz",
+        r"5x5 branch found .*: this is `googlenet` or `googlenet_lrn`, "
+        r"not `googlenet_bn`",
+        variant="googlenet_bn",
+    )
+    assert_refused(
+        tmp_path,
+        src,
+        "b.npz",
+        r"3 input channels: this is `googlenet` or `googlenet_lrn`, "
+        r"not `googlenet_d2l`",
+        variant="googlenet_d2l",
+        num_classes=1000,
+    )
     bn = save_torch(torch_state("googlenet_bn", aux=False), tmp_path / "bn.pth")
-    assert_refused(tmp_path, bn, "b.npz", r"3x3 branch found .*: this is `googlenet_bn` or `googlenet_gluoncv`, "
-                                          r"not `googlenet`")
+    assert_refused(
+        tmp_path,
+        bn,
+        "b.npz",
+        r"3x3 branch found .*: this is `googlenet_bn` or `googlenet_gluoncv`, "
+        r"not `googlenet`",
+    )
 
 
 def test_wrong_number_of_classes_offers_the_option(tmp_path):
     src = save_torch(torch_state("googlenet", aux=False, num_classes=10), tmp_path / "a.pth")
-    assert_refused(tmp_path, src, "b.npz", r"has 10 classes \(fc.weight is \(10, 1024\)\), not 1000: "
-                                           r"pass --num-classes 10")
+    assert_refused(
+        tmp_path,
+        src,
+        "b.npz",
+        r"has 10 classes \(fc.weight is \(10, 1024\)\), not 1000: "
+        r"pass --num-classes 10",
+    )
     assert port(src, tmp_path / "b.npz", "googlenet", num_classes=10).passed
 
 
@@ -97,11 +130,14 @@ def _torch_file(params, p, path):
     save_torch({k: torch.from_numpy(v) for k, v in params.items()}, path)
 
 
-@pytest.mark.parametrize("name,writer", [
-    ("a.pth", _torch_file),
-    ("a.safetensors", lambda params, p, path: canonical.save(params, path, p)),
-    ("a.npz", lambda params, p, path: np.savez(path, **params)),
-])
+@pytest.mark.parametrize(
+    "name,writer",
+    [
+        ("a.pth", _torch_file),
+        ("a.safetensors", lambda params, p, path: canonical.save(params, path, p)),
+        ("a.npz", lambda params, p, path: np.savez(path, **params)),
+    ],
+)
 def test_truncated_file(tmp_path, name, writer):
     p = spec.resolve("googlenet")
     path = tmp_path / name
@@ -113,17 +149,26 @@ def test_truncated_file(tmp_path, name, writer):
 
 def test_corrupt_file(tmp_path):
     (tmp_path / "a.params").write_bytes(np.random.default_rng(0).bytes(4096))
-    assert_refused(tmp_path, tmp_path / "a.params", "b.npz", r"a.params: expected MXNet Gluon parameters "
-                   r"\(mxnet\), but the file is not a known checkpoint format")
+    assert_refused(
+        tmp_path,
+        tmp_path / "a.params",
+        "b.npz",
+        r"a.params: expected MXNet Gluon parameters "
+        r"\(mxnet\), but the file is not a known checkpoint format",
+    )
 
 
 def test_another_format_than_the_extension_says(tmp_path):
     p = spec.resolve("googlenet")
     canonical.save(canonical.random_params(p, 0), tmp_path / "real.safetensors", p)
     os.rename(tmp_path / "real.safetensors", tmp_path / "looks.pth")
-    assert_refused(tmp_path, tmp_path / "looks.pth", "b.npz",
-                   r"looks.pth: expected PyTorch state_dict \(torch\), but the file is safetensors "
-                   r"\(pass --from safetensors if it is canonical safetensors\)")
+    assert_refused(
+        tmp_path,
+        tmp_path / "looks.pth",
+        "b.npz",
+        r"looks.pth: expected PyTorch state_dict \(torch\), but the file is safetensors "
+        r"\(pass --from safetensors if it is canonical safetensors\)",
+    )
     assert port(tmp_path / "looks.pth", tmp_path / "b.npz", "googlenet", src_format="safetensors").passed
 
 
@@ -203,7 +248,7 @@ def test_a_failed_verification_writes_nothing(tmp_path, state, monkeypatch):
     monkeypatch.setitem(formats.FORMATS, "safetensors", dataclasses.replace(real, write=sloppy_write))
     src = save_torch(state, tmp_path / "a.pth")
     log: list[str] = []
-    with pytest.raises(VerificationError, match="does not reproduce .*nothing was written"):
+    with pytest.raises(VerificationError, match=r"does not reproduce .*nothing was written"):
         port(src, tmp_path / "b.safetensors", "googlenet", log=log.append)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth"]
     assert any("1 tensors changed: ['inception4c.branch1.conv.weight']" in line for line in log)
@@ -211,8 +256,14 @@ def test_a_failed_verification_writes_nothing(tmp_path, state, monkeypatch):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "conformance", "port", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "conformance", "port", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def test_cli_exit_codes_and_one_message(tmp_path, state):
@@ -249,7 +300,7 @@ def test_dst_appearing_during_the_port_is_not_overwritten(tmp_path, state, monke
 
     monkeypatch.setattr(port_module, "_verify", verify_while_someone_writes)
     src = save_torch(state, tmp_path / "a.pth")
-    with pytest.raises(PortError, match="appeared while porting; pass --force"):
+    with pytest.raises(PortError, match=r"appeared while porting; pass --force"):
         port(src, tmp_path / "b.safetensors", "googlenet")
     assert (tmp_path / "b.safetensors").read_bytes() == b"someone else's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.safetensors"]
@@ -262,7 +313,7 @@ def test_a_load_that_silently_restores_nothing_fails_verification(tmp_path, stat
     monkeypatch.setattr(t.GoogLeNet, "load_state_dict", lambda self, *a, **k: None)
     src = save_torch(state, tmp_path / "a.npz.pth")
     log: list[str] = []
-    with pytest.raises(VerificationError, match="nothing was written"):
+    with pytest.raises(VerificationError, match=r"nothing was written"):
         port(src, tmp_path / "b.pth", "googlenet", log=log.append)
     assert any("116 tensors changed" in line for line in log)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz.pth"]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conformance import canonical, spec
-from conformance.formats import naming
 from conformance.check.compare import REL_TOL, agreement
+from conformance.formats import naming
 from conformance.formats.port import port
 
 from .conftest import backend_or_skip
@@ -16,8 +16,11 @@ from .conftest import backend_or_skip
 torch = pytest.importorskip("torch")
 from . import post_nets  # noqa: E402
 
-POSTS = {"inception_mnist": post_nets.InceptionNet, "residual_mnist": post_nets.ResidualNet,
-         "googlenet_cifar": post_nets.CifarGoogleNet}
+POSTS = {
+    "inception_mnist": post_nets.InceptionNet,
+    "residual_mnist": post_nets.ResidualNet,
+    "googlenet_cifar": post_nets.CifarGoogleNet,
+}
 
 
 def post_model(variant: str):

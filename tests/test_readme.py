@@ -27,6 +27,6 @@ def test_line_links_point_at_the_code_they_name():
         lines = (ROOT / path).read_text().splitlines()
         first, last = int(start), int(end or start)
         assert 1 <= first <= last <= len(lines), f"{path}#L{start}: the file has {len(lines)} lines"
-        assert text in "\n".join(lines[first - 1:last]), f"{path}#L{start} no longer shows `{text}`"
+        assert text in "\n".join(lines[first - 1 : last]), f"{path}#L{start} no longer shows `{text}`"
     bare = re.findall(r"\[[^`\]]*\]\([\w/]+\.py#L\d+", README)
     assert not bare, f"links to lines must name their code: {bare}"

@@ -28,17 +28,28 @@ TABLE1 = {
 
 # torchvision's shape comments at 224 x 224.
 SHAPES_224 = {
-    "conv1": (64, 112, 112), "maxpool1": (64, 56, 56), "conv2": (64, 56, 56),
-    "conv3": (192, 56, 56), "maxpool2": (192, 28, 28), "inception3a": (256, 28, 28),
-    "inception3b": (480, 28, 28), "maxpool3": (480, 14, 14), "inception4a": (512, 14, 14),
-    "inception4b": (512, 14, 14), "inception4c": (512, 14, 14), "inception4d": (528, 14, 14),
-    "inception4e": (832, 14, 14), "maxpool4": (832, 7, 7), "inception5a": (832, 7, 7),
+    "conv1": (64, 112, 112),
+    "maxpool1": (64, 56, 56),
+    "conv2": (64, 56, 56),
+    "conv3": (192, 56, 56),
+    "maxpool2": (192, 28, 28),
+    "inception3a": (256, 28, 28),
+    "inception3b": (480, 28, 28),
+    "maxpool3": (480, 14, 14),
+    "inception4a": (512, 14, 14),
+    "inception4b": (512, 14, 14),
+    "inception4c": (512, 14, 14),
+    "inception4d": (528, 14, 14),
+    "inception4e": (832, 14, 14),
+    "maxpool4": (832, 7, 7),
+    "inception5a": (832, 7, 7),
     "inception5b": (1024, 7, 7),
 }
 
 
-@pytest.mark.parametrize("variant", sorted(n for n, v in spec.VARIANTS.items()
-                                            if any(isinstance(r, spec.Inception) for r in v.rows)))
+@pytest.mark.parametrize(
+    "variant", sorted(n for n, v in spec.VARIANTS.items() if any(isinstance(r, spec.Inception) for r in v.rows))
+)
 def test_channel_table_and_input_channels(variant):
     p = spec.resolve(variant)
     blocks = {s.name: s for s in p.stages if isinstance(s, spec.InceptionBlock)}
@@ -50,7 +61,14 @@ def test_channel_table_and_input_channels(variant):
         convs = [op for branch in b.branches for op in branch if isinstance(op, spec.ConvUnit)]
         stacked = [(c5, c5)] * (p.variant.branch3.depth - 1)  # pytorch-cifar100's second 3x3
         assert [(u.in_channels, u.out_channels) for u in convs] == [
-            (cin, c1), (cin, c3r), (c3r, c3), (cin, c5r), (c5r, c5), *stacked, (cin, pp)]
+            (cin, c1),
+            (cin, c3r),
+            (c3r, c3),
+            (cin, c5r),
+            (c5r, c5),
+            *stacked,
+            (cin, pp),
+        ]
 
 
 def test_variant_differences_are_data():
@@ -108,12 +126,15 @@ def test_odd_sizes_and_aux_admission():
     assert "aux1" not in spec.expected_shapes(g, 97)
 
 
-@pytest.mark.parametrize("variant,aux,trainable,stats", [
-    ("googlenet", False, 6_998_552, 0),
-    ("googlenet", True, 13_378_280, 0),
-    ("googlenet_bn", False, 6_624_904, 14_560),
-    ("googlenet_bn", True, 13_004_888, 15_072),
-])
+@pytest.mark.parametrize(
+    "variant,aux,trainable,stats",
+    [
+        ("googlenet", False, 6_998_552, 0),
+        ("googlenet", True, 13_378_280, 0),
+        ("googlenet_bn", False, 6_624_904, 14_560),
+        ("googlenet_bn", True, 13_004_888, 15_072),
+    ],
+)
 def test_parameter_counts_match_published_figures(variant, aux, trainable, stats):
     assert spec.count_params(spec.resolve(variant, aux_logits=aux)) == (trainable, stats)
 
@@ -128,9 +149,10 @@ def test_bn_statistics_by_hand():
 
 def inception_params_by_hand() -> int:
     """Conv kernels + biases of the nine blocks, from Table 1, with a 5x5 branch 3."""
-    return sum(cin * c1 + c1 + cin * c3r + c3r + c3r * c3 * 9 + c3 + cin * c5r + c5r
-               + c5r * c5 * 25 + c5 + cin * pp + pp
-               for cin, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
+    return sum(
+        cin * c1 + c1 + cin * c3r + c3r + c3r * c3 * 9 + c3 + cin * c5r + c5r + c5r * c5 * 25 + c5 + cin * pp + pp
+        for cin, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values()
+    )
 
 
 def test_parameter_count_by_hand_for_googlenet():
@@ -150,7 +172,10 @@ def test_googlenet_d2l_parameter_count_by_hand():
     fc = 1024 * 10 + 10
     assert stem + blocks + fc == 5_977_530
     assert spec.count_params(spec.resolve("googlenet_d2l")) == (5_977_530, 0)
-    assert spec.resolve("googlenet_d2l").num_classes == 10 and spec.resolve("googlenet_d2l", num_classes=1000).num_classes == 1000
+    assert (
+        spec.resolve("googlenet_d2l").num_classes == 10
+        and spec.resolve("googlenet_d2l", num_classes=1000).num_classes == 1000
+    )
 
 
 def test_googlenet_lrn_is_the_paper_network_plus_two_parameter_free_lrns():
@@ -183,20 +208,20 @@ def test_multiply_adds():
 
 
 def test_resolve_rejects_bad_options_with_their_names():
-    with pytest.raises(spec.SpecError, match="variant: unknown 'resnet'"):
+    with pytest.raises(spec.SpecError, match=r"variant: unknown 'resnet'"):
         spec.resolve("resnet")
-    with pytest.raises(TypeError, match="colour"):
+    with pytest.raises(TypeError, match=r"colour"):
         spec.resolve("googlenet", colour=True)  # type: ignore[call-arg]
-    with pytest.raises(spec.SpecError, match="transform_input: variant 'googlenet'"):
+    with pytest.raises(spec.SpecError, match=r"transform_input: variant 'googlenet'"):
         spec.resolve("googlenet", transform_input=True)
-    with pytest.raises(spec.SpecError, match="aux_logits: variant 'googlenet_d2l' has no aux heads"):
+    with pytest.raises(spec.SpecError, match=r"aux_logits: variant 'googlenet_d2l' has no aux heads"):
         spec.resolve("googlenet_d2l", aux_logits=True)
     for bad in (0, -3, 2.5, True):
-        with pytest.raises(spec.SpecError, match="num_classes"):
+        with pytest.raises(spec.SpecError, match=r"num_classes"):
             spec.resolve("googlenet", num_classes=bad)
     with pytest.raises(spec.SpecError, match=r"the maxpool3 window \(3 x 3\) is larger than its 2 x 2 input"):
         spec.stage_shapes(spec.resolve("googlenet"), 16)
-    with pytest.raises(spec.SpecError, match="turns the 3 x 3 map into 0 x 0; fc expects 1 x 1"):
+    with pytest.raises(spec.SpecError, match=r"turns the 3 x 3 map into 0 x 0; fc expects 1 x 1"):
         spec.stage_shapes(spec.resolve("googlenet_gluoncv"), 97)
 
 
@@ -206,10 +231,17 @@ def test_variants_are_frozen():
 
 
 def test_spec_imports_no_framework():
-    code = ("import sys, conformance.spec, conformance.canonical, conformance.check.harness; "
-            "print(sorted({'torch', 'keras', 'tensorflow', 'mxnet'} & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys, conformance.spec, conformance.canonical, conformance.check.harness; "
+        "print(sorted({'torch', 'keras', 'tensorflow', 'mxnet'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -218,13 +250,28 @@ def test_googlenet_cifar_parameter_count_by_hand():
     stem = (64 * 3 * 9 + 2 * 64) + (64 * 64 * 9 + 2 * 64) + (192 * 64 * 9 + 2 * 192)
     # Blocks: every conv keeps its bias before BatchNorm (3 per channel); branch 3 is
     # 1x1 -> 3x3 -> 3x3.
-    blocks = sum(cin * c1 + 3 * c1 + cin * c3r + 3 * c3r + c3r * c3 * 9 + 3 * c3
-                 + cin * c5r + 3 * c5r + c5r * c5 * 9 + 3 * c5 + c5 * c5 * 9 + 3 * c5 + cin * pp + 3 * pp
-                 for cin, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
+    blocks = sum(
+        cin * c1
+        + 3 * c1
+        + cin * c3r
+        + 3 * c3r
+        + c3r * c3 * 9
+        + 3 * c3
+        + cin * c5r
+        + 3 * c5r
+        + c5r * c5 * 9
+        + 3 * c5
+        + c5 * c5 * 9
+        + 3 * c5
+        + cin * pp
+        + 3 * pp
+        for cin, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values()
+    )
     fc = 1024 * 100 + 100
     assert stem + blocks + fc == 6_402_564
-    stats = 2 * (64 + 64 + 192 + sum(c1 + c3r + c3 + c5r + 2 * c5 + pp for _, c1, c3r, c3, c5r, c5, pp, _
-                                     in TABLE1.values()))
+    stats = 2 * (
+        64 + 64 + 192 + sum(c1 + c3r + c3 + c5r + 2 * c5 + pp for _, c1, c3r, c3, c5r, c5, pp, _ in TABLE1.values())
+    )
     assert spec.count_params(spec.resolve("googlenet_cifar")) == (6_402_564, stats) == (6_402_564, 16_064)
 
 
@@ -242,8 +289,15 @@ def test_googlenet_cifar_reproduces_the_posts_batchnorm_eps_quirk():
 def test_inception_mnist_parameter_count_by_hand():
     # InceptionA(cin): 1x1 16 | 1x1 16 -> 5x5 24 | 1x1 16 -> 3x3 24 -> 3x3 24 | pool -> 1x1 24
     def inception_a(cin: int) -> int:
-        return ((cin * 16 + 16) + (cin * 16 + 16) + (16 * 24 * 25 + 24) + (cin * 16 + 16)
-                + (16 * 24 * 9 + 24) + (24 * 24 * 9 + 24) + (cin * 24 + 24))
+        return (
+            (cin * 16 + 16)
+            + (cin * 16 + 16)
+            + (16 * 24 * 25 + 24)
+            + (cin * 16 + 16)
+            + (16 * 24 * 9 + 24)
+            + (24 * 24 * 9 + 24)
+            + (cin * 24 + 24)
+        )
 
     conv1, conv2 = 1 * 10 * 25 + 10, 88 * 20 * 25 + 20
     fc = 88 * 4 * 4 * 10 + 10  # the post's Linear(1408, 10)
@@ -268,5 +322,5 @@ def test_lecture_nets_keep_the_posts_names_and_shapes():
     assert list(canonical_shapes(spec.resolve("residual_mnist")))[-2:] == ["l.weight", "l.bias"]
     shapes = spec.expected_shapes(p, 28)
     assert shapes["incep1"] == (1, 88, 12, 12) and shapes["flatten"] == (1, 1408)
-    with pytest.raises(spec.SpecError, match="fc reads 88 x 4 x 4 flattened, so use --input-size 28"):
+    with pytest.raises(spec.SpecError, match=r"fc reads 88 x 4 x 4 flattened, so use --input-size 28"):
         spec.stage_shapes(p, 32)

@@ -63,9 +63,11 @@ def test_frameworks_reproduce_torchvision(name, recorded):
 @pytest.mark.parametrize("name", ["torch", "keras", "mxnet"])
 def test_live_torchvision_state_dict_loads(name):
     tv = pytest.importorskip(
-        "torchvision", reason="torchvision not installed (0.29.1 needs torch 2.14.1: "
+        "torchvision",
+        reason="torchvision not installed (0.29.1 needs torch 2.14.1: "
         "pip install torch==2.14.1 torchvision==0.29.1 in a side venv); the recorded "
-        "reference above covers this case")
+        "reference above covers this case",
+    )
     import torch
 
     b = backend_or_skip(name)

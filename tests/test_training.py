@@ -10,14 +10,21 @@ import numpy as np
 import pytest
 
 from conformance import spec
-from conformance.check import harness
 from conformance.canonical import random_params
+from conformance.check import harness
 from conformance.check.compare import REL_TOL, agreement
 
 from .conftest import backend_or_skip, installed, patched
 
-QUANTITIES_BN = ["loss", "gradients", "batch statistics", "weights after step 1",
-                 "running statistics after step 1", "weights after step 2", "running statistics after step 2"]
+QUANTITIES_BN = [
+    "loss",
+    "gradients",
+    "batch statistics",
+    "weights after step 1",
+    "running statistics after step 1",
+    "weights after step 2",
+    "running statistics after step 2",
+]
 
 
 def train_report(backends: dict, variant: str, batch: int = 2) -> harness.VariantReport:
@@ -30,8 +37,9 @@ def by_quantity(report: harness.VariantReport) -> dict[str, harness.TrainRow]:
     return {r.quantity: r for r in report.training}
 
 
-@pytest.mark.parametrize("variant", ["inception_mnist", "residual_mnist", "googlenet_cifar", "googlenet_d2l",
-                                     "googlenet_bn"])
+@pytest.mark.parametrize(
+    "variant", ["inception_mnist", "residual_mnist", "googlenet_cifar", "googlenet_d2l", "googlenet_bn"]
+)
 def test_one_sgd_step_agrees_in_every_framework(variant):
     backends = installed()
     if len(backends) < 2:
@@ -93,8 +101,7 @@ def test_normalising_with_the_unbiased_variance_fails_the_batch_statistics():
         var = var * (n / (n - 1.0))
         if self.record:
             self.batch_stats = (mean, var)
-        return ops.batch_normalization(x, mean, var, axis=-1, offset=self.beta, scale=self.gamma,
-                                       epsilon=self.epsilon)
+        return ops.batch_normalization(x, mean, var, axis=-1, offset=self.beta, scale=self.gamma, epsilon=self.epsilon)
 
     original = impl_keras.layers.BatchNorm.call
     try:
@@ -121,8 +128,9 @@ def test_batchnorm_momentum_not_translated_fails_the_running_statistics():
         model.apply(lambda b: options(b).__setitem__("momentum", 0.1) if isinstance(b, nn.BatchNorm) else None)
         return model
 
-    rows = by_quantity(train_report({"torch": torch_, "mxnet": patched(mxnet_, build=build_untranslated)},
-                                    "googlenet_cifar"))
+    rows = by_quantity(
+        train_report({"torch": torch_, "mxnet": patched(mxnet_, build=build_untranslated)}, "googlenet_cifar")
+    )
     assert rows["gradients"].passed and rows["batch statistics"].passed
     assert not rows["running statistics after step 1"].passed
     assert rows["running statistics after step 1"].agreement["mxnet"].max_rel > 100 * REL_TOL
@@ -137,8 +145,7 @@ def test_sgd_momentum_translated_like_batchnorm_fails_only_from_the_second_step(
     def trainer(model, lr, momentum, **kw):
         return keras_.Trainer(model, lr=lr, momentum=1.0 - momentum, **kw)
 
-    rows = by_quantity(train_report({"torch": torch_, "keras": patched(keras_, Trainer=trainer)},
-                                    "inception_mnist"))
+    rows = by_quantity(train_report({"torch": torch_, "keras": patched(keras_, Trainer=trainer)}, "inception_mnist"))
     assert rows["gradients"].passed and rows["weights after step 1"].passed
     assert not rows["weights after step 2"].passed
 
@@ -174,8 +181,11 @@ def test_batchnorm_training_gradients_are_ill_conditioned_in_float32():
             trainer = torch_.Trainer(model, lr=0.01, momentum=0.9)
             trainer.step(x.astype(dtype), y)
             grads[dtype] = trainer.gradients()
-        return max(agreement(grads["float64"][k], grads["float32"][k]).max_rel
-                   for k in grads["float64"] if k.endswith(".weight"))
+        return max(
+            agreement(grads["float64"][k], grads["float32"][k]).max_rel
+            for k in grads["float64"]
+            if k.endswith(".weight")
+        )
 
     bn = [worst_float32_error("googlenet_cifar", seed) for seed in range(3)]
     plain = [worst_float32_error("inception_mnist", seed) for seed in range(3)]

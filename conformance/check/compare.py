@@ -35,8 +35,9 @@ class Agreement:
     passed: bool = False
 
 
-def agreement(ref: np.ndarray, got: np.ndarray, logits: bool = False,
-              rel_tol: float = REL_TOL, scale: float | None = None) -> Agreement:
+def agreement(
+    ref: np.ndarray, got: np.ndarray, logits: bool = False, rel_tol: float = REL_TOL, scale: float | None = None
+) -> Agreement:
     """Compare ``got`` with ``ref`` (same shape); for ``logits`` also the top-k classes.
     ``scale``: the magnitude relative errors are measured against, where ``ref``'s own
     is no measure (a value that is exactly zero in exact arithmetic)."""
@@ -54,8 +55,7 @@ def agreement(ref: np.ndarray, got: np.ndarray, logits: bool = False,
     k = min(TOP_K, ref.shape[1])
     # argsort is only used to name each image's top classes; the values compared above
     # are the raw, unsorted arrays.
-    top5 = float(np.mean([np.array_equal(a, b) for a, b in
-                          zip(_topk(ref, k), _topk(got, k))]))
+    top5 = float(np.mean([np.array_equal(a, b) for a, b in zip(_topk(ref, k), _topk(got, k), strict=True)]))
     return Agreement(max_abs, max_rel, top1, top5, passed and top1 == 1.0 and top5 == 1.0)
 
 
@@ -65,8 +65,11 @@ def _topk(x: np.ndarray, k: int) -> np.ndarray:
 
 def identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
     """Keys whose arrays are not bit-identical (names, order of keys, dtype, shape, bytes)."""
-    bad = [k for k in a if k not in b or a[k].dtype != b[k].dtype or a[k].shape != b[k].shape
-           or a[k].tobytes() != b[k].tobytes()]
+    bad = [
+        k
+        for k in a
+        if k not in b or a[k].dtype != b[k].dtype or a[k].shape != b[k].shape or a[k].tobytes() != b[k].tobytes()
+    ]
     bad += [k for k in b if k not in a]
     if not bad and list(a) != list(b):
         bad.append("<key order>")

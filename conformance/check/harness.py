@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class TrainRow:
 @dataclass
 class VariantReport:
     variant: str
-    options: dict[str, object]
+    options: dict[str, Any]
     counts: dict[str, tuple[int, int]]  # "spec" and each framework: (trainable, statistics)
     roundtrip: dict[str, list[str]]  # framework or chain -> keys that changed (empty: identical)
     sizes: list[SizeReport] = field(default_factory=list)
@@ -72,8 +73,13 @@ class VariantReport:
 
     @property
     def passed(self) -> bool:
-        return (self.counts_passed and not self.errors and all(not v for v in self.roundtrip.values())
-                and all(s.passed for s in self.sizes) and all(r.passed for r in self.training))
+        return (
+            self.counts_passed
+            and not self.errors
+            and all(not v for v in self.roundtrip.values())
+            and all(s.passed for s in self.sizes)
+            and all(r.passed for r in self.training)
+        )
 
 
 @dataclass
@@ -108,10 +114,10 @@ class Timer:
             phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - start
 
 
-def full_options(variant: spec.Variant) -> dict[str, object]:
+def full_options(variant: spec.Variant) -> dict[str, Any]:
     """Options that exercise every parameter and code path the variant has (the variant's
     own number of classes)."""
-    options: dict[str, object] = {"aux_logits": variant.aux is not None}
+    options: dict[str, Any] = {"aux_logits": variant.aux is not None}
     if variant.input.transform is not None:
         options["transform_input"] = True
     return options
@@ -140,8 +146,9 @@ def _input(p: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:
     return rng.standard_normal((batch, p.in_channels, size, size)).astype(np.float32)
 
 
-def _compare_size(p: spec.Plan, size: int, batch: int, outs: Mapping[str, Mapping[str, np.ndarray]],
-                  reference: str) -> SizeReport:
+def _compare_size(
+    p: spec.Plan, size: int, batch: int, outs: Mapping[str, Mapping[str, np.ndarray]], reference: str
+) -> SizeReport:
     expected = spec.expected_shapes(p, size, batch)
     names = list(expected) + [k for o in outs.values() for k in o if k not in expected]
     rows = []
@@ -154,15 +161,15 @@ def _compare_size(p: spec.Plan, size: int, batch: int, outs: Mapping[str, Mappin
         for fw, o in outs.items():
             if fw == reference or ref is None or stage not in o or o[stage].shape != ref.shape:
                 continue
-            agree[fw] = agreement(ref, o[stage], logits=stage == "logits" or stage in
-                                  {h.name for h in p.aux})
+            agree[fw] = agreement(ref, o[stage], logits=stage == "logits" or stage in {h.name for h in p.aux})
             passed = passed and agree[fw].passed
         rows.append(StageRow(stage, want, shapes, agree, passed))
     return SizeReport(size, spec.aux_admits(p, size), rows)
 
 
-def check_variant(name: str, backends: Mapping[str, Backend], sizes: tuple[int, ...] | list[int], batch: int,
-                  seed: int, timer: Timer) -> VariantReport:
+def check_variant(
+    name: str, backends: Mapping[str, Backend], sizes: tuple[int, ...] | list[int], batch: int, seed: int, timer: Timer
+) -> VariantReport:
     options = full_options(spec.VARIANTS[name])
     p = spec.resolve(name, **options)
     params = random_params(p, seed)
@@ -176,7 +183,7 @@ def check_variant(name: str, backends: Mapping[str, Backend], sizes: tuple[int, 
                 b.from_canonical(model, params)
             models[fw] = model
             report.counts[fw] = tuple(b.count_params(model))  # type: ignore[assignment]
-        except Exception as e:  # one framework's failure must not hide the others' results
+        except Exception as e:  # noqa: BLE001 - one framework's failure must not hide the others' results
             report.errors[fw] = f"{type(e).__name__}: {e}"
     if not models:
         return report
@@ -191,11 +198,12 @@ def check_variant(name: str, backends: Mapping[str, Backend], sizes: tuple[int, 
             try:
                 with timer(fw, "forward"):
                     outs[fw] = backends[fw].stages(model, _input(p, size, batch, seed))
-            except Exception as e:  # a broken port may fail to run at all: report it
+            except Exception as e:  # noqa: BLE001 - a broken port may fail to run at all: report it
                 report.errors[f"{fw} at {size}"] = f"{type(e).__name__}: {e}"
         if outs:
-            report.sizes.append(_compare_size(p, size, batch, outs, reference if reference in outs
-                                              else next(iter(outs))))
+            report.sizes.append(
+                _compare_size(p, size, batch, outs, reference if reference in outs else next(iter(outs)))
+            )
     for fw, model in models.items():  # canonical -> framework -> canonical
         with timer(fw, "roundtrip"):
             report.roundtrip[fw] = identical(params, backends[fw].to_canonical(model))
@@ -233,8 +241,16 @@ def without_dropout(v: spec.Variant) -> spec.Variant:
     return dataclasses.replace(v, head=dataclasses.replace(v.head, dropout=0.0), aux=aux)
 
 
-def _train(backend: Backend, p: spec.Plan, params: Mapping[str, np.ndarray], x: np.ndarray,
-           y: np.ndarray, timer: Timer, fw: str, dtype: str = TRAIN_DTYPE) -> dict[str, dict[str, np.ndarray]]:
+def _train(
+    backend: Backend,
+    p: spec.Plan,
+    params: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    timer: Timer,
+    fw: str,
+    dtype: str = TRAIN_DTYPE,
+) -> dict[str, dict[str, np.ndarray]]:
     """Every quantity of two SGD steps from ``params``, by canonical key."""
     with timer(fw, "build"):
         model = backend.build(p.variant, **p.options.asdict(), dtype=dtype)
@@ -264,24 +280,32 @@ def zero_gradients(p: spec.Plan) -> dict[str, str]:
     return {f"{conv_key(u)}.bias": f"{conv_key(u)}.weight" for u in p.conv_units() if u.bias and u.norm}
 
 
-def _train_row(quantity: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
-               scales: Mapping[str, str]) -> tuple[str, Agreement]:
+def _train_row(
+    quantity: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], scales: Mapping[str, str]
+) -> tuple[str, Agreement]:
     """The worst key of one quantity, or a failure naming a key that one side lacks."""
     missing = sorted(set(ref) ^ set(got))
     if missing:
         return f"{missing[0]} (only one side has it)", Agreement(float("inf"), float("inf"))
-    agree = {k: agreement(ref[k], got[k], scale=float(np.abs(ref[scales[k]]).max()) if k in scales else None)
-             for k in ref}
+    agree = {
+        k: agreement(ref[k], got[k], scale=float(np.abs(ref[scales[k]]).max()) if k in scales else None) for k in ref
+    }
     worst = max(agree, key=lambda k: agree[k].max_rel)
     return worst, dataclasses.replace(agree[worst], passed=all(a.passed for a in agree.values()))
 
 
-def check_training(report: VariantReport, backends: Mapping[str, Backend], batch: int, seed: int,
-                   timer: Timer, dtype: str = TRAIN_DTYPE) -> None:
+def check_training(
+    report: VariantReport,
+    backends: Mapping[str, Backend],
+    batch: int,
+    seed: int,
+    timer: Timer,
+    dtype: str = TRAIN_DTYPE,
+) -> None:
     """From one set of canonical weights and one batch, with dropout off: the loss, every
     gradient, BatchNorm's batch statistics, and the weights and running statistics after
     each of two SGD-with-momentum steps, compared key by key with the reference."""
-    p = spec.resolve(without_dropout(spec.variant(report.variant)), **report.options)  # type: ignore[arg-type]
+    p = spec.resolve(without_dropout(spec.variant(report.variant)), **report.options)
     params = random_params(p, seed, training=True)
     size = p.input_size
     x = _input(p, size, batch, seed).astype(dtype)
@@ -290,7 +314,7 @@ def check_training(report: VariantReport, backends: Mapping[str, Backend], batch
     for fw, b in backends.items():
         try:
             outs[fw] = _train(b, p, params, x, y, timer, fw, dtype)
-        except Exception as e:  # a broken port may fail to train at all: report it
+        except Exception as e:  # noqa: BLE001 - a broken port may fail to train at all: report it
             report.errors[f"{fw} training"] = f"{type(e).__name__}: {e}"
     if len(outs) < 2:
         return
@@ -308,9 +332,16 @@ def default_sizes(variant: str) -> list[int]:
     return list(dict.fromkeys((spec.VARIANTS[variant].input.size, *ODD_SIZES)))
 
 
-def run(variants: list[str], backends: Mapping[str, Backend], skipped: Mapping[str, str],
-        sizes: tuple[int, ...] | list[int] | None = None, batch: int = DEFAULT_BATCH, seed: int = 0,
-        timer: Timer | None = None, train: bool = False) -> Report:
+def run(
+    variants: list[str],
+    backends: Mapping[str, Backend],
+    skipped: Mapping[str, str],
+    sizes: tuple[int, ...] | list[int] | None = None,
+    batch: int = DEFAULT_BATCH,
+    seed: int = 0,
+    timer: Timer | None = None,
+    train: bool = False,
+) -> Report:
     """The full check. ``backends`` maps a framework name to its implementation package
     (or any object with the same functions, e.g. a deliberately broken port). ``sizes``:
     None checks each variant at :func:`default_sizes`. ``train``: also the training
@@ -323,5 +354,13 @@ def run(variants: list[str], backends: Mapping[str, Backend], skipped: Mapping[s
     reports = [check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer) for v in variants]
     for r in reports if train else ():
         check_training(r, backends, batch, seed, timer)
-    return Report({fw: b.version() for fw, b in backends.items()}, dict(skipped),
-                  next(iter(backends), None), batch, seed, REL_TOL, reports, timer.seconds)
+    return Report(
+        {fw: b.version() for fw, b in backends.items()},
+        dict(skipped),
+        next(iter(backends), None),
+        batch,
+        seed,
+        REL_TOL,
+        reports,
+        timer.seconds,
+    )

@@ -20,14 +20,14 @@ def _shape(s: tuple[int, ...] | None) -> str:
 
 
 def _stage_line(row: StageRow, others: list[str]) -> list[str]:
-    shapes = "same" if all(s == row.expected for s in row.shapes.values()) else "; ".join(
-        f"{fw} {_shape(s)}" for fw, s in row.shapes.items() if s != row.expected)
-    cells = [f"{a.max_abs:8.1e} {a.max_rel:8.1e}" if (a := row.agreement.get(fw)) else f"{'-':>17}"
-             for fw in others]
-    lines = [f"    {row.stage:<12} {_shape(row.expected):<17} {shapes:<6} {'   '.join(cells)}"
-             f"   {_mark(row.passed)}"]
-    topk = [f"{fw} top-1 {a.top1:.0%}, top-5 {a.top5:.0%}" for fw, a in row.agreement.items()
-            if a.top1 is not None]
+    shapes = (
+        "same"
+        if all(s == row.expected for s in row.shapes.values())
+        else "; ".join(f"{fw} {_shape(s)}" for fw, s in row.shapes.items() if s != row.expected)
+    )
+    cells = [f"{a.max_abs:8.1e} {a.max_rel:8.1e}" if (a := row.agreement.get(fw)) else f"{'-':>17}" for fw in others]
+    lines = [f"    {row.stage:<12} {_shape(row.expected):<17} {shapes:<6} {'   '.join(cells)}   {_mark(row.passed)}"]
+    topk = [f"{fw} top-1 {a.top1:.0%}, top-5 {a.top5:.0%}" for fw, a in row.agreement.items() if a.top1 is not None]
     if topk:
         lines.append(f"    {'':<12} {'':<17} {'':<6} {'; '.join(topk)}")
     return lines
@@ -46,12 +46,14 @@ def _train_block(rows: list[TrainRow], reference: str) -> list[str]:
     others = list(rows[0].agreement)
     width = max([len(k) + 19 for r in rows for k in r.worst.values()] + [len(fw) + 29 for fw in others])
     cols = "   ".join(f"{fw + ': max abs  max rel  worst key':<{width}}" for fw in others)
-    lines = [f"  training step ({TRAIN_DTYPE}, SGD lr {TRAIN_LR} momentum {TRAIN_MOMENTUM}, dropout off, "
-             f"own input size)",
-             f"    {'quantity':<32} {'keys':>5}  {cols}   vs {reference}"]
+    lines = [
+        f"  training step ({TRAIN_DTYPE}, SGD lr {TRAIN_LR} momentum {TRAIN_MOMENTUM}, dropout off, own input size)",
+        f"    {'quantity':<32} {'keys':>5}  {cols}   vs {reference}",
+    ]
     for r in rows:
-        cells = "   ".join(f"{f' {a.max_abs:8.1e} {a.max_rel:8.1e}  {r.worst[fw]}':<{width}}"
-                           for fw, a in r.agreement.items())
+        cells = "   ".join(
+            f"{f' {a.max_abs:8.1e} {a.max_rel:8.1e}  {r.worst[fw]}':<{width}}" for fw, a in r.agreement.items()
+        )
         lines.append(f"    {r.quantity:<32} {r.keys:>5}  {cells}   {_mark(r.passed)}")
     return lines
 
@@ -68,8 +70,9 @@ def _variant_block(v: VariantReport, reference: str | None) -> list[str]:
     for fw, err in v.errors.items():
         lines.append(f"  {fw}: FAIL {err}")
     if v.roundtrip:
-        trips = "  ".join(f"{k} {_mark(not bad)}" + (f" ({', '.join(bad[:3])})" if bad else "")
-                          for k, bad in v.roundtrip.items())
+        trips = "  ".join(
+            f"{k} {_mark(not bad)}" + (f" ({', '.join(bad[:3])})" if bad else "") for k, bad in v.roundtrip.items()
+        )
         lines.append(f"  round trip (bit-identical): {trips}")
     others = [fw for fw in fws if fw != reference]
     for s in v.sizes:
@@ -93,22 +96,27 @@ def count_checks(r: Report) -> tuple[int, int]:
 
 
 def render(r: Report) -> str:
-    versions = " | ".join(f"{v}" + (" (reference)" if fw == r.reference else "")
-                          for fw, v in r.frameworks.items())
-    lines = ["GoogLeNet conformance check",
-             f"  frameworks: {versions or 'none'}"]
+    versions = " | ".join(f"{v}" + (" (reference)" if fw == r.reference else "") for fw, v in r.frameworks.items())
+    lines = ["GoogLeNet conformance check", f"  frameworks: {versions or 'none'}"]
     lines += [f"  skipped:    {fw}: {why}" for fw, why in r.skipped.items()]
-    lines += [f"  weights:    seeded canonical (seed {r.seed}), shared by every framework",
-              f"  inputs:     batch {r.batch}, seeded standard normal, NCHW float32",
-              f"  tolerance:  max relative error <= {r.rel_tol:.0e} (to the reference's largest "
-              f"magnitude); logits: identical top-1 and top-5", ""]
+    lines += [
+        f"  weights:    seeded canonical (seed {r.seed}), shared by every framework",
+        f"  inputs:     batch {r.batch}, seeded standard normal, NCHW float32",
+        f"  tolerance:  max relative error <= {r.rel_tol:.0e} (to the reference's largest "
+        f"magnitude); logits: identical top-1 and top-5",
+        "",
+    ]
     for v in r.variants:
-        lines += _variant_block(v, r.reference) + [""]
+        lines += [*_variant_block(v, r.reference), ""]
     total = {fw: sum(p.values()) for fw, p in r.timings.items()}
     if total:
-        lines.append("  time: " + ", ".join(
-            f"{fw} {t:.1f} s (" + ", ".join(f"{ph} {s:.1f}" for ph, s in r.timings[fw].items()) + ")"
-            for fw, t in total.items()))
+        lines.append(
+            "  time: "
+            + ", ".join(
+                f"{fw} {t:.1f} s (" + ", ".join(f"{ph} {s:.1f}" for ph, s in r.timings[fw].items()) + ")"
+                for fw, t in total.items()
+            )
+        )
     checks, failed = count_checks(r)
     if not r.frameworks:
         lines.append("FAIL: no framework is installed, nothing was checked")
@@ -121,6 +129,7 @@ def render(r: Report) -> str:
 
 def to_json(r: Report) -> dict:
     doc = _finite(dataclasses.asdict(r))
+    assert isinstance(doc, dict)
     doc["passed"] = r.passed
     doc["checks"], doc["failed"] = count_checks(r)
     return doc

@@ -1,12 +1,12 @@
 """Naming schemes: the names other code writes for the canonical keys, each derived
 from the plan (never by order), in one registry.
 
-| scheme | whose names | example |
-|---|---|---|
-| ``canonical`` | torchvision's state_dict (also ``impl_torch``'s and WZMIAOMIAO's) | ``inception3a.branch2.1.conv.weight`` |
-| ``gluon`` | ``impl_mxnet``'s ``save_parameters``: BatchNorm's scale and shift are ``gamma``/``beta`` | ``conv1.bn.gamma`` |
-| ``gluoncv`` | GluonCV 0.10's ``googlenet`` | ``inception3a.1.1.0.weight`` |
-| ``cifar100`` | pytorch-cifar100's ``GoogleNet`` (for ``googlenet_cifar``) | ``a3.b3.6.bias`` |
+* ``canonical``: torchvision's state_dict names (also ``impl_torch``'s and WZMIAOMIAO's):
+  ``inception3a.branch2.1.conv.weight``;
+* ``gluon``: what ``impl_mxnet``'s ``save_parameters`` writes, BatchNorm's scale and
+  shift called ``gamma``/``beta``: ``conv1.bn.gamma``;
+* ``gluoncv``: GluonCV 0.10's ``googlenet``: ``inception3a.1.1.0.weight``;
+* ``cifar100``: pytorch-cifar100's ``GoogleNet`` (``googlenet_cifar``): ``a3.b3.6.bias``.
 
 GluonCV's blocks are positional ``HybridSequential``s: a conv unit is ``(conv, bn,
 relu)`` -> ``conv1.0.weight``, ``conv1.1.gamma``; an Inception block is a
@@ -100,9 +100,10 @@ def _gluoncv_write(params: Params) -> Params:
 def cifar100_names(p: Plan) -> dict[str, str]:
     """Canonical key -> pytorch-cifar100 key, for every key of the plan."""
     names: dict[str, str] = {}
-    for i, stage in enumerate(s for s in p.stages if isinstance(s, ConvUnit)):
-        names[f"{stage.name}.conv.weight"] = f"prelayer.{3 * i}.weight"  # (conv, bn, relu) x 3
-        names.update({f"{stage.name}.bn.{s}": f"prelayer.{3 * i + 1}.{s}" for s in BN_SUFFIXES})
+    stem = [s for s in p.stages if isinstance(s, ConvUnit)]
+    for i, unit in enumerate(stem):
+        names[f"{unit.name}.conv.weight"] = f"prelayer.{3 * i}.weight"  # (conv, bn, relu) x 3
+        names.update({f"{unit.name}.bn.{s}": f"prelayer.{3 * i + 1}.{s}" for s in BN_SUFFIXES})
     for stage in p.stages:
         if not isinstance(stage, InceptionBlock):
             continue
@@ -157,7 +158,9 @@ SCHEMES: dict[str, Scheme] = {
             lambda keys: any(k.endswith((".bn.gamma", ".bn.beta")) for k in keys),
             lambda p: {k: gluon_name(k) for k in canonical_shapes(p)},
         ),
-        Scheme("canonical", "canonical (torchvision's)", lambda keys: True, lambda p: {k: k for k in canonical_shapes(p)}),
+        Scheme(
+            "canonical", "canonical (torchvision's)", lambda keys: True, lambda p: {k: k for k in canonical_shapes(p)}
+        ),
     )
 }
 

@@ -21,9 +21,9 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -109,22 +109,33 @@ def _diagnose(params: Params, src: Path, v: spec.Variant, num_classes: int) -> N
     depth = sum(f"inception3a.branch3.{i}.conv.weight" in params for i in range(1, 4)) or v.branch3.depth
 
     def like(kernel: int) -> str:
-        fits = [n for n, c in spec.VARIANTS.items() if c.branch3.kernel == kernel and c.branch3.depth == depth
-                and (c.convs.norm is not None) == has_bn and c.input.channels == channels]
+        fits = [
+            n
+            for n, c in spec.VARIANTS.items()
+            if c.branch3.kernel == kernel
+            and c.branch3.depth == depth
+            and (c.convs.norm is not None) == has_bn
+            and c.input.channels == channels
+        ]
         return " or ".join(f"`{n}`" for n in fits) or "no known variant"
 
     if branch3 is not None and branch3.ndim == 4 and branch3.shape[-1] != v.branch3.kernel:
         k = branch3.shape[-1]
-        raise PortError(f"{src}: {k}x{k} branch found (inception3a.branch3.1.conv.weight is "
-                        f"{branch3.shape}): this is {like(k)}, not `{v.name}`")
+        raise PortError(
+            f"{src}: {k}x{k} branch found (inception3a.branch3.1.conv.weight is "
+            f"{branch3.shape}): this is {like(k)}, not `{v.name}`"
+        )
     if params and (has_bn != (v.convs.norm is not None) or channels != v.input.channels):
         found = ("BatchNorm found" if has_bn else "conv biases and no BatchNorm found") + (
-            f", {channels} input channels" if channels != v.input.channels else "")
+            f", {channels} input channels" if channels != v.input.channels else ""
+        )
         raise PortError(f"{src}: {found}: this is {like(v.branch3.kernel)}, not `{v.name}`")
     fc = params.get("fc.weight")
     if fc is not None and fc.ndim == 2 and fc.shape[0] != num_classes:
-        raise PortError(f"{src}: the checkpoint has {fc.shape[0]} classes (fc.weight is {fc.shape}), "
-                        f"not {num_classes}: pass --num-classes {fc.shape[0]}")
+        raise PortError(
+            f"{src}: the checkpoint has {fc.shape[0]} classes (fc.weight is {fc.shape}), "
+            f"not {num_classes}: pass --num-classes {fc.shape[0]}"
+        )
 
 
 def _resolve(variant: str, num_classes: int, aux: bool, transform_input: bool) -> spec.Plan:
@@ -161,8 +172,9 @@ def _move_into_place(tmp: Path, dst: Path, force: bool) -> None:
         os.replace(tmp, dst)
 
 
-def _verify(params: Params, p: spec.Plan, source: Native, tmp: Path, dst_fmt: Format,
-            reference: str, writer: Native | None) -> tuple[str, dict[str, Agreement], list[str]]:
+def _verify(
+    params: Params, p: spec.Plan, source: Native, tmp: Path, dst_fmt: Format, reference: str, writer: Native | None
+) -> tuple[str, dict[str, Agreement], list[str]]:
     """Load the written file into the target framework (into the writer's model, wiped
     to NaN first, when it is not the source's), run both on one seeded input."""
     source_backend, source_model = source
@@ -176,13 +188,21 @@ def _verify(params: Params, p: spec.Plan, source: Native, tmp: Path, dst_fmt: Fo
     theirs = target_backend.forward(target_model, x, aux=aux)
     names = ["logits", *(h.name for h in reversed(p.aux))] if aux else ["logits"]
     ours, theirs = (ours, theirs) if aux else ((ours,), (theirs,))
-    agree = {n: agreement(a, b, logits=True) for n, a, b in zip(names, ours, theirs)}
+    agree = {n: agreement(a, b, logits=True) for n, a, b in zip(names, ours, theirs, strict=True)}
     return target_backend.name, agree, changed
 
 
-def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None = None,
-         dst_format: str | None = None, num_classes: int | None = None, transform_input: bool = False,
-         force: bool = False, log: Callable[[str], None] = lambda line: None) -> PortResult:
+def port(
+    src: str | Path,
+    dst: str | Path,
+    variant: str,
+    src_format: str | None = None,
+    dst_format: str | None = None,
+    num_classes: int | None = None,
+    transform_input: bool = False,
+    force: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+) -> PortResult:
     """Convert ``src`` to ``dst`` and prove it. Raises PortError (bad input; nothing
     written) or VerificationError (the written file disagrees; nothing written)."""
     start = time.perf_counter()
@@ -200,9 +220,11 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
     params, notes = naming.to_canonical(raw.tensors, raw.scheme, p)
     notes = raw.notes + notes + ([f"names: {raw.scheme}"] if raw.scheme != "canonical" else [])
     if raw.config is not None and (raw.config.get("variant"), raw.config.get("num_classes")) != (variant, num_classes):
-        raise PortError(f"{src}: this Keras model is {raw.config.get('variant')} with "
-                        f"{raw.config.get('num_classes')} classes; pass --variant "
-                        f"{raw.config.get('variant')} --num-classes {raw.config.get('num_classes')}")
+        raise PortError(
+            f"{src}: this Keras model is {raw.config.get('variant')} with "
+            f"{raw.config.get('num_classes')} classes; pass --variant "
+            f"{raw.config.get('variant')} --num-classes {raw.config.get('num_classes')}"
+        )
     params = _as_float32(params, src, notes)
     _diagnose(params, src, spec.VARIANTS[variant], num_classes)
     aux = any(k.startswith("aux1.") for k in params)
@@ -214,8 +236,10 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
     except CanonicalError as e:
         raise PortError(f"{src}: {e}") from None
     params = {key: params[key] for key in canonical_shapes(p)}  # files may store keys sorted
-    log(f"read   {src} ({src_fmt.description}): {len(params)} tensors, {p.variant.name}, "
-        f"{num_classes} classes, aux heads {'yes' if aux else 'no'}")
+    log(
+        f"read   {src} ({src_fmt.description}): {len(params)} tensors, {p.variant.name}, "
+        f"{num_classes} classes, aux heads {'yes' if aux else 'no'}"
+    )
     for note in notes:
         log(f"       {note}")
 
@@ -232,15 +256,22 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
         except PortError:
             raise
         except Exception as e:  # the file could not be written or loaded back
-            raise VerificationError(f"{dst}: writing or reloading {dst_fmt.description} failed "
-                                    f"({type(e).__name__}: {e}); nothing was written") from e
-        result = PortResult(src, dst, src_fmt.name, dst_fmt.name, variant, p.options.asdict(), src_fw,
-                            target_fw, agree, changed, notes)
-        log(f"verify {src_fw} (source) vs {target_fw} (written file), seeded input "
-            f"{VERIFY_BATCH} x {p.in_channels} x {p.input_size} x {p.input_size}:")
+            raise VerificationError(
+                f"{dst}: writing or reloading {dst_fmt.description} failed "
+                f"({type(e).__name__}: {e}); nothing was written"
+            ) from e
+        result = PortResult(
+            src, dst, src_fmt.name, dst_fmt.name, variant, p.options.asdict(), src_fw, target_fw, agree, changed, notes
+        )
+        log(
+            f"verify {src_fw} (source) vs {target_fw} (written file), seeded input "
+            f"{VERIFY_BATCH} x {p.in_channels} x {p.input_size} x {p.input_size}:"
+        )
         for name, a in agree.items():
-            log(f"       {name:<7} max abs {a.max_abs:.1e}, max rel {a.max_rel:.1e}, top-1 {a.top1:.0%}, "
-                f"top-5 {a.top5:.0%}  {'PASS' if a.passed else 'FAIL'}")
+            log(
+                f"       {name:<7} max abs {a.max_abs:.1e}, max rel {a.max_rel:.1e}, top-1 {a.top1:.0%}, "
+                f"top-5 {a.top5:.0%}  {'PASS' if a.passed else 'FAIL'}"
+            )
         log(f"       weights: {'bit-identical' if not changed else f'{len(changed)} tensors changed: {changed[:3]}'}")
         if not result.passed:
             raise VerificationError(f"{dst}: the written file does not reproduce {src}; nothing was written")
@@ -252,4 +283,3 @@ def port(src: str | Path, dst: str | Path, variant: str, src_format: str | None 
     result.seconds = time.perf_counter() - start
     log(f"wrote  {dst} ({dst_fmt.description}) in {result.seconds:.1f} s")
     return result
-

@@ -275,11 +275,12 @@ def _keras_shape(path: Path) -> tuple[bool, int | None]:
 def _read_keras_weights(path: Path, p: Plan) -> Raw:
     aux, classes = _keras_shape(path)
     k = backend("keras")
-    model = k.build(p.variant.name, **{**p.options.asdict(), "num_classes": classes or p.num_classes,
-                                       "aux_logits": aux})
+    model = k.build(
+        p.variant.name, **{**p.options.asdict(), "num_classes": classes or p.num_classes, "aux_logits": aux}
+    )
     try:
         model.load_weights(str(path))
-    except Exception as e:  # Keras names the layer whose weights do not fit
+    except Exception as e:  # noqa: BLE001 - Keras names the layer whose weights do not fit
         raise PortError(f"{path}: Keras could not load it into {p.variant.name}: {e}") from None
     return Raw(k.to_canonical(model), "canonical", [], native=(k, model))
 
@@ -399,7 +400,7 @@ def read(path: Path, fmt: Format, p: Plan) -> Raw:
         return fmt.read(path, p)
     except PortError:
         raise
-    except Exception as e:  # truncated or corrupt: the libraries' own errors, with the file named
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt: the libraries' own errors, with the file named
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise PortError(f"{path}: cannot read it as {fmt.description}: {type(e).__name__}: {first}") from None
 

@@ -9,7 +9,6 @@ import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Union
 
 from .rows import (
     LRN,
@@ -77,8 +76,8 @@ class Dense:
     flattened_from: tuple[int, int, int] | None = None
 
 
-PoolUnit = Union[Pool, AdaptiveAvgPool]
-Op = Union[ConvUnit, PoolUnit]
+PoolUnit = Pool | AdaptiveAvgPool
+Op = ConvUnit | PoolUnit
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ class ResidualUnit:
         return self.conv2.out_channels
 
 
-Stage = Union[ConvUnit, PoolUnit, InceptionBlock, LRN, ReLU, ResidualUnit]
+Stage = ConvUnit | PoolUnit | InceptionBlock | LRN | ReLU | ResidualUnit
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ head, the input). Plain data: nothing here knows about any framework."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class Residual:
     name: str
 
 
-Row = Union[Conv, Pool, Inception, LRN, ReLU, InceptionA, Residual]
+Row = Conv | Pool | Inception | LRN | ReLU | InceptionA | Residual
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class Branch3:
 class AuxHead:
     """Auxiliary classifier: pool -> 1x1 conv -> flatten -> fc -> ReLU -> dropout -> fc."""
 
-    pool: Union[Pool, AdaptiveAvgPool]
+    pool: Pool | AdaptiveAvgPool
     conv: int = 128
     fc: int = 1024
     dropout: float = 0.7
@@ -162,7 +162,7 @@ class Head:
     """What follows the last block: a pool to 1 x 1 (None: fc reads the whole last map
     flattened, so the input size is fixed), dropout, and the classifier ``fc``."""
 
-    pool: Union[Pool, AdaptiveAvgPool, None] = AdaptiveAvgPool("avgpool", 1)
+    pool: Pool | AdaptiveAvgPool | None = AdaptiveAvgPool("avgpool", 1)
     dropout: float = 0.0
     classes: int = 1000  # the default; resolve(num_classes=...) changes it
     fc: str = "fc"  # the classifier's name in checkpoints

@@ -86,8 +86,7 @@ def trace(stages: Sequence[Stage], chw: CHW, out: dict[str, CHW] | None = None) 
         chw = op_chw(stage, chw)
         if min(chw[1:]) < 1:
             raise SpecError(
-                f"input size {size}: nothing left after {stage.name} ({chw[1]} x {chw[2]}); "
-                f"use a larger --input-size"
+                f"input size {size}: nothing left after {stage.name} ({chw[1]} x {chw[2]}); use a larger --input-size"
             )
         if out is not None:
             out[stage.name] = chw
@@ -152,9 +151,7 @@ def admitted(p: Plan, limit: int = SIZE_LIMIT) -> tuple[tuple[int, int], ...]:
 
 def admitted_text(p: Plan) -> str:
     """``223-446``, ``47 and up`` or ``28-31``: where the plan runs, in words."""
-    parts = [
-        f"{a} and up" if b == SIZE_LIMIT else (f"{a}" if a == b else f"{a}-{b}") for a, b in admitted(p)
-    ]
+    parts = [f"{a} and up" if b == SIZE_LIMIT else (f"{a}" if a == b else f"{a}-{b}") for a, b in admitted(p)]
     return ", ".join(parts) or "no square size"
 
 
@@ -165,8 +162,7 @@ def aux_admits(p: Plan, size: int | Sequence[int]) -> bool:
         return False
     shapes = stage_shapes(p, size)
     return all(
-        window_fits(a.pool, shapes[a.tap]) and op_chw(a.pool, shapes[a.tap])[1:] == (a.pooled, a.pooled)
-        for a in p.aux
+        window_fits(a.pool, shapes[a.tap]) and op_chw(a.pool, shapes[a.tap])[1:] == (a.pooled, a.pooled) for a in p.aux
     )
 
 

@@ -51,13 +51,17 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         raise DataError(f"{path}: {len(data)} bytes is too short for an IDX {what} header")
     found = struct.unpack(">I", data[:4])[0]
     if found != magic:
-        raise DataError(f"{path}: magic number {found:#010x}, expected {magic:#010x} (IDX uint8 {what}, "
-                        f"{dims} dimension{'s' if dims > 1 else ''})")
-    shape = struct.unpack(f">{dims}I", data[4:4 + 4 * dims])
-    body = data[4 + 4 * dims:]
+        raise DataError(
+            f"{path}: magic number {found:#010x}, expected {magic:#010x} (IDX uint8 {what}, "
+            f"{dims} dimension{'s' if dims > 1 else ''})"
+        )
+    shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
+    body = data[4 + 4 * dims :]
     if len(body) != int(np.prod(shape)):
-        raise DataError(f"{path}: header says {' x '.join(map(str, shape))} = {int(np.prod(shape))} bytes of "
-                        f"{what}, the file holds {len(body)}")
+        raise DataError(
+            f"{path}: header says {' x '.join(map(str, shape))} = {int(np.prod(shape))} bytes of "
+            f"{what}, the file holds {len(body)}"
+        )
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
@@ -66,8 +70,7 @@ def _find(directory: Path, stem: str) -> Path:
         if (directory / name).is_file():
             return directory / name
     present = sorted(p.name for p in directory.iterdir())[:8]
-    raise DataError(f"--data {directory}: missing {stem} (or {stem}.gz); the directory holds "
-                    f"{present or 'nothing'}")
+    raise DataError(f"--data {directory}: missing {stem} (or {stem}.gz); the directory holds {present or 'nothing'}")
 
 
 def load_idx(directory: str | Path) -> dict[str, Split]:
@@ -81,8 +84,10 @@ def load_idx(directory: str | Path) -> dict[str, Split]:
         labels_path = _find(directory, f"{prefix}-labels-idx1-ubyte")
         images, labels = read_idx(images_path, IMAGES_MAGIC), read_idx(labels_path, LABELS_MAGIC)
         if len(images) != len(labels):
-            raise DataError(f"--data {directory}: {images_path.name} holds {len(images)} images but "
-                            f"{labels_path.name} {len(labels)} labels")
+            raise DataError(
+                f"--data {directory}: {images_path.name} holds {len(images)} images but "
+                f"{labels_path.name} {len(labels)} labels"
+            )
         splits[split] = Split(images, labels.astype(np.int64))
     return splits
 
@@ -96,8 +101,9 @@ def write_idx(path: str | Path, array: np.ndarray, overwrite: bool = False) -> P
     return atomic_write(path, gzip.compress(data, mtime=0) if path.suffix == ".gz" else data, overwrite)
 
 
-def synthetic(n_train: int = 2000, n_test: int = 500, classes: int = 10, size: int = 28,
-              seed: int = 0) -> dict[str, Split]:
+def synthetic(
+    n_train: int = 2000, n_test: int = 500, classes: int = 10, size: int = 28, seed: int = 0
+) -> dict[str, Split]:
     """A learnable MNIST-like set: each class is a fixed random blob pattern, each image
     its class's pattern, shifted by up to 2 pixels, dimmed or brightened, plus noise."""
     rng = np.random.default_rng(seed)
@@ -107,8 +113,9 @@ def synthetic(n_train: int = 2000, n_test: int = 500, classes: int = 10, size: i
     def split(n: int) -> Split:
         labels = rng.integers(0, classes, n)
         shifts = rng.integers(-2, 3, (n, 2))
-        images = np.array([np.roll(templates[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts)]
-                          ).reshape(n, size, size)
+        images = np.array(
+            [np.roll(templates[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts, strict=True)]
+        ).reshape(n, size, size)
         images = images * rng.uniform(0.6, 1.0, (n, 1, 1)) + rng.normal(0, 0.15, images.shape)
         return Split(np.clip(images * 255, 0, 255).astype(np.uint8), labels.astype(np.int64))
 
@@ -118,7 +125,7 @@ def synthetic(n_train: int = 2000, n_test: int = 500, classes: int = 10, size: i
 def resize(images: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of N x H x W floats to size x size, with half-pixel centres (as
     torchvision's ``Resize`` and d2l's ``resize=96``)."""
-    n, h, w = images.shape
+    _n, h, w = images.shape
     if (h, w) == (size, size):
         return images
 

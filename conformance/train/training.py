@@ -12,9 +12,10 @@ import io
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -55,7 +56,9 @@ def outputs(out: Path, variant: str, framework: str, epochs: int) -> list[Path]:
     """Every file a run writes: a checkpoint per epoch, the plot and the history."""
     stem = f"{variant}-{framework}"
     return [out / f"{stem}-epoch{e}.safetensors" for e in range(1, epochs + 1)] + [
-        out / f"{stem}.png", out / f"{stem}.json"]
+        out / f"{stem}.png",
+        out / f"{stem}.json",
+    ]
 
 
 def check_outputs(out: Path, variant: str, framework: str, epochs: int, force: bool) -> None:
@@ -64,14 +67,16 @@ def check_outputs(out: Path, variant: str, framework: str, epochs: int, force: b
         raise FileNotFoundError(f"--out {out}: directory does not exist")
     existing = [p for p in outputs(out, variant, framework, epochs) if p.exists()]
     if existing and not force:
-        raise FileExistsError(f"--out {out}: {existing[0].name} already exists; pass --force to overwrite "
-                              f"({len(existing)} file{'s' if len(existing) > 1 else ''} would be replaced)")
+        raise FileExistsError(
+            f"--out {out}: {existing[0].name} already exists; pass --force to overwrite "
+            f"({len(existing)} file{'s' if len(existing) > 1 else ''} would be replaced)"
+        )
 
 
 def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
     splits = load_idx(data) if data is not None else synthetic(seed=s.seed)
     if s.limit is not None:
-        splits = {k: Split(v.images[:s.limit], v.labels[:s.limit]) for k, v in splits.items()}
+        splits = {k: Split(v.images[: s.limit], v.labels[: s.limit]) for k, v in splits.items()}
     return splits
 
 
@@ -82,26 +87,39 @@ def progress(done: int, total: int, loss: float, stream: TextIO) -> None:
         return
     width = 30
     filled = width * done // total
-    stream.write(f"{chr(13) if tty else ''}  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                 f"loss {loss:.4f}{'' if tty else chr(10)}")
+    stream.write(
+        f"{chr(13) if tty else ''}  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+        f"loss {loss:.4f}{'' if tty else chr(10)}"
+    )
     stream.flush()
 
 
 def _check_labels(splits: dict[str, Split], classes: int) -> None:
     for name, split in splits.items():
         if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= classes):
-            raise ValueError(f"--data: {name} labels run {split.labels.min()}..{split.labels.max()}, "
-                             f"the variant has {classes} classes")
+            raise ValueError(
+                f"--data: {name} labels run {split.labels.min()}..{split.labels.max()}, "
+                f"the variant has {classes} classes"
+            )
 
 
 def evaluate(backend: Backend, model, x: np.ndarray, y: np.ndarray, batch: int) -> float:
-    correct = sum(int((backend.forward(model, x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-                  for i in range(0, len(x), batch))
+    correct = sum(
+        int((backend.forward(model, x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
+        for i in range(0, len(x), batch)
+    )
     return correct / max(1, len(x))
 
 
-def train(backend: Backend, s: Settings, splits: dict[str, Split], out: Path, force: bool = False,
-          log: Callable[[str], None] = print, stream: TextIO = sys.stderr) -> list[Epoch]:
+def train(
+    backend: Backend,
+    s: Settings,
+    splits: dict[str, Split],
+    out: Path,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    stream: TextIO = sys.stderr,
+) -> list[Epoch]:
     """Train and write the outputs; returns the history."""
     check_outputs(out, s.variant, backend.name, s.epochs, force)
     v = spec.VARIANTS[s.variant]
@@ -115,20 +133,23 @@ def train(backend: Backend, s: Settings, splits: dict[str, Split], out: Path, fo
     train_y, test_y = splits["train"].labels, splits["test"].labels
     trainer = backend.Trainer(model, lr=s.lr, momentum=s.momentum, aux_weight=s.aux_weight)
     rng = np.random.default_rng(s.seed)
-    log(f"training {s.variant} in {backend.version()}: {len(train_x)} train / {len(test_x)} test images at "
+    log(
+        f"training {s.variant} in {backend.version()}: {len(train_x)} train / {len(test_x)} test images at "
         f"{p.in_channels} x {v.input.size} x {v.input.size}, SGD lr {s.lr} momentum {s.momentum}"
-        + (f", aux losses x {s.aux_weight}" if aux else ""))
+        + (f", aux losses x {s.aux_weight}" if aux else "")
+    )
     history: list[Epoch] = []
     paths = outputs(out, s.variant, backend.name, s.epochs)
     for epoch in range(1, s.epochs + 1):
         order = rng.permutation(len(train_x))
-        batches = [order[i:i + s.batch_size] for i in range(0, len(order), s.batch_size)]
+        batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
         losses, correct, start = [], 0, time.perf_counter()
         for i, idx in enumerate(batches, 1):
             loss, right = trainer.step(train_x[idx], train_y[idx])
             if not np.isfinite(loss):
-                raise TrainingError(f"epoch {epoch}, batch {i}: the loss is {loss}; training diverged, "
-                                    f"try a smaller --lr than {s.lr}")
+                raise TrainingError(
+                    f"epoch {epoch}, batch {i}: the loss is {loss}; training diverged, try a smaller --lr than {s.lr}"
+                )
             losses.append(loss)
             correct += right
             progress(i, len(batches), float(np.mean(losses)), stream)
@@ -137,14 +158,24 @@ def train(backend: Backend, s: Settings, splits: dict[str, Split], out: Path, fo
             stream.write("\n")
         test_acc = evaluate(backend, model, test_x, test_y, s.batch_size)
         checkpoint = save(backend.to_canonical(model), paths[epoch - 1], p, overwrite=force)
-        history.append(Epoch(epoch, float(np.mean(losses)), correct / len(train_x), test_acc,
-                             len(train_x) / seconds, str(checkpoint)))
+        history.append(
+            Epoch(
+                epoch, float(np.mean(losses)), correct / len(train_x), test_acc, len(train_x) / seconds, str(checkpoint)
+            )
+        )
         e = history[-1]
-        log(f"epoch {epoch}/{s.epochs}: loss {e.loss:.4f}, train acc {e.train_acc:.3f}, test acc {e.test_acc:.3f}"
-            f" ({e.images_per_s:.0f} images/s); checkpoint {checkpoint}")
+        log(
+            f"epoch {epoch}/{s.epochs}: loss {e.loss:.4f}, train acc {e.train_acc:.3f}, test acc {e.test_acc:.3f}"
+            f" ({e.images_per_s:.0f} images/s); checkpoint {checkpoint}"
+        )
     atomic_write(paths[-2], plot(history, f"{s.variant} ({backend.version()})"), overwrite=force)
-    atomic_write(paths[-1], json.dumps({"settings": asdict(s), "framework": backend.version(),
-                                        "epochs": [asdict(e) for e in history]}, indent=1).encode(), overwrite=force)
+    atomic_write(
+        paths[-1],
+        json.dumps(
+            {"settings": asdict(s), "framework": backend.version(), "epochs": [asdict(e) for e in history]}, indent=1
+        ).encode(),
+        overwrite=force,
+    )
     log(f"plot {paths[-2]}, history {paths[-1]}")
     return history
 
