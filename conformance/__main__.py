@@ -6,11 +6,13 @@ Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from . import spec
+from .files import check_output
 from .formats.registry import FORMATS
 from .frameworks import FRAMEWORKS
 
@@ -31,24 +33,43 @@ def _typed(convert: Callable[[str], float], ok: Callable[[float], bool], expecte
 
 
 _positive = _typed(int, lambda v: v >= 1, "a positive integer")
+_non_negative = _typed(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _typed(float, lambda v: v > 0, "a positive number")
 _fraction = _typed(float, lambda v: 0 <= v < 1, "a number from 0 to 1 (exclusive)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _version() -> str:
+    try:
+        return f"googlenet-conformance {importlib.metadata.version('googlenet-conformance')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "googlenet-conformance (not installed)"
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's own (which reports that command's usage)."""
     parser = argparse.ArgumentParser(
         prog="python -m conformance", description="GoogLeNet across PyTorch, Keras 3 and MXNet Gluon."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    frameworks = ",".join(FRAMEWORKS)
 
     check = sub.add_parser("check", help="prove that the frameworks agree, stage by stage")
     check.add_argument(
-        "--variant", action="append", choices=sorted(spec.VARIANTS), help="variant to check (repeatable; default: all)"
+        "--variant", action="append", choices=list(spec.VARIANTS), help="variant to check (repeatable; default: all)"
     )
     check.add_argument(
         "--frameworks",
-        default=",".join(FRAMEWORKS),
-        help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: all)",
+        "--framework",
+        default=frameworks,
+        metavar="LIST",
+        help=f"comma-separated subset of {frameworks} (default: all installed)",
+    )
+    check.add_argument(
+        "--require",
+        metavar="LIST",
+        default="",
+        help="comma-separated frameworks that must be installed: exit 2 before checking if one is not (CI)",
     )
     check.add_argument(
         "--input-size",
@@ -58,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         help="square input size (repeatable; default: each variant's own, 239 and 97)",
     )
     check.add_argument("--batch", type=_positive, default=2, help="images per input (default: 2)")
-    check.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
+    check.add_argument("--seed", type=_non_negative, default=0, help="seed of weights and inputs (default: 0)")
     check.add_argument(
         "--train",
         action="store_true",
@@ -70,33 +91,37 @@ def _parser() -> argparse.ArgumentParser:
     port = sub.add_parser("port", help="convert a checkpoint to another framework's format, verified")
     port.add_argument("src", type=Path, metavar="SRC", help="checkpoint to read")
     port.add_argument("dst", type=Path, metavar="DST", help="file to write (never overwritten without --force)")
-    port.add_argument("--variant", required=True, choices=sorted(spec.VARIANTS))
+    port.add_argument("--variant", required=True, choices=list(spec.VARIANTS), help="the network the checkpoint holds")
     port.add_argument("--from", dest="src_format", choices=list(FORMATS), help="format of SRC (default: from its name)")
     port.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="format of DST (default: from its name)")
     port.add_argument(
-        "--num-classes",
-        type=_positive,
-        default=None,
-        help="classes of the checkpoint (default: the variant's, 1000 or 10)",
+        "--num-classes", type=_positive, default=None, help="classes of the checkpoint (default: the variant's)"
     )
     port.add_argument("--transform-input", action="store_true", help="torchvision's transform_input (googlenet_bn)")
     port.add_argument("--force", action="store_true", help="overwrite DST")
 
     train = sub.add_parser("train", help="train a variant in one framework (SGD, as the posts), with a plot")
-    train.add_argument("--framework", required=True, choices=list(FRAMEWORKS))
-    train.add_argument("--variant", required=True, choices=sorted(spec.VARIANTS))
+    train.add_argument(
+        "--framework", "--frameworks", required=True, choices=list(FRAMEWORKS), help="the framework to train in"
+    )
+    train.add_argument("--variant", required=True, choices=list(spec.VARIANTS), help="the network to train")
     train.add_argument(
         "--data",
         type=Path,
         metavar="DIR",
         help="MNIST or Fashion-MNIST IDX files, gzipped or not (default: a generated data set)",
     )
+    train.add_argument(
+        "--num-classes", type=_positive, default=None, help="classes of the classifier (default: the variant's)"
+    )
     train.add_argument("--epochs", type=_positive, default=10, help="default: 10")
     train.add_argument("--batch-size", type=_positive, default=64, help="default: 64")
     train.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (default: 0.01)")
     train.add_argument("--momentum", type=_fraction, default=0.5, help="SGD momentum, 0 to 1 (default: 0.5)")
     train.add_argument("--limit", type=_positive, metavar="N", help="use only the first N train and test images")
-    train.add_argument("--seed", type=int, default=0, help="seed of the data order and generated data")
+    train.add_argument(
+        "--seed", type=_non_negative, default=0, help="seed of the data order and generated data (default: 0)"
+    )
     train.add_argument(
         "--out",
         type=Path,
@@ -107,11 +132,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="overwrite files of an earlier run")
 
     table = sub.add_parser("spec", help="print a variant's layers, shapes, parameters and multiply-adds")
-    table.add_argument("--variant", default="googlenet", choices=sorted(spec.VARIANTS))
-    table.add_argument("--input-size", type=_positive, default=None, metavar="PIXELS")
-    table.add_argument("--num-classes", type=_positive, default=None)
-    table.add_argument("--aux-logits", action="store_true")
-    return parser
+    table.add_argument(
+        "--variant", default="googlenet", choices=list(spec.VARIANTS), help="the variant (default: googlenet)"
+    )
+    table.add_argument(
+        "--input-size", type=_positive, default=None, metavar="PIXELS", help="square input (default: the variant's)"
+    )
+    table.add_argument("--num-classes", type=_positive, default=None, help="classes (default: the variant's)")
+    table.add_argument("--aux-logits", action="store_true", help="include the aux heads")
+    return parser, sub.choices
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -119,16 +148,19 @@ def _check(args: argparse.Namespace) -> int:
     from .check import harness, report
 
     if args.json is not None:  # refuse before spending a minute on the check
-        if args.json.exists() and not args.force:
-            raise ValueError(f"--json {args.json}: already exists; pass --force to overwrite it")
-        if not args.json.parent.is_dir():
-            raise ValueError(f"--json {args.json}: directory {args.json.parent} does not exist")
+        check_output(args.json, args.force, "--json")
     names = frameworks.parse(args.frameworks)
-    variants = args.variant or list(spec.VARIANTS)
-    sizes = args.input_size  # None: each variant's defaults; one it cannot run is skipped, and reported
+    required = frameworks.parse(args.require, "--require") if args.require else []
+    variants = list(dict.fromkeys(args.variant or spec.VARIANTS))
+    sizes = list(dict.fromkeys(args.input_size)) if args.input_size else None  # None: each variant's own
     if sizes:
         harness.check_input_sizes(variants, sizes)
-    backends, skipped = frameworks.load(names)
+    backends, skipped = frameworks.load(dict.fromkeys([*names, *required]))
+    missing = [fw for fw in required if fw not in backends]
+    if missing:
+        raise ValueError(f"--require: {missing[0]} is {skipped[missing[0]]}")
+    backends = {fw: b for fw, b in backends.items() if fw in names}
+    skipped = {fw: why for fw, why in skipped.items() if fw in names}
     result = harness.run(variants, backends, skipped, sizes, args.batch, args.seed, train=args.train)
     print(report.render(result), flush=True)
     if args.json is not None:
@@ -183,7 +215,14 @@ def _train(args: argparse.Namespace) -> int:
     from .train import training
 
     settings = training.Settings(
-        args.variant, args.epochs, args.batch_size, args.lr, args.momentum, limit=args.limit, seed=args.seed
+        args.variant,
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.momentum,
+        limit=args.limit,
+        seed=args.seed,
+        num_classes=args.num_classes,
     )
     training.check_outputs(args.out, args.variant, args.framework, args.epochs, args.force)
     splits = training.load_data(args.data, settings)  # bad data fails here, before any framework loads
@@ -198,8 +237,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The options; an unknown one is reported by its command's parser, with that usage."""
+    parser, commands = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     commands = {"check": _check, "port": _port, "spec": _spec, "train": _train}
     try:
         return commands[args.command](args)

@@ -35,3 +35,21 @@ def file_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def check_output(path: Path, force: bool, option: str) -> None:
+    """Refuse, before any work, an output path that cannot or may not be written: an
+    existing file without ``force``, anything but a regular file, a missing or
+    unwritable directory. The error names ``option`` and the path."""
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{option} {path}: a symbolic link to nothing ({os.readlink(path)})")
+    if path.exists():
+        if not path.is_file():
+            raise ValueError(f"{option} {path}: not a regular file; give a file name")
+        if not force:
+            raise ValueError(f"{option} {path}: already exists; pass --force to overwrite it")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ValueError(f"{option} {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: directory {directory} is not writable")

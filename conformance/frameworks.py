@@ -21,8 +21,9 @@ FRAMEWORKS: dict[str, tuple[str, str]] = {
 }
 
 
-def parse(names: str | Iterable[str] | None) -> list[str]:
-    """Framework names from ``"torch,keras"`` or a list; all of them for None."""
+def parse(names: str | Iterable[str] | None, option: str = "--frameworks") -> list[str]:
+    """Framework names from ``"torch,keras"`` or a list; all of them for None. Errors
+    name ``option``."""
     if names is None:
         return list(FRAMEWORKS)
     if isinstance(names, str):
@@ -31,7 +32,7 @@ def parse(names: str | Iterable[str] | None) -> list[str]:
     unknown = [n for n in names if n not in FRAMEWORKS]
     if unknown or not names:
         raise ValueError(
-            f"--frameworks: unknown {unknown or names!r}; expected a comma-separated subset of {','.join(FRAMEWORKS)}"
+            f"{option}: unknown {unknown or names!r}; expected a comma-separated subset of {','.join(FRAMEWORKS)}"
         )
     return names
 

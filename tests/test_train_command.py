@@ -190,7 +190,7 @@ def test_cli_bad_data_and_options_are_clear(tmp_path):
 def test_labels_outside_the_variant_are_refused(tmp_path):
     b = backend_or_skip("torch")
     splits = data.synthetic(n_train=8, n_test=4, classes=20)
-    with pytest.raises(ValueError, match=r"--data: train labels run 2..18, the variant has 10 classes"):
+    with pytest.raises(ValueError, match=r"--data: train labels run 2..18, the classifier has 10 classes"):
         training.train(b, training.Settings("residual_mnist", epochs=1), splits, tmp_path, log=lambda line: None)
 
 

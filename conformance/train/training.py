@@ -40,6 +40,7 @@ class Settings:
     aux_weight: float = 0.3  # the paper's weight of each aux loss
     limit: int | None = None  # use only the first N training and test images
     seed: int = 0
+    num_classes: int | None = None  # None: the variant's own
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _check_labels(splits: dict[str, Split], classes: int) -> None:
         if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= classes):
             raise ValueError(
                 f"--data: {name} labels run {split.labels.min()}..{split.labels.max()}, "
-                f"the variant has {classes} classes"
+                f"the classifier has {classes} classes (see --num-classes)"
             )
 
 
@@ -123,9 +124,10 @@ def train(
     """Train and write the outputs; returns the history."""
     check_outputs(out, s.variant, backend.name, s.epochs, force)
     v = spec.VARIANTS[s.variant]
-    _check_labels(splits, v.head.classes)
+    classes = s.num_classes or v.head.classes
+    _check_labels(splits, classes)
     aux = v.aux is not None and spec.aux_admits(spec.resolve(v, aux_logits=True), v.input.size)
-    model = backend.build(s.variant, aux_logits=aux)
+    model = backend.build(s.variant, num_classes=classes, aux_logits=aux)
     p = model.plan
     backend.from_canonical(model, initial_params(p, s.seed))  # the same start in every framework
     train_x = prepare(splits["train"].images, p.in_channels, v.input.size)
@@ -181,22 +183,28 @@ def train(
 
 
 def plot(history: list[Epoch], title: str) -> bytes:
-    """Train loss, train accuracy and test accuracy per epoch, as d2l's animator draws them."""
+    """Two panels, as d2l's animator draws the curves: the training loss, and the train
+    and test accuracy, per epoch (markers, so a single epoch shows too)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; and set before pyplot is imported
     import matplotlib.pyplot as plt
 
     epochs = [e.epoch for e in history]
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-    ax.plot(epochs, [e.loss for e in history], label="train loss")
-    ax.plot(epochs, [e.train_acc for e in history], "--", label="train acc")
-    ax.plot(epochs, [e.test_acc for e in history], "-.", label="test acc")
-    ax.set_xlabel("epoch")
-    ax.set_xlim(0.5, max(epochs) + 0.5)
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=100)
+    loss_ax.plot(epochs, [e.loss for e in history], "o-", label="train loss")
+    loss_ax.set_ylabel("cross-entropy")
+    acc_ax.plot(epochs, [e.train_acc for e in history], "s--", label="train acc")
+    acc_ax.plot(epochs, [e.test_acc for e in history], "^-.", label="test acc")
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_ylim(0, 1.02)
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.set_xlim(0.5, max(epochs) + 0.5)
+        ax.set_xticks(epochs if len(epochs) <= 12 else ax.get_xticks())
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(fig)
