@@ -15,6 +15,10 @@ the spec), so parameters exist right after ``initialize()``, without a first for
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import sys
+import types
 from collections.abc import Iterator
 
 import mxnet as mx
@@ -113,16 +117,21 @@ class LocalResponseNorm(nn.HybridBlock):
     def __init__(self, lrn: LRN) -> None:
         super().__init__()
         self.lrn = lrn
+        self.dtype = np.dtype(np.float32)  # the block's, not the input's: a Symbol has none
+
+    def cast(self, dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        super().cast(dtype)
 
     def hybrid_forward(self, F, x):
         lrn = self.lrn
-        if x.dtype == np.float32:
+        if self.dtype == np.float32:
             return F.LRN(x, alpha=lrn.alpha, beta=lrn.beta, knorm=lrn.k, nsize=lrn.size)
-        # float64 (the training-parity check): MXNet's LRN kernel is float32 only. The window
-        # sum as a 1x1 convolution with a band of ones, PyTorch's window [c - 2, c + 2].
+        # float64 (the training-parity check, eager): MXNet's LRN kernel is float32 only. The
+        # window sum as a 1x1 convolution with a band of ones, PyTorch's window [c - 2, c + 2].
         c = np.arange(x.shape[1])
         band = (c[None, :] >= c[:, None] - lrn.size // 2) & (c[None, :] <= c[:, None] + (lrn.size - 1) // 2)
-        weight = mx.nd.array(band[:, :, None, None], dtype=x.dtype)
+        weight = mx.nd.array(band[:, :, None, None], dtype=self.dtype)
         window = F.Convolution(F.square(x), weight, kernel=(1, 1), num_filter=len(c), no_bias=True)
         return x / F.power(lrn.k + lrn.alpha / lrn.size * window, lrn.beta)
 
@@ -173,3 +182,33 @@ def structural_params(block: nn.Block) -> dict[str, mx.gluon.Parameter]:
     """Parameters by attribute path, the names ``save_parameters`` writes:
     ``Block._collect_params_with_prefix``; ``collect_params`` names them by prefix instead."""
     return block._collect_params_with_prefix()
+
+
+@contextlib.contextmanager
+def onnx_mapping() -> Iterator[None]:
+    """``mx.onnx.export_model`` imports ``onnx.mapping``, a module recent onnx releases
+    no longer have (onnx 1.23: ``ImportError``): for the export, its two tables are
+    rebuilt from ``onnx.helper``'s public functions, then removed again."""
+    import onnx
+    from onnx import helper
+
+    if "onnx.mapping" in sys.modules or importlib.util.find_spec("onnx.mapping") is not None:
+        yield
+        return
+    mapping = types.ModuleType("onnx.mapping")
+    types_ = [t for t in onnx.TensorProto.DataType.values() if t != onnx.TensorProto.UNDEFINED]
+    to_np = {}
+    for t in types_:
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # a type numpy lacks (bfloat16, ...)
+            to_np[t] = np.dtype(helper.tensor_dtype_to_np_dtype(t))
+    mapping.TENSOR_TYPE_TO_NP_TYPE = to_np  # type: ignore[attr-defined]
+    mapping.NP_TYPE_TO_TENSOR_TYPE = {  # type: ignore[attr-defined]
+        np.dtype(n): helper.np_dtype_to_tensor_dtype(np.dtype(n)) for n in set(to_np.values())
+    }
+    sys.modules["onnx.mapping"] = mapping  # for "from onnx import mapping"
+    setattr(onnx, "mapping", mapping)  # for onnx.mapping.NP_TYPE_TO_TENSOR_TYPE  # noqa: B010 - onnx declares none
+    try:
+        yield
+    finally:
+        sys.modules.pop("onnx.mapping", None)
+        delattr(onnx, "mapping")

@@ -54,6 +54,7 @@ def loaded_model(b, variant: str, seed: int = 0):
 
 FUNCTIONS = (
     "name",
+    "MODES",
     "build",
     "to_canonical",
     "from_canonical",
@@ -62,6 +63,7 @@ FUNCTIONS = (
     "count_params",
     "version",
     "Trainer",
+    "to_onnx",
 )
 
 
