@@ -1,4 +1,4 @@
-"""``python -m conformance check``, ``port``, ``train`` and ``spec``.
+"""``python -m conformance check``, ``port``, ``train``, ``bench`` and ``spec``.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input.
 """
@@ -131,6 +131,30 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     train.add_argument("--force", action="store_true", help="overwrite files of an earlier run")
 
+    bench = sub.add_parser(
+        "bench", help="images/s of every framework and mode, and of ONNX Runtime, side by side, each in its own process"
+    )
+    bench.add_argument(
+        "--variant", default="googlenet_bn", choices=list(spec.VARIANTS), help="the network (default: googlenet_bn)"
+    )
+    bench.add_argument("--batch", type=_positive, default=8, help="images per call (default: 8)")
+    bench.add_argument(
+        "--input-size", type=_positive, default=224, metavar="PIXELS", help="square input size (default: 224)"
+    )
+    bench.add_argument(
+        "--frameworks",
+        "--framework",
+        default=f"{frameworks},onnx",
+        metavar="LIST",
+        help=f"comma-separated subset of {frameworks},onnx (default: all; onnx: ONNX Runtime on torch's export)",
+    )
+    bench.add_argument("--train", action="store_true", help="also training images/s (one SGD step per call)")
+    bench.add_argument(
+        "--rounds", type=_positive, default=5, help="timed rounds, alternating the runtimes (default: 5)"
+    )
+    bench.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    bench.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+
     table = sub.add_parser("spec", help="print a variant's layers, shapes, parameters and multiply-adds")
     table.add_argument(
         "--variant", default="googlenet", choices=list(spec.VARIANTS), help="the variant (default: googlenet)"
@@ -167,6 +191,36 @@ def _check(args: argparse.Namespace) -> int:
         report.write_json(result, args.json, overwrite=args.force)
         print(f"JSON report written to {args.json}")
     return 0 if result.passed else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if args.json is not None:  # refuse before a minute of measuring
+        check_output(args.json, args.force, "--json")
+    names = [n.strip() for n in args.frameworks.split(",") if n.strip()]
+    settings = bench.Settings(
+        args.variant, args.batch, args.input_size, tuple(dict.fromkeys(names)), args.train, args.rounds
+    )
+    bench.check_settings(settings)  # before any framework is imported
+    tty = sys.stderr.isatty()
+
+    def progress(line: str) -> None:  # one line rewritten on a terminal, a line per step in a log
+        if tty:
+            print(f"\r\033[K{line}", end="" if line else "\r", file=sys.stderr, flush=True)
+        elif line:
+            print(line, file=sys.stderr, flush=True)
+
+    try:
+        result = bench.run(settings, progress)
+    except RuntimeError as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        return 1
+    print(bench.render(result), flush=True)
+    if args.json is not None:
+        bench.write_json(result, args.json, overwrite=args.force)
+        print(f"JSON written to {args.json}")
+    return 0
 
 
 def _spec(args: argparse.Namespace) -> int:
@@ -248,7 +302,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    commands = {"check": _check, "port": _port, "spec": _spec, "train": _train}
+    commands = {"bench": _bench, "check": _check, "port": _port, "spec": _spec, "train": _train}
     try:
         return commands[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError, PortError: ValueErrors

@@ -5,6 +5,7 @@ in whatever order, every framework keeps every core (:func:`use_every_core`)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import os
 import re
@@ -46,6 +47,26 @@ def use_every_core() -> None:
     honour) or ``MXNET_OMP_MAX_THREADS`` is kept."""
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ.setdefault("MXNET_OMP_MAX_THREADS", str(usable_cores()))
+
+
+def threads() -> dict[str, int]:
+    """How many threads each framework imported so far computes with, as far as it says:
+    PyTorch's intra-op threads; TensorFlow's intra- and inter-op pools as configured
+    (0: TensorFlow's default, one per core); the OpenMP threads MXNet's operators may
+    take (``MXNET_OMP_MAX_THREADS``) and OpenMP's own limit, which MXNet lowers on
+    import unless that is set."""
+    found: dict[str, int] = {}
+    if "torch" in sys.modules:
+        found["torch"] = sys.modules["torch"].get_num_threads()
+    if "tensorflow" in sys.modules:
+        threading = sys.modules["tensorflow"].config.threading
+        found["tensorflow intra-op"] = threading.get_intra_op_parallelism_threads()
+        found["tensorflow inter-op"] = threading.get_inter_op_parallelism_threads()
+    if "mxnet" in sys.modules:
+        found["mxnet"] = int(os.environ.get("MXNET_OMP_MAX_THREADS", "0"))
+    with contextlib.suppress(OSError):  # no OpenMP runtime loaded
+        found["openmp"] = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD).omp_get_max_threads()
+    return found
 
 
 def parse(names: str | Iterable[str] | None, option: str = "--frameworks", judges: bool = True) -> list[str]:

@@ -117,21 +117,17 @@ class LocalResponseNorm(nn.HybridBlock):
     def __init__(self, lrn: LRN) -> None:
         super().__init__()
         self.lrn = lrn
-        self.dtype = np.dtype(np.float32)  # the block's, not the input's: a Symbol has none
-
-    def cast(self, dtype) -> None:
-        self.dtype = np.dtype(dtype)
-        super().cast(dtype)
 
     def hybrid_forward(self, F, x):
         lrn = self.lrn
-        if self.dtype == np.float32:
+        # A Symbol (the hybrid mode, float32 inference) has no dtype: the operator.
+        if not isinstance(x, mx.nd.NDArray) or x.dtype == np.float32:
             return F.LRN(x, alpha=lrn.alpha, beta=lrn.beta, knorm=lrn.k, nsize=lrn.size)
-        # float64 (the training-parity check, eager): MXNet's LRN kernel is float32 only. The
-        # window sum as a 1x1 convolution with a band of ones, PyTorch's window [c - 2, c + 2].
+        # float64 (the training-parity check): MXNet's LRN kernel is float32 only. The window
+        # sum as a 1x1 convolution with a band of ones, PyTorch's window [c - 2, c + 2].
         c = np.arange(x.shape[1])
         band = (c[None, :] >= c[:, None] - lrn.size // 2) & (c[None, :] <= c[:, None] + (lrn.size - 1) // 2)
-        weight = mx.nd.array(band[:, :, None, None], dtype=self.dtype)
+        weight = mx.nd.array(band[:, :, None, None], dtype=x.dtype)
         window = F.Convolution(F.square(x), weight, kernel=(1, 1), num_filter=len(c), no_bias=True)
         return x / F.power(lrn.k + lrn.alpha / lrn.size * window, lrn.beta)
 
