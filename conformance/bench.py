@@ -70,11 +70,14 @@ class Runtime:
     threads: dict[str, int] = field(default_factory=dict)
     first_s: float | None = None
     seconds: list[float] = field(default_factory=list)  # every timed call
+    flops: float = 0.0  # a limit kernel's floating-point operations per call
     peak_mb: float | None = None
     skipped: str | None = None
 
     @property
     def label(self) -> str:
+        if self.kind == "limit":
+            return f"limit: {self.mode}"
         if self.framework == ONNX:
             return "onnxruntime (torch's ONNX export)"
         return f"{self.framework} {self.mode}" + (" (default)" if self.default else "")
@@ -88,13 +91,20 @@ class Runtime:
 
 @dataclass
 class Limit:
-    gflops: float  # the best convolution kernel measured, GFLOP/s
+    gflops: float  # the best kernel measured, GFLOP/s
     kernel: str
     gflop_per_image: float  # 2 x the spec's multiply-adds
 
     @property
     def images_per_s(self) -> float:
         return self.gflops / self.gflop_per_image
+
+
+# The machine's limit: single kernels in PyTorch, timed in the rounds like the runtimes.
+KERNELS = {
+    "conv": "a 3x3 conv, 128 -> 192 channels at 28 x 28 (inception3b's 3x3 branch at 224), channels-last",
+    "gemm": "a 2048 x 2048 x 2048 matrix product",
+}
 
 
 @dataclass
@@ -193,9 +203,10 @@ def run(s: Settings, progress: Callable[[str], None] = lambda line: None) -> Ben
                 if worker.process.poll() is None:
                     worker.process.kill()
                     worker.process.wait()
-        limit = _limit(s, log)
     progress("")
-    return Bench(s, usable_cores(), (load_before, os.getloadavg()[0]), rows, limit, time.perf_counter() - start)
+    return Bench(
+        s, usable_cores(), (load_before, os.getloadavg()[0]), rows, _limit(s, rows), time.perf_counter() - start
+    )
 
 
 def _start(s: Settings, log: IO[str], tmp: Path, rows: list[Runtime], workers: list[tuple[Runtime, Worker]]) -> None:
@@ -237,18 +248,24 @@ def _start(s: Settings, log: IO[str], tmp: Path, rows: list[Runtime], workers: l
             continue
         rows.append(Runtime(fw, "train", kind="train", version=ready["version"], threads=ready["threads"]))
         workers.append((rows[-1], worker))
+    for kernel in KERNELS if "torch" in s.frameworks else ():
+        worker = Worker("limit", s, log, mode=kernel)
+        ready = worker.ask("")
+        if "skipped" in ready:
+            worker.close()
+            continue
+        rows.append(Runtime("torch", kernel, kind="limit", version=ready["version"], threads=ready["threads"]))
+        rows[-1].flops = ready["flops"]
+        workers.append((rows[-1], worker))
 
 
-def _limit(s: Settings, log: IO[str]) -> Limit | None:
-    """The machine's conv throughput, measured in its own process after the rest."""
-    if "torch" not in s.frameworks:
+def _limit(s: Settings, rows: list[Runtime]) -> Limit | None:
+    """The best GFLOP/s a single kernel reached in the rounds."""
+    measured = {r.mode: r.flops / min(r.seconds) / 1e9 for r in rows if r.kind == "limit" and r.seconds}
+    if not measured:
         return None
-    worker = Worker("limit", s, log)
-    answer = worker.ask("")
-    worker.close()
-    if "skipped" in answer:
-        return None
-    return Limit(answer["gflops"], answer["kernel"], gflop_per_image(s))
+    kernel = max(measured, key=lambda k: measured[k])
+    return Limit(measured[kernel], KERNELS[kernel], gflop_per_image(s))
 
 
 def gflop_per_image(s: Settings) -> float:
@@ -303,9 +320,9 @@ def render(b: Bench) -> str:
     if b.limit is not None:
         lines += [
             "",
-            f"  limit: {b.limit.kernel} reaches {b.limit.gflops:.0f} GFLOP/s in torch here; at "
-            f"{b.limit.gflop_per_image:.2f} GFLOP per image (2 x the spec's multiply-adds) that is "
-            f"{b.limit.images_per_s:.0f} images/s",
+            f"  limit: {b.limit.images_per_s:.0f} images/s, at the {b.limit.gflops:.0f} GFLOP/s of the fastest "
+            f"kernel measured in the rounds ({b.limit.kernel}, torch) for {b.limit.gflop_per_image:.2f} GFLOP "
+            "per image (2 x the spec's multiply-adds)",
         ]
     versions = {r.version for r in b.runtimes if r.version}
     threads = {k: v for r in b.runtimes for k, v in r.threads.items()}
@@ -451,36 +468,24 @@ def worker(role: str, s: Settings, options: dict[str, str], answer: Callable[[di
         ready = {"version": f"onnxruntime {ort.__version__}", "threads": {"onnxruntime": usable_cores()}}
         _serve(answer, ready, lambda: run.run(None, feed), opened=time.perf_counter() - start)
     elif role == "limit":
-        answer(_conv_limit(s))
-        sys.stdin.readline()  # quit
-        answer({"peak_mb": _peak_mb()})
+        flops, call = _kernel(s, options["mode"])
+        torch = importlib.import_module("torch")
+        ready = {"version": f"torch {torch.__version__}", "threads": {"torch": torch.get_num_threads()}}
+        _serve(answer, {**ready, "flops": flops}, call)
 
 
-def _conv_limit(s: Settings) -> dict[str, Any]:
-    """The best GFLOP/s of a 3x3 convolution and of a matrix product in PyTorch on every
-    core (channels-last, inference mode): a bound on what any runtime reaches here."""
+def _kernel(s: Settings, kernel: str) -> tuple[float, Callable[[], object]]:
+    """(floating-point operations, a call) of one of the :data:`KERNELS`, in PyTorch on
+    every core under inference mode: a bound on what any runtime reaches here."""
     import torch
 
-    kernels = {
-        # inception3b's 3x3 branch at 224 (128 -> 192 channels on a 28 x 28 map)
-        "3x3 conv 128 -> 192 at 28 x 28": (
-            torch.randn(s.batch, 128, 28, 28).contiguous(memory_format=torch.channels_last),
-            torch.randn(192, 128, 3, 3).contiguous(memory_format=torch.channels_last),
-            2 * s.batch * 28 * 28 * 192 * 128 * 9,
-        ),
-        "2048 x 2048 matrix product": (torch.randn(2048, 2048), torch.randn(2048, 2048), 2 * 2048**3),
-    }
-    best: dict[str, float] = {}
-    with torch.inference_mode():
-        for name, (a, w, flops) in kernels.items():
-            fastest = float("inf")
-            for _ in range(1 + 3 * s.rounds):  # the first call warms up, and counts only if fastest
-                start = time.perf_counter()
-                torch.nn.functional.conv2d(a, w, padding=1) if a.ndim == 4 else a @ w
-                fastest = min(fastest, time.perf_counter() - start)
-            best[name] = flops / fastest / 1e9
-    kernel = max(best, key=lambda k: best[k])
-    return {"gflops": best[kernel], "kernel": f"the best kernel ({kernel})"}
+    torch.set_grad_enabled(False)
+    if kernel == "conv":
+        a = torch.randn(s.batch, 128, 28, 28).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(192, 128, 3, 3).contiguous(memory_format=torch.channels_last)
+        return 2.0 * s.batch * 28 * 28 * 192 * 128 * 9, lambda: torch.nn.functional.conv2d(a, w, padding=1)
+    m = torch.randn(2048, 2048)
+    return 2.0 * 2048**3, lambda: m @ m
 
 
 def _main() -> None:
