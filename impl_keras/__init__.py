@@ -116,11 +116,13 @@ def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage
         run = interface.compiled(
             model, (mode, x.shape, with_aux, every_stage), lambda: _graph(model, x.shape, with_aux, every_stage)
         )
-        out = run(x)
+        out = list(run(x))
     else:
-        out = _outputs(model, x, with_aux, every_stage)
-    names = interface.output_names(model.plan, with_aux, every_stage)
-    return dict(zip(names, map(keras.ops.convert_to_numpy, out), strict=True))
+        out = list(_outputs(model, x, with_aux, every_stage))
+    # convert_to_numpy copies: each tensor is dropped once copied, so the stages are held
+    # once, not twice (0.35 GB at googlenet_cifar 239, batch 2)
+    out.reverse()
+    return {k: keras.ops.convert_to_numpy(out.pop()) for k in interface.output_names(model.plan, with_aux, every_stage)}
 
 
 def forward(model: GoogLeNet, x: np.ndarray, aux: bool = False, mode: str = MODES[0]):

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import spec
 from ..canonical import conv_key, random_params
-from ..interface import EAGER, Backend, Unsupported, is_judge
+from ..interface import EAGER, Backend, Unsupported, forget_compiled, is_judge
 from .compare import REL_TOL, Agreement, agreement, identical
 
 ODD_SIZES = (239, 97)  # besides each variant's own size: odd maps, where ceil and floor differ
@@ -266,6 +266,7 @@ def _check_size(
             if ref is None:
                 ref = kept
             for mode in fast_modes:
+                release()
                 try:
                     with timer(fw, mode):
                         fast = b.stages(model, x, mode=mode)
@@ -276,6 +277,8 @@ def _check_size(
                 modes.add(mode_run(fw, mode), fast, kept)
                 del fast
             del kept
+            forget_compiled(model)  # this size's graphs (and their memory): the next size needs others
+            release()  # before the next framework, whose threads allocate from other heaps
         del ref
     if not stages.shapes:
         return None
@@ -284,8 +287,9 @@ def _check_size(
 
 def release() -> None:
     """Return what was freed to the OS. Frameworks free tensors into glibc's heaps (one
-    per thread), which keep them for reuse: without a trim one variant's peak stays
-    resident through the next, and the check's peak becomes the sum of theirs."""
+    per thread), which keep them for reuse by the same thread: without a trim what one
+    framework freed stays resident while the next (other threads) allocates its own,
+    and the check's peak becomes the sum of theirs."""
     gc.collect()  # models in reference cycles (Keras layers, cached graphs)
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL(None).malloc_trim(0)
@@ -388,6 +392,7 @@ def _train(
         yield f"weights after step {step}", weights
         if stats:
             yield f"running statistics after step {step}", stats
+        del weights, stats  # not held through the next step
     yield "loss", loss
 
 
@@ -444,6 +449,7 @@ def check_training(
                     elif quantity in ref:
                         scales = zero_gradients(p) if quantity == "gradients" else {}
                         mine[quantity] = _train_row(quantity, ref[quantity], values, scales)
+                    del values  # before the next step: a copy of every weight (107 MB at googlenet in float64)
             except Exception as e:  # noqa: BLE001 - a broken port may fail to train at all: report it
                 report.errors[f"{fw} training"] = f"{type(e).__name__}: {e}"
                 if not trained:
@@ -454,6 +460,7 @@ def check_training(
             for quantity, row in mine.items():
                 results.setdefault(quantity, {})[fw] = row
             trained += 1
+            release()
         if trained < 2:
             return
         for quantity in sorted(ref, key=lambda q: q != "loss"):  # the loss first, as the steps ran
@@ -489,12 +496,20 @@ def run(
         raise ValueError("--batch: --train needs at least 2 images (BatchNorm's batch variance)")
     timer = timer or Timer()
     reports = []
-    for v in variants:
-        reports.append(check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer))
-        release()
-        if train:
-            check_training(reports[-1], backends, batch, seed, timer)
+    # What exists now (the frameworks' half a million objects) is left out of the garbage
+    # collections release() makes, which then take milliseconds instead of 0.3 s each.
+    gc.freeze()
+    try:
+        for v in variants:
+            reports.append(check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer))
             release()
+        # Training after all inference: float64 training leaves each framework a larger
+        # working set, which would stand under the largest inference (googlenet_cifar at 239).
+        for r in reports if train else ():
+            check_training(r, backends, batch, seed, timer)
+            release()
+    finally:
+        gc.unfreeze()
     return Report(
         {fw: b.version() for fw, b in backends.items()},
         dict(skipped),
