@@ -217,7 +217,10 @@ def port(
     p = _resolve(variant, num_classes, has_aux, transform_input)
 
     raw = read(src, src_fmt, p)
-    params, notes = naming.to_canonical(raw.tensors, raw.scheme, p)
+    try:
+        params, notes = naming.to_canonical(raw.tensors, raw.scheme, p)
+    except naming.NamingError as e:
+        raise PortError(f"{src}: {e}") from None
     notes = raw.notes + notes + ([f"names: {raw.scheme}"] if raw.scheme != "canonical" else [])
     if raw.config is not None and (raw.config.get("variant"), raw.config.get("num_classes")) != (variant, num_classes):
         raise PortError(
