@@ -156,10 +156,10 @@ def random_params(p: Plan, seed: int = 0, training: bool = False) -> Params:
 
 def initial_params(p: Plan, seed: int = 0) -> Params:
     """Weights to train from, the same in every framework: PyTorch's default
-    initialisation, which the posts train from (conv and dense weights and biases
+    initialisation, which d2l and Liu's lecture train from (conv and dense weights and biases
     uniform in +-1 / sqrt(fan-in), BatchNorm scale 1 and shift 0, running mean 0 and
     variance 1). Each framework's own default differs, and torchvision's std 0.01
-    stalls the lecture nets, which have no BatchNorm to restore the scale."""
+    stalls Liu's nets, which have no BatchNorm to restore the scale."""
     rng = np.random.default_rng(seed)
     shapes = canonical_shapes(p)
     params: Params = {}

@@ -1,4 +1,4 @@
-"""Training GoogLeNet in Keras 3, as the posts train it: SGD with momentum on the
+"""Training GoogLeNet in Keras 3, as d2l and Hongpu Liu's lecture train it: SGD with momentum on the
 cross-entropy of the logits, plus ``aux_weight`` times each aux head's.
 
 Mirrors ``impl_torch/train.py``. What differs, and why:

@@ -121,7 +121,7 @@ def test_spec_prints_shapes_counts_and_multiply_adds():
     assert "total" in r.stdout and "6,998,552" in r.stdout and "1,582,671,872" in r.stdout
 
 
-def test_spec_of_a_lecture_net_names_its_blocks_as_the_post():
+def test_spec_of_liu_s_residual_net_names_its_blocks_as_liu_does():
     r = cli("spec", "--variant", "residual_mnist")
     assert r.returncode == 0, r.stderr
     assert "rblock1.conv2" in r.stdout and "flatten        512" in r.stdout

@@ -76,5 +76,5 @@ def test_gluoncv_file_with_only_the_second_copy_keeps_it_as_the_classifier():
 def test_gluoncv_copies_that_differ_are_refused():
     p, theirs = _gluoncv_file()
     theirs["head.2.bias"] = theirs["head.2.bias"] + 1
-    with pytest.raises(naming.NamingError, match="head.2.bias and output.bias should be the same tensor"):
+    with pytest.raises(naming.NamingError, match=r"head.2.bias and output.bias should be the same tensor"):
         naming.to_canonical(theirs, "gluoncv", p)

@@ -1,6 +1,7 @@
 """Negative controls: every parity check is shown to fail on a deliberately broken port.
 
-Each test breaks one thing a real port gets wrong (REFERENCE.md's pitfalls), runs
+Each test breaks one thing a real port gets wrong (the README's "Where the three
+frameworks differ"), runs
 the same harness as ``python -m conformance check``, and asserts that the report
 fails exactly where the bug is, while the rest still passes.
 """
@@ -89,8 +90,8 @@ def test_aux_features_flattened_in_the_wrong_order_fail_only_the_aux_heads(monke
     assert all(row.passed for name, row in r.items() if name not in ("aux1", "aux2"))
 
 
-def test_lecture_fc_flattened_in_the_wrong_order_fails_only_the_logits(monkeypatch):
-    """The lecture nets' fc reads the whole 88 x 4 x 4 map: in Keras its rows need the
+def test_liu_s_fc_flattened_in_the_wrong_order_fails_only_the_logits(monkeypatch):
+    """Liu's Inception net's fc reads the whole 88 x 4 x 4 map: in Keras its rows need the
     same (C, H, W) -> (H, W, C) permutation as aux fc1. Every stage before it passes."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
     import impl_keras.weights

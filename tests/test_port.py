@@ -64,7 +64,7 @@ def test_pth_to_keras_to_mxnet_to_pth_is_bit_for_bit(tmp_path):
 def test_canonical_formats_and_whole_keras_models(tmp_path):
     backend_or_skip("keras")
     chain = [
-        save_torch(torch_state("googlenet", aux=False), tmp_path / "post.pth"),
+        save_torch(torch_state("googlenet", aux=False), tmp_path / "wzmiaomiao.pth"),
         tmp_path / "w.safetensors",
         tmp_path / "w.npz",
         tmp_path / "model.keras",
@@ -92,21 +92,21 @@ def test_torchvision_dict_wrapped_with_module_prefix_and_no_aux_keys(tmp_path):
     assert "took the state_dict under the 'model' key" in port(src, tmp_path / "w2.npz", "googlenet_bn").notes
 
 
-def test_the_pytorch_posts_checkpoint_ports_without_renaming(tmp_path):
+def test_wzmiaomiaos_checkpoint_ports_without_renaming(tmp_path):
     keras = backend_or_skip("keras")
     import torch
 
-    from .post_model import GoogLeNet as PostGoogLeNet
+    from .wzmiaomiao_googlenet import GoogLeNet as WZGoogLeNet
 
     torch.manual_seed(0)
-    post = PostGoogLeNet(num_classes=1000, aux_logits=True).eval()
-    src = save_torch(post.state_dict(), tmp_path / "googleNet.pth")
-    port(src, tmp_path / "post.weights.h5", "googlenet")
+    net = WZGoogLeNet(num_classes=1000, aux_logits=True).eval()
+    src = save_torch(net.state_dict(), tmp_path / "googleNet.pth")
+    port(src, tmp_path / "wz.weights.h5", "googlenet")
     model = keras.build("googlenet", aux_logits=True)
-    model.load_weights(str(tmp_path / "post.weights.h5"))
+    model.load_weights(str(tmp_path / "wz.weights.h5"))
     x = np.random.default_rng(5).standard_normal((2, 3, 224, 224)).astype(np.float32)
     with torch.inference_mode():
-        expected = [t.numpy() for t in post(torch.from_numpy(x))]  # logits, aux2, aux1
+        expected = [t.numpy() for t in net(torch.from_numpy(x))]  # logits, aux2, aux1
     for name, want, got in zip(("logits", "aux2", "aux1"), expected, keras.forward(model, x, aux=True), strict=True):
         a = agreement(want, got, logits=True)
         assert a.passed, (name, a)

@@ -19,7 +19,7 @@ from ..files import atomic_write
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x803, 0x801
 SPLITS = {"train": "train", "test": "t10k"}  # file prefixes, as MNIST and Fashion-MNIST name them
-MEAN, STD = 0.1307, 0.3081  # MNIST's, as the lecture normalises (transforms.Normalize)
+MEAN, STD = 0.1307, 0.3081  # MNIST's, as Liu's lecture normalises (transforms.Normalize)
 
 
 class DataError(ValueError):

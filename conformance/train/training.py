@@ -1,9 +1,10 @@
-"""``python -m conformance train``: train a variant in one framework, as the posts do.
+"""``python -m conformance train``: train a variant in one framework, as d2l and
+Hongpu Liu's lecture do.
 
 SGD (momentum optional) on cross-entropy, plus 0.3 x each aux head's loss where the
 variant has aux heads; a progress bar; per-epoch loss and train/test accuracy; a
 canonical checkpoint after every epoch (written atomically, so any framework can
-load it); and at the end a PNG plot of the curves, like the d2l post's.
+load it); and at the end a PNG plot of the curves, like d2l's animator draws them.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class TrainingError(RuntimeError):
 class Settings:
     variant: str
     epochs: int = 10
-    batch_size: int = 64  # the lecture's
-    lr: float = 0.01  # the lecture's Inception net: SGD(lr=0.01, momentum=0.5)
+    batch_size: int = 64  # Liu's lecture
+    lr: float = 0.01  # Liu's Inception net: SGD(lr=0.01, momentum=0.5)
     momentum: float = 0.5
     aux_weight: float = 0.3  # the paper's weight of each aux loss
     limit: int | None = None  # use only the first N training and test images
@@ -46,7 +47,7 @@ class Settings:
 @dataclass(frozen=True)
 class Epoch:
     epoch: int
-    loss: float  # mean over the epoch's batches, as the posts print it
+    loss: float  # mean over the epoch's batches, as d2l and Liu print it
     train_acc: float  # training-mode predictions during the epoch (d2l's "train acc")
     test_acc: float
     images_per_s: float
