@@ -100,9 +100,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     port.add_argument("--transform-input", action="store_true", help="torchvision's transform_input (googlenet_bn)")
     port.add_argument("--force", action="store_true", help="overwrite DST")
 
-    train = sub.add_parser(
-        "train", help="train a variant in one framework (SGD, as d2l and Liu train), with a plot"
-    )
+    train = sub.add_parser("train", help="train a variant in one framework (SGD, as d2l and Liu train), with a plot")
     train.add_argument(
         "--framework", "--frameworks", required=True, choices=list(FRAMEWORKS), help="the framework to train in"
     )
