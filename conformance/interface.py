@@ -30,6 +30,8 @@ from .spec import Plan, SpecError, aux_admits, stage_shapes
 
 
 class Backend(Protocol):
+    """What every implementation package exposes (its ``__all__`` lists the same names)."""
+
     name: str
     build: Callable[..., Any]
     to_canonical: Callable[[Any], dict[str, np.ndarray]]
@@ -39,6 +41,9 @@ class Backend(Protocol):
     count_params: Callable[[Any], tuple[int, int]]
     version: Callable[[], str]
     Trainer: Callable[..., Any]
+
+
+FUNCTIONS = tuple(Backend.__annotations__)  # ("name", "build", ..., "Trainer")
 
 
 def check_input(p: Plan, x: object) -> np.ndarray:

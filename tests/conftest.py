@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import types
+from pathlib import Path
 
 import pytest
 
-from conformance import canonical, frameworks, spec
+from conformance import canonical, frameworks, interface, spec
 from conformance.check.harness import full_options
 
 # Only where torchvision is installed (a side venv): its CUDA build of torch 2.14.1
@@ -52,19 +53,21 @@ def loaded_model(b, variant: str, seed: int = 0):
     return _MODELS[key]
 
 
-FUNCTIONS = (
-    "name",
-    "build",
-    "to_canonical",
-    "from_canonical",
-    "forward",
-    "stages",
-    "count_params",
-    "version",
-    "Trainer",
-)
-
-
 def patched(b, **overrides) -> types.SimpleNamespace:
     """A backend with some functions replaced: how the negative controls break a port."""
-    return types.SimpleNamespace(**{**{f: getattr(b, f) for f in FUNCTIONS}, **overrides})
+    return types.SimpleNamespace(**{**{f: getattr(b, f) for f in interface.FUNCTIONS}, **overrides})
+
+
+def torch_state(variant: str, aux: bool = True, seed: int = 0, num_classes: int = 1000, **options):
+    """A PyTorch state_dict as torchvision writes one (num_batches_tracked included)."""
+    t = backend_or_skip("torch")
+    model = t.build(variant, num_classes, aux, **options)
+    t.from_canonical(model, canonical.random_params(model.plan, seed))
+    return model.state_dict()
+
+
+def save_torch(obj, path: Path) -> Path:
+    import torch
+
+    torch.save(obj, path)
+    return path

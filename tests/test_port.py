@@ -13,22 +13,7 @@ from conformance import canonical, spec
 from conformance.check.compare import REL_TOL, agreement
 from conformance.formats.port import port
 
-from .conftest import backend_or_skip
-
-
-def torch_state(variant: str, aux: bool = True, seed: int = 0, num_classes: int = 1000, **options):
-    """A PyTorch state_dict as torchvision writes one (num_batches_tracked included)."""
-    t = backend_or_skip("torch")
-    model = t.build(variant, num_classes, aux, **options)
-    t.from_canonical(model, canonical.random_params(model.plan, seed))
-    return model.state_dict()
-
-
-def save_torch(obj, path: Path) -> Path:
-    import torch
-
-    torch.save(obj, path)
-    return path
+from .conftest import backend_or_skip, save_torch, torch_state
 
 
 def assert_verified(result, log: list[str]) -> None:
@@ -124,11 +109,23 @@ def test_other_float_dtypes_are_converted_with_a_notice(tmp_path, dtype):
     assert all(v.dtype == np.float32 for v in canonical.load(tmp_path / "w.safetensors").values())
 
 
-def test_force_overwrites_only_after_verification(tmp_path):
+def test_force_overwrites_only_after_verification(tmp_path, monkeypatch):
+    """DST keeps its old bytes while the new file is verified, and takes the new one after."""
+    import conformance.formats.port as port_module
+
     src = save_torch(torch_state("googlenet", aux=False), tmp_path / "a.pth")
     dst = tmp_path / "b.safetensors"
     dst.write_bytes(b"old")
+    seen_during_verification = []
+    real_verify = port_module._verify
+
+    def verify(*args):
+        seen_during_verification.append(dst.read_bytes())
+        return real_verify(*args)
+
+    monkeypatch.setattr(port_module, "_verify", verify)
     result = port(src, dst, "googlenet", force=True)
+    assert seen_during_verification == [b"old"]
     assert result.passed and canonical.load(dst)
 
 

@@ -17,8 +17,7 @@ from conformance import canonical, spec
 from conformance.formats import registry as formats
 from conformance.formats.port import PortError, VerificationError, port
 
-from .conftest import backend_or_skip
-from .test_port import save_torch, torch_state
+from .conftest import backend_or_skip, save_torch, torch_state
 
 ROOT = Path(__file__).resolve().parents[1]
 

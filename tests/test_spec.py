@@ -101,13 +101,25 @@ def _torch_pool_out(size, k, s, p, ceil):
     return out
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 7, 13, 14, 15, 56, 97, 112, 113, 224, 225])
-@pytest.mark.parametrize("k,s,p", [(3, 2, 0), (2, 2, 0), (3, 1, 1), (3, 2, 1), (5, 3, 0)])
+POOLS = [(3, 2, 0), (2, 2, 0), (3, 1, 1), (3, 2, 1), (5, 3, 0)]  # kernel, stride, padding
+SIZES = [1, 2, 3, 4, 5, 6, 7, 13, 14, 15, 56, 97, 112, 113, 224, 225]
+
+
+@pytest.mark.parametrize(
+    "size,k,s,p", [(size, *pool) for size in SIZES for pool in POOLS if size + 2 * pool[2] >= pool[0]]
+)
 @pytest.mark.parametrize("ceil", [False, True])
 def test_pool_out_matches_pytorch_formula(size, k, s, p, ceil):
-    if size + 2 * p < k:
-        return
     assert spec.pool_out(size, k, s, p, ceil) == _torch_pool_out(size, k, s, p, ceil)
+
+
+@pytest.mark.parametrize(
+    "size,k,s,p", [(size, *pool) for size in SIZES for pool in POOLS if size + 2 * pool[2] < pool[0]]
+)
+def test_a_window_larger_than_its_padded_input_is_not_admitted(size, k, s, p):
+    """PyTorch runs such a ceil-mode window, MXNet refuses: the spec admits neither."""
+    pool = spec.Pool("pool", "max", k, s, p, ceil_mode=True)
+    assert not spec.window_fits(pool, (1, size, size))
 
 
 def test_odd_sizes_and_aux_admission():

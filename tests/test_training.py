@@ -57,7 +57,7 @@ def test_one_sgd_step_agrees_in_every_framework(variant):
     assert rows["gradients"].keys == len(trainable)  # every trainable tensor, aux heads included
 
 
-def test_keras_stock_batchnorm_keeps_the_biased_variance():
+def test_keras_stock_batchnorm_keeps_the_biased_variance(monkeypatch):
     """Keras's BatchNormalization folds the biased batch variance into its moving
     variance; PyTorch the unbiased one. Gradients and weights still agree: only the
     running variance can tell."""
@@ -71,12 +71,8 @@ def test_keras_stock_batchnorm_keeps_the_biased_variance():
             self.batch_stats = ops.moments(x, axes=[0, 1, 2])
         return layers.BatchNormalization.call(self, x, training=training, mask=mask)
 
-    original = impl_keras.layers.BatchNorm.call
-    try:
-        impl_keras.layers.BatchNorm.call = stock_call
-        rows = by_quantity(train_report({"torch": torch_, "keras": keras_}, "googlenet_cifar"))
-    finally:
-        impl_keras.layers.BatchNorm.call = original
+    monkeypatch.setattr(impl_keras.layers.BatchNorm, "call", stock_call)
+    rows = by_quantity(train_report({"torch": torch_, "keras": keras_}, "googlenet_cifar"))
     assert rows["gradients"].passed and rows["weights after step 1"].passed
     bad = rows["running statistics after step 1"]
     assert not bad.passed and bad.worst["keras"].endswith("running_var")
@@ -84,7 +80,7 @@ def test_keras_stock_batchnorm_keeps_the_biased_variance():
     assert bad.agreement["keras"].max_rel > 100 * REL_TOL
 
 
-def test_normalising_with_the_unbiased_variance_fails_the_batch_statistics():
+def test_normalising_with_the_unbiased_variance_fails_the_batch_statistics(monkeypatch):
     """BatchNorm normalises with the biased batch variance in all three; a port that
     normalises (and reports) the unbiased one is caught by the batch statistics and the
     gradients."""
@@ -104,11 +100,8 @@ def test_normalising_with_the_unbiased_variance_fails_the_batch_statistics():
         return ops.batch_normalization(x, mean, var, axis=-1, offset=self.beta, scale=self.gamma, epsilon=self.epsilon)
 
     original = impl_keras.layers.BatchNorm.call
-    try:
-        impl_keras.layers.BatchNorm.call = unbiased_call
-        rows = by_quantity(train_report({"torch": torch_, "keras": keras_}, "googlenet_cifar"))
-    finally:
-        impl_keras.layers.BatchNorm.call = original
+    monkeypatch.setattr(impl_keras.layers.BatchNorm, "call", unbiased_call)
+    rows = by_quantity(train_report({"torch": torch_, "keras": keras_}, "googlenet_cifar"))
     bad = rows["batch statistics"]
     assert not bad.passed and bad.worst["keras"].endswith("batch_var")
     assert bad.agreement["keras"].max_rel > 100 * REL_TOL
@@ -189,9 +182,9 @@ def test_batchnorm_training_gradients_are_ill_conditioned_in_float32():
 
     bn = [worst_float32_error("googlenet_cifar", seed) for seed in range(3)]
     plain = [worst_float32_error("inception_mnist", seed) for seed in range(3)]
-    print(f"float32 vs float64, worst gradient: googlenet_cifar {bn}, inception_mnist {plain}")
-    assert min(bn) > 1e-2  # BatchNorm in training mode: the second digit, at every seed
-    assert max(plain) < 1e-5  # no BatchNorm
+    # measured: googlenet_cifar 3e-2 .. 9e-2 at seeds 0-2; inception_mnist ~2e-6
+    assert min(bn) > 1e-2, bn  # BatchNorm in training mode: the second digit, at every seed
+    assert max(plain) < 1e-5, plain  # no BatchNorm
     assert torch.get_default_dtype() == torch.float32
 
 
