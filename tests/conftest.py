@@ -4,6 +4,9 @@ GoogLeNet takes a second or two to build on 2 cores)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from conformance.check.harness import full_options
 with contextlib.suppress(ImportError):
     import torchvision  # noqa: F401
 
+ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = list(frameworks.FRAMEWORKS)
 _BACKENDS, _SKIPPED = frameworks.load(FRAMEWORKS)
 _MODELS: dict[tuple, object] = {}
@@ -71,3 +75,17 @@ def save_torch(obj, path: Path) -> Path:
 
     torch.save(obj, path)
     return path
+
+
+def cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m conformance ARGS`` in a fresh process, on this tree's code (whatever ``cwd``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "conformance", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )

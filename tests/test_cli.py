@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,15 +10,9 @@ import pytest
 from conformance import frameworks
 from conformance.__main__ import main
 
-from .conftest import installed
+from .conftest import cli, installed
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "conformance", *args], check=False, capture_output=True, text=True, cwd=ROOT, timeout=600
-    )
 
 
 def test_check_passes_prints_the_table_and_writes_json(tmp_path):

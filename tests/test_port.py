@@ -4,7 +4,6 @@ each conversion verified. Error cases are in test_port_errors.py."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from conformance import canonical, spec
 from conformance.check.compare import REL_TOL, agreement
 from conformance.formats.port import port
 
-from .conftest import backend_or_skip, save_torch, torch_state
+from .conftest import backend_or_skip, cli, save_torch, torch_state
 
 
 def assert_verified(result, log: list[str]) -> None:
@@ -130,17 +129,7 @@ def test_force_overwrites_only_after_verification(tmp_path, monkeypatch):
 
 
 def test_cli_prints_the_figures_and_exits_0(tmp_path):
-    import subprocess
-    import sys
-
     src = save_torch(torch_state("googlenet", aux=False), tmp_path / "a.pth")
-    r = subprocess.run(
-        [sys.executable, "-m", "conformance", "port", str(src), str(tmp_path / "b.npz"), "--variant", "googlenet"],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-        timeout=600,
-    )
+    r = cli("port", str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
     assert r.returncode == 0, r.stderr
     assert "logits  max abs" in r.stdout and "top-5 100%" in r.stdout and r.stdout.strip().endswith("PASS")

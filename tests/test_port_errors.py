@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from conformance import canonical, spec
 from conformance.formats import registry as formats
 from conformance.formats.port import PortError, VerificationError, port
 
-from .conftest import backend_or_skip, save_torch, torch_state
+from .conftest import backend_or_skip, cli, save_torch, torch_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,24 +252,17 @@ def test_a_failed_verification_writes_nothing(tmp_path, state, monkeypatch):
     assert any("FAIL" in line for line in log)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "conformance", "port", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
+def port_cli(*args: str):
+    return cli("port", *args)
 
 
 def test_cli_exit_codes_and_one_message(tmp_path, state):
     state["fc.bias"][0] = float("inf")
     src = save_torch(state, tmp_path / "a.pth")
-    r = cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
+    r = port_cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "'fc.bias' holds 1 NaN or Inf" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "b.npz").exists()
-    r = cli(str(src), str(tmp_path / "b.npz"))
+    r = port_cli(str(src), str(tmp_path / "b.npz"))
     assert r.returncode == 2 and "--variant" in r.stderr  # required
 
 
