@@ -1,4 +1,4 @@
-"""``python -m conformance check``, ``port``, ``train`` and ``spec``.
+"""``python -m conformance check``, ``port``, ``train``, ``spec``, ``pitfalls``, ``diff`` and ``page``.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input.
 """
@@ -15,6 +15,7 @@ from . import spec
 from .files import check_output
 from .formats.registry import FORMATS
 from .frameworks import FRAMEWORKS
+from .teach.pitfalls import PITFALLS
 
 
 def _typed(convert: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
@@ -140,6 +141,33 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     table.add_argument("--num-classes", type=_positive, default=None, help="classes (default: the variant's)")
     table.add_argument("--aux-logits", action="store_true", help="include the aux heads")
+
+    pit = sub.add_parser("pitfalls", help="what each porting mistake does: where a port diverges, by how much, why")
+    pit.add_argument(
+        "--pitfall", action="append", choices=list(PITFALLS), help="a pitfall to measure (repeatable; default: all)"
+    )
+    pit.add_argument(
+        "--variant", choices=list(spec.VARIANTS), help="measure every pitfall on this variant (default: each one's own)"
+    )
+    pit.add_argument(
+        "--input-size",
+        type=_positive,
+        metavar="PIXELS",
+        help="input of the inference pitfalls (default: 96 where the variant runs it and the mistake shows there, "
+        "else the variant's own); training pitfalls run at the variant's own size",
+    )
+    pit.add_argument(
+        "--batch",
+        type=_positive,
+        default=64,
+        help="seeded images for the inference pitfalls (default: 64); training pitfalls use check --train's 2",
+    )
+    pit.add_argument("--seed", type=_non_negative, default=0, help="seed of weights and inputs (default: 0)")
+    pit.add_argument("--json", type=Path, metavar="PATH", help="also write the measurements as JSON")
+    pit.add_argument(
+        "--plot", type=Path, metavar="DIR", help="write one PNG per pitfall: the relative error at every stage"
+    )
+    pit.add_argument("--force", action="store_true", help="overwrite an existing --json file or plots")
     return parser, sub.choices
 
 
@@ -237,6 +265,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pitfalls(args: argparse.Namespace) -> int:
+    from .teach import command
+
+    return command.pitfalls(
+        args.pitfall, args.variant, args.input_size, args.batch, args.seed, args.json, args.plot, args.force
+    )
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     """The options; an unknown one is reported by its command's parser, with that usage."""
     parser, commands = _parser()
@@ -248,7 +284,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    commands = {"check": _check, "port": _port, "spec": _spec, "train": _train}
+    commands = {"check": _check, "port": _port, "spec": _spec, "train": _train, "pitfalls": _pitfalls}
     try:
         return commands[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError, PortError: ValueErrors

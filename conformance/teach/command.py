@@ -1,0 +1,65 @@
+"""The ``pitfalls``, ``diff`` and ``page`` commands: every option checked before a
+framework is imported, then one call into :mod:`.measure`, :mod:`.diff` or :mod:`.page`.
+Exit codes as everywhere: 0 as expected, 1 a check failed, 2 bad usage or input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import frameworks, spec
+from ..files import check_output
+from . import measure, outputs
+from .pitfalls import PITFALLS
+
+
+def _check_size(pairs: list[tuple[str, str]], size: int) -> None:
+    for name, variant in pairs:
+        if PITFALLS[name].kind != "inference":
+            continue
+        try:
+            spec.stage_shapes(spec.resolve(variant), size)
+        except spec.SpecError as e:
+            raise ValueError(f"--input-size {size}: {name} runs on {variant}, which cannot run it: {e}") from None
+
+
+def pitfalls(
+    names: list[str] | None,
+    variant: str | None,
+    size: int | None,
+    batch: int,
+    seed: int,
+    json_path: Path | None,
+    plot_dir: Path | None,
+    force: bool,
+) -> int:
+    names = list(dict.fromkeys(names or PITFALLS))
+    pairs = measure.planned(names, variant)
+    if size is not None:
+        _check_size(pairs, size)
+    if json_path is not None:
+        check_output(json_path, force, "--json")
+    if plot_dir is not None:
+        outputs.check_dir(plot_dir, [f"{n}-{v}.png" for n, v in pairs], force, "--plot")
+    needed = [measure.REFERENCE, *(PITFALLS[n].framework for n in names)]
+    backends, skipped = frameworks.load(dict.fromkeys(needed))
+    print(measure.header(backends, batch, seed) + "\n", flush=True)
+    results = measure.run(
+        names, variant, backends, skipped, size, batch, seed, log=lambda m: print(measure.render(m) + "\n", flush=True)
+    )
+    if json_path is not None:
+        measure.write_json(results, json_path, batch, seed, overwrite=force)
+        print(f"JSON written to {json_path}")
+    if plot_dir is not None:
+        written = [measure.write_plot(m, outputs.made(plot_dir), overwrite=force) for m in results]
+        print(f"{sum(w is not None for w in written)} plots written to {plot_dir}")
+    measured = [m for m in results if not m.skipped]
+    wrong = [m for m in results if not m.as_expected]
+    if wrong:
+        for m in wrong:
+            print(f"FAIL: {m.pitfall} on {m.variant} first diverges at {m.first}, but the mistake is made at {m.where}")
+        return 1
+    print(
+        f"PASS: each of {len(measured)} measured pitfalls diverges first where its mistake is made"
+        + (f" ({len(results) - len(measured)} skipped)" if len(measured) < len(results) else "")
+    )
+    return 0
