@@ -90,3 +90,15 @@ def cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Comple
         env=env,
         timeout=timeout,
     )
+
+
+PITFALL_BATCH = 4  # the command's default is 64; the first divergent stage does not depend on it
+
+
+@pytest.fixture(scope="session")
+def pitfall_measurements():
+    """Every pitfall on each of its default variants, measured once per session (small batch)."""
+    from conformance.teach import measure
+
+    results = measure.run(list(pitfalls.PITFALLS), None, _BACKENDS, _SKIPPED, batch=PITFALL_BATCH)
+    return {(m.pitfall, m.variant): m for m in results}
