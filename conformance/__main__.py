@@ -168,6 +168,37 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--plot", type=Path, metavar="DIR", help="write one PNG per pitfall: the relative error at every stage"
     )
     pit.add_argument("--force", action="store_true", help="overwrite an existing --json file or plots")
+
+    diff = sub.add_parser("diff", help="where two models part: the first stage that diverges, and which tensors differ")
+    diff.add_argument("a", type=Path, metavar="A", help="a checkpoint (any format port reads)")
+    diff.add_argument(
+        "b",
+        type=Path,
+        metavar="B",
+        nargs="?",
+        help="another checkpoint (default: the suite's seeded weights, as check uses them)",
+    )
+    diff.add_argument("--variant", required=True, choices=list(spec.VARIANTS), help="the network the checkpoints hold")
+    diff.add_argument(
+        "--framework", default="torch", choices=list(FRAMEWORKS), help="the framework both run in (default: torch)"
+    )
+    diff.add_argument(
+        "--frameworks",
+        metavar="A,B",
+        help="compare checkpoint A in two frameworks instead, e.g. torch,keras (no B then)",
+    )
+    diff.add_argument("--from", dest="a_format", choices=list(FORMATS), help="format of A (default: from its name)")
+    diff.add_argument("--from-b", dest="b_format", choices=list(FORMATS), help="format of B (default: from its name)")
+    diff.add_argument(
+        "--num-classes", type=_positive, default=None, help="classes of the checkpoints (default: the variant's)"
+    )
+    diff.add_argument("--transform-input", action="store_true", help="torchvision's transform_input (googlenet_bn)")
+    diff.add_argument(
+        "--input-size", type=_positive, metavar="PIXELS", help="square input (default: the variant's own)"
+    )
+    diff.add_argument("--batch", type=_positive, default=8, help="seeded images (default: 8)")
+    diff.add_argument("--seed", type=_non_negative, default=0, help="seed of the input and seeded weights (default: 0)")
+    diff.add_argument("--top", type=_positive, default=10, help="tensors listed (default: 10)")
     return parser, sub.choices
 
 
@@ -273,6 +304,27 @@ def _pitfalls(args: argparse.Namespace) -> int:
     )
 
 
+def _diff(args: argparse.Namespace) -> int:
+    from .teach import command
+
+    pair = None if args.frameworks is None else [n.strip() for n in args.frameworks.split(",") if n.strip()]
+    return command.diff(
+        args.a,
+        args.b,
+        args.variant,
+        args.framework,
+        pair,
+        args.a_format,
+        args.b_format,
+        args.num_classes,
+        args.transform_input,
+        args.input_size,
+        args.batch,
+        args.seed,
+        args.top,
+    )
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     """The options; an unknown one is reported by its command's parser, with that usage."""
     parser, commands = _parser()
@@ -284,7 +336,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    commands = {"check": _check, "port": _port, "spec": _spec, "train": _train, "pitfalls": _pitfalls}
+    commands = {"check": _check, "port": _port, "spec": _spec, "train": _train, "pitfalls": _pitfalls, "diff": _diff}
     try:
         return commands[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError, PortError: ValueErrors

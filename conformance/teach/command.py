@@ -63,3 +63,41 @@ def pitfalls(
         + (f" ({len(results) - len(measured)} skipped)" if len(measured) < len(results) else "")
     )
     return 0
+
+
+def diff(
+    a: Path,
+    b: Path | None,
+    variant: str,
+    framework: str,
+    pair: list[str] | None,
+    a_format: str | None,
+    b_format: str | None,
+    num_classes: int | None,
+    transform_input: bool,
+    size: int | None,
+    batch: int,
+    seed: int,
+    top: int,
+) -> int:
+    from . import diff as diffing
+
+    if pair is not None:
+        pair = frameworks.parse(pair, "--frameworks")
+    result = diffing.diff(
+        a,
+        b,
+        variant,
+        framework,
+        pair,
+        a_format,
+        b_format,
+        num_classes,
+        transform_input,
+        size,
+        batch,
+        seed,
+        log=lambda line: print(line, flush=True),
+    )
+    print(diffing.render(result, top))
+    return 0 if result.passed else 1
