@@ -199,6 +199,29 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     diff.add_argument("--batch", type=_positive, default=8, help="seeded images (default: 8)")
     diff.add_argument("--seed", type=_non_negative, default=0, help="seed of the input and seeded weights (default: 0)")
     diff.add_argument("--top", type=_positive, default=10, help="tensors listed (default: 10)")
+
+    page = sub.add_parser("page", help="build a static site: the spec, the model files side by side, the pitfalls")
+    page.add_argument("dir", type=Path, metavar="DIR", help="directory to write (made if missing)")
+    page.add_argument(
+        "--variant",
+        default="googlenet_bn",
+        choices=list(spec.VARIANTS),
+        help="the spec table's (default: googlenet_bn)",
+    )
+    page.add_argument(
+        "--input-size", type=_positive, metavar="PIXELS", help="the spec table's input (default: the variant's own)"
+    )
+    page.add_argument(
+        "--pitfalls-json",
+        type=Path,
+        metavar="PATH",
+        help="measurements from pitfalls --json (default: measure every pitfall now, a few minutes)",
+    )
+    page.add_argument("--check-json", type=Path, metavar="PATH", help="a check --json report to show")
+    page.add_argument("--bench-json", type=Path, metavar="PATH", help="bench figures (JSON) to show")
+    page.add_argument("--batch", type=_positive, default=64, help="images per inference pitfall (default: 64)")
+    page.add_argument("--seed", type=_non_negative, default=0, help="seed of the pitfalls (default: 0)")
+    page.add_argument("--force", action="store_true", help="overwrite the files of an earlier page in DIR")
     return parser, sub.choices
 
 
@@ -325,6 +348,22 @@ def _diff(args: argparse.Namespace) -> int:
     )
 
 
+def _page(args: argparse.Namespace) -> int:
+    from .teach import command
+
+    return command.page(
+        args.dir,
+        args.variant,
+        args.input_size,
+        args.pitfalls_json,
+        args.check_json,
+        args.bench_json,
+        args.batch,
+        args.seed,
+        args.force,
+    )
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     """The options; an unknown one is reported by its command's parser, with that usage."""
     parser, commands = _parser()
@@ -336,7 +375,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    commands = {"check": _check, "port": _port, "spec": _spec, "train": _train, "pitfalls": _pitfalls, "diff": _diff}
+    commands = {
+        "check": _check,
+        "port": _port,
+        "spec": _spec,
+        "train": _train,
+        "pitfalls": _pitfalls,
+        "diff": _diff,
+        "page": _page,
+    }
     try:
         return commands[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError, PortError: ValueErrors

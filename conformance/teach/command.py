@@ -101,3 +101,44 @@ def diff(
     )
     print(diffing.render(result, top))
     return 0 if result.passed else 1
+
+
+def page(
+    directory: Path,
+    variant: str,
+    size: int | None,
+    pitfalls_json: Path | None,
+    check_json: Path | None,
+    bench_json: Path | None,
+    batch: int,
+    seed: int,
+    force: bool,
+) -> int:
+    from . import differences
+    from . import page as site
+
+    differences.read_readme()  # the table the page explains: refuse now if it is missing
+    check = site.read_report(check_json, "--check-json", ("frameworks", "variants")) if check_json else None
+    bench = site.read_report(bench_json, "--bench-json") if bench_json else None
+    if pitfalls_json is not None:
+        measured, batch = measure.read_json(pitfalls_json, "--pitfalls-json")
+        plots = [measure.plot_name(m) for m in measured]
+    else:
+        plots = [f"{n}-{v}.png" for n, v in measure.planned(list(PITFALLS), None)]
+    site.check_inputs(directory, variant, size, plots, force)
+    if pitfalls_json is None:
+        print(f"measuring the pitfalls ({batch} images each; --pitfalls-json reuses a pitfalls --json report)")
+        backends, skipped = frameworks.load(frameworks.FRAMEWORKS)
+        measured = measure.run(
+            list(PITFALLS),
+            None,
+            backends,
+            skipped,
+            None,
+            batch,
+            seed,
+            log=lambda m: print(f"  {m.pitfall}", flush=True),
+        )
+    index = site.write(directory, variant, size, measured, batch, check, bench, force)
+    print(f"wrote {index}: open it in a browser (no network needed)")
+    return 0

@@ -334,13 +334,16 @@ def write_json(measured: list[Measurement], path: Path, batch: int, seed: int, o
     return atomic_write(path, data, overwrite=overwrite)
 
 
-def read_json(path: Path) -> list[Measurement]:
-    """Measurements written by ``pitfalls --json``; a ValueError naming the file otherwise."""
+def read_json(path: Path, option: str) -> tuple[list[Measurement], int]:
+    """(measurements, batch) written by ``pitfalls --json``; a ValueError naming ``option``
+    and the file otherwise."""
     try:
         doc = json.loads(path.read_text())
-        return [Measurement.from_dict(d) for d in doc["pitfalls"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a pitfalls --json report ({type(e).__name__}: {e})") from None
+        return [Measurement.from_dict(d) for d in doc["pitfalls"]], int(doc["batch"])
+    except OSError as e:
+        raise ValueError(f"{option} {path}: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{option} {path}: not a pitfalls --json report ({type(e).__name__}: {e})") from None
 
 
 def plot_name(m: Measurement) -> str:
