@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,20 +168,26 @@ def _pairs(a: list[str], b: list[str], prose_a: list[bool], prose_b: list[bool])
     return out
 
 
-def _merge(
-    tk: list[tuple[int | None, int | None]], tm: list[tuple[int | None, int | None]]
-) -> list[tuple[int | None, int | None, int | None]]:
-    """Two alignments that share their first column, as one of three columns."""
-    rows: list[tuple[int | None, int | None, int | None]] = []
+Pairs = list[tuple[int | None, int | None]]
+
+
+def _merge(tk: Pairs, tm: Pairs, km: Callable[[list[int], list[int]], Pairs]) -> list[tuple[int | None, ...]]:
+    """Two alignments that share their first column, as one of three columns. Lines that
+    only the second and third files have at the same place are aligned with ``km``."""
+    rows: list[tuple[int | None, ...]] = []
     i = j = 0
     while i < len(tk) or j < len(tm):
-        if i < len(tk) and tk[i][0] is None:
-            rows.append((None, tk[i][1], None))
+        ks, ms = [], []
+        while i < len(tk) and tk[i][0] is None:
+            ks.append(tk[i][1])
             i += 1
-        elif j < len(tm) and tm[j][0] is None:
-            rows.append((None, None, tm[j][1]))
+        while j < len(tm) and tm[j][0] is None:
+            ms.append(tm[j][1])
             j += 1
-        else:  # both at the same line of the first file
+        if ks or ms:
+            pairs = km(ks, ms)  # type: ignore[arg-type]
+            rows += [(None, None if a is None else ks[a], None if b is None else ms[b]) for a, b in pairs]
+        elif i < len(tk):  # both at the same line of the first file
             rows.append((tk[i][0], tk[i][1], tm[j][1]))
             i, j = i + 1, j + 1
     return rows
@@ -195,33 +202,40 @@ def align(files: dict[str, ModelFile]) -> list[Block]:
     torch, keras, mxnet = (files[fw] for fw in FRAMEWORKS)
     if not list(torch.blocks) == list(keras.blocks) == list(mxnet.blocks):
         raise ValueError("the three model files do not define the same classes and functions in the same order")
-    blocks = []
-    for name in torch.blocks:
-        numbers = {fw: _trimmed(f, *f.blocks[name]) for fw, f in files.items()}
-        norm = {fw: [files[fw].lines[n - 1].strip() for n in numbers[fw]] for fw in files}
-        prose = {fw: [n in files[fw].prose for n in numbers[fw]] for fw in files}
-        rows = _merge(
-            _pairs(norm["torch"], norm["keras"], prose["torch"], prose["keras"]),
-            _pairs(norm["torch"], norm["mxnet"], prose["torch"], prose["mxnet"]),
+    return [_block(name, files) for name in torch.blocks]
+
+
+def _block(name: str, files: dict[str, ModelFile]) -> Block:
+    numbers = {fw: _trimmed(f, *f.blocks[name]) for fw, f in files.items()}
+    norm = {fw: [files[fw].lines[n - 1].strip() for n in numbers[fw]] for fw in files}
+    prose = {fw: [n in files[fw].prose for n in numbers[fw]] for fw in files}
+
+    def pairs(a: str, b: str, ia: list[int] | None = None, ib: list[int] | None = None) -> Pairs:
+        ia, ib = (
+            ia if ia is not None else list(range(len(norm[a]))),
+            ib if ib is not None else list(range(len(norm[b]))),
         )
-        columns: dict[str, list[Line]] = {fw: [] for fw in files}
-        for row in rows:
-            found = {fw: numbers[fw][i] for fw, i in zip(FRAMEWORKS, row, strict=True) if i is not None}
-            texts = {fw: files[fw].lines[n - 1].strip() for fw, n in found.items()}
-            shared = len(found) == 3 and len(set(texts.values())) == 1
-            own = {
-                fw: rows_for(files[fw].text(n), files[fw].scope.get(n))
-                for fw, n in found.items()
-                if not shared and _code(files[fw], n)
-            }
-            for fw in files:
-                number = found.get(fw)
-                specific = fw in own
-                # a line's own rows; a line that shows none differs because its counterparts do
-                explained = own.get(fw) or set().union(*own.values())
-                columns[fw].append(Line(number, specific, sorted(explained) if specific else []))
-        blocks.append(Block(name, columns))
-    return blocks
+        return _pairs(
+            [norm[a][i] for i in ia], [norm[b][i] for i in ib], [prose[a][i] for i in ia], [prose[b][i] for i in ib]
+        )
+
+    rows = _merge(pairs("torch", "keras"), pairs("torch", "mxnet"), lambda ks, ms: pairs("keras", "mxnet", ks, ms))
+    columns: dict[str, list[Line]] = {fw: [] for fw in files}
+    for row in rows:
+        found = {fw: numbers[fw][i] for fw, i in zip(FRAMEWORKS, row, strict=True) if i is not None}
+        texts = {fw: files[fw].lines[n - 1].strip() for fw, n in found.items()}
+        shared = len(found) == 3 and len(set(texts.values())) == 1
+        own = {
+            fw: rows_for(files[fw].text(n), files[fw].scope.get(n))
+            for fw, n in found.items()
+            if not shared and _code(files[fw], n)
+        }
+        for fw in files:
+            specific = fw in own
+            # a line's own rows; a line that shows none differs because its counterparts do
+            explained = own.get(fw) or set().union(*own.values())
+            columns[fw].append(Line(found.get(fw), specific, sorted(explained) if specific else []))
+    return Block(name, columns)
 
 
 def _trimmed(f: ModelFile, first: int, last: int) -> list[int]:
