@@ -144,7 +144,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     pit = sub.add_parser("pitfalls", help="what each porting mistake does: where a port diverges, by how much, why")
     pit.add_argument(
-        "--pitfall", action="append", choices=list(PITFALLS), help="a pitfall to measure (repeatable; default: all)"
+        "--pitfall",
+        action="append",
+        choices=list(PITFALLS),
+        metavar="NAME",
+        help=f"a pitfall to measure (repeatable; default: all): {', '.join(PITFALLS)}",
     )
     pit.add_argument(
         "--variant", choices=list(spec.VARIANTS), help="measure every pitfall on this variant (default: each one's own)"

@@ -179,3 +179,14 @@ def test_a_pitfall_on_a_variant_it_cannot_apply_to_is_reported_skipped():
     r = cli("pitfalls", "--pitfall", "lrn-alpha", "--variant", "googlenet")
     assert r.returncode == 0, r.stderr
     assert "skipped: cannot apply to googlenet: no LocalResponseNorm" in r.stdout
+
+
+def test_same_padding_changes_nothing_at_the_sizes_it_names():
+    """At 47 (and every 16 pixels on) "same" gives the 7x7/2 conv (3, 3) and the pools
+    PyTorch's windows: the spec says so, and so does the measurement."""
+    pitfall = PITFALLS["same-padding"]
+    sizes = measure.harmless_sizes(pitfall, spec.resolve("googlenet_bn"))
+    assert {47, 63, 223} <= set(sizes) and not {96, 224} & set(sizes)
+    if {"torch", "keras"} <= set(installed()):
+        m = measure.measure(pitfall, "googlenet_bn", installed(), size=47, batch=2)
+        assert m.where is None and m.first is None and m.as_expected

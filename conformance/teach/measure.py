@@ -275,8 +275,8 @@ def render(m: Measurement) -> str:
         here = "where the mistake is made" if m.first == m.where else f"the mistake is made at {m.where}"
         figure = m.first_note if m.first_rel is None else f"max rel {_rel(m.first_rel)}"
         label = "stage" if m.kind == "inference" else "quantity"
-        extra = f", {m.first_note}" if m.kind == "training" else ""
-        lines.append(f"  first divergent {label}: {m.first} ({here}), {figure}{extra}")
+        where_exactly = f": {m.first_note}" if m.kind == "training" else ""  # step and worst tensor
+        lines.append(f"  first divergent {label}: {m.first} ({here}){where_exactly}, {figure}")
         if m.kind == "inference":
             lines.append(
                 f"  logits: max rel {_rel(m.logits_rel)}, top-1 agreement {_pct(m.top1, m.batch)}, "

@@ -175,14 +175,15 @@ def code_section(rows: Mapping[str, differences.Row]) -> str:
         f'<div class="cols heads">{heads}</div>',
     ]
     for b in blocks:
-        parts.append(
-            f'<div class="block" id="block-{esc(b.name)}"><h3>{esc(_block_title(b.name))}</h3><div class="cols">'
-        )
+        # the module docstrings and imports are folded (a <details>, no script): the blocks come first
+        title = f"<h3>{esc(_block_title(b.name))}</h3>"
+        head, tail = (f"<details><summary>{title}</summary>", "</details>") if b.name == source.HEADER else (title, "")
+        parts.append(f'<div class="block" id="block-{esc(b.name)}">{head}<div class="cols">')
         for fw, column in b.columns.items():
             parts.append(f'<pre class="code" data-fw="{fw}">')
             parts += [_line(fw, line, lit[fw], rows) for line in column]
             parts.append("</pre>")
-        parts.append("</div></div>")
+        parts.append(f"</div>{tail}</div>")
     parts.append("</section>")
     return "".join(parts)
 
@@ -447,6 +448,7 @@ table.spec td { padding: .1em .6em; } .where { color: #777; font-size: 90%; }
 .heads { position: sticky; top: 0; background: #fff; z-index: 2; padding: .3em 0; border-bottom: 1px solid #ccc; }
 .colhead { font-weight: bold; }
 .block h3 { margin: 1em 0 .3em; font: bold 13px monospace; color: #444; }
+details summary { cursor: pointer; } details summary h3 { display: inline-block; }
 pre.code { margin: 0; overflow-x: auto; font: 11.5px/1.5 ui-monospace, Menlo, Consolas, monospace;
   background: #fafafa; border: 1px solid #e5e5e5; padding: .3em 0; }
 pre.code .line { display: block; white-space: pre; padding-right: .5em; min-height: 1.5em; }
