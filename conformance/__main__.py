@@ -1,4 +1,4 @@
-"""``python -m conformance check``, ``port``, ``train`` and ``spec``.
+"""``python -m conformance check``, ``port``, ``train``, ``spec``, ``pitfalls``, ``diff`` and ``page``.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input.
 """
@@ -15,6 +15,7 @@ from . import spec
 from .files import check_output
 from .formats.registry import FORMATS
 from .frameworks import FRAMEWORKS
+from .teach.pitfalls import PITFALLS
 
 
 def _typed(convert: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
@@ -140,6 +141,91 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     table.add_argument("--num-classes", type=_positive, default=None, help="classes (default: the variant's)")
     table.add_argument("--aux-logits", action="store_true", help="include the aux heads")
+
+    pit = sub.add_parser("pitfalls", help="what each porting mistake does: where a port diverges, by how much, why")
+    pit.add_argument(
+        "--pitfall",
+        action="append",
+        choices=list(PITFALLS),
+        metavar="NAME",
+        help=f"a pitfall to measure (repeatable; default: all): {', '.join(PITFALLS)}",
+    )
+    pit.add_argument(
+        "--variant", choices=list(spec.VARIANTS), help="measure every pitfall on this variant (default: each one's own)"
+    )
+    pit.add_argument(
+        "--input-size",
+        type=_positive,
+        metavar="PIXELS",
+        help="input of the inference pitfalls (default: 96 where the variant runs it and the mistake shows there, "
+        "else the variant's own); training pitfalls run at the variant's own size",
+    )
+    pit.add_argument(
+        "--batch",
+        type=_positive,
+        default=64,
+        help="seeded images for the inference pitfalls (default: 64); training pitfalls use check --train's 2",
+    )
+    pit.add_argument("--seed", type=_non_negative, default=0, help="seed of weights and inputs (default: 0)")
+    pit.add_argument("--json", type=Path, metavar="PATH", help="also write the measurements as JSON")
+    pit.add_argument(
+        "--plot", type=Path, metavar="DIR", help="write one PNG per pitfall: the relative error at every stage"
+    )
+    pit.add_argument("--force", action="store_true", help="overwrite an existing --json file or plots")
+
+    diff = sub.add_parser("diff", help="where two models part: the first stage that diverges, and which tensors differ")
+    diff.add_argument("a", type=Path, metavar="A", help="a checkpoint (any format port reads)")
+    diff.add_argument(
+        "b",
+        type=Path,
+        metavar="B",
+        nargs="?",
+        help="another checkpoint (default: the suite's seeded weights, as check uses them)",
+    )
+    diff.add_argument("--variant", required=True, choices=list(spec.VARIANTS), help="the network the checkpoints hold")
+    diff.add_argument(
+        "--framework", default="torch", choices=list(FRAMEWORKS), help="the framework both run in (default: torch)"
+    )
+    diff.add_argument(
+        "--frameworks",
+        metavar="A,B",
+        help="compare checkpoint A in two frameworks instead, e.g. torch,keras (no B then)",
+    )
+    diff.add_argument("--from", dest="a_format", choices=list(FORMATS), help="format of A (default: from its name)")
+    diff.add_argument("--from-b", dest="b_format", choices=list(FORMATS), help="format of B (default: from its name)")
+    diff.add_argument(
+        "--num-classes", type=_positive, default=None, help="classes of the checkpoints (default: the variant's)"
+    )
+    diff.add_argument("--transform-input", action="store_true", help="torchvision's transform_input (googlenet_bn)")
+    diff.add_argument(
+        "--input-size", type=_positive, metavar="PIXELS", help="square input (default: the variant's own)"
+    )
+    diff.add_argument("--batch", type=_positive, default=8, help="seeded images (default: 8)")
+    diff.add_argument("--seed", type=_non_negative, default=0, help="seed of the input and seeded weights (default: 0)")
+    diff.add_argument("--top", type=_positive, default=10, help="tensors listed (default: 10)")
+
+    page = sub.add_parser("page", help="build a static site: the spec, the model files side by side, the pitfalls")
+    page.add_argument("dir", type=Path, metavar="DIR", help="directory to write (made if missing)")
+    page.add_argument(
+        "--variant",
+        default="googlenet_bn",
+        choices=list(spec.VARIANTS),
+        help="the spec table's (default: googlenet_bn)",
+    )
+    page.add_argument(
+        "--input-size", type=_positive, metavar="PIXELS", help="the spec table's input (default: the variant's own)"
+    )
+    page.add_argument(
+        "--pitfalls-json",
+        type=Path,
+        metavar="PATH",
+        help="measurements from pitfalls --json (default: measure every pitfall now, a few minutes)",
+    )
+    page.add_argument("--check-json", type=Path, metavar="PATH", help="a check --json report to show")
+    page.add_argument("--bench-json", type=Path, metavar="PATH", help="bench figures (JSON) to show")
+    page.add_argument("--batch", type=_positive, default=64, help="images per inference pitfall (default: 64)")
+    page.add_argument("--seed", type=_non_negative, default=0, help="seed of the pitfalls (default: 0)")
+    page.add_argument("--force", action="store_true", help="overwrite the files of an earlier page in DIR")
     return parser, sub.choices
 
 
@@ -237,6 +323,51 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pitfalls(args: argparse.Namespace) -> int:
+    from .teach import command
+
+    return command.pitfalls(
+        args.pitfall, args.variant, args.input_size, args.batch, args.seed, args.json, args.plot, args.force
+    )
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .teach import command
+
+    pair = None if args.frameworks is None else [n.strip() for n in args.frameworks.split(",") if n.strip()]
+    return command.diff(
+        args.a,
+        args.b,
+        args.variant,
+        args.framework,
+        pair,
+        args.a_format,
+        args.b_format,
+        args.num_classes,
+        args.transform_input,
+        args.input_size,
+        args.batch,
+        args.seed,
+        args.top,
+    )
+
+
+def _page(args: argparse.Namespace) -> int:
+    from .teach import command
+
+    return command.page(
+        args.dir,
+        args.variant,
+        args.input_size,
+        args.pitfalls_json,
+        args.check_json,
+        args.bench_json,
+        args.batch,
+        args.seed,
+        args.force,
+    )
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     """The options; an unknown one is reported by its command's parser, with that usage."""
     parser, commands = _parser()
@@ -248,7 +379,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    commands = {"check": _check, "port": _port, "spec": _spec, "train": _train}
+    commands = {
+        "check": _check,
+        "port": _port,
+        "spec": _spec,
+        "train": _train,
+        "pitfalls": _pitfalls,
+        "diff": _diff,
+        "page": _page,
+    }
     try:
         return commands[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError, PortError: ValueErrors

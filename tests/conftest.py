@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance import canonical, frameworks, interface, spec
+from conformance import canonical, frameworks, spec
 from conformance.check.harness import full_options
+from conformance.teach import pitfalls
 
 # Only where torchvision is installed (a side venv): its CUDA build of torch 2.14.1
 # segfaults when TensorFlow was imported before it.
@@ -59,7 +60,7 @@ def loaded_model(b, variant: str, seed: int = 0):
 
 def patched(b, **overrides) -> types.SimpleNamespace:
     """A backend with some functions replaced: how the negative controls break a port."""
-    return types.SimpleNamespace(**{**{f: getattr(b, f) for f in interface.FUNCTIONS}, **overrides})
+    return pitfalls.patched(b, **overrides)
 
 
 def torch_state(variant: str, aux: bool = True, seed: int = 0, num_classes: int = 1000, **options):
@@ -89,3 +90,15 @@ def cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Comple
         env=env,
         timeout=timeout,
     )
+
+
+PITFALL_BATCH = 4  # the command's default is 64; the first divergent stage does not depend on it
+
+
+@pytest.fixture(scope="session")
+def pitfall_measurements():
+    """Every pitfall on each of its default variants, measured once per session (small batch)."""
+    from conformance.teach import measure
+
+    results = measure.run(list(pitfalls.PITFALLS), None, _BACKENDS, _SKIPPED, batch=PITFALL_BATCH)
+    return {(m.pitfall, m.variant): m for m in results}

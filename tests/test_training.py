@@ -13,8 +13,9 @@ from conformance import spec
 from conformance.canonical import random_params
 from conformance.check import harness
 from conformance.check.compare import REL_TOL, agreement
+from conformance.teach.pitfalls import PITFALLS
 
-from .conftest import backend_or_skip, installed, patched
+from .conftest import backend_or_skip, installed
 
 QUANTITIES_BN = [
     "loss",
@@ -57,22 +58,13 @@ def test_one_sgd_step_agrees_in_every_framework(variant):
     assert rows["gradients"].keys == len(trainable)  # every trainable tensor, aux heads included
 
 
-def test_keras_stock_batchnorm_keeps_the_biased_variance(monkeypatch):
+def test_keras_stock_batchnorm_keeps_the_biased_variance():
     """Keras's BatchNormalization folds the biased batch variance into its moving
     variance; PyTorch the unbiased one. Gradients and weights still agree: only the
     running variance can tell."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
-    from keras import layers, ops
-
-    import impl_keras.layers
-
-    def stock_call(self, x, training=None, mask=None):
-        if training and self.record:
-            self.batch_stats = ops.moments(x, axes=[0, 1, 2])
-        return layers.BatchNormalization.call(self, x, training=training, mask=mask)
-
-    monkeypatch.setattr(impl_keras.layers.BatchNorm, "call", stock_call)
-    rows = by_quantity(train_report({"torch": torch_, "keras": keras_}, "googlenet_cifar"))
+    with PITFALLS["running-variance"].broken(keras_) as broken:
+        rows = by_quantity(train_report({"torch": torch_, "keras": broken}, "googlenet_cifar"))
     assert rows["gradients"].passed and rows["weights after step 1"].passed
     bad = rows["running statistics after step 1"]
     assert not bad.passed and bad.worst["keras"].endswith("running_var")
@@ -112,18 +104,8 @@ def test_batchnorm_momentum_not_translated_fails_the_running_statistics():
     """PyTorch's momentum 0.1 is the weight of the new batch; Gluon's 0.9 the weight of
     the old statistic. Passing 0.1 to Gluon as is keeps 10% of the old."""
     torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
-    from mxnet.gluon import nn
-
-    from impl_mxnet.layers import options
-
-    def build_untranslated(variant, **kwargs):
-        model = mxnet_.build(variant, **kwargs)
-        model.apply(lambda b: options(b).__setitem__("momentum", 0.1) if isinstance(b, nn.BatchNorm) else None)
-        return model
-
-    rows = by_quantity(
-        train_report({"torch": torch_, "mxnet": patched(mxnet_, build=build_untranslated)}, "googlenet_cifar")
-    )
+    with PITFALLS["bn-momentum"].broken(mxnet_) as broken:
+        rows = by_quantity(train_report({"torch": torch_, "mxnet": broken}, "googlenet_cifar"))
     assert rows["gradients"].passed and rows["batch statistics"].passed
     assert not rows["running statistics after step 1"].passed
     assert rows["running statistics after step 1"].agreement["mxnet"].max_rel > 100 * REL_TOL
@@ -134,11 +116,8 @@ def test_sgd_momentum_translated_like_batchnorm_fails_only_from_the_second_step(
     port that 'translates' it to 1 - m agrees after step 1, when the velocity is still
     zero, and fails after step 2: why the check takes two steps."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
-
-    def trainer(model, lr, momentum, **kw):
-        return keras_.Trainer(model, lr=lr, momentum=1.0 - momentum, **kw)
-
-    rows = by_quantity(train_report({"torch": torch_, "keras": patched(keras_, Trainer=trainer)}, "inception_mnist"))
+    with PITFALLS["sgd-momentum"].broken(keras_) as broken:
+        rows = by_quantity(train_report({"torch": torch_, "keras": broken}, "inception_mnist"))
     assert rows["gradients"].passed and rows["weights after step 1"].passed
     assert not rows["weights after step 2"].passed
 
@@ -146,11 +125,8 @@ def test_sgd_momentum_translated_like_batchnorm_fails_only_from_the_second_step(
 def test_aux_loss_weight_fails_the_loss_and_gradients():
     """The aux heads' loss is weighted 0.3 (the paper); a port with 1.0 trains another net."""
     torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
-
-    def trainer(model, lr, momentum, **kw):
-        return mxnet_.Trainer(model, lr=lr, momentum=momentum, **{**kw, "aux_weight": 1.0})
-
-    rows = by_quantity(train_report({"torch": torch_, "mxnet": patched(mxnet_, Trainer=trainer)}, "googlenet"))
+    with PITFALLS["aux-weight"].broken(mxnet_) as broken:
+        rows = by_quantity(train_report({"torch": torch_, "mxnet": broken}, "googlenet"))
     assert not rows["loss"].passed and not rows["gradients"].passed
     assert rows["gradients"].worst["mxnet"].startswith("aux")
 

@@ -32,9 +32,9 @@ from ..canonical import CanonicalError, Params, canonical_shapes, validate
 from ..check.compare import Agreement, agreement, identical
 from ..files import file_mode
 from . import naming
-from .registry import Format, Native, PortError, built, infer, installed_reference, read
+from .registry import Format, Native, PortError, Raw, built, infer, installed_reference, read
 
-__all__ = ["PortError", "PortResult", "VerificationError", "port"]
+__all__ = ["Checkpoint", "PortError", "PortResult", "VerificationError", "port", "read_checkpoint"]
 
 VERIFY_BATCH = 2
 
@@ -192,23 +192,31 @@ def _verify(
     return target_backend.name, agree, changed
 
 
-def port(
+@dataclass
+class Checkpoint:
+    """A checkpoint read and checked against the spec: canonical parameters in canonical
+    order, and the plan they fit (aux heads as the file has them)."""
+
+    path: Path
+    format: Format
+    plan: spec.Plan
+    params: Params
+    notes: list[str]
+    raw: Raw
+
+
+def read_checkpoint(
     src: str | Path,
-    dst: str | Path,
     variant: str,
-    src_format: str | None = None,
-    dst_format: str | None = None,
+    src_format: str | Format | None = None,
     num_classes: int | None = None,
     transform_input: bool = False,
-    force: bool = False,
-    log: Callable[[str], None] = lambda line: None,
-) -> PortResult:
-    """Convert ``src`` to ``dst`` and prove it. Raises PortError (bad input; nothing
-    written) or VerificationError (the written file disagrees; nothing written)."""
-    start = time.perf_counter()
-    src, dst = Path(src), Path(dst)
-    _check_paths(src, dst, force)
-    src_fmt, dst_fmt = infer(src, src_format, "--from"), infer(dst, dst_format, "--to")
+) -> Checkpoint:
+    """Read ``src`` (any format and naming) and check it strictly against ``variant``:
+    what ``port`` does before converting, and ``diff`` before comparing. Raises
+    PortError naming the file, key or option."""
+    src = Path(src)
+    src_fmt = src_format if isinstance(src_format, Format) else infer(src, src_format, "--from")
     if variant not in spec.VARIANTS:
         raise PortError(f"--variant: unknown {variant!r}; expected one of {', '.join(spec.VARIANTS)}")
     if num_classes is None:
@@ -239,6 +247,29 @@ def port(
     except CanonicalError as e:
         raise PortError(f"{src}: {e}") from None
     params = {key: params[key] for key in canonical_shapes(p)}  # files may store keys sorted
+    return Checkpoint(src, src_fmt, p, params, notes, raw)
+
+
+def port(
+    src: str | Path,
+    dst: str | Path,
+    variant: str,
+    src_format: str | None = None,
+    dst_format: str | None = None,
+    num_classes: int | None = None,
+    transform_input: bool = False,
+    force: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+) -> PortResult:
+    """Convert ``src`` to ``dst`` and prove it. Raises PortError (bad input; nothing
+    written) or VerificationError (the written file disagrees; nothing written)."""
+    start = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    _check_paths(src, dst, force)
+    src_fmt, dst_fmt = infer(src, src_format, "--from"), infer(dst, dst_format, "--to")
+    checkpoint = read_checkpoint(src, variant, src_fmt, num_classes, transform_input)
+    p, params, notes, raw = checkpoint.plan, checkpoint.params, checkpoint.notes, checkpoint.raw
+    num_classes, aux = p.num_classes, bool(p.aux)
     log(
         f"read   {src} ({src_fmt.description}): {len(params)} tensors, {p.variant.name}, "
         f"{num_classes} classes, aux heads {'yes' if aux else 'no'}"
