@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from conformance.spec import aux_admits
 
-from .layers import BatchNorm, walk
+from .layers import BatchNorm, momentums, reseed_dropout, walk
 from .model import GoogLeNet
 from .weights import located
 
@@ -80,3 +80,31 @@ class Trainer:
             stats[f"{layer.name}.batch_mean"] = np.asarray(mean)
             stats[f"{layer.name}.batch_var"] = np.asarray(var)
         return stats
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The optimizer's state by canonical key, in canonical layout: each trainable
+        variable's momentum, in Keras's convention (``v = -lr * buf``), empty before the
+        first step or without momentum."""
+        if not self.optimizer.built:
+            return {}
+        by_path = {v.path: m for v, m in momentums(self.optimizer, self.model.trainable_variables)}
+        return {
+            key: np.ascontiguousarray(row.to_canonical(np.asarray(by_path[var.path].numpy())))
+            for key, row, var in located(self.model, self.model.plan)
+            if var.path in by_path
+        }
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Set what ``state()`` returned (of a Trainer of the same framework and plan)."""
+        by_path = {v.path: m for v, m in momentums(self.optimizer, self.model.trainable_variables)}
+        rows = {key: (row, var) for key, row, var in located(self.model, self.model.plan)}
+        unknown = sorted(k for k in state if k not in rows or rows[k][1].path not in by_path)
+        if unknown:
+            raise KeyError(f"optimizer state for unknown parameters {unknown[:3]}")
+        for key, value in state.items():
+            row, var = rows[key]
+            by_path[var.path].assign(row.to_keras(value))
+
+    def reseed(self, seed: int) -> None:
+        """Seed the random numbers of training (dropout): each Dropout's seed generator."""
+        reseed_dropout(self.model, seed)

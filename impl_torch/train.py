@@ -61,3 +61,28 @@ class Trainer:
     def batch_stats(self) -> dict[str, np.ndarray]:
         """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""
         return dict(self.stats)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The optimizer's state by canonical key: each trainable parameter's momentum
+        buffer, in PyTorch's convention (``buf``), empty before the first step or without
+        momentum. With the weights, what a resumed run needs to go on bit for bit."""
+        names = {id(p): k for k, p in self.model.named_parameters()}
+        return {
+            names[id(p)]: s["momentum_buffer"].detach().numpy().copy()
+            for p, s in self.optimizer.state.items()
+            if s.get("momentum_buffer") is not None
+        }
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Set what ``state()`` returned (of a Trainer of the same framework and plan)."""
+        params = dict(self.model.named_parameters())
+        unknown = sorted(set(state) - set(params))
+        if unknown:
+            raise KeyError(f"optimizer state for unknown parameters {unknown[:3]}")
+        for key, value in state.items():
+            buffer = torch.from_numpy(np.array(value)).to(params[key].dtype)  # a copy: the caller keeps its array
+            self.optimizer.state[params[key]]["momentum_buffer"] = buffer
+
+    def reseed(self, seed: int) -> None:
+        """Seed the random numbers of training (dropout): PyTorch's global generator."""
+        torch.manual_seed(seed)
