@@ -239,6 +239,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     training.check_outputs(args.out, settings, args.framework, args.force, args.resume)
     splits = training.load_data(args.data, settings)  # bad data fails here, before any framework loads
+    training.reproducible(args.framework)
     backends, skipped = frameworks.load([args.framework])
     if args.framework not in backends:
         raise ValueError(f"--framework {args.framework}: {skipped[args.framework]}")

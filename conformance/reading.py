@@ -42,6 +42,7 @@ class Tensor:
     dtype: np.dtype | str
     load: Callable[[], np.ndarray] = field(repr=False)
     problem: str | None = None
+    where: str = ""  # where it sits when the file names it otherwise: "HDF5 fc/vars/0 (1408, 10)"
 
     @property
     def ndim(self) -> int:
@@ -187,11 +188,13 @@ def tensor_digest(params: Mapping[str, np.ndarray]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def zip_members(path: Path, max_member: int, max_total: int) -> list[zipfile.ZipInfo]:
+def zip_members(
+    path: Path, max_member: int, max_total: int, named: Mapping[str, tuple[int, str]] | None = None
+) -> list[zipfile.ZipInfo]:
     """The archive's members, refused when one declares more than ``max_member`` bytes
-    uncompressed or all together more than ``max_total`` (a small deflated file can
-    declare gigabytes; reading stops at the declared size, so the declaration is the
-    bound)."""
+    uncompressed (``named``: a member's own limit and why) or all together more than
+    ``max_total``. A small deflated file can declare gigabytes; reading stops at the
+    declared size, so the declaration is the bound."""
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
@@ -200,6 +203,9 @@ def zip_members(path: Path, max_member: int, max_total: int) -> list[zipfile.Zip
     if len(infos) > MAX_MEMBERS:
         raise Damaged(f"the archive holds {len(infos):,} members; a checkpoint has at most {MAX_MEMBERS:,}")
     for info in infos:
+        limit, why = (named or {}).get(info.filename, (max_member, ""))
+        if info.file_size > limit and why:
+            raise Damaged(f"its {info.filename} declares {info.file_size:,} bytes uncompressed; {why}")
         if info.file_size > max_member:
             raise Damaged(
                 f"member {info.filename!r} declares {info.file_size:,} bytes uncompressed; "

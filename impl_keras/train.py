@@ -8,6 +8,7 @@ Mirrors ``impl_torch/train.py``. What differs, and why:
 * The step is a ``tf.function`` (TensorFlow runs eager code several times slower);
   ``record`` runs it eagerly so BatchNorm can hand its batch statistics back.
 * Gradients come back in canonical layouts through the weight adapter's table.
+* ``deterministic``: TensorFlow's op determinism (process-wide), see ``Trainer``.
 """
 
 from __future__ import annotations
@@ -30,10 +31,23 @@ def cross_entropy(labels, logits):
 
 class Trainer:
     def __init__(
-        self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3, record: bool = False
+        self,
+        model: GoogLeNet,
+        lr: float,
+        momentum: float,
+        aux_weight: float = 0.3,
+        record: bool = False,
+        deterministic: bool = False,
     ) -> None:
-        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
+        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step.
+        ``deterministic``: the same steps give the same bits in every run (train --resume)."""
         self.model, self.aux_weight = model, aux_weight
+        if deterministic:  # for the whole process: TensorFlow has no per-model switch
+            # Some CPU kernels sum in an order that varies run to run (googlenet_cifar: 3 of 8
+            # repeats of two steps differed); this picks deterministic ones. oneDNN's kernels
+            # vary too and can only be switched off before TensorFlow is imported
+            # (TF_ENABLE_ONEDNN_OPTS=0, which ``train`` sets).
+            tf.config.experimental.enable_op_determinism()
         self.optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
         self.bns = [layer for layer in walk(model) if isinstance(layer, BatchNorm)]
         for layer in self.bns:

@@ -23,10 +23,19 @@ from .weights import located
 
 class Trainer:
     def __init__(
-        self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3, record: bool = False
+        self,
+        model: GoogLeNet,
+        lr: float,
+        momentum: float,
+        aux_weight: float = 0.3,
+        record: bool = False,
+        deterministic: bool = False,
     ) -> None:
-        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
+        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step.
+        ``deterministic``: the same steps give the same bits in every run (train --resume)."""
         self.model, self.aux_weight = model, aux_weight
+        # deterministic: nothing to do, MXNet's CPU kernels repeat bit for bit (measured on
+        # googlenet_cifar, tests/test_resume.py).
         self.trainer = mx.gluon.Trainer(
             model.collect_params(), "sgd", {"learning_rate": lr, "momentum": momentum, "wd": 0.0}
         )

@@ -73,7 +73,7 @@ def check(src: Path, p: spec.Plan, declared: Mapping[str, Tensor]) -> None:
     problems = [f"missing key {k!r} (expected shape {s})" for k, s in expected.items() if k not in declared]
     problems += [f"unexpected key {k!r} (shape {t.shape})" for k, t in declared.items() if k not in expected]
     problems += [
-        f"shape mismatch at {k!r}: expected {expected[k]}, got {t.shape}"
+        f"shape mismatch at {k!r}: expected {expected[k]}, got {t.shape}" + (f" ({t.where})" if t.where else "")
         for k, t in declared.items()
         if k in expected and t.shape != expected[k]
     ]
@@ -92,7 +92,8 @@ def check_sizes(src: Path, declared: Mapping[str, Tensor], limit: Budget) -> Non
         raise BoundsError(f"{src}: declares {len(declared):,} tensors; this network has at most {limit.count:,}")
     for key, t in declared.items():
         if t.nbytes > limit.tensor:
+            where = f" ({t.where})" if t.where else ""
             raise BoundsError(
-                f"{src}: {key!r} declares {dtype_name(t)} {list(t.shape)} ({t.nbytes / 1e6:,.0f} MB); "
+                f"{src}: {key!r}{where} declares {dtype_name(t)} {list(t.shape)} ({t.nbytes / 1e6:,.0f} MB); "
                 f"no tensor of this network needs more than {limit.tensor / 1e6:,.0f} MB"
             )

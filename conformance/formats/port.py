@@ -162,7 +162,8 @@ def _diagnose(params: dict[str, Tensor], src: Path, v: spec.Variant, num_classes
         )
         raise PortError(f"{src}: {found}: this is {like(v.branch3.kernel)}, not `{v.name}`")
     fc = params.get("fc.weight")
-    if fc is not None and fc.ndim == 2 and fc.shape[0] != num_classes:
+    in_features = spec.resolve(v).fc.in_features
+    if fc is not None and fc.ndim == 2 and fc.shape[1] == in_features and fc.shape[0] != num_classes:
         if not 1 <= fc.shape[0] <= spec.MAX_CLASSES:
             raise PortError(
                 f"{src}: fc.weight declares {fc.shape[0]:,} classes ({fc.shape}); "

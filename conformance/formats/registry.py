@@ -452,14 +452,19 @@ def _keras_to_canonical_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(shape)) if len(shape) == 2 else shape
 
 
-def _h5_tensors(source: Callable[[], Any], p: Plan) -> dict[str, Tensor]:
+def _h5_tensors(source: Callable[[], Any], p: Plan, src: Path, limit: bounds.Budget) -> dict[str, Tensor]:
     """The datasets of a Keras weights file (``source()`` opens it with h5py) as
     canonical tensors: a dataset where ``p``'s layout has one gets its canonical key,
-    any other keeps its HDF5 path (and is then reported as unexpected)."""
+    any other keeps its HDF5 path (and is then reported as unexpected). Sizes are
+    checked against ``limit`` first, before Keras is even imported."""
+    with source() as f:
+        found = {path: (tuple(int(d) for d in ds.shape), ds.dtype) for path, ds in _h5_datasets(f)}
+    bounds.check_sizes(
+        src, {path: Tensor(shape, dtype, reading._refused) for path, (shape, dtype) in found.items()}, limit
+    )
     from impl_keras.weights import table
 
     layout, rows, expected = _keras_layout(p), table(p), canonical_shapes(p)
-    tensors: dict[str, Tensor] = {}
     cache: dict[str, np.ndarray] = {}
 
     def loader(path: str, key: str) -> Callable[[], np.ndarray]:
@@ -471,15 +476,14 @@ def _h5_tensors(source: Callable[[], Any], p: Plan) -> dict[str, Tensor]:
 
         return load
 
-    with source() as f:
-        for path, ds in _h5_datasets(f):
-            shape, dtype = tuple(int(d) for d in ds.shape), ds.dtype
-            if path in layout:
-                key, keras_shape = layout[path]
-                canonical = expected[key] if shape == keras_shape else _keras_to_canonical_shape(shape)
-                tensors[key] = Tensor(canonical, dtype, loader(path, key))
-            else:
-                tensors[path] = Tensor(shape, dtype, reading._refused)
+    tensors: dict[str, Tensor] = {}
+    for path, (shape, dtype) in found.items():
+        if path in layout:
+            key, keras_shape = layout[path]
+            canonical = expected[key] if shape == keras_shape else _keras_to_canonical_shape(shape)
+            tensors[key] = Tensor(canonical, dtype, loader(path, key), where=f"HDF5 {path} {shape}")
+        else:
+            tensors[path] = Tensor(shape, dtype, reading._refused)
     return tensors
 
 
@@ -487,8 +491,7 @@ def _read_keras_weights(path: Path, p: Plan) -> Raw:
     import h5py
 
     p = bounds.full(p)
-    tensors = _h5_tensors(lambda: h5py.File(path, "r"), p)
-    bounds.check_sizes(path, tensors, bounds.ceiling(p))
+    tensors = _h5_tensors(lambda: h5py.File(path, "r"), p, path, bounds.ceiling(p))
     loadable = path.name.endswith(".weights.h5")  # Keras's load_weights refuses other names
     return Raw(
         tensors, "canonical", [], native=(lambda q: _load_keras_weights(path, q, "", None)) if loadable else None
@@ -510,12 +513,8 @@ def _read_keras(path: Path, p: Plan) -> Raw:
     import h5py
 
     limit = bounds.budget(p)
-    infos = {i.filename: i for i in reading.zip_members(path, limit.total, limit.total)}
-    if infos["config.json"].file_size > MAX_CONFIG:
-        raise PortError(
-            f"{path}: its config.json declares {infos['config.json'].file_size:,} bytes; "
-            f"a GoogLeNet's is about 1 KB (at most {MAX_CONFIG:,} accepted)"
-        )
+    config_limit = (MAX_CONFIG, f"a GoogLeNet's is about 1 KB (at most {MAX_CONFIG:,} bytes accepted)")
+    reading.zip_members(path, limit.total, limit.total, {"config.json": config_limit})
     reading.check_crcs(path)
     try:
         config = json.loads(reading.read_member(path, "config.json"))
@@ -530,8 +529,7 @@ def _read_keras(path: Path, p: Plan) -> Raw:
     _check_keras_config(path, options, p)
     q = p.with_options(aux_logits=bool(options.get("aux_logits")), transform_input=bool(options.get("transform_input")))
     inner = reading.read_member(path, "model.weights.h5")
-    tensors = _h5_tensors(lambda: h5py.File(io.BytesIO(inner), "r"), q)
-    bounds.check_sizes(path, tensors, limit)
+    tensors = _h5_tensors(lambda: h5py.File(io.BytesIO(inner), "r"), q, path, limit)
     loadable = path.name.endswith(".keras")  # load_model takes other names for other formats
     return Raw(
         tensors,

@@ -61,13 +61,14 @@ def _stream(path: Path) -> Iterator[tuple[BinaryIO, bool]]:
             raise DataError(f"{path}: not a readable gzip file ({e})") from None
 
 
-def read_idx(path: Path, magic: int, limit: int | None = None) -> np.ndarray:
+def read_idx(path: Path, magic: int, limit: int | None = None, max_items: int | None = None) -> np.ndarray:
     """One IDX file as a uint8 array (its first ``limit`` items), checking the magic
-    number and that the file holds exactly what its header declares."""
-    return _read_idx(path, magic, limit)[0]
+    number and that the file holds exactly what its header declares; more than
+    ``max_items`` items to read is refused before reading."""
+    return _read_idx(path, magic, limit, max_items)[0]
 
 
-def _read_idx(path: Path, magic: int, limit: int | None = None) -> tuple[np.ndarray, int]:
+def _read_idx(path: Path, magic: int, limit: int | None = None, max_items: int | None = None) -> tuple[np.ndarray, int]:
     """(the first ``limit`` items, the count the header declares)."""
     dims = 3 if magic == IMAGES_MAGIC else 1
     what = "images" if magic == IMAGES_MAGIC else "labels"
@@ -90,6 +91,11 @@ def _read_idx(path: Path, magic: int, limit: int | None = None) -> tuple[np.ndar
         if gzipped and declared > DEFLATE_RATIO * size:
             raise DataError(f"{path}: {says}; a {size:,}-byte gzip file cannot hold more than {DEFLATE_RATIO * size:,}")
         count = shape[0] if limit is None else min(shape[0], limit)
+        if max_items is not None and count > max_items:
+            raise DataError(
+                f"{path}: {count:,} {what}; training holds at most {max_items:,} of them in memory at the "
+                f"variant's size; pass --limit {max_items} or fewer"
+            )
         want = count * math.prod(shape[1:])
         if want > MAX_IDX_BYTES:
             raise DataError(f"{path}: {count:,} {what} are {want:,} bytes, more than {MAX_IDX_BYTES:,}; pass --limit")
@@ -114,9 +120,9 @@ def _find(directory: Path, stem: str) -> Path:
     raise DataError(f"--data {directory}: missing {stem} (or {stem}.gz); the directory holds {present or 'nothing'}")
 
 
-def load_idx(directory: str | Path, limit: int | None = None) -> dict[str, Split]:
+def load_idx(directory: str | Path, limit: int | None = None, max_images: int | None = None) -> dict[str, Split]:
     """``train`` and ``test`` splits of an MNIST-style directory (the first ``limit``
-    images and labels of each)."""
+    images and labels of each; more than ``max_images`` is refused before reading)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"--data {directory}: not a directory")
@@ -125,8 +131,8 @@ def load_idx(directory: str | Path, limit: int | None = None) -> dict[str, Split
         images_path = _find(directory, f"{prefix}-images-idx3-ubyte")
         labels_path = _find(directory, f"{prefix}-labels-idx1-ubyte")
         (images, n_images), (labels, n_labels) = (
-            _read_idx(images_path, IMAGES_MAGIC, limit),
-            _read_idx(labels_path, LABELS_MAGIC, limit),
+            _read_idx(images_path, IMAGES_MAGIC, limit, max_images),
+            _read_idx(labels_path, LABELS_MAGIC, limit, max_images),
         )
         if n_images != n_labels:
             raise DataError(

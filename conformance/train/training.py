@@ -42,6 +42,9 @@ from .data import DataError, Split, load_idx, prepare, synthetic
 # beyond any schedule in the posts or the paper's (tens to a few hundred epochs).
 MAX_EPOCHS = 10_000
 STATE_FORMAT = "googlenet-train-state"
+# Training holds every image prepared (float32 at the variant's size) in memory: beyond
+# this, --limit. Fashion-MNIST at googlenet_d2l's 96 x 96 takes 2.6 GB.
+MAX_PREPARED = 4 << 30
 
 
 class TrainingError(RuntimeError):
@@ -141,6 +144,20 @@ def check_outputs(out: Path, s: Settings, framework: str, force: bool, resume: b
     return o
 
 
+# Set before the framework is imported (``reproducible``): TensorFlow's oneDNN kernels
+# pick their summation order at run time, so two runs of the same steps differ.
+REPRODUCIBLE_ENVIRONMENT = {"keras": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+
+
+def reproducible(framework: str) -> None:
+    """Make ``framework``'s training repeat bit for bit, as far as it is decided before
+    its import (the rest is ``Trainer(deterministic=True)``). A value the user set wins."""
+    import os
+
+    for name, value in REPRODUCIBLE_ENVIRONMENT.get(framework, {}).items():
+        os.environ.setdefault(name, value)
+
+
 def _plan(s: Settings) -> spec.Plan:
     v = spec.VARIANTS[s.variant]
     aux = v.aux is not None and spec.aux_admits(spec.resolve(v, aux_logits=True), v.input.size)
@@ -194,7 +211,9 @@ def _resumable(o: Outputs, s: Settings) -> tuple[str, int]:
 def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
     """The splits (at most ``limit`` images each), checked to be trainable: images of at
     least one pixel, a training set and a test set that are not empty."""
-    splits = load_idx(data, s.limit) if data is not None else synthetic(seed=s.seed)
+    p = _plan(s)
+    per_image = p.in_channels * p.input_size**2 * 4
+    splits = load_idx(data, s.limit, MAX_PREPARED // per_image) if data is not None else synthetic(seed=s.seed)
     if s.limit is not None:
         splits = {k: Split(v.images[: s.limit], v.labels[: s.limit]) for k, v in splits.items()}
     where = f"--data {data}" if data is not None else "generated data"
@@ -347,7 +366,7 @@ def train(
     train_x = prepare(splits["train"].images, p.in_channels, v.input.size)
     test_x = prepare(splits["test"].images, p.in_channels, v.input.size)
     train_y, test_y = splits["train"].labels, splits["test"].labels
-    trainer = backend.Trainer(model, lr=s.lr, momentum=s.momentum, aux_weight=s.aux_weight)
+    trainer = backend.Trainer(model, lr=s.lr, momentum=s.momentum, aux_weight=s.aux_weight, deterministic=True)
     rng = np.random.default_rng(s.seed)
     run = _Run(o, s, p, backend.name, fingerprint(splits))
     if o.start:
