@@ -109,13 +109,13 @@ def check_output(
     path = Path(path)
     directory = _directory(path)
     where = _say(option, path)
-    if path.is_symlink() and not path.exists():
-        raise OutputError(f"{where}: a symbolic link to nothing ({os.readlink(path)}); remove it or give another name")
     if not directory.is_dir():
         raise OutputError(f"{where}: directory {directory} does not exist")
     limit = name_max(directory)
     if len(os.fsencode(path.name)) > limit:
         raise OutputError(f"{where}: the name is {len(os.fsencode(path.name))} bytes; the file system takes {limit}")
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{where}: a symbolic link to nothing ({os.readlink(path)}); remove it or give another name")
     if path.exists():
         mode = path.stat().st_mode
         if not stat.S_ISREG(mode):

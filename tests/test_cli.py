@@ -111,7 +111,9 @@ def test_missing_framework_is_skipped_with_its_install_hint(monkeypatch, capsys)
 def test_no_framework_at_all_fails(monkeypatch, capsys):
     monkeypatch.setitem(frameworks.FRAMEWORKS, "ghost", ("impl_ghost", "pip install ghost"))
     assert main(["check", "--frameworks", "ghost", "--input-size", "97"]) == 1
-    assert "FAIL: no framework is installed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAIL: no framework asked for is installed (ghost), nothing was checked" in out
+    assert "skipped:    ghost: not installed" in out and "install with: pip install ghost" in out
 
 
 def test_spec_prints_shapes_counts_and_multiply_adds():
