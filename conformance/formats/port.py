@@ -32,7 +32,7 @@ from ..canonical import CanonicalError, Params, canonical_shapes, validate
 from ..check.compare import Agreement, agreement, identical
 from ..reading import Tensor
 from . import bounds, naming
-from .registry import Format, Native, PortError, built, infer, installed_reference, materialise, read
+from .registry import FORMATS, Format, Native, PortError, built, infer, installed_reference, materialise, read
 
 __all__ = ["PortError", "PortResult", "VerificationError", "port"]
 
@@ -84,7 +84,8 @@ def _check_paths(src: Path, dst: Path, dst_fmt: Format, force: bool) -> str:
         raise PortError(f"DST {dst} is SRC: write the port to another file")
     if dst_fmt.names and not dst.name.endswith(dst_fmt.names):
         wanted = " or ".join(dst_fmt.names)
-        stem = dst.name.removesuffix(dst.suffix) if dst.suffix else dst.name
+        known = sorted((s for f in FORMATS.values() for s in f.suffixes), key=len, reverse=True)
+        stem = next((dst.name[: -len(s)] for s in known if dst.name.endswith(s)), dst.name.removesuffix(dst.suffix))
         raise PortError(
             f"DST {dst}: {dst_fmt.framework} loads {dst_fmt.description} only from a name ending in {wanted} "
             f"(it refuses others); name it e.g. {stem}{dst_fmt.names[0]}"

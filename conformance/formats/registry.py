@@ -492,15 +492,27 @@ def _read_keras_weights(path: Path, p: Plan) -> Raw:
 
     p = bounds.full(p)
     tensors = _h5_tensors(lambda: h5py.File(path, "r"), p, path, bounds.ceiling(p))
+    with h5py.File(path, "r") as f:
+        digest = f.attrs.get(DIGEST_ATTRIBUTE)
     loadable = path.name.endswith(".weights.h5")  # Keras's load_weights refuses other names
-    return Raw(
-        tensors, "canonical", [], native=(lambda q: _load_keras_weights(path, q, "", None)) if loadable else None
-    )
+    native = (lambda q: _load_keras_weights(path, q, "", None)) if loadable else None
+    return Raw(tensors, "canonical", [], native=native, digest=digest if isinstance(digest, str) else None)
+
+
+DIGEST_ATTRIBUTE = "conformance_sha256"  # the suite's own .weights.h5: a digest of its tensors
 
 
 def _write_keras_weights(params: Params, p: Plan) -> Written:
+    """What ``save_weights`` writes, plus a root attribute with the SHA-256 of the
+    canonical tensors (``reading.tensor_digest``): HDF5 keeps no checksum of its data, so
+    without it a flipped byte would be read as a weight. Keras ignores the attribute."""
+    import h5py
+
     b, model = built("keras", p, params)
-    return _keras_bytes(model, ".weights.h5"), (b, model)
+    buffer = io.BytesIO(_keras_bytes(model, ".weights.h5"))
+    with h5py.File(buffer, "r+") as f:
+        f.attrs[DIGEST_ATTRIBUTE] = reading.tensor_digest(params)
+    return buffer.getvalue(), (b, model)
 
 
 def _load_keras_weights(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
