@@ -185,6 +185,14 @@ def safetensors_sparse(path: Path, gib: int = 8) -> Path:
     return path
 
 
+def pth_valid(path: Path) -> Path:
+    """A valid .pth of the network (the reference the refusals are compared with)."""
+    import torch
+
+    torch.save({k: torch.from_numpy(v) for k, v in params().items()}, path)
+    return path
+
+
 def pth_expanded(path: Path, n: int) -> Path:
     """A .pth whose fc.weight is ``torch.zeros(1).expand(n, n)``: one stored float."""
     import torch
