@@ -29,6 +29,7 @@ import shlex
 import signal
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -36,6 +37,7 @@ from types import FrameType
 TEMP_MARK = ".conformance-tmp"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)-(?P<token>[0-9a-f]{6})\.conformance-tmp(?P<suffix>.*)$", re.S)
 _LIVE: set[Path] = set()  # this process's temporary files, removed when a signal ends it
+_NOTED: set[Path] = set()  # stale temporary files already reported (once per process)
 _SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # Linux's FS_IOC_GETFLAGS and the flags that make rename() over a file fail (chattr +i / +a).
 _FS_IOC_GETFLAGS, _IMMUTABLE, _APPEND_ONLY = 0x80086601, 0x10, 0x20
@@ -130,12 +132,15 @@ def check_output(
         raise OutputError(f"{where}: directory {directory} is not writable")
     probe = Temporary(path, suffix, option)  # root passes os.access; the directory may still refuse a file
     probe.discard()
-    stale = stale_temporaries(directory)
-    for tmp in stale:
-        (notice or _stderr)(
-            f"note: {tmp} is a temporary file left by an interrupted run of this suite "
-            f"({tmp.stat().st_size:,} bytes); remove it with: rm -- {shlex.quote(str(tmp))}"
-        )
+    for tmp in stale_temporaries(directory):
+        if tmp in _NOTED:  # once per process, however many outputs share the directory
+            continue
+        _NOTED.add(tmp)
+        with contextlib.suppress(OSError):  # gone meanwhile: nothing to say
+            (notice or _stderr)(
+                f"note: {tmp} is a temporary file left by an interrupted run of this suite "
+                f"({tmp.stat().st_size:,} bytes); remove it with: rm -- {shlex.quote(str(tmp))}"
+            )
 
 
 def _stderr(line: str) -> None:
@@ -211,14 +216,15 @@ class Temporary:
         directory = _directory(self.path)
         while True:
             self.name = directory / temporary_name(self.path, suffix)
-            try:
-                fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise OutputError(f"{_say(option, self.path)}: cannot write in {directory}: {e.strerror}") from None
+            with _signals_held():  # created and registered together: a signal cannot leave it unknown
+                try:
+                    fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                except FileExistsError:
+                    continue
+                except OSError as e:
+                    raise OutputError(f"{_say(option, self.path)}: cannot write in {directory}: {e.strerror}") from None
+                _LIVE.add(self.name)
             break
-        _LIVE.add(self.name)
         os.close(fd)
 
     def write(self, data: bytes | bytearray | memoryview) -> Temporary:
@@ -368,10 +374,25 @@ def signals() -> Iterator[None]:
 
 @contextlib.contextmanager
 def ignoring_signals() -> Iterator[None]:
-    """Ignore SIGINT, SIGTERM and SIGHUP for a short clean-up that must finish."""
+    """Ignore SIGINT, SIGTERM and SIGHUP for a short clean-up that must finish (only the
+    main thread can; elsewhere this does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP back (delivered on leaving): a few statements that
+    must run together."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
