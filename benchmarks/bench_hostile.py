@@ -28,8 +28,8 @@ def cases(d: Path) -> list[tuple[str, list[str], Callable[[], object]]]:
     variant = ["--variant", hostile.VARIANT]
     out = ["--out", str(d / "out")]
 
-    def port(src: str, dst: str = "y.npz") -> list[str]:
-        return ["port", str(d / src), str(d / dst), *variant]
+    def port(src: str, dst: str = ".npz") -> list[str]:
+        return ["port", str(d / src), str(d / f"out-{src}{dst}"), *variant]  # a DST of its own
 
     return [
         ("valid .pth -> .npz (reference)", port("valid.pth"), lambda: hostile.pth_valid(d / "valid.pth")),
@@ -47,7 +47,7 @@ def cases(d: Path) -> list[tuple[str, list[str], Callable[[], object]]]:
         ),
         (".pth: zeros(1).expand(50000, 50000)", port("e.pth"), lambda: hostile.pth_expanded(d / "e.pth", 50_000)),
         (".pth: zeros(1).expand(10^6, 10^6)", port("m.pth"), lambda: hostile.pth_expanded(d / "m.pth", 1_000_000)),
-        ("deflated .npz declaring 1.1 GB", port("x.npz", "y.safetensors"), lambda: hostile.npz_deflated(d / "x.npz")),
+        ("deflated .npz declaring 1.1 GB", port("x.npz", ".safetensors"), lambda: hostile.npz_deflated(d / "x.npz")),
         (
             "gzipped IDX declaring 1.2 GB",
             ["train", "--framework", "torch", *variant, "--data", str(d / "idx"), *out],
@@ -71,6 +71,8 @@ def main() -> None:
             build()
             m = hostile.run_measured(hostile.cli(*args))
             expected = 0 if what.startswith("valid") else 2
+            if m.returncode != expected:
+                print(m.stderr.strip()[-500:])
             ok = m.returncode == expected and m.peak_mb < TARGET_MB and m.seconds < TARGET_S
             print(
                 f"{what:<40} {m.returncode:>4} {m.peak_mb:8.0f} {m.seconds:8.1f}  "
