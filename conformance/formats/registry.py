@@ -19,7 +19,6 @@ A new format is one :class:`Format` entry in :data:`FORMATS`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import os
@@ -399,23 +398,35 @@ def _keras_bytes(model, suffix: str) -> bytes:
     return buffer.getvalue()
 
 
-@functools.lru_cache(maxsize=8)
-def _keras_layout(p: Plan) -> dict[str, tuple[str, tuple[int, ...]]]:
+_LAYOUTS: dict[Plan, dict[str, tuple[str, tuple[int, ...]]]] = {}
+
+
+def _keras_layout(p: Plan, model: Callable[[], Native]) -> dict[str, tuple[str, tuple[int, ...]]]:
     """HDF5 dataset path -> (canonical key, Keras shape) in what ``save_weights`` writes
-    for ``p``: found by saving a model whose every tensor holds its own index, so no
-    guess about Keras's layout is made here."""
+    for ``p``: found by saving a model (``model()``, a Keras model of ``p``) whose every
+    tensor holds its own index, so no guess about Keras's layout is made here."""
     import h5py
 
-    k = backend("keras")
-    model = k.build(p.variant.name, **p.options.asdict())
-    shapes = canonical_shapes(p)
-    keys = list(shapes)
-    k.from_canonical(model, {key: np.full(shapes[key], i + 1, np.float32) for i, key in enumerate(keys)})
-    layout = {}
-    with h5py.File(io.BytesIO(_keras_bytes(model, ".weights.h5")), "r") as f:
-        for name, ds in _h5_datasets(f):
-            layout[name] = (keys[int(ds[(0,) * ds.ndim]) - 1], tuple(ds.shape))
-    return layout
+    if p not in _LAYOUTS:
+        k, m = model()
+        shapes = canonical_shapes(p)
+        keys = list(shapes)
+        k.from_canonical(m, {key: np.full(shapes[key], i + 1, np.float32) for i, key in enumerate(keys)})
+        with h5py.File(io.BytesIO(_keras_bytes(m, ".weights.h5")), "r") as f:
+            _LAYOUTS[p] = {name: (keys[int(ds[(0,) * ds.ndim]) - 1], tuple(ds.shape)) for name, ds in _h5_datasets(f)}
+    return _LAYOUTS[p]
+
+
+def _once(make: Callable[[], Native]) -> Callable[[], Native]:
+    """``make``, called at most once."""
+    made: list[Native] = []
+
+    def get() -> Native:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get
 
 
 def _h5_datasets(f) -> Iterator[tuple[str, Any]]:
@@ -452,11 +463,14 @@ def _keras_to_canonical_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(shape)) if len(shape) == 2 else shape
 
 
-def _h5_tensors(source: Callable[[], Any], p: Plan, src: Path, limit: bounds.Budget) -> dict[str, Tensor]:
+def _h5_tensors(
+    source: Callable[[], Any], p: Plan, src: Path, limit: bounds.Budget, model: Callable[[], Native]
+) -> dict[str, Tensor]:
     """The datasets of a Keras weights file (``source()`` opens it with h5py) as
     canonical tensors: a dataset where ``p``'s layout has one gets its canonical key,
     any other keeps its HDF5 path (and is then reported as unexpected). Sizes are
-    checked against ``limit`` first, before Keras is even imported."""
+    checked against ``limit`` first, before Keras is even imported (``model()`` builds
+    a Keras model of ``p`` when the layout is needed)."""
     with source() as f:
         found = {path: (tuple(int(d) for d in ds.shape), ds.dtype) for path, ds in _h5_datasets(f)}
     bounds.check_sizes(
@@ -464,7 +478,7 @@ def _h5_tensors(source: Callable[[], Any], p: Plan, src: Path, limit: bounds.Bud
     )
     from impl_keras.weights import table
 
-    layout, rows, expected = _keras_layout(p), table(p), canonical_shapes(p)
+    layout, rows, expected = _keras_layout(p, model), table(p), canonical_shapes(p)
     cache: dict[str, np.ndarray] = {}
 
     def loader(path: str, key: str) -> Callable[[], np.ndarray]:
@@ -491,11 +505,12 @@ def _read_keras_weights(path: Path, p: Plan) -> Raw:
     import h5py
 
     p = bounds.full(p)
-    tensors = _h5_tensors(lambda: h5py.File(path, "r"), p, path, bounds.ceiling(p))
+    model = _once(lambda: built("keras", p))  # one Keras model: the layout, then the native load
+    tensors = _h5_tensors(lambda: h5py.File(path, "r"), p, path, bounds.ceiling(p), model)
     with h5py.File(path, "r") as f:
         digest = f.attrs.get(DIGEST_ATTRIBUTE)
     loadable = path.name.endswith(".weights.h5")  # Keras's load_weights refuses other names
-    native = (lambda q: _load_keras_weights(path, q, "", None)) if loadable else None
+    native = (lambda q: _load_keras_weights(path, q, "", model() if q == p else None)) if loadable else None
     return Raw(tensors, "canonical", [], native=native, digest=digest if isinstance(digest, str) else None)
 
 
@@ -541,7 +556,7 @@ def _read_keras(path: Path, p: Plan) -> Raw:
     _check_keras_config(path, options, p)
     q = p.with_options(aux_logits=bool(options.get("aux_logits")), transform_input=bool(options.get("transform_input")))
     inner = reading.read_member(path, "model.weights.h5")
-    tensors = _h5_tensors(lambda: h5py.File(io.BytesIO(inner), "r"), q, path, limit)
+    tensors = _h5_tensors(lambda: h5py.File(io.BytesIO(inner), "r"), q, path, limit, lambda: built("keras", q))
     loadable = path.name.endswith(".keras")  # load_model takes other names for other formats
     return Raw(
         tensors,
