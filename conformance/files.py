@@ -71,7 +71,8 @@ def name_max(directory: Path) -> int:
         return 255
 
 
-def _kind(mode: int) -> str:
+def kind(mode: int) -> str:
+    """What a file of this mode is, for messages: "a FIFO (named pipe)", "a directory"..."""
     kinds = {
         stat.S_ISDIR: "a directory",
         stat.S_ISFIFO: "a FIFO (named pipe)",
@@ -121,7 +122,7 @@ def check_output(
     if path.exists():
         mode = path.stat().st_mode
         if not stat.S_ISREG(mode):
-            raise OutputError(f"{where}: {_kind(mode)}, not a regular file; only regular files are ever replaced")
+            raise OutputError(f"{where}: {kind(mode)}, not a regular file; only regular files are ever replaced")
         if not force:
             raise OutputError(f"{where}: already exists; pass --force to overwrite it")
         flags = _flags(path) if not path.is_symlink() else 0
@@ -251,7 +252,7 @@ class Temporary:
         where = _say(self.option, self.path)
         try:
             if self.path.exists() and not stat.S_ISREG(self.path.stat().st_mode):
-                raise OutputError(f"{where}: became {_kind(self.path.stat().st_mode)} meanwhile; nothing was written")
+                raise OutputError(f"{where}: became {kind(self.path.stat().st_mode)} meanwhile; nothing was written")
             if force:
                 os.replace(self.name, self.path)
             else:
@@ -311,7 +312,7 @@ def atomic_write(path: str | Path, data: bytes, overwrite: bool = False, option:
         raise OutputError(f"{where}: a symbolic link to nothing ({os.readlink(path)})")
     if path.exists():
         if not stat.S_ISREG(path.stat().st_mode):
-            raise OutputError(f"{where}: {_kind(path.stat().st_mode)}, not a regular file; it is never replaced")
+            raise OutputError(f"{where}: {kind(path.stat().st_mode)}, not a regular file; it is never replaced")
         if not overwrite:
             raise OutputError(f"{where}: already exists; refusing to overwrite it")
     if not _directory(path).is_dir():

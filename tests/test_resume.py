@@ -38,6 +38,15 @@ def test_an_interrupted_and_resumed_run_is_bit_identical(framework):
     assert straight == resumed
 
 
+def test_negative_control_a_resume_that_loses_the_momentum_differs(monkeypatch):
+    """The check above can fail: a Trainer whose load_state drops the momentum gives
+    the same epoch 1 (written before the interrupt) and different epochs 2 and 3."""
+    t = backend_or_skip("torch")
+    monkeypatch.setattr(t.Trainer, "load_state", lambda self, state: None)
+    result = compare("torch")
+    assert result["changed"][1] == [] and len(result["changed"][2]) == 34 and len(result["changed"][3]) == 34
+
+
 def dropout_masks(framework: str, seed: int) -> np.ndarray:
     """The head dropout of googlenet_cifar (p 0.4) in training mode, after reseed(seed)."""
     b = backend_or_skip(framework)

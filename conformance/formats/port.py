@@ -32,7 +32,19 @@ from ..canonical import CanonicalError, Params, canonical_shapes, validate
 from ..check.compare import Agreement, agreement, identical
 from ..reading import Tensor
 from . import bounds, naming
-from .registry import FORMATS, Format, Native, PortError, built, infer, installed_reference, materialise, read
+from .registry import (
+    FORMATS,
+    Format,
+    Native,
+    PortError,
+    Raw,
+    built,
+    infer,
+    installed_reference,
+    materialise,
+    meaningful,
+    read,
+)
 
 __all__ = ["PortError", "PortResult", "VerificationError", "port"]
 
@@ -69,7 +81,7 @@ def _check_source(src: Path) -> None:
     if src.is_dir():
         raise PortError(f"SRC {src}: a directory; give a checkpoint file")
     if not src.is_file():
-        raise PortError(f"SRC {src}: {files._kind(src.stat().st_mode)}, not a regular file; give a checkpoint file")
+        raise PortError(f"SRC {src}: {files.kind(src.stat().st_mode)}, not a regular file; give a checkpoint file")
     try:
         with open(src, "rb"):
             pass
@@ -78,8 +90,8 @@ def _check_source(src: Path) -> None:
 
 
 def _check_paths(src: Path, dst: Path, dst_fmt: Format, force: bool) -> str:
-    """SRC readable, DST writable (before any work); returns the temporary file's suffix."""
-    _check_source(src)
+    """DST writable, under a name its framework loads (before any work); returns the
+    temporary file's suffix."""
     if dst.exists() and dst.resolve() == src.resolve():
         raise PortError(f"DST {dst} is SRC: write the port to another file")
     if dst_fmt.names and not dst.name.endswith(dst_fmt.names):
@@ -223,7 +235,9 @@ def _overflow(src: Path, params: Params, outputs: list[str]) -> PortError:
     )
 
 
-def _read_params(src: Path, src_fmt: Format, variant: str, num_classes: int, transform_input: bool):
+def _read_params(
+    src: Path, src_fmt: Format, variant: str, num_classes: int, transform_input: bool
+) -> tuple[spec.Plan, Params, Raw, list[str], bool]:
     """(plan, canonical float32 parameters, raw file, notes, aux heads): every
     declaration checked before any tensor is read, then the tensors."""
     has_aux = spec.VARIANTS[variant].aux is not None
@@ -251,7 +265,7 @@ def _read_params(src: Path, src_fmt: Format, variant: str, num_classes: int, tra
     return p, {key: params[key] for key in canonical_shapes(p)}, raw, notes, aux  # files may store keys sorted
 
 
-def _native_source(raw, p: spec.Plan, params: Params, src: Path, src_fw: str) -> Native:
+def _native_source(raw: Raw, p: spec.Plan, params: Params, src: Path, src_fw: str) -> Native:
     """The source in its own framework: loaded as its users load it where the format
     allows, checked to hold what was read; else built from the tensors."""
     if raw.native is None:
@@ -259,8 +273,6 @@ def _native_source(raw, p: spec.Plan, params: Params, src: Path, src_fw: str) ->
     try:
         native = raw.native(p)
     except Exception as e:  # noqa: BLE001 - the framework's own loader refused the file: say so, with the file
-        from .registry import meaningful
-
         raise PortError(f"{src}: {src_fw} cannot load it: {type(e).__name__}: {meaningful(e)}") from None
     b, model = native
     if getattr(model, "plan", p) != p:

@@ -36,6 +36,7 @@ from .. import files, spec
 from ..canonical import CanonicalError, canonical_shapes, initial_params, load_with_metadata, save
 from ..files import atomic_write
 from ..interface import Backend
+from ..reading import safetensors
 from .data import DataError, Split, load_idx, prepare, synthetic
 
 # Checkpoints are written after every epoch (53 MB each for googlenet): 10,000 epochs is
@@ -165,9 +166,8 @@ def _plan(s: Settings) -> spec.Plan:
 
 
 def _run_of(path: Path) -> str | None:
+    """The run a checkpoint belongs to (its metadata), None if it cannot tell."""
     try:
-        from ..reading import safetensors
-
         return safetensors(path).metadata.get("run")
     except (OSError, ValueError):
         return None
@@ -188,8 +188,6 @@ def _resumable(o: Outputs, s: Settings) -> tuple[str, int]:
             f"start one without --resume"
         )
     try:
-        from ..reading import safetensors
-
         meta = safetensors(o.state).metadata
         saved = json.loads(meta["settings"])
         epoch, run = int(meta["epoch"]), meta["run"]
