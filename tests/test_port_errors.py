@@ -510,7 +510,7 @@ def test_weights_whose_logits_overflow_are_named_as_such(tmp_path):
         tmp_path,
         tmp_path / "a.safetensors",
         "o.npz",
-        r"the weights were copied bit-identically, but the logits overflow float32 .* as large as 3.0e\+38 "
+        r"the weights were copied bit-identically, but the logits \(\w+\) overflow float32 .* as large as 3.0e\+38 "
         r"\(in 'fc.weight'\)",
         variant="inception_mnist",
     )
@@ -547,3 +547,22 @@ def test_the_python_api_speaks_python_and_the_cli_speaks_options(tmp_path, state
     assert e.value.cli.endswith("already exists; pass --force to overwrite it")
     r = cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
     assert r.returncode == 2 and r.stderr.strip().endswith("pass --force to overwrite it"), r.stderr
+
+
+def test_logits_that_overflow_in_only_one_framework(tmp_path):
+    """Found by fuzzing: one weight of 2.7e38 leaves Keras's logits finite and makes
+    PyTorch's NaN; the port is refused as an overflow, not as a failed verification."""
+    k = backend_or_skip("keras")
+    backend_or_skip("torch")
+    _, params = mnist_params()
+    params["incep1.branch3x3_3.weight"][5, 4, 0, 2] = np.float32(2.6867388e38)
+    model = k.build("inception_mnist")
+    k.from_canonical(model, params)
+    model.save_weights(str(tmp_path / "big.weights.h5"))
+    assert_refused(
+        tmp_path,
+        tmp_path / "big.weights.h5",
+        "o.pth",
+        r"copied bit-identically, but the logits \(torch\) overflow float32 .* \(in 'incep1.branch3x3_3.weight'\)",
+        variant="inception_mnist",
+    )

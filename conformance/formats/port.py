@@ -200,7 +200,7 @@ class _Verified:
     target_framework: str
     agreement: dict[str, Agreement]
     changed: list[str]
-    overflow: list[str]  # outputs of the source that are not finite
+    overflow: list[str]  # outputs that are not finite, "logits (torch)"
 
 
 def _verify(
@@ -221,7 +221,12 @@ def _verify(
     ours, theirs = (ours, theirs) if aux else ((ours,), (theirs,))
     with np.errstate(all="ignore"):
         agree = {n: agreement(a, b, logits=True) for n, a, b in zip(names, ours, theirs, strict=True)}
-    overflow = [n for n, a in zip(names, ours, strict=True) if not np.isfinite(a).all()]
+    overflow = [  # in either framework: float32 overflow need not happen at the same layer in both
+        f"{n} ({fw})"
+        for n, a, b in zip(names, ours, theirs, strict=True)
+        for fw, out in ((source_backend.name, a), (target_backend.name, b))
+        if not np.isfinite(out).all()
+    ]
     return _Verified(target_backend.name, agree, changed, overflow)
 
 
@@ -229,7 +234,7 @@ def _overflow(src: Path, params: Params, outputs: list[str]) -> PortError:
     key = max(params, key=lambda k: float(np.abs(params[k]).max(initial=0)))
     largest = float(np.abs(params[key]).max(initial=0))
     return PortError(
-        f"{src}: the weights were copied bit-identically, but the {' and '.join(outputs)} overflow float32 "
+        f"{src}: the weights were copied bit-identically, but the {', '.join(dict.fromkeys(outputs))} overflow float32 "
         f"(inf or NaN) on the seeded input, so the port cannot be verified: the checkpoint holds values as "
         f"large as {largest:.1e} (in {key!r}); nothing was written"
     )
