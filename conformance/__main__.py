@@ -1,6 +1,9 @@
 """``python -m conformance check``, ``port``, ``train``, ``spec``, ``pitfalls``, ``diff`` and ``page``.
 
-Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input.
+Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input (an OS error
+on a file included: the path and the reason, never a traceback), 128 + N when signal N
+(SIGINT 130, SIGTERM 143) ended the work: one line, temporary files removed. Every
+option is checked before a framework is imported.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import spec
+from . import files, spec
 from .files import check_output
-from .formats.registry import FORMATS
+from .formats.registry import FORMATS, PortError
 from .frameworks import FRAMEWORKS
+from .spec import MAX_CLASSES
 from .teach.pitfalls import PITFALLS
+from .train.training import MAX_EPOCHS
 
 
 def _typed(convert: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
@@ -37,6 +42,8 @@ _positive = _typed(int, lambda v: v >= 1, "a positive integer")
 _non_negative = _typed(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _typed(float, lambda v: v > 0, "a positive number")
 _fraction = _typed(float, lambda v: 0 <= v < 1, "a number from 0 to 1 (exclusive)")
+_classes = _typed(int, lambda v: 1 <= v <= MAX_CLASSES, f"an integer from 1 to {MAX_CLASSES:,}")
+_epochs = _typed(int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}")
 
 
 def _version() -> str:
@@ -96,7 +103,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     port.add_argument("--from", dest="src_format", choices=list(FORMATS), help="format of SRC (default: from its name)")
     port.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="format of DST (default: from its name)")
     port.add_argument(
-        "--num-classes", type=_positive, default=None, help="classes of the checkpoint (default: the variant's)"
+        "--num-classes", type=_classes, default=None, help="classes of the checkpoint (default: the variant's)"
     )
     port.add_argument("--transform-input", action="store_true", help="torchvision's transform_input (googlenet_bn)")
     port.add_argument("--force", action="store_true", help="overwrite DST")
@@ -113,9 +120,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="MNIST or Fashion-MNIST IDX files, gzipped or not (default: a generated data set)",
     )
     train.add_argument(
-        "--num-classes", type=_positive, default=None, help="classes of the classifier (default: the variant's)"
+        "--num-classes", type=_classes, default=None, help="classes of the classifier (default: the variant's)"
     )
-    train.add_argument("--epochs", type=_positive, default=10, help="default: 10")
+    train.add_argument("--epochs", type=_epochs, default=10, help=f"default: 10 (at most {MAX_EPOCHS:,})")
     train.add_argument("--batch-size", type=_positive, default=64, help="default: 64")
     train.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (default: 0.01)")
     train.add_argument("--momentum", type=_fraction, default=0.5, help="SGD momentum, 0 to 1 (default: 0.5)")
@@ -131,6 +138,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="directory for checkpoints, plot and history (default: .)",
     )
     train.add_argument("--force", action="store_true", help="overwrite files of an earlier run")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last complete epoch, as if never interrupted (same options; "
+        "--epochs may grow)",
+    )
 
     table = sub.add_parser("spec", help="print a variant's layers, shapes, parameters and multiply-adds")
     table.add_argument(
@@ -139,7 +152,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     table.add_argument(
         "--input-size", type=_positive, default=None, metavar="PIXELS", help="square input (default: the variant's)"
     )
-    table.add_argument("--num-classes", type=_positive, default=None, help="classes (default: the variant's)")
+    table.add_argument("--num-classes", type=_classes, default=None, help="classes (default: the variant's)")
     table.add_argument("--aux-logits", action="store_true", help="include the aux heads")
 
     pit = sub.add_parser("pitfalls", help="what each porting mistake does: where a port diverges, by how much, why")
@@ -310,13 +323,14 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_classes=args.num_classes,
     )
-    training.check_outputs(args.out, args.variant, args.framework, args.epochs, args.force)
+    training.check_outputs(args.out, settings, args.framework, args.force, args.resume)
     splits = training.load_data(args.data, settings)  # bad data fails here, before any framework loads
+    training.reproducible(args.framework)
     backends, skipped = frameworks.load([args.framework])
     if args.framework not in backends:
         raise ValueError(f"--framework {args.framework}: {skipped[args.framework]}")
     try:
-        training.train(backends[args.framework], settings, splits, args.out, args.force)
+        training.train(backends[args.framework], settings, splits, args.out, args.force, resume=args.resume)
     except training.TrainingError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1
@@ -389,9 +403,20 @@ def main(argv: list[str] | None = None) -> int:
         "page": _page,
     }
     try:
-        return commands[args.command](args)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError, PortError: ValueErrors
+        with files.signals():
+            return commands[args.command](args)
+    except files.Interrupted as e:
+        print(f"interrupted by {e.name}: {e.detail or 'nothing was written'}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except PortError as e:  # its command-line spelling: --force, not force=True
+        print(f"error: {e.cli}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # SpecError, OutputError, DataError, CanonicalError: bad input
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the OS refused: its path and the reason
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{files.describe_os_error(e)}", file=sys.stderr)
         return 2
 
 

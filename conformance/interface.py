@@ -11,10 +11,13 @@ users call them the same way for every framework)::
     stages(model, x) -> dict[str, numpy.ndarray]   # every stage, NCHW
     count_params(model) -> (trainable, statistics) # with the framework's own API
     version() -> str
-    Trainer(model, lr, momentum, aux_weight=0.3, record=False)
+    Trainer(model, lr, momentum, aux_weight=0.3, record=False, deterministic=False)
         .step(x, labels) -> (loss, correct)        # one SGD step, training mode
         .gradients() -> dict[str, numpy.ndarray]   # canonical keys and layouts
         .batch_stats() -> dict[str, numpy.ndarray] # <unit>.bn.batch_mean / batch_var
+        .state() -> dict[str, numpy.ndarray]       # momentum by canonical key (the framework's own convention)
+        .load_state(state) -> None                 # what state() returned: a resumed run goes on bit for bit
+        .reseed(seed) -> None                      # the framework's random numbers (dropout)
 
 ``x`` is always NCHW float32; each implementation handles its own layout.
 """
