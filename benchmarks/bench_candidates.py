@@ -4,9 +4,10 @@
 measures the paths that were considered for them, so the choice can be checked:
 
 * PyTorch: eager; channels-last input under ``inference_mode`` (the default); the
-  same with a channels-last copy of the weights; ``torch.jit.trace`` + ``torch.jit.freeze`` on a channels-last copy (BatchNorm folded
-  into the convs); ``torch.compile`` (inductor; its first call compiles C++, so
-  ``--no-compile`` leaves it out);
+  same with a channels-last copy of the weights; ``torch.jit.trace`` +
+  ``torch.jit.freeze`` on that copy (BatchNorm folded into the convs);
+  ``torch.compile`` (inductor; its first call compiles C++, so ``--no-compile``
+  leaves it out);
 * Keras: eager; a ``tf.function`` graph (the default); the same with XLA
   (``jit_compile=True``);
 * Gluon: eager; hybridized with static memory and shapes (the default); hybridized

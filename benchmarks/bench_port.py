@@ -51,7 +51,7 @@ def one(direction: str, variant: str) -> dict:
     with tempfile.TemporaryDirectory() as d:
         p = spec.resolve(variant, aux_logits=True)
         src = Path(d) / f"src{SUFFIX[src_fmt]}"
-        FORMATS[src_fmt].write(canonical.random_params(p, 0), p, src)
+        src.write_bytes(FORMATS[src_fmt].write(canonical.random_params(p, 0), p)[0])
         before = peak_mb()
         t1 = time.perf_counter()
         result = port(src, Path(d) / f"dst{SUFFIX[dst_fmt]}", variant)

@@ -1,6 +1,9 @@
-"""``python -m conformance check``, ``port``, ``train``, ``bench`` and ``spec``.
+"""``python -m conformance check``, ``port``, ``train``, ``bench``, ``spec``, ``pitfalls``, ``diff`` and ``page``.
 
-Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input.
+Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input (an OS error
+on a file included: the path and the reason, never a traceback), 128 + N when signal N
+(SIGINT 130, SIGTERM 143) ended the work: one line, temporary files removed. Every
+option is checked before a framework is imported.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import spec
+from . import files, spec
 from .files import check_output
-from .formats.registry import FORMATS
+from .formats.registry import FORMATS, PortError
 from .frameworks import FRAMEWORKS
+from .spec import MAX_CLASSES
+from .teach.pitfalls import PITFALLS
+from .train.training import MAX_EPOCHS
 
 
 def _typed(convert: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
@@ -36,6 +42,8 @@ _positive = _typed(int, lambda v: v >= 1, "a positive integer")
 _non_negative = _typed(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _typed(float, lambda v: v > 0, "a positive number")
 _fraction = _typed(float, lambda v: 0 <= v < 1, "a number from 0 to 1 (exclusive)")
+_classes = _typed(int, lambda v: 1 <= v <= MAX_CLASSES, f"an integer from 1 to {MAX_CLASSES:,}")
+_epochs = _typed(int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}")
 
 
 def _version() -> str:
@@ -95,12 +103,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     port.add_argument("--from", dest="src_format", choices=list(FORMATS), help="format of SRC (default: from its name)")
     port.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="format of DST (default: from its name)")
     port.add_argument(
-        "--num-classes", type=_positive, default=None, help="classes of the checkpoint (default: the variant's)"
+        "--num-classes", type=_classes, default=None, help="classes of the checkpoint (default: the variant's)"
     )
     port.add_argument("--transform-input", action="store_true", help="torchvision's transform_input (googlenet_bn)")
     port.add_argument("--force", action="store_true", help="overwrite DST")
 
-    train = sub.add_parser("train", help="train a variant in one framework (SGD, as the posts), with a plot")
+    train = sub.add_parser("train", help="train a variant in one framework (SGD, as d2l and Liu train), with a plot")
     train.add_argument(
         "--framework", "--frameworks", required=True, choices=list(FRAMEWORKS), help="the framework to train in"
     )
@@ -112,9 +120,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="MNIST or Fashion-MNIST IDX files, gzipped or not (default: a generated data set)",
     )
     train.add_argument(
-        "--num-classes", type=_positive, default=None, help="classes of the classifier (default: the variant's)"
+        "--num-classes", type=_classes, default=None, help="classes of the classifier (default: the variant's)"
     )
-    train.add_argument("--epochs", type=_positive, default=10, help="default: 10")
+    train.add_argument("--epochs", type=_epochs, default=10, help=f"default: 10 (at most {MAX_EPOCHS:,})")
     train.add_argument("--batch-size", type=_positive, default=64, help="default: 64")
     train.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (default: 0.01)")
     train.add_argument("--momentum", type=_fraction, default=0.5, help="SGD momentum, 0 to 1 (default: 0.5)")
@@ -130,6 +138,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="directory for checkpoints, plot and history (default: .)",
     )
     train.add_argument("--force", action="store_true", help="overwrite files of an earlier run")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last complete epoch, as if never interrupted (same options; "
+        "--epochs may grow)",
+    )
 
     bench = sub.add_parser(
         "bench", help="images/s of every framework and mode, and of ONNX Runtime, side by side, each in its own process"
@@ -162,8 +176,93 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     table.add_argument(
         "--input-size", type=_positive, default=None, metavar="PIXELS", help="square input (default: the variant's)"
     )
-    table.add_argument("--num-classes", type=_positive, default=None, help="classes (default: the variant's)")
+    table.add_argument("--num-classes", type=_classes, default=None, help="classes (default: the variant's)")
     table.add_argument("--aux-logits", action="store_true", help="include the aux heads")
+
+    pit = sub.add_parser("pitfalls", help="what each porting mistake does: where a port diverges, by how much, why")
+    pit.add_argument(
+        "--pitfall",
+        action="append",
+        choices=list(PITFALLS),
+        metavar="NAME",
+        help=f"a pitfall to measure (repeatable; default: all): {', '.join(PITFALLS)}",
+    )
+    pit.add_argument(
+        "--variant", choices=list(spec.VARIANTS), help="measure every pitfall on this variant (default: each one's own)"
+    )
+    pit.add_argument(
+        "--input-size",
+        type=_positive,
+        metavar="PIXELS",
+        help="input of the inference pitfalls (default: 96 where the variant runs it and the mistake shows there, "
+        "else the variant's own); training pitfalls run at the variant's own size",
+    )
+    pit.add_argument(
+        "--batch",
+        type=_positive,
+        default=64,
+        help="seeded images for the inference pitfalls (default: 64); training pitfalls use check --train's 2",
+    )
+    pit.add_argument("--seed", type=_non_negative, default=0, help="seed of weights and inputs (default: 0)")
+    pit.add_argument("--json", type=Path, metavar="PATH", help="also write the measurements as JSON")
+    pit.add_argument(
+        "--plot", type=Path, metavar="DIR", help="write one PNG per pitfall: the relative error at every stage"
+    )
+    pit.add_argument("--force", action="store_true", help="overwrite an existing --json file or plots")
+
+    diff = sub.add_parser("diff", help="where two models part: the first stage that diverges, and which tensors differ")
+    diff.add_argument("a", type=Path, metavar="A", help="a checkpoint (any format port reads)")
+    diff.add_argument(
+        "b",
+        type=Path,
+        metavar="B",
+        nargs="?",
+        help="another checkpoint (default: the suite's seeded weights, as check uses them)",
+    )
+    diff.add_argument("--variant", required=True, choices=list(spec.VARIANTS), help="the network the checkpoints hold")
+    diff.add_argument(
+        "--framework", default="torch", choices=list(FRAMEWORKS), help="the framework both run in (default: torch)"
+    )
+    diff.add_argument(
+        "--frameworks",
+        metavar="A,B",
+        help="compare checkpoint A in two frameworks instead, e.g. torch,keras (no B then)",
+    )
+    diff.add_argument("--from", dest="a_format", choices=list(FORMATS), help="format of A (default: from its name)")
+    diff.add_argument("--from-b", dest="b_format", choices=list(FORMATS), help="format of B (default: from its name)")
+    diff.add_argument(
+        "--num-classes", type=_positive, default=None, help="classes of the checkpoints (default: the variant's)"
+    )
+    diff.add_argument("--transform-input", action="store_true", help="torchvision's transform_input (googlenet_bn)")
+    diff.add_argument(
+        "--input-size", type=_positive, metavar="PIXELS", help="square input (default: the variant's own)"
+    )
+    diff.add_argument("--batch", type=_positive, default=8, help="seeded images (default: 8)")
+    diff.add_argument("--seed", type=_non_negative, default=0, help="seed of the input and seeded weights (default: 0)")
+    diff.add_argument("--top", type=_positive, default=10, help="tensors listed (default: 10)")
+
+    page = sub.add_parser("page", help="build a static site: the spec, the model files side by side, the pitfalls")
+    page.add_argument("dir", type=Path, metavar="DIR", help="directory to write (made if missing)")
+    page.add_argument(
+        "--variant",
+        default="googlenet_bn",
+        choices=list(spec.VARIANTS),
+        help="the spec table's (default: googlenet_bn)",
+    )
+    page.add_argument(
+        "--input-size", type=_positive, metavar="PIXELS", help="the spec table's input (default: the variant's own)"
+    )
+    page.add_argument(
+        "--pitfalls-json",
+        type=Path,
+        metavar="PATH",
+        help="measurements from pitfalls --json (default: measure every pitfall now, a few minutes)",
+    )
+    page.add_argument("--check-json", type=Path, metavar="PATH", help="a check --json report to show")
+    page.add_argument("--bench-json", type=Path, metavar="PATH", help="bench figures (JSON) to show")
+    page.add_argument("--batch", type=_positive, default=64, help="images per inference pitfall (default: 64)")
+    page.add_argument("--seed", type=_non_negative, default=0, help="seed of the pitfalls (default: 0)")
+    page.add_argument("--force", action="store_true", help="overwrite the files of an earlier page in DIR")
     return parser, sub.choices
 
 
@@ -278,17 +377,63 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_classes=args.num_classes,
     )
-    training.check_outputs(args.out, args.variant, args.framework, args.epochs, args.force)
+    training.check_outputs(args.out, settings, args.framework, args.force, args.resume)
     splits = training.load_data(args.data, settings)  # bad data fails here, before any framework loads
+    training.reproducible(args.framework)
     backends, skipped = frameworks.load([args.framework])
     if args.framework not in backends:
         raise ValueError(f"--framework {args.framework}: {skipped[args.framework]}")
     try:
-        training.train(backends[args.framework], settings, splits, args.out, args.force)
+        training.train(backends[args.framework], settings, splits, args.out, args.force, resume=args.resume)
     except training.TrainingError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _pitfalls(args: argparse.Namespace) -> int:
+    from .teach import command
+
+    return command.pitfalls(
+        args.pitfall, args.variant, args.input_size, args.batch, args.seed, args.json, args.plot, args.force
+    )
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from .teach import command
+
+    pair = None if args.frameworks is None else [n.strip() for n in args.frameworks.split(",") if n.strip()]
+    return command.diff(
+        args.a,
+        args.b,
+        args.variant,
+        args.framework,
+        pair,
+        args.a_format,
+        args.b_format,
+        args.num_classes,
+        args.transform_input,
+        args.input_size,
+        args.batch,
+        args.seed,
+        args.top,
+    )
+
+
+def _page(args: argparse.Namespace) -> int:
+    from .teach import command
+
+    return command.page(
+        args.dir,
+        args.variant,
+        args.input_size,
+        args.pitfalls_json,
+        args.check_json,
+        args.bench_json,
+        args.batch,
+        args.seed,
+        args.force,
+    )
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -302,11 +447,31 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    commands = {"bench": _bench, "check": _check, "port": _port, "spec": _spec, "train": _train}
+    commands = {
+        "bench": _bench,
+        "check": _check,
+        "port": _port,
+        "spec": _spec,
+        "train": _train,
+        "pitfalls": _pitfalls,
+        "diff": _diff,
+        "page": _page,
+    }
     try:
-        return commands[args.command](args)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:  # SpecError, PortError: ValueErrors
+        with files.signals():
+            return commands[args.command](args)
+    except files.Interrupted as e:
+        print(f"interrupted by {e.name}: {e.detail or 'nothing was written'}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except PortError as e:  # its command-line spelling: --force, not force=True
+        print(f"error: {e.cli}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # SpecError, OutputError, DataError, CanonicalError: bad input
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the OS refused: its path and the reason
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{files.describe_os_error(e)}", file=sys.stderr)
         return 2
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write
+from .reading import Damaged, safetensors, tensor_digest
 from .spec import ConvUnit, Dense, Plan
 
 Params = dict[str, np.ndarray]
@@ -164,10 +165,10 @@ def random_params(p: Plan, seed: int = 0, training: bool = False) -> Params:
 
 def initial_params(p: Plan, seed: int = 0) -> Params:
     """Weights to train from, the same in every framework: PyTorch's default
-    initialisation, which the posts train from (conv and dense weights and biases
+    initialisation, which d2l and Liu's lecture train from (conv and dense weights and biases
     uniform in +-1 / sqrt(fan-in), BatchNorm scale 1 and shift 0, running mean 0 and
     variance 1). Each framework's own default differs, and torchvision's std 0.01
-    stalls the lecture nets, which have no BatchNorm to restore the scale."""
+    stalls Liu's nets, which have no BatchNorm to restore the scale."""
     rng = np.random.default_rng(seed)
     shapes = canonical_shapes(p)
     params: Params = {}
@@ -184,21 +185,64 @@ def initial_params(p: Plan, seed: int = 0) -> Params:
     return params
 
 
-def save(params: Mapping[str, np.ndarray], path: str | Path, p: Plan | None = None, overwrite: bool = False) -> Path:
-    """Save canonical parameters as safetensors (validated against ``p`` when given;
-    the variant and its options go into the file's metadata)."""
+def to_bytes(params: Mapping[str, np.ndarray], p: Plan | None = None, extra: Mapping[str, str] | None = None) -> bytes:
+    """Canonical parameters as a safetensors file (validated against ``p`` when given).
+    The metadata holds the variant, its options and ``sha256``, a digest of the tensors
+    (:func:`conformance.reading.tensor_digest`) that :func:`load` checks, so a file
+    changed after it was written is refused instead of read."""
     from safetensors.numpy import save as st_save
 
-    metadata = {"format": "googlenet-canonical"}
+    metadata = {"format": "googlenet-canonical", **(extra or {})}
     if p is not None:
         validate(p, params)
         metadata.update({"variant": p.variant.name, **{k: str(v) for k, v in p.options.asdict().items()}})
-    data = st_save({k: np.ascontiguousarray(v) for k, v in params.items()}, metadata=metadata)
-    return atomic_write(path, data, overwrite=overwrite)
+    arrays = {k: np.ascontiguousarray(v) for k, v in params.items()}
+    metadata["sha256"] = tensor_digest(arrays)
+    return bytes(st_save(arrays, metadata=metadata))
 
 
-def load(path: str | Path) -> Params:
-    """Read a canonical safetensors file into numpy arrays."""
-    from safetensors.numpy import load_file
+def save(
+    params: Mapping[str, np.ndarray],
+    path: str | Path,
+    p: Plan | None = None,
+    overwrite: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> Path:
+    """Save canonical parameters as safetensors (:func:`to_bytes`), atomically; an
+    existing file only with ``overwrite``."""
+    return atomic_write(path, to_bytes(params, p, extra), overwrite=overwrite)
 
-    return dict(load_file(str(path)))
+
+def load(path: str | Path, p: Plan | None = None) -> Params:
+    """Read a canonical safetensors file into numpy arrays. Declared sizes are checked
+    against the file before reading and, with ``p``, against the plan's shapes; a
+    ``sha256`` in the metadata must match the tensors (CanonicalError otherwise)."""
+    return load_with_metadata(path, p)[0]
+
+
+def load_with_metadata(path: str | Path, p: Plan | None = None) -> tuple[Params, dict[str, str]]:
+    path = Path(path)
+    try:
+        header = safetensors(path)
+    except Damaged as e:
+        raise CanonicalError(f"{path}: not a readable safetensors file: {e}") from None
+    if p is not None:
+        expected = canonical_shapes(p)
+        wrong = [
+            f"{k!r} declares {t.shape}, expected {expected.get(k, 'no such key')}"
+            for k, t in header.tensors.items()
+            if expected.get(k) != t.shape
+        ]
+        if wrong:
+            raise CanonicalError(f"{path}: does not fit {describe(p)}: " + "; ".join(wrong[:4]))
+    bad = [f"{k!r} is {t.problem}" for k, t in header.tensors.items() if t.problem]
+    if bad:
+        raise CanonicalError(f"{path}: " + "; ".join(bad[:4]))
+    params = {k: t.load() for k, t in header.tensors.items()}
+    recorded = header.metadata.get("sha256")
+    if recorded is not None and tensor_digest(params) != recorded:
+        raise CanonicalError(
+            f"{path}: damaged: its tensors do not match the SHA-256 recorded in its metadata "
+            f"(the file changed after it was written)"
+        )
+    return params, header.metadata

@@ -1,33 +1,55 @@
-"""File output: every file the suite writes goes through here, so that a reader never
-sees half a file and nothing is overwritten without being asked."""
+"""File output: every file the suite writes goes through here.
+
+What it promises (the README's "What the suite promises about files"):
+
+* An output path is checked before any work (:func:`check_output`): only an absent
+  path or a regular file (with ``force``) is ever replaced, never a directory, FIFO,
+  device or socket; a dangling symbolic link, an immutable file, an over-long name and a
+  directory the process cannot write in are refused with the path and the reason.
+* A file is written to a temporary file beside it, flushed to disk (``fsync``), then
+  renamed into place (:func:`atomic_write`, :class:`Temporary`): a reader never sees half
+  a file, and a failed write (a full disk) leaves the previous file as it was. A
+  symbolic link given as the output is replaced by the file; its target is untouched.
+* Temporary files are named ``.<name>.<pid>-<token>.conformance-tmp<suffix>``: removed
+  on SIGINT / SIGTERM / SIGHUP (:func:`signals`), and recognised on a later run if a
+  ``kill -9`` left one (:func:`stale_temporaries`), with the command that removes it.
+
+OS errors become :class:`OutputError` (a ``ValueError``: the CLI's exit 2) naming the
+path and the reason.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import tempfile
+import re
+import secrets
+import shlex
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
+
+TEMP_MARK = ".conformance-tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)-(?P<token>[0-9a-f]{6})\.conformance-tmp(?P<suffix>.*)$", re.S)
+_LIVE: set[Path] = set()  # this process's temporary files, removed when a signal ends it
+_NOTED: set[Path] = set()  # stale temporary files already reported (once per process)
+_SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Linux's FS_IOC_GETFLAGS and the flags that make rename() over a file fail (chattr +i / +a).
+_FS_IOC_GETFLAGS, _IMMUTABLE, _APPEND_ONLY = 0x80086601, 0x10, 0x20
 
 
-def atomic_write(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
-    """Write ``data`` through a temporary file in the same directory, then rename it into
-    place, so a reader never sees half a file. An existing ``path`` is an error unless
-    ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists; refusing to overwrite it")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+class OutputError(ValueError):
+    """An output that cannot or may not be written; the message names the option, the
+    path and the reason. Nothing was written."""
+
+
+def _say(option: str, path: Path | str) -> str:
+    return f"{option} {path}" if option else str(path)
 
 
 def file_mode() -> int:
@@ -37,19 +59,341 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def check_output(path: Path, force: bool, option: str) -> None:
+def _directory(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def name_max(directory: Path) -> int:
+    """The longest file name (bytes) the directory's file system takes."""
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError):  # no such limit reported: POSIX's usual
+        return 255
+
+
+def kind(mode: int) -> str:
+    """What a file of this mode is, for messages: "a FIFO (named pipe)", "a directory"..."""
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((what for test, what in kinds.items() if test(mode)), "not a regular file")
+
+
+def _flags(path: Path) -> int:
+    """The file's inode flags (chattr), 0 where the file system has none."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, b"\0" * 4))[0]
+    except OSError:  # ENOTTY: a file system without inode flags
+        return 0
+    finally:
+        os.close(fd)
+
+
+def check_output(
+    path: Path, force: bool, option: str, notice: Callable[[str], None] | None = None, suffix: str = ""
+) -> None:
     """Refuse, before any work, an output path that cannot or may not be written: an
-    existing file without ``force``, anything but a regular file, a missing or
-    unwritable directory. The error names ``option`` and the path."""
-    if path.is_symlink() and not path.exists():
-        raise ValueError(f"{option} {path}: a symbolic link to nothing ({os.readlink(path)})")
-    if path.exists():
-        if not path.is_file():
-            raise ValueError(f"{option} {path}: not a regular file; give a file name")
-        if not force:
-            raise ValueError(f"{option} {path}: already exists; pass --force to overwrite it")
-    directory = path.parent if str(path.parent) else Path(".")
+    existing file without ``force``, anything but a regular file, a dangling symbolic
+    link, an immutable file, a name too long for the file system, a missing directory
+    or one this process cannot create a file in (tried, not guessed from permission
+    bits, which root bypasses). Stale temporary files of an interrupted run in the
+    directory are reported through ``notice`` (stderr by default)."""
+    path = Path(path)
+    directory = _directory(path)
+    where = _say(option, path)
     if not directory.is_dir():
-        raise ValueError(f"{option} {path}: directory {directory} does not exist")
+        raise OutputError(f"{where}: directory {directory} does not exist")
+    limit = name_max(directory)
+    if len(os.fsencode(path.name)) > limit:
+        raise OutputError(f"{where}: the name is {len(os.fsencode(path.name))} bytes; the file system takes {limit}")
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{where}: a symbolic link to nothing ({os.readlink(path)}); remove it or give another name")
+    if path.exists():
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise OutputError(f"{where}: {kind(mode)}, not a regular file; only regular files are ever replaced")
+        if not force:
+            raise OutputError(f"{where}: already exists; pass --force to overwrite it")
+        flags = _flags(path) if not path.is_symlink() else 0
+        if flags & (_IMMUTABLE | _APPEND_ONLY):
+            what = "immutable" if flags & _IMMUTABLE else "append-only"
+            raise OutputError(f"{where}: the file is {what} (chattr); it cannot be replaced")
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path}: directory {directory} is not writable")
+        raise OutputError(f"{where}: directory {directory} is not writable")
+    probe = Temporary(path, suffix, option)  # root passes os.access; the directory may still refuse a file
+    probe.discard()
+    for tmp in stale_temporaries(directory):
+        if tmp in _NOTED:  # once per process, however many outputs share the directory
+            continue
+        _NOTED.add(tmp)
+        with contextlib.suppress(OSError):  # gone meanwhile: nothing to say
+            (notice or _stderr)(
+                f"note: {tmp} is a temporary file left by an interrupted run of this suite "
+                f"({tmp.stat().st_size:,} bytes); remove it with: rm -- {shlex.quote(str(tmp))}"
+            )
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def check_space(path: Path, size: int, option: str) -> None:
+    """Refuse before the work when the file system cannot hold ``size`` more bytes."""
+    directory = _directory(Path(path))
+    try:
+        st = os.statvfs(directory)
+    except OSError:  # no statistics: the write itself will say
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < size:
+        raise OutputError(
+            f"{_say(option, path)}: needs about {_mb(size)} and the file system has {_mb(free)} free; "
+            f"nothing was written"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n:,} bytes"
+
+
+def temporary_name(path: Path, suffix: str = "") -> str:
+    """``.<name>.<pid>-<token>.conformance-tmp<suffix>``, the name cut so the whole fits
+    the file system's limit (a 250-byte name must not fail for its temporary's sake)."""
+    tail = f".{os.getpid()}-{secrets.token_hex(3)}{TEMP_MARK}{suffix}"
+    room = max(0, name_max(_directory(path)) - 1 - len(os.fsencode(tail)))
+    stem = os.fsencode(path.name)[:room].decode(errors="ignore")
+    return f".{stem}{tail}"
+
+
+def stale_temporaries(directory: Path) -> list[Path]:
+    """Temporary files of this suite in ``directory`` whose process is gone."""
+    found = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    for entry in entries:
+        m = _TEMP_NAME.match(entry.name)
+        if m and entry.is_file(follow_symlinks=False) and not _alive(int(m["pid"])):
+            found.append(Path(directory) / entry.name)
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def describe_os_error(e: OSError) -> str:
+    if e.errno in _SPACE_ERRORS:
+        return f"{e.strerror or 'no space left'} (the disk or this process's file-size limit is full)"
+    return e.strerror or str(e)
+
+
+class Temporary:
+    """A temporary file beside ``path``: create, write, then :meth:`commit` (rename into
+    place) or :meth:`discard`. Registered, so a signal that ends the process removes it."""
+
+    def __init__(self, path: Path, suffix: str = "", option: str = "") -> None:
+        self.path, self.option = Path(path), option
+        directory = _directory(self.path)
+        while True:
+            self.name = directory / temporary_name(self.path, suffix)
+            with _signals_held():  # created and registered together: a signal cannot leave it unknown
+                try:
+                    fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                except FileExistsError:
+                    continue
+                except OSError as e:
+                    raise OutputError(f"{_say(option, self.path)}: cannot write in {directory}: {e.strerror}") from None
+                _LIVE.add(self.name)
+            break
+        os.close(fd)
+
+    def write(self, data: bytes | bytearray | memoryview) -> Temporary:
+        """Write ``data`` and flush it to disk; a full disk removes the temporary file and
+        raises OutputError (the previous file at ``path`` is untouched)."""
+        try:
+            with open(self.name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(self.name, file_mode())  # created 0600; give the usual permissions
+        except OSError as e:
+            self.discard()
+            raise OutputError(
+                f"{_say(self.option, self.path)}: writing {_mb(len(data))} failed: {describe_os_error(e)}; "
+                f"nothing was written"
+            ) from None
+        return self
+
+    def commit(self, force: bool) -> Path:
+        """Rename into place. Without ``force`` a hard link, which fails if the path
+        appeared since it was checked: never a silent overwrite. A path that became
+        anything but a regular file meanwhile is refused."""
+        where = _say(self.option, self.path)
+        try:
+            if self.path.exists() and not stat.S_ISREG(self.path.stat().st_mode):
+                raise OutputError(f"{where}: became {kind(self.path.stat().st_mode)} meanwhile; nothing was written")
+            if force:
+                os.replace(self.name, self.path)
+            else:
+                self._link()
+        except OSError as e:
+            raise OutputError(f"{where}: cannot put the file in place: {describe_os_error(e)}") from None
+        finally:
+            self.discard()
+        _sync_directory(_directory(self.path))
+        return self.path
+
+    def _link(self) -> None:
+        try:
+            os.link(self.name, self.path)
+        except FileExistsError:
+            raise OutputError(
+                f"{_say(self.option, self.path)} appeared meanwhile; pass --force to overwrite it"
+            ) from None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            if self.path.exists():  # a file system without hard links: check again, then rename
+                raise OutputError(
+                    f"{_say(self.option, self.path)} appeared meanwhile; pass --force to overwrite it"
+                ) from None
+            os.replace(self.name, self.path)
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.name)
+        _LIVE.discard(self.name)
+
+    def __enter__(self) -> Temporary:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename itself durable; some file systems cannot, which is no error."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, data: bytes, overwrite: bool = False, option: str = "") -> Path:
+    """Write ``data`` through a temporary file in the same directory, flushed to disk,
+    then renamed into place. An existing ``path`` is an error unless ``overwrite``; only
+    a regular file is ever replaced."""
+    path = Path(path)
+    where = _say(option, path)
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{where}: a symbolic link to nothing ({os.readlink(path)})")
+    if path.exists():
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise OutputError(f"{where}: {kind(path.stat().st_mode)}, not a regular file; it is never replaced")
+        if not overwrite:
+            raise OutputError(f"{where}: already exists; refusing to overwrite it")
+    if not _directory(path).is_dir():
+        raise OutputError(f"{where}: directory {_directory(path)} does not exist")
+    with Temporary(path, option=option) as tmp:
+        return tmp.write(data).commit(overwrite)
+
+
+def remove_temporaries() -> int:
+    """Remove every temporary file this process still has; the number removed."""
+    removed = 0
+    for name in list(_LIVE):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+            removed += 1
+        _LIVE.discard(name)
+    return removed
+
+
+class Interrupted(BaseException):
+    """A signal ended the work (not an Exception: no ``except Exception`` swallows it).
+    ``detail`` says what was kept, for the one line the CLI prints."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        super().__init__(signum)
+        self.signum, self.detail = signum, detail
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals() -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted`, so ``finally`` blocks
+    run and temporary files go; on the way out, whatever is left is removed."""
+    previous = {s: signal.signal(s, _raise) for s in SIGNALS}
+    try:
+        yield
+    except Interrupted:
+        for s in SIGNALS:  # a second signal during the clean-up must not cut it short
+            signal.signal(s, signal.SIG_IGN)
+        remove_temporaries()
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def ignoring_signals() -> Iterator[None]:
+    """Ignore SIGINT, SIGTERM and SIGHUP for a short clean-up that must finish (only the
+    main thread can; elsewhere this does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP back (delivered on leaving): a few statements that
+    must run together."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -13,10 +13,13 @@ users call them the same way for every framework)::
     count_params(model) -> (trainable, statistics) # with the framework's own API
     to_onnx(model, shape, with_aux, every_stage) -> bytes  # the ONNX graph; needs .[onnx]
     version() -> str
-    Trainer(model, lr, momentum, aux_weight=0.3, record=False)
+    Trainer(model, lr, momentum, aux_weight=0.3, record=False, deterministic=False)
         .step(x, labels) -> (loss, correct)        # one SGD step, training mode
         .gradients() -> dict[str, numpy.ndarray]   # canonical keys and layouts
         .batch_stats() -> dict[str, numpy.ndarray] # <unit>.bn.batch_mean / batch_var
+        .state() -> dict[str, numpy.ndarray]       # momentum by canonical key (the framework's own convention)
+        .load_state(state) -> None                 # what state() returned: a resumed run goes on bit for bit
+        .reseed(seed) -> None                      # the framework's random numbers (dropout)
 
 ``x`` is always NCHW float32; each implementation handles its own layout.
 
@@ -44,6 +47,8 @@ EAGER = "eager"
 
 
 class Backend(Protocol):
+    """What every implementation package exposes (its ``__all__`` lists the same names)."""
+
     name: str
     MODES: tuple[str, ...]
     build: Callable[..., Any]
@@ -73,6 +78,9 @@ def check_mode(mode: object, modes: Sequence[str]) -> str:
     if not isinstance(mode, str) or mode not in modes:
         raise ValueError(f"mode: expected one of {', '.join(map(repr, modes))}, got {mode!r}")
     return mode
+
+
+FUNCTIONS = tuple(Backend.__annotations__)  # ("name", "build", ..., "Trainer")
 
 
 def check_input(p: Plan, x: object) -> np.ndarray:

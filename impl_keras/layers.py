@@ -249,3 +249,25 @@ def make_chain(ops_: tuple[Op, ...], name: str, dtype=None) -> layers.Layer:
 def walk(model: layers.Layer) -> Iterator[layers.Layer]:
     """Every layer in the model's tree, the model included."""
     return model._flatten_layers(include_self=True, recursive=True)
+
+
+# Keras's SGD keeps its momentums in a list indexed as the variables it was built with
+# (``SGD.momentums``, ``Optimizer._get_variable_index``), and each Dropout draws from its
+# own ``SeedGenerator`` (``Dropout.seed_generator``), whose state is a variable. The
+# trainer's state and reseeding go through these two functions.
+def momentums(optimizer: keras.optimizers.Optimizer, variables: list) -> list[tuple]:
+    """(variable, its momentum variable) for each of ``variables``; builds the optimizer
+    if no step has yet (a resumed run sets the momentums before its first step)."""
+    if not optimizer.built:
+        optimizer.build(variables)
+    moms = getattr(optimizer, "momentums", [])
+    return [(v, moms[optimizer._get_variable_index(v)]) for v in variables] if moms else []
+
+
+def reseed_dropout(model: layers.Layer, seed: int) -> None:
+    """Give every Dropout's seed generator a state drawn from ``seed`` (and its place)."""
+    droppers = [layer for layer in walk(model) if getattr(layer, "seed_generator", None) is not None]
+    states = np.random.SeedSequence(seed).generate_state(len(droppers))
+    for layer, state in zip(droppers, states, strict=True):
+        generator = layer.seed_generator
+        generator.state.assign(np.array([state, 0]).astype(generator.state.dtype))

@@ -1,4 +1,4 @@
-"""Training GoogLeNet in Keras 3, as the posts train it: SGD with momentum on the
+"""Training GoogLeNet in Keras 3, as d2l and Hongpu Liu's lecture train it: SGD with momentum on the
 cross-entropy of the logits, plus ``aux_weight`` times each aux head's.
 
 Mirrors ``impl_torch/train.py``. What differs, and why:
@@ -8,6 +8,7 @@ Mirrors ``impl_torch/train.py``. What differs, and why:
 * The step is a ``tf.function`` (TensorFlow runs eager code several times slower);
   ``record`` runs it eagerly so BatchNorm can hand its batch statistics back.
 * Gradients come back in canonical layouts through the weight adapter's table.
+* ``deterministic``: TensorFlow's op determinism (process-wide), see ``Trainer``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tensorflow as tf
 
 from conformance.spec import aux_admits
 
-from .layers import BatchNorm, walk
+from .layers import BatchNorm, momentums, reseed_dropout, walk
 from .model import GoogLeNet
 from .weights import located
 
@@ -30,10 +31,23 @@ def cross_entropy(labels, logits):
 
 class Trainer:
     def __init__(
-        self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3, record: bool = False
+        self,
+        model: GoogLeNet,
+        lr: float,
+        momentum: float,
+        aux_weight: float = 0.3,
+        record: bool = False,
+        deterministic: bool = False,
     ) -> None:
-        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
+        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step.
+        ``deterministic``: the same steps give the same bits in every run (train --resume)."""
         self.model, self.aux_weight = model, aux_weight
+        if deterministic:  # for the whole process: TensorFlow has no per-model switch
+            # Some CPU kernels sum in an order that varies run to run (googlenet_cifar: 3 of 8
+            # repeats of two steps differed); this picks deterministic ones. oneDNN's kernels
+            # vary too and can only be switched off before TensorFlow is imported
+            # (TF_ENABLE_ONEDNN_OPTS=0, which ``train`` sets).
+            tf.config.experimental.enable_op_determinism()
         self.optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
         self.bns = [layer for layer in walk(model) if isinstance(layer, BatchNorm)]
         for layer in self.bns:
@@ -80,3 +94,31 @@ class Trainer:
             stats[f"{layer.name}.batch_mean"] = np.asarray(mean)
             stats[f"{layer.name}.batch_var"] = np.asarray(var)
         return stats
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The optimizer's state by canonical key, in canonical layout: each trainable
+        variable's momentum, in Keras's convention (``v = -lr * buf``), empty before the
+        first step or without momentum."""
+        if not self.optimizer.built:
+            return {}
+        by_path = {v.path: m for v, m in momentums(self.optimizer, self.model.trainable_variables)}
+        return {
+            key: np.ascontiguousarray(row.to_canonical(np.asarray(by_path[var.path].numpy())))
+            for key, row, var in located(self.model, self.model.plan)
+            if var.path in by_path
+        }
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Set what ``state()`` returned (of a Trainer of the same framework and plan)."""
+        by_path = {v.path: m for v, m in momentums(self.optimizer, self.model.trainable_variables)}
+        rows = {key: (row, var) for key, row, var in located(self.model, self.model.plan)}
+        unknown = sorted(k for k in state if k not in rows or rows[k][1].path not in by_path)
+        if unknown:
+            raise KeyError(f"optimizer state for unknown parameters {unknown[:3]}")
+        for key, value in state.items():
+            row, var = rows[key]
+            by_path[var.path].assign(row.to_keras(value))
+
+    def reseed(self, seed: int) -> None:
+        """Seed the random numbers of training (dropout): each Dropout's seed generator."""
+        reseed_dropout(self.model, seed)

@@ -155,7 +155,7 @@ def make_chain(ops: tuple[Op, ...]) -> nn.HybridBlock:
     return chain
 
 
-# Gluon 1.9 keeps three things public only as private attributes; these are the suite's
+# Gluon 1.9 keeps five things public only as private attributes; these are the suite's
 # only calls into them.
 
 
@@ -178,6 +178,23 @@ def structural_params(block: nn.Block) -> dict[str, mx.gluon.Parameter]:
     """Parameters by attribute path, the names ``save_parameters`` writes:
     ``Block._collect_params_with_prefix``; ``collect_params`` names them by prefix instead."""
     return block._collect_params_with_prefix()
+
+
+def momentum_states(trainer: mx.gluon.Trainer) -> dict[str, mx.nd.NDArray]:
+    """SGD's momentum by parameter name: ``Trainer._updaters[0].states``, keyed by the
+    parameter's index in ``Trainer._params`` and made at its first update (one device,
+    so the trainer updates locally, not on a kvstore)."""
+    updater = trainer._updaters[0]
+    return {trainer._params[i].name: s for i, s in updater.states.items() if s is not None}
+
+
+def set_momentum_states(trainer: mx.gluon.Trainer, states: dict[str, mx.nd.NDArray]) -> None:
+    """Set the momentums ``momentum_states`` returned, before or after a first update."""
+    updater = trainer._updaters[0]
+    for i, param in enumerate(trainer._params):
+        if param.name in states:
+            updater.states[i] = states[param.name]
+            updater.states_synced[i] = True
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Training GoogLeNet in MXNet Gluon, as the posts train it: SGD with momentum on the
+"""Training GoogLeNet in MXNet Gluon, as d2l and Hongpu Liu's lecture train it: SGD with momentum on the
 cross-entropy of the logits, plus ``aux_weight`` times each aux head's.
 
 Mirrors ``impl_torch/train.py``. What differs, and why:
@@ -16,17 +16,26 @@ import numpy as np
 
 from conformance.spec import aux_admits
 
-from .layers import BatchNorm, named_blocks
+from .layers import BatchNorm, momentum_states, named_blocks, set_momentum_states
 from .model import GoogLeNet
 from .weights import located
 
 
 class Trainer:
     def __init__(
-        self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3, record: bool = False
+        self,
+        model: GoogLeNet,
+        lr: float,
+        momentum: float,
+        aux_weight: float = 0.3,
+        record: bool = False,
+        deterministic: bool = False,
     ) -> None:
-        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
+        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step.
+        ``deterministic``: the same steps give the same bits in every run (train --resume)."""
         self.model, self.aux_weight = model, aux_weight
+        # deterministic: nothing to do, MXNet's CPU kernels repeat bit for bit (measured on
+        # googlenet_cifar, tests/test_resume.py).
         self.trainer = mx.gluon.Trainer(
             model.collect_params(), "sgd", {"learning_rate": lr, "momentum": momentum, "wd": 0.0}
         )
@@ -65,3 +74,24 @@ class Trainer:
             mean, var = b.batch_stats
             stats[f"{name}.batch_mean"], stats[f"{name}.batch_var"] = mean.asnumpy(), var.asnumpy()
         return stats
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The optimizer's state by canonical key: each trainable parameter's momentum, in
+        Gluon's convention (``mom = -lr * buf``), empty before the first step or without
+        momentum."""
+        states = momentum_states(self.trainer)
+        return {key: states[p.name].asnumpy() for key, p in located(self.model, self.model.plan) if p.name in states}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Set what ``state()`` returned (of a Trainer of the same framework and plan)."""
+        params = dict(located(self.model, self.model.plan))
+        unknown = sorted(k for k in state if k not in params or params[k].grad_req == "null")
+        if unknown:
+            raise KeyError(f"optimizer state for unknown parameters {unknown[:3]}")
+        set_momentum_states(
+            self.trainer, {params[k].name: mx.nd.array(v, dtype=params[k].dtype) for k, v in state.items()}
+        )
+
+    def reseed(self, seed: int) -> None:
+        """Seed the random numbers of training (dropout): MXNet's global generators."""
+        mx.random.seed(seed)

@@ -1,4 +1,4 @@
-"""Training GoogLeNet in PyTorch, as the posts train it: SGD with momentum on the
+"""Training GoogLeNet in PyTorch, as d2l and Hongpu Liu's lecture train it: SGD with momentum on the
 cross-entropy of the logits, plus ``aux_weight`` times each aux head's.
 
 Mirrors ``impl_keras/train.py`` and ``impl_mxnet/train.py``: the same ``Trainer``,
@@ -20,10 +20,19 @@ from .model import GoogLeNet
 
 class Trainer:
     def __init__(
-        self, model: GoogLeNet, lr: float, momentum: float, aux_weight: float = 0.3, record: bool = False
+        self,
+        model: GoogLeNet,
+        lr: float,
+        momentum: float,
+        aux_weight: float = 0.3,
+        record: bool = False,
+        deterministic: bool = False,
     ) -> None:
-        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step."""
+        """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step.
+        ``deterministic``: the same steps give the same bits in every run (train --resume)."""
         self.model, self.aux_weight = model, aux_weight
+        # deterministic: nothing to do, PyTorch's CPU kernels repeat bit for bit (measured on
+        # googlenet_cifar, tests/test_resume.py).
         # buf = momentum * buf + grad; w -= lr * buf
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
         self.stats: dict[str, np.ndarray] = {}
@@ -61,3 +70,28 @@ class Trainer:
     def batch_stats(self) -> dict[str, np.ndarray]:
         """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""
         return dict(self.stats)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The optimizer's state by canonical key: each trainable parameter's momentum
+        buffer, in PyTorch's convention (``buf``), empty before the first step or without
+        momentum. With the weights, what a resumed run needs to go on bit for bit."""
+        names = {id(p): k for k, p in self.model.named_parameters()}
+        return {
+            names[id(p)]: s["momentum_buffer"].detach().numpy().copy()
+            for p, s in self.optimizer.state.items()
+            if s.get("momentum_buffer") is not None
+        }
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Set what ``state()`` returned (of a Trainer of the same framework and plan)."""
+        params = dict(self.model.named_parameters())
+        unknown = sorted(set(state) - set(params))
+        if unknown:
+            raise KeyError(f"optimizer state for unknown parameters {unknown[:3]}")
+        for key, value in state.items():
+            buffer = torch.from_numpy(np.array(value)).to(params[key].dtype)  # a copy: the caller keeps its array
+            self.optimizer.state[params[key]]["momentum_buffer"] = buffer
+
+    def reseed(self, seed: int) -> None:
+        """Seed the random numbers of training (dropout): PyTorch's global generator."""
+        torch.manual_seed(seed)

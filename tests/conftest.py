@@ -4,18 +4,24 @@ GoogLeNet takes a second or two to build on 2 cores)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import pytest
 
 from conformance import canonical, frameworks, spec
 from conformance.check.harness import full_options
+from conformance.teach import pitfalls
 
 # Only where torchvision is installed (a side venv): its CUDA build of torch 2.14.1
 # segfaults when TensorFlow was imported before it.
 with contextlib.suppress(ImportError):
     import torchvision  # noqa: F401
 
+ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = list(frameworks.FRAMEWORKS)
 _BACKENDS, _SKIPPED = frameworks.load(FRAMEWORKS)
 _MODELS: dict[tuple, object] = {}
@@ -52,21 +58,47 @@ def loaded_model(b, variant: str, seed: int = 0):
     return _MODELS[key]
 
 
-FUNCTIONS = (
-    "name",
-    "MODES",
-    "build",
-    "to_canonical",
-    "from_canonical",
-    "forward",
-    "stages",
-    "count_params",
-    "version",
-    "Trainer",
-    "to_onnx",
-)
-
-
 def patched(b, **overrides) -> types.SimpleNamespace:
     """A backend with some functions replaced: how the negative controls break a port."""
-    return types.SimpleNamespace(**{**{f: getattr(b, f) for f in FUNCTIONS}, **overrides})
+    return pitfalls.patched(b, **overrides)
+
+
+def torch_state(variant: str, aux: bool = True, seed: int = 0, num_classes: int = 1000, **options):
+    """A PyTorch state_dict as torchvision writes one (num_batches_tracked included)."""
+    t = backend_or_skip("torch")
+    model = t.build(variant, num_classes, aux, **options)
+    t.from_canonical(model, canonical.random_params(model.plan, seed))
+    return model.state_dict()
+
+
+def save_torch(obj, path: Path) -> Path:
+    import torch
+
+    torch.save(obj, path)
+    return path
+
+
+def cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m conformance ARGS`` in a fresh process, on this tree's code (whatever ``cwd``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "conformance", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+
+
+PITFALL_BATCH = 4  # the command's default is 64; the first divergent stage does not depend on it
+
+
+@pytest.fixture(scope="session")
+def pitfall_measurements():
+    """Every pitfall on each of its default variants, measured once per session (small batch)."""
+    from conformance.teach import measure
+
+    results = measure.run(list(pitfalls.PITFALLS), None, _BACKENDS, _SKIPPED, batch=PITFALL_BATCH)
+    return {(m.pitfall, m.variant): m for m in results}

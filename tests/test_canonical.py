@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import canonical, spec
+from conformance import canonical, files, spec
 
 DATA = Path(__file__).parent / "data"
 
@@ -109,7 +109,7 @@ def test_save_never_overwrites_silently(tmp_path):
     p, params = _params()
     target = tmp_path / "w.safetensors"
     target.write_bytes(b"precious")
-    with pytest.raises(FileExistsError, match=r"already exists"):
+    with pytest.raises(files.OutputError, match=r"already exists"):
         canonical.save(params, target, p)
     assert target.read_bytes() == b"precious"
     canonical.save(params, target, p, overwrite=True)

@@ -12,15 +12,9 @@ import pytest
 from conformance import frameworks
 from conformance.__main__ import main
 
-from .conftest import installed
+from .conftest import cli, installed
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "conformance", *args], check=False, capture_output=True, text=True, cwd=ROOT, timeout=600
-    )
 
 
 def test_check_passes_prints_the_table_and_writes_json(tmp_path):
@@ -111,7 +105,9 @@ def test_missing_framework_is_skipped_with_its_install_hint(monkeypatch, capsys)
 def test_no_framework_at_all_fails(monkeypatch, capsys):
     monkeypatch.setitem(frameworks.FRAMEWORKS, "ghost", ("impl_ghost", "pip install ghost"))
     assert main(["check", "--frameworks", "ghost", "--input-size", "97"]) == 1
-    assert "FAIL: no framework is installed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAIL: no framework asked for is installed (ghost), nothing was checked" in out
+    assert "skipped:    ghost: not installed" in out and "install with: pip install ghost" in out
 
 
 def test_spec_prints_shapes_counts_and_multiply_adds():
@@ -121,7 +117,7 @@ def test_spec_prints_shapes_counts_and_multiply_adds():
     assert "total" in r.stdout and "6,998,552" in r.stdout and "1,582,671,872" in r.stdout
 
 
-def test_spec_of_a_lecture_net_names_its_blocks_as_the_post():
+def test_spec_of_liu_s_residual_net_names_its_blocks_as_liu_does():
     r = cli("spec", "--variant", "residual_mnist")
     assert r.returncode == 0, r.stderr
     assert "rblock1.conv2" in r.stdout and "flatten        512" in r.stdout
@@ -155,3 +151,32 @@ def test_json_report_is_strict_json_even_for_infinite_errors(tmp_path):
     doc = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
     agreement = doc["variants"][0]["sizes"][0]["stages"][0]["agreement"]["keras"]
     assert agreement["max_abs"] == "inf" and agreement["max_rel"] == "nan" and doc["passed"] is False
+
+
+def test_options_are_checked_before_any_framework_is_imported():
+    """Issue 9, case 8: ``check --seed -5`` answered after 6 s of imports. Every option
+    is checked, and named, before a framework is imported."""
+    code = (
+        "import sys\nfrom conformance.__main__ import main\ntry:\n    main(sys.argv[1:])\n"
+        "except SystemExit as e:\n    print(e.code, [m for m in ('torch', 'tensorflow', 'mxnet') if m in sys.modules])"
+    )
+    cases = [
+        (["check", "--seed", "-5"], "argument --seed: expected a non-negative integer, got -5"),
+        (["port", "a.pth", "b.npz", "--variant", "googlenet", "--num-classes", "500000"], "100,000"),
+        (["train", "--framework", "torch", "--variant", "googlenet", "--epochs", "100000000"], "10,000"),
+        (["spec", "--num-classes", "200000"], "argument --num-classes: expected an integer from 1 to 100,000"),
+    ]
+    for args, message in cases:
+        r = subprocess.run(
+            [sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
+        assert r.stdout.strip() == "2 []" and message in r.stderr, (args, r.stdout, r.stderr)
+
+
+def test_the_known_suffixes_are_listed_once(tmp_path):
+    (tmp_path / "a.pth").write_bytes(b"x")
+    r = cli("port", str(tmp_path / "a.pth"), str(tmp_path / "b.bin"), "--variant", "googlenet")
+    assert (
+        r.returncode == 2
+        and "(known: .safetensors, .npz, .pth, .pt, .weights.h5, .keras, .params); pass --to" in r.stderr
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import canonical, spec
+from conformance import canonical, interface, spec
 from conformance.check.compare import identical
 
 from .conftest import backend_or_skip, full_plan, loaded_model
@@ -170,3 +170,10 @@ def test_keras_local_response_norm_matches_pytorch_and_tensorflow():
     assert np.abs(ours - x).max() > 0.1 * np.abs(x).max()  # the normalisation is not negligible here
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
     np.testing.assert_allclose(ours, tf_lrn, rtol=0, atol=1e-5 * np.abs(theirs).max())
+
+
+def test_the_package_exports_exactly_the_interface(backend):
+    """``conformance.interface.Backend`` names the functions once; each package's
+    ``__all__`` and attributes follow it (plus its native GoogLeNet class)."""
+    assert all(callable(getattr(backend, f)) or f in ("name", "MODES") for f in interface.FUNCTIONS)
+    assert set(backend.__all__) == (set(interface.FUNCTIONS) - {"name"}) | {"GoogLeNet"}

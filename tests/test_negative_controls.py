@@ -1,8 +1,11 @@
 """Negative controls: every parity check is shown to fail on a deliberately broken port.
 
-Each test breaks one thing a real port gets wrong (REFERENCE.md's pitfalls), runs
+Each test breaks one thing a real port gets wrong (the README's "Where the three
+frameworks differ"), runs
 the same harness as ``python -m conformance check``, and asserts that the report
-fails exactly where the bug is, while the rest still passes.
+fails exactly where the bug is, while the rest still passes. The mistakes that
+``python -m conformance pitfalls`` measures are defined once, in
+``conformance.teach.pitfalls``, and used here as they are.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import pytest
 
 from conformance.check import harness
 from conformance.check.compare import REL_TOL
+from conformance.teach.pitfalls import PITFALLS
 
 from .conftest import backend_or_skip, patched
 
@@ -26,14 +30,12 @@ def rows(v: harness.VariantReport) -> dict[str, harness.StageRow]:
     return {r.stage: r for r in v.sizes[0].stages}
 
 
-def test_kernel_not_transposed_fails_at_the_first_conv(monkeypatch):
+def test_kernel_not_transposed_fails_at_the_first_conv():
     """OIHW -> HWIO done as transpose(3, 2, 1, 0): the kernel's height and width swap.
     Square kernels keep their shape, so only the values can tell."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
-    import impl_keras.weights
-
-    monkeypatch.setattr(impl_keras.weights, "oihw_to_hwio", lambda w: w.transpose(3, 2, 1, 0))
-    v = check({"torch": torch_, "keras": keras_}, "googlenet", 97)
+    with PITFALLS["kernel-transposed"].broken(keras_) as broken:
+        v = check({"torch": torch_, "keras": broken}, "googlenet", 97)
     conv1 = rows(v)["conv1"]
     assert conv1.shapes == {"torch": conv1.expected, "keras": conv1.expected}
     assert not conv1.passed and conv1.agreement["keras"].max_rel > 100 * REL_TOL
@@ -42,16 +44,11 @@ def test_kernel_not_transposed_fails_at_the_first_conv(monkeypatch):
 
 def test_asymmetric_same_padding_fails_while_shapes_match():
     """Keras ``padding="same"`` on the strided 7x7 conv pads (2, 3) at 224; PyTorch pads
-    (3, 3). The output is 112 x 112 either way."""
+    (3, 3). The output is 112 x 112 either way (and "same" 3x3/2 pools on even maps give
+    the ceil-mode pools' windows)."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
-
-    def build_with_tf_same(variant, **options):
-        model = keras_.build(variant, **options)
-        model.conv1.pad = None
-        model.conv1.conv.padding = "same"
-        return model
-
-    v = check({"torch": torch_, "keras": patched(keras_, build=build_with_tf_same)}, "googlenet_bn", 224)
+    with PITFALLS["same-padding"].broken(keras_) as broken:
+        v = check({"torch": torch_, "keras": broken}, "googlenet_bn", 224)
     r = rows(v)
     assert all(s == r[name].expected for name in r for s in r[name].shapes.values())  # shapes all agree
     assert not r["conv1"].passed and r["conv1"].agreement["keras"].max_rel > 100 * REL_TOL
@@ -61,67 +58,39 @@ def test_asymmetric_same_padding_fails_while_shapes_match():
 def test_wrong_batchnorm_epsilon_fails():
     """Gluon's default BatchNorm epsilon is 1e-5; torchvision's GoogLeNet uses 1e-3."""
     torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
-    from mxnet.gluon import nn
-
-    from impl_mxnet.layers import options
-
-    def build_with_default_eps(variant, **kwargs):
-        model = mxnet_.build(variant, **kwargs)
-        model.apply(lambda block: options(block).__setitem__("eps", 1e-5) if isinstance(block, nn.BatchNorm) else None)
-        return model
-
-    v = check({"torch": torch_, "mxnet": patched(mxnet_, build=build_with_default_eps)}, "googlenet_bn", 97)
+    with PITFALLS["bn-eps-gluon"].broken(mxnet_) as broken:
+        v = check({"torch": torch_, "mxnet": broken}, "googlenet_bn", 97)
     assert not rows(v)["conv1"].passed
     assert rows(v)["conv1"].agreement["mxnet"].max_rel > 100 * REL_TOL
 
 
-def test_aux_features_flattened_in_the_wrong_order_fail_only_the_aux_heads(monkeypatch):
+def test_aux_features_flattened_in_the_wrong_order_fail_only_the_aux_heads():
     """fc1 reads 128 x 4 x 4 features: (C, H, W) in PyTorch, (H, W, C) after a Keras
     Flatten. Porting fc1 without permuting its rows breaks the aux heads only."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
-    import impl_keras.weights
-
-    monkeypatch.setattr(impl_keras.weights, "dense_to_keras", lambda d: lambda w: w.T)
-    v = check({"torch": torch_, "keras": keras_}, "googlenet", 224)
+    with PITFALLS["dense-rows"].broken(keras_) as broken:
+        v = check({"torch": torch_, "keras": broken}, "googlenet", 224)
     r = rows(v)
     assert not r["aux1"].passed and not r["aux2"].passed
     assert r["aux1"].agreement["keras"].max_rel > 100 * REL_TOL
     assert all(row.passed for name, row in r.items() if name not in ("aux1", "aux2"))
 
 
-def test_lecture_fc_flattened_in_the_wrong_order_fails_only_the_logits(monkeypatch):
-    """The lecture nets' fc reads the whole 88 x 4 x 4 map: in Keras its rows need the
+def test_liu_s_fc_flattened_in_the_wrong_order_fails_only_the_logits():
+    """Liu's Inception net's fc reads the whole 88 x 4 x 4 map: in Keras its rows need the
     same (C, H, W) -> (H, W, C) permutation as aux fc1. Every stage before it passes."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
-    import impl_keras.weights
-
-    monkeypatch.setattr(impl_keras.weights, "dense_to_keras", lambda d: lambda w: w.T)
-    r = rows(check({"torch": torch_, "keras": keras_}, "inception_mnist", 28))
+    with PITFALLS["dense-rows"].broken(keras_) as broken:
+        r = rows(check({"torch": torch_, "keras": broken}, "inception_mnist", 28))
     assert not r["logits"].passed and r["logits"].agreement["keras"].max_rel > 100 * REL_TOL
     assert all(row.passed for name, row in r.items() if name != "logits")
-
-
-def _floor_pools(mxnet_):
-    from mxnet.gluon import nn
-
-    from impl_mxnet.layers import options
-
-    def build_with_floor_pools(variant, **kwargs):
-        model = mxnet_.build(variant, **kwargs)
-        model.apply(
-            lambda block: (
-                options(block).__setitem__("pooling_convention", "valid") if isinstance(block, nn.MaxPool2D) else None
-            )
-        )
-        return model
-
-    return patched(mxnet_, build=build_with_floor_pools)
 
 
 def test_floor_instead_of_ceil_pooling_fails_on_shape():
     """Pools built without ceil rounding: 112 -> 55 instead of 56 after maxpool1."""
     torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
-    v = check({"torch": torch_, "mxnet": _floor_pools(mxnet_)}, "googlenet_bn", 224)
+    with PITFALLS["floor-pooling"].broken(mxnet_) as broken:
+        v = check({"torch": torch_, "mxnet": broken}, "googlenet_bn", 224)
     maxpool1 = rows(v)["maxpool1"]
     assert maxpool1.shapes["mxnet"] == (2, 64, 55, 55) and maxpool1.expected == (2, 64, 56, 56)
     assert not maxpool1.passed
@@ -130,7 +99,8 @@ def test_floor_instead_of_ceil_pooling_fails_on_shape():
 def test_a_port_that_cannot_run_is_reported_not_a_crash():
     """With floor pools the avg 5x5/3 aux pool gives 3 x 3, and fc1 refuses 1152 inputs."""
     torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
-    v = check({"torch": torch_, "mxnet": _floor_pools(mxnet_)}, "googlenet", 224)
+    with PITFALLS["floor-pooling"].broken(mxnet_) as broken:
+        v = check({"torch": torch_, "mxnet": broken}, "googlenet", 224)
     assert list(v.errors) == ["mxnet at 224"] and "MXNetError" in v.errors["mxnet at 224"]
     assert v.sizes[0].passed  # what torch computed still checks out against the spec
 
@@ -190,14 +160,8 @@ def test_lrn_alpha_not_divided_by_size_fails_at_the_lrn():
     """TensorFlow's LRN takes alpha per element of the window sum; PyTorch, MXNet and the
     spec divide alpha by the window size. Porting alpha unchanged breaks lrn1 onwards."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
-
-    def build_with_tf_alpha(variant, **options):
-        model = keras_.build(variant, **options)
-        for name in ("lrn1", "lrn2"):
-            getattr(model, name).scale = getattr(model, name).lrn.alpha  # not / size
-        return model
-
-    v = check({"torch": torch_, "keras": patched(keras_, build=build_with_tf_alpha)}, "googlenet_lrn", 97)
+    with PITFALLS["lrn-alpha"].broken(keras_) as broken:
+        v = check({"torch": torch_, "keras": broken}, "googlenet_lrn", 97)
     r = rows(v)
     assert r["maxpool1"].passed and not r["lrn1"].passed
     # LRN moves these activations by a few percent, so alpha x5 shows as ~5e-3: 47x the tolerance

@@ -4,7 +4,6 @@ each conversion verified. Error cases are in test_port_errors.py."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,22 +12,7 @@ from conformance import canonical, spec
 from conformance.check.compare import REL_TOL, agreement
 from conformance.formats.port import port
 
-from .conftest import backend_or_skip
-
-
-def torch_state(variant: str, aux: bool = True, seed: int = 0, num_classes: int = 1000, **options):
-    """A PyTorch state_dict as torchvision writes one (num_batches_tracked included)."""
-    t = backend_or_skip("torch")
-    model = t.build(variant, num_classes, aux, **options)
-    t.from_canonical(model, canonical.random_params(model.plan, seed))
-    return model.state_dict()
-
-
-def save_torch(obj, path: Path) -> Path:
-    import torch
-
-    torch.save(obj, path)
-    return path
+from .conftest import backend_or_skip, cli, save_torch, torch_state
 
 
 def assert_verified(result, log: list[str]) -> None:
@@ -64,7 +48,7 @@ def test_pth_to_keras_to_mxnet_to_pth_is_bit_for_bit(tmp_path):
 def test_canonical_formats_and_whole_keras_models(tmp_path):
     backend_or_skip("keras")
     chain = [
-        save_torch(torch_state("googlenet", aux=False), tmp_path / "post.pth"),
+        save_torch(torch_state("googlenet", aux=False), tmp_path / "wzmiaomiao.pth"),
         tmp_path / "w.safetensors",
         tmp_path / "w.npz",
         tmp_path / "model.keras",
@@ -92,21 +76,21 @@ def test_torchvision_dict_wrapped_with_module_prefix_and_no_aux_keys(tmp_path):
     assert "took the state_dict under the 'model' key" in port(src, tmp_path / "w2.npz", "googlenet_bn").notes
 
 
-def test_the_pytorch_posts_checkpoint_ports_without_renaming(tmp_path):
+def test_wzmiaomiaos_checkpoint_ports_without_renaming(tmp_path):
     keras = backend_or_skip("keras")
     import torch
 
-    from .post_model import GoogLeNet as PostGoogLeNet
+    from .wzmiaomiao_googlenet import GoogLeNet as WZGoogLeNet
 
     torch.manual_seed(0)
-    post = PostGoogLeNet(num_classes=1000, aux_logits=True).eval()
-    src = save_torch(post.state_dict(), tmp_path / "googleNet.pth")
-    port(src, tmp_path / "post.weights.h5", "googlenet")
+    net = WZGoogLeNet(num_classes=1000, aux_logits=True).eval()
+    src = save_torch(net.state_dict(), tmp_path / "googleNet.pth")
+    port(src, tmp_path / "wz.weights.h5", "googlenet")
     model = keras.build("googlenet", aux_logits=True)
-    model.load_weights(str(tmp_path / "post.weights.h5"))
+    model.load_weights(str(tmp_path / "wz.weights.h5"))
     x = np.random.default_rng(5).standard_normal((2, 3, 224, 224)).astype(np.float32)
     with torch.inference_mode():
-        expected = [t.numpy() for t in post(torch.from_numpy(x))]  # logits, aux2, aux1
+        expected = [t.numpy() for t in net(torch.from_numpy(x))]  # logits, aux2, aux1
     for name, want, got in zip(("logits", "aux2", "aux1"), expected, keras.forward(model, x, aux=True), strict=True):
         a = agreement(want, got, logits=True)
         assert a.passed, (name, a)
@@ -124,26 +108,28 @@ def test_other_float_dtypes_are_converted_with_a_notice(tmp_path, dtype):
     assert all(v.dtype == np.float32 for v in canonical.load(tmp_path / "w.safetensors").values())
 
 
-def test_force_overwrites_only_after_verification(tmp_path):
+def test_force_overwrites_only_after_verification(tmp_path, monkeypatch):
+    """DST keeps its old bytes while the new file is verified, and takes the new one after."""
+    import conformance.formats.port as port_module
+
     src = save_torch(torch_state("googlenet", aux=False), tmp_path / "a.pth")
     dst = tmp_path / "b.safetensors"
     dst.write_bytes(b"old")
+    seen_during_verification = []
+    real_verify = port_module._verify
+
+    def verify(*args):
+        seen_during_verification.append(dst.read_bytes())
+        return real_verify(*args)
+
+    monkeypatch.setattr(port_module, "_verify", verify)
     result = port(src, dst, "googlenet", force=True)
+    assert seen_during_verification == [b"old"]
     assert result.passed and canonical.load(dst)
 
 
 def test_cli_prints_the_figures_and_exits_0(tmp_path):
-    import subprocess
-    import sys
-
     src = save_torch(torch_state("googlenet", aux=False), tmp_path / "a.pth")
-    r = subprocess.run(
-        [sys.executable, "-m", "conformance", "port", str(src), str(tmp_path / "b.npz"), "--variant", "googlenet"],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-        timeout=600,
-    )
+    r = cli("port", str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
     assert r.returncode == 0, r.stderr
     assert "logits  max abs" in r.stdout and "top-5 100%" in r.stdout and r.stdout.strip().endswith("PASS")

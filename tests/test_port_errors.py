@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +15,7 @@ from conformance import canonical, spec
 from conformance.formats import registry as formats
 from conformance.formats.port import PortError, VerificationError, port
 
-from .conftest import backend_or_skip
-from .test_port import save_torch, torch_state
+from .conftest import backend_or_skip, cli, save_torch, torch_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +98,7 @@ def test_wrong_number_of_classes_offers_the_option(tmp_path):
         src,
         "b.npz",
         r"has 10 classes \(fc.weight is \(10, 1024\)\), not 1000: "
-        r"pass --num-classes 10",
+        r"pass num_classes=10",  # the Python API's spelling; the CLI's says --num-classes 10
     )
     assert port(src, tmp_path / "b.npz", "googlenet", num_classes=10).passed
 
@@ -144,7 +141,7 @@ def test_truncated_file(tmp_path, name, writer):
     writer(canonical.random_params(p, 0), p, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    assert_refused(tmp_path, path, "b.params", rf"{name}: (cannot read it as|expected)")
+    assert_refused(tmp_path, path, "b.params", rf"{name}: .*(damaged|truncated)")
 
 
 def test_corrupt_file(tmp_path):
@@ -167,7 +164,7 @@ def test_another_format_than_the_extension_says(tmp_path):
         tmp_path / "looks.pth",
         "b.npz",
         r"looks.pth: expected PyTorch state_dict \(torch\), but the file is safetensors "
-        r"\(pass --from safetensors if it is canonical safetensors\)",
+        r"\(pass src_format='safetensors' if it is canonical safetensors\)",
     )
     assert port(tmp_path / "looks.pth", tmp_path / "b.npz", "googlenet", src_format="safetensors").passed
 
@@ -205,7 +202,7 @@ def test_src_equal_to_dst(tmp_path, state):
 def test_existing_dst_needs_force(tmp_path, state):
     src = save_torch(state, tmp_path / "a.pth")
     (tmp_path / "b.npz").write_bytes(b"precious")
-    assert_refused(tmp_path, src, "b.npz", r"DST .*b.npz already exists; pass --force to overwrite it")
+    assert_refused(tmp_path, src, "b.npz", r"DST .*b.npz: already exists; pass force=True to overwrite it")
     assert (tmp_path / "b.npz").read_bytes() == b"precious"
 
 
@@ -224,13 +221,13 @@ def test_missing_src_unknown_format_and_options(tmp_path, state):
     with pytest.raises(PortError, match=r"SRC .*none.pth: no such file"):
         port(tmp_path / "none.pth", tmp_path / "b.npz", "googlenet")
     src = save_torch(state, tmp_path / "a.pth")
-    with pytest.raises(PortError, match=r"b.bin: cannot tell the format from the name .*; pass --to"):
+    with pytest.raises(PortError, match=r"b.bin: cannot tell the format from the name .*; pass dst_format"):
         port(src, tmp_path / "b.bin", "googlenet")
-    with pytest.raises(PortError, match=r"--to: unknown format 'onnx'"):
+    with pytest.raises(PortError, match=r"dst_format: unknown format 'onnx'"):
         port(src, tmp_path / "b.bin", "googlenet", dst_format="onnx")
-    with pytest.raises(PortError, match=r"--variant: unknown 'inception_v3'"):
+    with pytest.raises(PortError, match=r"variant: unknown 'inception_v3'"):
         port(src, tmp_path / "b.npz", "inception_v3")
-    with pytest.raises(PortError, match=r"--num-classes: expected a positive integer, got 0"):
+    with pytest.raises(PortError, match=r"num_classes: expected a positive integer, got 0"):
         port(src, tmp_path / "b.npz", "googlenet", num_classes=0)
     with pytest.raises(PortError, match=r"transform_input: variant 'googlenet' defines no input transform"):
         port(src, tmp_path / "b.npz", "googlenet", transform_input=True)
@@ -240,10 +237,10 @@ def test_a_failed_verification_writes_nothing(tmp_path, state, monkeypatch):
     """A writer that changes one tensor slightly: the port must catch it and keep DST absent."""
     real = formats.FORMATS["safetensors"]
 
-    def sloppy_write(params, p, path):
+    def sloppy_write(params, p):
         params = dict(params)
         params["inception4c.branch1.conv.weight"] = params["inception4c.branch1.conv.weight"] * np.float32(1.01)
-        return real.write(params, p, path)
+        return real.write(params, p)
 
     monkeypatch.setitem(formats.FORMATS, "safetensors", dataclasses.replace(real, write=sloppy_write))
     src = save_torch(state, tmp_path / "a.pth")
@@ -255,36 +252,28 @@ def test_a_failed_verification_writes_nothing(tmp_path, state, monkeypatch):
     assert any("FAIL" in line for line in log)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "conformance", "port", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
+def port_cli(*args: str):
+    return cli("port", *args)
 
 
 def test_cli_exit_codes_and_one_message(tmp_path, state):
     state["fc.bias"][0] = float("inf")
     src = save_torch(state, tmp_path / "a.pth")
-    r = cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
+    r = port_cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "'fc.bias' holds 1 NaN or Inf" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "b.npz").exists()
-    r = cli(str(src), str(tmp_path / "b.npz"))
+    r = port_cli(str(src), str(tmp_path / "b.npz"))
     assert r.returncode == 2 and "--variant" in r.stderr  # required
 
 
 def test_a_writer_that_crashes_is_a_failed_verification(tmp_path, state, monkeypatch):
-    def broken_write(params, p, path):
-        path.write_bytes(b"half a file")
+    def broken_write(params, p):
         raise OSError("disk full")
 
     real = formats.FORMATS["safetensors"]
     monkeypatch.setitem(formats.FORMATS, "safetensors", dataclasses.replace(real, write=broken_write))
     src = save_torch(state, tmp_path / "a.pth")
-    with pytest.raises(VerificationError, match=r"writing or reloading .* failed \(OSError: disk full\)"):
+    with pytest.raises(VerificationError, match=r"writing .* failed \(OSError: disk full\)"):
         port(src, tmp_path / "b.safetensors", "googlenet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth"]
 
@@ -300,7 +289,7 @@ def test_dst_appearing_during_the_port_is_not_overwritten(tmp_path, state, monke
 
     monkeypatch.setattr(port_module, "_verify", verify_while_someone_writes)
     src = save_torch(state, tmp_path / "a.pth")
-    with pytest.raises(PortError, match=r"appeared while porting; pass --force"):
+    with pytest.raises(PortError, match=r"appeared meanwhile; pass force=True"):
         port(src, tmp_path / "b.safetensors", "googlenet")
     assert (tmp_path / "b.safetensors").read_bytes() == b"someone else's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.safetensors"]
@@ -317,3 +306,253 @@ def test_a_load_that_silently_restores_nothing_fails_verification(tmp_path, stat
         port(src, tmp_path / "b.pth", "googlenet", log=log.append)
     assert any("116 tensors changed" in line for line in log)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz.pth"]
+
+
+# --------------------------------------------------------------------------------------
+# Issue 9: what a file's framework loads (case 0), .weights.h5 checked like the others
+# (case 5), corruption (case 6), messages (case 8)
+# --------------------------------------------------------------------------------------
+
+
+def mnist_params(seed: int = 0):
+    p = spec.resolve("inception_mnist")
+    return p, canonical.random_params(p, seed)
+
+
+def mnist_file(tmp_path: Path, name: str, fmt: str | None = None) -> Path:
+    """A valid inception_mnist checkpoint of the format its name says, written by port."""
+    p, params = mnist_params()
+    src = tmp_path / "src.safetensors"
+    if not src.exists():
+        canonical.save(params, src, p)
+    port(src, tmp_path / name, "inception_mnist", dst_format=fmt)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    "name,fmt,hint",
+    [("x.h5", "keras-weights", "x.weights.h5"), ("m.zip", "keras", "m.keras"), ("m.weights.h5", "keras", "m.keras")],
+)
+def test_a_name_keras_refuses_to_load_is_refused_before_the_work(tmp_path, name, fmt, hint):
+    """Issue 9, case 0: verification ran on a temporary file named as Keras wants, then
+    renamed it to a name Keras refuses: PASS for a file nobody could load."""
+    p, params = mnist_params()
+    canonical.save(params, tmp_path / "a.safetensors", p)
+    with pytest.raises(
+        PortError, match=rf"DST .*{name}: keras loads .* only from a name ending in .*; name it e.g. {hint}"
+    ):
+        port(tmp_path / "a.safetensors", tmp_path / name, "inception_mnist", dst_format=fmt)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+def test_weights_h5_under_another_name_is_still_read(tmp_path):
+    backend_or_skip("keras")
+    mnist_file(tmp_path, "w.weights.h5").rename(tmp_path / "w.h5")
+    assert port(tmp_path / "w.h5", tmp_path / "b.npz", "inception_mnist", src_format="keras-weights").passed
+
+
+def edit_h5(path: Path, edit) -> Path:
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        del f.attrs["conformance_sha256"]  # as a file from elsewhere: no digest of the suite's
+        edit(f)
+    return path
+
+
+def test_weights_h5_is_checked_as_strictly_as_the_other_formats(tmp_path):
+    """Issue 9, case 5: an int32 kernel was accepted, float16 converted without the
+    notice, an extra layer group ignored, a missing variable reported as "received 0
+    variables"."""
+    backend_or_skip("keras")
+    src = mnist_file(tmp_path, "w.weights.h5")
+
+    def retype(dtype):
+        def edit(f):
+            value = f["conv1/vars/0"][()]
+            del f["conv1/vars/0"]
+            f["conv1/vars/0"] = value.astype(dtype)
+
+        return edit
+
+    def extra(f):
+        f["extra/vars/0"] = np.zeros(3, np.float32)
+
+    def missing(f):
+        del f["fc/vars/1"]
+
+    cases = [
+        (retype(np.int32), r"'conv1.weight' is int32; expected floating-point weights"),
+        (extra, r"unexpected key 'extra/vars/0' \(shape \(3,\)\)"),
+        (missing, r"missing key 'fc.bias' \(expected shape \(10,\)\)"),
+    ]
+    for i, (edit, message) in enumerate(cases):
+        bad = tmp_path / f"bad{i}.weights.h5"
+        bad.write_bytes(src.read_bytes())
+        assert_refused(tmp_path, edit_h5(bad, edit), "out.npz", message, variant="inception_mnist")
+    half = tmp_path / "half.weights.h5"
+    half.write_bytes(src.read_bytes())
+    result = port(edit_h5(half, retype(np.float16)), tmp_path / "half.npz", "inception_mnist")
+    assert "converted 1 float16 tensors to float32" in result.notes and result.passed
+
+
+def flip(path: Path, at: int) -> Path:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    data[at + 1] ^= 0x55
+    path.write_bytes(bytes(data))
+    return path
+
+
+def tensor_offset(path: Path, needle: bytes) -> int:
+    """Where a tensor's bytes sit in a file (located by their content)."""
+    at = path.read_bytes().find(needle)
+    assert at > 0
+    return at + len(needle) // 2
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("w.pth", r"damaged zip archive: Bad CRC-32"),
+        ("w.npz", r"damaged zip archive: Bad CRC-32"),
+        ("w.keras", r"damaged zip archive: Bad CRC-32"),
+        ("w.safetensors", r"damaged: its tensors do not match the SHA-256 recorded in its metadata"),
+        ("w.weights.h5", r"damaged: its tensors do not match the SHA-256 recorded in its metadata"),
+    ],
+)
+def test_two_flipped_bytes_in_a_tensor_are_refused(tmp_path, name, message):
+    """Issue 9, case 6: the corrupted values were copied faithfully, with PASS."""
+    if name.endswith((".pth",)):
+        backend_or_skip("torch")
+    if name.endswith((".keras", ".h5")):
+        backend_or_skip("keras")
+    path = mnist_file(tmp_path, name)
+    _, params = mnist_params()
+    weights = params["incep2.branch3x3_3.weight"]
+    needle = (
+        weights.tobytes()[:64] if not name.endswith((".keras", ".h5")) else weights.transpose(2, 3, 1, 0).tobytes()[:64]
+    )
+    if name.endswith(".keras"):  # deflated: no tensor bytes to find; flip inside the weights member
+        import zipfile
+
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("model.weights.h5")
+        at = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    else:
+        at = tensor_offset(path, needle)
+    assert_refused(tmp_path, flip(path, at), "out.params", message, variant="inception_mnist")
+
+
+def test_a_corrupt_params_file_says_what_is_wrong(tmp_path):
+    """Issue 9, case 8: MXNet's own error printed only "MXNetError: Traceback (most recent
+    call last):"."""
+    backend_or_skip("mxnet")
+    path = mnist_file(tmp_path, "w.params")
+    data = bytearray(path.read_bytes())
+    data[24:28] = b"\x01\x02\x03\x04"  # the first array's magic
+    path.write_bytes(bytes(data))
+    assert_refused(tmp_path, path, "o.npz", r"w.params: array 0: magic 0x4030201 is not an MXNet >= 1.0 NDArray")
+    path.write_bytes(path.read_bytes()[:-7])
+    assert_refused(tmp_path, path, "o.npz", r"w.params: .*array 0: magic|the file ends inside")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch deprecates making quantised tensors; files hold them
+def test_torch_tensors_that_are_not_dense_floats(tmp_path, state):
+    """Issue 9, case 8: bfloat16, sparse and quantised tensors showed raw TypeErrors."""
+    import torch
+
+    wide = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in state.items()}
+    result = port(save_torch(wide, tmp_path / "bf16.pth"), tmp_path / "bf16.npz", "googlenet")
+    assert "converted 116 bfloat16 tensors to float32 (exact)" in result.notes and result.passed
+    sparse = dict(state, **{"fc.bias": state["fc.bias"].to_sparse()})
+    assert_refused(tmp_path, save_torch(sparse, tmp_path / "sparse.pth"), "o.npz", r"'fc.bias' is a sparse tensor")
+    quantised = dict(state, **{"fc.bias": torch.quantize_per_tensor(state["fc.bias"], 0.1, 0, torch.qint8)})
+    assert_refused(
+        tmp_path, save_torch(quantised, tmp_path / "q.pth"), "o.npz", r"'fc.bias' is quantised \(torch.qint8\)"
+    )
+
+
+def test_src_a_directory_or_a_fifo(tmp_path):
+    (tmp_path / "d.pth").mkdir()
+    os.mkfifo(tmp_path / "f.pth")
+    with pytest.raises(PortError, match=r"SRC .*d.pth: a directory; give a checkpoint file"):
+        port(tmp_path / "d.pth", tmp_path / "o.npz", "googlenet")
+    with pytest.raises(PortError, match=r"SRC .*f.pth: a FIFO \(named pipe\), not a regular file"):
+        port(tmp_path / "f.pth", tmp_path / "o.npz", "googlenet")
+
+
+def test_a_dangling_symlink_dst_is_refused_before_reading(tmp_path):
+    (tmp_path / "a.pth").write_bytes(b"not read: the DST is refused first")
+    (tmp_path / "o.npz").symlink_to(tmp_path / "nowhere.npz")
+    with pytest.raises(PortError, match=r"DST .*o.npz: a symbolic link to nothing"):
+        port(tmp_path / "a.pth", tmp_path / "o.npz", "googlenet")
+
+
+def test_weights_whose_logits_overflow_are_named_as_such(tmp_path):
+    """Issue 9, case 8: a finite 3e38 weight said "the written file does not reproduce"
+    while the weights were bit-identical."""
+    p, params = mnist_params()
+    params["fc.bias"][0] = np.float32(3e38)
+    params["fc.weight"][0] = np.float32(3e38)
+    canonical.save(params, tmp_path / "a.safetensors", p)
+    assert_refused(
+        tmp_path,
+        tmp_path / "a.safetensors",
+        "o.npz",
+        r"the weights were copied bit-identically, but the logits \(\w+\) overflow float32 .* as large as 3.0e\+38 "
+        r"\(in 'fc.weight'\)",
+        variant="inception_mnist",
+    )
+
+
+def test_a_big_endian_npz_is_converted_with_a_notice(tmp_path):
+    _, params = mnist_params()
+    np.savez(tmp_path / "be.npz", **{k: v.astype(">f4") for k, v in params.items()})
+    result = port(tmp_path / "be.npz", tmp_path / "o.safetensors", "inception_mnist")
+    assert "converted 34 big-endian float32 tensors to float32" in result.notes and result.passed
+    loaded = canonical.load(tmp_path / "o.safetensors")
+    assert all(np.array_equal(loaded[k], params[k]) for k in params)
+
+
+def test_a_truncated_pth_is_called_damaged(tmp_path, state):
+    path = save_torch(state, tmp_path / "a.pth")
+    path.write_bytes(path.read_bytes()[:-1000])
+    assert_refused(
+        tmp_path,
+        path,
+        "o.npz",
+        r"a.pth: a damaged PyTorch state_dict file: PyTorch state_dict files are zip archives, "
+        r"and this one has no readable directory at its end \(truncated or corrupt\)",
+    )
+
+
+def test_the_python_api_speaks_python_and_the_cli_speaks_options(tmp_path, state):
+    """Issue 9, case 8: PortError told a Python caller to "pass --force"."""
+    src = save_torch(state, tmp_path / "a.pth")
+    (tmp_path / "b.npz").write_bytes(b"old")
+    with pytest.raises(PortError) as e:
+        port(src, tmp_path / "b.npz", "googlenet")
+    assert str(e.value).endswith("already exists; pass force=True to overwrite it")
+    assert e.value.cli.endswith("already exists; pass --force to overwrite it")
+    r = cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
+    assert r.returncode == 2 and r.stderr.strip().endswith("pass --force to overwrite it"), r.stderr
+
+
+def test_logits_that_overflow_in_only_one_framework(tmp_path):
+    """Found by fuzzing: one weight of 2.7e38 leaves Keras's logits finite and makes
+    PyTorch's NaN; the port is refused as an overflow, not as a failed verification."""
+    k = backend_or_skip("keras")
+    backend_or_skip("torch")
+    _, params = mnist_params()
+    params["incep1.branch3x3_3.weight"][5, 4, 0, 2] = np.float32(2.6867388e38)
+    model = k.build("inception_mnist")
+    k.from_canonical(model, params)
+    model.save_weights(str(tmp_path / "big.weights.h5"))
+    assert_refused(
+        tmp_path,
+        tmp_path / "big.weights.h5",
+        "o.pth",
+        r"copied bit-identically, but the logits \(torch\) overflow float32 .* \(in 'incep1.branch3x3_3.weight'\)",
+        variant="inception_mnist",
+    )

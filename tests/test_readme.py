@@ -30,3 +30,10 @@ def test_line_links_point_at_the_code_they_name():
         assert text in "\n".join(lines[first - 1 : last]), f"{path}#L{start} no longer shows `{text}`"
     bare = re.findall(r"\[[^`\]]*\]\([\w/]+\.py#L\d+", README)
     assert not bare, f"links to lines must name their code: {bare}"
+
+
+def test_links_to_files_point_at_files_that_exist():
+    targets = re.findall(r"\]\(((?!https?:)[\w./-]+?)(?:#[\w-]+)?\)", README)
+    assert len(targets) > 20
+    missing = sorted({t for t in targets if not (ROOT / t).exists()})
+    assert not missing, f"README links to files that do not exist: {missing}"

@@ -13,7 +13,7 @@ import pytest
 from conformance import spec
 from conformance.canonical import canonical_shapes
 
-# The paper's Table 1, as REFERENCE.md gives it: in, 1x1, 3x3red, 3x3, 5x5red, 5x5, pool proj, out.
+# The paper's Table 1 (https://arxiv.org/abs/1409.4842): in, 1x1, 3x3red, 3x3, 5x5red, 5x5, pool proj, out.
 TABLE1 = {
     "inception3a": (192, 64, 96, 128, 16, 32, 32, 256),
     "inception3b": (256, 128, 128, 192, 32, 96, 64, 480),
@@ -101,13 +101,25 @@ def _torch_pool_out(size, k, s, p, ceil):
     return out
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 7, 13, 14, 15, 56, 97, 112, 113, 224, 225])
-@pytest.mark.parametrize("k,s,p", [(3, 2, 0), (2, 2, 0), (3, 1, 1), (3, 2, 1), (5, 3, 0)])
+POOLS = [(3, 2, 0), (2, 2, 0), (3, 1, 1), (3, 2, 1), (5, 3, 0)]  # kernel, stride, padding
+SIZES = [1, 2, 3, 4, 5, 6, 7, 13, 14, 15, 56, 97, 112, 113, 224, 225]
+
+
+@pytest.mark.parametrize(
+    "size,k,s,p", [(size, *pool) for size in SIZES for pool in POOLS if size + 2 * pool[2] >= pool[0]]
+)
 @pytest.mark.parametrize("ceil", [False, True])
 def test_pool_out_matches_pytorch_formula(size, k, s, p, ceil):
-    if size + 2 * p < k:
-        return
     assert spec.pool_out(size, k, s, p, ceil) == _torch_pool_out(size, k, s, p, ceil)
+
+
+@pytest.mark.parametrize(
+    "size,k,s,p", [(size, *pool) for size in SIZES for pool in POOLS if size + 2 * pool[2] < pool[0]]
+)
+def test_a_window_larger_than_its_padded_input_is_not_admitted(size, k, s, p):
+    """PyTorch runs such a ceil-mode window, MXNet refuses: the spec admits neither."""
+    pool = spec.Pool("pool", "max", k, s, p, ceil_mode=True)
+    assert not spec.window_fits(pool, (1, size, size))
 
 
 def test_odd_sizes_and_aux_admission():
@@ -200,7 +212,7 @@ def test_multiply_adds():
     assert rows["inception3a.branch3.1"].macs == 28 * 28 * 32 * 16 * 5 * 5
     assert rows["fc"].macs == 1024 * 1000
     total = sum(r.macs for r in rows.values())
-    assert total == 1_582_671_872  # "about 1.5 billion" in the paper; 1.58 G in REFERENCE.md
+    assert total == 1_582_671_872  # "1.5 billion multiply-adds" in the paper (section 5)
     assert sum(r.params for r in rows.values()) == 6_998_552
     # aux heads count where they run, and cost nothing where the size shuts them out
     aux_rows = {r.name: r for r in spec.layer_counts(spec.resolve("googlenet", aux_logits=True), 97)}
@@ -275,7 +287,7 @@ def test_googlenet_cifar_parameter_count_by_hand():
     assert spec.count_params(spec.resolve("googlenet_cifar")) == (6_402_564, stats) == (6_402_564, 16_064)
 
 
-def test_googlenet_cifar_reproduces_the_posts_batchnorm_eps_quirk():
+def test_googlenet_cifar_reproduces_pytorch_cifar100s_batchnorm_eps_quirk():
     """``nn.BatchNorm2d(n5x5, n5x5)``: the second argument is eps. Only branch 3's first
     3x3 has it; every other BatchNorm has PyTorch's default 1e-5."""
     p = spec.resolve("googlenet_cifar")
@@ -300,7 +312,7 @@ def test_inception_mnist_parameter_count_by_hand():
         )
 
     conv1, conv2 = 1 * 10 * 25 + 10, 88 * 20 * 25 + 20
-    fc = 88 * 4 * 4 * 10 + 10  # the post's Linear(1408, 10)
+    fc = 88 * 4 * 4 * 10 + 10  # Liu's Linear(1408, 10)
     assert conv1 + inception_a(10) + conv2 + inception_a(20) + fc == 97_298
     assert spec.count_params(spec.resolve("inception_mnist")) == (97_298, 0)
 
@@ -309,12 +321,12 @@ def test_residual_mnist_parameter_count_by_hand():
     def residual(c: int) -> int:
         return 2 * (c * c * 9 + c)
 
-    c1, c2, fc = 1 * 16 * 25 + 16, 16 * 32 * 25 + 32, 512 * 10 + 10  # the post's Linear(512, 10)
+    c1, c2, fc = 1 * 16 * 25 + 16, 16 * 32 * 25 + 32, 512 * 10 + 10  # Liu's Linear(512, 10)
     assert c1 + residual(16) + c2 + residual(32) + fc == 41_514
     assert spec.count_params(spec.resolve("residual_mnist")) == (41_514, 0)
 
 
-def test_lecture_nets_keep_the_posts_names_and_shapes():
+def test_liu_s_nets_keep_liu_s_names_and_shapes():
     p = spec.resolve("inception_mnist")
     keys = list(canonical_shapes(p))
     assert keys[:4] == ["conv1.weight", "conv1.bias", "incep1.branch1x1.weight", "incep1.branch1x1.bias"]

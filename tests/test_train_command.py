@@ -8,8 +8,6 @@ import gzip
 import io
 import json
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from conformance import canonical, spec
 from conformance.train import data, training
 
-from .conftest import backend_or_skip, installed
+from .conftest import ROOT, backend_or_skip, cli, installed
 
 
 def idx_dir(tmp_path, n_train=40, n_test=12, gz=True, size=28):
@@ -137,15 +135,8 @@ def test_progress_bar_in_a_log_prints_quarters():
     assert lines == [f"  [{'#' * (30 * d // 8)}{'.' * (30 - 30 * d // 8)}] {d}/8 loss 0.5000" for d in (2, 4, 6, 8)]
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "conformance", "train", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
+def run_cli(*args, cwd=ROOT):
+    return cli("train", *args, cwd=cwd)
 
 
 def test_cli_trains_from_an_idx_directory_and_never_overwrites(tmp_path):

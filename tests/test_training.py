@@ -13,8 +13,9 @@ from conformance import spec
 from conformance.canonical import random_params
 from conformance.check import harness
 from conformance.check.compare import REL_TOL, agreement
+from conformance.teach.pitfalls import PITFALLS
 
-from .conftest import backend_or_skip, installed, patched
+from .conftest import backend_or_skip, installed
 
 QUANTITIES_BN = [
     "loss",
@@ -62,21 +63,8 @@ def test_keras_stock_batchnorm_keeps_the_biased_variance():
     variance; PyTorch the unbiased one. Gradients and weights still agree: only the
     running variance can tell."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
-    from keras import layers, ops
-
-    import impl_keras.layers
-
-    def stock_call(self, x, training=None, mask=None):
-        if training and self.record:
-            self.batch_stats = ops.moments(x, axes=[0, 1, 2])
-        return layers.BatchNormalization.call(self, x, training=training, mask=mask)
-
-    original = impl_keras.layers.BatchNorm.call
-    try:
-        impl_keras.layers.BatchNorm.call = stock_call
-        rows = by_quantity(train_report({"torch": torch_, "keras": keras_}, "googlenet_cifar"))
-    finally:
-        impl_keras.layers.BatchNorm.call = original
+    with PITFALLS["running-variance"].broken(keras_) as broken:
+        rows = by_quantity(train_report({"torch": torch_, "keras": broken}, "googlenet_cifar"))
     assert rows["gradients"].passed and rows["weights after step 1"].passed
     bad = rows["running statistics after step 1"]
     assert not bad.passed and bad.worst["keras"].endswith("running_var")
@@ -84,7 +72,7 @@ def test_keras_stock_batchnorm_keeps_the_biased_variance():
     assert bad.agreement["keras"].max_rel > 100 * REL_TOL
 
 
-def test_normalising_with_the_unbiased_variance_fails_the_batch_statistics():
+def test_normalising_with_the_unbiased_variance_fails_the_batch_statistics(monkeypatch):
     """BatchNorm normalises with the biased batch variance in all three; a port that
     normalises (and reports) the unbiased one is caught by the batch statistics and the
     gradients."""
@@ -104,11 +92,8 @@ def test_normalising_with_the_unbiased_variance_fails_the_batch_statistics():
         return ops.batch_normalization(x, mean, var, axis=-1, offset=self.beta, scale=self.gamma, epsilon=self.epsilon)
 
     original = impl_keras.layers.BatchNorm.call
-    try:
-        impl_keras.layers.BatchNorm.call = unbiased_call
-        rows = by_quantity(train_report({"torch": torch_, "keras": keras_}, "googlenet_cifar"))
-    finally:
-        impl_keras.layers.BatchNorm.call = original
+    monkeypatch.setattr(impl_keras.layers.BatchNorm, "call", unbiased_call)
+    rows = by_quantity(train_report({"torch": torch_, "keras": keras_}, "googlenet_cifar"))
     bad = rows["batch statistics"]
     assert not bad.passed and bad.worst["keras"].endswith("batch_var")
     assert bad.agreement["keras"].max_rel > 100 * REL_TOL
@@ -119,18 +104,8 @@ def test_batchnorm_momentum_not_translated_fails_the_running_statistics():
     """PyTorch's momentum 0.1 is the weight of the new batch; Gluon's 0.9 the weight of
     the old statistic. Passing 0.1 to Gluon as is keeps 10% of the old."""
     torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
-    from mxnet.gluon import nn
-
-    from impl_mxnet.layers import options
-
-    def build_untranslated(variant, **kwargs):
-        model = mxnet_.build(variant, **kwargs)
-        model.apply(lambda b: options(b).__setitem__("momentum", 0.1) if isinstance(b, nn.BatchNorm) else None)
-        return model
-
-    rows = by_quantity(
-        train_report({"torch": torch_, "mxnet": patched(mxnet_, build=build_untranslated)}, "googlenet_cifar")
-    )
+    with PITFALLS["bn-momentum"].broken(mxnet_) as broken:
+        rows = by_quantity(train_report({"torch": torch_, "mxnet": broken}, "googlenet_cifar"))
     assert rows["gradients"].passed and rows["batch statistics"].passed
     assert not rows["running statistics after step 1"].passed
     assert rows["running statistics after step 1"].agreement["mxnet"].max_rel > 100 * REL_TOL
@@ -141,11 +116,8 @@ def test_sgd_momentum_translated_like_batchnorm_fails_only_from_the_second_step(
     port that 'translates' it to 1 - m agrees after step 1, when the velocity is still
     zero, and fails after step 2: why the check takes two steps."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
-
-    def trainer(model, lr, momentum, **kw):
-        return keras_.Trainer(model, lr=lr, momentum=1.0 - momentum, **kw)
-
-    rows = by_quantity(train_report({"torch": torch_, "keras": patched(keras_, Trainer=trainer)}, "inception_mnist"))
+    with PITFALLS["sgd-momentum"].broken(keras_) as broken:
+        rows = by_quantity(train_report({"torch": torch_, "keras": broken}, "inception_mnist"))
     assert rows["gradients"].passed and rows["weights after step 1"].passed
     assert not rows["weights after step 2"].passed
 
@@ -153,11 +125,8 @@ def test_sgd_momentum_translated_like_batchnorm_fails_only_from_the_second_step(
 def test_aux_loss_weight_fails_the_loss_and_gradients():
     """The aux heads' loss is weighted 0.3 (the paper); a port with 1.0 trains another net."""
     torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
-
-    def trainer(model, lr, momentum, **kw):
-        return mxnet_.Trainer(model, lr=lr, momentum=momentum, **{**kw, "aux_weight": 1.0})
-
-    rows = by_quantity(train_report({"torch": torch_, "mxnet": patched(mxnet_, Trainer=trainer)}, "googlenet"))
+    with PITFALLS["aux-weight"].broken(mxnet_) as broken:
+        rows = by_quantity(train_report({"torch": torch_, "mxnet": broken}, "googlenet"))
     assert not rows["loss"].passed and not rows["gradients"].passed
     assert rows["gradients"].worst["mxnet"].startswith("aux")
 
@@ -189,9 +158,9 @@ def test_batchnorm_training_gradients_are_ill_conditioned_in_float32():
 
     bn = [worst_float32_error("googlenet_cifar", seed) for seed in range(3)]
     plain = [worst_float32_error("inception_mnist", seed) for seed in range(3)]
-    print(f"float32 vs float64, worst gradient: googlenet_cifar {bn}, inception_mnist {plain}")
-    assert min(bn) > 1e-2  # BatchNorm in training mode: the second digit, at every seed
-    assert max(plain) < 1e-5  # no BatchNorm
+    # measured: googlenet_cifar 3e-2 .. 9e-2 at seeds 0-2; inception_mnist ~2e-6
+    assert min(bn) > 1e-2, bn  # BatchNorm in training mode: the second digit, at every seed
+    assert max(plain) < 1e-5, plain  # no BatchNorm
     assert torch.get_default_dtype() == torch.float32
 
 

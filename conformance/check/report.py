@@ -137,7 +137,8 @@ def render(r: Report) -> str:
         )
     checks, failed = count_checks(r)
     if not r.frameworks:
-        lines.append("FAIL: no framework is installed, nothing was checked")
+        asked = ", ".join(r.skipped) or "none"
+        lines.append(f"FAIL: no framework asked for is installed ({asked}), nothing was checked")
     elif r.passed:
         lines.append(f"PASS: all {checks} checks passed")
     else:

@@ -133,6 +133,7 @@ class Scheme:
     names: Callable[[Plan], dict[str, str]]  # canonical key -> this scheme's key
     on_read: Callable[[Params], tuple[Params, list[str]]] = field(default=_no_change)
     on_write: Callable[[Params], Params] = field(default=dict)
+    aliases: Mapping[str, str] = field(default_factory=dict)  # a second name of a key, saved twice
 
 
 SCHEMES: dict[str, Scheme] = {
@@ -145,6 +146,7 @@ SCHEMES: dict[str, Scheme] = {
             gluoncv_names,
             _gluoncv_read,
             _gluoncv_write,
+            GLUONCV_ALIASES,
         ),
         Scheme(
             "cifar100",
@@ -189,6 +191,22 @@ def to_canonical(raw: Mapping[str, np.ndarray], name: str, p: Plan) -> tuple[Par
     tensors, notes = s.on_read({k: v for k, v in raw.items() if not k.endswith("num_batches_tracked")})
     inverse = {theirs: ours for ours, theirs in s.names(_with_aux(p)).items()}
     return {inverse.get(k, k): v for k, v in tensors.items()}, notes
+
+
+def canonical_names(keys: Iterable[str], name: str, p: Plan) -> dict[str, str]:
+    """File key -> canonical key by the names alone, before any tensor is read (so that
+    declared shapes can be checked first). A second name of a key (GluonCV's ``head.2``)
+    maps to the same canonical key; keys the scheme does not know keep their name;
+    ``num_batches_tracked`` counters are left out."""
+    s = scheme(name)
+    inverse = {theirs: ours for ours, theirs in s.names(_with_aux(p)).items()}
+    out = {}
+    for key in keys:
+        if key.endswith("num_batches_tracked"):
+            continue
+        key_ = s.aliases.get(key, key)
+        out[key] = inverse.get(key_, key_)
+    return out
 
 
 def from_canonical(params: Mapping[str, np.ndarray], name: str, p: Plan) -> Params:

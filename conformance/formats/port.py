@@ -1,25 +1,25 @@
 """Port a GoogLeNet checkpoint from one format to another, proven equivalent.
 
-``port(src, dst, variant)`` reads ``src`` (any format of ``formats.registry``, any
-naming of ``formats.naming``), checks it strictly against the spec, writes ``dst``
-through a temporary file in the same directory, then verifies before renaming it
-into place: the written file is loaded into the target framework the way its users
+``port(src, dst, variant)`` checks DST before any work (``files.check_output``), reads
+``src`` (any format of ``formats.registry``, any naming of ``formats.naming``), checks
+what it declares against the spec before reading a tensor (``formats.bounds``), then
+the tensors themselves, makes DST's bytes in memory, writes them to a temporary file
+beside DST (``files.Temporary``: a full disk leaves nothing), then verifies before
+renaming it into place: the written file is loaded into the target framework the way its users
 load it (into a model whose every weight was first set to NaN, so nothing the file
 lacks can survive), the source into its own framework, both run the same seeded input, and
 logits (and aux logits) must agree within the float32 tolerance with identical
 top-5, and every tensor must come back bit-identical. A failed verification
 leaves ``dst`` untouched.
 
-Input dtypes: float16 and float64 tensors are converted to float32, with a notice
-(float64 -> float32 rounds; float16 -> float32 is exact). Integer tensors other than
-``num_batches_tracked`` are refused, and so are NaN or Inf values.
+Input dtypes: float16, bfloat16 and float64 tensors are converted to float32, and
+big-endian ones to little-endian, with a notice (float64 -> float32 rounds; the others
+are exact). Integer, sparse and quantised tensors other than ``num_batches_tracked`` are
+refused, and so are NaN or Inf values, and weights so large that the logits overflow.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,14 +27,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import spec
+from .. import files, spec
 from ..canonical import CanonicalError, Params, canonical_shapes, validate
 from ..check.compare import Agreement, agreement, identical
-from ..files import file_mode
-from . import naming
-from .registry import Format, Native, PortError, built, infer, installed_reference, read
+from ..reading import Tensor
+from . import bounds, naming
+from .registry import (
+    FORMATS,
+    Format,
+    Native,
+    PortError,
+    Raw,
+    built,
+    infer,
+    installed_reference,
+    materialise,
+    meaningful,
+    read,
+)
 
-__all__ = ["PortError", "PortResult", "VerificationError", "port"]
+__all__ = ["Checkpoint", "PortError", "PortResult", "VerificationError", "port", "read_checkpoint"]
 
 VERIFY_BATCH = 2
 
@@ -63,22 +75,39 @@ class PortResult:
         return not self.changed and all(a.passed for a in self.agreement.values())
 
 
-def _check_paths(src: Path, dst: Path, force: bool) -> None:
+def _check_source(src: Path) -> None:
+    if not src.exists():
+        raise PortError(f"SRC {src}: no such file" + (" (a symbolic link to nothing)" if src.is_symlink() else ""))
+    if src.is_dir():
+        raise PortError(f"SRC {src}: a directory; give a checkpoint file")
     if not src.is_file():
-        raise PortError(f"SRC {src}: no such file")
-    if not os.access(src, os.R_OK):
-        raise PortError(f"SRC {src}: not readable")
+        raise PortError(f"SRC {src}: {files.kind(src.stat().st_mode)}, not a regular file; give a checkpoint file")
+    try:
+        with open(src, "rb"):
+            pass
+    except OSError as e:
+        raise PortError(f"SRC {src}: not readable ({e.strerror})") from None
+
+
+def _check_paths(src: Path, dst: Path, dst_fmt: Format, force: bool) -> str:
+    """DST writable, under a name its framework loads (before any work); returns the
+    temporary file's suffix."""
     if dst.exists() and dst.resolve() == src.resolve():
         raise PortError(f"DST {dst} is SRC: write the port to another file")
-    if dst.is_dir():
-        raise PortError(f"DST {dst} is a directory; give a file name")
-    if dst.exists() and not force:
-        raise PortError(f"DST {dst} already exists; pass --force to overwrite it")
-    parent = dst.parent if str(dst.parent) else Path(".")
-    if not parent.is_dir():
-        raise PortError(f"DST {dst}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PortError(f"DST {dst}: directory {parent} is not writable")
+    if dst_fmt.names and not dst.name.endswith(dst_fmt.names):
+        wanted = " or ".join(dst_fmt.names)
+        known = sorted((s for f in FORMATS.values() for s in f.suffixes), key=len, reverse=True)
+        stem = next((dst.name[: -len(s)] for s in known if dst.name.endswith(s)), dst.name.removesuffix(dst.suffix))
+        raise PortError(
+            f"DST {dst}: {dst_fmt.framework} loads {dst_fmt.description} only from a name ending in {wanted} "
+            f"(it refuses others); name it e.g. {stem}{dst_fmt.names[0]}"
+        )
+    suffix = next((s for s in dst_fmt.suffixes if dst.name.endswith(s)), dst.suffix)
+    try:
+        files.check_output(dst, force, "DST", suffix=suffix)
+    except files.OutputError as e:
+        raise PortError(str(e)) from None
+    return suffix
 
 
 def _as_float32(params: Params, src: Path, notes: list[str]) -> Params:
@@ -86,6 +115,10 @@ def _as_float32(params: Params, src: Path, notes: list[str]) -> Params:
     out = {}
     for key, value in params.items():
         value = np.asarray(value)
+        if value.dtype.kind == "f" and value.dtype.byteorder == ">":  # as numpy writes on a big-endian machine
+            what = f"big-endian {value.dtype.newbyteorder('=').name}"
+            converted[what] = converted.get(what, 0) + 1
+            value = value.astype(value.dtype.newbyteorder("="))
         if value.dtype in (np.float16, np.float64):
             converted[str(value.dtype)] = converted.get(str(value.dtype), 0) + 1
             value = value.astype(np.float32)
@@ -99,9 +132,20 @@ def _as_float32(params: Params, src: Path, notes: list[str]) -> Params:
     return out
 
 
-def _diagnose(params: Params, src: Path, v: spec.Variant, num_classes: int) -> None:
+def _declared(raw_tensors: dict[str, Tensor], scheme: str, p: spec.Plan, src: Path) -> dict[str, Tensor]:
+    """The file's declared tensors under canonical names (names only: nothing read)."""
+    declared: dict[str, Tensor] = {}
+    for key, canonical in naming.canonical_names(raw_tensors, scheme, p).items():
+        t = raw_tensors[key]
+        if canonical in declared and declared[canonical].shape != t.shape:
+            raise PortError(f"{src}: {key!r} is a second copy of {canonical!r} but declares {t.shape}")
+        declared.setdefault(canonical, t)
+    return declared
+
+
+def _diagnose(params: dict[str, Tensor], src: Path, v: spec.Variant, num_classes: int) -> None:
     """Say what a checkpoint of another variant or class count looks like, before the
-    strict key-by-key check lists every difference."""
+    strict key-by-key check lists every difference (from the declared shapes)."""
     branch3 = params.get("inception3a.branch3.1.conv.weight")
     conv1 = params.get("conv1.conv.weight")
     has_bn = any(".bn." in k for k in params)
@@ -131,7 +175,13 @@ def _diagnose(params: Params, src: Path, v: spec.Variant, num_classes: int) -> N
         )
         raise PortError(f"{src}: {found}: this is {like(v.branch3.kernel)}, not `{v.name}`")
     fc = params.get("fc.weight")
-    if fc is not None and fc.ndim == 2 and fc.shape[0] != num_classes:
+    in_features = spec.resolve(v).fc.in_features
+    if fc is not None and fc.ndim == 2 and fc.shape[1] == in_features and fc.shape[0] != num_classes:
+        if not 1 <= fc.shape[0] <= spec.MAX_CLASSES:
+            raise PortError(
+                f"{src}: fc.weight declares {fc.shape[0]:,} classes ({fc.shape}); "
+                f"a classifier has 1 to {spec.MAX_CLASSES:,}"
+            )
         raise PortError(
             f"{src}: the checkpoint has {fc.shape[0]} classes (fc.weight is {fc.shape}), "
             f"not {num_classes}: pass --num-classes {fc.shape[0]}"
@@ -145,36 +195,17 @@ def _resolve(variant: str, num_classes: int, aux: bool, transform_input: bool) -
         raise PortError(str(e).replace("num_classes:", "--num-classes:", 1)) from None
 
 
-def _temporary(dst: Path, fmt: Format) -> Path:
-    """An unused name beside ``dst``, ending as ``fmt`` needs (Keras insists on it)."""
-    suffix = next((s for s in fmt.suffixes if dst.name.endswith(s)), fmt.suffixes[0])
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".tmp{suffix}", dir=dst.parent)
-    except OSError as e:
-        raise PortError(f"DST {dst}: cannot write in {dst.parent or '.'}: {e.strerror}") from None
-    os.close(fd)
-    return Path(name)
-
-
-def _move_into_place(tmp: Path, dst: Path, force: bool) -> None:
-    """Rename ``tmp`` to ``dst``. Without ``force``, a hard link, which fails if ``dst``
-    appeared since it was checked: never a silent overwrite."""
-    if force:
-        os.replace(tmp, dst)
-        return
-    try:
-        os.link(tmp, dst)
-    except FileExistsError:
-        raise PortError(f"DST {dst} appeared while porting; pass --force to overwrite it") from None
-    except OSError:  # a file system without hard links: check again, then rename
-        if dst.exists():
-            raise PortError(f"DST {dst} appeared while porting; pass --force to overwrite it") from None
-        os.replace(tmp, dst)
+@dataclass
+class _Verified:
+    target_framework: str
+    agreement: dict[str, Agreement]
+    changed: list[str]
+    overflow: list[str]  # outputs that are not finite, "logits (torch)"
 
 
 def _verify(
     params: Params, p: spec.Plan, source: Native, tmp: Path, dst_fmt: Format, reference: str, writer: Native | None
-) -> tuple[str, dict[str, Agreement], list[str]]:
+) -> _Verified:
     """Load the written file into the target framework (into the writer's model, wiped
     to NaN first, when it is not the source's), run both on one seeded input."""
     source_backend, source_model = source
@@ -188,8 +219,109 @@ def _verify(
     theirs = target_backend.forward(target_model, x, aux=aux)
     names = ["logits", *(h.name for h in reversed(p.aux))] if aux else ["logits"]
     ours, theirs = (ours, theirs) if aux else ((ours,), (theirs,))
-    agree = {n: agreement(a, b, logits=True) for n, a, b in zip(names, ours, theirs, strict=True)}
-    return target_backend.name, agree, changed
+    with np.errstate(all="ignore"):
+        agree = {n: agreement(a, b, logits=True) for n, a, b in zip(names, ours, theirs, strict=True)}
+    overflow = [  # in either framework: float32 overflow need not happen at the same layer in both
+        f"{n} ({fw})"
+        for n, a, b in zip(names, ours, theirs, strict=True)
+        for fw, out in ((source_backend.name, a), (target_backend.name, b))
+        if not np.isfinite(out).all()
+    ]
+    return _Verified(target_backend.name, agree, changed, overflow)
+
+
+def _overflow(src: Path, params: Params, outputs: list[str]) -> PortError:
+    key = max(params, key=lambda k: float(np.abs(params[k]).max(initial=0)))
+    largest = float(np.abs(params[key]).max(initial=0))
+    return PortError(
+        f"{src}: the weights were copied bit-identically, but the {', '.join(dict.fromkeys(outputs))} overflow float32 "
+        f"(inf or NaN) on the seeded input, so the port cannot be verified: the checkpoint holds values as "
+        f"large as {largest:.1e} (in {key!r}); nothing was written"
+    )
+
+
+def _read_params(
+    src: Path, src_fmt: Format, variant: str, num_classes: int, transform_input: bool
+) -> tuple[spec.Plan, Params, Raw, list[str], bool]:
+    """(plan, canonical float32 parameters, raw file, notes, aux heads): every
+    declaration checked before any tensor is read, then the tensors."""
+    has_aux = spec.VARIANTS[variant].aux is not None
+    p = _resolve(variant, num_classes, has_aux, transform_input)
+    raw = read(src, src_fmt, p)
+    declared = _declared(raw.tensors, raw.scheme, p, src)
+    _diagnose(declared, src, spec.VARIANTS[variant], num_classes)
+    aux = any(k.startswith("aux1.") for k in declared)
+    if aux and not has_aux:
+        raise PortError(f"{src}: aux head weights found, but `{variant}` has no aux heads")
+    p = _resolve(variant, num_classes, aux, transform_input)
+    try:
+        bounds.check(src, p, declared)
+    except bounds.BoundsError as e:
+        raise PortError(str(e)) from None
+    halves = sum(t.dtype == "bfloat16" for t in declared.values())
+    params, notes = naming.to_canonical(materialise(src, src_fmt, raw), raw.scheme, p)
+    notes = raw.notes + notes + ([f"names: {raw.scheme}"] if raw.scheme != "canonical" else [])
+    notes += [f"converted {halves} bfloat16 tensors to float32 (exact)"] if halves else []
+    params = _as_float32(params, src, notes)
+    try:
+        validate(p, params)
+    except CanonicalError as e:
+        raise PortError(f"{src}: {e}") from None
+    return p, {key: params[key] for key in canonical_shapes(p)}, raw, notes, aux  # files may store keys sorted
+
+
+def _native_source(raw: Raw, p: spec.Plan, params: Params, src: Path, src_fw: str) -> Native:
+    """The source in its own framework: loaded as its users load it where the format
+    allows, checked to hold what was read; else built from the tensors."""
+    if raw.native is None:
+        return built(src_fw, p, params)
+    try:
+        native = raw.native(p)
+    except Exception as e:  # noqa: BLE001 - the framework's own loader refused the file: say so, with the file
+        raise PortError(f"{src}: {src_fw} cannot load it: {type(e).__name__}: {meaningful(e)}") from None
+    b, model = native
+    if getattr(model, "plan", p) != p:
+        return built(src_fw, p, params)
+    differ = identical(params, {k: v.astype(np.float32) for k, v in b.to_canonical(model).items()})
+    if differ:
+        raise PortError(f"{src}: {src_fw} reads other values than the file holds at {differ[:3]}")
+    return native
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read and checked against the spec: canonical parameters in canonical
+    order, and the plan they fit (aux heads as the file has them)."""
+
+    path: Path
+    format: Format
+    plan: spec.Plan
+    params: Params
+    notes: list[str]
+    raw: Raw
+
+
+def read_checkpoint(
+    src: str | Path,
+    variant: str,
+    src_format: str | Format | None = None,
+    num_classes: int | None = None,
+    transform_input: bool = False,
+) -> Checkpoint:
+    """Read ``src`` (any format and naming) and check it strictly against ``variant``:
+    what ``port`` does before converting, and ``diff`` before comparing. Every
+    declaration is checked before any tensor is read. Raises PortError naming the file,
+    key or option."""
+    src = Path(src)
+    _check_source(src)
+    src_fmt = src_format if isinstance(src_format, Format) else infer(src, src_format, "--from")
+    if variant not in spec.VARIANTS:
+        raise PortError(f"--variant: unknown {variant!r}; expected one of {', '.join(spec.VARIANTS)}")
+    if num_classes is None:
+        num_classes = spec.VARIANTS[variant].head.classes
+    _resolve(variant, num_classes, False, transform_input)  # the options, before reading anything
+    p, params, raw, notes, _ = _read_params(src, src_fmt, variant, num_classes, transform_input)
+    return Checkpoint(src, src_fmt, p, params, notes, raw)
 
 
 def port(
@@ -203,39 +335,17 @@ def port(
     force: bool = False,
     log: Callable[[str], None] = lambda line: None,
 ) -> PortResult:
-    """Convert ``src`` to ``dst`` and prove it. Raises PortError (bad input; nothing
-    written) or VerificationError (the written file disagrees; nothing written)."""
+    """Convert ``src`` to ``dst`` and prove it. Raises PortError (bad input, or an
+    output that cannot be written; nothing written) or VerificationError (the written
+    file disagrees; nothing written)."""
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
-    _check_paths(src, dst, force)
+    _check_source(src)
     src_fmt, dst_fmt = infer(src, src_format, "--from"), infer(dst, dst_format, "--to")
-    if variant not in spec.VARIANTS:
-        raise PortError(f"--variant: unknown {variant!r}; expected one of {', '.join(spec.VARIANTS)}")
-    if num_classes is None:
-        num_classes = spec.VARIANTS[variant].head.classes
-    has_aux = spec.VARIANTS[variant].aux is not None
-    p = _resolve(variant, num_classes, has_aux, transform_input)
-
-    raw = read(src, src_fmt, p)
-    params, notes = naming.to_canonical(raw.tensors, raw.scheme, p)
-    notes = raw.notes + notes + ([f"names: {raw.scheme}"] if raw.scheme != "canonical" else [])
-    if raw.config is not None and (raw.config.get("variant"), raw.config.get("num_classes")) != (variant, num_classes):
-        raise PortError(
-            f"{src}: this Keras model is {raw.config.get('variant')} with "
-            f"{raw.config.get('num_classes')} classes; pass --variant "
-            f"{raw.config.get('variant')} --num-classes {raw.config.get('num_classes')}"
-        )
-    params = _as_float32(params, src, notes)
-    _diagnose(params, src, spec.VARIANTS[variant], num_classes)
-    aux = any(k.startswith("aux1.") for k in params)
-    if aux and not has_aux:
-        raise PortError(f"{src}: aux head weights found, but `{variant}` has no aux heads")
-    p = _resolve(variant, num_classes, aux, transform_input)
-    try:
-        validate(p, params)
-    except CanonicalError as e:
-        raise PortError(f"{src}: {e}") from None
-    params = {key: params[key] for key in canonical_shapes(p)}  # files may store keys sorted
+    suffix = _check_paths(src, dst, dst_fmt, force)
+    checkpoint = read_checkpoint(src, variant, src_fmt, num_classes, transform_input)
+    p, params, notes, raw = checkpoint.plan, checkpoint.params, checkpoint.notes, checkpoint.raw
+    num_classes, aux = p.num_classes, bool(p.aux)
     log(
         f"read   {src} ({src_fmt.description}): {len(params)} tensors, {p.variant.name}, "
         f"{num_classes} classes, aux heads {'yes' if aux else 'no'}"
@@ -245,41 +355,70 @@ def port(
 
     reference = installed_reference() if None in (src_fmt.framework, dst_fmt.framework) else ""
     src_fw = src_fmt.framework or reference
-    tmp = _temporary(dst, dst_fmt)
+    _space(dst, sum(v.nbytes for v in params.values()))
     try:
+        data, writer = dst_fmt.write(params, p)
+    except PortError:
+        raise
+    except Exception as e:  # the framework could not write it
+        raise VerificationError(
+            f"{dst}: writing {dst_fmt.description} failed ({type(e).__name__}: {e}); nothing was written"
+        ) from e
+    _space(dst, len(data))
+    with files.Temporary(dst, suffix, "DST") as tmp:
         try:
-            writer = dst_fmt.write(params, p, tmp)
-            # the source in its own framework: as the reader loaded it, else from its tensors
-            native = raw.native if raw.native and raw.native[1].plan == p else None
-            source = native or built(src_fw, p, params)
-            target_fw, agree, changed = _verify(params, p, source, tmp, dst_fmt, reference, writer)
+            tmp.write(data)
+        except files.OutputError as e:
+            raise PortError(str(e)) from None
+        del data
+        source = _native_source(raw, p, params, src, src_fw)
+        try:
+            verified = _verify(params, p, source, tmp.name, dst_fmt, reference, writer)
         except PortError:
             raise
-        except Exception as e:  # the file could not be written or loaded back
+        except Exception as e:  # the file could not be loaded back
             raise VerificationError(
-                f"{dst}: writing or reloading {dst_fmt.description} failed "
-                f"({type(e).__name__}: {e}); nothing was written"
+                f"{dst}: reloading {dst_fmt.description} failed ({type(e).__name__}: {e}); nothing was written"
             ) from e
         result = PortResult(
-            src, dst, src_fmt.name, dst_fmt.name, variant, p.options.asdict(), src_fw, target_fw, agree, changed, notes
+            src,
+            dst,
+            src_fmt.name,
+            dst_fmt.name,
+            variant,
+            p.options.asdict(),
+            src_fw,
+            verified.target_framework,
+            verified.agreement,
+            verified.changed,
+            notes,
         )
         log(
-            f"verify {src_fw} (source) vs {target_fw} (written file), seeded input "
+            f"verify {src_fw} (source) vs {verified.target_framework} (written file), seeded input "
             f"{VERIFY_BATCH} x {p.in_channels} x {p.input_size} x {p.input_size}:"
         )
-        for name, a in agree.items():
+        for name, a in verified.agreement.items():
             log(
                 f"       {name:<7} max abs {a.max_abs:.1e}, max rel {a.max_rel:.1e}, top-1 {a.top1:.0%}, "
                 f"top-5 {a.top5:.0%}  {'PASS' if a.passed else 'FAIL'}"
             )
+        changed = verified.changed
         log(f"       weights: {'bit-identical' if not changed else f'{len(changed)} tensors changed: {changed[:3]}'}")
+        if verified.overflow and not changed:
+            raise _overflow(src, params, verified.overflow)
         if not result.passed:
             raise VerificationError(f"{dst}: the written file does not reproduce {src}; nothing was written")
-        os.chmod(tmp, file_mode())
-        _move_into_place(tmp, dst, force)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        try:
+            tmp.commit(force)
+        except files.OutputError as e:
+            raise PortError(str(e)) from None
     result.seconds = time.perf_counter() - start
     log(f"wrote  {dst} ({dst_fmt.description}) in {result.seconds:.1f} s")
     return result
+
+
+def _space(dst: Path, size: int) -> None:
+    try:
+        files.check_space(dst, size + (1 << 20), "DST")
+    except files.OutputError as e:
+        raise PortError(str(e)) from None

@@ -18,40 +18,84 @@ A new format is one :class:`Format` entry in :data:`FORMATS`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import pickle
+import tempfile
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..canonical import Params, canonical_shapes, from_state_dict, save
-from ..files import atomic_write
+from .. import reading
+from ..canonical import Params, canonical_shapes, to_bytes
 from ..frameworks import FRAMEWORKS, load
-from ..spec import Plan
-from . import naming
+from ..reading import Damaged, Tensor
+from ..spec import MAX_CLASSES, Plan
+from . import bounds, naming
 
 Native = tuple[Any, Any]  # (implementation package, model)
+Written = tuple[bytes, Native | None]  # a file's bytes, and the (backend, model) that wrote it
+
+MAX_PICKLE = 16 << 20  # a state_dict's data.pkl is ~30 KB
+MAX_CONFIG = 1 << 20  # a .keras config.json of this suite is ~1 KB
+MAX_HDF5_OBJECTS = 100_000  # groups and datasets in a .weights.h5 (GoogLeNet's: ~1,500)
 
 
 class PortError(ValueError):
     """A checkpoint or an option that cannot be ported; the message names the file,
-    key or option and says what was expected."""
+    key or option and says what was expected. ``str()`` speaks to a Python caller
+    (``force=True``), :attr:`cli` to a command-line user (``--force``)."""
+
+    @property
+    def cli(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return python_spelling(self.cli)
+
+
+_PYTHON_SPELLING = (
+    (r"--force\b", "force=True"),
+    (r"--transform-input\b", "transform_input=True"),
+    (r"--num-classes (\d+)", r"num_classes=\1"),
+    (r"--from ([A-Za-z][\w-]*)", r"src_format='\1'"),
+    (r"--to ([A-Za-z][\w-]*)", r"dst_format='\1'"),
+    (r"--variant ([A-Za-z][\w-]*)", r"variant='\1'"),
+    (r"--num-classes\b", "num_classes"),
+    (r"--from\b", "src_format"),
+    (r"--to\b", "dst_format"),
+    (r"--variant\b", "variant"),
+)
+
+
+def python_spelling(message: str) -> str:
+    """A message written for the command line, with options as ``port()``'s arguments."""
+    import re
+
+    for pattern, replacement in _PYTHON_SPELLING:
+        message = re.sub(pattern, replacement, message)
+    return message
 
 
 @dataclass
 class Raw:
-    """A file as read: its tensors under the file's own names, and what it says of itself."""
+    """A file as read: its tensors under the file's own names, as declared (read by
+    ``Tensor.load`` only once their declarations were accepted), and what it says of
+    itself."""
 
-    tensors: dict[str, np.ndarray]
+    tensors: dict[str, Tensor]
     scheme: str  # naming scheme of the keys (see conformance.formats.naming)
     notes: list[str]
     config: dict[str, Any] | None = None  # a .keras file's own record of its variant and options
-    native: Native | None = None  # (backend, model) when reading loaded it natively
+    # Loads the file as its framework's users do, into a model of the final plan.
+    native: Callable[[Plan], Native] | None = field(default=None, repr=False)
+    digest: str | None = None  # the SHA-256 of its tensors the file records (the suite's own files)
 
 
 @dataclass(frozen=True)
@@ -62,12 +106,14 @@ class Format:
     framework: str | None  # the framework that reads and writes it natively; None: any
     sniffed: tuple[str, ...]  # what ``sniff`` reports for such a file
     read: Callable[[Path, Plan], Raw]
-    # Write to the path (a temporary name; the caller renames it into place); returns the
-    # (backend, model) that wrote it, for formats a framework writes.
-    write: Callable[[Params, Plan, Path], Native | None]
+    # The file's bytes, made in memory (a full disk then fails in one place, the final
+    # write, which cleans up; HDF5 segfaults when its own write hits a full disk).
+    write: Callable[[Params, Plan], Written]
     # Load the path as this format's users load it. ``reference``: the framework for
     # formats that have none; ``into``: a model of this framework to load into.
     load: Callable[[Path, Plan, str, Native | None], Native]
+    # The name endings its framework's loader insists on (Keras); empty: any name.
+    names: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------
@@ -83,6 +129,7 @@ _KIND_NAMES = {
     "keras": "a Keras model archive",
     "mxnet": "MXNet parameters",
     "zip": "a zip archive",
+    "damaged-zip": "a damaged zip archive (truncated or corrupt: no readable directory at its end)",
     "unknown": "not a known checkpoint format",
 }
 _MXNET_MAGIC = (0x112).to_bytes(8, "little")
@@ -97,9 +144,10 @@ def sniff(path: Path) -> str:
         return "empty"
     if head.startswith(b"PK\x03\x04"):
         try:
-            names = zipfile.ZipFile(path).namelist()
-        except zipfile.BadZipFile:
-            return "zip"
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "damaged-zip"
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
         if any(n.endswith("data.pkl") for n in names):
@@ -118,11 +166,20 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
+# The zip-based formats: a damaged archive is reported as what it should have been.
+_ZIPPED = {"npz", "torch", "keras"}
+
+
 def check_content(path: Path, fmt: Format) -> None:
     """Refuse an empty file, or one whose bytes are another format than ``fmt``."""
     kind = sniff(path)
     if kind == "empty":
         raise PortError(f"{path}: the file is empty")
+    if kind == "damaged-zip" and fmt.name in _ZIPPED:
+        raise PortError(
+            f"{path}: a damaged {fmt.description} file: {fmt.description} files are zip archives, and this one "
+            f"has no readable directory at its end (truncated or corrupt)"
+        )
     if kind not in fmt.sniffed:
         hint = next(
             (f" (pass --from {f.name} if it is {f.description})" for f in FORMATS.values() if kind in f.sniffed), ""
@@ -160,35 +217,49 @@ def _into(framework: str, p: Plan, into: Native | None) -> Native:
     return b, model
 
 
+@contextlib.contextmanager
+def _memory_file() -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """A path whose writes stay in memory, for writers that take only a path (MXNet):
+    a Linux memfd, else a file in the temporary directory. The disk is then written once,
+    by ``files.Temporary``, which handles a full one."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("conformance", os.MFD_CLOEXEC)
+        try:
+            yield f"/proc/self/fd/{fd}", lambda: os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory() as d:  # pragma: no cover - not Linux
+        path = Path(d) / "file"
+        yield str(path), path.read_bytes
+
+
 # --------------------------------------------------------------------------------------
 # Canonical files: safetensors and npz
 # --------------------------------------------------------------------------------------
 
 
 def _read_safetensors(path: Path, p: Plan) -> Raw:
-    from safetensors.numpy import load_file
+    header = reading.safetensors(path)
+    bounds.check_sizes(path, header.tensors, bounds.ceiling(p))
+    return Raw(header.tensors, naming.detect(header.tensors), [], digest=header.metadata.get("sha256"))
 
-    tensors = dict(load_file(str(path)))
-    return Raw(tensors, naming.detect(tensors), [])
 
-
-def _write_safetensors(params: Params, p: Plan, path: Path) -> None:
-    save(params, path, p, overwrite=True)
+def _write_safetensors(params: Params, p: Plan) -> Written:
+    return to_bytes(params, p), None
 
 
 def _read_npz(path: Path, p: Plan) -> Raw:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            tensors = {k: archive[k] for k in archive.files}
-    except ValueError as e:  # object arrays need pickle, which can run code
-        raise PortError(f"{path}: refusing to read: {e}") from None
+    limit = bounds.ceiling(p)
+    tensors = reading.npz(path, limit.tensor + 4096, limit.total)
+    bounds.check_sizes(path, tensors, limit)
     return Raw(tensors, naming.detect(tensors), [])
 
 
-def _write_npz(params: Params, p: Plan, path: Path) -> None:
+def _write_npz(params: Params, p: Plan) -> Written:
     buffer = io.BytesIO()
     np.savez(buffer, **params)
-    atomic_write(path, buffer.getvalue(), overwrite=True)
+    return buffer.getvalue(), None
 
 
 def _load_by_name(fmt_name: str) -> Callable[[Path, Plan, str, Native | None], Native]:
@@ -198,7 +269,7 @@ def _load_by_name(fmt_name: str) -> Callable[[Path, Plan, str, Native | None], N
     def load(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
         fmt = FORMATS[fmt_name]
         raw = fmt.read(path, p)
-        tensors, _ = naming.to_canonical(raw.tensors, raw.scheme, p)
+        tensors, _ = naming.to_canonical({k: t.load() for k, t in raw.tensors.items()}, raw.scheme, p)
         return built(fmt.framework or reference, p, tensors)
 
     return load
@@ -209,44 +280,87 @@ def _load_by_name(fmt_name: str) -> Callable[[Path, Plan, str, Native | None], N
 # --------------------------------------------------------------------------------------
 
 
-def _read_torch(path: Path, p: Plan) -> Raw:
+def _torch_tensor(value) -> Tensor:
+    """A loaded torch tensor as declared: its shape and dtype, read (copied into numpy)
+    only when accepted. An expanded tensor declares its full shape while its storage
+    holds one element: the shape is checked before anything is materialised."""
     import torch
 
+    shape = tuple(int(d) for d in value.shape)
+    if value.layout != torch.strided:
+        return Tensor(shape, "sparse", reading._refused, f"a sparse tensor ({value.layout}), not dense weights")
+    if value.is_quantized:
+        return Tensor(shape, "quantised", reading._refused, f"quantised ({value.dtype}): dequantise it first")
+    if value.dtype == torch.bfloat16:
+        return Tensor(shape, "bfloat16", lambda: value.detach().float().contiguous().numpy().copy())
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
+        dtype = np.dtype(str(value.dtype).removeprefix("torch."))
+    except TypeError:
+        return Tensor(shape, str(value.dtype), reading._refused, f"of dtype {value.dtype}, which numpy cannot hold")
+    return Tensor(shape, dtype, lambda: value.detach().contiguous().numpy().copy())
+
+
+def _read_torch(path: Path, p: Plan) -> Raw:
+    limit = bounds.ceiling(p)
+    zipped = zipfile.is_zipfile(path)
+    if zipped:
+        infos = reading.zip_members(path, limit.total, limit.total)
+        for info in infos:
+            if info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE:
+                raise PortError(f"{path}: its pickle declares {info.file_size:,} bytes; a state_dict's is a few KB")
+        reading.check_crcs(path)  # PyTorch's own reader does not
+    elif path.stat().st_size > bounds.budget(p).total:  # a legacy pickle reads its storages whole
         raise PortError(
-            f"{path}: refusing to load: the pickle needs more than tensors and plain containers, and "
-            f"running its code is unsafe (torch.load weights_only=True: {first})"
-        ) from None
+            f"{path}: {path.stat().st_size:,} bytes is more than {p.variant.name} with {p.num_classes} classes "
+            f"can hold ({bounds.budget(p).describe()}); pass --num-classes if it has more classes"
+        )
+    obj = _torch_load(path, mmap=zipped)
     notes = []
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
             notes.append(f"took the state_dict under the {wrapper!r} key")
             break
+    import torch
+
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise PortError(
             f"{path}: expected a state_dict (a dict of tensors, possibly under 'state_dict' or 'model'), "
             f"got {type(obj).__name__}"
         )
-    if obj and all(k.startswith("module.") for k in obj):
+    if obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
         notes.append("removed the 'module.' prefix (DataParallel)")
-    dropped = sum(k.endswith("num_batches_tracked") for k in obj)
+    dropped = sum(str(k).endswith("num_batches_tracked") for k in obj)
     if dropped:
         notes.append(f"dropped {dropped} num_batches_tracked counters (not weights)")
-    tensors = from_state_dict(obj)
+    tensors = {str(k): _torch_tensor(v) for k, v in obj.items() if not str(k).endswith("num_batches_tracked")}
+    bounds.check_sizes(path, tensors, limit)
     return Raw(tensors, naming.detect(tensors), notes)
 
 
-def _write_torch(params: Params, p: Plan, path: Path) -> Native:
+def _torch_load(path: Path, mmap: bool):
+    """``torch.load`` with ``weights_only`` (no code runs); ``mmap`` maps the storages
+    from the file instead of reading them, so nothing is allocated until accepted."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0]
+        raise PortError(
+            f"{path}: refusing to load: the pickle needs more than tensors and plain containers, and "
+            f"running its code is unsafe (torch.load weights_only=True: {first})"
+        ) from None
+
+
+def _write_torch(params: Params, p: Plan) -> Written:
     import torch
 
     b, model = built("torch", p, params)
-    torch.save(model.state_dict(), path)  # with num_batches_tracked: torchvision loads it strictly
-    return b, model
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)  # with num_batches_tracked: torchvision loads it strictly
+    return buffer.getvalue(), (b, model)
 
 
 def _load_torch(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
@@ -262,33 +376,158 @@ def _load_torch(path: Path, p: Plan, reference: str, into: Native | None) -> Nat
 # --------------------------------------------------------------------------------------
 
 
-def _keras_shape(path: Path) -> tuple[bool, int | None]:
-    """(has aux heads, number of classes) from a .weights.h5 file's layout."""
+class _Named(io.BytesIO):
+    """A buffer Keras's ``save_weights`` / ``save`` write into: they check the name's
+    ending with ``str()``, then hand a ``BytesIO`` to h5py / zipfile as they would a path
+    (Keras's H5IOStore takes either)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _keras_bytes(model, suffix: str) -> bytes:
+    buffer = _Named(f"memory{suffix}")
+    if suffix == ".keras":
+        model.save(buffer)
+    else:
+        model.save_weights(buffer)
+    return buffer.getvalue()
+
+
+_LAYOUTS: dict[Plan, dict[str, tuple[str, tuple[int, ...]]]] = {}
+
+
+def _keras_layout(p: Plan, model: Callable[[], Native]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """HDF5 dataset path -> (canonical key, Keras shape) in what ``save_weights`` writes
+    for ``p``: found by saving a model (``model()``, a Keras model of ``p``) whose every
+    tensor holds its own index, so no guess about Keras's layout is made here."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        aux = "aux1" in f or "layers/aux1" in f
-        fc = f.get("fc/vars/0") or f.get("layers/fc/vars/0")
-        return aux, (int(fc.shape[-1]) if fc is not None else None)
+    if p not in _LAYOUTS:
+        k, m = model()
+        shapes = canonical_shapes(p)
+        keys = list(shapes)
+        k.from_canonical(m, {key: np.full(shapes[key], i + 1, np.float32) for i, key in enumerate(keys)})
+        with h5py.File(io.BytesIO(_keras_bytes(m, ".weights.h5")), "r") as f:
+            _LAYOUTS[p] = {name: (keys[int(ds[(0,) * ds.ndim]) - 1], tuple(ds.shape)) for name, ds in _h5_datasets(f)}
+    return _LAYOUTS[p]
+
+
+def _once(make: Callable[[], Native]) -> Callable[[], Native]:
+    """``make``, called at most once."""
+    made: list[Native] = []
+
+    def get() -> Native:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get
+
+
+def _h5_datasets(f) -> Iterator[tuple[str, Any]]:
+    """Every dataset of an HDF5 file, refusing links that leave it (external and soft
+    links, external or virtual storage) and more objects than any weights file holds."""
+    import h5py
+
+    seen = 0
+    stack = [("", f)]
+    while stack:
+        prefix, group = stack.pop()
+        for name in group:
+            seen += 1
+            if seen > MAX_HDF5_OBJECTS:
+                raise Damaged(f"holds more than {MAX_HDF5_OBJECTS:,} groups and datasets")
+            path = f"{prefix}{name}"
+            link = group.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                raise Damaged(f"{path!r} is a {type(link).__name__} (it points outside the weights)")
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                stack.append((f"{path}/", obj))
+            elif isinstance(obj, h5py.Dataset):
+                if obj.external or obj.is_virtual:
+                    raise Damaged(f"{path!r} keeps its data outside the file")
+                yield path, obj
+
+
+def _keras_to_canonical_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A Keras shape in canonical order: conv (kh, kw, in, out) -> (out, in, kh, kw);
+    dense (in, out) -> (out, in). For messages about a tensor that does not fit."""
+    if len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(reversed(shape)) if len(shape) == 2 else shape
+
+
+def _h5_tensors(
+    source: Callable[[], Any], p: Plan, src: Path, limit: bounds.Budget, model: Callable[[], Native]
+) -> dict[str, Tensor]:
+    """The datasets of a Keras weights file (``source()`` opens it with h5py) as
+    canonical tensors: a dataset where ``p``'s layout has one gets its canonical key,
+    any other keeps its HDF5 path (and is then reported as unexpected). Sizes are
+    checked against ``limit`` first, before Keras is even imported (``model()`` builds
+    a Keras model of ``p`` when the layout is needed)."""
+    with source() as f:
+        found = {path: (tuple(int(d) for d in ds.shape), ds.dtype) for path, ds in _h5_datasets(f)}
+    bounds.check_sizes(
+        src, {path: Tensor(shape, dtype, reading._refused) for path, (shape, dtype) in found.items()}, limit
+    )
+    from impl_keras.weights import table
+
+    layout, rows, expected = _keras_layout(p, model), table(p), canonical_shapes(p)
+    cache: dict[str, np.ndarray] = {}
+
+    def loader(path: str, key: str) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            if not cache:  # one pass reads every accepted dataset
+                with source() as f:
+                    cache.update({name: np.asarray(ds[()]) for name, ds in _h5_datasets(f) if name in layout})
+            return np.ascontiguousarray(rows[key].to_canonical(cache[path]))
+
+        return load
+
+    tensors: dict[str, Tensor] = {}
+    for path, (shape, dtype) in found.items():
+        if path in layout:
+            key, keras_shape = layout[path]
+            canonical = expected[key] if shape == keras_shape else _keras_to_canonical_shape(shape)
+            tensors[key] = Tensor(canonical, dtype, loader(path, key), where=f"HDF5 {path} {shape}")
+        else:
+            tensors[path] = Tensor(shape, dtype, reading._refused)
+    return tensors
 
 
 def _read_keras_weights(path: Path, p: Plan) -> Raw:
-    aux, classes = _keras_shape(path)
-    k = backend("keras")
-    model = k.build(
-        p.variant.name, **{**p.options.asdict(), "num_classes": classes or p.num_classes, "aux_logits": aux}
-    )
-    try:
-        model.load_weights(str(path))
-    except Exception as e:  # noqa: BLE001 - Keras names the layer whose weights do not fit
-        raise PortError(f"{path}: Keras could not load it into {p.variant.name}: {e}") from None
-    return Raw(k.to_canonical(model), "canonical", [], native=(k, model))
+    import h5py
+
+    p = bounds.full(p)
+    model = _once(lambda: built("keras", p))  # one Keras model: the layout, then the native load
+    tensors = _h5_tensors(lambda: h5py.File(path, "r"), p, path, bounds.ceiling(p), model)
+    with h5py.File(path, "r") as f:
+        digest = f.attrs.get(DIGEST_ATTRIBUTE)
+    loadable = path.name.endswith(".weights.h5")  # Keras's load_weights refuses other names
+    native = (lambda q: _load_keras_weights(path, q, "", model() if q == p else None)) if loadable else None
+    return Raw(tensors, "canonical", [], native=native, digest=digest if isinstance(digest, str) else None)
 
 
-def _write_keras_weights(params: Params, p: Plan, path: Path) -> Native:
+DIGEST_ATTRIBUTE = "conformance_sha256"  # the suite's own .weights.h5: a digest of its tensors
+
+
+def _write_keras_weights(params: Params, p: Plan) -> Written:
+    """What ``save_weights`` writes, plus a root attribute with the SHA-256 of the
+    canonical tensors (``reading.tensor_digest``): HDF5 keeps no checksum of its data, so
+    without it a flipped byte would be read as a weight. Keras ignores the attribute."""
+    import h5py
+
     b, model = built("keras", p, params)
-    model.save_weights(str(path))
-    return b, model
+    buffer = io.BytesIO(_keras_bytes(model, ".weights.h5"))
+    with h5py.File(buffer, "r+") as f:
+        f.attrs[DIGEST_ATTRIBUTE] = reading.tensor_digest(params)
+    return buffer.getvalue(), (b, model)
 
 
 def _load_keras_weights(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
@@ -298,23 +537,52 @@ def _load_keras_weights(path: Path, p: Plan, reference: str, into: Native | None
 
 
 def _read_keras(path: Path, p: Plan) -> Raw:
-    k = backend("keras")
-    import keras
+    import h5py
 
-    config = json.loads(zipfile.ZipFile(path).read("config.json"))
-    if config.get("registered_name") != "conformance>GoogLeNet":
+    limit = bounds.budget(p)
+    config_limit = (MAX_CONFIG, f"a GoogLeNet's is about 1 KB (at most {MAX_CONFIG:,} bytes accepted)")
+    reading.zip_members(path, limit.total, limit.total, {"config.json": config_limit})
+    reading.check_crcs(path)
+    try:
+        config = json.loads(reading.read_member(path, "config.json"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PortError(f"{path}: its config.json is not JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("registered_name") != "conformance>GoogLeNet":
+        what = config.get("class_name") if isinstance(config, dict) else type(config).__name__
         raise PortError(
-            f"{path}: a Keras model of class {config.get('class_name')!r}, not this suite's GoogLeNet; "
-            f"export its weights by name instead"
+            f"{path}: a Keras model of class {what!r}, not this suite's GoogLeNet; export its weights by name instead"
         )
-    model = keras.models.load_model(path)  # safe_mode: no arbitrary code
-    return Raw(k.to_canonical(model), "canonical", [], config=config["config"], native=(k, model))
+    options: dict[str, Any] = config["config"] if isinstance(config.get("config"), dict) else {}
+    _check_keras_config(path, options, p)
+    q = p.with_options(aux_logits=bool(options.get("aux_logits")), transform_input=bool(options.get("transform_input")))
+    inner = reading.read_member(path, "model.weights.h5")
+    tensors = _h5_tensors(lambda: h5py.File(io.BytesIO(inner), "r"), q, path, limit, lambda: built("keras", q))
+    loadable = path.name.endswith(".keras")  # load_model takes other names for other formats
+    return Raw(
+        tensors,
+        "canonical",
+        [],
+        config=options,
+        native=(lambda r: _load_keras(path, r, "", None)) if loadable else None,
+    )
 
 
-def _write_keras(params: Params, p: Plan, path: Path) -> Native:
+def _check_keras_config(path: Path, options: dict[str, Any], p: Plan) -> None:
+    """The model the config builds, before Keras builds it: this variant, a class count
+    within bounds and the one asked for."""
+    variant, classes = options.get("variant"), options.get("num_classes")
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= MAX_CLASSES:
+        raise PortError(f"{path}: its config declares {classes!r} classes; expected 1 to {MAX_CLASSES:,}")
+    if (variant, classes) != (p.variant.name, p.num_classes):
+        raise PortError(
+            f"{path}: this Keras model is {variant} with {classes} classes; "
+            f"pass --variant {variant} --num-classes {classes}"
+        )
+
+
+def _write_keras(params: Params, p: Plan) -> Written:
     b, model = built("keras", p, params)
-    model.save(str(path))
-    return b, model
+    return _keras_bytes(model, ".keras"), (b, model)
 
 
 def _load_keras(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
@@ -329,20 +597,37 @@ def _load_keras(path: Path, p: Plan, reference: str, into: Native | None) -> Nat
 
 
 def _read_mxnet(path: Path, p: Plan) -> Raw:
-    backend("mxnet")
-    import mxnet as mx
+    limit = bounds.ceiling(p)
+    declared = reading.mxnet_params(path, limit.count)
+    bounds.check_sizes(path, declared, limit)
+    loaded: dict[str, np.ndarray] = {}
 
-    loaded = mx.nd.load(str(path))
-    if not isinstance(loaded, dict):
-        raise PortError(f"{path}: holds an unnamed list of arrays, not named Gluon parameters")
-    tensors = {k.split(":", 1)[-1]: v.asnumpy() for k, v in loaded.items()}  # "arg:" from Module API
-    return Raw(tensors, naming.detect(tensors), [])
+    def loader(name: str) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            if not loaded:  # MXNet reads the whole file at once; its sizes were checked
+                backend("mxnet")
+                import mxnet as mx
+
+                arrays = mx.nd.load(str(path))
+                if not isinstance(arrays, dict):
+                    raise PortError(f"{path}: holds an unnamed list of arrays, not named Gluon parameters")
+                loaded.update({k: v.asnumpy() for k, v in arrays.items()})
+            value = loaded[name]
+            return reading.bfloat16_to_float32(value.view("<u2")) if declared[name].dtype == "bfloat16" else value
+
+        return load
+
+    tensors = {k.split(":", 1)[-1]: Tensor(t.shape, t.dtype, loader(k), t.problem) for k, t in declared.items()}
+    if len(tensors) != len(declared):
+        raise PortError(f"{path}: two arrays have the same name once 'arg:' / 'aux:' is removed")
+    return Raw(tensors, naming.detect(tensors), [])  # "arg:" from the Module API removed
 
 
-def _write_mxnet(params: Params, p: Plan, path: Path) -> Native:
+def _write_mxnet(params: Params, p: Plan) -> Written:
     b, model = built("mxnet", p, params)
-    model.save_parameters(str(path))
-    return b, model
+    with _memory_file() as (path, contents):
+        model.save_parameters(path)
+        return contents(), (b, model)
 
 
 def _load_mxnet(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
@@ -351,12 +636,14 @@ def _load_mxnet(path: Path, p: Plan, reference: str, into: Native | None) -> Nat
     return b, model
 
 
-def _write_gluoncv(params: Params, p: Plan, path: Path) -> None:
+def _write_gluoncv(params: Params, p: Plan) -> Written:
     backend("mxnet")
     import mxnet as mx
 
     renamed = naming.from_canonical(params, "gluoncv", p)
-    mx.nd.save(str(path), {k: mx.nd.array(v, dtype=np.float32) for k, v in renamed.items()})
+    with _memory_file() as (path, contents):
+        mx.nd.save(path, {k: mx.nd.array(v, dtype=np.float32) for k, v in renamed.items()})
+        return contents(), None
 
 
 # fmt: off
@@ -368,9 +655,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("torch", (".pth", ".pt"), "PyTorch state_dict", "torch", ("torch", "pickle"),
            _read_torch, _write_torch, _load_torch),
     Format("keras-weights", (".weights.h5",), "Keras weights", "keras", ("hdf5",),
-           _read_keras_weights, _write_keras_weights, _load_keras_weights),
+           _read_keras_weights, _write_keras_weights, _load_keras_weights, names=(".weights.h5",)),
     Format("keras", (".keras",), "Keras model", "keras", ("keras",),
-           _read_keras, _write_keras, _load_keras),
+           _read_keras, _write_keras, _load_keras, names=(".keras",)),
     Format("mxnet", (".params",), "MXNet Gluon parameters", "mxnet", ("mxnet",),
            _read_mxnet, _write_mxnet, _load_mxnet),
     # Only by name (--to gluoncv): .params files are read whatever their naming.
@@ -394,15 +681,46 @@ def infer(path: Path, explicit: str | None, option: str) -> Format:
 
 
 def read(path: Path, fmt: Format, p: Plan) -> Raw:
-    """Read ``path``; corrupt or truncated files become a PortError naming the file."""
+    """Read what ``path`` declares (no tensor yet); corrupt, truncated or misleading
+    files become a PortError naming the file."""
     check_content(path, fmt)
-    try:
+    with _reading(path, fmt):
         return fmt.read(path, p)
+
+
+def materialise(path: Path, fmt: Format, raw: Raw) -> dict[str, np.ndarray]:
+    """Every declared tensor read (call once the declarations were accepted), the
+    file's recorded SHA-256 checked where it has one."""
+    with _reading(path, fmt):
+        arrays = {k: t.load() for k, t in raw.tensors.items()}
+    if raw.digest is not None and reading.tensor_digest(arrays) != raw.digest:
+        raise PortError(
+            f"{path}: damaged: its tensors do not match the SHA-256 recorded in its metadata "
+            f"(the file changed after it was written)"
+        )
+    return arrays
+
+
+@contextlib.contextmanager
+def _reading(path: Path, fmt: Format) -> Iterator[None]:
+    try:
+        yield
     except PortError:
         raise
+    except (Damaged, bounds.BoundsError) as e:
+        raise PortError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
     except Exception as e:  # noqa: BLE001 - truncated or corrupt: the libraries' own errors, with the file named
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise PortError(f"{path}: cannot read it as {fmt.description}: {type(e).__name__}: {first}") from None
+        raise PortError(f"{path}: cannot read it as {fmt.description}: {type(e).__name__}: {meaningful(e)}") from None
+
+
+def meaningful(e: BaseException) -> str:
+    """The line of a library's error that says what went wrong: MXNet's start with a
+    C++ ``Traceback (most recent call last):`` and end with the check that failed."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    noise = ("Traceback", "File ", "[bt]", "Stack trace", "Error in operator")
+    useful = [line for line in lines if not line.startswith(noise) and not line[:1].isdigit()]
+    checks = [line for line in useful if "Check failed" in line or "Error" in line]
+    return ((checks or useful or lines or [""])[-1 if checks else 0])[:300]
 
 
 def installed_reference() -> str:

@@ -12,6 +12,7 @@ Nothing here imports a framework.
 """
 
 from .plan import (
+    MAX_CLASSES,
     AuxUnit,
     ConvUnit,
     Dense,
@@ -84,6 +85,7 @@ __all__ = [
     "GOOGLENET_LRN",
     "INCEPTION_MNIST",
     "LRN",
+    "MAX_CLASSES",
     "RESIDUAL_MNIST",
     "TABLE1",
     "VARIANTS",

@@ -31,6 +31,13 @@ class SpecError(ValueError):
     """A variant name, option or input size that the spec cannot honour."""
 
 
+# The most classes a classifier may have. The largest label sets GoogLeNet is trained on
+# (ImageNet-21k: 21,841; JFT, Open Images, iNaturalist: under 20,000) fit with room;
+# beyond, a checkpoint or option is taken as a mistake or an attack: a file that
+# declares 500,000 classes would make every reader allocate gigabytes.
+MAX_CLASSES = 100_000
+
+
 @dataclass(frozen=True)
 class Options:
     """How a variant is built: the classifier's classes, the aux heads, the input transform."""
@@ -212,6 +219,8 @@ def resolve(
         num_classes = v.head.classes
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise SpecError(f"num_classes: expected a positive integer, got {num_classes!r}")
+    if num_classes > MAX_CLASSES:
+        raise SpecError(f"num_classes: expected at most {MAX_CLASSES:,} classes, got {num_classes:,}")
     if transform_input and v.input.transform is None:
         raise SpecError(f"transform_input: variant {v.name!r} defines no input transform")
     if aux_logits and v.aux is None:

@@ -1,1 +1,1 @@
-"""Training as the posts train: ``python -m conformance train`` and its data."""
+"""Training as d2l and Hongpu Liu's lecture train: ``python -m conformance train`` and its data."""

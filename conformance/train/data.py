@@ -8,10 +8,15 @@ Files may be gzipped (``.gz``), as they are distributed.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import math
 import struct
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -19,7 +24,7 @@ from ..files import atomic_write
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x803, 0x801
 SPLITS = {"train": "train", "test": "t10k"}  # file prefixes, as MNIST and Fashion-MNIST name them
-MEAN, STD = 0.1307, 0.3081  # MNIST's, as the lecture normalises (transforms.Normalize)
+MEAN, STD = 0.1307, 0.3081  # MNIST's, as Liu's lecture normalises (transforms.Normalize)
 
 
 class DataError(ValueError):
@@ -32,37 +37,79 @@ class Split:
     labels: np.ndarray  # N int64
 
 
-def _open(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # gzip's magic, whatever the file is called
+# What an IDX file may declare is checked against its length before anything is read:
+# uncompressed, exactly; gzipped, deflate's ceiling (1032:1, zlib's "technical details")
+# bounds what a file of its size can hold. Reading stops at the declared size.
+DEFLATE_RATIO = 1032
+MAX_IDX_BYTES = 1 << 31  # 2 GiB of pixels at most (EMNIST's largest split: 550 MB); --limit reads fewer
+
+
+@contextlib.contextmanager
+def _stream(path: Path) -> Iterator[tuple[BinaryIO, bool]]:
+    """The file's bytes as a stream, decompressed on the fly if it is gzipped (by its
+    magic, whatever it is called); (stream, gzipped)."""
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        if not gzipped:
+            yield raw, False
+            return
         try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+            with gzip.GzipFile(fileobj=raw) as f:
+                yield f, True  # type: ignore[misc]
+        except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: not a readable gzip file ({e})") from None
-    return raw
 
 
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """One IDX file as a uint8 array, checking the magic number and the length."""
-    data = _open(path)
+def read_idx(path: Path, magic: int, limit: int | None = None, max_items: int | None = None) -> np.ndarray:
+    """One IDX file as a uint8 array (its first ``limit`` items), checking the magic
+    number and that the file holds exactly what its header declares; more than
+    ``max_items`` items to read is refused before reading."""
+    return _read_idx(path, magic, limit, max_items)[0]
+
+
+def _read_idx(path: Path, magic: int, limit: int | None = None, max_items: int | None = None) -> tuple[np.ndarray, int]:
+    """(the first ``limit`` items, the count the header declares)."""
     dims = 3 if magic == IMAGES_MAGIC else 1
     what = "images" if magic == IMAGES_MAGIC else "labels"
-    if len(data) < 4 + 4 * dims:
-        raise DataError(f"{path}: {len(data)} bytes is too short for an IDX {what} header")
-    found = struct.unpack(">I", data[:4])[0]
-    if found != magic:
-        raise DataError(
-            f"{path}: magic number {found:#010x}, expected {magic:#010x} (IDX uint8 {what}, "
-            f"{dims} dimension{'s' if dims > 1 else ''})"
-        )
-    shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
-    body = data[4 + 4 * dims :]
-    if len(body) != int(np.prod(shape)):
-        raise DataError(
-            f"{path}: header says {' x '.join(map(str, shape))} = {int(np.prod(shape))} bytes of "
-            f"{what}, the file holds {len(body)}"
-        )
-    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+    size = path.stat().st_size
+    with _stream(path) as (f, gzipped):
+        header = f.read(4 + 4 * dims)
+        if len(header) < 4 + 4 * dims:
+            raise DataError(f"{path}: {len(header)} bytes is too short for an IDX {what} header")
+        found = struct.unpack(">I", header[:4])[0]
+        if found != magic:
+            raise DataError(
+                f"{path}: magic number {found:#010x}, expected {magic:#010x} (IDX uint8 {what}, "
+                f"{dims} dimension{'s' if dims > 1 else ''})"
+            )
+        shape = struct.unpack(f">{dims}I", header[4:])
+        declared = math.prod(shape)
+        says = f"header says {' x '.join(map(str, shape))} = {declared} bytes of {what}"
+        if not gzipped and size - len(header) != declared:
+            raise DataError(f"{path}: {says}, the file holds {size - len(header)}")
+        if gzipped and declared > DEFLATE_RATIO * size:
+            raise DataError(f"{path}: {says}; a {size:,}-byte gzip file cannot hold more than {DEFLATE_RATIO * size:,}")
+        count = shape[0] if limit is None else min(shape[0], limit)
+        if max_items is not None and count > max_items:
+            raise DataError(
+                f"{path}: {count:,} {what}; training holds at most {max_items:,} of them in memory at the "
+                f"variant's size; pass --limit {max_items} or fewer"
+            )
+        want = count * math.prod(shape[1:])
+        if want > MAX_IDX_BYTES:
+            raise DataError(f"{path}: {count:,} {what} are {want:,} bytes, more than {MAX_IDX_BYTES:,}; pass --limit")
+        body = f.read(want)
+        rest = 0
+        while len(body) == want and rest <= declared - want:  # the length must still be right; nothing kept
+            chunk = f.read(min(1 << 20, declared - want - rest + 1))
+            if not chunk:
+                break
+            rest += len(chunk)
+        if len(body) + rest != declared:
+            held = f"more than {declared}" if rest > declared - want else str(len(body) + rest)
+            raise DataError(f"{path}: {says}, the file holds {held}")
+    return np.frombuffer(body, dtype=np.uint8).reshape((count, *shape[1:])), shape[0]
 
 
 def _find(directory: Path, stem: str) -> Path:
@@ -73,8 +120,9 @@ def _find(directory: Path, stem: str) -> Path:
     raise DataError(f"--data {directory}: missing {stem} (or {stem}.gz); the directory holds {present or 'nothing'}")
 
 
-def load_idx(directory: str | Path) -> dict[str, Split]:
-    """``train`` and ``test`` splits of an MNIST-style directory."""
+def load_idx(directory: str | Path, limit: int | None = None, max_images: int | None = None) -> dict[str, Split]:
+    """``train`` and ``test`` splits of an MNIST-style directory (the first ``limit``
+    images and labels of each; more than ``max_images`` is refused before reading)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"--data {directory}: not a directory")
@@ -82,11 +130,14 @@ def load_idx(directory: str | Path) -> dict[str, Split]:
     for split, prefix in SPLITS.items():
         images_path = _find(directory, f"{prefix}-images-idx3-ubyte")
         labels_path = _find(directory, f"{prefix}-labels-idx1-ubyte")
-        images, labels = read_idx(images_path, IMAGES_MAGIC), read_idx(labels_path, LABELS_MAGIC)
-        if len(images) != len(labels):
+        (images, n_images), (labels, n_labels) = (
+            _read_idx(images_path, IMAGES_MAGIC, limit, max_images),
+            _read_idx(labels_path, LABELS_MAGIC, limit, max_images),
+        )
+        if n_images != n_labels:
             raise DataError(
-                f"--data {directory}: {images_path.name} holds {len(images)} images but "
-                f"{labels_path.name} {len(labels)} labels"
+                f"--data {directory}: {images_path.name} holds {n_images} images but "
+                f"{labels_path.name} {n_labels} labels"
             )
         splits[split] = Split(images, labels.astype(np.int64))
     return splits

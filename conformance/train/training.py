@@ -1,29 +1,52 @@
-"""``python -m conformance train``: train a variant in one framework, as the posts do.
+"""``python -m conformance train``: train a variant in one framework, as d2l and
+Hongpu Liu's lecture do.
 
 SGD (momentum optional) on cross-entropy, plus 0.3 x each aux head's loss where the
 variant has aux heads; a progress bar; per-epoch loss and train/test accuracy; a
 canonical checkpoint after every epoch (written atomically, so any framework can
-load it); and at the end a PNG plot of the curves, like the d2l post's.
+load it); and at the end a PNG plot of the curves, like d2l's animator draws them.
+
+Interrupts. After every epoch the checkpoint, the JSON history and the run's state
+(``<variant>-<framework>.state.safetensors``: the optimizer's momentum, the data
+order's random state, the history, the options and a fingerprint of the data) are on
+disk. SIGINT or SIGTERM keeps them, writes the plot of the complete epochs and exits
+130 / 143; ``--resume`` continues from the last complete epoch and ends bit-identical to
+a run never interrupted: the data order continues from the saved state, and the
+framework's own random numbers (dropout) are seeded afresh at every epoch from
+``--seed`` and the epoch's number, so they need no saving.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
+import re
+import secrets
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from .. import spec
-from ..canonical import initial_params, save
+from .. import files, spec
+from ..canonical import CanonicalError, canonical_shapes, initial_params, load_with_metadata, save
 from ..files import atomic_write
 from ..interface import Backend
-from .data import Split, load_idx, prepare, synthetic
+from ..reading import safetensors
+from .data import DataError, Split, load_idx, prepare, synthetic
+
+# Checkpoints are written after every epoch (53 MB each for googlenet): 10,000 epochs is
+# beyond any schedule in d2l, Liu's lecture or the paper (tens to a few hundred epochs).
+MAX_EPOCHS = 10_000
+STATE_FORMAT = "googlenet-train-state"
+# Training holds every image prepared (float32 at the variant's size) in memory: beyond
+# this, --limit. Fashion-MNIST at googlenet_d2l's 96 x 96 takes 2.6 GB.
+MAX_PREPARED = 4 << 30
 
 
 class TrainingError(RuntimeError):
@@ -34,8 +57,8 @@ class TrainingError(RuntimeError):
 class Settings:
     variant: str
     epochs: int = 10
-    batch_size: int = 64  # the lecture's
-    lr: float = 0.01  # the lecture's Inception net: SGD(lr=0.01, momentum=0.5)
+    batch_size: int = 64  # Liu's lecture
+    lr: float = 0.01  # Liu's Inception net: SGD(lr=0.01, momentum=0.5)
     momentum: float = 0.5
     aux_weight: float = 0.3  # the paper's weight of each aux loss
     limit: int | None = None  # use only the first N training and test images
@@ -46,38 +69,159 @@ class Settings:
 @dataclass(frozen=True)
 class Epoch:
     epoch: int
-    loss: float  # mean over the epoch's batches, as the posts print it
+    loss: float  # mean over the epoch's batches, as d2l and Liu print it
     train_acc: float  # training-mode predictions during the epoch (d2l's "train acc")
     test_acc: float
     images_per_s: float
     checkpoint: str
 
 
-def outputs(out: Path, variant: str, framework: str, epochs: int) -> list[Path]:
-    """Every file a run writes: a checkpoint per epoch, the plot and the history."""
-    stem = f"{variant}-{framework}"
-    return [out / f"{stem}-epoch{e}.safetensors" for e in range(1, epochs + 1)] + [
-        out / f"{stem}.png",
-        out / f"{stem}.json",
-    ]
+@dataclass
+class Outputs:
+    """Where a run writes, and what it found there (``check_outputs``)."""
+
+    out: Path
+    stem: str
+    start: int = 0  # complete epochs of the run being resumed
+    replaceable: set[Path] = field(default_factory=set)  # existing files this run may replace
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.out / f"{self.stem}-epoch{epoch}.safetensors"
+
+    @property
+    def plot(self) -> Path:
+        return self.out / f"{self.stem}.png"
+
+    @property
+    def history(self) -> Path:
+        return self.out / f"{self.stem}.json"
+
+    @property
+    def state(self) -> Path:
+        return self.out / f"{self.stem}.state.safetensors"
 
 
-def check_outputs(out: Path, variant: str, framework: str, epochs: int, force: bool) -> None:
-    """Refuse before training, not after the first epoch, if a file would be overwritten."""
+def _existing_checkpoints(out: Path, stem: str) -> dict[int, Path]:
+    """Epoch -> checkpoint file of ``stem`` already in ``out`` (one directory listing,
+    whatever --epochs says)."""
+    pattern = re.compile(rf"{re.escape(stem)}-epoch(\d+)\.safetensors")
+    found = {}
+    for entry in out.iterdir():
+        m = pattern.fullmatch(entry.name)
+        if m:
+            found[int(m[1])] = entry
+    return found
+
+
+def check_outputs(out: Path, s: Settings, framework: str, force: bool, resume: bool = False) -> Outputs:
+    """Refuse before training, not after the first epoch: a missing or unwritable
+    --out, a file of an earlier run that would be overwritten (without ``force``), not
+    enough free space for the checkpoints; with ``resume``, a run that is not there or
+    was started with other options. Returns the outputs and the epoch to start after."""
+    out = Path(out)
     if not out.is_dir():
-        raise FileNotFoundError(f"--out {out}: directory does not exist")
-    existing = [p for p in outputs(out, variant, framework, epochs) if p.exists()]
+        raise files.OutputError(f"--out {out}: {'not a directory' if out.exists() else 'directory does not exist'}")
+    o = Outputs(out, f"{s.variant}-{framework}")
+    checkpoints = {e: p for e, p in _existing_checkpoints(out, o.stem).items() if e <= s.epochs}
+    run = None
+    if resume:
+        run, o.start = _resumable(o, s)
+        # this run's own later checkpoints (an interrupt between a checkpoint and the state)
+        o.replaceable = {p for e, p in checkpoints.items() if e > o.start and _run_of(p) == run}
+        checkpoints = {e: p for e, p in checkpoints.items() if e > o.start and p not in o.replaceable}
+        o.replaceable |= {o.plot, o.history, o.state}
+    fixed = [o.plot, o.history, o.state] if not resume else []
+    existing = sorted(checkpoints.values()) + [p for p in fixed if p.exists() or p.is_symlink()]
     if existing and not force:
-        raise FileExistsError(
+        raise files.OutputError(
             f"--out {out}: {existing[0].name} already exists; pass --force to overwrite "
             f"({len(existing)} file{'s' if len(existing) > 1 else ''} would be replaced)"
+            + ("" if resume else "; or --resume to continue an interrupted run")
         )
+    o.replaceable |= set(existing)
+    for path in [o.checkpoint(o.start + 1), o.plot, o.history, o.state]:  # type, writability (existence: above)
+        files.check_output(path, True, "--out")
+    per_epoch = sum(int(np.prod(shape)) * 4 for shape in canonical_shapes(_plan(s)).values()) + (1 << 16)
+    files.check_space(out / o.stem, (s.epochs - o.start) * per_epoch + 2 * per_epoch, "--out")
+    return o
+
+
+# Set before the framework is imported (``reproducible``): TensorFlow's oneDNN kernels
+# pick their summation order at run time, so two runs of the same steps differ.
+REPRODUCIBLE_ENVIRONMENT = {"keras": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+
+
+def reproducible(framework: str) -> None:
+    """Make ``framework``'s training repeat bit for bit, as far as it is decided before
+    its import (the rest is ``Trainer(deterministic=True)``). A value the user set wins."""
+    import os
+
+    for name, value in REPRODUCIBLE_ENVIRONMENT.get(framework, {}).items():
+        os.environ.setdefault(name, value)
+
+
+def _plan(s: Settings) -> spec.Plan:
+    v = spec.VARIANTS[s.variant]
+    aux = v.aux is not None and spec.aux_admits(spec.resolve(v, aux_logits=True), v.input.size)
+    return spec.resolve(v, s.num_classes, aux_logits=aux)
+
+
+def _run_of(path: Path) -> str | None:
+    """The run a checkpoint belongs to (its metadata), None if it cannot tell."""
+    try:
+        return safetensors(path).metadata.get("run")
+    except (OSError, ValueError):
+        return None
+
+
+def _comparable(s: Settings) -> dict[str, object]:
+    return {k: v for k, v in asdict(s).items() if k != "epochs"}
+
+
+_OPTION = {"batch_size": "--batch-size", "num_classes": "--num-classes", "aux_weight": "aux_weight"}
+
+
+def _resumable(o: Outputs, s: Settings) -> tuple[str, int]:
+    """(run id, complete epochs) of the run to resume, its options checked against ``s``."""
+    if not o.state.exists():
+        raise files.OutputError(
+            f"--resume: no run of {o.stem} to continue in --out {o.out} ({o.state.name} is missing); "
+            f"start one without --resume"
+        )
+    try:
+        meta = safetensors(o.state).metadata
+        saved = json.loads(meta["settings"])
+        epoch, run = int(meta["epoch"]), meta["run"]
+    except (OSError, ValueError, KeyError) as e:
+        raise files.OutputError(f"--resume: {o.state} is not a training state of this suite ({e})") from None
+    ours = _comparable(s)
+    for key, value in saved.items():
+        if key != "epochs" and ours.get(key) != value:
+            option = _OPTION.get(key, f"--{key.replace('_', '-')}")
+            raise files.OutputError(
+                f"--resume: the run in {o.out} was started with {option} {value}, not {ours.get(key)}; "
+                f"pass the same options to continue it"
+            )
+    if epoch >= s.epochs:
+        raise files.OutputError(f"--resume: the run in {o.out} has done {epoch} epochs; pass --epochs above {epoch}")
+    return run, epoch
 
 
 def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
-    splits = load_idx(data) if data is not None else synthetic(seed=s.seed)
+    """The splits (at most ``limit`` images each), checked to be trainable: images of at
+    least one pixel, a training set and a test set that are not empty."""
+    p = _plan(s)
+    per_image = p.in_channels * p.input_size**2 * 4
+    splits = load_idx(data, s.limit, MAX_PREPARED // per_image) if data is not None else synthetic(seed=s.seed)
     if s.limit is not None:
         splits = {k: Split(v.images[: s.limit], v.labels[: s.limit]) for k, v in splits.items()}
+    where = f"--data {data}" if data is not None else "generated data"
+    for name, split in splits.items():
+        if split.images.ndim != 3 or 0 in split.images.shape[1:]:
+            raise DataError(f"{where}: {name} images are {' x '.join(map(str, split.images.shape[1:]))} pixels")
+        if not len(split.images):
+            why = "nothing to train on" if name == "train" else "the test accuracy needs at least one image"
+            raise DataError(f"{where}: the {name} set holds no images; {why}")
     return splits
 
 
@@ -112,6 +256,93 @@ def evaluate(backend: Backend, model, x: np.ndarray, y: np.ndarray, batch: int) 
     return correct / max(1, len(x))
 
 
+def fingerprint(splits: dict[str, Split]) -> str:
+    """SHA-256 of the data a run trains and tests on: a resumed run must see the same."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        for array in (splits[name].images, splits[name].labels.astype("<i8")):
+            h.update(f"{name}{array.shape}".encode())
+            h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The framework's random seed for one epoch (dropout), from --seed and the epoch."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+@dataclass
+class _Run:
+    """What the loop writes after each epoch, and what it resumes from."""
+
+    o: Outputs
+    s: Settings
+    p: spec.Plan
+    framework: str
+    data: str
+    run: str = field(default_factory=lambda: secrets.token_hex(8))
+    written: set[Path] = field(default_factory=set)  # files this process wrote (may rewrite)
+
+    def may_replace(self, path: Path, force: bool) -> bool:
+        return force or path in self.o.replaceable or path in self.written
+
+    def write(self, path: Path, data: bytes, force: bool) -> Path:
+        atomic_write(path, data, overwrite=self.may_replace(path, force), option="--out")
+        self.written.add(path)
+        return path
+
+    def save_epoch(self, backend: Backend, model, trainer, rng, history: list[Epoch], force: bool) -> Path:
+        """The epoch's checkpoint, then the history, then the state that points at both."""
+        epoch = history[-1].epoch
+        params = backend.to_canonical(model)
+        path = self.o.checkpoint(epoch)
+        save(params, path, self.p, self.may_replace(path, force), {"run": self.run, "epoch": str(epoch)})
+        self.written.add(path)
+        self.write(self.o.history, history_json(self.s, backend.version(), history), force)
+        checkpoint = load_with_metadata(path, self.p)[1]["sha256"]  # read back: what a resume will find
+        meta = {
+            "format": STATE_FORMAT,
+            "run": self.run,
+            "epoch": str(epoch),
+            "settings": json.dumps(asdict(self.s)),
+            "data": self.data,
+            "rng": json.dumps(rng.bit_generator.state),
+            "history": json.dumps([asdict(e) for e in history]),
+            "checkpoint": checkpoint,
+            "framework": backend.version(),
+        }
+        state = {f"momentum.{k}": v for k, v in trainer.state().items()}
+        save(state, self.o.state, None, self.may_replace(self.o.state, force), meta)
+        self.written.add(self.o.state)
+        return path
+
+    def resume(self, backend: Backend, model, trainer, rng) -> list[Epoch]:
+        """Weights, momentum, data order and history of the last complete epoch."""
+        try:
+            state, meta = load_with_metadata(self.o.state)
+            epoch = int(meta["epoch"])
+            params, checkpoint = load_with_metadata(self.o.checkpoint(epoch), self.p)
+        except (CanonicalError, OSError, KeyError, ValueError) as e:
+            raise files.OutputError(f"--resume: cannot continue the run in {self.o.out}: {e}") from None
+        if checkpoint.get("sha256") != meta["checkpoint"]:
+            raise files.OutputError(
+                f"--resume: {self.o.checkpoint(epoch).name} is not the checkpoint the state of {self.o.out} "
+                f"recorded (it was replaced); cannot continue"
+            )
+        if meta["data"] != self.data:
+            raise files.OutputError(f"--resume: the data differs from the run's in {self.o.out}; pass the same --data")
+        self.run = meta["run"]
+        backend.from_canonical(model, params)
+        trainer.load_state({k.removeprefix("momentum."): v for k, v in state.items()})
+        rng.bit_generator.state = json.loads(meta["rng"])
+        return [Epoch(**e) for e in json.loads(meta["history"])]
+
+
+def history_json(s: Settings, version: str, history: list[Epoch]) -> bytes:
+    doc = {"settings": asdict(s), "framework": version, "epochs": [asdict(e) for e in history]}
+    return json.dumps(doc, indent=1).encode()
+
+
 def train(
     backend: Backend,
     s: Settings,
@@ -120,66 +351,95 @@ def train(
     force: bool = False,
     log: Callable[[str], None] = print,
     stream: TextIO = sys.stderr,
+    resume: bool = False,
 ) -> list[Epoch]:
-    """Train and write the outputs; returns the history."""
-    check_outputs(out, s.variant, backend.name, s.epochs, force)
+    """Train and write the outputs; returns the history. ``resume``: continue the run
+    in ``out`` from its last complete epoch."""
+    o = check_outputs(out, s, backend.name, force, resume)
     v = spec.VARIANTS[s.variant]
     classes = s.num_classes or v.head.classes
     _check_labels(splits, classes)
-    aux = v.aux is not None and spec.aux_admits(spec.resolve(v, aux_logits=True), v.input.size)
+    aux = _plan(s).options.aux_logits
     model = backend.build(s.variant, num_classes=classes, aux_logits=aux)
     p = model.plan
-    backend.from_canonical(model, initial_params(p, s.seed))  # the same start in every framework
     train_x = prepare(splits["train"].images, p.in_channels, v.input.size)
     test_x = prepare(splits["test"].images, p.in_channels, v.input.size)
     train_y, test_y = splits["train"].labels, splits["test"].labels
-    trainer = backend.Trainer(model, lr=s.lr, momentum=s.momentum, aux_weight=s.aux_weight)
+    trainer = backend.Trainer(model, lr=s.lr, momentum=s.momentum, aux_weight=s.aux_weight, deterministic=True)
     rng = np.random.default_rng(s.seed)
+    run = _Run(o, s, p, backend.name, fingerprint(splits))
+    if o.start:
+        history = run.resume(backend, model, trainer, rng)
+    else:
+        backend.from_canonical(model, initial_params(p, s.seed))  # the same start in every framework
+        history = []
     log(
         f"training {s.variant} in {backend.version()}: {len(train_x)} train / {len(test_x)} test images at "
         f"{p.in_channels} x {v.input.size} x {v.input.size}, SGD lr {s.lr} momentum {s.momentum}"
         + (f", aux losses x {s.aux_weight}" if aux else "")
+        + (f"; resumed after epoch {o.start}" if o.start else "")
     )
-    history: list[Epoch] = []
-    paths = outputs(out, s.variant, backend.name, s.epochs)
-    for epoch in range(1, s.epochs + 1):
-        order = rng.permutation(len(train_x))
-        batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
-        losses, correct, start = [], 0, time.perf_counter()
-        for i, idx in enumerate(batches, 1):
-            loss, right = trainer.step(train_x[idx], train_y[idx])
-            if not np.isfinite(loss):
-                raise TrainingError(
-                    f"epoch {epoch}, batch {i}: the loss is {loss}; training diverged, try a smaller --lr than {s.lr}"
-                )
-            losses.append(loss)
-            correct += right
-            progress(i, len(batches), float(np.mean(losses)), stream)
-        seconds = time.perf_counter() - start
-        if stream.isatty():
-            stream.write("\n")
-        test_acc = evaluate(backend, model, test_x, test_y, s.batch_size)
-        checkpoint = save(backend.to_canonical(model), paths[epoch - 1], p, overwrite=force)
-        history.append(
-            Epoch(
-                epoch, float(np.mean(losses)), correct / len(train_x), test_acc, len(train_x) / seconds, str(checkpoint)
+    try:
+        for epoch in range(o.start + 1, s.epochs + 1):
+            e = _epoch(backend, model, trainer, rng, epoch, s, (train_x, train_y), stream)
+            e = dataclasses.replace(
+                e,
+                test_acc=evaluate(backend, model, test_x, test_y, s.batch_size),
+                checkpoint=str(o.checkpoint(epoch)),
             )
-        )
-        e = history[-1]
-        log(
-            f"epoch {epoch}/{s.epochs}: loss {e.loss:.4f}, train acc {e.train_acc:.3f}, test acc {e.test_acc:.3f}"
-            f" ({e.images_per_s:.0f} images/s); checkpoint {checkpoint}"
-        )
-    atomic_write(paths[-2], plot(history, f"{s.variant} ({backend.version()})"), overwrite=force)
-    atomic_write(
-        paths[-1],
-        json.dumps(
-            {"settings": asdict(s), "framework": backend.version(), "epochs": [asdict(e) for e in history]}, indent=1
-        ).encode(),
-        overwrite=force,
-    )
-    log(f"plot {paths[-2]}, history {paths[-1]}")
+            run.save_epoch(backend, model, trainer, rng, [*history, e], force)
+            history.append(e)  # only once on disk: an interrupt keeps exactly these
+            log(
+                f"epoch {epoch}/{s.epochs}: loss {e.loss:.4f}, train acc {e.train_acc:.3f}, test acc {e.test_acc:.3f}"
+                f" ({e.images_per_s:.0f} images/s); checkpoint {e.checkpoint}"
+            )
+    except (files.Interrupted, KeyboardInterrupt) as interrupt:
+        _keep_on_interrupt(run, s, backend, history, force, interrupt)
+        raise
+    run.write(o.plot, plot(history, f"{s.variant} ({backend.version()})"), force)
+    run.write(o.history, history_json(s, backend.version(), history), force)
+    log(f"plot {o.plot}, history {o.history}")
     return history
+
+
+def _epoch(backend, model, trainer, rng, epoch: int, s: Settings, data, stream: TextIO) -> Epoch:
+    """One pass over the training set in a new random order; its test accuracy is filled
+    in afterwards."""
+    train_x, train_y = data
+    trainer.reseed(epoch_seed(s.seed, epoch))
+    order = rng.permutation(len(train_x))
+    batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
+    losses, correct, start = [], 0, time.perf_counter()
+    for i, idx in enumerate(batches, 1):
+        loss, right = trainer.step(train_x[idx], train_y[idx])
+        if not np.isfinite(loss):
+            raise TrainingError(
+                f"epoch {epoch}, batch {i}: the loss is {loss}; training diverged, try a smaller --lr than {s.lr}"
+            )
+        losses.append(loss)
+        correct += right
+        progress(i, len(batches), float(np.mean(losses)), stream)
+    seconds = time.perf_counter() - start
+    if stream.isatty():
+        stream.write("\n")
+    return Epoch(epoch, float(np.mean(losses)), correct / len(train_x), 0.0, len(train_x) / seconds, "")
+
+
+def _keep_on_interrupt(run: _Run, s: Settings, backend: Backend, history: list[Epoch], force: bool, e) -> None:
+    """Write the plot of the complete epochs (their checkpoints, history and state are on
+    disk already) and say how to go on."""
+    done = history
+    if done:
+        with files.ignoring_signals():  # a second Ctrl-C must not cut the plot short
+            run.write(run.o.plot, plot(done, f"{s.variant} ({backend.version()}), interrupted"), force)
+    detail = (
+        f"epochs 1-{done[-1].epoch} of {s.epochs} are saved in {run.o.out} (checkpoints, plot, history); "
+        f"continue with --resume"
+        if done
+        else "no epoch was complete; nothing was written"
+    )
+    if isinstance(e, files.Interrupted):
+        e.detail = detail
 
 
 def plot(history: list[Epoch], title: str) -> bytes:

@@ -1,4 +1,5 @@
-"""The posts' own PyTorch networks (seeds 001 and 004, transcribed in ``post_nets``):
+"""The sources' own PyTorch networks (Hongpu Liu's lecture nets and pytorch-cifar100's
+GoogleNet, transcribed in ``source_nets``):
 their state_dicts load into every framework's implementation and give their outputs."""
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ from conformance.formats.port import port
 from .conftest import backend_or_skip
 
 torch = pytest.importorskip("torch")
-from . import post_nets  # noqa: E402
+from . import source_nets  # noqa: E402
 
-POSTS = {
-    "inception_mnist": post_nets.InceptionNet,
-    "residual_mnist": post_nets.ResidualNet,
-    "googlenet_cifar": post_nets.CifarGoogleNet,
+SOURCES = {
+    "inception_mnist": source_nets.InceptionNet,
+    "residual_mnist": source_nets.ResidualNet,
+    "googlenet_cifar": source_nets.CifarGoogleNet,
 }
 
 
-def post_model(variant: str):
+def source_model(variant: str):
     torch.manual_seed(0)
-    net = POSTS[variant]()
+    net = SOURCES[variant]()
     with torch.no_grad():  # fresh BatchNorm statistics would make eval mode an identity
         for name, buffer in net.named_buffers():
             if name.endswith("running_mean"):
@@ -35,7 +36,7 @@ def post_model(variant: str):
     return net.eval()
 
 
-def post_params(variant: str, net) -> dict[str, np.ndarray]:
+def source_params(variant: str, net) -> dict[str, np.ndarray]:
     state = {k: v.numpy() for k, v in net.state_dict().items()}
     p = spec.resolve(variant)
     params, _ = naming.to_canonical(state, naming.detect(state), p)
@@ -44,13 +45,13 @@ def post_params(variant: str, net) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("variant", ["inception_mnist", "residual_mnist"])
 def test_lecture_state_dict_keys_are_the_canonical_keys(variant):
-    """The post's own module names: its checkpoints port without a renaming table."""
-    keys = set(post_model(variant).state_dict())
+    """Liu's own module names: its checkpoints port without a renaming table."""
+    keys = set(source_model(variant).state_dict())
     assert keys == set(canonical.canonical_shapes(spec.resolve(variant)))
 
 
 def test_cifar100_names_cover_every_key_of_its_state_dict():
-    state = post_model("googlenet_cifar").state_dict()
+    state = source_model("googlenet_cifar").state_dict()
     assert naming.detect(state) == "cifar100"
     names = naming.cifar100_names(spec.resolve("googlenet_cifar"))
     assert set(names.values()) == {k for k in state if not k.endswith("num_batches_tracked")}
@@ -60,25 +61,25 @@ def test_cifar100_names_cover_every_key_of_its_state_dict():
 
 
 @pytest.mark.parametrize("framework", ["torch", "keras", "mxnet"])
-@pytest.mark.parametrize("variant", list(POSTS))
-def test_the_posts_outputs_are_reproduced(variant, framework):
+@pytest.mark.parametrize("variant", list(SOURCES))
+def test_the_sources_outputs_are_reproduced(variant, framework):
     b = backend_or_skip(framework)
-    net = post_model(variant)
+    net = source_model(variant)
     v = spec.VARIANTS[variant]
     x = np.random.default_rng(0).standard_normal((2, v.input.channels, v.input.size, v.input.size)).astype(np.float32)
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     model = b.build(variant)
-    b.from_canonical(model, post_params(variant, net))
+    b.from_canonical(model, source_params(variant, net))
     a = agreement(ref, b.forward(model, x), logits=True)
     assert a.passed and a.max_rel <= REL_TOL, a
 
 
 def test_the_eps_quirk_matters(tmp_path):
-    """With the post's eps=n5x5 replaced by 1e-5, outputs move far beyond the tolerance:
+    """With pytorch-cifar100's eps=n5x5 replaced by 1e-5, outputs move far beyond the tolerance:
     the quirk is part of what its checkpoints mean."""
     b = backend_or_skip("torch")
-    net = post_model("googlenet_cifar")
+    net = source_model("googlenet_cifar")
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
@@ -87,14 +88,14 @@ def test_the_eps_quirk_matters(tmp_path):
     v = spec.GOOGLENET_CIFAR
     plain = dataclasses.replace(v, branch3=dataclasses.replace(v.branch3, first_eps=None))
     model = b.build(plain)
-    b.from_canonical(model, post_params("googlenet_cifar", net))
+    b.from_canonical(model, source_params("googlenet_cifar", net))
     assert agreement(ref, b.forward(model, x)).max_rel > 100 * REL_TOL
 
 
 def test_a_pytorch_cifar100_checkpoint_ports_to_keras(tmp_path):
     backend_or_skip("torch"), backend_or_skip("keras")
     src = tmp_path / "googlenet-cifar100.pth"
-    torch.save(post_model("googlenet_cifar").state_dict(), src)
+    torch.save(source_model("googlenet_cifar").state_dict(), src)
     lines: list[str] = []
     port(src, tmp_path / "googlenet.weights.h5", "googlenet_cifar", log=lines.append)
     assert (tmp_path / "googlenet.weights.h5").exists()

@@ -1,13 +1,19 @@
-"""The networks of seeds 001 and 004, transcribed as the posts write them (module
-names, layer order, ``nn.BatchNorm2d(n5x5, n5x5)`` included), only reformatted:
-test fixtures whose state_dicts and outputs the three implementations must match."""
+"""Two sources' own PyTorch networks, transcribed as they write them (module names,
+layer order, ``nn.BatchNorm2d(n5x5, n5x5)`` included), only reformatted: test fixtures
+whose state_dicts and outputs the three implementations must match.
+
+* Hongpu Liu's lecture *PyTorch Deep Learning Practice*, Advanced CNN
+  (https://www.bilibili.com/video/BV1Y7411d7Ys): ``InceptionNet`` and ``ResidualNet``;
+* pytorch-cifar100's ``models/googlenet.py``
+  (https://github.com/weiaicunzai/pytorch-cifar100): ``CifarGoogleNet``.
+"""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class InceptionA(nn.Module):  # seed 001, the lecture's Inception block
+class InceptionA(nn.Module):  # Liu's InceptionA
     def __init__(self, in_channels):
         super().__init__()
         self.branch1x1 = nn.Conv2d(in_channels, 16, kernel_size=1)
@@ -26,7 +32,7 @@ class InceptionA(nn.Module):  # seed 001, the lecture's Inception block
         return torch.cat([branch1x1, branch5x5, branch3x3, branch_pool], dim=1)
 
 
-class InceptionNet(nn.Module):  # seed 001's first Net
+class InceptionNet(nn.Module):  # Liu's Inception Net
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
@@ -45,7 +51,7 @@ class InceptionNet(nn.Module):  # seed 001's first Net
         return self.fc(x.view(in_size, -1))
 
 
-class ResidualBlock(nn.Module):  # seed 001
+class ResidualBlock(nn.Module):  # Liu's ResidualBlock
     def __init__(self, channels):
         super().__init__()
         self.channels = channels
@@ -58,7 +64,7 @@ class ResidualBlock(nn.Module):  # seed 001
         return F.relu(x + y)
 
 
-class ResidualNet(nn.Module):  # seed 001's second Net
+class ResidualNet(nn.Module):  # Liu's residual Net
     def __init__(self):
         super().__init__()
         self.c1 = nn.Conv2d(1, 16, 5)
@@ -77,7 +83,7 @@ class ResidualNet(nn.Module):  # seed 001's second Net
         return self.l(x.view(batch, -1))
 
 
-class Inception(nn.Module):  # seed 004 (pytorch-cifar100)
+class Inception(nn.Module):  # pytorch-cifar100's Inception
     def __init__(self, input_channels, n1x1, n3x3_reduce, n3x3, n5x5_reduce, n5x5, pool_proj):
         super().__init__()
         self.b1 = nn.Sequential(
@@ -113,7 +119,7 @@ class Inception(nn.Module):  # seed 004 (pytorch-cifar100)
         return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], dim=1)
 
 
-class CifarGoogleNet(nn.Module):  # seed 004's GoogleNet
+class CifarGoogleNet(nn.Module):  # pytorch-cifar100's GoogleNet
     def __init__(self, num_class=100):
         super().__init__()
         self.prelayer = nn.Sequential(

@@ -1,6 +1,8 @@
-"""The PyTorch post's GoogLeNet (shared/seeds/000), transcribed as a test fixture: its
-checkpoints must port without renaming. Kept as the post wrote it (module names,
-InceptionAux with dropout 0.5 and avg 5x5/3), only reformatted."""
+"""WZMIAOMIAO's PyTorch GoogLeNet (deep-learning-for-image-processing,
+pytorch_classification/Test4_googlenet/model.py,
+https://github.com/WZMIAOMIAO/deep-learning-for-image-processing), transcribed as a test
+fixture: its checkpoints (``googleNet.pth``) must port without renaming. Kept as it is
+written (module names, InceptionAux with dropout 0.5 and avg 5x5/3), only reformatted."""
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +86,7 @@ class GoogLeNet(nn.Module):
         x = self.maxpool2(self.conv3(self.conv2(x)))
         x = self.maxpool3(self.inception3b(self.inception3a(x)))
         x = self.inception4a(x)
-        aux1 = self.aux1(x) if self.aux_logits else None  # the post: only when training
+        aux1 = self.aux1(x) if self.aux_logits else None  # upstream: only when training
         x = self.inception4d(self.inception4c(self.inception4b(x)))
         aux2 = self.aux2(x) if self.aux_logits else None
         x = self.maxpool4(self.inception4e(x))

@@ -1,0 +1,431 @@
+"""Reading checkpoint containers without trusting what they declare.
+
+Every reader here looks at a file's own description of its tensors (a safetensors
+header, a zip directory and ``.npy`` headers, an MXNet ``.params`` header) and checks it
+against the file's length *before* anything is allocated, so a few-kilobyte file that
+declares gigabytes costs nothing. What the tensors may be (shapes, the class count) is
+decided by the caller, from the spec (``conformance.formats.bounds``). No framework is
+imported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+MAX_HEADER = 16 << 20  # a GoogLeNet safetensors header is ~30 KB; 16 MB is any real one's ceiling
+MAX_MEMBERS = 10_000  # zip members (a GoogLeNet .pth has ~350)
+MAX_NAME = 1024  # bytes of a tensor name in an MXNet file
+
+
+class Damaged(ValueError):
+    """A file whose structure contradicts itself or its length (truncated, corrupt, or
+    made to mislead): the message says what, without the file name (the caller adds it)."""
+
+
+@dataclass
+class Tensor:
+    """A tensor as a file declares it; ``load()`` reads it (only after its shape and
+    dtype were accepted). ``dtype`` is a numpy dtype, or a name numpy lacks
+    (``"bfloat16"``); ``problem`` says why it can never be a weight (sparse, quantised)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype | str
+    load: Callable[[], np.ndarray] = field(repr=False)
+    problem: str | None = None
+    where: str = ""  # where it sits when the file names it otherwise: "HDF5 fc/vars/0 (1408, 10)"
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=object))
+
+    @property
+    def nbytes(self) -> int:
+        itemsize = 2 if self.dtype == "bfloat16" else getattr(self.dtype, "itemsize", 1)
+        return self.size * itemsize
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 (the high half of a float32) to float32: exact."""
+    return (bits.astype("<u2").astype(np.uint32) << 16).view(np.float32)
+
+
+def _dims(shape: object, what: str) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise Damaged(f"{what}: shape {shape!r} is not a list of at most 8 non-negative integers")
+    return tuple(shape)
+
+
+# --------------------------------------------------------------------------------------
+# safetensors: 8-byte little-endian header length, a JSON header, then the data
+# --------------------------------------------------------------------------------------
+
+SAFETENSORS_DTYPES: dict[str, np.dtype | str] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": "bfloat16",
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "U16": np.dtype("<u2"),
+    "U32": np.dtype("<u4"),
+    "U64": np.dtype("<u8"),
+    "BOOL": np.dtype("?"),
+}
+
+
+@dataclass
+class Safetensors:
+    tensors: dict[str, Tensor]
+    metadata: dict[str, str]
+
+
+def safetensors(path: Path) -> Safetensors:
+    """The header of a safetensors file, checked against the file's length: every
+    tensor's byte range matches its shape and dtype and lies inside the file, the ranges
+    tile the data section exactly. Tensors load from their own range only."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise Damaged(f"{size} bytes is too short for a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n > min(MAX_HEADER, size - 8):
+            raise Damaged(f"the header declares {n:,} bytes; the file holds {size - 8:,} after the length")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise Damaged(f"the header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise Damaged("the header is not a JSON object")
+    start = 8 + n
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise Damaged("__metadata__ is not a map of strings")
+    tensors: dict[str, Tensor] = {}
+    ranges = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+            raise Damaged(f"{name!r}: expected dtype, shape and data_offsets, got {entry!r:.100}")
+        shape = _dims(entry["shape"], repr(name))
+        code = entry["dtype"]
+        dtype = SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
+        offsets = entry["data_offsets"]
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise Damaged(f"{name!r}: data_offsets {offsets!r:.100} is not a pair of integers")
+        begin, end = offsets
+        if not 0 <= begin <= end <= size - start:
+            raise Damaged(
+                f"{name!r}: its data at {begin:,}..{end:,} lies outside the {size - start:,} bytes of data "
+                f"(truncated, or a header that declares more than the file holds)"
+            )
+        problem = None if dtype is not None else f"of dtype {code!r}, which this suite cannot read"
+        t = Tensor(
+            shape,
+            dtype if dtype is not None else str(code),
+            _range_loader(path, start + begin, end - begin, dtype, shape),
+            problem,
+        )
+        if dtype is not None and t.nbytes != end - begin:
+            raise Damaged(f"{name!r}: {code} {list(shape)} is {t.nbytes:,} bytes; its data range holds {end - begin:,}")
+        tensors[name] = t
+        ranges.append((begin, end))
+    position = 0
+    for begin, end in sorted(ranges):
+        if begin != position:
+            raise Damaged(f"the tensors' data ranges {'overlap' if begin < position else 'leave a gap'} at {begin:,}")
+        position = end
+    if position != size - start:
+        raise Damaged(f"the tensors take {position:,} bytes of data; the file holds {size - start:,}")
+    return Safetensors(tensors, metadata)
+
+
+def _range_loader(path: Path, offset: int, length: int, dtype: np.dtype | str | None, shape: tuple[int, ...]):
+    def load() -> np.ndarray:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        if len(data) != length:
+            raise Damaged(f"the file ended inside a tensor ({len(data):,} of {length:,} bytes)")
+        if dtype == "bfloat16":
+            return bfloat16_to_float32(np.frombuffer(data, "<u2")).reshape(shape)
+        assert isinstance(dtype, np.dtype)
+        return np.frombuffer(data, dtype).reshape(shape).copy()
+
+    return load
+
+
+def tensor_digest(params: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of tensors, independent of any file layout: for each key in sorted order,
+    its name, dtype, shape and little-endian C-order bytes."""
+    h = hashlib.sha256()
+    for key in sorted(params):
+        value = np.ascontiguousarray(params[key])
+        value = value.astype(value.dtype.newbyteorder("<"), copy=False)
+        h.update(f"{key}\0{value.dtype.str}\0{value.shape}\0".encode())
+        h.update(value.data)  # a contiguous array is a buffer: no copy
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# Zip archives (.pth, .npz, .keras): declared sizes before reading, CRC-32 on reading
+# --------------------------------------------------------------------------------------
+
+
+def zip_members(
+    path: Path, max_member: int, max_total: int, named: Mapping[str, tuple[int, str]] | None = None
+) -> list[zipfile.ZipInfo]:
+    """The archive's members, refused when one declares more than ``max_member`` bytes
+    uncompressed (``named``: a member's own limit and why) or all together more than
+    ``max_total``. A small deflated file can declare gigabytes; reading stops at the
+    declared size, so the declaration is the bound."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except zipfile.BadZipFile as e:
+        raise Damaged(f"a damaged zip archive ({e}; truncated or corrupt)") from None
+    if len(infos) > MAX_MEMBERS:
+        raise Damaged(f"the archive holds {len(infos):,} members; a checkpoint has at most {MAX_MEMBERS:,}")
+    for info in infos:
+        limit, why = (named or {}).get(info.filename, (max_member, ""))
+        if info.file_size > limit and why:
+            raise Damaged(f"its {info.filename} declares {info.file_size:,} bytes uncompressed; {why}")
+        if info.file_size > max_member:
+            raise Damaged(
+                f"member {info.filename!r} declares {info.file_size:,} bytes uncompressed; "
+                f"no tensor of this network needs more than {max_member:,}"
+            )
+    total = sum(i.file_size for i in infos)
+    if total > max_total:
+        raise Damaged(f"the members declare {total:,} bytes uncompressed; this network needs at most {max_total:,}")
+    return infos
+
+
+def check_crcs(path: Path, names: Iterable[str] | None = None) -> None:
+    """Read every member (or ``names``) to its end: zipfile then checks its CRC-32, the
+    checksum the archive stores for each member. Streamed, so memory stays small."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if names is not None and info.filename not in names:
+                    continue
+                with z.open(info) as f:
+                    while f.read(1 << 20):
+                        pass
+    except zipfile.BadZipFile as e:
+        raise Damaged(f"a damaged zip archive: {e} (the bytes changed after it was written)") from None
+    except (OSError, EOFError, ValueError) as e:  # zlib errors, a truncated member
+        raise Damaged(f"a damaged zip archive: {type(e).__name__}: {e}") from None
+
+
+def read_member(path: Path, name: str) -> bytes:
+    """One member, whole, its CRC-32 checked (call after :func:`zip_members`)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.read(name)
+    except zipfile.BadZipFile as e:
+        raise Damaged(f"a damaged zip archive: {e} (the bytes changed after it was written)") from None
+    except (OSError, EOFError, ValueError) as e:
+        raise Damaged(f"a damaged zip archive: member {name!r}: {type(e).__name__}: {e}") from None
+
+
+def npz(path: Path, max_member: int, max_total: int) -> dict[str, Tensor]:
+    """A numpy archive's arrays as declared by their ``.npy`` headers, each checked
+    against its member's size; loading reads one member (CRC checked), never pickles."""
+    infos = zip_members(path, max_member, max_total)
+    tensors: dict[str, Tensor] = {}
+    with zipfile.ZipFile(path) as z:
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                raise Damaged(f"member {info.filename!r} is not a .npy array")
+            try:
+                with z.open(info) as f:
+                    shape, dtype, fortran, header = _npy_header(f)
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise Damaged(f"member {info.filename!r}: {type(e).__name__}: {e}") from None
+            name = info.filename[: -len(".npy")]
+            if dtype.hasobject:
+                tensors[name] = Tensor(
+                    shape,
+                    dtype,
+                    _refused,
+                    "an object array, which only pickle reads, and pickle can run code (allow_pickle=False)",
+                )
+                continue
+            expected = header + int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if info.file_size != expected:
+                raise Damaged(
+                    f"member {info.filename!r} declares {dtype} {list(shape)} ({expected - header:,} bytes) "
+                    f"but holds {info.file_size - header:,}"
+                )
+            tensors[name] = Tensor(shape, dtype, _npy_loader(path, info.filename, fortran))
+    return tensors
+
+
+def _refused() -> np.ndarray:
+    raise AssertionError("a refused tensor is never loaded")
+
+
+def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """(shape, dtype, Fortran order, header bytes) of a .npy stream, reading the header only."""
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(f)
+        read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+        if read is None:
+            raise Damaged(f".npy format version {version} is not supported")
+        shape, fortran, dtype = read(f, max_header_size=1 << 16)  # type: ignore[call-arg]  # numpy >= 1.24
+    except ValueError as e:
+        raise Damaged(f"a damaged .npy header ({e})") from None
+    return tuple(shape), np.dtype(dtype), bool(fortran), f.tell()
+
+
+def _npy_loader(path: Path, member: str, fortran: bool):
+    def load() -> np.ndarray:
+        from numpy.lib import format as npy
+
+        array = npy.read_array(io.BytesIO(read_member(path, member)), allow_pickle=False)
+        return np.ascontiguousarray(array)
+
+    return load
+
+
+# --------------------------------------------------------------------------------------
+# MXNet .params (mx.nd.save): the list magic 0x112, then NDArrays, then their names
+# --------------------------------------------------------------------------------------
+
+MXNET_LIST_MAGIC = 0x112
+_NDARRAY_MAGICS = {0xF993FAC9: 2, 0xF993FACA: 3}  # NDARRAY_V2_MAGIC, NDARRAY_V3_MAGIC (numpy shapes)
+# mshadow's type flags: numpy dtype (little-endian) or the name of one numpy lacks
+MXNET_DTYPES: dict[int, np.dtype | str] = {
+    0: np.dtype("<f4"),
+    1: np.dtype("<f8"),
+    2: np.dtype("<f2"),
+    3: np.dtype("u1"),
+    4: np.dtype("<i4"),
+    5: np.dtype("i1"),
+    6: np.dtype("<i8"),
+    7: np.dtype("?"),
+    8: np.dtype("<i2"),
+    9: np.dtype("<u2"),
+    10: np.dtype("<u4"),
+    11: np.dtype("<u8"),
+    12: "bfloat16",
+}
+_STORAGE = {1: "row_sparse", 2: "csr"}
+
+
+class _Cursor:
+    def __init__(self, f: io.BufferedIOBase, size: int) -> None:
+        self.f, self.size = f, size
+
+    def take(self, n: int, what: str) -> bytes:
+        data = self.f.read(n)
+        if len(data) != n:
+            raise Damaged(f"the file ends inside {what} (at byte {self.f.tell():,} of {self.size:,})")
+        return data
+
+    def skip(self, n: int, what: str) -> int:
+        at = self.f.tell()
+        if at + n > self.size:
+            raise Damaged(f"{what} needs {n:,} bytes at {at:,}; the file ends at {self.size:,}")
+        self.f.seek(n, io.SEEK_CUR)
+        return at
+
+    def u32(self, what: str) -> int:
+        return int(struct.unpack("<I", self.take(4, what))[0])
+
+    def i32(self, what: str) -> int:
+        return int(struct.unpack("<i", self.take(4, what))[0])
+
+    def u64(self, what: str) -> int:
+        return int(struct.unpack("<Q", self.take(8, what))[0])
+
+    def shape(self, what: str) -> tuple[int, ...]:
+        ndim = self.i32(f"{what}'s shape")
+        if not 0 <= ndim <= 8:
+            raise Damaged(f"{what} declares {ndim} dimensions")
+        dims = struct.unpack(f"<{ndim}q", self.take(8 * ndim, f"{what}'s shape"))
+        if any(d < 0 for d in dims):
+            raise Damaged(f"{what} declares shape {dims}")
+        return tuple(int(d) for d in dims)
+
+
+def mxnet_params(path: Path, max_arrays: int) -> dict[str, Tensor]:
+    """The arrays of an MXNet ``.params`` file as its header declares them, each one's
+    data checked to lie inside the file, without reading any (the layout of
+    ``NDArray::Save`` in MXNet 1.x, src/ndarray/ndarray.cc)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        c = _Cursor(f, size)
+        if c.u64("the header") != MXNET_LIST_MAGIC:
+            raise Damaged("not an MXNet parameter file (no 0x112 list magic)")
+        c.u64("the header")
+        count = c.u64("the array count")
+        if count > max_arrays:
+            raise Damaged(f"declares {count:,} arrays; this network has at most {max_arrays:,}")
+        arrays = [_mxnet_array(c, i) for i in range(count)]
+        names_count = c.u64("the name count")
+        if names_count != count:
+            raise Damaged(f"holds {count} arrays but {names_count} names")
+        names = []
+        for i in range(count):
+            n = c.u64(f"name {i}'s length")
+            if n > MAX_NAME:
+                raise Damaged(f"name {i} declares {n:,} bytes")
+            names.append(c.take(n, f"name {i}").decode("utf-8", errors="replace"))
+        if f.tell() != size:
+            raise Damaged(f"{size - f.tell():,} bytes follow the last name")
+    if len(set(names)) != len(names):
+        raise Damaged("two arrays share a name")
+    return {name: t for name, t in zip(names, arrays, strict=True)}
+
+
+def _mxnet_array(c: _Cursor, i: int) -> Tensor:
+    what = f"array {i}"
+    magic = c.u32(what)
+    if magic not in _NDARRAY_MAGICS:
+        raise Damaged(f"{what}: magic {magic:#x} is not an MXNet >= 1.0 NDArray (V2/V3)")
+    stype = c.i32(what)
+    storage = _STORAGE.get(stype)
+    if stype and storage is None:
+        raise Damaged(f"{what}: unknown storage type {stype}")
+    stored = c.shape(f"{what}'s storage") if storage else None
+    shape = c.shape(what)
+    if not shape and magic == 0xF993FAC9:  # V2: ndim 0 is an empty ("none") array, no more fields
+        return Tensor(shape, np.dtype("<f4"), _refused, "an empty (none) array")
+    c.take(8, f"{what}'s context")
+    dtype = _mxnet_dtype(c.i32(f"{what}'s type"), what)
+    aux = []
+    for j in range({"row_sparse": 1, "csr": 2}.get(storage or "", 0)):  # row_sparse: indices; csr: indptr, indices
+        aux.append((_mxnet_dtype(c.i32(f"{what}'s aux type"), what), c.shape(f"{what}'s aux {j}")))
+    t = Tensor(shape, dtype, _refused, f"a sparse ({storage}) array" if storage else None)
+    values = Tensor(stored, dtype, _refused) if stored is not None else t
+    c.skip(values.nbytes, f"{what}'s {values.nbytes:,} bytes of data")
+    for aux_dtype, aux_shape in aux:
+        c.skip(Tensor(aux_shape, aux_dtype, _refused).nbytes, f"{what}'s sparse indices")
+    return t
+
+
+def _mxnet_dtype(flag: int, what: str) -> np.dtype | str:
+    dtype = MXNET_DTYPES.get(flag)
+    if dtype is None:
+        raise Damaged(f"{what}: unknown type flag {flag}")
+    return dtype

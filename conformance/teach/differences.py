@@ -1,0 +1,152 @@
+"""The differences table, and which lines of the three model files each row explains.
+
+The rows are the README's table "Where the three frameworks differ", read from the
+README itself (one source: the page shows what the README says). The model files
+show a few framework APIs that table leaves to the code (base classes, operator
+namespaces, layer names, saving, imports); :data:`MODEL_ROWS` states them in the
+same form. :data:`RULES` say which rows explain a line: a framework-specific line of
+a model file (one that is not the same in all three, once aligned) is explained by
+every row whose pattern matches it or its counterparts in the other two files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+FRAMEWORK_COLUMNS = ("torch", "keras", "mxnet")
+TITLE = "## Where the three frameworks differ"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    cells: tuple[str, str, str]  # PyTorch, Keras 3, MXNet Gluon: markdown, as the README writes them
+    source: str  # "README" or "model files"
+
+    @property
+    def slug(self) -> str:
+        return "row-" + re.sub(r"[^a-z0-9]+", "-", self.what.lower()).strip("-")
+
+
+def readme_rows(text: str) -> list[Row]:
+    """The rows of the README's differences table; ValueError if the table is missing."""
+    if TITLE not in text:
+        raise ValueError(f"README: no section {TITLE!r}")
+    section = text.split(TITLE, 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    if len(lines) < 3 or lines[0].strip("|").split("|")[0].strip() != "what":
+        raise ValueError(f"README: the section {TITLE!r} holds no table whose first column is 'what'")
+    rows = []
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4:
+            raise ValueError(f"README: a differences row needs 4 cells, got {len(cells)}: {line}")
+        rows.append(Row(cells[0], (cells[1], cells[2], cells[3]), "README"))
+    return rows
+
+
+def read_readme(path: Path = README) -> list[Row]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(
+            f"{path}: cannot read the README's differences table ({e.strerror}); build the page from a source checkout"
+        ) from None
+    return readme_rows(text)
+
+
+# The framework APIs the model files show and the README's table leaves to the code.
+MODEL_ROWS = [
+    Row(
+        "module API",
+        (
+            "subclass `nn.Module`; `forward(self, x)`; children registered by attribute or `add_module`",
+            "subclass `layers.Layer` (`keras.Model` for the network); `call(self, x, training=None)`; "
+            "children by attribute",
+            "subclass `nn.HybridBlock`; `hybrid_forward(self, F, x)`, `F` is `mx.nd` or `mx.sym`; "
+            "children by attribute; `forward_stages` runs `_stages` with `mx.nd`",
+        ),
+        "model files",
+    ),
+    Row(
+        "operators",
+        (
+            "`torch.*` and `torch.nn.functional` as `F`",
+            "`keras.ops` (so a chain of ops is `ops_`)",
+            "`F.*`: the namespace `hybrid_forward` receives",
+        ),
+        "model files",
+    ),
+    Row(
+        "layer names",
+        (
+            "the attribute path (`state_dict` keys)",
+            "every weight-carrying layer is given its canonical name (`name=`): nested layers do not prefix",
+            "the attribute path (structural names)",
+        ),
+        "model files",
+    ),
+    Row(
+        "initial weights",
+        (
+            "each layer's own initialiser, then `build` loads `canonical.default_params`",
+            "`kernel_initializer=init()` (zeros: nothing random is drawn), then the same",
+            "`initialize(mx.init.Zero())`, then the same",
+        ),
+        "model files",
+    ),
+    Row(
+        "saving a model",
+        (
+            "the `state_dict`",
+            "a `.keras` file rebuilds the model: `register_keras_serializable`, `get_config`, `from_config`",
+            "`save_parameters`",
+        ),
+        "model files",
+    ),
+    Row(
+        "imports and type hints",
+        (
+            "`import torch`; tensors annotated as `Tensor`",
+            "`import keras`",
+            "`import mxnet`; `from mxnet.gluon import nn`",
+        ),
+        "model files",
+    ),
+]
+
+# (row, pattern) applied to a statement of a model file; ("scope", name) rules apply to
+# every line of a function of that name.
+RULES: list[tuple[str, str]] = [
+    ("layout", r"#.*\bN x \d"),
+    ("layout", r"torch\.cat\(|ops\.concatenate\(|F\.concat\(|channel axis"),
+    ("layout", r"x\[:, c : c \+ 1\]|x\[\.\.\., c : c \+ 1\]|slice_axis"),
+    ("flatten before a dense layer", r"[Ff]latten|\((C, H, W|H, W, C)\) order|permut"),
+    ("input channels", r"\bin_units=|nn\.Linear\(|self\.head = head|\.build\("),
+    ("variable dtype", r"\bdtype\b"),
+    ("training mode", r"training"),
+    ("module API", r"^class \w+\((nn\.Module|layers\.Layer|keras\.Model|nn\.HybridBlock)\)"),
+    ("module API", r"def (forward|call|hybrid_forward|forward_stages|_stages)\(|self\._stages\("),
+    ("module API", r"super\(\)\.__init__\(|add_module\(|setattr\(|-> (nn\.Module|layers\.Layer|nn\.HybridBlock)"),
+    ("operators", r"\b(F|ops|torch)\.(relu|cat|concat|concatenate|flatten)\b|\bops_\b|\bops\b"),
+    ("layer names", r"\bname=|f\"\{block\.name\}"),
+    ("initial weights", r"kernel_initializer"),
+    ("saving a model", r"register_keras_serializable|config"),
+    ("imports and type hints", r"^(import|from) |\bTensor\b"),
+]
+SCOPES: dict[str, str] = {
+    "build": "input channels",  # Keras builds every weight from the spec's channel counts
+    "get_config": "saving a model",
+    "from_config": "saving a model",
+}
+
+
+def rows_for(statement: str, scope: str | None) -> set[str]:
+    """The rows whose rules match a statement (whitespace-normalised) inside ``scope``."""
+    found = {row for row, pattern in RULES if re.search(pattern, statement)}
+    if scope in SCOPES:
+        found.add(SCOPES[scope])
+    return found

@@ -1,0 +1,198 @@
+"""Training that survives an interrupt (issue 9, case 9): data that cannot be trained on
+is refused up front; SIGINT keeps the complete epochs, their plot and history; and
+``train --resume`` ends bit-identical to a run never interrupted, in every framework."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance import canonical, files, frameworks
+from conformance.train import data, training
+
+from .conftest import backend_or_skip
+from .resume_run import compare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("framework", list(frameworks.FRAMEWORKS))
+def test_an_interrupted_and_resumed_run_is_bit_identical(framework):
+    """inception_mnist, interrupted at the second batch of epoch 2: every epoch's
+    checkpoint and the final momentum equal the straight run's bit for bit."""
+    backend_or_skip(framework)
+    result = compare(framework)
+    assert result["interrupted"]
+    stem = f"inception_mnist-{framework}"
+    assert result["kept"] == [f"{stem}-epoch1.safetensors", f"{stem}.json", f"{stem}.png", f"{stem}.state.safetensors"]
+    assert result["changed"] == {1: [], 2: [], 3: []}
+    assert result["momentum"] == 34 and result["momentum_changed"] == []
+    straight, resumed = result["losses"]
+    assert straight == resumed
+
+
+def test_negative_control_a_resume_that_loses_the_momentum_differs(monkeypatch):
+    """The check above can fail: a Trainer whose load_state drops the momentum gives
+    the same epoch 1 (written before the interrupt) and different epochs 2 and 3."""
+    t = backend_or_skip("torch")
+    monkeypatch.setattr(t.Trainer, "load_state", lambda self, state: None)
+    result = compare("torch")
+    assert result["changed"][1] == [] and len(result["changed"][2]) == 34 and len(result["changed"][3]) == 34
+
+
+def dropout_masks(framework: str, seed: int) -> np.ndarray:
+    """The head dropout of googlenet_cifar (p 0.4) in training mode, after reseed(seed)."""
+    b = backend_or_skip(framework)
+    model = b.build("googlenet_cifar")
+    trainer = b.Trainer(model, lr=0.01, momentum=0.9)
+    trainer.reseed(seed)
+    ones = np.ones((4, 1024), np.float32)
+    if framework == "torch":
+        import torch
+
+        return model.dropout.train()(torch.from_numpy(ones)).numpy()
+    if framework == "keras":
+        return np.asarray(model.dropout(ones, training=True))
+    import mxnet as mx
+
+    with mx.autograd.record():
+        return model.dropout(mx.nd.array(ones)).asnumpy()
+
+
+@pytest.mark.parametrize("framework", list(frameworks.FRAMEWORKS))
+def test_reseed_repeats_the_dropout_masks(framework):
+    """What makes dropout resumable: each epoch reseeds the framework's random numbers
+    from --seed and the epoch, so a resumed epoch draws the straight run's masks."""
+    first, again, other = dropout_masks(framework, 5), dropout_masks(framework, 5), dropout_masks(framework, 6)
+    assert 0.3 < float((first == 0).mean()) < 0.5  # p = 0.4: it dropped
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "conformance", "train", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+
+
+def test_sigint_keeps_the_complete_epochs_and_resume_finishes_the_run(tmp_path):
+    """A real SIGINT in epoch 2 of 3 (MXNet: the quickest to start): exit 130 with one
+    line, epoch 1's checkpoint, history, state and plot kept, no temporary file; then
+    --resume finishes with the straight run's weights."""
+    backend_or_skip("mxnet")
+    args = [
+        "--framework",
+        "mxnet",
+        "--variant",
+        "inception_mnist",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--limit",
+        "480",
+    ]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir()
+    broken.mkdir()
+    assert run(*args, "--out", str(straight)).returncode == 0
+    p = subprocess.Popen(
+        [sys.executable, "-m", "conformance", "train", *args, "--out", str(broken)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = broken / "inception_mnist-mxnet.state.safetensors"
+    deadline = time.monotonic() + 300
+    while not state.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted by SIGINT: epochs 1-1 of 3 are saved in {broken} (checkpoints, plot, history); "
+        f"continue with --resume"
+    )
+    assert "Traceback" not in err and "epoch 1/3" in out and "epoch 2/3" not in out
+    stem = "inception_mnist-mxnet"
+    assert sorted(q.name for q in broken.iterdir()) == [
+        f"{stem}-epoch1.safetensors",
+        f"{stem}.json",
+        f"{stem}.png",
+        f"{stem}.state.safetensors",
+    ]
+    r = run(*args, "--out", str(broken), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "resumed after epoch 1" in r.stdout and "epoch 2/3" in r.stdout and "epoch 1/3" not in r.stdout
+    for e in (1, 2, 3):
+        a, b = (canonical.load(d / f"{stem}-epoch{e}.safetensors") for d in (straight, broken))
+        assert all(np.array_equal(a[k], b[k]) for k in a), e
+
+
+def quiet() -> dict:
+    return {"log": lambda line: None, "stream": io.StringIO()}
+
+
+def test_resume_checks_the_run_it_continues(tmp_path):
+    b = backend_or_skip("torch")
+    s = training.Settings("inception_mnist", epochs=1, batch_size=16, limit=32)
+    splits = training.load_data(None, s)
+    with pytest.raises(files.OutputError, match=r"--resume: no run of inception_mnist-torch to continue"):
+        training.check_outputs(tmp_path, s, "torch", False, resume=True)
+    training.train(b, s, splits, tmp_path, **quiet())
+    with pytest.raises(files.OutputError, match=r"has done 1 epochs; pass --epochs above 1"):
+        training.check_outputs(tmp_path, s, "torch", False, resume=True)
+    longer = training.Settings("inception_mnist", epochs=2, batch_size=16, limit=32)
+    other = training.Settings("inception_mnist", epochs=2, batch_size=16, limit=32, lr=0.1)
+    with pytest.raises(files.OutputError, match=r"was started with --lr 0.01, not 0.1; pass the same options"):
+        training.check_outputs(tmp_path, other, "torch", False, resume=True)
+    shifted = {k: data.Split(v.images[::-1].copy(), v.labels[::-1].copy()) for k, v in splits.items()}
+    with pytest.raises(files.OutputError, match=r"the data differs from the run's"):
+        training.train(b, longer, shifted, tmp_path, resume=True, **quiet())
+    history = training.train(b, longer, splits, tmp_path, resume=True, **quiet())
+    assert [e.epoch for e in history] == [1, 2]
+    with pytest.raises(files.OutputError, match=r"already exists; pass --force to overwrite .*; or --resume"):
+        training.check_outputs(tmp_path, longer, "torch", False)
+
+
+def idx(directory: Path, n_train: int, n_test: int, size: tuple[int, int] = (28, 28)) -> Path:
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        data.write_idx(directory / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, *size), dtype=np.uint8))
+        data.write_idx(directory / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
+    return directory
+
+
+@pytest.mark.parametrize(
+    "n_train,n_test,size,message",
+    [
+        (0, 8, (28, 28), r"the train set holds no images; nothing to train on"),
+        (8, 0, (28, 28), r"the test set holds no images; the test accuracy needs at least one image"),
+        (8, 8, (0, 0), r"train images are 0 x 0 pixels"),
+    ],
+)
+def test_data_that_cannot_be_trained_on_is_refused_before_any_framework(tmp_path, n_train, n_test, size, message):
+    """Issue 9, case 9: an empty training set raised ZeroDivisionError (and left an
+    untrained checkpoint), 0 x 0 images an IndexError, an empty test set printed
+    "test acc 0.000"."""
+    directory = idx(tmp_path / "data", n_train, n_test, size)
+    (tmp_path / "out").mkdir()
+    r = run(
+        "--framework", "torch", "--variant", "inception_mnist", "--data", str(directory), "--out", str(tmp_path / "out")
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: --data {directory}: " in r.stderr and __import__("re").search(message, r.stderr), r.stderr
+    assert not list((tmp_path / "out").iterdir())
