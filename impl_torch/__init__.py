@@ -15,6 +15,7 @@ from conformance import frameworks, interface
 from conformance.canonical import default_params
 from conformance.spec import Variant, resolve
 
+from .layers import weights_version
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical
@@ -35,9 +36,9 @@ __all__ = [
 ]
 
 
-# channels_last: NHWC activations, the layout oneDNN's CPU convolutions run natively
-# (NCHW inputs are reordered at every conv); under inference_mode nothing is recorded
-# for autograd. The default: what a PyTorch user picks for CPU inference.
+# channels_last: NHWC activations and weights, the layout oneDNN's CPU convolutions run
+# natively (NCHW ones are reordered at every conv); under inference_mode nothing is
+# recorded for autograd. The default: what a PyTorch user picks for CPU inference.
 MODES = ("channels_last", interface.EAGER)
 
 if "mxnet" in sys.modules and "OMP_NUM_THREADS" not in os.environ:
@@ -65,18 +66,40 @@ def build(
     return model.eval()
 
 
-def _layout(x: torch.Tensor, mode: str) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if mode == "channels_last" else x
+class _ChannelsLast:
+    """The model with its weights in channels-last too: oneDNN's convolutions read NHWC
+    kernels, and a model whose weights stay NCHW has them reordered at every call. A
+    copy of the model, so the model itself (and its eager mode) keeps its layout; made
+    again whenever the model's weights changed (PyTorch counts every in-place write)."""
+
+    def __init__(self) -> None:
+        self.model: GoogLeNet | None = None
+        self.seen: tuple[tuple[int, int], ...] = ()
+
+    def __call__(self, model: GoogLeNet) -> GoogLeNet:
+        seen = weights_version(model)
+        if self.model is None or seen != self.seen:
+            # A new module, not a deepcopy: nothing of the model but its weights (no hooks).
+            net = GoogLeNet(model.plan).to(next(model.parameters()).dtype)
+            net.load_state_dict(model.state_dict())
+            self.model = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.seen = seen
+        return self.model
 
 
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage: bool) -> dict[str, np.ndarray]:
     names = interface.output_names(model.plan, with_aux, every_stage)
-    was_training = model.training
+    inputs = torch.from_numpy(x)
+    net = model
+    if mode == "channels_last":
+        net = interface.compiled(model, mode, _ChannelsLast)(model)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    was_training = net.training
     try:
         with torch.inference_mode():
-            out = model.eval().forward_stages(_layout(torch.from_numpy(x), mode), with_aux=with_aux)
+            out = net.eval().forward_stages(inputs, with_aux=with_aux)
     finally:
-        model.train(was_training)
+        net.train(was_training)
     # NCHW whatever the memory layout (a copy for channels_last; each freed once copied)
     return {k: out.pop(k).contiguous().numpy() for k in names}
 

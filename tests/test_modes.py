@@ -56,12 +56,14 @@ def test_a_second_call_at_the_same_shape_compiles_nothing(backend, monkeypatch):
 
     monkeypatch.setattr(interface, "compiled", counting)
     model = backend.build("inception_mnist")
-    for _ in range(3):
-        backend.forward(model, image(28, 2, 1))
+    backend.forward(model, image(28, 2, 1))
     first = len(made)
-    assert first <= 1  # one graph for this shape, or none (a mode that compiles nothing)
+    assert first <= 1  # one graph (or weight copy) for this shape, or nothing to compile
+    for _ in range(2):
+        backend.forward(model, image(28, 2, 1))
+    assert len(made) == first  # the second and third calls compile nothing
     backend.forward(model, image(28, 3, 1))  # another batch size: another shape
-    assert len(made) == 2 * first
+    assert len(made) <= first + 1
 
 
 def test_keras_graph_is_traced_once_per_shape():
