@@ -17,7 +17,7 @@ from pathlib import Path
 from . import files, spec
 from .files import check_output
 from .formats.registry import FORMATS, PortError
-from .frameworks import FRAMEWORKS
+from .frameworks import FRAMEWORKS, JUDGES
 from .spec import MAX_CLASSES
 from .teach.pitfalls import PITFALLS
 from .train.training import MAX_EPOCHS
@@ -71,7 +71,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--framework",
         default=frameworks,
         metavar="LIST",
-        help=f"comma-separated subset of {frameworks} (default: all installed)",
+        help=f"comma-separated subset of {frameworks}, and judges {','.join(JUDGES)} (ONNX Runtime on each "
+        "framework's ONNX export; needs .[onnx]) (default: the frameworks installed)",
     )
     check.add_argument(
         "--require",
@@ -272,7 +273,7 @@ def _check(args: argparse.Namespace) -> int:
 
     if args.json is not None:  # refuse before spending a minute on the check
         check_output(args.json, args.force, "--json")
-    names = frameworks.parse(args.frameworks)
+    names = frameworks.parse(args.frameworks, judges=True)
     required = frameworks.parse(args.require, "--require") if args.require else []
     variants = list(dict.fromkeys(args.variant or spec.VARIANTS))
     sizes = list(dict.fromkeys(args.input_size)) if args.input_size else None  # None: each variant's own

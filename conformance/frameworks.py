@@ -69,7 +69,7 @@ def threads() -> dict[str, int]:
     return found
 
 
-def parse(names: str | Iterable[str] | None, option: str = "--frameworks", judges: bool = True) -> list[str]:
+def parse(names: str | Iterable[str] | None, option: str = "--frameworks", judges: bool = False) -> list[str]:
     """Framework (and, with ``judges``, judge) names from ``"torch,keras"`` or a list;
     every framework for None. Errors name ``option``."""
     if names is None:
