@@ -535,7 +535,7 @@ def test_the_python_api_speaks_python_and_the_cli_speaks_options(tmp_path, state
         port(src, tmp_path / "b.npz", "googlenet")
     assert str(e.value).endswith("already exists; pass force=True to overwrite it")
     assert e.value.cli.endswith("already exists; pass --force to overwrite it")
-    r = cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
+    r = port_cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
     assert r.returncode == 2 and r.stderr.strip().endswith("pass --force to overwrite it"), r.stderr
 
 
