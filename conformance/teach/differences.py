@@ -108,6 +108,21 @@ MODEL_ROWS = [
         "model files",
     ),
     Row(
+        "graphs and scripting",
+        (
+            "`torch.jit.script` compiles `forward`: it calls no child by a computed name and reads "
+            "no dataclass, so the network and its blocks are `nn.ModuleDict`s walked in order (the "
+            "`state_dict` keys stay torchvision's), with the plan's names as lists, and training "
+            "returns a fixed (logits, aux2, aux1)",
+            "a functional `keras.Model`, as keras-hub builds backbones: `__init__` runs `call` on a "
+            "`keras.Input` of open size and hands the graph to `keras.Model`; its outputs are fixed: "
+            "the logits, or a dict of `logits`, `aux2`, `aux1`",
+            "`hybridize()` traces `hybrid_forward` once; the network's base (`Network`) traces it again "
+            "when the training mode changes",
+        ),
+        "model files",
+    ),
+    Row(
         "imports and type hints",
         (
             "`import torch`; tensors annotated as `Tensor`",
@@ -136,6 +151,13 @@ RULES: list[tuple[str, str]] = [
     ("initial weights", r"kernel_initializer"),
     ("saving a model", r"register_keras_serializable|config"),
     ("imports and type hints", r"^(import|from) |\bTensor\b"),
+    (  # TorchScript's walks over children and plain lists, and what Keras's and Gluon's files do instead
+        "graphs and scripting",
+        r"TorchScript|self\.(starts|ends|trunk|taps|classifier|scale|shift|values|items)\b|^(taps|scale|shift):"
+        r"|out\[\"aux2\"\], out\[\"aux1\"\]|\bout\[(name|stage\.name)\] = x|t = self\.plan\.transform|aux_for"
+        r"|^for (branch in self\.branches|attr in branch):"
+        r"|keras\.Input|image_shape|[Ff]unctional|summary\(\)|plot_model|\{\"logits\": |\(Network\)",
+    ),
 ]
 SCOPES: dict[str, str] = {
     "build": "input channels",  # Keras builds every weight from the spec's channel counts
