@@ -12,6 +12,12 @@ same order. What Keras lacks is here, with PyTorch's semantics:
 Keras layers are NHWC; every layer carries its canonical name, so the weight adapter is
 a table. Layers are told their dtype when made (``dtype``): a Keras variable's dtype is
 fixed when it is created, where PyTorch and Gluon cast a built model.
+
+The network is a functional model whose input height and width are open, so the pools
+pad from the input's size whether it is an int or, in a graph traced with open sizes, a
+tensor (``length``); each layer states its output shape from the spec
+(``compute_output_shape``, ``Block``), so wiring the graph traces no ``call``. The four
+layers above are registered with Keras (``conformance>Pool2D``, ...) with their configs.
 """
 
 from __future__ import annotations

@@ -263,12 +263,15 @@ def _load_torch(path: Path, p: Plan, reference: str, into: Native | None) -> Nat
 
 
 def _keras_shape(path: Path) -> tuple[bool, int | None]:
-    """(has aux heads, number of classes) from a .weights.h5 file's layout."""
+    """(has aux heads, number of classes) from a .weights.h5 file's layout. The functional
+    model's file keys its graph's layers by class (``layers/inception_aux``, and
+    ``layers/dense``: the one top-level Dense, fc); files of the earlier subclassed model
+    by attribute (``aux1``, ``fc``)."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        aux = "aux1" in f or "layers/aux1" in f
-        fc = f.get("fc/vars/0") or f.get("layers/fc/vars/0")
+        aux = any(key in f for key in ("layers/inception_aux", "aux1", "layers/aux1"))
+        fc = f.get("layers/dense/vars/0") or f.get("fc/vars/0") or f.get("layers/fc/vars/0")
         return aux, (int(fc.shape[-1]) if fc is not None else None)
 
 
