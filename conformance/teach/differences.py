@@ -63,11 +63,12 @@ MODEL_ROWS = [
     Row(
         "module API",
         (
-            "subclass `nn.Module`; `forward(self, x)`; children registered by attribute or `add_module`",
-            "subclass `layers.Layer` (`keras.Model` for the network); `call(self, x, training=None)`; "
-            "children by attribute",
-            "subclass `nn.HybridBlock`; `hybrid_forward(self, F, x)`, `F` is `mx.nd` or `mx.sym`; "
-            "children by attribute; `forward_stages` runs `_stages` with `mx.nd`",
+            "subclass `nn.Module` (`nn.ModuleDict` for the network and its Inception blocks); "
+            "`forward(self, x)`; children registered by attribute or `add_module`",
+            "subclass `layers.Layer` (`Block` for a layer made from one unit of the plan, `keras.Model` "
+            "for the network); `call(self, x, training=None)`; children by attribute",
+            "subclass `nn.HybridBlock` (`Network` for the network); `hybrid_forward(self, F, x)`, `F` is "
+            "`mx.nd` or `mx.sym`; children by attribute; `forward_stages` runs `_stages` with `mx.nd`",
         ),
         "model files",
     ),
@@ -143,7 +144,7 @@ RULES: list[tuple[str, str]] = [
     ("input channels", r"\bin_units=|nn\.Linear\(|self\.head = head|\.build\("),
     ("variable dtype", r"\bdtype\b"),
     ("training mode", r"training"),
-    ("module API", r"^class \w+\((nn\.Module|layers\.Layer|keras\.Model|nn\.HybridBlock)\)"),
+    ("module API", r"^class \w+\((nn\.Module(Dict)?|layers\.Layer|Block|keras\.Model|nn\.HybridBlock|Network)\)"),
     ("module API", r"def (forward|call|hybrid_forward|forward_stages|_stages)\(|self\._stages\("),
     ("module API", r"super\(\)\.__init__\(|add_module\(|setattr\(|-> (nn\.Module|layers\.Layer|nn\.HybridBlock)"),
     ("operators", r"\b(F|ops|torch)\.(relu|cat|concat|concatenate|flatten)\b|\bops_\b|\bops\b"),
