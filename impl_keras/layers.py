@@ -22,6 +22,7 @@ layers above are registered with Keras (``conformance>Pool2D``, ...) with their 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 
@@ -390,3 +391,20 @@ def reseed_dropout(model: layers.Layer, seed: int) -> None:
     for layer, state in zip(droppers, states, strict=True):
         generator = layer.seed_generator
         generator.state.assign(np.array([state, 0]).astype(generator.state.dtype))
+
+
+@contextlib.contextmanager
+def op_determinism(on: bool) -> Iterator[None]:
+    """TensorFlow's op determinism while the block runs, then as it was. TensorFlow
+    offers only ``enable_op_determinism`` (process-wide, for good); the switch back is
+    ``tensorflow.python.framework.config.disable_op_determinism``."""
+    from tensorflow.python.framework import config
+
+    was = config.is_op_determinism_enabled()
+    if on and not was:
+        config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if on and not was:
+            config.disable_op_determinism()
