@@ -101,6 +101,20 @@ class Limit:
 
 
 # The machine's limit: single kernels in PyTorch, timed in the rounds like the runtimes.
+# Each framework's Trainer as ``train`` runs it, and for Gluon also its imperative step
+# (the Trainer hybridizes by default): the ratio says what hybridizing gains.
+TRAIN_MODES: dict[str, dict[str, dict[str, Any]]] = {
+    "torch": {"train": {}},
+    "keras": {"train": {}},
+    "mxnet": {"train": {}, "train imperative": {"hybridize": False}},
+}
+
+
+def _train_options(options: dict[str, str]) -> dict[str, Any]:
+    """The Trainer keyword arguments of a train worker's mode."""
+    return TRAIN_MODES[options["framework"]][options["mode"]]
+
+
 KERNELS = {
     "conv": "a 3x3 conv, 128 -> 192 channels at 28 x 28 (inception3b's 3x3 branch at 224), channels-last",
     "gemm": "a 2048 x 2048 x 2048 matrix product",
@@ -214,7 +228,11 @@ def _start(s: Settings, log: IO[str], tmp: Path, rows: list[Runtime], workers: l
     one per other mode, the export and ONNX Runtime, and with --train one per trainer."""
     firsts = {fw: Worker("infer", s, log, framework=fw) for fw in s.frameworks if fw in FRAMEWORKS}
     export = Worker("export", s, log, out=str(tmp / "model.onnx")) if ONNX in s.frameworks else None
-    trainers = {fw: Worker("train", s, log, framework=fw) for fw in firsts} if s.train else {}
+    trainers = (
+        {(fw, mode): Worker("train", s, log, framework=fw, mode=mode) for fw in firsts for mode in TRAIN_MODES.get(fw, {})}
+        if s.train
+        else {}
+    )
     for fw, worker in firsts.items():
         ready = worker.ask("")
         if "skipped" in ready:
@@ -241,12 +259,12 @@ def _start(s: Settings, log: IO[str], tmp: Path, rows: list[Runtime], workers: l
             rows.append(Runtime(ONNX, "onnxruntime", version=answer["version"], threads=answer["threads"]))
             rows[-1].first_s = exported["seconds"]  # the export is part of getting a first answer
             workers.append((rows[-1], worker))
-    for fw, worker in trainers.items():
+    for (fw, mode), worker in trainers.items():
         ready = worker.ask("")
         if "skipped" in ready:
             worker.close()
             continue
-        rows.append(Runtime(fw, "train", kind="train", version=ready["version"], threads=ready["threads"]))
+        rows.append(Runtime(fw, mode, kind="train", version=ready["version"], threads=ready["threads"]))
         workers.append((rows[-1], worker))
     for kernel in KERNELS if "torch" in s.frameworks else ():
         worker = Worker("limit", s, log, mode=kernel)
@@ -443,7 +461,7 @@ def worker(role: str, s: Settings, options: dict[str, str], answer: Callable[[di
             from .canonical import initial_params
 
             b.from_canonical(model, initial_params(p))
-            trainer = b.Trainer(model, lr=0.01, momentum=0.9)
+            trainer = b.Trainer(model, lr=0.01, momentum=0.9, **_train_options(options))
             y = np.random.default_rng(1).integers(0, p.num_classes, s.batch)
             ready = {"version": b.version(), "threads": threads()}
             _serve(answer, ready, lambda: trainer.step(x, y))
