@@ -228,11 +228,8 @@ def _start(s: Settings, log: IO[str], tmp: Path, rows: list[Runtime], workers: l
     one per other mode, the export and ONNX Runtime, and with --train one per trainer."""
     firsts = {fw: Worker("infer", s, log, framework=fw) for fw in s.frameworks if fw in FRAMEWORKS}
     export = Worker("export", s, log, out=str(tmp / "model.onnx")) if ONNX in s.frameworks else None
-    trainers = (
-        {(fw, mode): Worker("train", s, log, framework=fw, mode=mode) for fw in firsts for mode in TRAIN_MODES.get(fw, {})}
-        if s.train
-        else {}
-    )
+    trained = [(fw, mode) for fw in firsts for mode in TRAIN_MODES[fw]] if s.train else []
+    trainers = {(fw, mode): Worker("train", s, log, framework=fw, mode=mode) for fw, mode in trained}
     for fw, worker in firsts.items():
         ready = worker.ask("")
         if "skipped" in ready:
