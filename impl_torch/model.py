@@ -101,9 +101,9 @@ class GoogLeNet(nn.Module):
     def forward_stages(self, x: Tensor, with_aux: bool = False) -> dict[str, Tensor]:
         """Every stage's output by name, then ``flatten``, ``logits`` and the aux logits."""
         out: dict[str, Tensor] = {}
-        if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
+        if self.plan.transform is not None:  # transform_input: channel by channel, reordered (Caffe's BGR)
             t = self.plan.transform
-            x = torch.cat([x[:, c : c + 1] * s + b for c, (s, b) in enumerate(zip(t.scale, t.shift, strict=True))], 1)
+            x = torch.cat([x[:, c : c + 1] * s + b for c, s, b in zip(t.order, t.scale, t.shift, strict=True)], 1)
         # N x 3 x 224 x 224
         for stage in self.plan.stages:
             x = getattr(self, stage.name)(x)
