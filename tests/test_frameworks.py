@@ -181,7 +181,9 @@ def caffe_ave_pool(x: np.ndarray, kernel: int, stride: int, pad: int) -> np.ndar
     n, c, height, width = x.shape
     pooled = [-(-(size + 2 * pad - kernel) // stride) + 1 for size in (height, width)]
     if pad:  # the last window must start inside the image or its left padding
-        pooled = [p - 1 if (p - 1) * stride >= size + pad else p for p, size in zip(pooled, (height, width))]
+        pooled = [
+            p - 1 if (p - 1) * stride >= size + pad else p for p, size in zip(pooled, (height, width), strict=True)
+        ]
     out = np.zeros((n, c, *pooled), np.float64)
     for ph in range(pooled[0]):
         for pw in range(pooled[1]):
