@@ -50,8 +50,9 @@ def test_aux_heads_compared_at_224_and_odd_sizes(report):
     # head pool runs only at 223-254: aux heads at 224 and the variant's own odd 231, not at 239
     assert sizes["googlenet_lrn"] == {224: True, 239: False, 231: True}
     lrn = next(v for v in report.variants if v.variant == "googlenet_lrn")
-    assert "7 x 7 window is larger than the 3 x 3 map; fc expects 1 x 1 (googlenet_lrn runs at 223-254)" in (
-        lrn.skipped_sizes[97]
+    assert (
+        "7 x 7 window is larger than the 3 x 3 map; fc expects 1 x 1 (googlenet_lrn runs at 223-254)"
+        in (lrn.skipped_sizes[97])
     )
     assert sizes["googlenet_d2l"] == {96: False, 239: False, 97: False}  # its own 96 first; no aux heads
     assert sizes["googlenet_bn"] == {224: True, 239: True, 97: True}  # adaptive: any size
