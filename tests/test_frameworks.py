@@ -104,21 +104,30 @@ def test_stages_cover_the_spec_in_nchw(backend):
     assert got == spec.expected_shapes(full_plan("googlenet_bn"), 97, batch=1)
 
 
-def test_transform_input_changes_the_input_as_torchvision(backend):
-    plain, remapped = backend.build("googlenet_bn"), backend.build("googlenet_bn", transform_input=True)
-    params = canonical.random_params(spec.resolve("googlenet_bn"), 0)
+def _as_trained(variant: str, x: np.ndarray) -> np.ndarray:
+    """ImageNet mean/std-normalised RGB ``x`` as the variant's weights were trained on it:
+    torchvision's Inception weights (x - 0.5) / 0.5, Caffe's BGR in 0-255 less (104, 117, 123)."""
+    mean = np.array([0.485, 0.456, 0.406])[:, None, None]
+    std = np.array([0.229, 0.224, 0.225])[:, None, None]
+    rgb = x.astype(np.float64) * std + mean  # in 0-1
+    if variant == "googlenet_bn":
+        return ((rgb - 0.5) / 0.5).astype(np.float32)
+    return (255 * rgb[:, ::-1] - np.array([104.0, 117.0, 123.0])[:, None, None]).astype(np.float32)
+
+
+@pytest.mark.parametrize("variant,size", [("googlenet_bn", 97), ("googlenet_lrn", 224)])
+def test_transform_input_remaps_the_input_as_its_weights_expect(backend, variant, size):
+    plain, remapped = backend.build(variant), backend.build(variant, transform_input=True)
+    params = canonical.random_params(spec.resolve(variant), 0)
     backend.from_canonical(plain, params)
     backend.from_canonical(remapped, params)
-    x = np.random.default_rng(0).standard_normal((1, 3, 97, 97)).astype(np.float32)
-    t = spec.GOOGLENET_BN.input.transform
-    x_remapped = x * np.array(t.scale, np.float32)[:, None, None] + np.array(t.shift, np.float32)[:, None, None]
-    np.testing.assert_allclose(
-        backend.forward(remapped, x),
-        backend.forward(plain, x_remapped),
-        rtol=0,
-        atol=1e-4 * np.abs(backend.forward(plain, x_remapped)).max(),
-    )
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    want = backend.forward(plain, _as_trained(variant, x))
+    np.testing.assert_allclose(backend.forward(remapped, x), want, rtol=0, atol=1e-4 * np.abs(want).max())
     assert not np.allclose(backend.forward(remapped, x), backend.forward(plain, x), atol=1e-3)
+    if variant == "googlenet_lrn":  # the channel order matters: RGB pixels are another image
+        rgb = _as_trained(variant, x)[:, ::-1].copy()
+        assert not np.allclose(backend.forward(plain, rgb), want, rtol=0, atol=1e-2 * np.abs(want).max())
 
 
 @pytest.mark.parametrize(
