@@ -258,3 +258,39 @@ def test_the_command_line_refuses_with_exit_2_and_one_message(files, tmp_path):
     r = cli("port", str(tmp_path / "cut.caffemodel"), str(tmp_path / "x.pth"), "--variant", VARIANT)
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
     assert "truncated or corrupt" in r.stderr and not (tmp_path / "x.pth").exists()
+
+
+def test_a_network_without_weights(tmp_path):
+    from conformance.formats import caffe_pb2
+
+    net = caffe_pb2.NetParameter(name="GoogleNet")
+    net.layer.add(name="data", type="Input")
+    net.layer.add(name="conv1/7x7_s2", type="Convolution")
+    (tmp_path / "empty.caffemodel").write_bytes(net.SerializeToString())
+    refused(tmp_path, tmp_path / "empty.caffemodel", r"none of its 2 layers holds weights")
+
+
+def test_sniffing_a_netparameter_by_its_first_fields(tmp_path):
+    from conformance.formats import caffe, caffe_pb2
+
+    def head(net) -> tuple[bytes, int]:
+        data = net.SerializeToString()
+        return data[:256], len(data)
+
+    named = caffe_pb2.NetParameter(name="GoogleNet")
+    named.layers.add(name="conv1/7x7_s2")
+    unnamed = caffe_pb2.NetParameter()
+    unnamed.layer.add(name="conv1/7x7_s2", type="Convolution")
+    assert caffe.looks_like(*head(named)) and caffe.looks_like(*head(unnamed))
+    data, _ = head(named)
+    assert not caffe.looks_like(data[:5], 5) and caffe.cut_short(data[:5], 5)  # the name runs past the end
+    for other in (
+        b"PK\x03\x04",
+        b"\x89HDF\r\n\x1a\n",
+        b"\x80\x02}q\x00",
+        b'name: "GoogleNet"\n',
+        b"\n\n\n",
+        b"\x00" * 16,
+    ):
+        assert not caffe.looks_like(other, len(other)), other
+    assert caffe.looks_like_text(b'  name: "GoogleNet"\nlayer {') and not caffe.looks_like_text(data)

@@ -32,6 +32,16 @@ MAX_LAYER_NAME = 1024  # bytes; bvlc_googlenet's longest is 27
 NET_FIELDS = {0x0A, 0x12, 0x1A, 0x20, 0x22, 0x28, 0x32, 0x38, 0x42}  # NetParameter's tags, fields 1-8
 LAYER_FIELD = b"\xa2\x06"  # NetParameter.layer (field 100, length-delimited)
 
+# What a GoogLeNet's .caffemodel holds at most (bvlc_googlenet's train_val: 159 layers, a
+# layer at most 2 blobs and a dozen fields, a blob a shape and its values).
+MAX_LAYERS = 4096
+MAX_LAYER_FIELDS = 1024  # names, bottoms, tops, settings, blobs
+MAX_BLOBS = 8  # weights and bias; BatchNorm has 3
+MAX_BLOB_FIELDS = 64  # shape, values (packed: one field, as Caffe writes them), legacy dimensions
+MAX_SHAPE_BYTES = 128  # 8 dimensions of at most 10 bytes, and their tags
+BLOBS_FIELD = {2: 6, 100: 7}  # NetParameter's field of V1 ``layers`` / ``layer`` -> that layer's ``blobs``
+SHAPE_FIELD = 7  # BlobProto.shape
+
 
 def _varint(data: bytes, at: int) -> tuple[int, int] | None:
     """(value, position after it) of the varint at ``at``, or None if ``data`` ends first."""
@@ -62,7 +72,6 @@ def cut_short(head: bytes, size: int) -> bool:
 def _first_field(head: bytes, size: int) -> str:
     """ "whole": a NetParameter's first field, inside the file; "cut": one whose length
     runs past the end; "": neither."""
-    cut = "cut"
     if head.startswith(LAYER_FIELD):
         tag, at = LAYER_FIELD, 2
     elif head[:1] and head[0] in NET_FIELDS:
@@ -75,7 +84,7 @@ def _first_field(head: bytes, size: int) -> str:
     if length is None:
         return ""
     n, at = length
-    whole = "whole" if at + n <= size else cut
+    whole = "whole" if at + n <= size else "cut"
     inner = head[at : at + n]
     if tag in (b"\x0a", b"\x1a"):  # the network's name, an input's name: short UTF-8 text
         if n > MAX_LAYER_NAME:
@@ -95,17 +104,6 @@ def looks_like_text(head: bytes) -> bool:
     """A ``.prototxt`` (Caffe's text format: the network, not its weights)."""
     text = head.lstrip()
     return text.startswith((b"name:", b"name :", b"layer {", b"layer{", b"layers {", b"input:", b"#"))
-
-
-# What a GoogLeNet's .caffemodel holds at most (bvlc_googlenet's train_val: 159 layers, a
-# layer at most 2 blobs and a dozen fields, a blob a shape and its values).
-MAX_LAYERS = 4096
-MAX_LAYER_FIELDS = 1024  # names, bottoms, tops, settings, blobs
-MAX_BLOBS = 8  # weights and bias; BatchNorm has 3
-MAX_BLOB_FIELDS = 64  # shape, values (packed: one field, as Caffe writes them), legacy dimensions
-MAX_SHAPE_BYTES = 128  # 8 dimensions of at most 10 bytes, and their tags
-BLOBS_FIELD = {2: 6, 100: 7}  # NetParameter's field of V1 ``layers`` / ``layer`` -> that layer's ``blobs``
-SHAPE_FIELD = 7  # BlobProto.shape
 
 
 def _fields(data: bytes, start: int, end: int, limit: int, what: str) -> Iterator[tuple[int, int, int, int]]:

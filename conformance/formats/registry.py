@@ -688,10 +688,15 @@ def _read_caffe(path: Path, p: Plan) -> Raw:
             f"{path}: {e.size:,} bytes is more than {p.variant.name} with {p.num_classes} classes can hold "
             f"({most / 1e6:.0f} MB); pass --num-classes if it has more classes"
         ) from None
+    weighted = sum(bool(layer.blobs) for layer in layers)
+    if not weighted:
+        raise PortError(
+            f"{path}: none of its {len(layers)} layers holds weights (a network description, or a 2013 Caffe file "
+            f"whose V0 layers keep them where this reader does not look)"
+        )
     tensors = caffe.tensors(layers, {theirs: shapes[ours] for ours, theirs in names.items()})
     bounds.check_sizes(path, tensors, bounds.ceiling(p))
     _check_caffe_lrn(path, p, layers)
-    weighted = sum(bool(layer.blobs) for layer in layers)
     notes = [f"Caffe network {net!r}: {len(layers)} layers ({layer_format} format), {weighted} with weights"]
     legacy = sum(t.where.startswith("legacy") for t in tensors.values())
     if legacy:
