@@ -2,13 +2,14 @@
 
 For each variant, every installed framework trains from the same canonical start on
 the same generated batches with the same ``Trainer`` the ``train`` command uses
-(Keras's step compiled by ``tf.function``). Warm-up steps (tracing, allocator, caches)
+(Keras's step compiled by ``tf.function``, Gluon's network hybridized; Gluon is also
+timed imperative, the way it trained before, for the ratio). Warm-up steps (tracing, allocator, caches)
 are not timed; then ``--steps`` steps are, and the framework's images/s is printed with
 its ratio to the fastest. Rounds alternate the frameworks, so a load change on the
 machine falls on all of them:
 
     python benchmarks/bench_train.py [--variant inception_mnist --variant googlenet_d2l]
-                                     [--batch 32] [--steps 10] [--rounds 2]
+                                     [--frameworks torch,keras,mxnet] [--batch 32] [--steps 10] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from conformance.train.data import prepare, synthetic
 
 DEFAULT_VARIANTS = ("inception_mnist", "googlenet_d2l")
 WARMUP = 3
+# Besides each framework's Trainer as ``train`` runs it: Gluon's imperative step, to measure
+# what hybridizing gains (its Trainer hybridizes where that measured faster).
+ALSO = {"mxnet": {"mxnet imperative": {"hybridize": False}}}
 
 
 def batches(variant: str, batch: int, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -36,11 +40,12 @@ def batches(variant: str, batch: int, steps: int) -> list[tuple[np.ndarray, np.n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", action="append", choices=sorted(spec.VARIANTS))
+    parser.add_argument("--frameworks", help="comma-separated, e.g. mxnet (default: every installed one)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    backends, skipped = frameworks.load(list(frameworks.FRAMEWORKS))
+    backends, skipped = frameworks.load(frameworks.parse(args.frameworks))
     for fw, why in skipped.items():
         print(f"skipped {fw}: {why}")
     print(
@@ -52,11 +57,12 @@ def main() -> None:
         data = batches(variant, args.batch, args.steps)
         trainers = {}
         for fw, b in backends.items():
-            model = b.build(variant)
-            b.from_canonical(model, initial_params(model.plan))
-            trainers[fw] = b.Trainer(model, lr=0.01, momentum=0.5)
-            for x, y in data[:WARMUP]:
-                trainers[fw].step(x, y)
+            for name, options in {fw: {}, **ALSO.get(fw, {})}.items():
+                model = b.build(variant)
+                b.from_canonical(model, initial_params(model.plan))
+                trainers[name] = b.Trainer(model, lr=0.01, momentum=0.5, **options)
+                for x, y in data[:WARMUP]:
+                    trainers[name].step(x, y)
         seconds: dict[str, list[float]] = {fw: [] for fw in trainers}
         for r in range(args.rounds):
             for fw in list(trainers) if r % 2 == 0 else list(reversed(trainers)):
@@ -71,7 +77,7 @@ def main() -> None:
         )
         for fw, rate in rates.items():
             spread = args.batch * args.steps / max(seconds[fw])
-            print(f"  {fw:<6} {rate:8.1f} images/s  (slowest round {spread:.1f})  {rate / best:5.2f} x the fastest")
+            print(f"  {fw:<16} {rate:8.1f} images/s  (slowest round {spread:.1f})  {rate / best:5.2f} x the fastest")
 
 
 if __name__ == "__main__":

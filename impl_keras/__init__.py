@@ -60,7 +60,6 @@ def build(
     ``conformance.spec.resolve``'s; ``dtype``: float64 for the training-parity check."""
     p = resolve(variant, num_classes, aux_logits, transform_input)
     model = GoogLeNet(p, dtype=dtype)
-    model.build((None, p.input_size, p.input_size, p.in_channels))
     from_canonical(model, default_params(p))
     return model
 

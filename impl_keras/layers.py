@@ -12,17 +12,37 @@ same order. What Keras lacks is here, with PyTorch's semantics:
 Keras layers are NHWC; every layer carries its canonical name, so the weight adapter is
 a table. Layers are told their dtype when made (``dtype``): a Keras variable's dtype is
 fixed when it is created, where PyTorch and Gluon cast a built model.
+
+The network is a functional model whose input height and width are open, so the pools
+pad from the input's size whether it is an int or, in a graph traced with open sizes, a
+tensor (``length``); each layer states its output shape from the spec
+(``compute_output_shape``, ``Block``), so wiring the graph traces no ``call``. The four
+layers above are registered with Keras (``conformance>Pool2D``, ...) with their configs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from conformance.spec import LRN, AdaptiveAvgPool, ConvUnit, Op, Pool, PoolUnit, adaptive_windows, pool_out
+from conformance.spec import (
+    LRN,
+    AdaptiveAvgPool,
+    AuxUnit,
+    ConvUnit,
+    Op,
+    Pool,
+    PoolUnit,
+    Stage,
+    adaptive_windows,
+    op_chw,
+    pool_out,
+)
 
 
 def init() -> keras.initializers.Initializer:
@@ -31,6 +51,35 @@ def init() -> keras.initializers.Initializer:
     return keras.initializers.Zeros()
 
 
+def output_shape(stages: tuple[Stage, ...] | AuxUnit, input_shape: tuple) -> tuple:
+    """The NHWC shape after ``stages`` (or an aux head's logits), by the spec's arithmetic
+    (``conformance.spec.op_chw``). Keras asks each layer for its output shape when it wires
+    the functional graph; without ``compute_output_shape`` it would trace ``call`` to find
+    it (about a second per model). An open H or W (None) stays open, except after an
+    adaptive pool."""
+    if isinstance(stages, AuxUnit):
+        return (input_shape[0], stages.fc2.out_features)
+    n, h, w, c = input_shape
+    for stage in stages:
+        c, h_out, w_out = op_chw(stage, (c, h or 1, w or 1))
+        fixed = isinstance(stage, AdaptiveAvgPool)
+        h, w = (h_out if h is not None or fixed else None), (w_out if w is not None or fixed else None)
+    return (n, h, w, c)
+
+
+class Block(layers.Layer):
+    """A layer made from one unit of the plan (an Inception block, a residual block, an aux
+    head), named by it, whose output shape is the spec's."""
+
+    def __init__(self, unit: Stage | AuxUnit, dtype=None) -> None:
+        super().__init__(name=unit.name, dtype=dtype)
+        self.unit = unit
+
+    def compute_output_shape(self, input_shape) -> tuple:
+        return output_shape(self.unit if isinstance(self.unit, AuxUnit) else (self.unit,), input_shape)
+
+
+@keras.saving.register_keras_serializable(package="conformance")
 class BatchNorm(layers.BatchNormalization):
     """``BatchNormalization`` keeping PyTorch's running variance. Keras folds the biased
     batch variance (the one it normalises with) into ``moving_variance``; PyTorch folds
@@ -43,7 +92,7 @@ class BatchNorm(layers.BatchNormalization):
         if not (training and self.trainable):
             return super().call(x, training=training, mask=mask)
         mean, var = ops.moments(x, axes=[0, 1, 2])
-        n = float(np.prod(x.shape[:3]))
+        n = float(np.prod(x.shape[:3])) if None not in x.shape[:3] else ops.cast(ops.prod(ops.shape(x)[:3]), x.dtype)
         keep = self.momentum  # Keras's momentum: the weight of the old statistic
         self.moving_mean.assign(self.moving_mean * keep + mean * (1.0 - keep))
         self.moving_variance.assign(self.moving_variance * keep + var * (n / (n - 1.0)) * (1.0 - keep))
@@ -88,6 +137,9 @@ class BasicConv2d(layers.Layer):
         if self.bn is not None:
             self.bn.build((None, None, None, self.unit.out_channels))
 
+    def compute_output_shape(self, input_shape) -> tuple:
+        return output_shape((self.unit,), input_shape)
+
     def call(self, x, training=None):
         if self.pad is not None:
             x = self.pad(x)
@@ -122,66 +174,118 @@ class PlainConv2d(layers.Conv2D):
         super().build((None, None, None, self.unit.in_channels))
 
 
-def _pads(size: int, p: Pool) -> tuple[int, int]:
+def length(x, axis: int):
+    """The size of one axis: an int where the shape is known, else a scalar tensor (the
+    model's Input leaves H and W open, so one graph runs at any input size)."""
+    n = x.shape[axis]
+    return n if n is not None else ops.shape(x)[axis]
+
+
+def _pool_out(size, p: Pool):
+    """PyTorch's output size along one axis: ``conformance.spec.pool_out`` for an int, the
+    same arithmetic on a scalar tensor."""
+    if isinstance(size, int):
+        return pool_out(size, p.kernel, p.stride, p.padding, p.ceil_mode)
+    span = size + 2 * p.padding - p.kernel
+    if not p.ceil_mode:
+        return span // p.stride + 1
+    out = -(-span // p.stride) + 1
+    return out - ops.cast((out - 1) * p.stride >= size + p.padding, out.dtype)  # no window starting in the padding
+
+
+def _pads(size, p: Pool) -> tuple:
     """(before, after) padding that makes a valid pool give PyTorch's output size: the
     ceil mode's extra window is padded at the end only."""
-    out = pool_out(size, p.kernel, p.stride, p.padding, p.ceil_mode)
-    return p.padding, max(0, (out - 1) * p.stride + p.kernel - size - p.padding)
+    after = (_pool_out(size, p) - 1) * p.stride + p.kernel - size - p.padding
+    return p.padding, max(0, after) if isinstance(after, int) else ops.maximum(after, 0)
 
 
-def _avg_divisor(size: int, p: Pool) -> np.ndarray:
+def _avg_divisor(size, p: Pool):
     """Cells counted in each window's mean, along one axis, as PyTorch counts them:
-    padding counts if ``count_include_pad``, the ceil mode's extra end never does."""
-    out = pool_out(size, p.kernel, p.stride, p.padding, p.ceil_mode)
-    start = np.arange(out) * p.stride - p.padding
-    end = np.minimum(start + p.kernel, size + p.padding)
+    padding counts if ``count_include_pad``, the ceil mode's extra end never does.
+    numpy for an int size, ``keras.ops`` (the same functions) for a tensor."""
+    xp = np if isinstance(size, int) else ops
+    start = xp.arange(_pool_out(size, p)) * p.stride - p.padding
+    end = xp.minimum(start + p.kernel, size + p.padding)
     if not p.count_include_pad:
-        start, end = np.maximum(start, 0), np.minimum(end, size)
-    return (end - start).astype(np.float32)
+        start, end = xp.maximum(start, 0), xp.minimum(end, size)
+    return end - start
 
 
+@keras.saving.register_keras_serializable(package="conformance")
 class Pool2D(layers.Layer):
-    """Max or average pool matching ``torch.nn.MaxPool2d`` / ``AvgPool2d``. It reads the
-    static input size at call time and pads from ``conformance.spec``, so one model runs
-    at any input size."""
+    """Max or average pool matching ``torch.nn.MaxPool2d`` / ``AvgPool2d``. It pads from
+    the input's size (known, or a tensor when the model's input size is open), so one
+    model runs at any input size."""
 
-    def __init__(self, pool: Pool, dtype=None) -> None:
-        super().__init__(name=pool.name, dtype=dtype)
+    def __init__(self, pool: Pool, dtype=None, **kwargs) -> None:
+        super().__init__(name=pool.name, dtype=dtype, **kwargs)
         self.pool = pool
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "pool": dataclasses.asdict(self.pool)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Pool2D:
+        config = {k: v for k, v in config.items() if k != "name"}  # the pool's own name
+        return cls(Pool(**config.pop("pool")), **config)
+
+    def compute_output_shape(self, input_shape) -> tuple:
+        return output_shape((self.pool,), input_shape)
 
     def call(self, x):
         p = self.pool
-        (top, bottom), (left, right) = _pads(x.shape[1], p), _pads(x.shape[2], p)
+        h, w = length(x, 1), length(x, 2)
+        (top, bottom), (left, right) = _pads(h, p), _pads(w, p)
+        static = isinstance(h, int) and isinstance(w, int)
+        padded = not static or bool(top or bottom or left or right)
         if p.kind == "max":
             # -inf padding: a padded cell must never win the max (a zero would beat negatives).
-            if top or bottom or left or right:
+            if padded:
                 x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=-np.inf)
             return ops.max_pool(x, p.kernel, p.stride, padding="valid")
-        rows, cols = _avg_divisor(x.shape[1], p), _avg_divisor(x.shape[2], p)
-        if top or bottom or left or right:
+        rows, cols = _avg_divisor(h, p), _avg_divisor(w, p)
+        if padded:
             x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
         y = ops.average_pool(x, p.kernel, p.stride, padding="valid")  # divides by kernel**2
-        correction = p.kernel * p.kernel / np.outer(rows, cols)
-        if not np.all(correction == 1.0):
-            y = y * ops.cast(correction[None, :, :, None], y.dtype)
-        return y
+        if static:
+            correction = p.kernel * p.kernel / np.outer(rows, cols)
+            if np.all(correction == 1.0):
+                return y
+        else:
+            correction = p.kernel * p.kernel / ops.cast(ops.outer(rows, cols), y.dtype)
+        return y * ops.cast(correction[None, :, :, None], y.dtype)
 
 
+@keras.saving.register_keras_serializable(package="conformance")
 class AdaptiveAvgPool2D(layers.Layer):
     """``torch.nn.AdaptiveAvgPool2d``: windows [floor(i*n/out), ceil((i+1)*n/out)), which
     overlap unevenly (14 -> 4: [0,4) [3,7) [7,11) [10,14)). Keras has no such layer."""
 
-    def __init__(self, pool: AdaptiveAvgPool, dtype=None) -> None:
-        super().__init__(name=pool.name, dtype=dtype)
+    def __init__(self, pool: AdaptiveAvgPool, dtype=None, **kwargs) -> None:
+        super().__init__(name=pool.name, dtype=dtype, **kwargs)
         self.size = pool.size
 
+    def get_config(self) -> dict:
+        return {**super().get_config(), "size": self.size}
+
+    @classmethod
+    def from_config(cls, config: dict) -> AdaptiveAvgPool2D:
+        config = dict(config)
+        return cls(AdaptiveAvgPool(config.pop("name"), config.pop("size")), **config)
+
+    def compute_output_shape(self, input_shape) -> tuple:
+        return (input_shape[0], self.size, self.size, input_shape[3])
+
     def call(self, x):
-        # A rectangle's mean is the mean of its row means: pool rows, then columns.
+        # A rectangle's mean is the mean of its row means: pool rows, then columns. The
+        # window bounds are ints, or tensors when the input size is open.
         x = ops.concatenate(
-            [ops.mean(x[:, a:b], axis=1, keepdims=True) for a, b in adaptive_windows(x.shape[1], self.size)], axis=1
+            [ops.mean(x[:, a:b], axis=1, keepdims=True) for a, b in adaptive_windows(length(x, 1), self.size)], axis=1
         )
         return ops.concatenate(
-            [ops.mean(x[:, :, a:b], axis=2, keepdims=True) for a, b in adaptive_windows(x.shape[2], self.size)], axis=2
+            [ops.mean(x[:, :, a:b], axis=2, keepdims=True) for a, b in adaptive_windows(length(x, 2), self.size)],
+            axis=2,
         )
 
 
@@ -189,16 +293,28 @@ def make_pool(p: PoolUnit, dtype=None) -> layers.Layer:
     return Pool2D(p, dtype) if isinstance(p, Pool) else AdaptiveAvgPool2D(p, dtype)
 
 
+@keras.saving.register_keras_serializable(package="conformance")
 class LocalResponseNorm(layers.Layer):
     """Keras has no LRN layer: ``b = a / (k + alpha / size * window sum of a**2) ** beta``
     over ``size`` neighbouring channels (NHWC: the last axis), zero-padded as PyTorch
     pads. (``tf.nn.local_response_normalization`` would need ``alpha / size`` and a
     radius: it does not divide by the window.)"""
 
-    def __init__(self, lrn: LRN, dtype=None) -> None:
-        super().__init__(name=lrn.name, dtype=dtype)
+    def __init__(self, lrn: LRN, dtype=None, **kwargs) -> None:
+        super().__init__(name=lrn.name, dtype=dtype, **kwargs)
         self.lrn = lrn
         self.scale = lrn.alpha / lrn.size  # the translation point: per-element weight of the sum
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "lrn": dataclasses.asdict(self.lrn)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> LocalResponseNorm:
+        config = {k: v for k, v in config.items() if k != "name"}  # the LRN's own name
+        return cls(LRN(**config.pop("lrn")), **config)
+
+    def compute_output_shape(self, input_shape) -> tuple:
+        return input_shape
 
     def call(self, x):
         n, channels = self.lrn.size, x.shape[-1]
@@ -227,11 +343,15 @@ class Sequential(layers.Layer):
 
     def __init__(self, ops_: tuple[Op, ...], name: str, dtype=None) -> None:
         super().__init__(name=name, dtype=dtype)
+        self.chain = ops_
         self.ops = [make_op(op, dtype) for op in ops_]
 
     def build(self, input_shape=None) -> None:
         for op in self.ops:
             op.build(None)
+
+    def compute_output_shape(self, input_shape) -> tuple:
+        return output_shape(self.chain, input_shape)
 
     def call(self, x, training=None):
         for op in self.ops:
@@ -271,3 +391,20 @@ def reseed_dropout(model: layers.Layer, seed: int) -> None:
     for layer, state in zip(droppers, states, strict=True):
         generator = layer.seed_generator
         generator.state.assign(np.array([state, 0]).astype(generator.state.dtype))
+
+
+@contextlib.contextmanager
+def op_determinism(on: bool) -> Iterator[None]:
+    """TensorFlow's op determinism while the block runs, then as it was. TensorFlow
+    offers only ``enable_op_determinism`` (process-wide, for good); the switch back is
+    ``tensorflow.python.framework.config.disable_op_determinism``."""
+    from tensorflow.python.framework import config
+
+    was = config.is_op_determinism_enabled()
+    if on and not was:
+        config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if on and not was:
+            config.disable_op_determinism()

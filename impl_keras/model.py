@@ -11,6 +11,15 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
 * Keras infers input channels when a layer is built; each block's ``build`` passes
   them from the spec (as Gluon's ``in_channels``), so no dummy forward pass runs.
 * Layers take their dtype when made (``dtype``); PyTorch and Gluon cast a built model.
+* The network is a functional ``keras.Model``, as keras-hub builds its backbones:
+  ``__init__`` makes the layers, runs ``call`` on a ``keras.Input`` whose height and
+  width are open (None, so one model runs at every input size) and hands that graph to
+  ``keras.Model``; ``summary()`` and ``keras.utils.plot_model`` show every stage
+  (``image_shape=(224, 224, 3)`` gives the sizes instead of None). Each block states its
+  output shape from the spec (``layers.Block``), so wiring the graph traces nothing.
+* A functional model's outputs are fixed: the logits, or with aux heads a dict of
+  ``logits``, ``aux2`` and ``aux1``, in training and inference alike (torchvision returns
+  the aux logits in training only), which ``compile``/``fit`` take a loss for each.
 
 The gaps Keras has (PyTorch's pools, the adaptive pool, LRN, PyTorch's BatchNorm
 running variance) are filled in ``layers.py``.
@@ -23,12 +32,12 @@ from keras import layers, ops
 
 from conformance.spec import LRN, AuxUnit, InceptionBlock, Plan, ReLU, ResidualUnit, Stage, resolve
 
-from .layers import BasicConv2d, init, make_chain, make_lrn, make_op, make_pool, make_relu
+from .layers import BasicConv2d, Block, init, make_chain, make_lrn, make_op, make_pool, make_relu
 
 
-class Inception(layers.Layer):
+class Inception(Block):
     def __init__(self, block: InceptionBlock, dtype=None) -> None:
-        super().__init__(name=block.name, dtype=dtype)
+        super().__init__(block, dtype)
         # 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 (3x3 in torchvision) | 3x3 max pool -> 1x1
         self.branches = [[attr for attr, _ in branch] for branch in block.modules()]
         for branch in block.modules():
@@ -52,9 +61,9 @@ class Inception(layers.Layer):
         return ops.concatenate(outputs, axis=-1)
 
 
-class ResidualBlock(layers.Layer):
+class ResidualBlock(Block):
     def __init__(self, block: ResidualUnit, dtype=None) -> None:
-        super().__init__(name=block.name, dtype=dtype)
+        super().__init__(block, dtype)
         self.conv1 = make_op(block.conv1, dtype)  # with its ReLU
         self.conv2 = make_op(block.conv2, dtype)  # without
 
@@ -67,9 +76,9 @@ class ResidualBlock(layers.Layer):
         return ops.relu(x + self.conv2(self.conv1(x)))  # add, then activate
 
 
-class InceptionAux(layers.Layer):
+class InceptionAux(Block):
     def __init__(self, head: AuxUnit, dtype=None) -> None:
-        super().__init__(name=head.name, dtype=dtype)
+        super().__init__(head, dtype)
         self.head = head
         self.pool = make_pool(head.pool, dtype)
         self.conv = BasicConv2d(head.conv, dtype)
@@ -112,8 +121,7 @@ def make_stage(stage: Stage, dtype=None) -> layers.Layer:
 
 @keras.saving.register_keras_serializable(package="conformance")
 class GoogLeNet(keras.Model):
-    def __init__(self, plan: Plan, dtype=None, **kwargs) -> None:
-        super().__init__(name=plan.variant.name, dtype=dtype, **kwargs)
+    def __init__(self, plan: Plan, dtype=None, image_shape: tuple | None = None, **kwargs) -> None:
         self.plan = plan
         for stage in plan.stages:  # conv1, maxpool1, ..., inception5b, in table order
             setattr(self, stage.name, make_stage(stage, dtype))
@@ -121,30 +129,35 @@ class GoogLeNet(keras.Model):
             setattr(self, head.name, InceptionAux(head, dtype))
         # global average (a fixed 7x7 in GluonCV; none in Liu's nets)
         self.avgpool = None if plan.head_pool is None else make_pool(plan.head_pool, dtype)
-        self.flatten = layers.Flatten(dtype=dtype)
-        self.dropout = layers.Dropout(plan.dropout, dtype=dtype)
+        self.flatten = layers.Flatten(name="flatten", dtype=dtype)
+        self.dropout = layers.Dropout(plan.dropout, name="dropout", dtype=dtype)
         setattr(
             self,
             plan.fc.name,
             layers.Dense(plan.fc.out_features, kernel_initializer=init(), name=plan.fc.name, dtype=dtype),
         )  # fc (l: Liu's)
+        getattr(self, plan.fc.name).build((None, plan.fc.in_features))  # fc may read a map of open size
+        # A functional model, as keras-hub builds its backbones: the graph is this call on an
+        # Input of any size (H and W None), so summary() and plot_model() show every stage.
+        self.image_shape = tuple(image_shape or (None, None, plan.in_channels))
+        image = keras.Input(self.image_shape, dtype=dtype, name="image")
+        super().__init__(inputs=image, outputs=self.call(image), name=plan.variant.name, **kwargs)
 
     def get_config(self) -> dict:
-        """The variant and its options: enough to rebuild the model (``.keras`` files)."""
-        return {"variant": self.plan.variant.name, **self.plan.options.asdict()}
+        """The variant, its options, the input's shape and dtype: enough to rebuild the model
+        (``.keras`` files), as keras-hub's backbones store their constructor's arguments."""
+        return {
+            "variant": self.plan.variant.name,
+            **self.plan.options.asdict(),
+            "image_shape": self.image_shape,
+            "dtype": self.input.dtype,
+        }
 
     @classmethod
     def from_config(cls, config: dict) -> GoogLeNet:
-        config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
-        return cls(resolve(config.pop("variant"), **config))
-
-    def build(self, input_shape=None) -> None:
-        """Create every weight, aux heads included, from the spec's channel counts."""
-        for stage in self.plan.stages:
-            getattr(self, stage.name).build(None)
-        for head in self.plan.aux:
-            getattr(self, head.name).build(None)
-        getattr(self, self.plan.fc.name).build((None, self.plan.fc.in_features))
+        config = {k: v for k, v in config.items() if k not in ("name", "trainable")}
+        dtype, image_shape = config.pop("dtype", None), config.pop("image_shape", None)
+        return cls(resolve(config.pop("variant"), **config), dtype=dtype, image_shape=image_shape)
 
     def forward_stages(self, x, with_aux: bool = False, training: bool = False) -> dict:
         """Every stage's output by name (NHWC), then ``flatten``, ``logits`` and the aux logits."""
@@ -174,9 +187,9 @@ class GoogLeNet(keras.Model):
         return out
 
     def call(self, x, training: bool = False):
-        """torchvision's contract: logits, or (logits, aux2, aux1) when training with aux."""
-        training_aux = bool(training) and bool(self.plan.aux)
-        out = self.forward_stages(x, with_aux=training_aux, training=training)
-        if training_aux:
-            return (out["logits"], *(out[head.name] for head in reversed(self.plan.aux)))
+        """The logits; with aux heads, a dict of ``logits``, ``aux2`` and ``aux1`` (a functional
+        model's outputs are fixed: torchvision returns the aux logits in training only)."""
+        out = self.forward_stages(x, with_aux=bool(self.plan.aux), training=training)
+        if self.plan.aux:
+            return {"logits": out["logits"], **{head.name: out[head.name] for head in reversed(self.plan.aux)}}
         return out["logits"]

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from conformance.spec import aux_admits
 
-from .layers import BatchNorm, momentums, reseed_dropout, walk
+from .layers import BatchNorm, momentums, op_determinism, reseed_dropout, walk
 from .model import GoogLeNet
 from .weights import located
 
@@ -42,12 +42,12 @@ class Trainer:
         """``record``: keep each BatchNorm's batch mean and (biased) variance of the last step.
         ``deterministic``: the same steps give the same bits in every run (train --resume)."""
         self.model, self.aux_weight = model, aux_weight
-        if deterministic:  # for the whole process: TensorFlow has no per-model switch
-            # Some CPU kernels sum in an order that varies run to run (googlenet_cifar: 3 of 8
-            # repeats of two steps differed); this picks deterministic ones. oneDNN's kernels
-            # vary too and can only be switched off before TensorFlow is imported
-            # (TF_ENABLE_ONEDNN_OPTS=0, which ``train`` sets).
-            tf.config.experimental.enable_op_determinism()
+        # Some CPU kernels sum in an order that varies run to run (googlenet_cifar: 3 of 8
+        # repeats of two steps differed); op determinism picks deterministic ones, during
+        # this trainer's steps only (TensorFlow's switch is process-wide). oneDNN's kernels
+        # vary too and can only be switched off before TensorFlow is imported
+        # (TF_ENABLE_ONEDNN_OPTS=0, which ``train`` sets).
+        self.deterministic = deterministic
         self.optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
         self.bns = [layer for layer in walk(model) if isinstance(layer, BatchNorm)]
         for layer in self.bns:
@@ -71,7 +71,8 @@ class Trainer:
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
         with_aux = aux_admits(self.model.plan, x.shape[2:])
-        loss, correct, grads = self._step(x.transpose(0, 2, 3, 1), y.astype(np.int64), with_aux)
+        with op_determinism(self.deterministic):
+            loss, correct, grads = self._step(x.transpose(0, 2, 3, 1), y.astype(np.int64), with_aux)
         self._last = (self.model.trainable_variables, grads)
         return float(loss), int(correct)
 

@@ -15,6 +15,9 @@ the spec), so parameters exist right after ``initialize()``, without a first for
 
 from __future__ import annotations
 
+import contextlib
+import re
+import warnings
 from collections.abc import Iterator
 
 import mxnet as mx
@@ -27,24 +30,36 @@ from conformance.spec import LRN, ConvUnit, Op, Pool, PoolUnit
 class BatchNorm(nn.BatchNorm):
     """``nn.BatchNorm`` keeping PyTorch's running variance. MXNet folds the biased batch
     variance (the one it normalises with) into ``running_var``; PyTorch folds the unbiased
-    one, n / (n - 1) times larger (n = N x H x W). In training the operator runs with its
-    own update switched off (momentum 1) and the statistics are updated here."""
+    one, n / (n - 1) times larger (n = N x H x W). The statistics can only be updated by
+    the operator (a hybridized graph cannot assign to them), so in training a second
+    operator updates them from ``x`` stretched about its batch mean by sqrt(n / (n - 1)),
+    whose biased variance is ``x``'s unbiased one; the first normalises with its own update
+    off (momentum 1). Every op goes through ``F``, so it hybridizes."""
 
     record = False  # the training-parity check sets it: keep the last batch statistics
 
     def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
         if not mx.autograd.is_training():
             return super().hybrid_forward(F, x, gamma, beta, running_mean, running_var)
-        keep = options(self)["momentum"]  # Gluon's momentum: the weight of the old statistic
+        mean = F.mean(x, axis=(0, 2, 3), keepdims=True)
+        n = F.sum(F.ones_like(F.slice_axis(x, axis=1, begin=0, end=1)))  # N x H x W, in x's dtype
+        stretched = F.broadcast_add(mean, F.broadcast_mul(F.broadcast_sub(x, mean), F.sqrt(n / (n - 1.0))))
+        _, stretched_mean, _ = F.BatchNorm(
+            F.BlockGrad(stretched),
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            output_mean_var=True,
+            name="stats",
+            **options(self),
+        )
+        # beta + 0 * that mean: the statistics update runs before the normalisation, in one graph
+        beta = F.broadcast_add(beta, F.BlockGrad(stretched_mean) * 0.0)
         y = F.BatchNorm(x, gamma, beta, running_mean, running_var, name="fwd", **{**options(self), "momentum": 1.0})
-        with mx.autograd.pause():
-            mean = x.mean(axis=(0, 2, 3))
-            var = F.square(F.broadcast_sub(x, mean.reshape((1, -1, 1, 1)))).mean(axis=(0, 2, 3))
-            n = x.size / x.shape[1]
-            running_mean[:] = running_mean * keep + mean * (1.0 - keep)
-            running_var[:] = running_var * keep + var * (n / (n - 1.0)) * (1.0 - keep)
-        if self.record:
-            self.batch_stats = (mean, var)
+        if self.record and F is mx.nd:  # the parity check runs imperatively: the values exist here
+            with mx.autograd.pause():
+                self.batch_stats = (mean.reshape((-1,)), F.square(F.broadcast_sub(x, mean)).mean(axis=(0, 2, 3)))
         return y
 
 
@@ -108,23 +123,30 @@ def make_pool(p: PoolUnit) -> nn.HybridBlock:
 
 
 class LocalResponseNorm(nn.HybridBlock):
-    """Gluon has no LRN block, only the operator; it divides alpha by nsize, as the spec."""
+    """Gluon has no LRN block, only the operator; it divides alpha by nsize, as the spec.
+    The operator is float32 only: a float64 block (the training-parity check) sums the
+    window with a sum pool over the channel axis instead. The dtype is recorded by
+    ``cast``, since a hybridized graph's symbols carry none."""
 
     def __init__(self, lrn: LRN) -> None:
         super().__init__()
         self.lrn = lrn
+        self.dtype = np.dtype(np.float32)
+
+    def cast(self, dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        super().cast(dtype)
 
     def hybrid_forward(self, F, x):
         lrn = self.lrn
-        if x.dtype == np.float32:
+        if self.dtype == np.float32:
             return F.LRN(x, alpha=lrn.alpha, beta=lrn.beta, knorm=lrn.k, nsize=lrn.size)
-        # float64 (the training-parity check): MXNet's LRN kernel is float32 only. The window
-        # sum as a 1x1 convolution with a band of ones, PyTorch's window [c - 2, c + 2].
-        c = np.arange(x.shape[1])
-        band = (c[None, :] >= c[:, None] - lrn.size // 2) & (c[None, :] <= c[:, None] + (lrn.size - 1) // 2)
-        weight = mx.nd.array(band[:, :, None, None], dtype=x.dtype)
-        window = F.Convolution(F.square(x), weight, kernel=(1, 1), num_filter=len(c), no_bias=True)
-        return x / F.power(lrn.k + lrn.alpha / lrn.size * window, lrn.beta)
+        # PyTorch's window [c - size // 2, c + (size - 1) // 2], zero-padded: channels become
+        # the height of an N x 1 x C x (H * W) map, summed over size rows
+        squares = F.reshape(F.square(x), shape=(0, -4, 1, -1, -3))
+        squares = F.pad(squares, mode="constant", pad_width=(0, 0, 0, 0, lrn.size // 2, (lrn.size - 1) // 2, 0, 0))
+        window = F.Pooling(squares, kernel=(lrn.size, 1), pool_type="sum", stride=(1, 1))
+        return x / F.power(lrn.k + lrn.alpha / lrn.size * F.reshape_like(window, x), lrn.beta)
 
 
 def make_lrn(lrn: LRN) -> nn.HybridBlock:
@@ -150,8 +172,55 @@ def make_chain(ops: tuple[Op, ...]) -> nn.HybridBlock:
     return chain
 
 
-# Gluon 1.9 keeps five things public only as private attributes; these are the suite's
+class Network(nn.HybridBlock):
+    """The network's base: one hybridized graph per mode. Gluon traces ``hybrid_forward``
+    once, at the first call after ``hybridize()``, so what it decides on
+    ``autograd.is_training()`` (torchvision's aux logits in training only, BatchNorm's
+    statistics update) would stay as that first call had it; this block retraces when the
+    mode changes, and exports only its inference graph."""
+
+    def forward(self, x, *args):
+        training = mx.autograd.is_training()
+        if training != getattr(self, "traced_training", None):
+            retrace(self)
+            self.traced_training = training
+        with unused_aux_ignored(self):
+            return super().forward(x, *args)
+
+    def export(self, path: str, epoch: int = 0, remove_amp_cast: bool = True) -> None:
+        if getattr(self, "traced_training", False):
+            raise RuntimeError(
+                "export: the last graph traced is the training one (aux outputs, statistics updates); "
+                "run a forward outside autograd.record() first"
+            )
+        super().export(path, epoch, remove_amp_cast)
+
+
+UNUSED = re.compile(r"Parameter (.*) is not used by any computation\. Is this intended\?")
+
+
+@contextlib.contextmanager
+def unused_aux_ignored(net: nn.HybridBlock) -> Iterator[None]:
+    """Drop Gluon's warning that parameters are unused when they are all the aux heads'
+    (in inference the graph has no aux heads, as torchvision's); re-issue every other."""
+    aux = {p.name for head in net.plan.aux for p in getattr(net, head.name).collect_params().values()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        unused = UNUSED.fullmatch(str(w.message))
+        if not (unused and set(unused.group(1).split(", ")) <= aux):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+# Gluon 1.9 keeps several things public only as private attributes; these are the suite's
 # only calls into them.
+
+
+def retrace(block: nn.HybridBlock) -> None:
+    """Drop a hybridized block's graph, so the next call traces it again:
+    ``HybridBlock._clear_cached_op`` (``hybridize()`` does it, and resets the options)."""
+    block._clear_cached_op()
 
 
 def options(block: nn.Block) -> dict:

@@ -3,7 +3,10 @@
 Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
 
 * ``hybrid_forward(F, x)``: ``F`` is ``mx.nd`` when run imperatively and ``mx.sym``
-  once hybridized, so every op goes through ``F``.
+  once hybridized, so every op goes through ``F``. ``hybridize()`` traces it once; the
+  network's base (``layers.Network``) traces it again when the training mode changes, so
+  its aux heads run in training only, as torchvision's, and ``export`` writes the
+  inference graph.
 * Training mode is not a flag on the model: inside ``autograd.record()`` BatchNorm
   uses batch statistics and Dropout drops.
 * ``save_parameters`` names parameters by attribute path (``conv1.conv.weight``),
@@ -21,7 +24,7 @@ from mxnet.gluon import nn
 
 from conformance.spec import LRN, AuxUnit, InceptionBlock, Plan, ReLU, ResidualUnit, Stage
 
-from .layers import BasicConv2d, make_chain, make_lrn, make_op, make_pool, make_relu
+from .layers import BasicConv2d, Network, make_chain, make_lrn, make_op, make_pool, make_relu
 
 
 class Inception(nn.HybridBlock):
@@ -92,7 +95,7 @@ def make_stage(stage: Stage) -> nn.HybridBlock:
     return make_op(stage)
 
 
-class GoogLeNet(nn.HybridBlock):
+class GoogLeNet(Network):
     def __init__(self, plan: Plan) -> None:
         super().__init__()
         self.plan = plan

@@ -40,7 +40,7 @@ class PlainConv2d(nn.Conv2d):
         self.relu = u.relu
 
     def forward(self, x: Tensor) -> Tensor:
-        x = super().forward(x)
+        x = self._conv_forward(x, self.weight, self.bias)  # Conv2d's forward: TorchScript has no super()
         return F.relu(x) if self.relu else x
 
 

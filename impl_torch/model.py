@@ -4,9 +4,15 @@ Mirrors ``impl_keras/model.py`` and ``impl_mxnet/model.py`` block for block: sam
 class names, same attribute names (which are the canonical checkpoint names), same
 order. The module tree is torchvision's, so ``state_dict()`` keys are torchvision's.
 Shape comments are for the paper network at 224 x 224; the spec prints any size.
-"""
 
-from __future__ import annotations
+``torch.jit.script`` compiles ``forward``, which forces what differs from the other two:
+TorchScript calls no child by a name computed at run time and reads no dataclass, so
+the network and its Inception blocks are ``nn.ModuleDict``s whose forward walks their
+children in order (a ``ModuleDict``'s keys are its children's names, so the
+``state_dict`` keys do not change), with what it needs of the plan as lists, and
+training returns a fixed (logits, aux2, aux1). ``torch.export``, ``torch.compile`` and
+``torch.jit.trace`` take the module as it is.
+"""
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +23,7 @@ from conformance.spec import LRN, AuxUnit, InceptionBlock, Plan, ReLU, ResidualU
 from .layers import BasicConv2d, make_chain, make_lrn, make_op, make_pool, make_relu
 
 
-class Inception(nn.Module):
+class Inception(nn.ModuleDict):
     def __init__(self, block: InceptionBlock) -> None:
         super().__init__()
         # 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 (3x3 in torchvision) | 3x3 max pool -> 1x1
@@ -25,15 +31,18 @@ class Inception(nn.Module):
         for branch in block.modules():
             for attr, ops in branch:  # branch1, branch2 (ops 0, 1), ...; Liu's: branch5x5_1, ...
                 self.add_module(attr, make_chain(ops))
+        # TorchScript calls no child by a computed name: forward walks them in order
+        self.starts = [attr == branch[0] for branch in self.branches for attr in branch]  # a branch's first
+        self.ends = [attr == branch[-1] for branch in self.branches for attr in branch]  # and last
 
     def forward(self, x: Tensor) -> Tensor:
         # N x 192 x 28 x 28 (inception3a)
-        outputs = []
-        for branch in self.branches:
-            y = x
-            for attr in branch:
-                y = getattr(self, attr)(y)
-            outputs.append(y)
+        outputs: list[Tensor] = []
+        y = x
+        for i, op in enumerate(self.values()):
+            y = op(x if self.starts[i] else y)
+            if self.ends[i]:
+                outputs.append(y)
         # N x (64 + 128 + 32 + 32) x 28 x 28: concatenated on the channel axis
         return torch.cat(outputs, 1)
 
@@ -85,7 +94,12 @@ def make_stage(stage: Stage) -> nn.Module:
     return make_op(stage)
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(nn.ModuleDict):
+    taps: dict[str, str]  # TorchScript cannot infer the type of an empty dict or list
+    order: list[int]  # plain lists, so TorchScript compiles the transform
+    scale: list[float]
+    shift: list[float]
+
     def __init__(self, plan: Plan) -> None:
         super().__init__()
         self.plan = plan
@@ -97,20 +111,27 @@ class GoogLeNet(nn.Module):
         self.avgpool = None if plan.head_pool is None else make_pool(plan.head_pool)
         self.dropout = nn.Dropout(plan.dropout)
         self.add_module(plan.fc.name, nn.Linear(plan.fc.in_features, plan.fc.out_features))  # fc (l: Liu's)
+        # TorchScript reads no dataclass: the plan's names and numbers forward needs, as lists
+        self.trunk = [stage.name for stage in plan.stages]
+        self.taps = {head.name: head.tap for head in plan.aux}
+        self.classifier = plan.fc.name
+        self.order = [] if plan.transform is None else list(plan.transform.order)
+        self.scale = [] if plan.transform is None else list(plan.transform.scale)
+        self.shift = [] if plan.transform is None else list(plan.transform.shift)
 
     def forward_stages(self, x: Tensor, with_aux: bool = False) -> dict[str, Tensor]:
         """Every stage's output by name, then ``flatten``, ``logits`` and the aux logits."""
         out: dict[str, Tensor] = {}
-        if self.plan.transform is not None:  # transform_input: channel by channel, reordered (Caffe's BGR)
-            t = self.plan.transform
-            x = torch.cat([x[:, c : c + 1] * s + b for c, s, b in zip(t.order, t.scale, t.shift, strict=True)], 1)
+        if self.scale:  # transform_input: channel by channel, reordered (Caffe's BGR)
+            x = torch.cat([x[:, o : o + 1] * self.scale[c] + self.shift[c] for c, o in enumerate(self.order)], 1)
         # N x 3 x 224 x 224
-        for stage in self.plan.stages:
-            x = getattr(self, stage.name)(x)
-            # conv1: N x 64 x 112 x 112 ... inception5b: N x 1024 x 7 x 7 (spec table)
-            out[stage.name] = x
-            for head in self.plan.aux_for(stage.name) if with_aux else ():
-                out[head.name] = getattr(self, head.name)(x)
+        for name, stage in self.items():  # conv1, maxpool1, ..., inception5b, then aux1, aux2 and the head
+            if name in self.trunk:
+                x = stage(x)
+                # conv1: N x 64 x 112 x 112 ... inception5b: N x 1024 x 7 x 7 (spec table)
+                out[name] = x
+            elif with_aux and name in self.taps:  # aux1, aux2: from the stage each taps
+                out[name] = stage(out[self.taps[name]])
         if self.avgpool is not None:
             x = self.avgpool(x)
             # N x 1024 x 1 x 1
@@ -119,13 +140,15 @@ class GoogLeNet(nn.Module):
         out["flatten"] = x
         x = self.dropout(x)
         # N x 1024
-        out["logits"] = getattr(self, self.plan.fc.name)(x)  # N x 1000 (num_classes)
+        for name, fc in self.items():  # fc (l: Liu's), found by name as the stages are
+            if name == self.classifier:
+                out["logits"] = fc(x)  # N x 1000 (num_classes)
         return out
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """torchvision's contract: logits, or (logits, aux2, aux1) when training with aux."""
-        training_aux = self.training and bool(self.plan.aux)
+        training_aux = self.training and len(self.taps) > 0
         out = self.forward_stages(x, with_aux=training_aux)
         if training_aux:
-            return (out["logits"], *(out[head.name] for head in reversed(self.plan.aux)))
+            return out["logits"], out["aux2"], out["aux1"]
         return out["logits"]

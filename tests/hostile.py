@@ -113,6 +113,17 @@ def keras_model():
     return model
 
 
+def h5_path(key: str) -> str:
+    """The HDF5 dataset holding canonical ``key`` in what Keras's ``save_weights``
+    writes for ``VARIANT`` (Keras names a functional model's groups by layer class,
+    ``layers/dense/vars/0``): taken from the suite's own probe of that layout."""
+    from conformance.formats import registry
+
+    p = spec.resolve(VARIANT)
+    layout = registry._keras_layout(p, lambda: registry.built("keras", p))
+    return next(path for path, (k, _) in layout.items() if k == key)
+
+
 def keras_file(path: Path) -> Path:
     keras_model().save(str(path))
     return path
@@ -142,9 +153,10 @@ def weights_h5_undeclared(path: Path, classes: int = 500_000) -> Path:
     import h5py
 
     keras_model().save_weights(str(path))
+    fc = h5_path("fc.weight")
     with h5py.File(path, "r+") as f:
-        del f["fc/vars/0"]
-        f.create_dataset("fc/vars/0", shape=(1408, classes), dtype="f4")  # storage allocated late: never
+        del f[fc]
+        f.create_dataset(fc, shape=(1408, classes), dtype="f4")  # storage allocated late: never
     return path
 
 

@@ -16,6 +16,7 @@ from conformance.formats import registry as formats
 from conformance.formats.port import PortError, VerificationError, port
 
 from .conftest import backend_or_skip, cli, save_torch, torch_state
+from .hostile import h5_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -367,11 +368,13 @@ def test_weights_h5_is_checked_as_strictly_as_the_other_formats(tmp_path):
     backend_or_skip("keras")
     src = mnist_file(tmp_path, "w.weights.h5")
 
+    conv1, fc_bias = h5_path("conv1.weight"), h5_path("fc.bias")
+
     def retype(dtype):
         def edit(f):
-            value = f["conv1/vars/0"][()]
-            del f["conv1/vars/0"]
-            f["conv1/vars/0"] = value.astype(dtype)
+            value = f[conv1][()]
+            del f[conv1]
+            f[conv1] = value.astype(dtype)
 
         return edit
 
@@ -379,7 +382,7 @@ def test_weights_h5_is_checked_as_strictly_as_the_other_formats(tmp_path):
         f["extra/vars/0"] = np.zeros(3, np.float32)
 
     def missing(f):
-        del f["fc/vars/1"]
+        del f[fc_bias]
 
     cases = [
         (retype(np.int32), r"'conv1.weight' is int32; expected floating-point weights"),
@@ -535,7 +538,7 @@ def test_the_python_api_speaks_python_and_the_cli_speaks_options(tmp_path, state
         port(src, tmp_path / "b.npz", "googlenet")
     assert str(e.value).endswith("already exists; pass force=True to overwrite it")
     assert e.value.cli.endswith("already exists; pass --force to overwrite it")
-    r = cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
+    r = port_cli(str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
     assert r.returncode == 2 and r.stderr.strip().endswith("pass --force to overwrite it"), r.stderr
 
 

@@ -194,8 +194,9 @@ def test_without_dropout_zeroes_every_rate():
 
 
 def test_mxnet_lrn_float64_path_matches_its_float32_operator():
-    """MXNet's LRN kernel is float32 only, so in float64 Gluon's block computes the same
-    formula itself; forward and backward agree with the operator's."""
+    """MXNet's LRN kernel is float32 only, so in float64 (a block cast to it, as ``build``
+    casts a model) Gluon's block computes the same formula itself; forward and backward
+    agree with the operator's."""
     backend_or_skip("mxnet")
     import mxnet as mx
 
@@ -205,6 +206,7 @@ def test_mxnet_lrn_float64_path_matches_its_float32_operator():
     x = np.random.default_rng(0).standard_normal((2, 16, 5, 5)) * 2
     outs, grads = {}, {}
     for dtype in ("float32", "float64"):
+        block.cast(dtype)
         a = mx.nd.array(x, dtype=dtype)
         a.attach_grad()
         with mx.autograd.record():

@@ -63,11 +63,12 @@ MODEL_ROWS = [
     Row(
         "module API",
         (
-            "subclass `nn.Module`; `forward(self, x)`; children registered by attribute or `add_module`",
-            "subclass `layers.Layer` (`keras.Model` for the network); `call(self, x, training=None)`; "
-            "children by attribute",
-            "subclass `nn.HybridBlock`; `hybrid_forward(self, F, x)`, `F` is `mx.nd` or `mx.sym`; "
-            "children by attribute; `forward_stages` runs `_stages` with `mx.nd`",
+            "subclass `nn.Module` (`nn.ModuleDict` for the network and its Inception blocks); "
+            "`forward(self, x)`; children registered by attribute or `add_module`",
+            "subclass `layers.Layer` (`Block` for a layer made from one unit of the plan, `keras.Model` "
+            "for the network); `call(self, x, training=None)`; children by attribute",
+            "subclass `nn.HybridBlock` (`Network` for the network); `hybrid_forward(self, F, x)`, `F` is "
+            "`mx.nd` or `mx.sym`; children by attribute; `forward_stages` runs `_stages` with `mx.nd`",
         ),
         "model files",
     ),
@@ -108,6 +109,21 @@ MODEL_ROWS = [
         "model files",
     ),
     Row(
+        "graphs and scripting",
+        (
+            "`torch.jit.script` compiles `forward`: it calls no child by a computed name and reads "
+            "no dataclass, so the network and its blocks are `nn.ModuleDict`s walked in order (the "
+            "`state_dict` keys stay torchvision's), with the plan's names as lists, and training "
+            "returns a fixed (logits, aux2, aux1)",
+            "a functional `keras.Model`, as keras-hub builds backbones: `__init__` runs `call` on a "
+            "`keras.Input` of open size and hands the graph to `keras.Model`; its outputs are fixed: "
+            "the logits, or a dict of `logits`, `aux2`, `aux1`",
+            "`hybridize()` traces `hybrid_forward` once; the network's base (`Network`) traces it again "
+            "when the training mode changes",
+        ),
+        "model files",
+    ),
+    Row(
         "imports and type hints",
         (
             "`import torch`; tensors annotated as `Tensor`",
@@ -128,7 +144,7 @@ RULES: list[tuple[str, str]] = [
     ("input channels", r"\bin_units=|nn\.Linear\(|self\.head = head|\.build\("),
     ("variable dtype", r"\bdtype\b"),
     ("training mode", r"training"),
-    ("module API", r"^class \w+\((nn\.Module|layers\.Layer|keras\.Model|nn\.HybridBlock)\)"),
+    ("module API", r"^class \w+\((nn\.Module(Dict)?|layers\.Layer|Block|keras\.Model|nn\.HybridBlock|Network)\)"),
     ("module API", r"def (forward|call|hybrid_forward|forward_stages|_stages)\(|self\._stages\("),
     ("module API", r"super\(\)\.__init__\(|add_module\(|setattr\(|-> (nn\.Module|layers\.Layer|nn\.HybridBlock)"),
     ("operators", r"\b(F|ops|torch)\.(relu|cat|concat|concatenate|flatten)\b|\bops_\b|\bops\b"),
@@ -136,6 +152,13 @@ RULES: list[tuple[str, str]] = [
     ("initial weights", r"kernel_initializer"),
     ("saving a model", r"register_keras_serializable|config"),
     ("imports and type hints", r"^(import|from) |\bTensor\b"),
+    (  # TorchScript's walks over children and plain lists, and what Keras's and Gluon's files do instead
+        "graphs and scripting",
+        r"TorchScript|self\.(starts|ends|trunk|taps|classifier|scale|shift|values|items)\b|^(taps|scale|shift):"
+        r"|out\[\"aux2\"\], out\[\"aux1\"\]|\bout\[(name|stage\.name)\] = x|t = self\.plan\.transform|aux_for"
+        r"|^for (branch in self\.branches|attr in branch):"
+        r"|keras\.Input|image_shape|[Ff]unctional|summary\(\)|plot_model|\{\"logits\": |\(Network\)",
+    ),
 ]
 SCOPES: dict[str, str] = {
     "build": "input channels",  # Keras builds every weight from the spec's channel counts
