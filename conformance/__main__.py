@@ -46,6 +46,9 @@ _classes = _typed(int, lambda v: 1 <= v <= MAX_CLASSES, f"an integer from 1 to {
 _epochs = _typed(int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}")
 
 
+TRANSFORM_HELP = "the variant's input transform: torchvision's (googlenet_bn), Caffe's BGR 0-255 (googlenet_lrn)"
+
+
 def _version() -> str:
     try:
         return f"googlenet-conformance {importlib.metadata.version('googlenet-conformance')}"
@@ -106,7 +109,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     port.add_argument(
         "--num-classes", type=_classes, default=None, help="classes of the checkpoint (default: the variant's)"
     )
-    port.add_argument("--transform-input", action="store_true", help="torchvision's transform_input (googlenet_bn)")
+    port.add_argument("--transform-input", action="store_true", help=TRANSFORM_HELP)
     port.add_argument("--force", action="store_true", help="overwrite DST")
 
     train = sub.add_parser("train", help="train a variant in one framework (SGD, as d2l and Liu train), with a plot")
@@ -234,7 +237,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     diff.add_argument(
         "--num-classes", type=_positive, default=None, help="classes of the checkpoints (default: the variant's)"
     )
-    diff.add_argument("--transform-input", action="store_true", help="torchvision's transform_input (googlenet_bn)")
+    diff.add_argument("--transform-input", action="store_true", help=TRANSFORM_HELP)
     diff.add_argument(
         "--input-size", type=_positive, metavar="PIXELS", help="square input (default: the variant's own)"
     )

@@ -162,10 +162,10 @@ class GoogLeNet(keras.Model):
     def forward_stages(self, x, with_aux: bool = False, training: bool = False) -> dict:
         """Every stage's output by name (NHWC), then ``flatten``, ``logits`` and the aux logits."""
         out = {}
-        if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
+        if self.plan.transform is not None:  # transform_input: channel by channel, reordered (Caffe's BGR)
             t = self.plan.transform
             x = ops.concatenate(
-                [x[..., c : c + 1] * s + b for c, (s, b) in enumerate(zip(t.scale, t.shift, strict=True))], axis=-1
+                [x[..., c : c + 1] * s + b for c, s, b in zip(t.order, t.scale, t.shift, strict=True)], axis=-1
             )
         # N x 224 x 224 x 3
         for stage in self.plan.stages:

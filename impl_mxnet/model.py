@@ -110,12 +110,12 @@ class GoogLeNet(Network):
 
     def _stages(self, F, x, with_aux: bool) -> dict:
         out = {}
-        if self.plan.transform is not None:  # torchvision's transform_input, channel by channel
+        if self.plan.transform is not None:  # transform_input: channel by channel, reordered (Caffe's BGR)
             t = self.plan.transform
             x = F.concat(
                 *[
                     F.slice_axis(x, axis=1, begin=c, end=c + 1) * s + b
-                    for c, (s, b) in enumerate(zip(t.scale, t.shift, strict=True))
+                    for c, s, b in zip(t.order, t.scale, t.shift, strict=True)
                 ],
                 dim=1,
             )

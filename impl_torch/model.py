@@ -96,6 +96,7 @@ def make_stage(stage: Stage) -> nn.Module:
 
 class GoogLeNet(nn.ModuleDict):
     taps: dict[str, str]  # TorchScript cannot infer the type of an empty dict or list
+    order: list[int]  # plain lists, so TorchScript compiles the transform
     scale: list[float]
     shift: list[float]
 
@@ -114,14 +115,15 @@ class GoogLeNet(nn.ModuleDict):
         self.trunk = [stage.name for stage in plan.stages]
         self.taps = {head.name: head.tap for head in plan.aux}
         self.classifier = plan.fc.name
+        self.order = [] if plan.transform is None else list(plan.transform.order)
         self.scale = [] if plan.transform is None else list(plan.transform.scale)
         self.shift = [] if plan.transform is None else list(plan.transform.shift)
 
     def forward_stages(self, x: Tensor, with_aux: bool = False) -> dict[str, Tensor]:
         """Every stage's output by name, then ``flatten``, ``logits`` and the aux logits."""
         out: dict[str, Tensor] = {}
-        if self.scale:  # torchvision's transform_input, channel by channel
-            x = torch.cat([x[:, c : c + 1] * self.scale[c] + self.shift[c] for c in range(len(self.scale))], 1)
+        if self.scale:  # transform_input: channel by channel, reordered (Caffe's BGR)
+            x = torch.cat([x[:, o : o + 1] * self.scale[c] + self.shift[c] for c, o in enumerate(self.order)], 1)
         # N x 3 x 224 x 224
         for name, stage in self.items():  # conv1, maxpool1, ..., inception5b, then aux1, aux2 and the head
             if name in self.trunk:

@@ -249,3 +249,15 @@ def idx_gzipped(directory: Path, images: int = 1_500_000) -> Path:
             f.write(chunk[: min(left, len(chunk))])
             left -= len(chunk)
     return directory
+
+
+def caffe_empty_layers(path: Path, layers: int = 50_000_000) -> Path:
+    """A .caffemodel of ``layers`` empty V1 layers, 2 bytes each (100 MB, under what
+    googlenet_lrn can hold): protobuf would allocate some 60 bytes for each, 3 GB."""
+    with open(path, "wb") as f:
+        f.write(b"\n\tGoogleNet")
+        chunk = b"\x12\x00" * (1 << 20)
+        for _ in range(layers >> 20):
+            f.write(chunk)
+        f.write(b"\x12\x00" * (layers & ((1 << 20) - 1)))
+    return path

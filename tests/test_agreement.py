@@ -43,10 +43,17 @@ def test_every_stage_of_the_spec_was_compared(report):
             assert ("aux1" in compared) == s.aux
 
 
-def test_aux_heads_compared_at_224_and_odd_239(report):
+def test_aux_heads_compared_at_224_and_odd_sizes(report):
     sizes = {v.variant: {s.size: s.aux for s in v.sizes} for v in report.variants}
     assert sizes["googlenet"] == {224: True, 239: True, 97: False}  # avg 5x5/3 needs a 14..16 map
-    assert sizes["googlenet_lrn"] == {224: True, 239: True, 97: False}
+    # Caffe's: avg 5x5/3 rounding up gives 4 x 4 from a 12..14 map (inputs 191-238), but its fixed 7x7/1
+    # head pool runs only at 223-254: aux heads at 224 and the variant's own odd 231, not at 239
+    assert sizes["googlenet_lrn"] == {224: True, 239: False, 231: True}
+    lrn = next(v for v in report.variants if v.variant == "googlenet_lrn")
+    assert (
+        "7 x 7 window is larger than the 3 x 3 map; fc expects 1 x 1 (googlenet_lrn runs at 223-254)"
+        in (lrn.skipped_sizes[97])
+    )
     assert sizes["googlenet_d2l"] == {96: False, 239: False, 97: False}  # its own 96 first; no aux heads
     assert sizes["googlenet_bn"] == {224: True, 239: True, 97: True}  # adaptive: any size
     # GluonCV's fixed 7x7 head pool needs a 7..13 map: 97 is skipped, with the reason
@@ -76,7 +83,7 @@ def test_the_smallest_sizes_the_spec_admits_run_in_every_framework():
         "googlenet": 47,
         "googlenet_bn": 31,
         "googlenet_gluoncv": 223,
-        "googlenet_lrn": 47,
+        "googlenet_lrn": 223,  # Caffe's fixed 7x7/1 head pool: 223-254
         "googlenet_d2l": 1,
         "googlenet_cifar": 1,  # padded floor pools never outgrow their input
         "inception_mnist": 28,

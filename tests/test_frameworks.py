@@ -3,6 +3,8 @@ framework's own API, strict loading, bit-identical round trips, input checks."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -102,21 +104,30 @@ def test_stages_cover_the_spec_in_nchw(backend):
     assert got == spec.expected_shapes(full_plan("googlenet_bn"), 97, batch=1)
 
 
-def test_transform_input_changes_the_input_as_torchvision(backend):
-    plain, remapped = backend.build("googlenet_bn"), backend.build("googlenet_bn", transform_input=True)
-    params = canonical.random_params(spec.resolve("googlenet_bn"), 0)
+def _as_trained(variant: str, x: np.ndarray) -> np.ndarray:
+    """ImageNet mean/std-normalised RGB ``x`` as the variant's weights were trained on it:
+    torchvision's Inception weights (x - 0.5) / 0.5, Caffe's BGR in 0-255 less (104, 117, 123)."""
+    mean = np.array([0.485, 0.456, 0.406])[:, None, None]
+    std = np.array([0.229, 0.224, 0.225])[:, None, None]
+    rgb = x.astype(np.float64) * std + mean  # in 0-1
+    if variant == "googlenet_bn":
+        return ((rgb - 0.5) / 0.5).astype(np.float32)
+    return (255 * rgb[:, ::-1] - np.array([104.0, 117.0, 123.0])[:, None, None]).astype(np.float32)
+
+
+@pytest.mark.parametrize("variant,size", [("googlenet_bn", 97), ("googlenet_lrn", 224)])
+def test_transform_input_remaps_the_input_as_its_weights_expect(backend, variant, size):
+    plain, remapped = backend.build(variant), backend.build(variant, transform_input=True)
+    params = canonical.random_params(spec.resolve(variant), 0)
     backend.from_canonical(plain, params)
     backend.from_canonical(remapped, params)
-    x = np.random.default_rng(0).standard_normal((1, 3, 97, 97)).astype(np.float32)
-    t = spec.GOOGLENET_BN.input.transform
-    x_remapped = x * np.array(t.scale, np.float32)[:, None, None] + np.array(t.shift, np.float32)[:, None, None]
-    np.testing.assert_allclose(
-        backend.forward(remapped, x),
-        backend.forward(plain, x_remapped),
-        rtol=0,
-        atol=1e-4 * np.abs(backend.forward(plain, x_remapped)).max(),
-    )
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    want = backend.forward(plain, _as_trained(variant, x))
+    np.testing.assert_allclose(backend.forward(remapped, x), want, rtol=0, atol=1e-4 * np.abs(want).max())
     assert not np.allclose(backend.forward(remapped, x), backend.forward(plain, x), atol=1e-3)
+    if variant == "googlenet_lrn":  # the channel order matters: RGB pixels are another image
+        rgb = _as_trained(variant, x)[:, ::-1].copy()
+        assert not np.allclose(backend.forward(plain, rgb), want, rtol=0, atol=1e-2 * np.abs(want).max())
 
 
 @pytest.mark.parametrize(
@@ -170,6 +181,62 @@ def test_keras_local_response_norm_matches_pytorch_and_tensorflow():
     assert np.abs(ours - x).max() > 0.1 * np.abs(x).max()  # the normalisation is not negligible here
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
     np.testing.assert_allclose(ours, tf_lrn, rtol=0, atol=1e-5 * np.abs(theirs).max())
+
+
+def caffe_ave_pool(x: np.ndarray, kernel: int, stride: int, pad: int) -> np.ndarray:
+    """Caffe's average pooling (BVLC/caffe src/caffe/layers/pooling_layer.cpp, Forward_cpu,
+    AVE), loop for loop, NCHW: the output size rounds up; each window divides by its
+    extent inside the padded input, measured before it is clipped to the image."""
+    n, c, height, width = x.shape
+    pooled = [-(-(size + 2 * pad - kernel) // stride) + 1 for size in (height, width)]
+    if pad:  # the last window must start inside the image or its left padding
+        pooled = [
+            p - 1 if (p - 1) * stride >= size + pad else p for p, size in zip(pooled, (height, width), strict=True)
+        ]
+    out = np.zeros((n, c, *pooled), np.float64)
+    for ph in range(pooled[0]):
+        for pw in range(pooled[1]):
+            hstart, wstart = ph * stride - pad, pw * stride - pad
+            hend, wend = min(hstart + kernel, height + pad), min(wstart + kernel, width + pad)
+            pool_size = (hend - hstart) * (wend - wstart)
+            hstart, wstart, hend, wend = max(hstart, 0), max(wstart, 0), min(hend, height), min(wend, width)
+            out[:, :, ph, pw] = x[:, :, hstart:hend, wstart:wend].sum(axis=(2, 3)) / pool_size
+    return out
+
+
+def run_pool(backend, pool: spec.Pool, x: np.ndarray) -> np.ndarray:
+    """One pool layer of ``backend``'s own ``layers.py`` on NCHW ``x``."""
+    layers = importlib.import_module(f"impl_{backend.name}.layers")
+    if backend.name == "torch":
+        import torch
+
+        return layers.make_pool(pool)(torch.from_numpy(x)).numpy()
+    if backend.name == "keras":
+        import keras
+
+        return keras.ops.convert_to_numpy(layers.make_pool(pool)(x.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+    import mxnet as mx
+
+    return layers.make_pool(pool)(mx.nd.array(x)).asnumpy()
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+@pytest.mark.parametrize("size", [12, 13, 14, 15])
+def test_ceil_mode_average_pool_divides_as_caffe(backend, size, padding):
+    """Caffe's aux heads pool avg 5x5/3 rounding up: on a 12 or 13 map the last window
+    is clipped, and Caffe divides by the clipped window (PyTorch's count_include_pad rule:
+    padding counts, the overhang past it does not). Each framework's pool agrees."""
+    pool = spec.Pool("pool", "avg", 5, 3, padding=padding, ceil_mode=True)
+    x = np.random.default_rng(size).standard_normal((2, 3, size, size)).astype(np.float32) + 1.0
+    want = caffe_ave_pool(x, 5, 3, padding)
+    got = run_pool(backend, pool, x)
+    assert got.shape == want.shape == (2, 3, *[spec.pool_out(size, 5, 3, padding, True)] * 2)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    clipped = (spec.pool_out(size, 5, 3, padding, True) - 1) * 3 - padding + 5 > size + padding
+    full_window = caffe_ave_pool(np.pad(x, [(0, 0), (0, 0), (0, 5), (0, 5)]), 5, 3, padding)[
+        ..., : got.shape[2], : got.shape[3]
+    ]
+    assert clipped == (not np.allclose(got, full_window, rtol=0, atol=1e-3)), "dividing by 25 is what a clip changes"
 
 
 def test_the_package_exports_exactly_the_interface(backend):

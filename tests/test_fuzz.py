@@ -11,6 +11,7 @@ tests/test_fuzz.py -s`` (cases drawn at random; ``FUZZ_CLI`` subprocess cases).
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from conformance import canonical, frameworks, spec
 from conformance.formats.port import PortError, port
 from conformance.formats.registry import FORMATS
 
-from . import hostile
+from . import caffe_files, hostile
 from .conftest import installed
 
 VARIANT = "inception_mnist"
@@ -40,19 +41,26 @@ SUFFIX = {
     "keras-weights": ".weights.h5",
     "keras": ".keras",
     "mxnet": ".params",
+    "caffe": ".caffemodel",
 }
+FORMAT_VARIANT = {"caffe": "googlenet_lrn"}  # a .caffemodel holds Caffe's network; the others the small one
 MUTATIONS = ("truncate", "flip", "inflate", "dtype", "extra", "missing")
 TARGETS = ("npz", "safetensors", "mxnet", "torch")
 PEAK_GROWTH_MB = 1000
 
 
-def plan() -> spec.Plan:
-    return spec.resolve(VARIANT)
+def variant_of(fmt: str) -> str:
+    return FORMAT_VARIANT.get(fmt, VARIANT)
+
+
+def plan(fmt: str = "") -> spec.Plan:
+    return spec.resolve(variant_of(fmt), aux_logits=fmt in FORMAT_VARIANT)
 
 
 def available() -> list[str]:
     have = set(installed())
-    return [f for f in SUFFIX if FORMATS[f].framework in (None, *have)]
+    protobuf = importlib.util.find_spec("google.protobuf") is not None
+    return [f for f in SUFFIX if FORMATS[f].framework in (None, *have) and (f != "caffe" or protobuf)]
 
 
 # --------------------------------------------------------------------------------------
@@ -373,6 +381,67 @@ def params_missing(data: bytes, rng: np.random.Generator) -> bytes:
     return _mx_edit(data, lambda arrays, mx: arrays.pop(_key(rng, arrays)))
 
 
+# Caffe: the NetParameter parsed with the suite's schema, a layer or blob changed, serialized again
+
+
+def _caffe_edit(data: bytes, edit) -> bytes:
+    from conformance.formats import caffe_pb2
+
+    net = caffe_pb2.NetParameter.FromString(data)
+    edit(net, net.layers if len(net.layers) else net.layer)
+    return net.SerializeToString()
+
+
+def _weighted(layers, rng: np.random.Generator):
+    with_blobs = [layer for layer in layers if len(layer.blobs)]
+    return with_blobs[int(rng.integers(0, len(with_blobs)))]
+
+
+def caffe_inflate(data: bytes, rng: np.random.Generator) -> bytes:
+    def edit(net, layers):
+        blob = _weighted(layers, rng).blobs[int(rng.integers(0, 2))]
+        big = int(rng.choice(BIG))
+        if blob.HasField("num"):  # V1's legacy shape, an int32
+            blob.height = min(blob.height * big, (1 << 31) - 1)
+        else:
+            blob.shape.dim[0] *= big
+
+    return _caffe_edit(data, edit)
+
+
+def caffe_dtype(data: bytes, rng: np.random.Generator) -> bytes:
+    def edit(net, layers):
+        blob = _weighted(layers, rng).blobs[0]
+        kind = int(rng.integers(0, 3))
+        if kind < 2:  # float64 values (converted), or both kinds at once (refused)
+            blob.double_data.extend(blob.data)
+        if kind == 0:
+            blob.ClearField("data")
+        if kind == 2:  # no values at all
+            blob.ClearField("data")
+
+    return _caffe_edit(data, edit)
+
+
+def caffe_extra(data: bytes, rng: np.random.Generator) -> bytes:
+    def edit(net, layers):
+        layer = layers.add(name=["extra/fc", "loss4/classifier", "inception_5c/1x1"][int(rng.integers(0, 3))])
+        layer.blobs.add().data.extend([1.0] * 7)
+
+    return _caffe_edit(data, edit)
+
+
+def caffe_missing(data: bytes, rng: np.random.Generator) -> bytes:
+    def edit(net, layers):
+        layer = _weighted(layers, rng)
+        if rng.random() < 0.5:
+            layers.remove(layer)
+        else:
+            del layer.blobs[1]
+
+    return _caffe_edit(data, edit)
+
+
 SPECIFIC: dict[str, dict[str, Mutation]] = {
     "safetensors": {"inflate": st_inflate, "dtype": st_dtype, "extra": st_extra, "missing": st_missing},
     "npz": {"inflate": npz_inflate, "dtype": npz_dtype, "extra": npz_extra, "missing": npz_missing},
@@ -380,6 +449,7 @@ SPECIFIC: dict[str, dict[str, Mutation]] = {
     "keras-weights": {"inflate": h5_inflate, "dtype": h5_dtype, "extra": h5_extra, "missing": h5_missing},
     "keras": {"inflate": keras_inflate, "dtype": keras_dtype, "extra": keras_extra, "missing": keras_missing},
     "mxnet": {"inflate": params_inflate, "dtype": params_dtype, "extra": params_extra, "missing": params_missing},
+    "caffe": {"inflate": caffe_inflate, "dtype": caffe_dtype, "extra": caffe_extra, "missing": caffe_missing},
 }
 
 
@@ -399,7 +469,8 @@ def mutate(fmt: str, kind: str, data: bytes, rng: np.random.Generator) -> bytes:
 @pytest.fixture(scope="module")
 def originals(tmp_path_factory) -> dict[str, bytes]:
     """A valid inception_mnist file of every available format, written as each
-    framework's users write it (and safetensors by the suite)."""
+    framework's users write it (safetensors by the suite, a googlenet_lrn .caffemodel as
+    Caffe 2014 wrote bvlc_googlenet's, by the tests' schema)."""
     p = plan()
     params = canonical.random_params(p, SEED)
     d = tmp_path_factory.mktemp("originals")
@@ -426,6 +497,7 @@ def originals(tmp_path_factory) -> dict[str, bytes]:
         writers["keras"] = native("keras", lambda m, path: m.save(str(path)))
     if "mxnet" in backends:
         writers["mxnet"] = native("mxnet", lambda m, path: m.save_parameters(str(path)))
+    writers["caffe"] = lambda path: caffe_files.write(path, canonical.random_params(plan("caffe"), SEED), v1=True)
     out = {}
     for fmt in available():
         path = d / f"original{SUFFIX[fmt]}"
@@ -460,10 +532,10 @@ def cases(count: int, rng: np.random.Generator, formats: list[str]) -> list[tupl
     return every + [every[int(i)] for i in rng.integers(0, len(every), count - len(every))]
 
 
-def outcome(src: Path, dst: Path) -> str:
+def outcome(src: Path, dst: Path, variant: str) -> str:
     """ "pass" (verified), "refused" (one PortError line) or what went wrong."""
     try:
-        result = port(src, dst, VARIANT)
+        result = port(src, dst, variant)
     except PortError as e:
         message = str(e)
         if not message or "\n" in message:
@@ -486,7 +558,8 @@ def test_mutated_checkpoints_are_ported_or_refused_in_one_message(originals, tmp
         src.write_bytes(mutate(fmt, kind, originals[fmt], rng))
         dst = tmp_path / f"out{i}{SUFFIX[targets[i % len(targets)]]}"
         got: list[str] = []
-        grown = peak_growth_mb(lambda src=src, dst=dst, got=got: got.append(outcome(src, dst)))
+        variant = variant_of(fmt)
+        grown = peak_growth_mb(lambda src=src, dst=dst, got=got, v=variant: got.append(outcome(src, dst, v)))
         result = got[0]
         tally[(fmt, kind, result if result in ("pass", "refused") else "FAILED")] += 1
         if result not in ("pass", "refused") or (grown is not None and grown > PEAK_GROWTH_MB):
@@ -512,7 +585,9 @@ def test_mutated_checkpoints_on_the_command_line(originals, tmp_path, capsys):
         kind = MUTATIONS[int(rng.integers(0, len(MUTATIONS)))]
         src = tmp_path / f"cli{i}{SUFFIX[fmt]}"
         src.write_bytes(mutate(fmt, kind, originals[fmt], rng))
-        m = hostile.run_measured(hostile.cli("port", str(src), str(tmp_path / f"cli{i}.npz"), "--variant", VARIANT))
+        m = hostile.run_measured(
+            hostile.cli("port", str(src), str(tmp_path / f"cli{i}.npz"), "--variant", variant_of(fmt))
+        )
         with capsys.disabled():
             print(f"\nfuzz cli {fmt} {kind}: exit {m.returncode}, peak {m.peak_mb:.0f} MB, {m.seconds:.1f} s")
         assert m.returncode in (0, 2), (fmt, kind, m.returncode, m.stderr[-3000:])

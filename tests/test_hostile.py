@@ -89,3 +89,10 @@ def test_a_hundred_million_epochs(tmp_path):
     m = hostile.run_measured(hostile.cli("train", *args))
     assert m.returncode == 2 and "--epochs: expected an integer from 1 to 10,000" in m.stderr, m.stderr
     assert m.peak_mb < PEAK_MB and not list(tmp_path.iterdir())
+
+
+def test_a_caffemodel_of_fifty_million_empty_layers(tmp_path):
+    pytest.importorskip("google.protobuf")
+    src = hostile.caffe_empty_layers(tmp_path / "x.caffemodel")
+    m = hostile.run_measured(hostile.cli("port", str(src), str(tmp_path / "y.npz"), "--variant", "googlenet_lrn"))
+    assert_refused(m, "x.caffemodel: it holds more than 4,096 layers; bvlc_googlenet has 159")

@@ -161,8 +161,8 @@ def test_lrn_alpha_not_divided_by_size_fails_at_the_lrn():
     spec divide alpha by the window size. Porting alpha unchanged breaks lrn1 onwards."""
     torch_, keras_ = backend_or_skip("torch"), backend_or_skip("keras")
     with PITFALLS["lrn-alpha"].broken(keras_) as broken:
-        v = check({"torch": torch_, "keras": broken}, "googlenet_lrn", 97)
+        v = check({"torch": torch_, "keras": broken}, "googlenet_lrn", 223)
     r = rows(v)
     assert r["maxpool1"].passed and not r["lrn1"].passed
-    # LRN moves these activations by a few percent, so alpha x5 shows as ~5e-3: 47x the tolerance
+    # Caffe's input transform gives pixels in 0-255, where LRN normalises hard: alpha x5 shows as ~0.6
     assert r["lrn1"].agreement["keras"].max_rel > 10 * REL_TOL

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conformance import spec
 from conformance.canonical import canonical_shapes
+from conformance.spec.shapes import trace
+from conformance.spec.tables import IMAGENET_MEAN, IMAGENET_STD
 
 # The paper's Table 1 (https://arxiv.org/abs/1409.4842): in, 1x1, 3x3red, 3x3, 5x5red, 5x5, pool proj, out.
 TABLE1 = {
@@ -199,6 +202,59 @@ def test_googlenet_lrn_is_the_paper_network_plus_two_parameter_free_lrns():
     assert spec.expected_shapes(p, 224)["lrn2"] == (1, 192, 56, 56)
 
 
+def aux_sizes(p: spec.Plan, sizes: range) -> list[int]:
+    """Input sizes at which the aux heads alone run: their pool gives fc1 its 4 x 4 map,
+    whatever the head after inception5b makes of the size."""
+    ok = []
+    for size in sizes:
+        out: dict[str, tuple[int, int, int]] = {}
+        try:
+            trace(p.stages, (p.in_channels, size, size), out)
+        except spec.SpecError:
+            continue
+        if all(spec.window_fits(a.pool, out[a.tap]) and spec.op_chw(a.pool, out[a.tap])[1:] == (4, 4) for a in p.aux):
+            ok.append(size)
+    return ok
+
+
+def test_googlenet_lrn_pools_as_caffe():
+    """Caffe rounds every pool up (pooling_layer.cpp), the aux heads' avg 5x5/3 too
+    (loss1/ave_pool, loss2/ave_pool), and its head is a fixed 7x7/1 average
+    (pool5/7x7_s1), which needs a 7 x 7 map: Caffe's network runs at 223-254 only."""
+    p, paper = spec.resolve("googlenet_lrn", aux_logits=True), spec.resolve("googlenet", aux_logits=True)
+    assert p.aux[0].pool == spec.Pool("aux1.pool", "avg", 5, 3, ceil_mode=True)
+    assert p.head_pool == spec.Pool("avgpool", "avg", 7, 1, ceil_mode=True)
+    assert all(s.ceil_mode for s in p.stages if isinstance(s, spec.Pool))
+    assert aux_sizes(p, range(100, 400)) == list(range(191, 239))  # tap maps 12-14 give 4 x 4
+    assert aux_sizes(paper, range(100, 400)) == list(range(223, 271))  # rounding down: 14-16
+    assert spec.admitted(p) == ((223, 254),)
+    assert [s for s in range(223, 255) if spec.aux_admits(p, s)] == list(range(223, 239))
+    assert spec.expected_shapes(p, 223)["inception5b"] == (1, 1024, 7, 7) and "aux1" in spec.expected_shapes(p, 223)
+    assert spec.expected_shapes(p, 254)["inception5b"] == (1, 1024, 7, 7) and "aux1" not in spec.expected_shapes(p, 254)
+    with pytest.raises(
+        spec.SpecError, match=r"input size 222: .* 6 x 6 map; fc expects 1 x 1 \(googlenet_lrn runs at 223-254\)"
+    ):
+        spec.stage_shapes(p, 222)
+    with pytest.raises(spec.SpecError, match=r"input size 255: the head pool turns the 8 x 8 map into 2 x 2"):
+        spec.stage_shapes(p, 255)
+
+
+def test_input_transforms_are_torchvisions_and_caffes():
+    """Both take ImageNet mean/std-normalised RGB: torchvision's back to (x - 0.5) / 0.5,
+    Caffe's to BGR pixels in 0-255 less its mean pixel (104, 117, 123), B first."""
+    rgb01 = np.random.default_rng(0).uniform(0, 1, (3, 5))  # three channels, five pixels
+    mean, std = np.array(IMAGENET_MEAN)[:, None], np.array(IMAGENET_STD)[:, None]
+    x = (rgb01 - mean) / std
+
+    def apply(t: spec.InputTransform) -> np.ndarray:
+        return np.stack([x[o] * s + b for o, s, b in zip(t.order, t.scale, t.shift, strict=True)])
+
+    np.testing.assert_allclose(apply(spec.GOOGLENET_BN.input.transform), (rgb01 - 0.5) / 0.5, atol=1e-12)
+    bgr255 = 255 * rgb01[::-1] - np.array([104.0, 117.0, 123.0])[:, None]
+    np.testing.assert_allclose(apply(spec.GOOGLENET_LRN.input.transform), bgr255, atol=1e-9)
+    assert spec.resolve("googlenet_lrn", transform_input=True).transform.order == (2, 1, 0)
+
+
 def test_d2l_shapes_at_96():
     shapes = spec.expected_shapes(spec.resolve("googlenet_d2l"), 96)
     assert shapes["conv1"] == (1, 64, 48, 48) and shapes["maxpool1"] == (1, 64, 24, 24)
@@ -233,8 +289,12 @@ def test_resolve_rejects_bad_options_with_their_names():
             spec.resolve("googlenet", num_classes=bad)
     with pytest.raises(spec.SpecError, match=r"the maxpool3 window \(3 x 3\) is larger than its 2 x 2 input"):
         spec.stage_shapes(spec.resolve("googlenet"), 16)
-    with pytest.raises(spec.SpecError, match=r"turns the 3 x 3 map into 0 x 0; fc expects 1 x 1"):
+    with pytest.raises(
+        spec.SpecError, match=r"head pool's 7 x 7 window is larger than the 3 x 3 map; fc expects 1 x 1"
+    ):
         spec.stage_shapes(spec.resolve("googlenet_gluoncv"), 97)
+    with pytest.raises(spec.SpecError, match=r"turns the 15 x 15 map into 2 x 2; fc expects 1 x 1"):
+        spec.stage_shapes(spec.resolve("googlenet_gluoncv"), 500)
 
 
 def test_variants_are_frozen():

@@ -472,8 +472,9 @@ def check_training(
 
 
 def default_sizes(variant: str) -> list[int]:
-    """The variant's own input size, then the odd sizes."""
-    return list(dict.fromkeys((spec.VARIANTS[variant].input.size, *ODD_SIZES)))
+    """The variant's own input size, then the odd sizes, then any the variant adds."""
+    v = spec.VARIANTS[variant]
+    return list(dict.fromkeys((v.input.size, *ODD_SIZES, *v.input.check_sizes)))
 
 
 def run(

@@ -6,7 +6,9 @@ from the plan (never by order), in one registry.
 * ``gluon``: what ``impl_mxnet``'s ``save_parameters`` writes, BatchNorm's scale and
   shift called ``gamma``/``beta``: ``conv1.bn.gamma``;
 * ``gluoncv``: GluonCV 0.10's ``googlenet``: ``inception3a.1.1.0.weight``;
-* ``cifar100``: pytorch-cifar100's ``GoogleNet`` (``googlenet_cifar``): ``a3.b3.6.bias``.
+* ``cifar100``: pytorch-cifar100's ``GoogleNet`` (``googlenet_cifar``): ``a3.b3.6.bias``;
+* ``caffe``: Caffe's ``bvlc_googlenet`` (a ``.caffemodel``), a layer's blob as pycaffe
+  indexes it: ``inception_3a/5x5_reduce[0]`` (the weights), ``loss3/classifier[1]``.
 
 GluonCV's blocks are positional ``HybridSequential``s: a conv unit is ``(conv, bn,
 relu)`` -> ``conv1.0.weight``, ``conv1.1.gamma``; an Inception block is a
@@ -18,6 +20,13 @@ pytorch-cifar100's stem is ``prelayer`` (conv, bn, relu) x 3 -> ``prelayer.3`` i
 blocks are ``a3`` ... ``b5`` with branches ``b1`` ... ``b4``, each a ``Sequential`` of
 (conv, bn, relu) -> ``a3.b3.6`` is branch 3's third conv (after the pool, at 0, in
 ``b4``); fc is ``linear``.
+
+Caffe names a conv by its kernel and what it feeds (bvlc_googlenet's deploy.prototxt):
+the stem by the pool it precedes, ``conv1/7x7_s2``, then ``conv2/3x3_reduce`` (the 1x1
+feeding ``conv2/3x3``); a block's branches ``inception_3a/1x1``, ``3x3_reduce`` and
+``3x3``, ``5x5_reduce`` and ``5x5``, and ``pool_proj`` (the 1x1 after the pool); the aux
+heads ``loss1/conv``, ``loss1/fc``, ``loss1/classifier`` (``loss2/...``), and fc
+``loss3/classifier``. Blob 0 is the weights, blob 1 the bias.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..canonical import BN_SUFFIXES, canonical_shapes, gluon_name
-from ..spec import ConvUnit, InceptionBlock, Plan
+from ..spec import ConvUnit, InceptionBlock, Op, Plan, Pool
 
 Params = dict[str, np.ndarray]
 
@@ -119,6 +128,66 @@ def cifar100_names(p: Plan) -> dict[str, str]:
     return names
 
 
+def _caffe_conv(op: ConvUnit, chain: tuple[Op, ...], i: int) -> str:
+    """Caffe's name for conv ``i`` of a chain: after a pool, its projection; a 1x1 that
+    feeds a larger conv, that conv's reduction; else its kernel (and stride)."""
+    if any(isinstance(o, Pool) for o in chain[:i]):
+        return "pool_proj"
+    after = next((o for o in chain[i + 1 :] if isinstance(o, ConvUnit)), None)
+    if op.kernel == 1 and after is not None and after.kernel > 1:
+        return f"{after.kernel}x{after.kernel}_reduce"
+    return f"{op.kernel}x{op.kernel}" + (f"_s{op.stride}" if op.stride > 1 else "")
+
+
+def _caffe_units(p: Plan) -> dict[str, str]:
+    """Canonical unit prefix -> Caffe layer name."""
+    units: dict[str, str] = {}
+    stem: list[ConvUnit] = []
+    pools = 0
+    for stage in p.stages:
+        if isinstance(stage, ConvUnit):
+            stem.append(stage)
+        elif isinstance(stage, Pool) and stem:  # the stem's convs before this pool: conv1, conv2
+            pools += 1
+            chain = tuple(stem)
+            units.update({c.name: f"conv{pools}/{_caffe_conv(c, chain, i)}" for i, c in enumerate(chain)})
+            stem = []
+        elif isinstance(stage, InceptionBlock):
+            block = stage.name.replace("inception", "inception_")
+            for branch in stage.branches:
+                for i, op in enumerate(branch):
+                    if isinstance(op, ConvUnit):
+                        units[op.name] = f"{block}/{_caffe_conv(op, branch, i)}"
+    for i, head in enumerate(p.aux, start=1):
+        units.update({f"{head.name}.{part}": f"loss{i}/{name}" for part, name in CAFFE_AUX.items()})
+    heads = len(p.variant.aux.taps) if p.variant.aux is not None else 0
+    units[p.fc.name] = f"loss{heads + 1}/classifier"  # after the variant's aux heads, built or not
+    return units
+
+
+CAFFE_AUX = {"conv": "conv", "fc1": "fc", "fc2": "classifier"}
+
+
+def caffe_names(p: Plan) -> dict[str, str]:
+    """Canonical key -> Caffe blob key, for every key of the plan: a conv unit's or dense
+    layer's weight is its layer's blob 0, its bias blob 1. Only nets Caffe's GoogLeNet
+    names: conv units with a bias and without BatchNorm."""
+    if p.variant.convs.norm is not None or p.variant.convs.plain or not p.variant.convs.bias:
+        raise NamingError(f"{p.variant.name}'s conv units are not bvlc_googlenet's (conv + bias, no BatchNorm)")
+    units = _caffe_units(p)
+    if len(set(units.values())) != len(units):
+        raise NamingError(f"{p.variant.name}: two of its units would have the same Caffe name")
+    names: dict[str, str] = {}
+    for key in canonical_shapes(p):
+        unit, _, kind = key.rpartition(".")
+        unit = unit.removesuffix(".conv")  # a conv unit's "<unit>.conv.weight"; a dense layer's "<name>.weight"
+        blob = {"weight": 0, "bias": 1}.get(kind)
+        if unit not in units or blob is None:
+            raise NamingError(f"{key}: no Caffe blob holds it")
+        names[key] = f"{units[unit]}[{blob}]"
+    return names
+
+
 def _no_change(raw: Params) -> tuple[Params, list[str]]:
     return dict(raw), []
 
@@ -139,6 +208,12 @@ class Scheme:
 SCHEMES: dict[str, Scheme] = {
     s.name: s
     for s in (  # in the order detect() tries them
+        Scheme(
+            "caffe",
+            "Caffe's bvlc_googlenet",
+            lambda keys: any(k.endswith(("[0]", "[1]")) for k in keys),
+            caffe_names,
+        ),
         Scheme(
             "gluoncv",
             "GluonCV's googlenet",

@@ -92,6 +92,11 @@ def _check_source(src: Path) -> None:
 def _check_paths(src: Path, dst: Path, dst_fmt: Format, force: bool) -> str:
     """DST writable, under a name its framework loads (before any work); returns the
     temporary file's suffix."""
+    if not dst_fmt.writable:
+        raise PortError(
+            f"DST {dst}: {dst_fmt.description} files are read here, not written; write another format "
+            f"(.pth, .safetensors, .weights.h5, .params, ...)"
+        )
     if dst.exists() and dst.resolve() == src.resolve():
         raise PortError(f"DST {dst} is SRC: write the port to another file")
     if dst_fmt.names and not dst.name.endswith(dst_fmt.names):

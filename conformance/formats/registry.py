@@ -12,6 +12,8 @@ the way that framework's users load it (for verification).
 | ``keras``       | ``.keras``       | ``model.save`` / ``keras.models.load_model``          |
 | ``mxnet``       | ``.params``      | ``save_parameters``; reads Gluon and GluonCV names    |
 | ``gluoncv``     | ``.params``      | GluonCV's names (``--to gluoncv``), for its ``googlenet`` |
+| ``caffe``       | ``.caffemodel``  | read only: Caffe's ``NetParameter`` (both layer formats), |
+|                 |                  | with protobuf and ``caffe.proto``; bvlc_googlenet's names |
 
 A new format is one :class:`Format` entry in :data:`FORMATS`.
 """
@@ -36,8 +38,8 @@ from .. import reading
 from ..canonical import Params, canonical_shapes, to_bytes
 from ..frameworks import FRAMEWORKS, load
 from ..reading import Damaged, Tensor
-from ..spec import MAX_CLASSES, Plan
-from . import bounds, naming
+from ..spec import LRN, MAX_CLASSES, Plan
+from . import bounds, caffe, naming
 
 Native = tuple[Any, Any]  # (implementation package, model)
 Written = tuple[bytes, Native | None]  # a file's bytes, and the (backend, model) that wrote it
@@ -114,6 +116,7 @@ class Format:
     load: Callable[[Path, Plan, str, Native | None], Native]
     # The name endings its framework's loader insists on (Keras); empty: any name.
     names: tuple[str, ...] = ()
+    writable: bool = True  # False: a format ``port`` reads only (Caffe's)
 
 
 # --------------------------------------------------------------------------------------
@@ -130,6 +133,8 @@ _KIND_NAMES = {
     "mxnet": "MXNet parameters",
     "zip": "a zip archive",
     "damaged-zip": "a damaged zip archive (truncated or corrupt: no readable directory at its end)",
+    "caffe": "a Caffe model (a NetParameter protobuf)",
+    "caffe-text": "a Caffe text prototxt (the network's description; its weights are in the .caffemodel)",
     "unknown": "not a known checkpoint format",
 }
 _MXNET_MAGIC = (0x112).to_bytes(8, "little")
@@ -138,7 +143,7 @@ _MXNET_MAGIC = (0x112).to_bytes(8, "little")
 def sniff(path: Path) -> str:
     """What the bytes of ``path`` are, whatever its name says."""
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(256)  # a Caffe network's name and first layer tag; 16 bytes tell the others
     size = path.stat().st_size
     if not head:
         return "empty"
@@ -163,6 +168,12 @@ def sniff(path: Path) -> str:
         return "safetensors"
     if head[:1] == b"\x80":
         return "pickle"
+    if caffe.looks_like(head, size):
+        return "caffe"
+    if caffe.cut_short(head, size):
+        return "damaged-caffe"
+    if caffe.looks_like_text(head):
+        return "caffe-text"
     return "unknown"
 
 
@@ -180,6 +191,10 @@ def check_content(path: Path, fmt: Format) -> None:
             f"{path}: a damaged {fmt.description} file: {fmt.description} files are zip archives, and this one "
             f"has no readable directory at its end (truncated or corrupt)"
         )
+    if kind == "damaged-caffe":  # only a file said to be Caffe's is called a damaged one
+        if fmt.name == "caffe":
+            raise PortError(f"{path}: a damaged Caffe model: its first field runs past the end of the file (truncated)")
+        kind = "unknown"
     if kind not in fmt.sniffed:
         hint = next(
             (f" (pass --from {f.name} if it is {f.description})" for f in FORMATS.values() if kind in f.sniffed), ""
@@ -646,6 +661,70 @@ def _write_gluoncv(params: Params, p: Plan) -> Written:
         return contents(), None
 
 
+# --------------------------------------------------------------------------------------
+# Caffe (read only)
+# --------------------------------------------------------------------------------------
+
+
+def _read_caffe(path: Path, p: Plan) -> Raw:
+    """A ``.caffemodel`` through ``conformance.formats.caffe``: the file's size checked
+    against what the variant can hold before protobuf parses it, every blob's declared
+    shape before its values are copied."""
+    try:
+        from google.protobuf import message  # noqa: F401 - only to say how to install it
+    except ImportError:
+        raise PortError(f"{path}: reading a .caffemodel needs protobuf: pip install -e '.[caffe]'") from None
+    full = bounds.full(p)
+    try:
+        names = naming.caffe_names(full)
+    except naming.NamingError as e:
+        raise PortError(f"{path}: a .caffemodel holds Caffe's bvlc_googlenet (--variant googlenet_lrn); {e}") from None
+    shapes = canonical_shapes(full)
+    most = sum(8 * int(np.prod(s)) for s in shapes.values()) + (1 << 20)  # every blob float64, 1 MB of layers
+    try:
+        net, layer_format, layers = caffe.parse(path, most)
+    except caffe.TooLarge as e:
+        raise PortError(
+            f"{path}: {e.size:,} bytes is more than {p.variant.name} with {p.num_classes} classes can hold "
+            f"({most / 1e6:.0f} MB); pass --num-classes if it has more classes"
+        ) from None
+    weighted = sum(bool(layer.blobs) for layer in layers)
+    if not weighted:
+        raise PortError(
+            f"{path}: none of its {len(layers)} layers holds weights (a network description, or a 2013 Caffe file "
+            f"whose V0 layers keep them where this reader does not look)"
+        )
+    tensors = caffe.tensors(layers, {theirs: shapes[ours] for ours, theirs in names.items()})
+    bounds.check_sizes(path, tensors, bounds.ceiling(p))
+    _check_caffe_lrn(path, p, layers)
+    notes = [f"Caffe network {net!r}: {len(layers)} layers ({layer_format} format), {weighted} with weights"]
+    legacy = sum(t.where.startswith("legacy") for t in tensors.values())
+    if legacy:
+        notes.append(f"read {legacy} blobs in Caffe's legacy 4-D shape as the matrices and vectors they hold")
+    return Raw(tensors, "caffe", notes)
+
+
+def _check_caffe_lrn(path: Path, p: Plan, layers: list[caffe.Layer]) -> None:
+    """The file lists every layer of its network (Caffe writes them all): LRN layers say
+    which network it is, where the weights alone cannot (LRN has none)."""
+    lrn = [layer.name for layer in layers if layer.type.upper() == "LRN"]
+    wants = any(isinstance(stage, LRN) for stage in p.stages)
+    if lrn and not wants:
+        raise PortError(
+            f"{path}: its network has LocalResponseNorm layers ({', '.join(lrn)}): this is `googlenet_lrn`, "
+            f"not `{p.variant.name}`"
+        )
+    if wants and not lrn and any(not layer.blobs for layer in layers):
+        raise PortError(
+            f"{path}: its network lists its layers and has no LocalResponseNorm among them: "
+            f"this is not `{p.variant.name}` (`googlenet` is the paper network without LRN)"
+        )
+
+
+def _write_caffe(params: Params, p: Plan) -> Written:
+    raise PortError("--to caffe: a .caffemodel is read, not written; write another format")
+
+
 # fmt: off
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("safetensors", (".safetensors",), "canonical safetensors", None, ("safetensors",),
@@ -663,6 +742,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # Only by name (--to gluoncv): .params files are read whatever their naming.
     Format("gluoncv", (".params",), "GluonCV parameters", "mxnet", ("mxnet",),
            _read_mxnet, _write_gluoncv, _load_by_name("gluoncv")),
+    # Read only: its tensors are built into the reference framework, as canonical files are.
+    Format("caffe", (".caffemodel",), "Caffe model", None, ("caffe",),
+           _read_caffe, _write_caffe, _load_by_name("caffe"), writable=False),
 )}
 # fmt: on
 

@@ -24,7 +24,10 @@ class Conv:
 
 @dataclass(frozen=True)
 class Pool:
-    """A max or average pool with PyTorch's semantics (symmetric padding, ceil rounding)."""
+    """A max or average pool with PyTorch's semantics (symmetric padding, ceil rounding),
+    which are Caffe's (``pooling_layer.cpp``): an average divides by the cells of its
+    window that lie in the padded input, so a ceil-mode window clipped at the end divides
+    by fewer."""
 
     name: str
     kind: Literal["max", "avg"]
@@ -170,19 +173,15 @@ class Head:
 
 @dataclass(frozen=True)
 class InputTransform:
-    """torchvision's ``transform_input``: re-maps ImageNet mean/std-normalised input
-    to the (x - 0.5) / 0.5 normalisation the ported Inception weights expect."""
+    """What a model does to its input before conv1 (the ``transform_input`` option),
+    channel by channel: ``y[:, c] = x[:, order[c]] * scale[c] + shift[c]``. It takes the
+    ImageNet mean/std-normalised RGB input torchvision's models expect to what ported
+    weights were trained on: torchvision's (x - 0.5) / 0.5, or Caffe's BGR in 0-255
+    less its mean pixel (``conformance.spec.tables``)."""
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def scale(self) -> tuple[float, ...]:
-        return tuple(s / 0.5 for s in self.std)
-
-    @property
-    def shift(self) -> tuple[float, ...]:
-        return tuple((m - 0.5) / 0.5 for m in self.mean)
+    order: tuple[int, ...]  # the input channel each output channel reads (Caffe's BGR: 2, 1, 0)
+    scale: tuple[float, ...]
+    shift: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -192,6 +191,9 @@ class Input:
     channels: int = 3
     size: int = 224
     transform: InputTransform | None = None  # offered as the transform_input option
+    # Sizes ``check`` runs besides its defaults (the variant's own, 239 and 97), where
+    # those leave a code path untested (Caffe's aux heads at an odd size).
+    check_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

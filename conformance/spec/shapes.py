@@ -104,8 +104,14 @@ def _shapes(p: Plan, hw: HW) -> dict[str, CHW]:
                 f"{' x '.join(map(str, p.fc.flattened_from))} flattened, so use --input-size {p.input_size}"
             )
         return out
+    if not window_fits(p.head_pool, chw):
+        assert isinstance(p.head_pool, Pool)
+        raise SpecError(
+            f"input size {_text(hw)}: the head pool's {p.head_pool.kernel} x {p.head_pool.kernel} window is larger "
+            f"than the {chw[1]} x {chw[2]} map; fc expects 1 x 1"
+        )
     pooled = op_chw(p.head_pool, chw)
-    if pooled[1:] != (1, 1) or not window_fits(p.head_pool, chw):
+    if pooled[1:] != (1, 1):
         raise SpecError(
             f"input size {_text(hw)}: the head pool turns the {chw[1]} x {chw[2]} map into "
             f"{pooled[1]} x {pooled[2]}; fc expects 1 x 1"

@@ -57,6 +57,27 @@ def padded_max_pool(name: str) -> Pool:
     return Pool(name, "max", 3, 2, padding=1)
 
 
+# The ImageNet statistics torchvision's models normalise RGB input in 0-1 with.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def half_range(mean: tuple[float, ...], std: tuple[float, ...]) -> InputTransform:
+    """torchvision's ``transform_input``: normalised input back to (x - 0.5) / 0.5, the
+    normalisation of the Inception weights torchvision took from TensorFlow."""
+    return InputTransform((0, 1, 2), tuple(s / 0.5 for s in std), tuple((m - 0.5) / 0.5 for m in mean))
+
+
+def caffe_bgr(mean: tuple[float, ...], std: tuple[float, ...], pixel_mean: tuple[float, ...]) -> InputTransform:
+    """Caffe's input: normalised RGB back to BGR pixels in 0-255 (OpenCV's order, which
+    Caffe's ImageNet models were trained on) less ``pixel_mean`` (in BGR order)."""
+    order = (2, 1, 0)  # B, G, R: each reads the input's channel 2, 1, 0
+    return InputTransform(
+        order,
+        tuple(255 * std[o] for o in order),
+        tuple(255 * mean[o] - m for o, m in zip(order, pixel_mean, strict=True)),
+    )
+
+
 # fmt: off
 TABLE1 = (                   # 1x1 3x3red 3x3 5x5red 5x5 pool   out   @224
     Inception("inception3a",  64,  96, 128, 16,  32,  32),      # N x  256 x 28 x 28
@@ -109,7 +130,7 @@ GOOGLENET_BN = replace(
     branch3=Branch3(kernel=3),  # torchvision's known bug (https://github.com/pytorch/vision/issues/906), kept
     aux=AuxHead(pool=AdaptiveAvgPool("pool", 4)),
     head=Head(dropout=0.2),
-    input=Input(transform=InputTransform(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))),
+    input=Input(transform=half_range(IMAGENET_MEAN, IMAGENET_STD)),
 )
 
 # GluonCV's googlenet: torchvision's layers and weights, but its own pools and head.
@@ -125,14 +146,24 @@ GOOGLENET_GLUONCV = replace(
     input=Input(),
 )
 
-# Caffe's bvlc_googlenet: the paper network with two LocalResponseNorms.
+# Caffe's bvlc_googlenet (models/bvlc_googlenet/deploy.prototxt and train_val.prototxt):
+# the paper network with two LocalResponseNorms, every pool rounding up (Caffe's only
+# rule), a fixed 7x7/1 head pool, and Caffe's input (BGR pixels less the mean pixel).
 GOOGLENET_LRN = replace(
     GOOGLENET,
     name="googlenet_lrn",
-    description="Caffe's bvlc_googlenet as the paper draws it: the paper network with "
-                "LocalResponseNorm(5, 1e-4, 0.75) after the first pool and after conv3",
+    description="Caffe's bvlc_googlenet: the paper network with LocalResponseNorm(5, 1e-4, 0.75) after the "
+                "first pool and after conv3, every pool rounding up (the aux heads' avg 5x5/3 too), a fixed "
+                "7x7/1 head pool (inputs 223-254), optional transform_input to Caffe's BGR 0-255 less "
+                "(104, 117, 123)",
     source="Caffe (https://github.com/BVLC/caffe/tree/master/models/bvlc_googlenet)",
     rows=inserted(inserted(GOOGLENET.rows, after="maxpool1", row=LRN("lrn1")), after="conv3", row=LRN("lrn2")),
+    aux=AuxHead(pool=Pool("pool", "avg", 5, 3, ceil_mode=True)),  # loss1/ave_pool: 12..14 x 12..14 -> 4 x 4
+    head=Head(pool=Pool("avgpool", "avg", 7, 1, ceil_mode=True), dropout=0.4),  # pool5/7x7_s1: needs a 7 x 7 map
+    input=Input(
+        transform=caffe_bgr(IMAGENET_MEAN, IMAGENET_STD, pixel_mean=(104.0, 117.0, 123.0)),
+        check_sizes=(231,),  # odd, with the aux heads (at 239 they get a 15 x 15 map and cannot run)
+    ),
 )
 
 # d2l's GoogLeNet: every max pool 3x3/2 with padding 1, Fashion-MNIST at 96 x 96.

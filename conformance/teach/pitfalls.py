@@ -342,7 +342,7 @@ def _keras_tf_alpha(model: Any) -> None:
 
 def _where_transform(p: spec.Plan, size: int) -> str | None:
     if p.transform is None:
-        raise NotApplicable("no input transform (only torchvision's googlenet_bn has transform_input)")
+        raise NotApplicable("no input transform (googlenet_bn and googlenet_lrn have transform_input)")
     return _first_input_stage(p, size)
 
 
