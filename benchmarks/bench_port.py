@@ -51,7 +51,9 @@ def one(direction: str, variant: str) -> dict:
     with tempfile.TemporaryDirectory() as d:
         p = spec.resolve(variant, aux_logits=True)
         src = Path(d) / f"src{SUFFIX[src_fmt]}"
-        src.write_bytes(FORMATS[src_fmt].write(canonical.random_params(p, 0), p)[0])
+        data = FORMATS[src_fmt].write(canonical.random_params(p, 0), p)[0]
+        assert isinstance(data, bytes)  # the formats this benchmark reads are single files
+        src.write_bytes(data)
         before = peak_mb()
         t1 = time.perf_counter()
         result = port(src, Path(d) / f"dst{SUFFIX[dst_fmt]}", variant)

@@ -112,6 +112,22 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     port.add_argument("--transform-input", action="store_true", help=TRANSFORM_HELP)
     port.add_argument("--force", action="store_true", help="overwrite DST")
 
+    init = sub.add_parser(
+        "init", help="write a first checkpoint: the suite's seeded weights of a variant, in any format port writes"
+    )
+    init.add_argument("dst", type=Path, metavar="DST", help="file to write (never overwritten without --force)")
+    init.add_argument("--variant", required=True, choices=list(spec.VARIANTS), help="the network")
+    init.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="format of DST (default: from its name)")
+    init.add_argument(
+        "--num-classes", type=_classes, default=None, help="classes of the classifier (default: the variant's)"
+    )
+    init.add_argument("--seed", type=_non_negative, default=0, help="seed of the weights (default: 0, as check's)")
+    init.add_argument(
+        "--no-aux-logits", action="store_true", help="leave out the aux heads (default: the variant's, if it has them)"
+    )
+    init.add_argument("--transform-input", action="store_true", help=TRANSFORM_HELP)
+    init.add_argument("--force", action="store_true", help="overwrite DST")
+
     train = sub.add_parser("train", help="train a variant in one framework (SGD, as d2l and Liu train), with a plot")
     train.add_argument(
         "--framework", "--frameworks", required=True, choices=list(FRAMEWORKS), help="the framework to train in"
@@ -367,6 +383,28 @@ def _port(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init(args: argparse.Namespace) -> int:
+    from .formats.port import VerificationError, init
+
+    try:
+        init(
+            args.dst,
+            args.variant,
+            args.dst_format,
+            args.num_classes,
+            args.seed,
+            False if args.no_aux_logits else None,
+            args.transform_input,
+            args.force,
+            log=lambda line: print(line, flush=True),
+        )
+    except VerificationError as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        return 1
+    print("PASS")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from . import frameworks
     from .train import training
@@ -455,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": _bench,
         "check": _check,
         "port": _port,
+        "init": _init,
         "spec": _spec,
         "train": _train,
         "pitfalls": _pitfalls,

@@ -44,6 +44,7 @@ __all__ = [
     "stages",
     "to_canonical",
     "to_onnx",
+    "to_savedmodel",
     "version",
 ]
 
@@ -159,6 +160,15 @@ def to_onnx(model: GoogLeNet, shape: tuple[int, ...], with_aux: bool, every_stag
                 str(path), format="onnx", input_signature=[keras.InputSpec(shape=shape, dtype="float32")], verbose=False
             )
         return path.read_bytes()
+
+
+def to_savedmodel(model: GoogLeNet, directory: str | Path) -> None:
+    """Keras's ``model.export``: a TensorFlow SavedModel in ``directory`` (which must not
+    exist) whose ``serve`` endpoint takes NHWC images of any batch and size the variant
+    admits and returns the model's outputs (the logits, or a dict of ``logits``, ``aux2``
+    and ``aux1``), loadable with ``tf.saved_model.load`` without Keras or this suite."""
+    with contextlib.redirect_stdout(None):  # "Saved artifact at ..."
+        model.export(str(directory), format="tf_saved_model", verbose=False)
 
 
 def count_params(model: GoogLeNet) -> tuple[int, int]:

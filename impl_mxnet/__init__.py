@@ -36,6 +36,7 @@ __all__ = [
     "from_canonical",
     "stages",
     "to_canonical",
+    "to_gluon_export",
     "to_onnx",
     "version",
 ]
@@ -136,6 +137,26 @@ def to_onnx(model: GoogLeNet, shape: tuple[int, ...], with_aux: bool, every_stag
         path = Path(tmp) / "model.onnx"
         mx.onnx.export_model(graph, params, [shape], [np.float32], str(path))
         return path.read_bytes()
+
+
+def to_gluon_export(model: GoogLeNet) -> dict[str, bytes]:
+    """``HybridBlock.export``'s pair, as bytes: ``symbol.json`` (the inference graph,
+    input ``data``, any batch and size the variant admits; it returns the logits, so the
+    aux heads are not in it) and ``params`` (what ``SymbolBlock.imports`` reads). The
+    model is hybridized for the export, then returned to imperative mode."""
+    p = model.plan
+    x = mx.nd.zeros((1, p.in_channels, p.input_size, p.input_size), dtype=_dtype(model))
+    model.hybridize()
+    try:
+        model(x)  # export needs the graph of one forward
+        with tempfile.TemporaryDirectory() as tmp:
+            model.export(str(Path(tmp) / "model"))
+            return {
+                "symbol.json": (Path(tmp) / "model-symbol.json").read_bytes(),
+                "params": (Path(tmp) / "model-0000.params").read_bytes(),
+            }
+    finally:
+        model.hybridize(False)
 
 
 def count_params(model: GoogLeNet) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -31,7 +32,10 @@ __all__ = [
     "from_canonical",
     "stages",
     "to_canonical",
+    "to_exported_program",
     "to_onnx",
+    "to_onnx_deployable",
+    "to_torchscript",
     "version",
 ]
 
@@ -154,6 +158,100 @@ def to_onnx(model: GoogLeNet, shape: tuple[int, ...], with_aux: bool, every_stag
         model.train(was_training)
     assert program is not None  # dynamo=True always returns the program
     return program.model_proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """The exporters' progress lines, torch.export's notices about itself, and
+    symbolic shapes' warnings that it cannot solve a pool's size inequality (it then
+    keeps the size open, with a runtime check)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.fx.experimental.symbolic_shapes")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(None), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _open_size() -> dict[str, dict[int, object]]:
+    """Batch and spatial size left open (Dim.AUTO: open unless the model fixes it, as
+    a flattened classifier does)."""
+    return {"x": {0: torch.export.Dim("batch"), 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}}
+
+
+def _example(model: GoogLeNet) -> torch.Tensor:
+    p = model.plan
+    return torch.zeros(2, p.in_channels, p.input_size, p.input_size)
+
+
+def to_onnx_deployable(model: GoogLeNet) -> bytes:
+    """The model as a deployment ONNX file: outputs ``logits`` (then ``aux2``, ``aux1``
+    when it has aux heads), batch and size open, every parameter an initializer under
+    its canonical name and BatchNorm kept as BatchNormalization (``optimize=False``:
+    the optimiser folds BatchNorm into the convolutions, after which the weights cannot
+    be separated again). The dynamo exporter names initializers by the module path of
+    the wrapper that adds the aux outputs (``net.``), removed here."""
+    import onnx
+
+    names = interface.output_names(model.plan, bool(model.plan.aux), False)
+    was_training = model.training
+    try:
+        with _quiet_export():
+            program = torch.onnx.export(
+                _Outputs(model, names, bool(model.plan.aux)).eval(),
+                (_example(model),),
+                dynamo=True,
+                optimize=False,
+                verbose=False,
+                input_names=["x"],
+                output_names=list(names),
+                dynamic_shapes=_open_size(),
+            )
+    finally:
+        model.train(was_training)
+    assert program is not None  # dynamo=True always returns the program
+    proto = program.model_proto
+    renamed = {i.name: i.name.removeprefix("net.") for i in proto.graph.initializer}
+    for init in proto.graph.initializer:
+        init.name = renamed[init.name]
+    for node in proto.graph.node:
+        node.input[:] = [renamed.get(n, n) for n in node.input]
+    for value in (*proto.graph.input, *proto.graph.value_info):
+        value.name = renamed.get(value.name, value.name)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def to_torchscript(model: GoogLeNet) -> bytes:
+    """``torch.jit.script`` of the model in eval mode, saved: any batch and size, and
+    ``forward_stages(x, with_aux=True)`` gives the aux logits."""
+    was_training = model.training
+    try:
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(model.eval()), buffer)
+    finally:
+        model.train(was_training)
+    return buffer.getvalue()
+
+
+def to_exported_program(model: GoogLeNet) -> bytes:
+    """``torch.export`` of the model in eval mode (it returns the logits, as
+    torchvision's does in eval: the aux heads are not in the graph), batch and size
+    open, saved with ``torch.export.save``."""
+    was_training = model.training
+    try:
+        with _quiet_export():
+            program = torch.export.export(model.eval(), (_example(model),), dynamic_shapes=_open_size())
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+    finally:
+        model.train(was_training)
+    return buffer.getvalue()
 
 
 def count_params(model: GoogLeNet) -> tuple[int, int]:

@@ -20,18 +20,20 @@ refused, and so are NaN or Inf values, and weights so large that the logits over
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import files, spec
-from ..canonical import CanonicalError, Params, canonical_shapes, validate
+from ..canonical import CanonicalError, Params, canonical_shapes, random_params, validate
 from ..check.compare import Agreement, agreement, identical
 from ..reading import Tensor
-from . import bounds, naming
+from . import bounds, deploy, naming
 from .registry import (
     FORMATS,
     Format,
@@ -46,7 +48,7 @@ from .registry import (
     read,
 )
 
-__all__ = ["Checkpoint", "PortError", "PortResult", "VerificationError", "port", "read_checkpoint"]
+__all__ = ["Checkpoint", "PortError", "PortResult", "VerificationError", "init", "port", "read_checkpoint"]
 
 VERIFY_BATCH = 2
 
@@ -97,7 +99,7 @@ def _check_paths(src: Path, dst: Path, dst_fmt: Format, force: bool) -> str:
             f"DST {dst}: {dst_fmt.description} files are read here, not written; write another format "
             f"(.pth, .safetensors, .weights.h5, .params, ...)"
         )
-    if dst.exists() and dst.resolve() == src.resolve():
+    if os.path.lexists(dst) and dst.resolve() == src.resolve():
         raise PortError(f"DST {dst} is SRC: write the port to another file")
     if dst_fmt.names and not dst.name.endswith(dst_fmt.names):
         wanted = " or ".join(dst_fmt.names)
@@ -108,8 +110,14 @@ def _check_paths(src: Path, dst: Path, dst_fmt: Format, force: bool) -> str:
             f"(it refuses others); name it e.g. {stem}{dst_fmt.names[0]}"
         )
     suffix = next((s for s in dst_fmt.suffixes if dst.name.endswith(s)), dst.suffix)
+    if dst_fmt.layout == "directory":
+        deploy.check_directory_output(dst)
+        return suffix
     try:
-        files.check_output(dst, force, "DST", suffix=suffix)
+        for path in deploy.outputs(dst, dst_fmt.layout):
+            if path.exists() and path.resolve() == src.resolve():
+                raise PortError(f"DST {path} is SRC: write the port to another file")
+            files.check_output(path, force, "DST", suffix=suffix)
     except files.OutputError as e:
         raise PortError(str(e)) from None
     return suffix
@@ -206,6 +214,7 @@ class _Verified:
     agreement: dict[str, Agreement]
     changed: list[str]
     overflow: list[str]  # outputs that are not finite, "logits (torch)"
+    weighed: bool = True  # False: the written file keeps no weights by name to compare
 
 
 def _verify(
@@ -216,12 +225,16 @@ def _verify(
     source_backend, source_model = source
     into = writer if writer is not None and writer[1] is not source_model else None
     target_backend, target_model = dst_fmt.load(tmp, p, reference, into)
-    changed = identical(params, target_backend.to_canonical(target_model))
     size = p.input_size
     x = np.random.default_rng(0).standard_normal((VERIFY_BATCH, p.in_channels, size, size)).astype(np.float32)
-    aux = bool(p.aux) and spec.aux_admits(p, size)
+    # A deployment graph may return the logits alone (deploy.Runtime.carries_aux).
+    aux = bool(p.aux) and spec.aux_admits(p, size) and getattr(target_backend, "carries_aux", True)
     ours = source_backend.forward(source_model, x, aux=aux)
-    theirs = target_backend.forward(target_model, x, aux=aux)
+    theirs = target_backend.forward(target_model, x, aux=aux)  # a fresh process: run first, then its weights
+    canonical = target_backend.to_canonical(target_model)  # None: a format that keeps no names (SavedModel)
+    if canonical is not None and not getattr(target_backend, "carries_aux", True):
+        params = {k: v for k, v in params.items() if k in canonical or not k.startswith(("aux1.", "aux2."))}
+    changed = [] if canonical is None else identical(params, canonical)
     names = ["logits", *(h.name for h in reversed(p.aux))] if aux else ["logits"]
     ours, theirs = (ours, theirs) if aux else ((ours,), (theirs,))
     with np.errstate(all="ignore"):
@@ -232,7 +245,7 @@ def _verify(
         for fw, out in ((source_backend.name, a), (target_backend.name, b))
         if not np.isfinite(out).all()
     ]
-    return _Verified(target_backend.name, agree, changed, overflow)
+    return _Verified(target_backend.name, agree, changed, overflow, canonical is not None)
 
 
 def _overflow(src: Path, params: Params, outputs: list[str]) -> PortError:
@@ -357,9 +370,29 @@ def port(
     )
     for note in notes:
         log(f"       {note}")
+    return _write(src, src_fmt.name, src_fmt.framework, raw, p, params, notes, dst, dst_fmt, suffix, force, log, start)
 
-    reference = installed_reference() if None in (src_fmt.framework, dst_fmt.framework) else ""
-    src_fw = src_fmt.framework or reference
+
+def _write(
+    src: Path,
+    src_format: str,
+    src_framework: str | None,
+    raw: Raw,
+    p: spec.Plan,
+    params: Params,
+    notes: list[str],
+    dst: Path,
+    dst_fmt: Format,
+    suffix: str,
+    force: bool,
+    log: Callable[[str], None],
+    start: float,
+) -> PortResult:
+    """Write ``params`` as ``dst_fmt`` beside DST, verify it against the source (built
+    in ``src_framework``, or loaded from ``raw`` as its users load it), put it in place."""
+    variant = p.variant.name
+    reference = installed_reference() if None in (src_framework, dst_fmt.framework) else ""
+    src_fw = src_framework or reference
     _space(dst, sum(v.nbytes for v in params.values()))
     try:
         data, writer = dst_fmt.write(params, p)
@@ -369,16 +402,15 @@ def port(
         raise VerificationError(
             f"{dst}: writing {dst_fmt.description} failed ({type(e).__name__}: {e}); nothing was written"
         ) from e
-    _space(dst, len(data))
-    with files.Temporary(dst, suffix, "DST") as tmp:
-        try:
-            tmp.write(data)
-        except files.OutputError as e:
-            raise PortError(str(e)) from None
+    _space(dst, deploy.describe(data))
+    if dst_fmt.limits:
+        notes.append(dst_fmt.limits)
+        log(f"note   {dst_fmt.name}: {dst_fmt.limits}")
+    with _staging(dst, dst_fmt, suffix, data) as (tmp, commit):
         del data
         source = _native_source(raw, p, params, src, src_fw)
         try:
-            verified = _verify(params, p, source, tmp.name, dst_fmt, reference, writer)
+            verified = _verify(params, p, source, tmp, dst_fmt, reference, writer)
         except PortError:
             raise
         except Exception as e:  # the file could not be loaded back
@@ -388,7 +420,7 @@ def port(
         result = PortResult(
             src,
             dst,
-            src_fmt.name,
+            src_format,
             dst_fmt.name,
             variant,
             p.options.asdict(),
@@ -408,18 +440,47 @@ def port(
                 f"top-5 {a.top5:.0%}  {'PASS' if a.passed else 'FAIL'}"
             )
         changed = verified.changed
-        log(f"       weights: {'bit-identical' if not changed else f'{len(changed)} tensors changed: {changed[:3]}'}")
+        if verified.weighed:
+            said = "bit-identical" if not changed else f"{len(changed)} tensors changed: {changed[:3]}"
+            log(f"       weights: {said}")
+        else:
+            log("       weights: not compared by name (the format keeps none); the outputs above are")
         if verified.overflow and not changed:
             raise _overflow(src, params, verified.overflow)
         if not result.passed:
             raise VerificationError(f"{dst}: the written file does not reproduce {src}; nothing was written")
-        try:
-            tmp.commit(force)
-        except files.OutputError as e:
-            raise PortError(str(e)) from None
+        commit(force)
     result.seconds = time.perf_counter() - start
     log(f"wrote  {dst} ({dst_fmt.description}) in {result.seconds:.1f} s")
+    if dst_fmt.loading:
+        log(f"load   {dst_fmt.loading.format(path=dst, params=deploy.params_of(dst))}")
     return result
+
+
+@contextlib.contextmanager
+def _staging(
+    dst: Path, fmt: Format, suffix: str, data: bytes | dict[str, bytes]
+) -> Iterator[tuple[Path, Callable[[bool], None]]]:
+    """(the written output's path for verification, a commit putting it in place): a
+    temporary file beside DST, or a directory beside it for a SavedModel or a Gluon pair
+    (``deploy.Staged``). Nothing stays behind if the block fails."""
+    if isinstance(data, dict):
+        with deploy.staged(dst, fmt.layout, data) as stage:
+            yield stage.path, stage.commit
+        return
+    with files.Temporary(dst, suffix, "DST") as tmp:
+        try:
+            tmp.write(data)
+        except files.OutputError as e:
+            raise PortError(str(e)) from None
+
+        def commit(force: bool) -> None:
+            try:
+                tmp.commit(force)
+            except files.OutputError as e:
+                raise PortError(str(e)) from None
+
+        yield tmp.name, commit
 
 
 def _space(dst: Path, size: int) -> None:
@@ -427,3 +488,41 @@ def _space(dst: Path, size: int) -> None:
         files.check_space(dst, size + (1 << 20), "DST")
     except files.OutputError as e:
         raise PortError(str(e)) from None
+
+
+def init(
+    dst: str | Path,
+    variant: str,
+    dst_format: str | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
+    aux_logits: bool | None = None,
+    transform_input: bool = False,
+    force: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+) -> PortResult:
+    """A first checkpoint: the suite's seeded weights of ``variant``
+    (``canonical.random_params(plan, seed)``, what ``check`` and ``diff`` run) written as
+    any format ``port`` writes, and verified as ``port`` verifies. Seeded weights rather
+    than ``default_params`` (build's initialisation: zero biases, BatchNorm statistics
+    at 0 and 1): every tensor holds distinct values, so a port that loses one shows.
+    ``aux_logits``: None gives the variant's aux heads where it has them."""
+    start = time.perf_counter()
+    dst = Path(dst)
+    dst_fmt = infer(dst, dst_format, "--to")
+    if variant not in spec.VARIANTS:
+        raise PortError(f"--variant: unknown {variant!r}; expected one of {', '.join(spec.VARIANTS)}")
+    has_aux = spec.VARIANTS[variant].aux is not None
+    if aux_logits and not has_aux:
+        raise PortError(f"--aux-logits: `{variant}` has no aux heads")
+    classes = spec.VARIANTS[variant].head.classes if num_classes is None else num_classes
+    p = _resolve(variant, classes, has_aux if aux_logits is None else aux_logits, transform_input)
+    source = Path(f"seeded-{variant}-seed{seed}")  # no file: named in the result and messages
+    suffix = _check_paths(source, dst, dst_fmt, force)
+    params = {k: v.astype(np.float32) for k, v in random_params(p, seed).items()}
+    log(
+        f"seeded {variant}: canonical.random_params(seed={seed}), {len(params)} tensors, "
+        f"{p.num_classes} classes, aux heads {'yes' if p.aux else 'no'}"
+    )
+    raw = Raw({}, "canonical", [])
+    return _write(source, "seeded", None, raw, p, params, [], dst, dst_fmt, suffix, force, log, start)

@@ -42,7 +42,9 @@ from ..spec import LRN, MAX_CLASSES, Plan
 from . import bounds, caffe, naming
 
 Native = tuple[Any, Any]  # (implementation package, model)
-Written = tuple[bytes, Native | None]  # a file's bytes, and the (backend, model) that wrote it
+# A file's bytes (or, for a directory or a pair of files, each file's bytes by relative
+# path or name ending), and the (backend, model) that wrote it.
+Written = tuple[bytes | dict[str, bytes], Native | None]
 
 MAX_PICKLE = 16 << 20  # a state_dict's data.pkl is ~30 KB
 MAX_CONFIG = 1 << 20  # a .keras config.json of this suite is ~1 KB
@@ -117,6 +119,14 @@ class Format:
     # The name endings its framework's loader insists on (Keras); empty: any name.
     names: tuple[str, ...] = ()
     writable: bool = True  # False: a format ``port`` reads only (Caffe's)
+    # "file"; "directory" (a SavedModel: DST must not exist); "pair" (DST names the
+    # Gluon -symbol.json, its -0000.params is written beside it).
+    layout: str = "file"
+    # What the format cannot carry (aux heads, an open input size), said in port's log.
+    limits: str = ""
+    readable: bool = True  # False: a format ``port`` writes only (deployment graphs)
+    # How a reader's process loads the written file, said in port's log ("{path}": DST).
+    loading: str = ""
 
 
 # --------------------------------------------------------------------------------------
@@ -134,6 +144,8 @@ _KIND_NAMES = {
     "zip": "a zip archive",
     "damaged-zip": "a damaged zip archive (truncated or corrupt: no readable directory at its end)",
     "caffe": "a Caffe model (a NetParameter protobuf)",
+    "onnx": "an ONNX model",
+    "mxnet-symbol": "an MXNet graph (-symbol.json)",
     "caffe-text": "a Caffe text prototxt (the network's description; its weights are in the .caffemodel)",
     "unknown": "not a known checkpoint format",
 }
@@ -168,6 +180,10 @@ def sniff(path: Path) -> str:
         return "safetensors"
     if head[:1] == b"\x80":
         return "pickle"
+    if _looks_like_onnx(head):
+        return "onnx"
+    if head.lstrip()[:1] == b"{" and b'"nodes"' in head:
+        return "mxnet-symbol"
     if caffe.looks_like(head, size):
         return "caffe"
     if caffe.cut_short(head, size):
@@ -175,6 +191,17 @@ def sniff(path: Path) -> str:
     if caffe.looks_like_text(head):
         return "caffe-text"
     return "unknown"
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto as exporters write it: field 1 (``ir_version``, a small
+    varint) first, then a producer, domain, version, doc, graph or opset field."""
+    return (
+        len(head) > 3
+        and head[0] == 0x08
+        and 3 <= head[1] <= 30
+        and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42)
+    )
 
 
 # The zip-based formats: a damaged archive is reported as what it should have been.
@@ -736,7 +763,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("keras-weights", (".weights.h5",), "Keras weights", "keras", ("hdf5",),
            _read_keras_weights, _write_keras_weights, _load_keras_weights, names=(".weights.h5",)),
     Format("keras", (".keras",), "Keras model", "keras", ("keras",),
-           _read_keras, _write_keras, _load_keras, names=(".keras",)),
+           _read_keras, _write_keras, _load_keras, names=(".keras",),
+           loading="import impl_keras  (registers conformance>GoogLeNet and its layers, which the file names); "
+                   "keras.saving.load_model('{path}')"),
     Format("mxnet", (".params",), "MXNet Gluon parameters", "mxnet", ("mxnet",),
            _read_mxnet, _write_mxnet, _load_mxnet),
     # Only by name (--to gluoncv): .params files are read whatever their naming.
@@ -746,6 +775,35 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("caffe", (".caffemodel",), "Caffe model", None, ("caffe",),
            _read_caffe, _write_caffe, _load_by_name("caffe"), writable=False),
 )}
+# fmt: on
+
+# Deployment formats (conformance.formats.deploy, which builds on the above).
+from . import deploy  # noqa: E402
+
+# fmt: off
+FORMATS.update({f.name: f for f in (
+    Format("onnx", (".onnx",), "ONNX model", "torch", ("onnx",),
+           deploy.read_onnx, deploy.write_onnx, deploy.loader("onnx"),
+           loading="onnxruntime.InferenceSession('{path}'); input 'x' (NCHW), outputs 'logits' (, 'aux2', 'aux1')"),
+    # Only by name (--to torchscript): .pt is a state_dict unless told.
+    Format("torchscript", (".pt",), "TorchScript module", "torch", ("torch",),
+           deploy.not_read("TorchScript"), deploy.write_torchscript, deploy.loader("torchscript"), readable=False,
+           loading="torch.jit.load('{path}'); forward_stages(x, with_aux=True) gives the aux logits"),
+    Format("exported", (".pt2",), "PyTorch ExportedProgram", "torch", ("torch",),
+           deploy.not_read("ExportedProgram"), deploy.write_exported, deploy.loader("exported"), readable=False,
+           loading="torch.export.load('{path}').module()(x)",
+           limits="aux heads: not in the graph (it returns the logits, as the model does in eval); "
+                  "their weights stay in its state_dict"),
+    Format("savedmodel", (), "TensorFlow SavedModel", "keras", (),
+           deploy.not_read("SavedModel"), deploy.write_savedmodel, deploy.loader("savedmodel"), readable=False,
+           loading="tf.saved_model.load('{path}').serve(x)  (NHWC; needs TensorFlow only)",
+           layout="directory", limits="weights: not compared by name (a SavedModel keeps its variables by graph "
+                                      "path); its outputs are"),
+    Format("gluon-export", ("-symbol.json",), "Gluon exported model", "mxnet", ("mxnet-symbol",),
+           deploy.read_gluon, deploy.write_gluon, deploy.loader("gluon"), names=("-symbol.json",),
+           loading="mxnet.gluon.SymbolBlock.imports('{path}', ['data'], '{params}')",
+           layout="pair", limits="aux heads: not in the pair (the inference graph returns the logits)"),
+)})
 # fmt: on
 
 

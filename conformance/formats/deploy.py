@@ -1,0 +1,437 @@
+"""Deployment formats: a model as its runtime serves it, verified in a fresh process
+that loads the file the way that runtime's users do, without this suite's code
+(``fresh.py``, run with ``python -I`` and the suite's packages blocked).
+
+| format           | files                               | written / loaded with                       | aux heads  |
+|------------------|-------------------------------------|---------------------------------------------|------------|
+| ``onnx``         | ``.onnx``                           | ``torch.onnx.export`` / onnxruntime         | outputs    |
+| ``torchscript``  | ``.pt`` (``--to torchscript``)      | ``torch.jit.script`` / ``torch.jit.load``   | a method   |
+| ``exported``     | ``.pt2``                            | ``torch.export.save`` / ``.load``           | not in it  |
+| ``savedmodel``   | a directory (``--to savedmodel``)   | Keras ``model.export`` / ``tf.saved_model`` | outputs    |
+| ``gluon-export`` | ``-symbol.json`` + ``-0000.params`` | ``export`` / ``SymbolBlock.imports``        | not in it  |
+
+Every one takes any batch and any input size the variant admits (a flattened
+classifier, as ``inception_mnist``'s, fixes it). ONNX and the Gluon pair are also read: their
+weights by name (ONNX initializers; the Gluon pair by its graph's inputs, in order)
+back to canonical tensors, bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import files
+from ..canonical import Params
+from ..reading import Tensor
+from ..spec import Plan
+from . import bounds, naming
+from .registry import Native, PortError, Raw, Written, _read_mxnet, backend, built
+
+FRESH = Path(__file__).with_name("fresh.py")
+MAX_SYMBOL = 4 << 20  # a GoogLeNet's -symbol.json is ~150 KB
+ONNX_HINT = "pip install -e '.[onnx]'"
+
+
+# --------------------------------------------------------------------------------------
+# The runtime in a fresh process, behind what port's verification calls
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """A deployment file, loaded on demand in a fresh process (``forward``)."""
+
+    path: Path
+    plan: Plan
+    kind: str  # fresh.py's KIND
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # as the runtime exposed them
+
+
+@dataclass
+class Runtime:
+    """The parts of ``conformance.interface`` port's verification uses, for a file run
+    by its own runtime in a fresh process."""
+
+    name: str
+    carries_aux: bool  # the file's graph returns the aux logits
+    # Canonical tensors of the loaded file (None: it keeps no weights by name).
+    canonical: Callable[[Loaded], Params | None]
+
+    def forward(self, model: Loaded, x: np.ndarray, aux: bool = False):
+        outputs, model.weights = run_fresh(model.kind, model.path, x, aux and self.carries_aux)
+        if not (aux and self.carries_aux):
+            return outputs["logits"]
+        return tuple(outputs[name] for name in ("logits", *(h.name for h in reversed(model.plan.aux))))
+
+    def to_canonical(self, model: Loaded) -> Params | None:
+        return self.canonical(model)
+
+
+def run_fresh(kind: str, path: Path, x: np.ndarray, aux: bool) -> tuple[dict[str, np.ndarray], Params]:
+    """``fresh.py`` on ``path`` with input ``x``: (outputs, weights by the runtime's names).
+    Raises RuntimeError with the child's last error line."""
+    with tempfile.TemporaryDirectory(prefix="conformance-fresh-") as tmp:
+        source, target = Path(tmp) / "x.npy", Path(tmp) / "out.npz"
+        np.save(source, x)
+        command = [sys.executable, "-I", str(FRESH), kind, str(Path(path).resolve()), str(source), str(target)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run(
+            [*command, *(["--aux"] if aux else [])], cwd=tmp, env=env, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+            raise RuntimeError(f"a fresh process could not load and run it: {(lines or ['?'])[-1][:400]}")
+        with np.load(target, allow_pickle=False) as z:
+            outputs = {k[4:]: z[k] for k in z.files if k.startswith("out:")}
+            weights = {k[2:]: z[k] for k in z.files if k.startswith("w:")}
+    return outputs, weights
+
+
+def _state_dict(model: Loaded) -> Params:
+    return {k: v for k, v in model.weights.items() if not k.endswith("num_batches_tracked")}
+
+
+def _onnx_canonical(model: Loaded) -> Params:
+    raw = read_onnx(model.path, model.plan)
+    return {k: t.load() for k, t in raw.tensors.items()}
+
+
+def _gluon_canonical(model: Loaded) -> Params:
+    names = gluon_names(model.path, model.plan)
+    return {names[k]: v for k, v in model.weights.items() if k in names}
+
+
+RUNTIMES = {
+    "onnx": Runtime("onnxruntime", True, _onnx_canonical),
+    "torchscript": Runtime("torch.jit.load", True, _state_dict),
+    "exported": Runtime("torch.export.load", False, _state_dict),
+    "savedmodel": Runtime("tf.saved_model.load", True, lambda model: None),
+    "gluon": Runtime("SymbolBlock.imports", False, _gluon_canonical),
+}
+
+
+def loader(kind: str) -> Callable[[Path, Plan, str, Native | None], Native]:
+    def load(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
+        return RUNTIMES[kind], Loaded(Path(path), p, kind)
+
+    return load
+
+
+# --------------------------------------------------------------------------------------
+# Writers: bytes, or {relative path: bytes} for a directory or a pair of files
+# --------------------------------------------------------------------------------------
+
+
+def write_onnx(params: Params, p: Plan) -> Written:
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError:
+            raise PortError(f"--to onnx: {package} is not installed; install with: {ONNX_HINT}") from None
+    b, model = built("torch", p, params)
+    return b.to_onnx_deployable(model), None
+
+
+def write_torchscript(params: Params, p: Plan) -> Written:
+    b, model = built("torch", p, params)
+    return b.to_torchscript(model), None
+
+
+def write_exported(params: Params, p: Plan) -> Written:
+    b, model = built("torch", p, params)
+    return b.to_exported_program(model), None
+
+
+def write_savedmodel(params: Params, p: Plan) -> Written:
+    b, model = built("keras", p, params)
+    with tempfile.TemporaryDirectory(prefix="conformance-savedmodel-") as tmp:
+        b.to_savedmodel(model, Path(tmp) / "model")
+        return tree(Path(tmp) / "model"), None
+
+
+def write_gluon(params: Params, p: Plan) -> Written:
+    b, model = built("mxnet", p, params)
+    pair = b.to_gluon_export(model)
+    return {"-symbol.json": pair["symbol.json"], "-0000.params": pair["params"]}, None
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` by relative path; a directory as ``path/``."""
+    out: dict[str, bytes] = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory).as_posix()
+        out[rel + "/" if path.is_dir() else rel] = b"" if path.is_dir() else path.read_bytes()
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------
+
+
+def read_onnx(path: Path, p: Plan) -> Raw:
+    """The initializers of an ONNX file by name: the suite's own (canonical names) and
+    the ONNX judge's (``net.`` before them). A graph whose BatchNorm was folded into
+    the convolutions (the exporter's ``optimize=True``, ONNX Runtime's optimiser) is
+    refused: the folded weights cannot be separated into canonical ones again."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise PortError(f"{path}: reading an .onnx file needs onnx; install with: {ONNX_HINT}") from None
+    limit = bounds.budget(p)
+    if path.stat().st_size > limit.total:
+        raise PortError(
+            f"{path}: {path.stat().st_size:,} bytes is more than {p.variant.name} with {p.num_classes} classes "
+            f"can hold ({limit.describe()}); pass --num-classes if it has more classes"
+        )
+    proto = onnx.load(str(path), load_external_data=False)
+    notes: list[str] = []
+    tensors: dict[str, Tensor] = {}
+    constants = 0
+    prefixed = 0
+    for init in proto.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise PortError(f"{path}: initializer {init.name!r} keeps its data in another file; give a single file")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
+        if dtype.kind != "f":  # shape constants of the graph, not weights
+            constants += 1
+            continue
+        name = init.name
+        if name.startswith("net."):
+            name, prefixed = name[len("net.") :], prefixed + 1
+        tensors[name] = Tensor(tuple(int(d) for d in init.dims), dtype, _array(numpy_helper, init))
+    if prefixed:
+        notes.append(f"removed the 'net.' prefix of {prefixed} initializers (an export of a wrapped model)")
+    if constants:
+        notes.append(f"left out {constants} integer constants of the graph (not weights)")
+    if p.variant.convs.norm is not None and not any(k.endswith("running_mean") for k in tensors):
+        ops = {n.op_type for n in proto.graph.node}
+        if "BatchNormalization" not in ops:
+            raise PortError(
+                f"{path}: its graph has no BatchNormalization ({p.variant.name} has BatchNorm): it was folded into "
+                f"the convolutions (torch.onnx.export(..., optimize=True), or ONNX Runtime's optimiser), and "
+                f"folded weights cannot be separated again; export with optimize=False (port's --to onnx does)"
+            )
+    bounds.check_sizes(path, tensors, bounds.ceiling(p))
+    return Raw(tensors, naming.detect(tensors), notes)
+
+
+def _array(numpy_helper: Any, init: Any) -> Callable[[], np.ndarray]:
+    return lambda: np.asarray(numpy_helper.to_array(init))
+
+
+def params_of(symbol: Path) -> Path:
+    """The ``-0000.params`` beside a ``-symbol.json``."""
+    return symbol.with_name(symbol.name.removesuffix("-symbol.json") + "-0000.params")
+
+
+_REFERENCE: dict[Plan, list[tuple[str, str]]] = {}
+
+
+def _graph_inputs(symbol_json: str) -> list[str]:
+    import mxnet as mx
+
+    return [n for n in mx.sym.load_json(symbol_json).list_inputs() if n != "data"]
+
+
+def _reference(p: Plan) -> list[tuple[str, str]]:
+    """(Gluon name, canonical key) of each input of this suite's export of ``p``
+    (without aux heads: the exported graph returns the logits), in the graph's order."""
+    q = p.with_options(aux_logits=False)
+    if q not in _REFERENCE:
+        b, model = built("mxnet", q)
+        from impl_mxnet.weights import located
+
+        by_name = {param.name: key for key, param in located(model, q)}
+        names = _graph_inputs(b.to_gluon_export(model)["symbol.json"].decode())
+        _REFERENCE[q] = [(n, by_name[n]) for n in names]
+    return _REFERENCE[q]
+
+
+def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
+    """File name -> canonical key for an exported Gluon pair of ``p``. Gluon names the
+    parameters by a process-wide counter (``conv57_weight`` when 57 convolutions were
+    made before), so they are matched by position among the graph's inputs against
+    this suite's export of the same plan, checked layer type by layer type."""
+    size = symbol.stat().st_size
+    if size > MAX_SYMBOL:
+        raise PortError(f"{symbol}: {size:,} bytes; a GoogLeNet's graph is ~150 KB (at most {MAX_SYMBOL:,})")
+    backend("mxnet")
+    try:
+        theirs = _graph_inputs(symbol.read_text())
+    except Exception as e:  # noqa: BLE001 - MXNet's parser: its message, with the file
+        raise PortError(f"{symbol}: not an MXNet graph: {type(e).__name__}: {str(e).strip()[:200]}") from None
+    ours = _reference(p)
+
+    def kind(name: str) -> str:
+        return re.sub(r"\d+", "", name)
+
+    differ = [i for i, (a, (b, _)) in enumerate(zip(theirs, ours, strict=False)) if kind(a) != kind(b)]
+    if differ or len(theirs) != len(ours):
+        at = differ[0] if differ else min(len(theirs), len(ours))
+        raise PortError(
+            f"{symbol}: its graph is not {p.variant.name}'s as this suite exports it: {len(theirs)} parameters "
+            f"(expected {len(ours)}), first difference at input {at} "
+            f"({theirs[at] if at < len(theirs) else 'none'}, expected {ours[at][0] if at < len(ours) else 'none'})"
+        )
+    return {a: key for a, (_, key) in zip(theirs, ours, strict=True)}
+
+
+def read_gluon(symbol: Path, p: Plan) -> Raw:
+    """An exported Gluon pair, named by its ``-symbol.json``: the ``-0000.params``
+    beside it, its names matched to canonical keys through the graph."""
+    params = params_of(symbol)
+    if not params.is_file():
+        raise PortError(f"{symbol}: its parameters {params.name} are not beside it (HybridBlock.export writes both)")
+    names = gluon_names(symbol, p)
+    raw = _read_mxnet(params, p)
+    unknown = [k for k in raw.tensors if k not in names]
+    tensors = {names.get(k, k): t for k, t in raw.tensors.items()}
+    notes = [f"read {params.name}; names matched through the graph of {symbol.name}"]
+    if unknown:
+        notes.append(f"{len(unknown)} arrays are not inputs of the graph: {unknown[:3]}")
+    return Raw(tensors, "canonical", notes)
+
+
+def not_read(description: str) -> Callable[[Path, Plan], Raw]:
+    def read(path: Path, p: Plan) -> Raw:
+        raise PortError(f"{path}: {description} files are written here, not read; port from the weights instead")
+
+    return read
+
+
+# --------------------------------------------------------------------------------------
+# Outputs of more than one file: staged beside DST, verified there, then put in place
+# --------------------------------------------------------------------------------------
+
+
+def outputs(dst: Path, layout: str) -> list[Path]:
+    """The paths a format writes for DST: DST, or the Gluon pair DST names."""
+    if layout == "pair":
+        return [dst, params_of(dst)]
+    return [dst]
+
+
+def check_directory_output(dst: Path) -> None:
+    """A directory output must not exist, whatever ``--force`` says: only regular files
+    are ever replaced, and a directory is not one."""
+    if os.path.lexists(dst):
+        mode = dst.lstat().st_mode
+        raise PortError(
+            f"DST {dst}: already exists ({files.kind(mode)}); a SavedModel is written as a new directory and "
+            f"nothing but a regular file is ever replaced, even with --force: remove it or give another name"
+        )
+    try:
+        files.check_output(dst, False, "DST")
+    except files.OutputError as e:
+        raise PortError(str(e)) from None
+
+
+class Staged:
+    """A directory beside DST holding the files before they are put in place: the
+    verification loads them from ``path``; ``commit`` puts them in place."""
+
+    def __init__(self, dst: Path, layout: str, data: dict[str, bytes]) -> None:
+        self.dst, self.layout, self.data = dst, layout, data
+        self.root = Path(tempfile.mkdtemp(prefix=f".{dst.name[:60]}.tmp-{os.getpid()}-", dir=dst.parent))
+        try:
+            if layout == "directory":
+                self.path = self.root / "model"
+                for rel, content in data.items():
+                    target = self.path / rel
+                    if rel.endswith("/"):
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(content)
+            else:
+                self.path = self.root / "model-symbol.json"
+                for ending, content in data.items():
+                    (self.root / f"model{ending}").write_bytes(content)
+        except OSError as e:
+            self.discard()
+            raise PortError(f"DST {dst}: writing failed: {files.describe_os_error(e)}; nothing was written") from None
+
+    def commit(self, force: bool) -> None:
+        if self.layout == "directory":
+            _rename_new(self.path, self.dst)
+            return
+        # Both files written beside their places first (a full disk fails here), then
+        # each put in place; the second failing takes back the first, if it was new.
+        stem = self.dst.name.removesuffix("-symbol.json")
+        temporaries = []
+        try:
+            for ending, content in self.data.items():
+                final = self.dst.with_name(stem + ending)
+                temporaries.append((files.Temporary(final, ending, "DST").write(content), final))
+            placed: list[tuple[Path, bool]] = []
+            try:
+                for tmp, final in temporaries:
+                    existed = final.exists()
+                    tmp.commit(force)
+                    placed.append((final, existed))
+            except files.OutputError:
+                for final, existed in placed:
+                    if not existed:
+                        final.unlink(missing_ok=True)
+                raise
+        except files.OutputError as e:
+            raise PortError(str(e)) from None
+        finally:
+            for tmp, _ in temporaries:
+                tmp.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_RENAME_NOREPLACE = 1
+
+
+def _rename_new(src: Path, dst: Path) -> None:
+    """Rename a directory to a path that must not exist: Linux's renameat2 with
+    RENAME_NOREPLACE, so a DST made meanwhile (even an empty directory, which a plain
+    rename replaces) is never replaced; elsewhere a check, then the rename."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        at_cwd = -100
+        if renameat2(at_cwd, os.fsencode(src), at_cwd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise PortError(f"DST {dst} appeared meanwhile; nothing was replaced (remove it or give another name)")
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise PortError(f"DST {dst}: cannot put the directory in place: {os.strerror(err)}")
+    if os.path.lexists(dst):  # pragma: no cover - a kernel without renameat2
+        raise PortError(f"DST {dst} appeared meanwhile; nothing was replaced (remove it or give another name)")
+    os.rename(src, dst)  # pragma: no cover
+
+
+@contextlib.contextmanager
+def staged(dst: Path, layout: str, data: dict[str, bytes]) -> Iterator[Staged]:
+    stage = Staged(dst, layout, data)
+    try:
+        yield stage
+    finally:
+        stage.discard()
+
+
+def describe(data: Any) -> int:
+    """Bytes of a format's output: bytes, or the files of a directory or pair."""
+    return len(data) if isinstance(data, bytes | bytearray) else sum(len(v) for v in data.values())
