@@ -444,7 +444,7 @@ def _write(
             said = "bit-identical" if not changed else f"{len(changed)} tensors changed: {changed[:3]}"
             log(f"       weights: {said}")
         else:
-            log("       weights: not compared by name (the format keeps none); the outputs above are")
+            log("       weights: not compared (the file keeps none under canonical names): the outputs above")
         if verified.overflow and not changed:
             raise _overflow(src, params, verified.overflow)
         if not result.passed:

@@ -797,8 +797,8 @@ FORMATS.update({f.name: f for f in (
     Format("savedmodel", (), "TensorFlow SavedModel", "keras", (),
            deploy.not_read("SavedModel"), deploy.write_savedmodel, deploy.loader("savedmodel"), readable=False,
            loading="tf.saved_model.load('{path}').serve(x)  (NHWC; needs TensorFlow only)",
-           layout="directory", limits="weights: not compared by name (a SavedModel keeps its variables by graph "
-                                      "path); its outputs are"),
+           layout="directory",
+           limits="weights: none under canonical names (a SavedModel keeps graph variables): its outputs prove it"),
     Format("gluon-export", ("-symbol.json",), "Gluon exported model", "mxnet", ("mxnet-symbol",),
            deploy.read_gluon, deploy.write_gluon, deploy.loader("gluon"), names=("-symbol.json",),
            loading="mxnet.gluon.SymbolBlock.imports('{path}', ['data'], '{params}')",
