@@ -308,11 +308,25 @@ def read_gluon(symbol: Path, p: Plan) -> Raw:
     return Raw(tensors, "canonical", notes)
 
 
-def not_read(description: str) -> Callable[[Path, Plan], Raw]:
+def not_read(description: str, weights: str) -> Callable[[Path, Plan], Raw]:
+    """A format port writes only: reading it would run its graph's loader (TorchScript
+    code, a TensorFlow graph) to get weights that ``weights`` gives by name."""
+
     def read(path: Path, p: Plan) -> Raw:
-        raise PortError(f"{path}: {description} files are written here, not read; port from the weights instead")
+        raise PortError(f"{path}: {description} files are written here, not read; {weights}, and port that")
 
     return read
+
+
+read_torchscript: Callable[[Path, Plan], Raw] = not_read(
+    "TorchScript", "torch.save(torch.jit.load(path).state_dict(), 'model.pth') saves its weights"
+)
+read_exported: Callable[[Path, Plan], Raw] = not_read(
+    "ExportedProgram", "torch.save(torch.export.load(path).state_dict, 'model.pth') saves its weights"
+)
+read_savedmodel: Callable[[Path, Plan], Raw] = not_read(
+    "SavedModel", "port the weights it was exported from (.keras, .weights.h5)"
+)
 
 
 # --------------------------------------------------------------------------------------

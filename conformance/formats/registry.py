@@ -124,7 +124,6 @@ class Format:
     layout: str = "file"
     # What the format cannot carry (aux heads, an open input size), said in port's log.
     limits: str = ""
-    readable: bool = True  # False: a format ``port`` writes only (deployment graphs)
     # How a reader's process loads the written file, said in port's log ("{path}": DST).
     loading: str = ""
 
@@ -145,6 +144,8 @@ _KIND_NAMES = {
     "damaged-zip": "a damaged zip archive (truncated or corrupt: no readable directory at its end)",
     "caffe": "a Caffe model (a NetParameter protobuf)",
     "onnx": "an ONNX model",
+    "torchscript": "a TorchScript module (torch.jit.save)",
+    "exported": "a PyTorch ExportedProgram (torch.export.save)",
     "mxnet-symbol": "an MXNet graph (-symbol.json)",
     "caffe-text": "a Caffe text prototxt (the network's description; its weights are in the .caffemodel)",
     "unknown": "not a known checkpoint format",
@@ -167,6 +168,10 @@ def sniff(path: Path) -> str:
             return "damaged-zip"
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
+        if any("/code/__torch__/" in n for n in names):  # before data.pkl: it has one too
+            return "torchscript"
+        if any(n.endswith("models/model.json") for n in names) and any("/data/weights/" in n for n in names):
+            return "exported"
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
         if "config.json" in names and "model.weights.h5" in names:
@@ -205,7 +210,7 @@ def _looks_like_onnx(head: bytes) -> bool:
 
 
 # The zip-based formats: a damaged archive is reported as what it should have been.
-_ZIPPED = {"npz", "torch", "keras"}
+_ZIPPED = {"npz", "torch", "keras", "torchscript", "exported"}
 
 
 def check_content(path: Path, fmt: Format) -> None:
@@ -786,16 +791,16 @@ FORMATS.update({f.name: f for f in (
            deploy.read_onnx, deploy.write_onnx, deploy.loader("onnx"),
            loading="onnxruntime.InferenceSession('{path}'); input 'x' (NCHW), outputs 'logits' (, 'aux2', 'aux1')"),
     # Only by name (--to torchscript): .pt is a state_dict unless told.
-    Format("torchscript", (".pt",), "TorchScript module", "torch", ("torch",),
-           deploy.not_read("TorchScript"), deploy.write_torchscript, deploy.loader("torchscript"), readable=False,
+    Format("torchscript", (".pt",), "TorchScript module", "torch", ("torchscript",),
+           deploy.read_torchscript, deploy.write_torchscript, deploy.loader("torchscript"),
            loading="torch.jit.load('{path}'); forward_stages(x, with_aux=True) gives the aux logits"),
-    Format("exported", (".pt2",), "PyTorch ExportedProgram", "torch", ("torch",),
-           deploy.not_read("ExportedProgram"), deploy.write_exported, deploy.loader("exported"), readable=False,
+    Format("exported", (".pt2",), "PyTorch ExportedProgram", "torch", ("exported",),
+           deploy.read_exported, deploy.write_exported, deploy.loader("exported"),
            loading="torch.export.load('{path}').module()(x)",
            limits="aux heads: not in the graph (it returns the logits, as the model does in eval); "
                   "their weights stay in its state_dict"),
     Format("savedmodel", (), "TensorFlow SavedModel", "keras", (),
-           deploy.not_read("SavedModel"), deploy.write_savedmodel, deploy.loader("savedmodel"), readable=False,
+           deploy.read_savedmodel, deploy.write_savedmodel, deploy.loader("savedmodel"),
            loading="tf.saved_model.load('{path}').serve(x)  (NHWC; needs TensorFlow only)",
            layout="directory",
            limits="weights: none under canonical names (a SavedModel keeps graph variables): its outputs prove it"),
