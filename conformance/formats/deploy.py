@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .. import files
-from ..canonical import Params
+from ..canonical import Params, canonical_shapes
 from ..reading import Tensor
 from ..spec import Plan
 from . import bounds, naming
@@ -78,7 +78,13 @@ class Runtime:
         return tuple(outputs[name] for name in ("logits", *(h.name for h in reversed(model.plan.aux))))
 
     def to_canonical(self, model: Loaded) -> Params | None:
-        return self.canonical(model)
+        """The file's tensors in canonical order (a graph lists them in its own order),
+        then any the plan does not know (which the comparison reports)."""
+        found = self.canonical(model)
+        if found is None:
+            return None
+        order = [k for k in canonical_shapes(model.plan) if k in found]
+        return {k: found[k] for k in [*order, *(k for k in found if k not in order)]}
 
 
 def run_fresh(kind: str, path: Path, x: np.ndarray, aux: bool) -> tuple[dict[str, np.ndarray], Params]:
