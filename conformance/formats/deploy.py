@@ -137,6 +137,10 @@ def loader(kind: str) -> Callable[[Path, Plan, str, Native | None], Native]:
     return load
 
 
+load_onnx, load_torchscript, load_exported = loader("onnx"), loader("torchscript"), loader("exported")
+load_savedmodel, load_gluon = loader("savedmodel"), loader("gluon")
+
+
 # --------------------------------------------------------------------------------------
 # Writers: bytes, or {relative path: bytes} for a directory or a pair of files
 # --------------------------------------------------------------------------------------

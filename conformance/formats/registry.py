@@ -782,30 +782,40 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 )}
 # fmt: on
 
-# Deployment formats (conformance.formats.deploy, which builds on the above).
-from . import deploy  # noqa: E402
+
+def _deploy(name: str) -> Callable[..., Any]:
+    """A function of ``conformance.formats.deploy`` (the deployment formats), which builds
+    on this module: imported when first called, so either module may be imported first."""
+
+    def call(*args: Any) -> Any:
+        from . import deploy
+
+        return getattr(deploy, name)(*args)
+
+    return call
+
 
 # fmt: off
 FORMATS.update({f.name: f for f in (
     Format("onnx", (".onnx",), "ONNX model", "torch", ("onnx",),
-           deploy.read_onnx, deploy.write_onnx, deploy.loader("onnx"),
+           _deploy("read_onnx"), _deploy("write_onnx"), _deploy("load_onnx"),
            loading="onnxruntime.InferenceSession('{path}'); input 'x' (NCHW), outputs 'logits' (, 'aux2', 'aux1')"),
     # Only by name (--to torchscript): .pt is a state_dict unless told.
     Format("torchscript", (".pt",), "TorchScript module", "torch", ("torchscript",),
-           deploy.read_torchscript, deploy.write_torchscript, deploy.loader("torchscript"),
+           _deploy("read_torchscript"), _deploy("write_torchscript"), _deploy("load_torchscript"),
            loading="torch.jit.load('{path}'); forward_stages(x, with_aux=True) gives the aux logits"),
     Format("exported", (".pt2",), "PyTorch ExportedProgram", "torch", ("exported",),
-           deploy.read_exported, deploy.write_exported, deploy.loader("exported"),
+           _deploy("read_exported"), _deploy("write_exported"), _deploy("load_exported"),
            loading="torch.export.load('{path}').module()(x)",
            limits="aux heads: not in the graph (it returns the logits, as the model does in eval); "
                   "their weights stay in its state_dict"),
     Format("savedmodel", (), "TensorFlow SavedModel", "keras", (),
-           deploy.read_savedmodel, deploy.write_savedmodel, deploy.loader("savedmodel"),
+           _deploy("read_savedmodel"), _deploy("write_savedmodel"), _deploy("load_savedmodel"),
            loading="tf.saved_model.load('{path}').serve(x)  (NHWC; needs TensorFlow only)",
            layout="directory",
            limits="weights: none under canonical names (a SavedModel keeps graph variables): its outputs prove it"),
     Format("gluon-export", ("-symbol.json",), "Gluon exported model", "mxnet", ("mxnet-symbol",),
-           deploy.read_gluon, deploy.write_gluon, deploy.loader("gluon"), names=("-symbol.json",),
+           _deploy("read_gluon"), _deploy("write_gluon"), _deploy("load_gluon"), names=("-symbol.json",),
            loading="mxnet.gluon.SymbolBlock.imports('{path}', ['data'], '{params}')",
            layout="pair", limits="aux heads: not in the pair (the inference graph returns the logits)"),
 )})
