@@ -242,7 +242,7 @@ def read_onnx(path: Path, p: Plan) -> Raw:
 
 
 def _array(numpy_helper: Any, init: Any) -> Callable[[], np.ndarray]:
-    return lambda: np.asarray(numpy_helper.to_array(init))
+    return lambda: np.array(numpy_helper.to_array(init))  # a copy: to_array gives a read-only view
 
 
 def params_of(symbol: Path) -> Path:
