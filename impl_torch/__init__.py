@@ -191,14 +191,14 @@ def _example(model: GoogLeNet) -> torch.Tensor:
 
 def to_onnx_deployable(model: GoogLeNet) -> bytes:
     """The model as a deployment ONNX file: outputs ``logits`` (then ``aux2``, ``aux1``
-    when it has aux heads), batch and size open, every parameter an initializer under
+    when it has aux heads, as torchvision returns them), batch and size open, every parameter an initializer under
     its canonical name and BatchNorm kept as BatchNormalization (``optimize=False``:
     the optimiser folds BatchNorm into the convolutions, after which the weights cannot
     be separated again). The dynamo exporter names initializers by the module path of
     the wrapper that adds the aux outputs (``net.``), removed here."""
     import onnx
 
-    names = interface.output_names(model.plan, bool(model.plan.aux), False)
+    names = ("logits", *(head.name for head in reversed(model.plan.aux)))  # torchvision's order: aux2, aux1
     was_training = model.training
     try:
         with _quiet_export():
