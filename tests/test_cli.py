@@ -179,5 +179,6 @@ def test_the_known_suffixes_are_listed_once(tmp_path):
     assert (
         r.returncode == 2
         and "(known: .safetensors, .npz, .pth, .pt, .weights.h5, .keras, .params, .caffemodel, .onnx, .pt2, "
-        "-symbol.json); pass --to" in r.stderr
+        "-symbol.json); pass --to"
+        in r.stderr
     )
