@@ -98,7 +98,9 @@ def test_each_deployment_format_is_written_and_verified_in_its_runtime(written, 
     else:
         assert dst.is_file() and any("bit-identical" in line for line in log)
     if fmt == "gluon-export":
-        assert deploy.params_of(dst).is_file()
+        import mxnet as mx
+
+        assert "arg:conv0_weight" in mx.nd.load(str(deploy.params_of(dst)))  # names of a fresh process
     leftovers = [p.name for p in dst.parent.iterdir() if p.name.startswith(".")]
     assert not leftovers  # staging directories and temporary files are gone
 
@@ -198,6 +200,32 @@ def test_a_tampered_gluon_pair_reads_back_as_what_it_holds(written, tmp_path):
     back = read_checkpoint(tmp_path / "t-symbol.json", VARIANT).params
     expected = seeded()
     assert [k for k in expected if back[k].tobytes() != expected[k].tobytes()] == ["conv1.weight"]
+
+
+def test_a_gluon_pair_exported_after_other_models_reads_back_bit_for_bit(tmp_path):
+    """A user's process that built models before names the parameters conv16_weight, ...:
+    reading matches them by position in the graph, not by name."""
+    m = backend_or_skip("mxnet")
+    m.build(VARIANT)  # shifts MXNet's name counters
+    model = m.build(VARIANT)
+    m.from_canonical(model, seeded())
+    pair = m.to_gluon_export(model)
+    (tmp_path / "u-symbol.json").write_bytes(pair["symbol.json"])
+    (tmp_path / "u-0000.params").write_bytes(pair["params"])
+    assert b"conv0_weight" not in pair["symbol.json"]
+    back = read_checkpoint(tmp_path / "u-symbol.json", VARIANT).params
+    expected = seeded()
+    assert all(back[k].tobytes() == expected[k].tobytes() for k in expected)
+
+
+def test_a_gluon_graph_of_another_network_is_refused(written, tmp_path):
+    if "gluon-export" not in written:
+        pytest.skip("mxnet is not installed")
+    dst = written["gluon-export"][0]
+    shutil.copy(dst, tmp_path / "r-symbol.json")
+    shutil.copy(deploy.params_of(dst), tmp_path / "r-0000.params")
+    with pytest.raises(PortError, match=r"its graph is not residual_mnist's as this suite exports it"):
+        read_checkpoint(tmp_path / "r-symbol.json", "residual_mnist")
 
 
 def test_an_onnx_graph_with_batchnorm_folded_is_refused(tmp_path):

@@ -174,7 +174,11 @@ def write_savedmodel(params: Params, p: Plan) -> Written:
 
 
 def write_gluon(params: Params, p: Plan) -> Written:
-    b, model = built("mxnet", p, params)
+    backend("mxnet")
+    import mxnet as mx
+
+    with mx.name.NameManager():  # fresh counters: conv0_weight, whatever this process built before
+        b, model = built("mxnet", p, params)
     pair = b.to_gluon_export(model)
     return {"-symbol.json": pair["symbol.json"], "-0000.params": pair["params"]}, None
 
