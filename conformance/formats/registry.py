@@ -14,6 +14,8 @@ the way that framework's users load it (for verification).
 | ``gluoncv``     | ``.params``      | GluonCV's names (``--to gluoncv``), for its ``googlenet`` |
 | ``caffe``       | ``.caffemodel``  | read only: Caffe's ``NetParameter`` (both layer formats), |
 |                 |                  | with protobuf and ``caffe.proto``; bvlc_googlenet's names |
+| ``onnx``, ``torchscript``, ``exported``, ``savedmodel``, ``gluon-export``: deployment  |
+| graphs (``conformance.formats.deploy``), verified in a fresh process by their runtimes    |
 
 A new format is one :class:`Format` entry in :data:`FORMATS`.
 """
