@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 import weakref
 from pathlib import Path
 
@@ -155,7 +156,9 @@ def to_onnx(model: GoogLeNet, shape: tuple[int, ...], with_aux: bool, every_stag
     which converts the traced graph with tf2onnx. Needs the ``onnx`` extra."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        with contextlib.redirect_stdout(None):  # "Saved artifact at ..."
+        # stdout: "Saved artifact at ..."; the warning: tf2onnx's import probes np.object
+        with contextlib.redirect_stdout(None), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r".*np\.object", FutureWarning)
             _Outputs(model, with_aux, every_stage).export(
                 str(path), format="onnx", input_signature=[keras.InputSpec(shape=shape, dtype="float32")], verbose=False
             )
