@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import warnings
@@ -32,6 +33,19 @@ from conformance.spec import Variant, resolve
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical
+
+
+class _OneGraphPerShape(logging.Filter):
+    """One tf.function per model, input shape and outputs is the design (``_graph``), so
+    TensorFlow's "N out of the last N calls ... triggered tf.function retracing" warning
+    about them says nothing; any other function's warning still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "_graph.<locals>.run" in message)
+
+
+tf.get_logger().addFilter(_OneGraphPerShape())
 
 name = "keras"
 __all__ = [
