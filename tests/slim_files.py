@@ -150,3 +150,78 @@ def forward(values: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     w = v[f"{SCOPE}/Logits/Conv2d_0c_1x1/weights"].permute(3, 2, 0, 1)
     logits = F.conv2d(t, w, v[f"{SCOPE}/Logits/Conv2d_0c_1x1/biases"])
     return logits[:, :, 0, 0].numpy()
+
+
+# --------------------------------------------------------------------------------------
+# A checkpoint index written by hand: it may declare what no data file holds
+# --------------------------------------------------------------------------------------
+
+_CRC_TABLE = []
+for _n in range(256):
+    _c = _n
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1  # CRC-32C (Castagnoli), reflected
+    _CRC_TABLE.append(_c)
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked(crc: int) -> int:
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF  # LevelDB's mask
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _block(entries: list[tuple[bytes, bytes]]) -> bytes:
+    """A LevelDB table block (no prefix sharing, one restart point), with its trailer."""
+    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in entries)
+    body += (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # restart offsets [0], count 1
+    trailer = b"\x00"  # no compression
+    return body + trailer + _masked(crc32c(body + trailer)).to_bytes(4, "little")
+
+
+ITEMSIZE = {"DT_FLOAT": 4, "DT_DOUBLE": 8, "DT_HALF": 2, "DT_INT32": 4, "DT_INT64": 8}
+
+
+def write_index(prefix: Path, declared: dict[str, tuple[tuple[int, ...], str]], data: bytes = b"") -> Path:
+    """PREFIX.index declaring ``declared`` (name -> (shape, dtype name)) and a data shard
+    of ``data``: an index as TensorFlow's ``BundleWriter`` lays it out (a table of
+    ``BundleHeaderProto`` under "" and a ``BundleEntryProto`` per name), whose entries
+    point at bytes the shard need not hold."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import tensor_bundle_pb2
+
+    header = tensor_bundle_pb2.BundleHeaderProto(num_shards=1)
+    header.version.producer = 1
+    entries = [(b"", header.SerializeToString())]
+    offset = 0
+    for name in sorted(declared):
+        shape, dtype = declared[name]
+        entry = tensor_bundle_pb2.BundleEntryProto(dtype=types_pb2.DataType.Value(dtype), shard_id=0, offset=offset)
+        for d in shape:
+            entry.shape.dim.add(size=d)
+        entry.size = int(np.prod(shape, dtype=np.int64)) * ITEMSIZE[dtype]
+        offset += entry.size
+        entries.append((name.encode(), entry.SerializeToString()))
+    data_block = _block(entries)
+    meta_block = _block([])
+    handle = lambda offset, size: _varint(offset) + _varint(size)  # noqa: E731 - a BlockHandle
+    index_block = _block([(entries[-1][0] + b"\x00", handle(0, len(data_block) - 5))])
+    meta_at, index_at = len(data_block), len(data_block) + len(meta_block)
+    handles = handle(meta_at, len(meta_block) - 5) + handle(index_at, len(index_block) - 5)
+    footer = handles.ljust(40, b"\x00") + (0xDB4775248B80FB57).to_bytes(8, "little")
+    prefix.with_name(prefix.name + ".index").write_bytes(data_block + meta_block + index_block + footer)
+    prefix.with_name(prefix.name + ".data-00000-of-00001").write_bytes(data)
+    return prefix

@@ -757,6 +757,7 @@ def _read_tf(path: Path, p: Plan) -> Raw:
     for k in counters:
         del tensors[k]
     bounds.check_sizes(path, tensors, bounds.ceiling(p))
+    tfcheckpoint.check_data(path, tensors)
     notes = [f"TensorFlow checkpoint {path.name}: {len(tensors)} variables (the .meta graph is not read)"]
     notes += [f"dropped {', '.join(counters)} (a training counter, not a weight)"] if counters else []
     return Raw(tensors, "slim", notes)

@@ -94,11 +94,10 @@ def check_files(p: Path) -> list[Path]:
 def declared(p: Path, plan: Plan, canonical: dict[str, str], expected: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
     """Every variable of the checkpoint as the index declares it (nothing read yet), in
     the canonical layout where its canonical key is known (``canonical``: file name ->
-    canonical key; ``expected``: canonical shapes). The shards must hold at least the
-    declared bytes."""
+    canonical key; ``expected``: canonical shapes)."""
     import tensorflow as tf
 
-    data = check_files(p)
+    check_files(p)
     reader = tf.train.load_checkpoint(str(p))  # reads the index only
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
@@ -114,16 +113,18 @@ def declared(p: Path, plan: Plan, canonical: dict[str, str], expected: dict[str,
         file_shape = tuple(int(d) for d in shape)
         key = canonical.get(name)
         shape_, convert = to_canonical_layout(file_shape, expected.get(key) if key else None)
-        where = f"TensorFlow {file_shape}" if shape_ != file_shape else ""
-        problem = None if dtype.is_floating else f"of dtype {dtype.name}, not floating-point weights"
+        where = f"TensorFlow {name} {file_shape}"  # errors name the checkpoint's variable too
+        problem = None if dtype.is_floating else f"of dtype {dtype.name} ({name}), not floating-point weights"
         tensors[name] = Tensor(shape_, np_dtype, _loader(reader, name, convert, dtype.name), problem, where)
-    need = sum(t.nbytes for t in tensors.values())
-    have = sum(q.stat().st_size for q in data)
-    if have < need:
-        raise Damaged(
-            f"its data shards hold {have:,} bytes but the index declares {need:,} bytes of values (truncated)"
-        )
     return tensors
+
+
+def check_data(p: Path, tensors: dict[str, Tensor]) -> None:
+    """The shards hold at least the bytes the index declares (else they were cut short)."""
+    need = sum(t.nbytes for t in tensors.values())
+    have = sum(q.stat().st_size for q in shards(p))
+    if have < need:
+        raise Damaged(f"its data shards hold {have:,} bytes but its index declares {need:,} bytes of values (truncated)")
 
 
 def to_canonical_layout(shape: tuple[int, ...], expected: tuple[int, ...] | None) -> tuple[tuple[int, ...], Callable]:
