@@ -312,6 +312,15 @@ def structural_params(block: nn.Block) -> dict[str, mx.gluon.Parameter]:
     return block._collect_params_with_prefix()
 
 
+def make_trainable(param: mx.gluon.Parameter) -> None:
+    """Let a parameter Gluon made fixed train (``grad_req="write"``): a BatchNorm built
+    with ``scale=False`` keeps its gamma with ``Parameter._differentiable`` False, which
+    makes the ``grad_req`` setter keep "null". For the pitfall that gives TF-slim's
+    BatchNorm a scale."""
+    param._differentiable = True
+    param.grad_req = "write"
+
+
 def momentum_states(trainer: mx.gluon.Trainer) -> dict[str, mx.nd.NDArray]:
     """SGD's momentum by parameter name: ``Trainer._updaters[0].states``, keyed by the
     parameter's index in ``Trainer._params`` and made at its first update (one device,
