@@ -24,7 +24,8 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-from conformance.spec import LRN, BatchNorm as Norm, ConvUnit, Op, Pool, PoolUnit, same_pads
+from conformance.spec import LRN, ConvUnit, Op, Pool, PoolUnit, same_pads
+from conformance.spec import BatchNorm as Norm
 
 
 class BatchNorm(nn.BatchNorm):

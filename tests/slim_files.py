@@ -126,7 +126,9 @@ def forward(values: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     def conv(t, scope, stride=1):
         w = v[f"{scope}/weights"].permute(3, 2, 0, 1)  # HWIO -> OIHW
         t = F.conv2d(pad(t, w.shape[-1], stride), w, stride=stride)
-        mean, var, beta = (v[f"{scope}/BatchNorm/{n}"][None, :, None, None] for n in ("moving_mean", "moving_variance", "beta"))
+        mean, var, beta = (
+            v[f"{scope}/BatchNorm/{n}"][None, :, None, None] for n in ("moving_mean", "moving_variance", "beta")
+        )
         return torch.relu((t - mean) / torch.sqrt(var + EPS) + beta)
 
     def max_pool(t, kernel, stride):

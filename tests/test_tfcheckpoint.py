@@ -17,8 +17,8 @@ from conformance import spec
 from conformance.canonical import canonical_shapes
 from conformance.check.compare import REL_TOL, agreement
 from conformance.formats import naming, tfcheckpoint
-from conformance.formats.registry import FORMATS
 from conformance.formats.port import PortError, port, read_checkpoint
+from conformance.formats.registry import FORMATS
 
 from . import hostile, slim_files
 from .conftest import backend_or_skip
@@ -82,9 +82,7 @@ def test_the_suites_slim_names_are_upstreams():
 @pytest.mark.parametrize(
     ("framework", "name"), [("torch", "out.pth"), ("keras", "out.weights.h5"), ("mxnet", "out.params")]
 )
-def test_port_to_each_framework_matches_the_independent_forward(
-    tmp_path, checkpoint, image, expected, framework, name
-):
+def test_port_to_each_framework_matches_the_independent_forward(tmp_path, checkpoint, image, expected, framework, name):
     backend_or_skip(framework)
     dst = tmp_path / name
     result = port(checkpoint, dst, VARIANT)
@@ -120,7 +118,9 @@ def test_drop_background_keeps_imagenets_1000_classes(checkpoint, image, expecte
 
 def test_drop_background_needs_1001_classes(tmp_path, values):
     src = slim_files.write(tmp_path / "ten.ckpt", slim_files.seeded(0, classes=10))
-    with pytest.raises(PortError, match="drop_background=True: removes class 0 of a 1001-class classifier.*has 10 classes"):
+    with pytest.raises(
+        PortError, match=r"drop_background=True: removes class 0 of a 1001-class classifier.*has 10 classes"
+    ):
         read_checkpoint(src, VARIANT, num_classes=10, drop_background=True)
 
 
@@ -229,7 +229,7 @@ def test_float64_and_float16_are_converted_with_a_notice(tmp_path, values):
 
 
 def test_another_variant_is_refused_naming_the_right_one(checkpoint):
-    with pytest.raises(PortError, match="read as TF-slim's inception_v1 .variant='googlenet_slim'"):
+    with pytest.raises(PortError, match=r"read as TF-slim's inception_v1 \(variant='googlenet_slim'\)"):
         read_checkpoint(checkpoint, "googlenet_bn")
 
 

@@ -205,7 +205,11 @@ SLIM_SCOPE = "InceptionV1"
 SLIM_LOGITS = "Logits/Conv2d_0c_1x1"  # slim's classifier: a 1x1 conv with biases
 # Upstream's one name off its own rule (tf_slim/nets/inception_v1.py, Mixed_5b's Branch_2).
 SLIM_QUIRKS = {"Mixed_5b/Branch_2/Conv2d_0b_3x3": "Mixed_5b/Branch_2/Conv2d_0a_3x3"}
-SLIM_BN = {"bias": "BatchNorm/beta", "running_mean": "BatchNorm/moving_mean", "running_var": "BatchNorm/moving_variance"}
+SLIM_BN = {
+    "bias": "BatchNorm/beta",
+    "running_mean": "BatchNorm/moving_mean",
+    "running_var": "BatchNorm/moving_variance",
+}
 
 
 def _slim_op(op: Op, letter: str) -> str:

@@ -355,8 +355,15 @@ def _drop_background(src: Path, p: spec.Plan, params: Params, notes: list[str]) 
             f"(TF-slim's); {src} has {p.num_classes} classes" + (" and aux heads" if p.aux else "")
         )
     fc = p.fc.name
-    dropped = {**params, f"{fc}.weight": params[f"{fc}.weight"][1:].copy(), f"{fc}.bias": params[f"{fc}.bias"][1:].copy()}
-    notes.append(f"dropped class 0 (background): {BACKGROUND_CLASSES} -> {BACKGROUND_CLASSES - 1} classes, logit i is ImageNet class i")
+    dropped = {
+        **params,
+        f"{fc}.weight": params[f"{fc}.weight"][1:].copy(),
+        f"{fc}.bias": params[f"{fc}.bias"][1:].copy(),
+    }
+    notes.append(
+        f"dropped class 0 (background): {BACKGROUND_CLASSES} -> {BACKGROUND_CLASSES - 1} classes, "
+        "logit i is ImageNet class i"
+    )
     return p.with_options(num_classes=BACKGROUND_CLASSES - 1), dropped
 
 

@@ -14,8 +14,9 @@ the way that framework's users load it (for verification).
 | ``gluoncv``     | ``.params``      | GluonCV's names (``--to gluoncv``), for its ``googlenet`` |
 | ``caffe``       | ``.caffemodel``  | read only: Caffe's ``NetParameter`` (both layer formats), |
 |                 |                  | with protobuf and ``caffe.proto``; bvlc_googlenet's names |
-| ``tf-checkpoint`` | ``PREFIX`` (``.index`` + ``.data-*``) | read only: ``tf.train.load_checkpoint``; |
-|                 |                  | TF-slim's ``inception_v1`` names (``googlenet_slim``); never the ``.meta`` graph |
+| ``tf-checkpoint`` | ``PREFIX``       | read only: ``PREFIX.index`` + ``PREFIX.data-*`` with   |
+|                 |                  | ``tf.train.load_checkpoint`` (never the ``.meta`` graph); |
+|                 |                  | TF-slim's ``inception_v1`` names (``googlenet_slim``)  |
 
 A new format is one :class:`Format` entry in :data:`FORMATS`.
 """
@@ -745,7 +746,9 @@ def _read_tf(path: Path, p: Plan) -> Raw:
         with quiet_stderr():  # its absl and oneDNN lines, printed before its logging starts
             import tensorflow  # noqa: F401 - only to say how to install it
     except ImportError:
-        raise PortError(f"{path}: reading a TensorFlow checkpoint needs tensorflow: pip install -e '.[keras]'") from None
+        raise PortError(
+            f"{path}: reading a TensorFlow checkpoint needs tensorflow: pip install -e '.[keras]'"
+        ) from None
     try:
         names = naming.slim_names(p)
     except naming.NamingError as e:

@@ -71,7 +71,9 @@ def check_files(p: Path) -> list[Path]:
     set of data shards, before TensorFlow opens anything. Returns the shards."""
     idx = index(p)
     if not idx.is_file():
-        raise Damaged(f"{idx} is missing or not a regular file: a TensorFlow checkpoint is PREFIX.index + PREFIX.data-*")
+        raise Damaged(
+            f"{idx} is missing or not a regular file: a TensorFlow checkpoint is PREFIX.index + PREFIX.data-*"
+        )
     if idx.stat().st_size > MAX_INDEX:
         raise Damaged(
             f"its index {idx.name} is {idx.stat().st_size:,} bytes; a GoogLeNet's is about 20 KB "
@@ -124,7 +126,9 @@ def check_data(p: Path, tensors: dict[str, Tensor]) -> None:
     need = sum(t.nbytes for t in tensors.values())
     have = sum(q.stat().st_size for q in shards(p))
     if have < need:
-        raise Damaged(f"its data shards hold {have:,} bytes but its index declares {need:,} bytes of values (truncated)")
+        raise Damaged(
+            f"its data shards hold {have:,} bytes but its index declares {need:,} bytes of values (truncated)"
+        )
 
 
 def to_canonical_layout(shape: tuple[int, ...], expected: tuple[int, ...] | None) -> tuple[tuple[int, ...], Callable]:

@@ -412,10 +412,14 @@ def _torch_5x5_padded_at_the_end(model: Any) -> None:
     for name, module in model.named_modules():
         if isinstance(module, BasicConv2d) and name.endswith(".branch3.1") and module.conv.kernel_size == (3, 3):
             conv = module.conv
+
             # the paper's 5x5 with SAME padding (2 a side: 1 more than the unit's SamePad adds
             # for the 3x3), the 3x3 kernel zero-filled to 5x5 at the end, as
             # np.pad(w, ((0, 0), (0, 0), (0, 2), (0, 2))) does: every window moves a pixel
-            conv.forward = lambda x, c=conv: F.conv2d(x, F.pad(c.weight, (0, 2, 0, 2)), c.bias, c.stride, 1)
+            def corner(x: Any, c: Any = conv) -> Any:
+                return F.conv2d(x, F.pad(c.weight, (0, 2, 0, 2)), c.bias, c.stride, 1)
+
+            vars(conv)["forward"] = corner  # this instance only
 
 
 def _strided_same(op: spec.Stage) -> bool:
@@ -443,7 +447,11 @@ def _torch_symmetric(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, SamePad) and module.stride > 1:
             half = (module.kernel - 1) // 2  # PyTorch's padding=3 on the 7x7/2 conv, 1 on the 3x3/2 pools
-            module.pads = lambda size, h=half: [h, h]  # type: ignore[method-assign]  # this instance only
+
+            def symmetric(size: int, h: int = half) -> list[int]:
+                return [h, h]
+
+            vars(module)["pads"] = symmetric  # this instance only
 
 
 def _where_gamma(p: spec.Plan, size: int) -> str | None:
