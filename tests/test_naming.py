@@ -41,11 +41,11 @@ def test_cifar100_names_are_written_as_cifar100_names():
 def test_an_unknown_scheme_is_an_error_naming_the_known_ones():
     p = spec.resolve("googlenet")
     with pytest.raises(
-        naming.NamingError, match=r"unknown 'caffe'; expected one of gluoncv, cifar100, gluon, canonical"
+        naming.NamingError, match=r"unknown 'keras'; expected one of caffe, slim, gluoncv, cifar100, gluon, canonical"
     ):
-        naming.from_canonical(canonical.random_params(p, 0), "caffe", p)
-    with pytest.raises(naming.NamingError, match="unknown 'caffe'"):
-        naming.to_canonical({}, "caffe", p)
+        naming.from_canonical(canonical.random_params(p, 0), "keras", p)
+    with pytest.raises(naming.NamingError, match="unknown 'keras'"):
+        naming.to_canonical({}, "keras", p)
 
 
 def _gluoncv_file() -> tuple[spec.Plan, dict[str, np.ndarray]]:
