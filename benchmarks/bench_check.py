@@ -1,66 +1,72 @@
-"""How long the full conformance check takes, and which part dominates.
+"""How long the full conformance check takes and how much memory it needs, as a user
+runs it: ``python -m conformance check --train`` in a fresh process.
 
-Target (issue #2): under 60 s for every variant, three frameworks and a few input
-sizes on 2 cores. Everything is measured in one run, side by side:
+Target (issue #8): under 60 s and under 2 GB peak resident memory on this 2-core
+machine. Prints the command measured, its wall time, its peak RSS (the kernel's
+``ru_maxrss`` of the child), the machine's load average before and after (other
+work on the cores slows the check), and the check's own time per framework and phase:
 
-    python benchmarks/bench_check.py [--input-size 224 --input-size 225 ...] [--batch 2]
+    python benchmarks/bench_check.py               # check --train, every variant
+    python benchmarks/bench_check.py --no-train    # inference only
+    python benchmarks/bench_check.py -- --frameworks torch,keras,mxnet,onnx   # any check options
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
-
-from conformance import frameworks, spec
-from conformance.check import harness
-from conformance.check.report import count_checks
+from pathlib import Path
 
 TARGET_SECONDS = 60.0
+TARGET_MB = 2048.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input-size", type=int, action="append")
-    parser.add_argument("--batch", type=int, default=harness.DEFAULT_BATCH)
+    parser.add_argument("--no-train", action="store_true", help="measure `check` without --train")
+    parser.add_argument("extra", nargs="*", help="more options for check (after --)")
     args = parser.parse_args()
-    sizes = args.input_size  # None: each variant's own size, 239 and 97
-
-    start = time.perf_counter()
-    timer = harness.Timer()
-    backends, skipped = {}, {}
-    for name in frameworks.FRAMEWORKS:  # one at a time, so each import is timed alone
-        with timer(name, "import"):
-            found, missing = frameworks.load([name])
-        backends.update(found)
-        skipped.update(missing)
-    report = harness.run(list(spec.VARIANTS), backends, skipped, sizes, args.batch, timer=timer)
-    total = time.perf_counter() - start
-
-    checks, failed = count_checks(report)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        command = [sys.executable, "-m", "conformance", "check", *([] if args.no_train else ["--train"]), *args.extra]
+        shown = " ".join(["python", *command[1:]])
+        print(f"measuring: {shown}  (in {ROOT}, {os.cpu_count()} cores)", flush=True)
+        load_before = os.getloadavg()
+        start = time.perf_counter()
+        done = subprocess.run([*command, "--json", str(report)], cwd=ROOT, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - start
+        load_after = os.getloadavg()
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+        doc = json.loads(report.read_text()) if report.exists() else None
+    if doc is None:
+        print(done.stdout[-2000:], done.stderr[-2000:], sep="\n")
+        sys.exit(f"check exited with {done.returncode} and wrote no report")
+    print(next(line for line in reversed(done.stdout.splitlines()) if line.startswith(("PASS", "FAIL"))))
+    print(f"\n{'framework':<12} {'phase':<14} {'seconds':>8}")
+    for fw, phases in doc["timings"].items():
+        for phase, s in phases.items():
+            print(f"{fw:<12} {phase:<14} {s:8.2f}")
+    by_fw = {fw: sum(p.values()) for fw, p in doc["timings"].items()}
+    print("per framework: " + ", ".join(f"{fw} {s:.1f} s" for fw, s in by_fw.items()))
+    print(f"rest (imports, seeded weights, comparisons, report): {seconds - sum(by_fw.values()):.1f} s")
     print(
-        f"full check: {len(spec.VARIANTS)} variants x {len(backends)} frameworks x sizes "
-        f"{sizes or 'own, 239, 97'}, "
-        f"batch {args.batch}: {checks} checks, {failed} failed"
+        f"\nload average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+        f"on {os.cpu_count()} cores: above 0 means other work shared the cores"
     )
-    for name, why in skipped.items():
-        print(f"  skipped {name}: {why}")
-    parts = sorted(
-        ((s, fw, phase) for fw, phases in timer.seconds.items() for phase, s in phases.items()), reverse=True
-    )
-    accounted = sum(s for s, _, _ in parts)
-    print(f"\n{'framework':<10} {'phase':<10} {'seconds':>8} {'share':>7}")
-    for s, fw, phase in parts:
-        print(f"{fw:<10} {phase:<10} {s:8.2f} {s / total:7.1%}")
-    rest = total - accounted  # seeded weights, comparisons, report
-    print(f"{'harness':<10} {'compare':<10} {rest:8.2f} {rest / total:7.1%}")
-    by_fw = {fw: sum(p.values()) for fw, p in timer.seconds.items()}
-    print("\nper framework: " + ", ".join(f"{fw} {s:.1f} s ({s / total:.0%})" for fw, s in by_fw.items()))
-    s, fw, phase = parts[0]
-    print(f"dominant part: {fw} {phase}, {s:.1f} s of {total:.1f} s")
-    print(
-        f"total {total:.1f} s; target {TARGET_SECONDS:.0f} s: {'met' if total < TARGET_SECONDS else 'MISSED'} "
-        f"({total / TARGET_SECONDS:.0%} of the budget)"
-    )
+    print(f"{shown}: {seconds:.1f} s (target {TARGET_SECONDS:.0f} s: {_verdict(seconds < TARGET_SECONDS)})")
+    print(f"{shown}: peak RSS {peak_mb:.0f} MB (target {TARGET_MB:.0f} MB: {_verdict(peak_mb < TARGET_MB)})")
+    sys.exit(0 if done.returncode == 0 else 1)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
 
 
 if __name__ == "__main__":

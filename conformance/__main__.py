@@ -1,4 +1,4 @@
-"""``python -m conformance check``, ``port``, ``train``, ``spec``, ``pitfalls``, ``diff`` and ``page``.
+"""``python -m conformance check``, ``port``, ``train``, ``bench``, ``spec``, ``pitfalls``, ``diff`` and ``page``.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input (an OS error
 on a file included: the path and the reason, never a traceback), 128 + N when signal N
@@ -17,7 +17,7 @@ from pathlib import Path
 from . import files, spec
 from .files import check_output
 from .formats.registry import FORMATS, PortError
-from .frameworks import FRAMEWORKS
+from .frameworks import FRAMEWORKS, JUDGES
 from .spec import MAX_CLASSES
 from .teach.pitfalls import PITFALLS
 from .train.training import MAX_EPOCHS
@@ -74,7 +74,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--framework",
         default=frameworks,
         metavar="LIST",
-        help=f"comma-separated subset of {frameworks} (default: all installed)",
+        help=f"comma-separated subset of {frameworks}, and judges {','.join(JUDGES)} (ONNX Runtime on each "
+        "framework's ONNX export; needs .[onnx]) (default: the frameworks installed)",
     )
     check.add_argument(
         "--require",
@@ -154,6 +155,30 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="continue the run in --out from its last complete epoch, as if never interrupted (same options; "
         "--epochs may grow)",
     )
+
+    bench = sub.add_parser(
+        "bench", help="images/s of every framework and mode, and of ONNX Runtime, side by side, each in its own process"
+    )
+    bench.add_argument(
+        "--variant", default="googlenet_bn", choices=list(spec.VARIANTS), help="the network (default: googlenet_bn)"
+    )
+    bench.add_argument("--batch", type=_positive, default=8, help="images per call (default: 8)")
+    bench.add_argument(
+        "--input-size", type=_positive, default=224, metavar="PIXELS", help="square input size (default: 224)"
+    )
+    bench.add_argument(
+        "--frameworks",
+        "--framework",
+        default=f"{frameworks},onnx",
+        metavar="LIST",
+        help=f"comma-separated subset of {frameworks},onnx (default: all; onnx: ONNX Runtime on torch's export)",
+    )
+    bench.add_argument("--train", action="store_true", help="also training images/s (one SGD step per call)")
+    bench.add_argument(
+        "--rounds", type=_positive, default=5, help="timed rounds, alternating the runtimes (default: 5)"
+    )
+    bench.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    bench.add_argument("--force", action="store_true", help="overwrite an existing --json file")
 
     table = sub.add_parser("spec", help="print a variant's layers, shapes, parameters and multiply-adds")
     table.add_argument(
@@ -258,7 +283,7 @@ def _check(args: argparse.Namespace) -> int:
 
     if args.json is not None:  # refuse before spending a minute on the check
         check_output(args.json, args.force, "--json")
-    names = frameworks.parse(args.frameworks)
+    names = frameworks.parse(args.frameworks, judges=True)
     required = frameworks.parse(args.require, "--require") if args.require else []
     variants = list(dict.fromkeys(args.variant or spec.VARIANTS))
     sizes = list(dict.fromkeys(args.input_size)) if args.input_size else None  # None: each variant's own
@@ -276,6 +301,36 @@ def _check(args: argparse.Namespace) -> int:
         report.write_json(result, args.json, overwrite=args.force)
         print(f"JSON report written to {args.json}")
     return 0 if result.passed else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if args.json is not None:  # refuse before a minute of measuring
+        check_output(args.json, args.force, "--json")
+    names = [n.strip() for n in args.frameworks.split(",") if n.strip()]
+    settings = bench.Settings(
+        args.variant, args.batch, args.input_size, tuple(dict.fromkeys(names)), args.train, args.rounds
+    )
+    bench.check_settings(settings)  # before any framework is imported
+    tty = sys.stderr.isatty()
+
+    def progress(line: str) -> None:  # one line rewritten on a terminal, a line per step in a log
+        if tty:
+            print(f"\r\033[K{line}", end="" if line else "\r", file=sys.stderr, flush=True)
+        elif line:
+            print(line, file=sys.stderr, flush=True)
+
+    try:
+        result = bench.run(settings, progress)
+    except RuntimeError as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        return 1
+    print(bench.render(result), flush=True)
+    if args.json is not None:
+        bench.write_json(result, args.json, overwrite=args.force)
+        print(f"JSON written to {args.json}")
+    return 0
 
 
 def _spec(args: argparse.Namespace) -> int:
@@ -405,6 +460,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     commands = {
+        "bench": _bench,
         "check": _check,
         "port": _port,
         "spec": _spec,

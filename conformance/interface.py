@@ -7,9 +7,11 @@ users call them the same way for every framework)::
           dtype="float32") -> native model         # num_classes None: the variant's own
     to_canonical(model) -> dict[str, numpy.ndarray]
     from_canonical(model, params) -> None          # strict
-    forward(model, x, aux=False) -> logits | (logits, aux2, aux1)
-    stages(model, x) -> dict[str, numpy.ndarray]   # every stage, NCHW
+    MODES -> tuple[str, ...]                       # inference paths, the default first
+    forward(model, x, aux=False, mode=MODES[0]) -> logits | (logits, aux2, aux1)
+    stages(model, x, mode=MODES[0]) -> dict[str, numpy.ndarray]   # every stage, NCHW
     count_params(model) -> (trainable, statistics) # with the framework's own API
+    to_onnx(model, shape, with_aux, every_stage) -> bytes  # the ONNX graph; needs .[onnx]
     version() -> str
     Trainer(model, lr, momentum, aux_weight=0.3, record=False, deterministic=False)
         .step(x, labels) -> (loss, correct)        # one SGD step, training mode
@@ -20,30 +22,62 @@ users call them the same way for every framework)::
         .reseed(seed) -> None                      # the framework's random numbers (dropout)
 
 ``x`` is always NCHW float32; each implementation handles its own layout.
+
+Modes: ``"eager"`` (every framework has it) runs the model op by op as written, the
+reference the other modes are checked against (``check`` compares every mode with it,
+stage by stage). The default is the framework's fast inference path: the one a user
+would pick to serve the model (PyTorch channels-last under ``inference_mode``, Keras
+a ``tf.function`` graph, Gluon a hybridized static graph). A mode that compiles
+caches what it compiled per model, input shape and outputs (:func:`compiled`), so a
+second call costs no tracing; it never changes the model, so eager training is
+unaffected.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+import weakref
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from .spec import Plan, SpecError, aux_admits, stage_shapes
+
+EAGER = "eager"
 
 
 class Backend(Protocol):
     """What every implementation package exposes (its ``__all__`` lists the same names)."""
 
     name: str
+    MODES: tuple[str, ...]
     build: Callable[..., Any]
     to_canonical: Callable[[Any], dict[str, np.ndarray]]
     from_canonical: Callable[[Any, Mapping[str, np.ndarray]], None]
     forward: Callable[..., Any]
-    stages: Callable[[Any, np.ndarray], dict[str, np.ndarray]]
+    stages: Callable[..., dict[str, np.ndarray]]
     count_params: Callable[[Any], tuple[int, int]]
     version: Callable[[], str]
     Trainer: Callable[..., Any]
+    to_onnx: Callable[..., bytes]
+
+
+class Unsupported(RuntimeError):
+    """What a judge cannot run (its exporter lacks an operator the model needs): the
+    check reports it as skipped, with the exporter's reason, not as a disagreement."""
+
+
+def is_judge(b: object) -> bool:
+    """An independent runtime (``conformance.check.judges``): it runs inference only,
+    so the harness compares its stages but neither counts, round-trips nor trains it."""
+    return bool(getattr(b, "judge", False))
+
+
+def check_mode(mode: object, modes: Sequence[str]) -> str:
+    """``mode`` if the framework has it, else an error naming the choices."""
+    if not isinstance(mode, str) or mode not in modes:
+        raise ValueError(f"mode: expected one of {', '.join(map(repr, modes))}, got {mode!r}")
+    return mode
 
 
 FUNCTIONS = tuple(Backend.__annotations__)  # ("name", "build", ..., "Trainer")
@@ -77,21 +111,56 @@ def aux_wanted(p: Plan, x: np.ndarray, aux: bool) -> bool:
     return True
 
 
-Run = Callable[[Any, np.ndarray, bool], dict[str, np.ndarray]]
-"""A framework's forward: (model, NCHW input, with_aux) -> every stage as NCHW numpy."""
+def output_names(p: Plan, with_aux: bool, every_stage: bool) -> tuple[str, ...]:
+    """What a run returns, in a fixed order (a compiled graph returns a tuple): every
+    stage, ``flatten`` and ``logits``, or the logits alone; then the aux logits."""
+    heads = tuple(head.name for head in p.aux) if with_aux else ()
+    if not every_stage:
+        return ("logits", *heads)
+    return (*(stage.name for stage in p.stages), "flatten", "logits", *heads)
 
 
-def forward(run: Run, model: Any, x: object, aux: bool = False) -> Any:
+Run = Callable[[Any, np.ndarray, bool, str, bool], dict[str, np.ndarray]]
+"""A framework's inference: (model, NCHW input, with_aux, mode, every_stage) -> the
+:func:`output_names` as NCHW numpy."""
+
+
+def forward(run: Run, modes: Sequence[str], model: Any, x: object, aux: bool, mode: str) -> Any:
     """Logits, or (logits, aux2, aux1) in torchvision's order, with inference behaviour."""
+    mode = check_mode(mode, modes)
     x = check_input(model.plan, x)
-    out = run(model, x, aux_wanted(model.plan, x, aux))
+    out = run(model, x, aux_wanted(model.plan, x, aux), mode, False)
     if not aux:
         return out["logits"]
     return (out["logits"], *(out[head.name] for head in reversed(model.plan.aux)))
 
 
-def stages(run: Run, model: Any, x: object) -> dict[str, np.ndarray]:
+def stages(run: Run, modes: Sequence[str], model: Any, x: object, mode: str) -> dict[str, np.ndarray]:
     """Every stage's activation (NCHW), the pooled features, the logits and, where the
     input size admits them, the aux logits."""
+    mode = check_mode(mode, modes)
     x = check_input(model.plan, x)
-    return run(model, x, bool(model.plan.aux) and aux_admits(model.plan, x.shape[2:]))
+    return run(model, x, bool(model.plan.aux) and aux_admits(model.plan, x.shape[2:]), mode, True)
+
+
+T = TypeVar("T")
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+
+
+def compiled(model: Any, key: Hashable, make: Callable[[], T]) -> T:
+    """What ``make`` compiles for ``model`` (a traced graph, a hybridized block, an
+    inference session), made on the first call with this ``key`` (mode, input shape,
+    outputs) and reused after: a second call costs no tracing. The cache lives beside
+    the model, not in it, so it never reaches a checkpoint or a pickle, and goes when the
+    model goes: what ``make`` returns must not hold the model itself (a weak reference,
+    or its variables)."""
+    cache = _COMPILED.setdefault(model, {})
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def forget_compiled(model: Any) -> None:
+    """Drop what was compiled for ``model`` (e.g. a graph that holds weights as constants,
+    after the weights changed)."""
+    _COMPILED.pop(model, None)

@@ -16,7 +16,10 @@ the spec), so parameters exist right after ``initialize()``, without a first for
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
+import sys
+import types
 import warnings
 from collections.abc import Iterator
 
@@ -337,3 +340,33 @@ def set_momentum_states(trainer: mx.gluon.Trainer, states: dict[str, mx.nd.NDArr
         if param.name in states:
             updater.states[i] = states[param.name]
             updater.states_synced[i] = True
+
+
+@contextlib.contextmanager
+def onnx_mapping() -> Iterator[None]:
+    """``mx.onnx.export_model`` imports ``onnx.mapping``, a module recent onnx releases
+    no longer have (onnx 1.23: ``ImportError``): for the export, its two tables are
+    rebuilt from ``onnx.helper``'s public functions, then removed again."""
+    import onnx
+    from onnx import helper
+
+    if "onnx.mapping" in sys.modules or importlib.util.find_spec("onnx.mapping") is not None:
+        yield
+        return
+    mapping = types.ModuleType("onnx.mapping")
+    types_ = [t for t in onnx.TensorProto.DataType.values() if t != onnx.TensorProto.UNDEFINED]
+    to_np = {}
+    for t in types_:
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # a type numpy lacks (bfloat16, ...)
+            to_np[t] = np.dtype(helper.tensor_dtype_to_np_dtype(t))
+    mapping.TENSOR_TYPE_TO_NP_TYPE = to_np  # type: ignore[attr-defined]
+    mapping.NP_TYPE_TO_TENSOR_TYPE = {  # type: ignore[attr-defined]
+        np.dtype(n): helper.np_dtype_to_tensor_dtype(np.dtype(n)) for n in set(to_np.values())
+    }
+    sys.modules["onnx.mapping"] = mapping  # for "from onnx import mapping"
+    setattr(onnx, "mapping", mapping)  # for onnx.mapping.NP_TYPE_TO_TENSOR_TYPE  # noqa: B010 - onnx declares none
+    try:
+        yield
+    finally:
+        sys.modules.pop("onnx.mapping", None)
+        delattr(onnx, "mapping")

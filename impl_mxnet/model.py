@@ -138,8 +138,9 @@ class GoogLeNet(Network):
         return out
 
     def forward_stages(self, x, with_aux: bool = False) -> dict:
-        """Every stage's output by name, then ``flatten``, ``logits`` and the aux logits."""
-        return self._stages(mx.nd, x, with_aux)
+        """Every stage's output by name, then ``flatten``, ``logits`` and the aux logits.
+        ``x`` an NDArray runs them; a Symbol gives their graph (the hybrid mode's)."""
+        return self._stages(mx.sym if isinstance(x, mx.sym.Symbol) else mx.nd, x, with_aux)
 
     def hybrid_forward(self, F, x):
         """torchvision's contract: logits, or (logits, aux2, aux1) when training with aux."""

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+import warnings
+
 import numpy as np
 import torch
 
-from conformance import interface
+from conformance import frameworks, interface
 from conformance.canonical import default_params
 from conformance.spec import Variant, resolve
 
+from .layers import weights_version
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical
 
 name = "torch"
 __all__ = [
+    "MODES",
     "GoogLeNet",
     "Trainer",
     "build",
@@ -23,8 +31,20 @@ __all__ = [
     "from_canonical",
     "stages",
     "to_canonical",
+    "to_onnx",
     "version",
 ]
+
+
+# channels_last: NHWC activations and weights, the layout oneDNN's CPU convolutions run
+# natively (NCHW ones are reordered at every conv); under inference_mode nothing is
+# recorded for autograd. The default: what a PyTorch user picks for CPU inference.
+MODES = ("channels_last", interface.EAGER)
+
+if "mxnet" in sys.modules and "OMP_NUM_THREADS" not in os.environ:
+    # MXNet imported earlier without conformance.frameworks.use_every_core: it lowered
+    # the OpenMP threads PyTorch shares; give PyTorch every core back.
+    torch.set_num_threads(max(torch.get_num_threads(), frameworks.usable_cores()))
 
 
 def version() -> str:
@@ -46,25 +66,94 @@ def build(
     return model.eval()
 
 
-def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool) -> dict[str, np.ndarray]:
-    was_training = model.training
+class _ChannelsLast:
+    """The model with its weights in channels-last too: oneDNN's convolutions read NHWC
+    kernels, and a model whose weights stay NCHW has them reordered at every call. A
+    copy of the model, so the model itself (and its eager mode) keeps its layout; made
+    again whenever the model's weights changed (PyTorch counts every in-place write)."""
+
+    def __init__(self) -> None:
+        self.model: GoogLeNet | None = None
+        self.seen: tuple[tuple[int, int], ...] = ()
+
+    def __call__(self, model: GoogLeNet) -> GoogLeNet:
+        seen = weights_version(model)
+        if self.model is None or seen != self.seen:
+            # A new module, not a deepcopy: nothing of the model but its weights (no hooks).
+            net = GoogLeNet(model.plan).to(next(model.parameters()).dtype)
+            net.load_state_dict(model.state_dict())
+            self.model = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.seen = seen
+        return self.model
+
+
+def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage: bool) -> dict[str, np.ndarray]:
+    names = interface.output_names(model.plan, with_aux, every_stage)
+    inputs = torch.from_numpy(x)
+    net = model
+    if mode == "channels_last":
+        net = interface.compiled(model, mode, _ChannelsLast)(model)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    was_training = net.training
     try:
         with torch.inference_mode():
-            out = model.eval().forward_stages(torch.from_numpy(x), with_aux=with_aux)
+            out = net.eval().forward_stages(inputs, with_aux=with_aux)
     finally:
-        model.train(was_training)
-    return {k: v.numpy() for k, v in out.items()}
+        net.train(was_training)
+    # NCHW whatever the memory layout (a copy for channels_last; each freed once copied)
+    return {k: out.pop(k).contiguous().numpy() for k in names}
 
 
-def forward(model: GoogLeNet, x: np.ndarray, aux: bool = False):
+def forward(model: GoogLeNet, x: np.ndarray, aux: bool = False, mode: str = MODES[0]):
     """Logits (or logits, aux2, aux1) as numpy, with inference behaviour."""
-    return interface.forward(_run, model, x, aux)
+    return interface.forward(_run, MODES, model, x, aux, mode)
 
 
-def stages(model: GoogLeNet, x: np.ndarray) -> dict[str, np.ndarray]:
+def stages(model: GoogLeNet, x: np.ndarray, mode: str = MODES[0]) -> dict[str, np.ndarray]:
     """Every stage's activation (NCHW), the pooled features, the logits and the aux logits
     where the input size admits them."""
-    return interface.stages(_run, model, x)
+    return interface.stages(_run, MODES, model, x, mode)
+
+
+class _Outputs(torch.nn.Module):
+    """The model with a tuple of named outputs: what an exported graph returns."""
+
+    def __init__(self, net: GoogLeNet, names: tuple[str, ...], with_aux: bool) -> None:
+        super().__init__()
+        self.net, self.names, self.with_aux = net, names, with_aux
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.net.forward_stages(x, with_aux=self.with_aux)
+        return tuple(out[k] for k in self.names)
+
+
+def to_onnx(model: GoogLeNet, shape: tuple[int, ...], with_aux: bool, every_stage: bool) -> bytes:
+    """The model in inference mode as an ONNX graph for NCHW inputs of ``shape``, whose
+    outputs are ``interface.output_names``: ``torch.onnx.export`` with the dynamo
+    exporter (the TorchScript one refuses torchvision's adaptive aux pool, as 4 does not
+    divide 14). Needs the ``onnx`` extra."""
+    names = interface.output_names(model.plan, with_aux, every_stage)
+    was_training = model.training
+    quiet = logging.getLogger("torch.onnx")  # e.g. that torchvision's ops are not registered
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        # The exporter's progress lines, and torch.export's deprecation notices about itself.
+        with contextlib.redirect_stdout(None), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(
+                _Outputs(model, names, with_aux).eval(),
+                (torch.zeros(shape),),
+                dynamo=True,
+                verbose=False,
+                input_names=["x"],
+                output_names=list(names),
+            )
+    finally:
+        quiet.setLevel(level)
+        model.train(was_training)
+    assert program is not None  # dynamo=True always returns the program
+    return program.model_proto.SerializeToString()
 
 
 def count_params(model: GoogLeNet) -> tuple[int, int]:

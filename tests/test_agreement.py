@@ -95,3 +95,16 @@ def test_the_smallest_sizes_the_spec_admits_run_in_every_framework():
     r = harness.run(["googlenet", "googlenet_bn"], backends, {}, sizes=[31, 47], batch=1)
     assert r.passed, [(v.variant, v.errors) for v in r.variants]
     assert [s.size for s in r.variants[0].sizes] == [47] and 31 in r.variants[0].skipped_sizes
+
+
+def test_runs_kept_on_disk_compare_exactly_as_in_memory(monkeypatch):
+    """Stages above SPILL_BYTES wait on disk until compared; with everything spilled the
+    report is the same, figure for figure."""
+    backends = installed()
+    if len(backends) < 2:
+        pytest.skip(f"needs two frameworks to compare, found {sorted(backends)}")
+    in_memory = harness.run(["inception_mnist"], backends, {}, batch=2)
+    monkeypatch.setattr(harness, "SPILL_BYTES", 0)
+    spilled = harness.run(["inception_mnist"], backends, {}, batch=2, train=True)
+    assert spilled.passed and spilled.variants[0].training
+    assert spilled.variants[0].sizes == in_memory.variants[0].sizes

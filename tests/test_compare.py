@@ -70,3 +70,22 @@ def test_identical_means_names_order_dtype_and_bits():
     assert identical(a, {"w": a["w"].astype(np.float64), "b": a["b"]}) == ["w"]
     assert identical(a, {"w": a["w"]}) == ["b"]
     assert identical(a, {**a, "x": a["b"]}) == ["x"]
+
+
+def test_block_by_block_comparison_is_the_whole_arrays_and_keeps_nan(monkeypatch):
+    """agreement() compares 2**20 elements at a time (a stage can be 84 MB): the same
+    figures as the whole arrays at once, and a NaN or Inf in any block fails."""
+    from conformance.check import compare
+
+    monkeypatch.setattr(compare, "CHUNK", 7)  # many blocks, the last one short
+    rng = np.random.default_rng(2)
+    ref = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    got = ref + rng.standard_normal(ref.shape).astype(np.float32) * 1e-6
+    a = agreement(ref, got)
+    whole = np.abs(got.astype(np.float64) - ref.astype(np.float64)).max()
+    assert a.max_abs == whole and a.max_rel == whole / np.abs(ref).max() and a.passed
+    for bad in (np.nan, np.inf):
+        broken = got.copy()
+        broken[2, 4, 3] = bad  # in the last block
+        b = agreement(ref, broken)
+        assert not b.passed and not np.isfinite(b.max_abs)

@@ -2,23 +2,34 @@
 
 For each variant: parameter counts (each framework's own API) against the spec,
 bit-identical round trips, and, at each input size, every stage's shape against
-the spec and its values against the reference framework.
+the spec and its values against the reference framework (each framework's eager
+mode, and any judge: ONNX Runtime on an exported graph), and every other mode of each
+framework (its fast inference path) against that framework's own eager run.
+
+Memory: each run's activations are compared as soon as they exist and then dropped,
+and what a variant allocated is returned to the OS before the next (``release``), so
+the peak is one variant's, not the sum.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import gc
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import spec
 from ..canonical import conv_key, random_params
-from ..interface import Backend
+from ..interface import EAGER, Backend, Unsupported, forget_compiled, is_judge
 from .compare import REL_TOL, Agreement, agreement, identical
 
 ODD_SIZES = (239, 97)  # besides each variant's own size: odd maps, where ceil and floor differ
@@ -29,8 +40,8 @@ DEFAULT_BATCH = 2
 class StageRow:
     stage: str
     expected: tuple[int, ...] | None  # None: the framework produced a stage the spec lacks
-    shapes: dict[str, tuple[int, ...] | None]
-    agreement: dict[str, Agreement]  # every framework but the reference
+    shapes: dict[str, tuple[int, ...] | None]  # each run (a framework, or "framework mode")
+    agreement: dict[str, Agreement]  # every run but the one it is compared with
     passed: bool
 
 
@@ -38,11 +49,12 @@ class StageRow:
 class SizeReport:
     size: int
     aux: bool  # whether the aux heads ran (the aux pool admits this size)
-    stages: list[StageRow]
+    stages: list[StageRow]  # each framework's eager run, and each judge, against the reference
+    modes: list[StageRow] = field(default_factory=list)  # "framework mode" against its eager run
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.stages)
+        return all(r.passed for r in self.stages) and all(r.passed for r in self.modes)
 
 
 @dataclass
@@ -66,6 +78,7 @@ class VariantReport:
     errors: dict[str, str] = field(default_factory=dict)  # framework -> what raised
     skipped_sizes: dict[int, str] = field(default_factory=dict)  # size -> why the variant cannot run it
     training: list[TrainRow] = field(default_factory=list)  # check --train
+    unsupported: dict[str, str] = field(default_factory=dict)  # "judge at size" -> what its exporter lacks
 
     @property
     def counts_passed(self) -> bool:
@@ -91,7 +104,9 @@ class Report:
     seed: int
     rel_tol: float
     variants: list[VariantReport]
-    timings: dict[str, dict[str, float]]  # framework -> phase -> seconds
+    timings: dict[str, dict[str, float]]  # framework -> phase (or mode) -> seconds
+    modes: dict[str, list[str]] = field(default_factory=dict)  # framework -> its modes, the default first
+    judges: list[str] = field(default_factory=list)  # which of the frameworks are judges
 
     @property
     def passed(self) -> bool:
@@ -146,25 +161,138 @@ def _input(p: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:
     return rng.standard_normal((batch, p.in_channels, size, size)).astype(np.float32)
 
 
-def _compare_size(
-    p: spec.Plan, size: int, batch: int, outs: Mapping[str, Mapping[str, np.ndarray]], reference: str
-) -> SizeReport:
-    expected = spec.expected_shapes(p, size, batch)
-    names = list(expected) + [k for o in outs.values() for k in o if k not in expected]
-    rows = []
-    for stage in dict.fromkeys(names):
-        want = expected.get(stage)
-        shapes = {fw: (o[stage].shape if stage in o else None) for fw, o in outs.items()}
-        passed = want is not None and all(s == want for s in shapes.values())
-        agree: dict[str, Agreement] = {}
-        ref = outs[reference].get(stage)
-        for fw, o in outs.items():
-            if fw == reference or ref is None or stage not in o or o[stage].shape != ref.shape:
+class Rows:
+    """One input size's stage table, built one run at a time: a run's activations are
+    compared when they exist and can then be freed (a stage of googlenet_cifar at 239 is
+    84 MB), instead of every framework's being held until the end."""
+
+    def __init__(self, p: spec.Plan, size: int, batch: int) -> None:
+        self.p = p
+        self.expected = spec.expected_shapes(p, size, batch)
+        self.names: dict[str, None] = dict.fromkeys(self.expected)
+        self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}  # run -> stage -> shape
+        self.agree: dict[str, dict[str, Agreement]] = {}  # stage -> run -> agreement
+
+    def add(self, run: str, out: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray] | None) -> None:
+        """Record a run's shapes and compare it with ``ref`` (None: it is the reference)."""
+        self.names.update(dict.fromkeys(out))
+        self.shapes[run] = {k: v.shape for k, v in out.items()}
+        heads = {"logits", *(h.name for h in self.p.aux)}
+        for stage, got in out.items():
+            want = None if ref is None else ref.get(stage)
+            if want is not None and want.shape == got.shape:
+                self.agree.setdefault(stage, {})[run] = agreement(want, got, logits=stage in heads)
+
+    def rows(self) -> list[StageRow]:
+        rows = []
+        for stage in self.names:
+            want = self.expected.get(stage)
+            shapes = {run: s.get(stage) for run, s in self.shapes.items()}
+            agree = self.agree.get(stage, {})
+            passed = want is not None and all(s == want for s in shapes.values())
+            passed = passed and all(a.passed for a in agree.values())
+            rows.append(StageRow(stage, want, shapes, agree, passed))
+        return rows
+
+
+SPILL_BYTES = 64 << 20  # a run's stages above this wait on disk, not in memory
+
+
+class Kept(Mapping[str, np.ndarray]):
+    """A run's stages, kept to compare later runs with. Above ``SPILL_BYTES`` (the
+    stages of googlenet_cifar at 239 are 352 MB per run) they wait in a temporary
+    directory and each is mapped back only while it is compared: the kernel's page
+    cache holds them, and the process holds one stage instead of a whole run."""
+
+    def __init__(self, out: Mapping[str, np.ndarray], directory: Path) -> None:
+        self.spilled = sum(v.nbytes for v in out.values()) > SPILL_BYTES
+        self.arrays: dict[str, np.ndarray] = {}
+        self.paths: dict[str, Path] = {}
+        for i, (k, v) in enumerate(out.items()):
+            if self.spilled:
+                self.paths[k] = directory / f"{id(self)}-{i}.npy"
+                np.save(self.paths[k], v, allow_pickle=False)
+            else:
+                self.arrays[k] = v
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if not self.spilled:
+            return self.arrays[key]
+        return np.load(self.paths[key], mmap_mode="r", allow_pickle=False)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths if self.spilled else self.arrays)
+
+    def __len__(self) -> int:
+        return len(self.paths if self.spilled else self.arrays)
+
+
+def mode_run(fw: str, mode: str) -> str:
+    """How a framework's mode is named in the report: ``torch channels_last``."""
+    return f"{fw} {mode}"
+
+
+def _check_size(
+    p: spec.Plan,
+    size: int,
+    x: np.ndarray,
+    backends: Mapping[str, Backend],
+    models: Mapping[str, Any],
+    timer: Timer,
+    errors: dict[str, str],
+    unsupported: dict[str, str],
+) -> SizeReport | None:
+    """Every framework's eager stages (a judge's own) against the first that runs, and
+    each of its other modes against its eager stages; None if nothing ran."""
+    stages, modes = Rows(p, size, len(x)), Rows(p, size, len(x))
+    ref: Kept | None = None
+    with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
+        for fw, model in models.items():
+            b = backends[fw]
+            own = b.MODES[0] if is_judge(b) else EAGER
+            try:
+                with timer(fw, "forward" if own == EAGER else own):
+                    out = b.stages(model, x, mode=own)
+            except Unsupported as e:  # a judge whose exporter cannot: said, not failed
+                unsupported[f"{fw} at {size}"] = str(e)
                 continue
-            agree[fw] = agreement(ref, o[stage], logits=stage == "logits" or stage in {h.name for h in p.aux})
-            passed = passed and agree[fw].passed
-        rows.append(StageRow(stage, want, shapes, agree, passed))
-    return SizeReport(size, spec.aux_admits(p, size), rows)
+            except Exception as e:  # noqa: BLE001 - a broken port may fail to run at all: report it
+                errors[f"{fw} at {size}"] = f"{type(e).__name__}: {e}"
+                continue
+            stages.add(fw, out, ref)
+            fast_modes = [m for m in b.MODES if m != EAGER and not is_judge(b)]
+            kept = Kept(out, Path(tmp)) if ref is None or fast_modes else None  # the reference, or for the modes
+            del out
+            if ref is None:
+                ref = kept
+            for mode in fast_modes:
+                release()
+                try:
+                    with timer(fw, mode):
+                        fast = b.stages(model, x, mode=mode)
+                except Exception as e:  # noqa: BLE001 - a broken fast path is a failure, not a crash
+                    errors[f"{mode_run(fw, mode)} at {size}"] = f"{type(e).__name__}: {e}"
+                    continue
+                assert kept is not None
+                modes.add(mode_run(fw, mode), fast, kept)
+                del fast
+            del kept
+            forget_compiled(model)  # this size's graphs (and their memory): the next size needs others
+            release()  # before the next framework, whose threads allocate from other heaps
+        del ref
+    if not stages.shapes:
+        return None
+    return SizeReport(size, spec.aux_admits(p, size), stages.rows(), modes.rows())
+
+
+def release() -> None:
+    """Return what was freed to the OS. Frameworks free tensors into glibc's heaps (one
+    per thread), which keep them for reuse by the same thread: without a trim what one
+    framework freed stays resident while the next (other threads) allocates its own,
+    and the check's peak becomes the sum of theirs."""
+    gc.collect()  # models in reference cycles (Keras layers, cached graphs)
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def check_variant(
@@ -182,38 +310,32 @@ def check_variant(
             with timer(fw, "load"):
                 b.from_canonical(model, params)
             models[fw] = model
-            report.counts[fw] = tuple(b.count_params(model))  # type: ignore[assignment]
+            if not is_judge(b):
+                report.counts[fw] = tuple(b.count_params(model))  # type: ignore[assignment]
         except Exception as e:  # noqa: BLE001 - one framework's failure must not hide the others' results
             report.errors[fw] = f"{type(e).__name__}: {e}"
-    if not models:
-        return report
-    reference = next(iter(models))
-    for size in sizes:
+    # Frameworks first: the first that runs is the reference, a judge never is.
+    models = {fw: m for fw, m in sorted(models.items(), key=lambda item: is_judge(backends[item[0]]))}
+    for size in sizes if models else ():
         reason = inadmissible(name, size)
         if reason:
             report.skipped_sizes[size] = reason
             continue
-        outs = {}
-        for fw, model in models.items():
-            try:
-                with timer(fw, "forward"):
-                    outs[fw] = backends[fw].stages(model, _input(p, size, batch, seed))
-            except Exception as e:  # noqa: BLE001 - a broken port may fail to run at all: report it
-                report.errors[f"{fw} at {size}"] = f"{type(e).__name__}: {e}"
-        if outs:
-            report.sizes.append(
-                _compare_size(p, size, batch, outs, reference if reference in outs else next(iter(outs)))
-            )
-    for fw, model in models.items():  # canonical -> framework -> canonical
+        x = _input(p, size, batch, seed)
+        checked = _check_size(p, size, x, backends, models, timer, report.errors, report.unsupported)
+        if checked is not None:
+            report.sizes.append(checked)
+    frameworks = {fw: m for fw, m in models.items() if not is_judge(backends[fw])}
+    for fw, model in frameworks.items():  # canonical -> framework -> canonical
         with timer(fw, "roundtrip"):
             report.roundtrip[fw] = identical(params, backends[fw].to_canonical(model))
-    if len(models) > 1:  # torch -> keras -> mxnet -> torch, through each adapter
-        chain = [*models, reference]
+    if len(frameworks) > 1:  # torch -> keras -> mxnet -> torch, through each adapter
+        chain = [*frameworks, next(iter(frameworks))]
         current = params
         for fw in chain:
             with timer(fw, "roundtrip"):
-                backends[fw].from_canonical(models[fw], current)
-                current = backends[fw].to_canonical(models[fw])
+                backends[fw].from_canonical(frameworks[fw], current)
+                current = backends[fw].to_canonical(frameworks[fw])
         report.roundtrip[" -> ".join(chain)] = identical(params, current)
     return report
 
@@ -250,26 +372,28 @@ def _train(
     timer: Timer,
     fw: str,
     dtype: str = TRAIN_DTYPE,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Every quantity of two SGD steps from ``params``, by canonical key."""
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Every quantity of two SGD steps from ``params``, by canonical key, each as soon as
+    it exists (so it can be compared and dropped)."""
     with timer(fw, "build"):
         model = backend.build(p.variant, **p.options.asdict(), dtype=dtype)
         backend.from_canonical(model, params)
     trainer = backend.Trainer(model, lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, record=True)
-    out: dict[str, dict[str, np.ndarray]] = {"loss": {}}
+    loss = {}
     for step in range(1, TRAIN_STEPS + 1):
         with timer(fw, "train"):
-            out["loss"][f"step {step}"] = np.array([trainer.step(x, y)[0]])
+            loss[f"step {step}"] = np.array([trainer.step(x, y)[0]])
         if step == 1:
-            out["gradients"] = trainer.gradients()
+            yield "gradients", trainer.gradients()
             if p.variant.convs.norm is not None:
-                out["batch statistics"] = trainer.batch_stats()
+                yield "batch statistics", trainer.batch_stats()
         weights = backend.to_canonical(model)
-        stats = {k: w for k, w in weights.items() if k.endswith(("running_mean", "running_var"))}
-        out[f"weights after step {step}"] = {k: w for k, w in weights.items() if k not in stats}
+        stats = {k: weights.pop(k) for k in list(weights) if k.endswith(("running_mean", "running_var"))}
+        yield f"weights after step {step}", weights
         if stats:
-            out[f"running statistics after step {step}"] = stats
-    return out
+            yield f"running statistics after step {step}", stats
+        del weights, stats  # not held through the next step
+    yield "loss", loss
 
 
 def zero_gradients(p: spec.Plan) -> dict[str, str]:
@@ -310,21 +434,41 @@ def check_training(
     size = p.input_size
     x = _input(p, size, batch, seed).astype(dtype)
     y = np.random.default_rng([seed, size, 1]).integers(0, p.num_classes, batch)
-    outs = {}
-    for fw, b in backends.items():
-        try:
-            outs[fw] = _train(b, p, params, x, y, timer, fw, dtype)
-        except Exception as e:  # noqa: BLE001 - a broken port may fail to train at all: report it
-            report.errors[f"{fw} training"] = f"{type(e).__name__}: {e}"
-    if len(outs) < 2:
-        return
-    reference, *others = outs
-    for quantity, ref in outs[reference].items():
-        worst, agree = {}, {}
-        scales = zero_gradients(p) if quantity == "gradients" else {}
-        for fw in others:
-            worst[fw], agree[fw] = _train_row(quantity, ref, outs[fw].get(quantity, {}), scales)
-        report.training.append(TrainRow(quantity, len(ref), worst, agree, all(a.passed for a in agree.values())))
+    ref: dict[str, Kept] = {}  # the first framework that trains is the reference: its quantities
+    results: dict[str, dict[str, tuple[str, Agreement]]] = {}  # quantity -> framework -> worst key
+    trained = 0
+    with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
+        for fw, b in backends.items():
+            if is_judge(b):  # inference only
+                continue
+            mine: dict[str, tuple[str, Agreement]] = {}
+            try:
+                for quantity, values in _train(b, p, params, x, y, timer, fw, dtype):
+                    if not trained:
+                        ref[quantity] = Kept(values, Path(tmp))
+                    elif quantity in ref:
+                        scales = zero_gradients(p) if quantity == "gradients" else {}
+                        mine[quantity] = _train_row(quantity, ref[quantity], values, scales)
+                    del values  # before the next step: a copy of every weight (107 MB at googlenet in float64)
+            except Exception as e:  # noqa: BLE001 - a broken port may fail to train at all: report it
+                report.errors[f"{fw} training"] = f"{type(e).__name__}: {e}"
+                if not trained:
+                    ref.clear()
+                continue
+            for quantity in ref.keys() - mine.keys() if trained else ():  # the reference has it, fw not
+                mine[quantity] = _train_row(quantity, ref[quantity], {}, {})
+            for quantity, row in mine.items():
+                results.setdefault(quantity, {})[fw] = row
+            trained += 1
+            release()
+        if trained < 2:
+            return
+        for quantity in sorted(ref, key=lambda q: q != "loss"):  # the loss first, as the steps ran
+            rows = results[quantity]
+            worst = {fw: w for fw, (w, _) in rows.items()}
+            agree = {fw: a for fw, (_, a) in rows.items()}
+            passed = all(a.passed for a in agree.values())
+            report.training.append(TrainRow(quantity, len(ref[quantity]), worst, agree, passed))
 
 
 def default_sizes(variant: str) -> list[int]:
@@ -352,16 +496,30 @@ def run(
     if train and batch < 2:
         raise ValueError("--batch: --train needs at least 2 images (BatchNorm's batch variance)")
     timer = timer or Timer()
-    reports = [check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer) for v in variants]
-    for r in reports if train else ():
-        check_training(r, backends, batch, seed, timer)
+    reports = []
+    # What exists now (the frameworks' half a million objects) is left out of the garbage
+    # collections release() makes, which then take milliseconds instead of 0.3 s each.
+    gc.freeze()
+    try:
+        for v in variants:
+            reports.append(check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer))
+            release()
+        # Training after all inference: float64 training leaves each framework a larger
+        # working set, which would stand under the largest inference (googlenet_cifar at 239).
+        for r in reports if train else ():
+            check_training(r, backends, batch, seed, timer)
+            release()
+    finally:
+        gc.unfreeze()
     return Report(
         {fw: b.version() for fw, b in backends.items()},
         dict(skipped),
-        next(iter(backends), None),
+        next((fw for fw, b in backends.items() if not is_judge(b)), None),
         batch,
         seed,
         REL_TOL,
         reports,
         timer.seconds,
+        {fw: list(b.MODES) for fw, b in backends.items() if not is_judge(b)},
+        [fw for fw, b in backends.items() if is_judge(b)],
     )

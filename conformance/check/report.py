@@ -33,13 +33,22 @@ def _stage_line(row: StageRow, others: list[str]) -> list[str]:
     return lines
 
 
-def _size_block(s: SizeReport, reference: str, others: list[str], has_aux: bool) -> list[str]:
+def _table(rows: list[StageRow], others: list[str], versus: str) -> list[str]:
+    cols = "   ".join(f"{fw + ': max abs  max rel':>17}" for fw in others)
+    lines = [f"    {'stage':<12} {'expected shape':<17} {'shapes':<6} {cols}   vs {versus}"]
+    return lines + [line for r in rows for line in _stage_line(r, others)]
+
+
+def _size_block(s: SizeReport, has_aux: bool) -> list[str]:
     head = f"  input {s.size} x {s.size}"
     if has_aux and not s.aux:
         head += "  (aux heads skipped: their pool does not give the map fc1 expects at this size)"
-    cols = "   ".join(f"{fw + ': max abs  max rel':>17}" for fw in others)
-    lines = [head, f"    {'stage':<12} {'expected shape':<17} {'shapes':<6} {cols}   vs {reference}"]
-    return lines + [line for r in s.stages for line in _stage_line(r, others)]
+    reference, *others = s.stages[0].shapes  # runs in order: the first is what the others are compared with
+    lines = [head, *_table(s.stages, others, reference)]
+    if s.modes:
+        lines.append(f"  input {s.size} x {s.size}, each framework's fast modes against its own eager run")
+        lines += _table(s.modes, list(s.modes[0].shapes), "eager")
+    return lines
 
 
 def _train_block(rows: list[TrainRow], reference: str) -> list[str]:
@@ -59,7 +68,6 @@ def _train_block(rows: list[TrainRow], reference: str) -> list[str]:
 
 
 def _variant_block(v: VariantReport, reference: str | None) -> list[str]:
-    fws = [k for k in v.counts if k != "spec"]
     options = ", ".join(f"{k}={val}" for k, val in v.options.items())
     lines = [f"{v.variant}  ({options})"]
     lines.append(f"  {'parameters':<14}" + "".join(f"{k:>14}" for k in v.counts))
@@ -74,10 +82,10 @@ def _variant_block(v: VariantReport, reference: str | None) -> list[str]:
             f"{k} {_mark(not bad)}" + (f" ({', '.join(bad[:3])})" if bad else "") for k, bad in v.roundtrip.items()
         )
         lines.append(f"  round trip (bit-identical): {trips}")
-    others = [fw for fw in fws if fw != reference]
     for s in v.sizes:
-        lines += _size_block(s, reference or "-", others, bool(v.options.get("aux_logits")))
+        lines += _size_block(s, bool(v.options.get("aux_logits")))
     lines += [f"  input {size} x {size}: skipped, {why}" for size, why in v.skipped_sizes.items()]
+    lines += [f"  {run}: skipped, {why}" for run, why in v.unsupported.items()]
     if v.training:
         lines += _train_block(v.training, reference or "-")
     return lines
@@ -90,14 +98,24 @@ def count_checks(r: Report) -> tuple[int, int]:
         results += [all(c[i] == v.counts["spec"][i] for c in v.counts.values()) for i in (0, 1)]
         results += [False] * len(v.errors)
         results += [not bad for bad in v.roundtrip.values()]
-        results += [row.passed for s in v.sizes for row in s.stages]
+        results += [row.passed for s in v.sizes for row in s.stages + s.modes]
         results += [row.passed for row in v.training]
     return len(results), results.count(False)
 
 
 def render(r: Report) -> str:
-    versions = " | ".join(f"{v}" + (" (reference)" if fw == r.reference else "") for fw, v in r.frameworks.items())
+    versions = " | ".join(
+        f"{v}" + (" (reference)" if fw == r.reference else "") for fw, v in r.frameworks.items() if fw not in r.judges
+    )
     lines = ["GoogLeNet conformance check", f"  frameworks: {versions or 'none'}"]
+    if r.judges:
+        lines.append("  judges:     " + " | ".join(f"{fw}: {r.frameworks[fw]}" for fw in r.judges))
+    if r.modes:
+        lines.append(
+            "  modes:      "
+            + " | ".join(f"{fw} {', '.join(modes)}" for fw, modes in r.modes.items())
+            + " (default first; each checked against its framework's eager run)"
+        )
     lines += [f"  skipped:    {fw}: {why}" for fw, why in r.skipped.items()]
     lines += [
         f"  weights:    seeded canonical (seed {r.seed}), shared by every framework",

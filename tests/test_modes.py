@@ -1,0 +1,175 @@
+"""Each framework's fast inference mode (its default) against its eager mode: the same
+numbers, compiled once per shape, no change to the model or to eager training; and the
+negative control, a fast path that folds BatchNorm into the conv with the wrong epsilon."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+from conformance import canonical, interface, spec
+from conformance.check import harness
+from conformance.check.compare import REL_TOL, agreement
+
+from .conftest import backend_or_skip, full_plan, loaded_model, patched
+
+
+def image(size: int = 97, batch: int = 1, channels: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, channels, size, size)).astype(np.float32)
+
+
+def test_the_default_is_a_fast_mode_and_eager_is_there(backend):
+    assert backend.MODES[0] != interface.EAGER and interface.EAGER in backend.MODES
+    assert len(set(backend.MODES)) == len(backend.MODES)
+
+
+def test_every_mode_gives_eager_stages_and_logits(backend):
+    model = loaded_model(backend, "googlenet_bn")
+    x = image()
+    eager = backend.stages(model, x, mode=interface.EAGER)
+    for mode in backend.MODES:
+        fast = backend.stages(model, x, mode=mode)
+        assert list(fast) == list(eager)
+        worst = max(agreement(eager[k], fast[k]).max_rel for k in eager)
+        assert worst <= REL_TOL, (mode, worst)
+        logits, aux2, aux1 = backend.forward(model, x, aux=True, mode=mode)
+        for name, got in (("logits", logits), ("aux2", aux2), ("aux1", aux1)):
+            assert agreement(eager[name], got, logits=True).passed, (mode, name)
+
+
+def test_an_unknown_mode_is_refused_by_name(backend):
+    model = loaded_model(backend, "googlenet_bn")
+    with pytest.raises(ValueError, match=r"mode: expected one of .*'eager'.*, got 'fast'"):
+        backend.forward(model, image(), mode="fast")
+
+
+def test_a_second_call_at_the_same_shape_compiles_nothing(backend, monkeypatch):
+    made = []
+    real = interface.compiled
+
+    def counting(model, key, make):
+        return real(model, key, lambda: made.append(key) or make())
+
+    monkeypatch.setattr(interface, "compiled", counting)
+    model = backend.build("inception_mnist")
+    backend.forward(model, image(28, 2, 1))
+    first = len(made)
+    assert first <= 1  # one graph (or weight copy) for this shape, or nothing to compile
+    for _ in range(2):
+        backend.forward(model, image(28, 2, 1))
+    assert len(made) == first  # the second and third calls compile nothing
+    backend.forward(model, image(28, 3, 1))  # another batch size: another shape
+    assert len(made) <= first + 1
+
+
+def test_keras_graph_is_traced_once_per_shape():
+    keras_ = backend_or_skip("keras")
+    model = keras_.build("inception_mnist")
+    keras_.forward(model, image(28, 2, 1))
+    keras_.forward(model, image(28, 2, 1))
+    (graph,) = interface._COMPILED[model].values()
+    assert graph.experimental_get_tracing_count() == 1
+
+
+def test_weights_loaded_after_a_fast_call_are_the_ones_used(backend):
+    model = backend.build("googlenet_bn")
+    p = spec.resolve("googlenet_bn")
+    x = image()
+    backend.from_canonical(model, canonical.random_params(p, 1))
+    before = backend.forward(model, x)
+    backend.from_canonical(model, canonical.random_params(p, 2))
+    after = backend.forward(model, x)
+    assert agreement(backend.forward(model, x, mode=interface.EAGER), after, logits=True).passed
+    assert not agreement(before, after).passed  # the new weights made a difference
+
+
+def test_fast_modes_leave_eager_training_as_it_was(backend):
+    """Gluon's hybridize would bake inference BatchNorm into the model's own blocks: the
+    hybrid mode runs a separate block, so training the model is unaffected."""
+    variant = harness.without_dropout(spec.variant("googlenet_bn"))  # random masks differ per run
+    params = canonical.initial_params(spec.resolve(variant), 0)
+    x, y = image(97, 2), np.array([3, 7])
+    steps = {}
+    for warmed in (False, True):
+        model = backend.build(variant)
+        backend.from_canonical(model, params)
+        if warmed:
+            backend.forward(model, x)
+            backend.stages(model, x)
+        trainer = backend.Trainer(model, lr=0.01, momentum=0.9)
+        loss, _ = trainer.step(x, y)
+        steps[warmed] = loss, trainer.gradients()
+    assert steps[True][0] == pytest.approx(steps[False][0], rel=1e-6)
+    for key, grad in steps[False][1].items():
+        assert agreement(grad, steps[True][1][key]).max_rel <= 1e-5, key
+
+
+def test_what_was_compiled_goes_with_the_model(backend):
+    model = backend.build("inception_mnist")
+    backend.forward(model, image(28, 2, 1))
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
+
+
+# --------------------------------------------------------------------------------------
+# Negative control: a fast path that is wrong must fail the comparison with eager.
+# --------------------------------------------------------------------------------------
+
+
+def folded(torch_model, eps: float | None = None):
+    """A copy with every BatchNorm folded into its conv, as inference compilers do:
+    w' = w * gamma / sqrt(var + eps), b' = beta - mean * gamma / sqrt(var + eps); with
+    ``eps`` in place of the BatchNorm's own when given."""
+    import torch
+
+    from impl_torch.layers import BasicConv2d
+
+    model = copy.deepcopy(torch_model)
+    with torch.no_grad():
+        for unit in model.modules():
+            if not isinstance(unit, BasicConv2d) or unit.bn is None:
+                continue
+            bn, conv = unit.bn, unit.conv
+            scale = bn.weight / torch.sqrt(bn.running_var + (bn.eps if eps is None else eps))
+            fused = torch.nn.Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
+            )
+            fused.weight.copy_(conv.weight * scale[:, None, None, None])
+            shift = bn.bias - bn.running_mean * scale
+            fused.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
+            unit.conv, unit.bn = fused, None
+    return model
+
+
+def with_folded_mode(torch_, eps: float | None):
+    """torch with a second mode, "folded", that runs the folded copy."""
+
+    def stages(model, x, mode="folded"):
+        return torch_.stages(folded(model, eps) if mode == "folded" else model, x, mode=interface.EAGER)
+
+    return patched(torch_, MODES=("folded", interface.EAGER), stages=stages)
+
+
+@pytest.mark.parametrize("eps,fails", [(None, False), (1e-5, True)], ids=["own epsilon", "Gluon's default 1e-5"])
+def test_a_fast_path_folding_batchnorm_with_the_wrong_epsilon_fails(eps, fails):
+    """Folded with torchvision's eps 1e-3 the fast path agrees with eager (so the check is
+    not failing everything); with 1e-5 it fails from conv1 on, while the cross-framework
+    comparison, which runs eager, still passes."""
+    torch_ = backend_or_skip("torch")
+    report = harness.run(["googlenet_bn"], {"torch": with_folded_mode(torch_, eps)}, {}, sizes=[97], batch=1)
+    size = report.variants[0].sizes[0]
+    rows = {r.stage: r for r in size.modes}
+    assert set(rows) == set(spec.expected_shapes(full_plan("googlenet_bn"), 97))
+    conv1 = rows["conv1"].agreement["torch folded"]
+    assert all(r.passed for r in size.stages)
+    if fails:
+        assert not report.passed and not rows["conv1"].passed and conv1.max_rel > 100 * REL_TOL
+        assert not rows["logits"].passed
+    else:
+        assert report.passed and conv1.max_rel < REL_TOL / 10
