@@ -178,6 +178,7 @@ def test_the_known_suffixes_are_listed_once(tmp_path):
     r = cli("port", str(tmp_path / "a.pth"), str(tmp_path / "b.bin"), "--variant", "googlenet")
     assert (
         r.returncode == 2
-        and "(known: .safetensors, .npz, .pth, .pt, .weights.h5, .keras, .params, .caffemodel, .ckpt, .index); pass --to"
+        and "(known: .safetensors, .npz, .pth, .pt, .weights.h5, .keras, .params, .caffemodel, .ckpt, .index); "
+        "pass --to"
         in r.stderr
     )
