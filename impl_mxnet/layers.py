@@ -91,6 +91,12 @@ class SamePadding:
         return (0, 0, 0, 0, first, last, first, last)
 
 
+def flipped(F, x):
+    """``x`` upside down and mirrored (its last two axes reversed), one axis at a time:
+    MXNet's ONNX exporter reads ``flip``'s axis as a single int."""
+    return F.flip(F.flip(x, axis=2), axis=3)
+
+
 class SameConv2D(nn.Conv2D):
     """``nn.Conv2D`` with TensorFlow's SAME padding (``SamePadding``); the same parameters."""
 
@@ -100,10 +106,10 @@ class SameConv2D(nn.Conv2D):
 
     def hybrid_forward(self, F, x, weight, bias=None):
         if self.same.flip:  # run on the flipped map with the flipped kernel: the same products
-            x, weight = F.flip(x, axis=(2, 3)), F.flip(weight, axis=(2, 3))
+            x, weight = flipped(F, x), flipped(F, weight)
         x = F.pad(x, mode="constant", pad_width=self.same.pad_width())
         y = super().hybrid_forward(F, x, weight, bias)
-        return F.flip(y, axis=(2, 3)) if self.same.flip else y
+        return flipped(F, y) if self.same.flip else y
 
 
 class SameMaxPool2D(nn.HybridBlock):
@@ -116,10 +122,10 @@ class SameMaxPool2D(nn.HybridBlock):
 
     def hybrid_forward(self, F, x):
         if self.same.flip:  # a max does not care about order: only the map is flipped
-            x = F.flip(x, axis=(2, 3))
+            x = flipped(F, x)
         x = F.pad(x, mode="constant", constant_value=-np.inf, pad_width=self.same.pad_width())
         y = F.Pooling(x, kernel=(self.kernel,) * 2, stride=(self.stride,) * 2, pool_type="max")
-        return F.flip(y, axis=(2, 3)) if self.same.flip else y
+        return flipped(F, y) if self.same.flip else y
 
 
 def make_norm(channels: int, norm: Norm) -> BatchNorm:
