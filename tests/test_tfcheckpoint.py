@@ -195,7 +195,7 @@ def refused(src: Path, *needles: str, **options) -> str:
 def test_a_missing_variable_is_named(tmp_path, values):
     gone = "InceptionV1/Mixed_4b/Branch_1/Conv2d_0b_3x3/BatchNorm/moving_mean"
     src = slim_files.write(tmp_path / "m.ckpt", {k: v for k, v in values.items() if k != gone})
-    refused(src, "missing key 'inception4a.branch2.1.bn.running_mean'")
+    refused(src, f"missing variable '{gone}' (inception4a.branch2.1.bn.running_mean)")
 
 
 def test_a_gamma_is_an_extra_variable(tmp_path, values):

@@ -760,6 +760,10 @@ def _read_tf(path: Path, p: Plan) -> Raw:
     for k in counters:
         del tensors[k]
     bounds.check_sizes(path, tensors, bounds.ceiling(p))
+    missing = [f"{theirs!r} ({ours})" for ours, theirs in names.items() if theirs not in tensors]
+    if missing:  # named as the checkpoint names them; extra and mis-shaped ones as every format's are
+        more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
+        raise PortError(f"{path}: missing variable {', '.join(missing[:4])}{more}")
     tfcheckpoint.check_data(path, tensors)
     notes = [f"TensorFlow checkpoint {path.name}: {len(tensors)} variables (the .meta graph is not read)"]
     notes += [f"dropped {', '.join(counters)} (a training counter, not a weight)"] if counters else []
