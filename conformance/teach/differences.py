@@ -154,7 +154,7 @@ RULES: list[tuple[str, str]] = [
     ("imports and type hints", r"^(import|from) |\bTensor\b"),
     (  # TorchScript's walks over children and plain lists, and what Keras's and Gluon's files do instead
         "graphs and scripting",
-        r"TorchScript|self\.(starts|ends|trunk|taps|classifier|scale|shift|values|items)\b|^(taps|scale|shift):"
+        r"TorchScript|self\.(starts|ends|trunk|taps|classifier|order|scale|shift|values|items)\b|^(taps|order|scale|shift):"
         r"|out\[\"aux2\"\], out\[\"aux1\"\]|\bout\[(name|stage\.name)\] = x|t = self\.plan\.transform|aux_for"
         r"|^for (branch in self\.branches|attr in branch):"
         r"|keras\.Input|image_shape|[Ff]unctional|summary\(\)|plot_model|\{\"logits\": |\(Network\)",

@@ -11,6 +11,7 @@ patched build, a weight adapter monkeypatched for the duration, a swapped input)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -404,22 +405,47 @@ def _where_5x5(p: spec.Plan, size: int) -> str | None:
     return first_stage(p, _branch3_3x3, "its branch 3 has no 3x3 conv (the paper's 5x5 is one)")
 
 
-def _torch_5x5_padded_at_the_end(model: Any) -> None:
-    import torch.nn.functional as F
+Convert = Callable[[Any], dict[str, np.ndarray]]
 
-    from impl_torch.layers import BasicConv2d
 
-    for name, module in model.named_modules():
-        if isinstance(module, BasicConv2d) and name.endswith(".branch3.1") and module.conv.kernel_size == (3, 3):
-            conv = module.conv
+def as_variant(
+    b: Backend, change: Callable[[spec.Variant], spec.Variant], load: Convert | None = None, save: Convert | None = None
+) -> Backend:
+    """``b`` building every model from ``change(variant)``: the mistake is in the network's
+    plan, so it survives whatever rebuilds a model from its plan (PyTorch's channels-last
+    copy); ``load`` and ``save``: what the port does to the canonical weights on the way
+    in and out."""
 
-            # the paper's 5x5 with SAME padding (2 a side: 1 more than the unit's SamePad adds
-            # for the 3x3), the 3x3 kernel zero-filled to 5x5 at the end, as
-            # np.pad(w, ((0, 0), (0, 0), (0, 2), (0, 2))) does: every window moves a pixel
-            def corner(x: Any, c: Any = conv) -> Any:
-                return F.conv2d(x, F.pad(c.weight, (0, 2, 0, 2)), c.bias, c.stride, 1)
+    def build(variant: Any, *args: Any, **options: Any) -> Any:
+        return b.build(change(spec.variant(variant)), *args, **options)
 
-            vars(conv)["forward"] = corner  # this instance only
+    def from_canonical(model: Any, params: Any) -> None:
+        b.from_canonical(model, params if load is None else load(params))
+
+    def to_canonical(model: Any) -> dict[str, np.ndarray]:
+        params = b.to_canonical(model)
+        return params if save is None else save(params)
+
+    return patched(b, build=build, from_canonical=from_canonical, to_canonical=to_canonical)
+
+
+def _paper_5x5(v: spec.Variant) -> spec.Variant:
+    return dataclasses.replace(v, branch3=dataclasses.replace(v.branch3, kernel=5))
+
+
+def _padded_at_the_end(params: Any) -> dict[str, np.ndarray]:
+    """The 3x3 kernels of branch 3 zero-filled to 5x5 at the end, as
+    ``np.pad(w, ((0, 0), (0, 0), (0, 2), (0, 2)))`` does: every window moves a pixel."""
+    wide = (".branch3.1.conv.weight",)
+    return {
+        k: np.pad(w, ((0, 0), (0, 0), (0, 2), (0, 2))) if k.endswith(wide) and w.shape[-1] == 3 else w
+        for k, w in params.items()
+    }
+
+
+def _cropped_back(params: Any) -> dict[str, np.ndarray]:
+    """The 5x5 kernels written back as the checkpoint's 3x3 (the corner they were loaded into)."""
+    return {k: w[..., :3, :3].copy() if k.endswith(".branch3.1.conv.weight") else w for k, w in params.items()}
 
 
 def _strided_same(op: spec.Stage) -> bool:
@@ -441,17 +467,22 @@ def _where_symmetric(p: spec.Plan, size: int) -> str | None:
     return None
 
 
-def _torch_symmetric(model: Any) -> None:
-    from impl_torch.layers import SamePad
+def _symmetric(v: spec.Variant) -> spec.Variant:
+    """PyTorch's padding=k // 2 where TF-slim pads SAME (torchvision's padding=3 on the
+    7x7/2 conv, 1 on the 3x3 pools, none on the 2x2 one), rounding down."""
 
-    for module in model.modules():
-        if isinstance(module, SamePad) and module.stride > 1:
-            half = (module.kernel - 1) // 2  # PyTorch's padding=3 on the 7x7/2 conv, 1 on the 3x3/2 pools
+    def pool(p: spec.Pool) -> spec.Pool:
+        return dataclasses.replace(p, same=False, padding=(p.kernel - 1) // 2) if p.same else p
 
-            def symmetric(size: int, h: int = half) -> list[int]:
-                return [h, h]
+    def row(r: spec.Row) -> spec.Row:
+        if isinstance(r, spec.Conv):
+            return dataclasses.replace(r, padding=r.kernel // 2)
+        return pool(r) if isinstance(r, spec.Pool) else r
 
-            vars(module)["pads"] = symmetric  # this instance only
+    rows = tuple(map(row, v.rows))
+    return dataclasses.replace(
+        v, rows=rows, convs=dataclasses.replace(v.convs, same=False), branch_pool=pool(v.branch_pool)
+    )
 
 
 def _where_gamma(p: spec.Plan, size: int) -> str | None:
@@ -573,7 +604,7 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "TF-slim's (and torchvision's) third branch is a 3x3 conv though Table 1 says 5x5; a port that builds the "
         "paper's 5x5 (padding 2) and pads the 3x3 kernels at the end loads without complaint but shifts every "
         "window of that branch by a pixel (zero-filled around the centre it would be exact).",
-        _where_5x5, _returning(lambda b: rebuilt(b, _torch_5x5_padded_at_the_end)),
+        _where_5x5, _returning(lambda b: as_variant(b, _paper_5x5, _padded_at_the_end, _cropped_back)),
     ),
     Pitfall(
         "symmetric-padding", "symmetric instead of TensorFlow's SAME padding on TF-slim's strided conv and pools",
@@ -581,7 +612,7 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "TensorFlow's SAME pads the 7x7/2 conv (2, 3) and the 3x3/2 pools (0, 1) on an even map; PyTorch's "
         "padding=3 and padding=1 (torchvision's) keep every shape and move every window by a pixel. On an odd map "
         "SAME is symmetric, so those sizes hide it.",
-        _where_symmetric, _returning(lambda b: rebuilt(b, _torch_symmetric)),
+        _where_symmetric, _returning(lambda b: as_variant(b, _symmetric)),
     ),
     Pitfall(
         "slim-gamma", "a BatchNorm gamma that is not there: Gluon's default scale=True for TF-slim's (training)",
