@@ -217,7 +217,7 @@ class Temporary:
         directory = _directory(self.path)
         while True:
             self.name = directory / temporary_name(self.path, suffix)
-            with _signals_held():  # created and registered together: a signal cannot leave it unknown
+            with signals_held():  # created and registered together: a signal cannot leave it unknown
                 try:
                     fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 except FileExistsError:
@@ -352,7 +352,14 @@ class Interrupted(BaseException):
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+_held: list[int] = []  # signals that arrived inside signals_held(), oldest first
+_holding = 0  # how deep signals_held() is nested
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
+    if _holding:
+        _held.append(signum)  # raised when the held statements are done
+        return
     raise Interrupted(signum)
 
 
@@ -389,11 +396,19 @@ def ignoring_signals() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP back (delivered on leaving): a few statements that
-    must run together."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP back until a few statements that must run together
+    are done, then raise :class:`Interrupted` for the first that came. Python runs signal
+    handlers in the main thread whichever thread the kernel picked, so this holds them
+    whatever threads TensorFlow or MXNet started (a thread's signal mask would not)."""
+    global _holding
+    _holding += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        _holding -= 1
+        pending = _held[:1] if not _holding else []
+        if not _holding:
+            _held.clear()
+    if pending:
+        raise Interrupted(pending[0])

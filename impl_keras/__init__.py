@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
+import warnings
 import weakref
 from pathlib import Path
 
@@ -31,6 +33,19 @@ from conformance.spec import Variant, resolve
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical
+
+
+class _OneGraphPerShape(logging.Filter):
+    """One tf.function per model, input shape and outputs is the design (``_graph``), so
+    TensorFlow's "N out of the last N calls ... triggered tf.function retracing" warning
+    about them says nothing; any other function's warning still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "_graph.<locals>.run" in message)
+
+
+tf.get_logger().addFilter(_OneGraphPerShape())
 
 name = "keras"
 __all__ = [
@@ -154,7 +169,9 @@ def to_onnx(model: GoogLeNet, shape: tuple[int, ...], with_aux: bool, every_stag
     which converts the traced graph with tf2onnx. Needs the ``onnx`` extra."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        with contextlib.redirect_stdout(None):  # "Saved artifact at ..."
+        # stdout: "Saved artifact at ..."; the warning: tf2onnx's import probes np.object
+        with contextlib.redirect_stdout(None), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r".*np\.object", FutureWarning)
             _Outputs(model, with_aux, every_stage).export(
                 str(path), format="onnx", input_signature=[keras.InputSpec(shape=shape, dtype="float32")], verbose=False
             )

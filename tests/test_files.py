@@ -373,3 +373,23 @@ def test_after_kill_9_the_next_run_names_the_stale_file(tmp_path):
     assert f"remove it with: rm -- {tmp_path / stale}" in r.stderr
     with contextlib.suppress(FileNotFoundError):
         (tmp_path / stale).unlink()
+
+
+def test_a_held_signal_waits_for_the_statements_then_interrupts():
+    """train saves an epoch and records it as saved under signals_held(): a SIGINT in
+    between must not make the CLI report "no epoch was complete" while the epoch's files
+    are on disk (seen under load in test_resume). Negative control: without the hold,
+    the signal cuts the statements short."""
+    done: list[str] = []
+    with pytest.raises(files.Interrupted) as caught, files.signals(), files.signals_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler has run by now
+        done.append("saved")
+        done.append("recorded")
+    assert done == ["saved", "recorded"] and caught.value.signum == signal.SIGINT
+    done.clear()
+    with pytest.raises(files.Interrupted), files.signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        done.append("saved")
+    assert done == []

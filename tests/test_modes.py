@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
 import weakref
 
 import numpy as np
@@ -173,3 +174,18 @@ def test_a_fast_path_folding_batchnorm_with_the_wrong_epsilon_fails(eps, fails):
         assert not rows["logits"].passed
     else:
         assert report.passed and conv1.max_rel < REL_TOL / 10
+
+
+def test_keras_graphs_per_shape_do_not_warn_of_retracing(caplog):
+    """One graph per input shape is the design: TensorFlow's retracing warning about
+    them (printed in the middle of check's report before) is filtered, only for them."""
+    keras_ = backend_or_skip("keras")
+    model = keras_.build("inception_mnist")
+    with caplog.at_level("WARNING"):
+        for batch in range(1, 8):
+            keras_.forward(model, image(28, batch, 1))
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    record = logging.LogRecord(
+        "tensorflow", logging.WARNING, "", 0, "5 calls to <function f> triggered tf.function retracing.", None, None
+    )
+    assert keras_._OneGraphPerShape().filter(record)  # another function's warning still shows

@@ -387,8 +387,11 @@ def train(
                 test_acc=evaluate(backend, model, test_x, test_y, s.batch_size),
                 checkpoint=str(o.checkpoint(epoch)),
             )
-            run.save_epoch(backend, model, trainer, rng, [*history, e], force)
-            history.append(e)  # only once on disk: an interrupt keeps exactly these
+            # a signal waits until both are done: the files on disk and the epochs an
+            # interrupt reports as saved can never disagree
+            with files.signals_held():
+                run.save_epoch(backend, model, trainer, rng, [*history, e], force)
+                history.append(e)
             log(
                 f"epoch {epoch}/{s.epochs}: loss {e.loss:.4f}, train acc {e.train_acc:.3f}, test acc {e.test_acc:.3f}"
                 f" ({e.images_per_s:.0f} images/s); checkpoint {e.checkpoint}"
