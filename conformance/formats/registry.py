@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .. import reading
-from ..canonical import Params, canonical_shapes, to_bytes
+from ..canonical import Params, canonical_shapes, gluon_name, to_bytes
 from ..frameworks import FRAMEWORKS, load, quiet_stderr
 from ..reading import Damaged, Tensor
 from ..spec import LRN, MAX_CLASSES, Plan
@@ -647,7 +647,14 @@ def _read_mxnet(path: Path, p: Plan) -> Raw:
     tensors = {k.split(":", 1)[-1]: Tensor(t.shape, t.dtype, loader(k), t.problem) for k, t in declared.items()}
     if len(tensors) != len(declared):
         raise PortError(f"{path}: two arrays have the same name once 'arg:' / 'aux:' is removed")
-    return Raw(tensors, naming.detect(tensors), [])  # "arg:" from the Module API removed
+    # A BatchNorm without scale (TF-slim's) keeps a gamma Gluon saves and its operator
+    # ignores (fix_gamma): not a weight of the network, whatever it holds.
+    fixed = {gluon_name(f"{u.name}.bn.weight") for u in p.conv_units() if u.norm is not None and not u.norm.scale}
+    dropped = [k for k in tensors if k in fixed]
+    for k in dropped:
+        del tensors[k]
+    notes = [f"dropped {len(dropped)} BatchNorm gammas Gluon keeps for a BatchNorm without scale (unused)"]
+    return Raw(tensors, naming.detect(tensors), notes if dropped else [])  # "arg:" from the Module API removed
 
 
 def _write_mxnet(params: Params, p: Plan) -> Written:
