@@ -101,7 +101,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     check.add_argument("--force", action="store_true", help="overwrite an existing --json file")
 
     port = sub.add_parser("port", help="convert a checkpoint to another framework's format, verified")
-    port.add_argument("src", type=Path, metavar="SRC", help="checkpoint to read")
+    port.add_argument(
+        "src", type=Path, metavar="SRC", help="checkpoint to read (a TensorFlow checkpoint by its prefix: model.ckpt)"
+    )
     port.add_argument("dst", type=Path, metavar="DST", help="file to write (never overwritten without --force)")
     port.add_argument("--variant", required=True, choices=list(spec.VARIANTS), help="the network the checkpoint holds")
     port.add_argument("--from", dest="src_format", choices=list(FORMATS), help="format of SRC (default: from its name)")
@@ -110,6 +112,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--num-classes", type=_classes, default=None, help="classes of the checkpoint (default: the variant's)"
     )
     port.add_argument("--transform-input", action="store_true", help=TRANSFORM_HELP)
+    port.add_argument(
+        "--drop-background",
+        action="store_true",
+        help="drop class 0 of a 1001-class classifier (TF-slim's background), leaving ImageNet's 1000",
+    )
     port.add_argument("--force", action="store_true", help="overwrite DST")
 
     init = sub.add_parser(
@@ -375,6 +382,7 @@ def _port(args: argparse.Namespace) -> int:
             args.transform_input,
             args.force,
             log=lambda line: print(line, flush=True),
+            drop_background=args.drop_background,
         )
     except VerificationError as e:
         print(f"FAIL: {e}", file=sys.stderr)

@@ -21,6 +21,8 @@ from .spec import ConvUnit, Dense, Plan
 Params = dict[str, np.ndarray]
 
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
+# TF-slim's BatchNorm has no scale: its units have no ``bn.weight``.
+BN_SUFFIXES_NO_SCALE = BN_SUFFIXES[1:]
 # Gluon's structural names (what save_parameters writes) are the canonical names, but
 # BatchNorm calls its scale and shift gamma and beta.
 GLUON_BN = {".bn.weight": ".bn.gamma", ".bn.bias": ".bn.beta"}
@@ -49,8 +51,13 @@ def conv_shapes(u: ConvUnit) -> dict[str, tuple[int, ...]]:
     if u.bias:
         shapes[f"{conv_key(u)}.bias"] = (u.out_channels,)
     if u.norm is not None:
-        shapes.update({f"{u.name}.bn.{s}": (u.out_channels,) for s in BN_SUFFIXES})
+        shapes.update({f"{u.name}.bn.{s}": (u.out_channels,) for s in bn_suffixes(u)})
     return shapes
+
+
+def bn_suffixes(u: ConvUnit) -> tuple[str, ...]:
+    """The BatchNorm keys of a unit: ``weight`` (the scale) only where its norm has one."""
+    return BN_SUFFIXES if u.norm is None or u.norm.scale else BN_SUFFIXES_NO_SCALE
 
 
 def dense_shapes(d: Dense) -> dict[str, tuple[int, ...]]:
@@ -158,8 +165,14 @@ def random_params(p: Plan, seed: int = 0, training: bool = False) -> Params:
     for u in p.conv_units() if not training else ():
         if u.norm is not None:
             var = params[f"{u.name}.bn.running_var"].astype(np.float64)
-            gain = params[f"{u.name}.bn.weight"] * np.sqrt(var + u.norm.eps)
-            params[f"{u.name}.bn.weight"] = gain.astype(np.float32)
+            if u.norm.scale:
+                gain = params[f"{u.name}.bn.weight"] * np.sqrt(var + u.norm.eps)
+                params[f"{u.name}.bn.weight"] = gain.astype(np.float32)
+            else:  # no scale to compensate with (TF-slim's): the kernel and the mean carry the gain
+                gain = np.sqrt(var + u.norm.eps)
+                w, mean = f"{conv_key(u)}.weight", f"{u.name}.bn.running_mean"
+                params[w] = (params[w] * gain[:, None, None, None]).astype(np.float32)
+                params[mean] = (params[mean] * gain).astype(np.float32)
     return params
 
 

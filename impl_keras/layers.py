@@ -4,7 +4,8 @@ Mirrors ``impl_torch/layers.py`` and ``impl_mxnet/layers.py``: the same makers i
 same order. What Keras lacks is here, with PyTorch's semantics:
 
 * pools with PyTorch's symmetric padding and ceil rounding (``Pool2D``): Keras pools
-  ``"valid"`` or TensorFlow's ``"same"``, which pads asymmetrically at stride 2;
+  ``"valid"`` or TensorFlow's ``"same"``, which pads asymmetrically at stride 2 (and
+  is what TF-slim's units use: there Keras needs nothing of its own);
 * the adaptive average pool of torchvision's aux heads (``AdaptiveAvgPool2D``);
 * local response normalisation (``LocalResponseNorm``);
 * BatchNorm with PyTorch's running variance (``BatchNorm``).
@@ -109,14 +110,15 @@ class BasicConv2d(layers.Layer):
     def __init__(self, u: ConvUnit, dtype=None) -> None:
         super().__init__(name=u.name, dtype=dtype)
         self.unit = u
-        same = u.stride == 1 and 2 * u.padding == u.kernel - 1  # symmetric, so safe
+        # TensorFlow's SAME (TF-slim's units) is Keras's own "same", asymmetric at stride 2
+        same = u.same or (u.stride == 1 and 2 * u.padding == u.kernel - 1)  # else symmetric, so safe
         explicit = u.padding > 0 and not same
         self.pad = layers.ZeroPadding2D(u.padding, name=f"{u.name}.pad", dtype=dtype) if explicit else None
         self.conv = layers.Conv2D(
             u.out_channels,
             u.kernel,
             strides=u.stride,
-            padding="same" if same and u.padding else "valid",
+            padding="same" if same and (u.padding or u.same) else "valid",
             use_bias=u.bias,
             kernel_initializer=init(),
             name=f"{u.name}.conv",
@@ -126,7 +128,13 @@ class BasicConv2d(layers.Layer):
         self.bn = (
             None
             if u.norm is None
-            else BatchNorm(epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, name=f"{u.name}.bn", dtype=dtype)
+            else BatchNorm(
+                epsilon=u.norm.eps,
+                momentum=1.0 - u.norm.momentum,
+                scale=u.norm.scale,  # TF-slim's has no gamma: Keras's scale=False is TensorFlow's own
+                name=f"{u.name}.bn",
+                dtype=dtype,
+            )
         )
         self.relu = u.relu
 
@@ -235,6 +243,8 @@ class Pool2D(layers.Layer):
 
     def call(self, x):
         p = self.pool
+        if p.same:  # TensorFlow's SAME: Keras's own padding="same" (padded cells never win)
+            return ops.max_pool(x, p.kernel, p.stride, padding="same")
         h, w = length(x, 1), length(x, 2)
         (top, bottom), (left, right) = _pads(h, p), _pads(w, p)
         static = isinstance(h, int) and isinstance(w, int)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from conformance.canonical import CanonicalError, conv_key, validate
+from conformance.canonical import CanonicalError, bn_suffixes, conv_key, validate
 from conformance.spec import Dense, Plan
 
 Convert = Callable[[np.ndarray], np.ndarray]
@@ -68,8 +68,8 @@ def table(p: Plan) -> dict[str, Row]:
         rows[f"{conv}.weight"] = Row(conv, "kernel", oihw_to_hwio, hwio_to_oihw)
         if u.bias:
             rows[f"{conv}.bias"] = Row(conv, "bias", same, same)
-        for ours, theirs in BN_VARIABLES.items() if u.norm is not None else ():
-            rows[f"{u.name}.bn.{ours}"] = Row(f"{u.name}.bn", theirs, same, same)
+        for ours in bn_suffixes(u) if u.norm is not None else ():  # no gamma without a scale (TF-slim's)
+            rows[f"{u.name}.bn.{ours}"] = Row(f"{u.name}.bn", BN_VARIABLES[ours], same, same)
     return rows
 
 

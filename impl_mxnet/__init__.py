@@ -161,7 +161,9 @@ def to_gluon_export(model: GoogLeNet) -> dict[str, bytes]:
 
 def count_params(model: GoogLeNet) -> tuple[int, int]:
     """(trainable parameters, BatchNorm running statistics): Gluon marks the statistics
-    with ``grad_req='null'``."""
+    with ``grad_req='null'``, and the fixed gamma of a BatchNorm without scale (TF-slim's),
+    which is no parameter of the network and is not counted."""
     params = model.collect_params().values()
     trainable = sum(int(np.prod(p.shape)) for p in params if p.grad_req != "null")
-    return trainable, sum(int(np.prod(p.shape)) for p in params if p.grad_req == "null")
+    stats = ("running_mean", "running_var")
+    return trainable, sum(int(np.prod(p.shape)) for p in params if p.grad_req == "null" and p.name.endswith(stats))

@@ -27,7 +27,8 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-from conformance.spec import LRN, ConvUnit, Op, Pool, PoolUnit
+from conformance.spec import LRN, ConvUnit, Op, Pool, PoolUnit, same_pads
+from conformance.spec import BatchNorm as Norm
 
 
 class BatchNorm(nn.BatchNorm):
@@ -66,21 +67,93 @@ class BatchNorm(nn.BatchNorm):
         return y
 
 
+class SamePadding:
+    """TensorFlow's SAME padding (``conformance.spec.same_pads``) as a fixed graph. It
+    depends on the input's size at stride 2 (a 7x7/2 conv pads (2, 3) on 224, (3, 3) on
+    223), and a hybridized Gluon graph is traced without sizes, so PyTorch's way (pad by
+    the size at run time) is not open here. But one side never changes: at stride 2 an
+    odd kernel always pads (k - 1) / 2 after, an even one k / 2 - 1 before. So the input
+    is padded by the fixed side and the most the other side takes, and the op rounds
+    down, which drops a window that would start in the surplus; when the fixed side is
+    the end, the map is flipped first (and the conv kernel with it) and flipped back."""
+
+    def __init__(self, kernel: int, stride: int) -> None:
+        sizes = range(4 * max(kernel, stride), 5 * max(kernel, stride))  # every residue mod stride
+        pads = [same_pads(size, kernel, stride) for size in sizes]
+        befores, afters = {b for b, _ in pads}, {a for _, a in pads}
+        if len(befores) > 1 and len(afters) > 1:
+            raise ValueError(f"SAME padding of a {kernel}x{kernel}/{stride} window has no fixed side")
+        self.flip = len(befores) > 1  # the fixed side is the end: pad it first in flipped order
+        self.pad = (max(afters), max(befores)) if self.flip else (max(befores), max(afters))
+
+    def pad_width(self) -> tuple[int, ...]:
+        first, last = self.pad
+        return (0, 0, 0, 0, first, last, first, last)
+
+
+def flipped(F, x):
+    """``x`` upside down and mirrored (its last two axes reversed), one axis at a time:
+    MXNet's ONNX exporter reads ``flip``'s axis as a single int."""
+    return F.flip(F.flip(x, axis=2), axis=3)
+
+
+class SameConv2D(nn.Conv2D):
+    """``nn.Conv2D`` with TensorFlow's SAME padding (``SamePadding``); the same parameters."""
+
+    def __init__(self, u: ConvUnit) -> None:
+        super().__init__(u.out_channels, u.kernel, strides=u.stride, use_bias=u.bias, in_channels=u.in_channels)
+        self.same = SamePadding(u.kernel, u.stride)
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        if self.same.flip:  # run on the flipped map with the flipped kernel: the same products
+            x, weight = flipped(F, x), flipped(F, weight)
+        x = F.pad(x, mode="constant", pad_width=self.same.pad_width())
+        y = super().hybrid_forward(F, x, weight, bias)
+        return flipped(F, y) if self.same.flip else y
+
+
+class SameMaxPool2D(nn.HybridBlock):
+    """A max pool with TensorFlow's SAME padding (``SamePadding``): -inf padding, so a
+    padded cell never wins, as in TensorFlow."""
+
+    def __init__(self, p: Pool) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.same = p.kernel, p.stride, SamePadding(p.kernel, p.stride)
+
+    def hybrid_forward(self, F, x):
+        if self.same.flip:  # a max does not care about order: only the map is flipped
+            x = flipped(F, x)
+        x = F.pad(x, mode="constant", constant_value=-np.inf, pad_width=self.same.pad_width())
+        y = F.Pooling(x, kernel=(self.kernel,) * 2, stride=(self.stride,) * 2, pool_type="max")
+        return flipped(F, y) if self.same.flip else y
+
+
+def make_norm(channels: int, norm: Norm) -> BatchNorm:
+    # momentum: the weight of the old statistic, 1 - the spec's (PyTorch's) 0.1; BatchNorm
+    # calls its scale and shift gamma and beta. scale=False (TF-slim's) keeps a gamma of
+    # ones that the operator ignores (fix_gamma) and no optimiser updates (grad_req null).
+    return BatchNorm(epsilon=norm.eps, momentum=1.0 - norm.momentum, scale=norm.scale, in_channels=channels)
+
+
 class BasicConv2d(nn.HybridBlock):
-    """conv -> [BatchNorm] -> [ReLU]. Gluon pads symmetrically, like PyTorch."""
+    """conv -> [BatchNorm] -> [ReLU]. Gluon pads symmetrically, like PyTorch;
+    TensorFlow's SAME is ``SameConv2D``."""
 
     def __init__(self, u: ConvUnit) -> None:
         super().__init__()
-        self.conv = nn.Conv2D(
-            u.out_channels, u.kernel, strides=u.stride, padding=u.padding, use_bias=u.bias, in_channels=u.in_channels
+        self.conv = (
+            SameConv2D(u)
+            if u.same
+            else nn.Conv2D(
+                u.out_channels,
+                u.kernel,
+                strides=u.stride,
+                padding=u.padding,
+                use_bias=u.bias,
+                in_channels=u.in_channels,
+            )
         )
-        # momentum: the weight of the old statistic, 1 - the spec's (PyTorch's) 0.1;
-        # BatchNorm calls its scale and shift gamma and beta
-        self.bn = (
-            None
-            if u.norm is None
-            else BatchNorm(epsilon=u.norm.eps, momentum=1.0 - u.norm.momentum, in_channels=u.out_channels)
-        )
+        self.bn = None if u.norm is None else make_norm(u.out_channels, u.norm)
         self.relu = u.relu
 
     def hybrid_forward(self, F, x):
@@ -120,6 +193,8 @@ class AdaptiveAvgPool2D(nn.HybridBlock):
 def make_pool(p: PoolUnit) -> nn.HybridBlock:
     if not isinstance(p, Pool):
         return AdaptiveAvgPool2D(p.size)
+    if p.same:
+        return SameMaxPool2D(p)
     if p.kind == "max":  # ceil_mode is MXNet's pooling_convention="full"
         return nn.MaxPool2D(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode)
     return nn.AvgPool2D(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode, count_include_pad=p.count_include_pad)
@@ -245,6 +320,15 @@ def structural_params(block: nn.Block) -> dict[str, mx.gluon.Parameter]:
     """Parameters by attribute path, the names ``save_parameters`` writes:
     ``Block._collect_params_with_prefix``; ``collect_params`` names them by prefix instead."""
     return block._collect_params_with_prefix()
+
+
+def make_trainable(param: mx.gluon.Parameter) -> None:
+    """Let a parameter Gluon made fixed train (``grad_req="write"``): a BatchNorm built
+    with ``scale=False`` keeps its gamma with ``Parameter._differentiable`` False, which
+    makes the ``grad_req`` setter keep "null". For the pitfall that gives TF-slim's
+    BatchNorm a scale."""
+    param._differentiable = True
+    param.grad_req = "write"
 
 
 def momentum_states(trainer: mx.gluon.Trainer) -> dict[str, mx.nd.NDArray]:

@@ -8,23 +8,54 @@ Gluon fill their gaps in their own ``layers.py``.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conformance.spec import LRN, ConvUnit, Op, Pool, PoolUnit
+from conformance.spec import LRN, BatchNorm, ConvUnit, Op, Pool, PoolUnit
+
+
+class SamePad(nn.Module):
+    """TensorFlow's SAME padding (``conformance.spec.same_pads``), which PyTorch has only
+    at stride 1 (``padding="same"``): at stride 2 it is asymmetric and depends on the
+    input's size (a 7x7/2 conv pads (2, 3) on 224, (3, 3) on 223), so it is computed here
+    from the size at run time. A max pool's padding is -inf, so a padded cell never wins,
+    as in TensorFlow."""
+
+    def __init__(self, kernel: int, stride: int, value: float = 0.0) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.value = kernel, stride, value
+
+    def pads(self, size: int) -> list[int]:
+        total = max((-(-size // self.stride) - 1) * self.stride + self.kernel - size, 0)
+        return [total // 2, total - total // 2]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x, self.pads(x.shape[-1]) + self.pads(x.shape[-2]), value=self.value)  # (left, right, top, bottom)
+
+
+def make_norm(channels: int, norm: BatchNorm) -> nn.BatchNorm2d:
+    # momentum: the weight of the new batch statistic (0.1), the spec's convention
+    bn = nn.BatchNorm2d(channels, eps=norm.eps, momentum=norm.momentum, affine=norm.scale)
+    if not norm.scale:  # TF-slim's: a shift without a scale; BatchNorm2d's forward takes weight None
+        bn.bias = nn.Parameter(torch.zeros(channels))
+    return bn
 
 
 class BasicConv2d(nn.Module):
-    """conv -> [BatchNorm] -> [ReLU]. PyTorch pads symmetrically: ``padding=3`` is (3, 3)."""
+    """[SAME pad] -> conv -> [BatchNorm] -> [ReLU]. PyTorch pads symmetrically:
+    ``padding=3`` is (3, 3); TensorFlow's SAME is a ``SamePad`` before an unpadded conv."""
 
     def __init__(self, u: ConvUnit) -> None:
         super().__init__()
+        self.pad = SamePad(u.kernel, u.stride) if u.same else None
         self.conv = nn.Conv2d(u.in_channels, u.out_channels, u.kernel, stride=u.stride, padding=u.padding, bias=u.bias)
-        # momentum: the weight of the new batch statistic (0.1), the spec's convention
-        self.bn = None if u.norm is None else nn.BatchNorm2d(u.out_channels, eps=u.norm.eps, momentum=u.norm.momentum)
+        self.bn = None if u.norm is None else make_norm(u.out_channels, u.norm)
         self.relu = u.relu
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.pad is not None:
+            x = self.pad(x)
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
@@ -47,6 +78,8 @@ class PlainConv2d(nn.Conv2d):
 def make_pool(p: PoolUnit) -> nn.Module:
     if not isinstance(p, Pool):  # the adaptive aux pool: PyTorch's own window rule
         return nn.AdaptiveAvgPool2d(p.size)
+    if p.same:  # TensorFlow's SAME: padded by hand with -inf, then an unpadded pool
+        return nn.Sequential(SamePad(p.kernel, p.stride, -float("inf")), nn.MaxPool2d(p.kernel, p.stride))
     if p.kind == "max":  # padded cells never win: PyTorch pads max pools with -inf
         return nn.MaxPool2d(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode)
     return nn.AvgPool2d(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode, count_include_pad=p.count_include_pad)

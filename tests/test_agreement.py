@@ -84,6 +84,7 @@ def test_the_smallest_sizes_the_spec_admits_run_in_every_framework():
         "googlenet_bn": 31,
         "googlenet_gluoncv": 223,
         "googlenet_lrn": 223,  # Caffe's fixed 7x7/1 head pool: 223-254
+        "googlenet_slim": 193,  # TF-slim's 7x7/1 VALID head pool: 193-224
         "googlenet_d2l": 1,
         "googlenet_cifar": 1,  # padded floor pools never outgrow their input
         "inception_mnist": 28,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conformance import spec
 from conformance.check import harness
 from conformance.check.compare import REL_TOL
 from conformance.teach.pitfalls import PITFALLS
@@ -166,3 +167,48 @@ def test_lrn_alpha_not_divided_by_size_fails_at_the_lrn():
     assert r["maxpool1"].passed and not r["lrn1"].passed
     # Caffe's input transform gives pixels in 0-255, where LRN normalises hard: alpha x5 shows as ~0.6
     assert r["lrn1"].agreement["keras"].max_rel > 10 * REL_TOL
+
+
+def test_symmetric_instead_of_same_padding_fails_at_conv1_while_shapes_match():
+    """TF-slim's SAME pads the 7x7/2 conv (2, 3) at 224; a port padding (3, 3) keeps every
+    shape. Keras's "same" is TensorFlow's own, so Keras is the reference's witness here."""
+    keras_, torch_ = backend_or_skip("keras"), backend_or_skip("torch")
+    with PITFALLS["symmetric-padding"].broken(torch_) as broken:
+        v = check({"torch": broken, "keras": keras_}, "googlenet_slim", 224)
+    r = rows(v)
+    assert all(s == r[name].expected for name in r for s in r[name].shapes.values())
+    assert not r["conv1"].passed and r["conv1"].agreement["keras"].max_rel > 100 * REL_TOL
+
+
+def test_symmetric_padding_is_hidden_at_an_odd_size_where_same_is_symmetric():
+    """At 209 every strided SAME op meets an odd map (209, 105, 53, 27, 14 -> the 2x2
+    pool's (0, 0)): the spec says the mistake changes nothing, and the check agrees."""
+    keras_, torch_ = backend_or_skip("keras"), backend_or_skip("torch")
+    assert PITFALLS["symmetric-padding"].where(spec.resolve("googlenet_slim"), 209) is None
+    with PITFALLS["symmetric-padding"].broken(torch_) as broken:
+        report = harness.run(["googlenet_slim"], {"torch": broken, "keras": keras_}, {}, sizes=[209], batch=2)
+    assert report.passed
+
+
+def test_the_5x5_branch_that_is_3x3_fails_at_the_first_block():
+    torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
+    with PITFALLS["slim-5x5"].broken(torch_) as broken:
+        v = check({"torch": broken, "mxnet": mxnet_}, "googlenet_slim", 224)
+    r = rows(v)
+    assert r["maxpool2"].passed and not r["inception3a"].passed
+    assert r["inception3a"].agreement["mxnet"].max_rel > 100 * REL_TOL
+
+
+def test_a_batchnorm_gamma_that_is_not_there_fails_from_the_second_step():
+    """Gluon's default scale=True gives TF-slim's BatchNorm a gamma of ones: the first step
+    agrees, the second does not, and the count of trainable parameters shows it too."""
+    torch_, mxnet_ = backend_or_skip("torch"), backend_or_skip("mxnet")
+    with PITFALLS["slim-gamma"].broken(mxnet_) as broken:
+        report = harness.run(
+            ["googlenet_slim"], {"torch": torch_, "mxnet": broken}, {}, sizes=[193], batch=2, train=True
+        )
+    v = report.variants[0]
+    training = {t.quantity: t for t in v.training}
+    assert training["weights after step 1"].passed and not training["loss"].passed
+    assert training["loss"].worst["mxnet"] == "step 2"
+    assert v.counts["mxnet"][0] == 6_618_649 + 7_280 and not v.counts_passed

@@ -27,6 +27,9 @@ ISSUE_LIST = {  # the issue's list, one name per mistake
     "rgb-bgr",
     "aux-weight",
     "sgd-momentum",
+    "slim-5x5",  # issue 15: TF-slim's inception_v1
+    "symmetric-padding",
+    "slim-gamma",
 }
 PAIRS = measure.planned(list(PITFALLS), None)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +38,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_the_catalogue_holds_every_pitfall_of_the_issue():
     assert set(PITFALLS) == ISSUE_LIST
     training = {n for n, p in PITFALLS.items() if p.kind == "training"}
-    assert training == {"bn-momentum", "running-variance", "aux-weight", "sgd-momentum"}
+    assert training == {"bn-momentum", "running-variance", "aux-weight", "sgd-momentum", "slim-gamma"}
     assert PITFALLS["bn-eps-gluon"].variants == ("googlenet_bn",)
     assert PITFALLS["bn-eps-keras"].variants == ("googlenet_cifar",)
 
@@ -110,6 +113,9 @@ def _floor_variant(v: spec.Variant) -> spec.Variant:
         ("floor-pooling", "googlenet_d2l", "its max pools already round down"),
         ("same-padding", "inception_mnist", "no strided padded conv"),
         ("aux-weight", "googlenet_cifar", "no aux heads"),
+        ("symmetric-padding", "googlenet_bn", "no strided op with TensorFlow's SAME padding"),
+        ("slim-gamma", "googlenet_bn", "its BatchNorm has a scale"),
+        ("slim-5x5", "googlenet", "its branch 3 has no 3x3 conv"),
         ("bn-momentum", "inception_mnist", "no BatchNorm"),
     ],
 )

@@ -87,7 +87,7 @@ def test_checkpoint_of_the_other_variant(tmp_path, state):
         tmp_path,
         bn,
         "b.npz",
-        r"3x3 branch found .*: this is `googlenet_bn` or `googlenet_gluoncv`, "
+        r"3x3 branch found .*: this is `googlenet_bn` or `googlenet_gluoncv` or `googlenet_slim`, "
         r"not `googlenet`",
     )
 

@@ -90,10 +90,47 @@ def test_variant_differences_are_data():
 
 @pytest.mark.parametrize("variant", sorted(v for v in spec.VARIANTS if spec.VARIANTS[v].input.size == 224))
 def test_shapes_at_224_match_torchvision_comments(variant):
-    shapes = spec.expected_shapes(spec.resolve(variant, aux_logits=True), 224, batch=2)
+    v = spec.VARIANTS[variant]
+    shapes = spec.expected_shapes(spec.resolve(variant, aux_logits=v.aux is not None), 224, batch=2)
     assert {k: v[1:] for k, v in shapes.items() if k in SHAPES_224} == SHAPES_224
-    assert shapes["flatten"] == (2, 1024) and shapes["logits"] == (2, 1000)
-    assert shapes["aux1"] == shapes["aux2"] == (2, 1000)
+    assert shapes["flatten"] == (2, 1024) and shapes["logits"] == (2, v.head.classes)
+    if v.aux is not None:
+        assert shapes["aux1"] == shapes["aux2"] == (2, 1000)
+
+
+def _tf_same(size, k, s):
+    """TensorFlow's SAME (tensorflow/core/framework/kernel_shape_util.cc), written out:
+    out = ceil(size / s), pad total = max((out - 1) * s + k - size, 0), before = total // 2."""
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + k - size, 0)
+    return out, (total // 2, total - total // 2)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 14, 27, 56, 111, 112, 193, 207, 223, 224])
+@pytest.mark.parametrize(("k", "s"), [(1, 1), (3, 1), (7, 2), (3, 2), (2, 2), (1, 2)])
+def test_same_padding_is_tensorflows(size, k, s):
+    out, pads = _tf_same(size, k, s)
+    assert spec.same_pads(size, k, s) == pads
+    assert spec.conv_out(size, k, s, 0, same=True) == spec.pool_out(size, k, s, 0, False, same=True) == out
+
+
+def test_googlenet_slim_is_tf_slims_inception_v1():
+    """Its published figures: 230 variables, 6,633,209 values (6,618,649 trainable and
+    14,560 moving statistics), SAME everywhere, a 7x7/1 VALID head pool."""
+    p = spec.resolve("googlenet_slim")
+    assert spec.count_params(p) == (6_618_649, 14_560)
+    assert all(
+        u.same and u.padding == 0 and not u.bias and u.norm == spec.BatchNorm(1e-3, 0.0003, scale=False)
+        for u in p.conv_units()
+    )
+    assert p.num_classes == 1001 and p.dropout == 0.2 and not p.aux
+    assert spec.admitted(p) == ((193, 224),)
+    at224 = spec.stage_shapes(p, 224)
+    assert (
+        at224["conv1"] == (64, 112, 112) and at224["maxpool4"] == (832, 7, 7) and at224["inception5b"] == (1024, 7, 7)
+    )
+    assert spec.same_pads(224, 7, 2) == (2, 3) and spec.same_pads(112, 3, 2) == (0, 1)
+    assert {u.kernel for u in p.conv_units() if ".branch3.1" in u.name} == {3}
 
 
 def _torch_pool_out(size, k, s, p, ceil):

@@ -21,6 +21,19 @@ blocks are ``a3`` ... ``b5`` with branches ``b1`` ... ``b4``, each a ``Sequentia
 (conv, bn, relu) -> ``a3.b3.6`` is branch 3's third conv (after the pool, at 0, in
 ``b4``); fc is ``linear``.
 
+* ``slim``: TF-slim's ``inception_v1`` (a TensorFlow checkpoint, ``googlenet_slim``):
+  ``InceptionV1/Mixed_4b/Branch_1/Conv2d_0b_3x3/weights``, ``.../BatchNorm/beta``.
+
+TF-slim names the trunk by groups that a max pool opens (``MaxPool_2a_3x3``, then
+``Conv2d_2b_1x1``, ``Conv2d_2c_3x3``; ``MaxPool_3a_3x3``, then ``Mixed_3b``, ...), a
+stage by its group, its letter within it and, for a conv, its kernel; a block's
+branches ``Branch_0`` ... ``Branch_3``, their ops lettered from ``0a`` (the pool
+opening ``Branch_3`` is ``MaxPool_0a_3x3``, so its conv is ``Conv2d_0b_1x1``). One name
+breaks the rule upstream and is kept: ``Mixed_5b/Branch_2/Conv2d_0a_3x3``. A conv's
+kernel is ``weights``, its BatchNorm ``BatchNorm/beta``, ``moving_mean`` and
+``moving_variance`` (no ``gamma``: no scale); the classifier is the 1x1 conv
+``Logits/Conv2d_0c_1x1`` with ``weights`` and ``biases``.
+
 Caffe names a conv by its kernel and what it feeds (bvlc_googlenet's deploy.prototxt):
 the stem by the pool it precedes, ``conv1/7x7_s2``, then ``conv2/3x3_reduce`` (the 1x1
 feeding ``conv2/3x3``); a block's branches ``inception_3a/1x1``, ``3x3_reduce`` and
@@ -188,6 +201,67 @@ def caffe_names(p: Plan) -> dict[str, str]:
     return names
 
 
+SLIM_SCOPE = "InceptionV1"
+SLIM_LOGITS = "Logits/Conv2d_0c_1x1"  # slim's classifier: a 1x1 conv with biases
+# Upstream's one name off its own rule (tf_slim/nets/inception_v1.py, Mixed_5b's Branch_2).
+SLIM_QUIRKS = {"Mixed_5b/Branch_2/Conv2d_0b_3x3": "Mixed_5b/Branch_2/Conv2d_0a_3x3"}
+SLIM_BN = {
+    "bias": "BatchNorm/beta",
+    "running_mean": "BatchNorm/moving_mean",
+    "running_var": "BatchNorm/moving_variance",
+}
+
+
+def _slim_op(op: Op, letter: str) -> str:
+    if isinstance(op, ConvUnit):
+        return f"Conv2d_{letter}_{op.kernel}x{op.kernel}"
+    if isinstance(op, Pool) and op.kind == "max":
+        return f"MaxPool_{letter}_{op.kernel}x{op.kernel}"
+    raise NamingError(f"{op.name}: TF-slim's inception_v1 has no such op")
+
+
+def _slim_units(p: Plan) -> dict[str, str]:
+    """Canonical unit prefix -> TF-slim scope (without ``InceptionV1/``)."""
+    units: dict[str, str] = {}
+    group, letter = 1, 0
+    for stage in p.stages:
+        if isinstance(stage, Pool):  # a max pool opens the next group
+            group, letter = group + 1, 0
+        at = f"{group}{chr(ord('a') + letter)}"
+        letter += 1
+        if isinstance(stage, ConvUnit):
+            units[stage.name] = _slim_op(stage, at)
+        elif isinstance(stage, InceptionBlock):
+            for b, branch in enumerate(stage.branches):
+                for i, op in enumerate(branch):
+                    if isinstance(op, ConvUnit):
+                        scope = f"Mixed_{at}/Branch_{b}/{_slim_op(op, '0' + chr(ord('a') + i))}"
+                        units[op.name] = SLIM_QUIRKS.get(scope, scope)
+    return units
+
+
+def slim_names(p: Plan) -> dict[str, str]:
+    """Canonical key -> TF-slim variable name, for every key of the plan: conv units
+    without bias, with a BatchNorm without scale, and no aux heads (TF-slim's own)."""
+    norm = p.variant.convs.norm
+    if norm is None or norm.scale or p.variant.convs.bias or p.aux:
+        raise NamingError(f"{p.variant.name}'s units are not TF-slim's (no conv bias, BatchNorm without scale)")
+    units = _slim_units(p)
+    names: dict[str, str] = {}
+    for key in canonical_shapes(p):
+        if key.startswith(f"{p.fc.name}."):
+            kind = {"weight": "weights", "bias": "biases"}[key.rpartition(".")[2]]
+            names[key] = f"{SLIM_SCOPE}/{SLIM_LOGITS}/{kind}"
+            continue
+        unit, part, kind = key.rsplit(".", 2)  # "<unit>.conv.weight", "<unit>.bn.running_mean"
+        if unit not in units or (part, kind) not in (("conv", "weight"), *(("bn", k) for k in SLIM_BN)):
+            raise NamingError(f"{key}: no TF-slim variable holds it")
+        names[key] = f"{SLIM_SCOPE}/{units[unit]}/" + ("weights" if part == "conv" else SLIM_BN[kind])
+    if len(set(names.values())) != len(names):
+        raise NamingError(f"{p.variant.name}: two of its keys would have the same TF-slim name")
+    return names
+
+
 def _no_change(raw: Params) -> tuple[Params, list[str]]:
     return dict(raw), []
 
@@ -213,6 +287,12 @@ SCHEMES: dict[str, Scheme] = {
             "Caffe's bvlc_googlenet",
             lambda keys: any(k.endswith(("[0]", "[1]")) for k in keys),
             caffe_names,
+        ),
+        Scheme(
+            "slim",
+            "TF-slim's inception_v1",
+            lambda keys: any(k.startswith(f"{SLIM_SCOPE}/") for k in keys),
+            slim_names,
         ),
         Scheme(
             "gluoncv",

@@ -33,7 +33,7 @@ from .. import files, spec
 from ..canonical import CanonicalError, Params, canonical_shapes, random_params, validate
 from ..check.compare import Agreement, agreement, identical
 from ..reading import Tensor
-from . import bounds, deploy, naming
+from . import bounds, deploy, naming, tfcheckpoint
 from .registry import (
     FORMATS,
     Format,
@@ -75,6 +75,17 @@ class PortResult:
     @property
     def passed(self) -> bool:
         return not self.changed and all(a.passed for a in self.agreement.values())
+
+
+def _source(src: Path) -> Path:
+    """The path to read: ``src`` checked, or the prefix of the TensorFlow checkpoint it
+    names (its ``.index`` checked instead)."""
+    prefix = tfcheckpoint.prefix(src)
+    if prefix is None:
+        _check_source(src)
+        return src
+    _check_source(tfcheckpoint.index(prefix))
+    return prefix
 
 
 def _check_source(src: Path) -> None:
@@ -325,13 +336,14 @@ def read_checkpoint(
     src_format: str | Format | None = None,
     num_classes: int | None = None,
     transform_input: bool = False,
+    drop_background: bool = False,
 ) -> Checkpoint:
     """Read ``src`` (any format and naming) and check it strictly against ``variant``:
     what ``port`` does before converting, and ``diff`` before comparing. Every
-    declaration is checked before any tensor is read. Raises PortError naming the file,
-    key or option."""
-    src = Path(src)
-    _check_source(src)
+    declaration is checked before any tensor is read. ``drop_background``: remove class
+    0 of a 1001-class classifier (TF-slim's "background"), leaving ImageNet's 1000.
+    Raises PortError naming the file, key or option."""
+    src = _source(Path(src))
     src_fmt = src_format if isinstance(src_format, Format) else infer(src, src_format, "--from")
     if variant not in spec.VARIANTS:
         raise PortError(f"--variant: unknown {variant!r}; expected one of {', '.join(spec.VARIANTS)}")
@@ -339,7 +351,33 @@ def read_checkpoint(
         num_classes = spec.VARIANTS[variant].head.classes
     _resolve(variant, num_classes, False, transform_input)  # the options, before reading anything
     p, params, raw, notes, _ = _read_params(src, src_fmt, variant, num_classes, transform_input)
+    if drop_background:
+        p, params = _drop_background(src, p, params, notes)
     return Checkpoint(src, src_fmt, p, params, notes, raw)
+
+
+BACKGROUND_CLASSES = 1001  # TF-slim's ImageNet classifiers: class 0 is "background", then ImageNet's 1000
+
+
+def _drop_background(src: Path, p: spec.Plan, params: Params, notes: list[str]) -> tuple[spec.Plan, Params]:
+    """The classifier without its row 0, TF-slim's background class: logit i is then
+    ImageNet class i (it was logit i + 1)."""
+    if p.num_classes != BACKGROUND_CLASSES or p.aux:
+        raise PortError(
+            f"--drop-background: removes class 0 of a {BACKGROUND_CLASSES}-class classifier without aux heads "
+            f"(TF-slim's); {src} has {p.num_classes} classes" + (" and aux heads" if p.aux else "")
+        )
+    fc = p.fc.name
+    dropped = {
+        **params,
+        f"{fc}.weight": params[f"{fc}.weight"][1:].copy(),
+        f"{fc}.bias": params[f"{fc}.bias"][1:].copy(),
+    }
+    notes.append(
+        f"dropped class 0 (background): {BACKGROUND_CLASSES} -> {BACKGROUND_CLASSES - 1} classes, "
+        "logit i is ImageNet class i"
+    )
+    return p.with_options(num_classes=BACKGROUND_CLASSES - 1), dropped
 
 
 def port(
@@ -352,16 +390,16 @@ def port(
     transform_input: bool = False,
     force: bool = False,
     log: Callable[[str], None] = lambda line: None,
+    drop_background: bool = False,
 ) -> PortResult:
     """Convert ``src`` to ``dst`` and prove it. Raises PortError (bad input, or an
     output that cannot be written; nothing written) or VerificationError (the written
-    file disagrees; nothing written)."""
+    file disagrees; nothing written). ``drop_background``: see :func:`read_checkpoint`."""
     start = time.perf_counter()
-    src, dst = Path(src), Path(dst)
-    _check_source(src)
+    src, dst = _source(Path(src)), Path(dst)
     src_fmt, dst_fmt = infer(src, src_format, "--from"), infer(dst, dst_format, "--to")
     suffix = _check_paths(src, dst, dst_fmt, force)
-    checkpoint = read_checkpoint(src, variant, src_fmt, num_classes, transform_input)
+    checkpoint = read_checkpoint(src, variant, src_fmt, num_classes, transform_input, drop_background)
     p, params, notes, raw = checkpoint.plan, checkpoint.params, checkpoint.notes, checkpoint.raw
     num_classes, aux = p.num_classes, bool(p.aux)
     log(

@@ -14,6 +14,9 @@ the way that framework's users load it (for verification).
 | ``gluoncv``     | ``.params``      | GluonCV's names (``--to gluoncv``), for its ``googlenet`` |
 | ``caffe``       | ``.caffemodel``  | read only: Caffe's ``NetParameter`` (both layer formats), |
 |                 |                  | with protobuf and ``caffe.proto``; bvlc_googlenet's names |
+| ``tf-checkpoint`` | ``PREFIX``       | read only: ``PREFIX.index`` + ``PREFIX.data-*`` with   |
+|                 |                  | ``tf.train.load_checkpoint`` (never the ``.meta`` graph); |
+|                 |                  | TF-slim's ``inception_v1`` names (``googlenet_slim``)  |
 | ``onnx``, ``torchscript``, ``exported``, ``savedmodel``, ``gluon-export``: deployment  |
 | graphs (``conformance.formats.deploy``), verified in a fresh process by their runtimes    |
 
@@ -37,11 +40,11 @@ from typing import Any
 import numpy as np
 
 from .. import reading
-from ..canonical import Params, canonical_shapes, to_bytes
-from ..frameworks import FRAMEWORKS, load
+from ..canonical import Params, canonical_shapes, gluon_name, to_bytes
+from ..frameworks import FRAMEWORKS, load, quiet_stderr
 from ..reading import Damaged, Tensor
 from ..spec import LRN, MAX_CLASSES, Plan
-from . import bounds, caffe, naming
+from . import bounds, caffe, naming, tfcheckpoint
 
 Native = tuple[Any, Any]  # (implementation package, model)
 # A file's bytes (or, for a directory or a pair of files, each file's bytes by relative
@@ -74,6 +77,7 @@ _PYTHON_SPELLING = (
     (r"--to ([A-Za-z][\w-]*)", r"dst_format='\1'"),
     (r"--variant ([A-Za-z][\w-]*)", r"variant='\1'"),
     (r"--num-classes\b", "num_classes"),
+    (r"--drop-background\b", "drop_background=True"),
     (r"--from\b", "src_format"),
     (r"--to\b", "dst_format"),
     (r"--variant\b", "variant"),
@@ -150,13 +154,19 @@ _KIND_NAMES = {
     "exported": "a PyTorch ExportedProgram (torch.export.save)",
     "mxnet-symbol": "an MXNet graph (-symbol.json)",
     "caffe-text": "a Caffe text prototxt (the network's description; its weights are in the .caffemodel)",
+    "tf-checkpoint": "a TensorFlow checkpoint (PREFIX.index + PREFIX.data-*)",
+    "damaged-tf": "a damaged TensorFlow checkpoint (its .index has no table magic at its end: truncated or corrupt)",
     "unknown": "not a known checkpoint format",
 }
 _MXNET_MAGIC = (0x112).to_bytes(8, "little")
 
 
 def sniff(path: Path) -> str:
-    """What the bytes of ``path`` are, whatever its name says."""
+    """What the bytes of ``path`` are, whatever its name says. A TensorFlow checkpoint
+    is a prefix: its ``.index`` file says."""
+    tf_prefix = tfcheckpoint.prefix(path)
+    if tf_prefix is not None:
+        return "tf-checkpoint" if tfcheckpoint.looks_like_index(tfcheckpoint.index(tf_prefix)) else "damaged-tf"
     with open(path, "rb") as f:
         head = f.read(256)  # a Caffe network's name and first layer tag; 16 bytes tell the others
     size = path.stat().st_size
@@ -229,6 +239,8 @@ def check_content(path: Path, fmt: Format) -> None:
         if fmt.name == "caffe":
             raise PortError(f"{path}: a damaged Caffe model: its first field runs past the end of the file (truncated)")
         kind = "unknown"
+    if kind == "damaged-tf" and fmt.name == "tf-checkpoint":
+        raise PortError(f"{path}: {_KIND_NAMES[kind]}")
     if kind not in fmt.sniffed:
         hint = next(
             (f" (pass --from {f.name} if it is {f.description})" for f in FORMATS.values() if kind in f.sniffed), ""
@@ -669,7 +681,14 @@ def _read_mxnet(path: Path, p: Plan) -> Raw:
     tensors = {k.split(":", 1)[-1]: Tensor(t.shape, t.dtype, loader(k), t.problem) for k, t in declared.items()}
     if len(tensors) != len(declared):
         raise PortError(f"{path}: two arrays have the same name once 'arg:' / 'aux:' is removed")
-    return Raw(tensors, naming.detect(tensors), [])  # "arg:" from the Module API removed
+    # A BatchNorm without scale (TF-slim's) keeps a gamma Gluon saves and its operator
+    # ignores (fix_gamma): not a weight of the network, whatever it holds.
+    fixed = {gluon_name(f"{u.name}.bn.weight") for u in p.conv_units() if u.norm is not None and not u.norm.scale}
+    dropped = [k for k in tensors if k in fixed]
+    for k in dropped:
+        del tensors[k]
+    notes = [f"dropped {len(dropped)} BatchNorm gammas Gluon keeps for a BatchNorm without scale (unused)"]
+    return Raw(tensors, naming.detect(tensors), notes if dropped else [])  # "arg:" from the Module API removed
 
 
 def _write_mxnet(params: Params, p: Plan) -> Written:
@@ -755,6 +774,47 @@ def _check_caffe_lrn(path: Path, p: Plan, layers: list[caffe.Layer]) -> None:
         )
 
 
+# --------------------------------------------------------------------------------------
+# TensorFlow checkpoints (read only): TF-slim's inception_v1
+# --------------------------------------------------------------------------------------
+
+
+def _read_tf(path: Path, p: Plan) -> Raw:
+    """A TensorFlow checkpoint through ``conformance.formats.tfcheckpoint``: the index's
+    declarations and the shards' sizes checked before any value is read."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the log
+    try:
+        with quiet_stderr():  # its absl and oneDNN lines, printed before its logging starts
+            import tensorflow  # noqa: F401 - only to say how to install it
+    except ImportError:
+        raise PortError(
+            f"{path}: reading a TensorFlow checkpoint needs tensorflow: pip install -e '.[keras]'"
+        ) from None
+    try:
+        names = naming.slim_names(p)
+    except naming.NamingError as e:
+        raise PortError(
+            f"{path}: a TensorFlow checkpoint is read as TF-slim's inception_v1 (--variant googlenet_slim); {e}"
+        ) from None
+    tensors = tfcheckpoint.declared(path, p, {theirs: ours for ours, theirs in names.items()}, canonical_shapes(p))
+    counters = [k for k, t in tensors.items() if k in tfcheckpoint.COUNTERS and tfcheckpoint.counter(t)]
+    for k in counters:
+        del tensors[k]
+    bounds.check_sizes(path, tensors, bounds.ceiling(p))
+    missing = [f"{theirs!r} ({ours})" for ours, theirs in names.items() if theirs not in tensors]
+    if missing:  # named as the checkpoint names them; extra and mis-shaped ones as every format's are
+        more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
+        raise PortError(f"{path}: missing variable {', '.join(missing[:4])}{more}")
+    tfcheckpoint.check_data(path, tensors)
+    notes = [f"TensorFlow checkpoint {path.name}: {len(tensors)} variables (the .meta graph is not read)"]
+    notes += [f"dropped {', '.join(counters)} (a training counter, not a weight)"] if counters else []
+    return Raw(tensors, "slim", notes)
+
+
+def _write_tf(params: Params, p: Plan) -> Written:
+    raise PortError("--to tf-checkpoint: a TensorFlow checkpoint is read, not written; write another format")
+
+
 def _write_caffe(params: Params, p: Plan) -> Written:
     raise PortError("--to caffe: a .caffemodel is read, not written; write another format")
 
@@ -781,6 +841,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     # Read only: its tensors are built into the reference framework, as canonical files are.
     Format("caffe", (".caffemodel",), "Caffe model", None, ("caffe",),
            _read_caffe, _write_caffe, _load_by_name("caffe"), writable=False),
+    # Read only, by its prefix (the .index and .data-* files), TF-slim's names.
+    Format("tf-checkpoint", (".ckpt", ".index"), "TensorFlow checkpoint", None, ("tf-checkpoint",),
+           _read_tf, _write_tf, _load_by_name("tf-checkpoint"), writable=False),
 )}
 # fmt: on
 
@@ -830,6 +893,8 @@ def infer(path: Path, explicit: str | None, option: str) -> Format:
         if explicit not in FORMATS:
             raise PortError(f"{option}: unknown format {explicit!r}; expected one of {', '.join(FORMATS)}")
         return FORMATS[explicit]
+    if tfcheckpoint.prefix(path) is not None:  # a prefix has no suffix of its own (model.ckpt-1000)
+        return FORMATS["tf-checkpoint"]
     for f in FORMATS.values():
         if path.name.endswith(f.suffixes):
             return f

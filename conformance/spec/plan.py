@@ -66,6 +66,7 @@ class ConvUnit:
     bias: bool
     relu: bool = True
     plain: bool = False
+    same: bool = False  # TensorFlow's SAME padding (``padding`` unused), ``conformance.spec.same_pads``
 
     def __post_init__(self) -> None:
         if self.plain and self.norm is not None:
@@ -287,10 +288,12 @@ def _unit(
 ) -> ConvUnit:
     """A conv unit with the variant's conv settings. It has a bias when the variant's
     convs have one and ``bias`` (the row's) does not drop it; ``padding`` None keeps the
-    size (kernel // 2); ``eps`` overrides the norm's."""
+    size (kernel // 2); ``eps`` overrides the norm's. With the variant's SAME padding
+    (TensorFlow's), ``padding`` is 0 and unused."""
     norm = v.convs.norm if eps is None or v.convs.norm is None else dataclasses.replace(v.convs.norm, eps=eps)
-    padding = kernel // 2 if padding is None else padding
-    return ConvUnit(name, cin, cout, kernel, stride, padding, norm, v.convs.bias and bias, relu, v.convs.plain)
+    padding = 0 if v.convs.same else kernel // 2 if padding is None else padding
+    bias = v.convs.bias and bias
+    return ConvUnit(name, cin, cout, kernel, stride, padding, norm, bias, relu, v.convs.plain, v.convs.same)
 
 
 def _inception(row: Inception, cin: int, v: Variant) -> InceptionBlock:

@@ -37,6 +37,14 @@ class Pool:
     ceil_mode: bool = False
     # Average pools only: do zero-padded cells count in the mean (PyTorch's default)?
     count_include_pad: bool = True
+    # TensorFlow's "SAME" instead of ``padding``: ceil(size / stride) outputs, padded with
+    # (total // 2, the rest) so the extra cell goes after (asymmetric at stride 2), and
+    # padded cells never win (``conformance.spec.same_pads``). Max pools only.
+    same: bool = False
+
+    def __post_init__(self) -> None:
+        if self.same and (self.kind != "max" or self.padding or self.ceil_mode):
+            raise ValueError(f"{self.name}: SAME padding is for max pools, without padding or ceil_mode")
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,9 @@ class BatchNorm:
 
     eps: float
     momentum: float = 0.1
+    # False: no learned scale (gamma), only the shift (beta), as TF-slim's
+    # ``batch_norm(scale=False)``; the checkpoint has no ``bn.weight``.
+    scale: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,9 @@ class Convs:
     norm: BatchNorm | None = None
     bias: bool = True
     plain: bool = False
+    # TensorFlow's "SAME" padding for every conv (rows' ``padding`` is then unused):
+    # ceil(size / stride) outputs, the extra padded cell after (``conformance.spec.same_pads``).
+    same: bool = False
 
 
 @dataclass(frozen=True)

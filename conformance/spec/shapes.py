@@ -15,13 +15,27 @@ HW = tuple[int, int]
 CHW = tuple[int, int, int]
 
 
-def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+def conv_out(size: int, kernel: int, stride: int, padding: int, same: bool = False) -> int:
+    """PyTorch's conv output size; with TensorFlow's SAME padding, ceil(size / stride)."""
+    if same:
+        return -(-size // stride)
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding along one axis, (before, after): enough for
+    ceil(size / stride) windows, the odd cell after. At stride 2 it depends on the size:
+    a 7x7/2 conv pads (2, 3) on 224 and (3, 3) on 223; a 3x3/2 pool (0, 1) and (1, 1)
+    (``tf.nn.conv2d``'s documented rule, https://www.tensorflow.org/api_docs/python/tf/nn#notes_on_padding_2)."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def pool_out(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool, same: bool = False) -> int:
     """PyTorch's pooling output size (``ceil_mode`` drops a last window that would
-    start in the right padding)."""
+    start in the right padding); with TensorFlow's SAME padding, ceil(size / stride)."""
+    if same:
+        return -(-size // stride)
     span = size + 2 * padding - kernel
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
     if ceil_mode and (out - 1) * stride >= size + padding:
@@ -40,14 +54,14 @@ def op_chw(op: Stage, chw: CHW) -> CHW:
     if isinstance(op, ConvUnit):
         return (
             op.out_channels,
-            conv_out(h, op.kernel, op.stride, op.padding),
-            conv_out(w, op.kernel, op.stride, op.padding),
+            conv_out(h, op.kernel, op.stride, op.padding, op.same),
+            conv_out(w, op.kernel, op.stride, op.padding, op.same),
         )
     if isinstance(op, Pool):
         return (
             c,
-            pool_out(h, op.kernel, op.stride, op.padding, op.ceil_mode),
-            pool_out(w, op.kernel, op.stride, op.padding, op.ceil_mode),
+            pool_out(h, op.kernel, op.stride, op.padding, op.ceil_mode, op.same),
+            pool_out(w, op.kernel, op.stride, op.padding, op.ceil_mode, op.same),
         )
     if isinstance(op, AdaptiveAvgPool):
         return (c, op.size, op.size)
@@ -58,8 +72,9 @@ def op_chw(op: Stage, chw: CHW) -> CHW:
 
 def window_fits(op: Stage, chw: CHW) -> bool:
     """Whether a pool's window fits its padded input. PyTorch runs a ceil-mode window
-    larger than the input; MXNet refuses, so the spec admits neither."""
-    if not isinstance(op, Pool):
+    larger than the input; MXNet refuses, so the spec admits neither. A SAME window
+    always fits: TensorFlow pads up to it."""
+    if not isinstance(op, Pool) or op.same:
         return True
     return all(op.kernel <= s + 2 * op.padding for s in chw[1:])
 
@@ -195,11 +210,11 @@ class LayerCount:
 
 
 def conv_params(u: ConvUnit) -> tuple[int, int]:
-    """(trainable, statistics): kernel [+ bias] [+ BN scale/shift, and its statistics]."""
+    """(trainable, statistics): kernel [+ bias] [+ BN scale (if it has one) and shift, and its statistics]."""
     kernel = u.out_channels * u.in_channels * u.kernel * u.kernel + (u.out_channels if u.bias else 0)
     if u.norm is None:
         return kernel, 0
-    return kernel + 2 * u.out_channels, 2 * u.out_channels
+    return kernel + (2 if u.norm.scale else 1) * u.out_channels, 2 * u.out_channels
 
 
 def dense_params(d: Dense) -> tuple[int, int]:
@@ -214,7 +229,7 @@ def layer_counts(p: Plan, size: int | Sequence[int] = 224) -> list[LayerCount]:
     rows: list[LayerCount] = []
 
     def conv_row(u: ConvUnit, in_hw: HW) -> HW:
-        h, w = (conv_out(s, u.kernel, u.stride, u.padding) for s in in_hw)
+        h, w = (conv_out(s, u.kernel, u.stride, u.padding, u.same) for s in in_hw)
         params, stats = conv_params(u)
         rows.append(LayerCount(u.name, params, stats, h * w * u.out_channels * u.in_channels * u.kernel * u.kernel))
         return h, w

@@ -166,6 +166,49 @@ GOOGLENET_LRN = replace(
     ),
 )
 
+# TF-slim's inception_v1 (tf_slim/nets/inception_v1.py in google-research/tf-slim, the
+# same file as research/slim/nets/inception_v1.py in tensorflow/models), whose
+# checkpoint inception_v1_2016_08_28 torchvision's weights came from. Table 1's widths
+# and torchvision's names, but TensorFlow's SAME padding on every conv and pool, a
+# BatchNorm without scale, a 7x7/1 VALID head pool and a 1x1 conv with bias to 1001
+# classes (class 0 "background"), which is ``fc`` here (a 1 x 1 map makes them one).
+def same_max_pool(name: str, kernel: int = 3, stride: int = 2) -> Pool:
+    """slim's ``max_pool2d(padding="SAME")``: pads (0, 1) at 3x3/2 on an even map."""
+    return Pool(name, "max", kernel, stride, same=True)
+
+
+GOOGLENET_SLIM = replace(
+    GOOGLENET_BN,
+    name="googlenet_slim",
+    description="TF-slim's inception_v1: TensorFlow's SAME padding everywhere (asymmetric at stride 2), "
+                "3x3 branch 3, 2x2/2 pool before Mixed_5b, BatchNorm(eps 1e-3) without scale and no conv "
+                "bias, 7x7/1 VALID head pool (inputs 193-224), dropout 0.2, 1001 classes (0: background), "
+                "no aux heads, optional transform_input to [-1, 1]",
+    source="TF-slim (https://github.com/google-research/tf-slim/blob/master/tf_slim/nets/inception_v1.py)",
+    rows=(                                                      # N x    3 x 224 x 224
+        Conv("conv1", 64, 7, stride=2),                         # N x   64 x 112 x 112  Conv2d_1a_7x7, pads (2, 3)
+        same_max_pool("maxpool1"),                              # N x   64 x  56 x  56  MaxPool_2a_3x3, pads (0, 1)
+        Conv("conv2", 64, 1),                                   # N x   64 x  56 x  56  Conv2d_2b_1x1
+        Conv("conv3", 192, 3),                                  # N x  192 x  56 x  56  Conv2d_2c_3x3
+        same_max_pool("maxpool2"),                              # N x  192 x  28 x  28  MaxPool_3a_3x3
+        _3a, _3b,                                               #                       Mixed_3b, Mixed_3c
+        same_max_pool("maxpool3"),                              # N x  480 x  14 x  14  MaxPool_4a_3x3
+        _4a, _4b, _4c, _4d, _4e,                                #                       Mixed_4b .. Mixed_4f
+        same_max_pool("maxpool4", kernel=2),                    # N x  832 x   7 x   7  MaxPool_5a_2x2
+        _5a, _5b,                                               #                       Mixed_5b, Mixed_5c
+    ),
+    # decay 0.9997 is the old statistic's weight: the spec's (PyTorch's) momentum is 0.0003
+    convs=Convs(norm=BatchNorm(eps=1e-3, momentum=0.0003, scale=False), bias=False, same=True),
+    branch3=Branch3(kernel=3),  # Branch_2/Conv2d_0b_3x3 (Conv2d_0a_3x3 in Mixed_5b): the paper's 5x5 is 3x3
+    branch_pool=same_max_pool("branch_pool", stride=1),  # Branch_3/MaxPool_0a_3x3
+    aux=None,
+    head=Head(pool=Pool("avgpool", "avg", 7, 1), dropout=0.2, classes=1001),  # AvgPool_0a_7x7, keep_prob 0.8
+    input=Input(
+        transform=half_range(IMAGENET_MEAN, IMAGENET_STD),  # slim's inception preprocessing: RGB in [-1, 1]
+        check_sizes=(207,),  # odd inside 193-224: SAME pads (3, 3) at 7x7/2 and (1, 1) at 3x3/2
+    ),
+)
+
 # d2l's GoogLeNet: every max pool 3x3/2 with padding 1, Fashion-MNIST at 96 x 96.
 GOOGLENET_D2L = replace(
     GOOGLENET,
@@ -255,6 +298,7 @@ VARIANTS: dict[str, Variant] = {
         GOOGLENET_BN,
         GOOGLENET_GLUONCV,
         GOOGLENET_LRN,
+        GOOGLENET_SLIM,
         GOOGLENET_D2L,
         GOOGLENET_CIFAR,
         INCEPTION_MNIST,

@@ -11,6 +11,7 @@ patched build, a weight adapter monkeypatched for the duration, a swapped input)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -391,6 +392,120 @@ def _keras_sgd_one_minus(b: Backend) -> Backend:
 
 
 # --------------------------------------------------------------------------------------
+# TF-slim's inception_v1: what its names do not say
+# --------------------------------------------------------------------------------------
+
+
+def _branch3_3x3(op: spec.Stage) -> bool:
+    """Branch 3's wide conv, 3x3 where the paper has 5x5 (TF-slim's ``Branch_2/Conv2d_0b_3x3``)."""
+    return isinstance(op, spec.ConvUnit) and ".branch3." in op.name and op.kernel == 3
+
+
+def _where_5x5(p: spec.Plan, size: int) -> str | None:
+    return first_stage(p, _branch3_3x3, "its branch 3 has no 3x3 conv (the paper's 5x5 is one)")
+
+
+Convert = Callable[[Any], dict[str, np.ndarray]]
+
+
+def as_variant(
+    b: Backend, change: Callable[[spec.Variant], spec.Variant], load: Convert | None = None, save: Convert | None = None
+) -> Backend:
+    """``b`` building every model from ``change(variant)``: the mistake is in the network's
+    plan, so it survives whatever rebuilds a model from its plan (PyTorch's channels-last
+    copy); ``load`` and ``save``: what the port does to the canonical weights on the way
+    in and out."""
+
+    def build(variant: Any, *args: Any, **options: Any) -> Any:
+        return b.build(change(spec.variant(variant)), *args, **options)
+
+    def from_canonical(model: Any, params: Any) -> None:
+        b.from_canonical(model, params if load is None else load(params))
+
+    def to_canonical(model: Any) -> dict[str, np.ndarray]:
+        params = b.to_canonical(model)
+        return params if save is None else save(params)
+
+    return patched(b, build=build, from_canonical=from_canonical, to_canonical=to_canonical)
+
+
+def _paper_5x5(v: spec.Variant) -> spec.Variant:
+    return dataclasses.replace(v, branch3=dataclasses.replace(v.branch3, kernel=5))
+
+
+def _padded_at_the_end(params: Any) -> dict[str, np.ndarray]:
+    """The 3x3 kernels of branch 3 zero-filled to 5x5 at the end, as
+    ``np.pad(w, ((0, 0), (0, 0), (0, 2), (0, 2)))`` does: every window moves a pixel."""
+    wide = (".branch3.1.conv.weight",)
+    return {
+        k: np.pad(w, ((0, 0), (0, 0), (0, 2), (0, 2))) if k.endswith(wide) and w.shape[-1] == 3 else w
+        for k, w in params.items()
+    }
+
+
+def _cropped_back(params: Any) -> dict[str, np.ndarray]:
+    """The 5x5 kernels written back as the checkpoint's 3x3 (the corner they were loaded into)."""
+    return {k: w[..., :3, :3].copy() if k.endswith(".branch3.1.conv.weight") else w for k, w in params.items()}
+
+
+def _strided_same(op: spec.Stage) -> bool:
+    return isinstance(op, (spec.ConvUnit, spec.Pool)) and op.same and op.stride > 1
+
+
+def symmetric_differs(op: spec.ConvUnit | spec.Pool, n: int) -> bool:
+    """Whether TensorFlow's SAME pads an n-pixel side otherwise than (k - 1) // 2 on both."""
+    half = (op.kernel - 1) // 2
+    return spec.same_pads(n, op.kernel, op.stride) != (half, half)
+
+
+def _where_symmetric(p: spec.Plan, size: int) -> str | None:
+    first_stage(p, _strided_same, "no strided op with TensorFlow's SAME padding")
+    inputs = stage_inputs(p, size)
+    for stage in p.stages:
+        if _strided_same(stage) and symmetric_differs(stage, inputs[stage.name][1]):  # type: ignore[arg-type]
+            return stage.name
+    return None
+
+
+def _symmetric(v: spec.Variant) -> spec.Variant:
+    """PyTorch's padding=k // 2 where TF-slim pads SAME (torchvision's padding=3 on the
+    7x7/2 conv, 1 on the 3x3 pools, none on the 2x2 one), rounding down."""
+
+    def pool(p: spec.Pool) -> spec.Pool:
+        return dataclasses.replace(p, same=False, padding=(p.kernel - 1) // 2) if p.same else p
+
+    def row(r: spec.Row) -> spec.Row:
+        if isinstance(r, spec.Conv):
+            return dataclasses.replace(r, padding=r.kernel // 2)
+        return pool(r) if isinstance(r, spec.Pool) else r
+
+    rows = tuple(map(row, v.rows))
+    return dataclasses.replace(
+        v, rows=rows, convs=dataclasses.replace(v.convs, same=False), branch_pool=pool(v.branch_pool)
+    )
+
+
+def _where_gamma(p: spec.Plan, size: int) -> str | None:
+    norm = p.variant.convs.norm
+    if norm is None or norm.scale:
+        raise NotApplicable("its BatchNorm has a scale")
+    return "loss"
+
+
+def _mxnet_gamma(model: Any) -> None:
+    from mxnet.gluon import nn
+
+    from impl_mxnet.layers import make_trainable, options
+
+    def scaled(block: Any) -> None:
+        if isinstance(block, nn.BatchNorm) and options(block)["fix_gamma"]:
+            options(block)["fix_gamma"] = False  # Gluon's default scale=True: a gamma (of ones) that trains
+            make_trainable(block.gamma)
+
+    model.apply(scaled)
+
+
+# --------------------------------------------------------------------------------------
 # The catalogue
 # --------------------------------------------------------------------------------------
 
@@ -482,6 +597,29 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "the paper adds each aux classifier's loss with weight 0.3; with 1.0 the loss differs from the first step, "
         "and so do the gradients of every layer up to inception4d.",
         _where_aux_weight, _returning(_mxnet_aux_weight_one),
+    ),
+    Pitfall(
+        "slim-5x5", "the 5x5 branch that is 3x3: TF-slim's kernels zero-filled at the end to the paper's 5x5",
+        "inference", "torch", ("googlenet_slim",), None,
+        "TF-slim's (and torchvision's) third branch is a 3x3 conv though Table 1 says 5x5; a port that builds the "
+        "paper's 5x5 (padding 2) and pads the 3x3 kernels at the end loads without complaint but shifts every "
+        "window of that branch by a pixel (zero-filled around the centre it would be exact).",
+        _where_5x5, _returning(lambda b: as_variant(b, _paper_5x5, _padded_at_the_end, _cropped_back)),
+    ),
+    Pitfall(
+        "symmetric-padding", "symmetric instead of TensorFlow's SAME padding on TF-slim's strided conv and pools",
+        "inference", "torch", ("googlenet_slim",), "conv padding",
+        "TensorFlow's SAME pads the 7x7/2 conv (2, 3) and the 3x3/2 pools (0, 1) on an even map; PyTorch's "
+        "padding=3 and padding=1 (torchvision's) keep every shape and move every window by a pixel. On an odd map "
+        "SAME is symmetric, so those sizes hide it.",
+        _where_symmetric, _returning(lambda b: as_variant(b, _symmetric)),
+    ),
+    Pitfall(
+        "slim-gamma", "a BatchNorm gamma that is not there: Gluon's default scale=True for TF-slim's (training)",
+        "training", "mxnet", ("googlenet_slim",), "BatchNorm",
+        "TF-slim's BatchNorm has no scale; a layer built with one starts it at 1, so inference and the first step "
+        "agree, but the scale trains, and from the second step on the network is another one.",
+        _where_gamma, _returning(lambda b: rebuilt(b, _mxnet_gamma)),
     ),
     Pitfall(
         "sgd-momentum", 'SGD momentum "translated" to 1 - m like BatchNorm\'s (training)',
