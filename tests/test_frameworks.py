@@ -11,7 +11,7 @@ import pytest
 from conformance import canonical, interface, spec
 from conformance.check.compare import identical
 
-from .conftest import backend_or_skip, full_plan, loaded_model
+from .conftest import ROOT, backend_or_skip, full_plan, loaded_model
 
 PUBLISHED = {
     ("googlenet", False): (6_998_552, 0),
@@ -241,6 +241,11 @@ def test_ceil_mode_average_pool_divides_as_caffe(backend, size, padding):
 
 def test_the_package_exports_exactly_the_interface(backend):
     """``conformance.interface.Backend`` names the functions once; each package's
-    ``__all__`` and attributes follow it (plus its native GoogLeNet class)."""
+    ``__all__`` and attributes follow it (plus its native GoogLeNet class and the
+    deployment exports only its framework has, each used by ``formats.deploy``)."""
     assert all(callable(getattr(backend, f)) or f in ("name", "MODES") for f in interface.FUNCTIONS)
-    assert set(backend.__all__) == (set(interface.FUNCTIONS) - {"name"}) | {"GoogLeNet"}
+    extra = set(backend.__all__) - (set(interface.FUNCTIONS) - {"name"}) - {"GoogLeNet"}
+    assert (set(interface.FUNCTIONS) - {"name"}) | {"GoogLeNet"} <= set(backend.__all__)
+    deploy = (ROOT / "conformance" / "formats" / "deploy.py").read_text()
+    for f in extra:
+        assert f.startswith("to_") and callable(getattr(backend, f)) and f"b.{f}(" in deploy, f
