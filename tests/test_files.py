@@ -24,7 +24,7 @@ from conformance.__main__ import main
 from conformance.formats.port import PortError, port
 
 from . import hostile
-from .conftest import backend_or_skip
+from .conftest import backend_or_skip, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TMP = ".conformance-tmp"
@@ -42,18 +42,6 @@ def mnist_pth(path: Path, variant: str = "inception_mnist") -> Path:
     t.from_canonical(model, canonical.random_params(model.plan, 0))
     torch.save(model.state_dict(), path)
     return path
-
-
-def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "conformance", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        **kwargs,
-    )
 
 
 @pytest.fixture
