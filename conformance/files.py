@@ -400,8 +400,13 @@ def signals_held() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP back until a few statements that must run together
     are done, then raise :class:`Interrupted` for the first that came. Python runs signal
     handlers in the main thread whichever thread the kernel picked, so this holds them
-    whatever threads TensorFlow or MXNet started (a thread's signal mask would not)."""
+    whatever threads TensorFlow or MXNet started (a thread's signal mask would not). Only
+    the main thread holds: a held signal is raised where the hold ends, and another
+    thread's hold would raise it there, away from the main thread's clean-up."""
     global _holding
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _holding += 1
     try:
         yield
