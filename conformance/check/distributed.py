@@ -283,6 +283,19 @@ def check_batchnorm(
     case.rows += statistics_rows(expected, replica_results(results), name)
 
 
+def after_one_step(rule: Mapping[str, str], synchronized: bool) -> dict[str, str]:
+    """The rule as it shows in each replica's statistics after one step from common
+    weights. Running statistics replaced by rank 0's *before each forward* (DDP's
+    broadcast_buffers) are, after the step, each replica's own update of rank 0's
+    statistics from before it: the replicas' own."""
+    stated = dict(rule)
+    if synchronized:
+        stated["batch"] = "global"
+    if stated["running"] == "rank 0" and stated.get("when") == "before each forward":
+        stated["running"] = "own"
+    return stated
+
+
 # -- the check ---------------------------------------------------------------------------
 
 
@@ -327,9 +340,7 @@ def check_framework(
     results: list[dict[str, np.ndarray]] = []
     try:
         if p.variant.convs.norm is not None:
-            stated = dict(rule or eng.BATCHNORM)
-            if synchronized:
-                stated["batch"] = "global"
+            stated = after_one_step(rule or eng.BATCHNORM, synchronized)
             check_batchnorm(backend, case, p, params, x, y, stated)
         else:
             ref = single(backend, p, params, x, y, STEPS)

@@ -453,7 +453,8 @@ def _keep_on_interrupt(run: _Run, s: Settings, backend: Backend, history: list[E
         with files.ignoring_signals():  # a second Ctrl-C must not cut the plot short
             run.write(run.o.plot, plot(done, f"{s.variant} ({backend.version()}), interrupted"), force)
     detail = (
-        f"epochs 1-{done[-1].epoch} of {s.epochs} are saved in {run.o.out} (checkpoints, plot, history); "
+        f"{'epoch 1' if done[-1].epoch == 1 else f'epochs 1-{done[-1].epoch}'} of {s.epochs} "
+        f"{'is' if done[-1].epoch == 1 else 'are'} saved in {run.o.out} (checkpoints, plot, history); "
         f"continue with --resume"
         if done
         else "no epoch was complete; nothing was written"
