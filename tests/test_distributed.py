@@ -7,6 +7,7 @@ dist_sync) on small inputs: 2 workers x 2 images at 32 x 32."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -36,7 +37,7 @@ def test_shards_cover_the_global_batch_in_order_and_weights_average_to_one(n, wo
     w = World(workers)
     bounds = [w.bounds(n, r) for r in range(workers)]
     assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))  # contiguous, in order
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))  # contiguous, in order
     assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
     assert bounds == [(int(c[0]), int(c[-1]) + 1) for c in np.array_split(np.arange(n), workers)]
     assert np.isclose(np.mean([w.weight(n, r) for r in range(workers)]), 1.0)

@@ -143,6 +143,8 @@ def distributed(
             "synchronized": synchronized,
         }
         outcome = launch.run(framework, World(workers), job, stdout=io.StringIO(), stderr=io.StringIO())
+        if outcome.code == launch.UNSUPPORTED:
+            raise Unsupported(outcome.said.removeprefix("error: "))
         if outcome.code:
             raise RuntimeError(outcome.failed)
         results = []

@@ -11,6 +11,7 @@ one line that names the worker and what happened.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -96,6 +97,10 @@ class Outcome:
     code: int  # 0: every worker succeeded; else the first failure's exit code
     failed: str | None = None  # the one line saying which process failed and how
     kept: str = ""  # what worker 0 said it kept when it was ended (its "interrupted" detail)
+    said: str = ""  # the failed process's own last line
+
+
+UNSUPPORTED = 4  # a worker's exit status: the engine cannot do what the job asks on this device
 
 
 STARTUP = 60.0  # seconds an engine's import may take before its rendezvous starts
@@ -224,7 +229,9 @@ def _watch(running: Running, tmp: Path, join_limit: float, stop: threading.Event
         for p, popen, log in running:
             code = popen.poll()
             if code is not None and code != 0:
-                return _fail(running, stop, _describe(p.name, code, _last_line(log)), code if code > 0 else 1)
+                said = _last_line(log)
+                outcome = _fail(running, stop, _describe(p.name, code, said), code if code > 0 else 1)
+                return dataclasses.replace(outcome, said=said)
         if all(popen.poll() == 0 for p, popen, _ in running if p.worker):
             _end(running)  # the engine's helper processes, if they linger
             return Outcome(0)

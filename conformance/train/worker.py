@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import files, spec
 from ..canonical import load
+from ..interface import Unsupported
 from ..world import World, WorldError
 from . import launch
 
@@ -134,6 +135,9 @@ def main(argv: list[str]) -> int:
     except files.Interrupted as e:
         print(f"interrupted by {e.name}: {e.detail or 'nothing was written'}", file=sys.stderr, flush=True)
         return e.exit_code
+    except Unsupported as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return launch.UNSUPPORTED
     except WorldError as e:
         print(f"error: {e}" + (f"; {e.detail}" if e.detail else ""), file=sys.stderr, flush=True)
         return 3
