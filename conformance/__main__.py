@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -46,6 +47,19 @@ _positive_float = _typed(float, lambda v: v > 0, "a positive number")
 _fraction = _typed(float, lambda v: 0 <= v < 1, "a number from 0 to 1 (exclusive)")
 _classes = _typed(int, lambda v: 1 <= v <= MAX_CLASSES, f"an integer from 1 to {MAX_CLASSES:,}")
 _epochs = _typed(int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}")
+
+
+def _worker_counts(text: str) -> list[int]:
+    """``1,2``: positive worker counts, in the order given, without repeats."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 1,2; got {text!r}")
+    return list(dict.fromkeys(counts))
+
+
 _tcp_port = _typed(int, lambda v: 0 <= v <= 65535, "a TCP port from 0 (a free one) to 65535")
 
 
@@ -214,6 +228,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     bench.add_argument("--train", action="store_true", help="also training images/s (one SGD step per call)")
     bench.add_argument(
+        "--workers",
+        type=_worker_counts,
+        metavar="LIST",
+        help="with --train: data-parallel training images/s and scaling efficiency with each number of local "
+        "workers, e.g. 1,2 (each framework's own engine; --batch is the global batch)",
+    )
+    bench.add_argument(
         "--rounds", type=_positive, default=5, help="timed rounds, alternating the runtimes (default: 5)"
     )
     bench.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
@@ -348,8 +369,6 @@ def _check(args: argparse.Namespace) -> int:
 
 def _check_distributed(args: argparse.Namespace, backends, variants, sizes, result=None) -> int:
     """``check --distributed``: the data-parallel parity of each framework's engine."""
-    import json
-
     from .check import distributed, report
 
     variants = variants or [*distributed.VARIANTS, *distributed.BATCHNORM_VARIANTS]
@@ -387,6 +406,19 @@ def _bench(args: argparse.Namespace) -> int:
         elif line:
             print(line, file=sys.stderr, flush=True)
 
+    if args.workers:
+        if not args.train:
+            raise ValueError("--workers: measures training; pass --train too")
+        if args.batch < max(args.workers):
+            World(max(args.workers)).check_batch(args.batch, "--batch")
+        rows = bench.scaling(settings, args.workers, progress=progress)
+        progress("")
+        print(bench.render_scaling(settings, rows), flush=True)
+        if args.json is not None:
+            doc = {"settings": asdict(settings), "scaling": [asdict(r) for r in rows]}
+            files.atomic_write(args.json, json.dumps(doc, indent=1).encode(), overwrite=args.force)
+            print(f"JSON written to {args.json}")
+        return 1 if any(r.failed for r in rows) else 0
     try:
         result = bench.run(settings, progress)
     except RuntimeError as e:

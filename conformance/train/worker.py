@@ -94,6 +94,42 @@ def steps(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]
     np.savez(f"{job['result']}-{world.rank}.npz", **out)
 
 
+def bench(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]) -> None:
+    """Training images/s of the engine: ``job["steps"]`` timed SGD steps on one seeded
+    global batch, after a first (timed apart) and a warm-up step; worker 0 writes the
+    figures as JSON to ``job["result"]``."""
+    import resource
+    import statistics
+    import time
+
+    from .training import Settings, _plan
+
+    p = _plan(Settings(job["variant"]))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((job["batch"], p.in_channels, job["size"], job["size"])).astype(np.float32)
+    y = rng.integers(0, p.num_classes, job["batch"])
+    with engine.scope():
+        model = backend.build(p.variant, **p.options.asdict())
+    trainer = engine.Trainer(model, lr=0.01, momentum=0.9, world=world)
+    start = time.perf_counter()
+    trainer.step(x, y)
+    first = time.perf_counter() - start
+    trainer.step(x, y)
+    seconds = []
+    for _ in range(job["steps"]):
+        start = time.perf_counter()
+        trainer.step(x, y)
+        seconds.append(time.perf_counter() - start)
+    if world.rank == 0:
+        figures = {
+            "images_per_s": job["batch"] / statistics.median(seconds),
+            "first_s": first,
+            "threads": engine.threads(),
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        Path(job["result"]).write_text(json.dumps(figures))
+
+
 def train_job(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]) -> int:
     from . import training
 
@@ -128,8 +164,8 @@ def main(argv: list[str]) -> int:
     try:
         with files.signals():
             engine, backend, world = join(framework, world, job)
-            if job["kind"] == "steps":
-                steps(engine, backend, world, job)
+            if job["kind"] in {"steps", "bench"}:
+                (steps if job["kind"] == "steps" else bench)(engine, backend, world, job)
                 return 0
             return train_job(engine, backend, world, job)
     except files.Interrupted as e:
