@@ -31,8 +31,11 @@ What MXNet does, from its source at 1.9.1 (links in :data:`GRADIENTS`, :data:`BA
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import sys
 import dataclasses
+import gc
 import os
 import threading
 import weakref
@@ -123,6 +126,10 @@ def start(world: World) -> World:
     joining.start()
     joining.join(world.timeout)
     if not made:
+        # The joining thread stays blocked in ps-lite, whose threads abort the C++ exit
+        # ("terminate called without an active exception", status 134, measured): once
+        # Python is done, leave without the C++ destructors, with WorldError's status 1.
+        atexit.register(_leave_now, 1)
         where = f"{os.environ['DMLC_PS_ROOT_URI']}:{os.environ['DMLC_PS_ROOT_PORT']}"
         raise WorldError(
             f"MXNet dist_sync: the scheduler at {where}, its server and {world.workers} workers "
@@ -143,13 +150,23 @@ def stop(failed: bool = False) -> None:
     skipped, which would wait forever: ps-lite is finalised alone. Idempotent."""
     kv = _state.pop("kv", None)
     _state.pop("world", None)
-    for trainer in list(_trainers):  # the store's last references: the C++ destructor runs below
-        trainer.trainer._kvstore = None
+    for trainer in list(_trainers):  # the store's other references: the C++ destructor runs below
+        trainer.trainer._kvstore = trainer.trainer._kvstore_params["kvstore"] = trainer.kv = None
     if kv is None:
         return
     if failed:
         mx.base.check_call(mx.base._LIB.MXKVStoreSetBarrierBeforeExit(kv.handle, 0))
+    gone = weakref.ref(kv)
     del kv  # KVStore.__del__ -> MXKVStoreFree -> ~KVStoreDist
+    gc.collect()
+    if gone() is not None:  # a reference outside this module: the group is not left
+        raise WorldError("MXNet dist_sync: the KVStore is still referenced, so this worker cannot leave the group")
+
+
+def _leave_now(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
 
 
 @contextlib.contextmanager
