@@ -20,7 +20,10 @@ FAULTS = {
 
 
 class WorldError(RuntimeError):
-    """A worker that cannot join, or a peer that is gone: one line, no traceback."""
+    """A worker that cannot join, or a peer that is gone: one line, no traceback.
+    ``detail`` says what worker 0 kept (train fills it in, as for an interrupt)."""
+
+    detail = ""
 
 
 @dataclass(frozen=True)

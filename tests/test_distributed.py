@@ -1,0 +1,187 @@
+"""Data-parallel training in each framework's own engine (issue 14): N workers compute
+what one process computes; the BatchNorm rules hold; the negative controls fail; a
+dead worker ends the run with one line and a checkpoint --resume continues.
+
+Every test starts real engine processes (DDP over gloo, MirroredStrategy, KVStore
+dist_sync) on small inputs: 2 workers x 2 images at 32 x 32."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance import spec
+from conformance.canonical import load
+from conformance.check import distributed
+from conformance.world import FAULTS, World
+
+from .conftest import ROOT, backend_or_skip
+
+FRAMEWORKS = ("torch", "keras", "mxnet")
+SIZE = 32  # googlenet_d2l and googlenet_bn admit it; parity does not depend on the size
+
+
+# -- the world: shards and weights --------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, workers", [(4, 2), (5, 2), (7, 3), (3, 3)])
+def test_shards_cover_the_global_batch_in_order_and_weights_average_to_one(n, workers):
+    w = World(workers)
+    bounds = [w.bounds(n, r) for r in range(workers)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))  # contiguous, in order
+    assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
+    assert bounds == [(int(c[0]), int(c[-1]) + 1) for c in np.array_split(np.arange(n), workers)]
+    assert np.isclose(np.mean([w.weight(n, r) for r in range(workers)]), 1.0)
+
+
+def test_a_global_batch_smaller_than_the_workers_is_refused():
+    with pytest.raises(ValueError, match=r"--batch-size: a global batch of 1 leaves a worker of the 2"):
+        World(2).check_batch(1)
+    with pytest.raises(ValueError, match="--workers: expected a positive integer"):
+        World(0)
+
+
+# -- parity without BatchNorm, and its negative controls ---------------------------------
+
+
+def _case(fw: str, variant: str, **kw) -> distributed.Case:
+    b = backend_or_skip(fw)
+    case, _ = distributed.check_framework(fw, b, variant, SIZE, 2, seed=0, **kw)
+    return case
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_two_workers_equal_one_process_with_the_global_batch(fw):
+    case = _case(fw, "googlenet_d2l")
+    assert case.error is None, case.error
+    assert case.passed, distributed.render([case])
+    rows = {r.quantity: r for r in case.rows}
+    assert set(rows) == {"loss", "gradients of step 1", f"weights after step {distributed.STEPS}"}
+    assert rows["gradients of step 1"].keys == rows[f"weights after step {distributed.STEPS}"].keys > 50
+    for r in case.rows:  # float64: the engines' all-reduce leaves round-off only
+        assert r.agreement.max_rel < 1e-10, distributed.render([case])
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_a_broken_engine_fails_the_parity(fw, fault):
+    """Negative controls: gradients summed instead of averaged; every worker on shard 0."""
+    case = _case(fw, "googlenet_d2l", fault=fault)
+    assert case.error is None, case.error
+    assert not case.passed, distributed.render([case])
+    grads = next(r for r in case.rows if r.quantity == "gradients of step 1")
+    assert grads.agreement.max_rel > 1e-2, distributed.render([case])  # far beyond the 1e-4 tolerance
+
+
+# -- BatchNorm: each engine's rule, asserted against NumPy --------------------------------
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_batchnorm_statistics_follow_the_engines_stated_rule(fw):
+    case = _case(fw, "googlenet_bn")
+    assert case.error is None, case.error
+    assert case.passed, distributed.render([case])
+    assert case.rule["source"].startswith("https://github.com/")
+    assert {r.quantity for r in case.rows} == {
+        f"{q} of replica {r}" for q in ("batch statistics", "running statistics") for r in (0, 1)
+    }
+
+
+WRONG = {"own": "mean", "rank 0": "mean", "mean": "own"}
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_a_wrong_running_statistics_rule_fails(fw):
+    """Negative control: the running statistics asserted by another rule than the engine's."""
+    engine = distributed.engine(fw)
+    stated = distributed.after_one_step(engine.BATCHNORM, False)
+    wrong = {**engine.BATCHNORM, "running": WRONG[stated["running"]], "when": "after each step"}
+    case = _case(fw, "googlenet_bn", rule=wrong)
+    assert case.error is None, case.error
+    failed = {r.quantity for r in case.rows if not r.passed}
+    assert failed and all(q.startswith("running statistics") for q in failed), distributed.render([case])
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_synchronised_batchnorm_gives_the_global_batch_or_is_refused_by_name(fw):
+    case = _case(fw, "googlenet_bn", synchronized=True)
+    if case.unsupported:
+        assert case.error and fw in {"torch", "mxnet"}, case.error
+        return
+    assert case.error is None, case.error
+    assert case.passed, distributed.render([case])
+
+
+def test_the_negative_control_of_synchronised_statistics_is_per_replica_statistics():
+    """Per-replica statistics are not the global batch's: the NumPy rules tell them apart."""
+    p = distributed._plan("googlenet_bn")
+    rng = np.random.default_rng(0)
+    unit = next(f"{u.name}.bn" for u in p.conv_units() if u.norm is not None)
+    params = {f"{unit}.running_mean": np.zeros(3), f"{unit}.running_var": np.ones(3)}
+    shards = [{f"{unit}.batch_mean": rng.normal(size=3), f"{unit}.batch_var": rng.random(3) + 0.5} for _ in range(2)]
+    own = distributed.expected_statistics(p, params, shards, [2, 2], {unit: 4}, {"batch": "replica", "running": "own"})
+    glob = distributed.expected_statistics(p, params, shards, [2, 2], {unit: 4}, {"batch": "global", "running": "own"})
+    key = f"running statistics/{unit}.running_mean"
+    assert not np.allclose(own[0][key], glob[0][key])
+    assert np.allclose(glob[0][key], glob[1][key])
+    # the global batch's moments, pooled: mean of the means; variance by the parallel-axis rule
+    mean = (shards[0][f"{unit}.batch_mean"] + shards[1][f"{unit}.batch_mean"]) / 2
+    assert np.allclose(glob[0][f"batch statistics/{unit}.batch_mean"], mean)
+
+
+# -- train --workers: one writer, a dead worker, --resume ---------------------------------
+
+
+def _train(out: Path, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "conformance", "train", "--framework", "torch", "--variant", "googlenet_d2l"]
+    argv += ["--workers", "2", "--limit", "48", "--batch-size", "16", "--out", str(out), *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _worker_pid(rank: int) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"conformance.train.worker" in cmdline and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def test_a_killed_worker_ends_the_run_with_one_line_and_resume_continues_it(tmp_path):
+    backend_or_skip("torch")
+    run = _train(tmp_path, "--epochs", "3")
+    first = tmp_path / "googlenet_d2l-torch-epoch1.safetensors"
+    deadline = time.monotonic() + 300
+    while not first.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pid = _worker_pid(1)
+    assert pid is not None and run.poll() is None, run.communicate()
+    os.kill(pid, signal.SIGKILL)
+    _, err = run.communicate(timeout=120)  # bounded: the launcher ends every process
+    assert run.returncode == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert "worker 1 was killed by SIGKILL" in errors[0] and "continue with --resume" in errors[0], errors
+    assert _worker_pid(0) is None and _worker_pid(1) is None  # nothing left running
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    kept = sorted(tmp_path.glob("*-epoch*.safetensors"))
+    load(kept[-1], spec.resolve("googlenet_d2l"))  # the last checkpoint is whole
+    resumed = _train(tmp_path, "--epochs", "3", "--resume")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert f"resumed after epoch {len(kept)}" in out
+    load(tmp_path / "googlenet_d2l-torch-epoch3.safetensors", spec.resolve("googlenet_d2l"))
