@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import sys
 import dataclasses
 import gc
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import mxnet as mx
 import numpy as np
@@ -86,7 +87,7 @@ SYNC_BN = (
 SYNC_BN_SOURCE = f"{MXNET}/src/operator/contrib/sync_batch_norm-inl.h"
 
 _STATS_KEY = 1 << 30  # the store's key of the (loss, correct) sums: above any parameter index
-_state: dict[str, object] = {}  # "kv": this process's store, "world": its World
+_state: dict[str, Any] = {}  # "kv": this process's store (None: a group of one), "world": its World
 _trainers: weakref.WeakSet[Trainer] = weakref.WeakSet()
 
 
@@ -146,20 +147,31 @@ def start(world: World) -> World:
 def stop(failed: bool = False) -> None:
     """Leave the group: free the store, whose destructor meets the other workers in a
     barrier, then rank 0 stops the server and ps-lite shuts down (the scheduler and server
-    then exit). After a failure (``failed``, or a peer that may be gone) the barrier is
-    skipped, which would wait forever: ps-lite is finalised alone. Idempotent."""
+    then exit). ``failed``: skip that barrier (a peer may be gone, or stuck in a step it
+    cannot finish): ps-lite is finalised alone. Either way bounded by the world's timeout:
+    a barrier not met by then is given up, and the process leaves without ps-lite's
+    aborting C++ exit, with status 1. Idempotent."""
     kv = _state.pop("kv", None)
-    _state.pop("world", None)
+    world: World | None = _state.pop("world", None)
     for trainer in list(_trainers):  # the store's other references: the C++ destructor runs below
         trainer.trainer._kvstore = trainer.trainer._kvstore_params["kvstore"] = trainer.kv = None
     if kv is None:
         return
     if failed:
         mx.base.check_call(mx.base._LIB.MXKVStoreSetBarrierBeforeExit(kv.handle, 0))
-    gone = weakref.ref(kv)
-    del kv  # KVStore.__del__ -> MXKVStoreFree -> ~KVStoreDist
-    gc.collect()
-    if gone() is not None:  # a reference outside this module: the group is not left
+    gone, held = weakref.ref(kv), [kv]
+    del kv
+
+    def leave() -> None:
+        held.clear()  # the last reference: KVStore.__del__ -> MXKVStoreFree -> ~KVStoreDist
+        gc.collect()
+
+    leaving = threading.Thread(target=leave, daemon=True)
+    leaving.start()
+    leaving.join(world.timeout if world else None)
+    if leaving.is_alive():  # the other workers never met the barrier
+        atexit.register(_leave_now, 1)
+    elif gone() is not None:  # a reference outside this module: the group is not left
         raise WorldError("MXNet dist_sync: the KVStore is still referenced, so this worker cannot leave the group")
 
 
@@ -198,7 +210,7 @@ class Trainer(SingleTrainer):
             raise Unsupported(f"synchronized BatchNorm: {SYNC_BN} ({SYNC_BN_SOURCE})")
         if "world" not in _state:
             raise WorldError("MXNet dist_sync: call distributed.start(world) before building the Trainer")
-        self.world: World = _state["world"]  # type: ignore[assignment]
+        self.world: World = _state["world"]
         if world.workers != self.world.workers:
             raise ValueError(f"world: {world.workers} workers, but this process joined {self.world.workers}")
         super().__init__(model, lr, momentum, aux_weight, record, deterministic)
@@ -243,7 +255,7 @@ class Trainer(SingleTrainer):
     def replicas(self) -> list[int]:
         return [self.world.rank]
 
-    def batch_stats(self, replica: int | None = None) -> dict[str, np.ndarray]:  # type: ignore[override]
+    def batch_stats(self, replica: int | None = None) -> dict[str, np.ndarray]:
         self._own(replica)
         return super().batch_stats()
 
