@@ -22,6 +22,11 @@ What MXNet does, from its source at 1.9.1 (links in :data:`GRADIENTS`, :data:`BA
 * ``update_on_kvstore=False``: the optimizer runs in every worker (on identical summed
   gradients, so identical momentum), so ``state()`` / ``load_state()`` read and set it
   there, as in one process; with True it would live on the server, out of reach.
+* dist_sync carries float64 as float32 (measured: 1/3 + 4/3 pushed in float64 comes back
+  7.9e-8 off): the server's ``multi_precision_`` flag is never initialised in
+  ``KVStoreDistServer``'s constructor (``src/kvstore/kvstore_dist_server.h``, L156-166,
+  L807) and reads true, so every non-float32 push is summed in a float32 copy. The
+  float64 parity therefore holds to float32's rounding of the summed gradients.
 * BatchNorm's running statistics have ``grad_req='null'``: ``_allreduce_grads`` skips
   them, so every worker keeps its own. The Trainer is initialised on the store before
   the first forward (``_init_params`` broadcasts rank 0's values of every parameter,
