@@ -59,6 +59,8 @@ from .weights import located
 
 MXNET = "https://github.com/apache/mxnet/blob/1.9.1"
 ENGINE = "MXNet KVStore dist_sync (ps-lite: 1 scheduler, 1 server, N workers) + gluon.Trainer(update_on_kvstore=False)"
+# What the engine's all-reduce sums in: dist_sync's server sums float64 in float32 (above)
+REDUCES_IN = "float32"
 SERVER_COMMAND = ("-m", "impl_mxnet.distributed")  # after the interpreter, with DMLC_ROLE=scheduler|server
 
 GRADIENTS = {

@@ -67,8 +67,10 @@ def test_two_workers_equal_one_process_with_the_global_batch(fw):
     rows = {r.quantity: r for r in case.rows}
     assert set(rows) == {"loss", "gradients of step 1", f"weights after step {distributed.STEPS}"}
     assert rows["gradients of step 1"].keys == rows[f"weights after step {distributed.STEPS}"].keys > 50
-    for r in case.rows:  # float64: the engines' all-reduce leaves round-off only
-        assert r.agreement.max_rel < 1e-10, distributed.render([case])
+    # float64: the all-reduce leaves round-off only, float32's where the engine reduces in it
+    carried = getattr(distributed.engine(fw), "REDUCES_IN", "float64")
+    for r in case.rows:
+        assert r.agreement.max_rel < (1e-10 if carried == "float64" else 1e-5), distributed.render([case])
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))

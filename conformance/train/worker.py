@@ -160,29 +160,31 @@ def main(argv: list[str]) -> int:
         from .training import reproducible
 
         reproducible(framework)
-    engine = None
+    engine, code = None, 1
     try:
         with files.signals():
             engine, backend, world = join(framework, world, job)
             if job["kind"] in {"steps", "bench"}:
                 (steps if job["kind"] == "steps" else bench)(engine, backend, world, job)
-                return 0
-            return train_job(engine, backend, world, job)
+                code = 0
+            else:
+                code = train_job(engine, backend, world, job)
     except files.Interrupted as e:
         print(f"interrupted by {e.name}: {e.detail or 'nothing was written'}", file=sys.stderr, flush=True)
-        return e.exit_code
+        code = e.exit_code
     except Unsupported as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        return launch.UNSUPPORTED
+        code = launch.UNSUPPORTED
     except WorldError as e:
         print(f"error: {e}" + (f"; {e.detail}" if e.detail else ""), file=sys.stderr, flush=True)
-        return 3
+        code = 3
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        code = 2
     finally:
         if engine is not None:
-            engine.stop()
+            engine.stop(failed=code != 0)  # a failed worker does not wait for its peers to leave
+    return code
 
 
 if __name__ == "__main__":
