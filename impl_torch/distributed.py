@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -88,7 +91,8 @@ def _share_cores(world: World) -> None:
 def _line(error: BaseException) -> str:
     """The first line of an engine's message (gloo's and c10d's run to many lines)."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    line = text.splitlines()[0] if text else type(error).__name__
+    return re.sub(r"^\[[^\]]*\.(cc|cpp):\d+\] ", "", line)  # gloo's "[.../pair.cc:553] " prefix
 
 
 def from_env(timeout: float = World.timeout) -> World:
@@ -118,21 +122,10 @@ def start(world: World) -> World:
     if dist.is_initialized():
         raise WorldError("start: this process is already in a torch.distributed group; call stop() first")
     _share_cores(world)
-    timeout = timedelta(seconds=world.timeout)
+    held = _Held()
     try:
-        if world.workers == 1 and world.port == 0:
-            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-        else:
-            # env:// rather than tcp://: under torchrun the workers must join the store its
-            # agent already serves at MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE), not open one.
-            os.environ.update(
-                MASTER_ADDR=world.address,
-                MASTER_PORT=str(world.port),
-                RANK=str(world.rank),
-                WORLD_SIZE=str(world.workers),
-            )
-            os.environ.setdefault("LOCAL_RANK", str(world.rank))
-            dist.init_process_group("gloo", init_method="env://", timeout=timeout)
+        with held:
+            _join(world, timedelta(seconds=world.timeout))
     except (RuntimeError, ValueError) as e:  # DistStoreError, DistNetworkError, gloo's RuntimeError
         stop()
         raise WorldError(
@@ -146,6 +139,44 @@ def start(world: World) -> World:
         port=world.port,
         timeout=world.timeout,
     )
+
+
+def _join(world: World, timeout: timedelta) -> None:
+    if world.workers == 1 and world.port == 0:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        return
+    # env:// rather than tcp://: under torchrun the workers must join the store its
+    # agent already serves at MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE), not open one.
+    os.environ.update(
+        MASTER_ADDR=world.address,
+        MASTER_PORT=str(world.port),
+        RANK=str(world.rank),
+        WORLD_SIZE=str(world.workers),
+    )
+    os.environ.setdefault("LOCAL_RANK", str(world.rank))
+    dist.init_process_group("gloo", init_method="env://", timeout=timeout)
+
+
+class _Held:
+    """Holds back what c10d's C++ logging writes to stderr while joining: a client that
+    cannot reach the store logs every retry with a native stack trace (measured: 40
+    lines a try), which the one-line WorldError replaces. Passed on when the join
+    succeeds, so nothing else is hidden."""
+
+    def __enter__(self) -> None:
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.file = tempfile.TemporaryFile()
+        os.dup2(self.file.fileno(), 2)
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        with self.file:
+            self.file.seek(0)
+            text = self.file.read().decode(errors="replace")
+        if error is None and text:
+            sys.stderr.write(text)
 
 
 def stop() -> None:

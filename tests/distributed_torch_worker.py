@@ -35,8 +35,9 @@ def model(job: dict):
     from conformance.check.harness import without_dropout
     from conformance.spec import resolve, variant
 
-    net = impl_torch.build(without_dropout(variant(job["variant"])), dtype=job["dtype"])
-    impl_torch.from_canonical(net, random_params(resolve(without_dropout(variant(job["variant"]))), seed=job["seed"], training=True))
+    v = without_dropout(variant(job["variant"]))
+    net = impl_torch.build(v, dtype=job["dtype"])
+    impl_torch.from_canonical(net, random_params(resolve(v), seed=job["seed"], training=True))
     return net
 
 
