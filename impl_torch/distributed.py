@@ -311,7 +311,7 @@ class Trainer(train.Trainer):
         if replica not in self.replicas():
             raise ValueError(f"replica: this worker holds replica {self.world.rank} only, got {replica}")
 
-    def batch_stats(self, replica: int | None = None) -> dict[str, np.ndarray]:  # type: ignore[override]
+    def batch_stats(self, replica: int | None = None) -> dict[str, np.ndarray]:
         """This replica's batch statistics of the last step (needs ``record``)."""
         self._own(self.world.rank if replica is None else replica)
         return super().batch_stats()
