@@ -269,11 +269,20 @@ class Trainer(train.Trainer):
             )
         super().__init__(model, lr, momentum, aux_weight, record, deterministic)
         self.world, self.fault = world, fault
-        with _peers(world.rank):
-            # broadcasts rank 0's weights and buffers to every worker (all start equal).
-            # find_unused_parameters: a plan with aux heads at a size they do not admit
-            # leaves them without gradient, which DDP must be told to expect.
-            self.ddp = DistributedDataParallel(_Heads(model), find_unused_parameters=bool(model.plan.aux))
+        self.heads = _Heads(model)
+        self.wrapped: tuple[bool, DistributedDataParallel] | None = None
+
+    def _ddp(self, with_aux: bool) -> DistributedDataParallel:
+        """DDP around the model, made at the first step (and again should the input size
+        switch the aux heads on or off): a plan with aux heads at a size they do not admit
+        leaves them without gradient, which DDP must be told to expect
+        (find_unused_parameters, which otherwise costs a graph walk and a warning each
+        step). Making it broadcasts rank 0's weights and buffers: every worker starts equal."""
+        if self.wrapped is None or self.wrapped[0] != with_aux:
+            unused = bool(self.model.plan.aux) and not with_aux
+            self.wrapped = None  # the old Reducer removes its hooks from the parameters
+            self.wrapped = with_aux, DistributedDataParallel(self.heads, find_unused_parameters=unused)
+        return self.wrapped[1]
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on this worker's shard of the global batch ``x``, ``y`` (the same
@@ -285,9 +294,10 @@ class Trainer(train.Trainer):
         plan = self.model.plan
         with_aux = aux_admits(plan, x.shape[2:])
         target = torch.from_numpy(y[start:stop].astype(np.int64))
-        self.ddp.train()
         with _peers(self.world.rank):
-            out = self.ddp(torch.from_numpy(np.ascontiguousarray(x[start:stop])), with_aux)
+            ddp = self._ddp(with_aux)
+            ddp.train()
+            out = ddp(torch.from_numpy(np.ascontiguousarray(x[start:stop])), with_aux)
             loss = self.loss(out, target, with_aux)
             self.optimizer.zero_grad()
             # the shard's mean loss weighted so that DDP's mean of the workers' gradients is

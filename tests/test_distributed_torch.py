@@ -148,6 +148,17 @@ def test_two_workers_of_batch_2_equal_one_process_of_batch_4(runs, d2l_single, k
         assert a.passed, (rank, key, a)
 
 
+def test_unequal_shards_still_give_the_global_batch(runs):
+    """A global batch of 3 on two workers (shards of 2 and 1): World.weight makes the
+    average of the workers' gradients the global mean loss's gradient."""
+    ref = single("googlenet_d2l", batch=3)
+    got = runs("d2l-odd", variant="googlenet_d2l", batch=3)[1]
+    for kind in ("loss", "grad", "weight"):
+        key, a = worst(ref, got, kind)
+        show(f"batch 3 on 2 workers, rank 1 {kind}", key, a)
+        assert a.passed, (kind, key, a)
+
+
 def test_every_worker_holds_the_same_weights_and_momentum(runs):
     ranks = runs("d2l", variant="googlenet_d2l")
     differ = [
@@ -321,6 +332,29 @@ def test_a_group_of_one_trains_as_the_plain_trainer(group_of_one):
     assert trainer.replicas() == [0]
     with pytest.raises(ValueError, match="replica"):
         trainer.running_stats(1)
+
+
+def test_aux_heads_a_size_does_not_admit_train_as_in_one_process(group_of_one):
+    """googlenet with aux heads at 64 x 64, where they are not used: DDP is told to expect
+    parameters without gradient, and the step is the plain Trainer's."""
+    import torch
+
+    job = {**JOB, "variant": "googlenet", "size": 64}
+    steps = {}
+    for kind in ("plain", "ddp"):
+        net = impl_torch.build(model(job).plan.variant, aux_logits=True, dtype="float64")
+        torch.manual_seed(0)
+        trainer = (
+            impl_torch.Trainer(net, lr=0.01, momentum=0.9)
+            if kind == "plain"
+            else distributed.Trainer(net, lr=0.01, momentum=0.9, world=group_of_one)
+        )
+        x, y = batch(job, 1, (3, 64, 64), net.plan.fc.out_features)
+        steps[kind] = trainer.step(x, y), trainer.gradients()
+    assert steps["ddp"][0] == steps["plain"][0]
+    assert steps["ddp"][1].keys() == steps["plain"][1].keys()
+    assert not any(k.startswith("aux") for k in steps["ddp"][1])
+    assert all(np.array_equal(steps["ddp"][1][k], steps["plain"][1][k]) for k in steps["plain"][1])
 
 
 def test_synchronised_batchnorm_is_unsupported_with_torchs_own_reason(group_of_one):
