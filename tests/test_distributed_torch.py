@@ -256,7 +256,8 @@ def test_running_statistics_follow_the_stated_rule_and_no_other(cifar):
     assert rule in RULES and distributed.BATCHNORM["when"] == "before each forward"
     counts, momenta = bn_counts("googlenet_cifar")
     params = random_params(resolve("googlenet_cifar"), seed=JOB["seed"], training=True)
-    initial = {k: v for k, v in params.items() if k.endswith(("running_mean", "running_var"))}
+    # float64 as the model's: (1 - m) * a float32 array stays float32 in NumPy
+    initial = {k: v.astype(np.float64) for k, v in params.items() if k.endswith(("running_mean", "running_var"))}
     shard = JOB["batch"] // WORKERS
     after1 = [update(initial, got, 1, shard, counts, momenta) for got in cifar]
     for rank, got in enumerate(cifar):
