@@ -178,7 +178,7 @@ def parity_rows(
 # -- BatchNorm ---------------------------------------------------------------------------
 
 
-def bn_counts(p: spec.Plan, size: int, per_image: bool = True) -> dict[str, int]:
+def bn_counts(p: spec.Plan, size: int) -> dict[str, int]:
     """Values each BatchNorm averages over per image (H x W of its conv's output), by
     ``<unit>.bn``; from the spec's multiply-add count of each conv."""
     units = {u.name: u for u in p.conv_units() if u.norm is not None}
@@ -190,79 +190,121 @@ def bn_counts(p: spec.Plan, size: int, per_image: bool = True) -> dict[str, int]
     return counts
 
 
+Stats = dict[str, np.ndarray]  # <unit>.bn.batch_mean / .batch_var, or .running_mean / .running_var
+
+
+def pooled(
+    shards: Sequence[Mapping[str, np.ndarray]], counts: Sequence[int], unit: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The moments of the union of the shards (what synchronised BatchNorm normalises with)
+    from each shard's biased mean and variance over ``counts`` values."""
+    total = sum(counts)
+    means = [s[f"{unit}.batch_mean"] for s in shards]
+    mean = sum(c * mu for c, mu in zip(counts, means, strict=True)) / total
+    second = sum(c * (s[f"{unit}.batch_var"] + mu**2) for c, s, mu in zip(counts, shards, means, strict=True))
+    return np.asarray(mean), np.asarray(second / total - mean**2)
+
+
+def running_update(
+    running: Sequence[Mapping[str, np.ndarray]],
+    batch: Sequence[Mapping[str, np.ndarray]],
+    counts: Sequence[int],
+    unit: str,
+    m: float,
+    rule: Mapping[str, str],
+) -> list[Stats]:
+    """One BatchNorm's running statistics in each replica after a step, in NumPy, by the
+    engine's rule, from each replica's before the step and the batch statistics it
+    normalised with (biased, over ``counts`` values each). PyTorch's update, the spec's
+    convention: r = (1 - m) r + m s, the variance unbiased (n / (n - 1))."""
+    n = len(running)
+    start = running
+    if rule["running"] == "rank 0" and rule.get("when") == "before each forward":
+        start = [running[0]] * n  # DDP's broadcast_buffers: rank 0's replace every replica's first
+    out: list[Stats] = []
+    for r in range(n):
+        c = counts[r] if rule["batch"] == "replica" else sum(counts)
+        unbiased = batch[r][f"{unit}.batch_var"] * c / (c - 1)
+        out.append(
+            {
+                f"{unit}.running_mean": (1 - m) * start[r][f"{unit}.running_mean"] + m * batch[r][f"{unit}.batch_mean"],
+                f"{unit}.running_var": (1 - m) * start[r][f"{unit}.running_var"] + m * unbiased,
+            }
+        )
+    if rule["running"] == "mean":
+        return [{k: np.mean([o[k] for o in out], axis=0) for k in out[0]}] * n
+    if rule["running"] == "rank 0" and rule.get("when") != "before each forward":
+        return [out[0]] * n
+    return out
+
+
 def expected_statistics(
     p: spec.Plan,
     params: Mapping[str, np.ndarray],
     shards: Sequence[Mapping[str, np.ndarray]],
-    sizes: list[int],
+    sizes: Sequence[int],
     spatial: Mapping[str, int],
     rule: Mapping[str, str],
-) -> list[dict[str, np.ndarray]]:
-    """Each replica's batch statistics and running statistics after one step, by the rule,
-    in NumPy from the per-shard batch statistics (biased mean and variance of each shard,
-    ``sizes`` images each). PyTorch's running update (the spec's convention):
-    r = (1 - m) r + m s, with the unbiased variance (n / (n - 1)) folded in."""
-    momentum = {f"{u.name}.bn": u.norm.momentum for u in p.conv_units() if u.norm is not None}
+    recorded: Sequence[Sequence[Mapping[str, np.ndarray]]] = (),
+) -> dict[str, list[Stats]]:
+    """By step and quantity ("batch statistics/step 1", "running statistics/step 1", ...),
+    each replica's statistics in NumPy. Step 1's batch statistics are each shard's, from
+    one process per shard (``shards``), pooled where BatchNorm is synchronised; a later
+    step's are the replicas' own ``recorded`` ones (they depend on the averaged update),
+    from which the rule must give the running statistics."""
+    momentum = {
+        f"{u.name}.bn": u.norm.momentum for u in p.conv_units() if u.norm is not None and f"{u.name}.bn" in spatial
+    }
+    n = len(shards)
 
-    def keep(key: str, m: float) -> np.ndarray:
-        return (1 - m) * params[key]
+    def normalised(batch: Sequence[Mapping[str, np.ndarray]]) -> list[Stats]:
+        if rule["batch"] == "replica":
+            return [{k: v for k, v in b.items() if k.rsplit(".", 1)[0] in momentum} for b in batch]
+        out: Stats = {}
+        for unit in momentum:
+            counts = [c * spatial[unit] for c in sizes]
+            out[f"{unit}.batch_mean"], out[f"{unit}.batch_var"] = pooled(batch, counts, unit)
+        return [out] * n
 
-    replicas = []
-    for r in range(len(shards)):
-        out: dict[str, np.ndarray] = {}
+    before: list[Stats] = [{k: v for k, v in params.items() if "running_" in k}] * n
+    expected: dict[str, list[Stats]] = {}
+    for step, batch in enumerate([shards, *recorded], 1):
+        stats = normalised(batch) if step == 1 else [dict(b) for b in batch]
+        after: list[Stats] = [{} for _ in range(n)]
         for unit, m in momentum.items():
-            if unit not in spatial:
-                continue  # an aux head that does not run at this size
-            means = [s[f"{unit}.batch_mean"] for s in shards]
-            variances = [s[f"{unit}.batch_var"] for s in shards]
-            counts = [n * spatial[unit] for n in sizes]
-            if rule["batch"] == "global":  # one batch: the shards' pooled moments
-                total = sum(counts)
-                mean = sum(c * mu for c, mu in zip(counts, means, strict=True)) / total
-                var = sum(c * (v + mu**2) for c, mu, v in zip(counts, means, variances, strict=True)) / total - mean**2
-                mine = [(mean, var, total)] * len(shards)
-            else:
-                mine = list(zip(means, variances, counts, strict=True))
-            running = [
-                (
-                    (1 - m) * params[f"{unit}.running_mean"] + m * mu,
-                    (1 - m) * params[f"{unit}.running_var"] + m * v * n / (n - 1),
-                )
-                for mu, v, n in mine
-            ]
-            if rule["running"] == "mean":
-                running = [tuple(sum(x) / len(running) for x in zip(*running, strict=True))] * len(running)
-            elif rule["running"] == "rank 0":
-                running = [running[0]] * len(running)
-            mean_r, var_r, _ = mine[r]
-            out[f"batch statistics/{unit}.batch_mean"] = np.asarray(mean_r)
-            out[f"batch statistics/{unit}.batch_var"] = np.asarray(var_r)
-            out[f"running statistics/{unit}.running_mean"], out[f"running statistics/{unit}.running_var"] = running[r]
-        replicas.append(out)
-    return replicas
+            counts = [c * spatial[unit] for c in sizes]
+            for r, values in enumerate(running_update(before, stats, counts, unit, m, rule)):
+                after[r].update(values)
+        expected[f"batch statistics/step {step}"] = stats
+        expected[f"running statistics/step {step}"] = after
+        before = after
+    return expected
 
 
 def statistics_rows(
-    expected: Sequence[Mapping[str, np.ndarray]], got: Sequence[Mapping[str, np.ndarray]], rule_name: str
+    expected: Mapping[str, Sequence[Mapping[str, np.ndarray]]], got: Sequence[Mapping[str, np.ndarray]], rule: str
 ) -> list[Row]:
+    """Each replica's statistics of each step against NumPy's (step 1's batch statistics
+    against the per-shard runs; running statistics against the rule)."""
     rows = []
-    for r, (want, have) in enumerate(zip(expected, got, strict=True)):
-        for quantity in ("batch statistics", "running statistics"):
-            a = _part(want, f"{quantity}/")
-            b = {k: v for k, v in _part(have, f"{quantity}/{r}/").items() if k in a or not a}
-            worst, agree = _train_row(quantity, a, b, {})
-            rows.append(Row(f"{quantity} of replica {r}", f"NumPy, {rule_name}", len(a), worst, agree, agree.passed))
+    for quantity, replicas in expected.items():
+        kind, step = quantity.split("/")
+        if kind == "batch statistics" and step != "step 1":
+            continue  # the replicas' own record: what NumPy computed the running statistics from
+        for r, want in enumerate(replicas):
+            have = _part(got[r], f"{quantity}/{r}/")
+            worst, agree = _train_row(kind, want, have, {})
+            rows.append(Row(f"{kind} of replica {r}, {step}", f"NumPy, {rule}", len(want), worst, agree, agree.passed))
     return rows
 
 
 def replica_results(results: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Each replica's statistics, in rank order, whichever process held it."""
+    """Each replica's statistics, in replica order, whichever process held it."""
     by_replica: dict[int, dict[str, np.ndarray]] = {}
     for values in results:
         for key, value in values.items():
             if key.startswith(("batch statistics/", "running statistics/")):
-                quantity, replica, name = key.split("/", 2)
-                by_replica.setdefault(int(replica), {})[f"{quantity}/{replica}/{name}"] = value
+                by_replica.setdefault(int(key.split("/")[2]), {})[key] = value
     return [by_replica[r] for r in sorted(by_replica)]
 
 
@@ -275,27 +317,26 @@ def check_batchnorm(
     y: np.ndarray,
     rule: Mapping[str, str],
 ) -> None:
-    """One step with BatchNorm: each replica's statistics against NumPy by ``rule``."""
+    """Two steps with BatchNorm: each replica's statistics against NumPy by ``rule`` (two:
+    DDP's rank-0 rule shows only from the second step on)."""
     world = World(case.workers)
     bounds = [world.bounds(len(x), r) for r in range(case.workers)]
     shards = [_part(single(backend, p, params, x[a:b], y[a:b], 1), "batch statistics/") for a, b in bounds]
-    results = distributed(case.framework, p, params, x, y, 1, case.workers, synchronized=case.synchronized)
-    expected = expected_statistics(p, params, shards, [b - a for a, b in bounds], bn_counts(p, case.size), rule)
-    name = f"batch per {rule['batch']}, running {rule['running']}"
-    case.rows += statistics_rows(expected, replica_results(results), name)
+    results = replica_results(
+        distributed(case.framework, p, params, x, y, STEPS, case.workers, synchronized=case.synchronized)
+    )
+    recorded = [
+        [_part(results[r], f"batch statistics/step {s}/{r}/") for r in range(case.workers)] for s in range(2, STEPS + 1)
+    ]
+    sizes = [b - a for a, b in bounds]
+    expected = expected_statistics(p, params, shards, sizes, bn_counts(p, case.size), rule, recorded)
+    when = f" ({rule['when']})" if rule.get("when") else ""
+    case.rows += statistics_rows(expected, results, f"batch per {rule['batch']}, running {rule['running']}{when}")
 
 
-def after_one_step(rule: Mapping[str, str], synchronized: bool) -> dict[str, str]:
-    """The rule as it shows in each replica's statistics after one step from common
-    weights. Running statistics replaced by rank 0's *before each forward* (DDP's
-    broadcast_buffers) are, after the step, each replica's own update of rank 0's
-    statistics from before it: the replicas' own."""
-    stated = dict(rule)
-    if synchronized:
-        stated["batch"] = "global"
-    if stated["running"] == "rank 0" and stated.get("when") == "before each forward":
-        stated["running"] = "own"
-    return stated
+def stated_rule(rule: Mapping[str, str], synchronized: bool) -> dict[str, str]:
+    """The engine's rule, with synchronised BatchNorm's batch statistics global."""
+    return {**rule, "batch": "global"} if synchronized else dict(rule)
 
 
 # -- the check ---------------------------------------------------------------------------
@@ -342,7 +383,7 @@ def check_framework(
     results: list[dict[str, np.ndarray]] = []
     try:
         if p.variant.convs.norm is not None:
-            stated = after_one_step(rule or eng.BATCHNORM, synchronized)
+            stated = stated_rule(rule or eng.BATCHNORM, synchronized)
             check_batchnorm(backend, case, p, params, x, y, stated)
         else:
             ref = single(backend, p, params, x, y, STEPS)

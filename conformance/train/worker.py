@@ -64,7 +64,8 @@ def steps(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]
     """``job["steps"]`` SGD steps from the weights in ``job["params"]`` on the global batch
     in ``job["batch"]``; every process saves what its replicas saw to
     ``<job["result"]>-<rank>.npz``: the loss of each step, the gradient of step 1, the
-    weights after the last step, and each replica's batch and running statistics of step 1."""
+    weights after the last step, and each replica's batch statistics of each step and
+    running statistics after it (``batch statistics/step S/<replica>/<key>``)."""
     p = spec.resolve(spec.without_dropout(spec.variant(job["variant"])), **job["options"])
     with np.load(job["batch"], allow_pickle=False) as batch:
         x, y = batch["x"], batch["y"]
@@ -85,10 +86,9 @@ def steps(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]
         out[f"loss/step {step}"] = np.array([trainer.step(x, y)[0]])
         if step == 1:
             out.update({f"gradients/{k}": v for k, v in trainer.gradients().items()})
-            for r in trainer.replicas():
-                if p.variant.convs.norm is not None:
-                    out.update({f"batch statistics/{r}/{k}": v for k, v in trainer.batch_stats(r).items()})
-                    out.update({f"running statistics/{r}/{k}": v for k, v in trainer.running_stats(r).items()})
+        for r in trainer.replicas() if p.variant.convs.norm is not None else ():
+            out.update({f"batch statistics/step {step}/{r}/{k}": v for k, v in trainer.batch_stats(r).items()})
+            out.update({f"running statistics/step {step}/{r}/{k}": v for k, v in trainer.running_stats(r).items()})
     weights = backend.to_canonical(model)
     out.update({f"weights/{k}": v for k, v in weights.items() if not k.endswith(("running_mean", "running_var"))})
     np.savez(f"{job['result']}-{world.rank}.npz", **out)
