@@ -259,6 +259,11 @@ class Trainer(SingleTrainer):
         """The gradient the update applied: the pulled sum over the workers over ``divisor``."""
         return {key: g / self.divisor for key, g in super().gradients().items()}
 
+    def reseed(self, seed: int) -> None:
+        """Each worker its own stream of dropout masks (with one seed the workers would
+        drop the same units of their shards' rows), drawn from ``seed`` and the rank."""
+        super().reseed(int(np.random.SeedSequence([seed, self.world.rank]).generate_state(1)[0]))
+
     def replicas(self) -> list[int]:
         return [self.world.rank]
 

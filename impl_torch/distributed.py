@@ -315,6 +315,11 @@ class Trainer(train.Trainer):
             dist.all_reduce(totals)
         return float(totals[0]) / n, int(totals[1])
 
+    def reseed(self, seed: int) -> None:
+        """Each worker its own stream of dropout masks (with one seed the workers would
+        drop the same units of their shards' rows), drawn from ``seed`` and the rank."""
+        super().reseed(int(np.random.SeedSequence([seed, self.world.rank]).generate_state(1)[0]))
+
     def replicas(self) -> list[int]:
         """The ranks of the replicas this process holds: its own."""
         return [self.world.rank]
