@@ -533,13 +533,22 @@ def _train_workers(args: argparse.Namespace, settings: Settings) -> int:
     world = World(args.workers, port=args.port)
     world.check_batch(args.batch_size)
     if launch.started_by_engine(args.framework):
+        started = worker.world_from_environment(args.framework, world)
+        if args.workers not in {1, started.workers}:
+            raise ValueError(
+                f"--workers {args.workers}: the engine's variables say {started.workers} workers; "
+                f"pass the same (or leave --workers out)"
+            )
+        started.check_batch(args.batch_size)
         training.reproducible(args.framework)
         job = {"settings": asdict(settings), "data": args.data and str(args.data), "out": str(args.out)}
-        engine, backend, world = worker.join(args.framework, world)
+        engine, backend, world = worker.join(args.framework, started)
+        code = 1
         try:
-            return worker.train_job(engine, backend, world, {**job, "force": args.force, "resume": args.resume})
+            code = worker.train_job(engine, backend, world, {**job, "force": args.force, "resume": args.resume})
+            return code
         finally:
-            engine.stop()
+            engine.stop(failed=code != 0)
     job = {
         "kind": "train",
         "settings": asdict(settings),
