@@ -10,6 +10,13 @@ issue 14). What differs, and why:
   the N replica ids. The N devices share one intra-op thread pool (``threads()``).
 * On a cluster, ``TF_CONFIG`` set: ``MultiWorkerMirroredStrategy``, one replica per
   process, whose collectives time out after ``World.timeout`` (``CommunicationOptions``).
+  The same ``Trainer`` runs there: replica ids are global, so each process takes its own
+  shard (measured: two local TF_CONFIG workers, googlenet_d2l, give the MirroredStrategy
+  run's losses to the last bit).
+* Dropout: each Dropout's seed state is a variable with aggregation ``"none"`` too
+  (keras/src/random/seed_generator.py), so every replica draws from its own copy of the
+  same state: equal shards get equal masks, not one process's mask over the global batch.
+  The parity checks run with dropout off, as ``check --train`` does.
 * Keras's optimizer sums the replicas' gradients (``GRADIENTS``); Keras's own ``fit``
   divides each replica's loss by the number of replicas, and so does ``Trainer.step``.
 * BatchNorm's moving statistics are variables with aggregation ``"none"``: each
@@ -22,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -312,12 +318,3 @@ class Trainer(train.Trainer):
 
 def _replica_id(ctx: tf.distribute.experimental.ValueContext):
     return tf.constant(ctx.replica_id_in_sync_group)
-
-
-@contextlib.contextmanager
-def group(world: World) -> Iterator[World]:
-    """``start`` ... ``stop`` as a block."""
-    try:
-        yield start(world)
-    finally:
-        stop()
