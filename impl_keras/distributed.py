@@ -136,7 +136,7 @@ def start(world: World) -> World:
     return _world
 
 
-def stop() -> None:
+def stop(failed: bool = False) -> None:
     """Forget the strategy (it holds no connection in one process). Idempotent."""
     global _strategy, _world
     _strategy, _world = None, None

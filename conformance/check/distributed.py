@@ -321,10 +321,16 @@ def check_batchnorm(
     DDP's rank-0 rule shows only from the second step on)."""
     world = World(case.workers)
     bounds = [world.bounds(len(x), r) for r in range(case.workers)]
-    shards = [_part(single(backend, p, params, x[a:b], y[a:b], 1), "batch statistics/") for a, b in bounds]
-    results = replica_results(
-        distributed(case.framework, p, params, x, y, STEPS, case.workers, synchronized=case.synchronized)
-    )
+    raw = distributed(case.framework, p, params, x, y, STEPS, case.workers, synchronized=case.synchronized)
+    if case.synchronized:
+        # Synchronised, the replicas compute what one process computes on the global batch
+        # (N*b parity); past the first BatchNorm, per-shard runs would see other inputs.
+        whole = single(backend, p, params, x, y, STEPS)
+        case.rows += parity_rows(p, whole, raw[0], f"{case.workers} workers vs 1 process", STEPS)
+        shards = [_part(whole, "batch statistics/")] * case.workers  # pooled: the global batch's
+    else:
+        shards = [_part(single(backend, p, params, x[a:b], y[a:b], 1), "batch statistics/") for a, b in bounds]
+    results = replica_results(raw)
     recorded = [
         [_part(results[r], f"batch statistics/step {s}/{r}/") for r in range(case.workers)] for s in range(2, STEPS + 1)
     ]
