@@ -226,12 +226,13 @@ def _watch(running: Running, tmp: Path, join_limit: float, stop: threading.Event
     workers = sum(p.worker for p, _, _ in running)
     started = time.monotonic()
     while True:
-        for p, popen, log in running:
-            code = popen.poll()
-            if code is not None and code != 0:
-                said = _last_line(log)
-                outcome = _fail(running, stop, _describe(p.name, code, said), code if code > 0 else 1)
-                return dataclasses.replace(outcome, said=said)
+        failed = [(p, code, log) for p, popen, log in running if (code := popen.poll()) not in (None, 0)]
+        if failed:
+            # a process a signal killed is the cause; a peer's error about it is the effect
+            p, code, log = min(failed, key=lambda f: f[1] >= 0)
+            said = _last_line(log)
+            outcome = _fail(running, stop, _describe(p.name, code, said), code if code > 0 else 1)
+            return dataclasses.replace(outcome, said=said)
         if all(popen.poll() == 0 for p, popen, _ in running if p.worker):
             _end(running)  # the engine's helper processes, if they linger
             return Outcome(0)
