@@ -581,16 +581,22 @@ def render_scaling(s: Settings, rows: list[Scaling]) -> str:
     lines = [
         f"data-parallel training of {s.variant}, global batch {s.batch} at {s.size} x {s.size}, "
         f"{usable_cores()} cores (each framework's own engine, each run in its own processes):",
-        f"  {'framework':<10} {'workers':>7} {'images/s':>9} {'efficiency':>10} {'threads/worker':>14} "
-        f"{'first step':>10} {'peak MB':>8}",
+        f"  {'framework':<10} {'workers':>7} {'images/s':>9} {'speedup':>7} {'efficiency':>10} "
+        f"{'threads/worker':>14} {'first step':>10} {'peak MB':>8}",
     ]
     for r in rows:
         if r.failed:
             lines.append(f"  {r.framework:<10} {r.workers:>7}  FAILED: {r.failed}")
             continue
         eff = f"{r.efficiency:.2f}" if r.efficiency is not None else "-"
+        speedup = f"{r.efficiency * r.workers:.2f}" if r.efficiency is not None else "-"
         lines.append(
-            f"  {r.framework:<10} {r.workers:>7} {r.images_per_s:>9.1f} {eff:>10} {r.threads:>14} "
+            f"  {r.framework:<10} {r.workers:>7} {r.images_per_s:>9.1f} {speedup:>7} {eff:>10} {r.threads:>14} "
             f"{r.first_s:>9.1f}s {r.peak_mb:>8.0f}"
         )
+    lines.append(
+        "  speedup: images/s over the one-worker run's; efficiency: speedup / workers. Local workers share "
+        f"this machine's {usable_cores()} cores, which one worker already uses, so a speedup above 1 needs "
+        "cores the single worker leaves idle."
+    )
     return "\n".join(lines)
