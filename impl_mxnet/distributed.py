@@ -164,6 +164,13 @@ def stop(failed: bool = False) -> None:
         trainer.trainer._kvstore = trainer.trainer._kvstore_params["kvstore"] = trainer.kv = None
     if kv is None:
         return
+    # A gluon.Trainer whose Trainer is gone may outlive it: its Parameters point at it, and
+    # a model the suite's forward() cached (train's evaluation) keeps those alive.
+    for holder in gc.get_referrers(kv):
+        if isinstance(holder, mx.gluon.Trainer):
+            holder._kvstore = None
+        elif isinstance(holder, dict) and holder.get("kvstore") is kv:
+            holder["kvstore"] = None
     if failed:
         mx.base.check_call(mx.base._LIB.MXKVStoreSetBarrierBeforeExit(kv.handle, 0))
     gone, held = weakref.ref(kv), [kv]
