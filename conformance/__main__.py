@@ -559,7 +559,8 @@ def _train_workers(args: argparse.Namespace, settings: Settings) -> int:
     }
     outcome = launch.run(args.framework, world, job)
     if outcome.code:
-        print(f"error: {outcome.failed}" + (f"; {outcome.kept}" if outcome.kept else ""), file=sys.stderr)
+        kept = outcome.kept or training.saved(args.out, settings, args.framework)  # worker 0 could not say
+        print(f"error: {outcome.failed}" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 1
     return 0
 

@@ -7,7 +7,9 @@ dist_sync) on small inputs: 2 workers x 2 images at 32 x 32."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -168,51 +170,73 @@ def test_the_numpy_rules_tell_each_other_apart():
     assert np.allclose(e["rank 0"][step2][0][key], e["own"][step2][0][key])
 
 
-# -- train --workers: one writer, a dead worker, --resume ---------------------------------
+# -- train --workers: the same run, one writer, a dead worker, --resume ------------------
 
 
-def _train(out: Path, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "conformance", "train", "--framework", "torch", "--variant", "googlenet_d2l"]
-    argv += ["--workers", "2", "--limit", "48", "--batch-size", "16", "--out", str(out), *extra]
+def _train(fw: str, out: Path, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "conformance", "train", "--framework", fw, "--variant", "googlenet_d2l"]
+    argv += ["--limit", "48", "--batch-size", "16", "--out", str(out), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _worker_pid(rank: int) -> int | None:
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_two_workers_train_what_one_process_trains(fw, tmp_path):
+    """The README command: one epoch (3 global batches of 16) with 2 workers and without;
+    the same losses (float32: the workers sum in another order) and one set of outputs."""
+    backend_or_skip(fw)
+    history = {}
+    for workers in (1, 2):
+        out = tmp_path / str(workers)
+        out.mkdir()
+        run = _train(fw, out, "--epochs", "1", "--workers", str(workers))
+        stdout, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-2000:]
+        assert ("2 workers (" in stdout) == (workers == 2), stdout
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            f"googlenet_d2l-{fw}{suffix}" for suffix in ("-epoch1.safetensors", ".json", ".png", ".state.safetensors")
+        )
+        history[workers] = json.loads((out / f"googlenet_d2l-{fw}.json").read_text())["epochs"][0]
+    assert history[2]["loss"] == pytest.approx(history[1]["loss"], rel=1e-5)
+    assert history[2]["train_acc"] == history[1]["train_acc"]
+
+
+def _workers() -> list[int]:
+    """The pids of the running workers (not an engine's scheduler or server)."""
+    found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"conformance.train.worker" in cmdline and f"RANK={rank}".encode() in environ:
-            return int(entry.name)
-    return None
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if b"conformance.train.worker" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return sorted(found)
 
 
-def test_a_killed_worker_ends_the_run_with_one_line_and_resume_continues_it(tmp_path):
-    backend_or_skip("torch")
-    run = _train(tmp_path, "--epochs", "3")
-    first = tmp_path / "googlenet_d2l-torch-epoch1.safetensors"
+@pytest.mark.parametrize("fw", ["torch", "mxnet"])
+def test_a_killed_worker_ends_the_run_with_one_line_and_resume_continues_it(fw, tmp_path):
+    """A worker killed after the first epoch: every process ends (MXNet's peers would wait
+    in dist_sync forever), one line names it and what is kept, the last checkpoint is
+    whole, and --resume finishes the run."""
+    backend_or_skip(fw)
+    run = _train(fw, tmp_path, "--epochs", "3", "--workers", "2")
+    state = tmp_path / f"googlenet_d2l-{fw}.state.safetensors"  # written last: epoch 1 is complete
     deadline = time.monotonic() + 300
-    while not first.exists() and run.poll() is None and time.monotonic() < deadline:
+    while not state.exists() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    pid = _worker_pid(1)
-    assert pid is not None and run.poll() is None, run.communicate()
-    os.kill(pid, signal.SIGKILL)
+    workers = _workers()
+    assert len(workers) == 2 and run.poll() is None, run.communicate()
+    os.kill(workers[-1], signal.SIGKILL)
     _, err = run.communicate(timeout=120)  # bounded: the launcher ends every process
     assert run.returncode == 1, err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
-    assert "worker 1 was killed by SIGKILL" in errors[0] and "continue with --resume" in errors[0], errors
-    assert _worker_pid(0) is None and _worker_pid(1) is None  # nothing left running
+    assert "was killed by SIGKILL" in errors[0] and "continue with --resume" in errors[0], errors
+    assert _workers() == []  # nothing left running
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
     kept = sorted(tmp_path.glob("*-epoch*.safetensors"))
     load(kept[-1], spec.resolve("googlenet_d2l"))  # the last checkpoint is whole
-    resumed = _train(tmp_path, "--epochs", "3", "--resume")
+    resumed = _train(fw, tmp_path, "--epochs", "3", "--workers", "2", "--resume")
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
-    assert f"resumed after epoch {len(kept)}" in out
-    load(tmp_path / "googlenet_d2l-torch-epoch3.safetensors", spec.resolve("googlenet_d2l"))
+    assert "resumed after epoch" in out
+    load(tmp_path / f"googlenet_d2l-{fw}-epoch3.safetensors", spec.resolve("googlenet_d2l"))

@@ -134,14 +134,26 @@ def _kept(path: Path) -> str:
 Running = list[tuple[Process, "subprocess.Popen[bytes]", Path]]
 
 
+@dataclass
+class _Relay:
+    """Whose output reaches the user: worker 0's. The first worker started is taken until
+    the engine has given ranks (MXNet's scheduler numbers the workers as they register)."""
+
+    stop: threading.Event
+    pid: int | None = None
+
+    def follows(self, pid: int) -> bool:
+        return pid == self.pid and not self.stop.is_set()
+
+
 def run(
     framework: str, world: World, job: Mapping[str, Any], stdout: IO[str] = sys.stdout, stderr: IO[str] = sys.stderr
 ) -> Outcome:
     """Start ``framework``'s processes for ``world`` on ``job`` (handed to each worker as a
-    JSON file) and wait for them. Worker 0's output is relayed; the others' is kept, and
-    only its last line shown if one fails. A signal to the launcher is passed on to the
-    workers (worker 0 keeps what it has, as a run without workers does) and raised here
-    with worker 0's detail."""
+    JSON file) and wait for them. Worker 0's output is relayed; every worker's is kept,
+    and only the failed one's last line shown if one fails. A signal to the launcher is
+    passed on to the workers (worker 0 keeps what it has, as a run without workers does)
+    and raised here with worker 0's detail."""
     if not world.port:
         world = World(world.workers, 0, world.address, free_port(world.address), world.timeout)
     procs = PROCESSES[framework](world)
@@ -152,22 +164,22 @@ def run(
         for name in (v for names in ENGINE_VARIABLES.values() for v in names):
             env.pop(name, None)  # the launcher's own, if it runs under an engine, are not the workers'
         running: Running = []
-        stop = threading.Event()
-        relays: list[threading.Thread] = []
+        relay = _Relay(threading.Event())
+        threads: list[threading.Thread] = []
         try:
             for p in procs:
-                running.append(_start(p, job_file, env, Path(tmp), stdout, stderr, stop, relays))
-            outcome = _watch(running, Path(tmp), world.timeout + STARTUP, stop)
+                running.append(_start(p, job_file, env, Path(tmp), (stdout, stderr), relay, threads))
+            outcome = _watch(running, Path(tmp), world.timeout + STARTUP, relay)
         except files.Interrupted as e:
-            stop.set()  # worker 0's own "interrupted" line becomes the launcher's detail
+            relay.stop.set()  # worker 0's own "interrupted" line becomes the launcher's detail
             _end(running, e.signum)
-            e.detail = _kept(running[-len(procs)][2]) if running else ""
+            e.detail = _kept(_first(running, Path(tmp))) if running else ""
             raise
         except BaseException:
-            stop.set()
+            relay.stop.set()
             _end(running)
             raise
-        for t in relays:
+        for t in threads:
             t.join(timeout=GRACE)
         return outcome
 
@@ -177,76 +189,103 @@ def _start(
     job_file: Path,
     env: Mapping[str, str],
     tmp: Path,
-    stdout: IO[str],
-    stderr: IO[str],
-    stop: threading.Event,
-    relays: list[threading.Thread],
+    sinks: tuple[IO[str], IO[str]],
+    relay: _Relay,
+    threads: list[threading.Thread],
 ) -> tuple[Process, subprocess.Popen[bytes], Path]:
+    """Start one process; a worker's stdout and stderr go to its log and, while it is
+    worker 0, to the user."""
     log = tmp / f"{p.name.replace(' ', '-')}.log"
     argv = p.argv or (sys.executable, "-m", "conformance.train.worker", str(job_file))
-    first = p.name == "worker 0"
     with open(log, "wb") as err:
         popen = subprocess.Popen(
             argv,
             env={**env, **p.env},
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if first else subprocess.DEVNULL,
-            stderr=subprocess.PIPE if first else err,
+            stdout=subprocess.PIPE if p.worker else subprocess.DEVNULL,
+            stderr=subprocess.PIPE if p.worker else err,
             start_new_session=True,  # a Ctrl-C reaches the launcher only, which passes it on
         )
-    if first:
+    if p.worker:
+        relay.pid = relay.pid or popen.pid
         assert popen.stdout is not None and popen.stderr is not None
-        for source, sink in ((popen.stdout, stdout), (popen.stderr, stderr)):
-            t = threading.Thread(target=_tee, args=(source, sink, stop, log if source is popen.stderr else None))
-            t.daemon = True
+        for source, sink in zip((popen.stdout, popen.stderr), sinks, strict=True):
+            t = threading.Thread(target=_tee, args=(source, sink, log, relay, popen.pid), daemon=True)
             t.start()
-            relays.append(t)
+            threads.append(t)
     return p, popen, log
 
 
-def _tee(source: IO[bytes], sink: IO[str], stop: threading.Event, keep: Path | None) -> None:
-    """Relay a stream of worker 0 (its stderr also to its log, for the failure line)."""
-    with open(keep if keep else os.devnull, "ab") as copy:
+def _tee(source: IO[bytes], sink: IO[str], log: Path, relay: _Relay, pid: int) -> None:
+    """Copy a worker's stream to its log (for the failure line), and to the user while
+    the worker is worker 0."""
+    with open(log, "ab") as copy:
         for line in iter(source.readline, b""):
             copy.write(line)
             copy.flush()
-            if not stop.is_set():
+            if relay.follows(pid):
                 sink.write(line.decode(errors="replace"))
                 sink.flush()
+
+
+def _ranks(tmp: Path) -> dict[int, int]:
+    """pid -> rank of the workers that joined (``joined`` writes its pid)."""
+    found = {}
+    for entry in tmp.glob("joined-*"):
+        with contextlib.suppress(OSError, ValueError):
+            found[int(entry.read_text())] = int(entry.name.removeprefix("joined-"))
+    return found
+
+
+def _first(running: Running, tmp: Path) -> Path:
+    """Worker 0's log (by rank once known, else the first worker started)."""
+    ranks = _ranks(tmp)
+    zero = next((pid for pid, rank in ranks.items() if rank == 0), None)
+    logs = [(popen.pid, log) for p, popen, log in running if p.worker]
+    return next((log for pid, log in logs if pid == zero), logs[0][1])
+
+
+def _name(p: Process, popen: subprocess.Popen[bytes], tmp: Path) -> str:
+    rank = _ranks(tmp).get(popen.pid)
+    return p.name if rank is None else f"worker {rank}"
 
 
 def _joined(tmp: Path) -> int:
     return sum(1 for entry in tmp.iterdir() if entry.name.startswith("joined-"))
 
 
-def _watch(running: Running, tmp: Path, join_limit: float, stop: threading.Event) -> Outcome:
+def _watch(running: Running, tmp: Path, join_limit: float, relay: _Relay) -> Outcome:
     """Wait until every worker ended; at the first failure, or a rendezvous not reached
     within ``join_limit`` seconds, end them all."""
     workers = sum(p.worker for p, _, _ in running)
     started = time.monotonic()
     while True:
-        failed = [(p, code, log) for p, popen, log in running if (code := popen.poll()) not in (None, 0)]
+        zero = next((pid for pid, rank in _ranks(tmp).items() if rank == 0), None)
+        relay.pid = zero or relay.pid  # from now on worker 0's output, whichever process it is
+        failed = [(p, popen, log) for p, popen, log in running if popen.poll() not in (None, 0)]
         if failed:
             # a process a signal killed is the cause; a peer's error about it is the effect
-            p, code, log = min(failed, key=lambda f: f[1] >= 0)
-            said = _last_line(log)
-            outcome = _fail(running, stop, _describe(p.name, code, said), code if code > 0 else 1)
+            p, popen, log = min(failed, key=lambda f: (f[1].returncode or 0) >= 0)
+            code, said = popen.returncode, _last_line(log)
+            # a signal's victim said nothing about it: its last line would be a progress bar
+            why = _describe(_name(p, popen, tmp), code, said if code > 0 else "")
+            outcome = _fail(running, tmp, relay, why, code if code > 0 else 1)
             return dataclasses.replace(outcome, said=said)
         if all(popen.poll() == 0 for p, popen, _ in running if p.worker):
             _end(running)  # the engine's helper processes, if they linger
             return Outcome(0)
         if _joined(tmp) < workers and time.monotonic() - started > join_limit:
             why = f"{workers - _joined(tmp)} of {workers} workers did not join within {join_limit:.0f} s"
-            return _fail(running, stop, why, 1)
+            return _fail(running, tmp, relay, why, 1)
         time.sleep(POLL)
 
 
-def _fail(running: Running, stop: threading.Event, why: str, code: int) -> Outcome:
-    stop.set()
+def _fail(running: Running, tmp: Path, relay: _Relay, why: str, code: int) -> Outcome:
+    relay.stop.set()
     _end(running)
-    worker0 = next(log for p, _, log in running if p.name == "worker 0")
-    return Outcome(code, why, _kept(worker0))
+    time.sleep(POLL)  # the last lines of worker 0's log
+    return Outcome(code, why, _kept(_first(running, tmp)))
 
 
 def _end(running: Running, signum: int = signal.SIGTERM) -> None:
@@ -273,4 +312,4 @@ def _signal(popen: subprocess.Popen[bytes], signum: int) -> None:
 def joined(job: Mapping[str, Any], rank: int) -> None:
     """A worker tells the launcher it passed the rendezvous (a file in the job's directory)."""
     if job.get("joined"):
-        Path(job["joined"], f"joined-{rank}").touch()
+        Path(job["joined"], f"joined-{rank}").write_text(str(os.getpid()))

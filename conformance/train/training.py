@@ -209,6 +209,18 @@ def _resumable(o: Outputs, s: Settings) -> tuple[str, int]:
     return run, epoch
 
 
+def saved(out: Path, s: Settings, framework: str) -> str:
+    """What a run in ``out`` has on disk, as an interrupted run says it (its state file's
+    last complete epoch), for when the process that would have said it is gone."""
+    o = Outputs(Path(out), f"{s.variant}-{framework}")
+    try:
+        epoch = int(safetensors(o.state).metadata["epoch"])
+    except (OSError, ValueError, KeyError):
+        return "no epoch was complete; nothing was written"
+    done = "epoch 1 of {} is" if epoch == 1 else f"epochs 1-{epoch} of {{}} are"
+    return f"{done.format(s.epochs)} saved in {o.out} (checkpoints, history); continue with --resume"
+
+
 def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
     """The splits (at most ``limit`` images each), checked to be trainable: images of at
     least one pixel, a training set and a test set that are not empty."""
