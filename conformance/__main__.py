@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from . import files, spec
@@ -20,7 +22,8 @@ from .formats.registry import FORMATS, PortError
 from .frameworks import FRAMEWORKS, JUDGES
 from .spec import MAX_CLASSES
 from .teach.pitfalls import PITFALLS
-from .train.training import MAX_EPOCHS
+from .train.training import MAX_EPOCHS, Settings
+from .world import World
 
 
 def _typed(convert: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
@@ -44,6 +47,20 @@ _positive_float = _typed(float, lambda v: v > 0, "a positive number")
 _fraction = _typed(float, lambda v: 0 <= v < 1, "a number from 0 to 1 (exclusive)")
 _classes = _typed(int, lambda v: 1 <= v <= MAX_CLASSES, f"an integer from 1 to {MAX_CLASSES:,}")
 _epochs = _typed(int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}")
+
+
+def _worker_counts(text: str) -> list[int]:
+    """``1,2``: positive worker counts, in the order given, without repeats."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 1,2; got {text!r}")
+    return list(dict.fromkeys(counts))
+
+
+_tcp_port = _typed(int, lambda v: 0 <= v <= 65535, "a TCP port from 0 (a free one) to 65535")
 
 
 TRANSFORM_HELP = "the variant's input transform: torchvision's (googlenet_bn), Caffe's BGR 0-255 (googlenet_lrn)"
@@ -96,6 +113,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--train",
         action="store_true",
         help="also check one training step: loss, gradients, SGD updates, BatchNorm statistics",
+    )
+    check.add_argument(
+        "--distributed",
+        action="store_true",
+        help="check data-parallel training in each framework's own engine: N workers x 2 images == one process "
+        "with 2N (no BatchNorm), each replica's BatchNorm statistics by the engine's rule (alone, or after "
+        "--train's check)",
+    )
+    check.add_argument(
+        "--workers", type=_positive, default=2, metavar="N", help="workers of --distributed (default: 2)"
     )
     check.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     check.add_argument("--force", action="store_true", help="overwrite an existing --json file")
@@ -171,6 +198,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="continue the run in --out from its last complete epoch, as if never interrupted (same options; "
         "--epochs may grow)",
     )
+    train.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="train data-parallel on N local workers with the framework's own engine (torch: DDP over gloo; "
+        "keras: MirroredStrategy over N logical CPUs; mxnet: KVStore dist_sync); --batch-size stays the "
+        "global batch (default: 1)",
+    )
+    train.add_argument("--port", type=_tcp_port, default=0, help="the workers' rendezvous port (default: a free one)")
 
     bench = sub.add_parser(
         "bench", help="images/s of every framework and mode, and of ONNX Runtime, side by side, each in its own process"
@@ -190,6 +227,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help=f"comma-separated subset of {frameworks},onnx (default: all; onnx: ONNX Runtime on torch's export)",
     )
     bench.add_argument("--train", action="store_true", help="also training images/s (one SGD step per call)")
+    bench.add_argument(
+        "--workers",
+        type=_worker_counts,
+        metavar="LIST",
+        help="with --train: data-parallel training images/s and scaling efficiency with each number of local "
+        "workers, e.g. 1,2 (each framework's own engine; --batch is the global batch)",
+    )
     bench.add_argument(
         "--rounds", type=_positive, default=5, help="timed rounds, alternating the runtimes (default: 5)"
     )
@@ -311,12 +355,37 @@ def _check(args: argparse.Namespace) -> int:
         raise ValueError(f"--require: {missing[0]} is {skipped[missing[0]]}")
     backends = {fw: b for fw, b in backends.items() if fw in names}
     skipped = {fw: why for fw, why in skipped.items() if fw in names}
+    if args.distributed and not args.train:
+        return _check_distributed(args, backends, args.variant, sizes)
     result = harness.run(variants, backends, skipped, sizes, args.batch, args.seed, train=args.train)
     print(report.render(result), flush=True)
-    if args.json is not None:
+    if args.json is not None and not args.distributed:
         report.write_json(result, args.json, overwrite=args.force)
         print(f"JSON report written to {args.json}")
+    if args.distributed:
+        return max(0 if result.passed else 1, _check_distributed(args, backends, args.variant, sizes, result))
     return 0 if result.passed else 1
+
+
+def _check_distributed(args: argparse.Namespace, backends, variants, sizes, result=None) -> int:
+    """``check --distributed``: the data-parallel parity of each framework's engine."""
+    from .check import distributed, report
+
+    variants = variants or [*distributed.VARIANTS, *distributed.BATCHNORM_VARIANTS]
+    fixed = {v: sizes[0] for v in variants} if sizes else None
+    print(f"data-parallel training, {args.workers} workers (each framework's own engine):", flush=True)
+    print(distributed.rules([fw for fw in backends if fw in FRAMEWORKS]), flush=True)
+    cases = distributed.run(backends, variants, fixed, args.workers, args.seed)
+    print(distributed.render(cases), flush=True)
+    passed = all(c.passed for c in cases)
+    print(f"distributed: {'PASS' if passed else 'FAIL'} ({sum(c.passed for c in cases)}/{len(cases)} cases)")
+    if args.json is not None:
+        doc = {"distributed": distributed.as_json(cases), "passed": passed}
+        if result is not None:
+            doc = {**report.to_json(result), **doc, "passed": passed and result.passed}
+        files.atomic_write(args.json, json.dumps(doc, indent=1).encode(), overwrite=args.force)
+        print(f"JSON report written to {args.json}")
+    return 0 if passed else 1
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -337,6 +406,19 @@ def _bench(args: argparse.Namespace) -> int:
         elif line:
             print(line, file=sys.stderr, flush=True)
 
+    if args.workers:
+        if not args.train:
+            raise ValueError("--workers: measures training; pass --train too")
+        if args.batch < max(args.workers):
+            World(max(args.workers)).check_batch(args.batch, "--batch")
+        rows = bench.scaling(settings, args.workers, progress=progress)
+        progress("")
+        print(bench.render_scaling(settings, rows), flush=True)
+        if args.json is not None:
+            doc = {"settings": asdict(settings), "scaling": [asdict(r) for r in rows]}
+            files.atomic_write(args.json, json.dumps(doc, indent=1).encode(), overwrite=args.force)
+            print(f"JSON written to {args.json}")
+        return 1 if any(r.failed for r in rows) else 0
     try:
         result = bench.run(settings, progress)
     except RuntimeError as e:
@@ -415,7 +497,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from . import frameworks
-    from .train import training
+    from .train import launch, training
 
     settings = training.Settings(
         args.variant,
@@ -429,6 +511,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     training.check_outputs(args.out, settings, args.framework, args.force, args.resume)
     splits = training.load_data(args.data, settings)  # bad data fails here, before any framework loads
+    if args.workers > 1 or launch.started_by_engine(args.framework):
+        return _train_workers(args, settings)
     training.reproducible(args.framework)
     backends, skipped = frameworks.load([args.framework])
     if args.framework not in backends:
@@ -437,6 +521,46 @@ def _train(args: argparse.Namespace) -> int:
         training.train(backends[args.framework], settings, splits, args.out, args.force, resume=args.resume)
     except training.TrainingError as e:
         print(f"FAIL: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _train_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """``train --workers N``: start N workers here; or, under torchrun or a cluster's
+    launcher (the engine's variables are set), be one of them."""
+    from .train import launch, training, worker
+
+    world = World(args.workers, port=args.port)
+    world.check_batch(args.batch_size)
+    if launch.started_by_engine(args.framework):
+        started = worker.world_from_environment(args.framework, world)
+        if args.workers not in {1, started.workers}:
+            raise ValueError(
+                f"--workers {args.workers}: the engine's variables say {started.workers} workers; "
+                f"pass the same (or leave --workers out)"
+            )
+        started.check_batch(args.batch_size)
+        training.reproducible(args.framework)
+        job = {"settings": asdict(settings), "data": args.data and str(args.data), "out": str(args.out)}
+        engine, backend, world = worker.join(args.framework, started)
+        code = 1
+        try:
+            code = worker.train_job(engine, backend, world, {**job, "force": args.force, "resume": args.resume})
+            return code
+        finally:
+            engine.stop(failed=code != 0)
+    job = {
+        "kind": "train",
+        "settings": asdict(settings),
+        "data": args.data and str(args.data.resolve()),
+        "out": str(args.out.resolve()),
+        "force": args.force,
+        "resume": args.resume,
+    }
+    outcome = launch.run(args.framework, world, job)
+    if outcome.code:
+        kept = outcome.kept or training.saved(args.out, settings, args.framework)  # worker 0 could not say
+        print(f"error: {outcome.failed}" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 1
     return 0
 

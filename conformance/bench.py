@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import json
 import os
 import resource
@@ -528,3 +529,74 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+# -- data-parallel training: bench --train --workers 1,2 -----------------------------------
+
+
+@dataclass
+class Scaling:
+    """Training images/s of one framework's engine with ``workers`` local workers."""
+
+    framework: str
+    workers: int
+    images_per_s: float = 0.0
+    first_s: float = 0.0
+    threads: int = 0  # intra-op threads of each worker
+    peak_mb: float = 0.0  # worker 0's
+    efficiency: float | None = None  # images/s over (workers x the one-worker run's)
+    failed: str | None = None
+
+
+def scaling(
+    s: Settings, workers: list[int], steps: int = 3, progress: Callable[[str], None] = lambda line: None
+) -> list[Scaling]:
+    """Each framework's engine with each number of workers, one run at a time (each in its
+    own processes): the global batch stays ``s.batch``, so more workers split it."""
+    from .train import launch
+    from .world import World
+
+    rows = []
+    for fw in (f for f in s.frameworks if f in FRAMEWORKS):
+        for n in workers:
+            progress(f"{fw}: {n} worker{'s' if n > 1 else ''} ...")
+            row = Scaling(fw, n)
+            with tempfile.TemporaryDirectory(prefix="conformance-bench-") as tmp:
+                result = Path(tmp, "result.json")
+                job = {"kind": "bench", "variant": s.variant, "batch": s.batch, "size": s.size, "steps": steps}
+                outcome = launch.run(fw, World(n), {**job, "result": str(result)}, io.StringIO(), io.StringIO())
+                if outcome.code:
+                    row.failed = outcome.failed
+                else:
+                    vars(row).update(json.loads(result.read_text()))
+            rows.append(row)
+        one = next((r for r in rows if r.framework == fw and r.workers == 1 and not r.failed), None)
+        for r in rows:
+            if one and r.framework == fw and not r.failed:
+                r.efficiency = r.images_per_s / (r.workers * one.images_per_s)
+    return rows
+
+
+def render_scaling(s: Settings, rows: list[Scaling]) -> str:
+    lines = [
+        f"data-parallel training of {s.variant}, global batch {s.batch} at {s.size} x {s.size}, "
+        f"{usable_cores()} cores (each framework's own engine, each run in its own processes):",
+        f"  {'framework':<10} {'workers':>7} {'images/s':>9} {'speedup':>7} {'efficiency':>10} "
+        f"{'threads/worker':>14} {'first step':>10} {'peak MB':>8}",
+    ]
+    for r in rows:
+        if r.failed:
+            lines.append(f"  {r.framework:<10} {r.workers:>7}  FAILED: {r.failed}")
+            continue
+        eff = f"{r.efficiency:.2f}" if r.efficiency is not None else "-"
+        speedup = f"{r.efficiency * r.workers:.2f}" if r.efficiency is not None else "-"
+        lines.append(
+            f"  {r.framework:<10} {r.workers:>7} {r.images_per_s:>9.1f} {speedup:>7} {eff:>10} {r.threads:>14} "
+            f"{r.first_s:>9.1f}s {r.peak_mb:>8.0f}"
+        )
+    lines.append(
+        "  speedup: images/s over the one-worker run's; efficiency: speedup / workers. Local workers share "
+        f"this machine's {usable_cores()} cores, which one worker already uses, so a speedup above 1 needs "
+        "cores the single worker leaves idle."
+    )
+    return "\n".join(lines)

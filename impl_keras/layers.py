@@ -92,14 +92,50 @@ class BatchNorm(layers.BatchNormalization):
     def call(self, x, training=None, mask=None):
         if not (training and self.trainable):
             return super().call(x, training=training, mask=mask)
-        mean, var = ops.moments(x, axes=[0, 1, 2])
+        # synchronized (Keras's own argument, set by impl_keras.distributed): the moments of
+        # the global batch, all-reduced across tf.distribute replicas as Keras's _moments does
+        mean, var = ops.moments(x, axes=[0, 1, 2], synchronized=self.synchronized)
         n = float(np.prod(x.shape[:3])) if None not in x.shape[:3] else ops.cast(ops.prod(ops.shape(x)[:3]), x.dtype)
+        if self.synchronized:  # the unbiased correction counts the global batch (nn.SyncBatchNorm's)
+            n = all_reduce_sum(ops.convert_to_tensor(n, x.dtype))
         keep = self.momentum  # Keras's momentum: the weight of the old statistic
+        # Keras creates moving_mean/variance with aggregation "none": under tf.distribute,
+        # an assign in replica context updates that replica's own copy (impl_keras.distributed)
         self.moving_mean.assign(self.moving_mean * keep + mean * (1.0 - keep))
         self.moving_variance.assign(self.moving_variance * keep + var * (n / (n - 1.0)) * (1.0 - keep))
         if self.record:
             self.batch_stats = (mean, var)
+            # under tf.distribute each replica traces this call: keep each one's own
+            self.replica_stats[replica_id()] = (mean, var)
         return ops.batch_normalization(x, mean, var, axis=-1, offset=self.beta, scale=self.gamma, epsilon=self.epsilon)
+
+    @property
+    def replica_stats(self) -> dict:
+        """The last batch statistics of each tf.distribute replica (record), by replica id."""
+        if "_replica_stats" not in self.__dict__:
+            object.__setattr__(self, "_replica_stats", {})  # plain dict: tensors, nothing to track
+        return self.__dict__["_replica_stats"]
+
+
+# tf.distribute's replica context (public API): outside any strategy it is the default
+# strategy's, one replica whose id is 0.
+def replica_id() -> int:
+    """The id of the tf.distribute replica running the caller (0 outside a strategy)."""
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    rid = 0 if ctx is None else ctx.replica_id_in_sync_group
+    return int(rid if isinstance(rid, int) else tf.get_static_value(rid))
+
+
+def all_reduce_sum(value):
+    """``value`` summed over the replicas in sync (itself outside a strategy)."""
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
 class BasicConv2d(layers.Layer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import weakref
 from pathlib import Path
@@ -15,6 +16,20 @@ from conformance.spec import Variant, resolve
 if "bool" not in np.__dict__:  # mxnet 1.9.1 uses numpy.bool, which numpy 1.24 removed
     np.bool = bool  # type: ignore[attr-defined]
 
+
+def _share_cores() -> None:
+    """In a KVStore dist_sync process (``distributed.py``) the import fixes MXNet's thread
+    count, so it is set before: DMLC_NUM_WORKER workers share the cores; the scheduler and
+    the server (whose loop the import itself runs) only move and sum bytes: one thread. A
+    user's OMP_NUM_THREADS or MXNET_OMP_MAX_THREADS is kept."""
+    role = os.environ.get("DMLC_ROLE")
+    if role and "OMP_NUM_THREADS" not in os.environ:
+        workers = max(1, int(os.environ.get("DMLC_NUM_WORKER") or 1))
+        share = frameworks.usable_cores() // workers if role == "worker" else 1
+        os.environ.setdefault("MXNET_OMP_MAX_THREADS", str(max(1, share)))
+
+
+_share_cores()
 frameworks.use_every_core()  # before the import: MXNet would take half the cores, PyTorch's too
 
 # Everything below imports mxnet, so it comes after the two settings above (ruff: E402).

@@ -55,6 +55,14 @@ class Trainer:
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
+        loss, correct = self.backward(x, y)
+        self.trainer.step(1)
+        return float(loss.asscalar()), int(correct.asscalar())
+
+    def backward(self, x: np.ndarray, y: np.ndarray, weight: float = 1.0) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
+        """The gradients of ``weight`` times the batch's mean loss, left in the parameters;
+        (the mean loss, the correct count) as NDArrays. Apart from ``step`` so that
+        ``distributed.Trainer`` runs the same forward on its shard, weighted."""
         plan = self.model.plan
         with_aux = aux_admits(plan, x.shape[2:])
         data, target = mx.nd.array(x, dtype=x.dtype), mx.nd.array(y, dtype=x.dtype)
@@ -67,10 +75,9 @@ class Trainer:
             loss = self.ce(logits, target).mean()
             for head_logits in aux:
                 loss = loss + self.aux_weight * self.ce(head_logits, target).mean()
-        loss.backward()
-        self.trainer.step(1)
-        correct = int((logits.argmax(axis=1) == target).sum().asscalar())
-        return float(loss.asscalar()), correct
+            scaled = loss * weight if weight != 1.0 else loss  # recorded, so backward sees it
+        scaled.backward()
+        return loss, (logits.argmax(axis=1) == target).sum()
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The last step's gradient of every trainable parameter, by canonical key."""

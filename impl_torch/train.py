@@ -55,13 +55,19 @@ class Trainer:
         target = torch.from_numpy(y.astype(np.int64))
         self.model.train()
         out = self.model.forward_stages(torch.from_numpy(x), with_aux=with_aux)
-        loss = F.cross_entropy(out["logits"], target)
-        for head in plan.aux if with_aux else ():
-            loss = loss + self.aux_weight * F.cross_entropy(out[head.name], target)
+        loss = self.loss(out, target, with_aux)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         return float(loss.detach()), int((out["logits"].argmax(1) == target).sum())
+
+    def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor, with_aux: bool) -> torch.Tensor:
+        """Cross-entropy of the logits plus ``aux_weight`` times each aux head's: a method
+        of its own so impl_torch.distributed's Trainer computes the same loss on its shard."""
+        loss = F.cross_entropy(out["logits"], target)
+        for head in self.model.plan.aux if with_aux else ():
+            loss = loss + self.aux_weight * F.cross_entropy(out[head.name], target)
+        return loss
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The last step's gradient of every trainable parameter, by canonical key."""

@@ -122,8 +122,7 @@ def test_sigint_keeps_the_complete_epochs_and_resume_finishes_the_run(tmp_path):
     out, err = p.communicate(timeout=300)
     assert p.returncode == 130, err
     assert err.strip().splitlines()[-1] == (
-        f"interrupted by SIGINT: epochs 1-1 of 3 are saved in {broken} (checkpoints, plot, history); "
-        f"continue with --resume"
+        f"interrupted by SIGINT: epoch 1 of 3 is saved in {broken} (checkpoints, plot, history); continue with --resume"
     )
     assert "Traceback" not in err and "epoch 1/3" in out and "epoch 2/3" not in out
     stem = "inception_mnist-mxnet"

@@ -355,12 +355,7 @@ TRAIN_STEPS = 2  # the second step is the first that the momentum buffer changes
 # conventions. In float64 the same amplification leaves < 1e-12 on the gradients, so
 # 1e-4 tests the conventions.
 TRAIN_DTYPE = "float64"
-
-
-def without_dropout(v: spec.Variant) -> spec.Variant:
-    """The variant with every dropout rate 0: random masks cannot agree across frameworks."""
-    aux = None if v.aux is None else dataclasses.replace(v.aux, dropout=0.0)
-    return dataclasses.replace(v, head=dataclasses.replace(v.head, dropout=0.0), aux=aux)
+without_dropout = spec.without_dropout  # where the tests and check --distributed look for it
 
 
 def _train(
@@ -429,7 +424,7 @@ def check_training(
     """From one set of canonical weights and one batch, with dropout off: the loss, every
     gradient, BatchNorm's batch statistics, and the weights and running statistics after
     each of two SGD-with-momentum steps, compared key by key with the reference."""
-    p = spec.resolve(without_dropout(spec.variant(report.variant)), **report.options)
+    p = spec.resolve(spec.without_dropout(spec.variant(report.variant)), **report.options)
     params = random_params(p, seed, training=True)
     size = p.input_size
     x = _input(p, size, batch, seed).astype(dtype)

@@ -26,6 +26,7 @@ from .plan import (
     Stage,
     resolve,
     variant,
+    without_dropout,
 )
 from .rows import (
     LRN,
@@ -137,4 +138,5 @@ __all__ = [
     "stage_shapes",
     "variant",
     "window_fits",
+    "without_dropout",
 ]

@@ -204,6 +204,12 @@ def variant(name: str | Variant) -> Variant:
     return VARIANTS[name]
 
 
+def without_dropout(v: Variant) -> Variant:
+    """The variant with every dropout rate 0: random masks cannot agree across frameworks."""
+    aux = None if v.aux is None else dataclasses.replace(v.aux, dropout=0.0)
+    return dataclasses.replace(v, head=dataclasses.replace(v.head, dropout=0.0), aux=aux)
+
+
 def resolve(
     name: str | Variant,
     num_classes: int | None = None,

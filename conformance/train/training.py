@@ -18,6 +18,7 @@ framework's own random numbers (dropout) are seeded afresh at every epoch from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from ..canonical import CanonicalError, canonical_shapes, initial_params, load_w
 from ..files import atomic_write
 from ..interface import Backend
 from ..reading import safetensors
+from ..world import World, WorldError
 from .data import DataError, Split, load_idx, prepare, synthetic
 
 # Checkpoints are written after every epoch (53 MB each for googlenet): 10,000 epochs is
@@ -207,6 +209,18 @@ def _resumable(o: Outputs, s: Settings) -> tuple[str, int]:
     return run, epoch
 
 
+def saved(out: Path, s: Settings, framework: str) -> str:
+    """What a run in ``out`` has on disk, as an interrupted run says it (its state file's
+    last complete epoch), for when the process that would have said it is gone."""
+    o = Outputs(Path(out), f"{s.variant}-{framework}")
+    try:
+        epoch = int(safetensors(o.state).metadata["epoch"])
+    except (OSError, ValueError, KeyError):
+        return "no epoch was complete; nothing was written"
+    done = "epoch 1 of {} is" if epoch == 1 else f"epochs 1-{epoch} of {{}} are"
+    return f"{done.format(s.epochs)} saved in {o.out} (checkpoints, history); continue with --resume"
+
+
 def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
     """The splits (at most ``limit`` images each), checked to be trainable: images of at
     least one pixel, a training set and a test set that are not empty."""
@@ -282,11 +296,14 @@ class _Run:
     data: str
     run: str = field(default_factory=lambda: secrets.token_hex(8))
     written: set[Path] = field(default_factory=set)  # files this process wrote (may rewrite)
+    writer: bool = True  # of data-parallel workers, only worker 0 writes
 
     def may_replace(self, path: Path, force: bool) -> bool:
         return force or path in self.o.replaceable or path in self.written
 
     def write(self, path: Path, data: bytes, force: bool) -> Path:
+        if not self.writer:
+            return path
         atomic_write(path, data, overwrite=self.may_replace(path, force), option="--out")
         self.written.add(path)
         return path
@@ -294,8 +311,10 @@ class _Run:
     def save_epoch(self, backend: Backend, model, trainer, rng, history: list[Epoch], force: bool) -> Path:
         """The epoch's checkpoint, then the history, then the state that points at both."""
         epoch = history[-1].epoch
-        params = backend.to_canonical(model)
         path = self.o.checkpoint(epoch)
+        if not self.writer:
+            return path
+        params = backend.to_canonical(model)
         save(params, path, self.p, self.may_replace(path, force), {"run": self.run, "epoch": str(epoch)})
         self.written.add(path)
         self.write(self.o.history, history_json(self.s, backend.version(), history), force)
@@ -352,22 +371,31 @@ def train(
     log: Callable[[str], None] = print,
     stream: TextIO = sys.stderr,
     resume: bool = False,
+    world: World | None = None,
+    engine: Any = None,
 ) -> list[Epoch]:
     """Train and write the outputs; returns the history. ``resume``: continue the run
-    in ``out`` from its last complete epoch."""
+    in ``out`` from its last complete epoch. ``engine``: the framework's data-parallel
+    engine (``impl_*.distributed``, joined as ``world``): every worker runs this loop on
+    the same global batches, and only worker 0 evaluates, logs and writes."""
     o = check_outputs(out, s, backend.name, force, resume)
     v = spec.VARIANTS[s.variant]
     classes = s.num_classes or v.head.classes
     _check_labels(splits, classes)
     aux = _plan(s).options.aux_logits
-    model = backend.build(s.variant, num_classes=classes, aux_logits=aux)
+    with engine.scope() if engine else contextlib.nullcontext():
+        model = backend.build(s.variant, num_classes=classes, aux_logits=aux)
     p = model.plan
     train_x = prepare(splits["train"].images, p.in_channels, v.input.size)
     test_x = prepare(splits["test"].images, p.in_channels, v.input.size)
     train_y, test_y = splits["train"].labels, splits["test"].labels
-    trainer = backend.Trainer(model, lr=s.lr, momentum=s.momentum, aux_weight=s.aux_weight, deterministic=True)
+    options = {"lr": s.lr, "momentum": s.momentum, "aux_weight": s.aux_weight, "deterministic": True}
+    trainer = engine.Trainer(model, **options, world=world) if engine else backend.Trainer(model, **options)
     rng = np.random.default_rng(s.seed)
-    run = _Run(o, s, p, backend.name, fingerprint(splits))
+    writer = world is None or world.rank == 0
+    run = _Run(o, s, p, backend.name, fingerprint(splits), writer=writer)
+    if not writer:
+        log, stream = (lambda line: None), io.StringIO()
     if o.start:
         history = run.resume(backend, model, trainer, rng)
     else:
@@ -377,6 +405,7 @@ def train(
         f"training {s.variant} in {backend.version()}: {len(train_x)} train / {len(test_x)} test images at "
         f"{p.in_channels} x {v.input.size} x {v.input.size}, SGD lr {s.lr} momentum {s.momentum}"
         + (f", aux losses x {s.aux_weight}" if aux else "")
+        + (f"; {world.workers} workers ({engine.ENGINE})" if engine and world else "")
         + (f"; resumed after epoch {o.start}" if o.start else "")
     )
     try:
@@ -384,7 +413,7 @@ def train(
             e = _epoch(backend, model, trainer, rng, epoch, s, (train_x, train_y), stream)
             e = dataclasses.replace(
                 e,
-                test_acc=evaluate(backend, model, test_x, test_y, s.batch_size),
+                test_acc=evaluate(backend, model, test_x, test_y, s.batch_size) if writer else 0.0,
                 checkpoint=str(o.checkpoint(epoch)),
             )
             # a signal waits until both are done: the files on disk and the epochs an
@@ -396,7 +425,7 @@ def train(
                 f"epoch {epoch}/{s.epochs}: loss {e.loss:.4f}, train acc {e.train_acc:.3f}, test acc {e.test_acc:.3f}"
                 f" ({e.images_per_s:.0f} images/s); checkpoint {e.checkpoint}"
             )
-    except (files.Interrupted, KeyboardInterrupt) as interrupt:
+    except (files.Interrupted, KeyboardInterrupt, WorldError) as interrupt:
         _keep_on_interrupt(run, s, backend, history, force, interrupt)
         raise
     run.write(o.plot, plot(history, f"{s.variant} ({backend.version()})"), force)
@@ -432,16 +461,17 @@ def _keep_on_interrupt(run: _Run, s: Settings, backend: Backend, history: list[E
     """Write the plot of the complete epochs (their checkpoints, history and state are on
     disk already) and say how to go on."""
     done = history
-    if done:
+    if done and run.writer:
         with files.ignoring_signals():  # a second Ctrl-C must not cut the plot short
             run.write(run.o.plot, plot(done, f"{s.variant} ({backend.version()}), interrupted"), force)
     detail = (
-        f"epochs 1-{done[-1].epoch} of {s.epochs} are saved in {run.o.out} (checkpoints, plot, history); "
+        f"{'epoch 1' if done[-1].epoch == 1 else f'epochs 1-{done[-1].epoch}'} of {s.epochs} "
+        f"{'is' if done[-1].epoch == 1 else 'are'} saved in {run.o.out} (checkpoints, plot, history); "
         f"continue with --resume"
         if done
         else "no epoch was complete; nothing was written"
     )
-    if isinstance(e, files.Interrupted):
+    if isinstance(e, files.Interrupted | WorldError):
         e.detail = detail
 
 

@@ -1,0 +1,242 @@
+"""Data-parallel training in each framework's own engine (issue 14): N workers compute
+what one process computes; the BatchNorm rules hold; the negative controls fail; a
+dead worker ends the run with one line and a checkpoint --resume continues.
+
+Every test starts real engine processes (DDP over gloo, MirroredStrategy, KVStore
+dist_sync) on small inputs: 2 workers x 2 images at 32 x 32."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance import spec
+from conformance.canonical import load
+from conformance.check import distributed
+from conformance.world import FAULTS, World
+
+from .conftest import ROOT, backend_or_skip
+
+FRAMEWORKS = ("torch", "keras", "mxnet")
+SIZE = 32  # googlenet_d2l and googlenet_bn admit it; parity does not depend on the size
+
+
+# -- the world: shards and weights --------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, workers", [(4, 2), (5, 2), (7, 3), (3, 3)])
+def test_shards_cover_the_global_batch_in_order_and_weights_average_to_one(n, workers):
+    w = World(workers)
+    bounds = [w.bounds(n, r) for r in range(workers)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))  # contiguous, in order
+    assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
+    assert bounds == [(int(c[0]), int(c[-1]) + 1) for c in np.array_split(np.arange(n), workers)]
+    assert np.isclose(np.mean([w.weight(n, r) for r in range(workers)]), 1.0)
+
+
+def test_a_global_batch_smaller_than_the_workers_is_refused():
+    with pytest.raises(ValueError, match=r"--batch-size: a global batch of 1 leaves a worker of the 2"):
+        World(2).check_batch(1)
+    with pytest.raises(ValueError, match="--workers: expected a positive integer"):
+        World(0)
+
+
+# -- parity without BatchNorm, and its negative controls ---------------------------------
+
+
+def _case(fw: str, variant: str, **kw) -> distributed.Case:
+    b = backend_or_skip(fw)
+    case, _ = distributed.check_framework(fw, b, variant, SIZE, 2, seed=0, **kw)
+    return case
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_two_workers_equal_one_process_with_the_global_batch(fw):
+    case = _case(fw, "googlenet_d2l")
+    assert case.error is None, case.error
+    assert case.passed, distributed.render([case])
+    rows = {r.quantity: r for r in case.rows}
+    assert set(rows) == {"loss", "gradients of step 1", f"weights after step {distributed.STEPS}"}
+    assert rows["gradients of step 1"].keys == rows[f"weights after step {distributed.STEPS}"].keys > 50
+    # float64: the all-reduce leaves round-off only, float32's where the engine reduces in it
+    carried = getattr(distributed.engine(fw), "REDUCES_IN", "float64")
+    for r in case.rows:
+        assert r.agreement.max_rel < (1e-10 if carried == "float64" else 1e-5), distributed.render([case])
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_a_broken_engine_fails_the_parity(fw, fault):
+    """Negative controls: gradients summed instead of averaged; every worker on shard 0."""
+    case = _case(fw, "googlenet_d2l", fault=fault)
+    assert case.error is None, case.error
+    assert not case.passed, distributed.render([case])
+    grads = next(r for r in case.rows if r.quantity == "gradients of step 1")
+    assert grads.agreement.max_rel > 1e-2, distributed.render([case])  # far beyond the 1e-4 tolerance
+
+
+# -- BatchNorm: each engine's rule, asserted against NumPy --------------------------------
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_batchnorm_statistics_follow_the_engines_stated_rule(fw):
+    case = _case(fw, "googlenet_bn")
+    assert case.error is None, case.error
+    assert case.passed, distributed.render([case])
+    assert case.rule["source"].startswith("https://github.com/")
+    assert {r.quantity for r in case.rows} == {
+        f"{q} of replica {r}, step {s}"
+        for q, steps in (("batch statistics", (1,)), ("running statistics", (1, 2)))
+        for r in (0, 1)
+        for s in steps
+    }
+
+
+WRONG = {"own": "mean", "rank 0": "own", "mean": "own"}
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_a_wrong_running_statistics_rule_fails(fw):
+    """Negative control: the running statistics asserted by another rule than the engine's."""
+    rule = distributed.engine(fw).BATCHNORM
+    wrong = {"batch": rule["batch"], "running": WRONG[rule["running"]]}
+    case = _case(fw, "googlenet_bn", rule=wrong)
+    assert case.error is None, case.error
+    failed = {r.quantity for r in case.rows if not r.passed}
+    assert failed and all(q.startswith("running statistics") for q in failed), distributed.render([case])
+    assert max(r.agreement.max_rel for r in case.rows) > 1e-2, distributed.render([case])
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_synchronised_batchnorm_gives_the_global_batch_or_is_refused_by_name(fw):
+    case = _case(fw, "googlenet_bn", synchronized=True)
+    if case.unsupported:
+        assert case.error and fw in {"torch", "mxnet"}, case.error
+        assert "SyncBatchNorm" in case.error
+        return
+    assert case.error is None, case.error
+    assert case.passed, distributed.render([case])
+
+
+UNIT = "conv1.bn"
+RULES = {
+    "own": {"batch": "replica", "running": "own"},
+    "mean": {"batch": "replica", "running": "mean"},
+    "rank 0": {"batch": "replica", "running": "rank 0", "when": "before each forward"},
+    "global": {"batch": "global", "running": "own"},
+}
+
+
+def _numpy_rules() -> dict[str, dict[str, list[dict[str, np.ndarray]]]]:
+    p = distributed._plan("googlenet_bn")
+    rng = np.random.default_rng(0)
+    params = {f"{UNIT}.running_mean": np.zeros(3), f"{UNIT}.running_var": np.ones(3)}
+
+    def stats() -> list[dict[str, np.ndarray]]:
+        return [{f"{UNIT}.batch_mean": rng.normal(size=3), f"{UNIT}.batch_var": rng.random(3) + 0.5} for _ in "ab"]
+
+    shards, later = stats(), [stats()]
+    return {
+        name: distributed.expected_statistics(p, params, shards, [2, 2], {UNIT: 4}, rule, later)
+        for name, rule in RULES.items()
+    }
+
+
+def test_the_numpy_rules_tell_each_other_apart():
+    """The assertion can fail: each rule predicts other running statistics, and where
+    (after which step, in which replica) is what tells them apart."""
+    e = _numpy_rules()
+    key = f"{UNIT}.running_mean"
+    step1, step2 = "running statistics/step 1", "running statistics/step 2"
+    assert not np.allclose(e["own"][step1][0][key], e["own"][step1][1][key])  # each its own shard
+    assert np.allclose(e["mean"][step1][0][key], e["mean"][step1][1][key])
+    assert np.allclose(e["global"][step1][0][key], e["global"][step1][1][key])
+    var = f"{UNIT}.running_var"  # the pooled variance holds the spread between the shards' means
+    assert not np.allclose(e["global"][step1][0][var], e["mean"][step1][0][var])
+    # DDP's rank-0 broadcast shows only from step 2: replica 1 starts from replica 0's
+    assert all(np.allclose(e["rank 0"][step1][r][key], e["own"][step1][r][key]) for r in (0, 1))
+    assert not np.allclose(e["rank 0"][step2][1][key], e["own"][step2][1][key])
+    assert np.allclose(e["rank 0"][step2][0][key], e["own"][step2][0][key])
+
+
+# -- train --workers: the same run, one writer, a dead worker, --resume ------------------
+
+
+def _train(fw: str, out: Path, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "conformance", "train", "--framework", fw, "--variant", "googlenet_d2l"]
+    argv += ["--limit", "48", "--batch-size", "16", "--out", str(out), *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_two_workers_train_what_one_process_trains(fw, tmp_path):
+    """The README command: one epoch (3 global batches of 16) with 2 workers and without;
+    the same losses (float32: the workers sum in another order) and one set of outputs."""
+    backend_or_skip(fw)
+    history = {}
+    for workers in (1, 2):
+        out = tmp_path / str(workers)
+        out.mkdir()
+        run = _train(fw, out, "--epochs", "1", "--workers", str(workers))
+        stdout, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-2000:]
+        assert ("2 workers (" in stdout) == (workers == 2), stdout
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            f"googlenet_d2l-{fw}{suffix}" for suffix in ("-epoch1.safetensors", ".json", ".png", ".state.safetensors")
+        )
+        history[workers] = json.loads((out / f"googlenet_d2l-{fw}.json").read_text())["epochs"][0]
+    assert history[2]["loss"] == pytest.approx(history[1]["loss"], rel=1e-5)
+    assert history[2]["train_acc"] == history[1]["train_acc"]
+
+
+def _workers() -> list[int]:
+    """The pids of the running workers (not an engine's scheduler or server)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if b"conformance.train.worker" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("fw", ["torch", "mxnet"])
+def test_a_killed_worker_ends_the_run_with_one_line_and_resume_continues_it(fw, tmp_path):
+    """A worker killed after the first epoch: every process ends (MXNet's peers would wait
+    in dist_sync forever), one line names it and what is kept, the last checkpoint is
+    whole, and --resume finishes the run."""
+    backend_or_skip(fw)
+    run = _train(fw, tmp_path, "--epochs", "3", "--workers", "2")
+    state = tmp_path / f"googlenet_d2l-{fw}.state.safetensors"  # written last: epoch 1 is complete
+    deadline = time.monotonic() + 300
+    while not state.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = _workers()
+    assert len(workers) == 2 and run.poll() is None, run.communicate()
+    os.kill(workers[-1], signal.SIGKILL)
+    _, err = run.communicate(timeout=120)  # bounded: the launcher ends every process
+    assert run.returncode == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert "was killed by SIGKILL" in errors[0] and "continue with --resume" in errors[0], errors
+    assert _workers() == []  # nothing left running
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    kept = sorted(tmp_path.glob("*-epoch*.safetensors"))
+    load(kept[-1], spec.resolve("googlenet_d2l"))  # the last checkpoint is whole
+    resumed = _train(fw, tmp_path, "--epochs", "3", "--workers", "2", "--resume")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resumed after epoch" in out
+    load(tmp_path / f"googlenet_d2l-{fw}-epoch3.safetensors", spec.resolve("googlenet_d2l"))
