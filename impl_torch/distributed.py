@@ -147,14 +147,20 @@ def _join(world: World, timeout: timedelta) -> None:
         return
     # env:// rather than tcp://: under torchrun the workers must join the store its
     # agent already serves at MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE), not open one.
-    os.environ.update(
-        MASTER_ADDR=world.address,
-        MASTER_PORT=str(world.port),
-        RANK=str(world.rank),
-        WORLD_SIZE=str(world.workers),
-    )
-    os.environ.setdefault("LOCAL_RANK", str(world.rank))
-    dist.init_process_group("gloo", init_method="env://", timeout=timeout)
+    # Set only while joining: left behind, they would tell every process this one starts
+    # (a later `train`) that torchrun started it as one of the workers.
+    wanted = {"MASTER_ADDR": world.address, "MASTER_PORT": str(world.port), "RANK": str(world.rank)}
+    wanted |= {"WORLD_SIZE": str(world.workers), "LOCAL_RANK": os.environ.get("LOCAL_RANK", str(world.rank))}
+    before = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        dist.init_process_group("gloo", init_method="env://", timeout=timeout)
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class _Held:

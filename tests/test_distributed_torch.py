@@ -5,6 +5,7 @@ fault refused, and a worker alone giving up after the timeout in one line."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -140,5 +141,6 @@ def test_a_worker_alone_gives_up_after_the_timeout_in_one_line():
     took = time.monotonic() - started
     print(f"lone rank 0 gave up after {took:.1f} s: {caught.value}")
     assert "\n" not in str(caught.value) and "could not join the gloo group" in str(caught.value)
+    assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)  # no later process thinks torchrun started it
     assert took < 30
     distributed.stop()
