@@ -6,7 +6,6 @@ fault refused, and a worker alone giving up after the timeout in one line."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from conformance.canonical import random_params
 from conformance.check.compare import Agreement, agreement
 from conformance.spec import resolve, variant, without_dropout
+from conformance.train.launch import free_port
 from conformance.world import World, WorldError
 
 from .conftest import backend_or_skip
@@ -25,12 +25,6 @@ import impl_torch  # noqa: E402
 from impl_torch import distributed  # noqa: E402
 
 JOB = {"size": 32, "dtype": "float64", "batch": 4, "seed": 0, "lr": 0.01, "momentum": 0.9}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def batch(job: dict, step: int, shape: tuple[int, ...], classes: int) -> tuple[np.ndarray, np.ndarray]:

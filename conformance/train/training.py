@@ -216,9 +216,17 @@ def saved(out: Path, s: Settings, framework: str) -> str:
     try:
         epoch = int(safetensors(o.state).metadata["epoch"])
     except (OSError, ValueError, KeyError):
+        epoch = 0
+    return kept(epoch, s.epochs, o.out, "checkpoints, history")
+
+
+def kept(epoch: int, epochs: int, out: Path, what: str) -> str:
+    """What an interrupted run says it kept: its complete epochs, or nothing."""
+    if not epoch:
         return "no epoch was complete; nothing was written"
-    done = "epoch 1 of {} is" if epoch == 1 else f"epochs 1-{epoch} of {{}} are"
-    return f"{done.format(s.epochs)} saved in {o.out} (checkpoints, history); continue with --resume"
+    done = "epoch 1 is" if epoch == 1 else f"epochs 1-{epoch} are"
+    number, verb = done.rsplit(" ", 1)
+    return f"{number} of {epochs} {verb} saved in {out} ({what}); continue with --resume"
 
 
 def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
@@ -464,13 +472,7 @@ def _keep_on_interrupt(run: _Run, s: Settings, backend: Backend, history: list[E
     if done and run.writer:
         with files.ignoring_signals():  # a second Ctrl-C must not cut the plot short
             run.write(run.o.plot, plot(done, f"{s.variant} ({backend.version()}), interrupted"), force)
-    detail = (
-        f"{'epoch 1' if done[-1].epoch == 1 else f'epochs 1-{done[-1].epoch}'} of {s.epochs} "
-        f"{'is' if done[-1].epoch == 1 else 'are'} saved in {run.o.out} (checkpoints, plot, history); "
-        f"continue with --resume"
-        if done
-        else "no epoch was complete; nothing was written"
-    )
+    detail = kept(done[-1].epoch if done else 0, s.epochs, run.o.out, "checkpoints, plot, history")
     if isinstance(e, files.Interrupted | WorldError):
         e.detail = detail
 
