@@ -160,7 +160,13 @@ def compiled(model: Any, key: Hashable, make: Callable[[], T]) -> T:
     return cache[key]
 
 
-def forget_compiled(model: Any) -> None:
+def forget_compiled(model: Any, shape: tuple[int, ...] | None = None) -> None:
     """Drop what was compiled for ``model`` (e.g. a graph that holds weights as constants,
-    after the weights changed)."""
-    _COMPILED.pop(model, None)
+    after the weights changed); with ``shape``, only what was compiled for inputs of that
+    shape (a key that holds it): what serves any shape stays."""
+    if shape is None:
+        _COMPILED.pop(model, None)
+        return
+    cache = _COMPILED.get(model, {})
+    for key in [k for k in cache if isinstance(k, tuple) and shape in k]:
+        del cache[key]

@@ -35,8 +35,8 @@ from .train import Trainer
 from .weights import from_canonical, to_canonical
 
 
-class _OneGraphPerShape(logging.Filter):
-    """One tf.function per model, input shape and outputs is the design (``_graph``), so
+class _OneGraphPerModel(logging.Filter):
+    """One tf.function per model and outputs is the design (``_graph``), so
     TensorFlow's "N out of the last N calls ... triggered tf.function retracing" warning
     about them says nothing; any other function's warning still shows."""
 
@@ -45,7 +45,7 @@ class _OneGraphPerShape(logging.Filter):
         return not ("triggered tf.function retracing" in message and "_graph.<locals>.run" in message)
 
 
-tf.get_logger().addFilter(_OneGraphPerShape())
+tf.get_logger().addFilter(_OneGraphPerModel())
 
 name = "keras"
 __all__ = [
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 
-# graph: one tf.function per input shape and outputs, which TensorFlow runs as a whole
+# graph: one tf.function per model and outputs (any input size), which TensorFlow runs as a whole
 # graph (Grappler's rewrites, oneDNN's fused conv + BatchNorm + ReLU); eager runs each
 # Keras op from Python. The default: what ``model.predict`` and serving run.
 MODES = ("graph", interface.EAGER)
@@ -113,8 +113,10 @@ def _outputs(model: GoogLeNet, x, with_aux: bool, every_stage: bool) -> tuple:
     return tuple(_nchw(model.plan, k, out.pop(k)) for k in interface.output_names(model.plan, with_aux, every_stage))
 
 
-def _graph(model: GoogLeNet, shape: tuple[int, ...], with_aux: bool, every_stage: bool):
-    """A tf.function for one input shape: traced on its first call, then reused. It holds
+def _graph(model: GoogLeNet, with_aux: bool, every_stage: bool):
+    """A tf.function for any batch and input size, traced once on its first call, then
+    reused: the layers compute their padding from the traced shape, so one graph serves
+    every size (tracing is the cost here: 1-2 s per graph against 0.1 s to run). It holds
     the model weakly (the graph holds its variables), so the cache never keeps it alive."""
     ref = weakref.ref(model)
 
@@ -123,14 +125,13 @@ def _graph(model: GoogLeNet, shape: tuple[int, ...], with_aux: bool, every_stage
         assert model is not None  # the cache goes with the model
         return _outputs(model, x, with_aux, every_stage)
 
-    return tf.function(run, input_signature=[tf.TensorSpec(shape, tf.float32)])
+    shape = (None, model.plan.in_channels, None, None)
+    return tf.function(run, input_signature=[tf.TensorSpec(shape, tf.float32)], autograph=False)
 
 
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage: bool) -> dict[str, np.ndarray]:
     if mode == "graph":
-        run = interface.compiled(
-            model, (mode, x.shape, with_aux, every_stage), lambda: _graph(model, x.shape, with_aux, every_stage)
-        )
+        run = interface.compiled(model, (mode, with_aux, every_stage), lambda: _graph(model, with_aux, every_stage))
         out = list(run(x))
     else:
         out = list(_outputs(model, x, with_aux, every_stage))

@@ -67,13 +67,32 @@ def test_a_second_call_at_the_same_shape_compiles_nothing(backend, monkeypatch):
     assert len(made) <= first + 1
 
 
-def test_keras_graph_is_traced_once_per_shape():
+def test_keras_graph_is_traced_once_for_every_size():
+    """Tracing is Keras's cost (1-2 s per graph of googlenet), so one graph serves every
+    batch and input size, and agrees with eager at each."""
     keras_ = backend_or_skip("keras")
     model = keras_.build("inception_mnist")
-    keras_.forward(model, image(28, 2, 1))
-    keras_.forward(model, image(28, 2, 1))
+    for size, batch in ((28, 2), (28, 3), (31, 1), (28, 2)):  # 31: odd maps
+        x = image(size, batch, 1)
+        eager = keras_.forward(model, x, mode=interface.EAGER)
+        assert agreement(eager, keras_.forward(model, x), logits=True).passed, (size, batch)
     (graph,) = interface._COMPILED[model].values()
     assert graph.experimental_get_tracing_count() == 1
+
+
+def test_forgetting_one_shape_keeps_what_serves_any():
+    class Model:  # anything a weak reference can hold
+        pass
+
+    model, other = Model(), Model()
+    for key in (("hybrid", (2, 3, 28, 28), True), ("hybrid", (2, 3, 97, 97), True), ("graph", True, True)):
+        interface.compiled(model, key, object)
+    interface.compiled(other, ("hybrid", (2, 3, 28, 28), True), object)
+    interface.forget_compiled(model, (2, 3, 28, 28))
+    assert set(interface._COMPILED[model]) == {("hybrid", (2, 3, 97, 97), True), ("graph", True, True)}
+    assert len(interface._COMPILED[other]) == 1  # another model's are its own
+    interface.forget_compiled(model)
+    assert model not in interface._COMPILED
 
 
 def test_weights_loaded_after_a_fast_call_are_the_ones_used(backend):
@@ -176,16 +195,16 @@ def test_a_fast_path_folding_batchnorm_with_the_wrong_epsilon_fails(eps, fails):
         assert report.passed and conv1.max_rel < REL_TOL / 10
 
 
-def test_keras_graphs_per_shape_do_not_warn_of_retracing(caplog):
-    """One graph per input shape is the design: TensorFlow's retracing warning about
-    them (printed in the middle of check's report before) is filtered, only for them."""
+def test_keras_graphs_per_model_do_not_warn_of_retracing(caplog):
+    """One graph per model is the design, and TensorFlow counts traces by the Python
+    function's code: its retracing warning about them (printed in the middle of check's
+    report before) is filtered, only for them."""
     keras_ = backend_or_skip("keras")
-    model = keras_.build("inception_mnist")
     with caplog.at_level("WARNING"):
         for batch in range(1, 8):
-            keras_.forward(model, image(28, batch, 1))
+            keras_.forward(keras_.build("inception_mnist"), image(28, batch, 1))
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
     record = logging.LogRecord(
         "tensorflow", logging.WARNING, "", 0, "5 calls to <function f> triggered tf.function retracing.", None, None
     )
-    assert keras_._OneGraphPerShape().filter(record)  # another function's warning still shows
+    assert keras_._OneGraphPerModel().filter(record)  # another function's warning still shows
