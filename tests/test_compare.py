@@ -73,7 +73,7 @@ def test_identical_means_names_order_dtype_and_bits():
 
 
 def test_block_by_block_comparison_is_the_whole_arrays_and_keeps_nan(monkeypatch):
-    """agreement() compares 2**20 elements at a time (a stage can be 84 MB): the same
+    """agreement() compares 2**18 elements at a time (a stage can be 84 MB): the same
     figures as the whole arrays at once, and a NaN or Inf in any block fails."""
     from conformance.check import compare
 

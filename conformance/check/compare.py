@@ -58,23 +58,25 @@ def agreement(
     return Agreement(max_abs, max_rel, top1, top5, passed and top1 == 1.0 and top5 == 1.0)
 
 
-CHUNK = 1 << 20  # elements compared at a time: 8 MB of float64 per temporary
+CHUNK = 1 << 18  # elements compared at a time: a 2 MB float64 buffer, which stays in cache
 
 
 def _max_abs_diff(ref: np.ndarray, got: np.ndarray) -> tuple[float, bool]:
-    """(max |got - ref| in float64, whether every ``got`` is finite), a block at a time:
-    a whole 84 MB float32 stage would need three 168 MB float64 temporaries. A NaN
-    anywhere gives NaN."""
+    """(max |got - ref| in float64, whether it is finite), a block at a time into one
+    buffer: a whole 84 MB float32 stage would need 168 MB float64 temporaries, and the
+    subtraction casts as it goes (twice as fast as casting each side first). A NaN or an
+    infinity in ``got`` gives a NaN or an infinite difference, so it is never missed."""
     r, g = ref.reshape(-1), got.reshape(-1)
-    max_abs, finite = 0.0, True
+    buffer = np.empty(min(CHUNK, r.size), np.float64)
+    max_abs = 0.0
     for i in range(0, r.size, CHUNK):
-        a, b = r[i : i + CHUNK], g[i : i + CHUNK]
-        d = float(np.abs(b.astype(np.float64) - a.astype(np.float64)).max())
-        finite = finite and bool(np.isfinite(b).all())
-        if np.isnan(d):
-            return d, False
-        max_abs = max(max_abs, d)
-    return max_abs, finite
+        d = buffer[: min(CHUNK, r.size - i)]
+        np.subtract(g[i : i + CHUNK], r[i : i + CHUNK], out=d, dtype=np.float64)
+        worst = float(np.abs(d, out=d).max())
+        if np.isnan(worst):
+            return worst, False
+        max_abs = max(max_abs, worst)
+    return max_abs, bool(np.isfinite(max_abs))
 
 
 def _topk(x: np.ndarray, k: int) -> np.ndarray:
