@@ -70,6 +70,7 @@ GRADIENTS = {
 
 # What DDP prints when given nn.SyncBatchNorm on CPU (filled by the first measurement).
 _refusal: str | None = None
+_threads_before: int | None = None  # the intra-op threads before start() shared the cores out
 
 
 def threads() -> int:
@@ -82,9 +83,12 @@ def _share_cores(world: World) -> None:
     one): N workers with every core each would oversubscribe them. A user's
     ``OMP_NUM_THREADS`` (torchrun sets 1 when it starts several workers) is kept: torch
     already honours it."""
+    global _threads_before
     if "OMP_NUM_THREADS" in os.environ:
         return
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world.workers))  # torchrun's: workers on this host
+    if _threads_before is None:
+        _threads_before = torch.get_num_threads()
     torch.set_num_threads(max(1, usable_cores() // max(1, local)))
 
 
@@ -186,12 +190,18 @@ class _Held:
 
 
 def stop(failed: bool = False) -> None:
-    """Leave the group: idempotent, and safe after a peer died (nothing is raised).
-    ``failed``: nothing to wait for here (gloo's destroy does not meet the peers)."""
+    """Leave the group and give back the threads ``start`` took away (a process that
+    goes on, e.g. after a failed join, computes on every core again): idempotent, and
+    safe after a peer died (nothing is raised). ``failed``: nothing to wait for here
+    (gloo's destroy does not meet the peers)."""
+    global _threads_before
     del failed
     if dist.is_initialized():
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+    if _threads_before is not None:
+        torch.set_num_threads(_threads_before)
+        _threads_before = None
 
 
 def scope() -> contextlib.AbstractContextManager[None]:

@@ -158,8 +158,13 @@ def test_batchnorm_training_gradients_are_ill_conditioned_in_float32():
 
     bn = [worst_float32_error("googlenet_cifar", seed) for seed in range(3)]
     plain = [worst_float32_error("inception_mnist", seed) for seed in range(3)]
-    # measured: googlenet_cifar 3e-2 .. 9e-2 at seeds 0-2; inception_mnist ~2e-6
-    assert min(bn) > 1e-2, bn  # BatchNorm in training mode: the second digit, at every seed
+    # Measured at seeds 0-2: googlenet_cifar 5.4e-2, 9.3e-2, 1.3e-1 on 2 threads and
+    # 5.9e-5, 9.3e-2, 3.2e-2 on 1 (another summation order, another round-off to
+    # amplify); inception_mnist ~2e-6. How far round-off is amplified depends on the
+    # round-off, so a seed may get off lightly: what rules float32 out is that some reach
+    # the second digit, 100x the check's tolerance.
+    assert max(bn) > 1e-2, bn  # BatchNorm in training mode
+    assert min(bn) > 10 * max(plain), (bn, plain)  # and worse than without, at every seed
     assert max(plain) < 1e-5, plain  # no BatchNorm
     assert torch.get_default_dtype() == torch.float32
 
