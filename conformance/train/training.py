@@ -224,9 +224,8 @@ def kept(epoch: int, epochs: int, out: Path, what: str) -> str:
     """What an interrupted run says it kept: its complete epochs, or nothing."""
     if not epoch:
         return "no epoch was complete; nothing was written"
-    done = "epoch 1 is" if epoch == 1 else f"epochs 1-{epoch} are"
-    number, verb = done.rsplit(" ", 1)
-    return f"{number} of {epochs} {verb} saved in {out} ({what}); continue with --resume"
+    done, verb = ("epoch 1", "is") if epoch == 1 else (f"epochs 1-{epoch}", "are")
+    return f"{done} of {epochs} {verb} saved in {out} ({what}); continue with --resume"
 
 
 def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
