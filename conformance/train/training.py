@@ -34,13 +34,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .. import files, spec
+from .. import files, limits, spec
 from ..canonical import CanonicalError, canonical_shapes, initial_params, load_with_metadata, save
 from ..files import atomic_write
 from ..interface import Backend
 from ..reading import safetensors
 from ..world import World, WorldError
-from .data import DataError, Split, load_idx, prepare, synthetic
+from .data import DataError, MaxItems, Split, load_idx, prepare, synthetic
 
 # Checkpoints are written after every epoch (53 MB each for googlenet): 10,000 epochs is
 # beyond any schedule in d2l, Liu's lecture or the paper (tens to a few hundred epochs).
@@ -49,6 +49,9 @@ STATE_FORMAT = "googlenet-train-state"
 # Training holds every image prepared (float32 at the variant's size) in memory: beyond
 # this, --limit. Fashion-MNIST at googlenet_d2l's 96 x 96 takes 2.6 GB.
 MAX_PREPARED = 4 << 30
+# float32 copies of an image at its file's size that preparing it holds at once (the
+# conversion and the normalisation), before the resize to the variant's size.
+RAW_COPIES = 2
 
 
 class TrainingError(RuntimeError):
@@ -231,9 +234,7 @@ def kept(epoch: int, epochs: int, out: Path, what: str) -> str:
 def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
     """The splits (at most ``limit`` images each), checked to be trainable: images of at
     least one pixel, a training set and a test set that are not empty."""
-    p = _plan(s)
-    per_image = p.in_channels * p.input_size**2 * 4
-    splits = load_idx(data, s.limit, MAX_PREPARED // per_image) if data is not None else synthetic(seed=s.seed)
+    splits = load_idx(data, s.limit, _max_images(_plan(s))) if data is not None else synthetic(seed=s.seed)
     if s.limit is not None:
         splits = {k: Split(v.images[: s.limit], v.labels[: s.limit]) for k, v in splits.items()}
     where = f"--data {data}" if data is not None else "generated data"
@@ -244,6 +245,33 @@ def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
             why = "nothing to train on" if name == "train" else "the test accuracy needs at least one image"
             raise DataError(f"{where}: the {name} set holds no images; {why}")
     return splits
+
+
+def _max_images(p: spec.Plan) -> MaxItems:
+    """How many images of a shape a data file may hold: their side is bounded by the
+    size they are resized to, their prepared bytes by ``MAX_PREPARED``."""
+
+    def most(item: tuple[int, ...]) -> int:
+        per_image = p.in_channels * p.input_size**2 * limits.FLOAT32
+        if item:  # an image's rows x cols (labels have no shape)
+            limits.check_image_side(item[0], item[1], p.input_size)
+            per_image += RAW_COPIES * limits.FLOAT32 * item[0] * item[1]
+        return MAX_PREPARED // per_image
+
+    return most
+
+
+def check_work(s: Settings, splits: dict[str, Split] | None = None, workers: int = 1) -> None:
+    """--batch-size against the machine (the training activations of one batch at the
+    variant's size); with ``splits``, --workers too: each worker holds every prepared
+    image and its shard of the batch."""
+    p = _plan(s)
+    limits.check_work(limits.Work(p, p.input_size, s.batch_size, True, size_option=None, batch_option="--batch-size"))
+    if splits is not None and workers > 1:
+        images = sum(len(split.images) for split in splits.values())
+        shard = -(-s.batch_size // workers)
+        prepared = images * p.in_channels * p.input_size**2 * limits.FLOAT32
+        limits.check_workers(workers, per_worker=prepared + limits.Work(p, p.input_size, shard, training=True).bytes)
 
 
 def progress(done: int, total: int, loss: float, stream: TextIO) -> None:
