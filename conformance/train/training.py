@@ -27,7 +27,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,7 +38,7 @@ from .. import files, limits, spec
 from ..canonical import CanonicalError, canonical_shapes, initial_params, load_with_metadata, save
 from ..files import atomic_write
 from ..interface import Backend
-from ..reading import safetensors
+from ..reading import json_document, safetensors
 from ..world import World, WorldError
 from .data import DataError, MaxItems, Split, load_idx, prepare, synthetic
 
@@ -127,12 +127,16 @@ def check_outputs(out: Path, s: Settings, framework: str, force: bool, resume: b
     if not out.is_dir():
         raise files.OutputError(f"--out {out}: {'not a directory' if out.exists() else 'directory does not exist'}")
     o = Outputs(out, f"{s.variant}-{framework}")
-    checkpoints = {e: p for e, p in _existing_checkpoints(out, o.stem).items() if e <= s.epochs}
-    run = None
+    files.check_output(o.state, True, "--out")  # first: names a temporary a killed run left, in every run
+    found = _existing_checkpoints(out, o.stem)
+    checkpoints = {e: p for e, p in found.items() if e <= s.epochs}
     if resume:
-        run, o.start = _resumable(o, s)
-        # this run's own later checkpoints (an interrupt between a checkpoint and the state)
-        o.replaceable = {p for e, p in checkpoints.items() if e > o.start and _run_of(p) == run}
+        if o.state.exists() or o.state.is_symlink():
+            run, o.start = _resumable(o, s)
+            # this run's own later checkpoints (an interrupt between a checkpoint and the state)
+            o.replaceable = {p for e, p in checkpoints.items() if e > o.start and _run_of(p) == run}
+        else:
+            o.replaceable = _restartable(o, s, found)
         checkpoints = {e: p for e, p in checkpoints.items() if e > o.start and p not in o.replaceable}
         o.replaceable |= {o.plot, o.history, o.state}
     fixed = [o.plot, o.history, o.state] if not resume else []
@@ -216,7 +220,8 @@ def _json_field(meta: dict[str, str], key: str, kind: type) -> Any:
     except (ValueError, RecursionError):
         raise ValueError(f"{key!r} is not JSON") from None
     if not isinstance(value, kind):
-        raise ValueError(f"{key!r} is a JSON {type(value).__name__}, expected a JSON {kind.__name__}")
+        names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        raise ValueError(f"{key!r} is {names.get(type(value), 'a number')} in JSON, expected {names[kind]}")
     return value
 
 
@@ -313,6 +318,44 @@ def _resumable(o: Outputs, s: Settings) -> tuple[str, int]:
     if epoch >= s.epochs:
         raise files.OutputError(f"--resume: the run in {o.out} has done {epoch} epochs; pass --epochs above {epoch}")
     return run, epoch
+
+
+_RESTARTED: set[Path] = set()  # --out directories whose restart was announced (once per process)
+
+
+def _restartable(o: Outputs, s: Settings, checkpoints: dict[int, Path]) -> set[Path]:
+    """--resume where no state was ever written: a run that ended (killed) before its
+    first epoch's state was complete leaves at most epoch 1's checkpoint and the history.
+    Nothing can be continued, so it starts again from epoch 1 over those files, as the
+    straight run would have; the history's options must be the same. Returns them."""
+    leftovers = {p for p in (checkpoints.get(1), o.history, o.plot) if p is not None and p.exists()}
+    if not leftovers or set(checkpoints) - {1}:
+        raise files.OutputError(
+            f"--resume: no run of {o.stem} to continue in --out {o.out} ({o.state.name} is missing); "
+            f"start one without --resume"
+        )
+    if o.history.exists():
+        try:
+            doc: Any = json_document(o.history)
+            saved = doc["settings"]
+            same = isinstance(saved, dict) and {k: v for k, v in saved.items() if k != "epochs"} == _comparable(s)
+        except (OSError, ValueError, KeyError, TypeError):
+            same = False
+        if not same:
+            raise files.OutputError(
+                f"--resume: {o.history.name} in {o.out} is of a run with other options (or unreadable), and "
+                f"{o.state.name} is missing; pass the same options, or --force without --resume to start anew"
+            )
+    if o.out.resolve() in _RESTARTED:  # check_outputs runs again when training starts
+        return leftovers
+    _RESTARTED.add(o.out.resolve())
+    print(
+        f"note: --resume: no epoch of the run in {o.out} was complete ({o.state.name} was never written); "
+        f"starting again from epoch 1 over {', '.join(sorted(p.name for p in leftovers))}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return leftovers
 
 
 def saved(out: Path, s: Settings, framework: str) -> str:
@@ -556,7 +599,7 @@ def train(
             )
             # a signal waits until both are done: the files on disk and the epochs an
             # interrupt reports as saved can never disagree
-            with files.signals_held():
+            with files.signals_held(), _saying_what_is_kept(run, s, backend, history, force):
                 run.save_epoch(backend, model, trainer, rng, [*history, e], force)
                 history.append(e)
             log(
@@ -566,8 +609,9 @@ def train(
     except (files.Interrupted, KeyboardInterrupt, WorldError) as interrupt:
         _keep_on_interrupt(run, s, backend, history, force, interrupt)
         raise
-    run.write(o.plot, plot(history, f"{s.variant} ({backend.version()})"), force)
-    run.write(o.history, history_json(s, backend.version(), history), force)
+    with _saying_what_is_kept(run, s, backend, history, force):
+        run.write(o.plot, plot(history, f"{s.variant} ({backend.version()})"), force)
+        run.write(o.history, history_json(s, backend.version(), history), force)
     log(f"plot {o.plot}, history {o.history}")
     return history
 
@@ -593,6 +637,27 @@ def _epoch(backend, model, trainer, rng, epoch: int, s: Settings, data, stream: 
     if stream.isatty():
         stream.write("\n")
     return Epoch(epoch, float(np.mean(losses)), correct / len(train_x), 0.0, len(train_x) / seconds, "")
+
+
+@contextlib.contextmanager
+def _saying_what_is_kept(run: _Run, s: Settings, backend: Backend, history: list[Epoch], force: bool) -> Iterator[None]:
+    """A write that failed (a full disk): the complete epochs' files are on disk (each
+    epoch's state is written last and atomically), so the one line says which, writes
+    their plot if it still can, and says how to go on."""
+    try:
+        yield
+    except (files.OutputError, OSError) as e:
+        failed = str(e) if isinstance(e, files.OutputError) else f"{e.filename}: {files.describe_os_error(e)}"
+        if not history:
+            raise files.OutputError(f"{failed}; no epoch was complete") from None
+        what = "checkpoints, history"
+        if run.writer:
+            try:
+                run.write(run.o.plot, plot(history, f"{s.variant} ({backend.version()}), stopped"), force)
+                what = "checkpoints, plot, history"
+            except (files.OutputError, OSError):  # the same full disk, most likely
+                what = "checkpoints, history; no plot, it could not be written either"
+        raise files.OutputError(f"{failed}; {kept(history[-1].epoch, s.epochs, run.o.out, what)}") from None
 
 
 def _keep_on_interrupt(run: _Run, s: Settings, backend: Backend, history: list[Epoch], force: bool, e) -> None:
