@@ -32,8 +32,8 @@ GB = 1 << 30
 INFERENCE_COPIES = 2
 TRAINING_COPIES = 3
 
-# A worker process holds its framework (its libraries and the model) besides the data:
-# the least a worker of any of the three engines takes before the first batch.
+# A worker process holds its framework (its libraries and the model) besides the data,
+# before the first batch: about half a gigabyte (a torch worker less, a TensorFlow one more).
 WORKER_BASE = 512 << 20
 
 # Cgroup v2 and v1 files that cap this process's memory below the machine's.
