@@ -127,6 +127,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     check.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     check.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    check.add_argument(
+        "--wide",
+        action="store_true",
+        help="every compared run in one table, however wide (default: fit the terminal, or 100 columns)",
+    )
 
     port = sub.add_parser("port", help="convert a checkpoint to another framework's format, verified")
     port.add_argument(
@@ -359,7 +364,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.distributed and not args.train:
         return _check_distributed(args, backends, args.variant, sizes)
     result = harness.run(variants, backends, skipped, sizes, args.batch, args.seed, train=args.train)
-    print(report.render(result), flush=True)
+    print(report.render(result, report.columns(args.wide)), flush=True)
     if args.json is not None and not args.distributed:
         report.write_json(result, args.json, overwrite=args.force)
         print(f"JSON report written to {args.json}")
