@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from . import files, spec
+from . import files, limits, spec
 from .check.judges import JUDGES
 from .files import check_output
 from .formats.registry import FORMATS, PortError
@@ -44,8 +45,13 @@ def _typed(convert: Callable[[str], float], ok: Callable[[float], bool], expecte
 
 _positive = _typed(int, lambda v: v >= 1, "a positive integer")
 _non_negative = _typed(int, lambda v: v >= 0, "a non-negative integer")
-_positive_float = _typed(float, lambda v: v > 0, "a positive number")
-_fraction = _typed(float, lambda v: 0 <= v < 1, "a number from 0 to 1 (exclusive)")
+# d2l trains GoogLeNet at lr 0.1, Liu's lecture at 0.01: a thousand times d2l's is no
+# schedule's step; inf and nan are no step at all.
+MAX_LR = 100.0
+_learning_rate = _typed(
+    float, lambda v: math.isfinite(v) and 0 < v <= MAX_LR, f"a finite number above 0, at most {MAX_LR:g}"
+)
+_fraction = _typed(float, lambda v: math.isfinite(v) and 0 <= v < 1, "a number from 0 to 1 (exclusive)")
 _classes = _typed(int, lambda v: 1 <= v <= MAX_CLASSES, f"an integer from 1 to {MAX_CLASSES:,}")
 _epochs = _typed(int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}")
 
@@ -184,7 +190,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     train.add_argument("--epochs", type=_epochs, default=10, help=f"default: 10 (at most {MAX_EPOCHS:,})")
     train.add_argument("--batch-size", type=_positive, default=64, help="default: 64")
-    train.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (default: 0.01)")
+    train.add_argument("--lr", type=_learning_rate, default=0.01, help="learning rate (default: 0.01)")
     train.add_argument("--momentum", type=_fraction, default=0.5, help="SGD momentum, 0 to 1 (default: 0.5)")
     train.add_argument("--limit", type=_positive, metavar="N", help="use only the first N train and test images")
     train.add_argument(
@@ -355,6 +361,9 @@ def _check(args: argparse.Namespace) -> int:
     sizes = list(dict.fromkeys(args.input_size)) if args.input_size else None  # None: each variant's own
     if sizes:
         harness.check_input_sizes(variants, sizes)
+    harness.check_work(variants, sizes, args.batch, args.train)
+    if args.distributed:
+        limits.check_workers(args.workers)
     backends, skipped = judges.load_with_judges([*names, *required])
     missing = [fw for fw in required if fw not in backends]
     if missing:
@@ -404,6 +413,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.variant, args.batch, args.input_size, tuple(dict.fromkeys(names)), args.train, args.rounds
     )
     bench.check_settings(settings)  # before any framework is imported
+    limits.check_work(limits.Work(spec.resolve(args.variant), args.input_size, args.batch, training=args.train))
     tty = sys.stderr.isatty()
 
     def progress(line: str) -> None:  # one line rewritten on a terminal, a line per step in a log
@@ -415,6 +425,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.workers:
         if not args.train:
             raise ValueError("--workers: measures training; pass --train too")
+        limits.check_workers(max(args.workers))
         if args.batch < max(args.workers):
             World(max(args.workers)).check_batch(args.batch, "--batch")
         rows = bench.scaling(settings, args.workers, progress=progress)
@@ -441,6 +452,7 @@ def _spec(args: argparse.Namespace) -> int:
     p = spec.resolve(args.variant, args.num_classes, args.aux_logits)
     v = p.variant
     size = args.input_size or p.input_size
+    limits.check_size(p, size)
     shapes = spec.expected_shapes(p, size)
     print(f"{v.name}: {v.description}")
     print(f"input {p.in_channels} x {size} x {size}, {p.num_classes} classes, aux_logits={p.options.aux_logits}")
@@ -515,8 +527,11 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_classes=args.num_classes,
     )
+    limits.check_workers(args.workers)  # before the data: the cores alone
+    training.check_work(settings)
     training.check_outputs(args.out, settings, args.framework, args.force, args.resume)
     splits = training.load_data(args.data, settings)  # bad data fails here, before any framework loads
+    training.check_work(settings, splits, args.workers)
     if args.workers > 1 or launch.started_by_engine(args.framework):
         return _train_workers(args, settings)
     training.reproducible(args.framework)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 import struct
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -22,9 +24,12 @@ from typing import IO
 
 import numpy as np
 
+from .files import kind
+
 MAX_HEADER = 16 << 20  # a GoogLeNet safetensors header is ~30 KB; 16 MB is any real one's ceiling
 MAX_MEMBERS = 10_000  # zip members (a GoogLeNet .pth has ~350)
 MAX_NAME = 1024  # bytes of a tensor name in an MXNet file
+MAX_JSON = 64 << 20  # a report this suite writes (check, bench, pitfalls --json) is well under 1 MB
 
 
 class Damaged(ValueError):
@@ -429,3 +434,26 @@ def _mxnet_dtype(flag: int, what: str) -> np.dtype | str:
     if dtype is None:
         raise Damaged(f"{what}: unknown type flag {flag}")
     return dtype
+
+
+def json_document(path: Path, max_bytes: int = MAX_JSON) -> object:
+    """The JSON document in a regular file of at most ``max_bytes``. A FIFO, a device or
+    a longer file is refused (Damaged) before it is read, and no more than
+    ``max_bytes`` + 1 bytes are ever read; the OS's refusals stay OSErrors."""
+    # O_NONBLOCK: opening a FIFO does not wait for a writer (a regular file ignores it)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode, size = os.fstat(fd).st_mode, os.fstat(fd).st_size
+        if not stat.S_ISREG(mode):
+            raise Damaged(f"{kind(mode)}, not a regular file")
+        if size > max_bytes:
+            raise Damaged(f"{size:,} bytes; a report is at most {max_bytes:,}")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew while it was read
+        raise Damaged(f"more than {max_bytes:,} bytes; a report is at most {max_bytes:,}")
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise Damaged("not JSON (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise Damaged(f"not JSON ({e})") from None

@@ -195,3 +195,164 @@ def test_data_that_cannot_be_trained_on_is_refused_before_any_framework(tmp_path
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"error: --data {directory}: " in r.stderr and __import__("re").search(message, r.stderr), r.stderr
     assert not list((tmp_path / "out").iterdir())
+
+
+# -- issue 24: the state's metadata, a full disk, a state never written ------------------
+
+
+def _rewrite_metadata(path: Path, key: str, value: str) -> None:
+    """Change one metadata field of a safetensors file, keeping its tensors (and so the
+    SHA-256 recorded over them) as they are."""
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"][key] = value
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """A torch run of inception_mnist that completed epoch 1 of 2: (settings, splits, its --out)."""
+    b = backend_or_skip("torch")
+    s = training.Settings("inception_mnist", epochs=1, batch_size=16, limit=32)
+    splits = training.load_data(None, s)
+    out = tmp_path_factory.mktemp("one-epoch")
+    training.train(b, s, splits, out, **quiet())
+    return training.Settings("inception_mnist", epochs=2, batch_size=16, limit=32), splits, out
+
+
+def _copy(out: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(out, to)
+    return to
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("history", '[{"bogus": 1}]', r"'history' entry 1 is not an epoch"),
+        ("history", "[]", r"'history' holds 0 epochs, the state says 1"),
+        ("history", "{", r"'history' is not JSON"),
+        ("rng", "[1, 2]", r"'rng' is an array in JSON, expected an object"),
+        ("rng", '{"bit_generator": "MT19937", "state": {}}', r"'rng' is not a PCG64 generator state"),
+        ("settings", "[]", r"'settings' is an array in JSON, expected an object"),
+        ("settings", '{"variant": "inception_mnist"}', r"'settings' holds \['variant'\], expected"),
+        ("epoch", "one", r"'epoch' is 'one', expected a number"),
+        ("epoch", "0", r"'epoch' is 0, expected 1 to"),
+        ("run", "../x", r"'run' is '../x', expected hex digits"),
+        ("format", "other", r"'format' is 'other', expected 'googlenet-train-state'"),
+    ],
+)
+def test_edited_state_metadata_is_refused_in_one_line(one_epoch, tmp_path, key, value, message):
+    """Issue 24 row 10: the SHA-256 covers the tensors only; an edited field gave a
+    TypeError or AttributeError traceback. Now each is refused, naming the field."""
+    s, _, out = one_epoch
+    out = _copy(out, tmp_path / "out")
+    _rewrite_metadata(out / "inception_mnist-torch.state.safetensors", key, value)
+    with pytest.raises(
+        files.OutputError, match=r"--resume: .*state.safetensors is not a training state of this suite: "
+    ):
+        training.check_outputs(out, s, "torch", False, resume=True)
+    with pytest.raises(files.OutputError, match=message):
+        training.read_state(out / "inception_mnist-torch.state.safetensors")
+
+
+def test_negative_control_the_unedited_state_and_a_rewritten_equal_one_resume(one_epoch, tmp_path):
+    """The checks are not vacuous: the same file, its metadata rewritten to the same
+    values, is accepted and resumes after epoch 1."""
+    s, _, out = one_epoch
+    out = _copy(out, tmp_path / "out")
+    state = out / "inception_mnist-torch.state.safetensors"
+    _rewrite_metadata(state, "epoch", training.safetensors(state).metadata["epoch"])
+    assert training.check_outputs(out, s, "torch", False, resume=True).start == 1
+    read = training.read_state(state)
+    assert read.epoch == 1 and [e.epoch for e in read.history] == [1]
+
+
+def test_a_full_disk_says_which_epochs_are_kept_and_writes_their_plot(one_epoch, tmp_path, monkeypatch):
+    """Issue 24 row 14: a write of epoch 2 that fails (ENOSPC) ends in one line that
+    says epoch 1 is kept and to --resume, and the plot of epoch 1 is written; the
+    resumed run then finishes."""
+    b = backend_or_skip("torch")
+    s, splits, out = one_epoch
+    out = _copy(out, tmp_path / "out")
+    (out / "inception_mnist-torch.png").unlink()
+    real_save = training.save
+
+    def full(params, path, *args, **kwargs):
+        if Path(path).name.endswith("epoch2.safetensors"):
+            raise files.OutputError(
+                f"--out {path}: writing 0.4 MB failed: No space left on device; nothing was written"
+            )
+        return real_save(params, path, *args, **kwargs)
+
+    monkeypatch.setattr(training, "save", full)
+    with pytest.raises(files.OutputError) as e:
+        training.train(b, s, splits, out, resume=True, **quiet())
+    assert str(e.value).endswith(
+        f"No space left on device; nothing was written; epoch 1 of 2 is saved in {out} "
+        f"(checkpoints, plot, history); continue with --resume"
+    )
+    assert (out / "inception_mnist-torch.png").exists()
+    monkeypatch.setattr(training, "save", real_save)
+    assert [h.epoch for h in training.train(b, s, splits, out, resume=True, **quiet())] == [1, 2]
+
+
+def test_a_full_disk_that_refuses_the_plot_too_says_so(one_epoch, tmp_path, monkeypatch):
+    b = backend_or_skip("torch")
+    s, splits, out = one_epoch
+    out = _copy(out, tmp_path / "out")
+
+    def full(path, data, overwrite=False, option=""):
+        raise files.OutputError(f"--out {path}: writing failed: No space left on device; nothing was written")
+
+    monkeypatch.setattr(training, "atomic_write", full)  # the history and the plot
+    with pytest.raises(files.OutputError, match=r"epoch 1 of 2 is saved in .* \(checkpoints, history; no plot, it"):
+        training.train(b, s, splits, out, resume=True, **quiet())
+
+
+def test_a_state_never_written_does_not_block_resume_or_restart(one_epoch, tmp_path, capsys):
+    """Issue 24 row 15: killed while epoch 1's state was written (its temporary left,
+    no state). --resume starts again from epoch 1 over that run's files and ends with
+    the same checkpoint; every run names the temporary."""
+    b = backend_or_skip("torch")
+    s, splits, out = one_epoch
+    out = _copy(out, tmp_path / "out")
+    stem = "inception_mnist-torch"
+    first = canonical.load(out / f"{stem}-epoch1.safetensors")
+    state = out / f"{stem}.state.safetensors"
+    leftover = out / f".{stem}.state.safetensors.999999-abcdef.conformance-tmp"
+    leftover.write_bytes(state.read_bytes()[:1000])
+    state.unlink()
+    (out / f"{stem}.png").unlink()
+    capsys.readouterr()
+    with pytest.raises(files.OutputError, match=r"epoch1.safetensors already exists; .*; or --resume to continue"):
+        training.check_outputs(out, s, "torch", False)
+    assert str(leftover) in capsys.readouterr().err
+    training.train(b, s, splits, out, resume=True, **quiet())
+    err = capsys.readouterr().err
+    assert (
+        "starting again from epoch 1 over inception_mnist-torch-epoch1.safetensors, inception_mnist-torch.json" in err
+    )
+    again = canonical.load(out / f"{stem}-epoch1.safetensors")
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert training.read_state(state).epoch == 2
+
+
+def test_negative_control_a_restart_needs_the_same_options_and_some_leftover(one_epoch, tmp_path):
+    s, _, out = one_epoch
+    out = _copy(out, tmp_path / "out")
+    (out / "inception_mnist-torch.state.safetensors").unlink()
+    other = training.Settings("inception_mnist", epochs=2, batch_size=16, limit=32, lr=0.1)
+    with pytest.raises(files.OutputError, match=r"inception_mnist-torch.json in .* is of a run with other options"):
+        training.check_outputs(out, other, "torch", False, resume=True)
+    for leftover in out.iterdir():
+        leftover.unlink()
+    with pytest.raises(files.OutputError, match=r"no run of inception_mnist-torch to continue"):
+        training.check_outputs(out, s, "torch", False, resume=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import spec
+from .. import limits, spec
 from ..canonical import conv_key, random_params
 from ..interface import EAGER, Backend, Unsupported, forget_compiled, is_judge
 from .compare import REL_TOL, Agreement, agreement, identical
@@ -154,6 +154,18 @@ def check_input_sizes(variants: list[str], sizes: tuple[int, ...] | list[int]) -
         reasons = [inadmissible(v, size) for v in variants]
         if all(reasons):
             raise spec.SpecError(f"--input-size {size}: no variant can run it: {variants[0]}: {reasons[0]}")
+
+
+def check_work(variants: list[str], sizes: list[int] | None, batch: int, train: bool = False) -> None:
+    """Refuse, before any framework is imported, a --batch whose activations at any size
+    the check runs (each variant's own and the odd ones by default) exceed the memory."""
+    for v in variants:
+        p = spec.resolve(v)
+        for size in sizes or default_sizes(v):
+            if inadmissible(v, size) is None:
+                limits.check_work(limits.Work(p, size, batch, size_option="--input-size" if sizes else None))
+        if train:
+            limits.check_work(limits.Work(p, p.input_size, batch, True, size_option=None))
 
 
 def _input(p: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:

@@ -102,15 +102,15 @@ def _check_source(src: Path) -> None:
         raise PortError(f"SRC {src}: not readable ({e.strerror})") from None
 
 
-def _check_paths(src: Path, dst: Path, dst_fmt: Format, force: bool) -> str:
-    """DST writable, under a name its framework loads (before any work); returns the
-    temporary file's suffix."""
+def _check_paths(src: Path | None, dst: Path, dst_fmt: Format, force: bool) -> str:
+    """DST writable, under a name its framework loads (before any work), and not SRC
+    (None: there is no source file, as for ``init``); returns the temporary file's suffix."""
     if not dst_fmt.writable:
         raise PortError(
             f"DST {dst}: {dst_fmt.description} files are read here, not written; write another format "
             f"(.pth, .safetensors, .weights.h5, .params, ...)"
         )
-    if os.path.lexists(dst) and dst.resolve() == src.resolve():
+    if src is not None and os.path.lexists(dst) and dst.resolve() == src.resolve():
         raise PortError(f"DST {dst} is SRC: write the port to another file")
     if dst_fmt.names and not dst.name.endswith(dst_fmt.names):
         wanted = " or ".join(dst_fmt.names)
@@ -126,7 +126,7 @@ def _check_paths(src: Path, dst: Path, dst_fmt: Format, force: bool) -> str:
         return suffix
     try:
         for path in deploy.outputs(dst, dst_fmt.layout):
-            if path.exists() and path.resolve() == src.resolve():
+            if src is not None and path.exists() and path.resolve() == src.resolve():
                 raise PortError(f"DST {path} is SRC: write the port to another file")
             files.check_output(path, force, "DST", suffix=suffix)
     except files.OutputError as e:
@@ -556,7 +556,7 @@ def init(
     classes = spec.VARIANTS[variant].head.classes if num_classes is None else num_classes
     p = _resolve(variant, classes, has_aux if aux_logits is None else aux_logits, transform_input)
     source = Path(f"seeded-{variant}-seed{seed}")  # no file: named in the result and messages
-    suffix = _check_paths(source, dst, dst_fmt, force)
+    suffix = _check_paths(None, dst, dst_fmt, force)
     params = {k: v.astype(np.float32) for k, v in random_params(p, seed).items()}
     log(
         f"seeded {variant}: canonical.random_params(seed={seed}), {len(params)} tensors, "

@@ -4,9 +4,10 @@ Exit codes as everywhere: 0 as expected, 1 a check failed, 2 bad usage or input.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-from .. import frameworks, spec
+from .. import frameworks, limits, spec
 from ..files import check_output
 from . import measure, outputs
 from .pitfalls import PITFALLS
@@ -20,6 +21,19 @@ def _check_size(pairs: list[tuple[str, str]], size: int) -> None:
             spec.stage_shapes(spec.resolve(variant), size)
         except spec.SpecError as e:
             raise ValueError(f"--input-size {size}: {name} runs on {variant}, which cannot run it: {e}") from None
+
+
+def _check_work(pairs: list[tuple[str, str]], size: int | None, batch: int) -> None:
+    """Each measurement's batch against the machine: an inference pitfall's --batch at
+    --input-size (or its default), a training pitfall's check --train batch at the
+    variant's own size."""
+    for name, variant in pairs:
+        pitfall, p = PITFALLS[name], spec.resolve(variant)
+        if pitfall.kind == "inference":
+            option = "--input-size" if size else None
+            limits.check_work(limits.Work(p, size or measure.default_size(pitfall, p), batch, size_option=option))
+        else:
+            limits.check_work(limits.Work(p, p.input_size, measure.TRAIN_BATCH, True, None, None))
 
 
 def pitfalls(
@@ -36,6 +50,7 @@ def pitfalls(
     pairs = measure.planned(names, variant)
     if size is not None:
         _check_size(pairs, size)
+    _check_work(pairs, size, batch)
     if json_path is not None:
         check_output(json_path, force, "--json")
     if plot_dir is not None:
@@ -84,6 +99,9 @@ def diff(
 
     if pair is not None:
         pair = frameworks.parse(pair, "--frameworks")
+    p = spec.resolve(variant)
+    with contextlib.suppress(spec.SpecError):  # a size the variant cannot run: diff names it
+        limits.check_work(limits.Work(p, size or p.input_size, batch, size_option="--input-size" if size else None))
     result = diffing.diff(
         a,
         b,
@@ -125,7 +143,10 @@ def page(
         plots = [measure.plot_name(m) for m in measured]
     else:
         plots = [f"{n}-{v}.png" for n, v in measure.planned(list(PITFALLS), None)]
+        _check_work(measure.planned(list(PITFALLS), None), None, batch)
     site.check_inputs(directory, variant, size, plots, force)
+    if size is not None:
+        limits.check_size(spec.resolve(variant), size)
     if pitfalls_json is None:
         print(f"measuring the pitfalls ({batch} images each; --pitfalls-json reuses a pitfalls --json report)")
         backends, skipped = frameworks.load(frameworks.FRAMEWORKS)

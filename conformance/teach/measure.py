@@ -26,6 +26,7 @@ from ..check import harness
 from ..check.compare import REL_TOL
 from ..files import atomic_write
 from ..interface import Backend
+from ..reading import Damaged, json_document
 from . import stages
 from .pitfalls import PITFALLS, Pitfall, where
 
@@ -338,10 +339,12 @@ def read_json(path: Path, option: str) -> tuple[list[Measurement], int]:
     """(measurements, batch) written by ``pitfalls --json``; a ValueError naming ``option``
     and the file otherwise."""
     try:
-        doc = json.loads(path.read_text())
+        doc: Any = json_document(path)
         return [Measurement.from_dict(d) for d in doc["pitfalls"]], int(doc["batch"])
     except OSError as e:
         raise ValueError(f"{option} {path}: {e.strerror}") from None
+    except Damaged as e:
+        raise ValueError(f"{option} {path}: {e}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{option} {path}: not a pitfalls --json report ({type(e).__name__}: {e})") from None
 

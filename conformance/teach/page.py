@@ -15,7 +15,6 @@ the pitfalls' plots:
 from __future__ import annotations
 
 import html
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from .. import spec
 from ..check.compare import REL_TOL
 from ..files import atomic_write
+from ..reading import Damaged, json_document
 from . import differences, measure, outputs, source
 from .pitfalls import PITFALLS
 
@@ -43,11 +43,11 @@ def esc(text: object) -> str:
 def read_report(path: Path, option: str, keys: Sequence[str] = ()) -> Any:
     """A JSON document given with ``option``; ValueError naming it otherwise."""
     try:
-        doc = json.loads(path.read_text())
+        doc = json_document(path)
     except OSError as e:
         raise ValueError(f"{option} {path}: {e.strerror}") from None
-    except ValueError as e:
-        raise ValueError(f"{option} {path}: not JSON ({e})") from None
+    except Damaged as e:
+        raise ValueError(f"{option} {path}: {e}") from None
     missing = [k for k in keys if not isinstance(doc, dict) or k not in doc]
     if missing:
         raise ValueError(f"{option} {path}: not the expected report (no {missing[0]!r})")

@@ -13,7 +13,7 @@ import gzip
 import math
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -61,14 +61,22 @@ def _stream(path: Path) -> Iterator[tuple[BinaryIO, bool]]:
             raise DataError(f"{path}: not a readable gzip file ({e})") from None
 
 
-def read_idx(path: Path, magic: int, limit: int | None = None, max_items: int | None = None) -> np.ndarray:
+# The most items of a given shape (an image's rows x cols, or () for a label) a reader
+# may hold; it may refuse the shape itself (a DataError or another ValueError).
+MaxItems = Callable[[tuple[int, ...]], int]
+
+
+def read_idx(path: Path, magic: int, limit: int | None = None, max_items: int | MaxItems | None = None) -> np.ndarray:
     """One IDX file as a uint8 array (its first ``limit`` items), checking the magic
     number and that the file holds exactly what its header declares; more than
-    ``max_items`` items to read is refused before reading."""
+    ``max_items`` items to read (a count, or a count for the item shape the header
+    declares) is refused before reading."""
     return _read_idx(path, magic, limit, max_items)[0]
 
 
-def _read_idx(path: Path, magic: int, limit: int | None = None, max_items: int | None = None) -> tuple[np.ndarray, int]:
+def _read_idx(
+    path: Path, magic: int, limit: int | None = None, max_items: int | MaxItems | None = None
+) -> tuple[np.ndarray, int]:
     """(the first ``limit`` items, the count the header declares)."""
     dims = 3 if magic == IMAGES_MAGIC else 1
     what = "images" if magic == IMAGES_MAGIC else "labels"
@@ -91,10 +99,14 @@ def _read_idx(path: Path, magic: int, limit: int | None = None, max_items: int |
         if gzipped and declared > DEFLATE_RATIO * size:
             raise DataError(f"{path}: {says}; a {size:,}-byte gzip file cannot hold more than {DEFLATE_RATIO * size:,}")
         count = shape[0] if limit is None else min(shape[0], limit)
-        if max_items is not None and count > max_items:
+        try:
+            most = max_items(shape[1:]) if callable(max_items) else max_items
+        except ValueError as e:  # the item shape itself refused
+            raise DataError(f"{path}: {e}") from None
+        if most is not None and count > most:
             raise DataError(
-                f"{path}: {count:,} {what}; training holds at most {max_items:,} of them in memory at the "
-                f"variant's size; pass --limit {max_items} or fewer"
+                f"{path}: {count:,} {what}; training holds at most {most:,} of them in memory at the "
+                f"variant's size; pass --limit {most} or fewer"
             )
         want = count * math.prod(shape[1:])
         if want > MAX_IDX_BYTES:
@@ -120,9 +132,12 @@ def _find(directory: Path, stem: str) -> Path:
     raise DataError(f"--data {directory}: missing {stem} (or {stem}.gz); the directory holds {present or 'nothing'}")
 
 
-def load_idx(directory: str | Path, limit: int | None = None, max_images: int | None = None) -> dict[str, Split]:
+def load_idx(
+    directory: str | Path, limit: int | None = None, max_images: int | MaxItems | None = None
+) -> dict[str, Split]:
     """``train`` and ``test`` splits of an MNIST-style directory (the first ``limit``
-    images and labels of each; more than ``max_images`` is refused before reading)."""
+    images and labels of each; more than ``max_images``, a count or a count for the
+    image shape the header declares, is refused before reading)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"--data {directory}: not a directory")

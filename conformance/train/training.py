@@ -27,20 +27,20 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from .. import files, spec
+from .. import files, limits, spec
 from ..canonical import CanonicalError, canonical_shapes, initial_params, load_with_metadata, save
 from ..files import atomic_write
 from ..interface import Backend
-from ..reading import safetensors
+from ..reading import json_document, safetensors
 from ..world import World, WorldError
-from .data import DataError, Split, load_idx, prepare, synthetic
+from .data import DataError, MaxItems, Split, load_idx, prepare, synthetic
 
 # Checkpoints are written after every epoch (53 MB each for googlenet): 10,000 epochs is
 # beyond any schedule in d2l, Liu's lecture or the paper (tens to a few hundred epochs).
@@ -49,6 +49,9 @@ STATE_FORMAT = "googlenet-train-state"
 # Training holds every image prepared (float32 at the variant's size) in memory: beyond
 # this, --limit. Fashion-MNIST at googlenet_d2l's 96 x 96 takes 2.6 GB.
 MAX_PREPARED = 4 << 30
+# float32 copies of an image at its file's size that preparing it holds at once (the
+# conversion and the normalisation), before the resize to the variant's size.
+RAW_COPIES = 2
 
 
 class TrainingError(RuntimeError):
@@ -124,12 +127,16 @@ def check_outputs(out: Path, s: Settings, framework: str, force: bool, resume: b
     if not out.is_dir():
         raise files.OutputError(f"--out {out}: {'not a directory' if out.exists() else 'directory does not exist'}")
     o = Outputs(out, f"{s.variant}-{framework}")
-    checkpoints = {e: p for e, p in _existing_checkpoints(out, o.stem).items() if e <= s.epochs}
-    run = None
+    files.check_output(o.state, True, "--out")  # first: names a temporary a killed run left, in every run
+    found = _existing_checkpoints(out, o.stem)
+    checkpoints = {e: p for e, p in found.items() if e <= s.epochs}
     if resume:
-        run, o.start = _resumable(o, s)
-        # this run's own later checkpoints (an interrupt between a checkpoint and the state)
-        o.replaceable = {p for e, p in checkpoints.items() if e > o.start and _run_of(p) == run}
+        if o.state.exists() or o.state.is_symlink():
+            run, o.start = _resumable(o, s)
+            # this run's own later checkpoints (an interrupt between a checkpoint and the state)
+            o.replaceable = {p for e, p in checkpoints.items() if e > o.start and _run_of(p) == run}
+        else:
+            o.replaceable = _restartable(o, s, found)
         checkpoints = {e: p for e, p in checkpoints.items() if e > o.start and p not in o.replaceable}
         o.replaceable |= {o.plot, o.history, o.state}
     fixed = [o.plot, o.history, o.state] if not resume else []
@@ -183,6 +190,114 @@ def _comparable(s: Settings) -> dict[str, object]:
 _OPTION = {"batch_size": "--batch-size", "num_classes": "--num-classes", "aux_weight": "aux_weight"}
 
 
+@dataclass(frozen=True)
+class _State:
+    """A state file's metadata, each field checked as its tensors are (their SHA-256):
+    the file is the user's to edit, so every value is refused in one line, not used."""
+
+    run: str
+    epoch: int
+    settings: dict[str, Any]
+    data: str
+    rng: dict[str, Any]
+    history: list[Epoch]
+    checkpoint: str
+
+
+_HEX = re.compile(r"[0-9a-f]+")
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
+
+
+def _is(value: object, kinds: tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _json_field(meta: dict[str, str], key: str, kind: type) -> Any:
+    try:
+        value = json.loads(meta[key])
+    except KeyError:
+        raise ValueError(f"no {key!r}") from None
+    except (ValueError, RecursionError):
+        raise ValueError(f"{key!r} is not JSON") from None
+    if not isinstance(value, kind):
+        names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        raise ValueError(f"{key!r} is {names.get(type(value), 'a number')} in JSON, expected {names[kind]}")
+    return value
+
+
+def _check_settings(saved: dict[str, Any]) -> None:
+    if set(saved) != set(_FIELD_TYPES):
+        raise ValueError(f"'settings' holds {sorted(saved)}, expected {sorted(_FIELD_TYPES)}")
+    numbers = {"lr", "momentum", "aux_weight"}
+    for key, value in saved.items():
+        optional = key in {"limit", "num_classes"} and value is None
+        kind: tuple[type, ...] = (int, float) if key in numbers else (str,) if key == "variant" else (int,)
+        if not optional and not _is(value, kind):
+            raise ValueError(
+                f"'settings' {key} is {value!r}, expected {'a number' if key in numbers else kind[0].__name__}"
+            )
+
+
+def _check_history(history: list[Any], epoch: int) -> list[Epoch]:
+    if len(history) != epoch:
+        raise ValueError(f"'history' holds {len(history)} epochs, the state says {epoch}")
+    fields = {f.name for f in dataclasses.fields(Epoch)}
+    epochs = []
+    for i, e in enumerate(history, 1):
+        if not isinstance(e, dict) or set(e) != fields:
+            raise ValueError(f"'history' entry {i} is not an epoch (expected the keys {sorted(fields)})")
+        numbers = all(_is(e[k], (int, float)) for k in ("loss", "train_acc", "test_acc", "images_per_s"))
+        if e["epoch"] != i or not numbers or not isinstance(e["checkpoint"], str):
+            raise ValueError(f"'history' entry {i} is not epoch {i} with numbers and a checkpoint name")
+        epochs.append(Epoch(**e))
+    return epochs
+
+
+def _check_rng(state: dict[str, Any]) -> None:
+    """The data order's generator state: one numpy accepts for its PCG64 (what
+    ``default_rng`` makes), with a 128-bit state."""
+    inner = state.get("state")
+    ok = (
+        state.get("bit_generator") == "PCG64"
+        and isinstance(inner, dict)
+        and all(_is(inner.get(k), (int,)) and 0 <= inner[k] < 1 << 128 for k in ("state", "inc"))
+        and _is(state.get("has_uint32"), (int,))
+        and _is(state.get("uinteger"), (int,))
+    )
+    if not ok:
+        raise ValueError("'rng' is not a PCG64 generator state")
+    try:
+        np.random.default_rng().bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise ValueError(f"'rng' is not a PCG64 generator state ({e})") from None
+
+
+def read_state(path: Path) -> _State:
+    """The metadata of a state file, every field checked; OutputError naming the file
+    and the field otherwise."""
+    try:
+        meta = safetensors(path).metadata
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(f"'format' is {meta.get('format')!r}, expected {STATE_FORMAT!r}")
+        words = {k: meta.get(k) for k in ("run", "epoch", "data", "checkpoint")}
+        for key, value in words.items():
+            if not isinstance(value, str) or not (value.isdigit() if key == "epoch" else _HEX.fullmatch(value)):
+                raise ValueError(f"{key!r} is {value!r}, expected {'a number' if key == 'epoch' else 'hex digits'}")
+        epoch = int(meta["epoch"])
+        if not 1 <= epoch <= MAX_EPOCHS:
+            raise ValueError(f"'epoch' is {epoch}, expected 1 to {MAX_EPOCHS:,}")
+        settings = _json_field(meta, "settings", dict)
+        _check_settings(settings)
+        rng = _json_field(meta, "rng", dict)
+        _check_rng(rng)
+        history = _check_history(_json_field(meta, "history", list), epoch)
+    except OSError as e:
+        raise files.OutputError(f"--resume: {path}: {files.describe_os_error(e)}") from None
+    except ValueError as e:  # Damaged included
+        raise files.OutputError(f"--resume: {path} is not a training state of this suite: {e}") from None
+    return _State(meta["run"], epoch, settings, meta["data"], rng, history, meta["checkpoint"])
+
+
 def _resumable(o: Outputs, s: Settings) -> tuple[str, int]:
     """(run id, complete epochs) of the run to resume, its options checked against ``s``."""
     if not o.state.exists():
@@ -190,12 +305,8 @@ def _resumable(o: Outputs, s: Settings) -> tuple[str, int]:
             f"--resume: no run of {o.stem} to continue in --out {o.out} ({o.state.name} is missing); "
             f"start one without --resume"
         )
-    try:
-        meta = safetensors(o.state).metadata
-        saved = json.loads(meta["settings"])
-        epoch, run = int(meta["epoch"]), meta["run"]
-    except (OSError, ValueError, KeyError) as e:
-        raise files.OutputError(f"--resume: {o.state} is not a training state of this suite ({e})") from None
+    state = read_state(o.state)
+    saved, epoch, run = state.settings, state.epoch, state.run
     ours = _comparable(s)
     for key, value in saved.items():
         if key != "epochs" and ours.get(key) != value:
@@ -207,6 +318,44 @@ def _resumable(o: Outputs, s: Settings) -> tuple[str, int]:
     if epoch >= s.epochs:
         raise files.OutputError(f"--resume: the run in {o.out} has done {epoch} epochs; pass --epochs above {epoch}")
     return run, epoch
+
+
+_RESTARTED: set[Path] = set()  # --out directories whose restart was announced (once per process)
+
+
+def _restartable(o: Outputs, s: Settings, checkpoints: dict[int, Path]) -> set[Path]:
+    """--resume where no state was ever written: a run that ended (killed) before its
+    first epoch's state was complete leaves at most epoch 1's checkpoint and the history.
+    Nothing can be continued, so it starts again from epoch 1 over those files, as the
+    straight run would have; the history's options must be the same. Returns them."""
+    leftovers = {p for p in (checkpoints.get(1), o.history, o.plot) if p is not None and p.exists()}
+    if not leftovers or set(checkpoints) - {1}:
+        raise files.OutputError(
+            f"--resume: no run of {o.stem} to continue in --out {o.out} ({o.state.name} is missing); "
+            f"start one without --resume"
+        )
+    if o.history.exists():
+        try:
+            doc: Any = json_document(o.history)
+            saved = doc["settings"]
+            same = isinstance(saved, dict) and {k: v for k, v in saved.items() if k != "epochs"} == _comparable(s)
+        except (OSError, ValueError, KeyError, TypeError):
+            same = False
+        if not same:
+            raise files.OutputError(
+                f"--resume: {o.history.name} in {o.out} is of a run with other options (or unreadable), and "
+                f"{o.state.name} is missing; pass the same options, or --force without --resume to start anew"
+            )
+    if o.out.resolve() in _RESTARTED:  # check_outputs runs again when training starts
+        return leftovers
+    _RESTARTED.add(o.out.resolve())
+    print(
+        f"note: --resume: no epoch of the run in {o.out} was complete ({o.state.name} was never written); "
+        f"starting again from epoch 1 over {', '.join(sorted(p.name for p in leftovers))}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return leftovers
 
 
 def saved(out: Path, s: Settings, framework: str) -> str:
@@ -231,9 +380,7 @@ def kept(epoch: int, epochs: int, out: Path, what: str) -> str:
 def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
     """The splits (at most ``limit`` images each), checked to be trainable: images of at
     least one pixel, a training set and a test set that are not empty."""
-    p = _plan(s)
-    per_image = p.in_channels * p.input_size**2 * 4
-    splits = load_idx(data, s.limit, MAX_PREPARED // per_image) if data is not None else synthetic(seed=s.seed)
+    splits = load_idx(data, s.limit, _max_images(_plan(s))) if data is not None else synthetic(seed=s.seed)
     if s.limit is not None:
         splits = {k: Split(v.images[: s.limit], v.labels[: s.limit]) for k, v in splits.items()}
     where = f"--data {data}" if data is not None else "generated data"
@@ -244,6 +391,33 @@ def load_data(data: str | Path | None, s: Settings) -> dict[str, Split]:
             why = "nothing to train on" if name == "train" else "the test accuracy needs at least one image"
             raise DataError(f"{where}: the {name} set holds no images; {why}")
     return splits
+
+
+def _max_images(p: spec.Plan) -> MaxItems:
+    """How many images of a shape a data file may hold: their side is bounded by the
+    size they are resized to, their prepared bytes by ``MAX_PREPARED``."""
+
+    def most(item: tuple[int, ...]) -> int:
+        per_image = p.in_channels * p.input_size**2 * limits.FLOAT32
+        if item:  # an image's rows x cols (labels have no shape)
+            limits.check_image_side(item[0], item[1], p.input_size)
+            per_image += RAW_COPIES * limits.FLOAT32 * item[0] * item[1]
+        return MAX_PREPARED // per_image
+
+    return most
+
+
+def check_work(s: Settings, splits: dict[str, Split] | None = None, workers: int = 1) -> None:
+    """--batch-size against the machine (the training activations of one batch at the
+    variant's size); with ``splits``, --workers too: each worker holds every prepared
+    image and its shard of the batch."""
+    p = _plan(s)
+    limits.check_work(limits.Work(p, p.input_size, s.batch_size, True, size_option=None, batch_option="--batch-size"))
+    if splits is not None and workers > 1:
+        images = sum(len(split.images) for split in splits.values())
+        shard = -(-s.batch_size // workers)
+        prepared = images * p.in_channels * p.input_size**2 * limits.FLOAT32
+        limits.check_workers(workers, per_worker=prepared + limits.Work(p, p.input_size, shard, training=True).bytes)
 
 
 def progress(done: int, total: int, loss: float, stream: TextIO) -> None:
@@ -344,24 +518,24 @@ class _Run:
 
     def resume(self, backend: Backend, model, trainer, rng) -> list[Epoch]:
         """Weights, momentum, data order and history of the last complete epoch."""
+        meta = read_state(self.o.state)
         try:
-            state, meta = load_with_metadata(self.o.state)
-            epoch = int(meta["epoch"])
-            params, checkpoint = load_with_metadata(self.o.checkpoint(epoch), self.p)
+            state = load_with_metadata(self.o.state)[0]
+            params, checkpoint = load_with_metadata(self.o.checkpoint(meta.epoch), self.p)
         except (CanonicalError, OSError, KeyError, ValueError) as e:
             raise files.OutputError(f"--resume: cannot continue the run in {self.o.out}: {e}") from None
-        if checkpoint.get("sha256") != meta["checkpoint"]:
+        if checkpoint.get("sha256") != meta.checkpoint:
             raise files.OutputError(
-                f"--resume: {self.o.checkpoint(epoch).name} is not the checkpoint the state of {self.o.out} "
+                f"--resume: {self.o.checkpoint(meta.epoch).name} is not the checkpoint the state of {self.o.out} "
                 f"recorded (it was replaced); cannot continue"
             )
-        if meta["data"] != self.data:
+        if meta.data != self.data:
             raise files.OutputError(f"--resume: the data differs from the run's in {self.o.out}; pass the same --data")
-        self.run = meta["run"]
+        self.run = meta.run
         backend.from_canonical(model, params)
         trainer.load_state({k.removeprefix("momentum."): v for k, v in state.items()})
-        rng.bit_generator.state = json.loads(meta["rng"])
-        return [Epoch(**e) for e in json.loads(meta["history"])]
+        rng.bit_generator.state = meta.rng
+        return meta.history
 
 
 def history_json(s: Settings, version: str, history: list[Epoch]) -> bytes:
@@ -425,7 +599,7 @@ def train(
             )
             # a signal waits until both are done: the files on disk and the epochs an
             # interrupt reports as saved can never disagree
-            with files.signals_held():
+            with files.signals_held(), _saying_what_is_kept(run, s, backend, history, force):
                 run.save_epoch(backend, model, trainer, rng, [*history, e], force)
                 history.append(e)
             log(
@@ -435,8 +609,9 @@ def train(
     except (files.Interrupted, KeyboardInterrupt, WorldError) as interrupt:
         _keep_on_interrupt(run, s, backend, history, force, interrupt)
         raise
-    run.write(o.plot, plot(history, f"{s.variant} ({backend.version()})"), force)
-    run.write(o.history, history_json(s, backend.version(), history), force)
+    with _saying_what_is_kept(run, s, backend, history, force):
+        run.write(o.plot, plot(history, f"{s.variant} ({backend.version()})"), force)
+        run.write(o.history, history_json(s, backend.version(), history), force)
     log(f"plot {o.plot}, history {o.history}")
     return history
 
@@ -462,6 +637,27 @@ def _epoch(backend, model, trainer, rng, epoch: int, s: Settings, data, stream: 
     if stream.isatty():
         stream.write("\n")
     return Epoch(epoch, float(np.mean(losses)), correct / len(train_x), 0.0, len(train_x) / seconds, "")
+
+
+@contextlib.contextmanager
+def _saying_what_is_kept(run: _Run, s: Settings, backend: Backend, history: list[Epoch], force: bool) -> Iterator[None]:
+    """A write that failed (a full disk): the complete epochs' files are on disk (each
+    epoch's state is written last and atomically), so the one line says which, writes
+    their plot if it still can, and says how to go on."""
+    try:
+        yield
+    except (files.OutputError, OSError) as e:
+        failed = str(e) if isinstance(e, files.OutputError) else f"{e.filename}: {files.describe_os_error(e)}"
+        if not history:
+            raise files.OutputError(f"{failed}; no epoch was complete") from None
+        what = "checkpoints, history"
+        if run.writer:
+            try:
+                run.write(run.o.plot, plot(history, f"{s.variant} ({backend.version()}), stopped"), force)
+                what = "checkpoints, plot, history"
+            except (files.OutputError, OSError):  # the same full disk, most likely
+                what = "checkpoints, history; no plot, it could not be written either"
+        raise files.OutputError(f"{failed}; {kept(history[-1].epoch, s.epochs, run.o.out, what)}") from None
 
 
 def _keep_on_interrupt(run: _Run, s: Settings, backend: Backend, history: list[Epoch], force: bool, e) -> None:
