@@ -21,6 +21,7 @@ from .check.judges import JUDGES
 from .files import check_output
 from .formats.registry import FORMATS, PortError
 from .frameworks import FRAMEWORKS
+from .progress import Steps
 from .spec import MAX_CLASSES
 from .teach.pitfalls import PITFALLS
 from .train.training import MAX_EPOCHS, Settings
@@ -404,21 +405,13 @@ def _bench(args: argparse.Namespace) -> int:
         args.variant, args.batch, args.input_size, tuple(dict.fromkeys(names)), args.train, args.rounds
     )
     bench.check_settings(settings)  # before any framework is imported
-    tty = sys.stderr.isatty()
-
-    def progress(line: str) -> None:  # one line rewritten on a terminal, a line per step in a log
-        if tty:
-            print(f"\r\033[K{line}", end="" if line else "\r", file=sys.stderr, flush=True)
-        elif line:
-            print(line, file=sys.stderr, flush=True)
-
     if args.workers:
         if not args.train:
             raise ValueError("--workers: measures training; pass --train too")
         if args.batch < max(args.workers):
             World(max(args.workers)).check_batch(args.batch, "--batch")
-        rows = bench.scaling(settings, args.workers, progress=progress)
-        progress("")
+        with Steps("bench") as progress:
+            rows = bench.scaling(settings, args.workers, progress=progress)
         print(bench.render_scaling(settings, rows), flush=True)
         if args.json is not None:
             doc = {"settings": asdict(settings), "scaling": [asdict(r) for r in rows]}
@@ -426,7 +419,8 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"JSON written to {args.json}")
         return 1 if any(r.failed for r in rows) else 0
     try:
-        result = bench.run(settings, progress)
+        with Steps("bench") as progress:
+            result = bench.run(settings, progress)
     except RuntimeError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1
