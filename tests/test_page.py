@@ -97,7 +97,8 @@ class Dom(HTMLParser):
         self.scripts += tag == "script"
 
     def handle_endtag(self, tag):
-        if tag == "div":
+        if tag == "div" and self._line:
+            self.code[self._line][-1] += "\n"
             self._line = None
         if tag == "tr":
             self._row = None
@@ -106,7 +107,7 @@ class Dom(HTMLParser):
 
     def handle_data(self, data):
         if self._line:
-            self.code[self._line][-1] += data + "\n"
+            self.code[self._line][-1] += data
         if self._num:
             self.pitfalls[self._row][-1] += data
 
