@@ -22,6 +22,7 @@ from .check.judges import JUDGES
 from .files import check_output
 from .formats.registry import FORMATS, PortError
 from .frameworks import FRAMEWORKS
+from .progress import Steps
 from .spec import MAX_CLASSES
 from .teach.pitfalls import PITFALLS
 from .train.training import MAX_EPOCHS, Settings
@@ -414,22 +415,14 @@ def _bench(args: argparse.Namespace) -> int:
     )
     bench.check_settings(settings)  # before any framework is imported
     limits.check_work(limits.Work(spec.resolve(args.variant), args.input_size, args.batch, training=args.train))
-    tty = sys.stderr.isatty()
-
-    def progress(line: str) -> None:  # one line rewritten on a terminal, a line per step in a log
-        if tty:
-            print(f"\r\033[K{line}", end="" if line else "\r", file=sys.stderr, flush=True)
-        elif line:
-            print(line, file=sys.stderr, flush=True)
-
     if args.workers:
         if not args.train:
             raise ValueError("--workers: measures training; pass --train too")
         limits.check_workers(max(args.workers))
         if args.batch < max(args.workers):
             World(max(args.workers)).check_batch(args.batch, "--batch")
-        rows = bench.scaling(settings, args.workers, progress=progress)
-        progress("")
+        with Steps("bench") as progress:
+            rows = bench.scaling(settings, args.workers, progress=progress)
         print(bench.render_scaling(settings, rows), flush=True)
         if args.json is not None:
             doc = {"settings": asdict(settings), "scaling": [asdict(r) for r in rows]}
@@ -437,7 +430,8 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"JSON written to {args.json}")
         return 1 if any(r.failed for r in rows) else 0
     try:
-        result = bench.run(settings, progress)
+        with Steps("bench") as progress:
+            result = bench.run(settings, progress)
     except RuntimeError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1

@@ -174,3 +174,19 @@ def test_bad_options_exit_2_with_one_message(tmp_path, capsys, monkeypatch, args
         assert main(["diff", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+def test_aux_heads_that_branch_off_before_the_divergence_are_not_counted_after_it(tmp_path, plan):
+    """inception4e parts; aux1 (from inception4a) and aux2 (from inception4d) never see
+    it, so "from there on" counts the trunk alone. The negative control: parting at
+    inception4a, aux1 and aux2 both read it and are counted."""
+    backend_or_skip("torch")
+    for key, downstream in (("inception4e.branch1.conv.weight", 6), ("inception4a.branch1.conv.weight", 12)):
+        params = canonical.random_params(plan, 0)
+        block = key.split(".")[0]
+        a = saved(tmp_path, f"{block}-a.safetensors", params, plan)
+        params[key] = params[key] * np.float32(1.05)
+        b = saved(tmp_path, f"{block}-b.safetensors", params, plan)
+        r = diff.diff(a, b, "googlenet", size=224, batch=1)
+        assert {"aux1", "aux2"} <= {row.stage for row in r.rows}
+        assert f"of the {downstream} stages from there on differ" in diff.render(r)

@@ -58,21 +58,33 @@ class Dom(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.ids: set[str] = set()
-        self.code: dict[str, list[str]] = {}  # framework -> text of each of its code columns
+        self.code: dict[str, list[str]] = {}  # framework -> text of each block's column
+        self.rows: list[list[str]] = []  # frameworks of each grid row of code, in order
+        self.marks: dict[str, int] = {}  # class of a framework-specific line -> how many
         self.pitfalls: dict[str, list[str]] = {}  # row id -> text of its numeric cells
         self.links: list[tuple[str, str]] = []  # (tag, href or src)
         self.scripts = 0
-        self._pre: str | None = None
+        self._blocks = 0
+        self._line: str | None = None
         self._row: str | None = None
         self._num = False
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        classes = (a.get("class") or "").split()
         if "id" in a:
             self.ids.add(a["id"])
-        if tag == "pre" and "code" in (a.get("class") or ""):
-            self._pre = a.get("data-fw")
-            self.code.setdefault(self._pre, []).append("")
+        if tag == "div" and "block" in classes:
+            self._blocks += 1
+        if tag == "div" and "line" in classes and a.get("data-fw"):
+            self._line = a["data-fw"]
+            column = self.code.setdefault(self._line, [])
+            column += [""] * (self._blocks - len(column))
+            if not self.rows or self._line in self.rows[-1]:
+                self.rows.append([])
+            self.rows[-1].append(self._line)
+            for kind in ("substance", "quiet"):
+                self.marks[kind] = self.marks.get(kind, 0) + (kind in classes)
         if tag == "tr" and a.get("class") == "pitfall":
             self._row = a["id"]
             self.pitfalls[self._row] = []
@@ -85,16 +97,17 @@ class Dom(HTMLParser):
         self.scripts += tag == "script"
 
     def handle_endtag(self, tag):
-        if tag == "pre":
-            self._pre = None
+        if tag == "div" and self._line:
+            self.code[self._line][-1] += "\n"
+            self._line = None
         if tag == "tr":
             self._row = None
         if tag == "td":
             self._num = False
 
     def handle_data(self, data):
-        if self._pre:
-            self.code[self._pre][-1] += data
+        if self._line:
+            self.code[self._line][-1] += data
         if self._num:
             self.pitfalls[self._row][-1] += data
 
@@ -136,6 +149,10 @@ def test_the_page_renders_in_chromium_with_every_part(site, tmp_path):
     # three code columns, every block name in each
     assert set(dom.code) == {"torch", "keras", "mxnet"}
     assert len({len(columns) for columns in dom.code.values()}) == 1  # one column per framework per block
+    # one grid row per aligned line, the three frameworks side by side in each
+    assert dom.rows and all(row == ["torch", "keras", "mxnet"] for row in dom.rows)
+    # what differs in substance is highlighted, API spelling is not: fewer than half the lines
+    assert 0 < dom.marks["substance"] < len(dom.rows) * 3 / 2 and dom.marks["quiet"] > 0
     for fw, columns in dom.code.items():
         text = "\n".join(columns)
         for name in BLOCKS:
@@ -248,4 +265,6 @@ def test_page_never_overwrites_without_force(site, tmp_path):
     assert r.returncode == 2 and "index.html: already exists; pass --force" in r.stderr
     r = cli("page", str(copy), "--pitfalls-json", str(pitfalls_json), "--force")
     assert r.returncode == 0, r.stderr
-    assert "not given: build with <code>--check-json</code>" in (copy / "index.html").read_text().lower()
+    page = (copy / "index.html").read_text()
+    # no check or bench given: their sections and links are left out, not shown empty
+    assert 'id="check"' not in page and 'href="#check"' not in page and 'id="bench"' not in page

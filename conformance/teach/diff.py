@@ -187,6 +187,21 @@ def _e(v: float | None) -> str:
     return f"{v:8.1e}" if v is not None else f"{'-':>8}"
 
 
+def _downstream(r: DiffResult, stage: str) -> list[stages.StageDiff]:
+    """The rows that read ``stage``'s output: the trunk after it, and the aux heads that
+    branch off at or after it (one that branches off before never sees the difference)."""
+    trunk = [row.stage for row in r.rows]
+    taps = {head.name: head.tap for head in r.a.plan.aux}
+    start = trunk.index(stage)
+
+    def reads(row: stages.StageDiff) -> bool:
+        if row.stage in taps and row.stage != stage:
+            return taps[row.stage] in trunk and trunk.index(taps[row.stage]) >= start
+        return trunk.index(row.stage) >= start
+
+    return [row for row in r.rows if reads(row)]
+
+
 def render(r: DiffResult, top: int = DEFAULT_TOP) -> str:
     a, b = r.a, r.b
     who = (
@@ -226,10 +241,11 @@ def render(r: DiffResult, top: int = DEFAULT_TOP) -> str:
     if first is None:
         lines.append(f"PASS: the two agree within {REL_TOL:.0e} at every stage")
     else:
-        after = [row for row in r.rows[r.rows.index(first) :] if not row.passed]
+        downstream = _downstream(r, first.stage)
+        after = [row for row in downstream if not row.passed]
         lines.append(
             f"FAIL: they part at {first.stage}"
             + (f" (max rel {first.max_rel:.1e})" if first.max_rel is not None else f" ({first.note})")
-            + f"; {len(after)} of the {len(r.rows) - r.rows.index(first)} stages from there on differ"
+            + f"; {len(after)} of the {len(downstream)} stages from there on differ"
         )
     return "\n".join(lines)

@@ -169,20 +169,25 @@ def code_section(rows: Mapping[str, differences.Row]) -> str:
     parts = [
         '<section id="code"><h2>The three model files, side by side</h2>',
         "<p>Block by block (the module, then each class and function, in the same order in all three: "
-        "<code>tests/test_mirrors.py</code> holds it), line by line where the lines correspond. A marked line is "
-        "not the same in all three files; its tags name the rows of the differences table that explain it "
-        "(click one). Unmarked lines are the same everywhere.</p>",
-        f'<div class="cols heads">{heads}</div>',
+        "<code>tests/test_mirrors.py</code> holds it), line by line where the lines correspond; long lines wrap, "
+        'so the three stay side by side. A <span class="line substance legend">highlighted line</span> is where '
+        "one framework does it differently from the other two, for a reason in the differences table: its tags "
+        "name the rows that explain it (click one). Other lines that are not the same in all three only spell "
+        "the same thing in another API (hover one for its row).</p>",
+        f'<div class="grid heads">{heads}</div>',
     ]
     for b in blocks:
         # the module docstrings and imports are folded (a <details>, no script): the blocks come first
         title = f"<h3>{esc(_block_title(b.name))}</h3>"
         head, tail = (f"<details><summary>{title}</summary>", "</details>") if b.name == source.HEADER else (title, "")
-        parts.append(f'<div class="block" id="block-{esc(b.name)}">{head}<div class="cols">')
-        for fw, column in b.columns.items():
-            parts.append(f'<pre class="code" data-fw="{fw}">')
-            parts += [_line(fw, line, lit[fw], rows) for line in column]
-            parts.append("</pre>")
+        parts.append(f'<div class="block" id="block-{esc(b.name)}">{head}<div class="grid code">')
+        columns = list(b.columns.items())
+        for i in range(len(columns[0][1])):  # one grid row per aligned line: wrapping keeps them side by side
+            texts = {fw: files[fw].text(column[i].number) if column[i].number else None for fw, column in columns}
+            for fw, column in columns:
+                # marked where it stands alone: the one framework of three that writes it otherwise
+                alone = sum(text == texts[fw] for text in texts.values()) == 1
+                parts.append(_line(fw, column[i], lit[fw], rows, alone))
         parts.append(f"</div>{tail}</div>")
     parts.append("</section>")
     return "".join(parts)
@@ -192,16 +197,19 @@ def _block_title(name: str) -> str:
     return "imports and module docstring" if name == source.HEADER else name
 
 
-def _line(fw: str, line: source.Line, lit: list[str], rows: Mapping[str, differences.Row]) -> str:
+def _line(fw: str, line: source.Line, lit: list[str], rows: Mapping[str, differences.Row], alone: bool) -> str:
     if line.number is None:
-        return '<span class="line filler"> </span>'
+        return f'<div class="line filler" data-fw="{fw}"> </div>'
     code = lit[line.number - 1] or " "
     number = f'<span class="ln">{line.number}</span>'
-    anchor = f'id="{fw}-L{line.number}"'
+    anchor = f'id="{fw}-L{line.number}" data-fw="{fw}"'
     if not line.specific:
-        return f'<span class="line" {anchor}>{number}{code}</span>'
-    tags = "".join(f'<a class="why" href="#{rows[r].slug}">{esc(r)}</a>' for r in line.rows if r in rows)
-    return f'<span class="line fw" {anchor} data-rows="{esc(",".join(line.rows))}">{number}{code}{tags}</span>'
+        return f'<div class="line" {anchor}>{number}{code}</div>'
+    known = [r for r in line.rows if r in rows]
+    substance = alone and any(rows[r].source == "README" for r in known)
+    tags = "".join(f'<a class="why" href="#{rows[r].slug}">{esc(r)}</a>' for r in known)
+    kind = "substance" if substance else "quiet"
+    return f'<div class="line {kind}" {anchor} data-rows="{esc(",".join(line.rows))}">{number}{code}{tags}</div>'
 
 
 # --------------------------------------------------------------------------------------
@@ -264,6 +272,9 @@ def _effect(m: measure.Measurement) -> str:
     return text
 
 
+PLOT_WIDTH = 640  # the plots' own pixels (measure.plot), shown unscaled
+
+
 def _plot(m: measure.Measurement, width: int) -> str:
     if not m.points:
         return ""
@@ -284,7 +295,7 @@ def differences_section(rows: list[differences.Row], measured: list[measure.Meas
         found = by_row.get(r.what, [])
         effect = "".join(
             f'<div class="effect"><a href="#pit-{esc(m.pitfall)}-{esc(m.variant)}">{esc(m.pitfall)}</a> '
-            f"({esc(m.framework)}, {esc(m.variant)}): {_effect(m)}<br>{_plot(m, 220)}</div>"
+            f"({esc(m.framework)}, {esc(m.variant)}): {_effect(m)}</div>"
             for m in found
         )
         source_note = "" if r.source == "README" else '<div class="where">(from the model files)</div>'
@@ -300,7 +311,8 @@ def differences_section(rows: list[differences.Row], measured: list[measure.Meas
         "<p>The README's table, then the framework APIs the model files show (marked). The last column: what "
         "getting the row wrong does to a correct port, measured by <code>python -m conformance pitfalls</code> "
         "(first divergent stage and its max relative error; the logits' max relative error and top-5 "
-        f"agreement), with the plot of the relative error at every stage. Tolerance {REL_TOL:.0e}.</p>"
+        "agreement); each links to the pitfall's plot of the relative error at every stage. "
+        f"Tolerance {REL_TOL:.0e}.</p>"
         f'<table class="differences"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></section>'
     )
 
@@ -329,8 +341,10 @@ def pitfalls_section(measured: list[measure.Measurement], batch: int | None) -> 
             + "".join(figures)
             + f'<td class="why">{esc(p.why)}'
             + (f"<br><i>changes nothing at input sizes {esc(m.harmless_sizes)}</i>" if m.harmless_sizes else "")
-            + f"</td><td>{_plot(m, 260)}</td></tr>"
+            + "</td></tr>"
         )
+        if m.points:  # the plot under its row, at a size its axes can be read
+            rows.append(f'<tr class="plot"><td></td><td colspan="8">{_plot(m, PLOT_WIDTH)}</td></tr>')
     head = "".join(
         f"<th>{h}</th>"
         for h in (
@@ -343,7 +357,6 @@ def pitfalls_section(measured: list[measure.Measurement], batch: int | None) -> 
             "top-1",
             "top-5",
             "why",
-            "relative error at every stage",
         )
     )
     note = f" over {batch} seeded images" if batch else ""
@@ -369,10 +382,7 @@ def _worst(values: Iterable[Any]) -> float | None:
 
 def check_section(doc: Mapping[str, Any] | None) -> str:
     if doc is None:
-        return (
-            '<section id="check"><h2>The latest check</h2><p>Not given: build with '
-            "<code>--check-json</code> (written by <code>python -m conformance check --json PATH</code>).</p></section>"
-        )
+        return ""  # nothing to show: the section and its link are left out
     fws = [fw for fw in doc["frameworks"] if fw != doc.get("reference")]
     rows = []
     for v in doc["variants"]:
@@ -425,10 +435,7 @@ def json_html(value: Any) -> str:
 
 def bench_section(doc: Any) -> str:
     if doc is None:
-        return (
-            '<section id="bench"><h2>Bench figures</h2><p>Not given: build with <code>--bench-json</code>.</p>'
-            "</section>"
-        )
+        return ""
     return f'<section id="bench"><h2>Bench figures</h2><p>As the bench JSON gives them.</p>{json_html(doc)}</section>'
 
 
@@ -444,22 +451,26 @@ table { border-collapse: collapse; margin: .5em 0; } th, td { border: 1px solid 
   vertical-align: top; text-align: left; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.spec td { padding: .1em .6em; } .where { color: #777; font-size: 90%; }
 .pass { color: #16813b; font-weight: bold; } .fail { color: #c0392b; font-weight: bold; }
-.cols { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: .6em; }
+.grid { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); column-gap: .6em; }
 .heads { position: sticky; top: 0; background: #fff; z-index: 2; padding: .3em 0; border-bottom: 1px solid #ccc; }
-.colhead { font-weight: bold; }
+.colhead { font-weight: bold; overflow-wrap: anywhere; }
 .block h3 { margin: 1em 0 .3em; font: bold 13px monospace; color: #444; }
 details summary { cursor: pointer; } details summary h3 { display: inline-block; }
-pre.code { margin: 0; overflow-x: auto; font: 11.5px/1.5 ui-monospace, Menlo, Consolas, monospace;
-  background: #fafafa; border: 1px solid #e5e5e5; padding: .3em 0; }
-pre.code .line { display: block; white-space: pre; padding-right: .5em; min-height: 1.5em; }
-pre.code .filler { background: repeating-linear-gradient(135deg, #f3f3f3 0 4px, #fafafa 4px 8px); }
-pre.code .fw { background: #fff4d6; } pre.code .line:target { outline: 2px solid #e67e22; }
-pre.code .ln { display: inline-block; width: 3em; color: #aaa; text-align: right; margin-right: .8em;
+.grid.code { font: 11.5px/1.5 ui-monospace, Menlo, Consolas, monospace; }
+.grid.code .line { background: #fafafa; white-space: pre-wrap; overflow-wrap: anywhere; padding: 0 .5em 0 3.8em;
+  text-indent: -3.8em; min-height: 1.5em; border-left: 3px solid transparent; }
+.grid.code .filler { background: repeating-linear-gradient(135deg, #f3f3f3 0 4px, #fafafa 4px 8px); }
+.grid.code .line.substance, span.line.substance { background: #fff4d6; border-left: 3px solid #e67e22; }
+.line:target { outline: 2px solid #e67e22; }
+span.legend { padding: 0 .3em; }
+.line.quiet a.why { display: none; } .line.quiet:hover a.why { display: inline; background: #999; }
+.ln { display: inline-block; width: 3em; color: #aaa; text-align: right; margin-right: .8em; text-indent: 0;
   user-select: none; }
 a.why { font: 10px system-ui, sans-serif; background: #e67e22; color: #fff; border-radius: 3px;
   padding: 0 .35em; margin-left: .6em; text-decoration: none; vertical-align: 1px; }
 tr.difference:target, tr.pitfall:target { background: #fff4d6; }
 td.effects { min-width: 240px; } .effect { margin-bottom: .6em; } td.why { max-width: 420px; }
+tr.plot td { border-top: none; } tr.plot img { max-width: 100%; height: auto; }
 """
 
 
@@ -473,17 +484,16 @@ def render(
     bench: Any,
 ) -> str:
     by_what = {r.what: r for r in rows}
-    nav = " ".join(
-        f'<a href="#{a}">{t}</a>'
-        for a, t in (
-            ("spec", "spec"),
-            ("code", "model files"),
-            ("differences", "differences"),
-            ("pitfalls", "pitfalls"),
-            ("check", "check"),
-            ("bench", "bench"),
-        )
-    )
+    sections = {
+        "spec": ("spec", spec_section(variant, size)),
+        "code": ("model files", code_section(by_what)),
+        "differences": ("differences", differences_section(rows, measured)),
+        "pitfalls": ("pitfalls", pitfalls_section(measured, batch)),
+        "check": ("check", check_section(check)),
+        "bench": ("bench", bench_section(bench)),
+    }
+    shown = {anchor: part for anchor, part in sections.items() if part[1]}
+    nav = " ".join(f'<a href="#{anchor}">{title}</a>' for anchor, (title, _) in shown.items())
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         "<title>GoogLeNet in PyTorch, Keras 3 and MXNet Gluon: what differs</title>"
@@ -491,12 +501,7 @@ def render(
         "<h1>GoogLeNet in PyTorch, Keras 3 and MXNet Gluon: what differs</h1>"
         "<p>One spec, three implementations, and what each framework difference does when a port gets it wrong. "
         f"Built by <code>python -m conformance page</code>.</p><nav>{nav}</nav>"
-        + spec_section(variant, size)
-        + code_section(by_what)
-        + differences_section(rows, measured)
-        + pitfalls_section(measured, batch)
-        + check_section(check)
-        + bench_section(bench)
+        + "".join(html_part for _, html_part in shown.values())
         + "</body></html>"
     )
 

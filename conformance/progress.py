@@ -1,0 +1,68 @@
+"""Progress of a long command, on stderr: one rich progress bar on a terminal, a plain
+line per step anywhere else (a pipe, a CI log, or ``NO_COLOR`` set), so that logs stay
+readable and the report on stdout is never interleaved with it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+
+def interactive(stream: TextIO) -> bool:
+    """A terminal that may be redrawn: not a pipe or a file, and colour not refused."""
+    return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+class Steps:
+    """What a command says while it works: how many steps there are (when it knows) and
+    which one runs now. Calling it starts a step, which completes the one before."""
+
+    def __init__(self, title: str, stream: TextIO | None = None, quiet: bool = False) -> None:
+        self.title = title
+        self.stream = sys.stderr if stream is None else stream
+        self.quiet = quiet
+        self.started = 0
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    @classmethod
+    def silent(cls) -> Steps:
+        return cls("", quiet=True)
+
+    def __enter__(self) -> Steps:
+        if not self.quiet and interactive(self.stream):
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+                transient=True,  # the bar goes when the work is done; the report stays
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.title, total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def total(self, steps: int) -> None:
+        """How many steps the work takes, once that is known."""
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, total=steps)
+
+    def __call__(self, text: str) -> None:
+        """Step ``text`` runs now (the one before it is done)."""
+        if self.quiet:
+            return
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=self.started, description=f"{self.title}: {text}")
+        else:
+            print(f"{self.title}: {text}", file=self.stream, flush=True)
+        self.started += 1
