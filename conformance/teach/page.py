@@ -183,7 +183,8 @@ def code_section(rows: Mapping[str, differences.Row]) -> str:
         parts.append(f'<div class="block" id="block-{esc(b.name)}">{head}<div class="grid code">')
         columns = list(b.columns.items())
         for i in range(len(columns[0][1])):  # one grid row per aligned line: wrapping keeps them side by side
-            texts = {fw: files[fw].text(column[i].number) if column[i].number else None for fw, column in columns}
+            numbers = {fw: column[i].number for fw, column in columns}
+            texts = {fw: None if n is None else files[fw].text(n) for fw, n in numbers.items()}
             for fw, column in columns:
                 # marked where it stands alone: the one framework of three that writes it otherwise
                 alone = sum(text == texts[fw] for text in texts.values()) == 1
