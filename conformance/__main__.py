@@ -1,4 +1,4 @@
-"""``python -m conformance check``, ``port``, ``train``, ``bench``, ``spec``, ``pitfalls``, ``diff`` and ``page``.
+"""``python -m conformance check``, ``port``, ``train``, ``bench``, ``spec``, ``pitfalls``, ``diff``, ``page`` and ``verify``.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input (an OS error
 on a file included: the path and the reason, never a traceback), 128 + N when signal N
@@ -23,6 +23,7 @@ from .frameworks import FRAMEWORKS, JUDGES
 from .spec import MAX_CLASSES
 from .teach.pitfalls import PITFALLS
 from .train.training import MAX_EPOCHS, Settings
+from .verify import command as verify_command
 from .world import World
 
 
@@ -334,6 +335,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     page.add_argument("--batch", type=_positive, default=64, help="images per inference pitfall (default: 64)")
     page.add_argument("--seed", type=_non_negative, default=0, help="seed of the pitfalls (default: 0)")
     page.add_argument("--force", action="store_true", help="overwrite the files of an earlier page in DIR")
+    verify_command.add_parser(sub, _positive, _non_negative)
     return parser, sub.choices
 
 
@@ -631,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         "pitfalls": _pitfalls,
         "diff": _diff,
         "page": _page,
+        "verify": verify_command.run,
     }
     try:
         with files.signals():

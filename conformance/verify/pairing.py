@@ -44,7 +44,7 @@ class PairingError(ValueError):
         self.matched = matched
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Layer:
     """One parametrised layer of the user's model. ``kind``: conv, norm, dense, or the
     class name of a layer no GoogLeNet has; ``tensors``: role (weight, bias,
@@ -238,6 +238,18 @@ def _mismatch(unit: ConvUnit | Dense, g: _Group, p: Plan) -> str | None:
     return None
 
 
+def _likeness(unit: ConvUnit | Dense, g: _Group) -> int:
+    """How many of a unit's numbers the group has: the unit a mismatch is reported against."""
+    w = g.main.tensors.get("weight")
+    if w is None or w.ndim not in (2, 4):
+        return 0
+    if isinstance(unit, Dense):
+        return (w.ndim == 2) + (w.shape[0] == unit.out_features) + (w.shape[1] == unit.in_features)
+    if w.ndim != 4:
+        return 0
+    return 1 + (w.shape[0] == unit.out_channels) + (w.shape[1] == unit.in_channels) + (w.shape[2] == unit.kernel)
+
+
 def _take(unit: ConvUnit | Dense, g: _Group, params: dict, keys: dict) -> None:
     main = g.main
     if isinstance(unit, Dense):
@@ -254,42 +266,81 @@ def _take(unit: ConvUnit | Dense, g: _Group, params: dict, keys: dict) -> None:
             params[f"{unit.name}.bn.{role}"], keys[f"{unit.name}.bn.{role}"] = g.norm.tensors[role], g.norm.keys[role]
 
 
-def by_structure(p: Plan, layers: Sequence[Layer]) -> Pairing:
-    """Pair the layers, in the order the model uses them, with the plan's units."""
+def by_structure(p: Plan, layers: Sequence[Layer], probe: bool = True) -> Pairing:
+    """Pair the layers, in the order the model uses them, with the plan's units. Where a
+    layer fits two units (inception3b's branch 1 and branch 2's reduction are both 1x1
+    256 -> 128), both are tried: a search over the ready units, which forgets how a
+    finished block was assigned (the state is then the same), so it stays linear.
+    ``probe``: on a mismatch, try the pairing without that layer, to say "a layer the
+    variant lacks" when that is what it is."""
     chains = _chains(p)
+    groups = _groups(layers)
+    total = sum(len(c.units) for c in chains)
+    failed: set[tuple[int, ...]] = set()
+    deepest: list[tuple[int, str]] = [(-1, "")]
+    chosen: list[tuple[ConvUnit | Dense, _Group]] = []
+
+    def why_not(i: int, ready: list[_Chain]) -> str:
+        g = groups[i]
+        if not ready:
+            return f"your model has more than {p.variant.name}: after its last unit comes {g.main.describe()}"
+        chain = max(ready, key=lambda c: _likeness(c.units[c.done], g))
+        unit = chain.units[chain.done]
+        if g.main.kind == DENSE and all(isinstance(c.units[c.done], ConvUnit) for c in ready):
+            return (
+                f"your model has no {chain.stage}: it goes on to {g.main.describe()} where {whose(p)} runs "
+                f"{unit_words(unit.name)}, a {expected_words(unit)}"
+            )
+        if probe and i + 1 < len(groups):  # does the rest pair without this layer?
+            try:
+                by_structure(p, [x for x in layers if all(x is not y for y in g.layers)], probe=False)
+            except PairingError:
+                pass
+            else:
+                return f"your model has a layer {p.variant.name} lacks: {g.main.describe()}, before {unit_words(unit.name)}"
+        return f"{unit_words(unit.name)}: {_mismatch(unit, g, p)}{_another(p, g, unit)}"
+
+    def search(i: int) -> bool:
+        state = (i, *(c.done for c in chains))
+        if state in failed:
+            return False
+        ready = list(_frontier(chains))
+        if i == len(groups):
+            if all(c.finished for c in chains):
+                return True
+            if i > deepest[0][0]:
+                unit = ready[0].units[ready[0].done] if ready else next(c.units[c.done] for c in chains if not c.finished)
+                deepest[0] = (
+                    i,
+                    f"{unit_words(unit.name)}: your model has no layer for it ({whose(p)} is a {expected_words(unit)}); "
+                    f"it ends {i} units into {p.variant.name}'s {total}",
+                )
+            failed.add(state)
+            return False
+        fitting = [c for c in ready if _mismatch(c.units[c.done], groups[i], p) is None]
+        for chain in fitting:
+            chosen.append((chain.units[chain.done], groups[i]))
+            chain.done += 1
+            if search(i + 1):
+                return True
+            chain.done -= 1
+            chosen.pop()
+        if not fitting and i > deepest[0][0]:
+            deepest[0] = (i, why_not(i, ready))
+        failed.add(state)
+        return False
+
+    if not search(0):
+        at, message = deepest[0]
+        raise PairingError(message, max(at, 0))
     params: dict[str, np.ndarray] = {}
     keys: dict[str, str] = {}
     modules: dict[str, tuple[str, ...]] = {}
-    matched = 0
-    for g in _groups(layers):
-        ready = list(_frontier(chains))
-        if not ready:
-            raise PairingError(
-                f"your model has more than {p.variant.name}: after its last unit comes {g.main.describe()}", matched
-            )
-        for chain in ready:
-            unit = chain.units[chain.done]
-            if _mismatch(unit, g, p) is None:
-                break
-        else:
-            unit = ready[0].units[ready[0].done]
-            why = _mismatch(unit, g, p)
-            hint = _another(p, g, unit)
-            raise PairingError(f"{unit_words(unit.name)}: {why}{hint}", matched)
-        chain.done += 1
-        matched += 1
+    for unit, g in chosen:
         _take(unit, g, params, keys)
         modules[unit.name] = tuple(x.name for x in g.layers)
-    missing = [c.units[c.done] for c in chains if not c.finished]
-    if missing:
-        unit = missing[0]
-        raise PairingError(
-            f"{unit_words(unit.name)}: your model has no layer for it ({whose(p)} is a {expected_words(unit)}); "
-            f"it ends {matched} units into {p.variant.name}'s {matched + sum(len(c.units) - c.done for c in chains)}",
-            matched,
-        )
     ordered = {k: params[k] for k in canonical_shapes(p)}
-    return Pairing(p, ordered, {k: keys[k] for k in ordered}, modules, "structure")
+    return Pairing(p, ordered, {k: keys[k] for k in ordered}, modules, "structure (the order your layers are used)")
 
 
 def _another(p: Plan, g: _Group, unit: ConvUnit | Dense) -> str:

@@ -142,7 +142,7 @@ def _returned(out: object) -> list[np.ndarray]:
         return [v.detach().float().numpy() for v in items if isinstance(v, torch.Tensor)]
     if isinstance(out, (tuple, list)):
         return [v.detach().float().numpy() for v in out if isinstance(v, torch.Tensor)]
-    raise TypeError(f"your model returned {type(out).__name__}; expected a tensor of logits (or a tuple)")
+    raise ValueError(f"MODEL: your model returned {type(out).__name__}; expected a tensor of logits (or a tuple)")
 
 
 def run(model: nn.Module, x: np.ndarray, shapes: set[tuple[int, ...]], calls: set[str]) -> Run:

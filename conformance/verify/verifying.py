@@ -31,11 +31,10 @@ from ..check.compare import REL_TOL, Agreement, agreement
 from ..check.harness import ODD_SIZES, inadmissible
 from ..formats.port import read_checkpoint
 from . import diagnose, taps
+from .options import check_options
 from .pairing import Layer, Pairing, PairingError, by_names, by_structure, whose
 
 Log = Callable[[str], None]
-MAX_BATCH = 64  # seeded images per input: a googlenet_bn stage at 224 is 3.2 MB an image, kept twice
-MAX_SIZES = 8
 
 
 @dataclass(frozen=True)
@@ -102,27 +101,6 @@ class Result:
 # --------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------
-
-
-def check_options(variant: str, input_sizes: Sequence[int] | None, batch: int, seed: int) -> None:
-    """Refuse bad options before anything is imported or run, naming the option."""
-    if variant != "auto" and variant not in spec.VARIANTS:
-        raise ValueError(f"--variant: unknown {variant!r}; expected auto or one of {', '.join(spec.VARIANTS)}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
-        raise ValueError(f"--batch: expected an integer from 1 to {MAX_BATCH}, got {batch!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"--seed: expected a non-negative integer, got {seed!r}")
-    sizes = list(input_sizes or [])
-    if len(sizes) > MAX_SIZES:
-        raise ValueError(f"--input-size: at most {MAX_SIZES} sizes, got {len(sizes)}")
-    for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= spec.shapes.SIZE_LIMIT:
-            raise ValueError(f"--input-size: expected an integer from 1 to {spec.shapes.SIZE_LIMIT}, got {size!r}")
-    if variant != "auto":
-        for size in sizes:
-            reason = inadmissible(variant, size)
-            if reason:
-                raise ValueError(f"--input-size {size}: {reason}")
 
 
 def default_sizes(p: spec.Plan) -> list[int]:
@@ -204,7 +182,8 @@ def fits(model: Any, variant: str, transform_input: bool | None) -> list[Pairing
         others = fits_quietly(model, transform_input, layers, state, classes, exclude=variant)
         hint = f" (your model's tensors fit `{others[0]}`: pass --variant {others[0]})" if others else ""
         raise PairingError(f"{variant}: {failed[variant]}{hint}", failed[variant].matched)
-    closest = sorted(failed.items(), key=lambda item: -item[1].matched)[:2]
+    ranked = sorted(failed.items(), key=lambda item: -item[1].matched)
+    closest = ranked[:1] + [(n, e) for n, e in ranked[1:2] if e.matched > 0]
     raise PairingError(
         "no variant's tensors fit your model; closest: " + "; ".join(f"{n}: {e}" for n, e in closest),
         closest[0][1].matched if closest else 0,
