@@ -1,4 +1,4 @@
-"""``python -m conformance check``, ``port``, ``train``, ``bench``, ``spec``, ``pitfalls``, ``diff``, ``page`` and ``verify``.
+"""``python -m conformance check``, ``port``, ``train``, ``bench``, ``spec``, ``pitfalls``, ``diff`` and ``page``.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 bad usage or input (an OS error
 on a file included: the path and the reason, never a traceback), 128 + N when signal N

@@ -42,7 +42,9 @@ def d2l_net(kernel3=5, swap=False, relu4=True, extra=False, truncated=False, cla
         return Inception(*args, kernel3=kernel3, swap=swap, relu4=relu4)
 
     b1 = nn.Sequential(
-        nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3), nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     )
     b2 = nn.Sequential(
         nn.Conv2d(64, 64, kernel_size=1),

@@ -230,11 +230,14 @@ def _mismatch(unit: ConvUnit | Dense, g: _Group, p: Plan) -> str | None:
     if w.shape[0] != unit.out_channels:
         return f"your conv gives {w.shape[0]} channels, {whose(p)} gives {unit.out_channels}"
     if ("bias" in main.tensors) != unit.bias:
-        return f"your conv {'has' if 'bias' in main.tensors else 'has no'} bias; {whose(p)} {'has' if unit.bias else 'has none'}"
+        yours, theirs = ("has a", "has none") if unit.bias is False else ("has no", "has one")
+        return f"your conv {yours} bias; {whose(p)} {theirs}"
     if (g.norm is not None) != (unit.norm is not None):
-        return f"your conv is {'' if g.norm else 'not '}followed by a BatchNorm; {whose(p)} is {'' if unit.norm else 'not'}".rstrip()
+        yours, theirs = ("", "is not") if unit.norm is None else ("not ", "is")
+        return f"your conv is {yours}followed by a BatchNorm; {whose(p)} {theirs}"
     if g.norm is not None and unit.norm is not None and ("weight" in g.norm.tensors) != unit.norm.scale:
-        return f"your BatchNorm {'has' if 'weight' in g.norm.tensors else 'has no'} scale; {whose(p)} {'has' if unit.norm.scale else 'has none'}"
+        yours, theirs = ("has no", "has one") if unit.norm.scale else ("has a", "has none")
+        return f"your BatchNorm {yours} scale; {whose(p)} {theirs}"
     return None
 
 
@@ -297,7 +300,8 @@ def by_structure(p: Plan, layers: Sequence[Layer], probe: bool = True) -> Pairin
             except PairingError:
                 pass
             else:
-                return f"your model has a layer {p.variant.name} lacks: {g.main.describe()}, before {unit_words(unit.name)}"
+                lacks = f"your model has a layer {p.variant.name} lacks: {g.main.describe()}"
+                return f"{lacks}, before {unit_words(unit.name)}"
         return f"{unit_words(unit.name)}: {_mismatch(unit, g, p)}{_another(p, g, unit)}"
 
     def search(i: int) -> bool:
@@ -309,11 +313,13 @@ def by_structure(p: Plan, layers: Sequence[Layer], probe: bool = True) -> Pairin
             if all(c.finished for c in chains):
                 return True
             if i > deepest[0][0]:
-                unit = ready[0].units[ready[0].done] if ready else next(c.units[c.done] for c in chains if not c.finished)
+                unit = (
+                    ready[0].units[ready[0].done] if ready else next(c.units[c.done] for c in chains if not c.finished)
+                )
                 deepest[0] = (
                     i,
-                    f"{unit_words(unit.name)}: your model has no layer for it ({whose(p)} is a {expected_words(unit)}); "
-                    f"it ends {i} units into {p.variant.name}'s {total}",
+                    f"{unit_words(unit.name)}: your model has no layer for it "
+                    f"({whose(p)} is a {expected_words(unit)}); it ends {i} units into {p.variant.name}'s {total}",
                 )
             failed.add(state)
             return False

@@ -32,7 +32,8 @@ def _finding(pitfalls: tuple[str, ...], max_rel: float, where: tuple[str, ...]) 
 def render(r: Result, model: str = "your model") -> str:
     options = ", ".join(f"{k}={v}" for k, v in r.options.items())
     lines = [
-        f"GoogLeNet verify: {model} against the suite's {r.variant} ({options})",
+        f"GoogLeNet verify: {_cut(model, 82)}",
+        f"  variant:    {r.variant} ({options})",
         f"  framework:  {r.framework} (your model); reference: impl_torch eager, holding the same weights",
         f"  pairing:    {r.pairing}, {r.tensors} tensors",
         f"  weights:    {r.weights}",
@@ -41,7 +42,9 @@ def render(r: Result, model: str = "your model") -> str:
         "              logits: identical top-1 and top-5",
     ]
     if r.also_fits:
-        lines.append(f"  also fits:  {', '.join(r.also_fits)} (same tensors; {r.variant} is the one compared)")
+        lines.append(
+            f"  also fits:  {', '.join(r.also_fits)} (the same tensors; yours agrees with {r.variant}, or neither)"
+        )
     for size in r.sizes:
         lines += ["", f"  input {size} x {size}"]
         lines.append(f"    {'stage':<13} {'your module':<30} {'max abs':>9} {'max rel':>9}")
@@ -63,7 +66,9 @@ def render(r: Result, model: str = "your model") -> str:
         return "\n".join(lines)
     failed = sum(not s.passed for s in r.stages) + sum(not o.passed for o in r.outputs)
     first = next((s for s in r.stages if s.name == r.first_divergence and not s.passed), None)
-    where = f"{r.first_divergence}" + (f" (max rel {first.max_rel:.1e} at {first.size} x {first.size})" if first else "")
+    where = f"{r.first_divergence}" + (
+        f" (max rel {first.max_rel:.1e} at {first.size} x {first.size})" if first else ""
+    )
     lines.append(f"  first divergence: {where}")
     for d in r.diagnosis:
         lines.append(f"  diagnosis: {_finding(d.pitfalls, d.max_rel, d.where)}")

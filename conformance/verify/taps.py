@@ -29,7 +29,7 @@ def version() -> str:
 
 
 def _direct(module: nn.Module) -> dict[str, torch.Tensor]:
-    tensors = {k: v for k, v in module.named_parameters(recurse=False) if v is not None}
+    tensors: dict[str, torch.Tensor] = {k: v for k, v in module.named_parameters(recurse=False) if v is not None}
     tensors.update({k: v for k, v in module.named_buffers(recurse=False) if v is not None})
     return {k: v for k, v in tensors.items() if k != "num_batches_tracked"}
 
@@ -138,7 +138,9 @@ def _returned(out: object) -> list[np.ndarray]:
     if isinstance(out, torch.Tensor):
         return [out.detach().float().numpy()]
     if isinstance(out, Mapping):
-        items = [out["logits"], *(v for k, v in out.items() if k != "logits")] if "logits" in out else list(out.values())
+        items = (
+            [out["logits"], *(v for k, v in out.items() if k != "logits")] if "logits" in out else list(out.values())
+        )
         return [v.detach().float().numpy() for v in items if isinstance(v, torch.Tensor)]
     if isinstance(out, (tuple, list)):
         return [v.detach().float().numpy() for v in out if isinstance(v, torch.Tensor)]

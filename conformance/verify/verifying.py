@@ -246,8 +246,14 @@ def _stage_rows(
         later = set().union(*anchors[i + 1 :]) if i + 1 < len(anchors) else set()
         start = pos
         if anchors[i]:
-            start = next((j for j in range(pos + 1, len(events)) if events[j].value is None and events[j].module in anchors[i]), pos)
-        end = next((j for j in range(start + 1, len(events)) if events[j].value is None and events[j].module in later), len(events))
+            start = next(
+                (j for j in range(pos + 1, len(events)) if events[j].value is None and events[j].module in anchors[i]),
+                pos,
+            )
+        end = next(
+            (j for j in range(start + 1, len(events)) if events[j].value is None and events[j].module in later),
+            len(events),
+        )
         want = ref[stage.name]
         best: tuple[float, int, Agreement] | None = None
         for j in range(start + 1, end):
@@ -287,7 +293,9 @@ def _output_rows(
 
 def _first_divergence(stages: list[StageResult], outputs: list[OutputResult], sizes: list[int]) -> str | None:
     for size in sizes:
-        for row in [*(s for s in stages if s.size == size), *(o for o in outputs if o.size == size)]:
+        rows: list[StageResult | OutputResult] = [s for s in stages if s.size == size]
+        rows += [o for o in outputs if o.size == size]
+        for row in rows:
             if not row.passed:
                 return row.name
     return None
@@ -436,7 +444,9 @@ def verify(
         if attempt.agree:
             break
     if chosen is None or result is None:
-        raise ValueError(f"--input-size: no variant that fits your model runs at {', '.join(map(str, input_sizes or []))}")
+        raise ValueError(
+            f"--input-size: no variant that fits your model runs at {', '.join(map(str, input_sizes or []))}"
+        )
     result.weights = what
     result.also_fits = [p.plan.variant.name for p in pairings if p is not chosen]
     if not result.agree and run_diagnosis and inputs:
