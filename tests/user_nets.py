@@ -97,3 +97,78 @@ def d2l_extra():
 
 def d2l_truncated():
     return d2l_net(truncated=True)
+
+
+class BasicConv2d(nn.Module):  # torchvision's googlenet, typed in from its source
+    def __init__(self, in_channels, out_channels, eps=0.001, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=eps)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class InceptionBN(nn.Module):
+    def __init__(self, in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj, eps):
+        super().__init__()
+        self.branch1 = BasicConv2d(in_channels, ch1x1, eps, kernel_size=1)
+        self.branch2 = nn.Sequential(
+            BasicConv2d(in_channels, ch3x3red, eps, kernel_size=1),
+            BasicConv2d(ch3x3red, ch3x3, eps, kernel_size=3, padding=1),
+        )
+        self.branch3 = nn.Sequential(
+            BasicConv2d(in_channels, ch5x5red, eps, kernel_size=1),
+            BasicConv2d(ch5x5red, ch5x5, eps, kernel_size=3, padding=1),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+            BasicConv2d(in_channels, pool_proj, eps, kernel_size=1),
+        )
+
+    def forward(self, x):
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+class TorchvisionStyle(nn.Module):
+    """torchvision's GoogLeNet without aux heads, as a user writes it from the source;
+    ``eps`` is BatchNorm's epsilon (torchvision's 1e-3; PyTorch's default 1e-5 is a
+    mistake that changes every layer's output a little)."""
+
+    def __init__(self, num_classes=1000, eps=0.001):
+        super().__init__()
+        self.conv1 = BasicConv2d(3, 64, eps, kernel_size=7, stride=2, padding=3)
+        self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.conv2 = BasicConv2d(64, 64, eps, kernel_size=1)
+        self.conv3 = BasicConv2d(64, 192, eps, kernel_size=3, padding=1)
+        self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.inception3a = InceptionBN(192, 64, 96, 128, 16, 32, 32, eps)
+        self.inception3b = InceptionBN(256, 128, 128, 192, 32, 96, 64, eps)
+        self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.inception4a = InceptionBN(480, 192, 96, 208, 16, 48, 64, eps)
+        self.inception4b = InceptionBN(512, 160, 112, 224, 24, 64, 64, eps)
+        self.inception4c = InceptionBN(512, 128, 128, 256, 24, 64, 64, eps)
+        self.inception4d = InceptionBN(512, 112, 144, 288, 32, 64, 64, eps)
+        self.inception4e = InceptionBN(528, 256, 160, 320, 32, 128, 128, eps)
+        self.maxpool4 = nn.MaxPool2d(2, stride=2, ceil_mode=True)
+        self.inception5a = InceptionBN(832, 256, 160, 320, 32, 128, 128, eps)
+        self.inception5b = InceptionBN(832, 384, 192, 384, 48, 128, 128, eps)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(1024, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool1(self.conv1(x))
+        x = self.maxpool2(self.conv3(self.conv2(x)))
+        x = self.maxpool3(self.inception3b(self.inception3a(x)))
+        x = self.inception4e(self.inception4d(self.inception4c(self.inception4b(self.inception4a(x)))))
+        x = self.inception5b(self.inception5a(self.maxpool4(x)))
+        return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+
+
+def torchvision_style():
+    return TorchvisionStyle()
+
+
+def torchvision_style_eps():
+    return TorchvisionStyle(eps=1e-5)

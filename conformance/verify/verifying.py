@@ -130,7 +130,15 @@ def _trace(model: Any, names: Sequence[str]) -> list[Layer]:
     size one of ``names`` runs (a model may refuse a size its variant does not run)."""
     first = next((m for m in model.modules() if getattr(m, "weight", None) is not None and m.weight.ndim == 4), None)
     channels = int(first.weight.shape[1]) if first is not None else 3
-    sizes = sorted({spec.VARIANTS[n].input.size for n in names if spec.VARIANTS[n].input.channels == channels})
+    # The smallest input each variant runs first: one image there costs a fraction of its own size's.
+    sizes = sorted(
+        {
+            size
+            for n in names
+            if spec.VARIANTS[n].input.channels == channels
+            for size in (spec.admitted(spec.resolve(n))[0][0], spec.VARIANTS[n].input.size)
+        }
+    )
     errors = []
     for size in sizes or [224]:
         try:
