@@ -252,3 +252,20 @@ def test_a_refused_model_exits_2_with_the_mismatch(capsys):
     assert main(["verify", f"{USER_NETS}:d2l_extra", "--variant", "googlenet_d2l"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a layer googlenet_d2l lacks" in err[0]
+
+
+def test_a_diagnosis_is_rendered_within_100_columns(d2l_result):
+    """The words of a finding (the diagnosis itself is diagnose.py's, tested there)."""
+    import dataclasses
+
+    from conformance.verify import report, verifying
+
+    finding = verifying.DiagnosisResult(("floor-pooling", "missing-relu"), 3e-7, ("maxpool1", "inception3a"))
+    failed = dataclasses.replace(d2l_result, agree=False, first_divergence="maxpool1", diagnosis=[finding])
+    text = report.render(failed, "a/very/long/path/" * 10 + "model.py:build")
+    assert "`floor-pooling` and `missing-relu`" in text and "made at maxpool1 and inception3a" in text
+    assert max(map(len, text.splitlines())) <= 100
+    doc = report.to_json(failed)
+    assert doc["diagnosis"] == [
+        {"pitfalls": ["floor-pooling", "missing-relu"], "max_rel": 3e-7, "where": ["maxpool1", "inception3a"]}
+    ]

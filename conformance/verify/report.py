@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import textwrap
 from pathlib import Path
 
 from ..files import atomic_write
@@ -71,12 +72,12 @@ def render(r: Result, model: str = "your model") -> str:
     )
     lines.append(f"  first divergence: {where}")
     for d in r.diagnosis:
-        lines.append(f"  diagnosis: {_finding(d.pitfalls, d.max_rel, d.where)}")
-    if not r.diagnosis:
-        lines.append(
-            "  diagnosis: no mistake of the catalogue, alone or in pairs, reproduces your outputs; "
-            "look at the first divergent stage"
+        lines += textwrap.wrap(
+            _finding(d.pitfalls, d.max_rel, d.where), 98, initial_indent="  diagnosis: ", subsequent_indent=" " * 13
         )
+    if not r.diagnosis:
+        lines.append("  diagnosis: no mistake of the catalogue, alone or in pairs, reproduces your outputs;")
+        lines.append(f"             the mistake is in or before {r.first_divergence}")
     lines.append(f"FAIL: {failed} of {compared} outputs differ from {r.variant}'s; the first is {r.first_divergence}")
     return "\n".join(lines)
 
