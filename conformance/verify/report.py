@@ -73,7 +73,11 @@ def render(r: Result, model: str = "your model") -> str:
     lines.append(f"  first divergence: {where}")
     for d in r.diagnosis:
         lines += textwrap.wrap(
-            _finding(d.pitfalls, d.max_rel, d.where), 98, initial_indent="  diagnosis: ", subsequent_indent=" " * 13
+            _finding(d.pitfalls, d.max_rel, d.where),
+            98,
+            initial_indent="  diagnosis: ",
+            subsequent_indent=" " * 13,
+            break_on_hyphens=False,  # pitfall names are hyphenated: never split one
         )
     if not r.diagnosis:
         lines.append("  diagnosis: no mistake of the catalogue, alone or in pairs, reproduces your outputs;")
