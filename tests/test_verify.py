@@ -227,7 +227,8 @@ def test_the_command_exits_1_on_a_numeric_mistake(capsys):
     [
         (["tests/nothing_here.py:build"], "no such file"),
         (["no such module:build"], "neither a module name"),
-        (["model.onnx"], "not supported yet"),
+        (["model.keras"], "not supported yet"),
+        (["model.onnx"], "MODEL model.onnx: no such file"),
         (["tests/user_nets.py:d2l", "--variant", "googlenet", "--input-size", "5"], "--input-size 5"),
         (["tests/user_nets.py:d2l", "--batch", "100"], "--batch"),
         (["tests/user_nets.py:d2l", "--weights", "missing.pth"], "--weights missing.pth: no such file"),
@@ -271,3 +272,70 @@ def test_a_diagnosis_is_rendered_within_100_columns(d2l_result):
     assert doc["diagnosis"] == [
         {"pitfalls": ["floor-pooling", "missing-relu"], "max_rel": 3e-7, "where": ["maxpool1", "inception3a"]}
     ]
+
+
+# --------------------------------------------------------------------------------------
+# ONNX files
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def onnx_files(tmp_path_factory):
+    """d2l's net and the one without its ReLU, exported by the user with torch's
+    TorchScript exporter: initializers named by module path (``0.0.weight``)."""
+    pytest.importorskip("onnxruntime")
+    import warnings
+
+    directory = tmp_path_factory.mktemp("onnx")
+    paths = {}
+    for name in ("d2l", "d2l_no_relu"):
+        model = _seeded(getattr(user_nets, name)).eval()
+        paths[name] = directory / f"{name}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (torch.zeros(1, 1, 96, 96),),
+                str(paths[name]),
+                dynamo=False,
+                input_names=["x"],
+                dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}},
+            )
+    return paths
+
+
+def test_an_onnx_file_pairs_by_node_order_and_agrees_stage_by_stage(onnx_files, capsys):
+    code = main(["verify", str(onnx_files["d2l"]), "--input-size", "96", "--batch", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "framework:  onnx (your model)" in printed and "structure (the order your layers are used)" in printed
+    assert "inception3a   /2/2.0/Concat" in printed  # an intermediate tensor, added as a graph output
+    assert "not compared" not in printed
+
+
+def test_an_onnx_file_with_a_mistake_disagrees_where_it_is_made(onnx_files, capsys):
+    code = main(["verify", str(onnx_files["d2l_no_relu"]), "--input-size", "96", "--batch", "1", "--no-diagnosis"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "first divergence: inception3a" in printed
+
+
+def test_weights_are_written_into_an_onnx_graphs_initializers(onnx_files, tmp_path):
+    from onnx import numpy_helper
+
+    from conformance.verify import load
+
+    p = spec.resolve("googlenet_d2l")
+    params = canonical.random_params(p, seed=7)
+    ckpt = canonical.save(params, tmp_path / "d2l.safetensors", p)
+    model = load.load(load.parse(str(onnx_files["d2l"])))
+    r = conformance.verify(model, weights=ckpt, input_sizes=[96], batch=1)
+    assert r.agree and r.framework == "onnx"
+    fc = {i.name: numpy_helper.to_array(i) for i in model.proto.graph.initializer}["5.weight"]
+    assert np.array_equal(fc, params["fc.weight"])  # Gemm keeps (out, in) with transB
+
+
+def test_a_damaged_onnx_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    r = cli("verify", str(bad))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not a readable ONNX file" in r.stderr

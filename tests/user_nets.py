@@ -38,8 +38,8 @@ def d2l_net(kernel3=5, swap=False, relu4=True, extra=False, truncated=False, cla
     after the pool projection (a numeric mistake); ``extra`` adds a 1x1 conv after b2;
     ``truncated`` ends after inception5a."""
 
-    def block(*args):
-        return Inception(*args, kernel3=kernel3, swap=swap, relu4=relu4)
+    def block(in_channels, c1, c2, c3, c4):
+        return Inception(in_channels, c1, c2, c3, c4, kernel3=kernel3, swap=swap, relu4=relu4)
 
     b1 = nn.Sequential(
         nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3),

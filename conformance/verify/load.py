@@ -16,7 +16,7 @@ from typing import Any
 from .. import files
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-RUNNABLE = (".onnx", ".keras", ".pt", ".pth", ".pt2", ".ts", "-symbol.json")  # files verify will run, not yet
+RUNNABLE = (".keras", ".pt", ".pth", ".pt2", ".ts", "-symbol.json")  # saved models verify will run, not yet
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,17 @@ class Source:
     module: str | None
     file: Path | None
     attribute: str
+    onnx: Path | None = None  # an ONNX file, run by ONNX Runtime
 
 
 def parse(text: str) -> Source:
     """MODEL checked without importing anything; ValueError naming what is wrong."""
     where, colon, attribute = text.rpartition(":")
+    if text.endswith(".onnx"):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"MODEL {text}: no such file" if not path.exists() else f"MODEL {text}: not a file")
+        return Source(text, None, None, "", path)
     if not colon:
         if text.endswith(RUNNABLE) or Path(text).is_dir():
             raise ValueError(
@@ -73,7 +79,12 @@ def _module(source: Source) -> Any:
 
 
 def load(source: Source) -> Any:
-    """Import what MODEL names and call it; ValueError with the one line that says why not."""
+    """Import what MODEL names and call it (or read the ONNX file it names); ValueError
+    with the one line that says why not."""
+    if source.onnx is not None:
+        from . import taps_onnx
+
+        return taps_onnx.read(source.onnx)
     what = source.module or str(source.file)
     try:
         target = _module(source)

@@ -28,6 +28,15 @@ def version() -> str:
     return f"torch {torch.__version__}"
 
 
+def channels(model: nn.Module) -> int:
+    """The input channels: the first conv's (three where the model declares none)."""
+    for m in model.modules():
+        weight = getattr(m, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.ndim == 4:
+            return int(weight.shape[1])
+    return 3
+
+
 def _direct(module: nn.Module) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {k: v for k, v in module.named_parameters(recurse=False) if v is not None}
     tensors.update({k: v for k, v in module.named_buffers(recurse=False) if v is not None})

@@ -30,7 +30,7 @@ from .. import spec
 from ..check.compare import REL_TOL, Agreement, agreement
 from ..check.harness import ODD_SIZES, inadmissible
 from ..formats.port import read_checkpoint
-from . import diagnose, taps
+from . import diagnose, taps, taps_onnx
 from .options import check_options
 from .pairing import Layer, Pairing, PairingError, by_names, by_structure, whose
 
@@ -125,11 +125,22 @@ def seeded_input(p: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
+ADAPTERS = (taps, taps_onnx)  # a torch.nn.Module; an ONNX file
+
+
+def adapter(model: Any) -> Any:
+    """The module that runs and reads this kind of model."""
+    found = next((a for a in ADAPTERS if a.is_model(model)), None)
+    if found is None:
+        raise TypeError(f"model: expected a torch.nn.Module or an ONNX file, got {type(model).__name__}")
+    return found
+
+
 def _trace(model: Any, names: Sequence[str]) -> list[Layer]:
     """The model's layers in the order it uses them, from one image at the smallest
     size one of ``names`` runs (a model may refuse a size its variant does not run)."""
-    first = next((m for m in model.modules() if getattr(m, "weight", None) is not None and m.weight.ndim == 4), None)
-    channels = int(first.weight.shape[1]) if first is not None else 3
+    fw = adapter(model)
+    channels = fw.channels(model)
     # The smallest input each variant runs first: one image there costs a fraction of its own size's.
     sizes = sorted(
         {
@@ -142,7 +153,7 @@ def _trace(model: Any, names: Sequence[str]) -> list[Layer]:
     errors = []
     for size in sizes or [224]:
         try:
-            return taps.layers(model, np.zeros((1, channels, size, size), np.float32))
+            return fw.layers(model, np.zeros((1, channels, size, size), np.float32))
         except Exception as e:  # noqa: BLE001 - the user's code may raise anything at a size it does not run
             errors.append(f"{size} x {size}: {type(e).__name__}: {e}")
     raise ValueError(f"MODEL: your model fails on a {channels}-channel input ({'; '.join(errors)[:300]})")
@@ -172,7 +183,7 @@ def fits(model: Any, variant: str, transform_input: bool | None) -> list[Pairing
     that fits); PairingError with the first mismatch when none does."""
     names = list(spec.VARIANTS) if variant == "auto" else [variant]
     layers = _trace(model, names)
-    state = taps.state(model)
+    state = adapter(model).state(model)
     classes = _classes(layers)
     found: list[Pairing] = []
     failed: dict[str, PairingError] = {}
@@ -347,7 +358,7 @@ def compare(
         ref = impl_torch.stages(reference, x, mode="eager")
         shapes = {tuple(ref[s.name].shape) for s in p.stages}
         try:
-            run = taps.run(model, x, shapes, calls)
+            run = adapter(model).run(model, x, shapes, calls)
         except Exception as e:  # noqa: BLE001 - the user's model may fail at a size its variant runs
             outputs.append(OutputResult("logits", size, float("inf"), float("inf"), 0.0, 0.0, False))
             unexposed.append(f"input {size}: your model fails: {type(e).__name__}: {str(e)[:200]}")
@@ -360,7 +371,7 @@ def compare(
         got.append(run.outputs[0])
     result = Result(
         p.variant.name,
-        taps.FRAMEWORK,
+        adapter(model).FRAMEWORK,
         all(s.passed for s in stages) and all(o.passed for o in outputs),
         _first_divergence(stages, outputs, list(sizes)),
         stages,
@@ -409,7 +420,7 @@ def _weights(model: Any, pairings: list[Pairing], weights: str | Path | Mapping[
                 f"your model's is {pairing.params[wrong[0]].shape}"
             )
         pairing.params = {k: params[k] for k in pairing.params}
-    taps.load(model, pairings[0].keys, params)
+    adapter(model).load(model, pairings[0].keys, params)
     return what
 
 
@@ -434,8 +445,7 @@ def verify(
     fit, naming the first mismatch."""
     started = time.perf_counter()
     check_options(variant, input_sizes, batch, seed)
-    if not taps.is_model(model):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    adapter(model)
     if transform_input is None:
         transform_input = getattr(model, "transform_input", False) is True
     pairings = fits(model, variant, transform_input)
