@@ -339,3 +339,29 @@ def test_a_damaged_onnx_file_is_one_line(tmp_path):
     bad.write_bytes(b"\x08\x07garbage" * 10)
     r = cli("verify", str(bad))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not a readable ONNX file" in r.stderr
+
+
+# --------------------------------------------------------------------------------------
+# BatchNorm, paired by structure
+# --------------------------------------------------------------------------------------
+
+
+def _wrapped_cifar(eps: float | None = None):
+    """pytorch-cifar100's net inside a user's own container: its keys (``0.prelayer...``)
+    follow no known scheme, so each conv and the BatchNorm after it pair by structure.
+    ``eps``: the stem's first BatchNorm epsilon changed (a mistake)."""
+    net = _seeded(source_nets.CifarGoogleNet)
+    if eps is not None:
+        net.prelayer[1].eps = eps
+    return torch.nn.Sequential(net)
+
+
+def test_batchnorm_units_pair_by_structure_and_agree():
+    r = conformance.verify(_wrapped_cifar(), input_sizes=[32], batch=1)
+    assert r.agree and r.variant == "googlenet_cifar" and r.pairing.startswith("structure")
+    assert r.tensors == len(canonical.canonical_shapes(spec.resolve("googlenet_cifar")))
+
+
+def test_a_batchnorm_epsilon_changed_in_one_layer_disagrees_from_that_layer():
+    r = conformance.verify(_wrapped_cifar(eps=1e-1), input_sizes=[32], batch=1, run_diagnosis=False)
+    assert not r.agree and r.first_divergence == "conv1"
