@@ -26,6 +26,7 @@ from .progress import Steps
 from .spec import MAX_CLASSES
 from .teach.pitfalls import PITFALLS
 from .train.training import MAX_EPOCHS, Settings
+from .verify import command as verify_command
 from .world import World
 
 
@@ -347,6 +348,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     page.add_argument("--batch", type=_positive, default=64, help="images per inference pitfall (default: 64)")
     page.add_argument("--seed", type=_non_negative, default=0, help="seed of the pitfalls (default: 0)")
     page.add_argument("--force", action="store_true", help="overwrite the files of an earlier page in DIR")
+    verify_command.add_parser(sub, _positive, _non_negative)
     return parser, sub.choices
 
 
@@ -646,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         "pitfalls": _pitfalls,
         "diff": _diff,
         "page": _page,
+        "verify": verify_command.run,
     }
     try:
         with files.signals():

@@ -1,0 +1,89 @@
+"""``python -m conformance verify MODEL``: its options (checked before any framework is
+imported or the user's code is), then one call into :mod:`.verifying`.
+Exit codes as everywhere: 0 every compared output agrees, 1 one does not, 2 bad usage
+or input (a model whose tensors do not fit the variant included)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import frameworks, spec
+from ..files import check_output
+from ..formats import tfcheckpoint
+from ..formats.registry import infer
+from . import load
+from .options import check_options
+
+
+def add_parser(sub: Any, positive: Any, non_negative: Any) -> argparse.ArgumentParser:
+    """The ``verify`` subcommand on ``sub`` (``positive``/``non_negative``: the CLI's int types)."""
+    cmd = sub.add_parser(
+        "verify", help="check your own GoogLeNet against the suite's reference, stage by stage, and name the mistake"
+    )
+    cmd.add_argument(
+        "model",
+        metavar="MODEL",
+        help="module:callable or path/to/file.py:callable returning a torch.nn.Module (imported only now)",
+    )
+    cmd.add_argument(
+        "--variant",
+        default="auto",
+        choices=["auto", *spec.VARIANTS],
+        help="the variant your model is (default: auto, the one whose tensors fit)",
+    )
+    cmd.add_argument("--weights", type=Path, metavar="CKPT", help="load this checkpoint (any format port reads) first")
+    cmd.add_argument(
+        "--input-size",
+        action="append",
+        type=positive,
+        metavar="PIXELS",
+        help="square input size (repeatable; default: the variant's own and an odd size it admits)",
+    )
+    cmd.add_argument("--batch", type=positive, default=2, help="images per input (default: 2)")
+    cmd.add_argument("--seed", type=non_negative, default=0, help="seed of the inputs (default: 0)")
+    cmd.add_argument(
+        "--transform-input",
+        action="store_true",
+        help="your model applies the variant's input transform (default: its own transform_input flag)",
+    )
+    cmd.add_argument("--no-diagnosis", action="store_true", help="do not replay the pitfall catalogue on a difference")
+    cmd.add_argument("--json", type=Path, metavar="PATH", help="also write the result as JSON")
+    cmd.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    return cmd
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = list(dict.fromkeys(args.input_size)) if args.input_size else None
+    check_options(args.variant, sizes, args.batch, args.seed)
+    if args.json is not None:
+        check_output(args.json, args.force, "--json")
+    if args.weights is not None:
+        if tfcheckpoint.prefix(args.weights) is None and not args.weights.is_file():
+            raise ValueError(f"--weights {args.weights}: no such file")
+        infer(args.weights, None, "--weights")  # a name no format has: said now, not after loading the model
+    source = load.parse(args.model)
+    _, skipped = frameworks.load(["torch"])  # the reference, and the hooks on the user's model
+    if "torch" in skipped:
+        raise ValueError(f"verify runs PyTorch models, and torch is {skipped['torch']}")
+    from . import report, verifying
+
+    model = load.load(source)
+    result = verifying.verify(
+        model,
+        args.variant,
+        args.weights,
+        sizes,
+        args.batch,
+        args.seed,
+        True if args.transform_input else None,
+        run_diagnosis=not args.no_diagnosis,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(report.render(result, args.model), flush=True)
+    if args.json is not None:
+        report.write_json(result, args.json, overwrite=args.force)
+        print(f"JSON written to {args.json}")
+    return 0 if result.agree else 1

@@ -1,0 +1,104 @@
+"""MODEL on the command line -> the user's model: ``module:callable`` (imported from
+the current directory or the installed packages) or ``path/to/file.py:callable``,
+the callable called without arguments (a class, a factory, or a model object itself).
+Only what the user names is imported, and only once every option was checked."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import files
+
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+RUNNABLE = (".keras", ".pt", ".pth", ".pt2", ".ts", "-symbol.json")  # saved models verify will run, not yet
+
+
+@dataclass(frozen=True)
+class Source:
+    """What MODEL names: a module or a Python file, and the callable in it."""
+
+    text: str
+    module: str | None
+    file: Path | None
+    attribute: str
+    onnx: Path | None = None  # an ONNX file, run by ONNX Runtime
+
+
+def parse(text: str) -> Source:
+    """MODEL checked without importing anything; ValueError naming what is wrong."""
+    where, colon, attribute = text.rpartition(":")
+    if text.endswith(".onnx"):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"MODEL {text}: no such file" if not path.exists() else f"MODEL {text}: not a file")
+        return Source(text, None, None, "", path)
+    if not colon:
+        if text.endswith(RUNNABLE) or Path(text).is_dir():
+            raise ValueError(
+                f"MODEL {text}: verifying a saved model file is not supported yet; give the code that builds "
+                f"it as module:callable or path/to/file.py:callable"
+            )
+        raise ValueError(f"MODEL {text}: expected module:callable or path/to/file.py:callable")
+    if not _DOTTED.match(attribute):
+        raise ValueError(f"MODEL {text}: {attribute!r} is not a Python name; expected module:callable")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.exists():
+            raise ValueError(f"MODEL {text}: {path}: no such file")
+        if not path.is_file():
+            raise ValueError(f"MODEL {text}: {path}: {files.kind(path.stat().st_mode)}, not a Python file")
+        return Source(text, None, path, attribute)
+    if not _DOTTED.match(where):
+        raise ValueError(f"MODEL {text}: {where!r} is neither a module name nor a path ending in .py")
+    return Source(text, where, None, attribute)
+
+
+def _module(source: Source) -> Any:
+    if source.file is None:
+        assert source.module is not None
+        return importlib.import_module(source.module)
+    path = source.file.resolve()
+    name = "_conformance_verify_" + re.sub(r"\W", "_", path.stem)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up here
+    sys.path.insert(0, str(path.parent))  # the file may import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def load(source: Source) -> Any:
+    """Import what MODEL names and call it (or read the ONNX file it names); ValueError
+    with the one line that says why not."""
+    if source.onnx is not None:
+        from . import taps_onnx
+
+        return taps_onnx.read(source.onnx)
+    what = source.module or str(source.file)
+    try:
+        target = _module(source)
+    except Exception as e:  # noqa: BLE001 - the user's code may raise anything while imported
+        raise ValueError(f"MODEL {source.text}: importing {what} failed: {type(e).__name__}: {e}") from None
+    for part in source.attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"MODEL {source.text}: {what} has no {source.attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"MODEL {source.text}: {source.attribute!r} is a {type(target).__name__}, not callable")
+    if hasattr(target, "forward") and hasattr(target, "parameters") and not isinstance(target, type):
+        return target  # a model object itself
+    try:
+        return target()
+    except Exception as e:  # noqa: BLE001 - the user's constructor may raise anything
+        raise ValueError(f"MODEL {source.text}: calling {source.attribute}() failed: {type(e).__name__}: {e}") from None
