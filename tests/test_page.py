@@ -146,7 +146,7 @@ def test_the_page_renders_in_chromium_with_every_part(site, tmp_path):
     for row, cells in dom.pitfalls.items():
         if not next(m for m in measured if f"pit-{m.pitfall}-{m.variant}" == row).skipped:
             assert any(NUMBER.search(c) for c in cells), (row, cells)
-    # every row of the README's differences table, and every line's tag points at a row
+    # every row of the docs' differences table, and every line's tag points at a row
     rows = differences.read_readme() + differences.MODEL_ROWS
     assert {r.slug for r in rows} <= dom.ids
     tags = [href for tag, href in dom.links if tag == "a" and href.startswith("#row-")]
