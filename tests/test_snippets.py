@@ -99,7 +99,7 @@ def test_python_block_runs(block, workdirs):
         pytest.skip(f"{block.id} not run: {block.not_run}")
     missing = missing_packages(block.code)
     if missing:
-        pytest.skip(f"needs {', '.join(missing)}, not installed")
+        pytest.skip(f"{block.id} needs {', '.join(missing)}, not installed")
     done = run([sys.executable, "-c", block.code], workdirs(block.page))
     assert done.returncode == 0, f"{block.id} exits {done.returncode}:\n{done.stderr[-3000:]}"
 
