@@ -5,7 +5,11 @@ strict build, `mkdocs build --strict` in CI, fails on a name that does not exist
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +125,34 @@ def test_paths_the_docs_name_exist():
     assert len(paths) > 10
     missing = sorted(p for p in paths if not (ROOT / p).is_file())
     assert not missing, f"the docs name files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("link", "fails"),
+    [
+        ("[a page](porting.md), [its heading](porting.md#from-python), [`x`][impl_torch.layers.make_norm]", False),
+        ("[a page that is not there](portage.md)", True),
+        ("[a heading that is not there](porting.md#no-such-heading)", True),
+        ("[`make_norm`][impl_torch.layers.make_norms]", True),
+    ],
+)
+def test_the_strict_build_fails_on_a_broken_link(tmp_path, link, fails):
+    """CI's `mkdocs build --strict` with the project's settings: a page, heading or code
+    name that does not exist fails the build (the control: a good link builds)."""
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("needs the docs extra: pip install -e '.[docs]'")
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text(f"# Index\n\nSee {link}.\n")
+    (docs / "porting.md").write_text("# Porting\n\n## From Python\n\nText.\n")
+    source = "# Source\n\n::: impl_torch.layers\n    options:\n      show_if_no_docstring: true\n"
+    (docs / "torch.md").write_text(source)
+    config.update(docs_dir=str(docs), nav=["index.md", "porting.md", "torch.md"], site_dir=str(tmp_path / "site"))
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT)}
+    build = [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(tmp_path / "mkdocs.yml")]
+    done = subprocess.run(build, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert (done.returncode != 0) == fails, done.stderr[-2000:]
