@@ -17,9 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import files, spec
+from .check.judges import JUDGES
 from .files import check_output
 from .formats.registry import FORMATS, PortError
-from .frameworks import FRAMEWORKS, JUDGES
+from .frameworks import FRAMEWORKS
 from .spec import MAX_CLASSES
 from .teach.pitfalls import PITFALLS
 from .train.training import MAX_EPOCHS, Settings
@@ -126,6 +127,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     check.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     check.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    check.add_argument(
+        "--wide",
+        action="store_true",
+        help="every compared run in one table, however wide (default: fit the terminal, or 100 columns)",
+    )
 
     port = sub.add_parser("port", help="convert a checkpoint to another framework's format, verified")
     port.add_argument(
@@ -339,17 +345,17 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
 def _check(args: argparse.Namespace) -> int:
     from . import frameworks
-    from .check import harness, report
+    from .check import harness, judges, report
 
     if args.json is not None:  # refuse before spending a minute on the check
         check_output(args.json, args.force, "--json")
-    names = frameworks.parse(args.frameworks, judges=True)
+    names = frameworks.parse(args.frameworks, extra=judges.JUDGES)
     required = frameworks.parse(args.require, "--require") if args.require else []
     variants = list(dict.fromkeys(args.variant or spec.VARIANTS))
     sizes = list(dict.fromkeys(args.input_size)) if args.input_size else None  # None: each variant's own
     if sizes:
         harness.check_input_sizes(variants, sizes)
-    backends, skipped = frameworks.load(dict.fromkeys([*names, *required]))
+    backends, skipped = judges.load_with_judges([*names, *required])
     missing = [fw for fw in required if fw not in backends]
     if missing:
         raise ValueError(f"--require: {missing[0]} is {skipped[missing[0]]}")
@@ -358,7 +364,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.distributed and not args.train:
         return _check_distributed(args, backends, args.variant, sizes)
     result = harness.run(variants, backends, skipped, sizes, args.batch, args.seed, train=args.train)
-    print(report.render(result), flush=True)
+    print(report.render(result, report.columns(args.wide)), flush=True)
     if args.json is not None and not args.distributed:
         report.write_json(result, args.json, overwrite=args.force)
         print(f"JSON report written to {args.json}")

@@ -22,10 +22,6 @@ FRAMEWORKS: dict[str, tuple[str, str]] = {
     "keras": ("impl_keras", "pip install -e '.[keras]'"),
     "mxnet": ("impl_mxnet", "pip install -e '.[mxnet]'  (mxnet 1.9.1 needs numpy<2)"),
 }
-# Independent judges (conformance.check.judges): name -> the framework whose ONNX export
-# ONNX Runtime runs. Checked only when asked for: exporting takes seconds per shape.
-JUDGES: dict[str, str] = {"onnx": "torch", "onnx-keras": "keras", "onnx-mxnet": "mxnet"}
-ONNX_HINT = "pip install -e '.[onnx]'"
 
 
 def usable_cores() -> int:
@@ -69,15 +65,16 @@ def threads() -> dict[str, int]:
     return found
 
 
-def parse(names: str | Iterable[str] | None, option: str = "--frameworks", judges: bool = False) -> list[str]:
-    """Framework (and, with ``judges``, judge) names from ``"torch,keras"`` or a list;
-    every framework for None. Errors name ``option``."""
+def parse(names: str | Iterable[str] | None, option: str = "--frameworks", extra: Iterable[str] = ()) -> list[str]:
+    """Framework names (and the ``extra`` names a command also takes, such as the
+    judges) from ``"torch,keras"`` or a list; every framework for None. Errors name
+    ``option``."""
     if names is None:
         return list(FRAMEWORKS)
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(dict.fromkeys(names))
-    known = [*FRAMEWORKS, *(JUDGES if judges else ())]
+    known = [*FRAMEWORKS, *extra]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise ValueError(
@@ -87,30 +84,17 @@ def parse(names: str | Iterable[str] | None, option: str = "--frameworks", judge
 
 
 def load(names: Iterable[str]) -> tuple[dict[str, Backend], dict[str, str]]:
-    """(backends that imported, {skipped name: why and how to install}); a judge loads
-    the framework it exports from, which is then returned only if it was asked for."""
-    names = list(names)
-    judges = [n for n in names if n in JUDGES]
-    wanted = list(dict.fromkeys([n for n in names if n in FRAMEWORKS] + [JUDGES[j] for j in judges]))
+    """(backends that imported, {skipped name: why and how to install}), in the order
+    asked for."""
     backends: dict[str, Backend] = {}
     skipped: dict[str, str] = {}
-    for name in wanted:
+    for name in dict.fromkeys(names):
         package, hint = FRAMEWORKS[name]
         try:
-            backends[name] = importlib.import_module(package)
+            backends[name] = cast(Backend, importlib.import_module(package))
         except (ImportError, OSError) as e:  # OSError: a wheel whose shared library is missing
             skipped[name] = f"not installed ({e.__class__.__name__}: {e}); install with: {hint}"
-    if judges:
-        from .check import judges as judging
-
-        for name in judges:
-            try:
-                judge = judging.load(name, backends.get(JUDGES[name]), skipped.get(JUDGES[name]))
-                backends[name] = cast(Backend, judge)  # the parts the harness uses (interface.is_judge)
-            except judging.Unavailable as e:
-                skipped[name] = str(e)
-    keep = [n for n in names if n in backends or n in skipped]
-    return {n: backends[n] for n in keep if n in backends}, {n: skipped[n] for n in keep if n in skipped}
+    return backends, skipped
 
 
 # What TensorFlow prints to file descriptor 2 on import, before its logging starts (so

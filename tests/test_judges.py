@@ -10,7 +10,7 @@ import copy
 import numpy as np
 import pytest
 
-from conformance import frameworks, spec
+from conformance import spec
 from conformance.check import harness, judges
 from conformance.check.compare import REL_TOL
 
@@ -18,7 +18,7 @@ from .conftest import backend_or_skip, patched
 
 
 def judge_or_skip(name: str):
-    backends, skipped = frameworks.load([name])
+    backends, skipped = judges.load_with_judges([name])
     if name not in backends:
         pytest.skip(f"{name}: {skipped[name]}")
     return backends[name]
@@ -60,7 +60,7 @@ def test_a_missing_onnx_extra_skips_the_judge_with_its_install_hint(monkeypatch)
     backend_or_skip("torch")
     real = judges.importlib.util.find_spec
     monkeypatch.setattr(judges.importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name))
-    backends, skipped = frameworks.load(["torch", "onnx"])
+    backends, skipped = judges.load_with_judges(["torch", "onnx"])
     assert list(backends) == ["torch"]
     assert "onnxruntime is missing" in skipped["onnx"] and "pip install -e '.[onnx]'" in skipped["onnx"]
 

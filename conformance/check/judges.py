@@ -16,14 +16,18 @@ whose graphs hold the old weights as constants.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import numpy as np
 
-from .. import interface
-from ..frameworks import JUDGES, ONNX_HINT, usable_cores
+from .. import frameworks, interface
+from ..frameworks import usable_cores
 
+# name -> the framework whose ONNX export ONNX Runtime runs. Checked only when asked for:
+# exporting takes seconds per shape.
+JUDGES: dict[str, str] = {"onnx": "torch", "onnx-keras": "keras", "onnx-mxnet": "mxnet"}
+ONNX_HINT = "pip install -e '.[onnx]'"
 MODE = "onnxruntime"
 # What each exporter needs beyond the onnx extra's onnx and onnxruntime.
 EXPORTER_NEEDS = {"torch": "onnxscript", "keras": "tf2onnx", "mxnet": "onnx"}
@@ -108,3 +112,21 @@ def load(name: str, source: interface.Backend | None, source_skipped: str | None
     if why:
         raise Unavailable(why)
     return OnnxJudge(name, source)
+
+
+def load_with_judges(names: Iterable[str]) -> tuple[dict[str, interface.Backend], dict[str, str]]:
+    """:func:`conformance.frameworks.load` for frameworks and judges alike: a judge
+    loads the framework it exports from, which is then returned only if it was asked
+    for."""
+    names = list(dict.fromkeys(names))
+    asked = [n for n in names if n in JUDGES]
+    sources = dict.fromkeys([*(n for n in names if n not in JUDGES), *(JUDGES[n] for n in asked)])
+    backends, skipped = frameworks.load(sources)
+    for name in asked:
+        try:
+            # the parts of a backend the harness uses (interface.is_judge)
+            backends[name] = cast(interface.Backend, load(name, backends.get(JUDGES[name]), skipped.get(JUDGES[name])))
+        except Unavailable as e:
+            skipped[name] = str(e)
+    keep = [n for n in names if n in backends or n in skipped]
+    return {n: backends[n] for n in keep if n in backends}, {n: skipped[n] for n in keep if n in skipped}

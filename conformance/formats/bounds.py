@@ -42,12 +42,12 @@ class Budget:
 
 def full(p: spec.Plan) -> spec.Plan:
     """The plan with its aux heads where the variant has them (a file may hold them)."""
-    return p if p.aux or p.variant.aux is None else p.with_options(aux_logits=True)
+    return p if p.aux or p.variant.aux is None else spec.with_options(p, aux_logits=True)
 
 
 def budget(p: spec.Plan, classes: int | None = None) -> Budget:
     """What a file of ``p`` (with aux heads), or of ``classes`` classes, can need."""
-    q = full(p) if classes is None else full(p).with_options(num_classes=classes)
+    q = full(p) if classes is None else spec.with_options(full(p), num_classes=classes)
     sizes = [int(np.prod(s)) * 8 for s in canonical_shapes(q).values()]
     return Budget(max(sizes), 2 * sum(sizes) + (1 << 20), 3 * len(sizes) + 16)
 

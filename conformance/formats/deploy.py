@@ -37,7 +37,7 @@ import numpy as np
 from .. import files
 from ..canonical import Params, canonical_shapes
 from ..reading import Tensor
-from ..spec import Plan
+from ..spec import Plan, with_options
 from . import bounds, naming
 from .registry import Native, PortError, Raw, Written, _read_mxnet, backend, built
 
@@ -266,7 +266,7 @@ def _graph_inputs(symbol_json: str) -> list[str]:
 def _reference(p: Plan) -> list[tuple[str, str]]:
     """(Gluon name, canonical key) of each input of this suite's export of ``p``
     (without aux heads: the exported graph returns the logits), in the graph's order."""
-    q = p.with_options(aux_logits=False)
+    q = with_options(p, aux_logits=False)
     if q not in _REFERENCE:
         b, model = built("mxnet", q)
         from impl_mxnet.weights import located

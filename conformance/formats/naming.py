@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..canonical import BN_SUFFIXES, canonical_shapes, gluon_name
-from ..spec import ConvUnit, InceptionBlock, Op, Plan, Pool
+from ..spec import ConvUnit, InceptionBlock, Op, Plan, Pool, with_options
 
 Params = dict[str, np.ndarray]
 
@@ -336,7 +336,7 @@ def detect(keys: Iterable[str]) -> str:
 
 def _with_aux(p: Plan) -> Plan:
     """The plan with aux heads, so that names of a file with or without them map."""
-    return p if p.aux or p.variant.aux is None else p.with_options(aux_logits=True)
+    return p if p.aux or p.variant.aux is None else with_options(p, aux_logits=True)
 
 
 def to_canonical(raw: Mapping[str, np.ndarray], name: str, p: Plan) -> tuple[Params, list[str]]:

@@ -377,7 +377,7 @@ def _drop_background(src: Path, p: spec.Plan, params: Params, notes: list[str]) 
         f"dropped class 0 (background): {BACKGROUND_CLASSES} -> {BACKGROUND_CLASSES - 1} classes, "
         "logit i is ImageNet class i"
     )
-    return p.with_options(num_classes=BACKGROUND_CLASSES - 1), dropped
+    return spec.with_options(p, num_classes=BACKGROUND_CLASSES - 1), dropped
 
 
 def port(

@@ -43,7 +43,7 @@ from .. import reading
 from ..canonical import Params, canonical_shapes, gluon_name, to_bytes
 from ..frameworks import FRAMEWORKS, load, quiet_stderr
 from ..reading import Damaged, Tensor
-from ..spec import LRN, MAX_CLASSES, Plan
+from ..spec import LRN, MAX_CLASSES, Plan, with_options
 from . import bounds, caffe, naming, tfcheckpoint
 
 Native = tuple[Any, Any]  # (implementation package, model)
@@ -615,7 +615,9 @@ def _read_keras(path: Path, p: Plan) -> Raw:
         )
     options: dict[str, Any] = config["config"] if isinstance(config.get("config"), dict) else {}
     _check_keras_config(path, options, p)
-    q = p.with_options(aux_logits=bool(options.get("aux_logits")), transform_input=bool(options.get("transform_input")))
+    q = with_options(
+        p, aux_logits=bool(options.get("aux_logits")), transform_input=bool(options.get("transform_input"))
+    )
     inner = reading.read_member(path, "model.weights.h5")
     tensors = _h5_tensors(lambda: h5py.File(io.BytesIO(inner), "r"), q, path, limit, lambda: built("keras", q))
     loadable = path.name.endswith(".keras")  # load_model takes other names for other formats

@@ -4,6 +4,7 @@
   paper's Table 1), ``LRN``, ``InceptionA``, ``Residual``, ``ReLU``, and the settings
   a variant applies everywhere;
 * :mod:`.tables` - the variants, one row per layer or block;
+* :mod:`.units` - the named units a plan is made of, and :class:`Plan` itself;
 * :mod:`.plan` - :func:`resolve` a variant and its build options into named units
   whose names are the canonical checkpoint prefixes;
 * :mod:`.shapes` - shapes at any input size, admitted sizes, counts, multiply-adds.
@@ -11,23 +12,7 @@
 Nothing here imports a framework.
 """
 
-from .plan import (
-    MAX_CLASSES,
-    AuxUnit,
-    ConvUnit,
-    Dense,
-    InceptionBlock,
-    Op,
-    Options,
-    Plan,
-    PoolUnit,
-    ResidualUnit,
-    SpecError,
-    Stage,
-    resolve,
-    variant,
-    without_dropout,
-)
+from .plan import resolve, variant, with_options, without_dropout
 from .rows import (
     LRN,
     AdaptiveAvgPool,
@@ -77,6 +62,20 @@ from .tables import (
     RESIDUAL_MNIST,
     TABLE1,
     VARIANTS,
+)
+from .units import (
+    MAX_CLASSES,
+    AuxUnit,
+    ConvUnit,
+    Dense,
+    InceptionBlock,
+    Op,
+    Options,
+    Plan,
+    PoolUnit,
+    ResidualUnit,
+    SpecError,
+    Stage,
 )
 
 __all__ = [
@@ -138,5 +137,6 @@ __all__ = [
     "stage_shapes",
     "variant",
     "window_fits",
+    "with_options",
     "without_dropout",
 ]

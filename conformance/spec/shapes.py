@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .plan import ConvUnit, Dense, InceptionBlock, Plan, ResidualUnit, SpecError, Stage
 from .rows import LRN, AdaptiveAvgPool, Pool, ReLU
+from .units import ConvUnit, Dense, InceptionBlock, Plan, ResidualUnit, SpecError, Stage
 
 HW = tuple[int, int]
 CHW = tuple[int, int, int]

@@ -110,7 +110,7 @@ def _common_plan(a: Side, b: Side) -> tuple[spec.Plan, str]:
     """The plan both fit: without aux heads when only one side has them (a note says so)."""
     if bool(a.plan.aux) == bool(b.plan.aux):
         return a.plan, ""
-    p = a.plan.with_options(aux_logits=False)
+    p = spec.with_options(a.plan, aux_logits=False)
     keys = set(canonical_shapes(p))
     for side in (a, b):
         side.params = {k: v for k, v in side.params.items() if k in keys}
