@@ -431,13 +431,13 @@ def test_gluon_trains_hybridized_as_pytorch(variant, monkeypatch):
     assert max(agreement(reference[k], stock[k]).max_rel for k in running) > 100 * REL_TOL
 
 
-def test_the_readmes_way_to_import_mxnet_directly_works():
-    """A bare ``import mxnet`` fails on numpy 1.24 and later; the README's snippet, run
+def test_the_docs_way_to_import_mxnet_directly_works():
+    """A bare ``import mxnet`` fails on numpy 1.24 and later; the docs' snippet, run
     as it stands in a fresh process, imports it."""
     backend_or_skip("mxnet")
-    readme = (ROOT / "README.md").read_text()
-    snippet = re.search(r"To use MXNet\s+without the suite, restore it first:\n\n```python\n(.*?)```", readme, re.S)
-    assert snippet, "the README's MXNet import snippet"
+    page = (ROOT / "docs" / "frameworks.md").read_text()
+    snippet = re.search(r"To use MXNet\s+without the suite, restore it first:\n\n```python\n(.*?)```", page, re.S)
+    assert snippet, "the docs' MXNet import snippet (docs/frameworks.md)"
     code = snippet.group(1) + "print(mxnet.__version__)\n"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert run.returncode == 0 and run.stdout.strip() == "1.9.1", run.stderr[-1000:]

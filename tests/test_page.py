@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conformance.check import harness, report
-from conformance.teach import differences, measure, source
+from conformance.teach import differences, measure, page, source
 from conformance.teach.pitfalls import PITFALLS
 
 from .conftest import PITFALL_BATCH, cli, installed
@@ -163,7 +163,7 @@ def test_the_page_renders_in_chromium_with_every_part(site, tmp_path):
     for row, cells in dom.pitfalls.items():
         if not next(m for m in measured if f"pit-{m.pitfall}-{m.variant}" == row).skipped:
             assert any(NUMBER.search(c) for c in cells), (row, cells)
-    # every row of the README's differences table, and every line's tag points at a row
+    # every row of the docs' differences table, and every line's tag points at a row
     rows = differences.read_readme() + differences.MODEL_ROWS
     assert {r.slug for r in rows} <= dom.ids
     tags = [href for tag, href in dom.links if tag == "a" and href.startswith("#row-")]
@@ -235,6 +235,19 @@ def test_readme_rows_are_read_from_the_readme():
     assert all(PITFALLS[name].row in {r.what for r in rows} for name in PITFALLS if PITFALLS[name].row)
     with pytest.raises(ValueError, match="no section"):
         differences.readme_rows("# nothing here")
+
+
+def test_cells_link_to_the_model_file_lines_they_name():
+    """The table's cells name code ([`code`][impl_torch.model.Inception.forward]); the page
+    links each to the line of its model file that shows it, and names the file and line
+    of code elsewhere."""
+    layout = next(r for r in differences.read_readme() if r.what == "layout")
+    line = next(i for i, text in enumerate(source.read("torch").lines, 1) if "torch.cat(outputs, 1)" in text)
+    assert f'<a href="#torch-L{line}"><code>torch.cat(outputs, 1)</code></a>' in page.markdown_cell(layout.cells[0])
+    bn = next(r for r in differences.read_readme() if r.what == "BatchNorm")
+    assert '<span class="where">conformance/canonical.py:' in page.markdown_cell(bn.cells[2])
+    with pytest.raises(ValueError, match="no longer shows"):
+        page.markdown_cell("[`torch.cat(outputs, 2)`][impl_torch.model.Inception.forward]")
 
 
 @pytest.mark.parametrize(

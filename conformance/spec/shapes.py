@@ -210,7 +210,7 @@ class LayerCount:
 
 
 def conv_params(u: ConvUnit) -> tuple[int, int]:
-    """(trainable, statistics): kernel [+ bias] [+ BN scale (if it has one) and shift, and its statistics]."""
+    """(trainable, statistics): the kernel, the bias if any, BatchNorm's scale (if any) and shift, its statistics."""
     kernel = u.out_channels * u.in_channels * u.kernel * u.kernel + (u.out_channels if u.bias else 0)
     if u.norm is None:
         return kernel, 0

@@ -1,7 +1,9 @@
 """The differences table, and which lines of the three model files each row explains.
 
-The rows are the README's table "Where the three frameworks differ", read from the
-README itself (one source: the page shows what the README says). The model files
+The rows are the table "Where the three frameworks differ", read from its page of the
+docs, ``docs/differences.md`` (one source: the page shows what the docs say). Its cells
+link to code by name (``[`code`][impl_torch.layers.make_norm]``, which the docs site
+resolves); :func:`locate` finds the line of the named object that shows the code. The model files
 show a few framework APIs that table leaves to the code (base classes, operator
 namespaces, layer names, saving, imports); :data:`MODEL_ROWS` states them in the
 same form. :data:`RULES` say which rows explain a line: a framework-specific line of
@@ -11,20 +13,22 @@ every row whose pattern matches it or its counterparts in the other two files.
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 FRAMEWORK_COLUMNS = ("torch", "keras", "mxnet")
-TITLE = "## Where the three frameworks differ"
-README = Path(__file__).resolve().parents[2] / "README.md"
+TITLE = "# Where the three frameworks differ"
+ROOT = Path(__file__).resolve().parents[2]
+TABLE_PAGE = ROOT / "docs" / "differences.md"
 
 
 @dataclass(frozen=True)
 class Row:
     what: str
-    cells: tuple[str, str, str]  # PyTorch, Keras 3, MXNet Gluon: markdown, as the README writes them
-    source: str  # "README" or "model files"
+    cells: tuple[str, str, str]  # PyTorch, Keras 3, MXNet Gluon: markdown, as the docs write them
+    source: str  # "docs" or "model files"
 
     @property
     def slug(self) -> str:
@@ -32,33 +36,69 @@ class Row:
 
 
 def readme_rows(text: str) -> list[Row]:
-    """The rows of the README's differences table; ValueError if the table is missing."""
+    """The rows of the docs' differences table; ValueError if the table is missing."""
     if TITLE not in text:
-        raise ValueError(f"README: no section {TITLE!r}")
+        raise ValueError(f"{TABLE_PAGE.name}: no section {TITLE!r}")
     section = text.split(TITLE, 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     if len(lines) < 3 or lines[0].strip("|").split("|")[0].strip() != "what":
-        raise ValueError(f"README: the section {TITLE!r} holds no table whose first column is 'what'")
+        raise ValueError(f"{TABLE_PAGE.name}: the section {TITLE!r} holds no table whose first column is 'what'")
     rows = []
     for line in lines[2:]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 4:
-            raise ValueError(f"README: a differences row needs 4 cells, got {len(cells)}: {line}")
-        rows.append(Row(cells[0], (cells[1], cells[2], cells[3]), "README"))
+            raise ValueError(f"{TABLE_PAGE.name}: a differences row needs 4 cells, got {len(cells)}: {line}")
+        rows.append(Row(cells[0], (cells[1], cells[2], cells[3]), "docs"))
     return rows
 
 
-def read_readme(path: Path = README) -> list[Row]:
+def read_readme(path: Path = TABLE_PAGE) -> list[Row]:
     try:
         text = path.read_text()
     except OSError as e:
         raise ValueError(
-            f"{path}: cannot read the README's differences table ({e.strerror}); build the page from a source checkout"
+            f"{path}: cannot read the docs' differences table ({e.strerror}); build the page from a source checkout"
         ) from None
     return readme_rows(text)
 
 
-# The framework APIs the model files show and the README's table leaves to the code.
+def locate(name: str, code: str) -> tuple[str, int]:
+    """Where a cell's link ``[`code`][name]`` points: the file (relative to the checkout)
+    and the first line of the object ``name`` (``impl_torch.layers.make_norm``,
+    ``impl_mxnet.build``, ``conformance.canonical.GLUON_BN``) that shows ``code``.
+    ValueError when the object is gone or no longer shows the code."""
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        path = next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
+        if path is not None:
+            break
+    else:
+        raise ValueError(f"{name}: no module of the checkout holds it")
+    lines = path.read_text().splitlines()
+    first, last = 1, len(lines)
+    body = ast.parse("\n".join(lines)).body
+    for part in parts[cut:]:
+        node = next((n for n in body if _defines(n, part)), None)
+        if node is None:
+            raise ValueError(f"{name}: {path.relative_to(ROOT)} defines no {part!r} there")
+        decorators = [d.lineno for d in getattr(node, "decorator_list", [])]
+        first, last = min([node.lineno, *decorators]), node.end_lineno or node.lineno
+        body = node.body if isinstance(node, ast.ClassDef) else []
+    found = next((i for i in range(first, last + 1) if code in lines[i - 1]), None)
+    if found is None:
+        raise ValueError(f"{name} ({path.relative_to(ROOT)}:{first}-{last}) no longer shows `{code}`")
+    return str(path.relative_to(ROOT)), found
+
+
+def _defines(node: ast.stmt, name: str) -> bool:
+    if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+        return node.name == name
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+    return any(isinstance(t, ast.Name) and t.id == name for t in targets)
+
+
+# The framework APIs the model files show and the docs' table leaves to the code.
 MODEL_ROWS = [
     Row(
         "module API",

@@ -217,17 +217,18 @@ def _line(fw: str, line: source.Line, lit: list[str], rows: Mapping[str, differe
 # Differences and pitfalls
 # --------------------------------------------------------------------------------------
 
-LINK = re.compile(r"\[`([^`]+)`\]\(([\w/]+\.py)#L(\d+)\)")
+LINK = re.compile(r"\[`([^`]+)`\]\[([\w.]+)\]")
 CODE = re.compile(r"`([^`]+)`")
 
 
 def markdown_cell(text: str) -> str:
-    """The README's cell markdown as HTML: links into a model file go to that line here;
+    """The docs' cell markdown as HTML: links to code in a model file go to that line here;
     links into other files name the file and line."""
     out, last = [], 0
     for m in LINK.finditer(text):
         out.append(_inline(text[last : m.start()]))
-        code, path, line = m.group(1), m.group(2), m.group(3)
+        code = m.group(1)
+        path, line = differences.locate(m.group(2), code)
         fw = next((fw for fw, pkg in source.PACKAGES.items() if path == f"{pkg}/model.py"), None)
         if fw is not None:
             out.append(f'<a href="#{fw}-L{line}"><code>{esc(code)}</code></a>')
@@ -299,7 +300,7 @@ def differences_section(rows: list[differences.Row], measured: list[measure.Meas
             f"({esc(m.framework)}, {esc(m.variant)}): {_effect(m)}</div>"
             for m in found
         )
-        source_note = "" if r.source == "README" else '<div class="where">(from the model files)</div>'
+        source_note = "" if r.source == "docs" else '<div class="where">(from the model files)</div>'
         body.append(
             f'<tr id="{r.slug}" class="difference{" measured" if found else ""}">'
             f"<th>{esc(r.what)}{source_note}</th>"
@@ -309,7 +310,7 @@ def differences_section(rows: list[differences.Row], measured: list[measure.Meas
     head = "".join(f"<th>{h}</th>" for h in ("what", *NAMES.values(), "measured: what the mistake does"))
     return (
         '<section id="differences"><h2>Where the three frameworks differ</h2>'
-        "<p>The README's table, then the framework APIs the model files show (marked). The last column: what "
+        "<p>The docs' differences table, then the framework APIs the model files show (marked). The last column: what "
         "getting the row wrong does to a correct port, measured by <code>python -m conformance pitfalls</code> "
         "(first divergent stage and its max relative error; the logits' max relative error and top-5 "
         "agreement); each links to the pitfall's plot of the relative error at every stage. "

@@ -41,7 +41,7 @@ class Pitfall:
     kind: Literal["inference", "training"]
     framework: str  # the framework whose port makes the mistake
     variants: tuple[str, ...]  # where it is shown by default
-    row: str | None  # the row ("what") of the README's "Where the three frameworks differ", if any
+    row: str | None  # the row ("what") of the docs' "Where the three frameworks differ", if any
     why: str  # one sentence
     # The stage (inference) or quantity (training) where the mistake is made in this plan
     # at this input size; None: it changes nothing at this size. NotApplicable: it cannot
