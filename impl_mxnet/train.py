@@ -49,6 +49,7 @@ class Trainer:
             model.collect_params(), "sgd", {"learning_rate": lr, "momentum": momentum, "wd": 0.0}
         )
         self.ce = mx.gluon.loss.SoftmaxCrossEntropyLoss()
+        self.resting: dict[str, mx.gluon.Parameter] = {}  # the last step's untrained aux parameters
         self.bns = {name: b for name, b in named_blocks(model) if isinstance(b, BatchNorm)}
         for b in self.bns.values():
             b.record = record
@@ -56,8 +57,23 @@ class Trainer:
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
         loss, correct = self.backward(x, y)
-        self.trainer.step(1)
+        self.update(1)
         return float(loss.asscalar()), int(correct.asscalar())
+
+    def update(self, batch_size: int) -> None:
+        """``gluon.Trainer.step(batch_size)`` with the parameters of aux heads that are built
+        but not admitted at this step's size (:attr:`resting`) held at ``grad_req='null'``:
+        outside the loss they have no gradient, so Gluon neither reduces nor updates them
+        (no momentum either, as PyTorch's SGD skips a parameter whose grad is None), and its
+        stale-gradient check still guards every other parameter."""
+        held = {param: param.grad_req for param in self.resting.values()}
+        for param in held:
+            param.grad_req = "null"
+        try:
+            self.trainer.step(batch_size)
+        finally:
+            for param, req in held.items():
+                param.grad_req = req
 
     def backward(self, x: np.ndarray, y: np.ndarray, weight: float = 1.0) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """The gradients of ``weight`` times the batch's mean loss, left in the parameters;
@@ -65,6 +81,10 @@ class Trainer:
         ``distributed.Trainer`` runs the same forward on its shard, weighted."""
         plan = self.model.plan
         with_aux = aux_admits(plan, x.shape[2:])
+        heads = () if with_aux else tuple(f"{head.name}." for head in plan.aux)
+        self.resting = {
+            key: param for key, param in located(self.model, plan) if key.startswith(heads) and param.grad_req != "null"
+        }
         data, target = mx.nd.array(x, dtype=x.dtype), mx.nd.array(y, dtype=x.dtype)
         with mx.autograd.record():
             if self.hybrid and with_aux == bool(plan.aux):  # the graph: logits, or logits, aux2, aux1
@@ -84,7 +104,7 @@ class Trainer:
         return {
             key: param.grad().asnumpy()
             for key, param in located(self.model, self.model.plan)
-            if param.grad_req != "null"
+            if param.grad_req != "null" and key not in self.resting
         }
 
     def batch_stats(self) -> dict[str, np.ndarray]:
