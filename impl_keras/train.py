@@ -91,6 +91,8 @@ class Trainer:
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
         with_aux = aux_admits(self.model.plan, x.shape[2:])
+        if not self.optimizer.built:  # over every variable: a step at a size that admits the heads trains them
+            self.optimizer.build(self.model.trainable_variables)
         with op_determinism(self.deterministic):
             loss, correct, grads = self._step(x.transpose(0, 2, 3, 1), y.astype(np.int64), with_aux)
         self._last = (trained_variables(self.model, with_aux), grads)
