@@ -138,6 +138,25 @@ def test_a_resting_head_is_not_moved_by_momentum_left_in_it(fw):
     assert not [w for w in caught if "Gradients do not exist" in str(w.message)]
 
 
+def test_mxnet_trains_the_heads_again_at_a_size_that_admits_them():
+    """Gluon's grad_req is held at 'null' for one step only: at 224, after a step at 47,
+    the heads have fresh gradients again (the hybridized graph) and move."""
+    b = backend_or_skip("mxnet")
+    p = _plan()
+    model = b.build(p.variant, **p.options.asdict())
+    b.from_canonical(model, random_params(p, 0, training=True))
+    trainer = b.Trainer(model, lr=0.01, momentum=0.9)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, p.num_classes, 2)
+    trainer.step(rng.standard_normal((2, 3, RESTING, RESTING)).astype(np.float32), labels)
+    before = b.to_canonical(model)
+    trainer.step(rng.standard_normal((2, 3, ADMITTING, ADMITTING)).astype(np.float32), labels)
+    after = b.to_canonical(model)
+    keys = distributed.resting_keys(p, RESTING)
+    assert set(keys) <= set(trainer.gradients())
+    assert all(not np.array_equal(after[k], before[k]) for k in keys)
+
+
 def test_keras_refuses_a_trained_variable_without_gradient():
     """The negative control of Keras's guard: a variable among the trained ones that the
     loss does not reach is named, not skipped with a warning."""
