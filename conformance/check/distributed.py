@@ -37,7 +37,6 @@ from .compare import REL_TOL, Agreement
 from .harness import TRAIN_DTYPE, TRAIN_LR, TRAIN_MOMENTUM, _input, _train_row, full_options, zero_gradients
 
 WORKERS = 2
-RUNNING = ("running_mean", "running_var", "num_batches_tracked")  # statistics, not trained
 PER_WORKER = 2  # images per worker: the global batch is WORKERS * PER_WORKER
 STEPS = 2  # the second step is the first that the momentum buffer changes
 # Without BatchNorm (the parity that must hold exactly), then with it (the rules).
@@ -182,6 +181,8 @@ def parity_rows(
 
 
 # -- aux heads the size does not admit ----------------------------------------------------
+
+RUNNING = ("running_mean", "running_var", "num_batches_tracked")  # statistics, not trained
 
 
 def resting_keys(p: spec.Plan, size: int) -> list[str]:
