@@ -24,26 +24,6 @@ from .model import GoogLeNet
 from .weights import located
 
 
-def trained_variables(model: GoogLeNet, with_aux: bool) -> list:
-    """The variables a step trains: every trainable one but those of aux heads that are
-    built but not admitted at this step's size. Outside the loss, those have no gradient
-    and are not handed to the optimizer: no update and no momentum, as PyTorch's SGD
-    skips a parameter whose grad is None (Keras would drop them itself, with a warning)."""
-    heads = () if with_aux else tuple(f"{head.name}." for head in model.plan.aux)
-    resting = {var.path for key, _, var in located(model, model.plan) if key.startswith(heads)}
-    return [var for var in model.trainable_variables if var.path not in resting]
-
-
-def gradients_of(tape: tf.GradientTape, loss, variables: list) -> list:
-    """``tape.gradient``, refusing a variable without one: among :func:`trained_variables`
-    that is a model bug, which Keras's optimizer would skip with only a warning."""
-    grads = tape.gradient(loss, variables)
-    missing = [var.path for var, grad in zip(variables, grads, strict=True) if grad is None]
-    if missing:
-        raise ValueError(f"no gradient reaches {', '.join(missing[:3])}: the loss does not depend on them")
-    return grads
-
-
 def cross_entropy(labels, logits):
     """The batch mean, as ``torch.nn.functional.cross_entropy``."""
     return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
@@ -145,3 +125,23 @@ class Trainer:
     def reseed(self, seed: int) -> None:
         """Seed the random numbers of training (dropout): each Dropout's seed generator."""
         reseed_dropout(self.model, seed)
+
+
+def trained_variables(model: GoogLeNet, with_aux: bool) -> list:
+    """The variables a step trains: every trainable one but those of aux heads that are
+    built but not admitted at this step's size. Outside the loss, those have no gradient
+    and are not handed to the optimizer: no update and no momentum, as PyTorch's SGD
+    skips a parameter whose grad is None (Keras would drop them itself, with a warning)."""
+    heads = () if with_aux else tuple(f"{head.name}." for head in model.plan.aux)
+    resting = {var.path for key, _, var in located(model, model.plan) if key.startswith(heads)}
+    return [var for var in model.trainable_variables if var.path not in resting]
+
+
+def gradients_of(tape: tf.GradientTape, loss, variables: list) -> list:
+    """``tape.gradient``, refusing a variable without one: among :func:`trained_variables`
+    that is a model bug, which Keras's optimizer would skip with only a warning."""
+    grads = tape.gradient(loss, variables)
+    missing = [var.path for var, grad in zip(variables, grads, strict=True) if grad is None]
+    if missing:
+        raise ValueError(f"no gradient reaches {', '.join(missing[:3])}: the loss does not depend on them")
+    return grads

@@ -49,7 +49,6 @@ class Trainer:
             model.collect_params(), "sgd", {"learning_rate": lr, "momentum": momentum, "wd": 0.0}
         )
         self.ce = mx.gluon.loss.SoftmaxCrossEntropyLoss()
-        self.resting: dict[str, mx.gluon.Parameter] = {}  # the last step's untrained aux parameters
         self.bns = {name: b for name, b in named_blocks(model) if isinstance(b, BatchNorm)}
         for b in self.bns.values():
             b.record = record
@@ -60,31 +59,12 @@ class Trainer:
         self.update(1)
         return float(loss.asscalar()), int(correct.asscalar())
 
-    def update(self, batch_size: int) -> None:
-        """``gluon.Trainer.step(batch_size)`` with the parameters of aux heads that are built
-        but not admitted at this step's size (:attr:`resting`) held at ``grad_req='null'``:
-        outside the loss they have no gradient, so Gluon neither reduces nor updates them
-        (no momentum either, as PyTorch's SGD skips a parameter whose grad is None), and its
-        stale-gradient check still guards every other parameter."""
-        held = {param: param.grad_req for param in self.resting.values()}
-        for param in held:
-            param.grad_req = "null"
-        try:
-            self.trainer.step(batch_size)
-        finally:
-            for param, req in held.items():
-                param.grad_req = req
-
     def backward(self, x: np.ndarray, y: np.ndarray, weight: float = 1.0) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """The gradients of ``weight`` times the batch's mean loss, left in the parameters;
         (the mean loss, the correct count) as NDArrays. Apart from ``step`` so that
         ``distributed.Trainer`` runs the same forward on its shard, weighted."""
         plan = self.model.plan
         with_aux = aux_admits(plan, x.shape[2:])
-        heads = () if with_aux else tuple(f"{head.name}." for head in plan.aux)
-        self.resting = {
-            key: param for key, param in located(self.model, plan) if key.startswith(heads) and param.grad_req != "null"
-        }
         data, target = mx.nd.array(x, dtype=x.dtype), mx.nd.array(y, dtype=x.dtype)
         with mx.autograd.record():
             if self.hybrid and with_aux == bool(plan.aux):  # the graph: logits, or logits, aux2, aux1
@@ -97,7 +77,28 @@ class Trainer:
                 loss = loss + self.aux_weight * self.ce(head_logits, target).mean()
             scaled = loss * weight if weight != 1.0 else loss  # recorded, so backward sees it
         scaled.backward()
+        heads = () if with_aux else tuple(f"{head.name}." for head in plan.aux)
+        self.resting = frozenset(
+            key for key, param in located(self.model, plan) if key.startswith(heads) and param.grad_req != "null"
+        )
         return loss, (logits.argmax(axis=1) == target).sum()
+
+    resting: frozenset[str] = frozenset()  # the last step's keys of aux heads outside its loss (set by backward)
+
+    def update(self, batch_size: int) -> None:
+        """``gluon.Trainer.step(batch_size)`` with the parameters of aux heads that are built
+        but not admitted at this step's size (:attr:`resting`) held at ``grad_req='null'``:
+        outside the loss they have no gradient, so Gluon neither reduces nor updates them
+        (no momentum either, as PyTorch's SGD skips a parameter whose grad is None), and its
+        stale-gradient check still guards every other parameter."""
+        held = {param: param.grad_req for key, param in located(self.model, self.model.plan) if key in self.resting}
+        for param in held:
+            param.grad_req = "null"
+        try:
+            self.trainer.step(batch_size)
+        finally:
+            for param, req in held.items():
+                param.grad_req = req
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The last step's gradient of every trainable parameter, by canonical key."""
