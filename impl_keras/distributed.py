@@ -226,7 +226,7 @@ class Trainer(train.Trainer):
     def _replica_step(self, x, y, weight, with_aux: bool):
         """One replica's part: its shard's loss weighted as a share of the global mean,
         the gradient Keras's optimizer all-reduces (SUM) and applies."""
-        variables = self.model.trainable_variables
+        variables = train.trained_variables(self.model, with_aux)
         with tf.GradientTape() as tape:
             out = self.model.forward_stages(x, with_aux=with_aux, training=True)
             loss = train.cross_entropy(y, out["logits"])
@@ -235,7 +235,7 @@ class Trainer(train.Trainer):
             share = loss * keras.ops.cast(weight, loss.dtype)  # this shard's part of the global mean
             # Keras's scale_loss_for_distribution: 1 / N, as the optimizer sums (fault "sum": not)
             scaled = share if self.fault == "sum" else share / self.world.workers
-        grads = tape.gradient(scaled, variables)
+        grads = train.gradients_of(tape, scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         predicted = keras.ops.cast(keras.ops.argmax(out["logits"], 1), y.dtype)
         correct = keras.ops.sum(keras.ops.cast(predicted == y, "int32"))
@@ -278,7 +278,7 @@ class Trainer(train.Trainer):
         xs, ys, ws = self._shards(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), y.astype(np.int64))
         with op_determinism(self.deterministic):
             loss, correct, grads, stats = self._run(xs, ys, ws, with_aux)
-        self._last = (self.model.trainable_variables, grads)
+        self._last = (train.trained_variables(self.model, with_aux), grads)
         self._stats = [
             {
                 f"{layer.name}.{kind}": np.asarray(_local(value)[i])

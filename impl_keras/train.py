@@ -56,13 +56,13 @@ class Trainer:
         self._last: tuple[list, list] = ([], [])  # the variables and gradients of the last step
 
     def _eager_step(self, x, y, with_aux: bool):
-        variables = self.model.trainable_variables
+        variables = trained_variables(self.model, with_aux)
         with tf.GradientTape() as tape:
             out = self.model.forward_stages(x, with_aux=with_aux, training=True)
             loss = cross_entropy(y, out["logits"])
             for head in self.model.plan.aux if with_aux else ():
                 loss = loss + self.aux_weight * cross_entropy(y, out[head.name])
-        grads = tape.gradient(loss, variables)
+        grads = gradients_of(tape, loss, variables)
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         predicted = keras.ops.cast(keras.ops.argmax(out["logits"], 1), y.dtype)
         correct = keras.ops.sum(keras.ops.cast(predicted == y, "int32"))
@@ -71,9 +71,11 @@ class Trainer:
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
         with_aux = aux_admits(self.model.plan, x.shape[2:])
+        if not self.optimizer.built:  # over every variable: a step at a size that admits the heads trains them
+            self.optimizer.build(self.model.trainable_variables)
         with op_determinism(self.deterministic):
             loss, correct, grads = self._step(x.transpose(0, 2, 3, 1), y.astype(np.int64), with_aux)
-        self._last = (self.model.trainable_variables, grads)
+        self._last = (trained_variables(self.model, with_aux), grads)
         return float(loss), int(correct)
 
     def gradients(self) -> dict[str, np.ndarray]:
@@ -123,3 +125,23 @@ class Trainer:
     def reseed(self, seed: int) -> None:
         """Seed the random numbers of training (dropout): each Dropout's seed generator."""
         reseed_dropout(self.model, seed)
+
+
+def trained_variables(model: GoogLeNet, with_aux: bool) -> list:
+    """The variables a step trains: every trainable one but those of aux heads that are
+    built but not admitted at this step's size. Outside the loss, those have no gradient
+    and are not handed to the optimizer: no update and no momentum, as PyTorch's SGD
+    skips a parameter whose grad is None (Keras would drop them itself, with a warning)."""
+    heads = () if with_aux else tuple(f"{head.name}." for head in model.plan.aux)
+    resting = {var.path for key, _, var in located(model, model.plan) if key.startswith(heads)}
+    return [var for var in model.trainable_variables if var.path not in resting]
+
+
+def gradients_of(tape: tf.GradientTape, loss, variables: list) -> list:
+    """``tape.gradient``, refusing a variable without one: among :func:`trained_variables`
+    that is a model bug, which Keras's optimizer would skip with only a warning."""
+    grads = tape.gradient(loss, variables)
+    missing = [var.path for var, grad in zip(variables, grads, strict=True) if grad is None]
+    if missing:
+        raise ValueError(f"no gradient reaches {', '.join(missing[:3])}: the loss does not depend on them")
+    return grads

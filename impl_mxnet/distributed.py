@@ -255,7 +255,7 @@ class Trainer(SingleTrainer):
         self.world.check_batch(n, "x")
         start, stop = self._bounds(n)
         loss, correct = self.backward(x[start:stop], y[start:stop], self.world.weight(n, self.world.rank))
-        self.trainer.step(self.divisor)
+        self.update(self.divisor)
         sums = mx.nd.array([float(loss.asscalar()) * (stop - start) / n, float(correct.asscalar())], dtype=np.float64)
         if self.kv is not None:
             self.kv.pushpull(_STATS_KEY, sums, out=sums)

@@ -56,7 +56,7 @@ class Trainer:
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
         loss, correct = self.backward(x, y)
-        self.trainer.step(1)
+        self.update(1)
         return float(loss.asscalar()), int(correct.asscalar())
 
     def backward(self, x: np.ndarray, y: np.ndarray, weight: float = 1.0) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
@@ -77,14 +77,35 @@ class Trainer:
                 loss = loss + self.aux_weight * self.ce(head_logits, target).mean()
             scaled = loss * weight if weight != 1.0 else loss  # recorded, so backward sees it
         scaled.backward()
+        heads = () if with_aux else tuple(f"{head.name}." for head in plan.aux)
+        self.resting = frozenset(
+            key for key, param in located(self.model, plan) if key.startswith(heads) and param.grad_req != "null"
+        )
         return loss, (logits.argmax(axis=1) == target).sum()
+
+    resting: frozenset[str] = frozenset()  # the last step's keys of aux heads outside its loss (set by backward)
+
+    def update(self, batch_size: int) -> None:
+        """``gluon.Trainer.step(batch_size)`` with the parameters of aux heads that are built
+        but not admitted at this step's size (:attr:`resting`) held at ``grad_req='null'``:
+        outside the loss they have no gradient, so Gluon neither reduces nor updates them
+        (no momentum either, as PyTorch's SGD skips a parameter whose grad is None), and its
+        stale-gradient check still guards every other parameter."""
+        held = {param: param.grad_req for key, param in located(self.model, self.model.plan) if key in self.resting}
+        for param in held:
+            param.grad_req = "null"
+        try:
+            self.trainer.step(batch_size)
+        finally:
+            for param, req in held.items():
+                param.grad_req = req
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The last step's gradient of every trainable parameter, by canonical key."""
         return {
             key: param.grad().asnumpy()
             for key, param in located(self.model, self.model.plan)
-            if param.grad_req != "null"
+            if param.grad_req != "null" and key not in self.resting
         }
 
     def batch_stats(self) -> dict[str, np.ndarray]:

@@ -52,6 +52,29 @@ def test_a_global_batch_smaller_than_the_workers_is_refused():
         World(0)
 
 
+# -- the default: what CI runs ------------------------------------------------------------
+
+
+def test_the_default_variants_cover_every_case_the_engines_treat_apart():
+    """``check --distributed`` without ``--variant`` is CI's command (.ci/run): its variants
+    must hold a net without aux heads or BatchNorm, one whose aux heads are built but not
+    admitted at its size (no gradient), one whose aux heads train, and BatchNorm (the
+    rules, and synchronised). The other variants add layers, not distributed cases."""
+    seen = set()
+    for variant in distributed.VARIANTS:
+        p = distributed._plan(variant)
+        size = distributed.default_size(variant)
+        assert p.variant.convs.norm is None, variant  # the parity path asserts N*b == one process
+        seen.add("aux trained" if spec.aux_admits(p, size) else "aux not admitted" if p.aux else "plain")
+    for variant in distributed.BATCHNORM_VARIANTS:
+        assert distributed._plan(variant).variant.convs.norm is not None, variant
+        seen.add("batchnorm")
+    assert seen == {"plain", "aux not admitted", "aux trained", "batchnorm"}
+    assert "--variant" not in next(
+        line for line in (ROOT / ".ci/run").read_text().splitlines() if "check --distributed" in line and line[0] != "#"
+    )
+
+
 # -- parity without BatchNorm, and its negative controls ---------------------------------
 
 

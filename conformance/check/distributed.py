@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import spec
-from ..canonical import random_params, save
+from ..canonical import canonical_shapes, random_params, save
 from ..interface import Backend, Unsupported, is_judge
 from ..train import launch
 from ..world import FAULTS, World
@@ -44,11 +44,16 @@ VARIANTS = ("googlenet_d2l", "googlenet", "googlenet_lrn")
 BATCHNORM_VARIANTS = ("googlenet_bn",)
 
 
+SMALL = 32  # the size to start from: parity does not depend on it, and every worker steps the model
+
+
 def default_size(variant: str) -> int:
-    """A small size the variant admits (the smallest at or above 32): data-parallel
-    parity does not depend on the size, and every worker builds and steps the model."""
-    p = spec.resolve(variant)
-    return next(max(lo, 32) for lo, hi in spec.admitted(p) if hi >= 32)
+    """A small size the variant admits: the smallest at or above ``SMALL``, else (a
+    variant that runs only below it, as the MNIST nets' 28-31) the largest it admits."""
+    ranges = spec.admitted(spec.resolve(variant))
+    if not ranges:
+        raise spec.SpecError(f"variant {variant!r}: no square input size runs it")
+    return next((max(lo, SMALL) for lo, hi in ranges if hi >= SMALL), ranges[-1][1])
 
 
 @dataclass
@@ -172,6 +177,41 @@ def parity_rows(
         a, b = _part(ref, prefix), _part(got, prefix)
         worst, agree = _train_row(quantity, a, b, scales)
         rows.append(Row(quantity, compared, len(a), worst, agree, agree.passed))
+    return rows
+
+
+# -- aux heads the size does not admit ----------------------------------------------------
+
+RUNNING = ("running_mean", "running_var", "num_batches_tracked")  # statistics, not trained
+
+
+def resting_keys(p: spec.Plan, size: int) -> list[str]:
+    """The trainable canonical keys of aux heads that are built but not admitted at this
+    size: outside the loss, they have no gradient, and no engine may update them."""
+    if not p.aux or spec.aux_admits(p, size):
+        return []
+    heads = tuple(f"{head.name}." for head in p.aux)
+    return sorted(k for k in canonical_shapes(p) if k.startswith(heads) and not k.endswith(RUNNING))
+
+
+def resting_rows(
+    p: spec.Plan, size: int, params: Mapping[str, np.ndarray], results: Sequence[Mapping[str, np.ndarray]]
+) -> list[Row]:
+    """Per process: the aux heads the size does not admit got no gradient (no key) and
+    kept their weights to the bit after every step (any SGD update, even of a zero
+    gradient with momentum left from an earlier step, changes bits)."""
+    keys = resting_keys(p, size)
+    rows = []
+    for rank, values in enumerate(results if keys else ()):
+        graded = [k for k in keys if f"gradients/{k}" in values]
+        moved = {k: float(np.max(np.abs(values[f"weights/{k}"] - params[k]))) for k in keys}
+        worst = max(moved, key=lambda k: moved[k])
+        scale = max(float(np.max(np.abs(params[k]))) for k in keys)
+        agree = Agreement(moved[worst], moved[worst] / scale, passed=not graded and moved[worst] == 0.0)
+        what = f"{graded[0]} has a gradient" if graded else worst
+        rows.append(
+            Row(f"aux not admitted, worker {rank}", "no gradient, unchanged", len(keys), what, agree, agree.passed)
+        )
     return rows
 
 
@@ -330,6 +370,7 @@ def check_batchnorm(
         shards = [_part(whole, "batch statistics/")] * case.workers  # pooled: the global batch's
     else:
         shards = [_part(single(backend, p, params, x[a:b], y[a:b], 1), "batch statistics/") for a, b in bounds]
+    case.rows += resting_rows(p, case.size, params, raw)
     results = replica_results(raw)
     recorded = [
         [_part(results[r], f"batch statistics/step {s}/{r}/") for r in range(case.workers)] for s in range(2, STEPS + 1)
@@ -395,6 +436,7 @@ def check_framework(
             ref = single(backend, p, params, x, y, STEPS)
             results = distributed(framework, p, params, x, y, STEPS, workers, fault)
             case.rows += parity_rows(p, ref, results[0], f"{workers} workers vs 1 process", STEPS)
+            case.rows += resting_rows(p, size, params, results)
     except Unsupported as e:
         case.error, case.unsupported = str(e), True
     except Exception as e:  # noqa: BLE001 - a broken engine may fail to run at all: report it
