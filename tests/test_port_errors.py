@@ -526,7 +526,7 @@ def test_a_truncated_pth_is_called_damaged(tmp_path, state):
         path,
         "o.npz",
         r"a.pth: a damaged PyTorch state_dict file: PyTorch state_dict files are zip archives, "
-        r"and this one has no readable directory at its end \(truncated or corrupt\)",
+        r"and this one's directory cannot be read \(a damaged zip archive: File is not a zip file \(truncated",
     )
 
 

@@ -147,7 +147,7 @@ _KIND_NAMES = {
     "keras": "a Keras model archive",
     "mxnet": "MXNet parameters",
     "zip": "a zip archive",
-    "damaged-zip": "a damaged zip archive (truncated or corrupt: no readable directory at its end)",
+    "damaged-zip": "a damaged zip archive (truncated or corrupt: its directory cannot be read)",
     "caffe": "a Caffe model (a NetParameter protobuf)",
     "onnx": "an ONNX model",
     "torchscript": "a TorchScript module (torch.jit.save)",
@@ -173,11 +173,10 @@ def sniff(path: Path) -> str:
     if not head:
         return "empty"
     if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
+        if reading.zip_problem(path) is not None:
             return "damaged-zip"
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
         if any("/code/__torch__/" in n for n in names):  # before data.pkl: it has one too
@@ -232,8 +231,8 @@ def check_content(path: Path, fmt: Format) -> None:
         raise PortError(f"{path}: the file is empty")
     if kind == "damaged-zip" and fmt.name in _ZIPPED:
         raise PortError(
-            f"{path}: a damaged {fmt.description} file: {fmt.description} files are zip archives, and this one "
-            f"has no readable directory at its end (truncated or corrupt)"
+            f"{path}: a damaged {fmt.description} file: {fmt.description} files are zip archives, and this one's "
+            f"directory cannot be read ({reading.zip_problem(path)})"
         )
     if kind == "damaged-caffe":  # only a file said to be Caffe's is called a damaged one
         if fmt.name == "caffe":
@@ -905,8 +904,8 @@ def infer(path: Path, explicit: str | None, option: str) -> Format:
 def read(path: Path, fmt: Format, p: Plan) -> Raw:
     """Read what ``path`` declares (no tensor yet); corrupt, truncated or misleading
     files become a PortError naming the file."""
-    check_content(path, fmt)
     with _reading(path, fmt):
+        check_content(path, fmt)
         return fmt.read(path, p)
 
 
