@@ -376,7 +376,10 @@ class Staged:
 
     def __init__(self, dst: Path, layout: str, data: dict[str, bytes]) -> None:
         self.dst, self.layout, self.data = dst, layout, data
-        self.root = Path(tempfile.mkdtemp(prefix=f".{dst.name[:60]}.tmp-{os.getpid()}-", dir=dst.parent))
+        try:
+            self.root = files.temporary_directory(dst, "DST")
+        except files.OutputError as e:
+            raise PortError(str(e)) from None
         try:
             if layout == "directory":
                 self.path = self.root / "model"
@@ -425,7 +428,7 @@ class Staged:
                 tmp.discard()
 
     def discard(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        files.discard_directory(self.root)
 
 
 _RENAME_NOREPLACE = 1
