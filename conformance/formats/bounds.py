@@ -86,10 +86,16 @@ def check(src: Path, p: spec.Plan, declared: Mapping[str, Tensor]) -> None:
 
 
 def check_sizes(src: Path, declared: Mapping[str, Tensor], limit: Budget) -> None:
-    """Before the names are even looked at: no tensor larger, and not more of them,
-    than any file of this network can hold."""
+    """Before the names are even looked at: no tensor larger, not more of them, and not
+    more bytes in all, than any file of this network can hold."""
     if len(declared) > limit.count:
         raise BoundsError(f"{src}: declares {len(declared):,} tensors; this network has at most {limit.count:,}")
+    total = sum(t.nbytes for t in declared.values())
+    if total > limit.total:
+        raise BoundsError(
+            f"{src}: its tensors declare {total / 1e6:,.0f} MB in all; no file of this network needs more than "
+            f"{limit.total / 1e6:,.0f} MB"
+        )
     for key, t in declared.items():
         if t.nbytes > limit.tensor:
             where = f" ({t.where})" if t.where else ""

@@ -54,6 +54,7 @@ Written = tuple[bytes | dict[str, bytes], Native | None]
 MAX_PICKLE = 16 << 20  # a state_dict's data.pkl is ~30 KB
 MAX_CONFIG = 1 << 20  # a .keras config.json of this suite is ~1 KB
 MAX_HDF5_OBJECTS = 100_000  # groups and datasets in a .weights.h5 (GoogLeNet's: ~1,500)
+MAX_HDF5_PATH = 4096  # characters of an object's path (Keras's are under 200)
 
 
 class PortError(ValueError):
@@ -491,10 +492,15 @@ def _once(make: Callable[[], Native]) -> Callable[[], Native]:
 
 def _h5_datasets(f) -> Iterator[tuple[str, Any]]:
     """Every dataset of an HDF5 file, refusing links that leave it (external and soft
-    links, external or virtual storage) and more objects than any weights file holds."""
+    links, external or virtual storage), more objects than any weights file holds, and
+    an object reached twice: hard links may make the tree a graph, even a cycle (a group
+    linked back to the root), which a walk by name would follow without end. Each
+    object is entered once, by its address in the file, and paths are bounded, so the
+    walk costs what the file's own objects cost."""
     import h5py
 
     seen = 0
+    entered = {h5py.h5o.get_info(f.id).addr}
     stack = [("", f)]
     while stack:
         prefix, group = stack.pop()
@@ -503,15 +509,24 @@ def _h5_datasets(f) -> Iterator[tuple[str, Any]]:
             if seen > MAX_HDF5_OBJECTS:
                 raise Damaged(f"holds more than {MAX_HDF5_OBJECTS:,} groups and datasets")
             path = f"{prefix}{name}"
+            if len(path) > MAX_HDF5_PATH:
+                raise Damaged(f"an object's path is {len(path):,} characters long; a Keras weight's is under 200")
             link = group.get(name, getlink=True)
             if not isinstance(link, h5py.HardLink):
-                raise Damaged(f"{path!r} is a {type(link).__name__} (it points outside the weights)")
+                raise Damaged(f"{path[:200]!r} is a {type(link).__name__} (it points outside the weights)")
             obj = group[name]
+            address = h5py.h5o.get_info(obj.id).addr
+            if address in entered:
+                raise Damaged(
+                    f"{path[:200]!r} is a second link to an object already linked elsewhere (a group linked back to "
+                    f"itself or to the root makes a cycle); a weights file links each object once"
+                )
+            entered.add(address)
             if isinstance(obj, h5py.Group):
                 stack.append((f"{path}/", obj))
             elif isinstance(obj, h5py.Dataset):
                 if obj.external or obj.is_virtual:
-                    raise Damaged(f"{path!r} keeps its data outside the file")
+                    raise Damaged(f"{path[:200]!r} keeps its data outside the file")
                 yield path, obj
 
 
