@@ -44,7 +44,7 @@ from ..canonical import Params, canonical_shapes, gluon_name, to_bytes
 from ..frameworks import FRAMEWORKS, load, quiet_stderr
 from ..reading import Damaged, Tensor
 from ..spec import LRN, MAX_CLASSES, Plan
-from . import bounds, caffe, naming, tfcheckpoint
+from . import bounds, caffe, naming, pickles, tfcheckpoint
 
 Native = tuple[Any, Any]  # (implementation package, model)
 # A file's bytes (or, for a directory or a pair of files, each file's bytes by relative
@@ -370,11 +370,14 @@ def _read_torch(path: Path, p: Plan) -> Raw:
             if info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE:
                 raise PortError(f"{path}: its pickle declares {info.file_size:,} bytes; a state_dict's is a few KB")
         reading.check_crcs(path)  # PyTorch's own reader does not
+        _replay_zipped_pickles(path, infos)
     elif path.stat().st_size > bounds.budget(p).total:  # a legacy pickle reads its storages whole
         raise PortError(
             f"{path}: {path.stat().st_size:,} bytes is more than {p.variant.name} with {p.num_classes} classes "
             f"can hold ({bounds.budget(p).describe()}); pass --num-classes if it has more classes"
         )
+    else:
+        pickles.check_legacy(path)
     obj = _torch_load(path, mmap=zipped)
     notes = []
     for wrapper in ("state_dict", "model"):
@@ -398,6 +401,20 @@ def _read_torch(path: Path, p: Plan) -> Raw:
     tensors = {str(k): _torch_tensor(v) for k, v in obj.items() if not str(k).endswith("num_batches_tracked")}
     bounds.check_sizes(path, tensors, limit)
     return Raw(tensors, naming.detect(tensors), notes)
+
+
+def _replay_zipped_pickles(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Each ``data.pkl`` replayed without allocating (``conformance.formats.pickles``):
+    a storage at most its ``data/<key>`` member's bytes, ``bytearray(N)`` at most the
+    archive's."""
+    for info in infos:
+        if not info.filename.endswith("data.pkl"):
+            continue
+        root = info.filename[: -len("data.pkl")]
+        members = {
+            i.filename[len(root) + len("data/") :]: i.file_size for i in infos if i.filename.startswith(f"{root}data/")
+        }
+        pickles.check_zipped(reading.read_member(path, info.filename), info.filename, members)
 
 
 def _torch_load(path: Path, mmap: bool):
