@@ -38,12 +38,17 @@ from .. import files
 from ..canonical import Params, canonical_shapes
 from ..reading import Tensor
 from ..spec import Plan
-from . import bounds, naming
+from . import bounds, naming, onnxwire
 from .registry import Native, PortError, Raw, Written, _read_mxnet, backend, built
 
 FRESH = Path(__file__).with_name("fresh.py")
 MAX_SYMBOL = 4 << 20  # a GoogLeNet's -symbol.json is ~150 KB
 ONNX_HINT = "pip install -e '.[onnx]'"
+# Bounds of an ONNX file's graph, per tensor the network may have (bounds.Budget.count,
+# itself three times the network's tensors): its export holds about 1.4 nodes and 50
+# protobuf fields per tensor.
+ONNX_NODES = 16
+ONNX_FIELDS = 1024
 
 
 # --------------------------------------------------------------------------------------
@@ -213,14 +218,23 @@ def read_onnx(path: Path, p: Plan) -> Raw:
             f"{path}: {path.stat().st_size:,} bytes is more than {p.variant.name} with {p.num_classes} classes "
             f"can hold ({limit.describe()}); pass --num-classes if it has more classes"
         )
+    count = bounds.ceiling(p).count
+    onnxwire.check(path, onnxwire.Bounds(ONNX_NODES * count, count, ONNX_FIELDS * count))
     proto = onnx.load(str(path), load_external_data=False)
     notes: list[str] = []
     tensors: dict[str, Tensor] = {}
     constants = 0
     prefixed = 0
+    names: set[str] = set()
     for init in proto.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             raise PortError(f"{path}: initializer {init.name!r} keeps its data in another file; give a single file")
+        if init.name in names:
+            raise PortError(
+                f"{path}: two initializers are named {init.name!r}; which one a runtime uses is not defined "
+                f"(ONNX Runtime takes the first): give a file with one tensor per name"
+            )
+        names.add(init.name)
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
         if dtype.kind != "f":  # shape constants of the graph, not weights
             constants += 1
@@ -228,6 +242,11 @@ def read_onnx(path: Path, p: Plan) -> Raw:
         name = init.name
         if name.startswith("net."):
             name, prefixed = name[len("net.") :], prefixed + 1
+        if name in tensors:
+            raise PortError(
+                f"{path}: initializers {name!r} and {init.name!r} name the same weight once 'net.' is removed; "
+                f"give a file with one tensor per name"
+            )
         tensors[name] = Tensor(tuple(int(d) for d in init.dims), dtype, _array(numpy_helper, init))
     if prefixed:
         notes.append(f"removed the 'net.' prefix of {prefixed} initializers (an export of a wrapped model)")
