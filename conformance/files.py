@@ -42,7 +42,7 @@ _TEMP_NAME = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)-(?P<token>[0-9a-f]{6})\.
 _OLD_STAGING = re.compile(r"^\.(?P<name>.*)\.tmp-(?P<pid>\d+)-[a-z0-9_]{8}$", re.S)
 _LIVE: set[Path] = set()  # this process's temporary files, removed when a signal ends it
 _NOTED: set[Path] = set()  # stale temporary files already reported (once per process)
-_SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, quota or file-size limit
 # Linux's FS_IOC_GETFLAGS and the flags that make rename() over a file fail (chattr +i / +a).
 _FS_IOC_GETFLAGS, _IMMUTABLE, _APPEND_ONLY = 0x80086601, 0x10, 0x20
 
@@ -252,7 +252,7 @@ def _alive(pid: int) -> bool:
 
 
 def describe_os_error(e: OSError) -> str:
-    if e.errno in _SPACE_ERRORS:
+    if e.errno in SPACE_ERRORS:
         return f"{e.strerror or 'no space left'} (the disk or this process's file-size limit is full)"
     return e.strerror or str(e)
 

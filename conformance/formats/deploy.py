@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import re
 import shutil
@@ -39,7 +40,7 @@ from ..canonical import Params, canonical_shapes
 from ..reading import Tensor
 from ..spec import Plan
 from . import bounds, naming, onnxwire
-from .registry import Native, PortError, Raw, Written, _read_mxnet, backend, built
+from .registry import Native, PortError, Raw, Written, _read_mxnet, backend, built, meaningful
 
 FRESH = Path(__file__).with_name("fresh.py")
 MAX_SYMBOL = 4 << 20  # a GoogLeNet's -symbol.json is ~150 KB
@@ -304,11 +305,12 @@ def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
     size = symbol.stat().st_size
     if size > MAX_SYMBOL:
         raise PortError(f"{symbol}: {size:,} bytes; a GoogLeNet's graph is ~150 KB (at most {MAX_SYMBOL:,})")
+    text = check_symbol(symbol)
     backend("mxnet")
     try:
-        theirs = _graph_inputs(symbol.read_text())
+        theirs = _graph_inputs(text)
     except Exception as e:  # noqa: BLE001 - MXNet's parser: its message, with the file
-        raise PortError(f"{symbol}: not an MXNet graph: {type(e).__name__}: {str(e).strip()[:200]}") from None
+        raise PortError(f"{symbol}: not an MXNet graph: {type(e).__name__}: {meaningful(e)}") from None
     ours = _reference(p)
 
     def kind(name: str) -> str:
@@ -323,6 +325,31 @@ def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
             f"({theirs[at] if at < len(theirs) else 'none'}, expected {ours[at][0] if at < len(ours) else 'none'})"
         )
     return {a: key for a, (_, key) in zip(theirs, ours, strict=True)}
+
+
+def check_symbol(symbol: Path) -> str:
+    """The text of a ``-symbol.json`` whose graph is whole: JSON with a list of nodes,
+    every node id it uses (inputs, ``arg_nodes``, ``heads``) one of them. MXNet's
+    parser reads past a truncated file and checks ids with a C++ traceback."""
+    try:
+        text = symbol.read_bytes().decode("utf-8")
+        graph = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PortError(f"{symbol}: not an MXNet graph: not JSON ({str(e)[:120]}; truncated or corrupt)") from None
+    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+    if not isinstance(nodes, list) or not all(isinstance(n, dict) and isinstance(n.get("op"), str) for n in nodes):
+        raise PortError(f"{symbol}: not an MXNet graph: expected a JSON object whose 'nodes' is a list of operators")
+    used = [(f"node {i}'s input", entry) for i, n in enumerate(nodes) for entry in n.get("inputs", [])]
+    used += [("'heads'", entry) for entry in graph.get("heads", [])]
+    used += [("'arg_nodes'", [entry]) for entry in graph.get("arg_nodes", [])]
+    for what, entry in used:
+        node = entry[0] if isinstance(entry, list) and entry else None
+        if not isinstance(node, int) or isinstance(node, bool) or not 0 <= node < len(nodes):
+            raise PortError(
+                f"{symbol}: not a whole MXNet graph: {what} refers to node {str(node)[:20]}; "
+                f"the graph has nodes 0 to {len(nodes) - 1}"
+            )
+    return text
 
 
 def read_gluon(symbol: Path, p: Plan) -> Raw:
