@@ -200,7 +200,9 @@ def open_zip(path: Path, where: str = "") -> Iterator[zipfile.ZipFile]:
     except Damaged:
         raise
     except zipfile.BadZipFile as e:
-        raise Damaged(f"a damaged zip archive: {where}{e} (truncated, or the bytes changed after it was written)") from None
+        raise Damaged(
+            f"a damaged zip archive: {where}{e} (truncated, or the bytes changed after it was written)"
+        ) from None
     except (OSError, EOFError, ValueError, NotImplementedError, RuntimeError, KeyError) as e:
         raise Damaged(f"a damaged zip archive: {where}{type(e).__name__}: {e}") from None
 

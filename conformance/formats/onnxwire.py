@@ -25,9 +25,27 @@ from ..reading import Damaged
 # scalars or opaque bytes). Numbers from onnx/onnx.proto3 (IR version 10).
 _SCHEMA: dict[str, dict[int, str]] = {
     "model": {7: "graph", 8: "pair", 14: "pair", 20: "training", 25: "function"},
-    "graph": {1: "node", 5: "tensor", 15: "sparse", 11: "value", 12: "value", 13: "value", 14: "annotation", 16: "pair"},
+    "graph": {
+        1: "node",
+        5: "tensor",
+        15: "sparse",
+        11: "value",
+        12: "value",
+        13: "value",
+        14: "annotation",
+        16: "pair",
+    },
     "node": {5: "attribute", 9: "pair"},
-    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 14: "type", 15: "type", 22: "sparse", 23: "sparse"},
+    "attribute": {
+        5: "tensor",
+        6: "graph",
+        10: "tensor",
+        11: "graph",
+        14: "type",
+        15: "type",
+        22: "sparse",
+        23: "sparse",
+    },
     "tensor": {12: "pair", 13: "pair", 16: "pair"},
     "sparse": {1: "tensor", 2: "tensor"},
     "value": {2: "type", 3: "pair"},
@@ -119,7 +137,7 @@ class _Walk:
                     )
                 child = children.get(number)
                 if child is not None:
-                    if kind == "graph" and number == 1 or kind == "function" and number == 7:
+                    if (kind == "graph" and number == 1) or (kind == "function" and number == 7):
                         self.count("node")
                     if kind == "graph" and number in (5, 15):
                         self.count("initializer")

@@ -82,8 +82,7 @@ class _Replay(pickle.Unpickler):
         numel, most = pid[4], self.storage_most(pid[2])
         if not isinstance(numel, int) or isinstance(numel, bool) or not 0 <= numel <= most:
             raise Damaged(
-                f"its pickle {self.name} declares a storage of {numel!r} elements; the file holds "
-                f"{most:,} bytes for it"
+                f"its pickle {self.name} declares a storage of {numel!r} elements; the file holds {most:,} bytes for it"
             )
         return _StandIn()
 

@@ -46,6 +46,7 @@ from .registry import (
     materialise,
     meaningful,
     read,
+    unchecked,
 )
 
 __all__ = ["Checkpoint", "PortError", "PortResult", "VerificationError", "init", "port", "read_checkpoint"]
@@ -408,6 +409,9 @@ def port(
     )
     for note in notes:
         log(f"       {note}")
+    blind = unchecked(src_fmt, raw)
+    if blind:
+        log(f"note   {src_fmt.name}: {blind}")
     return _write(src, src_fmt.name, src_fmt.framework, raw, p, params, notes, dst, dst_fmt, suffix, force, log, start)
 
 
@@ -439,9 +443,7 @@ def _write(
     except Exception as e:  # the framework could not write it
         full = _out_of_space(e)
         if full:
-            raise PortError(
-                f"DST {dst}: writing {dst_fmt.description} failed: {full}; nothing was written"
-            ) from None
+            raise PortError(f"DST {dst}: writing {dst_fmt.description} failed: {full}; nothing was written") from None
         raise VerificationError(
             f"{dst}: writing {dst_fmt.description} failed ({type(e).__name__}: {meaningful(e)}); nothing was written"
         ) from e

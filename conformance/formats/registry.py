@@ -133,6 +133,10 @@ class Format:
     limits: str = ""
     # How a reader's process loads the written file, said in port's log ("{path}": DST).
     loading: str = ""
+    # What detects a changed byte in its weights when it is read: a checksum the format
+    # keeps ("zip CRC-32"), "digest" (the suite's SHA-256 when the file records one), or
+    # "" (nothing: a flipped bit is read as a weight, which port's log says).
+    checksum: str = ""
 
 
 # --------------------------------------------------------------------------------------
@@ -853,15 +857,16 @@ def _write_caffe(params: Params, p: Plan) -> Written:
 # fmt: off
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("safetensors", (".safetensors",), "canonical safetensors", None, ("safetensors",),
-           _read_safetensors, _write_safetensors, _load_by_name("safetensors")),
+           _read_safetensors, _write_safetensors, _load_by_name("safetensors"), checksum="digest"),
     Format("npz", (".npz",), "canonical numpy archive", None, ("npz",),
-           _read_npz, _write_npz, _load_by_name("npz")),
+           _read_npz, _write_npz, _load_by_name("npz"), checksum="zip CRC-32"),
     Format("torch", (".pth", ".pt"), "PyTorch state_dict", "torch", ("torch", "pickle"),
-           _read_torch, _write_torch, _load_torch),
+           _read_torch, _write_torch, _load_torch, checksum="zip CRC-32"),
     Format("keras-weights", (".weights.h5",), "Keras weights", "keras", ("hdf5",),
-           _read_keras_weights, _write_keras_weights, _load_keras_weights, names=(".weights.h5",)),
+           _read_keras_weights, _write_keras_weights, _load_keras_weights, names=(".weights.h5",),
+           checksum="digest"),
     Format("keras", (".keras",), "Keras model", "keras", ("keras",),
-           _read_keras, _write_keras, _load_keras, names=(".keras",),
+           _read_keras, _write_keras, _load_keras, names=(".keras",), checksum="zip CRC-32",
            loading="import impl_keras  (registers conformance>GoogLeNet and its layers, which the file names); "
                    "keras.saving.load_model('{path}')"),
     Format("mxnet", (".params",), "MXNet Gluon parameters", "mxnet", ("mxnet",),
@@ -874,7 +879,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            _read_caffe, _write_caffe, _load_by_name("caffe"), writable=False),
     # Read only, by its prefix (the .index and .data-* files), TF-slim's names.
     Format("tf-checkpoint", (".ckpt", ".index"), "TensorFlow checkpoint", None, ("tf-checkpoint",),
-           _read_tf, _write_tf, _load_by_name("tf-checkpoint"), writable=False),
+           _read_tf, _write_tf, _load_by_name("tf-checkpoint"), writable=False,
+           checksum="CRC32C of each tensor (TensorFlow checks it)"),
 )}
 # fmt: on
 
@@ -916,6 +922,21 @@ FORMATS.update({f.name: f for f in (
            layout="pair", limits="aux heads: not in the pair (the inference graph returns the logits)"),
 )})
 # fmt: on
+
+
+def unchecked(fmt: Format, raw: Raw) -> str:
+    """What port's log says of a source whose bytes no checksum covers ("" if one does)."""
+    if fmt.checksum and (fmt.checksum != "digest" or raw.digest is not None):
+        return ""
+    what = (
+        "this file records no SHA-256 of its tensors (written by another tool)"
+        if fmt.checksum
+        else (f"{fmt.description} files carry no checksum")
+    )
+    return (
+        f"{what}: a changed byte in a weight cannot be detected and is read as a weight "
+        f"(the outputs are compared with what was read, not with what was first written)"
+    )
 
 
 def infer(path: Path, explicit: str | None, option: str) -> Format:
