@@ -124,13 +124,11 @@ def _replay(window: _Window, name: str, most: int, storage_most: Callable[[Any],
         raise Damaged(f"its pickle {name} cannot be read: {type(e).__name__}: {str(e)[:200]}") from None
 
 
-def check_zipped(data: bytes, name: str, members: dict[str, int]) -> None:
+def check_zipped(data: bytes, name: str, members: dict[str, int], size: int) -> None:
     """Replay a zipped checkpoint's ``data.pkl`` (``data``): every storage's element
     count at most the bytes of its ``data/<key>`` member (``members``: bytes by key),
-    every allocation at most the archive's bytes (``sum(members)`` and the pickle)."""
-    window = _Window(data)
-    most = sum(members.values()) + len(data)
-    _replay(window, name, most, lambda key: members.get(str(key), 0))
+    every allocation at most the archive's ``size``."""
+    _replay(_Window(data), name, size, lambda key: members.get(str(key), 0))
 
 
 def check_legacy(path: Path) -> None:

@@ -418,7 +418,7 @@ def _replay_zipped_pickles(path: Path, infos: list[zipfile.ZipInfo]) -> None:
         members = {
             i.filename[len(root) + len("data/") :]: i.file_size for i in infos if i.filename.startswith(f"{root}data/")
         }
-        pickles.check_zipped(reading.read_member(path, info.filename), info.filename, members)
+        pickles.check_zipped(reading.read_member(path, info.filename), info.filename, members, path.stat().st_size)
 
 
 def _torch_load(path: Path, mmap: bool):
