@@ -199,10 +199,8 @@ def open_zip(path: Path, where: str = "") -> Iterator[zipfile.ZipFile]:
             yield z
     except Damaged:
         raise
-    except zipfile.BadZipFile as e:
-        raise Damaged(
-            f"a damaged zip archive: {where}{e} (truncated, or the bytes changed after it was written)"
-        ) from None
+    except zipfile.BadZipFile as e:  # its words name the member ("Bad CRC-32 for file ...")
+        raise Damaged(f"a damaged zip archive: {e} (truncated, or the bytes changed after it was written)") from None
     except (OSError, EOFError, ValueError, NotImplementedError, RuntimeError, KeyError) as e:
         raise Damaged(f"a damaged zip archive: {where}{type(e).__name__}: {e}") from None
 
