@@ -977,14 +977,23 @@ def materialise(path: Path, fmt: Format, raw: Raw) -> dict[str, np.ndarray]:
 
 @contextlib.contextmanager
 def _reading(path: Path, fmt: Format) -> Iterator[None]:
+    """The one place a reader's failure becomes a refusal: every exception a reader (or
+    the library under it) raises is a PortError of one line naming the file."""
     try:
         yield
-    except PortError:
+    except PortError as e:
+        if "\n" in e.cli:
+            raise PortError(_one_line(e.cli)) from None
         raise
     except (Damaged, bounds.BoundsError) as e:
-        raise PortError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
+        message = _one_line(str(e))
+        raise PortError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     except Exception as e:  # noqa: BLE001 - truncated or corrupt: the libraries' own errors, with the file named
         raise PortError(f"{path}: cannot read it as {fmt.description}: {type(e).__name__}: {meaningful(e)}") from None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def meaningful(e: BaseException) -> str:
