@@ -90,12 +90,6 @@ def check_sizes(src: Path, declared: Mapping[str, Tensor], limit: Budget) -> Non
     more bytes in all, than any file of this network can hold."""
     if len(declared) > limit.count:
         raise BoundsError(f"{src}: declares {len(declared):,} tensors; this network has at most {limit.count:,}")
-    total = sum(t.nbytes for t in declared.values())
-    if total > limit.total:
-        raise BoundsError(
-            f"{src}: its tensors declare {total / 1e6:,.0f} MB in all; no file of this network needs more than "
-            f"{limit.total / 1e6:,.0f} MB"
-        )
     for key, t in declared.items():
         if t.nbytes > limit.tensor:
             where = f" ({t.where})" if t.where else ""
@@ -103,3 +97,9 @@ def check_sizes(src: Path, declared: Mapping[str, Tensor], limit: Budget) -> Non
                 f"{src}: {key!r}{where} declares {dtype_name(t)} {list(t.shape)} ({t.nbytes / 1e6:,.0f} MB); "
                 f"no tensor of this network needs more than {limit.tensor / 1e6:,.0f} MB"
             )
+    total = sum(t.nbytes for t in declared.values())
+    if total > limit.total:
+        raise BoundsError(
+            f"{src}: its tensors declare {total / 1e6:,.0f} MB in all; no file of this network needs more than "
+            f"{limit.total / 1e6:,.0f} MB"
+        )
