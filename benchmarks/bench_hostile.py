@@ -1,5 +1,5 @@
-"""Peak memory and time of refusing each hostile file of issue 9 (case 2), side by side
-with a valid port of the same network in the same run.
+"""Peak memory and time of refusing each hostile file of issues 9 (case 2) and 24 (the
+file-format rows), side by side with a valid port of the same network in the same run.
 
 Target: every refusal under 1 GB peak resident memory (the whole process, imports
 included) and a few seconds. Each file is small on disk and declares gigabytes; each
@@ -48,6 +48,29 @@ def cases(d: Path) -> list[tuple[str, list[str], Callable[[], object]]]:
         (".pth: zeros(1).expand(50000, 50000)", port("e.pth"), lambda: hostile.pth_expanded(d / "e.pth", 50_000)),
         (".pth: zeros(1).expand(10^6, 10^6)", port("m.pth"), lambda: hostile.pth_expanded(d / "m.pth", 1_000_000)),
         ("deflated .npz declaring 1.1 GB", port("x.npz", ".safetensors"), lambda: hostile.npz_deflated(d / "x.npz")),
+        # Issue 24 (file formats): the m.X files are written first, by ``init``.
+        (
+            "npz: zip 'version needed' 25.5",
+            port("v.npz"),
+            lambda: edited(d, "m.npz", "v.npz", hostile.zip_version_needed),
+        ),
+        (
+            ".weights.h5 linked back to its root",
+            port("c.weights.h5"),
+            lambda: edited(d, "m.weights.h5", "c.weights.h5", hostile.h5_linked_to_root),
+        ),
+        (".pth calling bytearray(2.5e9)", port("b.pth"), lambda: hostile.pth_allocating(d / "b.pth")),
+        ("old-style pickle bytearray(2.5e9)", port("o.pth"), lambda: hostile.pickle_allocating(d / "o.pth")),
+        (
+            "ONNX: 10^7 empty nodes (googlenet_bn)",
+            ["port", str(d / "n.onnx"), str(d / "out-n.npz"), "--variant", "googlenet_bn"],
+            lambda: (d / "n.onnx").write_bytes(hostile.onnx_empty_nodes(10_000_000)),
+        ),
+        (
+            "ONNX: duplicate initializer",
+            port("dup.onnx"),
+            lambda: edited(d, "m.onnx", "dup.onnx", hostile.onnx_duplicate_initializer),
+        ),
         (
             "gzipped IDX declaring 1.2 GB",
             ["train", "--framework", "torch", *variant, "--data", str(d / "idx"), *out],
@@ -61,12 +84,24 @@ def cases(d: Path) -> list[tuple[str, list[str], Callable[[], object]]]:
     ]
 
 
+ORIGINALS = ("m.npz", "m.weights.h5", "m.onnx")  # valid files the issue-24 cases edit
+
+
+def edited(d: Path, original: str, name: str, edit: Callable[[bytes], bytes]) -> Path:
+    """``name``: the valid ``original`` (written by ``init``) with ``edit`` applied."""
+    (d / name).write_bytes(edit((d / original).read_bytes()))
+    return d / name
+
+
 def main() -> None:
     print(f"refusing hostile files ({hostile.VARIANT}), each command in a fresh process")
     print(f"{'file':<40} {'exit':>4} {'peak MB':>8} {'seconds':>8}  verdict")
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "out").mkdir()
+        for name in ORIGINALS:
+            made = hostile.run_measured(hostile.cli("init", str(d / name), "--variant", hostile.VARIANT))
+            assert made.returncode == 0, made.stderr[-2000:]
         for what, args, build in cases(d):
             build()
             m = hostile.run_measured(hostile.cli(*args))

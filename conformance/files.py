@@ -10,9 +10,10 @@ What it promises (the README's "What the suite promises about files"):
   renamed into place (:func:`atomic_write`, :class:`Temporary`): a reader never sees half
   a file, and a failed write (a full disk) leaves the previous file as it was. A
   symbolic link given as the output is replaced by the file; its target is untouched.
-* Temporary files are named ``.<name>.<pid>-<token>.conformance-tmp<suffix>``: removed
-  on SIGINT / SIGTERM / SIGHUP (:func:`signals`), and recognised on a later run if a
-  ``kill -9`` left one (:func:`stale_temporaries`), with the command that removes it.
+* Temporary files, and the staging directories of multi-file outputs
+  (:func:`temporary_directory`), are named ``.<name>.<pid>-<token>.conformance-tmp<suffix>``:
+  removed on SIGINT / SIGTERM / SIGHUP (:func:`signals`), and recognised on a later run if
+  a ``kill -9`` left one (:func:`stale_temporaries`), with the command that removes it.
 
 OS errors become :class:`OutputError` (a ``ValueError``: the CLI's exit 2) naming the
 path and the reason.
@@ -26,6 +27,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import stat
 import sys
@@ -36,9 +38,11 @@ from types import FrameType
 
 TEMP_MARK = ".conformance-tmp"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)-(?P<token>[0-9a-f]{6})\.conformance-tmp(?P<suffix>.*)$", re.S)
+# The staging directories earlier versions made for multi-file outputs (tempfile.mkdtemp).
+_OLD_STAGING = re.compile(r"^\.(?P<name>.*)\.tmp-(?P<pid>\d+)-[a-z0-9_]{8}$", re.S)
 _LIVE: set[Path] = set()  # this process's temporary files, removed when a signal ends it
 _NOTED: set[Path] = set()  # stale temporary files already reported (once per process)
-_SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, quota or file-size limit
 # Linux's FS_IOC_GETFLAGS and the flags that make rename() over a file fail (chattr +i / +a).
 _FS_IOC_GETFLAGS, _IMMUTABLE, _APPEND_ONLY = 0x80086601, 0x10, 0x20
 
@@ -138,10 +142,24 @@ def check_output(
             continue
         _NOTED.add(tmp)
         with contextlib.suppress(OSError):  # gone meanwhile: nothing to say
+            folder = tmp.is_dir() and not tmp.is_symlink()
             (notice or _stderr)(
-                f"note: {tmp} is a temporary file left by an interrupted run of this suite "
-                f"({tmp.stat().st_size:,} bytes); remove it with: rm -- {shlex.quote(str(tmp))}"
+                f"note: {tmp} is a temporary {'directory' if folder else 'file'} left by an interrupted run of "
+                f"this suite ({_bytes_under(tmp):,} bytes); remove it with: "
+                f"rm {'-r ' if folder else ''}-- {shlex.quote(str(tmp))}"
             )
+
+
+def _bytes_under(path: Path) -> int:
+    """Bytes of a file, or of the files under a directory (not following links)."""
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 def _stderr(line: str) -> None:
@@ -177,7 +195,8 @@ def temporary_name(path: Path, suffix: str = "") -> str:
 
 
 def stale_temporaries(directory: Path) -> list[Path]:
-    """Temporary files of this suite in ``directory`` whose process is gone."""
+    """Temporary files and staging directories of this suite in ``directory`` whose
+    process is gone."""
     found = []
     try:
         entries = list(os.scandir(directory))
@@ -185,9 +204,36 @@ def stale_temporaries(directory: Path) -> list[Path]:
         return []
     for entry in entries:
         m = _TEMP_NAME.match(entry.name)
-        if m and entry.is_file(follow_symlinks=False) and not _alive(int(m["pid"])):
+        folder = entry.is_dir(follow_symlinks=False)
+        if m is None and folder:
+            m = _OLD_STAGING.match(entry.name)
+        if m and (folder or entry.is_file(follow_symlinks=False)) and not _alive(int(m["pid"])):
             found.append(Path(directory) / entry.name)
     return sorted(found)
+
+
+def temporary_directory(path: Path, option: str = "") -> Path:
+    """A new directory beside ``path``, named as a temporary file is (so a later run
+    that finds it left by ``kill -9`` names it), registered like one: a signal that
+    ends the process removes it with its contents."""
+    directory = _directory(Path(path))
+    while True:
+        name = directory / temporary_name(Path(path))
+        with signals_held():
+            try:
+                os.mkdir(name, 0o700)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise OutputError(f"{_say(option, Path(path))}: cannot write in {directory}: {e.strerror}") from None
+            _LIVE.add(name)
+        return name
+
+
+def discard_directory(name: Path) -> None:
+    """Remove a directory of :func:`temporary_directory` and what it holds."""
+    shutil.rmtree(name, ignore_errors=True)
+    _LIVE.discard(name)
 
 
 def _alive(pid: int) -> bool:
@@ -199,11 +245,14 @@ def _alive(pid: int) -> bool:
         return False
     except OSError:  # EPERM: it exists, owned by someone else
         return True
-    return True
+    try:  # a zombie (killed, not yet reaped by its parent) writes nothing more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def describe_os_error(e: OSError) -> str:
-    if e.errno in _SPACE_ERRORS:
+    if e.errno in SPACE_ERRORS:
         return f"{e.strerror or 'no space left'} (the disk or this process's file-size limit is full)"
     return e.strerror or str(e)
 
@@ -325,9 +374,13 @@ def remove_temporaries() -> int:
     """Remove every temporary file this process still has; the number removed."""
     removed = 0
     for name in list(_LIVE):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+        if name.is_dir() and not name.is_symlink():
+            shutil.rmtree(name, ignore_errors=True)
             removed += 1
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+                removed += 1
         _LIVE.discard(name)
     return removed
 

@@ -10,6 +10,7 @@ imported here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -17,7 +18,7 @@ import os
 import stat
 import struct
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -193,6 +194,33 @@ def tensor_digest(params: Mapping[str, np.ndarray]) -> str:
 # --------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def open_zip(path: Path, where: str = "") -> Iterator[zipfile.ZipFile]:
+    """The archive, open; whatever zipfile raises inside the block (a bad directory, a
+    "version needed" it does not implement, a CRC or zlib error, a truncated member)
+    becomes :class:`Damaged` with zipfile's own words. ``where``: what was being read."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            yield z
+    except Damaged:
+        raise
+    except zipfile.BadZipFile as e:  # its words name the member ("Bad CRC-32 for file ...")
+        raise Damaged(f"a damaged zip archive: {e} (truncated, or the bytes changed after it was written)") from None
+    except (OSError, EOFError, ValueError, NotImplementedError, RuntimeError, KeyError) as e:
+        raise Damaged(f"a damaged zip archive: {where}{type(e).__name__}: {e}") from None
+
+
+def zip_problem(path: Path) -> str | None:
+    """Why the archive's directory cannot be read (None: it can), for recognising a
+    damaged zip by its bytes."""
+    try:
+        with open_zip(path) as z:
+            z.namelist()
+    except Damaged as e:
+        return str(e)
+    return None
+
+
 def zip_members(
     path: Path, max_member: int, max_total: int, named: Mapping[str, tuple[int, str]] | None = None
 ) -> list[zipfile.ZipInfo]:
@@ -200,11 +228,8 @@ def zip_members(
     uncompressed (``named``: a member's own limit and why) or all together more than
     ``max_total``. A small deflated file can declare gigabytes; reading stops at the
     declared size, so the declaration is the bound."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-    except zipfile.BadZipFile as e:
-        raise Damaged(f"a damaged zip archive ({e}; truncated or corrupt)") from None
+    with open_zip(path) as z:
+        infos = z.infolist()
     if len(infos) > MAX_MEMBERS:
         raise Damaged(f"the archive holds {len(infos):,} members; a checkpoint has at most {MAX_MEMBERS:,}")
     for info in infos:
@@ -225,29 +250,19 @@ def zip_members(
 def check_crcs(path: Path, names: Iterable[str] | None = None) -> None:
     """Read every member (or ``names``) to its end: zipfile then checks its CRC-32, the
     checksum the archive stores for each member. Streamed, so memory stays small."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            for info in z.infolist():
-                if names is not None and info.filename not in names:
-                    continue
-                with z.open(info) as f:
-                    while f.read(1 << 20):
-                        pass
-    except zipfile.BadZipFile as e:
-        raise Damaged(f"a damaged zip archive: {e} (the bytes changed after it was written)") from None
-    except (OSError, EOFError, ValueError) as e:  # zlib errors, a truncated member
-        raise Damaged(f"a damaged zip archive: {type(e).__name__}: {e}") from None
+    with open_zip(path) as z:
+        for info in z.infolist():
+            if names is not None and info.filename not in names:
+                continue
+            with z.open(info) as f:
+                while f.read(1 << 20):
+                    pass
 
 
 def read_member(path: Path, name: str) -> bytes:
     """One member, whole, its CRC-32 checked (call after :func:`zip_members`)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.read(name)
-    except zipfile.BadZipFile as e:
-        raise Damaged(f"a damaged zip archive: {e} (the bytes changed after it was written)") from None
-    except (OSError, EOFError, ValueError) as e:
-        raise Damaged(f"a damaged zip archive: member {name!r}: {type(e).__name__}: {e}") from None
+    with open_zip(path, f"member {name!r}: ") as z:
+        return z.read(name)
 
 
 def npz(path: Path, max_member: int, max_total: int) -> dict[str, Tensor]:
@@ -255,15 +270,12 @@ def npz(path: Path, max_member: int, max_total: int) -> dict[str, Tensor]:
     against its member's size; loading reads one member (CRC checked), never pickles."""
     infos = zip_members(path, max_member, max_total)
     tensors: dict[str, Tensor] = {}
-    with zipfile.ZipFile(path) as z:
+    with open_zip(path) as z:
         for info in infos:
             if not info.filename.endswith(".npy"):
                 raise Damaged(f"member {info.filename!r} is not a .npy array")
-            try:
-                with z.open(info) as f:
-                    shape, dtype, fortran, header = _npy_header(f)
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
-                raise Damaged(f"member {info.filename!r}: {type(e).__name__}: {e}") from None
+            with z.open(info) as f:
+                shape, dtype, fortran, header = _npy_header(f)
             name = info.filename[: -len(".npy")]
             if dtype.hasobject:
                 tensors[name] = Tensor(

@@ -1,9 +1,9 @@
 """Hostile files (small on disk, huge in what they declare) and a measured subprocess.
 
-Each builder writes a file that a careless reader turns into gigabytes (the
-reproductions of issue 9); none allocates much itself: large contents are streamed
-through zlib, sparse files are never written. Used by ``tests/test_hostile.py`` and
-``benchmarks/bench_hostile.py``.
+Each builder writes a file that a careless reader turns into gigabytes or a traceback
+(the reproductions of issues 9 and 24); none allocates much itself: large contents are
+streamed through zlib, sparse files are never written. Used by ``tests/test_hostile.py``,
+``tests/test_port_errors.py``, ``tests/test_fuzz.py`` and ``benchmarks/bench_hostile.py``.
 """
 
 from __future__ import annotations
@@ -261,3 +261,116 @@ def caffe_empty_layers(path: Path, layers: int = 50_000_000) -> Path:
             f.write(chunk)
         f.write(b"\x12\x00" * (layers & ((1 << 20) - 1)))
     return path
+
+
+# --------------------------------------------------------------------------------------
+# The reproductions of issue 24 (file formats): byte-level edits of valid files, so the
+# fuzz suite draws them too
+# --------------------------------------------------------------------------------------
+
+CENTRAL = b"PK\x01\x02"  # a zip central-directory record; "version needed" is its byte 6
+
+
+def zip_version_needed(data: bytes, record: int = 0, version: int = 0xFF) -> bytes:
+    """A zip archive whose ``record``-th central-directory entry needs zip ``version``
+    (0xFF: 25.5, which Python's zipfile refuses with NotImplementedError)."""
+    at = -1
+    for _ in range(record + 1):
+        at = data.index(CENTRAL, at + 1)
+    out = bytearray(data)
+    out[at + 6] = version
+    return bytes(out)
+
+
+def h5_linked_to_root(data: bytes, name: str = "L" * 10_000, group: str = "layers") -> bytes:
+    """A .weights.h5 (its bytes) with a hard link named ``name`` from ``group`` back to
+    the root: a cycle, 10 KB of name per lap."""
+    import h5py
+
+    buffer = io.BytesIO(data)
+    with h5py.File(buffer, "r+") as f:
+        f[group][name] = f["/"]
+    return buffer.getvalue()
+
+
+def keras_member_edited(data: bytes, member: str, edit) -> bytes:
+    """A .keras archive (its bytes) with one member replaced by ``edit(member bytes)``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            content = src.read(info)
+            dst.writestr(info, edit(content) if info.filename == member else content)
+    return out.getvalue()
+
+
+class _Allocates:
+    """Pickles as a call of ``bytearray(n)``, which torch's weights_only unpickler allows."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __reduce__(self):
+        return (bytearray, (self.n,))
+
+
+def pth_allocating(path: Path, n: int = 2_500_000_000) -> Path:
+    """A zipped .pth (``torch.save``) whose pickle calls ``bytearray(n)``: about 1 KB."""
+    import torch
+
+    torch.save({"fc.weight": _Allocates(n)}, path)
+    return path
+
+
+def pickle_allocating(path: Path, n: int = 2_500_000_000) -> Path:
+    """An old-style (not zipped) .pth: one pickle calling ``bytearray(n)``, under 50 bytes."""
+    import pickle
+
+    path.write_bytes(pickle.dumps(_Allocates(n), protocol=2))
+    return path
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            return bytes(out + bytes([low]))
+        out.append(low | 0x80)
+
+
+def onnx_empty_nodes(nodes: int, data: bytes = b"") -> bytes:
+    """An ONNX ModelProto with a graph of ``nodes`` empty nodes (``0a 00`` each): alone,
+    or after ``data`` (a valid model: protobuf merges a second graph field into the
+    first, appending its nodes)."""
+    body = b"\x0a\x00" * nodes
+    graph = b"\x3a" + _varint(len(body)) + body
+    return (data or b"\x08\x08") + graph
+
+
+def onnx_duplicate_initializer(data: bytes, name: str = "conv1.weight") -> bytes:
+    """An ONNX model (its bytes) with a second, all-zero initializer named ``name``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(data)
+    first = next(i for i in model.graph.initializer if i.name == name)
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(first)), name))
+    return model.SerializeToString()
+
+
+def symbol_truncated(text: str) -> str:
+    """A -symbol.json cut in half."""
+    return text[: len(text) // 2]
+
+
+def symbol_out_of_range(text: str, where: str = "input") -> str:
+    """A -symbol.json whose last node's first input (``where="input"``), first head or
+    first argument node refers to node 99999."""
+    graph = json.loads(text)
+    if where == "input":
+        next(n for n in reversed(graph["nodes"]) if n["inputs"])["inputs"][0][0] = 99_999
+    elif where == "heads":
+        graph["heads"][0][0] = 99_999
+    else:
+        graph["arg_nodes"][0] = 99_999
+    return json.dumps(graph)

@@ -381,3 +381,86 @@ def test_a_held_signal_waits_for_the_statements_then_interrupts():
         time.sleep(0.05)
         done.append("saved")
     assert done == []
+
+
+# --------------------------------------------------------------------------------------
+# Issue 24, rows 12 and 13
+# --------------------------------------------------------------------------------------
+
+
+def test_port_to_a_243_character_safetensors_name(tmp_path):
+    """Row 12: the TF-checkpoint probe looked for DST + ".index" (260 bytes): "File name too long"."""
+    src = tmp_path / "m.safetensors"
+    canonical.save(canonical.random_params(spec.resolve("inception_mnist"), 0), src, spec.resolve("inception_mnist"))
+    (tmp_path / "d").mkdir()
+    dst = tmp_path / "d" / ("a" * 243 + ".safetensors")
+    assert len(dst.name.encode()) == 255
+    assert port(src, dst, "inception_mnist").passed and dst.exists()
+    assert not leftovers(tmp_path / "d")
+
+
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+def test_stale_staging_directories_are_named_with_their_remedy(tmp_path):
+    """Row 13: the scan looked at files only. A directory named as a temporary (and one
+    named as earlier versions named their staging directories) whose process is gone is
+    reported with ``rm -r``; a live process's, or an unrelated hidden directory, is not."""
+    dead = _dead_pid()
+    stale = tmp_path / f".sm.{dead}-abcdef{TMP}"
+    (stale / "model" / "variables").mkdir(parents=True)
+    (stale / "model" / "variables" / "v.data").write_bytes(b"x" * 100)
+    old = tmp_path / f".sm.tmp-{dead}-a1b2c3d4"
+    old.mkdir()
+    (tmp_path / f".sm.{os.getpid()}-abcdef{TMP}").mkdir()  # ours, in progress
+    (tmp_path / ".git").mkdir()
+    assert files.stale_temporaries(tmp_path) == sorted([stale, old])
+    notes: list[str] = []
+    files.check_output(tmp_path / "x.npz", False, "DST", notice=notes.append)
+    assert len(notes) == 2 and all("remove it with: rm -r -- " in n for n in notes), notes
+    assert any(
+        n.startswith(f"note: {stale} is a temporary directory left by an interrupted run of this suite (100 bytes)")
+        for n in notes
+    ), notes
+
+
+def test_staging_directories_are_named_as_temporaries(tmp_path, monkeypatch):
+    """What a staged SavedModel or Gluon pair lives in is what the scan looks for, and a
+    signal's cleanup removes it."""
+    from conformance.formats import deploy
+
+    stage = deploy.Staged(tmp_path / "sm", "directory", {"saved_model.pb": b"pb", "variables/": b""})
+    assert stage.root.parent == tmp_path and stage.root.name.startswith(".sm.") and TMP in stage.root.name
+    monkeypatch.setattr(files, "_alive", lambda pid: False)
+    assert files.stale_temporaries(tmp_path) == [stage.root]
+    assert files.remove_temporaries() >= 1 and not stage.root.exists()
+    stage.discard()
+
+
+def test_kill_9_during_a_savedmodel_port_is_named_by_the_next_run(tmp_path):
+    """Row 13 as reported: ``kill -9`` while ``port ... --to savedmodel`` stages its
+    directory; the next run into the same directory names what was left."""
+    backend_or_skip("keras")
+    src = mnist_pth(tmp_path / "a.pth")
+    out = tmp_path / "ps"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "conformance", "port", str(src), str(out / "sm"), "--to", "savedmodel"]
+    child = subprocess.Popen([*args, "--variant", "inception_mnist"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(TMP in p.name for p in out.iterdir()) and time.monotonic() < deadline:
+            assert child.poll() is None, "the port ended before its staging directory appeared"
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    left = [p for p in out.iterdir() if TMP in p.name]
+    assert len(left) == 1 and left[0].is_dir(), left
+    notes: list[str] = []
+    files.check_output(out / "x.npz", False, "DST", notice=notes.append)
+    assert len(notes) == 1 and f"{left[0]} is a temporary directory" in notes[0] and "rm -r -- " in notes[0]

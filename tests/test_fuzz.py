@@ -15,6 +15,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import struct
 import traceback
 import zipfile
@@ -453,6 +454,58 @@ SPECIFIC: dict[str, dict[str, Mutation]] = {
 }
 
 
+# Structural mutations (issue 24): each makes a file no reader may accept, and each once
+# ended in a traceback or gigabytes. Drawn per format like the others, always refused.
+
+
+def zip_version(data: bytes, rng: np.random.Generator) -> bytes:
+    record = int(rng.integers(0, data.count(hostile.CENTRAL)))
+    return hostile.zip_version_needed(data, record, int(rng.integers(0x40, 0x100)))
+
+
+def _cycle_name(rng: np.random.Generator) -> str:
+    return "L" * int(rng.choice([1, 100, 10_000]))
+
+
+def h5_cycle(data: bytes, rng: np.random.Generator) -> bytes:
+    return hostile.h5_linked_to_root(data, _cycle_name(rng))
+
+
+def keras_cycle(data: bytes, rng: np.random.Generator) -> bytes:
+    name = _cycle_name(rng)
+    return hostile.keras_member_edited(data, "model.weights.h5", lambda h5: hostile.h5_linked_to_root(h5, name))
+
+
+def onnx_nodes(data: bytes, rng: np.random.Generator) -> bytes:
+    """More empty nodes than the bound (16 per budgeted tensor: 1,888 for inception_mnist),
+    within the file size the variant admits, so the count, not the size, refuses it."""
+    return hostile.onnx_empty_nodes(int(rng.integers(2_000, 1_000_000)), data)
+
+
+def onnx_duplicate(data: bytes, rng: np.random.Generator) -> bytes:
+    import onnx
+
+    names = sorted(i.name for i in onnx.load_from_string(data).graph.initializer if i.data_type == 1)
+    return hostile.onnx_duplicate_initializer(data, names[int(rng.integers(0, len(names)))])
+
+
+# What the refusal of each structural mutation says: refused for its own reason, not by
+# an earlier check it happens to trip.
+STRUCTURAL_REASON = {
+    "zip-version": "zip file version",
+    "h5-cycle": "second link to an object|path is 10,00",
+    "nodes": "nodes; this network's graph needs far fewer",
+    "duplicate": "two initializers are named",
+}
+STRUCTURAL: dict[str, dict[str, Mutation]] = {
+    "npz": {"zip-version": zip_version},
+    "torch": {"zip-version": zip_version},
+    "keras": {"zip-version": zip_version, "h5-cycle": keras_cycle},
+    "keras-weights": {"h5-cycle": h5_cycle},
+    "onnx": {"nodes": onnx_nodes, "duplicate": onnx_duplicate},
+}
+
+
 def mutate(fmt: str, kind: str, data: bytes, rng: np.random.Generator) -> bytes:
     if kind == "truncate":
         return truncate(data, rng)
@@ -599,8 +652,73 @@ def test_mutated_checkpoints_on_the_command_line(originals, tmp_path, capsys):
         assert m.peak_mb < 1000, (fmt, kind, m.peak_mb)
 
 
+@pytest.fixture(scope="module")
+def structural_originals(originals) -> dict[str, bytes]:
+    """The originals the structural mutations edit, with an ONNX file of the network
+    where onnx and its exporter are installed."""
+    out = {fmt: originals[fmt] for fmt in STRUCTURAL if fmt in originals}
+    if all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript")) and "torch" in installed():
+        data, _ = FORMATS["onnx"].write(canonical.random_params(plan(), SEED), plan())
+        assert isinstance(data, bytes)
+        out["onnx"] = data
+    return out
+
+
+def refusal(src: Path, dst: Path) -> str:
+    """The PortError ``port`` raises for ``src``, or what happened instead."""
+    try:
+        port(src, dst, VARIANT)
+    except PortError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - a traceback is what the structural fuzzing looks for
+        return "EXCEPTION " + traceback.format_exc()[-1500:]
+    return "PORTED: accepted a file no reader may accept"
+
+
+def test_structural_mutations_are_refused_in_one_message(structural_originals, tmp_path, capsys):
+    """Issue 24, rows 1, 2, 4 and 5: a zip "version needed" no reader implements, an HDF5
+    hard link back to the root, an ONNX graph of more empty nodes than the network has,
+    two initializers of one name. Each is refused (never ported) in one line, within
+    1 GB; seeded, two draws of each."""
+    rng = np.random.default_rng(SEED)
+    failures, seen = [], []
+    for fmt, mutations in STRUCTURAL.items():
+        if fmt not in structural_originals:
+            continue
+        suffix = SUFFIX.get(fmt, ".onnx")
+        for kind, edit in mutations.items():
+            for draw in range(2):
+                src = tmp_path / f"{fmt}-{kind}-{draw}{suffix}"
+                src.write_bytes(edit(structural_originals[fmt], rng))
+                got: list[str] = []
+                grown = peak_growth_mb(lambda src=src, got=got: got.append(refusal(src, tmp_path / "out.npz")))
+                seen.append((fmt, kind))
+                reason = re.search(STRUCTURAL_REASON[kind], got[0]) and "\n" not in got[0]
+                if not reason or (grown is not None and grown > PEAK_GROWTH_MB):
+                    failures.append(f"{fmt} {kind} draw {draw}: {got[0][:1500]}; peak growth {grown} MB")
+                assert not (tmp_path / "out.npz").exists()
+    with capsys.disabled():
+        print(f"\nstructural fuzz: {len(seen)} cases, seed {SEED}, formats {sorted({f for f, _ in seen})}")
+    assert seen, "no format of the structural mutations is installed"
+    assert not failures, "\n\n".join(failures)
+
+
+def test_structural_mutations_on_the_command_line(structural_originals, tmp_path):
+    """One drawn structural case as a user runs it: exit 2, one line, under 1 GB."""
+    rng = np.random.default_rng(SEED + 2)
+    pairs = [(f, k) for f, m in STRUCTURAL.items() if f in structural_originals for k in m]
+    fmt, kind = pairs[int(rng.integers(0, len(pairs)))]
+    src = tmp_path / f"cli{SUFFIX.get(fmt, '.onnx')}"
+    src.write_bytes(STRUCTURAL[fmt][kind](structural_originals[fmt], rng))
+    m = hostile.run_measured(hostile.cli("port", str(src), str(tmp_path / "cli.npz"), "--variant", VARIANT))
+    assert m.returncode == 2, (fmt, kind, m.returncode, m.stderr[-3000:])
+    assert "Traceback" not in m.stderr and m.stderr.count("\n") == 1 and m.stderr.startswith("error:"), m.stderr
+    assert m.peak_mb < 1000, (fmt, kind, m.peak_mb)
+
+
 def test_the_fuzzer_covers_every_format_and_mutation():
     assert set(SPECIFIC) == set(SUFFIX) and all(
         set(v) == set(MUTATIONS) - {"truncate", "flip"} for v in SPECIFIC.values()
     )
     assert set(frameworks.FRAMEWORKS) >= {FORMATS[f].framework for f in SUFFIX} - {None}
+    assert set(STRUCTURAL) <= set(SUFFIX) | {"onnx"} and all(STRUCTURAL.values())

@@ -86,8 +86,8 @@ def check(src: Path, p: spec.Plan, declared: Mapping[str, Tensor]) -> None:
 
 
 def check_sizes(src: Path, declared: Mapping[str, Tensor], limit: Budget) -> None:
-    """Before the names are even looked at: no tensor larger, and not more of them,
-    than any file of this network can hold."""
+    """Before the names are even looked at: no tensor larger, not more of them, and not
+    more bytes in all, than any file of this network can hold."""
     if len(declared) > limit.count:
         raise BoundsError(f"{src}: declares {len(declared):,} tensors; this network has at most {limit.count:,}")
     for key, t in declared.items():
@@ -97,3 +97,9 @@ def check_sizes(src: Path, declared: Mapping[str, Tensor], limit: Budget) -> Non
                 f"{src}: {key!r}{where} declares {dtype_name(t)} {list(t.shape)} ({t.nbytes / 1e6:,.0f} MB); "
                 f"no tensor of this network needs more than {limit.tensor / 1e6:,.0f} MB"
             )
+    total = sum(t.nbytes for t in declared.values())
+    if total > limit.total:
+        raise BoundsError(
+            f"{src}: its tensors declare {total / 1e6:,.0f} MB in all; no file of this network needs more than "
+            f"{limit.total / 1e6:,.0f} MB"
+        )

@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,12 +38,17 @@ from .. import files
 from ..canonical import Params, canonical_shapes
 from ..reading import Tensor
 from ..spec import Plan, with_options
-from . import bounds, naming
-from .registry import Native, PortError, Raw, Written, _read_mxnet, backend, built
+from . import bounds, naming, onnxwire
+from .registry import Native, PortError, Raw, Written, _read_mxnet, backend, built, meaningful
 
 FRESH = Path(__file__).with_name("fresh.py")
 MAX_SYMBOL = 4 << 20  # a GoogLeNet's -symbol.json is ~150 KB
 ONNX_HINT = "pip install -e '.[onnx]'"
+# Bounds of an ONNX file's graph, per tensor the network may have (bounds.Budget.count,
+# itself three times the network's tensors): its export holds about 1.4 nodes and 50
+# protobuf fields per tensor.
+ONNX_NODES = 16
+ONNX_FIELDS = 1024
 
 
 # --------------------------------------------------------------------------------------
@@ -213,14 +218,23 @@ def read_onnx(path: Path, p: Plan) -> Raw:
             f"{path}: {path.stat().st_size:,} bytes is more than {p.variant.name} with {p.num_classes} classes "
             f"can hold ({limit.describe()}); pass --num-classes if it has more classes"
         )
+    count = bounds.ceiling(p).count
+    onnxwire.check(path, onnxwire.Bounds(ONNX_NODES * count, count, ONNX_FIELDS * count))
     proto = onnx.load(str(path), load_external_data=False)
     notes: list[str] = []
     tensors: dict[str, Tensor] = {}
     constants = 0
     prefixed = 0
+    names: set[str] = set()
     for init in proto.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             raise PortError(f"{path}: initializer {init.name!r} keeps its data in another file; give a single file")
+        if init.name in names:
+            raise PortError(
+                f"{path}: two initializers are named {init.name!r}; which one a runtime uses is not defined "
+                f"(ONNX Runtime takes the first): give a file with one tensor per name"
+            )
+        names.add(init.name)
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
         if dtype.kind != "f":  # shape constants of the graph, not weights
             constants += 1
@@ -228,6 +242,11 @@ def read_onnx(path: Path, p: Plan) -> Raw:
         name = init.name
         if name.startswith("net."):
             name, prefixed = name[len("net.") :], prefixed + 1
+        if name in tensors:
+            raise PortError(
+                f"{path}: initializers {name!r} and {init.name!r} name the same weight once 'net.' is removed; "
+                f"give a file with one tensor per name"
+            )
         tensors[name] = Tensor(tuple(int(d) for d in init.dims), dtype, _array(numpy_helper, init))
     if prefixed:
         notes.append(f"removed the 'net.' prefix of {prefixed} initializers (an export of a wrapped model)")
@@ -285,11 +304,12 @@ def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
     size = symbol.stat().st_size
     if size > MAX_SYMBOL:
         raise PortError(f"{symbol}: {size:,} bytes; a GoogLeNet's graph is ~150 KB (at most {MAX_SYMBOL:,})")
+    text = check_symbol(symbol)
     backend("mxnet")
     try:
-        theirs = _graph_inputs(symbol.read_text())
+        theirs = _graph_inputs(text)
     except Exception as e:  # noqa: BLE001 - MXNet's parser: its message, with the file
-        raise PortError(f"{symbol}: not an MXNet graph: {type(e).__name__}: {str(e).strip()[:200]}") from None
+        raise PortError(f"{symbol}: not an MXNet graph: {type(e).__name__}: {meaningful(e)}") from None
     ours = _reference(p)
 
     def kind(name: str) -> str:
@@ -304,6 +324,31 @@ def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
             f"({theirs[at] if at < len(theirs) else 'none'}, expected {ours[at][0] if at < len(ours) else 'none'})"
         )
     return {a: key for a, (_, key) in zip(theirs, ours, strict=True)}
+
+
+def check_symbol(symbol: Path) -> str:
+    """The text of a ``-symbol.json`` whose graph is whole: JSON with a list of nodes,
+    every node id it uses (inputs, ``arg_nodes``, ``heads``) one of them. MXNet's
+    parser reads past a truncated file and checks ids with a C++ traceback."""
+    try:
+        text = symbol.read_bytes().decode("utf-8")
+        graph = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PortError(f"{symbol}: not an MXNet graph: not JSON ({str(e)[:120]}; truncated or corrupt)") from None
+    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+    if not isinstance(nodes, list) or not all(isinstance(n, dict) and isinstance(n.get("op"), str) for n in nodes):
+        raise PortError(f"{symbol}: not an MXNet graph: expected a JSON object whose 'nodes' is a list of operators")
+    used = [(f"node {i}'s input", entry) for i, n in enumerate(nodes) for entry in n.get("inputs", [])]
+    used += [("'heads'", entry) for entry in graph.get("heads", [])]
+    used += [("'arg_nodes'", [entry]) for entry in graph.get("arg_nodes", [])]
+    for what, entry in used:
+        node = entry[0] if isinstance(entry, list) and entry else None
+        if not isinstance(node, int) or isinstance(node, bool) or not 0 <= node < len(nodes):
+            raise PortError(
+                f"{symbol}: not a whole MXNet graph: {what} refers to node {str(node)[:20]}; "
+                f"the graph has nodes 0 to {len(nodes) - 1}"
+            )
+    return text
 
 
 def read_gluon(symbol: Path, p: Plan) -> Raw:
@@ -376,7 +421,10 @@ class Staged:
 
     def __init__(self, dst: Path, layout: str, data: dict[str, bytes]) -> None:
         self.dst, self.layout, self.data = dst, layout, data
-        self.root = Path(tempfile.mkdtemp(prefix=f".{dst.name[:60]}.tmp-{os.getpid()}-", dir=dst.parent))
+        try:
+            self.root = files.temporary_directory(dst, "DST")
+        except files.OutputError as e:
+            raise PortError(str(e)) from None
         try:
             if layout == "directory":
                 self.path = self.root / "model"
@@ -425,7 +473,7 @@ class Staged:
                 tmp.discard()
 
     def discard(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        files.discard_directory(self.root)
 
 
 _RENAME_NOREPLACE = 1

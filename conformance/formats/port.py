@@ -46,6 +46,7 @@ from .registry import (
     materialise,
     meaningful,
     read,
+    unchecked,
 )
 
 __all__ = ["Checkpoint", "PortError", "PortResult", "VerificationError", "init", "port", "read_checkpoint"]
@@ -408,6 +409,9 @@ def port(
     )
     for note in notes:
         log(f"       {note}")
+    blind = unchecked(src_fmt, raw)
+    if blind:
+        log(f"note   {src_fmt.name}: {blind}")
     return _write(src, src_fmt.name, src_fmt.framework, raw, p, params, notes, dst, dst_fmt, suffix, force, log, start)
 
 
@@ -437,8 +441,11 @@ def _write(
     except PortError:
         raise
     except Exception as e:  # the framework could not write it
+        full = _out_of_space(e)
+        if full:
+            raise PortError(f"DST {dst}: writing {dst_fmt.description} failed: {full}; nothing was written") from None
         raise VerificationError(
-            f"{dst}: writing {dst_fmt.description} failed ({type(e).__name__}: {e}); nothing was written"
+            f"{dst}: writing {dst_fmt.description} failed ({type(e).__name__}: {meaningful(e)}); nothing was written"
         ) from e
     _space(dst, deploy.describe(data))
     if dst_fmt.limits:
@@ -452,8 +459,14 @@ def _write(
         except PortError:
             raise
         except Exception as e:  # the file could not be loaded back
+            full = _out_of_space(e)
+            if full:
+                raise PortError(
+                    f"DST {dst}: reloading {dst_fmt.description} failed: {full}; nothing was written"
+                ) from None
             raise VerificationError(
-                f"{dst}: reloading {dst_fmt.description} failed ({type(e).__name__}: {e}); nothing was written"
+                f"{dst}: reloading {dst_fmt.description} failed ({type(e).__name__}: {meaningful(e)}); "
+                f"nothing was written"
             ) from e
         result = PortResult(
             src,
@@ -493,6 +506,27 @@ def _write(
     if dst_fmt.loading:
         log(f"load   {dst_fmt.loading.format(path=dst, params=deploy.params_of(dst))}")
     return result
+
+
+# How frameworks that write through their own C++ streams say the disk or the
+# process's file-size limit (ulimit -f) is full: TensorFlow passes strerror on, MXNet's
+# dmlc stream only says the write was short.
+_SPACE_WORDS = ("No space left", "File too large", "Disk quota exceeded", "FileStream.Write incomplete")
+
+
+def _out_of_space(e: BaseException) -> str:
+    """What a writer's exception says if the disk or the file-size limit was full ("" if
+    it is about something else): the OS error in its chain, or the framework's words."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in files.SPACE_ERRORS:
+            return files.describe_os_error(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(e)
+    word = next((w for w in _SPACE_WORDS if w in text), "")
+    if not word:
+        return ""
+    return f"{word} (the disk or this process's file-size limit is full)"
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ from ..canonical import Params, canonical_shapes, gluon_name, to_bytes
 from ..frameworks import FRAMEWORKS, load, quiet_stderr
 from ..reading import Damaged, Tensor
 from ..spec import LRN, MAX_CLASSES, Plan, with_options
-from . import bounds, caffe, naming, tfcheckpoint
+from . import bounds, caffe, naming, pickles, tfcheckpoint
 
 Native = tuple[Any, Any]  # (implementation package, model)
 # A file's bytes (or, for a directory or a pair of files, each file's bytes by relative
@@ -54,6 +54,7 @@ Written = tuple[bytes | dict[str, bytes], Native | None]
 MAX_PICKLE = 16 << 20  # a state_dict's data.pkl is ~30 KB
 MAX_CONFIG = 1 << 20  # a .keras config.json of this suite is ~1 KB
 MAX_HDF5_OBJECTS = 100_000  # groups and datasets in a .weights.h5 (GoogLeNet's: ~1,500)
+MAX_HDF5_PATH = 4096  # characters of an object's path (Keras's are under 200)
 
 
 class PortError(ValueError):
@@ -132,6 +133,10 @@ class Format:
     limits: str = ""
     # How a reader's process loads the written file, said in port's log ("{path}": DST).
     loading: str = ""
+    # What detects a changed byte in its weights when it is read: a checksum the format
+    # keeps ("zip CRC-32"), "digest" (the suite's SHA-256 when the file records one), or
+    # "" (nothing: a flipped bit is read as a weight, which port's log says).
+    checksum: str = ""
 
 
 # --------------------------------------------------------------------------------------
@@ -147,7 +152,7 @@ _KIND_NAMES = {
     "keras": "a Keras model archive",
     "mxnet": "MXNet parameters",
     "zip": "a zip archive",
-    "damaged-zip": "a damaged zip archive (truncated or corrupt: no readable directory at its end)",
+    "damaged-zip": "a damaged zip archive (truncated or corrupt: its directory cannot be read)",
     "caffe": "a Caffe model (a NetParameter protobuf)",
     "onnx": "an ONNX model",
     "torchscript": "a TorchScript module (torch.jit.save)",
@@ -173,11 +178,10 @@ def sniff(path: Path) -> str:
     if not head:
         return "empty"
     if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
+        if reading.zip_problem(path) is not None:
             return "damaged-zip"
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
         if any("/code/__torch__/" in n for n in names):  # before data.pkl: it has one too
@@ -232,8 +236,8 @@ def check_content(path: Path, fmt: Format) -> None:
         raise PortError(f"{path}: the file is empty")
     if kind == "damaged-zip" and fmt.name in _ZIPPED:
         raise PortError(
-            f"{path}: a damaged {fmt.description} file: {fmt.description} files are zip archives, and this one "
-            f"has no readable directory at its end (truncated or corrupt)"
+            f"{path}: a damaged {fmt.description} file: {fmt.description} files are zip archives, and this one's "
+            f"directory cannot be read ({reading.zip_problem(path)})"
         )
     if kind == "damaged-caffe":  # only a file said to be Caffe's is called a damaged one
         if fmt.name == "caffe":
@@ -370,11 +374,14 @@ def _read_torch(path: Path, p: Plan) -> Raw:
             if info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE:
                 raise PortError(f"{path}: its pickle declares {info.file_size:,} bytes; a state_dict's is a few KB")
         reading.check_crcs(path)  # PyTorch's own reader does not
+        _replay_zipped_pickles(path, infos)
     elif path.stat().st_size > bounds.budget(p).total:  # a legacy pickle reads its storages whole
         raise PortError(
             f"{path}: {path.stat().st_size:,} bytes is more than {p.variant.name} with {p.num_classes} classes "
             f"can hold ({bounds.budget(p).describe()}); pass --num-classes if it has more classes"
         )
+    else:
+        pickles.check_legacy(path)
     obj = _torch_load(path, mmap=zipped)
     notes = []
     for wrapper in ("state_dict", "model"):
@@ -398,6 +405,20 @@ def _read_torch(path: Path, p: Plan) -> Raw:
     tensors = {str(k): _torch_tensor(v) for k, v in obj.items() if not str(k).endswith("num_batches_tracked")}
     bounds.check_sizes(path, tensors, limit)
     return Raw(tensors, naming.detect(tensors), notes)
+
+
+def _replay_zipped_pickles(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Each ``data.pkl`` replayed without allocating (``conformance.formats.pickles``):
+    a storage at most its ``data/<key>`` member's bytes, ``bytearray(N)`` at most the
+    archive's."""
+    for info in infos:
+        if not info.filename.endswith("data.pkl"):
+            continue
+        root = info.filename[: -len("data.pkl")]
+        members = {
+            i.filename[len(root) + len("data/") :]: i.file_size for i in infos if i.filename.startswith(f"{root}data/")
+        }
+        pickles.check_zipped(reading.read_member(path, info.filename), info.filename, members, path.stat().st_size)
 
 
 def _torch_load(path: Path, mmap: bool):
@@ -492,10 +513,15 @@ def _once(make: Callable[[], Native]) -> Callable[[], Native]:
 
 def _h5_datasets(f) -> Iterator[tuple[str, Any]]:
     """Every dataset of an HDF5 file, refusing links that leave it (external and soft
-    links, external or virtual storage) and more objects than any weights file holds."""
+    links, external or virtual storage), more objects than any weights file holds, and
+    an object reached twice: hard links may make the tree a graph, even a cycle (a group
+    linked back to the root), which a walk by name would follow without end. Each
+    object is entered once, by its address in the file, and paths are bounded, so the
+    walk costs what the file's own objects cost."""
     import h5py
 
     seen = 0
+    entered = {h5py.h5o.get_info(f.id).addr}
     stack = [("", f)]
     while stack:
         prefix, group = stack.pop()
@@ -504,15 +530,24 @@ def _h5_datasets(f) -> Iterator[tuple[str, Any]]:
             if seen > MAX_HDF5_OBJECTS:
                 raise Damaged(f"holds more than {MAX_HDF5_OBJECTS:,} groups and datasets")
             path = f"{prefix}{name}"
+            if len(path) > MAX_HDF5_PATH:
+                raise Damaged(f"an object's path is {len(path):,} characters long; a Keras weight's is under 200")
             link = group.get(name, getlink=True)
             if not isinstance(link, h5py.HardLink):
-                raise Damaged(f"{path!r} is a {type(link).__name__} (it points outside the weights)")
+                raise Damaged(f"{path[:200]!r} is a {type(link).__name__} (it points outside the weights)")
             obj = group[name]
+            address = h5py.h5o.get_info(obj.id).addr
+            if address in entered:
+                raise Damaged(
+                    f"{path[:200]!r} is a second link to an object already linked elsewhere (a group linked back to "
+                    f"itself or to the root makes a cycle); a weights file links each object once"
+                )
+            entered.add(address)
             if isinstance(obj, h5py.Group):
                 stack.append((f"{path}/", obj))
             elif isinstance(obj, h5py.Dataset):
                 if obj.external or obj.is_virtual:
-                    raise Damaged(f"{path!r} keeps its data outside the file")
+                    raise Damaged(f"{path[:200]!r} keeps its data outside the file")
                 yield path, obj
 
 
@@ -824,15 +859,16 @@ def _write_caffe(params: Params, p: Plan) -> Written:
 # fmt: off
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("safetensors", (".safetensors",), "canonical safetensors", None, ("safetensors",),
-           _read_safetensors, _write_safetensors, _load_by_name("safetensors")),
+           _read_safetensors, _write_safetensors, _load_by_name("safetensors"), checksum="digest"),
     Format("npz", (".npz",), "canonical numpy archive", None, ("npz",),
-           _read_npz, _write_npz, _load_by_name("npz")),
+           _read_npz, _write_npz, _load_by_name("npz"), checksum="zip CRC-32"),
     Format("torch", (".pth", ".pt"), "PyTorch state_dict", "torch", ("torch", "pickle"),
-           _read_torch, _write_torch, _load_torch),
+           _read_torch, _write_torch, _load_torch, checksum="zip CRC-32"),
     Format("keras-weights", (".weights.h5",), "Keras weights", "keras", ("hdf5",),
-           _read_keras_weights, _write_keras_weights, _load_keras_weights, names=(".weights.h5",)),
+           _read_keras_weights, _write_keras_weights, _load_keras_weights, names=(".weights.h5",),
+           checksum="digest"),
     Format("keras", (".keras",), "Keras model", "keras", ("keras",),
-           _read_keras, _write_keras, _load_keras, names=(".keras",),
+           _read_keras, _write_keras, _load_keras, names=(".keras",), checksum="zip CRC-32",
            loading="import impl_keras  (registers conformance>GoogLeNet and its layers, which the file names); "
                    "keras.saving.load_model('{path}')"),
     Format("mxnet", (".params",), "MXNet Gluon parameters", "mxnet", ("mxnet",),
@@ -845,7 +881,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            _read_caffe, _write_caffe, _load_by_name("caffe"), writable=False),
     # Read only, by its prefix (the .index and .data-* files), TF-slim's names.
     Format("tf-checkpoint", (".ckpt", ".index"), "TensorFlow checkpoint", None, ("tf-checkpoint",),
-           _read_tf, _write_tf, _load_by_name("tf-checkpoint"), writable=False),
+           _read_tf, _write_tf, _load_by_name("tf-checkpoint"), writable=False,
+           checksum="CRC32C of each tensor (TensorFlow checks it)"),
 )}
 # fmt: on
 
@@ -889,6 +926,21 @@ FORMATS.update({f.name: f for f in (
 # fmt: on
 
 
+def unchecked(fmt: Format, raw: Raw) -> str:
+    """What port's log says of a source whose bytes no checksum covers ("" if one does)."""
+    if fmt.checksum and (fmt.checksum != "digest" or raw.digest is not None):
+        return ""
+    what = (
+        "this file records no SHA-256 of its tensors (written by another tool)"
+        if fmt.checksum
+        else (f"{fmt.description} files carry no checksum")
+    )
+    return (
+        f"{what}: a changed byte in a weight cannot be detected and is read as a weight "
+        f"(the outputs are compared with what was read, not with what was first written)"
+    )
+
+
 def infer(path: Path, explicit: str | None, option: str) -> Format:
     """The format named by ``--from``/``--to``, else the one the file name says."""
     if explicit is not None:
@@ -907,8 +959,8 @@ def infer(path: Path, explicit: str | None, option: str) -> Format:
 def read(path: Path, fmt: Format, p: Plan) -> Raw:
     """Read what ``path`` declares (no tensor yet); corrupt, truncated or misleading
     files become a PortError naming the file."""
-    check_content(path, fmt)
     with _reading(path, fmt):
+        check_content(path, fmt)
         return fmt.read(path, p)
 
 
@@ -927,14 +979,23 @@ def materialise(path: Path, fmt: Format, raw: Raw) -> dict[str, np.ndarray]:
 
 @contextlib.contextmanager
 def _reading(path: Path, fmt: Format) -> Iterator[None]:
+    """The one place a reader's failure becomes a refusal: every exception a reader (or
+    the library under it) raises is a PortError of one line naming the file."""
     try:
         yield
-    except PortError:
+    except PortError as e:
+        if "\n" in e.cli:
+            raise PortError(_one_line(e.cli)) from None
         raise
     except (Damaged, bounds.BoundsError) as e:
-        raise PortError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
+        message = _one_line(str(e))
+        raise PortError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     except Exception as e:  # noqa: BLE001 - truncated or corrupt: the libraries' own errors, with the file named
         raise PortError(f"{path}: cannot read it as {fmt.description}: {type(e).__name__}: {meaningful(e)}") from None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def meaningful(e: BaseException) -> str:

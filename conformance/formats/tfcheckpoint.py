@@ -32,14 +32,24 @@ SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 def prefix(path: Path) -> Path | None:
     """The checkpoint prefix ``path`` names: itself when ``<path>.index`` exists, or the
     index or a data shard given by its own name; None when it names no checkpoint."""
-    if path.name.endswith(".index") and path.is_file():
+    if path.name.endswith(".index") and _is(path, Path.is_file):
         return path.with_name(path.name[: -len(".index")])
     shard = SHARD.search(path.name)
-    if shard and path.is_file():
+    if shard and _is(path, Path.is_file):
         return path.with_name(path.name[: shard.start()])
-    if not path.exists() and path.with_name(path.name + ".index").exists():
+    if not _is(path, Path.exists) and _is(index(path), Path.exists):
         return path
     return None
+
+
+def _is(path: Path, test: Callable[[Path], bool]) -> bool:
+    """``test(path)``, False where the OS cannot even look: a name that fits the file
+    system with ``.index`` added may no longer fit ("File name too long"), and then no
+    such checkpoint exists."""
+    try:
+        return test(path)
+    except OSError:
+        return False
 
 
 def index(p: Path) -> Path:
