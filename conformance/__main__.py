@@ -20,7 +20,8 @@ from pathlib import Path
 from . import files, limits, spec
 from .check.judges import JUDGES
 from .files import check_output
-from .formats.registry import FORMATS, PortError
+from .formats.base import PortError
+from .formats.registry import FORMATS
 from .frameworks import FRAMEWORKS
 from .progress import Steps
 from .spec import MAX_CLASSES

@@ -39,7 +39,8 @@ from ..canonical import Params, canonical_shapes
 from ..reading import Tensor
 from ..spec import Plan, with_options
 from . import bounds, naming, onnxwire
-from .registry import Native, PortError, Raw, Written, _read_mxnet, backend, built, meaningful
+from .base import Native, PortError, Raw, Written, backend, built, meaningful
+from .gluon import read_params
 
 FRESH = Path(__file__).with_name("fresh.py")
 MAX_SYMBOL = 4 << 20  # a GoogLeNet's -symbol.json is ~150 KB
@@ -358,7 +359,7 @@ def read_gluon(symbol: Path, p: Plan) -> Raw:
     if not params.is_file():
         raise PortError(f"{symbol}: its parameters {params.name} are not beside it (HybridBlock.export writes both)")
     names = gluon_names(symbol, p)
-    raw = _read_mxnet(params, p)
+    raw = read_params(params, p)
     unknown = [k for k in raw.tensors if k not in names]
     tensors = {names.get(k, k): t for k, t in raw.tensors.items()}
     notes = [f"read {params.name}; names matched through the graph of {symbol.name}"]

@@ -34,20 +34,8 @@ from ..canonical import CanonicalError, Params, canonical_shapes, random_params,
 from ..check.compare import Agreement, agreement, identical
 from ..reading import Tensor
 from . import bounds, deploy, naming, tfcheckpoint
-from .registry import (
-    FORMATS,
-    Format,
-    Native,
-    PortError,
-    Raw,
-    built,
-    infer,
-    installed_reference,
-    materialise,
-    meaningful,
-    read,
-    unchecked,
-)
+from .base import Format, Native, PortError, Raw, built, meaningful
+from .registry import FORMATS, infer, installed_reference, materialise, read, unchecked
 
 __all__ = ["Checkpoint", "PortError", "PortResult", "VerificationError", "init", "port", "read_checkpoint"]
 

@@ -33,110 +33,24 @@ import pickle
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import reading
-from ..canonical import Params, canonical_shapes, gluon_name, to_bytes
+from ..canonical import Params, canonical_shapes, to_bytes
 from ..frameworks import FRAMEWORKS, load, quiet_stderr
 from ..reading import Damaged, Tensor
 from ..spec import LRN, MAX_CLASSES, Plan, with_options
-from . import bounds, caffe, naming, pickles, tfcheckpoint
-
-Native = tuple[Any, Any]  # (implementation package, model)
-# A file's bytes (or, for a directory or a pair of files, each file's bytes by relative
-# path or name ending), and the (backend, model) that wrote it.
-Written = tuple[bytes | dict[str, bytes], Native | None]
+from . import bounds, caffe, deploy, naming, pickles, tfcheckpoint
+from .base import Format, Native, PortError, Raw, Written, backend, built, meaningful, one_line, wipe
+from .gluon import read_params as _read_mxnet
 
 MAX_PICKLE = 16 << 20  # a state_dict's data.pkl is ~30 KB
 MAX_CONFIG = 1 << 20  # a .keras config.json of this suite is ~1 KB
 MAX_HDF5_OBJECTS = 100_000  # groups and datasets in a .weights.h5 (GoogLeNet's: ~1,500)
 MAX_HDF5_PATH = 4096  # characters of an object's path (Keras's are under 200)
-
-
-class PortError(ValueError):
-    """A checkpoint or an option that cannot be ported; the message names the file,
-    key or option and says what was expected. ``str()`` speaks to a Python caller
-    (``force=True``), :attr:`cli` to a command-line user (``--force``)."""
-
-    @property
-    def cli(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-    def __str__(self) -> str:
-        return python_spelling(self.cli)
-
-
-_PYTHON_SPELLING = (
-    (r"--force\b", "force=True"),
-    (r"--transform-input\b", "transform_input=True"),
-    (r"--num-classes (\d+)", r"num_classes=\1"),
-    (r"--from ([A-Za-z][\w-]*)", r"src_format='\1'"),
-    (r"--to ([A-Za-z][\w-]*)", r"dst_format='\1'"),
-    (r"--variant ([A-Za-z][\w-]*)", r"variant='\1'"),
-    (r"--num-classes\b", "num_classes"),
-    (r"--drop-background\b", "drop_background=True"),
-    (r"--from\b", "src_format"),
-    (r"--to\b", "dst_format"),
-    (r"--variant\b", "variant"),
-)
-
-
-def python_spelling(message: str) -> str:
-    """A message written for the command line, with options as ``port()``'s arguments."""
-    import re
-
-    for pattern, replacement in _PYTHON_SPELLING:
-        message = re.sub(pattern, replacement, message)
-    return message
-
-
-@dataclass
-class Raw:
-    """A file as read: its tensors under the file's own names, as declared (read by
-    ``Tensor.load`` only once their declarations were accepted), and what it says of
-    itself."""
-
-    tensors: dict[str, Tensor]
-    scheme: str  # naming scheme of the keys (see conformance.formats.naming)
-    notes: list[str]
-    config: dict[str, Any] | None = None  # a .keras file's own record of its variant and options
-    # Loads the file as its framework's users do, into a model of the final plan.
-    native: Callable[[Plan], Native] | None = field(default=None, repr=False)
-    digest: str | None = None  # the SHA-256 of its tensors the file records (the suite's own files)
-
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    suffixes: tuple[str, ...]
-    description: str
-    framework: str | None  # the framework that reads and writes it natively; None: any
-    sniffed: tuple[str, ...]  # what ``sniff`` reports for such a file
-    read: Callable[[Path, Plan], Raw]
-    # The file's bytes, made in memory (a full disk then fails in one place, the final
-    # write, which cleans up; HDF5 segfaults when its own write hits a full disk).
-    write: Callable[[Params, Plan], Written]
-    # Load the path as this format's users load it. ``reference``: the framework for
-    # formats that have none; ``into``: a model of this framework to load into.
-    load: Callable[[Path, Plan, str, Native | None], Native]
-    # The name endings its framework's loader insists on (Keras); empty: any name.
-    names: tuple[str, ...] = ()
-    writable: bool = True  # False: a format ``port`` reads only (Caffe's)
-    # "file"; "directory" (a SavedModel: DST must not exist); "pair" (DST names the
-    # Gluon -symbol.json, its -0000.params is written beside it).
-    layout: str = "file"
-    # What the format cannot carry (aux heads, an open input size), said in port's log.
-    limits: str = ""
-    # How a reader's process loads the written file, said in port's log ("{path}": DST).
-    loading: str = ""
-    # What detects a changed byte in its weights when it is read: a checksum the format
-    # keeps ("zip CRC-32"), "digest" (the suite's SHA-256 when the file records one), or
-    # "" (nothing: a flipped bit is read as a weight, which port's log says).
-    checksum: str = ""
 
 
 # --------------------------------------------------------------------------------------
@@ -250,29 +164,6 @@ def check_content(path: Path, fmt: Format) -> None:
             (f" (pass --from {f.name} if it is {f.description})" for f in FORMATS.values() if kind in f.sniffed), ""
         )
         raise PortError(f"{path}: expected {fmt.description} ({fmt.name}), but the file is {_KIND_NAMES[kind]}{hint}")
-
-
-def backend(name: str):
-    """An implementation package, or a PortError with its install hint."""
-    found, skipped = load([name])
-    if name not in found:
-        raise PortError(f"{name} is needed for this format and is {skipped[name]}")
-    return found[name]
-
-
-def built(framework: str, p: Plan, params: Params | None = None) -> Native:
-    """(backend, model) of ``framework`` for the plan's variant and options, holding
-    ``params`` when given."""
-    b = backend(framework)
-    model = b.build(p.variant.name, **p.options.asdict())
-    if params is not None:
-        b.from_canonical(model, params)
-    return b, model
-
-
-def wipe(b, model, p: Plan) -> None:
-    """Set every weight and statistic to NaN: whatever a load does not restore shows."""
-    b.from_canonical(model, {k: np.full(s, np.nan, np.float32) for k, s in canonical_shapes(p).items()})
 
 
 def _into(framework: str, p: Plan, into: Native | None) -> Native:
@@ -694,40 +585,6 @@ def _load_keras(path: Path, p: Plan, reference: str, into: Native | None) -> Nat
 # --------------------------------------------------------------------------------------
 
 
-def _read_mxnet(path: Path, p: Plan) -> Raw:
-    limit = bounds.ceiling(p)
-    declared = reading.mxnet_params(path, limit.count)
-    bounds.check_sizes(path, declared, limit)
-    loaded: dict[str, np.ndarray] = {}
-
-    def loader(name: str) -> Callable[[], np.ndarray]:
-        def load() -> np.ndarray:
-            if not loaded:  # MXNet reads the whole file at once; its sizes were checked
-                backend("mxnet")
-                import mxnet as mx
-
-                arrays = mx.nd.load(str(path))
-                if not isinstance(arrays, dict):
-                    raise PortError(f"{path}: holds an unnamed list of arrays, not named Gluon parameters")
-                loaded.update({k: v.asnumpy() for k, v in arrays.items()})
-            value = loaded[name]
-            return reading.bfloat16_to_float32(value.view("<u2")) if declared[name].dtype == "bfloat16" else value
-
-        return load
-
-    tensors = {k.split(":", 1)[-1]: Tensor(t.shape, t.dtype, loader(k), t.problem) for k, t in declared.items()}
-    if len(tensors) != len(declared):
-        raise PortError(f"{path}: two arrays have the same name once 'arg:' / 'aux:' is removed")
-    # A BatchNorm without scale (TF-slim's) keeps a gamma Gluon saves and its operator
-    # ignores (fix_gamma): not a weight of the network, whatever it holds.
-    fixed = {gluon_name(f"{u.name}.bn.weight") for u in p.conv_units() if u.norm is not None and not u.norm.scale}
-    dropped = [k for k in tensors if k in fixed]
-    for k in dropped:
-        del tensors[k]
-    notes = [f"dropped {len(dropped)} BatchNorm gammas Gluon keeps for a BatchNorm without scale (unused)"]
-    return Raw(tensors, naming.detect(tensors), notes if dropped else [])  # "arg:" from the Module API removed
-
-
 def _write_mxnet(params: Params, p: Plan) -> Written:
     b, model = built("mxnet", p, params)
     with _memory_file() as (path, contents):
@@ -887,39 +744,27 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 # fmt: on
 
 
-def _deploy(name: str) -> Callable[..., Any]:
-    """A function of ``conformance.formats.deploy`` (the deployment formats), which builds
-    on this module: imported when first called, so either module may be imported first."""
-
-    def call(*args: Any) -> Any:
-        from . import deploy
-
-        return getattr(deploy, name)(*args)
-
-    return call
-
-
 # fmt: off
 FORMATS.update({f.name: f for f in (
     Format("onnx", (".onnx",), "ONNX model", "torch", ("onnx",),
-           _deploy("read_onnx"), _deploy("write_onnx"), _deploy("load_onnx"),
+           deploy.read_onnx, deploy.write_onnx, deploy.load_onnx,
            loading="onnxruntime.InferenceSession('{path}'); input 'x' (NCHW), outputs 'logits' (, 'aux2', 'aux1')"),
     # Only by name (--to torchscript): .pt is a state_dict unless told.
     Format("torchscript", (".pt",), "TorchScript module", "torch", ("torchscript",),
-           _deploy("read_torchscript"), _deploy("write_torchscript"), _deploy("load_torchscript"),
+           deploy.read_torchscript, deploy.write_torchscript, deploy.load_torchscript,
            loading="torch.jit.load('{path}'); forward_stages(x, with_aux=True) gives the aux logits"),
     Format("exported", (".pt2",), "PyTorch ExportedProgram", "torch", ("exported",),
-           _deploy("read_exported"), _deploy("write_exported"), _deploy("load_exported"),
+           deploy.read_exported, deploy.write_exported, deploy.load_exported,
            loading="torch.export.load('{path}').module()(x)",
            limits="aux heads: not in the graph (it returns the logits, as the model does in eval); "
                   "their weights stay in its state_dict"),
     Format("savedmodel", (), "TensorFlow SavedModel", "keras", (),
-           _deploy("read_savedmodel"), _deploy("write_savedmodel"), _deploy("load_savedmodel"),
+           deploy.read_savedmodel, deploy.write_savedmodel, deploy.load_savedmodel,
            loading="tf.saved_model.load('{path}').serve(x)  (NHWC; needs TensorFlow only)",
            layout="directory",
            limits="weights: none under canonical names (a SavedModel keeps graph variables): its outputs prove it"),
     Format("gluon-export", ("-symbol.json",), "Gluon exported model", "mxnet", ("mxnet-symbol",),
-           _deploy("read_gluon"), _deploy("write_gluon"), _deploy("load_gluon"), names=("-symbol.json",),
+           deploy.read_gluon, deploy.write_gluon, deploy.load_gluon, names=("-symbol.json",),
            loading="mxnet.gluon.SymbolBlock.imports('{path}', ['data'], '{params}')",
            layout="pair", limits="aux heads: not in the pair (the inference graph returns the logits)"),
 )})
@@ -985,27 +830,13 @@ def _reading(path: Path, fmt: Format) -> Iterator[None]:
         yield
     except PortError as e:
         if "\n" in e.cli:
-            raise PortError(_one_line(e.cli)) from None
+            raise PortError(one_line(e.cli)) from None
         raise
     except (Damaged, bounds.BoundsError) as e:
-        message = _one_line(str(e))
+        message = one_line(str(e))
         raise PortError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     except Exception as e:  # noqa: BLE001 - truncated or corrupt: the libraries' own errors, with the file named
         raise PortError(f"{path}: cannot read it as {fmt.description}: {type(e).__name__}: {meaningful(e)}") from None
-
-
-def _one_line(message: str) -> str:
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
-
-
-def meaningful(e: BaseException) -> str:
-    """The line of a library's error that says what went wrong: MXNet's start with a
-    C++ ``Traceback (most recent call last):`` and end with the check that failed."""
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    noise = ("Traceback", "File ", "[bt]", "Stack trace", "Error in operator")
-    useful = [line for line in lines if not line.startswith(noise) and not line[:1].isdigit()]
-    checks = [line for line in useful if "Check failed" in line or "Error" in line]
-    return ((checks or useful or lines or [""])[-1 if checks else 0])[:300]
 
 
 def installed_reference() -> str:

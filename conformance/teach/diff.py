@@ -19,8 +19,9 @@ from typing import Any
 from .. import frameworks, spec
 from ..canonical import Params, canonical_shapes, random_params
 from ..check.compare import REL_TOL
+from ..formats.base import PortError
 from ..formats.port import read_checkpoint
-from ..formats.registry import PortError, infer
+from ..formats.registry import infer
 from . import stages
 
 DEFAULT_BATCH = 8

@@ -1,0 +1,140 @@
+"""What every format module shares: the error a port refuses with, a file as read
+(:class:`Raw`), a format's entry (:class:`Format`), and the implementation packages a
+format reads, writes and loads with. The format modules and the registry build on it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..canonical import Params, canonical_shapes
+from ..frameworks import load
+from ..reading import Tensor
+from ..spec import Plan
+
+Native = tuple[Any, Any]  # (implementation package, model)
+# A file's bytes (or, for a directory or a pair of files, each file's bytes by relative
+# path or name ending), and the (backend, model) that wrote it.
+Written = tuple[bytes | dict[str, bytes], Native | None]
+
+
+class PortError(ValueError):
+    """A checkpoint or an option that cannot be ported; the message names the file,
+    key or option and says what was expected. ``str()`` speaks to a Python caller
+    (``force=True``), :attr:`cli` to a command-line user (``--force``)."""
+
+    @property
+    def cli(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return python_spelling(self.cli)
+
+
+_PYTHON_SPELLING = (
+    (r"--force\b", "force=True"),
+    (r"--transform-input\b", "transform_input=True"),
+    (r"--num-classes (\d+)", r"num_classes=\1"),
+    (r"--from ([A-Za-z][\w-]*)", r"src_format='\1'"),
+    (r"--to ([A-Za-z][\w-]*)", r"dst_format='\1'"),
+    (r"--variant ([A-Za-z][\w-]*)", r"variant='\1'"),
+    (r"--num-classes\b", "num_classes"),
+    (r"--drop-background\b", "drop_background=True"),
+    (r"--from\b", "src_format"),
+    (r"--to\b", "dst_format"),
+    (r"--variant\b", "variant"),
+)
+
+
+def python_spelling(message: str) -> str:
+    """A message written for the command line, with options as ``port()``'s arguments."""
+    for pattern, replacement in _PYTHON_SPELLING:
+        message = re.sub(pattern, replacement, message)
+    return message
+
+
+@dataclass
+class Raw:
+    """A file as read: its tensors under the file's own names, as declared (read by
+    ``Tensor.load`` only once their declarations were accepted), and what it says of
+    itself."""
+
+    tensors: dict[str, Tensor]
+    scheme: str  # naming scheme of the keys (see conformance.formats.naming)
+    notes: list[str]
+    config: dict[str, Any] | None = None  # a .keras file's own record of its variant and options
+    # Loads the file as its framework's users do, into a model of the final plan.
+    native: Callable[[Plan], Native] | None = field(default=None, repr=False)
+    digest: str | None = None  # the SHA-256 of its tensors the file records (the suite's own files)
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    suffixes: tuple[str, ...]
+    description: str
+    framework: str | None  # the framework that reads and writes it natively; None: any
+    sniffed: tuple[str, ...]  # what ``sniff`` reports for such a file
+    read: Callable[[Path, Plan], Raw]
+    # The file's bytes, made in memory (a full disk then fails in one place, the final
+    # write, which cleans up; HDF5 segfaults when its own write hits a full disk).
+    write: Callable[[Params, Plan], Written]
+    # Load the path as this format's users load it. ``reference``: the framework for
+    # formats that have none; ``into``: a model of this framework to load into.
+    load: Callable[[Path, Plan, str, Native | None], Native]
+    # The name endings its framework's loader insists on (Keras); empty: any name.
+    names: tuple[str, ...] = ()
+    writable: bool = True  # False: a format ``port`` reads only (Caffe's)
+    # "file"; "directory" (a SavedModel: DST must not exist); "pair" (DST names the
+    # Gluon -symbol.json, its -0000.params is written beside it).
+    layout: str = "file"
+    # What the format cannot carry (aux heads, an open input size), said in port's log.
+    limits: str = ""
+    # How a reader's process loads the written file, said in port's log ("{path}": DST).
+    loading: str = ""
+    # What detects a changed byte in its weights when it is read: a checksum the format
+    # keeps ("zip CRC-32"), "digest" (the suite's SHA-256 when the file records one), or
+    # "" (nothing: a flipped bit is read as a weight, which port's log says).
+    checksum: str = ""
+
+
+def backend(name: str):
+    """An implementation package, or a PortError with its install hint."""
+    found, skipped = load([name])
+    if name not in found:
+        raise PortError(f"{name} is needed for this format and is {skipped[name]}")
+    return found[name]
+
+
+def built(framework: str, p: Plan, params: Params | None = None) -> Native:
+    """(backend, model) of ``framework`` for the plan's variant and options, holding
+    ``params`` when given."""
+    b = backend(framework)
+    model = b.build(p.variant.name, **p.options.asdict())
+    if params is not None:
+        b.from_canonical(model, params)
+    return b, model
+
+
+def wipe(b, model, p: Plan) -> None:
+    """Set every weight and statistic to NaN: whatever a load does not restore shows."""
+    b.from_canonical(model, {k: np.full(s, np.nan, np.float32) for k, s in canonical_shapes(p).items()})
+
+
+def one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def meaningful(e: BaseException) -> str:
+    """The line of a library's error that says what went wrong: MXNet's start with a
+    C++ ``Traceback (most recent call last):`` and end with the check that failed."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    noise = ("Traceback", "File ", "[bt]", "Stack trace", "Error in operator")
+    useful = [line for line in lines if not line.startswith(noise) and not line[:1].isdigit()]
+    checks = [line for line in useful if "Check failed" in line or "Error" in line]
+    return ((checks or useful or lines or [""])[-1 if checks else 0])[:300]
