@@ -176,7 +176,8 @@ Combo = tuple[Candidate, ...]  # one mistake, or two made in this order
 
 def candidates(plan: spec.Plan, sizes: Sequence[int]) -> list[Candidate]:
     """The catalogue's inference mistakes that can be made in ``plan`` and change
-    something at one of ``sizes`` at least, in catalogue order."""
+    something at one of ``sizes`` at least, in catalogue order; where: at the first
+    size where it changes something."""
     out = []
     for pitfall in PITFALLS.values():
         if pitfall.kind != "inference" or pitfall.replay is None:
@@ -283,7 +284,7 @@ def diagnose(
         reference = [runs.logits(runs.base, runs.run(runs.base, x, -1, [])) for x in inputs]
         if _agreement(reference, got, rel_tol)[1]:
             return []
-    pool = candidates(plan, sorted({x.shape[-1] for x in inputs}))
+    pool = candidates(plan, list(dict.fromkeys(x.shape[-1] for x in inputs)))
     combos: list[Combo] = [(c,) for c in pool] + list(itertools.combinations(pool, 2))
     nets: dict[Combo, _Net] = {}
     screened = _logits(
