@@ -547,7 +547,7 @@ def map_ops(p: spec.Plan, change: OpChange) -> spec.Plan:
         if isinstance(s, spec.ResidualUnit):
             conv1, conv2 = change(s.conv1), change(s.conv2)
             return s if (conv1, conv2) == (s.conv1, s.conv2) else dataclasses.replace(s, conv1=conv1, conv2=conv2)
-        return change(s)  # type: ignore[no-any-return]
+        return change(s)
 
     aux = tuple(dataclasses.replace(a, pool=change(a.pool), conv=change(a.conv)) for a in p.aux)
     head_pool = None if p.head_pool is None else change(p.head_pool)
