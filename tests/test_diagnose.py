@@ -219,7 +219,9 @@ BN_CLASSES, BN_SIZES, LIU_SIZES = 10, (64, 57), (28, 28)
 def bn_case():
     plan = spec.resolve("googlenet_bn", num_classes=BN_CLASSES, transform_input=True)
     params = canonical.random_params(plan, 0)
-    inputs = [stages.seeded_input(plan, size, n, seed) for seed, (size, n) in enumerate(zip(BN_SIZES, (2, 1)))]
+    inputs = [
+        stages.seeded_input(plan, size, n, seed) for seed, (size, n) in enumerate(zip(BN_SIZES, (2, 1), strict=True))
+    ]
     return plan, params, inputs
 
 
@@ -327,7 +329,7 @@ def test_a_user_model_that_stays_correct_agrees_with_the_reference_bit_for_bit_n
     """The user's model is an honest witness: without a mistake it agrees with the
     suite's PyTorch model to float rounding (else the cases above would prove nothing)."""
     t = backend_or_skip("torch")
-    plan, params, inputs = bn_case
+    _, params, inputs = bn_case
     ref = t.build("googlenet_bn", BN_CLASSES, transform_input=True)
     t.from_canonical(ref, params)
     user = loaded(UserGoogLeNet(BN_CLASSES, Mistakes()), params)
