@@ -384,3 +384,11 @@ def test_the_replay_reproduces_the_framework_s_broken_port(name, variant, size):
         got = broken.forward(model, x)
     found = diagnose(plan, params, [x], [got])
     assert found and found[0].pitfalls == (name,), [f.pitfalls for f in found]
+
+
+def test_inputs_and_logits_that_do_not_match_are_refused(liu_case):
+    plan, params, inputs = liu_case
+    with pytest.raises(ValueError, match="got: expected logits for each image"):
+        diagnose(plan, params, inputs, [np.zeros((2, 10), np.float32)])
+    with pytest.raises(ValueError, match="inputs: expected one or more non-empty NCHW batches"):
+        diagnose(plan, params, [], [])

@@ -275,8 +275,10 @@ def diagnose(
     pair runs first on the first image alone, and only those that image leaves possible
     run on every input.
     """
-    if len(inputs) != len(got) or not inputs:
-        raise ValueError(f"got: expected logits for each of the {len(inputs)} inputs, found {len(got)}")
+    if not inputs or any(x.ndim != 4 or not len(x) for x in inputs):
+        raise ValueError("inputs: expected one or more non-empty NCHW batches")
+    if len(got) != len(inputs) or any(len(g) != len(x) for g, x in zip(got, inputs, strict=False)):
+        raise ValueError(f"got: expected logits for each image of the {len(inputs)} inputs")
     runs = _Runs(plan, params)
     first, first_got = inputs[0][:1], got[0][:1]
     base = runs.logits(runs.base, runs.run(runs.base, first, -1, []))
