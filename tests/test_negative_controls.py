@@ -212,3 +212,28 @@ def test_a_batchnorm_gamma_that_is_not_there_fails_from_the_second_step():
     assert training["weights after step 1"].passed and not training["loss"].passed
     assert training["loss"].worst["mxnet"] == "step 2"
     assert v.counts["mxnet"][0] == 6_618_649 + 7_280 and not v.counts_passed
+
+
+HAND_WRITTEN = [  # the mistakes of hand-written PyTorch ports: (pitfall, variant, size)
+    ("relu-missing", "googlenet_d2l", 64),
+    ("relu-added", "inception_mnist", 28),
+    ("dropout-on", "googlenet_cifar", 32),
+    ("branch-order", "googlenet_bn", 64),
+    ("softmax-output", "googlenet_cifar", 32),
+    ("count-include-pad", "inception_mnist", 28),
+]
+
+
+@pytest.mark.parametrize(("name", "variant", "size"), HAND_WRITTEN, ids=[h[0] for h in HAND_WRITTEN])
+def test_a_hand_written_port_s_mistake_fails_where_it_is_made(name, variant, size):
+    """Each mistake made in a PyTorch port, checked against the correct one: every stage
+    before the one where the mistake is made passes, that one fails by far, shapes all match."""
+    torch_ = backend_or_skip("torch")
+    with PITFALLS[name].broken(torch_) as broken:
+        v = check({"torch": torch_, "port": patched(broken, name="port")}, variant, size)
+    r = rows(v)
+    made = PITFALLS[name].where(spec.resolve(variant, **harness.full_options(spec.VARIANTS[variant])), size)
+    names = list(r)
+    assert all(r[n].passed for n in names[: names.index(made)])
+    assert not r[made].passed and r[made].agreement["port"].max_rel > 100 * REL_TOL
+    assert all(s == r[n].expected for n in r for s in r[n].shapes.values())

@@ -30,6 +30,12 @@ ISSUE_LIST = {  # the issue's list, one name per mistake
     "slim-5x5",  # issue 15: TF-slim's inception_v1
     "symmetric-padding",
     "slim-gamma",
+    "relu-missing",  # issue 20: mistakes of hand-written ports, which verify diagnoses
+    "relu-added",
+    "dropout-on",
+    "branch-order",
+    "softmax-output",
+    "count-include-pad",
 }
 PAIRS = measure.planned(list(PITFALLS), None)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -117,6 +123,11 @@ def _floor_variant(v: spec.Variant) -> spec.Variant:
         ("slim-gamma", "googlenet_bn", "its BatchNorm has a scale"),
         ("slim-5x5", "googlenet", "its branch 3 has no 3x3 conv"),
         ("bn-momentum", "inception_mnist", "no BatchNorm"),
+        ("relu-missing", "inception_mnist", "no conv unit has a ReLU of its own"),
+        ("relu-added", "googlenet_bn", "every conv has its ReLU already"),
+        ("dropout-on", "googlenet_d2l", "no dropout before the classifier"),
+        ("branch-order", "residual_mnist", "no Inception block"),
+        ("count-include-pad", "googlenet_bn", "no average pool with padding"),
     ],
 )
 def test_a_pitfall_that_cannot_apply_says_why(name, variant, reason):

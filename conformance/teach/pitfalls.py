@@ -6,6 +6,11 @@ what it does, and the negative-control tests (``tests/test_negative_controls.py`
 it. A :class:`Pitfall` is data (what, where, why) plus ``broken(backend)``: a context
 manager giving the backend with the mistake made, the way a real port makes it (a
 patched build, a weight adapter monkeypatched for the duration, a swapped input).
+An inference mistake also has a :class:`Replay`: the same mistake stated as a change
+to the plan, the canonical weights, the input or the logits, which the reference
+(PyTorch) runs; ``verify``'s diagnosis (``conformance.verify.diagnose``) replays the
+catalogue that way with a user's weights, and the mistakes hand-written PyTorch ports
+make are made from their replay (:func:`replayed`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from .. import interface, spec
 from ..interface import Backend
 
 Broken = Callable[[Backend], contextlib.AbstractContextManager[Backend]]
+Params = dict[str, np.ndarray]
 
 # The framework defaults a port inherits when it does not pass a value.
 GLUON_BN_EPS = 1e-5  # mxnet.gluon.nn.BatchNorm(epsilon=1e-5)
@@ -48,6 +54,24 @@ class Pitfall:
     # be made in this plan.
     where: Callable[[spec.Plan, int], str | None]
     broken: Broken
+    # The mistake as the reference makes it, for verify's diagnosis; None for training
+    # mistakes and for dropout-on (random: no run reproduces another's masks).
+    replay: Replay | None = None
+
+
+@dataclass(frozen=True)
+class Replay:
+    """An inference mistake stated so that any correct implementation can make it: each
+    change is applied to the result of the one before (``plan``, then ``params`` with the
+    changed plan), and a mistake's changes follow another's, so two mistakes compose.
+    Every change returns the same objects for what it leaves alone (the same array for an
+    untouched weight, the same unit for an untouched op), so a run can tell where the
+    network starts to differ."""
+
+    plan: Callable[[spec.Plan], spec.Plan] | None = None  # the network built
+    params: Callable[[spec.Plan, Params], Params] | None = None  # canonical weights as loaded
+    inputs: Callable[[np.ndarray], np.ndarray] | None = None  # NCHW images, before transform_input
+    logits: Callable[[np.ndarray], np.ndarray] | None = None  # what the model returns
 
 
 def patched(b: Backend, **overrides: Any) -> types.SimpleNamespace:
@@ -506,6 +530,262 @@ def _mxnet_gamma(model: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Replays: each inference mistake as a change the reference can run
+# --------------------------------------------------------------------------------------
+
+OpChange = Callable[[Any], Any]
+
+
+def map_ops(p: spec.Plan, change: OpChange) -> spec.Plan:
+    """``p`` with ``change`` applied to every op: each stage, the ops inside its blocks, the
+    aux heads' pool and conv, the head pool. ``change`` returns an op unchanged as itself."""
+
+    def stage(s: spec.Stage) -> spec.Stage:
+        if isinstance(s, spec.InceptionBlock):
+            branches = tuple(tuple(change(op) for op in branch) for branch in s.branches)
+            return s if branches == s.branches else dataclasses.replace(s, branches=branches)
+        if isinstance(s, spec.ResidualUnit):
+            conv1, conv2 = change(s.conv1), change(s.conv2)
+            return s if (conv1, conv2) == (s.conv1, s.conv2) else dataclasses.replace(s, conv1=conv1, conv2=conv2)
+        return change(s)
+
+    aux = tuple(dataclasses.replace(a, pool=change(a.pool), conv=change(a.conv)) for a in p.aux)
+    head_pool = None if p.head_pool is None else change(p.head_pool)
+    return dataclasses.replace(p, stages=tuple(map(stage, p.stages)), aux=aux, head_pool=head_pool)
+
+
+def _ops_where(hit: Callable[[Any], bool], change: OpChange) -> Callable[[spec.Plan], spec.Plan]:
+    return lambda p: map_ops(p, lambda op: change(op) if hit(op) else op)
+
+
+def conv_weight(u: spec.ConvUnit) -> str:
+    """The canonical key of a conv unit's kernel."""
+    return f"{u.name}.weight" if u.plain else f"{u.name}.conv.weight"
+
+
+def _same_plan(op: Any) -> Any:
+    """Keras's "same": TensorFlow's SAME padding, the 3x3/2 max pools without ceil rounding."""
+    if isinstance(op, spec.ConvUnit):
+        return dataclasses.replace(op, same=True, padding=0)
+    return dataclasses.replace(op, same=True, padding=0, ceil_mode=False)
+
+
+def _floor_plan(op: Any) -> Any:
+    return dataclasses.replace(op, ceil_mode=False)
+
+
+def _is_max_pool(op: Any) -> bool:
+    return isinstance(op, spec.Pool) and op.kind == "max" and op.ceil_mode
+
+
+def _transposed_kernels(p: spec.Plan, params: Params) -> Params:
+    """What a kernel loaded through transpose(3, 2, 1, 0) as HWIO computes, as an OIHW
+    kernel: its height and width swapped."""
+    keys = {conv_weight(u) for u in p.conv_units() if u.kernel > 1}
+    return {k: np.ascontiguousarray(w.transpose(0, 1, 3, 2)) if k in keys else w for k, w in params.items()}
+
+
+def _hwc_rows(p: spec.Plan, params: Params) -> Params:
+    """A dense layer fed an (H, W, C) flatten through rows meant for (C, H, W), as an
+    equivalent layer on PyTorch's (C, H, W) flatten: input j of the HWC order is input
+    ``order[j]`` of the CHW one."""
+    out = dict(params)
+    for d in [*(a.fc1 for a in p.aux), p.fc]:
+        if _flattened(d):
+            assert d.flattened_from is not None
+            order = np.arange(d.in_features).reshape(d.flattened_from).transpose(1, 2, 0).reshape(-1)
+            w = params[f"{d.name}.weight"]
+            moved = np.empty_like(w)
+            moved[:, order] = w
+            out[f"{d.name}.weight"] = moved
+    return out
+
+
+def _eps_plan(default: float) -> Callable[[spec.Plan], spec.Plan]:
+    def plan(p: spec.Plan) -> spec.Plan:
+        norm = p.variant.convs.norm
+        assert norm is not None
+        return map_ops(
+            p,
+            lambda op: (
+                dataclasses.replace(op, norm=dataclasses.replace(op.norm, eps=default))
+                if _variant_eps(op, norm.eps)
+                else op
+            ),
+        )
+
+    return plan
+
+
+def _tf_alpha_plan(p: spec.Plan) -> spec.Plan:
+    return map_ops(p, lambda op: dataclasses.replace(op, alpha=op.alpha * op.size) if isinstance(op, spec.LRN) else op)
+
+
+def _untransformed(p: spec.Plan) -> spec.Plan:
+    return dataclasses.replace(p, transform=None, options=dataclasses.replace(p.options, transform_input=False))
+
+
+def _bgr(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x[:, ::-1])
+
+
+def _paper_5x5_plan(op: Any) -> Any:
+    return dataclasses.replace(op, kernel=5, padding=0 if op.same else 2)
+
+
+def _padded_kernels(p: spec.Plan, params: Params) -> Params:
+    return _padded_at_the_end(params)
+
+
+def _symmetric_plan(op: Any) -> Any:
+    if isinstance(op, spec.ConvUnit):
+        return dataclasses.replace(op, same=False, padding=op.kernel // 2)
+    return dataclasses.replace(op, same=False, padding=(op.kernel - 1) // 2)
+
+
+def _same_op(op: Any) -> bool:
+    return isinstance(op, (spec.ConvUnit, spec.Pool)) and op.same
+
+
+# --------------------------------------------------------------------------------------
+# Mistakes of hand-written PyTorch ports, made from their replay
+# --------------------------------------------------------------------------------------
+
+
+def replayed(replay: Replay) -> Broken:
+    """A PyTorch port making the mistake as ``replay`` states it: a model built from the
+    changed plan (so PyTorch's channels-last copy, made from the plan, keeps it), the
+    weights changed on the way in, the input on the way in, the logits on the way out."""
+
+    def make(b: Backend) -> Backend:
+        def build(variant: Any, *args: Any, **options: Any) -> Any:
+            model = b.build(variant, *args, **options)
+            if replay.plan is None:
+                return model
+            mistaken = type(model)(replay.plan(model.plan)).to(next(model.parameters()).dtype)
+            b.from_canonical(mistaken, b.to_canonical(model))
+            return mistaken.eval()
+
+        def from_canonical(model: Any, params: Any) -> None:
+            b.from_canonical(model, params if replay.params is None else replay.params(model.plan, dict(params)))
+
+        def inputs(x: Any) -> Any:
+            return x if replay.inputs is None else replay.inputs(x)
+
+        def stages(model: Any, x: Any, *args: Any, **kw: Any) -> dict[str, np.ndarray]:
+            out = b.stages(model, inputs(x), *args, **kw)
+            if replay.logits is not None:
+                out["logits"] = replay.logits(out["logits"])
+            return out
+
+        def forward(model: Any, x: Any, *args: Any, **kw: Any) -> Any:
+            out = b.forward(model, inputs(x), *args, **kw)
+            if replay.logits is None:
+                return out
+            return (replay.logits(out[0]), *out[1:]) if isinstance(out, tuple) else replay.logits(out)
+
+        return patched(b, build=build, from_canonical=from_canonical, stages=stages, forward=forward)
+
+    return _returning(make)
+
+
+def _where_relu(present: bool) -> Callable[[spec.Plan, int], str | None]:
+    none = "no conv unit has a ReLU of its own (its ReLUs are stages)" if present else "every conv has its ReLU already"
+    return lambda p, size: first_stage(p, lambda op: isinstance(op, spec.ConvUnit) and op.relu == present, none)
+
+
+def _relu(present: bool) -> Callable[[spec.Plan], spec.Plan]:
+    return _ops_where(
+        lambda op: isinstance(op, spec.ConvUnit) and op.relu != present,
+        lambda op: dataclasses.replace(op, relu=present),
+    )
+
+
+def _where_blocks(p: spec.Plan, size: int) -> str | None:
+    for stage in p.stages:
+        if isinstance(stage, spec.InceptionBlock):
+            return stage.name
+    raise NotApplicable("no Inception block")
+
+
+def _middle_branches_swapped(p: spec.Plan) -> spec.Plan:
+    """Every block concatenating branch 3 before branch 2: the paper's 1x1 | 3x3 | 5x5 |
+    pool written in the order of Liu's lecture (1x1 | 5x5 | 3x3 | pool), or the reverse."""
+
+    def swap(s: spec.Stage) -> spec.Stage:
+        if not isinstance(s, spec.InceptionBlock):
+            return s
+        b = s.branches
+        return dataclasses.replace(s, branches=(b[0], b[2], b[1], *b[3:]))
+
+    return dataclasses.replace(p, stages=tuple(map(swap, p.stages)))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the classes, in float32 as a model computes it."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted, dtype=np.float32)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _padded_avg(op: Any) -> bool:
+    return isinstance(op, spec.Pool) and op.kind == "avg" and op.padding > 0
+
+
+def _where_padded_avg(p: spec.Plan, size: int) -> str | None:
+    return first_stage(p, _padded_avg, "no average pool with padding")
+
+
+def _count_flipped(op: Any) -> Any:
+    return dataclasses.replace(op, count_include_pad=not op.count_include_pad)
+
+
+def _where_dropout(p: spec.Plan, size: int) -> str | None:
+    if p.dropout == 0:
+        raise NotApplicable("no dropout before the classifier")
+    return "logits"
+
+
+DROPOUT_SEED = 0  # the broken port's masks, so that ``pitfalls`` measures the same each time
+
+
+def _torch_dropout_on(b: Backend) -> Backend:
+    """``F.dropout(x, p)`` in forward: its ``training`` defaults to True, so eval() does not
+    stop it. Run eagerly: PyTorch's channels-last copy is rebuilt from the plan, which has
+    no such layer."""
+    import torch
+
+    class AlwaysDropout(torch.nn.Module):
+        def __init__(self, rate: float) -> None:
+            super().__init__()
+            self.rate = rate
+            self.masks = torch.Generator().manual_seed(DROPOUT_SEED)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            keep = torch.bernoulli(torch.full_like(x, 1 - self.rate), generator=self.masks)
+            return x * keep / (1 - self.rate)
+
+    def build(variant: Any, *args: Any, **options: Any) -> Any:
+        model = b.build(variant, *args, **options)
+        model.dropout = AlwaysDropout(model.plan.dropout)
+        return model
+
+    def stages(model: Any, x: Any, *args: Any, **kw: Any) -> dict[str, np.ndarray]:
+        return b.stages(model, x, mode=interface.EAGER)
+
+    def forward(model: Any, x: Any, aux: bool = False, *args: Any, **kw: Any) -> Any:
+        return b.forward(model, x, aux, mode=interface.EAGER)
+
+    return patched(b, build=build, stages=stages, forward=forward)
+
+
+_RELU_MISSING = Replay(plan=_relu(False))
+_RELU_ADDED = Replay(plan=_relu(True))
+_BRANCHES_SWAPPED = Replay(plan=_middle_branches_swapped)
+_SOFTMAX = Replay(logits=softmax)
+_COUNT_FLIPPED = Replay(plan=_ops_where(_padded_avg, _count_flipped))
+
+# --------------------------------------------------------------------------------------
 # The catalogue
 # --------------------------------------------------------------------------------------
 
@@ -518,6 +798,7 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "pads (3, 3), so every window shifts by a pixel while every shape still matches, as in d2l's TensorFlow "
         "GoogLeNet.",
         _where_same, _returning(lambda b: rebuilt(b, _keras_same)),
+        Replay(plan=_ops_where(_same_targets, _same_plan)),
     ),
     Pitfall(
         "floor-pooling", "max pools rounding their output size down (MXNet's default pooling_convention)",
@@ -525,20 +806,21 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "torchvision and Caffe round the pooled size up (ceil_mode=True); rounding down drops the last window on an "
         "even map (112 -> 55, not 56, at 224), so every later stage sees a smaller picture.",
         _where_floor, _returning(lambda b: rebuilt(b, _mxnet_floor)),
+        Replay(plan=_ops_where(_is_max_pool, _floor_plan)),
     ),
     Pitfall(
         "kernel-transposed", "a conv kernel transposed the wrong way: OIHW -> HWIO as transpose(3, 2, 1, 0)",
         "inference", "keras", ("googlenet",), "kernel layouts",
         "swapping a kernel's height and width keeps a square kernel's shape, so nothing fails to load: every "
         "spatial filter is mirrored across its diagonal, from the first conv on.",
-        _where_kernel, _keras_kernel_transposed,
+        _where_kernel, _keras_kernel_transposed, Replay(params=_transposed_kernels),
     ),
     Pitfall(
         "dense-rows", "dense rows not permuted for an NHWC flatten",
         "inference", "keras", ("googlenet_bn", "inception_mnist"), "flatten before a dense layer",
         "Keras flattens a map in (H, W, C) order and PyTorch in (C, H, W), so a dense layer reading a flattened map "
         "larger than 1 x 1 (the aux heads' fc1, the fc of Liu's nets) must have its rows reordered.",
-        _where_dense, _keras_dense_unpermuted,
+        _where_dense, _keras_dense_unpermuted, Replay(params=_hwc_rows),
     ),
     Pitfall(
         "bn-eps-gluon", f"BatchNorm epsilon left at Gluon's default ({GLUON_BN_EPS:g})",
@@ -546,6 +828,7 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "BatchNorm divides by sqrt(running_var + eps): torchvision's GoogLeNet uses eps 1e-3, and where running "
         "variances are that small (here 1e-3 to 1e-2) Gluon's 1e-5 changes every channel's gain.",
         _where_eps(GLUON_BN_EPS), _returning(lambda b: rebuilt(b, _mxnet_default_eps)),
+        Replay(plan=_eps_plan(GLUON_BN_EPS)),
     ),
     Pitfall(
         "bn-eps-keras", f"BatchNorm epsilon left at Keras's default ({KERAS_BN_EPS:g})",
@@ -553,13 +836,14 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "pytorch-cifar100 keeps PyTorch's eps 1e-5, and Keras's BatchNormalization defaults to 1e-3: with running "
         "variances of 1e-3 to 1e-2 the denominator sqrt(var + eps) grows by up to 40%.",
         _where_eps(KERAS_BN_EPS), _returning(lambda b: rebuilt(b, _keras_default_eps)),
+        Replay(plan=_eps_plan(KERAS_BN_EPS)),
     ),
     Pitfall(
         "lrn-alpha", "LRN alpha not divided by the window size (TensorFlow's operator)",
         "inference", "keras", ("googlenet_lrn",), "LRN",
         "Caffe, PyTorch and MXNet weigh the window's sum of squares by alpha / size, TensorFlow's "
         "local_response_normalization by alpha itself: passed unchanged, alpha normalises 5 times as hard.",
-        _where_lrn, _returning(lambda b: rebuilt(b, _keras_tf_alpha)),
+        _where_lrn, _returning(lambda b: rebuilt(b, _keras_tf_alpha)), Replay(plan=_tf_alpha_plan),
     ),
     Pitfall(
         "transform-input", "transform_input forgotten for torchvision's weights",
@@ -567,14 +851,14 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "torchvision's GoogLeNet weights expect each channel re-mapped from ImageNet's mean and std to "
         "(x - 0.5) / 0.5 (transform_input=True, which torchvision sets only when it loads them itself), so without "
         "it every image reaches conv1 off by a per-channel scale and shift.",
-        _where_transform, _returning(_without_transform),
+        _where_transform, _returning(_without_transform), Replay(plan=_untransformed),
     ),
     Pitfall(
         "rgb-bgr", "RGB fed to weights trained on BGR",
         "inference", "torch", ("googlenet_lrn",), None,
         "Caffe's models (bvlc_googlenet among them) were trained on BGR images, OpenCV's order: feeding RGB swaps "
         "the first and third input channels, so conv1 sees another image.",
-        _where_bgr, _returning(_rgb_for_bgr),
+        _where_bgr, _returning(_rgb_for_bgr), Replay(inputs=_bgr),
     ),
     Pitfall(
         "bn-momentum", "BatchNorm momentum passed to Gluon untranslated (training)",
@@ -605,6 +889,7 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "paper's 5x5 (padding 2) and pads the 3x3 kernels at the end loads without complaint but shifts every "
         "window of that branch by a pixel (zero-filled around the centre it would be exact).",
         _where_5x5, _returning(lambda b: as_variant(b, _paper_5x5, _padded_at_the_end, _cropped_back)),
+        Replay(plan=_ops_where(_branch3_3x3, _paper_5x5_plan), params=_padded_kernels),
     ),
     Pitfall(
         "symmetric-padding", "symmetric instead of TensorFlow's SAME padding on TF-slim's strided conv and pools",
@@ -613,6 +898,7 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "padding=3 and padding=1 (torchvision's) keep every shape and move every window by a pixel. On an odd map "
         "SAME is symmetric, so those sizes hide it.",
         _where_symmetric, _returning(lambda b: as_variant(b, _symmetric)),
+        Replay(plan=_ops_where(_same_op, _symmetric_plan)),
     ),
     Pitfall(
         "slim-gamma", "a BatchNorm gamma that is not there: Gluon's default scale=True for TF-slim's (training)",
@@ -627,6 +913,49 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         "SGD's momentum means the same in all three (the weight of the old velocity); 1 - m changes nothing in the "
         "first step, while the velocity is still zero, and every weight in the second: why the check takes two steps.",
         lambda p, size: "weights after step 2", _returning(_keras_sgd_one_minus),
+    ),
+    Pitfall(
+        "relu-missing", "the ReLU left out of the conv unit: conv -> BatchNorm, no activation",
+        "inference", "torch", ("googlenet_bn",), None,
+        "a conv unit written as return self.bn(self.conv(x)) loads every weight and keeps every shape, but passes "
+        "the negative values on that the ReLU would have cut: from the first conv on the network is another one.",
+        _where_relu(True), replayed(_RELU_MISSING), _RELU_MISSING,
+    ),
+    Pitfall(
+        "relu-added", "a ReLU after the convs that have none (Liu's Inception block written with BasicConv2d)",
+        "inference", "torch", ("inception_mnist",), None,
+        "Liu's convs and a residual block's second conv have no ReLU of their own (his stem applies it after the "
+        "pool); a port writing them as torchvision's BasicConv2d cuts every negative value the next layer expects.",
+        _where_relu(False), replayed(_RELU_ADDED), _RELU_ADDED,
+    ),
+    Pitfall(
+        "dropout-on", "dropout left on at inference: F.dropout(x, p) without training=self.training",
+        "inference", "torch", ("googlenet_cifar",), "inference mode",
+        "F.dropout's training argument defaults to True, so a forward written with it keeps dropping features after "
+        "model.eval(): every stage before the classifier agrees, and the logits change from one run to the next.",
+        _where_dropout, _returning(_torch_dropout_on),
+    ),
+    Pitfall(
+        "branch-order", "an Inception block's 3x3 and 5x5 branches concatenated in each other's place",
+        "inference", "torch", ("googlenet_bn",), "layout",
+        "the order of torch.cat is the next layer's channel order: the 5x5 branch before the 3x3 one (Liu's lecture "
+        "order against the paper's) keeps every shape and hands every later conv its input channels shuffled.",
+        _where_blocks, replayed(_BRANCHES_SWAPPED), _BRANCHES_SWAPPED,
+    ),
+    Pitfall(
+        "softmax-output", "softmax in the model's output instead of the logits",
+        "inference", "torch", ("googlenet_cifar",), None,
+        "torchvision's GoogLeNet returns logits (CrossEntropyLoss takes its own log-softmax); a model ending in "
+        "softmax returns probabilities: the ranking of the classes agrees, the values do not.",
+        lambda p, size: "logits", replayed(_SOFTMAX), _SOFTMAX,
+    ),
+    Pitfall(
+        "count-include-pad", "an average pool leaving its zero padding out of the mean where the source counts it",
+        "inference", "torch", ("inception_mnist",), None,
+        'F.avg_pool2d counts zero padding in the mean (count_include_pad=True), Keras\'s AveragePooling2D(padding='
+        '"same") does not: a 3x3/1 pool padded by 1 divides its border cells by 4 or 6 instead of 9 (and the '
+        "reverse where a source excludes it).",
+        _where_padded_avg, replayed(_COUNT_FLIPPED), _COUNT_FLIPPED,
     ),
 )}
 # fmt: on
