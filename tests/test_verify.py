@@ -222,6 +222,18 @@ def test_the_command_exits_1_on_a_numeric_mistake(capsys):
     assert "first divergence: inception3a" in printed and "FAIL:" in printed
 
 
+def test_the_command_names_a_catalogue_mistake_and_the_fixed_model_passes(tmp_path, capsys):
+    """A tutorial's net with softmax left in its output: exit 1, named by the diagnosis
+    in the text and the JSON; the same net without it is the PASS case above."""
+    out = tmp_path / "softmax.json"
+    code = main(["verify", f"{USER_NETS}:d2l_softmax", "--input-size", "96", "--batch", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    assert "first divergence: logits" in printed and "`softmax-output`" in printed
+    diagnosis = json.loads(out.read_text())["diagnosis"]
+    assert [d["pitfalls"] for d in diagnosis][:1] == [["softmax-output"]] and diagnosis[0]["max_rel"] < 1e-4
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -172,3 +172,8 @@ def torchvision_style():
 
 def torchvision_style_eps():
     return TorchvisionStyle(eps=1e-5)
+
+
+def d2l_softmax():
+    """d2l's GoogLeNet with a softmax at the end (a catalogue mistake: softmax-output)."""
+    return nn.Sequential(d2l_net(), nn.Softmax(dim=1))
