@@ -172,8 +172,11 @@ def test_cli_trains_from_an_idx_directory_and_never_overwrites(tmp_path):
 def test_cli_bad_data_and_options_are_clear(tmp_path):
     r = run_cli("--framework", "torch", "--variant", "inception_mnist", "--data", str(tmp_path), "--out", str(tmp_path))
     assert r.returncode == 2 and "error: --data" in r.stderr and "missing train-images-idx3-ubyte" in r.stderr
-    r = run_cli("--framework", "torch", "--variant", "inception_mnist", "--out", str(tmp_path / "no"))
-    assert r.returncode == 2 and "--out" in r.stderr and "does not exist" in r.stderr
+    (tmp_path / "a-file").write_text("")
+    r = run_cli("--framework", "torch", "--variant", "inception_mnist", "--out", str(tmp_path / "a-file" / "run"))
+    assert r.returncode == 2 and "--out" in r.stderr and "a-file is not a directory" in r.stderr
+    r = run_cli("--framework", "torch", "--variant", "inception_mnist", "--out", str(tmp_path / "no"), "--resume")
+    assert r.returncode == 2 and "no run to resume" in r.stderr and not (tmp_path / "no").exists()
     r = run_cli("--framework", "torch", "--variant", "inception_mnist", "--momentum", "1.5")
     assert r.returncode == 2 and "--momentum: expected a number from 0 to 1" in r.stderr
 
@@ -197,3 +200,14 @@ def test_a_diverging_loss_stops_training_with_a_clear_error(tmp_path):
             log=lambda line: None,
             stream=io.StringIO(),
         )
+
+
+def test_a_missing_out_directory_is_made_before_training(tmp_path):
+    """As page DIR and the frameworks' own tools do; nested too. The negative control:
+    the outputs are then checked in it like in any other directory."""
+    out = tmp_path / "runs" / "first"
+    o = training.check_outputs(out, training.Settings("inception_mnist", epochs=1), "torch", force=False)
+    assert out.is_dir() and o.state.parent == out
+    o.plot.write_bytes(b"")
+    with pytest.raises(training.files.OutputError, match="already exists; pass --force"):
+        training.check_outputs(out, training.Settings("inception_mnist", epochs=1), "torch", force=False)

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
 import secrets
 import sys
@@ -118,14 +119,32 @@ def _existing_checkpoints(out: Path, stem: str) -> dict[int, Path]:
     return found
 
 
+def _make_out(out: Path) -> None:
+    """Make a missing --out (and its missing parents), as the frameworks' own tools do,
+    once the nearest existing parent is known to be a directory that may be written."""
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise files.OutputError(f"--out {out}: cannot create it, {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise files.OutputError(f"--out {out}: cannot create it, {parent} is not writable")
+    try:
+        out.mkdir(parents=True)
+    except OSError as e:
+        raise files.OutputError(f"--out {out}: cannot create it ({e.strerror})") from None
+
+
 def check_outputs(out: Path, s: Settings, framework: str, force: bool, resume: bool = False) -> Outputs:
     """Refuse before training, not after the first epoch: a missing or unwritable
     --out, a file of an earlier run that would be overwritten (without ``force``), not
     enough free space for the checkpoints; with ``resume``, a run that is not there or
     was started with other options. Returns the outputs and the epoch to start after."""
     out = Path(out)
-    if not out.is_dir():
-        raise files.OutputError(f"--out {out}: {'not a directory' if out.exists() else 'directory does not exist'}")
+    if out.exists() and not out.is_dir():
+        raise files.OutputError(f"--out {out}: not a directory")
+    if not out.exists():
+        if resume:
+            raise files.OutputError(f"--out {out}: directory does not exist, so there is no run to resume")
+        _make_out(out)
     o = Outputs(out, f"{s.variant}-{framework}")
     files.check_output(o.state, True, "--out")  # first: names a temporary a killed run left, in every run
     found = _existing_checkpoints(out, o.stem)
