@@ -211,3 +211,15 @@ def test_a_missing_out_directory_is_made_before_training(tmp_path):
     o.plot.write_bytes(b"")
     with pytest.raises(training.files.OutputError, match="already exists; pass --force"):
         training.check_outputs(out, training.Settings("inception_mnist", epochs=1), "torch", force=False)
+
+
+def test_a_flat_run_is_drawn_flat_beside_chance():
+    """A loss stuck at chance (2.2995 to 2.3010 for ten classes) on an axis from 0 past
+    ln 10, not on one spanning its 0.0015 of noise; the plot carries the test loss and
+    the learning rate."""
+    flat = [training.Epoch(i, loss, 0.1, 0.1, 100.0, "", 2.3020) for i, loss in enumerate((2.3010, 2.2995), 1)]
+    chance, top = training.loss_axis(flat, 10)
+    assert chance == pytest.approx(2.302585) and top >= chance * 1.1
+    assert (2.3010 - 2.2995) / top < 0.001  # the noise is under a thousandth of the axis
+    png = training.plot(flat, "googlenet_d2l (torch)", training.Settings("googlenet_d2l", lr=0.05))
+    assert png.startswith(b"\x89PNG")

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -80,6 +81,7 @@ class Epoch:
     test_acc: float
     images_per_s: float
     checkpoint: str
+    test_loss: float = math.nan  # cross-entropy of the logits on the test set (eval mode)
 
 
 @dataclass
@@ -263,9 +265,11 @@ def _check_history(history: list[Any], epoch: int) -> list[Epoch]:
     fields = {f.name for f in dataclasses.fields(Epoch)}
     epochs = []
     for i, e in enumerate(history, 1):
-        if not isinstance(e, dict) or set(e) != fields:
+        # a run saved before the test loss was recorded resumes without it
+        if not isinstance(e, dict) or set(e) not in (fields, fields - {"test_loss"}):
             raise ValueError(f"'history' entry {i} is not an epoch (expected the keys {sorted(fields)})")
-        numbers = all(_is(e[k], (int, float)) for k in ("loss", "train_acc", "test_acc", "images_per_s"))
+        measured = ("loss", "train_acc", "test_acc", "images_per_s", *(("test_loss",) if "test_loss" in e else ()))
+        numbers = all(_is(e[k], (int, float)) for k in measured)
         if e["epoch"] != i or not numbers or not isinstance(e["checkpoint"], str):
             raise ValueError(f"'history' entry {i} is not epoch {i} with numbers and a checkpoint name")
         epochs.append(Epoch(**e))
@@ -462,12 +466,17 @@ def _check_labels(splits: dict[str, Split], classes: int) -> None:
             )
 
 
-def evaluate(backend: Backend, model, x: np.ndarray, y: np.ndarray, batch: int) -> float:
-    correct = sum(
-        int((backend.forward(model, x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
-        for i in range(0, len(x), batch)
-    )
-    return correct / max(1, len(x))
+def evaluate(backend: Backend, model, x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the logits on ``x``, in inference mode."""
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), batch):
+        logits = np.asarray(backend.forward(model, x[i : i + batch]), np.float64)
+        labels = y[i : i + batch]
+        correct += int((logits.argmax(1) == labels).sum())
+        shifted = logits - logits.max(1, keepdims=True)
+        log_softmax = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+        loss -= float(log_softmax[np.arange(len(labels)), labels].sum())
+    return correct / max(1, len(x)), loss / max(1, len(x))
 
 
 def fingerprint(splits: dict[str, Split]) -> str:
@@ -611,25 +620,23 @@ def train(
     try:
         for epoch in range(o.start + 1, s.epochs + 1):
             e = _epoch(backend, model, trainer, rng, epoch, s, (train_x, train_y), stream)
-            e = dataclasses.replace(
-                e,
-                test_acc=evaluate(backend, model, test_x, test_y, s.batch_size) if writer else 0.0,
-                checkpoint=str(o.checkpoint(epoch)),
-            )
+            test_acc, test_loss = evaluate(backend, model, test_x, test_y, s.batch_size) if writer else (0.0, math.nan)
+            e = dataclasses.replace(e, test_acc=test_acc, test_loss=test_loss, checkpoint=str(o.checkpoint(epoch)))
             # a signal waits until both are done: the files on disk and the epochs an
             # interrupt reports as saved can never disagree
             with files.signals_held(), _saying_what_is_kept(run, s, backend, history, force):
                 run.save_epoch(backend, model, trainer, rng, [*history, e], force)
                 history.append(e)
             log(
-                f"epoch {epoch}/{s.epochs}: loss {e.loss:.4f}, train acc {e.train_acc:.3f}, test acc {e.test_acc:.3f}"
+                f"epoch {epoch}/{s.epochs}: loss {e.loss:.4f}, train acc {e.train_acc:.3f}, test loss "
+                f"{e.test_loss:.4f}, test acc {e.test_acc:.3f}"
                 f" ({e.images_per_s:.0f} images/s); checkpoint {e.checkpoint}"
             )
     except (files.Interrupted, KeyboardInterrupt, WorldError) as interrupt:
         _keep_on_interrupt(run, s, backend, history, force, interrupt)
         raise
     with _saying_what_is_kept(run, s, backend, history, force):
-        run.write(o.plot, plot(history, f"{s.variant} ({backend.version()})"), force)
+        run.write(o.plot, plot(history, f"{s.variant} ({backend.version()})", s), force)
         run.write(o.history, history_json(s, backend.version(), history), force)
     log(f"plot {o.plot}, history {o.history}")
     return history
@@ -672,7 +679,7 @@ def _saying_what_is_kept(run: _Run, s: Settings, backend: Backend, history: list
         what = "checkpoints, history"
         if run.writer:
             try:
-                run.write(run.o.plot, plot(history, f"{s.variant} ({backend.version()}), stopped"), force)
+                run.write(run.o.plot, plot(history, f"{s.variant} ({backend.version()}), stopped", s), force)
                 what = "checkpoints, plot, history"
             except (files.OutputError, OSError):  # the same full disk, most likely
                 what = "checkpoints, history; no plot, it could not be written either"
@@ -685,26 +692,44 @@ def _keep_on_interrupt(run: _Run, s: Settings, backend: Backend, history: list[E
     done = history
     if done and run.writer:
         with files.ignoring_signals():  # a second Ctrl-C must not cut the plot short
-            run.write(run.o.plot, plot(done, f"{s.variant} ({backend.version()}), interrupted"), force)
+            run.write(run.o.plot, plot(done, f"{s.variant} ({backend.version()}), interrupted", s), force)
     detail = kept(done[-1].epoch if done else 0, s.epochs, run.o.out, "checkpoints, plot, history")
     if isinstance(e, files.Interrupted | WorldError):
         e.detail = detail
 
 
-def plot(history: list[Epoch], title: str) -> bytes:
-    """Two panels, as d2l's animator draws the curves: the training loss, and the train
-    and test accuracy, per epoch (markers, so a single epoch shows too)."""
+def loss_axis(history: list[Epoch], classes: int) -> tuple[float, float]:
+    """(the loss of a uniform guess, the top of the loss axis): the axis runs from 0 past
+    both that and every loss, so noise around chance is drawn as the flat line it is."""
+    chance = math.log(classes)
+    losses = [v for e in history for v in (e.loss, e.test_loss) if math.isfinite(v)]
+    return chance, max([chance, *losses]) * 1.15
+
+
+def plot(history: list[Epoch], title: str, s: Settings) -> bytes:
+    """Two panels, as d2l's animator draws the curves: the training and test loss, and the
+    train and test accuracy, per epoch (markers, so a single epoch shows too). The loss
+    axis starts at 0 and reaches past the loss of a guess (ln of the classes), drawn as a
+    line, so a run that never leaves chance looks flat instead of magnifying noise; the
+    title carries the learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; and set before pyplot is imported
     import matplotlib.pyplot as plt
 
     epochs = [e.epoch for e in history]
+    chance, top = loss_axis(history, _plan(s).num_classes)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=100)
-    loss_ax.plot(epochs, [e.loss for e in history], "o-", label="train loss")
+    train_label = "train loss" + (f" (with aux x {s.aux_weight})" if s.aux_weight and _plan(s).aux else "")
+    loss_ax.plot(epochs, [e.loss for e in history], "o-", label=train_label)
+    if any(math.isfinite(e.test_loss) for e in history):
+        loss_ax.plot(epochs, [e.test_loss for e in history], "^-.", label="test loss")
+    loss_ax.axhline(chance, color="#888888", linestyle=":", linewidth=1, label=f"chance (ln {_plan(s).num_classes})")
     loss_ax.set_ylabel("cross-entropy")
+    loss_ax.set_ylim(0, top)
     acc_ax.plot(epochs, [e.train_acc for e in history], "s--", label="train acc")
     acc_ax.plot(epochs, [e.test_acc for e in history], "^-.", label="test acc")
+    acc_ax.axhline(1 / _plan(s).num_classes, color="#888888", linestyle=":", linewidth=1, label="chance")
     acc_ax.set_ylabel("accuracy")
     acc_ax.set_ylim(0, 1.02)
     for ax in (loss_ax, acc_ax):
@@ -712,8 +737,8 @@ def plot(history: list[Epoch], title: str) -> bytes:
         ax.set_xlim(0.5, max(epochs) + 0.5)
         ax.set_xticks(epochs if len(epochs) <= 12 else ax.get_xticks())
         ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.suptitle(title, fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}; SGD lr {s.lr:g}, momentum {s.momentum:g}, batch {s.batch_size}", fontsize=9)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(fig)
