@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import sys
 import textwrap
 from pathlib import Path
 
-from ..files import atomic_write
+from ..files import atomic_write, finite
 from .compare import Agreement
 from .harness import TRAIN_DTYPE, TRAIN_LR, TRAIN_MOMENTUM, Report, SizeReport, StageRow, TrainRow, VariantReport
 
@@ -227,22 +226,11 @@ def render(r: Report, width: int = WIDTH) -> str:
 
 
 def to_json(r: Report) -> dict:
-    doc = _finite(dataclasses.asdict(r))
+    doc = finite(dataclasses.asdict(r))
     assert isinstance(doc, dict)
     doc["passed"] = r.passed
     doc["checks"], doc["failed"] = count_checks(r)
     return doc
-
-
-def _finite(value: object) -> object:
-    """Strict JSON has no NaN or Infinity: such errors are written as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def write_json(r: Report, path: str | Path, overwrite: bool = False) -> Path:

@@ -24,7 +24,7 @@ from .. import spec
 from ..canonical import random_params
 from ..check import harness
 from ..check.compare import REL_TOL
-from ..files import atomic_write
+from ..files import atomic_write, finite
 from ..interface import Backend
 from ..reading import Damaged, json_document
 from . import stages
@@ -308,24 +308,13 @@ def header(backends: Mapping[str, Backend], batch: int, seed: int) -> str:
     )
 
 
-def _finite(value: Any) -> Any:
-    """Strict JSON has no NaN or Infinity: such errors are written as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def to_json(measured: list[Measurement], batch: int, seed: int) -> dict[str, Any]:
     return {
         "reference": REFERENCE,
         "batch": batch,
         "seed": seed,
         "rel_tol": REL_TOL,
-        "pitfalls": [_finite(m.to_dict()) for m in measured],
+        "pitfalls": [finite(m.to_dict()) for m in measured],
         "as_expected": all(m.as_expected for m in measured),
     }
 

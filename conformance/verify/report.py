@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import textwrap
 from pathlib import Path
 
-from ..files import atomic_write
+from ..files import atomic_write, finite
 from .verifying import Result
 
 
@@ -87,20 +86,9 @@ def render(r: Result, model: str = "your model") -> str:
 
 
 def to_json(r: Result) -> dict:
-    doc = _finite(dataclasses.asdict(r))
+    doc = finite(dataclasses.asdict(r))
     assert isinstance(doc, dict)
     return doc
-
-
-def _finite(value: object) -> object:
-    """Strict JSON has no NaN or Infinity: such errors are written as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def write_json(r: Result, path: str | Path, overwrite: bool = False) -> Path:
