@@ -255,12 +255,44 @@ class Trainer(SingleTrainer):
         self.world.check_batch(n, "x")
         start, stop = self._bounds(n)
         loss, correct = self.backward(x[start:stop], y[start:stop], self.world.weight(n, self.world.rank))
-        self.trainer.step(self.divisor)
         sums = mx.nd.array([float(loss.asscalar()) * (stop - start) / n, float(correct.asscalar())], dtype=np.float64)
-        if self.kv is not None:
-            self.kv.pushpull(_STATS_KEY, sums, out=sums)
-        total_loss, total_correct = sums.asnumpy()
+
+        def exchange() -> np.ndarray:
+            self.trainer.step(self.divisor)
+            if self.kv is not None:
+                self.kv.pushpull(_STATS_KEY, sums, out=sums)
+            return sums.asnumpy()
+
+        total_loss, total_correct = self._bounded(exchange) if self.kv is not None else exchange()
         return float(total_loss), int(np.rint(total_correct))
+
+    def _bounded(self, exchange: Any) -> np.ndarray:
+        """``exchange()`` (the pushes and pulls of a step) within the world's timeout: ps-lite
+        waits for a server reply forever, and a peer or network that is gone sends none. It
+        runs in a daemon thread, given up after the timeout (the WorldError then ends the
+        run; the thread stays blocked in ps-lite, so the process leaves as ``start`` does)."""
+        done: list[np.ndarray] = []
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                done.append(exchange())
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+                failed.append(e)
+
+        waiting = threading.Thread(target=run, daemon=True)
+        waiting.start()
+        waiting.join(self.world.timeout)
+        if failed:
+            raise failed[0]
+        if not done:
+            atexit.register(_leave_now, 1)
+            where = f"{os.environ.get('DMLC_PS_ROOT_URI')}:{os.environ.get('DMLC_PS_ROOT_PORT')}"
+            raise WorldError(
+                f"worker {self.world.rank}: lost the dist_sync group (the server of scheduler {where}, "
+                f"or another of the {self.world.workers} workers): no reply within {self.world.timeout:g} s"
+            )
+        return done[0]
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The gradient the update applied: the pulled sum over the workers over ``divisor``."""
