@@ -93,6 +93,7 @@ SYNC_BN = (
 )
 SYNC_BN_SOURCE = f"{MXNET}/src/operator/contrib/sync_batch_norm-inl.h"
 
+FAILED_LEAVE = 5.0  # seconds a failed worker waits for ps-lite to finalise (see stop)
 _STATS_KEY = 1 << 30  # the store's key of the (loss, correct) sums: above any parameter index
 _state: dict[str, Any] = {}  # "kv": this process's store (None: a group of one), "world": its World
 _trainers: weakref.WeakSet[Trainer] = weakref.WeakSet()
@@ -182,7 +183,9 @@ def stop(failed: bool = False) -> None:
 
     leaving = threading.Thread(target=leave, daemon=True)
     leaving.start()
-    leaving.join(world.timeout if world else None)
+    # a failed worker's peers or network may be gone: a few seconds for ps-lite to
+    # finalise, not the whole timeout it has already waited once
+    leaving.join(FAILED_LEAVE if failed else world.timeout if world else None)
     if leaving.is_alive():  # the other workers never met the barrier
         atexit.register(_leave_now, 1)
     elif gone() is not None:  # a reference outside this module: the group is not left

@@ -62,7 +62,9 @@ def _fault(args: argparse.Namespace, tmp: Path) -> int:
     if o.fault_at is None:
         print("  the fault was never made: worker 0 did not reach the middle of epoch 2")
         return 1
-    print(f"  fault at {o.fault_at:.1f} s; every worker ended {o.last_worker_at:.1f} s after it")
+    said = "never" if o.said_at is None else f"{o.said_at:.1f} s after it"
+    print(f"  fault at {o.fault_at:.1f} s; the last host's error line {said}; the last worker ended")
+    print(f"  {o.last_worker_at:.1f} s after it (status None: still running, ended by this script)")
     for name, line in result.errors.items():
         print(f"  {name}: {line or '(no error line)'}")
     if result.resumed is not None:

@@ -149,7 +149,8 @@ class Outcome:
     ended: list[Ended]
     seconds: float  # from the start to the last worker's end
     fault_at: float | None = None  # seconds after the start the fault was made
-    last_worker_at: float = 0.0  # seconds after the fault the last worker ended
+    last_worker_at: float = 0.0  # seconds after the fault the last worker ended (or was ended)
+    said_at: float | None = None  # seconds after the fault the last worker's error line appeared
     notes: list[str] = field(default_factory=list)
 
     def workers(self) -> list[Ended]:
@@ -175,23 +176,33 @@ def run(
     """Start every host's commands, wait until every worker ended (at most ``limit``
     seconds: then each is killed and its code is None). ``fault``: called every 0.2 s
     while the workers run; it makes the fault when it decides to and returns the time
-    it did (else None)."""
+    it did (else None). After a fault, a worker that printed its error line but has not
+    ended GRACE seconds later is ended as a cluster's launcher would (its code None):
+    torchrun's agent, cut off from the rendezvous store, does not end by itself."""
     started: list[tuple[Command, subprocess.Popen[bytes], Path]] = []
     began = time.monotonic()
     fault_at: float | None = None
     out.mkdir(parents=True, exist_ok=True)
+    ends: dict[int, float] = {}
+    said: dict[int, float] = {}  # when each worker's log first had its error line
     try:
         for c in commands(framework, hosts, job, out, resume):
             log = logs / f"{framework}-{c.name.replace(' ', '-')}{'-resume' if resume else ''}.log"
             started.append((c, hosts[c.host].start(c.argv, c.env, log), log))
             if not c.worker:
                 time.sleep(0.5)  # ps-lite: the scheduler listens before the others connect
-        ends: dict[int, float] = {}
+        workers = [i for i, (c, _, _) in enumerate(started) if c.worker]
         while time.monotonic() - began < limit:
-            for i, (c, popen, _) in enumerate(started):
-                if c.worker and i not in ends and popen.poll() is not None:
-                    ends[i] = time.monotonic()
-            if all(i in ends for i, (c, _, _) in enumerate(started) if c.worker):
+            now = time.monotonic()
+            for i in workers:
+                c, popen, log = started[i]
+                if i not in ends and popen.poll() is not None:
+                    ends[i] = now
+                if fault_at is not None and i not in said and error_line(log):
+                    said[i] = now
+            if all(i in ends for i in workers):
+                break
+            if len(said) == len(workers) and now - max(said.values()) > GRACE:
                 break
             if fault is not None and fault_at is None:
                 made = fault()
@@ -215,12 +226,21 @@ def run(
         Ended(c, popen.returncode if i in ends or not c.worker else None, log)
         for i, (c, popen, log) in enumerate(started)
     ]
+    after = (lambda moment: moment - began - fault_at) if fault_at is not None else (lambda moment: 0.0)
     return Outcome(
         ended,
         last - began,
         fault_at,
-        (last - began - fault_at) if fault_at is not None else 0.0,
+        after(last),
+        after(max(said.values())) if len(said) == len(ended) - sum(not e.command.worker for e in ended) else None,
     )
+
+
+def error_line(log: Path) -> str:
+    """A worker's one-line error (``error:`` or ``FAIL:``) in its log, or ""."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    said = [line for line in text.splitlines() if line.startswith(("error:", "FAIL:"))]
+    return said[-1] if said else ""
 
 
 def single(framework: str, job: Job, out: Path, log: Path) -> int:
@@ -344,13 +364,8 @@ def parity_run(framework: str, hosts: Sequence[Host], tmp: Path, job: Job = PARI
 
 
 def error_lines(ended: Sequence[Ended]) -> dict[str, str]:
-    """Each worker's one-line error (``error:`` or ``FAIL:``), by command name ("" if none)."""
-    found = {}
-    for e in ended:
-        if e.command.worker:
-            said = [line for line in e.lines() if line.startswith(("error:", "FAIL:"))]
-            found[e.command.name] = said[-1] if said else ""
-    return found
+    """Each worker's one-line error, by command name ("" if none)."""
+    return {e.command.name: error_line(e.log) for e in ended if e.command.worker}
 
 
 @dataclass
