@@ -244,7 +244,10 @@ def error_line(log: Path) -> str:
 
 
 def single(framework: str, job: Job, out: Path, log: Path) -> int:
-    """The same ``train`` in one process on this machine (the reference); its exit code."""
+    """The same ``train`` in one process on this machine (the reference); its exit code.
+    A reference already in ``out`` (its history written last) is reused: 0."""
+    if (out / f"{VARIANT}-{framework}.json").is_file():
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as sink:
         done = subprocess.run(
@@ -349,15 +352,23 @@ class ParityRun:
         return codes == [0] * len(codes) and self.reference_code == 0 and all(r.agreement.passed for r in self.rows)
 
 
-def parity_run(framework: str, hosts: Sequence[Host], tmp: Path, job: Job = PARITY, limit: float = 900) -> ParityRun:
-    """The README's cluster command on both hosts and the same train in one process:
-    loss and weights after ``job``'s steps, compared."""
+def parity_run(
+    framework: str,
+    hosts: Sequence[Host],
+    tmp: Path,
+    job: Job = PARITY,
+    limit: float = 900,
+    reference: Path | None = None,
+) -> ParityRun:
+    """The README's cluster command on both hosts and the same train in one process
+    (in ``reference``, default ``tmp/single``): loss and weights after ``job``'s steps."""
     outcome = run(framework, hosts, job, tmp / "runs", tmp, limit)
-    code = single(framework, job, tmp / "single", tmp / f"{framework}-single.log")
+    reference = reference or tmp / "single"
+    code = single(framework, job, reference, tmp / f"{framework}-single.log")
     rows: list[Parity] = []
     if code == 0 and all(e.code == 0 for e in outcome.workers()):
         rows = parity(
-            results(framework, tmp / "single", job.epochs),
+            results(framework, reference, job.epochs),
             results(framework, tmp / "runs", job.epochs),
         )
     return ParityRun(outcome, rows, code)
@@ -379,10 +390,17 @@ class FaultRun:
 
 
 def fault_run(
-    framework: str, kind: str, hosts: Sequence[Host], tmp: Path, job: Job = FAULTY, limit: float = 900
+    framework: str,
+    kind: str,
+    hosts: Sequence[Host],
+    tmp: Path,
+    job: Job = FAULTY,
+    limit: float = 900,
+    reference: Path | None = None,
 ) -> FaultRun:
     """The cluster command with ``kind`` made in the middle of epoch 2, the network
-    healed, the same command with ``--resume``, and one process's uninterrupted run."""
+    healed, the same command with ``--resume``, and one process's uninterrupted run (in
+    ``reference``, default ``tmp/single``)."""
     logs = tmp / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     outcome = run(
@@ -393,12 +411,13 @@ def fault_run(
     errors = error_lines(outcome.ended)
     resumed = None
     rows: list[Parity] = []
-    code = single(framework, job, tmp / "single", tmp / f"{framework}-single.log")
+    reference = reference or tmp / "single"
+    code = single(framework, job, reference, tmp / f"{framework}-single.log")
     if outcome.fault_at is not None:
         wait_reachable(hosts[1], hosts[0])
         resumed = run(framework, hosts, job, tmp / "runs", logs, limit, resume=True)
         if code == 0 and all(e.code == 0 for e in resumed.workers()):
             got = results(framework, tmp / "runs", job.epochs)
-            ref = results(framework, tmp / "single", job.epochs)
+            ref = results(framework, reference, job.epochs)
             rows = parity(ref, got)
     return FaultRun(kind, outcome, errors, resumed, rows, code)

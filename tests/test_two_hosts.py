@@ -26,6 +26,16 @@ needs_namespaces = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 STARTUP = 120.0  # seconds: importing the framework and tracing the first step, on a loaded CI machine
 
 
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """One process's runs, made once per framework and job and shared by the tests."""
+    root = tmp_path_factory.mktemp("single")
+    return lambda framework, job: root / f"{framework}-{job.epochs}-{job.limit}-{job.batch_size}"
+
+
+_PARITY: dict[str, cluster.ParityRun] = {}  # torch's parity run, which the negative control reuses
+
+
 @pytest.fixture
 def hosts():
     """Two hosts with their own addresses, removed afterwards whatever happens."""
@@ -97,10 +107,11 @@ def test_stale_namespaces_of_a_killed_owner_are_removed():
 
 @needs_namespaces
 @pytest.mark.parametrize("framework", cluster.FRAMEWORKS)
-def test_parity_across_two_hosts(hosts, tmp_path, framework):
+def test_parity_across_two_hosts(hosts, tmp_path, framework, references):
     """The README's cluster command on both hosts: the loss and weights after two steps
     equal one process's on the global batch."""
-    result = cluster.parity_run(framework, hosts, tmp_path)
+    result = cluster.parity_run(framework, hosts, tmp_path, reference=references(framework, cluster.PARITY))
+    _PARITY[framework] = result
     logs = "\n".join(f"{e.command.name}: {e.code}: {e.lines()[-3:]}" for e in result.outcome.ended)
     assert [e.code for e in result.outcome.workers()] == [0, 0], logs
     assert result.reference_code == 0
@@ -109,14 +120,17 @@ def test_parity_across_two_hosts(hosts, tmp_path, framework):
 
 
 @needs_namespaces
-def test_parity_fails_against_another_run(hosts, tmp_path):
-    """Negative control: the same comparison against one process that stepped on half
-    the global batch (what a worker that ignored its peer would compute) fails."""
-    result = cluster.parity_run("torch", hosts, tmp_path)
+def test_parity_fails_against_another_run(hosts, tmp_path, references):
+    """Negative control: the same comparison against one process that stepped on the
+    same 8 images in batches of 2, half the global batch (as if each step had used one
+    worker's shard), fails."""
+    if "torch" not in _PARITY:  # run alone: make the cluster run here
+        _PARITY["torch"] = cluster.parity_run("torch", hosts, tmp_path, reference=references("torch", cluster.PARITY))
+    result = _PARITY["torch"]
     assert result.passed
-    half = cluster.Job(batch_size=2, limit=4)
+    half = cluster.Job(batch_size=2)
     assert cluster.single("torch", half, tmp_path / "half", tmp_path / "half.log") == 0
-    got = cluster.results("torch", tmp_path / "runs", 1)
+    got = cluster.results("torch", result.outcome.ended[0].log.parent / "runs", 1)
     rows = cluster.parity(cluster.results("torch", tmp_path / "half", 1), got)
     assert not all(r.agreement.passed for r in rows)
     assert rows[1].agreement.max_rel > 1e-3
@@ -125,12 +139,12 @@ def test_parity_fails_against_another_run(hosts, tmp_path):
 @needs_namespaces
 @pytest.mark.parametrize("kind", list(cluster.FAULTS))
 @pytest.mark.parametrize("framework", cluster.FRAMEWORKS)
-def test_network_fault_ends_the_run_and_resume_finishes_it(hosts, tmp_path, framework, kind):
+def test_network_fault_ends_the_run_and_resume_finishes_it(hosts, tmp_path, framework, kind, references):
     """The fault in the middle of epoch 2: every worker ends within the engine's timeout
     plus the launcher's grace, each host says in one line which peer it lost and what
     worker 0 kept, and --resume after healing ends with one process's weights."""
     job = cluster.FAULTY
-    result = cluster.fault_run(framework, kind, hosts, tmp_path, job)
+    result = cluster.fault_run(framework, kind, hosts, tmp_path, job, reference=references(framework, job))
     o = result.outcome
     assert o.fault_at is not None, "worker 0 never reached the middle of epoch 2"
     codes = [(e.command.name, e.code) for e in o.workers()]
