@@ -264,6 +264,10 @@ class Trainer(SingleTrainer):
             self.trainer.step(self.divisor)
             if self.kv is not None:
                 self.kv.pushpull(_STATS_KEY, sums, out=sums)
+            # every pull and update of this step, not only the sums: MXNet's engine runs
+            # them asynchronously, and a pull left pending would block the next forward,
+            # outside the bound
+            mx.nd.waitall()
             return sums.asnumpy()
 
         total_loss, total_correct = self._bounded(exchange) if self.kv is not None else exchange()
