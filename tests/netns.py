@@ -138,9 +138,11 @@ def remove_stale() -> list[str]:
     return stale
 
 
-class _Signalled(BaseException):
+class _Signalled(KeyboardInterrupt):
     """A signal ended the run: raised in the main thread so that the ``finally`` that
-    removes the namespaces runs (BaseException: no ``except Exception`` swallows it)."""
+    removes the namespaces runs. A KeyboardInterrupt: no ``except Exception`` swallows
+    it, and pytest, where a fixture holds the namespaces, ends the session on it (the
+    fixture's teardown removing them) instead of failing one test and going on."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"{signal.Signals(signum).name}")

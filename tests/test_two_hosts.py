@@ -69,7 +69,8 @@ def test_only_the_other_host_is_reachable(hosts):
 def test_namespaces_are_removed(tmp_path, how):
     """An error in the block, or SIGTERM to the process holding them: both namespaces
     (and the /etc/netns files) are gone afterwards."""
-    then = "raise RuntimeError('boom')" if how == "error" else "time.sleep(60)"
+    # the child holds the namespaces until told to go on (a line on stdin), or signalled
+    then = "sys.stdin.readline(); raise RuntimeError('boom')" if how == "error" else "time.sleep(60)"
     code = (
         "import sys, time; sys.path.insert(0, sys.argv[1]); from tests import netns\n"
         "with netns.two_hosts() as hosts:\n"
@@ -78,15 +79,19 @@ def test_namespaces_are_removed(tmp_path, how):
     )
     child = subprocess.Popen(
         [sys.executable, "-c", code, str(Path(__file__).resolve().parents[1])],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert child.stdout is not None
+    assert child.stdout is not None and child.stdin is not None
     names = child.stdout.readline().split()
     assert len(names) == 2 and all(n in netns._namespaces() for n in names)
     if how == "signal":
         child.send_signal(signal.SIGTERM)
+    else:
+        child.stdin.write("go on\n")
+        child.stdin.flush()
     child.wait(timeout=60)
     assert child.returncode == (-signal.SIGTERM if how == "signal" else 1)
     assert not set(names) & set(netns._namespaces())
