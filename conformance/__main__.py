@@ -28,7 +28,9 @@ from .spec import MAX_CLASSES
 from .teach.pitfalls import PITFALLS
 from .train.training import MAX_EPOCHS, Settings
 from .verify import command as verify_command
-from .world import World
+from .world import World, WorldError
+
+MAX_TIMEOUT = 86400.0  # seconds: the longest wait --timeout accepts (a bound on what a user declares)
 
 
 def _typed(convert: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
@@ -56,6 +58,7 @@ _learning_rate = _typed(
 )
 _fraction = _typed(float, lambda v: math.isfinite(v) and 0 <= v < 1, "a number from 0 to 1 (exclusive)")
 _classes = _typed(int, lambda v: 1 <= v <= MAX_CLASSES, f"an integer from 1 to {MAX_CLASSES:,}")
+_timeout = _typed(float, lambda v: 0 < v <= MAX_TIMEOUT, f"a number of seconds above 0, at most {MAX_TIMEOUT:g}")
 _epochs = _typed(int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}")
 
 
@@ -223,6 +226,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "global batch (default: 1)",
     )
     train.add_argument("--port", type=_tcp_port, default=0, help="the workers' rendezvous port (default: a free one)")
+    train.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=World.timeout,
+        metavar="SECONDS",
+        help="how long a worker waits for its peers, to join or in a step, before the run ends with one line "
+        f"(default: {World.timeout:g})",
+    )
 
     bench = sub.add_parser(
         "bench", help="images/s of every framework and mode, and of ONNX Runtime, side by side, each in its own process"
@@ -548,7 +559,7 @@ def _train_workers(args: argparse.Namespace, settings: Settings) -> int:
     launcher (the engine's variables are set), be one of them."""
     from .train import launch, training, worker
 
-    world = World(args.workers, port=args.port)
+    world = World(args.workers, port=args.port, timeout=args.timeout)
     world.check_batch(args.batch_size)
     if launch.started_by_engine(args.framework):
         started = worker.world_from_environment(args.framework, world)
@@ -657,6 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     except files.Interrupted as e:
         print(f"interrupted by {e.name}: {e.detail or 'nothing was written'}", file=sys.stderr, flush=True)
         return e.exit_code
+    except WorldError as e:  # a peer that cannot be reached or is gone (under torchrun or a cluster's launcher)
+        print(f"error: {e}" + (f"; {e.detail}" if e.detail else ""), file=sys.stderr, flush=True)
+        return 3
     except PortError as e:  # its command-line spelling: --force, not force=True
         print(f"error: {e.cli}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -276,7 +277,7 @@ class Trainer(train.Trainer):
         replicas: (mean loss over the global batch, correct over the global batch)."""
         with_aux = aux_admits(self.model.plan, x.shape[2:])
         xs, ys, ws = self._shards(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), y.astype(np.int64))
-        with op_determinism(self.deterministic):
+        with op_determinism(self.deterministic), _peers(self.world):
             loss, correct, grads, stats = self._run(xs, ys, ws, with_aux)
         self._last = (train.trained_variables(self.model, with_aux), grads)
         self._stats = [
@@ -314,6 +315,40 @@ class Trainer(train.Trainer):
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         super().load_state(state)  # assigned in cross-replica context: every replica's copy
         self._stepped = self._stepped or bool(state)
+
+
+# What a collective raises when a peer of MultiWorkerMirroredStrategy is gone: its
+# coordination service's heartbeats stop (Unavailable), the collective's timeout
+# (DeadlineExceeded), or the abort that either makes of the other collectives.
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
+
+
+@contextlib.contextmanager
+def _peers(world: World):
+    """A collective that fails because a peer or the network is gone, as a WorldError of one
+    line naming the tasks TensorFlow names (only with TF_CONFIG: one process has no peers)."""
+    try:
+        yield
+    except _PEER_ERRORS as e:
+        if not os.environ.get("TF_CONFIG"):
+            raise
+        message = str(e.message)
+        tasks = {int(t) for t in re.findall(r"/job:worker/(?:replica:\d+/)?task:(\d+)", message)} - {world.rank}
+        if not tasks and world.workers == 2:  # a timeout names no task: the one peer it waited for
+            tasks = {1 - world.rank}
+        lost = ", ".join(f"worker {t}" for t in sorted(tasks)) or "a peer"
+        # TensorFlow's message starts with where the op was defined (indented lines)
+        said = [line for line in message.splitlines() if line.strip() and not line.startswith((" ", "\t"))]
+        said = [line for line in said if not line.startswith(("Graph execution error", "Detected at node"))]
+        raise WorldError(
+            f"worker {world.rank}: lost {lost} of the MultiWorkerMirroredStrategy group "
+            f"({type(e).__name__}: {(said or [''])[0][:200]})"
+        ) from None
 
 
 def _replica_id(ctx: tf.distribute.experimental.ValueContext):

@@ -93,6 +93,7 @@ SYNC_BN = (
 )
 SYNC_BN_SOURCE = f"{MXNET}/src/operator/contrib/sync_batch_norm-inl.h"
 
+FAILED_LEAVE = 5.0  # seconds a failed worker waits for ps-lite to finalise (see stop)
 _STATS_KEY = 1 << 30  # the store's key of the (loss, correct) sums: above any parameter index
 _state: dict[str, Any] = {}  # "kv": this process's store (None: a group of one), "world": its World
 _trainers: weakref.WeakSet[Trainer] = weakref.WeakSet()
@@ -182,7 +183,9 @@ def stop(failed: bool = False) -> None:
 
     leaving = threading.Thread(target=leave, daemon=True)
     leaving.start()
-    leaving.join(world.timeout if world else None)
+    # a failed worker's peers or network may be gone: a few seconds for ps-lite to
+    # finalise, not the whole timeout it has already waited once
+    leaving.join(FAILED_LEAVE if failed else world.timeout if world else None)
     if leaving.is_alive():  # the other workers never met the barrier
         atexit.register(_leave_now, 1)
     elif gone() is not None:  # a reference outside this module: the group is not left
@@ -255,12 +258,48 @@ class Trainer(SingleTrainer):
         self.world.check_batch(n, "x")
         start, stop = self._bounds(n)
         loss, correct = self.backward(x[start:stop], y[start:stop], self.world.weight(n, self.world.rank))
-        self.update(self.divisor)
         sums = mx.nd.array([float(loss.asscalar()) * (stop - start) / n, float(correct.asscalar())], dtype=np.float64)
-        if self.kv is not None:
-            self.kv.pushpull(_STATS_KEY, sums, out=sums)
-        total_loss, total_correct = sums.asnumpy()
+
+        def exchange() -> np.ndarray:
+            self.update(self.divisor)
+            if self.kv is not None:
+                self.kv.pushpull(_STATS_KEY, sums, out=sums)
+            # every pull and update of this step, not only the sums: MXNet's engine runs
+            # them asynchronously, and a pull left pending would block the next forward,
+            # outside the bound
+            mx.nd.waitall()
+            return sums.asnumpy()
+
+        total_loss, total_correct = self._bounded(exchange) if self.kv is not None else exchange()
         return float(total_loss), int(np.rint(total_correct))
+
+    def _bounded(self, exchange: Any) -> np.ndarray:
+        """``exchange()`` (the pushes and pulls of a step) within the world's timeout: ps-lite
+        waits for a server reply forever, and a peer or network that is gone sends none. It
+        runs in a daemon thread, given up after the timeout (the WorldError then ends the
+        run; the thread stays blocked in ps-lite, so the process leaves as ``start`` does)."""
+        done: list[np.ndarray] = []
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                done.append(exchange())
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+                failed.append(e)
+
+        waiting = threading.Thread(target=run, daemon=True)
+        waiting.start()
+        waiting.join(self.world.timeout)
+        if failed:
+            raise failed[0]
+        if not done:
+            atexit.register(_leave_now, 1)
+            where = f"{os.environ.get('DMLC_PS_ROOT_URI')}:{os.environ.get('DMLC_PS_ROOT_PORT')}"
+            raise WorldError(
+                f"worker {self.world.rank}: lost the dist_sync group (the server of scheduler {where}, "
+                f"or another of the {self.world.workers} workers): no reply within {self.world.timeout:g} s"
+            )
+        return done[0]
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The gradient the update applied: the pulled sum over the workers over ``divisor``."""

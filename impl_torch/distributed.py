@@ -210,15 +210,19 @@ def scope() -> contextlib.AbstractContextManager[None]:
 
 
 @contextlib.contextmanager
-def _peers(rank: int) -> Iterator[None]:
+def _peers(rank: int, workers: int = 0) -> Iterator[None]:
     """A collective that fails because a peer is gone (gloo: connection closed or reset,
-    or the group's timeout) as a WorldError of one line."""
+    or the group's timeout when the network drops its packets) as a WorldError of one
+    line naming the peer (gloo's message names its address when the connection closed)."""
     try:
         yield
     except RuntimeError as e:  # DistError and gloo's errors are RuntimeErrors
         if not isinstance(e, dist.DistError) and "gloo" not in str(e).lower():
             raise  # not the engine's: a bug, with its traceback
-        raise WorldError(f"worker {rank}: a peer left the gloo group: {_line(e)}") from None
+        others = [r for r in range(workers) if r != rank]
+        lost = f"worker {others[0]}" if len(others) == 1 else "a peer"
+        said = _line(e).split(" This is typically caused")[0]  # gloo's advice to read the peer's log
+        raise WorldError(f"worker {rank}: lost {lost} of the gloo group: {said}") from None
 
 
 def sync_batchnorm_refusal() -> str:
@@ -312,7 +316,7 @@ class Trainer(train.Trainer):
         plan = self.model.plan
         with_aux = aux_admits(plan, x.shape[2:])
         target = torch.from_numpy(y[start:stop].astype(np.int64))
-        with _peers(self.world.rank):
+        with _peers(self.world.rank, self.world.workers):
             ddp = self._ddp(with_aux)
             ddp.train()
             out = ddp(torch.from_numpy(np.ascontiguousarray(x[start:stop])), with_aux)

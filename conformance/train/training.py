@@ -693,7 +693,9 @@ def _keep_on_interrupt(run: _Run, s: Settings, backend: Backend, history: list[E
     if done and run.writer:
         with files.ignoring_signals():  # a second Ctrl-C must not cut the plot short
             run.write(run.o.plot, plot(done, f"{s.variant} ({backend.version()}), interrupted", s), force)
-    detail = kept(done[-1].epoch if done else 0, s.epochs, run.o.out, "checkpoints, plot, history")
+    # another worker (another host, on a cluster) says what worker 0 wrote, not that it wrote it
+    what = "checkpoints, plot, history" + ("" if run.writer else ", written by worker 0 on its host")
+    detail = kept(done[-1].epoch if done else 0, s.epochs, run.o.out, what)
     if isinstance(e, files.Interrupted | WorldError):
         e.detail = detail
 
