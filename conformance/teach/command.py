@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import frameworks, limits, spec
 from ..files import check_output
+from ..progress import Steps
 from . import measure, outputs
 from .pitfalls import PITFALLS
 
@@ -150,16 +151,19 @@ def page(
     if pitfalls_json is None:
         print(f"measuring the pitfalls ({batch} images each; --pitfalls-json reuses a pitfalls --json report)")
         backends, skipped = frameworks.load(frameworks.FRAMEWORKS)
-        measured = measure.run(
-            list(PITFALLS),
-            None,
-            backends,
-            skipped,
-            None,
-            batch,
-            seed,
-            log=lambda m: print(f"  {m.pitfall}", flush=True),
-        )
+        with Steps("page") as steps:
+            steps.total(len(measure.planned(list(PITFALLS), None)))
+            # each measured pitfall named with its variant: dense-rows runs on two
+            measured = measure.run(
+                list(PITFALLS),
+                None,
+                backends,
+                skipped,
+                None,
+                batch,
+                seed,
+                log=lambda m: steps(f"{m.pitfall} on {m.variant} measured"),
+            )
     index = site.write(directory, variant, size, measured, batch, check, bench, force)
     print(f"wrote {index}: open it in a browser (no network needed)")
     return 0
