@@ -207,7 +207,7 @@ def _line(fw: str, line: source.Line, lit: list[str], rows: Mapping[str, differe
     if not line.specific:
         return f'<div class="line" {anchor}>{number}{code}</div>'
     known = [r for r in line.rows if r in rows]
-    substance = alone and any(rows[r].source == "README" for r in known)
+    substance = alone and any(rows[r].source != "model files" for r in known)
     tags = "".join(f'<a class="why" href="#{rows[r].slug}">{esc(r)}</a>' for r in known)
     kind = "substance" if substance else "quiet"
     return f'<div class="line {kind}" {anchor} data-rows="{esc(",".join(line.rows))}">{number}{code}{tags}</div>'
