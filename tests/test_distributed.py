@@ -224,13 +224,28 @@ def test_two_workers_train_what_one_process_trains(fw, tmp_path):
     assert history[2]["train_acc"] == history[1]["train_acc"]
 
 
-def _workers() -> list[int]:
-    """The pids of the running workers (not an engine's scheduler or server)."""
+def _parent(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return 0
+
+
+def _descends(pid: int, root: int) -> bool:
+    while pid > 1:
+        if pid == root:
+            return True
+        pid = _parent(pid)
+    return False
+
+
+def _workers(root: int) -> list[int]:
+    """The pids of the running workers (not an engine's scheduler or server) that the
+    run ``root`` started: another job's workers on the same machine are not its."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if b"conformance.train.worker" in (entry / "cmdline").read_bytes():
+                if b"conformance.train.worker" in (entry / "cmdline").read_bytes() and _descends(int(entry.name), root):
                     found.append(int(entry.name))
     return sorted(found)
 
@@ -246,7 +261,7 @@ def test_a_killed_worker_ends_the_run_with_one_line_and_resume_continues_it(fw, 
     deadline = time.monotonic() + 300
     while not state.exists() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    workers = _workers()
+    workers = _workers(run.pid)
     assert len(workers) == 2 and run.poll() is None, run.communicate()
     os.kill(workers[-1], signal.SIGKILL)
     _, err = run.communicate(timeout=120)  # bounded: the launcher ends every process
@@ -254,7 +269,8 @@ def test_a_killed_worker_ends_the_run_with_one_line_and_resume_continues_it(fw, 
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
     assert "was killed by SIGKILL" in errors[0] and "continue with --resume" in errors[0], errors
-    assert _workers() == []  # nothing left running
+    # nothing left running: the workers it had, orphaned or not, are gone
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
     kept = sorted(tmp_path.glob("*-epoch*.safetensors"))
     load(kept[-1], spec.resolve("googlenet_d2l"))  # the last checkpoint is whole
