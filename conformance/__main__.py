@@ -576,6 +576,12 @@ def _train_workers(args: argparse.Namespace, settings: Settings) -> int:
         try:
             code = worker.train_job(engine, backend, world, {**job, "force": args.force, "resume": args.resume})
             return code
+        except WorldError as e:
+            # said before leaving the group, as worker.main does: leaving after a lost peer
+            # may block in the engine until the launcher ends the process
+            print(f"error: {e}" + (f"; {e.detail}" if e.detail else ""), file=sys.stderr, flush=True)
+            code = 3
+            return code
         finally:
             engine.stop(failed=code != 0)
     job = {
