@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("conformance.train",),
     ("conformance.check",),
     ("conformance.formats",),
-    ("conformance.teach", "conformance.verify", "conformance.bench"),
+    ("conformance.teach", "conformance.verify", "conformance.bench", "conformance.kit"),
     ("conformance.__main__", "conformance"),
 )
 
