@@ -37,7 +37,7 @@ CASES = {  # what the user's model gets wrong
 
 def one(case: str, variant: str, batch: int, sizes: list[int]) -> dict:
     from conformance import canonical, frameworks, spec
-    from conformance.check.harness import full_options
+    from conformance.check.inputs import full_options
     from conformance.teach import stages
     from conformance.teach.pitfalls import PITFALLS, patched
     from conformance.verify.diagnose import candidates, diagnose

@@ -366,7 +366,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
 def _check(args: argparse.Namespace) -> int:
     from . import frameworks
-    from .check import harness, judges, report
+    from .check import harness, inputs, judges, report
 
     if args.json is not None:  # refuse before spending a minute on the check
         check_output(args.json, args.force, "--json")
@@ -375,8 +375,8 @@ def _check(args: argparse.Namespace) -> int:
     variants = list(dict.fromkeys(args.variant or spec.VARIANTS))
     sizes = list(dict.fromkeys(args.input_size)) if args.input_size else None  # None: each variant's own
     if sizes:
-        harness.check_input_sizes(variants, sizes)
-    harness.check_work(variants, sizes, args.batch, args.train)
+        inputs.check_input_sizes(variants, sizes)
+    inputs.check_work(variants, sizes, args.batch, args.train)
     if args.distributed:
         limits.check_workers(args.workers)
     backends, skipped = judges.load_with_judges([*names, *required])

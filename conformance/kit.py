@@ -20,7 +20,7 @@ from functools import cache
 import pytest
 
 from . import frameworks, spec
-from .check import harness, report
+from .check import harness, inputs, report, results
 
 CHECKS = ("contract", "counts", "stages", "roundtrip", "training")
 
@@ -28,7 +28,7 @@ CHECKS = ("contract", "counts", "stages", "roundtrip", "training")
 @cache
 def _report(
     backend: str, reference: str, variant: str, train: bool, sizes: tuple[int, ...] | None, batch: int
-) -> harness.Report:
+) -> results.Report:
     backends, skipped = frameworks.load([reference, backend])
     if reference in skipped:
         pytest.skip(f"the reference {reference} is {skipped[reference]}")
@@ -41,7 +41,7 @@ def failures(
     check: str,
     reference: str = "torch",
     sizes: tuple[int, ...] | None = None,
-    batch: int = harness.DEFAULT_BATCH,
+    batch: int = inputs.DEFAULT_BATCH,
 ) -> list[str]:
     """What fails in one case (empty: it passes). ``sizes``: the input sizes the stages
     are checked at (None: the variant's own and the odd sizes, as ``check``)."""
@@ -71,7 +71,7 @@ def cases(
     checks: Sequence[str] = CHECKS,
     reference: str = "torch",
     sizes: Sequence[int] | None = None,
-    batch: int = harness.DEFAULT_BATCH,
+    batch: int = inputs.DEFAULT_BATCH,
 ) -> Callable[[str, str], None]:
     """A pytest test function parametrised over ``variants`` (every variant when None)
     and ``checks`` (a subset of :data:`CHECKS`); assign it to a ``test_`` name.

@@ -34,7 +34,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from conformance.check.compare import Agreement
-from conformance.check.harness import _train_row
+from conformance.check.training import train_row
 
 from .netns import Host, wait_reachable
 
@@ -282,12 +282,12 @@ class Parity:
 
 def parity(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> list[Parity]:
     """Loss and weights key by key, as ``check --distributed`` compares them
-    (``harness._train_row``: every key on both sides, relative to 1e-4)."""
+    (``training.train_row``: every key on both sides, relative to 1e-4)."""
     rows = []
     for quantity, prefix in (("loss", "loss/"), ("weights", "weights/")):
         a = {k: v for k, v in ref.items() if k.startswith(prefix)}
         b = {k: v for k, v in got.items() if k.startswith(prefix)}
-        worst, agreement = _train_row(quantity, a, b, {})
+        worst, agreement = train_row(quantity, a, b, {})
         rows.append(Parity(quantity, len(a), worst.removeprefix(prefix), agreement))
     return rows
 

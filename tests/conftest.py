@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conformance import canonical, frameworks, spec
-from conformance.check.harness import full_options
+from conformance.check.inputs import full_options
 from conformance.teach import pitfalls
 
 # Only where torchvision is installed (a side venv): its CUDA build of torch 2.14.1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conformance import spec
-from conformance.check import harness
+from conformance.check import harness, inputs, memory
 from conformance.check.compare import REL_TOL
 
 from .conftest import installed
@@ -69,7 +69,7 @@ def test_round_trips_are_bit_identical(report):
 
 
 def smallest_size(variant: str) -> int:
-    return next(s for s in range(1, 1000) if harness.inadmissible(variant, s) is None)
+    return next(s for s in range(1, 1000) if inputs.inadmissible(variant, s) is None)
 
 
 def test_the_smallest_sizes_the_spec_admits_run_in_every_framework():
@@ -90,8 +90,8 @@ def test_the_smallest_sizes_the_spec_admits_run_in_every_framework():
         "inception_mnist": 28,
         "residual_mnist": 28,
     }  # fc reads a 4 x 4 map: 28..31 give one
-    assert [s for s in range(20, 40) if harness.inadmissible("inception_mnist", s) is None] == [28, 29, 30, 31]
-    assert "maxpool4 window (2 x 2) is larger than its 1 x 1 input" in harness.inadmissible("googlenet_bn", 30)
+    assert [s for s in range(20, 40) if inputs.inadmissible("inception_mnist", s) is None] == [28, 29, 30, 31]
+    assert "maxpool4 window (2 x 2) is larger than its 1 x 1 input" in inputs.inadmissible("googlenet_bn", 30)
     r = harness.run(["googlenet", "googlenet_bn"], backends, {}, sizes=[31, 47], batch=1)
     assert r.passed, [(v.variant, v.errors) for v in r.variants]
     assert [s.size for s in r.variants[0].sizes] == [47] and 31 in r.variants[0].skipped_sizes
@@ -104,7 +104,7 @@ def test_runs_kept_on_disk_compare_exactly_as_in_memory(monkeypatch):
     if len(backends) < 2:
         pytest.skip(f"needs two frameworks to compare, found {sorted(backends)}")
     in_memory = harness.run(["inception_mnist"], backends, {}, batch=2)
-    monkeypatch.setattr(harness, "SPILL_BYTES", 0)
+    monkeypatch.setattr(memory, "SPILL_BYTES", 0)
     spilled = harness.run(["inception_mnist"], backends, {}, batch=2, train=True)
     assert spilled.passed and spilled.variants[0].training
     assert spilled.variants[0].sizes == in_memory.variants[0].sizes

@@ -16,7 +16,7 @@ import pytest
 
 from conformance import limits, reading, spec
 from conformance.__main__ import MAX_LR, _parse
-from conformance.check import harness
+from conformance.check import inputs
 from conformance.train import data, training
 
 from .conftest import cli
@@ -111,8 +111,8 @@ def test_check_bounds_every_size_it_runs_by_default(monkeypatch):
     assert odd > own
     monkeypatch.setattr(limits, "machine_memory", lambda: (own + odd) // 2)
     with pytest.raises(limits.LimitError, match=r"--batch 4: googlenet's inference on 4 images of 239 x 239"):
-        harness.check_work(["googlenet"], None, 4)
-    harness.check_work(["googlenet"], [224], 4)  # negative control: the own size alone fits
+        inputs.check_work(["googlenet"], None, 4)
+    inputs.check_work(["googlenet"], [224], 4)  # negative control: the own size alone fits
 
 
 # -- row 16: workers ------------------------------------------------------------------

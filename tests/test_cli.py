@@ -128,13 +128,13 @@ def test_spec_of_liu_s_residual_net_names_its_blocks_as_liu_does():
 
 
 def test_json_report_is_strict_json_even_for_infinite_errors(tmp_path):
-    from conformance.check import harness, report
+    from conformance.check import report, results
     from conformance.check.compare import Agreement
 
-    row = harness.StageRow(
+    row = results.StageRow(
         "conv1", (1, 64, 49, 49), {"torch": (1, 64, 49, 49)}, {"keras": Agreement(float("inf"), float("nan"))}, False
     )
-    r = harness.Report(
+    r = results.Report(
         {"torch": "torch"},
         {},
         "torch",
@@ -142,8 +142,8 @@ def test_json_report_is_strict_json_even_for_infinite_errors(tmp_path):
         0,
         1e-4,
         [
-            harness.VariantReport(
-                "googlenet", {}, {"spec": (1, 0), "torch": (1, 0)}, {}, [harness.SizeReport(97, False, [row])]
+            results.VariantReport(
+                "googlenet", {}, {"spec": (1, 0), "torch": (1, 0)}, {}, [results.SizeReport(97, False, [row])]
             )
         ],
         {},

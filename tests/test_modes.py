@@ -110,7 +110,7 @@ def test_weights_loaded_after_a_fast_call_are_the_ones_used(backend):
 def test_fast_modes_leave_eager_training_as_it_was(backend):
     """Gluon's hybridize would bake inference BatchNorm into the model's own blocks: the
     hybrid mode runs a separate block, so training the model is unaffected."""
-    variant = harness.without_dropout(spec.variant("googlenet_bn"))  # random masks differ per run
+    variant = spec.without_dropout(spec.variant("googlenet_bn"))  # random masks differ per run
     params = canonical.initial_params(spec.resolve(variant), 0)
     x, y = image(97, 2), np.array([3, 7])
     steps = {}

@@ -18,7 +18,8 @@ import pytest
 
 from conformance import canonical, spec
 from conformance.check.compare import REL_TOL, agreement
-from conformance.check.harness import full_options, without_dropout
+from conformance.check.inputs import full_options
+from conformance.spec import without_dropout
 from conformance.train.data import prepare, synthetic
 
 from .conftest import ROOT, backend_or_skip, full_plan, loaded_model

@@ -14,20 +14,20 @@ import numpy as np
 import pytest
 
 from conformance import spec
-from conformance.check import harness
+from conformance.check import harness, inputs, results
 from conformance.check.compare import REL_TOL
 from conformance.teach.pitfalls import PITFALLS
 
 from .conftest import backend_or_skip, patched
 
 
-def check(backends: dict, variant: str, size: int) -> harness.VariantReport:
+def check(backends: dict, variant: str, size: int) -> results.VariantReport:
     report = harness.run([variant], backends, {}, sizes=[size], batch=2)
     assert not report.passed
     return report.variants[0]
 
 
-def rows(v: harness.VariantReport) -> dict[str, harness.StageRow]:
+def rows(v: results.VariantReport) -> dict[str, results.StageRow]:
     return {r.stage: r for r in v.sizes[0].stages}
 
 
@@ -232,7 +232,7 @@ def test_a_hand_written_port_s_mistake_fails_where_it_is_made(name, variant, siz
     with PITFALLS[name].broken(torch_) as broken:
         v = check({"torch": torch_, "port": patched(broken, name="port")}, variant, size)
     r = rows(v)
-    made = PITFALLS[name].where(spec.resolve(variant, **harness.full_options(spec.VARIANTS[variant])), size)
+    made = PITFALLS[name].where(spec.resolve(variant, **inputs.full_options(spec.VARIANTS[variant])), size)
     names = list(r)
     assert all(r[n].passed for n in names[: names.index(made)])
     assert not r[made].passed and r[made].agreement["port"].max_rel > 100 * REL_TOL

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conformance.check import harness, report
+from conformance.check import report, results
 from conformance.check.compare import Agreement
 
 RUNS = ["keras", "mxnet", "onnx", "onnx-keras", "onnx-mxnet"]
@@ -26,30 +26,30 @@ def _agreement(rel: float, logits: bool = False) -> Agreement:
     return Agreement(rel * 13.0, rel, top, top, passed=rel <= 1e-4)
 
 
-def _row(stage: str, shape: tuple[int, ...], rel: dict[str, float], logits: bool = False) -> harness.StageRow:
+def _row(stage: str, shape: tuple[int, ...], rel: dict[str, float], logits: bool = False) -> results.StageRow:
     agreement = {fw: _agreement(r, logits) for fw, r in rel.items()}
     shapes = {"torch": shape, **{fw: shape for fw in rel}}
-    return harness.StageRow(stage, shape, shapes, agreement, all(a.passed for a in agreement.values()))
+    return results.StageRow(stage, shape, shapes, agreement, all(a.passed for a in agreement.values()))
 
 
-def _report(broken: str | None = None) -> harness.Report:
+def _report(broken: str | None = None) -> results.Report:
     rel = {fw: (5e-2 if fw == broken else 1.5e-6) for fw in RUNS}
     stages = [_row("conv1", (2, 64, 112, 112), rel), _row("logits", (2, 1000), rel, logits=True)]
-    size = harness.SizeReport(224, False, stages)
-    variant = harness.VariantReport(
+    size = results.SizeReport(224, False, stages)
+    variant = results.VariantReport(
         "googlenet", {"aux_logits": True}, {"spec": (1, 0), "torch": (1, 0), "keras": (1, 0), "mxnet": (1, 0)}, {}
     )
     variant.roundtrip = {"torch": [], "keras": [], "mxnet": [], "torch -> keras -> mxnet -> torch": []}
     variant.sizes = [size]
     variant.skipped_sizes = {97: "input size 97: the head pool's 7 x 7 window is larger than the 3 x 3 map; " * 2}
     variant.training = [
-        harness.TrainRow("running statistics after step 1", 57, {"keras": LONG_KEY, "mxnet": "step 2"},
+        results.TrainRow("running statistics after step 1", 57, {"keras": LONG_KEY, "mxnet": "step 2"},
                          {"keras": _agreement(2e-9), "mxnet": _agreement(3e-9)}, True),
     ]  # fmt: skip
     versions = {"torch": "torch 2.13.0+cpu", "keras": "keras 3", "mxnet": "mxnet 1.9.1"}
     versions |= {j: f"onnxruntime 1.32.0 on {j}'s ONNX export, with a long description" for j in RUNS[2:]}
     timings = {fw: {"build": 1.0, "load": 0.1, "forward": 0.3, "channels_last": 0.6, "train": 5.9} for fw in versions}
-    return harness.Report(versions, {}, "torch", 2, 0, 1e-4, [variant], timings, {}, RUNS[2:])
+    return results.Report(versions, {}, "torch", 2, 0, 1e-4, [variant], timings, {}, RUNS[2:])
 
 
 def test_the_report_fits_100_columns_with_every_judge():

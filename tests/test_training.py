@@ -11,7 +11,7 @@ import pytest
 
 from conformance import spec
 from conformance.canonical import random_params
-from conformance.check import harness
+from conformance.check import inputs, results, training
 from conformance.check.compare import REL_TOL, agreement
 from conformance.teach.pitfalls import PITFALLS
 
@@ -28,13 +28,13 @@ QUANTITIES_BN = [
 ]
 
 
-def train_report(backends: dict, variant: str, batch: int = 2) -> harness.VariantReport:
-    report = harness.VariantReport(variant, harness.full_options(spec.VARIANTS[variant]), {}, {})
-    harness.check_training(report, backends, batch, seed=0, timer=harness.Timer())
+def train_report(backends: dict, variant: str, batch: int = 2) -> results.VariantReport:
+    report = results.VariantReport(variant, inputs.full_options(spec.VARIANTS[variant]), {}, {})
+    training.check_training(report, backends, batch, seed=0, timer=results.Timer())
     return report
 
 
-def by_quantity(report: harness.VariantReport) -> dict[str, harness.TrainRow]:
+def by_quantity(report: results.VariantReport) -> dict[str, results.TrainRow]:
     return {r.quantity: r for r in report.training}
 
 
@@ -53,7 +53,7 @@ def test_one_sgd_step_agrees_in_every_framework(variant):
     for row in report.training:
         assert row.passed, (row.quantity, row.worst, row.agreement)
         assert all(a.max_rel <= REL_TOL for a in row.agreement.values())
-    p = spec.resolve(variant, **harness.full_options(spec.VARIANTS[variant]))
+    p = spec.resolve(variant, **inputs.full_options(spec.VARIANTS[variant]))
     trainable = [k for k in random_params(p) if not k.endswith(("running_mean", "running_var"))]
     assert rows["gradients"].keys == len(trainable)  # every trainable tensor, aux heads included
 
@@ -138,7 +138,7 @@ def test_batchnorm_training_gradients_are_ill_conditioned_in_float32():
     import torch
 
     def worst_float32_error(variant: str, seed: int) -> float:
-        v = harness.without_dropout(spec.VARIANTS[variant])
+        v = spec.without_dropout(spec.VARIANTS[variant])
         p = spec.resolve(v)
         params = random_params(p, seed, training=True)
         x = np.random.default_rng(seed).standard_normal((2, p.in_channels, p.input_size, p.input_size))
@@ -174,7 +174,7 @@ def test_keras_compiled_step_matches_the_eager_one():
     (In float64: in float32 the two orders of operations differ by BatchNorm's
     amplified round-off, see above.)"""
     keras_ = backend_or_skip("keras")
-    v = harness.without_dropout(spec.GOOGLENET_CIFAR)
+    v = spec.without_dropout(spec.GOOGLENET_CIFAR)
     params = random_params(spec.resolve(v), 0, training=True)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
     y = np.array([3, 7])
@@ -191,7 +191,7 @@ def test_keras_compiled_step_matches_the_eager_one():
 
 
 def test_without_dropout_zeroes_every_rate():
-    v = harness.without_dropout(spec.GOOGLENET)
+    v = spec.without_dropout(spec.GOOGLENET)
     assert (v.head.dropout, v.aux.dropout) == (0.0, 0.0)
     assert spec.resolve(v, aux_logits=True).dropout == 0.0
     restored = dataclasses.replace(v, head=spec.GOOGLENET.head, aux=spec.GOOGLENET.aux)

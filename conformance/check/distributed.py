@@ -34,7 +34,8 @@ from ..interface import Backend, Unsupported, is_judge
 from ..train import launch
 from ..world import FAULTS, World
 from .compare import REL_TOL, Agreement
-from .harness import TRAIN_DTYPE, TRAIN_LR, TRAIN_MOMENTUM, _input, _train_row, full_options, zero_gradients
+from .inputs import full_options, seeded_input
+from .training import TRAIN_DTYPE, TRAIN_LR, TRAIN_MOMENTUM, train_row, zero_gradients
 
 WORKERS = 2
 PER_WORKER = 2  # images per worker: the global batch is WORKERS * PER_WORKER
@@ -93,7 +94,7 @@ def _plan(variant: str) -> spec.Plan:
 
 
 def _batch(p: spec.Plan, size: int, n: int, seed: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    x = _input(p, size, n, seed).astype(dtype)
+    x = seeded_input(p, size, n, seed).astype(dtype)
     y = np.random.default_rng([seed, size, 1]).integers(0, p.num_classes, n)
     return x, y
 
@@ -175,7 +176,7 @@ def parity_rows(
         (f"weights after step {steps}", "weights/", {}),
     ):
         a, b = _part(ref, prefix), _part(got, prefix)
-        worst, agree = _train_row(quantity, a, b, scales)
+        worst, agree = train_row(quantity, a, b, scales)
         rows.append(Row(quantity, compared, len(a), worst, agree, agree.passed))
     return rows
 
@@ -333,7 +334,7 @@ def statistics_rows(
             continue  # the replicas' own record: what NumPy computed the running statistics from
         for r, want in enumerate(replicas):
             have = _part(got[r], f"{quantity}/{r}/")
-            worst, agree = _train_row(kind, want, have, {})
+            worst, agree = train_row(kind, want, have, {})
             rows.append(Row(f"{kind} of replica {r}, {step}", f"NumPy, {rule}", len(want), worst, agree, agree.passed))
     return rows
 

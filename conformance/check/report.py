@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..files import atomic_write, finite
 from .compare import Agreement
-from .harness import TRAIN_DTYPE, TRAIN_LR, TRAIN_MOMENTUM, Report, SizeReport, StageRow, TrainRow, VariantReport
+from .results import Report, SizeReport, StageRow, TrainRow, VariantReport
+from .training import TRAIN_DTYPE, TRAIN_LR, TRAIN_MOMENTUM
 
 WIDTH = 100  # columns the report fits by default: a terminal's, and a CI log's
 CELL = 18  # one run's "max abs   max rel" pair

@@ -3,7 +3,7 @@
 Inference pitfalls: the seeded canonical weights in a correct PyTorch port and in the
 broken port, one batch of seeded images through both, every stage compared with
 ``check``'s rule (:mod:`conformance.teach.stages`). Training pitfalls: ``check
---train``'s two SGD steps (:func:`conformance.check.harness.check_training`), the
+--train``'s two SGD steps (:func:`conformance.check.training.check_training`), the
 first quantity that fails named with its step and worst tensor.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import spec
 from ..canonical import random_params
-from ..check import harness
+from ..check import inputs, results, training
 from ..check.compare import REL_TOL
 from ..files import atomic_write, finite
 from ..interface import Backend
@@ -33,7 +33,7 @@ from .pitfalls import PITFALLS, Pitfall, where
 REFERENCE = "torch"  # the correct port every broken one is measured against
 DEFAULT_BATCH = 64
 MODEST_SIZE = 96  # inference pitfalls run here where the variant admits it and the mistake shows: fast
-TRAIN_BATCH = harness.DEFAULT_BATCH  # check --train's
+TRAIN_BATCH = inputs.DEFAULT_BATCH  # check --train's
 
 
 @dataclass
@@ -125,7 +125,7 @@ def sizes_text(sizes: list[int]) -> str:
 
 
 def _plan(variant: str) -> tuple[dict[str, Any], spec.Plan]:
-    options = harness.full_options(spec.VARIANTS[variant])
+    options = inputs.full_options(spec.VARIANTS[variant])
     return options, spec.resolve(variant, **options)
 
 
@@ -200,10 +200,10 @@ def _measure_training(
     m: Measurement, pitfall: Pitfall, options: dict[str, Any], backends: Mapping[str, Backend], seed: int
 ) -> None:
     m.batch = TRAIN_BATCH
-    report = harness.VariantReport(m.variant, options, {}, {})
+    report = results.VariantReport(m.variant, options, {}, {})
     fw = pitfall.framework
     with pitfall.broken(backends[fw]) as b:
-        harness.check_training(report, {REFERENCE: backends[REFERENCE], fw: b}, TRAIN_BATCH, seed, harness.Timer())
+        training.check_training(report, {REFERENCE: backends[REFERENCE], fw: b}, TRAIN_BATCH, seed, results.Timer())
     if report.errors:
         m.error = "; ".join(f"{who}: {why}" for who, why in report.errors.items())
         return
@@ -264,7 +264,7 @@ def render(m: Measurement) -> str:
     if m.kind == "training":
         lines.append(
             f"  {m.framework} on {m.variant} at {m.size} x {m.size}, against {m.reference}: "
-            f"check --train's {harness.TRAIN_STEPS} SGD steps in {harness.TRAIN_DTYPE}, batch {m.batch}"
+            f"check --train's {training.TRAIN_STEPS} SGD steps in {training.TRAIN_DTYPE}, batch {m.batch}"
         )
     else:
         lines.append(f"  {m.framework} on {m.variant} at {m.size} x {m.size}, against {m.reference}; {m.batch} images")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import spec
-from ..check.harness import inadmissible
+from ..check.inputs import inadmissible
 from ..spec.shapes import SIZE_LIMIT
 
 MAX_BATCH = 64  # seeded images per input: a googlenet_bn stage at 224 is 3.2 MB an image, kept twice

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import spec
 from ..check.compare import REL_TOL, Agreement, agreement
-from ..check.harness import ODD_SIZES, inadmissible
+from ..check.inputs import ODD_SIZES, inadmissible
 from ..formats.port import read_checkpoint
 from . import diagnose, taps, taps_onnx
 from .options import check_options
