@@ -9,9 +9,9 @@ import numpy
 if "bool" not in numpy.__dict__:  # MXNet 1.9 uses the alias numpy 1.24 removed: every reader sets it
     numpy.bool = bool  # type: ignore[attr-defined]
 
-import mxnet as mx  # noqa: E402
-from mxnet import gluon, init, nd  # noqa: E402
-from mxnet.gluon import nn  # noqa: E402
+import mxnet as mx
+from mxnet import gluon, init, nd
+from mxnet.gluon import nn
 
 
 class Inception(nn.Block):

@@ -36,8 +36,8 @@ import numpy as np
 from .. import reading
 from ..formats import bounds, deploy
 from ..formats.base import PortError, backend
-from .pairing import CONV, DENSE, NORM, Layer
 from . import taps_onnx
+from .pairing import CONV, DENSE, NORM, Layer
 from .taps import Event, Run
 
 FRAMEWORK = "gluon"
@@ -107,7 +107,11 @@ def _shape(param: Any) -> tuple[int, ...]:
 
 
 def channels(model: Any) -> int:
-    """The input channels: the first convolution's (three where the model has none)."""
+    """The input channels: the first convolution's (three where the model has none).
+    Every parameter must hold values by now (verify reads the model's own weights)."""
+    for param in _params(model).values():
+        if getattr(param, "_data", None) is None and not getattr(param, "_deferred_init", ()):
+            _value(param)  # says what to do
     for param in _params(model).values():
         shape = _shape(param)
         if len(shape) == 4:
@@ -166,10 +170,8 @@ def _own(name: str, block: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     own = dict(block._reg_params)
     if "running_mean" in own and getattr(block, "_kwargs", {}).get("fix_gamma", False):
         own.pop("gamma", None)
-    if "running_mean" in own:
-        roles = {NORM_PARAMS.get(k, k): k for k in own}
-    else:
-        roles = {k: k for k in own}
+    norm = "running_mean" in own
+    roles = {(NORM_PARAMS[k] if norm and k in NORM_PARAMS else str(k)): str(k) for k in own}
     return {r: _value(own[k]) for r, k in roles.items()}, {r: prefix + k for r, k in roles.items()}
 
 
@@ -388,7 +390,9 @@ def read(symbol: Path) -> Any:
     params = deploy.params_of(symbol)
     size = symbol.stat().st_size
     if size > deploy.MAX_SYMBOL:
-        raise ValueError(f"MODEL {symbol}: {size:,} bytes; a GoogLeNet's graph is ~150 KB (at most {deploy.MAX_SYMBOL:,})")
+        raise ValueError(
+            f"MODEL {symbol}: {size:,} bytes; a GoogLeNet's graph is ~150 KB (at most {deploy.MAX_SYMBOL:,})"
+        )
     try:
         text = deploy.check_symbol(symbol)
     except PortError as e:
@@ -425,5 +429,7 @@ def read(symbol: Path) -> Any:
         block = mx.gluon.SymbolBlock(sym, mx.sym.var(data[0], dtype="float32"))
         block.collect_params().load(str(params), ctx=mx.cpu(), cast_dtype=True, dtype_source="saved")
     except Exception as e:  # noqa: BLE001 - a parameter missing or of another shape: MXNet's words
-        raise ValueError(f"MODEL {symbol}: {params.name} does not fit its graph: {str(e).splitlines()[0][:200]}") from None
+        raise ValueError(
+            f"MODEL {symbol}: {params.name} does not fit its graph: {str(e).splitlines()[0][:200]}"
+        ) from None
     return block

@@ -109,10 +109,14 @@ def _check_archive(path: Path) -> None:
         raise ValueError(f"MODEL {path}: not a TorchScript or torch.export archive (not a zip file: {e})") from None
     most = taps_onnx.largest().count + ENTRIES
     if len(entries) > most:
-        raise ValueError(f"MODEL {path}: its archive holds {len(entries):,} files; a GoogLeNet's holds at most {most:,}")
+        raise ValueError(
+            f"MODEL {path}: its archive holds {len(entries):,} files; a GoogLeNet's holds at most {most:,}"
+        )
     unpacked = sum(e.file_size for e in entries)
     if unpacked > limit:
-        raise ValueError(f"MODEL {path}: its archive unpacks to {unpacked:,} bytes; no GoogLeNet needs more than {limit:,}")
+        raise ValueError(
+            f"MODEL {path}: its archive unpacks to {unpacked:,} bytes; no GoogLeNet needs more than {limit:,}"
+        )
 
 
 def read(path: Path) -> nn.Module:

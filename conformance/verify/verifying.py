@@ -132,9 +132,7 @@ def adapter(model: Any) -> Any:
     """The module that runs and reads this kind of model."""
     found = next((a for a in ADAPTERS if a.is_model(model)), None)
     if found is None:
-        raise TypeError(
-            f"model: expected a torch.nn.Module, an ONNX file or a Gluon Block, got {type(model).__name__}"
-        )
+        raise TypeError(f"model: expected a torch.nn.Module, an ONNX file or a Gluon Block, got {type(model).__name__}")
     return found
 
 
