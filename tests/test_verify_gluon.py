@@ -227,3 +227,24 @@ def test_a_file_that_is_not_a_program_is_one_line(programs, tmp_path):
     os.mkfifo(fifo)
     _one_line(fifo, "not a regular file")
     _one_line(tmp_path / "none.ts", "no such file")
+
+
+def test_an_archive_beyond_any_googlenet_is_refused_before_torch_reads_it(tmp_path):
+    """Negative controls of the bounds: more bytes than the largest variant holds (a
+    sparse file: nothing is written), and more files than any GoogLeNet's archive has."""
+    import zipfile
+
+    from conformance.verify import load, taps_onnx
+
+    big = tmp_path / "big.pt"
+    with open(big, "wb") as f:
+        f.truncate(taps_onnx.largest().total + 1)
+    with pytest.raises(ValueError, match="more than any GoogLeNet holds"):
+        load.load(load.parse(str(big)))
+    many = tmp_path / "many.pt2"
+    with zipfile.ZipFile(many, "w") as archive:
+        for i in range(taps_onnx.largest().count + 1100):
+            archive.writestr(f"archive/data/{i}", b"")
+    with pytest.raises(ValueError, match="its archive holds"):
+        load.load(load.parse(str(many)))
+
