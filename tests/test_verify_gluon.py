@@ -19,6 +19,7 @@ import pytest
 import conformance
 from conformance import canonical, spec
 from conformance.__main__ import main
+from conformance.verify import taps_gluon
 
 from .conftest import backend_or_skip, cli
 
@@ -165,6 +166,64 @@ def test_a_hostile_or_broken_symbol_pair_is_one_line(pairs, tmp_path):
     _one_line(big, "a GoogLeNet's graph is ~150 KB")
 
 
+@pytest.fixture(scope="session")
+def cifar_pair(tmp_path_factory):
+    """pytorch-cifar100's net as this suite's ``port --to gluon-export`` writes it: Gluon's
+    counter names (``conv0_weight``) follow no scheme, so its BatchNorm units pair by
+    structure through the graph."""
+    from conformance.formats import deploy
+
+    p = spec.resolve("googlenet_cifar")
+    pair, _ = deploy.write_gluon(canonical.random_params(p, seed=1), p)
+    directory = tmp_path_factory.mktemp("cifar")
+    for ending, data in pair.items():
+        (directory / f"cifar{ending}").write_bytes(data)
+    return directory / "cifar-symbol.json"
+
+
+def _edited(symbol: Path, tmp_path: Path, name: str, **attrs: str) -> Path:
+    """The pair with its first BatchNorm's attributes changed."""
+    graph = json.loads(symbol.read_text())
+    next(n for n in graph["nodes"] if n["op"] == "BatchNorm")["attrs"].update(attrs)
+    (tmp_path / f"{name}-symbol.json").write_text(json.dumps(graph))
+    (tmp_path / f"{name}-0000.params").write_bytes(symbol.with_name("cifar-0000.params").read_bytes())
+    return tmp_path / f"{name}-symbol.json"
+
+
+def test_batchnorm_in_a_symbol_pair_pairs_by_structure_and_agrees(cifar_pair, tmp_path):
+    from conformance.verify import load
+
+    r = conformance.verify(load.load(load.parse(str(cifar_pair))), input_sizes=[32], batch=1)
+    assert r.agree and r.variant == "googlenet_cifar" and r.pairing.startswith("structure") and not r.unexposed
+    # negative controls: the first BatchNorm's epsilon changed in the graph disagrees from there;
+    # its gamma fixed at 1 (the operator's fix_gamma) is a BatchNorm without scale, which this net lacks
+    eps = _edited(cifar_pair, tmp_path, "eps", eps="0.1")
+    r = conformance.verify(load.load(load.parse(str(eps))), input_sizes=[32], batch=1, run_diagnosis=False)
+    assert not r.agree and r.first_divergence == "conv1"
+    fixed = _edited(cifar_pair, tmp_path, "fixed", fix_gamma="True")
+    with pytest.raises(ValueError, match="your BatchNorm has no scale"):
+        conformance.verify(load.load(load.parse(str(fixed))), variant="googlenet_cifar", input_sizes=[32], batch=1)
+
+
+def test_batchnorm_in_an_eager_block_pairs_by_structure():
+    """The suite's Gluon cifar net inside a user's own Sequential (keys ``0.…``: no
+    scheme), run eagerly: BatchNorm's gamma, beta and statistics found through the
+    blocks. Negative control: a BatchNorm told to fix its gamma (``scale=False``)."""
+    import impl_mxnet
+
+    p = spec.resolve("googlenet_cifar")
+    inner = impl_mxnet.build("googlenet_cifar")
+    impl_mxnet.from_canonical(inner, canonical.random_params(p, seed=2))
+    net = gluon_user_nets.nn.Sequential()
+    net.add(inner)
+    r = conformance.verify(net, input_sizes=[32], batch=1)
+    assert r.agree and r.pairing.startswith("structure") and r.variant == "googlenet_cifar"
+    norm = next(b for _, b in taps_gluon._blocks(net) if "running_mean" in b._reg_params)
+    norm._kwargs["fix_gamma"] = True
+    with pytest.raises(ValueError, match="your BatchNorm has no scale"):
+        conformance.verify(net, variant="googlenet_cifar", input_sizes=[32], batch=1)
+
+
 # --------------------------------------------------------------------------------------
 # TorchScript and torch.export
 # --------------------------------------------------------------------------------------
@@ -247,4 +306,3 @@ def test_an_archive_beyond_any_googlenet_is_refused_before_torch_reads_it(tmp_pa
             archive.writestr(f"archive/data/{i}", b"")
     with pytest.raises(ValueError, match="its archive holds"):
         load.load(load.parse(str(many)))
-

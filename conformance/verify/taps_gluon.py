@@ -49,7 +49,8 @@ OPERATORS = {
     "null", "Convolution", "BatchNorm", "Activation", "relu", "LeakyReLU", "Pooling", "Concat", "concat",
     "FullyConnected", "Flatten", "flatten", "Dropout", "LRN", "softmax", "SoftmaxActivation", "log_softmax",
     "elemwise_add", "_plus", "_Plus", "broadcast_add", "_mul_scalar", "_plus_scalar", "_minus_scalar",
-    "_div_scalar", "Reshape", "reshape", "slice_axis", "identity", "_copy", "clip",
+    "_div_scalar", "Reshape", "reshape", "slice_axis", "identity", "_copy", "clip", "Pad", "reverse",
+    "_contrib_AdaptiveAvgPooling2D", "Cast", "amp_cast",
 }  # fmt: skip
 
 
