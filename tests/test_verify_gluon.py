@@ -181,6 +181,22 @@ def cifar_pair(tmp_path_factory):
     return directory / "cifar-symbol.json"
 
 
+def test_tf_slims_net_as_the_suite_exports_it_pairs_through_its_flipped_kernels(tmp_path):
+    """TF-slim's net exported by ``port``: BatchNorm without scale (``fix_gamma``: its
+    gamma is not a weight), and each strided conv padded as TensorFlow pads by flipping
+    its input, kernel and output (``reverse``): the flipped kernel is still the weight."""
+    from conformance.formats import deploy
+    from conformance.verify import load
+
+    p = spec.resolve("googlenet_slim")
+    pair, _ = deploy.write_gluon(canonical.random_params(p, seed=1), p)
+    for ending, data in pair.items():
+        (tmp_path / f"slim{ending}").write_bytes(data)
+    model = load.load(load.parse(str(tmp_path / "slim-symbol.json")))
+    r = conformance.verify(model, variant="googlenet_slim", input_sizes=[224], batch=1, run_diagnosis=False)
+    assert r.agree and r.pairing.startswith("structure") and not r.unexposed
+
+
 def _edited(symbol: Path, tmp_path: Path, name: str, **attrs: str) -> Path:
     """The pair with its first BatchNorm's attributes changed."""
     graph = json.loads(symbol.read_text())

@@ -54,6 +54,11 @@ OPERATORS = {
 }  # fmt: skip
 
 
+# One-input operators that keep a tensor's values (reordered or cast): a parameter seen
+# through them is still that parameter.
+KEEPING = {"reverse", "_copy", "identity", "Cast", "amp_cast"}
+
+
 def _mx() -> Any:
     """MXNet, imported the suite's way (it needs numpy's old ``bool`` alias set first)."""
     try:
@@ -286,6 +291,21 @@ def _flag(attrs: Mapping[str, str], name: str, default: bool) -> bool:
     return str(attrs.get(name, default)).lower() in ("true", "1")
 
 
+def _source(nodes: list[dict[str, Any]], index: int) -> str:
+    """The name of what node ``index`` computes, through any chain of one-input
+    operators that keep a tensor's values (a kernel flipped in place, a cast)."""
+    node = nodes[index]
+    while node["op"] in KEEPING and len(node.get("inputs", [])) == 1:
+        node = nodes[node["inputs"][0][0]]
+    return str(node["name"])
+
+
+def _transforms_weight(nodes: list[dict[str, Any]], node: dict[str, Any], params: Mapping[str, str]) -> bool:
+    """Whether ``node`` only rearranges a parameter (the suite's own export flips a
+    kernel, the input and the output to pad as TensorFlow does): not a layer itself."""
+    return node["op"] in KEEPING and _source(nodes, nodes.index(node)) in params
+
+
 def _symbol_layers(model: Any) -> list[Layer]:
     """The graph's parametrised operators in the order it lists them (the order the
     forward pass made them), then any parametrised block the graph does not use."""
@@ -295,9 +315,9 @@ def _symbol_layers(model: Any) -> list[Layer]:
     nodes = _nodes(sym)
     out, seen = [], set()
     for node in nodes:
-        if node["op"] == "null":
+        if node["op"] == "null" or _transforms_weight(nodes, node, by_name):
             continue
-        inputs = [nodes[i[0]]["name"] for i in node.get("inputs", [])]
+        inputs = [_source(nodes, i[0]) for i in node.get("inputs", [])]
         held = [n for n in inputs if n in by_name]
         if not held:
             continue
