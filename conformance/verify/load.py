@@ -16,7 +16,8 @@ from typing import Any
 from .. import files
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-RUNNABLE = (".keras", ".pt", ".pth", ".pt2", ".ts", "-symbol.json")  # saved models verify will run, not yet
+RUNNABLE = (".keras", ".pth")  # saved models verify will run, not yet
+SAVED = (".pt", ".ts", ".pt2", "-symbol.json")  # TorchScript, torch.export, a Gluon symbol pair
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Source:
     file: Path | None
     attribute: str
     onnx: Path | None = None  # an ONNX file, run by ONNX Runtime
+    saved: Path | None = None  # a TorchScript, torch.export or Gluon symbol file, read by its framework
 
 
 def parse(text: str) -> Source:
@@ -38,6 +40,8 @@ def parse(text: str) -> Source:
         if not path.is_file():
             raise ValueError(f"MODEL {text}: no such file" if not path.exists() else f"MODEL {text}: not a file")
         return Source(text, None, None, "", path)
+    if text.endswith(SAVED):
+        return Source(text, None, None, "", saved=_saved(text))
     if not colon:
         if text.endswith(RUNNABLE) or Path(text).is_dir():
             raise ValueError(
@@ -57,6 +61,23 @@ def parse(text: str) -> Source:
     if not _DOTTED.match(where):
         raise ValueError(f"MODEL {text}: {where!r} is neither a module name nor a path ending in .py")
     return Source(text, where, None, attribute)
+
+
+def _saved(text: str) -> Path:
+    """A saved model's file (and a symbol's parameters beside it): regular files."""
+    path = Path(text)
+    if not path.exists():
+        raise ValueError(f"MODEL {text}: no such file")
+    if not path.is_file():
+        raise ValueError(f"MODEL {text}: {files.kind(path.stat().st_mode)}, not a regular file")
+    if text.endswith("-symbol.json"):
+        params = path.with_name(path.name.removesuffix("-symbol.json") + "-0000.params")
+        if not params.is_file():
+            found = files.kind(params.stat().st_mode) if params.exists() else "missing"
+            raise ValueError(
+                f"MODEL {text}: its parameters {params.name} are {found}; HybridBlock.export writes both files"
+            )
+    return path
 
 
 def _module(source: Source) -> Any:
@@ -85,6 +106,11 @@ def load(source: Source) -> Any:
         from . import taps_onnx
 
         return taps_onnx.read(source.onnx)
+    if source.saved is not None:
+        from . import taps_gluon, taps_script
+
+        reader = taps_gluon.read if source.text.endswith("-symbol.json") else taps_script.read
+        return reader(source.saved)
     what = source.module or str(source.file)
     try:
         target = _module(source)

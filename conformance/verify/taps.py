@@ -7,7 +7,7 @@ restored."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +55,7 @@ def _kind(tensors: Mapping[str, torch.Tensor]) -> str | None:
 
 
 @contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
+def inference(model: nn.Module) -> Iterator[None]:
     """Inference behaviour (BatchNorm's running statistics, no dropout), then the
     model's own mode back."""
     modes = {m: m.training for m in model.modules()}
@@ -87,13 +87,21 @@ def layers(model: nn.Module, x: np.ndarray) -> list[Layer]:
 
         handles.append(module.register_forward_pre_hook(record))
     try:
-        with _eval(model):
+        with inference(model):
             model(torch.from_numpy(x).to(_dtype(model)))
     finally:
         for h in handles:
             h.remove()
+    return records(model, order)
+
+
+def records(model: nn.Module, order: Sequence[str]) -> list[Layer]:
+    """Every module holding tensors as a layer: those named in ``order`` (the ones a
+    forward pass used, in the order it used them) first, then the rest in declaration
+    order."""
+    found = {name: m for name, m in model.named_modules() if _direct(m)}
     out = []
-    for name in [*order, *(n for n in found if n not in order)]:
+    for name in [*(n for n in order if n in found), *(n for n in found if n not in order)]:
         tensors = _direct(found[name])
         kind = _kind(tensors) or type(found[name]).__name__
         prefix = f"{name}." if name else ""
@@ -142,7 +150,7 @@ class Run:
     events: list[Event] = field(default_factory=list)
 
 
-def _returned(out: object) -> list[np.ndarray]:
+def returned(out: object) -> list[np.ndarray]:
     """The logits first, then any other tensor the model returns (aux logits)."""
     if isinstance(out, torch.Tensor):
         return [out.detach().float().numpy()]
@@ -178,10 +186,10 @@ def run(model: nn.Module, x: np.ndarray, shapes: set[tuple[int, ...]], calls: se
 
         handles.append(module.register_forward_hook(finished))
     try:
-        with _eval(model):
+        with inference(model):
             out = model(torch.from_numpy(x).to(_dtype(model)))
-            returned = _returned(out)
+            outputs = returned(out)
     finally:
         for h in handles:
             h.remove()
-    return Run(returned, events)
+    return Run(outputs, events)

@@ -30,7 +30,7 @@ from .. import spec
 from ..check.compare import REL_TOL, Agreement, agreement
 from ..check.inputs import ODD_SIZES, inadmissible
 from ..formats.port import read_checkpoint
-from . import diagnose, taps, taps_onnx
+from . import diagnose, taps, taps_gluon, taps_onnx, taps_script
 from .options import check_options
 from .pairing import Layer, Pairing, PairingError, by_names, by_structure, whose
 
@@ -125,14 +125,14 @@ def seeded_input(p: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-ADAPTERS = (taps, taps_onnx)  # a torch.nn.Module; an ONNX file
+ADAPTERS = (taps_script, taps, taps_onnx, taps_gluon)  # TorchScript (an nn.Module too), an nn.Module, ONNX, Gluon
 
 
 def adapter(model: Any) -> Any:
     """The module that runs and reads this kind of model."""
     found = next((a for a in ADAPTERS if a.is_model(model)), None)
     if found is None:
-        raise TypeError(f"model: expected a torch.nn.Module or an ONNX file, got {type(model).__name__}")
+        raise TypeError(f"model: expected a torch.nn.Module, an ONNX file or a Gluon Block, got {type(model).__name__}")
     return found
 
 
