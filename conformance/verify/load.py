@@ -16,7 +16,7 @@ from typing import Any
 from .. import files
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-RUNNABLE = (".keras", ".pt", ".pth", ".pt2", ".ts", "-symbol.json")  # saved models verify will run, not yet
+RUNNABLE = (".pt", ".pth", ".pt2", ".ts", "-symbol.json")  # saved models verify will run, not yet
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Source:
     file: Path | None
     attribute: str
     onnx: Path | None = None  # an ONNX file, run by ONNX Runtime
+    keras: Path | None = None  # a .keras file, rebuilt by Keras
 
 
 def parse(text: str) -> Source:
@@ -38,6 +39,11 @@ def parse(text: str) -> Source:
         if not path.is_file():
             raise ValueError(f"MODEL {text}: no such file" if not path.exists() else f"MODEL {text}: not a file")
         return Source(text, None, None, "", path)
+    if text.endswith(".keras"):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"MODEL {text}: no such file" if not path.exists() else f"MODEL {text}: not a file")
+        return Source(text, None, None, "", keras=path)
     if not colon:
         if text.endswith(RUNNABLE) or Path(text).is_dir():
             raise ValueError(
@@ -79,12 +85,16 @@ def _module(source: Source) -> Any:
 
 
 def load(source: Source) -> Any:
-    """Import what MODEL names and call it (or read the ONNX file it names); ValueError
+    """Import what MODEL names and call it (or read the ONNX or .keras file it names); ValueError
     with the one line that says why not."""
     if source.onnx is not None:
         from . import taps_onnx
 
         return taps_onnx.read(source.onnx)
+    if source.keras is not None:
+        from . import taps_keras
+
+        return taps_keras.read(source.keras)
     what = source.module or str(source.file)
     try:
         target = _module(source)
@@ -96,7 +106,10 @@ def load(source: Source) -> Any:
         target = getattr(target, part)
     if not callable(target):
         raise ValueError(f"MODEL {source.text}: {source.attribute!r} is a {type(target).__name__}, not callable")
-    if hasattr(target, "forward") and hasattr(target, "parameters") and not isinstance(target, type):
+    from . import taps_keras
+
+    model_object = (hasattr(target, "forward") and hasattr(target, "parameters")) or taps_keras.is_model(target)
+    if model_object and not isinstance(target, type):
         return target  # a model object itself
     try:
         return target()

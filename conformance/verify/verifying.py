@@ -30,7 +30,7 @@ from .. import spec
 from ..check.compare import REL_TOL, Agreement, agreement
 from ..check.harness import ODD_SIZES, inadmissible
 from ..formats.port import read_checkpoint
-from . import diagnose, taps, taps_onnx
+from . import diagnose, taps, taps_keras, taps_onnx
 from .options import check_options
 from .pairing import Layer, Pairing, PairingError, by_names, by_structure, whose
 
@@ -125,14 +125,14 @@ def seeded_input(p: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-ADAPTERS = (taps, taps_onnx)  # a torch.nn.Module; an ONNX file
+ADAPTERS = (taps, taps_onnx, taps_keras)  # a torch.nn.Module; an ONNX file; a keras.Model
 
 
 def adapter(model: Any) -> Any:
     """The module that runs and reads this kind of model."""
     found = next((a for a in ADAPTERS if a.is_model(model)), None)
     if found is None:
-        raise TypeError(f"model: expected a torch.nn.Module or an ONNX file, got {type(model).__name__}")
+        raise TypeError(f"model: expected a torch.nn.Module, a keras.Model or an ONNX file, got {type(model).__name__}")
     return found
 
 
@@ -436,7 +436,7 @@ def verify(
     run_diagnosis: bool = True,
     log: Log | None = None,
 ) -> Result:
-    """Check ``model`` (a ``torch.nn.Module``) against the suite's reference of its
+    """Check ``model`` (a ``torch.nn.Module`` or a ``keras.Model``) against the suite's reference of its
     variant. ``variant``: a variant name, or ``auto`` (the one whose tensors fit);
     ``weights``: a checkpoint any format ``port`` reads, or canonical parameters, written
     into the model first; ``input_sizes``: default the variant's own and an odd one it
