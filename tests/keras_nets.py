@@ -115,7 +115,8 @@ def d2l_unbuilt():
 
 
 def inception(x, c1, c2, c3, c4, order=(1, 2, 3, 4)):
-    """A blog post's Inception block; ``order``: the branches' order in the concatenation."""
+    """A blog post's Inception block; ``order``: the branches' order in the concatenation
+    (on the channel axis: the last, or the first after the batch's in channels_first)."""
     branches = {
         1: keras.layers.Conv2D(c1, 1, activation="relu")(x),
         2: keras.layers.Conv2D(c2[1], 3, padding="same", activation="relu")(
@@ -126,17 +127,27 @@ def inception(x, c1, c2, c3, c4, order=(1, 2, 3, 4)):
         ),
         4: keras.layers.Conv2D(c4, 1, activation="relu")(keras.layers.MaxPooling2D(3, 1, padding="same")(x)),
     }
-    return keras.layers.Concatenate()([branches[b] for b in order])
+    axis = 1 if keras.config.image_data_format() == "channels_first" else -1
+    return keras.layers.Concatenate(axis=axis)([branches[b] for b in order])
 
 
-def functional(order=(1, 2, 3, 4)):
+def functional(order=(1, 2, 3, 4), data_format="channels_last"):
     """d2l's network in the functional API, padded as the PyTorch version; ``order``
-    changes every block's concatenation (the branch-order mistake)."""
+    changes every block's concatenation (the branch-order mistake); ``data_format``:
+    every layer's (Keras's default, taken when a layer is made, set for the while)."""
+    default = keras.config.image_data_format()
+    keras.config.set_image_data_format(data_format)
+    try:
+        return _functional(order, data_format)
+    finally:
+        keras.config.set_image_data_format(default)
 
+
+def _functional(order, data_format):
     def pool(x):
         return keras.layers.MaxPooling2D(3, 2)(keras.layers.ZeroPadding2D(1)(x))  # after a ReLU: zeros never win
 
-    inputs = keras.Input((SIZE, SIZE, 1))
+    inputs = keras.Input((SIZE, SIZE, 1) if data_format == "channels_last" else (1, SIZE, SIZE))
     x = keras.layers.Conv2D(64, 7, strides=2, activation="relu")(keras.layers.ZeroPadding2D(3)(inputs))
     x = pool(x)
     x = keras.layers.Conv2D(64, 1, activation="relu")(x)
@@ -156,3 +167,7 @@ def functional(order=(1, 2, 3, 4)):
 
 def functional_swapped():
     return functional(order=(1, 3, 2, 4))
+
+
+def functional_channels_first():
+    return functional(data_format="channels_first")
