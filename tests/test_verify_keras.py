@@ -78,7 +78,8 @@ def test_a_missing_relu_disagrees_from_the_block_where_it_is_missing():
 
 
 def test_a_truncated_network_is_refused_naming_the_missing_block(capsys):
-    with pytest.raises(pairing.PairingError, match=r"your model has no inception5b: it goes on to `.*dense.*` \(Dense\)"):
+    missing = r"your model has no inception5b: it goes on to `.*dense.*` \(Dense\)"
+    with pytest.raises(pairing.PairingError, match=missing):
         conformance.verify(_seeded(keras_nets.d2l_truncated), variant="googlenet_d2l")
     assert main(["verify", f"{KERAS_NETS}:d2l_truncated", "--variant", "googlenet_d2l"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
