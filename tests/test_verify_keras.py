@@ -258,3 +258,22 @@ def test_load_returns_a_keras_model_object_as_it_is():
         assert taps_keras.is_model(load.load(source))
     finally:
         del keras_nets.built  # type: ignore[attr-defined]
+
+
+def test_a_dense_layer_reading_a_flattened_nhwc_map_is_read_in_pytorchs_order():
+    """Keras flattens (H, W, C), PyTorch (C, H, W): a dense layer after a Flatten of a map
+    larger than 1 x 1 (the aux heads' fc1) gets its canonical rows in (C, H, W) order, so
+    it computes on the NCHW flatten what it computes in Keras, and is written back so."""
+    inputs = keras.Input((2, 3, 4))
+    model = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs)))
+    x = np.random.default_rng(0).standard_normal((1, 4, 2, 3)).astype(np.float32)  # NCHW
+    (dense,) = taps_keras.layers(model, x)
+    theirs = model(x.transpose(0, 2, 3, 1)).numpy()
+    ours = x.reshape(1, -1) @ dense.tensors["weight"].T + dense.tensors["bias"]
+    assert np.allclose(ours, theirs, atol=1e-5)
+    unpermuted = x.reshape(1, -1) @ model.layers[-1].kernel.numpy() + dense.tensors["bias"]
+    assert not np.allclose(unpermuted, theirs, atol=1e-2)  # the control: Keras's own rows do not
+    weight = np.random.default_rng(1).standard_normal((5, 24)).astype(np.float32)
+    taps_keras.load(model, {"fc.weight": dense.keys["weight"]}, {"fc.weight": weight})
+    assert np.array_equal(taps_keras.state(model)[dense.keys["weight"]], weight)
+    assert np.allclose(model(x.transpose(0, 2, 3, 1)).numpy(), x.reshape(1, -1) @ weight.T + dense.tensors["bias"])

@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import sys
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,11 @@ ROLES = {
 }
 KERAS_MODULES = ("keras", "keras.")  # where a file's classes may come from: Keras's own layers
 WEIGHTS = "model.weights.h5"
+
+# Dense layers that read an NHWC map flattened in (H, W, C) order, with that map's
+# (H, W, C): seen in a forward pass (:func:`layers`), used wherever their kernel is read
+# or written, so the canonical rows are in PyTorch's (C, H, W) order.
+FLATTENED: weakref.WeakKeyDictionary[Any, tuple[int, int, int]] = weakref.WeakKeyDictionary()
 
 
 def is_model(model: object) -> bool:
@@ -111,19 +117,32 @@ def _channels_last(model: Any) -> bool:
     return keras.config.image_data_format() == "channels_last"
 
 
-def _to_canonical(role: str, value: np.ndarray) -> np.ndarray:
+def _hwc_order(hwc: tuple[int, int, int]) -> np.ndarray:
+    """Input j of an (H, W, C) flatten is input ``order[j]`` of the (C, H, W) one."""
+    height, width, channels = hwc
+    return np.arange(height * width * channels).reshape(channels, height, width).transpose(1, 2, 0).reshape(-1)
+
+
+def _to_canonical(role: str, value: np.ndarray, hwc: tuple[int, int, int] | None = None) -> np.ndarray:
     if role == "weight" and value.ndim == 4:
         return value.transpose(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
     if role == "weight" and value.ndim == 2:
-        return value.T  # (in, out) -> (out, in)
+        if hwc is None:
+            return value.T  # (in, out) -> (out, in)
+        out = np.empty_like(value.T)
+        out[:, _hwc_order(hwc)] = value.T
+        return out
     return value
 
 
-def _to_keras(role: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _to_keras(
+    role: str, value: np.ndarray, shape: tuple[int, ...], hwc: tuple[int, int, int] | None = None
+) -> np.ndarray:
     if role == "weight" and len(shape) == 4:
         return value.reshape(shape[3], shape[2], shape[0], shape[1]).transpose(2, 3, 1, 0)
     if role == "weight" and len(shape) == 2:
-        return value.reshape(shape[1], shape[0]).T
+        rows = value.reshape(shape[1], shape[0])
+        return (rows if hwc is None else rows[:, _hwc_order(hwc)]).T
     return value.reshape(shape)
 
 
@@ -164,7 +183,7 @@ def state(model: Any) -> dict[str, np.ndarray]:
     out = {}
     for path, layer in _walk(model).items():
         for role, variable in _own(layer).items():
-            out[f"{path}/{variable.name}"] = _to_canonical(role, _numpy(variable))
+            out[f"{path}/{variable.name}"] = _to_canonical(role, _numpy(variable), FLATTENED.get(layer))
     return out
 
 
@@ -172,12 +191,13 @@ def load(model: Any, keys: Mapping[str, str], params: Mapping[str, np.ndarray]) 
     """Write canonical ``params`` into the model's variables (``keys``: canonical ->
     theirs), each in its Keras layout."""
     variables = {
-        f"{path}/{v.name}": (role, v) for path, layer in _walk(model).items() for role, v in _own(layer).items()
+        f"{path}/{v.name}": (role, v, layer) for path, layer in _walk(model).items() for role, v in _own(layer).items()
     }
     for canonical, theirs in keys.items():
-        role, variable = variables[theirs]
+        role, variable, layer = variables[theirs]
         shape = tuple(int(d) for d in variable.shape)
-        variable.assign(_to_keras(role, np.asarray(params[canonical], np.float32), shape).astype(variable.dtype))
+        value = _to_keras(role, np.asarray(params[canonical], np.float32), shape, FLATTENED.get(layer))
+        variable.assign(value.astype(variable.dtype))
 
 
 # --------------------------------------------------------------------------------------
@@ -187,14 +207,15 @@ def load(model: Any, keys: Mapping[str, str], params: Mapping[str, np.ndarray]) 
 
 @contextlib.contextmanager
 def _wrapped(layers: Mapping[str, Any], before: Any, after: Any) -> Iterator[None]:
-    """Each layer's ``call`` replaced on the instance by one that reports ``before(name)``
-    and ``after(name, output)``; the instance's own ``call`` (where it had one) back after."""
+    """Each layer's ``call`` replaced on the instance by one that reports ``before(name,
+    args)`` and ``after(name, output)``; the instance's own ``call`` (where it had one)
+    back after."""
     own = {name: layer.__dict__.get("call") for name, layer in layers.items()}
     for name, layer in layers.items():
         original = layer.call
 
         def call(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
-            before(_name)
+            before(_name, args)
             out = _original(*args, **kwargs)
             after(_name, out)
             return out
@@ -223,15 +244,34 @@ def _forward(model: Any, x: np.ndarray) -> Any:
 def layers(model: Any, x: np.ndarray) -> list[Layer]:
     """Every weighted layer, with whether one forward pass on ``x`` used it, in the order
     of first use (then the unused ones, in declaration order)."""
-    found = {path: layer for path, layer in _walk(model).items() if _own(layer)}
+    every = _walk(model)
+    found = {path: layer for path, layer in every.items() if _own(layer)}
     order: list[str] = []
-    with _wrapped(found, lambda name: order.append(name) if name not in order else None, lambda *_: None):
+    flattened: list[tuple[int, int, int] | None] = [None]  # the last NHWC map a Flatten read
+    channels_last = _channels_last(model)
+
+    def before(name: str, args: tuple) -> None:
+        layer = every[name]
+        shape = tuple(getattr(args[0], "shape", ())) if args else ()
+        if type(layer).__name__ == "Flatten":
+            flattened[0] = (int(shape[1]), int(shape[2]), int(shape[3])) if len(shape) == 4 else None
+        if name in found and name not in order:
+            order.append(name)
+            kernel = _own(layer).get("weight")
+            hwc = flattened[0]
+            if kernel is not None and len(kernel.shape) == 2 and hwc is not None and channels_last:
+                if hwc[0] * hwc[1] > 1 and int(np.prod(hwc)) == int(kernel.shape[0]):
+                    FLATTENED[layer] = hwc
+                flattened[0] = None
+
+    with _wrapped(every, before, lambda *_: None):
         _forward(model, x)
     order = _in_data_flow(model, order)
     out = []
     for path in [*order, *(p for p in found if p not in order)]:
         variables = _own(found[path])
-        tensors = {role: _to_canonical(role, _numpy(v)) for role, v in variables.items()}
+        hwc = FLATTENED.get(found[path])
+        tensors = {role: _to_canonical(role, _numpy(v), hwc) for role, v in variables.items()}
         out.append(
             Layer(
                 path,
@@ -321,7 +361,7 @@ def run(model: Any, x: np.ndarray, shapes: set[tuple[int, ...]], calls: set[str]
     events: list[Event] = []
     channels_last = _channels_last(model)
 
-    def before(name: str) -> None:
+    def before(name: str, _args: tuple) -> None:
         if name in calls:
             events.append(Event(name))
 
