@@ -235,6 +235,16 @@ def test_an_oversized_config_and_oversized_weights_are_refused(keras_files, tmp_
     assert "no tensor of this network needs more than" in _one_line(capsys, [str(huge)])
 
 
+def test_a_deeply_nested_config_is_one_line(keras_files, tmp_path, capsys):
+    deep = _rewritten(keras_files["functional"], tmp_path / "deep.keras", b"[" * 100_000 + b"]" * 100_000)
+    assert "nests deeper" in _one_line(capsys, [str(deep)])
+    nested: dict = {"class_name": "Functional", "module": "keras", "config": {}}
+    for _ in range(100):
+        nested = {"class_name": "Sequential", "module": "keras", "config": {"layers": [nested]}}
+    deep = _rewritten(keras_files["functional"], tmp_path / "deep2.keras", json.dumps(nested).encode())
+    assert "nests more than 64 levels deep" in _one_line(capsys, [str(deep)])
+
+
 def test_bad_keras_paths_are_one_line_in_a_fresh_process(tmp_path):
     """No traceback, before any framework runs the file."""
     not_zip = tmp_path / "text.keras"
@@ -277,3 +287,19 @@ def test_a_dense_layer_reading_a_flattened_nhwc_map_is_read_in_pytorchs_order():
     taps_keras.load(model, {"fc.weight": dense.keys["weight"]}, {"fc.weight": weight})
     assert np.array_equal(taps_keras.state(model)[dense.keys["weight"]], weight)
     assert np.allclose(model(x.transpose(0, 2, 3, 1)).numpy(), x.reshape(1, -1) @ weight.T + dense.tensors["bias"])
+
+
+def test_the_wrapped_calls_are_removed_and_a_layers_own_call_is_given_back():
+    inputs = keras.Input((2, 3, 4))
+    flatten = keras.layers.Flatten()
+    model = keras.Model(inputs, keras.layers.Dense(5)(flatten(inputs)))
+
+    def own_call(x):  # a call set on the instance, as the pitfall catalogue sets one
+        return keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))
+
+    flatten.call = own_call
+    x = np.zeros((1, 4, 2, 3), np.float32)
+    taps_keras.run(model, x, {(1, 4, 2, 3)}, set())
+    taps_keras.layers(model, x)
+    assert flatten.__dict__["call"] is own_call
+    assert all("call" not in layer.__dict__ for layer in model.layers if layer is not flatten)

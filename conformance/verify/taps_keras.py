@@ -50,6 +50,7 @@ ROLES = {
 }
 KERAS_MODULES = ("keras", "keras.")  # where a file's classes may come from: Keras's own layers
 WEIGHTS = "model.weights.h5"
+MAX_DEPTH = 64  # levels of a config.json: each model nested in another adds a few, a layer's config a few more
 
 # Dense layers that read an NHWC map flattened in (H, W, C) order, with that map's
 # (H, W, C): seen in a forward pass (:func:`layers`), used wherever their kernel is read
@@ -392,8 +393,8 @@ def largest() -> bounds.Budget:
 
 def _foreign(config: object, depth: int = 0) -> str | None:
     """The first class the config names that is not one of Keras's own (or a Lambda)."""
-    if depth > 64:
-        return "a config nested deeper than any model's"
+    if depth > MAX_DEPTH:
+        raise Damaged(f"its config.json nests more than {MAX_DEPTH} levels deep; a GoogLeNet's nests far fewer")
     if isinstance(config, dict):
         module, name = config.get("module"), config.get("class_name")
         if isinstance(name, str) and name == "Lambda":
@@ -432,6 +433,8 @@ def read(path: Path) -> Any:
         _check_weights(path, read_member(path, WEIGHTS), limit)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{what}: its config.json is not JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{what}: its config.json nests deeper than Python's JSON reader goes") from None
     except (Damaged, bounds.BoundsError, OSError) as e:
         raise ValueError(f"{what}: {str(e).removeprefix(f'{path}: ')}") from None
     from ..frameworks import quiet_stderr
