@@ -138,11 +138,16 @@ def keras_files(tmp_path_factory):
     return paths
 
 
-def test_a_keras_file_alone_agrees(keras_files, capsys):
-    code = main(["verify", str(keras_files["functional"]), *FAST])
+def test_a_keras_file_alone_agrees_at_the_one_size_its_input_declares(keras_files, capsys):
+    """Its keras.Input is 96 x 96 and refuses 97: the odd size is not run unless asked."""
+    code = main(["verify", str(keras_files["functional"]), "--batch", "1"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "framework:  keras (your model)" in printed and "not compared" not in printed
+    assert "input 96 x 96" in printed and "input 97 x 97" not in printed
+    code = main(["verify", str(keras_files["functional"]), "--batch", "1", "--input-size", "97", "--no-diagnosis"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "input 97: your model fails: ValueError" in printed, printed
 
 
 def test_a_keras_file_with_its_branches_out_of_order_is_diagnosed_branch_order(keras_files, capsys):

@@ -179,6 +179,18 @@ def channels(model: Any) -> int:
     return 3
 
 
+def input_size(model: Any) -> int | None:
+    """The one square input size a functional graph declares (its ``keras.Input``
+    refuses any other), None where the model runs at any size."""
+    if getattr(model, "_operations", None) is None or len(getattr(model, "inputs", None) or ()) != 1:
+        return None
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4:
+        return None
+    height, width = shape[1:3] if _channels_last(model) else shape[2:4]
+    return int(height) if height is not None and height == width else None
+
+
 def state(model: Any) -> dict[str, np.ndarray]:
     """The model's tensors by layer path and variable name, in canonical layouts."""
     out = {}

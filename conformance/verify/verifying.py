@@ -453,6 +453,9 @@ def verify(
     chosen, result, inputs, got = None, None, [], []
     for pairing in pairings:  # where several variants fit, the first whose outputs agree
         sizes = list(input_sizes) if input_sizes else default_sizes(pairing.plan)
+        declared = getattr(adapter(model), "input_size", lambda _: None)(model)  # a graph fixed to one size
+        if not input_sizes and declared is not None:
+            sizes = [declared]
         sizes = [s for s in sizes if not inadmissible(pairing.plan.variant.name, s)]
         if not sizes:
             continue
