@@ -239,7 +239,9 @@ def test_the_command_names_a_catalogue_mistake_and_the_fixed_model_passes(tmp_pa
     [
         (["tests/nothing_here.py:build"], "no such file"),
         (["no such module:build"], "neither a module name"),
-        (["model.keras"], "not supported yet"),
+        (["model.keras"], "MODEL model.keras: no such file"),
+        (["model.pt2"], "MODEL model.pt2: no such file"),
+        (["model.pth"], "a file of weights, not a model"),
         (["model.onnx"], "MODEL model.onnx: no such file"),
         (["tests/user_nets.py:d2l", "--variant", "googlenet", "--input-size", "5"], "--input-size 5"),
         (["tests/user_nets.py:d2l", "--batch", "100"], "--batch"),

@@ -5,6 +5,7 @@ disagree.
 * :mod:`.load` - ``module:callable`` or ``path/file.py:callable`` -> the user's model;
 * :mod:`.pairing` - which of the user's tensors is which canonical key;
 * :mod:`.taps` - the user's PyTorch model through forward hooks;
+* :mod:`.taps_keras` - the user's Keras model (or ``.keras`` file) through wrapped ``call`` methods;
 * :mod:`.verifying` - the comparison, and :func:`verify`;
 * :mod:`.diagnose` - the pitfall catalogue replayed with the user's weights;
 * :mod:`.report` - the terminal report and the JSON document;

@@ -26,7 +26,8 @@ def add_parser(sub: Any, positive: Any, non_negative: Any) -> argparse.ArgumentP
     cmd.add_argument(
         "model",
         metavar="MODEL",
-        help="module:callable or path/to/file.py:callable returning a torch.nn.Module (imported only now)",
+        help="module:callable or path/to/file.py:callable returning a torch.nn.Module or a keras.Model "
+        "(imported only now), an ONNX file or a .keras file",
     )
     cmd.add_argument(
         "--variant",
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"verify runs PyTorch models, and torch is {skipped['torch']}")
     from . import report, verifying
 
-    model = load.load(source)
+    with frameworks.quiet_stderr():  # TensorFlow's start-up notices, where the user's code imports it
+        model = load.load(source)
     result = verifying.verify(
         model,
         args.variant,

@@ -16,7 +16,7 @@ from typing import Any
 from .. import files
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-RUNNABLE = (".keras", ".pth")  # saved models verify will run, not yet
+WEIGHTS = (".pth", ".npz", ".safetensors", ".h5", ".params", ".caffemodel")  # weights without the code that runs them
 SAVED = (".pt", ".ts", ".pt2", "-symbol.json")  # TorchScript, torch.export, a Gluon symbol pair
 
 
@@ -30,6 +30,7 @@ class Source:
     attribute: str
     onnx: Path | None = None  # an ONNX file, run by ONNX Runtime
     saved: Path | None = None  # a TorchScript, torch.export or Gluon symbol file, read by its framework
+    keras: Path | None = None  # a .keras file, rebuilt by Keras
 
 
 def parse(text: str) -> Source:
@@ -40,13 +41,23 @@ def parse(text: str) -> Source:
         if not path.is_file():
             raise ValueError(f"MODEL {text}: no such file" if not path.exists() else f"MODEL {text}: not a file")
         return Source(text, None, None, "", path)
+    if text.endswith(".keras"):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"MODEL {text}: no such file" if not path.exists() else f"MODEL {text}: not a file")
+        return Source(text, None, None, "", keras=path)
     if text.endswith(SAVED):
         return Source(text, None, None, "", saved=_saved(text))
     if not colon:
-        if text.endswith(RUNNABLE) or Path(text).is_dir():
+        if text.endswith(WEIGHTS):
             raise ValueError(
-                f"MODEL {text}: verifying a saved model file is not supported yet; give the code that builds "
-                f"it as module:callable or path/to/file.py:callable"
+                f"MODEL {text}: a file of weights, not a model; give the code that builds the model as "
+                f"module:callable or path/to/file.py:callable, with --weights {text}"
+            )
+        if Path(text).is_dir():
+            raise ValueError(
+                f"MODEL {text}: a directory (a SavedModel?) is not supported: Keras 3 loads one only as a "
+                "TFSMLayer, which has no layers to pair; give the code as module:callable or save it as .keras"
             )
         raise ValueError(f"MODEL {text}: expected module:callable or path/to/file.py:callable")
     if not _DOTTED.match(attribute):
@@ -100,12 +111,16 @@ def _module(source: Source) -> Any:
 
 
 def load(source: Source) -> Any:
-    """Import what MODEL names and call it (or read the ONNX file it names); ValueError
+    """Import what MODEL names and call it (or read the ONNX or .keras file it names); ValueError
     with the one line that says why not."""
     if source.onnx is not None:
         from . import taps_onnx
 
         return taps_onnx.read(source.onnx)
+    if source.keras is not None:
+        from . import taps_keras
+
+        return taps_keras.read(source.keras)
     if source.saved is not None:
         from . import taps_gluon, taps_script
 
@@ -122,7 +137,10 @@ def load(source: Source) -> Any:
         target = getattr(target, part)
     if not callable(target):
         raise ValueError(f"MODEL {source.text}: {source.attribute!r} is a {type(target).__name__}, not callable")
-    if hasattr(target, "forward") and hasattr(target, "parameters") and not isinstance(target, type):
+    from . import taps_keras
+
+    model_object = (hasattr(target, "forward") and hasattr(target, "parameters")) or taps_keras.is_model(target)
+    if model_object and not isinstance(target, type):
         return target  # a model object itself
     try:
         return target()

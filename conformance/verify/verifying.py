@@ -30,7 +30,7 @@ from .. import spec
 from ..check.compare import REL_TOL, Agreement, agreement
 from ..check.inputs import ODD_SIZES, inadmissible
 from ..formats.port import read_checkpoint
-from . import diagnose, taps, taps_gluon, taps_onnx, taps_script
+from . import diagnose, taps, taps_gluon, taps_keras, taps_onnx, taps_script
 from .options import check_options
 from .pairing import Layer, Pairing, PairingError, by_names, by_structure, whose
 
@@ -125,14 +125,17 @@ def seeded_input(p: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-ADAPTERS = (taps_script, taps, taps_onnx, taps_gluon)  # TorchScript (an nn.Module too), an nn.Module, ONNX, Gluon
+ADAPTERS = (taps_script, taps, taps_onnx, taps_gluon, taps_keras)  # TorchScript (an nn.Module too) first
 
 
 def adapter(model: Any) -> Any:
     """The module that runs and reads this kind of model."""
     found = next((a for a in ADAPTERS if a.is_model(model)), None)
     if found is None:
-        raise TypeError(f"model: expected a torch.nn.Module, an ONNX file or a Gluon Block, got {type(model).__name__}")
+        raise TypeError(
+            "model: expected a torch.nn.Module, a keras.Model, a Gluon Block or an ONNX file, "
+            f"got {type(model).__name__}"
+        )
     return found
 
 
@@ -436,7 +439,7 @@ def verify(
     run_diagnosis: bool = True,
     log: Log | None = None,
 ) -> Result:
-    """Check ``model`` (a ``torch.nn.Module``) against the suite's reference of its
+    """Check ``model`` (a ``torch.nn.Module`` or a ``keras.Model``) against the suite's reference of its
     variant. ``variant``: a variant name, or ``auto`` (the one whose tensors fit);
     ``weights``: a checkpoint any format ``port`` reads, or canonical parameters, written
     into the model first; ``input_sizes``: default the variant's own and an odd one it
@@ -453,6 +456,9 @@ def verify(
     chosen, result, inputs, got = None, None, [], []
     for pairing in pairings:  # where several variants fit, the first whose outputs agree
         sizes = list(input_sizes) if input_sizes else default_sizes(pairing.plan)
+        declared = getattr(adapter(model), "input_size", lambda _: None)(model)  # a graph fixed to one size
+        if not input_sizes and declared is not None:
+            sizes = [declared]
         sizes = [s for s in sizes if not inadmissible(pairing.plan.variant.name, s)]
         if not sizes:
             continue
