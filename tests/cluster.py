@@ -157,6 +157,15 @@ class Outcome:
     def workers(self) -> list[Ended]:
         return [e for e in self.ended if e.command.worker]
 
+    def figures(self) -> dict[str, object]:
+        """The run's times (seconds after the fault) and each process's exit status."""
+        return {
+            "fault_at": self.fault_at,
+            "said_at": self.said_at,
+            "last_worker_at": self.last_worker_at,
+            "ended": {e.command.name: {"code": e.code, "at": e.at, "error": error_line(e.log)} for e in self.ended},
+        }
+
 
 GRACE = 10.0  # the launcher's: SIGTERM, then SIGKILL after this
 # seconds beyond the engine's timeout and the grace for the engine to notice: a step in
@@ -233,13 +242,18 @@ def run(
         )
         for i, (c, popen, log) in enumerate(started)
     ]
-    return Outcome(
+    outcome = Outcome(
         ended,
         last - began,
         fault_at,
         after(last),
         after(max(said.values())) if len(said) == len(ended) - sum(not e.command.worker for e in ended) else None,
     )
+    # beside the logs, so a failure's figures are kept with its evidence
+    (logs / f"{framework}-outcome{'-resume' if resume else ''}.json").write_text(
+        json.dumps(outcome.figures(), indent=1)
+    )
+    return outcome
 
 
 def error_line(log: Path) -> str:
