@@ -583,7 +583,11 @@ def _train_workers(args: argparse.Namespace, settings: Settings) -> int:
             code = 3
             return code
         finally:
-            engine.stop(failed=code != 0)
+            try:
+                engine.stop(failed=code != 0)
+            except WorldError as e:  # a peer lost after the last step: say what is on disk
+                e.detail = e.detail or training.saved(args.out, settings, args.framework)
+                raise
     job = {
         "kind": "train",
         "settings": asdict(settings),

@@ -158,7 +158,9 @@ def stop(failed: bool = False) -> None:
     then exit). ``failed``: skip that barrier (a peer may be gone, or stuck in a step it
     cannot finish): ps-lite is finalised alone. Either way bounded by the world's timeout:
     a barrier not met by then is given up, and the process leaves without ps-lite's
-    aborting C++ exit, with status 1. Idempotent."""
+    aborting C++ exit, with status 1. A barrier given up after a run that did not fail
+    raises :class:`WorldError` saying so: a peer lost after the last step is still a lost
+    peer, and the caller says it in one line (a failed run has said its line). Idempotent."""
     kv = _state.pop("kv", None)
     world: World | None = _state.pop("world", None)
     for trainer in list(_trainers):  # the store's other references: the C++ destructor runs below
@@ -188,8 +190,19 @@ def stop(failed: bool = False) -> None:
     leaving.join(FAILED_LEAVE if failed else world.timeout if world else None)
     if leaving.is_alive():  # the other workers never met the barrier
         atexit.register(_leave_now, 1)
+        if not failed and world is not None:
+            raise WorldError(
+                f"worker {world.rank}: lost the dist_sync group while leaving it ({_peers(world)}): "
+                f"no reply within {world.timeout:g} s"
+            )
     elif gone() is not None:  # a reference outside this module: the group is not left
         raise WorldError("MXNet dist_sync: the KVStore is still referenced, so this worker cannot leave the group")
+
+
+def _peers(world: World) -> str:
+    """Who a worker waits for: ps-lite does not say which peer is gone."""
+    where = f"{os.environ.get('DMLC_PS_ROOT_URI')}:{os.environ.get('DMLC_PS_ROOT_PORT')}"
+    return f"the server of scheduler {where}, or another of the {world.workers} workers"
 
 
 def _leave_now(status: int) -> None:
@@ -294,10 +307,9 @@ class Trainer(SingleTrainer):
             raise failed[0]
         if not done:
             atexit.register(_leave_now, 1)
-            where = f"{os.environ.get('DMLC_PS_ROOT_URI')}:{os.environ.get('DMLC_PS_ROOT_PORT')}"
             raise WorldError(
-                f"worker {self.world.rank}: lost the dist_sync group (the server of scheduler {where}, "
-                f"or another of the {self.world.workers} workers): no reply within {self.world.timeout:g} s"
+                f"worker {self.world.rank}: lost the dist_sync group ({_peers(self.world)}): "
+                f"no reply within {self.world.timeout:g} s"
             )
         return done[0]
 

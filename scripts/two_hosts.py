@@ -40,6 +40,8 @@ def _print_outcome(title: str, outcome: cluster.Outcome) -> None:
     print(f"{title}: {outcome.seconds:.1f} s")
     for e in outcome.ended:
         status = "still running (killed)" if e.code is None else f"exit {e.code}"
+        if e.at is not None:
+            status += f" {e.at:.1f} s after the fault"
         print(f"  {e.command.name}: {status}; log {e.log}")
 
 

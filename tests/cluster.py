@@ -138,6 +138,7 @@ class Ended:
     command: Command
     code: int | None  # None: still running when the run was given up (then killed)
     log: Path
+    at: float | None = None  # seconds after the fault this worker ended (None: no fault, or not ended)
 
     def lines(self) -> list[str]:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -155,6 +156,15 @@ class Outcome:
 
     def workers(self) -> list[Ended]:
         return [e for e in self.ended if e.command.worker]
+
+    def figures(self) -> dict[str, object]:
+        """The run's times (seconds after the fault) and each process's exit status."""
+        return {
+            "fault_at": self.fault_at,
+            "said_at": self.said_at,
+            "last_worker_at": self.last_worker_at,
+            "ended": {e.command.name: {"code": e.code, "at": e.at, "error": error_line(e.log)} for e in self.ended},
+        }
 
 
 GRACE = 10.0  # the launcher's: SIGTERM, then SIGKILL after this
@@ -222,18 +232,28 @@ def run(
                     os.killpg(popen.pid, signal.SIGKILL)
                 popen.wait()
     last = max(ends.values(), default=time.monotonic())
+    after = (lambda moment: moment - began - fault_at) if fault_at is not None else (lambda moment: 0.0)
     ended = [
-        Ended(c, popen.returncode if i in ends or not c.worker else None, log)
+        Ended(
+            c,
+            popen.returncode if i in ends or not c.worker else None,
+            log,
+            after(ends[i]) if i in ends and fault_at is not None else None,
+        )
         for i, (c, popen, log) in enumerate(started)
     ]
-    after = (lambda moment: moment - began - fault_at) if fault_at is not None else (lambda moment: 0.0)
-    return Outcome(
+    outcome = Outcome(
         ended,
         last - began,
         fault_at,
         after(last),
         after(max(said.values())) if len(said) == len(ended) - sum(not e.command.worker for e in ended) else None,
     )
+    # beside the logs, so a failure's figures are kept with its evidence
+    (logs / f"{framework}-outcome{'-resume' if resume else ''}.json").write_text(
+        json.dumps(outcome.figures(), indent=1)
+    )
+    return outcome
 
 
 def error_line(log: Path) -> str:
@@ -298,22 +318,35 @@ FAULTS = {
 }
 
 
+def _worker0(logs: Path, framework: str) -> list[list[str]]:
+    """The lines of each worker log (worker 0's is whichever has its lines)."""
+    return [log.read_text(errors="replace").splitlines() for log in logs.glob(f"{framework}-*.log")]
+
+
 def mid_epoch(logs: Path, framework: str, epoch: int) -> bool:
-    """Whether worker 0 (whichever host's log has its lines) has finished ``epoch - 1``
-    and reported a step of ``epoch``: the next fault lands in the middle of it."""
-    for log in logs.glob(f"{framework}-*.log"):
-        lines = log.read_text(errors="replace").splitlines()
+    """Whether worker 0 has saved ``epoch - 1`` (its checkpoint line): a fault made now
+    lands in ``epoch``, before at least its last step's exchange. (Waiting for a step of
+    ``epoch`` instead left a race: with two steps an epoch, a fault made after worker 0
+    had pushed its last gradients came after every exchange of the run, see
+    :func:`after_last_step`.)"""
+    return any(line.startswith(f"epoch {epoch - 1}/") for lines in _worker0(logs, framework) for line in lines)
+
+
+def after_last_step(logs: Path, framework: str, epoch: int, steps: int) -> bool:
+    """Whether worker 0 has reported the last of ``steps`` steps of ``epoch``: a fault made
+    now lands after every exchange of the run, while the workers leave the group."""
+    for lines in _worker0(logs, framework):
         done = [i for i, line in enumerate(lines) if line.startswith(f"epoch {epoch - 1}/")]
-        if done and any(" loss " in line and "]" in line for line in lines[done[-1] + 1 :]):
+        if done and any(f" {steps}/{steps} loss " in line for line in lines[done[-1] + 1 :]):
             return True
     return False
 
 
-def make_fault(kind: str, hosts: Sequence[Host], logs: Path, framework: str, epoch: int) -> Callable[[], float | None]:
-    """A ``run`` fault: once worker 0 is in the middle of ``epoch``, ``kind`` (FAULTS)."""
+def make_fault(kind: str, hosts: Sequence[Host], ready: Callable[[], bool]) -> Callable[[], float | None]:
+    """A ``run`` fault: ``kind`` (FAULTS), made once ``ready()``."""
 
     def fault() -> float | None:
-        if not mid_epoch(logs, framework, epoch):
+        if not ready():
             return None
         if kind == "link-down":
             hosts[0].ip("link", "set", hosts[0].link, "down")
@@ -404,7 +437,13 @@ def fault_run(
     logs = tmp / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     outcome = run(
-        framework, hosts, job, tmp / "runs", logs, limit, fault=make_fault(kind, hosts, logs, framework, job.epochs)
+        framework,
+        hosts,
+        job,
+        tmp / "runs",
+        logs,
+        limit,
+        fault=make_fault(kind, hosts, lambda: mid_epoch(logs, framework, job.epochs)),
     )
     if outcome.fault_at is not None:
         heal(kind, hosts)

@@ -167,6 +167,29 @@ def test_network_fault_ends_the_run_and_resume_finishes_it(hosts, tmp_path, fram
     assert all(r.agreement.passed for r in result.rows), [r.line() for r in result.rows]
 
 
+@needs_namespaces
+@pytest.mark.parametrize("kind", list(cluster.FAULTS))
+def test_mxnet_peer_lost_while_leaving_is_said(hosts, tmp_path, kind):
+    """MXNet: the fault made after worker 0's last step, so every exchange of the run is
+    done and only leaving the group (ps-lite's barrier, through the scheduler on host0)
+    meets it. Each worker still ends within the bound, non-zero, with one line naming
+    the group it lost; a barrier given up used to end a worker with status 1 and an empty
+    log (the intermittent failure of the fault test, whose fault sometimes came this late)."""
+    job = cluster.FAULTY
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    steps = job.limit // job.batch_size
+    late = cluster.make_fault(kind, hosts, lambda: cluster.after_last_step(logs, "mxnet", job.epochs, steps))
+    o = cluster.run("mxnet", hosts, job, tmp_path / "runs", logs, 900, fault=late)
+    assert o.fault_at is not None, "worker 0 never reported the last step"
+    report = [(e.command.name, e.code, e.at, e.lines()[-2:]) for e in o.workers()]
+    assert all(e.code not in {0, None} for e in o.workers()), report
+    assert o.said_at is not None and o.last_worker_at < job.timeout + cluster.GRACE + cluster.DETECTION_MARGIN, report
+    for name, line in cluster.error_lines(o.ended).items():
+        assert line.startswith("error: worker ") and "lost the dist_sync group while leaving it" in line, (name, line)
+        assert " of 2 " in line and " saved in " in line, (name, line)  # what the shared --out holds
+
+
 def test_skips_without_root_say_why(monkeypatch):
     """Where the process is not root, the reason names it (the tests skip with it)."""
     monkeypatch.setattr(os, "geteuid", lambda: 1000)

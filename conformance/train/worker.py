@@ -183,7 +183,11 @@ def main(argv: list[str]) -> int:
         code = 2
     finally:
         if engine is not None:
-            engine.stop(failed=code != 0)  # a failed worker does not wait for its peers to leave
+            try:
+                engine.stop(failed=code != 0)  # a failed worker does not wait for its peers to leave
+            except WorldError as e:  # a peer lost after the last step
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                code = 3
     return code
 
 
