@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import frameworks, spec
+from .. import arguments, frameworks, spec
 from ..files import check_output
 from ..formats import tfcheckpoint
 from ..formats.registry import infer
@@ -18,10 +18,25 @@ from . import load
 from .options import check_options
 
 
-def add_parser(sub: Any, positive: Any, non_negative: Any) -> argparse.ArgumentParser:
-    """The ``verify`` subcommand on ``sub`` (``positive``/``non_negative``: the CLI's int types)."""
-    cmd = sub.add_parser(
-        "verify", help="check your own GoogLeNet against the suite's reference, stage by stage, and name the mistake"
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``verify`` subcommand on ``sub``."""
+    cmd = arguments.command(
+        sub,
+        "verify",
+        "check your own GoogLeNet against the suite's reference, stage by stage, and name the mistake",
+        "Run your PyTorch model (a module:callable, imported only now) and the suite's reference "
+        "of the variant its tensors fit on the same seeded inputs, compare every stage, and when "
+        "one differs replay the pitfall catalogue with your weights to name the likely mistake.",
+        [
+            (
+                "d2l's GoogLeNet written as a user would, at d2l's size",
+                "tests/user_nets.py:d2l_softmax --input-size 96",
+            ),
+            (
+                "a model of a package, with its checkpoint, as JSON",
+                "mypackage.models:googlenet --weights googlenet.pth --variant googlenet_bn --json verify.json",
+            ),
+        ],
     )
     cmd.add_argument(
         "model",
@@ -38,12 +53,12 @@ def add_parser(sub: Any, positive: Any, non_negative: Any) -> argparse.ArgumentP
     cmd.add_argument(
         "--input-size",
         action="append",
-        type=positive,
+        type=arguments.positive,
         metavar="PIXELS",
         help="square input size (repeatable; default: the variant's own and an odd size it admits)",
     )
-    cmd.add_argument("--batch", type=positive, default=2, help="images per input (default: 2)")
-    cmd.add_argument("--seed", type=non_negative, default=0, help="seed of the inputs (default: 0)")
+    cmd.add_argument("--batch", type=arguments.positive, default=2, help="images per input (default: 2)")
+    cmd.add_argument("--seed", type=arguments.non_negative, default=0, help="seed of the inputs (default: 0)")
     cmd.add_argument(
         "--transform-input",
         action="store_true",
@@ -52,6 +67,7 @@ def add_parser(sub: Any, positive: Any, non_negative: Any) -> argparse.ArgumentP
     cmd.add_argument("--no-diagnosis", action="store_true", help="do not replay the pitfall catalogue on a difference")
     cmd.add_argument("--json", type=Path, metavar="PATH", help="also write the result as JSON")
     cmd.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    cmd.set_defaults(run=run)
     return cmd
 
 
