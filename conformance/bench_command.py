@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
             ("inference of torchvision's GoogLeNet in every runtime", "--json bench.json"),
             (
                 "training of d2l's GoogLeNet on one and two workers",
-                "--train --variant googlenet_d2l --input-size 96 --batch 32 --workers 1,2",
+                "--train --variant googlenet_d2l --input-size 96 --workers 1,2",
             ),
         ],
     )

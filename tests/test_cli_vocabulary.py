@@ -41,6 +41,8 @@ def help_faults(parser: argparse.ArgumentParser, name: str) -> list[str]:
     examples = text.split("\nexamples:\n", 1)[1] if "\nexamples:\n" in text else ""
     if sum(line.startswith(f"  python -m conformance {name} ") for line in examples.splitlines()) < 2:
         faults.append("fewer than two examples")
+    if any(len(line) > 100 for line in f"{parser.description}\n{parser.epilog}".splitlines()):
+        faults.append("wider than 100 columns")  # the width a terminal's output fits (issue 25)
     return faults
 
 
@@ -67,6 +69,12 @@ def test_a_help_without_them_is_caught():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     assert help_faults(one, "bare") == ["fewer than two examples"]
+    wide = argparse.ArgumentParser(
+        description="d",
+        epilog=f"examples:\n  python -m conformance bare --x 1\n  python -m conformance bare {'--y 2 ' * 20}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    assert help_faults(wide, "bare") == ["wider than 100 columns"]
 
 
 def test_help_as_a_user_sees_it():

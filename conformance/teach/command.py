@@ -132,8 +132,8 @@ def _add_page(sub: Any) -> None:
         [
             ("measure every pitfall now and write the site", "site"),
             (
-                "reuse earlier reports, for d2l's GoogLeNet",
-                "site --variant googlenet_d2l --pitfalls-json pitfalls.json --check-json report.json",
+                "reuse a pitfalls --json report, with d2l's GoogLeNet's spec table",
+                "site --variant googlenet_d2l --pitfalls-json pitfalls.json",
             ),
         ],
     )

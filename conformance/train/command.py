@@ -45,11 +45,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         [
             (
                 "Liu's Inception net on Fashion-MNIST files, three epochs",
-                "--framework torch --variant inception_mnist --data fashion/ --epochs 3 --out runs/",
+                "--framework torch --variant inception_mnist --data fashion/ --epochs 3",
             ),
             (
                 "d2l's GoogLeNet on two local workers, a global batch of 64",
-                "--framework keras --variant googlenet_d2l --workers 2 --batch 64 --out runs/",
+                "--framework keras --variant googlenet_d2l --workers 2 --batch 64",
             ),
         ],
     )

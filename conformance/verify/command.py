@@ -29,12 +29,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "one differs replay the pitfall catalogue with your weights to name the likely mistake.",
         [
             (
-                "d2l's GoogLeNet written as a user would, at d2l's size",
+                "d2l's GoogLeNet with a softmax left at its end: verify names the mistake",
                 "tests/user_nets.py:d2l_softmax --input-size 96",
             ),
             (
-                "a model of a package, with its checkpoint, as JSON",
-                "mypackage.models:googlenet --weights googlenet.pth --variant googlenet_bn --json verify.json",
+                "d2l's GoogLeNet as d2l writes it (it agrees), the result as JSON too",
+                "tests/user_nets.py:d2l --input-size 96 --json verify.json",
             ),
         ],
     )
