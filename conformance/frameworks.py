@@ -1,12 +1,20 @@
 """The implementation packages, loaded on demand: a framework that is not installed is
 reported as skipped with its install hint, never as a traceback. Whatever is imported,
-in whatever order, every framework keeps every core (:func:`use_every_core`)."""
+in whatever order, every framework keeps every core (:func:`use_every_core`).
+
+A framework is found by name, one way for all: a package registered under the entry
+point group :data:`GROUP` (the built-ins are registered so, in ``pyproject.toml``, as a
+third party's package would be), else a built-in's own package (a source checkout that
+was not installed), else the name itself as a module path (``mypkg.backend``), which
+must then satisfy :class:`conformance.interface.Backend`."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib
+import importlib.metadata
 import os
 import re
 import sys
@@ -14,9 +22,12 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import cast
 
-from .interface import Backend
+from .interface import Backend, breaches
 
-# name -> (package, install hint); this order is also the round-trip chain's order.
+GROUP = "googlenet_conformance.backends"
+
+# The built-ins: name -> (package, install hint); the default set, in the round-trip
+# chain's order.
 FRAMEWORKS: dict[str, tuple[str, str]] = {
     "torch": ("impl_torch", "pip install 'torch==2.13.0' -e '.[torch]'"),
     "keras": ("impl_keras", "pip install -e '.[keras]'"),
@@ -65,35 +76,77 @@ def threads() -> dict[str, int]:
     return found
 
 
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+@functools.cache
+def registered() -> dict[str, str]:
+    """{name: module} of every package registered under :data:`GROUP`."""
+    return {ep.name: ep.value.partition(":")[0] for ep in importlib.metadata.entry_points(group=GROUP)}
+
+
+def _held_to_interface(name: str, package: object) -> Backend:
+    found = breaches(package)
+    if found:
+        raise ValueError(f"{name}: not a conformance backend: it {'; it '.join(found)}")
+    return cast(Backend, package)
+
+
+def plugin(name: str) -> Backend:
+    """The package ``name`` names (registered, or a module path), imported and held to
+    the interface before any work: ValueError with one line naming what is missing or
+    wrong."""
+    try:
+        package = importlib.import_module(registered().get(name, name))
+    except ImportError as e:
+        raise ValueError(f"{name}: cannot import it as a framework ({type(e).__name__}: {e})") from None
+    return _held_to_interface(name, package)
+
+
 def parse(names: str | Iterable[str] | None, option: str = "--frameworks", extra: Iterable[str] = ()) -> list[str]:
     """Framework names (and the ``extra`` names a command also takes, such as the
-    judges) from ``"torch,keras"`` or a list; every framework for None. Errors name
-    ``option``."""
+    judges) from ``"torch,keras"`` or a list; the built-ins for None. A name that is
+    neither built in, registered nor extra is a plug-in's module path, imported and
+    checked here (:func:`plugin`). Errors name ``option``."""
     if names is None:
         return list(FRAMEWORKS)
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(dict.fromkeys(names))
-    known = [*FRAMEWORKS, *extra]
-    unknown = [n for n in names if n not in known]
+    known = [*FRAMEWORKS, *(n for n in registered() if n not in FRAMEWORKS), *extra]
+    unknown = [n for n in names if n not in known and not _MODULE.match(n)]
     if unknown or not names:
         raise ValueError(
-            f"{option}: unknown {unknown or names!r}; expected a comma-separated subset of {','.join(known)}"
+            f"{option}: unknown {unknown or names!r}; expected a comma-separated subset of {','.join(known)}, "
+            "or a plug-in's module path"
         )
+    for name in names:
+        if name not in known:
+            try:
+                plugin(name)
+            except ValueError as e:
+                raise ValueError(f"{option}: {e}") from None
     return names
 
 
 def load(names: Iterable[str]) -> tuple[dict[str, Backend], dict[str, str]]:
     """(backends that imported, {skipped name: why and how to install}), in the order
-    asked for."""
+    asked for. A built-in that is not installed is skipped with its install hint; a
+    registered or named plug-in that cannot be imported or breaks the interface
+    raises ValueError (it was asked for by name)."""
     backends: dict[str, Backend] = {}
     skipped: dict[str, str] = {}
     for name in dict.fromkeys(names):
+        if name not in FRAMEWORKS:
+            backends[name] = plugin(name)
+            continue
         package, hint = FRAMEWORKS[name]
         try:
-            backends[name] = cast(Backend, importlib.import_module(package))
+            found = importlib.import_module(registered().get(name, package))
         except (ImportError, OSError) as e:  # OSError: a wheel whose shared library is missing
             skipped[name] = f"not installed ({e.__class__.__name__}: {e}); install with: {hint}"
+            continue
+        backends[name] = _held_to_interface(name, found)
     return backends, skipped
 
 

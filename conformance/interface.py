@@ -45,6 +45,10 @@ from .spec import Plan, SpecError, aux_admits, stage_shapes
 
 EAGER = "eager"
 
+VERSION = 1
+"""The version of this contract. A package declares the one it implements as
+``INTERFACE_VERSION``; a package that declares another is refused by name."""
+
 
 class Backend(Protocol):
     """What every implementation package exposes (its ``__all__`` lists the same names)."""
@@ -81,6 +85,35 @@ def check_mode(mode: object, modes: Sequence[str]) -> str:
 
 
 FUNCTIONS = tuple(Backend.__annotations__)  # ("name", "build", ..., "Trainer")
+
+
+def breaches(package: object) -> list[str]:
+    """What keeps ``package`` (a module, or any object) from being a :class:`Backend`,
+    each as a phrase ("has no `to_onnx`"); empty when it conforms. Only what can be
+    seen without running it: what its functions return, the check itself judges."""
+    found = []
+    declared = getattr(package, "INTERFACE_VERSION", None)
+    if declared != VERSION:
+        found.append(
+            f"declares INTERFACE_VERSION = {declared!r}, this suite speaks {VERSION}"
+            if declared is not None
+            else f"has no INTERFACE_VERSION (this suite speaks {VERSION})"
+        )
+    for attribute in FUNCTIONS:
+        if not hasattr(package, attribute):
+            found.append(f"has no `{attribute}`")
+        elif attribute == "name":
+            if not isinstance(package.name, str) or not package.name:  # type: ignore[attr-defined]
+                found.append("has a `name` that is not a non-empty string")
+        elif attribute == "MODES":
+            modes = package.MODES  # type: ignore[attr-defined]
+            if not isinstance(modes, tuple) or not modes or not all(isinstance(m, str) for m in modes):
+                found.append("has `MODES` that is not a non-empty tuple of strings")
+            elif EAGER not in modes:
+                found.append(f"has no {EAGER!r} in `MODES` (the mode every other mode is checked against)")
+        elif not callable(getattr(package, attribute)):
+            found.append(f"has a `{attribute}` that is not callable")
+    return found
 
 
 def check_input(p: Plan, x: object) -> np.ndarray:

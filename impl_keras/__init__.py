@@ -48,6 +48,7 @@ class _OneGraphPerModel(logging.Filter):
 tf.get_logger().addFilter(_OneGraphPerModel())
 
 name = "keras"
+INTERFACE_VERSION = interface.VERSION
 __all__ = [
     "MODES",
     "GoogLeNet",

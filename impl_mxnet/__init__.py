@@ -41,6 +41,7 @@ from .train import Trainer
 from .weights import from_canonical, to_canonical
 
 name = "mxnet"
+INTERFACE_VERSION = interface.VERSION
 __all__ = [
     "MODES",
     "GoogLeNet",

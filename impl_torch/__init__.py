@@ -22,6 +22,7 @@ from .train import Trainer
 from .weights import from_canonical, to_canonical
 
 name = "torch"
+INTERFACE_VERSION = interface.VERSION
 __all__ = [
     "MODES",
     "GoogLeNet",

@@ -22,6 +22,8 @@ with contextlib.suppress(ImportError):
     import torchvision  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
+# A third party's package and its own tests: tests/test_plugins.py installs it first.
+collect_ignore = ["plugin_demo"]
 FRAMEWORKS = list(frameworks.FRAMEWORKS)
 _BACKENDS, _SKIPPED = frameworks.load(FRAMEWORKS)
 _MODELS: dict[tuple, object] = {}

@@ -73,7 +73,7 @@ def test_json_is_never_overwritten_silently(tmp_path, capsys):
             ["check", "--variant", "googlenet", "--variant", "googlenet_bn", "--input-size", "16"],
             "--input-size 16: no variant can run it: googlenet: input size 16: the maxpool3 window",
         ),
-        (["check", "--frameworks", "torch,jax"], "--frameworks: unknown ['jax']"),
+        (["check", "--frameworks", "torch,tf-lite"], "--frameworks: unknown ['tf-lite']"),
     ],
 )
 def test_bad_options_exit_2_naming_the_option(capsys, args, message):

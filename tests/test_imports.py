@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("conformance.train",),
     ("conformance.check",),
     ("conformance.formats",),
-    ("conformance.teach", "conformance.verify", "conformance.bench"),
+    ("conformance.teach", "conformance.verify", "conformance.bench", "conformance.kit"),
     # the commands: each one's parser and run function, beside the code it drives
     (
         "conformance.arguments",
