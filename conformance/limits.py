@@ -1,5 +1,5 @@
 """How much work a command may ask of this machine: the one place every size and count
-a user declares (``--input-size``, ``--batch``, ``--batch-size``, ``--workers``, the
+a user declares (``--input-size``, ``--batch``, ``--workers``, the
 images and pixels of a data file) is bounded, before memory is taken for it and before
 a framework is imported.
 

@@ -2,7 +2,7 @@
 which rows of each global batch it takes, and how it must weight its loss.
 
 Framework-free, so the launcher, the training loop, the distributed check and the
-three ``impl_*/distributed.py`` share one definition. ``--batch-size`` is the global
+three ``impl_*/distributed.py`` share one definition. ``--batch`` is the global
 batch: every worker sees the same global batch, in the single-process run's order,
 and takes a contiguous shard of it, so N workers compute what one process computes.
 """
@@ -56,7 +56,7 @@ class World:
         start, stop = self.bounds(n, rank)
         return self.workers * (stop - start) / n
 
-    def check_batch(self, n: int, option: str = "--batch-size") -> None:
+    def check_batch(self, n: int, option: str = "--batch") -> None:
         """Refuse a global batch that leaves a worker without an image."""
         if n < self.workers:
             raise ValueError(

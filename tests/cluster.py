@@ -60,7 +60,7 @@ class Job:
         return [
             "--variant",
             VARIANT,
-            "--batch-size",
+            "--batch",
             str(self.batch_size),
             "--limit",
             str(self.limit),

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from conformance import limits, reading, spec
-from conformance.__main__ import MAX_LR, _parse
+from conformance.__main__ import _parse
 from conformance.check import inputs
 from conformance.train import data, training
+from conformance.train.command import MAX_LR
 
 from .conftest import cli
 
@@ -63,10 +64,10 @@ def refused(*argv: str) -> tuple[int, str, list[str]]:
         (["diff", "a.pth", "--variant", "googlenet", "--batch", "1000000"], r"--batch 1,000,000: googlenet's"),
         (["page", "site", "--batch", "1000000"], r"--batch 1,000,000: .* pass --batch [\d,]+ or fewer"),
         (["page", "site", "--input-size", "100000"], r"--input-size 100,000: googlenet_bn's inference on 1 image"),
-        (["spec", "--input-size", "100000"], r"--input-size 100,000: googlenet's inference on 1 image of 100,000"),
+        (["spec", "--input-size", "100000"], r"--input-size 100,000: googlenet_bn's inference on 1 image of 100,000"),
         (
-            ["train", "--framework", "torch", "--variant", "googlenet", "--batch-size", "1000000"],
-            r"--batch-size 1,000,000: googlenet's training on 1,000,000 images of 224 x 224 .* pass --batch-size",
+            ["train", "--framework", "torch", "--variant", "googlenet", "--batch", "1000000"],
+            r"--batch 1,000,000: googlenet's training on 1,000,000 images of 224 x 224 .* pass --batch",
         ),
     ],
 )

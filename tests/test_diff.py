@@ -158,8 +158,15 @@ def test_bad_input_gets_the_same_message_as_port(tmp_path, capsys):
         (["none.pth", "--variant", "googlenet"], "error: A none.pth: no such file"),
         (["good", "none.pth", "--variant", "googlenet"], "error: B none.pth: no such file"),
         (["good", "good", "--frameworks", "torch,keras", "--variant", "googlenet"], "give A only, not B"),
-        (["good", "--frameworks", "torch", "--variant", "googlenet"], "--frameworks: expected two frameworks"),
-        (["good", "--frameworks", "torch,onnx", "--variant", "googlenet"], "--frameworks: unknown ['onnx']"),
+        (
+            ["good", "--frameworks", "torch,keras,mxnet", "--variant", "googlenet"],
+            "--frameworks: expected one framework (A and B run in it) or two (A runs in each)",
+        ),
+        (
+            ["good", "--frameworks", "torch,onnx", "--variant", "googlenet"],
+            "--frameworks: onnx: not a conformance backend",
+        ),
+        (["good", "--frameworks", "torch,no-such", "--variant", "googlenet"], "--frameworks: unknown ['no-such']"),
         (["good", "--variant", "googlenet", "--input-size", "20"], "--input-size 20: input size 20"),
         (["good", "--variant", "googlenet", "--from-b", "torch"], "--from-b: there is no B"),
         (["good"], "the following arguments are required: --variant"),

@@ -46,7 +46,7 @@ def test_shards_cover_the_global_batch_in_order_and_weights_average_to_one(n, wo
 
 
 def test_a_global_batch_smaller_than_the_workers_is_refused():
-    with pytest.raises(ValueError, match=r"--batch-size: a global batch of 1 leaves a worker of the 2"):
+    with pytest.raises(ValueError, match=r"--batch: a global batch of 1 leaves a worker of the 2"):
         World(2).check_batch(1)
     with pytest.raises(ValueError, match="--workers: expected a positive integer"):
         World(0)
@@ -198,7 +198,7 @@ def test_the_numpy_rules_tell_each_other_apart():
 
 def _train(fw: str, out: Path, *extra: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "conformance", "train", "--framework", fw, "--variant", "googlenet_d2l"]
-    argv += ["--limit", "48", "--batch-size", "16", "--out", str(out), *extra]
+    argv += ["--limit", "48", "--batch", "16", "--out", str(out), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

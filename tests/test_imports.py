@@ -23,6 +23,17 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("conformance.check",),
     ("conformance.formats",),
     ("conformance.teach", "conformance.verify", "conformance.bench", "conformance.kit"),
+    # the commands: each one's parser and run function, beside the code it drives
+    (
+        "conformance.arguments",
+        "conformance.spec.command",
+        "conformance.train.command",
+        "conformance.check.command",
+        "conformance.formats.command",
+        "conformance.teach.command",
+        "conformance.verify.command",
+        "conformance.bench_command",
+    ),
     ("conformance.__main__", "conformance"),
 )
 

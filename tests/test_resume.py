@@ -98,7 +98,7 @@ def test_sigint_keeps_the_complete_epochs_and_resume_finishes_the_run(tmp_path):
         "inception_mnist",
         "--epochs",
         "3",
-        "--batch-size",
+        "--batch",
         "8",
         "--limit",
         "480",

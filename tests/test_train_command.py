@@ -152,7 +152,7 @@ def test_cli_trains_from_an_idx_directory_and_never_overwrites(tmp_path):
         str(tmp_path / "data"),
         "--epochs",
         "1",
-        "--batch-size",
+        "--batch",
         "16",
         "--out",
         str(tmp_path),

@@ -1,17 +1,206 @@
-"""The ``pitfalls``, ``diff`` and ``page`` commands: every option checked before a
-framework is imported, then one call into :mod:`.measure`, :mod:`.diff` or :mod:`.page`.
-Exit codes as everywhere: 0 as expected, 1 a check failed, 2 bad usage or input."""
+"""The ``pitfalls``, ``diff`` and ``page`` commands: their parsers, every option checked
+before a framework is imported, then one call into :mod:`.measure`, :mod:`.diff` or
+:mod:`.page`. Exit codes as everywhere: 0 as expected, 1 a check failed, 2 bad usage or
+input."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from pathlib import Path
+from typing import Any
 
-from .. import frameworks, limits, spec
+from .. import arguments, frameworks, limits, spec
 from ..files import check_output
+from ..formats.registry import FORMATS
 from ..progress import Steps
 from . import measure, outputs
 from .pitfalls import PITFALLS
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``pitfalls``, ``diff`` and ``page`` subcommands on ``sub``."""
+    _add_pitfalls(sub)
+    _add_diff(sub)
+    _add_page(sub)
+
+
+def _add_pitfalls(sub: Any) -> None:
+    cmd = arguments.command(
+        sub,
+        "pitfalls",
+        "what each porting mistake does: where a port diverges, by how much, why",
+        "Make each porting mistake of the catalogue on purpose (a wrong padding, pooling rounding, "
+        "BatchNorm epsilon, weight layout...) and measure where the ported model first diverges from "
+        "the reference and by how much; PASS when each diverges first where its mistake is made.",
+        [
+            ("one mistake, with its plot", "--pitfall floor-pooling --plot plots/"),
+            ("every mistake on d2l's GoogLeNet, as JSON for page", "--variant googlenet_d2l --json pitfalls.json"),
+        ],
+    )
+    cmd.add_argument(
+        "--pitfall",
+        action="append",
+        choices=list(PITFALLS),
+        metavar="NAME",
+        help=f"a pitfall to measure (repeatable; default: all): {', '.join(PITFALLS)}",
+    )
+    cmd.add_argument(
+        "--variant",
+        choices=list(spec.VARIANTS),
+        help="measure every pitfall on this variant (default: each pitfall's own, the variant it shows on)",
+    )
+    cmd.add_argument(
+        "--input-size",
+        type=arguments.positive,
+        metavar="PIXELS",
+        help="input of the inference pitfalls (default: 96 where the variant runs it and the mistake shows there, "
+        "else the variant's own); training pitfalls run at the variant's own size",
+    )
+    cmd.add_argument(
+        "--batch",
+        type=arguments.positive,
+        default=64,
+        help="seeded images for the inference pitfalls (default: 64); training pitfalls use check --train's 2",
+    )
+    cmd.add_argument("--seed", type=arguments.non_negative, default=0, help="seed of weights and inputs (default: 0)")
+    cmd.add_argument("--json", type=Path, metavar="PATH", help="also write the measurements as JSON")
+    cmd.add_argument(
+        "--plot", type=Path, metavar="DIR", help="write one PNG per pitfall: the relative error at every stage"
+    )
+    cmd.add_argument("--force", action="store_true", help="overwrite an existing --json file or plots")
+    cmd.set_defaults(run=run_pitfalls)
+
+
+def _add_diff(sub: Any) -> None:
+    cmd = arguments.command(
+        sub,
+        "diff",
+        "where two models part: the first stage that diverges, and which tensors differ",
+        "Run two checkpoints (or one against the suite's seeded weights) on the same seeded input "
+        "in one framework, or one checkpoint in two frameworks, and name the first stage that "
+        "diverges, the error at every stage and the tensors that differ most.",
+        [
+            ("your port against the original, in PyTorch", "ported.pth googlenet.pth --variant googlenet_bn"),
+            ("one checkpoint in PyTorch and in Keras", "googlenet.pth --variant googlenet_bn --frameworks torch,keras"),
+        ],
+    )
+    cmd.add_argument("a", type=Path, metavar="A", help="a checkpoint (any format port reads)")
+    cmd.add_argument(
+        "b",
+        type=Path,
+        metavar="B",
+        nargs="?",
+        help="another checkpoint (default: the suite's seeded weights, as check uses them)",
+    )
+    cmd.add_argument("--variant", required=True, choices=list(spec.VARIANTS), help="the network the checkpoints hold")
+    cmd.add_argument(
+        *arguments.FRAMEWORK_FLAGS,
+        dest="frameworks",
+        default="torch",
+        metavar="LIST",
+        help="one framework A and B both run in, or two that A runs in (then no B), e.g. torch,keras (default: torch)",
+    )
+    cmd.add_argument("--from", dest="a_format", choices=list(FORMATS), help="format of A (default: from its name)")
+    cmd.add_argument("--from-b", dest="b_format", choices=list(FORMATS), help="format of B (default: from its name)")
+    cmd.add_argument(
+        "--num-classes",
+        type=arguments.classes,
+        default=None,
+        help="classes of the checkpoints (default: the variant's)",
+    )
+    cmd.add_argument("--transform-input", action="store_true", help=arguments.TRANSFORM_HELP)
+    cmd.add_argument(
+        "--input-size", type=arguments.positive, metavar="PIXELS", help="square input (default: the variant's own)"
+    )
+    cmd.add_argument("--batch", type=arguments.positive, default=8, help="seeded images (default: 8)")
+    cmd.add_argument(
+        "--seed", type=arguments.non_negative, default=0, help="seed of the input and seeded weights (default: 0)"
+    )
+    cmd.add_argument("--top", type=arguments.positive, default=10, help="tensors listed (default: 10)")
+    cmd.set_defaults(run=run_diff)
+
+
+def _add_page(sub: Any) -> None:
+    cmd = arguments.command(
+        sub,
+        "page",
+        "build a static site: the spec, the model files side by side, the pitfalls",
+        "Write a static site a teacher can open without a network: a variant's spec table, the "
+        "three frameworks' model files side by side with the differences that matter marked, "
+        "each pitfall's measurement and plot, and a check or bench report when given.",
+        [
+            ("measure every pitfall now and write the site", "site"),
+            (
+                "reuse a pitfalls --json report, with d2l's GoogLeNet's spec table",
+                "site --variant googlenet_d2l --pitfalls-json pitfalls.json",
+            ),
+        ],
+    )
+    cmd.add_argument("dir", type=Path, metavar="DIR", help="directory to write (made if missing)")
+    arguments.variant(cmd, "the spec table's")
+    cmd.add_argument(
+        "--input-size",
+        type=arguments.positive,
+        metavar="PIXELS",
+        help="the spec table's input (default: the variant's own)",
+    )
+    cmd.add_argument(
+        "--pitfalls-json",
+        type=Path,
+        metavar="PATH",
+        help="measurements from pitfalls --json (default: measure every pitfall now, a few minutes)",
+    )
+    cmd.add_argument("--check-json", type=Path, metavar="PATH", help="a check --json report to show")
+    cmd.add_argument("--bench-json", type=Path, metavar="PATH", help="bench figures (JSON) to show")
+    cmd.add_argument("--batch", type=arguments.positive, default=64, help="images per inference pitfall (default: 64)")
+    cmd.add_argument("--seed", type=arguments.non_negative, default=0, help="seed of the pitfalls (default: 0)")
+    cmd.add_argument("--force", action="store_true", help="overwrite the files of an earlier page in DIR")
+    cmd.set_defaults(run=run_page)
+
+
+def run_pitfalls(args: argparse.Namespace) -> int:
+    return pitfalls(
+        args.pitfall, args.variant, args.input_size, args.batch, args.seed, args.json, args.plot, args.force
+    )
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    names = frameworks.parse(args.frameworks, "--frameworks")
+    if len(names) > 2:
+        raise ValueError(
+            f"--frameworks: expected one framework (A and B run in it) or two (A runs in each), as torch,keras; "
+            f"got {','.join(names)}"
+        )
+    return diff(
+        args.a,
+        args.b,
+        args.variant,
+        names[0],
+        names if len(names) == 2 else None,
+        args.a_format,
+        args.b_format,
+        args.num_classes,
+        args.transform_input,
+        args.input_size,
+        args.batch,
+        args.seed,
+        args.top,
+    )
+
+
+def run_page(args: argparse.Namespace) -> int:
+    return page(
+        args.dir,
+        args.variant,
+        args.input_size,
+        args.pitfalls_json,
+        args.check_json,
+        args.bench_json,
+        args.batch,
+        args.seed,
+        args.force,
+    )
 
 
 def _check_size(pairs: list[tuple[str, str]], size: int) -> None:

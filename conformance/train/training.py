@@ -208,7 +208,7 @@ def _comparable(s: Settings) -> dict[str, object]:
     return {k: v for k, v in asdict(s).items() if k != "epochs"}
 
 
-_OPTION = {"batch_size": "--batch-size", "num_classes": "--num-classes", "aux_weight": "aux_weight"}
+_OPTION = {"batch_size": "--batch", "num_classes": "--num-classes", "aux_weight": "aux_weight"}
 
 
 @dataclass(frozen=True)
@@ -431,11 +431,11 @@ def _max_images(p: spec.Plan) -> MaxItems:
 
 
 def check_work(s: Settings, splits: dict[str, Split] | None = None, workers: int = 1) -> None:
-    """--batch-size against the machine (the training activations of one batch at the
+    """--batch against the machine (the training activations of one batch at the
     variant's size); with ``splits``, --workers too: each worker holds every prepared
     image and its shard of the batch."""
     p = _plan(s)
-    limits.check_work(limits.Work(p, p.input_size, s.batch_size, True, size_option=None, batch_option="--batch-size"))
+    limits.check_work(limits.Work(p, p.input_size, s.batch_size, True, size_option=None, batch_option="--batch"))
     if splits is not None and workers > 1:
         images = sum(len(split.images) for split in splits.values())
         shard = -(-s.batch_size // workers)

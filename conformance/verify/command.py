@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import frameworks, spec
+from .. import arguments, frameworks, spec
 from ..files import check_output
 from ..formats import tfcheckpoint
 from ..formats.registry import infer
@@ -18,10 +18,25 @@ from . import load
 from .options import check_options
 
 
-def add_parser(sub: Any, positive: Any, non_negative: Any) -> argparse.ArgumentParser:
-    """The ``verify`` subcommand on ``sub`` (``positive``/``non_negative``: the CLI's int types)."""
-    cmd = sub.add_parser(
-        "verify", help="check your own GoogLeNet against the suite's reference, stage by stage, and name the mistake"
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``verify`` subcommand on ``sub``."""
+    cmd = arguments.command(
+        sub,
+        "verify",
+        "check your own GoogLeNet against the suite's reference, stage by stage, and name the mistake",
+        "Run your PyTorch model (a module:callable, imported only now) and the suite's reference "
+        "of the variant its tensors fit on the same seeded inputs, compare every stage, and when "
+        "one differs replay the pitfall catalogue with your weights to name the likely mistake.",
+        [
+            (
+                "d2l's GoogLeNet with a softmax left at its end: verify names the mistake",
+                "tests/user_nets.py:d2l_softmax --input-size 96",
+            ),
+            (
+                "d2l's GoogLeNet as d2l writes it (it agrees), the result as JSON too",
+                "tests/user_nets.py:d2l --input-size 96 --json verify.json",
+            ),
+        ],
     )
     cmd.add_argument(
         "model",
@@ -39,12 +54,12 @@ def add_parser(sub: Any, positive: Any, non_negative: Any) -> argparse.ArgumentP
     cmd.add_argument(
         "--input-size",
         action="append",
-        type=positive,
+        type=arguments.positive,
         metavar="PIXELS",
         help="square input size (repeatable; default: the variant's own and an odd size it admits)",
     )
-    cmd.add_argument("--batch", type=positive, default=2, help="images per input (default: 2)")
-    cmd.add_argument("--seed", type=non_negative, default=0, help="seed of the inputs (default: 0)")
+    cmd.add_argument("--batch", type=arguments.positive, default=2, help="images per input (default: 2)")
+    cmd.add_argument("--seed", type=arguments.non_negative, default=0, help="seed of the inputs (default: 0)")
     cmd.add_argument(
         "--transform-input",
         action="store_true",
@@ -53,6 +68,7 @@ def add_parser(sub: Any, positive: Any, non_negative: Any) -> argparse.ArgumentP
     cmd.add_argument("--no-diagnosis", action="store_true", help="do not replay the pitfall catalogue on a difference")
     cmd.add_argument("--json", type=Path, metavar="PATH", help="also write the result as JSON")
     cmd.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    cmd.set_defaults(run=run)
     return cmd
 
 

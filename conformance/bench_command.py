@@ -1,0 +1,115 @@
+"""``python -m conformance bench``: its options (checked before any framework is
+imported), then :mod:`.bench`'s measurement in child processes.
+Exit codes as everywhere: 0 measured, 1 a runtime failed, 2 bad usage or input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import arguments, files, limits, spec
+from .files import check_output
+from .frameworks import FRAMEWORKS
+from .progress import Steps
+from .world import World
+
+
+def _worker_counts(text: str) -> list[int]:
+    """``1,2``: positive worker counts, in the order given, without repeats."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 1,2; got {text!r}")
+    return list(dict.fromkeys(counts))
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """The ``bench`` subcommand on ``sub``."""
+    names = ",".join(FRAMEWORKS)
+    cmd = arguments.command(
+        sub,
+        "bench",
+        "images/s of every framework and mode, and of ONNX Runtime, side by side, each in its own process",
+        "Measure inference (and with --train, training) images per second of every framework in "
+        "each of its modes and of ONNX Runtime, each in its own process, in alternating timed "
+        "rounds so that no runtime is favoured by the machine's state; --workers adds "
+        "data-parallel scaling.",
+        [
+            ("inference of torchvision's GoogLeNet in every runtime", "--json bench.json"),
+            (
+                "training of d2l's GoogLeNet on one and two workers",
+                "--train --variant googlenet_d2l --input-size 96 --workers 1,2",
+            ),
+        ],
+    )
+    arguments.variant(cmd, "the network")
+    cmd.add_argument("--batch", type=arguments.positive, default=8, help="images per call (default: 8)")
+    cmd.add_argument(
+        "--input-size", type=arguments.positive, default=224, metavar="PIXELS", help="square input size (default: 224)"
+    )
+    cmd.add_argument(
+        *arguments.FRAMEWORK_FLAGS,
+        dest="frameworks",
+        default=f"{names},onnx",
+        metavar="LIST",
+        help=f"comma-separated subset of {names},onnx (default: all; onnx: ONNX Runtime on torch's export)",
+    )
+    cmd.add_argument("--train", action="store_true", help="also training images/s (one SGD step per call)")
+    cmd.add_argument(
+        "--workers",
+        type=_worker_counts,
+        metavar="LIST",
+        help="with --train: data-parallel training images/s and scaling efficiency with each number of local "
+        "workers, e.g. 1,2 (each framework's own engine; --batch is the global batch)",
+    )
+    cmd.add_argument(
+        "--rounds", type=arguments.positive, default=5, help="timed rounds, alternating the runtimes (default: 5)"
+    )
+    cmd.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    cmd.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    cmd.set_defaults(run=run)
+    return cmd
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if args.json is not None:  # refuse before a minute of measuring
+        check_output(args.json, args.force, "--json")
+    names = [n.strip() for n in args.frameworks.split(",") if n.strip()]
+    settings = bench.Settings(
+        args.variant, args.batch, args.input_size, tuple(dict.fromkeys(names)), args.train, args.rounds
+    )
+    bench.check_settings(settings)  # before any framework is imported
+    limits.check_work(limits.Work(spec.resolve(args.variant), args.input_size, args.batch, training=args.train))
+    if args.workers:
+        if not args.train:
+            raise ValueError("--workers: measures training; pass --train too")
+        limits.check_workers(max(args.workers))
+        if args.batch < max(args.workers):
+            World(max(args.workers)).check_batch(args.batch, "--batch")
+        with Steps("bench") as progress:
+            rows = bench.scaling(settings, args.workers, progress=progress)
+        print(bench.render_scaling(settings, rows), flush=True)
+        if args.json is not None:
+            doc = {"settings": asdict(settings), "scaling": [asdict(r) for r in rows]}
+            files.atomic_write(args.json, json.dumps(doc, indent=1).encode(), overwrite=args.force)
+            print(f"JSON written to {args.json}")
+        return 1 if any(r.failed for r in rows) else 0
+    try:
+        with Steps("bench") as progress:
+            result = bench.run(settings, progress)
+    except RuntimeError as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        return 1
+    print(bench.render(result), flush=True)
+    if args.json is not None:
+        bench.write_json(result, args.json, overwrite=args.force)
+        print(f"JSON written to {args.json}")
+    return 0
