@@ -71,6 +71,10 @@ class Raw:
     # Loads the file as its framework's users do, into a model of the final plan.
     native: Callable[[Plan], Native] | None = field(default=None, repr=False)
     digest: str | None = None  # the SHA-256 of its tensors the file records (the suite's own files)
+    # The transform_input the file records (in its metadata, config or graph); None: it
+    # records none, as a bare state_dict.
+    transform_input: bool | None = None
+    variant: str | None = None  # the variant the file records (the suite's own files)
 
 
 @dataclass(frozen=True)
@@ -90,13 +94,20 @@ class Format:
     # The name endings its framework's loader insists on (Keras); empty: any name.
     names: tuple[str, ...] = ()
     writable: bool = True  # False: a format ``port`` reads only (Caffe's)
+    readable: bool = True  # False: a format ``port`` writes only (TorchScript's)
     # "file"; "directory" (a SavedModel: DST must not exist); "pair" (DST names the
     # Gluon -symbol.json, its -0000.params is written beside it).
     layout: str = "file"
     # What the format cannot carry (aux heads, an open input size), said in port's log.
     limits: str = ""
-    # How a reader's process loads the written file, said in port's log ("{path}": DST).
+    # How a reader's process loads the written file, said in port's log: one line of
+    # Python that runs clean as it is printed ("{path}": DST, "{params}": the Gluon
+    # pair's parameters, "{framework}": the framework it was verified in, "{build}": the
+    # arguments of that framework's ``build`` for the plan, transform_input included).
     loading: str = ""
+    # Where the file keeps transform_input ("its metadata", "the graph"); "": nowhere
+    # (a state_dict holds tensors only), which port's log says when the transform is on.
+    keeps_transform: str = ""
     # What detects a changed byte in its weights when it is read: a checksum the format
     # keeps ("zip CRC-32"), "digest" (the suite's SHA-256 when the file records one), or
     # "" (nothing: a flipped bit is read as a weight, which port's log says).

@@ -262,7 +262,16 @@ def read_onnx(path: Path, p: Plan) -> Raw:
                 f"folded weights cannot be separated again; export with optimize=False (port's --to onnx does)"
             )
     bounds.check_sizes(path, tensors, bounds.ceiling(p))
-    return Raw(tensors, naming.detect(tensors), notes)
+    order = [n.op_type for n in proto.graph.node]
+    return Raw(tensors, naming.detect(tensors), notes, transform_input=transformed(order, "Conv"))
+
+
+def transformed(ops: list[str], conv: str) -> bool:
+    """Whether a graph transforms its input before its first convolution: the input
+    transform reorders channels, scales and shifts each, and concatenates them again;
+    without one the graph reaches the first convolution with no Concat."""
+    first = ops.index(conv) if conv in ops else len(ops)
+    return "Concat" in ops[:first]
 
 
 def _array(numpy_helper: Any, init: Any) -> Callable[[], np.ndarray]:
@@ -365,7 +374,8 @@ def read_gluon(symbol: Path, p: Plan) -> Raw:
     notes = [f"read {params.name}; names matched through the graph of {symbol.name}"]
     if unknown:
         notes.append(f"{len(unknown)} arrays are not inputs of the graph: {unknown[:3]}")
-    return Raw(tensors, "canonical", notes)
+    ops = [node["op"] for node in json.loads(check_symbol(symbol))["nodes"]]
+    return Raw(tensors, "canonical", notes, transform_input=transformed(ops, "Convolution"))
 
 
 def not_read(description: str, weights: str) -> Callable[[Path, Plan], Raw]:

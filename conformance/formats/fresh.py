@@ -8,7 +8,7 @@ put them on ``sys.path``), so what the runtime loads is the file alone.
 
 KIND: ``onnx`` (onnxruntime), ``torchscript`` (torch.jit.load), ``exported``
 (torch.export.load), ``savedmodel`` (tf.saved_model.load), ``gluon``
-(SymbolBlock.imports; PATH is the ``-symbol.json``). INPUT is NCHW float32.
+(a SymbolBlock of the graph, its input declared float32; PATH is the ``-symbol.json``). INPUT is NCHW float32.
 OUTPUT holds ``out:NAME`` for each output (``logits``, ``aux2``, ``aux1``) and
 ``w:NAME`` for each named weight the runtime exposes.
 """
@@ -78,17 +78,16 @@ def _savedmodel(path: str, x, aux: bool) -> tuple[dict, dict]:
 
 
 def _gluon(path: str, x, aux: bool) -> tuple[dict, dict]:
-    import warnings
-
     import numpy
 
     numpy.bool = bool  # type: ignore[attr-defined]  # MXNet 1.9 uses the alias numpy 1.24 removed
     import mxnet as mx
 
     params = path.removesuffix("-symbol.json") + "-0000.params"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Cannot decide type for the following arguments")
-        block = mx.gluon.SymbolBlock.imports(path, ["data"], params)
+    # The input declared float32: SymbolBlock.imports with a params file leaves its type
+    # open and warns that it "cannot decide" it.
+    block = mx.gluon.SymbolBlock(mx.sym.load(path), mx.sym.var("data", dtype="float32"))
+    block.collect_params().load(params)
     logits = block(mx.nd.array(x)).asnumpy()
     return {"logits": logits}, {p.name: p.data().asnumpy() for p in block.collect_params().values()}
 

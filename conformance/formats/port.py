@@ -271,7 +271,9 @@ def _read_params(
     aux = any(k.startswith("aux1.") for k in declared)
     if aux and not has_aux:
         raise PortError(f"{src}: aux head weights found, but `{variant}` has no aux heads")
-    p = _resolve(variant, num_classes, aux, transform_input)
+    if raw.transform_input and spec.VARIANTS[variant].input.transform is None:
+        raise PortError(f"{src}: records transform_input on, but `{variant}` defines no input transform")
+    p = _resolve(variant, num_classes, aux, transform_input or bool(raw.transform_input))
     try:
         bounds.check(src, p, declared)
     except bounds.BoundsError as e:
@@ -319,9 +321,48 @@ class Checkpoint:
     raw: Raw
 
 
+def _fits(src: Path, src_fmt: Format, variant: str, num_classes: int | None) -> bool:
+    """Whether the file's declared tensors are exactly ``variant``'s (aux heads as the
+    file has them; its classifier's class count unless ``num_classes`` is given), and
+    the variant it records, if any, is this one. Names and shapes only: nothing read."""
+    v = spec.VARIANTS[variant]
+    try:
+        p = spec.resolve(v, v.head.classes if num_classes is None else num_classes, v.aux is not None)
+        raw = read(src, src_fmt, p)
+        if raw.variant is not None and raw.variant != variant:
+            return False
+        declared = _declared(raw.tensors, raw.scheme, p, src)
+        fc = declared.get(f"{p.fc.name}.weight")
+        classes = fc.shape[0] if num_classes is None and fc is not None and fc.ndim == 2 else p.num_classes
+        aux = any(k.startswith("aux1.") for k in declared)
+        expected = canonical_shapes(spec.resolve(v, classes, aux))
+    except (PortError, spec.SpecError):  # what this variant cannot read, or a class count it refuses
+        return False
+    return {k: tuple(t.shape) for k, t in declared.items()} == {k: tuple(s) for k, s in expected.items()}
+
+
+def infer_variant(src: Path, src_fmt: Format, num_classes: int | None = None) -> tuple[str, str]:
+    """(the one variant the file's tensors fit, the line that says so), for a port
+    without ``--variant``; a PortError naming the variants when several or none fit."""
+    fits = [name for name in spec.VARIANTS if _fits(src, src_fmt, name, num_classes)]
+    if len(fits) == 1:
+        said = "its tensors, and the variant it records if any; --variant chooses another"
+        return fits[0], f"variant {fits[0]}: the only variant the file fits ({said})"
+    if fits:
+        listed = ", ".join(f"`{name}`" for name in fits[:-1]) + f" and `{fits[-1]}`"
+        raise PortError(
+            f"{src}: its tensors fit {listed} (the same tensors, another network around them): "
+            f"pass --variant {fits[0]} or another"
+        )
+    raise PortError(
+        f"{src}: its tensors fit no variant as they are; pass --variant with the network it holds, "
+        f"and port lists what differs"
+    )
+
+
 def read_checkpoint(
     src: str | Path,
-    variant: str,
+    variant: str | None,
     src_format: str | Format | None = None,
     num_classes: int | None = None,
     transform_input: bool = False,
@@ -329,17 +370,26 @@ def read_checkpoint(
 ) -> Checkpoint:
     """Read ``src`` (any format and naming) and check it strictly against ``variant``:
     what ``port`` does before converting, and ``diff`` before comparing. Every
-    declaration is checked before any tensor is read. ``drop_background``: remove class
+    declaration is checked before any tensor is read. ``transform_input``: True turns
+    the variant's input transform on; otherwise it is what the file records (its
+    metadata, config or graph: ``Raw.transform_input``), off where it records none.
+    ``variant``: None takes the one variant whose tensors the file's fit
+    (:func:`infer_variant`), and says so in the notes. ``drop_background``: remove class
     0 of a 1001-class classifier (TF-slim's "background"), leaving ImageNet's 1000.
     Raises PortError naming the file, key or option."""
     src = _source(Path(src))
     src_fmt = src_format if isinstance(src_format, Format) else infer(src, src_format, "--from")
+    told = []
+    if variant is None:
+        variant, said = infer_variant(src, src_fmt, num_classes)
+        told.append(said)
     if variant not in spec.VARIANTS:
         raise PortError(f"--variant: unknown {variant!r}; expected one of {', '.join(spec.VARIANTS)}")
     if num_classes is None:
         num_classes = spec.VARIANTS[variant].head.classes
     _resolve(variant, num_classes, False, transform_input)  # the options, before reading anything
     p, params, raw, notes, _ = _read_params(src, src_fmt, variant, num_classes, transform_input)
+    notes[:0] = told
     if drop_background:
         p, params = _drop_background(src, p, params, notes)
     return Checkpoint(src, src_fmt, p, params, notes, raw)
@@ -372,7 +422,7 @@ def _drop_background(src: Path, p: spec.Plan, params: Params, notes: list[str]) 
 def port(
     src: str | Path,
     dst: str | Path,
-    variant: str,
+    variant: str | None = None,
     src_format: str | None = None,
     dst_format: str | None = None,
     num_classes: int | None = None,
@@ -383,7 +433,8 @@ def port(
 ) -> PortResult:
     """Convert ``src`` to ``dst`` and prove it. Raises PortError (bad input, or an
     output that cannot be written; nothing written) or VerificationError (the written
-    file disagrees; nothing written). ``drop_background``: see :func:`read_checkpoint`."""
+    file disagrees; nothing written). ``variant`` (None: the one the file's tensors fit)
+    and ``drop_background``: see :func:`read_checkpoint`."""
     start = time.perf_counter()
     src, dst = _source(Path(src)), Path(dst)
     src_fmt, dst_fmt = infer(src, src_format, "--from"), infer(dst, dst_format, "--to")
@@ -391,16 +442,78 @@ def port(
     checkpoint = read_checkpoint(src, variant, src_fmt, num_classes, transform_input, drop_background)
     p, params, notes, raw = checkpoint.plan, checkpoint.params, checkpoint.notes, checkpoint.raw
     num_classes, aux = p.num_classes, bool(p.aux)
+    transform, unrecorded = _transform_said(src_fmt, raw, p, transform_input)
     log(
         f"read   {src} ({src_fmt.description}): {len(params)} tensors, {p.variant.name}, "
-        f"{num_classes} classes, aux heads {'yes' if aux else 'no'}"
+        f"{num_classes} classes, aux heads {'yes' if aux else 'no'}{transform}"
     )
     for note in notes:
         log(f"       {note}")
+    if unrecorded:
+        notes.append(unrecorded)
+        log(f"note   {src_fmt.name}: {unrecorded}")
     blind = unchecked(src_fmt, raw)
     if blind:
         log(f"note   {src_fmt.name}: {blind}")
     return _write(src, src_fmt.name, src_fmt.framework, raw, p, params, notes, dst, dst_fmt, suffix, force, log, start)
+
+
+# Where well-known weights of a variant expect its input transform.
+PRETRAINED = {"googlenet_bn": " (torchvision's pretrained googlenet was trained with it)"}
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _transform_said(fmt: Format, raw: Raw, p: spec.Plan, asked: bool) -> tuple[str, str]:
+    """(the read line's words for transform_input, a note where the file does not
+    record it or records it otherwise than asked); both "" for a variant without one."""
+    if p.variant.input.transform is None:
+        return "", ""
+    recorded, on = raw.transform_input, p.options.transform_input
+    if recorded is None:
+        said = f", transform_input {_on(on)} ({'--transform-input' if asked else 'not recorded in the file'})"
+        note = (
+            ""
+            if asked
+            else f"{fmt.description} files do not record transform_input: read as off; pass --transform-input "
+            f"if the weights expect {p.variant.name}'s input transform{PRETRAINED.get(p.variant.name, '')}"
+        )
+        return said, note
+    if asked and not recorded:
+        return ", transform_input on (--transform-input)", "the file records transform_input off: on, as asked"
+    return f", transform_input {_on(on)} (recorded in the file)", ""
+
+
+def _loading(dst: Path, dst_fmt: Format, p: spec.Plan, framework: str) -> str:
+    """The load line: DST loaded as a reader's process loads it, transform_input said."""
+    options = p.options
+    build = (
+        f"{p.variant.name!r}, num_classes={options.num_classes}, aux_logits={options.aux_logits}, "
+        f"transform_input={options.transform_input}"
+    )
+    line = dst_fmt.loading.format(
+        path=repr(str(dst)), params=repr(str(deploy.params_of(dst))), framework=f"impl_{framework}", build=build
+    )
+    if p.variant.input.transform is not None and dst_fmt.keeps_transform:
+        joint = "; " if "#" in line else "  # "
+        line += f"{joint}transform_input={options.transform_input} is in {dst_fmt.keeps_transform}"
+    return line
+
+
+def _check_recorded(tmp: Path, dst: Path, dst_fmt: Format, p: spec.Plan) -> None:
+    """The written file records the plan's transform_input where its format keeps one:
+    the verification above loads it into a model built from the plan, which would not
+    see a record that says otherwise."""
+    if not dst_fmt.keeps_transform or not dst_fmt.readable:  # write-only graphs: their outputs proved it
+        return
+    recorded = read(tmp, dst_fmt, p).transform_input
+    if recorded != p.options.transform_input:
+        raise VerificationError(
+            f"{dst}: the written file records transform_input {recorded}, not {p.options.transform_input}; "
+            f"nothing was written"
+        )
 
 
 def _write(
@@ -439,6 +552,13 @@ def _write(
     if dst_fmt.limits:
         notes.append(dst_fmt.limits)
         log(f"note   {dst_fmt.name}: {dst_fmt.limits}")
+    if p.options.transform_input and not dst_fmt.keeps_transform:
+        lost = (
+            f"{dst_fmt.description} files cannot record transform_input: build the model with "
+            f"transform_input=True to load it (the load line does)"
+        )
+        notes.append(lost)
+        log(f"note   {dst_fmt.name}: {lost}")
     with _staging(dst, dst_fmt, suffix, data) as (tmp, commit):
         del data
         source = _native_source(raw, p, params, src, src_fw)
@@ -488,11 +608,12 @@ def _write(
             raise _overflow(src, params, verified.overflow)
         if not result.passed:
             raise VerificationError(f"{dst}: the written file does not reproduce {src}; nothing was written")
+        _check_recorded(tmp, dst, dst_fmt, p)
         commit(force)
     result.seconds = time.perf_counter() - start
     log(f"wrote  {dst} ({dst_fmt.description}) in {result.seconds:.1f} s")
     if dst_fmt.loading:
-        log(f"load   {dst_fmt.loading.format(path=dst, params=deploy.params_of(dst))}")
+        log(f"load   {_loading(dst, dst_fmt, p, verified.target_framework)}")
     return result
 
 
@@ -583,6 +704,7 @@ def init(
     log(
         f"seeded {variant}: canonical.random_params(seed={seed}), {len(params)} tensors, "
         f"{p.num_classes} classes, aux heads {'yes' if p.aux else 'no'}"
+        + (f", transform_input {_on(transform_input)}" if p.variant.input.transform is not None else "")
     )
     raw = Raw({}, "canonical", [])
     return _write(source, "seeded", None, raw, p, params, [], dst, dst_fmt, suffix, force, log, start)

@@ -195,26 +195,63 @@ def _memory_file() -> Iterator[tuple[str, Callable[[], bytes]]]:
 # --------------------------------------------------------------------------------------
 
 
+def _recorded(value: object) -> bool | None:
+    """transform_input as a file's metadata spells it (``str(bool)``, or a JSON bool)."""
+    if isinstance(value, bool):
+        return value
+    return {"True": True, "False": False}.get(value) if isinstance(value, str) else None
+
+
 def _read_safetensors(path: Path, p: Plan) -> Raw:
     header = reading.safetensors(path)
     bounds.check_sizes(path, header.tensors, bounds.ceiling(p))
-    return Raw(header.tensors, naming.detect(header.tensors), [], digest=header.metadata.get("sha256"))
+    metadata = header.metadata
+    return Raw(
+        header.tensors,
+        naming.detect(header.tensors),
+        [],
+        digest=metadata.get("sha256"),
+        transform_input=_recorded(metadata.get("transform_input")),
+        variant=metadata.get("variant"),
+    )
 
 
 def _write_safetensors(params: Params, p: Plan) -> Written:
     return to_bytes(params, p), None
 
 
+# The suite's .npz records the plan's options in the zip comment, which numpy ignores:
+# a member would be one more array to every reader that loads the file by name.
+NPZ_COMMENT = b"googlenet-canonical "
+
+
 def _read_npz(path: Path, p: Plan) -> Raw:
     limit = bounds.ceiling(p)
     tensors = reading.npz(path, limit.tensor + 4096, limit.total)
     bounds.check_sizes(path, tensors, limit)
-    return Raw(tensors, naming.detect(tensors), [])
+    with zipfile.ZipFile(path) as z:
+        comment = z.comment  # at most 64 KB: the zip format's field is 16 bits
+    options: Any = None
+    if comment.startswith(NPZ_COMMENT):
+        with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError):
+            options = json.loads(comment[len(NPZ_COMMENT) :])
+    if not isinstance(options, dict):
+        return Raw(tensors, naming.detect(tensors), [])
+    variant = options.get("variant")
+    return Raw(
+        tensors,
+        naming.detect(tensors),
+        [],
+        transform_input=_recorded(options.get("transform_input")),
+        variant=variant if isinstance(variant, str) else None,
+    )
 
 
 def _write_npz(params: Params, p: Plan) -> Written:
     buffer = io.BytesIO()
     np.savez(buffer, **params)
+    with zipfile.ZipFile(buffer, "a") as z:
+        z.comment = NPZ_COMMENT + json.dumps({"variant": p.variant.name, **p.options.asdict()}).encode()
     return buffer.getvalue(), None
 
 
@@ -496,12 +533,23 @@ def _read_keras_weights(path: Path, p: Plan) -> Raw:
     tensors = _h5_tensors(lambda: h5py.File(path, "r"), p, path, bounds.ceiling(p), model)
     with h5py.File(path, "r") as f:
         digest = f.attrs.get(DIGEST_ATTRIBUTE)
+        recorded = None
+        if TRANSFORM_ATTRIBUTE in f.attrs and f.attrs.get_id(TRANSFORM_ATTRIBUTE).shape == ():  # one value, no more
+            recorded = _recorded(bool(f.attrs[TRANSFORM_ATTRIBUTE]))
     loadable = path.name.endswith(".weights.h5")  # Keras's load_weights refuses other names
     native = (lambda q: _load_keras_weights(path, q, "", model() if q == p else None)) if loadable else None
-    return Raw(tensors, "canonical", [], native=native, digest=digest if isinstance(digest, str) else None)
+    return Raw(
+        tensors,
+        "canonical",
+        [],
+        native=native,
+        digest=digest if isinstance(digest, str) else None,
+        transform_input=recorded,
+    )
 
 
 DIGEST_ATTRIBUTE = "conformance_sha256"  # the suite's own .weights.h5: a digest of its tensors
+TRANSFORM_ATTRIBUTE = "conformance_transform_input"  # and the plan's transform_input, which Keras ignores
 
 
 def _write_keras_weights(params: Params, p: Plan) -> Written:
@@ -514,6 +562,7 @@ def _write_keras_weights(params: Params, p: Plan) -> Written:
     buffer = io.BytesIO(_keras_bytes(model, ".weights.h5"))
     with h5py.File(buffer, "r+") as f:
         f.attrs[DIGEST_ATTRIBUTE] = reading.tensor_digest(params)
+        f.attrs[TRANSFORM_ATTRIBUTE] = np.bool_(p.options.transform_input)
     return buffer.getvalue(), (b, model)
 
 
@@ -553,6 +602,8 @@ def _read_keras(path: Path, p: Plan) -> Raw:
         [],
         config=options,
         native=(lambda r: _load_keras(path, r, "", None)) if loadable else None,
+        transform_input=q.options.transform_input,
+        variant=q.variant.name,
     )
 
 
@@ -713,26 +764,41 @@ def _write_caffe(params: Params, p: Plan) -> Written:
     raise PortError("--to caffe: a .caffemodel is read, not written; write another format")
 
 
+# How a reader's process loads each written format: one line of Python, run as printed
+# (tests/test_port_transform.py runs each in a fresh process and wants stderr empty).
+_BUILT = "import {framework}; model = {framework}.build({build}); "
+_MXNET = "import numpy; numpy.bool = bool; import mxnet; "  # MXNet 1.9 uses the alias numpy 1.24 removed
+
 # fmt: off
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("safetensors", (".safetensors",), "canonical safetensors", None, ("safetensors",),
-           _read_safetensors, _write_safetensors, _load_by_name("safetensors"), checksum="digest"),
+           _read_safetensors, _write_safetensors, _load_by_name("safetensors"), checksum="digest",
+           loading="from conformance import canonical; " + _BUILT
+                   + "{framework}.from_canonical(model, canonical.load({path}))",
+           keeps_transform="its metadata"),
     Format("npz", (".npz",), "canonical numpy archive", None, ("npz",),
-           _read_npz, _write_npz, _load_by_name("npz"), checksum="zip CRC-32"),
+           _read_npz, _write_npz, _load_by_name("npz"), checksum="zip CRC-32",
+           loading="import numpy; " + _BUILT + "{framework}.from_canonical(model, dict(numpy.load({path})))",
+           keeps_transform="its zip comment"),
     Format("torch", (".pth", ".pt"), "PyTorch state_dict", "torch", ("torch", "pickle"),
-           _read_torch, _write_torch, _load_torch, checksum="zip CRC-32"),
+           _read_torch, _write_torch, _load_torch, checksum="zip CRC-32",
+           loading="import torch; " + _BUILT + "model.load_state_dict(torch.load({path}, weights_only=True))"),
     Format("keras-weights", (".weights.h5",), "Keras weights", "keras", ("hdf5",),
            _read_keras_weights, _write_keras_weights, _load_keras_weights, names=(".weights.h5",),
-           checksum="digest"),
+           checksum="digest", loading=_BUILT + "model.load_weights({path})",
+           keeps_transform="an attribute Keras ignores"),
     Format("keras", (".keras",), "Keras model", "keras", ("keras",),
            _read_keras, _write_keras, _load_keras, names=(".keras",), checksum="zip CRC-32",
-           loading="import impl_keras  (registers conformance>GoogLeNet and its layers, which the file names); "
-                   "keras.saving.load_model('{path}')"),
+           loading="import impl_keras, keras; model = keras.saving.load_model({path})  "
+                   "# impl_keras first: it registers the classes the file names and imports TensorFlow quietly",
+           keeps_transform="its config"),
     Format("mxnet", (".params",), "MXNet Gluon parameters", "mxnet", ("mxnet",),
-           _read_mxnet, _write_mxnet, _load_mxnet),
+           _read_mxnet, _write_mxnet, _load_mxnet, loading=_BUILT + "model.load_parameters({path})"),
     # Only by name (--to gluoncv): .params files are read whatever their naming.
     Format("gluoncv", (".params",), "GluonCV parameters", "mxnet", ("mxnet",),
-           _read_mxnet, _write_gluoncv, _load_by_name("gluoncv")),
+           _read_mxnet, _write_gluoncv, _load_by_name("gluoncv"),
+           loading=_MXNET + "arrays = mxnet.nd.load({path})  "
+                   "# GluonCV's names: gluoncv.model_zoo.googlenet().load_parameters(path) loads them"),
     # Read only: its tensors are built into the reference framework, as canonical files are.
     Format("caffe", (".caffemodel",), "Caffe model", None, ("caffe",),
            _read_caffe, _write_caffe, _load_by_name("caffe"), writable=False),
@@ -748,25 +814,37 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 FORMATS.update({f.name: f for f in (
     Format("onnx", (".onnx",), "ONNX model", "torch", ("onnx",),
            deploy.read_onnx, deploy.write_onnx, deploy.load_onnx,
-           loading="onnxruntime.InferenceSession('{path}'); input 'x' (NCHW), outputs 'logits' (, 'aux2', 'aux1')"),
+           loading="import onnxruntime; session = onnxruntime.InferenceSession({path}, "
+                   "providers=['CPUExecutionProvider'])  # input 'x' (NCHW), outputs 'logits' (, 'aux2', 'aux1')",
+           keeps_transform="the graph"),
     # Only by name (--to torchscript): .pt is a state_dict unless told.
     Format("torchscript", (".pt",), "TorchScript module", "torch", ("torchscript",),
            deploy.read_torchscript, deploy.write_torchscript, deploy.load_torchscript,
-           loading="torch.jit.load('{path}'); forward_stages(x, with_aux=True) gives the aux logits"),
+           loading="import torch; model = torch.jit.load({path})  "
+                   "# model.forward_stages(x, with_aux=True) gives the aux logits",
+           keeps_transform="the graph", readable=False),
     Format("exported", (".pt2",), "PyTorch ExportedProgram", "torch", ("exported",),
            deploy.read_exported, deploy.write_exported, deploy.load_exported,
-           loading="torch.export.load('{path}').module()(x)",
+           loading="import torch; model = torch.export.load({path}).module()",
            limits="aux heads: not in the graph (it returns the logits, as the model does in eval); "
-                  "their weights stay in its state_dict"),
+                  "their weights stay in its state_dict",
+           keeps_transform="the graph", readable=False),
+    # TensorFlow alone: the two variables keep its start-up lines (absl, oneDNN, CPU
+    # features) off stderr; TF_ENABLE_ONEDNN_OPTS=0 runs TensorFlow's own kernels.
     Format("savedmodel", (), "TensorFlow SavedModel", "keras", (),
            deploy.read_savedmodel, deploy.write_savedmodel, deploy.load_savedmodel,
-           loading="tf.saved_model.load('{path}').serve(x)  (NHWC; needs TensorFlow only)",
+           loading="import os; os.environ.update(TF_CPP_MIN_LOG_LEVEL='2', TF_ENABLE_ONEDNN_OPTS='0'); "
+                   "import tensorflow as tf; model = tf.saved_model.load({path})  # model.serve(x), x NHWC",
            layout="directory",
-           limits="weights: none under canonical names (a SavedModel keeps graph variables): its outputs prove it"),
+           limits="weights: none under canonical names (a SavedModel keeps graph variables): its outputs prove it",
+           keeps_transform="the graph", readable=False),
     Format("gluon-export", ("-symbol.json",), "Gluon exported model", "mxnet", ("mxnet-symbol",),
            deploy.read_gluon, deploy.write_gluon, deploy.load_gluon, names=("-symbol.json",),
-           loading="mxnet.gluon.SymbolBlock.imports('{path}', ['data'], '{params}')",
-           layout="pair", limits="aux heads: not in the pair (the inference graph returns the logits)"),
+           loading=_MXNET + "model = mxnet.gluon.SymbolBlock(mxnet.sym.load({path}), "
+                   "mxnet.sym.var('data', dtype='float32')); model.collect_params().load({params})  "
+                   "# the input's dtype given: SymbolBlock.imports leaves it open and warns",
+           layout="pair", limits="aux heads: not in the pair (the inference graph returns the logits)",
+           keeps_transform="the graph"),
 )})
 # fmt: on
 
