@@ -42,7 +42,12 @@ def add_parsers(sub: Any) -> None:
         "src", type=Path, metavar="SRC", help="checkpoint to read (a TensorFlow checkpoint by its prefix: model.ckpt)"
     )
     port.add_argument("dst", type=Path, metavar="DST", help="file to write (never overwritten without --force)")
-    port.add_argument("--variant", required=True, choices=list(spec.VARIANTS), help="the network the checkpoint holds")
+    port.add_argument(
+        "--variant",
+        default=None,
+        choices=list(spec.VARIANTS),
+        help="the network the checkpoint holds (default: the one its tensors fit, when only one does)",
+    )
     port.add_argument("--from", dest="src_format", choices=list(FORMATS), help="format of SRC (default: from its name)")
     port.add_argument(
         "--to",
