@@ -193,7 +193,7 @@ def test_a_bad_option_is_one_line_and_exit_2(name):
     [
         (["spec", "--batch", "2"], "python -m conformance spec: error: unrecognized arguments: --batch"),
         (["check", "--seed", "-1"], "argument --seed: expected a non-negative integer, got -1"),
-        (["port", "a.pth", "b.npz"], "the following arguments are required: --variant"),
+        (["port", "a.pth"], "the following arguments are required: DST"),
         (["frobnicate"], "python -m conformance: error: argument COMMAND: invalid choice: 'frobnicate'"),
     ],
 )

@@ -269,7 +269,7 @@ def test_cli_exit_codes_and_one_message(tmp_path, state):
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "'fc.bias' holds 1 NaN or Inf" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "b.npz").exists()
     r = port_cli(str(src), str(tmp_path / "b.npz"))
-    assert r.returncode == 2 and "--variant" in r.stderr  # required
+    assert r.returncode == 2 and "--variant" in r.stderr  # two variants fit its tensors: asked for
 
 
 def test_a_writer_that_crashes_is_a_failed_verification(tmp_path, state, monkeypatch):
