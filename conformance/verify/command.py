@@ -24,7 +24,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         sub,
         "verify",
         "check your own GoogLeNet against the suite's reference, stage by stage, and name the mistake",
-        "Run your PyTorch model (a module:callable, imported only now) and the suite's reference "
+        "Run your PyTorch, Keras or Gluon model (a module:callable, imported only now, or a saved "
+        "file) and the suite's reference "
         "of the variant its tensors fit on the same seeded inputs, compare every stage, and when "
         "one differs replay the pitfall catalogue with your weights to name the likely mistake.",
         [
@@ -41,8 +42,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     cmd.add_argument(
         "model",
         metavar="MODEL",
-        help="module:callable or path/to/file.py:callable returning a torch.nn.Module or a keras.Model "
-        "(imported only now), an ONNX file or a .keras file",
+        help="module:callable or path/to/file.py:callable returning a torch.nn.Module, a keras.Model or "
+        "a Gluon Block (imported only now); or an ONNX, .keras, TorchScript (.pt, .ts) or .pt2 file, "
+        "or a Gluon NAME-symbol.json beside its NAME-0000.params",
     )
     cmd.add_argument(
         "--variant",
