@@ -79,6 +79,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=64,
         action=arguments.Renamed,
         old=["--batch-size"],
+        metavar="BATCH",
         help="images per step, the global batch with --workers (default: 64; --batch-size: the old spelling)",
     )
     cmd.add_argument("--lr", type=_learning_rate, default=0.01, help="learning rate (default: 0.01)")
