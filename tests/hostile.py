@@ -117,10 +117,10 @@ def h5_path(key: str) -> str:
     """The HDF5 dataset holding canonical ``key`` in what Keras's ``save_weights``
     writes for ``VARIANT`` (Keras names a functional model's groups by layer class,
     ``layers/dense/vars/0``): taken from the suite's own probe of that layout."""
-    from conformance.formats import registry
+    from conformance.formats import base, keras_files
 
     p = spec.resolve(VARIANT)
-    layout = registry._keras_layout(p, lambda: registry.built("keras", p))
+    layout = keras_files._keras_layout(p, lambda: base.built("keras", p))
     return next(path for path, (k, _) in layout.items() if k == key)
 
 

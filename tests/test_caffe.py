@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conformance import canonical, spec
-from conformance.formats import naming, registry
+from conformance.formats import naming
 from conformance.formats.port import PortError, port, read_checkpoint
+from conformance.formats.sniff import sniff
 
 from . import caffe_files
 from .conftest import backend_or_skip, cli
@@ -68,7 +69,7 @@ def test_caffes_names_are_derived_from_the_plan_and_are_bvlc_googlenets():
 @pytest.mark.parametrize("layout", ["V1", "current"])
 def test_both_layer_formats_read_bit_for_bit(files, params, layout):
     checkpoint = read_checkpoint(files[layout], VARIANT)
-    assert checkpoint.format.name == "caffe" and registry.sniff(files[layout]) == "caffe"
+    assert checkpoint.format.name == "caffe" and sniff(files[layout]) == "caffe"
     assert checkpoint.plan.aux and checkpoint.params.keys() == params.keys()
     assert_holds(files[layout], params)
     fmt = "V1 layers" if layout == "V1" else "layer"

@@ -21,7 +21,8 @@ from conformance import canonical, spec
 from conformance.check.compare import REL_TOL
 from conformance.formats import deploy
 from conformance.formats.port import PortError, VerificationError, init, port, read_checkpoint
-from conformance.formats.registry import FORMATS, sniff
+from conformance.formats.registry import FORMATS
+from conformance.formats.sniff import sniff
 
 from .conftest import backend_or_skip, cli
 

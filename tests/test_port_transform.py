@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conformance import canonical, spec
-from conformance.formats import registry
+from conformance.formats import deploy, registry
 from conformance.formats.port import VerificationError, init, port, read_checkpoint
 
 from .conftest import ROOT, backend_or_skip, save_torch, torch_state
@@ -182,7 +182,7 @@ def test_negative_control_the_noisy_loads_fail_the_clean_run_check(written, name
     type"), ``import keras`` before ``impl_keras`` (TensorFlow's start-up lines)."""
     path, _ = _get(written, name)
     if name == "gluon-export":
-        params = registry.deploy.params_of(path)
+        params = deploy.params_of(path)
         mxnet = "import numpy; numpy.bool = bool; import mxnet"
         line = f"{mxnet}; mxnet.gluon.SymbolBlock.imports({str(path)!r}, ['data'], {str(params)!r})"
     else:

@@ -1,6 +1,7 @@
 """What every format module shares: the error a port refuses with, a file as read
 (:class:`Raw`), a format's entry (:class:`Format`), and the implementation packages a
-format reads, writes and loads with. The format modules and the registry build on it."""
+format reads, writes and loads with, and the loaders formats share. The format
+families' modules and the registry build on it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..canonical import Params, canonical_shapes
 from ..frameworks import load
 from ..reading import Tensor
 from ..spec import Plan
+from . import naming
 
 Native = tuple[Any, Any]  # (implementation package, model)
 # A file's bytes (or, for a directory or a pair of files, each file's bytes by relative
@@ -149,3 +151,32 @@ def meaningful(e: BaseException) -> str:
     useful = [line for line in lines if not line.startswith(noise) and not line[:1].isdigit()]
     checks = [line for line in useful if "Check failed" in line or "Error" in line]
     return ((checks or useful or lines or [""])[-1 if checks else 0])[:300]
+
+
+# How a reader's process loads each written format (``Format.loading``): one line of
+# Python, run as printed (tests/test_port_transform.py runs each in a fresh process and
+# wants stderr empty). A format loaded into a model its framework builds starts with
+# LOADING_BUILT; MXNet's start with LOADING_MXNET.
+LOADING_BUILT = "import {framework}; model = {framework}.build({build}); "
+LOADING_MXNET = "import numpy; numpy.bool = bool; import mxnet; "  # MXNet 1.9 uses the alias numpy 1.24 removed
+
+
+def wiped_model(framework: str, p: Plan, into: Native | None) -> Native:
+    """The model to load into, wiped to NaN first (saves building another)."""
+    b, model = into if into is not None else built(framework, p)
+    wipe(b, model, p)
+    return b, model
+
+
+def load_by_name(
+    read: Callable[[Path, Plan], Raw], framework: str | None
+) -> Callable[[Path, Plan, str, Native | None], Native]:
+    """Files of canonical tensors (or GluonCV's names): ``read`` them through the naming
+    table into ``framework`` (the reference one for canonical files, ``None``)."""
+
+    def load_named(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
+        raw = read(path, p)
+        tensors, _ = naming.to_canonical({k: t.load() for k, t in raw.tensors.items()}, raw.scheme, p)
+        return built(framework or reference, p, tensors)
+
+    return load_named

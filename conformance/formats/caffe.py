@@ -26,7 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..canonical import Params, canonical_shapes
 from ..reading import Damaged, Tensor
+from ..spec import LRN, Plan
+from . import bounds, naming
+from .base import Format, PortError, Raw, Written, load_by_name
 
 MAX_LAYER_NAME = 1024  # bytes; bvlc_googlenet's longest is 27
 NET_FIELDS = {0x0A, 0x12, 0x1A, 0x20, 0x22, 0x28, 0x32, 0x38, 0x42}  # NetParameter's tags, fields 1-8
@@ -273,3 +277,71 @@ def tensors(layers: list[Layer], expected: Mapping[str, tuple[int, ...]]) -> dic
                 raise Damaged(f"two layers named {layer.name!r} hold weights")
             out[key] = as_declared(t, legacy, expected.get(key))
     return out
+
+
+def _read_caffe(path: Path, p: Plan) -> Raw:
+    """A ``.caffemodel`` as the ``caffe`` format reads it (:func:`parse`): the file's
+    size checked against what the variant can hold before protobuf parses it, every
+    blob's declared shape before its values are copied."""
+    try:
+        from google.protobuf import message  # noqa: F401 - only to say how to install it
+    except ImportError:
+        raise PortError(f"{path}: reading a .caffemodel needs protobuf: pip install -e '.[caffe]'") from None
+    full = bounds.full(p)
+    try:
+        names = naming.caffe_names(full)
+    except naming.NamingError as e:
+        raise PortError(f"{path}: a .caffemodel holds Caffe's bvlc_googlenet (--variant googlenet_lrn); {e}") from None
+    shapes = canonical_shapes(full)
+    most = sum(8 * int(np.prod(s)) for s in shapes.values()) + (1 << 20)  # every blob float64, 1 MB of layers
+    try:
+        net, layer_format, layers = parse(path, most)
+    except TooLarge as e:
+        raise PortError(
+            f"{path}: {e.size:,} bytes is more than {p.variant.name} with {p.num_classes} classes can hold "
+            f"({most / 1e6:.0f} MB); pass --num-classes if it has more classes"
+        ) from None
+    weighted = sum(bool(layer.blobs) for layer in layers)
+    if not weighted:
+        raise PortError(
+            f"{path}: none of its {len(layers)} layers holds weights (a network description, or a 2013 Caffe file "
+            f"whose V0 layers keep them where this reader does not look)"
+        )
+    found = tensors(layers, {theirs: shapes[ours] for ours, theirs in names.items()})
+    bounds.check_sizes(path, found, bounds.ceiling(p))
+    _check_caffe_lrn(path, p, layers)
+    notes = [f"Caffe network {net!r}: {len(layers)} layers ({layer_format} format), {weighted} with weights"]
+    legacy = sum(t.where.startswith("legacy") for t in found.values())
+    if legacy:
+        notes.append(f"read {legacy} blobs in Caffe's legacy 4-D shape as the matrices and vectors they hold")
+    return Raw(found, "caffe", notes)
+
+
+def _check_caffe_lrn(path: Path, p: Plan, layers: list[Layer]) -> None:
+    """The file lists every layer of its network (Caffe writes them all): LRN layers say
+    which network it is, where the weights alone cannot (LRN has none)."""
+    lrn = [layer.name for layer in layers if layer.type.upper() == "LRN"]
+    wants = any(isinstance(stage, LRN) for stage in p.stages)
+    if lrn and not wants:
+        raise PortError(
+            f"{path}: its network has LocalResponseNorm layers ({', '.join(lrn)}): this is `googlenet_lrn`, "
+            f"not `{p.variant.name}`"
+        )
+    if wants and not lrn and any(not layer.blobs for layer in layers):
+        raise PortError(
+            f"{path}: its network lists its layers and has no LocalResponseNorm among them: "
+            f"this is not `{p.variant.name}` (`googlenet` is the paper network without LRN)"
+        )
+
+
+def _write_caffe(params: Params, p: Plan) -> Written:
+    raise PortError("--to caffe: a .caffemodel is read, not written; write another format")
+
+
+# fmt: off
+ENTRIES: tuple[Format, ...] = (
+    # Read only: its tensors are built into the reference framework, as canonical files are.
+    Format("caffe", (".caffemodel",), "Caffe model", None, ("caffe",),
+           _read_caffe, _write_caffe, load_by_name(_read_caffe, None), writable=False),
+)
+# fmt: on

@@ -39,7 +39,7 @@ from ..canonical import Params, canonical_shapes
 from ..reading import Tensor
 from ..spec import Plan, with_options
 from . import bounds, naming, onnxwire
-from .base import Native, PortError, Raw, Written, backend, built, meaningful
+from .base import LOADING_MXNET, Format, Native, PortError, Raw, Written, backend, built, meaningful
 from .gluon import read_params
 
 FRESH = Path(__file__).with_name("fresh.py")
@@ -522,3 +522,42 @@ def staged(dst: Path, layout: str, data: dict[str, bytes]) -> Iterator[Staged]:
 def describe(data: Any) -> int:
     """Bytes of a format's output: bytes, or the files of a directory or pair."""
     return len(data) if isinstance(data, bytes | bytearray) else sum(len(v) for v in data.values())
+
+
+# fmt: off
+ENTRIES: tuple[Format, ...] = (
+    Format("onnx", (".onnx",), "ONNX model", "torch", ("onnx",),
+           read_onnx, write_onnx, load_onnx,
+           loading="import onnxruntime; session = onnxruntime.InferenceSession({path}, "
+                   "providers=['CPUExecutionProvider'])  # input 'x' (NCHW), outputs 'logits' (, 'aux2', 'aux1')",
+           keeps_transform="the graph"),
+    # Only by name (--to torchscript): .pt is a state_dict unless told.
+    Format("torchscript", (".pt",), "TorchScript module", "torch", ("torchscript",),
+           read_torchscript, write_torchscript, load_torchscript,
+           loading="import torch; model = torch.jit.load({path})  "
+                   "# model.forward_stages(x, with_aux=True) gives the aux logits",
+           keeps_transform="the graph", readable=False),
+    Format("exported", (".pt2",), "PyTorch ExportedProgram", "torch", ("exported",),
+           read_exported, write_exported, load_exported,
+           loading="import torch; model = torch.export.load({path}).module()",
+           limits="aux heads: not in the graph (it returns the logits, as the model does in eval); "
+                  "their weights stay in its state_dict",
+           keeps_transform="the graph", readable=False),
+    # TensorFlow alone: the two variables keep its start-up lines (absl, oneDNN, CPU
+    # features) off stderr; TF_ENABLE_ONEDNN_OPTS=0 runs TensorFlow's own kernels.
+    Format("savedmodel", (), "TensorFlow SavedModel", "keras", (),
+           read_savedmodel, write_savedmodel, load_savedmodel,
+           loading="import os; os.environ.update(TF_CPP_MIN_LOG_LEVEL='2', TF_ENABLE_ONEDNN_OPTS='0'); "
+                   "import tensorflow as tf; model = tf.saved_model.load({path})  # model.serve(x), x NHWC",
+           layout="directory",
+           limits="weights: none under canonical names (a SavedModel keeps graph variables): its outputs prove it",
+           keeps_transform="the graph", readable=False),
+    Format("gluon-export", ("-symbol.json",), "Gluon exported model", "mxnet", ("mxnet-symbol",),
+           read_gluon, write_gluon, load_gluon, names=("-symbol.json",),
+           loading=LOADING_MXNET + "model = mxnet.gluon.SymbolBlock(mxnet.sym.load({path}), "
+                   "mxnet.sym.var('data', dtype='float32')); model.collect_params().load({params})  "
+                   "# the input's dtype given: SymbolBlock.imports leaves it open and warns",
+           layout="pair", limits="aux heads: not in the pair (the inference graph returns the logits)",
+           keeps_transform="the graph"),
+)
+# fmt: on

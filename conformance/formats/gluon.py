@@ -1,19 +1,36 @@
-"""Gluon's ``.params`` files, read bounded: the declared arrays are checked before MXNet
-reads the file (``save_parameters``' names, GluonCV's, or the Module API's ``arg:``)."""
+"""Gluon's ``.params`` files (``mxnet``: ``save_parameters`` / ``load_parameters``;
+``gluoncv``: GluonCV's names), read bounded: the declared arrays are checked before
+MXNet reads the file (``save_parameters``' names, GluonCV's, or the Module API's
+``arg:``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .. import reading
-from ..canonical import gluon_name
+from ..canonical import Params, gluon_name
 from ..reading import Tensor
 from ..spec import Plan
 from . import bounds, naming
-from .base import PortError, Raw, backend
+from .base import (
+    LOADING_BUILT,
+    LOADING_MXNET,
+    Format,
+    Native,
+    PortError,
+    Raw,
+    Written,
+    backend,
+    built,
+    load_by_name,
+    wiped_model,
+)
 
 
 def read_params(path: Path, p: Plan) -> Raw:
@@ -48,3 +65,56 @@ def read_params(path: Path, p: Plan) -> Raw:
         del tensors[k]
     notes = [f"dropped {len(dropped)} BatchNorm gammas Gluon keeps for a BatchNorm without scale (unused)"]
     return Raw(tensors, naming.detect(tensors), notes if dropped else [])  # "arg:" from the Module API removed
+
+
+@contextlib.contextmanager
+def _memory_file() -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """A path whose writes stay in memory, for writers that take only a path (MXNet):
+    a Linux memfd, else a file in the temporary directory. The disk is then written once,
+    by ``files.Temporary``, which handles a full one."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("conformance", os.MFD_CLOEXEC)
+        try:
+            yield f"/proc/self/fd/{fd}", lambda: os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory() as d:  # pragma: no cover - not Linux
+        path = Path(d) / "file"
+        yield str(path), path.read_bytes
+
+
+def _write_mxnet(params: Params, p: Plan) -> Written:
+    b, model = built("mxnet", p, params)
+    with _memory_file() as (path, contents):
+        model.save_parameters(path)
+        return contents(), (b, model)
+
+
+def _load_mxnet(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
+    b, model = wiped_model("mxnet", p, into)
+    model.load_parameters(str(path))  # strict: no missing, no extra parameter
+    return b, model
+
+
+def _write_gluoncv(params: Params, p: Plan) -> Written:
+    backend("mxnet")
+    import mxnet as mx
+
+    renamed = naming.from_canonical(params, "gluoncv", p)
+    with _memory_file() as (path, contents):
+        mx.nd.save(path, {k: mx.nd.array(v, dtype=np.float32) for k, v in renamed.items()})
+        return contents(), None
+
+
+# fmt: off
+ENTRIES: tuple[Format, ...] = (
+    Format("mxnet", (".params",), "MXNet Gluon parameters", "mxnet", ("mxnet",),
+           read_params, _write_mxnet, _load_mxnet, loading=LOADING_BUILT + "model.load_parameters({path})"),
+    # Only by name (--to gluoncv): .params files are read whatever their naming.
+    Format("gluoncv", (".params",), "GluonCV parameters", "mxnet", ("mxnet",),
+           read_params, _write_gluoncv, load_by_name(read_params, "mxnet"),
+           loading=LOADING_MXNET + "arrays = mxnet.nd.load({path})  "
+                   "# GluonCV's names: gluoncv.model_zoo.googlenet().load_parameters(path) loads them"),
+)
+# fmt: on

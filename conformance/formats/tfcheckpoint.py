@@ -14,14 +14,19 @@ Layouts are TensorFlow's: conv kernels (kh, kw, in, out), and TF-slim's classifi
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ..canonical import Params, canonical_shapes
+from ..frameworks import quiet_stderr
 from ..reading import Damaged, Tensor
 from ..spec import Plan
+from . import bounds, naming
+from .base import Format, PortError, Raw, Written, load_by_name
 
 INDEX_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # the table footer's last 8 bytes (LevelDB's)
 MAX_INDEX = 4 << 20  # TF-slim's inception_v1 index is ~20 KB (230 names, shapes and offsets)
@@ -165,3 +170,50 @@ def _loader(reader, name: str, convert: Callable, dtype: str) -> Callable[[], np
 def counter(t: Tensor) -> bool:
     """A scalar integer counter (``global_step``), not a weight."""
     return t.shape == () and isinstance(t.dtype, np.dtype) and t.dtype.kind in "iu"
+
+
+def _read_tf(path: Path, p: Plan) -> Raw:
+    """A TensorFlow checkpoint as the ``tf-checkpoint`` format reads it: the index's
+    declarations (:func:`declared`) and the shards' sizes (:func:`check_data`) checked
+    before any value is read."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the log
+    try:
+        with quiet_stderr():  # its absl and oneDNN lines, printed before its logging starts
+            import tensorflow  # noqa: F401 - only to say how to install it
+    except ImportError:
+        raise PortError(
+            f"{path}: reading a TensorFlow checkpoint needs tensorflow: pip install -e '.[keras]'"
+        ) from None
+    try:
+        names = naming.slim_names(p)
+    except naming.NamingError as e:
+        raise PortError(
+            f"{path}: a TensorFlow checkpoint is read as TF-slim's inception_v1 (--variant googlenet_slim); {e}"
+        ) from None
+    tensors = declared(path, p, {theirs: ours for ours, theirs in names.items()}, canonical_shapes(p))
+    counters = [k for k, t in tensors.items() if k in COUNTERS and counter(t)]
+    for k in counters:
+        del tensors[k]
+    bounds.check_sizes(path, tensors, bounds.ceiling(p))
+    missing = [f"{theirs!r} ({ours})" for ours, theirs in names.items() if theirs not in tensors]
+    if missing:  # named as the checkpoint names them; extra and mis-shaped ones as every format's are
+        more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
+        raise PortError(f"{path}: missing variable {', '.join(missing[:4])}{more}")
+    check_data(path, tensors)
+    notes = [f"TensorFlow checkpoint {path.name}: {len(tensors)} variables (the .meta graph is not read)"]
+    notes += [f"dropped {', '.join(counters)} (a training counter, not a weight)"] if counters else []
+    return Raw(tensors, "slim", notes)
+
+
+def _write_tf(params: Params, p: Plan) -> Written:
+    raise PortError("--to tf-checkpoint: a TensorFlow checkpoint is read, not written; write another format")
+
+
+# fmt: off
+ENTRIES: tuple[Format, ...] = (
+    # Read only, by its prefix (the .index and .data-* files), TF-slim's names.
+    Format("tf-checkpoint", (".ckpt", ".index"), "TensorFlow checkpoint", None, ("tf-checkpoint",),
+           _read_tf, _write_tf, load_by_name(_read_tf, None), writable=False,
+           checksum="CRC32C of each tensor (TensorFlow checks it)"),
+)
+# fmt: on

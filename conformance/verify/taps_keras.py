@@ -34,7 +34,8 @@ import numpy as np
 
 from .. import spec
 from ..formats import bounds
-from ..formats.registry import MAX_CONFIG, _h5_datasets, sniff
+from ..formats.keras_files import MAX_CONFIG, h5_datasets
+from ..formats.sniff import sniff
 from ..reading import Damaged, Tensor, check_crcs, read_member, zip_members
 from .pairing import CONV, DENSE, NORM, Layer
 from .taps import Event, Run
@@ -469,7 +470,7 @@ def _check_weights(path: Path, data: bytes, limit: bounds.Budget) -> None:
     try:
         with h5py.File(io.BytesIO(data), "r") as f:
             declared = {
-                name: Tensor(tuple(int(d) for d in ds.shape), ds.dtype, _refused) for name, ds in _h5_datasets(f)
+                name: Tensor(tuple(int(d) for d in ds.shape), ds.dtype, _refused) for name, ds in h5_datasets(f)
             }
     except OSError as e:
         raise Damaged(f"its {WEIGHTS} is not readable HDF5 ({e})") from None
