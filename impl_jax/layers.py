@@ -168,8 +168,8 @@ class Pool2D(nnx.Module):
         window, strides = (1, p.kernel, p.kernel, 1), (1, p.stride, p.stride, 1)
         if p.kind == "max":
             # reduce_window pads with its initial value: -inf, so a padded cell never wins
-            return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, window, strides, pads)
-        total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, window, strides, pads)  # zero padding
+            return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, window, strides, pads)
+        total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, strides, pads)  # zero padding
         cells = np.outer(avg_divisor(x.shape[1], p), avg_divisor(x.shape[2], p))
         return total / jnp.asarray(cells[None, :, :, None], x.dtype)
 
@@ -206,7 +206,7 @@ class LocalResponseNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         n = self.lrn.size
         pads = ((0, 0), (0, 0), (0, 0), (n // 2, (n - 1) // 2))
-        window = lax.reduce_window(jnp.square(x), jnp.array(0, x.dtype), lax.add, (1, 1, 1, n), (1, 1, 1, 1), pads)
+        window = lax.reduce_window(jnp.square(x), np.array(0, x.dtype), lax.add, (1, 1, 1, n), (1, 1, 1, 1), pads)
         return x / (self.lrn.k + self.lrn.alpha / n * window) ** self.lrn.beta
 
 
