@@ -60,12 +60,12 @@ class ResidualBlock(nnx.Module):
 
 
 class InceptionAux(nnx.Module):
-    def __init__(self, head: AuxUnit, dtype) -> None:
+    def __init__(self, head: AuxUnit, dtype, rngs: nnx.Rngs) -> None:
         self.pool = make_pool(head.pool)
         self.conv = BasicConv2d(head.conv, dtype)
         self.fc1 = make_dense(head.fc1.in_features, head.fc1.out_features, dtype)
         self.fc2 = make_dense(head.fc2.in_features, head.fc2.out_features, dtype)
-        self.dropout = nnx.Dropout(head.dropout, rngs=nnx.Rngs(dropout=0))
+        self.dropout = nnx.Dropout(head.dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         # aux1: N x 14 x 14 x 512, aux2: N x 14 x 14 x 528
@@ -98,13 +98,17 @@ class GoogLeNet(nnx.Module):
     def __init__(self, plan: Plan, dtype=jnp.float32) -> None:
         self.plan = plan
         self.dtype = jnp.dtype(dtype)
+        # one key stream for every dropout, as PyTorch's one generator: each draw takes the
+        # next key, so the aux heads' masks and the classifier's differ (own streams seeded
+        # alike would drop the same units of their equally wide inputs)
+        rngs = nnx.Rngs(dropout=0)
         for stage in plan.stages:  # conv1, maxpool1, ..., inception5b, in table order
             setattr(self, stage.name, make_stage(stage, dtype))
         for head in plan.aux:  # aux1, aux2
-            setattr(self, head.name, InceptionAux(head, dtype))
+            setattr(self, head.name, InceptionAux(head, dtype, rngs))
         # global average (a fixed 7x7 in GluonCV; none in Liu's nets)
         self.avgpool = None if plan.head_pool is None else make_pool(plan.head_pool)
-        self.dropout = nnx.Dropout(plan.dropout, rngs=nnx.Rngs(dropout=0))
+        self.dropout = nnx.Dropout(plan.dropout, rngs=rngs)
         setattr(self, plan.fc.name, make_dense(plan.fc.in_features, plan.fc.out_features, dtype))  # fc (l: Liu's)
 
     def forward_stages(self, x: jax.Array, with_aux: bool = False) -> dict[str, jax.Array]:

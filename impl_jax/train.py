@@ -168,5 +168,5 @@ class Trainer:
         self.trained |= set(state)
 
     def reseed(self, seed: int) -> None:
-        """Seed the random numbers of training (dropout): every Dropout's key stream."""
+        """Seed the random numbers of training (dropout): the model's one dropout key stream."""
         nnx.reseed(self.model, dropout=seed)

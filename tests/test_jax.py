@@ -157,3 +157,18 @@ def test_onnx_export_is_reported_unsupported_with_the_reason():
     model = impl_jax.build("inception_mnist")
     with pytest.raises(interface.Unsupported, match="exporter"):
         impl_jax.to_onnx(model, (1, 1, 28, 28), with_aux=False, every_stage=False)
+
+
+def test_dropouts_draw_from_one_stream_that_reseed_restarts():
+    """The aux heads' dropouts and the classifier's read equally wide inputs: streams of
+    their own seeded alike would drop the same units in each."""
+    model = impl_jax.build("googlenet", aux_logits=True)
+    trainer = impl_jax.Trainer(model, lr=0.01, momentum=0.9)
+    model.train()
+    x = jax.numpy.ones((2, 1024), model.dtype)
+    masks = [np.asarray(model.aux1.dropout(x)), np.asarray(model.aux2.dropout(x)), np.asarray(model.dropout(x))]
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[0], masks[2])
+    trainer.reseed(5)
+    first = np.asarray(model.dropout(x))
+    trainer.reseed(5)
+    assert np.array_equal(first, np.asarray(model.dropout(x)))
