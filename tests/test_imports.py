@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("conformance", "impl_torch", "impl_keras", "impl_mxnet")
+PACKAGES = ("conformance", "impl_torch", "impl_keras", "impl_mxnet", "impl_jax")
 
 # The documented order, lowest first: a module may import from its own layer or below.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("conformance.spec",),
     ("conformance.reading", "conformance.files", "conformance.world", "conformance.canonical", "conformance.progress"),
     ("conformance.interface", "conformance.frameworks", "conformance.limits"),
-    ("impl_torch", "impl_keras", "impl_mxnet"),
+    ("impl_torch", "impl_keras", "impl_mxnet", "impl_jax"),
     ("conformance.train",),
     ("conformance.check",),
     ("conformance.formats",),

@@ -1,4 +1,4 @@
-"""The three model files are mirrors: a reader puts them side by side and sees only
+"""The four model files are mirrors: a reader puts them side by side and sees only
 what a framework forces. These tests hold the parts a diff cannot show at a glance:
 the same classes and functions in the same order, the same methods (each framework's
 name for the forward pass), and a shape comment at the same places."""
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FRAMEWORKS = ("impl_torch", "impl_keras", "impl_mxnet")
-FORWARD = {"forward": "forward", "call": "forward", "hybrid_forward": "forward"}
+FRAMEWORKS = ("impl_torch", "impl_keras", "impl_mxnet", "impl_jax")
+FORWARD = {"forward": "forward", "call": "forward", "hybrid_forward": "forward", "__call__": "forward"}
 KERAS_ONLY = {"build", "get_config", "from_config"}  # Keras builds weights and serialises itself
 
 
@@ -46,22 +46,22 @@ def shape_comments(package: str) -> dict[str, int]:
 
 
 def test_model_files_define_the_same_classes_and_functions_in_the_same_order():
-    torch, keras, mxnet = (definitions(p, "model") for p in FRAMEWORKS)
-    assert torch == keras == mxnet
+    torch, keras, mxnet, jax = (definitions(p, "model") for p in FRAMEWORKS)
+    assert torch == keras == mxnet == jax
     assert torch[:3] == ["Inception", "ResidualBlock", "InceptionAux"] and torch[-1] == "GoogLeNet"
 
 
 def test_model_classes_have_the_same_methods():
-    torch, keras, mxnet = (methods(p) for p in FRAMEWORKS)
+    torch, keras, mxnet, jax = (methods(p) for p in FRAMEWORKS)
     # Gluon's hybrid_forward cannot return a dict of stages to an imperative caller; a
     # thin forward_stages runs it with mx.nd (the one framework-forced extra method).
     mxnet["GoogLeNet"] = [m for m in mxnet["GoogLeNet"] if m != "_stages"]
-    assert torch == keras == mxnet
+    assert torch == keras == mxnet == jax
 
 
 def test_shape_comments_sit_in_the_same_blocks():
     counts = [shape_comments(p) for p in FRAMEWORKS]
-    assert counts[0] == counts[1] == counts[2]
+    assert counts[0] == counts[1] == counts[2] == counts[3]
     assert counts[0]["GoogLeNet"] >= 5 and counts[0]["InceptionAux"] >= 5
 
 
