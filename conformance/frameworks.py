@@ -33,6 +33,10 @@ FRAMEWORKS: dict[str, tuple[str, str]] = {
     "keras": ("impl_keras", "pip install -e '.[keras]'"),
     "mxnet": ("impl_mxnet", "pip install -e '.[mxnet]'  (mxnet 1.9.1 needs numpy<2)"),
 }
+# Built-ins outside the default set: checked when asked for by name.
+OPTIONAL: dict[str, tuple[str, str]] = {
+    "jax": ("impl_jax", "pip install -e '.[torch,jax]' in a virtual environment of its own (docs/jax.md)"),
+}
 
 
 def usable_cores() -> int:
@@ -113,7 +117,7 @@ def parse(names: str | Iterable[str] | None, option: str = "--frameworks", extra
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(dict.fromkeys(names))
-    known = [*FRAMEWORKS, *(n for n in registered() if n not in FRAMEWORKS), *extra]
+    known = [*FRAMEWORKS, *OPTIONAL, *(n for n in registered() if n not in FRAMEWORKS and n not in OPTIONAL), *extra]
     unknown = [n for n in names if n not in known and not _MODULE.match(n)]
     if unknown or not names:
         raise ValueError(
@@ -131,16 +135,16 @@ def parse(names: str | Iterable[str] | None, option: str = "--frameworks", extra
 
 def load(names: Iterable[str]) -> tuple[dict[str, Backend], dict[str, str]]:
     """(backends that imported, {skipped name: why and how to install}), in the order
-    asked for. A built-in that is not installed is skipped with its install hint; a
-    registered or named plug-in that cannot be imported or breaks the interface
-    raises ValueError (it was asked for by name)."""
+    asked for. A built-in (default or optional) that is not installed is skipped with
+    its install hint; another registered or named plug-in that cannot be imported or
+    breaks the interface raises ValueError (it was asked for by name)."""
     backends: dict[str, Backend] = {}
     skipped: dict[str, str] = {}
     for name in dict.fromkeys(names):
-        if name not in FRAMEWORKS:
+        if name not in FRAMEWORKS and name not in OPTIONAL:
             backends[name] = plugin(name)
             continue
-        package, hint = FRAMEWORKS[name]
+        package, hint = {**FRAMEWORKS, **OPTIONAL}[name]
         try:
             found = importlib.import_module(registered().get(name, package))
         except (ImportError, OSError) as e:  # OSError: a wheel whose shared library is missing

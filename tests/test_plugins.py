@@ -134,3 +134,10 @@ def test_a_missing_function_is_named():
     package = _conforming()
     del package.Trainer
     assert interface.breaches(package) == ["has no `Trainer`"]
+
+
+def test_an_optional_built_in_that_is_not_installed_is_skipped_with_its_hint(monkeypatch):
+    monkeypatch.setitem(frameworks.OPTIONAL, "ghost", ("impl_ghost_not_here", "pip install ghost"))
+    assert frameworks.parse("torch,ghost") == ["torch", "ghost"]
+    backends, skipped = frameworks.load(["torch", "ghost"])
+    assert list(backends) == ["torch"] and "install with: pip install ghost" in skipped["ghost"]
