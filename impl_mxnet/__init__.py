@@ -94,9 +94,8 @@ def _dtype(model: GoogLeNet) -> np.dtype:
 class _Hybrid:
     """The model's graph with some outputs, hybridized in a SymbolBlock that shares the
     model's parameters (so it sees their updates) but does not hold the model. A
-    SymbolBlock outlives its last Python reference in Gluon 1.9 (measured: the 1.1 GB of
-    static memory of googlenet_cifar's stages at 239 stayed), so when this goes it drops
-    the block's graph and memory."""
+    SymbolBlock outlives its last Python reference in Gluon 1.9 (its static memory stays
+    with it), so when this goes it drops the block's graph and memory."""
 
     def __init__(self, model: GoogLeNet, with_aux: bool, every_stage: bool) -> None:
         data = mx.sym.var("data", dtype=_dtype(model))
@@ -104,9 +103,8 @@ class _Hybrid:
         names = interface.output_names(model.plan, with_aux, every_stage)
         self.block = mx.gluon.SymbolBlock(mx.sym.Group([out[k] for k in names]), data, params=model.collect_params())
         # Static memory and shapes: Gluon plans the graph's memory once. Not for every stage:
-        # that plan keeps all of them besides what it works in (measured at googlenet_cifar
-        # 239, batch 2: 1.2 GB above the outputs' 0.35 GB, against 0.6 GB without), and
-        # the plan changes no operator.
+        # that plan keeps all of them besides what it works in (about twice the memory
+        # above the outputs), and the plan changes no operator.
         static = not every_stage
         self.block.hybridize(static_alloc=static, static_shape=static)
         weakref.finalize(self, self.block.hybridize, False)

@@ -190,7 +190,7 @@ def run(
     reports = []
     map_large_blocks()
     # What exists now (the frameworks' half a million objects) is left out of the garbage
-    # collections release() makes, which then take milliseconds instead of 0.3 s each.
+    # collections release() makes, which then need not walk them each time.
     gc.freeze()
     try:
         for v in variants:

@@ -49,7 +49,7 @@ from .data import DataError, MaxItems, Split, load_idx, prepare, synthetic
 MAX_EPOCHS = 10_000
 STATE_FORMAT = "googlenet-train-state"
 # Training holds every image prepared (float32 at the variant's size) in memory: beyond
-# this, --limit. Fashion-MNIST at googlenet_d2l's 96 x 96 takes 2.6 GB.
+# this, --limit (a full Fashion-MNIST at googlenet_d2l's 96 x 96 fits; docs/limits.md).
 MAX_PREPARED = 4 << 30
 # float32 copies of an image at its file's size that preparing it holds at once (the
 # conversion and the normalisation), before the resize to the variant's size.
