@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,16 @@ from ..spec import ConvUnit, Dense, InceptionBlock, Plan, ResidualUnit
 
 CONV, NORM, DENSE = "conv", "norm", "dense"
 NORM_ROLES = ("weight", "bias", "running_mean", "running_var")
+
+
+def kind_of(tensors: Mapping[str, Any]) -> str | None:
+    """A layer's kind from its tensors, in the canonical roles every adapter names them
+    by (any array with a ``shape``): BatchNorm's statistics, else a 4-D or 2-D weight."""
+    if "running_mean" in tensors and "running_var" in tensors:
+        return NORM
+    weight = tensors.get("weight")
+    rank = None if weight is None else len(weight.shape)
+    return CONV if rank == 4 else DENSE if rank == 2 else None
 
 
 class PairingError(ValueError):

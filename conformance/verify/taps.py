@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .pairing import CONV, DENSE, NORM, Layer
+from .pairing import Layer, kind_of
 
 FRAMEWORK = "torch"
 
@@ -41,17 +41,6 @@ def _direct(module: nn.Module) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {k: v for k, v in module.named_parameters(recurse=False) if v is not None}
     tensors.update({k: v for k, v in module.named_buffers(recurse=False) if v is not None})
     return {k: v for k, v in tensors.items() if k != "num_batches_tracked"}
-
-
-def _kind(tensors: Mapping[str, torch.Tensor]) -> str | None:
-    if "running_mean" in tensors and "running_var" in tensors:
-        return NORM
-    weight = tensors.get("weight")
-    if weight is not None and weight.ndim == 4:
-        return CONV
-    if weight is not None and weight.ndim == 2:
-        return DENSE
-    return None
 
 
 @contextlib.contextmanager
@@ -103,7 +92,7 @@ def records(model: nn.Module, order: Sequence[str]) -> list[Layer]:
     out = []
     for name in [*(n for n in order if n in found), *(n for n in found if n not in order)]:
         tensors = _direct(found[name])
-        kind = _kind(tensors) or type(found[name]).__name__
+        kind = kind_of(tensors) or type(found[name]).__name__
         prefix = f"{name}." if name else ""
         out.append(
             Layer(

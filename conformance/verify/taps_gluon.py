@@ -37,7 +37,7 @@ from .. import reading
 from ..formats import bounds, deploy
 from ..formats.base import PortError, backend
 from . import taps_onnx
-from .pairing import CONV, DENSE, NORM, Layer
+from .pairing import CONV, DENSE, NORM, Layer, kind_of
 from .taps import Event, Run
 
 FRAMEWORK = "gluon"
@@ -158,17 +158,6 @@ def _blocks(block: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield from _blocks(child, f"{prefix}.{name}" if prefix else name)
 
 
-def _kind(tensors: Mapping[str, np.ndarray]) -> str | None:
-    if "running_mean" in tensors and "running_var" in tensors:
-        return NORM
-    weight = tensors.get("weight")
-    if weight is not None and weight.ndim == 4:
-        return CONV
-    if weight is not None and weight.ndim == 2:
-        return DENSE
-    return None
-
-
 def _own(name: str, block: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """A block's own parameters by role (weight, bias, running_mean, running_var) and
     the user's key of each; a BatchNorm's gamma left out where it is fixed at 1."""
@@ -221,7 +210,7 @@ def _eager_layers(model: Any, x: np.ndarray) -> list[Layer]:
         out.append(
             Layer(
                 name or type(model).__name__,
-                _kind(tensors) or type(block).__name__,
+                kind_of(tensors) or type(block).__name__,
                 tensors,
                 keys,
                 name in order,
@@ -349,7 +338,9 @@ def _symbol_layers(model: Any) -> list[Layer]:
     for name, block in _blocks(model):
         if block._reg_params and not any(p.name in seen for p in block._reg_params.values()):
             tensors, keys = _own(name, block)
-            out.append(Layer(name, _kind(tensors) or type(block).__name__, tensors, keys, False, type(block).__name__))
+            out.append(
+                Layer(name, kind_of(tensors) or type(block).__name__, tensors, keys, False, type(block).__name__)
+            )
     return out
 
 

@@ -37,7 +37,7 @@ from ..formats import bounds
 from ..formats.keras_files import MAX_CONFIG, h5_datasets
 from ..formats.sniff import sniff
 from ..reading import Damaged, Tensor, check_crcs, read_member, zip_members
-from .pairing import CONV, DENSE, NORM, Layer
+from .pairing import Layer, kind_of
 from .taps import Event, Run
 
 FRAMEWORK = "keras"
@@ -146,14 +146,6 @@ def _to_keras(
         rows = value.reshape(shape[1], shape[0])
         return (rows if hwc is None else rows[:, _hwc_order(hwc)]).T
     return value.reshape(shape)
-
-
-def _kind(tensors: Mapping[str, Any]) -> str | None:
-    if "running_mean" in tensors and "running_var" in tensors:
-        return NORM
-    weight = tensors.get("weight")
-    ndim = None if weight is None else len(weight.shape)
-    return CONV if ndim == 4 else DENSE if ndim == 2 else None
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -289,7 +281,7 @@ def layers(model: Any, x: np.ndarray) -> list[Layer]:
         out.append(
             Layer(
                 path,
-                _kind(tensors) or type(found[path]).__name__,
+                kind_of(tensors) or type(found[path]).__name__,
                 tensors,
                 {role: f"{path}/{v.name}" for role, v in variables.items()},
                 path in order,
