@@ -21,6 +21,8 @@ parameter's dtype is fixed when it is created.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,22 +87,27 @@ def conv_padding(u: ConvUnit) -> str | list[tuple[int, int]]:
     return "SAME" if u.same else [(u.padding, u.padding)] * 2
 
 
+def conv_options(u: ConvUnit, dtype) -> dict[str, Any]:
+    """``nnx.Conv``'s arguments for a unit: zeros until the canonical weights arrive."""
+    return {
+        "in_features": u.in_channels,
+        "out_features": u.out_channels,
+        "kernel_size": (u.kernel, u.kernel),
+        "strides": u.stride,
+        "padding": conv_padding(u),
+        "use_bias": u.bias,
+        "dtype": dtype,
+        "param_dtype": dtype,
+        "kernel_init": nnx.initializers.zeros,
+        "rngs": _rngs(),
+    }
+
+
 class BasicConv2d(nnx.Module):
     """conv -> [BatchNorm] -> [ReLU]."""
 
     def __init__(self, u: ConvUnit, dtype) -> None:
-        self.conv = nnx.Conv(
-            u.in_channels,
-            u.out_channels,
-            (u.kernel, u.kernel),
-            strides=u.stride,
-            padding=conv_padding(u),
-            use_bias=u.bias,
-            dtype=dtype,
-            param_dtype=dtype,
-            kernel_init=nnx.initializers.zeros,
-            rngs=_rngs(),
-        )
+        self.conv = nnx.Conv(**conv_options(u, dtype))
         self.bn = None if u.norm is None else make_norm(u.out_channels, u.norm, dtype)
         self.relu = u.relu
 
@@ -116,18 +123,7 @@ class PlainConv2d(nnx.Conv):
     with the ReLU its unit asks for."""
 
     def __init__(self, u: ConvUnit, dtype) -> None:
-        super().__init__(
-            u.in_channels,
-            u.out_channels,
-            (u.kernel, u.kernel),
-            strides=u.stride,
-            padding=conv_padding(u),
-            use_bias=u.bias,
-            dtype=dtype,
-            param_dtype=dtype,
-            kernel_init=nnx.initializers.zeros,
-            rngs=_rngs(),
-        )
+        super().__init__(**conv_options(u, dtype))
         self.relu = u.relu
 
     def __call__(self, x: jax.Array) -> jax.Array:
