@@ -40,46 +40,24 @@ def run(site: Path, *args: str, timeout: float = 600) -> subprocess.CompletedPro
     )
 
 
+def check(site: Path, frameworks: str, *options: str) -> subprocess.CompletedProcess:
+    return run(site, "-m", "conformance", "check", "--frameworks", frameworks, "--variant", "googlenet", *options)
+
+
 def test_an_installed_plugin_is_found_by_its_entry_point_and_passes_the_check(site):
-    r = run(
-        site,
-        "-m",
-        "conformance",
-        "check",
-        "--frameworks",
-        "torch,demo",
-        "--variant",
-        "googlenet",
-        "--input-size",
-        "224",
-        "--batch",
-        "1",
-    )
+    r = check(site, "torch,demo", "--input-size", "224", "--batch", "1")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo 0.1.0 on torch" in r.stdout and "PASS: all" in r.stdout
 
 
 def test_a_plugin_with_floor_pooling_fails_the_stage_check(site):
-    r = run(site, "-m", "conformance", "check", "--frameworks", "torch,demo-floor", "--variant", "googlenet")
+    r = check(site, "torch,demo-floor")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "FAIL" in r.stdout and "maxpool1" in r.stdout
 
 
 def test_a_module_path_is_a_plugin_too(site):
-    r = run(
-        site,
-        "-m",
-        "conformance",
-        "check",
-        "--frameworks",
-        "torch,googlenet_plugin_demo",
-        "--variant",
-        "googlenet",
-        "--input-size",
-        "224",
-        "--batch",
-        "1",
-    )
+    r = check(site, "torch,googlenet_plugin_demo", "--input-size", "224", "--batch", "1")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -92,7 +70,7 @@ def test_a_module_path_is_a_plugin_too(site):
     ],
 )
 def test_a_module_that_is_not_a_backend_is_refused_in_one_line(site, name, says):
-    r = run(site, "-m", "conformance", "check", "--frameworks", name, "--variant", "googlenet")
+    r = check(site, name)
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "--frameworks" in r.stderr
     assert says in r.stderr, r.stderr
