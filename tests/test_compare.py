@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.check.compare import REL_TOL, agreement, identical
+from conformance.check.compare import REL_TOL, agreement, identical, percent
 
 
 def logits(seed=0, n=4, classes=1000):
@@ -89,3 +89,24 @@ def test_block_by_block_comparison_is_the_whole_arrays_and_keeps_nan(monkeypatch
         broken[2, 4, 3] = bad  # in the last block
         b = agreement(ref, broken)
         assert not b.passed and not np.isfinite(b.max_abs)
+
+
+def test_a_tie_within_round_off_ranked_the_other_way_is_no_disagreement():
+    # 20,000 images at inception_mnist's seeded weights: one image's third and fourth
+    # classes were 6.7e-6 apart, and channels_last ranked them the other way
+    x = np.zeros((2, 10), np.float32)
+    x[:, :6] = [16.0, 2.85, 2.1446242, 2.144631, -1.8, -5.0]
+    y = x.copy()
+    y[0, 2], y[0, 3] = x[0, 3], x[0, 2]
+    a = agreement(x, y, logits=True)
+    assert a.passed and (a.top1, a.top5, a.ties) == (1.0, 1.0, 1)
+    # negative control: the same swap between classes further apart than round-off
+    y[1, 1], y[1, 2] = x[1, 2] + 1e-2, x[1, 1] - 1e-2
+    b = agreement(x, y, logits=True, rel_tol=1.0)
+    assert not b.passed and b.top5 == 0.5 and b.ties == 1
+
+
+def test_a_disagreement_never_shows_as_100_percent():
+    assert percent(19_999 / 20_000) == "99.99%"
+    assert percent(1 / 20_000) == "0.01%"
+    assert (percent(1.0), percent(0.0), percent(0.5)) == ("100%", "0%", "50%")

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 from ..files import atomic_write, finite
-from .compare import Agreement
+from .compare import Agreement, percent
 from .results import Report, SizeReport, StageRow, TrainRow, VariantReport
 from .training import TRAIN_DTYPE, TRAIN_LR, TRAIN_MOMENTUM
 
@@ -83,7 +83,8 @@ def _stage_lines(row: StageRow, runs: list[str]) -> list[str]:
 def _topk(a: Agreement | None) -> str:
     if a is None or a.top1 is None or a.top5 is None:
         return ""
-    return f"top-1/5 {a.top1:.0%}/{a.top5:.0%}"
+    ties = f" ({a.ties} tied)" if a.ties else ""
+    return f"top-1/5 {percent(a.top1)}/{percent(a.top5)}{ties}"
 
 
 def _table(rows: list[StageRow], runs: list[str], versus: str, width: int) -> list[str]:
