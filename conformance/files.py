@@ -1,6 +1,6 @@
 """File output: every file the suite writes goes through here.
 
-What it promises (the README's "What the suite promises about files"):
+What it promises (`docs/files.md`, "What the suite promises about files"):
 
 * An output path is checked before any work (:func:`check_output`): only an absent
   path or a regular file (with ``force``) is ever replaced, never a directory, FIFO,

@@ -8,7 +8,7 @@ Mirrors ``impl_torch/train.py``. What differs, and why:
 * Training mode is ``autograd.record()``: inside it BatchNorm uses batch statistics and
   Dropout drops; ``trainer.step(1)`` because the loss is already a batch mean.
 * The step runs the hybridized network (one cached graph: up to 1.4 times faster on
-  ``inception_mnist``, as fast on the large nets; the README's Benchmarks) unless
+  ``inception_mnist``, as fast on the large nets; docs/benchmarks.md) unless
   ``record`` asks for BatchNorm's batch statistics, which only an imperative run hands
   back, as Keras's ``record`` runs eagerly.
 """

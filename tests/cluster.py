@@ -1,7 +1,7 @@
 """The README's cluster commands ("Training on more than one machine"), run on two hosts
 (``tests/netns.py``): what each host runs, and the run's outcome.
 
-The commands are the README's, with HOST0 and HOST1 the namespaces' addresses, one
+The commands are docs/two_hosts.md's, with HOST0 and HOST1 the namespaces' addresses, one
 worker per host (two cores), ``googlenet_d2l`` and a small generated set:
 
 * PyTorch: ``torchrun --nnodes 2 --nproc_per_node 1 --rdzv-backend c10d
@@ -40,7 +40,7 @@ from .netns import Host, wait_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "googlenet_d2l"
-PORT = 29500  # the README's ports: one address per namespace, so nothing else holds them
+PORT = 29500  # docs/two_hosts.md's ports: one address per namespace, so nothing else holds them
 TF_PORT = 12345
 PS_PORT = 9091
 FRAMEWORKS = ("torch", "keras", "mxnet")
@@ -98,7 +98,7 @@ def environment() -> dict[str, str]:
 
 
 def commands(framework: str, hosts: Sequence[Host], job: Job, out: Path, resume: bool) -> list[Command]:
-    """What each host runs for ``framework`` (the README's cluster command)."""
+    """What each host runs for ``framework`` (docs/two_hosts.md's cluster command)."""
     host0 = hosts[0].address
     env = environment()
     train = [[*job.train(framework, out, resume), "--workers", "2", "--timeout", f"{job.timeout:g}"] for i in (0, 1)]
@@ -108,7 +108,7 @@ def commands(framework: str, hosts: Sequence[Host], job: Job, out: Path, resume:
         # the worker arguments after "-m conformance", as torchrun passes them on
         return [Command(i, f"torchrun on host{i}", (*run, "-m", *train[i][2:]), env) for i in (0, 1)]
     if framework == "keras":
-        cluster = [f"host{i}:{TF_PORT}" for i in (0, 1)]  # the README's names: each host's /etc/hosts has them
+        cluster = [f"host{i}:{TF_PORT}" for i in (0, 1)]  # docs/two_hosts.md's names: each host's /etc/hosts has them
         return [
             Command(
                 i,

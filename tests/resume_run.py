@@ -3,7 +3,7 @@ mid-epoch (as SIGINT would) then resumed with ``resume=True``. Run in-process by
 tests/test_resume.py (``inception_mnist``), or as ``python -m tests.resume_run FRAMEWORK
 [VARIANT]`` in a fresh process, where the framework is imported with its reproducible
 settings (Keras: oneDNN off); ``googlenet_cifar`` (dropout 0.4, BatchNorm) takes
-minutes on two cores, so it is run by hand (figures in the README)."""
+minutes on two cores, so it is run by hand (figures in `docs/training.md`)."""
 
 from __future__ import annotations
 
