@@ -1,4 +1,4 @@
-"""The README's cluster commands ("Training on more than one machine"), run on two hosts
+"""docs/two_hosts.md's cluster commands, run on two hosts
 (``tests/netns.py``): what each host runs, and the run's outcome.
 
 The commands are docs/two_hosts.md's, with HOST0 and HOST1 the namespaces' addresses, one
@@ -393,7 +393,7 @@ def parity_run(
     limit: float = 900,
     reference: Path | None = None,
 ) -> ParityRun:
-    """The README's cluster command on both hosts and the same train in one process
+    """docs/two_hosts.md's cluster command on both hosts and the same train in one process
     (in ``reference``, default ``tmp/single``): loss and weights after ``job``'s steps."""
     outcome = run(framework, hosts, job, tmp / "runs", tmp, limit)
     reference = reference or tmp / "single"
