@@ -32,11 +32,7 @@ from jax import lax
 from conformance.spec import LRN, AdaptiveAvgPool, BatchNorm, ConvUnit, Op, Pool, PoolUnit, adaptive_windows, pool_out
 from conformance.spec import same_pads as tf_same_pads
 
-
-class Recorded(nnx.Variable):
-    """A batch statistic kept for the training-parity check (``Trainer(record=True)``):
-    state of the model, so it leaves a jitted step with it, but neither a parameter nor a
-    running statistic."""
+from .engine import Recorded
 
 
 def _rngs() -> nnx.Rngs:
@@ -58,7 +54,7 @@ class BatchNormalization(nnx.Module):
         self.mean = nnx.BatchStat(jnp.zeros((channels,), dtype))
         self.var = nnx.BatchStat(jnp.ones((channels,), dtype))
         self.use_running_average = True  # Module.train() / eval() switch it
-        self.batch_mean: Recorded | None = None  # set by Trainer(record=True)
+        self.batch_mean: Recorded | None = None  # set by engine.BatchStats
         self.batch_var: Recorded | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:

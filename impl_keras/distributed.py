@@ -39,7 +39,7 @@ from conformance.spec import aux_admits
 from conformance.world import FAULTS, World, WorldError
 
 from . import train
-from .layers import op_determinism
+from .engine import op_determinism
 from .model import GoogLeNet
 
 ENGINE = (
@@ -230,9 +230,7 @@ class Trainer(train.Trainer):
         variables = train.trained_variables(self.model, with_aux)
         with tf.GradientTape() as tape:
             out = self.model.forward_stages(x, with_aux=with_aux, training=True)
-            loss = train.cross_entropy(y, out["logits"])
-            for head in self.model.plan.aux if with_aux else ():
-                loss = loss + self.aux_weight * train.cross_entropy(y, out[head.name])
+            loss = self.loss(out, y, with_aux)
             share = loss * keras.ops.cast(weight, loss.dtype)  # this shard's part of the global mean
             # Keras's scale_loss_for_distribution: 1 / N, as the optimizer sums (fault "sum": not)
             scaled = share if self.fault == "sum" else share / self.world.workers

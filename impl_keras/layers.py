@@ -23,9 +23,7 @@ layers above are registered with Keras (``conformance>Pool2D``, ...) with their 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -44,6 +42,8 @@ from conformance.spec import (
     op_chw,
     pool_out,
 )
+
+from .engine import all_reduce_sum, replica_id
 
 
 def init() -> keras.initializers.Initializer:
@@ -87,7 +87,7 @@ class BatchNorm(layers.BatchNormalization):
     the unbiased one, n / (n - 1) times larger (n = N x H x W). At a 4 x 4 map and batch 2
     that is 3%, so the canonical checkpoint's statistics would drift apart in training."""
 
-    record = False  # the training-parity check sets it: keep the last batch statistics
+    record = False  # engine.BatchStats sets it on each instance: keep the last batch statistics
 
     def call(self, x, training=None, mask=None):
         if not (training and self.trainable):
@@ -115,27 +115,6 @@ class BatchNorm(layers.BatchNormalization):
         if "_replica_stats" not in self.__dict__:
             object.__setattr__(self, "_replica_stats", {})  # plain dict: tensors, nothing to track
         return self.__dict__["_replica_stats"]
-
-
-# tf.distribute's replica context (public API): outside any strategy it is the default
-# strategy's, one replica whose id is 0.
-def replica_id() -> int:
-    """The id of the tf.distribute replica running the caller (0 outside a strategy)."""
-    import tensorflow as tf
-
-    ctx = tf.distribute.get_replica_context()
-    rid = 0 if ctx is None else ctx.replica_id_in_sync_group
-    return int(rid if isinstance(rid, int) else tf.get_static_value(rid))
-
-
-def all_reduce_sum(value):
-    """``value`` summed over the replicas in sync (itself outside a strategy)."""
-    import tensorflow as tf
-
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return value
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
 class BasicConv2d(layers.Layer):
@@ -408,49 +387,3 @@ class Sequential(layers.Layer):
 def make_chain(ops_: tuple[Op, ...], name: str, dtype=None) -> layers.Layer:
     """A single op stands alone (``branch1.conv``); a chain is numbered (``branch2.0.conv``)."""
     return make_op(ops_[0], dtype) if len(ops_) == 1 else Sequential(ops_, name, dtype)
-
-
-# Keras keeps no public walk over nested layers: ``Layer._flatten_layers`` is what
-# ``Model.layers`` and saving use. This is the suite's one call into it.
-def walk(model: layers.Layer) -> Iterator[layers.Layer]:
-    """Every layer in the model's tree, the model included."""
-    return model._flatten_layers(include_self=True, recursive=True)
-
-
-# Keras's SGD keeps its momentums in a list indexed as the variables it was built with
-# (``SGD.momentums``, ``Optimizer._get_variable_index``), and each Dropout draws from its
-# own ``SeedGenerator`` (``Dropout.seed_generator``), whose state is a variable. The
-# trainer's state and reseeding go through these two functions.
-def momentums(optimizer: keras.optimizers.Optimizer, variables: list) -> list[tuple]:
-    """(variable, its momentum variable) for each of ``variables``; builds the optimizer
-    if no step has yet (a resumed run sets the momentums before its first step)."""
-    if not optimizer.built:
-        optimizer.build(variables)
-    moms = getattr(optimizer, "momentums", [])
-    return [(v, moms[optimizer._get_variable_index(v)]) for v in variables] if moms else []
-
-
-def reseed_dropout(model: layers.Layer, seed: int) -> None:
-    """Give every Dropout's seed generator a state drawn from ``seed`` (and its place)."""
-    droppers = [layer for layer in walk(model) if getattr(layer, "seed_generator", None) is not None]
-    states = np.random.SeedSequence(seed).generate_state(len(droppers))
-    for layer, state in zip(droppers, states, strict=True):
-        generator = layer.seed_generator
-        generator.state.assign(np.array([state, 0]).astype(generator.state.dtype))
-
-
-@contextlib.contextmanager
-def op_determinism(on: bool) -> Iterator[None]:
-    """TensorFlow's op determinism while the block runs, then as it was. TensorFlow
-    offers only ``enable_op_determinism`` (process-wide, for good); the switch back is
-    ``tensorflow.python.framework.config.disable_op_determinism``."""
-    from tensorflow.python.framework import config
-
-    was = config.is_op_determinism_enabled()
-    if on and not was:
-        config.enable_op_determinism()
-    try:
-        yield
-    finally:
-        if on and not was:
-            config.disable_op_determinism()

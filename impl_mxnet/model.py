@@ -4,7 +4,7 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
 
 * ``hybrid_forward(F, x)``: ``F`` is ``mx.nd`` when run imperatively and ``mx.sym``
   once hybridized, so every op goes through ``F``. ``hybridize()`` traces it once; the
-  network's base (``layers.Network``) traces it again when the training mode changes, so
+  network's base (``engine.Network``) traces it again when the training mode changes, so
   its aux heads run in training only, as torchvision's, and ``export`` writes the
   inference graph.
 * Training mode is not a flag on the model: inside ``autograd.record()`` BatchNorm
@@ -24,7 +24,8 @@ from mxnet.gluon import nn
 
 from conformance.spec import LRN, AuxUnit, InceptionBlock, Plan, ReLU, ResidualUnit, Stage
 
-from .layers import BasicConv2d, Network, make_chain, make_lrn, make_op, make_pool, make_relu
+from .engine import Network
+from .layers import BasicConv2d, make_chain, make_lrn, make_op, make_pool, make_relu
 
 
 class Inception(nn.HybridBlock):

@@ -12,7 +12,7 @@ import numpy as np
 from conformance.canonical import CanonicalError, canonical_shapes, gluon_name, validate
 from conformance.spec import Plan
 
-from .layers import structural_params
+from .engine import structural_params
 
 
 def located(model, p: Plan) -> list[tuple[str, mx.gluon.Parameter]]:

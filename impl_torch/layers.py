@@ -102,10 +102,3 @@ def make_op(op: Op) -> nn.Module:
 def make_chain(ops: tuple[Op, ...]) -> nn.Module:
     """A single op stands alone (``branch1.conv``); a chain is numbered (``branch2.0.conv``)."""
     return make_op(ops[0]) if len(ops) == 1 else nn.Sequential(*map(make_op, ops))
-
-
-# PyTorch keeps no public record of a tensor's writes: ``Tensor._version``, which counts
-# every in-place change (what autograd checks), is the suite's one call into it.
-def weights_version(model: nn.Module) -> tuple[tuple[int, int], ...]:
-    """Changes whenever a weight or statistic of ``model`` is written or replaced."""
-    return tuple((id(t), t._version) for t in model.state_dict(keep_vars=True).values())

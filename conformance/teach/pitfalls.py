@@ -178,7 +178,8 @@ def _same_max_pool(x: Any) -> Any:
 
 
 def _keras_same(model: Any) -> None:
-    from impl_keras.layers import BasicConv2d, Pool2D, walk
+    from impl_keras.engine import walk
+    from impl_keras.layers import BasicConv2d, Pool2D
 
     for layer in list(walk(model)):
         if isinstance(layer, BasicConv2d) and _same_targets(layer.unit):
@@ -215,7 +216,7 @@ def _where_floor(p: spec.Plan, size: int) -> str | None:
 def _mxnet_floor(model: Any) -> None:
     from mxnet.gluon import nn
 
-    from impl_mxnet.layers import options
+    from impl_mxnet.engine import options
 
     def floor(block: Any) -> None:
         if isinstance(block, nn.MaxPool2D):
@@ -292,7 +293,7 @@ def _variant_eps(op: spec.Stage, eps: float) -> bool:
 def _mxnet_default_eps(model: Any) -> None:
     from mxnet.gluon import nn
 
-    from impl_mxnet.layers import options
+    from impl_mxnet.engine import options
 
     eps = model.plan.variant.convs.norm.eps
 
@@ -306,7 +307,7 @@ def _mxnet_default_eps(model: Any) -> None:
 def _keras_default_eps(model: Any) -> None:
     from keras import layers
 
-    from impl_keras.layers import walk
+    from impl_keras.engine import walk
 
     eps = model.plan.variant.convs.norm.eps
     for layer in walk(model):
@@ -326,7 +327,7 @@ def _needs_bn(quantity: str) -> Callable[[spec.Plan, int], str | None]:
 def _mxnet_untranslated_momentum(model: Any) -> None:
     from mxnet.gluon import nn
 
-    from impl_mxnet.layers import options
+    from impl_mxnet.engine import options
 
     # PyTorch's 0.1 (the weight of the new batch) passed as Gluon's momentum (the weight of the old)
     model.apply(lambda b: options(b).__setitem__("momentum", 0.1) if isinstance(b, nn.BatchNorm) else None)
@@ -358,7 +359,8 @@ def _where_lrn(p: spec.Plan, size: int) -> str | None:
 
 
 def _keras_tf_alpha(model: Any) -> None:
-    from impl_keras.layers import LocalResponseNorm, walk
+    from impl_keras.engine import walk
+    from impl_keras.layers import LocalResponseNorm
 
     for layer in walk(model):
         if isinstance(layer, LocalResponseNorm):
@@ -519,7 +521,7 @@ def _where_gamma(p: spec.Plan, size: int) -> str | None:
 def _mxnet_gamma(model: Any) -> None:
     from mxnet.gluon import nn
 
-    from impl_mxnet.layers import make_trainable, options
+    from impl_mxnet.engine import make_trainable, options
 
     def scaled(block: Any) -> None:
         if isinstance(block, nn.BatchNorm) and options(block)["fix_gamma"]:
