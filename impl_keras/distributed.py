@@ -87,20 +87,20 @@ def threads() -> int:
     return configured or len(os.sched_getaffinity(0))
 
 
-def _split_cpu(n: int) -> list[str]:
+def _split_cpu(count: int) -> list[str]:
     """The names of ``n`` logical CPU devices, splitting the physical CPU if TensorFlow
     has not initialised its devices yet."""
-    if n > 1:
+    if count > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         with contextlib.suppress(RuntimeError):  # already initialised: what exists is checked below
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if len(devices) < n:
+    if len(devices) < count:
         raise WorldError(
-            f"--workers {n}: TensorFlow initialised its devices ({len(devices)} CPU) before "
+            f"--workers {count}: TensorFlow initialised its devices ({len(devices)} CPU) before "
             "impl_keras.distributed.start could split the CPU; call start before any TensorFlow op"
         )
-    return devices[:n]
+    return devices[:count]
 
 
 def _cluster(world: World) -> tuple[tf.distribute.Strategy, World]:

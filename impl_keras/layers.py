@@ -122,36 +122,36 @@ class BasicConv2d(layers.Layer):
     (2, 3) on the strided 7x7 conv at 224, PyTorch pads (3, 3), so the padding is explicit
     except where ``"same"`` is symmetric (stride 1, odd kernel)."""
 
-    def __init__(self, u: ConvUnit, dtype=None) -> None:
-        super().__init__(name=u.name, dtype=dtype)
-        self.unit = u
+    def __init__(self, unit: ConvUnit, dtype=None) -> None:
+        super().__init__(name=unit.name, dtype=dtype)
+        self.unit = unit
         # TensorFlow's SAME (TF-slim's units) is Keras's own "same", asymmetric at stride 2
-        same = u.same or (u.stride == 1 and 2 * u.padding == u.kernel - 1)  # else symmetric, so safe
-        explicit = u.padding > 0 and not same
-        self.pad = layers.ZeroPadding2D(u.padding, name=f"{u.name}.pad", dtype=dtype) if explicit else None
+        same = unit.same or (unit.stride == 1 and 2 * unit.padding == unit.kernel - 1)  # else symmetric, so safe
+        explicit = unit.padding > 0 and not same
+        self.pad = layers.ZeroPadding2D(unit.padding, name=f"{unit.name}.pad", dtype=dtype) if explicit else None
         self.conv = layers.Conv2D(
-            u.out_channels,
-            u.kernel,
-            strides=u.stride,
-            padding="same" if same and (u.padding or u.same) else "valid",
-            use_bias=u.bias,
+            unit.out_channels,
+            unit.kernel,
+            strides=unit.stride,
+            padding="same" if same and (unit.padding or unit.same) else "valid",
+            use_bias=unit.bias,
             kernel_initializer=init(),
-            name=f"{u.name}.conv",
+            name=f"{unit.name}.conv",
             dtype=dtype,
         )
         # momentum: the weight of the old statistic, 1 - the spec's (PyTorch's) 0.1
         self.bn = (
             None
-            if u.norm is None
+            if unit.norm is None
             else BatchNorm(
-                epsilon=u.norm.eps,
-                momentum=1.0 - u.norm.momentum,
-                scale=u.norm.scale,  # TF-slim's has no gamma: Keras's scale=False is TensorFlow's own
-                name=f"{u.name}.bn",
+                epsilon=unit.norm.eps,
+                momentum=1.0 - unit.norm.momentum,
+                scale=unit.norm.scale,  # TF-slim's has no gamma: Keras's scale=False is TensorFlow's own
+                name=f"{unit.name}.bn",
                 dtype=dtype,
             )
         )
-        self.relu = u.relu
+        self.relu = unit.relu
 
     def build(self, input_shape=None) -> None:
         """Weights from the spec's channel counts, as Gluon's ``in_channels``: no forward
@@ -177,21 +177,21 @@ class PlainConv2d(layers.Conv2D):
     ``incep1.branch1x1``), with the ReLU its unit asks for. Its padding keeps the size
     (``"same"`` at stride 1 is symmetric) or is zero."""
 
-    def __init__(self, u: ConvUnit, dtype=None) -> None:
-        if u.padding and not (u.stride == 1 and 2 * u.padding == u.kernel - 1):
-            raise ValueError(f"{u.name}: a plain conv pads to keep the size or not at all")
+    def __init__(self, unit: ConvUnit, dtype=None) -> None:
+        if unit.padding and not (unit.stride == 1 and 2 * unit.padding == unit.kernel - 1):
+            raise ValueError(f"{unit.name}: a plain conv pads to keep the size or not at all")
         super().__init__(
-            u.out_channels,
-            u.kernel,
-            strides=u.stride,
-            padding="same" if u.padding else "valid",
-            use_bias=u.bias,
-            activation="relu" if u.relu else None,
+            unit.out_channels,
+            unit.kernel,
+            strides=unit.stride,
+            padding="same" if unit.padding else "valid",
+            use_bias=unit.bias,
+            activation="relu" if unit.relu else None,
             kernel_initializer=init(),
-            name=u.name,
+            name=unit.name,
             dtype=dtype,
         )
-        self.unit = u
+        self.unit = unit
 
     def build(self, input_shape=None) -> None:
         super().build((None, None, None, self.unit.in_channels))
@@ -204,33 +204,35 @@ def length(x, axis: int):
     return n if n is not None else ops.shape(x)[axis]
 
 
-def _pool_out(size, p: Pool):
+def _pool_out(size, pool: Pool):
     """PyTorch's output size along one axis: ``conformance.spec.pool_out`` for an int, the
     same arithmetic on a scalar tensor."""
     if isinstance(size, int):
-        return pool_out(size, p.kernel, p.stride, p.padding, p.ceil_mode)
-    span = size + 2 * p.padding - p.kernel
-    if not p.ceil_mode:
-        return span // p.stride + 1
-    out = -(-span // p.stride) + 1
-    return out - ops.cast((out - 1) * p.stride >= size + p.padding, out.dtype)  # no window starting in the padding
+        return pool_out(size, pool.kernel, pool.stride, pool.padding, pool.ceil_mode)
+    span = size + 2 * pool.padding - pool.kernel
+    if not pool.ceil_mode:
+        return span // pool.stride + 1
+    out = -(-span // pool.stride) + 1
+    return out - ops.cast(
+        (out - 1) * pool.stride >= size + pool.padding, out.dtype
+    )  # no window starting in the padding
 
 
-def _pads(size, p: Pool) -> tuple:
+def _pads(size, pool: Pool) -> tuple:
     """(before, after) padding that makes a valid pool give PyTorch's output size: the
     ceil mode's extra window is padded at the end only."""
-    after = (_pool_out(size, p) - 1) * p.stride + p.kernel - size - p.padding
-    return p.padding, max(0, after) if isinstance(after, int) else ops.maximum(after, 0)
+    after = (_pool_out(size, pool) - 1) * pool.stride + pool.kernel - size - pool.padding
+    return pool.padding, max(0, after) if isinstance(after, int) else ops.maximum(after, 0)
 
 
-def _avg_divisor(size, p: Pool):
+def _avg_divisor(size, pool: Pool):
     """Cells counted in each window's mean, along one axis, as PyTorch counts them:
     padding counts if ``count_include_pad``, the ceil mode's extra end never does.
     numpy for an int size, ``keras.ops`` (the same functions) for a tensor."""
     xp = np if isinstance(size, int) else ops
-    start = xp.arange(_pool_out(size, p)) * p.stride - p.padding
-    end = xp.minimum(start + p.kernel, size + p.padding)
-    if not p.count_include_pad:
+    start = xp.arange(_pool_out(size, pool)) * pool.stride - pool.padding
+    end = xp.minimum(start + pool.kernel, size + pool.padding)
+    if not pool.count_include_pad:
         start, end = xp.maximum(start, 0), xp.minimum(end, size)
     return end - start
 
@@ -314,8 +316,8 @@ class AdaptiveAvgPool2D(layers.Layer):
         )
 
 
-def make_pool(p: PoolUnit, dtype=None) -> layers.Layer:
-    return Pool2D(p, dtype) if isinstance(p, Pool) else AdaptiveAvgPool2D(p, dtype)
+def make_pool(pool: PoolUnit, dtype=None) -> layers.Layer:
+    return Pool2D(pool, dtype) if isinstance(pool, Pool) else AdaptiveAvgPool2D(pool, dtype)
 
 
 @keras.saving.register_keras_serializable(package="conformance")

@@ -89,9 +89,11 @@ def flipped(F, x):
 class SameConv2D(nn.Conv2D):
     """``nn.Conv2D`` with TensorFlow's SAME padding (``SamePadding``); the same parameters."""
 
-    def __init__(self, u: ConvUnit) -> None:
-        super().__init__(u.out_channels, u.kernel, strides=u.stride, use_bias=u.bias, in_channels=u.in_channels)
-        self.same = SamePadding(u.kernel, u.stride)
+    def __init__(self, unit: ConvUnit) -> None:
+        super().__init__(
+            unit.out_channels, unit.kernel, strides=unit.stride, use_bias=unit.bias, in_channels=unit.in_channels
+        )
+        self.same = SamePadding(unit.kernel, unit.stride)
 
     def hybrid_forward(self, F, x, weight, bias=None):
         if self.same.flip:  # run on the flipped map with the flipped kernel: the same products
@@ -105,9 +107,9 @@ class SameMaxPool2D(nn.HybridBlock):
     """A max pool with TensorFlow's SAME padding (``SamePadding``): -inf padding, so a
     padded cell never wins, as in TensorFlow."""
 
-    def __init__(self, p: Pool) -> None:
+    def __init__(self, pool: Pool) -> None:
         super().__init__()
-        self.kernel, self.stride, self.same = p.kernel, p.stride, SamePadding(p.kernel, p.stride)
+        self.kernel, self.stride, self.same = pool.kernel, pool.stride, SamePadding(pool.kernel, pool.stride)
 
     def hybrid_forward(self, F, x):
         if self.same.flip:  # a max does not care about order: only the map is flipped
@@ -128,22 +130,22 @@ class BasicConv2d(nn.HybridBlock):
     """conv -> [BatchNorm] -> [ReLU]. Gluon pads symmetrically, like PyTorch;
     TensorFlow's SAME is ``SameConv2D``."""
 
-    def __init__(self, u: ConvUnit) -> None:
+    def __init__(self, unit: ConvUnit) -> None:
         super().__init__()
         self.conv = (
-            SameConv2D(u)
-            if u.same
+            SameConv2D(unit)
+            if unit.same
             else nn.Conv2D(
-                u.out_channels,
-                u.kernel,
-                strides=u.stride,
-                padding=u.padding,
-                use_bias=u.bias,
-                in_channels=u.in_channels,
+                unit.out_channels,
+                unit.kernel,
+                strides=unit.stride,
+                padding=unit.padding,
+                use_bias=unit.bias,
+                in_channels=unit.in_channels,
             )
         )
-        self.bn = None if u.norm is None else make_norm(u.out_channels, u.norm)
-        self.relu = u.relu
+        self.bn = None if unit.norm is None else make_norm(unit.out_channels, unit.norm)
+        self.relu = unit.relu
 
     def hybrid_forward(self, F, x):
         x = self.conv(x)
@@ -156,15 +158,15 @@ class PlainConv2d(nn.Conv2D):
     """A bare conv, as Liu's lecture writes it (weights at ``incep1.branch1x1.weight``),
     with the ReLU its unit asks for."""
 
-    def __init__(self, u: ConvUnit) -> None:
+    def __init__(self, unit: ConvUnit) -> None:
         super().__init__(
-            u.out_channels,
-            u.kernel,
-            strides=u.stride,
-            padding=u.padding,
-            use_bias=u.bias,
-            activation="relu" if u.relu else None,
-            in_channels=u.in_channels,
+            unit.out_channels,
+            unit.kernel,
+            strides=unit.stride,
+            padding=unit.padding,
+            use_bias=unit.bias,
+            activation="relu" if unit.relu else None,
+            in_channels=unit.in_channels,
         )
 
 
@@ -179,14 +181,16 @@ class AdaptiveAvgPool2D(nn.HybridBlock):
         return F.contrib.AdaptiveAvgPooling2D(x, output_size=self.size)
 
 
-def make_pool(p: PoolUnit) -> nn.HybridBlock:
-    if not isinstance(p, Pool):
-        return AdaptiveAvgPool2D(p.size)
-    if p.same:
-        return SameMaxPool2D(p)
-    if p.kind == "max":  # ceil_mode is MXNet's pooling_convention="full"
-        return nn.MaxPool2D(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode)
-    return nn.AvgPool2D(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode, count_include_pad=p.count_include_pad)
+def make_pool(pool: PoolUnit) -> nn.HybridBlock:
+    if not isinstance(pool, Pool):
+        return AdaptiveAvgPool2D(pool.size)
+    if pool.same:
+        return SameMaxPool2D(pool)
+    if pool.kind == "max":  # ceil_mode is MXNet's pooling_convention="full"
+        return nn.MaxPool2D(pool.kernel, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
+    return nn.AvgPool2D(
+        pool.kernel, pool.stride, pool.padding, ceil_mode=pool.ceil_mode, count_include_pad=pool.count_include_pad
+    )
 
 
 class LocalResponseNorm(nn.HybridBlock):
