@@ -29,7 +29,17 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from conformance.spec import LRN, AdaptiveAvgPool, BatchNorm, ConvUnit, Op, Pool, PoolUnit, adaptive_windows, pool_out
+from conformance.spec import (
+    LRN,
+    AdaptiveAvgPool,
+    BatchNormSettings,
+    ConvUnit,
+    Op,
+    Pool,
+    PoolUnit,
+    adaptive_windows,
+    pool_out,
+)
 from conformance.spec import same_pads as tf_same_pads
 
 from .engine import Recorded
@@ -47,7 +57,7 @@ class BatchNormalization(nnx.Module):
     one) and folds the biased batch variance into ``var``; PyTorch folds the unbiased
     one, n / (n - 1) larger, so the running statistics would drift apart in training."""
 
-    def __init__(self, channels: int, norm: BatchNorm, dtype) -> None:
+    def __init__(self, channels: int, norm: BatchNormSettings, dtype) -> None:
         self.eps, self.momentum = norm.eps, norm.momentum  # the spec's: the new statistic's weight
         self.scale = nnx.Param(jnp.ones((channels,), dtype)) if norm.scale else None  # none in TF-slim's
         self.bias = nnx.Param(jnp.zeros((channels,), dtype))
@@ -73,7 +83,7 @@ class BatchNormalization(nnx.Module):
         return y + self.bias.value
 
 
-def make_norm(channels: int, norm: BatchNorm, dtype) -> BatchNormalization:
+def make_norm(channels: int, norm: BatchNormSettings, dtype) -> BatchNormalization:
     return BatchNormalization(channels, norm, dtype)
 
 

@@ -32,8 +32,8 @@ from keras import layers, ops
 from conformance.spec import (
     LRN,
     AdaptiveAvgPool,
-    AuxUnit,
     ConvUnit,
+    InceptionAuxUnit,
     Op,
     Pool,
     PoolUnit,
@@ -52,13 +52,13 @@ def init() -> keras.initializers.Initializer:
     return keras.initializers.Zeros()
 
 
-def output_shape(stages: tuple[Stage, ...] | AuxUnit, input_shape: tuple) -> tuple:
+def output_shape(stages: tuple[Stage, ...] | InceptionAuxUnit, input_shape: tuple) -> tuple:
     """The NHWC shape after ``stages`` (or an aux head's logits), by the spec's arithmetic
     (``conformance.spec.op_chw``). Keras asks each layer for its output shape when it wires
     the functional graph; without ``compute_output_shape`` it would trace ``call`` to find
     it (about a second per model). An open H or W (None) stays open, except after an
     adaptive pool."""
-    if isinstance(stages, AuxUnit):
+    if isinstance(stages, InceptionAuxUnit):
         return (input_shape[0], stages.fc2.out_features)
     n, h, w, c = input_shape
     for stage in stages:
@@ -72,12 +72,12 @@ class Block(layers.Layer):
     """A layer made from one unit of the plan (an Inception block, a residual block, an aux
     head), named by it, whose output shape is the spec's."""
 
-    def __init__(self, unit: Stage | AuxUnit, dtype=None) -> None:
+    def __init__(self, unit: Stage | InceptionAuxUnit, dtype=None) -> None:
         super().__init__(name=unit.name, dtype=dtype)
         self.unit = unit
 
     def compute_output_shape(self, input_shape) -> tuple:
-        return output_shape(self.unit if isinstance(self.unit, AuxUnit) else (self.unit,), input_shape)
+        return output_shape(self.unit if isinstance(self.unit, InceptionAuxUnit) else (self.unit,), input_shape)
 
 
 @keras.saving.register_keras_serializable(package="conformance")

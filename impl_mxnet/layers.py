@@ -19,8 +19,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-from conformance.spec import LRN, ConvUnit, Op, Pool, PoolUnit, same_pads
-from conformance.spec import BatchNorm as Norm
+from conformance.spec import LRN, BatchNormSettings, ConvUnit, Op, Pool, PoolUnit, same_pads
 
 from .engine import options
 
@@ -119,7 +118,7 @@ class SameMaxPool2D(nn.HybridBlock):
         return flipped(F, y) if self.same.flip else y
 
 
-def make_norm(channels: int, norm: Norm) -> BatchNorm:
+def make_norm(channels: int, norm: BatchNormSettings) -> BatchNorm:
     # momentum: the weight of the old statistic, 1 - the spec's (PyTorch's) 0.1; BatchNorm
     # calls its scale and shift gamma and beta. scale=False (TF-slim's) keeps a gamma of
     # ones that the operator ignores (fix_gamma) and no optimiser updates (grad_req null).

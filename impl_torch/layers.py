@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conformance.spec import LRN, BatchNorm, ConvUnit, Op, Pool, PoolUnit
+from conformance.spec import LRN, BatchNormSettings, ConvUnit, Op, Pool, PoolUnit
 
 
 class SamePad(nn.Module):
@@ -34,7 +34,7 @@ class SamePad(nn.Module):
         return F.pad(x, self.pads(x.shape[-1]) + self.pads(x.shape[-2]), value=self.value)  # (left, right, top, bottom)
 
 
-def make_norm(channels: int, norm: BatchNorm) -> nn.BatchNorm2d:
+def make_norm(channels: int, norm: BatchNormSettings) -> nn.BatchNorm2d:
     # momentum: the weight of the new batch statistic (0.1), the spec's convention
     bn = nn.BatchNorm2d(channels, eps=norm.eps, momentum=norm.momentum, affine=norm.scale)
     if not norm.scale:  # TF-slim's: a shift without a scale; BatchNorm2d's forward takes weight None

@@ -20,10 +20,10 @@ from .shapes import trace
 from .tables import VARIANTS
 from .units import (
     MAX_CLASSES,
-    AuxUnit,
     ConvUnit,
     Dense,
-    InceptionBlock,
+    InceptionAuxUnit,
+    InceptionUnit,
     Options,
     Plan,
     ResidualUnit,
@@ -90,14 +90,14 @@ def _plan(variant: Variant, options: Options) -> Plan:
         c = getattr(stage, "out_channels", c)
         stages.append(stage)
         channels[row.name] = c
-    aux: list[AuxUnit] = []
+    aux: list[InceptionAuxUnit] = []
     if options.aux_logits and variant.aux is not None:
         head = variant.aux
         for i, tap in enumerate(head.taps, start=1):
             name = f"aux{i}"
             flat = (head.conv, head.pooled, head.pooled)
             aux.append(
-                AuxUnit(
+                InceptionAuxUnit(
                     name,
                     tap,
                     dataclasses.replace(head.pool, name=f"{name}.pool"),
@@ -143,16 +143,16 @@ def _unit(
     return ConvUnit(name, cin, cout, kernel, stride, padding, norm, bias, relu, variant.convs.plain, variant.convs.same)
 
 
-def _inception(row: Inception, cin: int, variant: Variant) -> InceptionBlock:
+def _inception(row: Inception, cin: int, variant: Variant) -> InceptionUnit:
     n, b3 = row.name, variant.branch3
     # branch 3: 1x1, then `depth` stacked kernel x kernel convs (two 3x3 in pytorch-cifar100)
     widths = (row.ch5x5red,) + (row.ch5x5,) * b3.depth
     branch3 = [_unit(variant, f"{n}.branch3.0", cin, row.ch5x5red, 1)]
     for i in range(1, len(widths)):
-        eps = float(widths[i]) if b3.first_eps == "width" and i == 1 else None
+        eps = float(widths[i]) if b3.width_as_eps and i == 1 else None
         branch3.append(_unit(variant, f"{n}.branch3.{i}", widths[i - 1], widths[i], b3.kernel, eps=eps))
     pool = dataclasses.replace(variant.branch_pool, name=f"{n}.branch4.0")
-    return InceptionBlock(
+    return InceptionUnit(
         n,
         cin,
         (
@@ -167,13 +167,13 @@ def _inception(row: Inception, cin: int, variant: Variant) -> InceptionBlock:
     )
 
 
-def _inception_a(row: InceptionA, cin: int, variant: Variant) -> InceptionBlock:
+def _inception_a(row: InceptionA, cin: int, variant: Variant) -> InceptionUnit:
     n = row.name
 
     def conv(attr: str, c_in: int, c_out: int, kernel: int) -> ConvUnit:
         return _unit(variant, f"{n}.{attr}", c_in, c_out, kernel, relu=False)
 
-    return InceptionBlock(
+    return InceptionUnit(
         n,
         cin,
         (

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .rows import LRN, AdaptiveAvgPool, Pool, ReLU
-from .units import ConvUnit, Dense, InceptionBlock, Plan, ResidualUnit, SpecError, Stage
+from .units import ConvUnit, Dense, InceptionUnit, Plan, ResidualUnit, SpecError, Stage
 
 HW = tuple[int, int]
 CHW = tuple[int, int, int]
@@ -248,7 +248,7 @@ def layer_counts(plan: Plan, size: int | Sequence[int] = 224) -> list[LayerCount
     for stage in plan.stages:
         if isinstance(stage, ConvUnit):
             conv_row(stage, hw)
-        elif isinstance(stage, InceptionBlock):
+        elif isinstance(stage, InceptionUnit):
             for branch in stage.branches:
                 bhw = hw
                 for op in branch:

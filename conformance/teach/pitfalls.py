@@ -118,7 +118,7 @@ def stage_inputs(p: spec.Plan, size: int) -> dict[str, tuple[int, int, int]]:
 
 def stage_ops(stage: spec.Stage) -> list[spec.Stage]:
     """The stage itself, or the ops inside a block."""
-    if isinstance(stage, spec.InceptionBlock):
+    if isinstance(stage, spec.InceptionUnit):
         return [op for branch in stage.branches for op in branch]
     if isinstance(stage, spec.ResidualUnit):
         return [stage.conv1, stage.conv2]
@@ -543,7 +543,7 @@ def map_ops(p: spec.Plan, change: OpChange) -> spec.Plan:
     aux heads' pool and conv, the head pool. ``change`` returns an op unchanged as itself."""
 
     def stage(s: spec.Stage) -> spec.Stage:
-        if isinstance(s, spec.InceptionBlock):
+        if isinstance(s, spec.InceptionUnit):
             branches = tuple(tuple(change(op) for op in branch) for branch in s.branches)
             return s if branches == s.branches else dataclasses.replace(s, branches=branches)
         if isinstance(s, spec.ResidualUnit):
@@ -705,7 +705,7 @@ def _relu(present: bool) -> Callable[[spec.Plan], spec.Plan]:
 
 def _where_blocks(p: spec.Plan, size: int) -> str | None:
     for stage in p.stages:
-        if isinstance(stage, spec.InceptionBlock):
+        if isinstance(stage, spec.InceptionUnit):
             return stage.name
     raise NotApplicable("no Inception block")
 
@@ -715,7 +715,7 @@ def _middle_branches_swapped(p: spec.Plan) -> spec.Plan:
     pool written in the order of Liu's lecture (1x1 | 5x5 | 3x3 | pool), or the reverse."""
 
     def swap(s: spec.Stage) -> spec.Stage:
-        if not isinstance(s, spec.InceptionBlock):
+        if not isinstance(s, spec.InceptionUnit):
             return s
         b = s.branches
         return dataclasses.replace(s, branches=(b[0], b[2], b[1], *b[3:]))
