@@ -3,7 +3,9 @@
 
 Not a built-in framework: it registers through the ``googlenet_conformance.backends``
 entry point (framework name ``jax``), as a third party's package would, and needs the
-``jax`` extra in an environment of its own (jax 0.7 wants numpy < 2 beside MXNet)."""
+``jax`` extra in an environment of its own (jax 0.7 wants numpy < 2 beside MXNet).
+It has no data-parallel Trainer, so no ``distributed.py``: ``check --distributed`` and
+``train --workers`` are for torch, keras and mxnet."""
 
 from __future__ import annotations
 

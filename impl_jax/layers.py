@@ -29,14 +29,20 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from conformance.spec import LRN, AdaptiveAvgPool, BatchNorm, ConvUnit, Op, Pool, PoolUnit, adaptive_windows, pool_out
+from conformance.spec import (
+    LRN,
+    AdaptiveAvgPool,
+    BatchNormSettings,
+    ConvUnit,
+    Op,
+    Pool,
+    PoolUnit,
+    adaptive_windows,
+    pool_out,
+)
 from conformance.spec import same_pads as tf_same_pads
 
-
-class Recorded(nnx.Variable):
-    """A batch statistic kept for the training-parity check (``Trainer(record=True)``):
-    state of the model, so it leaves a jitted step with it, but neither a parameter nor a
-    running statistic."""
+from .engine import Recorded
 
 
 def _rngs() -> nnx.Rngs:
@@ -51,14 +57,14 @@ class BatchNormalization(nnx.Module):
     one) and folds the biased batch variance into ``var``; PyTorch folds the unbiased
     one, n / (n - 1) larger, so the running statistics would drift apart in training."""
 
-    def __init__(self, channels: int, norm: BatchNorm, dtype) -> None:
+    def __init__(self, channels: int, norm: BatchNormSettings, dtype) -> None:
         self.eps, self.momentum = norm.eps, norm.momentum  # the spec's: the new statistic's weight
         self.scale = nnx.Param(jnp.ones((channels,), dtype)) if norm.scale else None  # none in TF-slim's
         self.bias = nnx.Param(jnp.zeros((channels,), dtype))
         self.mean = nnx.BatchStat(jnp.zeros((channels,), dtype))
         self.var = nnx.BatchStat(jnp.ones((channels,), dtype))
         self.use_running_average = True  # Module.train() / eval() switch it
-        self.batch_mean: Recorded | None = None  # set by Trainer(record=True)
+        self.batch_mean: Recorded | None = None  # set by engine.BatchStats
         self.batch_var: Recorded | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -77,25 +83,25 @@ class BatchNormalization(nnx.Module):
         return y + self.bias.value
 
 
-def make_norm(channels: int, norm: BatchNorm, dtype) -> BatchNormalization:
+def make_norm(channels: int, norm: BatchNormSettings, dtype) -> BatchNormalization:
     return BatchNormalization(channels, norm, dtype)
 
 
-def conv_padding(u: ConvUnit) -> str | list[tuple[int, int]]:
+def conv_padding(unit: ConvUnit) -> str | list[tuple[int, int]]:
     """PyTorch pads symmetrically (``padding=3`` is (3, 3)); TensorFlow's SAME (TF-slim's
     units) is lax's own ``"SAME"``, asymmetric at stride 2."""
-    return "SAME" if u.same else [(u.padding, u.padding)] * 2
+    return "SAME" if unit.same else [(unit.padding, unit.padding)] * 2
 
 
-def conv_options(u: ConvUnit, dtype) -> dict[str, Any]:
+def conv_options(unit: ConvUnit, dtype) -> dict[str, Any]:
     """``nnx.Conv``'s arguments for a unit: zeros until the canonical weights arrive."""
     return {
-        "in_features": u.in_channels,
-        "out_features": u.out_channels,
-        "kernel_size": (u.kernel, u.kernel),
-        "strides": u.stride,
-        "padding": conv_padding(u),
-        "use_bias": u.bias,
+        "in_features": unit.in_channels,
+        "out_features": unit.out_channels,
+        "kernel_size": (unit.kernel, unit.kernel),
+        "strides": unit.stride,
+        "padding": conv_padding(unit),
+        "use_bias": unit.bias,
         "dtype": dtype,
         "param_dtype": dtype,
         "kernel_init": nnx.initializers.zeros,
@@ -106,10 +112,10 @@ def conv_options(u: ConvUnit, dtype) -> dict[str, Any]:
 class BasicConv2d(nnx.Module):
     """conv -> [BatchNorm] -> [ReLU]."""
 
-    def __init__(self, u: ConvUnit, dtype) -> None:
-        self.conv = nnx.Conv(**conv_options(u, dtype))
-        self.bn = None if u.norm is None else make_norm(u.out_channels, u.norm, dtype)
-        self.relu = u.relu
+    def __init__(self, unit: ConvUnit, dtype) -> None:
+        self.conv = nnx.Conv(**conv_options(unit, dtype))
+        self.bn = None if unit.norm is None else make_norm(unit.out_channels, unit.norm, dtype)
+        self.relu = unit.relu
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.conv(x)
@@ -122,30 +128,37 @@ class PlainConv2d(nnx.Conv):
     """A bare conv, as Liu's lecture writes it (its kernel at ``incep1.branch1x1.kernel``),
     with the ReLU its unit asks for."""
 
-    def __init__(self, u: ConvUnit, dtype) -> None:
-        super().__init__(**conv_options(u, dtype))
-        self.relu = u.relu
+    def __init__(self, unit: ConvUnit, dtype) -> None:
+        super().__init__(**conv_options(unit, dtype))
+        self.relu = unit.relu
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = super().__call__(x)
         return jax.nn.relu(x) if self.relu else x
 
 
-def pool_pads(size: int, p: Pool) -> tuple[int, int]:
+def pool_pads(size: int, pool: Pool) -> tuple[int, int]:
     """(before, after) padding that makes a valid pool give PyTorch's output size: the
     ceil mode's extra window is padded at the end only. TensorFlow's SAME: its own."""
-    if p.same:
-        return tf_same_pads(size, p.kernel, p.stride)
-    after = (pool_out(size, p.kernel, p.stride, p.padding, p.ceil_mode) - 1) * p.stride + p.kernel - size - p.padding
-    return p.padding, max(0, after)
+    if pool.same:
+        return tf_same_pads(size, pool.kernel, pool.stride)
+    after = (
+        (pool_out(size, pool.kernel, pool.stride, pool.padding, pool.ceil_mode) - 1) * pool.stride
+        + pool.kernel
+        - size
+        - pool.padding
+    )
+    return pool.padding, max(0, after)
 
 
-def avg_divisor(size: int, p: Pool) -> np.ndarray:
+def avg_divisor(size: int, pool: Pool) -> np.ndarray:
     """Cells counted in each window's mean along one axis, as PyTorch counts them: padding
     counts if ``count_include_pad``, the ceil mode's extra end never does."""
-    start = np.arange(pool_out(size, p.kernel, p.stride, p.padding, p.ceil_mode)) * p.stride - p.padding
-    end = np.minimum(start + p.kernel, size + p.padding)
-    if not p.count_include_pad:
+    start = (
+        np.arange(pool_out(size, pool.kernel, pool.stride, pool.padding, pool.ceil_mode)) * pool.stride - pool.padding
+    )
+    end = np.minimum(start + pool.kernel, size + pool.padding)
+    if not pool.count_include_pad:
         start, end = np.maximum(start, 0), np.minimum(end, size)
     return end - start
 
@@ -187,8 +200,8 @@ class AdaptiveAvgPool2D(nnx.Module):
         )
 
 
-def make_pool(p: PoolUnit) -> nnx.Module:
-    return Pool2D(p) if isinstance(p, Pool) else AdaptiveAvgPool2D(p)
+def make_pool(pool: PoolUnit) -> nnx.Module:
+    return Pool2D(pool) if isinstance(pool, Pool) else AdaptiveAvgPool2D(pool)
 
 
 class LocalResponseNorm(nnx.Module):

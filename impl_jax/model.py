@@ -24,13 +24,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from conformance.spec import LRN, AuxUnit, InceptionBlock, Plan, ReLU, ResidualUnit, Stage
+from conformance.spec import LRN, InceptionAuxUnit, InceptionUnit, Plan, ReLU, ResidualUnit, Stage
 
 from .layers import BasicConv2d, flatten, make_chain, make_dense, make_lrn, make_op, make_pool, make_relu
 
 
 class Inception(nnx.Module):
-    def __init__(self, block: InceptionBlock, dtype) -> None:
+    def __init__(self, block: InceptionUnit, dtype) -> None:
         # 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 (3x3 in torchvision) | 3x3 max pool -> 1x1
         self.branches = tuple(tuple(attr for attr, _ in branch) for branch in block.modules())
         for branch in block.modules():
@@ -60,7 +60,7 @@ class ResidualBlock(nnx.Module):
 
 
 class InceptionAux(nnx.Module):
-    def __init__(self, head: AuxUnit, dtype, rngs: nnx.Rngs) -> None:
+    def __init__(self, head: InceptionAuxUnit, dtype, rngs: nnx.Rngs) -> None:
         self.pool = make_pool(head.pool)
         self.conv = BasicConv2d(head.conv, dtype)
         self.fc1 = make_dense(head.fc1.in_features, head.fc1.out_features, dtype)
@@ -89,7 +89,7 @@ def make_stage(stage: Stage, dtype) -> nnx.Module:
         return make_relu(stage.name)
     if isinstance(stage, ResidualUnit):
         return ResidualBlock(stage, dtype)
-    if isinstance(stage, InceptionBlock):
+    if isinstance(stage, InceptionUnit):
         return Inception(stage, dtype)
     return make_op(stage, dtype)
 

@@ -24,7 +24,7 @@ from flax import nnx
 
 from conformance.spec import aux_admits
 
-from .layers import BatchNormalization, Recorded
+from .engine import BatchStats
 from .model import GoogLeNet
 from .weights import canonical_key, from_flax, to_flax
 
@@ -32,6 +32,14 @@ from .weights import canonical_key, from_flax, to_flax
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """The batch mean, as ``torch.nn.functional.cross_entropy``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def total_loss(out: dict[str, jax.Array], labels: jax.Array, plan, with_aux: bool, aux_weight: float) -> jax.Array:
+    """Cross-entropy of the logits plus ``aux_weight`` times each aux head's."""
+    loss = cross_entropy(out["logits"], labels)
+    for head in plan.aux if with_aux else ():
+        loss = loss + aux_weight * cross_entropy(out[head.name], labels)
+    return loss
 
 
 def module_path(keys: tuple) -> tuple[str, ...]:
@@ -55,9 +63,7 @@ def _train_step(graphdef, params, rest, opt_state, x, labels, with_aux, aux_weig
         # statistics are remade here, inside the gradient's trace, so BatchNorm can update them
         net = nnx.merge(graphdef, params, jax.tree_util.tree_map(lambda leaf: leaf, rest))
         out = net.forward_stages(x, with_aux=with_aux)
-        loss = cross_entropy(out["logits"], labels)
-        for head in net.plan.aux if with_aux else ():
-            loss = loss + aux_weight * cross_entropy(out[head.name], labels)
+        loss = total_loss(out, labels, net.plan, with_aux, aux_weight)
         return loss, (out["logits"], nnx.split(net, nnx.Param, ...)[2])
 
     (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
@@ -88,10 +94,7 @@ class Trainer:
         self.optimizer = optax.sgd(lr, momentum=momentum or None)
         self.opt_state = None
         self.trained: set[str] = set()  # canonical keys that had a gradient: what has momentum
-        self.bns = [m for _, m in nnx.iter_graph(model) if isinstance(m, BatchNormalization)] if record else []
-        for bn in self.bns:
-            bn.batch_mean = Recorded(jnp.zeros_like(bn.mean.value))
-            bn.batch_var = Recorded(jnp.zeros_like(bn.var.value))
+        self.kept = BatchStats(model) if record else None
         self._grads: dict[str, np.ndarray] = {}
         self._step = jax.jit(_train_step, static_argnums=(0, 6, 7, 8, 9))
 
@@ -118,6 +121,11 @@ class Trainer:
         self.trained |= set(self._grads)
         return float(loss), int(correct)
 
+    def loss(self, out: dict[str, jax.Array], target: jax.Array, with_aux: bool) -> jax.Array:
+        """Cross-entropy of the logits plus ``aux_weight`` times each aux head's (the pure
+        step calls the same ``total_loss``)."""
+        return total_loss(out, target, self.model.plan, with_aux, self.aux_weight)
+
     def gradients(self) -> dict[str, np.ndarray]:
         """The last step's gradient of every trainable parameter, by canonical key and
         in canonical layout."""
@@ -125,13 +133,7 @@ class Trainer:
 
     def batch_stats(self) -> dict[str, np.ndarray]:
         """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""
-        stats = {}
-        for path, bn in nnx.iter_graph(self.model):
-            if isinstance(bn, BatchNormalization) and bn.batch_mean is not None and bn.batch_var is not None:
-                prefix = ".".join(map(str, path))
-                stats[f"{prefix}.batch_mean"] = np.asarray(bn.batch_mean.value)
-                stats[f"{prefix}.batch_var"] = np.asarray(bn.batch_var.value)
-        return stats
+        return self.kept.last() if self.kept is not None else {}
 
     def _traces(self) -> list[tuple[str, jax.Array]]:
         leaves = jax.tree_util.tree_leaves_with_path(self.opt_state)

@@ -98,14 +98,14 @@ def build(
     return model
 
 
-def _nchw(p, name: str, v):
+def _nchw(plan, name: str, value):
     """One output in the suite's layout: NHWC maps -> NCHW, and a flattened map from
     (H, W, C) to (C, H, W) order. Keras ops, so a graph does it too."""
-    if name == "flatten" and p.fc.flattened_from is not None:
-        c, h, w = p.fc.flattened_from
-        v = keras.ops.transpose(keras.ops.reshape(v, (-1, h, w, c)), (0, 3, 1, 2))
-        return keras.ops.reshape(v, (-1, c * h * w))
-    return keras.ops.transpose(v, (0, 3, 1, 2)) if len(v.shape) == 4 else v
+    if name == "flatten" and plan.fc.flattened_from is not None:
+        c, h, w = plan.fc.flattened_from
+        value = keras.ops.transpose(keras.ops.reshape(value, (-1, h, w, c)), (0, 3, 1, 2))
+        return keras.ops.reshape(value, (-1, c * h * w))
+    return keras.ops.transpose(value, (0, 3, 1, 2)) if len(value.shape) == 4 else value
 
 
 def _outputs(model: GoogLeNet, x, with_aux: bool, every_stage: bool) -> tuple:

@@ -39,7 +39,7 @@ from conformance.spec import aux_admits
 from conformance.world import FAULTS, World, WorldError
 
 from . import train
-from .layers import op_determinism
+from .engine import op_determinism
 from .model import GoogLeNet
 
 ENGINE = (
@@ -87,20 +87,20 @@ def threads() -> int:
     return configured or len(os.sched_getaffinity(0))
 
 
-def _split_cpu(n: int) -> list[str]:
+def _split_cpu(count: int) -> list[str]:
     """The names of ``n`` logical CPU devices, splitting the physical CPU if TensorFlow
     has not initialised its devices yet."""
-    if n > 1:
+    if count > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         with contextlib.suppress(RuntimeError):  # already initialised: what exists is checked below
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if len(devices) < n:
+    if len(devices) < count:
         raise WorldError(
-            f"--workers {n}: TensorFlow initialised its devices ({len(devices)} CPU) before "
+            f"--workers {count}: TensorFlow initialised its devices ({len(devices)} CPU) before "
             "impl_keras.distributed.start could split the CPU; call start before any TensorFlow op"
         )
-    return devices[:n]
+    return devices[:count]
 
 
 def _cluster(world: World) -> tuple[tf.distribute.Strategy, World]:
@@ -230,9 +230,7 @@ class Trainer(train.Trainer):
         variables = train.trained_variables(self.model, with_aux)
         with tf.GradientTape() as tape:
             out = self.model.forward_stages(x, with_aux=with_aux, training=True)
-            loss = train.cross_entropy(y, out["logits"])
-            for head in self.model.plan.aux if with_aux else ():
-                loss = loss + self.aux_weight * train.cross_entropy(y, out[head.name])
+            loss = self.loss(out, y, with_aux)
             share = loss * keras.ops.cast(weight, loss.dtype)  # this shard's part of the global mean
             # Keras's scale_loss_for_distribution: 1 / N, as the optimizer sums (fault "sum": not)
             scaled = share if self.fault == "sum" else share / self.world.workers

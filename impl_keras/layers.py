@@ -23,9 +23,7 @@ layers above are registered with Keras (``conformance>Pool2D``, ...) with their 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -34,8 +32,8 @@ from keras import layers, ops
 from conformance.spec import (
     LRN,
     AdaptiveAvgPool,
-    AuxUnit,
     ConvUnit,
+    InceptionAuxUnit,
     Op,
     Pool,
     PoolUnit,
@@ -45,6 +43,8 @@ from conformance.spec import (
     pool_out,
 )
 
+from .engine import all_reduce_sum, replica_id
+
 
 def init() -> keras.initializers.Initializer:
     """Variables start at zero: ``build`` loads the suite's initial weights into them (the
@@ -52,13 +52,13 @@ def init() -> keras.initializers.Initializer:
     return keras.initializers.Zeros()
 
 
-def output_shape(stages: tuple[Stage, ...] | AuxUnit, input_shape: tuple) -> tuple:
+def output_shape(stages: tuple[Stage, ...] | InceptionAuxUnit, input_shape: tuple) -> tuple:
     """The NHWC shape after ``stages`` (or an aux head's logits), by the spec's arithmetic
     (``conformance.spec.op_chw``). Keras asks each layer for its output shape when it wires
     the functional graph; without ``compute_output_shape`` it would trace ``call`` to find
     it (about a second per model). An open H or W (None) stays open, except after an
     adaptive pool."""
-    if isinstance(stages, AuxUnit):
+    if isinstance(stages, InceptionAuxUnit):
         return (input_shape[0], stages.fc2.out_features)
     n, h, w, c = input_shape
     for stage in stages:
@@ -72,12 +72,12 @@ class Block(layers.Layer):
     """A layer made from one unit of the plan (an Inception block, a residual block, an aux
     head), named by it, whose output shape is the spec's."""
 
-    def __init__(self, unit: Stage | AuxUnit, dtype=None) -> None:
+    def __init__(self, unit: Stage | InceptionAuxUnit, dtype=None) -> None:
         super().__init__(name=unit.name, dtype=dtype)
         self.unit = unit
 
     def compute_output_shape(self, input_shape) -> tuple:
-        return output_shape(self.unit if isinstance(self.unit, AuxUnit) else (self.unit,), input_shape)
+        return output_shape(self.unit if isinstance(self.unit, InceptionAuxUnit) else (self.unit,), input_shape)
 
 
 @keras.saving.register_keras_serializable(package="conformance")
@@ -87,7 +87,7 @@ class BatchNorm(layers.BatchNormalization):
     the unbiased one, n / (n - 1) times larger (n = N x H x W). At a 4 x 4 map and batch 2
     that is 3%, so the canonical checkpoint's statistics would drift apart in training."""
 
-    record = False  # the training-parity check sets it: keep the last batch statistics
+    record = False  # engine.BatchStats sets it on each instance: keep the last batch statistics
 
     def call(self, x, training=None, mask=None):
         if not (training and self.trainable):
@@ -117,62 +117,41 @@ class BatchNorm(layers.BatchNormalization):
         return self.__dict__["_replica_stats"]
 
 
-# tf.distribute's replica context (public API): outside any strategy it is the default
-# strategy's, one replica whose id is 0.
-def replica_id() -> int:
-    """The id of the tf.distribute replica running the caller (0 outside a strategy)."""
-    import tensorflow as tf
-
-    ctx = tf.distribute.get_replica_context()
-    rid = 0 if ctx is None else ctx.replica_id_in_sync_group
-    return int(rid if isinstance(rid, int) else tf.get_static_value(rid))
-
-
-def all_reduce_sum(value):
-    """``value`` summed over the replicas in sync (itself outside a strategy)."""
-    import tensorflow as tf
-
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return value
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
 class BasicConv2d(layers.Layer):
     """conv -> [BatchNorm] -> [ReLU], padded exactly as PyTorch pads: ``"same"`` would pad
     (2, 3) on the strided 7x7 conv at 224, PyTorch pads (3, 3), so the padding is explicit
     except where ``"same"`` is symmetric (stride 1, odd kernel)."""
 
-    def __init__(self, u: ConvUnit, dtype=None) -> None:
-        super().__init__(name=u.name, dtype=dtype)
-        self.unit = u
+    def __init__(self, unit: ConvUnit, dtype=None) -> None:
+        super().__init__(name=unit.name, dtype=dtype)
+        self.unit = unit
         # TensorFlow's SAME (TF-slim's units) is Keras's own "same", asymmetric at stride 2
-        same = u.same or (u.stride == 1 and 2 * u.padding == u.kernel - 1)  # else symmetric, so safe
-        explicit = u.padding > 0 and not same
-        self.pad = layers.ZeroPadding2D(u.padding, name=f"{u.name}.pad", dtype=dtype) if explicit else None
+        same = unit.same or (unit.stride == 1 and 2 * unit.padding == unit.kernel - 1)  # else symmetric, so safe
+        explicit = unit.padding > 0 and not same
+        self.pad = layers.ZeroPadding2D(unit.padding, name=f"{unit.name}.pad", dtype=dtype) if explicit else None
         self.conv = layers.Conv2D(
-            u.out_channels,
-            u.kernel,
-            strides=u.stride,
-            padding="same" if same and (u.padding or u.same) else "valid",
-            use_bias=u.bias,
+            unit.out_channels,
+            unit.kernel,
+            strides=unit.stride,
+            padding="same" if same and (unit.padding or unit.same) else "valid",
+            use_bias=unit.bias,
             kernel_initializer=init(),
-            name=f"{u.name}.conv",
+            name=f"{unit.name}.conv",
             dtype=dtype,
         )
         # momentum: the weight of the old statistic, 1 - the spec's (PyTorch's) 0.1
         self.bn = (
             None
-            if u.norm is None
+            if unit.norm is None
             else BatchNorm(
-                epsilon=u.norm.eps,
-                momentum=1.0 - u.norm.momentum,
-                scale=u.norm.scale,  # TF-slim's has no gamma: Keras's scale=False is TensorFlow's own
-                name=f"{u.name}.bn",
+                epsilon=unit.norm.eps,
+                momentum=1.0 - unit.norm.momentum,
+                scale=unit.norm.scale,  # TF-slim's has no gamma: Keras's scale=False is TensorFlow's own
+                name=f"{unit.name}.bn",
                 dtype=dtype,
             )
         )
-        self.relu = u.relu
+        self.relu = unit.relu
 
     def build(self, input_shape=None) -> None:
         """Weights from the spec's channel counts, as Gluon's ``in_channels``: no forward
@@ -198,21 +177,21 @@ class PlainConv2d(layers.Conv2D):
     ``incep1.branch1x1``), with the ReLU its unit asks for. Its padding keeps the size
     (``"same"`` at stride 1 is symmetric) or is zero."""
 
-    def __init__(self, u: ConvUnit, dtype=None) -> None:
-        if u.padding and not (u.stride == 1 and 2 * u.padding == u.kernel - 1):
-            raise ValueError(f"{u.name}: a plain conv pads to keep the size or not at all")
+    def __init__(self, unit: ConvUnit, dtype=None) -> None:
+        if unit.padding and not (unit.stride == 1 and 2 * unit.padding == unit.kernel - 1):
+            raise ValueError(f"{unit.name}: a plain conv pads to keep the size or not at all")
         super().__init__(
-            u.out_channels,
-            u.kernel,
-            strides=u.stride,
-            padding="same" if u.padding else "valid",
-            use_bias=u.bias,
-            activation="relu" if u.relu else None,
+            unit.out_channels,
+            unit.kernel,
+            strides=unit.stride,
+            padding="same" if unit.padding else "valid",
+            use_bias=unit.bias,
+            activation="relu" if unit.relu else None,
             kernel_initializer=init(),
-            name=u.name,
+            name=unit.name,
             dtype=dtype,
         )
-        self.unit = u
+        self.unit = unit
 
     def build(self, input_shape=None) -> None:
         super().build((None, None, None, self.unit.in_channels))
@@ -225,33 +204,35 @@ def length(x, axis: int):
     return n if n is not None else ops.shape(x)[axis]
 
 
-def _pool_out(size, p: Pool):
+def _pool_out(size, pool: Pool):
     """PyTorch's output size along one axis: ``conformance.spec.pool_out`` for an int, the
     same arithmetic on a scalar tensor."""
     if isinstance(size, int):
-        return pool_out(size, p.kernel, p.stride, p.padding, p.ceil_mode)
-    span = size + 2 * p.padding - p.kernel
-    if not p.ceil_mode:
-        return span // p.stride + 1
-    out = -(-span // p.stride) + 1
-    return out - ops.cast((out - 1) * p.stride >= size + p.padding, out.dtype)  # no window starting in the padding
+        return pool_out(size, pool.kernel, pool.stride, pool.padding, pool.ceil_mode)
+    span = size + 2 * pool.padding - pool.kernel
+    if not pool.ceil_mode:
+        return span // pool.stride + 1
+    out = -(-span // pool.stride) + 1
+    return out - ops.cast(
+        (out - 1) * pool.stride >= size + pool.padding, out.dtype
+    )  # no window starting in the padding
 
 
-def _pads(size, p: Pool) -> tuple:
+def _pads(size, pool: Pool) -> tuple:
     """(before, after) padding that makes a valid pool give PyTorch's output size: the
     ceil mode's extra window is padded at the end only."""
-    after = (_pool_out(size, p) - 1) * p.stride + p.kernel - size - p.padding
-    return p.padding, max(0, after) if isinstance(after, int) else ops.maximum(after, 0)
+    after = (_pool_out(size, pool) - 1) * pool.stride + pool.kernel - size - pool.padding
+    return pool.padding, max(0, after) if isinstance(after, int) else ops.maximum(after, 0)
 
 
-def _avg_divisor(size, p: Pool):
+def _avg_divisor(size, pool: Pool):
     """Cells counted in each window's mean, along one axis, as PyTorch counts them:
     padding counts if ``count_include_pad``, the ceil mode's extra end never does.
     numpy for an int size, ``keras.ops`` (the same functions) for a tensor."""
     xp = np if isinstance(size, int) else ops
-    start = xp.arange(_pool_out(size, p)) * p.stride - p.padding
-    end = xp.minimum(start + p.kernel, size + p.padding)
-    if not p.count_include_pad:
+    start = xp.arange(_pool_out(size, pool)) * pool.stride - pool.padding
+    end = xp.minimum(start + pool.kernel, size + pool.padding)
+    if not pool.count_include_pad:
         start, end = xp.maximum(start, 0), xp.minimum(end, size)
     return end - start
 
@@ -335,8 +316,8 @@ class AdaptiveAvgPool2D(layers.Layer):
         )
 
 
-def make_pool(p: PoolUnit, dtype=None) -> layers.Layer:
-    return Pool2D(p, dtype) if isinstance(p, Pool) else AdaptiveAvgPool2D(p, dtype)
+def make_pool(pool: PoolUnit, dtype=None) -> layers.Layer:
+    return Pool2D(pool, dtype) if isinstance(pool, Pool) else AdaptiveAvgPool2D(pool, dtype)
 
 
 @keras.saving.register_keras_serializable(package="conformance")
@@ -408,49 +389,3 @@ class Sequential(layers.Layer):
 def make_chain(ops_: tuple[Op, ...], name: str, dtype=None) -> layers.Layer:
     """A single op stands alone (``branch1.conv``); a chain is numbered (``branch2.0.conv``)."""
     return make_op(ops_[0], dtype) if len(ops_) == 1 else Sequential(ops_, name, dtype)
-
-
-# Keras keeps no public walk over nested layers: ``Layer._flatten_layers`` is what
-# ``Model.layers`` and saving use. This is the suite's one call into it.
-def walk(model: layers.Layer) -> Iterator[layers.Layer]:
-    """Every layer in the model's tree, the model included."""
-    return model._flatten_layers(include_self=True, recursive=True)
-
-
-# Keras's SGD keeps its momentums in a list indexed as the variables it was built with
-# (``SGD.momentums``, ``Optimizer._get_variable_index``), and each Dropout draws from its
-# own ``SeedGenerator`` (``Dropout.seed_generator``), whose state is a variable. The
-# trainer's state and reseeding go through these two functions.
-def momentums(optimizer: keras.optimizers.Optimizer, variables: list) -> list[tuple]:
-    """(variable, its momentum variable) for each of ``variables``; builds the optimizer
-    if no step has yet (a resumed run sets the momentums before its first step)."""
-    if not optimizer.built:
-        optimizer.build(variables)
-    moms = getattr(optimizer, "momentums", [])
-    return [(v, moms[optimizer._get_variable_index(v)]) for v in variables] if moms else []
-
-
-def reseed_dropout(model: layers.Layer, seed: int) -> None:
-    """Give every Dropout's seed generator a state drawn from ``seed`` (and its place)."""
-    droppers = [layer for layer in walk(model) if getattr(layer, "seed_generator", None) is not None]
-    states = np.random.SeedSequence(seed).generate_state(len(droppers))
-    for layer, state in zip(droppers, states, strict=True):
-        generator = layer.seed_generator
-        generator.state.assign(np.array([state, 0]).astype(generator.state.dtype))
-
-
-@contextlib.contextmanager
-def op_determinism(on: bool) -> Iterator[None]:
-    """TensorFlow's op determinism while the block runs, then as it was. TensorFlow
-    offers only ``enable_op_determinism`` (process-wide, for good); the switch back is
-    ``tensorflow.python.framework.config.disable_op_determinism``."""
-    from tensorflow.python.framework import config
-
-    was = config.is_op_determinism_enabled()
-    if on and not was:
-        config.enable_op_determinism()
-    try:
-        yield
-    finally:
-        if on and not was:
-            config.disable_op_determinism()

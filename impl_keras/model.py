@@ -30,13 +30,13 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from conformance.spec import LRN, AuxUnit, InceptionBlock, Plan, ReLU, ResidualUnit, Stage, resolve
+from conformance.spec import LRN, InceptionAuxUnit, InceptionUnit, Plan, ReLU, ResidualUnit, Stage, resolve
 
 from .layers import BasicConv2d, Block, init, make_chain, make_lrn, make_op, make_pool, make_relu
 
 
 class Inception(Block):
-    def __init__(self, block: InceptionBlock, dtype=None) -> None:
+    def __init__(self, block: InceptionUnit, dtype=None) -> None:
         super().__init__(block, dtype)
         # 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 (3x3 in torchvision) | 3x3 max pool -> 1x1
         self.branches = [[attr for attr, _ in branch] for branch in block.modules()]
@@ -77,7 +77,7 @@ class ResidualBlock(Block):
 
 
 class InceptionAux(Block):
-    def __init__(self, head: AuxUnit, dtype=None) -> None:
+    def __init__(self, head: InceptionAuxUnit, dtype=None) -> None:
         super().__init__(head, dtype)
         self.head = head
         self.pool = make_pool(head.pool, dtype)
@@ -114,7 +114,7 @@ def make_stage(stage: Stage, dtype=None) -> layers.Layer:
         return make_relu(stage.name, dtype)
     if isinstance(stage, ResidualUnit):
         return ResidualBlock(stage, dtype)
-    if isinstance(stage, InceptionBlock):
+    if isinstance(stage, InceptionUnit):
         return Inception(stage, dtype)
     return make_op(stage, dtype)
 

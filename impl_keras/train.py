@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from conformance.spec import aux_admits
 
-from .layers import BatchNorm, momentums, op_determinism, reseed_dropout, walk
+from .engine import BatchStats, momentums, op_determinism, reseed_dropout, walk
+from .layers import BatchNorm
 from .model import GoogLeNet
 from .weights import located
 
@@ -50,8 +51,7 @@ class Trainer:
         self.deterministic = deterministic
         self.optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
         self.bns = [layer for layer in walk(model) if isinstance(layer, BatchNorm)]
-        for layer in self.bns:
-            layer.record = record
+        self.kept = BatchStats(model) if record else None
         self._step = self._eager_step if record else tf.function(self._eager_step)
         self._last: tuple[list, list] = ([], [])  # the variables and gradients of the last step
 
@@ -59,14 +59,20 @@ class Trainer:
         variables = trained_variables(self.model, with_aux)
         with tf.GradientTape() as tape:
             out = self.model.forward_stages(x, with_aux=with_aux, training=True)
-            loss = cross_entropy(y, out["logits"])
-            for head in self.model.plan.aux if with_aux else ():
-                loss = loss + self.aux_weight * cross_entropy(y, out[head.name])
+            loss = self.loss(out, y, with_aux)
         grads = gradients_of(tape, loss, variables)
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         predicted = keras.ops.cast(keras.ops.argmax(out["logits"], 1), y.dtype)
         correct = keras.ops.sum(keras.ops.cast(predicted == y, "int32"))
         return loss, correct, grads
+
+    def loss(self, out: dict, target, with_aux: bool):
+        """Cross-entropy of the logits plus ``aux_weight`` times each aux head's: a method
+        of its own so impl_keras.distributed's Trainer computes the same loss on its shard."""
+        loss = cross_entropy(target, out["logits"])
+        for head in self.model.plan.aux if with_aux else ():
+            loss = loss + self.aux_weight * cross_entropy(target, out[head.name])
+        return loss
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
@@ -91,12 +97,7 @@ class Trainer:
 
     def batch_stats(self) -> dict[str, np.ndarray]:
         """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""
-        stats = {}
-        for layer in self.bns:
-            mean, var = layer.batch_stats
-            stats[f"{layer.name}.batch_mean"] = np.asarray(mean)
-            stats[f"{layer.name}.batch_var"] = np.asarray(var)
-        return stats
+        return self.kept.last() if self.kept is not None else {}
 
     def state(self) -> dict[str, np.ndarray]:
         """The optimizer's state by canonical key, in canonical layout: each trainable

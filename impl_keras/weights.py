@@ -18,32 +18,32 @@ from conformance.spec import Dense, Plan
 Convert = Callable[[np.ndarray], np.ndarray]
 
 
-def oihw_to_hwio(w: np.ndarray) -> np.ndarray:
+def oihw_to_hwio(weight: np.ndarray) -> np.ndarray:
     """PyTorch conv kernel (out, in, kh, kw) -> Keras (kh, kw, in, out)."""
-    return w.transpose(2, 3, 1, 0)
+    return weight.transpose(2, 3, 1, 0)
 
 
-def hwio_to_oihw(w: np.ndarray) -> np.ndarray:
-    return w.transpose(3, 2, 0, 1)
+def hwio_to_oihw(weight: np.ndarray) -> np.ndarray:
+    return weight.transpose(3, 2, 0, 1)
 
 
-def dense_to_keras(d: Dense) -> Convert:
+def dense_to_keras(dense: Dense) -> Convert:
     """(out, in) -> (in, out); after a flatten, rows re-ordered from (C, H, W) to (H, W, C)."""
-    if d.flattened_from is None:
+    if dense.flattened_from is None:
         return lambda w: w.T
-    c, h, w_ = d.flattened_from
-    return lambda w: w.reshape(d.out_features, c, h, w_).transpose(2, 3, 1, 0).reshape(-1, d.out_features)
+    c, h, w_ = dense.flattened_from
+    return lambda w: w.reshape(dense.out_features, c, h, w_).transpose(2, 3, 1, 0).reshape(-1, dense.out_features)
 
 
-def dense_from_keras(d: Dense) -> Convert:
-    if d.flattened_from is None:
+def dense_from_keras(dense: Dense) -> Convert:
+    if dense.flattened_from is None:
         return lambda k: k.T
-    c, h, w_ = d.flattened_from
-    return lambda k: k.reshape(h, w_, c, d.out_features).transpose(3, 2, 0, 1).reshape(d.out_features, -1)
+    c, h, w_ = dense.flattened_from
+    return lambda k: k.reshape(h, w_, c, dense.out_features).transpose(3, 2, 0, 1).reshape(dense.out_features, -1)
 
 
-def same(a: np.ndarray) -> np.ndarray:
-    return a
+def same(array: np.ndarray) -> np.ndarray:
+    return array
 
 
 class Row(NamedTuple):
@@ -56,10 +56,10 @@ class Row(NamedTuple):
 BN_VARIABLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-def table(p: Plan) -> dict[str, Row]:
+def table(plan: Plan) -> dict[str, Row]:
     """Canonical key -> where it lives in the Keras model and how it is laid out."""
     rows: dict[str, Row] = {}
-    for u in p.units():
+    for u in plan.units():
         if isinstance(u, Dense):
             rows[f"{u.name}.weight"] = Row(u.name, "kernel", dense_to_keras(u), dense_from_keras(u))
             rows[f"{u.name}.bias"] = Row(u.name, "bias", same, same)
@@ -81,11 +81,11 @@ def _variables(model) -> dict[tuple[str, str], Any]:
     return found
 
 
-def located(model, p: Plan) -> list[tuple[str, Row, Any]]:
+def located(model, plan: Plan) -> list[tuple[str, Row, Any]]:
     """(canonical key, table row, Keras variable) for every key; an error if the model
     and the plan disagree (a bug in model.py)."""
     variables = _variables(model)
-    rows = table(p)
+    rows = table(plan)
     unmapped = set(variables) - {(r.layer, r.variable) for r in rows.values()}
     missing = [k for k, r in rows.items() if (r.layer, r.variable) not in variables]
     if unmapped or missing:  # the model and the plan disagree: a bug in model.py

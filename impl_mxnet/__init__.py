@@ -35,7 +35,7 @@ frameworks.use_every_core()  # before the import: MXNet would take half the core
 # Everything below imports mxnet, so it comes after the two settings above (ruff: E402).
 import mxnet as mx
 
-from .layers import onnx_mapping
+from .engine import onnx_mapping
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical

@@ -261,8 +261,8 @@ class Trainer(SingleTrainer):
             self.kv.init(_STATS_KEY, mx.nd.zeros(2, dtype=np.float64))
             _trainers.add(self)
 
-    def _bounds(self, n: int) -> tuple[int, int]:
-        return self.world.bounds(n, 0 if self.fault == "same-shard" else self.world.rank)
+    def _bounds(self, rows: int) -> tuple[int, int]:
+        return self.world.bounds(rows, 0 if self.fault == "same-shard" else self.world.rank)
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One step on this worker's shard of the global batch ``x``, ``y``: the global

@@ -15,20 +15,13 @@ the spec), so parameters exist right after ``initialize()``, without a first for
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import re
-import sys
-import types
-import warnings
-from collections.abc import Iterator
-
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-from conformance.spec import LRN, ConvUnit, Op, Pool, PoolUnit, same_pads
-from conformance.spec import BatchNorm as Norm
+from conformance.spec import LRN, BatchNormSettings, ConvUnit, Op, Pool, PoolUnit, same_pads
+
+from .engine import options
 
 
 class BatchNorm(nn.BatchNorm):
@@ -39,8 +32,6 @@ class BatchNorm(nn.BatchNorm):
     operator updates them from ``x`` stretched about its batch mean by sqrt(n / (n - 1)),
     whose biased variance is ``x``'s unbiased one; the first normalises with its own update
     off (momentum 1). Every op goes through ``F``, so it hybridizes."""
-
-    record = False  # the training-parity check sets it: keep the last batch statistics
 
     def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
         if not mx.autograd.is_training():
@@ -61,9 +52,6 @@ class BatchNorm(nn.BatchNorm):
         # beta + 0 * that mean: the statistics update runs before the normalisation, in one graph
         beta = F.broadcast_add(beta, F.BlockGrad(stretched_mean) * 0.0)
         y = F.BatchNorm(x, gamma, beta, running_mean, running_var, name="fwd", **{**options(self), "momentum": 1.0})
-        if self.record and F is mx.nd:  # the parity check runs imperatively: the values exist here
-            with mx.autograd.pause():
-                self.batch_stats = (mean.reshape((-1,)), F.square(F.broadcast_sub(x, mean)).mean(axis=(0, 2, 3)))
         return y
 
 
@@ -100,9 +88,11 @@ def flipped(F, x):
 class SameConv2D(nn.Conv2D):
     """``nn.Conv2D`` with TensorFlow's SAME padding (``SamePadding``); the same parameters."""
 
-    def __init__(self, u: ConvUnit) -> None:
-        super().__init__(u.out_channels, u.kernel, strides=u.stride, use_bias=u.bias, in_channels=u.in_channels)
-        self.same = SamePadding(u.kernel, u.stride)
+    def __init__(self, unit: ConvUnit) -> None:
+        super().__init__(
+            unit.out_channels, unit.kernel, strides=unit.stride, use_bias=unit.bias, in_channels=unit.in_channels
+        )
+        self.same = SamePadding(unit.kernel, unit.stride)
 
     def hybrid_forward(self, F, x, weight, bias=None):
         if self.same.flip:  # run on the flipped map with the flipped kernel: the same products
@@ -116,9 +106,9 @@ class SameMaxPool2D(nn.HybridBlock):
     """A max pool with TensorFlow's SAME padding (``SamePadding``): -inf padding, so a
     padded cell never wins, as in TensorFlow."""
 
-    def __init__(self, p: Pool) -> None:
+    def __init__(self, pool: Pool) -> None:
         super().__init__()
-        self.kernel, self.stride, self.same = p.kernel, p.stride, SamePadding(p.kernel, p.stride)
+        self.kernel, self.stride, self.same = pool.kernel, pool.stride, SamePadding(pool.kernel, pool.stride)
 
     def hybrid_forward(self, F, x):
         if self.same.flip:  # a max does not care about order: only the map is flipped
@@ -128,7 +118,7 @@ class SameMaxPool2D(nn.HybridBlock):
         return flipped(F, y) if self.same.flip else y
 
 
-def make_norm(channels: int, norm: Norm) -> BatchNorm:
+def make_norm(channels: int, norm: BatchNormSettings) -> BatchNorm:
     # momentum: the weight of the old statistic, 1 - the spec's (PyTorch's) 0.1; BatchNorm
     # calls its scale and shift gamma and beta. scale=False (TF-slim's) keeps a gamma of
     # ones that the operator ignores (fix_gamma) and no optimiser updates (grad_req null).
@@ -139,22 +129,22 @@ class BasicConv2d(nn.HybridBlock):
     """conv -> [BatchNorm] -> [ReLU]. Gluon pads symmetrically, like PyTorch;
     TensorFlow's SAME is ``SameConv2D``."""
 
-    def __init__(self, u: ConvUnit) -> None:
+    def __init__(self, unit: ConvUnit) -> None:
         super().__init__()
         self.conv = (
-            SameConv2D(u)
-            if u.same
+            SameConv2D(unit)
+            if unit.same
             else nn.Conv2D(
-                u.out_channels,
-                u.kernel,
-                strides=u.stride,
-                padding=u.padding,
-                use_bias=u.bias,
-                in_channels=u.in_channels,
+                unit.out_channels,
+                unit.kernel,
+                strides=unit.stride,
+                padding=unit.padding,
+                use_bias=unit.bias,
+                in_channels=unit.in_channels,
             )
         )
-        self.bn = None if u.norm is None else make_norm(u.out_channels, u.norm)
-        self.relu = u.relu
+        self.bn = None if unit.norm is None else make_norm(unit.out_channels, unit.norm)
+        self.relu = unit.relu
 
     def hybrid_forward(self, F, x):
         x = self.conv(x)
@@ -167,15 +157,15 @@ class PlainConv2d(nn.Conv2D):
     """A bare conv, as Liu's lecture writes it (weights at ``incep1.branch1x1.weight``),
     with the ReLU its unit asks for."""
 
-    def __init__(self, u: ConvUnit) -> None:
+    def __init__(self, unit: ConvUnit) -> None:
         super().__init__(
-            u.out_channels,
-            u.kernel,
-            strides=u.stride,
-            padding=u.padding,
-            use_bias=u.bias,
-            activation="relu" if u.relu else None,
-            in_channels=u.in_channels,
+            unit.out_channels,
+            unit.kernel,
+            strides=unit.stride,
+            padding=unit.padding,
+            use_bias=unit.bias,
+            activation="relu" if unit.relu else None,
+            in_channels=unit.in_channels,
         )
 
 
@@ -190,14 +180,16 @@ class AdaptiveAvgPool2D(nn.HybridBlock):
         return F.contrib.AdaptiveAvgPooling2D(x, output_size=self.size)
 
 
-def make_pool(p: PoolUnit) -> nn.HybridBlock:
-    if not isinstance(p, Pool):
-        return AdaptiveAvgPool2D(p.size)
-    if p.same:
-        return SameMaxPool2D(p)
-    if p.kind == "max":  # ceil_mode is MXNet's pooling_convention="full"
-        return nn.MaxPool2D(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode)
-    return nn.AvgPool2D(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode, count_include_pad=p.count_include_pad)
+def make_pool(pool: PoolUnit) -> nn.HybridBlock:
+    if not isinstance(pool, Pool):
+        return AdaptiveAvgPool2D(pool.size)
+    if pool.same:
+        return SameMaxPool2D(pool)
+    if pool.kind == "max":  # ceil_mode is MXNet's pooling_convention="full"
+        return nn.MaxPool2D(pool.kernel, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
+    return nn.AvgPool2D(
+        pool.kernel, pool.stride, pool.padding, ceil_mode=pool.ceil_mode, count_include_pad=pool.count_include_pad
+    )
 
 
 class LocalResponseNorm(nn.HybridBlock):
@@ -248,131 +240,3 @@ def make_chain(ops: tuple[Op, ...]) -> nn.HybridBlock:
     chain = nn.HybridSequential()
     chain.add(*map(make_op, ops))
     return chain
-
-
-class Network(nn.HybridBlock):
-    """The network's base: one hybridized graph per mode. Gluon traces ``hybrid_forward``
-    once, at the first call after ``hybridize()``, so what it decides on
-    ``autograd.is_training()`` (torchvision's aux logits in training only, BatchNorm's
-    statistics update) would stay as that first call had it; this block retraces when the
-    mode changes, and exports only its inference graph."""
-
-    def forward(self, x, *args):
-        training = mx.autograd.is_training()
-        if training != getattr(self, "traced_training", None):
-            retrace(self)
-            self.traced_training = training
-        with unused_aux_ignored(self):
-            return super().forward(x, *args)
-
-    def export(self, path: str, epoch: int = 0, remove_amp_cast: bool = True) -> None:
-        if getattr(self, "traced_training", False):
-            raise RuntimeError(
-                "export: the last graph traced is the training one (aux outputs, statistics updates); "
-                "run a forward outside autograd.record() first"
-            )
-        super().export(path, epoch, remove_amp_cast)
-
-
-UNUSED = re.compile(r"Parameter (.*) is not used by any computation\. Is this intended\?")
-
-
-@contextlib.contextmanager
-def unused_aux_ignored(net: nn.HybridBlock) -> Iterator[None]:
-    """Drop Gluon's warning that parameters are unused when they are all the aux heads'
-    (in inference the graph has no aux heads, as torchvision's); re-issue every other."""
-    aux = {p.name for head in net.plan.aux for p in getattr(net, head.name).collect_params().values()}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        unused = UNUSED.fullmatch(str(w.message))
-        if not (unused and set(unused.group(1).split(", ")) <= aux):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-
-# Gluon 1.9 keeps several things public only as private attributes; these are the suite's
-# only calls into them.
-
-
-def retrace(block: nn.HybridBlock) -> None:
-    """Drop a hybridized block's graph, so the next call traces it again:
-    ``HybridBlock._clear_cached_op`` (``hybridize()`` does it, and resets the options)."""
-    block._clear_cached_op()
-
-
-def options(block: nn.Block) -> dict:
-    """The operator arguments a Gluon layer runs with (``eps``, ``momentum``, ...):
-    ``Block._kwargs``; Gluon has no public accessor."""
-    return block._kwargs
-
-
-def named_blocks(block: nn.Block, prefix: str = "") -> Iterator[tuple[str, nn.Block]]:
-    """(attribute path, block) for every block in the tree: ``conv1.bn``, ``inception3a.branch2.1.bn``.
-    ``Block._children``: Gluon 1.x has no ``named_children``."""
-    for name, child in block._children.items():
-        path = f"{prefix}{name}"
-        yield path, child
-        yield from named_blocks(child, path + ".")
-
-
-def structural_params(block: nn.Block) -> dict[str, mx.gluon.Parameter]:
-    """Parameters by attribute path, the names ``save_parameters`` writes:
-    ``Block._collect_params_with_prefix``; ``collect_params`` names them by prefix instead."""
-    return block._collect_params_with_prefix()
-
-
-def make_trainable(param: mx.gluon.Parameter) -> None:
-    """Let a parameter Gluon made fixed train (``grad_req="write"``): a BatchNorm built
-    with ``scale=False`` keeps its gamma with ``Parameter._differentiable`` False, which
-    makes the ``grad_req`` setter keep "null". For the pitfall that gives TF-slim's
-    BatchNorm a scale."""
-    param._differentiable = True
-    param.grad_req = "write"
-
-
-def momentum_states(trainer: mx.gluon.Trainer) -> dict[str, mx.nd.NDArray]:
-    """SGD's momentum by parameter name: ``Trainer._updaters[0].states``, keyed by the
-    parameter's index in ``Trainer._params`` and made at its first update (one device,
-    so the trainer updates locally, not on a kvstore)."""
-    updater = trainer._updaters[0]
-    return {trainer._params[i].name: s for i, s in updater.states.items() if s is not None}
-
-
-def set_momentum_states(trainer: mx.gluon.Trainer, states: dict[str, mx.nd.NDArray]) -> None:
-    """Set the momentums ``momentum_states`` returned, before or after a first update."""
-    updater = trainer._updaters[0]
-    for i, param in enumerate(trainer._params):
-        if param.name in states:
-            updater.states[i] = states[param.name]
-            updater.states_synced[i] = True
-
-
-@contextlib.contextmanager
-def onnx_mapping() -> Iterator[None]:
-    """``mx.onnx.export_model`` imports ``onnx.mapping``, a module recent onnx releases
-    no longer have (onnx 1.23: ``ImportError``): for the export, its two tables are
-    rebuilt from ``onnx.helper``'s public functions, then removed again."""
-    import onnx
-    from onnx import helper
-
-    if "onnx.mapping" in sys.modules or importlib.util.find_spec("onnx.mapping") is not None:
-        yield
-        return
-    mapping = types.ModuleType("onnx.mapping")
-    types_ = [t for t in onnx.TensorProto.DataType.values() if t != onnx.TensorProto.UNDEFINED]
-    to_np = {}
-    for t in types_:
-        with contextlib.suppress(KeyError, TypeError, ValueError):  # a type numpy lacks (bfloat16, ...)
-            to_np[t] = np.dtype(helper.tensor_dtype_to_np_dtype(t))
-    mapping.TENSOR_TYPE_TO_NP_TYPE = to_np  # type: ignore[attr-defined]
-    mapping.NP_TYPE_TO_TENSOR_TYPE = {  # type: ignore[attr-defined]
-        np.dtype(n): helper.np_dtype_to_tensor_dtype(np.dtype(n)) for n in set(to_np.values())
-    }
-    sys.modules["onnx.mapping"] = mapping  # for "from onnx import mapping"
-    setattr(onnx, "mapping", mapping)  # for onnx.mapping.NP_TYPE_TO_TENSOR_TYPE  # noqa: B010 - onnx declares none
-    try:
-        yield
-    finally:
-        sys.modules.pop("onnx.mapping", None)
-        delattr(onnx, "mapping")

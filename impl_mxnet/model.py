@@ -4,7 +4,7 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
 
 * ``hybrid_forward(F, x)``: ``F`` is ``mx.nd`` when run imperatively and ``mx.sym``
   once hybridized, so every op goes through ``F``. ``hybridize()`` traces it once; the
-  network's base (``layers.Network``) traces it again when the training mode changes, so
+  network's base (``engine.Network``) traces it again when the training mode changes, so
   its aux heads run in training only, as torchvision's, and ``export`` writes the
   inference graph.
 * Training mode is not a flag on the model: inside ``autograd.record()`` BatchNorm
@@ -22,13 +22,14 @@ from __future__ import annotations
 import mxnet as mx
 from mxnet.gluon import nn
 
-from conformance.spec import LRN, AuxUnit, InceptionBlock, Plan, ReLU, ResidualUnit, Stage
+from conformance.spec import LRN, InceptionAuxUnit, InceptionUnit, Plan, ReLU, ResidualUnit, Stage
 
-from .layers import BasicConv2d, Network, make_chain, make_lrn, make_op, make_pool, make_relu
+from .engine import Network
+from .layers import BasicConv2d, make_chain, make_lrn, make_op, make_pool, make_relu
 
 
 class Inception(nn.HybridBlock):
-    def __init__(self, block: InceptionBlock) -> None:
+    def __init__(self, block: InceptionUnit) -> None:
         super().__init__()
         # 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 (3x3 in torchvision) | 3x3 max pool -> 1x1
         self.branches = [[attr for attr, _ in branch] for branch in block.modules()]
@@ -60,7 +61,7 @@ class ResidualBlock(nn.HybridBlock):
 
 
 class InceptionAux(nn.HybridBlock):
-    def __init__(self, head: AuxUnit) -> None:
+    def __init__(self, head: InceptionAuxUnit) -> None:
         super().__init__()
         self.pool = make_pool(head.pool)
         self.conv = BasicConv2d(head.conv)
@@ -90,7 +91,7 @@ def make_stage(stage: Stage) -> nn.HybridBlock:
         return make_relu(stage.name)
     if isinstance(stage, ResidualUnit):
         return ResidualBlock(stage)
-    if isinstance(stage, InceptionBlock):
+    if isinstance(stage, InceptionUnit):
         return Inception(stage)
     return make_op(stage)
 

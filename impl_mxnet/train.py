@@ -20,7 +20,7 @@ import numpy as np
 
 from conformance.spec import aux_admits
 
-from .layers import BatchNorm, momentum_states, named_blocks, set_momentum_states
+from .engine import BatchStats, momentum_states, set_momentum_states
 from .model import GoogLeNet
 from .weights import located
 
@@ -49,9 +49,7 @@ class Trainer:
             model.collect_params(), "sgd", {"learning_rate": lr, "momentum": momentum, "wd": 0.0}
         )
         self.ce = mx.gluon.loss.SoftmaxCrossEntropyLoss()
-        self.bns = {name: b for name, b in named_blocks(model) if isinstance(b, BatchNorm)}
-        for b in self.bns.values():
-            b.record = record
+        self.kept = BatchStats(model) if record else None
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
@@ -68,20 +66,26 @@ class Trainer:
         data, target = mx.nd.array(x, dtype=x.dtype), mx.nd.array(y, dtype=x.dtype)
         with mx.autograd.record():
             if self.hybrid and with_aux == bool(plan.aux):  # the graph: logits, or logits, aux2, aux1
-                logits, *aux = self.model(data) if plan.aux else (self.model(data),)
+                names = ("logits", *(head.name for head in reversed(plan.aux)))
+                out = dict(zip(names, self.model(data) if plan.aux else (self.model(data),), strict=True))
             else:
                 out = self.model.forward_stages(data, with_aux=with_aux)
-                logits, aux = out["logits"], [out[head.name] for head in plan.aux if with_aux]
-            loss = self.ce(logits, target).mean()
-            for head_logits in aux:
-                loss = loss + self.aux_weight * self.ce(head_logits, target).mean()
+            loss = self.loss(out, target, with_aux)
             scaled = loss * weight if weight != 1.0 else loss  # recorded, so backward sees it
         scaled.backward()
         heads = () if with_aux else tuple(f"{head.name}." for head in plan.aux)
         self.resting = frozenset(
             key for key, param in located(self.model, plan) if key.startswith(heads) and param.grad_req != "null"
         )
-        return loss, (logits.argmax(axis=1) == target).sum()
+        return loss, (out["logits"].argmax(axis=1) == target).sum()
+
+    def loss(self, out: dict[str, mx.nd.NDArray], target: mx.nd.NDArray, with_aux: bool) -> mx.nd.NDArray:
+        """Cross-entropy of the logits plus ``aux_weight`` times each aux head's: a method
+        of its own, as in every framework's Trainer."""
+        loss = self.ce(out["logits"], target).mean()
+        for head in self.model.plan.aux if with_aux else ():
+            loss = loss + self.aux_weight * self.ce(out[head.name], target).mean()
+        return loss
 
     resting: frozenset[str] = frozenset()  # the last step's keys of aux heads outside its loss (set by backward)
 
@@ -110,11 +114,7 @@ class Trainer:
 
     def batch_stats(self) -> dict[str, np.ndarray]:
         """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""
-        stats = {}
-        for name, b in self.bns.items():
-            mean, var = b.batch_stats
-            stats[f"{name}.batch_mean"], stats[f"{name}.batch_var"] = mean.asnumpy(), var.asnumpy()
-        return stats
+        return self.kept.last() if self.kept is not None else {}
 
     def state(self) -> dict[str, np.ndarray]:
         """The optimizer's state by canonical key: each trainable parameter's momentum, in

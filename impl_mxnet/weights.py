@@ -12,16 +12,16 @@ import numpy as np
 from conformance.canonical import CanonicalError, canonical_shapes, gluon_name, validate
 from conformance.spec import Plan
 
-from .layers import structural_params
+from .engine import structural_params
 
 
-def located(model, p: Plan) -> list[tuple[str, mx.gluon.Parameter]]:
+def located(model, plan: Plan) -> list[tuple[str, mx.gluon.Parameter]]:
     """(canonical key, Gluon parameter) for every key; an error if the model and the
     plan disagree (a bug in model.py)."""
     params = structural_params(model)  # the names save_parameters uses
-    names = {key: gluon_name(key) for key in canonical_shapes(p)}
+    names = {key: gluon_name(key) for key in canonical_shapes(plan)}
     # a BatchNorm without scale (TF-slim's) keeps a gamma the operator ignores (fix_gamma)
-    ignored = {gluon_name(f"{u.name}.bn.weight") for u in p.conv_units() if u.norm is not None and not u.norm.scale}
+    ignored = {gluon_name(f"{u.name}.bn.weight") for u in plan.conv_units() if u.norm is not None and not u.norm.scale}
     unmapped = set(params) - set(names.values()) - ignored
     missing = [k for k, n in names.items() if n not in params]
     if unmapped or missing:  # the model and the plan disagree: a bug in model.py

@@ -16,7 +16,7 @@ from conformance import frameworks, interface
 from conformance.canonical import default_params
 from conformance.spec import Variant, resolve
 
-from .layers import weights_version
+from .engine import weights_version
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conformance.spec import LRN, BatchNorm, ConvUnit, Op, Pool, PoolUnit
+from conformance.spec import LRN, BatchNormSettings, ConvUnit, Op, Pool, PoolUnit
 
 
 class SamePad(nn.Module):
@@ -34,7 +34,7 @@ class SamePad(nn.Module):
         return F.pad(x, self.pads(x.shape[-1]) + self.pads(x.shape[-2]), value=self.value)  # (left, right, top, bottom)
 
 
-def make_norm(channels: int, norm: BatchNorm) -> nn.BatchNorm2d:
+def make_norm(channels: int, norm: BatchNormSettings) -> nn.BatchNorm2d:
     # momentum: the weight of the new batch statistic (0.1), the spec's convention
     bn = nn.BatchNorm2d(channels, eps=norm.eps, momentum=norm.momentum, affine=norm.scale)
     if not norm.scale:  # TF-slim's: a shift without a scale; BatchNorm2d's forward takes weight None
@@ -46,12 +46,14 @@ class BasicConv2d(nn.Module):
     """[SAME pad] -> conv -> [BatchNorm] -> [ReLU]. PyTorch pads symmetrically:
     ``padding=3`` is (3, 3); TensorFlow's SAME is a ``SamePad`` before an unpadded conv."""
 
-    def __init__(self, u: ConvUnit) -> None:
+    def __init__(self, unit: ConvUnit) -> None:
         super().__init__()
-        self.pad = SamePad(u.kernel, u.stride) if u.same else None
-        self.conv = nn.Conv2d(u.in_channels, u.out_channels, u.kernel, stride=u.stride, padding=u.padding, bias=u.bias)
-        self.bn = None if u.norm is None else make_norm(u.out_channels, u.norm)
-        self.relu = u.relu
+        self.pad = SamePad(unit.kernel, unit.stride) if unit.same else None
+        self.conv = nn.Conv2d(
+            unit.in_channels, unit.out_channels, unit.kernel, stride=unit.stride, padding=unit.padding, bias=unit.bias
+        )
+        self.bn = None if unit.norm is None else make_norm(unit.out_channels, unit.norm)
+        self.relu = unit.relu
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pad is not None:
@@ -66,23 +68,27 @@ class PlainConv2d(nn.Conv2d):
     """A bare conv, as Liu's lecture writes it (weights at ``incep1.branch1x1.weight``),
     with the ReLU its unit asks for."""
 
-    def __init__(self, u: ConvUnit) -> None:
-        super().__init__(u.in_channels, u.out_channels, u.kernel, stride=u.stride, padding=u.padding, bias=u.bias)
-        self.relu = u.relu
+    def __init__(self, unit: ConvUnit) -> None:
+        super().__init__(
+            unit.in_channels, unit.out_channels, unit.kernel, stride=unit.stride, padding=unit.padding, bias=unit.bias
+        )
+        self.relu = unit.relu
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._conv_forward(x, self.weight, self.bias)  # Conv2d's forward: TorchScript has no super()
         return F.relu(x) if self.relu else x
 
 
-def make_pool(p: PoolUnit) -> nn.Module:
-    if not isinstance(p, Pool):  # the adaptive aux pool: PyTorch's own window rule
-        return nn.AdaptiveAvgPool2d(p.size)
-    if p.same:  # TensorFlow's SAME: padded by hand with -inf, then an unpadded pool
-        return nn.Sequential(SamePad(p.kernel, p.stride, -float("inf")), nn.MaxPool2d(p.kernel, p.stride))
-    if p.kind == "max":  # padded cells never win: PyTorch pads max pools with -inf
-        return nn.MaxPool2d(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode)
-    return nn.AvgPool2d(p.kernel, p.stride, p.padding, ceil_mode=p.ceil_mode, count_include_pad=p.count_include_pad)
+def make_pool(pool: PoolUnit) -> nn.Module:
+    if not isinstance(pool, Pool):  # the adaptive aux pool: PyTorch's own window rule
+        return nn.AdaptiveAvgPool2d(pool.size)
+    if pool.same:  # TensorFlow's SAME: padded by hand with -inf, then an unpadded pool
+        return nn.Sequential(SamePad(pool.kernel, pool.stride, -float("inf")), nn.MaxPool2d(pool.kernel, pool.stride))
+    if pool.kind == "max":  # padded cells never win: PyTorch pads max pools with -inf
+        return nn.MaxPool2d(pool.kernel, pool.stride, pool.padding, ceil_mode=pool.ceil_mode)
+    return nn.AvgPool2d(
+        pool.kernel, pool.stride, pool.padding, ceil_mode=pool.ceil_mode, count_include_pad=pool.count_include_pad
+    )
 
 
 def make_lrn(lrn: LRN) -> nn.Module:
@@ -102,10 +108,3 @@ def make_op(op: Op) -> nn.Module:
 def make_chain(ops: tuple[Op, ...]) -> nn.Module:
     """A single op stands alone (``branch1.conv``); a chain is numbered (``branch2.0.conv``)."""
     return make_op(ops[0]) if len(ops) == 1 else nn.Sequential(*map(make_op, ops))
-
-
-# PyTorch keeps no public record of a tensor's writes: ``Tensor._version``, which counts
-# every in-place change (what autograd checks), is the suite's one call into it.
-def weights_version(model: nn.Module) -> tuple[tuple[int, int], ...]:
-    """Changes whenever a weight or statistic of ``model`` is written or replaced."""
-    return tuple((id(t), t._version) for t in model.state_dict(keep_vars=True).values())

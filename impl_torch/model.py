@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conformance.spec import LRN, AuxUnit, InceptionBlock, Plan, ReLU, ResidualUnit, Stage
+from conformance.spec import LRN, InceptionAuxUnit, InceptionUnit, Plan, ReLU, ResidualUnit, Stage
 
 from .layers import BasicConv2d, make_chain, make_lrn, make_op, make_pool, make_relu
 
 
 class Inception(nn.ModuleDict):
-    def __init__(self, block: InceptionBlock) -> None:
+    def __init__(self, block: InceptionUnit) -> None:
         super().__init__()
         # 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 (3x3 in torchvision) | 3x3 max pool -> 1x1
         self.branches = [[attr for attr, _ in branch] for branch in block.modules()]
@@ -59,7 +59,7 @@ class ResidualBlock(nn.Module):
 
 
 class InceptionAux(nn.Module):
-    def __init__(self, head: AuxUnit) -> None:
+    def __init__(self, head: InceptionAuxUnit) -> None:
         super().__init__()
         self.pool = make_pool(head.pool)
         self.conv = BasicConv2d(head.conv)
@@ -89,7 +89,7 @@ def make_stage(stage: Stage) -> nn.Module:
         return make_relu(stage.name)
     if isinstance(stage, ResidualUnit):
         return ResidualBlock(stage)
-    if isinstance(stage, InceptionBlock):
+    if isinstance(stage, InceptionUnit):
         return Inception(stage)
     return make_op(stage)
 

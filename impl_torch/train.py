@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from conformance.spec import aux_admits
 
+from .engine import BatchStats
 from .model import GoogLeNet
 
 
@@ -35,18 +35,7 @@ class Trainer:
         # googlenet_cifar, tests/test_resume.py).
         # buf = momentum * buf + grad; w -= lr * buf
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-        self.stats: dict[str, np.ndarray] = {}
-        for name, module in model.named_modules() if record else ():
-            if isinstance(module, nn.BatchNorm2d):
-                module.register_forward_hook(self._keep(name))
-
-    def _keep(self, name: str):
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            x = inputs[0].detach()
-            self.stats[f"{name}.batch_mean"] = x.mean((0, 2, 3)).numpy()
-            self.stats[f"{name}.batch_var"] = x.var((0, 2, 3), unbiased=False).numpy()
-
-        return hook
+        self.kept = BatchStats(model) if record else None
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW float32 batch and its int labels: (loss, correct)."""
@@ -75,7 +64,7 @@ class Trainer:
 
     def batch_stats(self) -> dict[str, np.ndarray]:
         """``<unit>.bn.batch_mean`` / ``.batch_var`` of the last step (needs ``record``)."""
-        return dict(self.stats)
+        return self.kept.last() if self.kept is not None else {}
 
     def state(self) -> dict[str, np.ndarray]:
         """The optimizer's state by canonical key: each trainable parameter's momentum

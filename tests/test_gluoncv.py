@@ -43,7 +43,7 @@ def gluoncv_file(gluoncv_googlenet, tmp_path_factory):
     statistics, and that model's outputs for a seeded input."""
     import mxnet as mx
 
-    from impl_mxnet.layers import structural_params
+    from impl_mxnet.engine import structural_params
 
     net = gluoncv_googlenet.googlenet(pretrained=False, aux_logits=True)
     net.initialize()

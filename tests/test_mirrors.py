@@ -6,10 +6,10 @@ name for the forward pass), and a shape comment at the same places."""
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("impl_torch", "impl_keras", "impl_mxnet", "impl_jax")
@@ -65,9 +65,58 @@ def test_shape_comments_sit_in_the_same_blocks():
     assert counts[0]["GoogLeNet"] >= 5 and counts[0]["InceptionAux"] >= 5
 
 
-@pytest.mark.parametrize("module", ["layers", "weights", "train", "__init__"])
-def test_every_framework_has_the_same_file_set(module):
-    assert all((ROOT / p / f"{module}.py").is_file() for p in FRAMEWORKS)
+# Each file's one job, the same in every package; a package without data-parallel
+# training (impl_jax) leaves out distributed.py, and says so in its __init__.
+JOBS = {
+    "__init__.py": "the interface: build, forward, stages, exports, Trainer",
+    "model.py": "the network, mirrored class for class",
+    "layers.py": "the layers of the plan's units, one maker per kind of op",
+    "engine.py": "what the trainer and backend need beside the layers",
+    "weights.py": "canonical <-> framework weights",
+    "train.py": "the single-process Trainer",
+    "distributed.py": "the data-parallel Trainer",
+}
+OPTIONAL = {"distributed.py"}
+
+
+def files(package: str, root: Path = ROOT) -> set[str]:
+    return {path.name for path in (root / package).glob("*.py")}
+
+
+def test_every_framework_has_the_same_file_set_each_with_its_job():
+    for package in FRAMEWORKS:
+        assert files(package) - OPTIONAL == set(JOBS) - OPTIONAL, package
+        assert files(package) <= set(JOBS), package
+
+
+def test_the_file_set_check_fails_on_a_stray_or_missing_file(tmp_path):
+    """Negative control: a package with a helper module outside the set, or without engine.py."""
+    for name in JOBS:
+        (tmp_path / name).write_text("")
+    (tmp_path / "helpers.py").write_text("")
+    assert files(tmp_path.name, tmp_path.parent) - set(JOBS) == {"helpers.py"}
+    (tmp_path / "helpers.py").unlink()
+    (tmp_path / "engine.py").unlink()
+    assert set(JOBS) - OPTIONAL - files(tmp_path.name, tmp_path.parent) == {"engine.py"}
+
+
+def test_trainers_expose_the_same_hooks():
+    """Every Trainer has ``loss`` and keeps batch statistics through its engine's
+    ``BatchStats``: one shape, so a distributed Trainer reuses its parent's loss."""
+    for package in FRAMEWORKS:
+        tree = ast.parse((ROOT / package / "train.py").read_text())
+        (trainer,) = [c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "Trainer"]
+        names = {f.name for f in trainer.body if isinstance(f, ast.FunctionDef)}
+        assert {"step", "loss", "gradients", "batch_stats", "state", "load_state", "reseed"} <= names, package
+        assert "BatchStats(model)" in (ROOT / package / "train.py").read_text(), package
+        assert "BatchStats" in definitions(package, "engine"), package
+
+
+def test_distributed_trainers_take_the_loss_from_train():
+    for package in FRAMEWORKS:
+        path = ROOT / package / "distributed.py"
+        if path.is_file():
+            assert "cross_entropy" not in path.read_text(), path
 
 
 def test_layers_share_their_makers_in_the_same_order():
@@ -78,12 +127,53 @@ def test_layers_share_their_makers_in_the_same_order():
         assert [n for n in names if n in shared] == shared, package
 
 
-def test_framework_private_apis_are_called_in_layers_only():
-    """Calls into a framework's private attributes live in one place per framework."""
-    private = re.compile(
-        r"\._(flatten_layers|collect_params_with_prefix|children|kwargs|clear_cached_op|differentiable)\b"
-    )
+PRIVATE = re.compile(
+    r"\._(flatten_layers|collect_params_with_prefix|children|kwargs|clear_cached_op|differentiable|version|updaters|params|get_variable_index)\b"
+)
+PRIVATE_HOMES = {"layers.py", "engine.py"}
+
+
+def private_calls(package: Path) -> list[Path]:
+    """Files of ``package`` outside layers.py and engine.py that call a private API."""
+    return [
+        path
+        for path in sorted(package.glob("*.py"))
+        if path.name not in PRIVATE_HOMES and PRIVATE.search(path.read_text())
+    ]
+
+
+def test_framework_private_apis_are_called_in_layers_or_engine_only():
+    """Calls into a framework's private attributes live in two places per framework: a
+    layer's own (layers.py) and everything else's (engine.py)."""
     for package in FRAMEWORKS:
-        for path in (ROOT / package).glob("*.py"):
-            if path.name != "layers.py":
-                assert not private.search(path.read_text()), path
+        assert private_calls(ROOT / package) == [], package
+
+
+def test_the_private_api_check_finds_a_call_outside_its_homes(tmp_path):
+    """Negative control: ``model._kwargs`` in train.py is found; in engine.py it is not."""
+    (tmp_path / "engine.py").write_text("def options(block):\n    return block._kwargs\n")
+    assert private_calls(tmp_path) == []
+    (tmp_path / "train.py").write_text("eps = model._kwargs['eps']\n")
+    assert private_calls(tmp_path) == [tmp_path / "train.py"]
+
+
+HELPERS = re.compile(r"\b(optimizer|momentum_states|seed_generator|tf\.distribute|onnx|_updaters|autograd\.pause)\b")
+
+
+def code(source: str) -> str:
+    """``source`` without its comments and strings: what it runs, not what it explains."""
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return " ".join(t.string for t in tokens if t.type not in (tokenize.COMMENT, tokenize.STRING))
+
+
+def test_layers_hold_layers_only():
+    """layers.py defines layers and their makers: no optimizer, seed, distribution or
+    export helper (those are the engine's)."""
+    for package in FRAMEWORKS:
+        assert not HELPERS.search(code((ROOT / package / "layers.py").read_text())), package
+
+
+def test_the_layers_check_finds_a_helper():
+    """Negative control: the onnx.mapping shim, as it stood in impl_mxnet/layers.py."""
+    assert HELPERS.search(code("def onnx_mapping():\n    import onnx  # the exporter\n"))
+    assert not HELPERS.search(code("x = 1  # tf.distribute all-reduces it\n"))

@@ -86,7 +86,7 @@ def test_the_eps_quirk_matters(tmp_path):
     import dataclasses
 
     v = spec.GOOGLENET_CIFAR
-    plain = dataclasses.replace(v, branch3=dataclasses.replace(v.branch3, first_eps=None))
+    plain = dataclasses.replace(v, branch3=dataclasses.replace(v.branch3, width_as_eps=False))
     model = b.build(plain)
     b.from_canonical(model, source_params("googlenet_cifar", net))
     assert agreement(ref, b.forward(model, x)).max_rel > 100 * REL_TOL

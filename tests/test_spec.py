@@ -55,7 +55,7 @@ SHAPES_224 = {
 )
 def test_channel_table_and_input_channels(variant):
     p = spec.resolve(variant)
-    blocks = {s.name: s for s in p.stages if isinstance(s, spec.InceptionBlock)}
+    blocks = {s.name: s for s in p.stages if isinstance(s, spec.InceptionUnit)}
     assert list(blocks) == list(TABLE1)
     for name, (cin, c1, c3r, c3, c5r, c5, pp, out) in TABLE1.items():
         b = blocks[name]
@@ -84,7 +84,7 @@ def test_variant_differences_are_data():
     assert isinstance(g.aux[0].pool, spec.Pool) and g.aux[0].pool.kernel == 5
     assert isinstance(bn.aux[0].pool, spec.AdaptiveAvgPool) and bn.aux[0].pool.size == 4
     assert (g.dropout, bn.dropout) == (0.4, 0.2)
-    assert g.variant.convs.norm is None and bn.variant.convs.norm == spec.BatchNorm(eps=1e-3, momentum=0.1)
+    assert g.variant.convs.norm is None and bn.variant.convs.norm == spec.BatchNormSettings(eps=1e-3, momentum=0.1)
     assert all(u.bias for u in g.conv_units()) and not any(u.bias for u in bn.conv_units())
 
 
@@ -120,7 +120,7 @@ def test_googlenet_slim_is_tf_slims_inception_v1():
     p = spec.resolve("googlenet_slim")
     assert spec.count_params(p) == (6_618_649, 14_560)
     assert all(
-        u.same and u.padding == 0 and not u.bias and u.norm == spec.BatchNorm(1e-3, 0.0003, scale=False)
+        u.same and u.padding == 0 and not u.bias and u.norm == spec.BatchNormSettings(1e-3, 0.0003, scale=False)
         for u in p.conv_units()
     )
     assert p.num_classes == 1001 and p.dropout == 0.2 and not p.aux
@@ -433,3 +433,17 @@ def test_liu_s_nets_keep_liu_s_names_and_shapes():
     assert shapes["incep1"] == (1, 88, 12, 12) and shapes["flatten"] == (1, 1408)
     with pytest.raises(spec.SpecError, match=r"fc reads 88 x 4 x 4 flattened, so use --input-size 28"):
         spec.stage_shapes(p, 32)
+
+
+def test_check_runs_each_variants_extra_sizes():
+    """The harness's extra sizes (``check.inputs.EXTRA_SIZES``, not the model spec's) name
+    real variants at sizes they admit, and ``check`` runs them after its defaults."""
+    from conformance.check import inputs
+
+    for name, sizes in inputs.EXTRA_SIZES.items():
+        assert name in spec.VARIANTS
+        assert all(inputs.inadmissible(name, size) is None for size in sizes), name
+        assert inputs.default_sizes(name)[-len(sizes) :] == list(sizes)
+    assert inputs.default_sizes("googlenet_slim") == [224, 239, 97, 207]
+    # the negative control: a size the variant cannot run is caught by the same check
+    assert inputs.inadmissible("googlenet_slim", 239) is not None

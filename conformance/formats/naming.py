@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..canonical import BN_SUFFIXES, canonical_shapes, gluon_name
-from ..spec import ConvUnit, InceptionBlock, Op, Plan, Pool, with_options
+from ..spec import ConvUnit, InceptionUnit, Op, Plan, Pool, with_options
 
 Params = dict[str, np.ndarray]
 
@@ -65,7 +65,7 @@ def _gluoncv_units(p: Plan) -> dict[str, str]:
     for stage in p.stages:
         if isinstance(stage, ConvUnit):
             units[stage.name] = stage.name
-        elif isinstance(stage, InceptionBlock):
+        elif isinstance(stage, InceptionUnit):
             for b, branch in enumerate(stage.branches):
                 for i, op in enumerate(branch):
                     if isinstance(op, ConvUnit):
@@ -127,7 +127,7 @@ def cifar100_names(p: Plan) -> dict[str, str]:
         names[f"{unit.name}.conv.weight"] = f"prelayer.{3 * i}.weight"  # (conv, bn, relu) x 3
         names.update({f"{unit.name}.bn.{s}": f"prelayer.{3 * i + 1}.{s}" for s in BN_SUFFIXES})
     for stage in p.stages:
-        if not isinstance(stage, InceptionBlock):
+        if not isinstance(stage, InceptionUnit):
             continue
         block = stage.name[-1] + stage.name[-2]  # inception3a -> a3
         for b, branch in enumerate(stage.branches, 1):
@@ -165,7 +165,7 @@ def _caffe_units(p: Plan) -> dict[str, str]:
             chain = tuple(stem)
             units.update({c.name: f"conv{pools}/{_caffe_conv(c, chain, i)}" for i, c in enumerate(chain)})
             stem = []
-        elif isinstance(stage, InceptionBlock):
+        elif isinstance(stage, InceptionUnit):
             block = stage.name.replace("inception", "inception_")
             for branch in stage.branches:
                 for i, op in enumerate(branch):
@@ -231,7 +231,7 @@ def _slim_units(p: Plan) -> dict[str, str]:
         letter += 1
         if isinstance(stage, ConvUnit):
             units[stage.name] = _slim_op(stage, at)
-        elif isinstance(stage, InceptionBlock):
+        elif isinstance(stage, InceptionUnit):
             for b, branch in enumerate(stage.branches):
                 for i, op in enumerate(branch):
                     if isinstance(op, ConvUnit):

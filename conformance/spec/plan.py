@@ -20,10 +20,10 @@ from .shapes import trace
 from .tables import VARIANTS
 from .units import (
     MAX_CLASSES,
-    AuxUnit,
     ConvUnit,
     Dense,
-    InceptionBlock,
+    InceptionAuxUnit,
+    InceptionUnit,
     Options,
     Plan,
     ResidualUnit,
@@ -45,10 +45,10 @@ def variant(name: str | Variant) -> Variant:
     return VARIANTS[name]
 
 
-def without_dropout(v: Variant) -> Variant:
+def without_dropout(variant: Variant) -> Variant:
     """The variant with every dropout rate 0: random masks cannot agree across frameworks."""
-    aux = None if v.aux is None else dataclasses.replace(v.aux, dropout=0.0)
-    return dataclasses.replace(v, head=dataclasses.replace(v.head, dropout=0.0), aux=aux)
+    aux = None if variant.aux is None else dataclasses.replace(variant.aux, dropout=0.0)
+    return dataclasses.replace(variant, head=dataclasses.replace(variant.head, dropout=0.0), aux=aux)
 
 
 def resolve(
@@ -76,49 +76,49 @@ def resolve(
     return _plan(v, Options(num_classes, bool(aux_logits), bool(transform_input)))
 
 
-def with_options(p: Plan, **changes: object) -> Plan:
+def with_options(plan: Plan, **changes: object) -> Plan:
     """The same variant resolved with some options changed."""
-    return resolve(p.variant, **{**p.options.asdict(), **changes})  # type: ignore[arg-type]
+    return resolve(plan.variant, **{**plan.options.asdict(), **changes})  # type: ignore[arg-type]
 
 
-def _plan(v: Variant, options: Options) -> Plan:
+def _plan(variant: Variant, options: Options) -> Plan:
     stages: list[Stage] = []
     channels: dict[str, int] = {}
-    c = v.input.channels
-    for row in v.rows:
-        stage = _stage(row, c, v)
+    c = variant.input.channels
+    for row in variant.rows:
+        stage = _stage(row, c, variant)
         c = getattr(stage, "out_channels", c)
         stages.append(stage)
         channels[row.name] = c
-    aux: list[AuxUnit] = []
-    if options.aux_logits and v.aux is not None:
-        head = v.aux
+    aux: list[InceptionAuxUnit] = []
+    if options.aux_logits and variant.aux is not None:
+        head = variant.aux
         for i, tap in enumerate(head.taps, start=1):
             name = f"aux{i}"
             flat = (head.conv, head.pooled, head.pooled)
             aux.append(
-                AuxUnit(
+                InceptionAuxUnit(
                     name,
                     tap,
                     dataclasses.replace(head.pool, name=f"{name}.pool"),
-                    _unit(v, f"{name}.conv", channels[tap], head.conv, 1),
+                    _unit(variant, f"{name}.conv", channels[tap], head.conv, 1),
                     Dense(f"{name}.fc1", math.prod(flat), head.fc, flattened_from=flat),
                     Dense(f"{name}.fc2", head.fc, options.num_classes),
                     head.dropout,
                     head.pooled,
                 )
             )
-    if v.head.pool is None:  # fc reads the whole last map, at the variant's own size
-        last = trace(stages, (v.input.channels, v.input.size, v.input.size))
-        fc = Dense(v.head.fc, math.prod(last), options.num_classes, flattened_from=last)
+    if variant.head.pool is None:  # fc reads the whole last map, at the variant's own size
+        last = trace(stages, (variant.input.channels, variant.input.size, variant.input.size))
+        fc = Dense(variant.head.fc, math.prod(last), options.num_classes, flattened_from=last)
     else:
-        fc = Dense(v.head.fc, c, options.num_classes)
-    transform = v.input.transform if options.transform_input else None
-    return Plan(v, options, tuple(stages), tuple(aux), fc, v.head.dropout, v.head.pool, transform)
+        fc = Dense(variant.head.fc, c, options.num_classes)
+    transform = variant.input.transform if options.transform_input else None
+    return Plan(variant, options, tuple(stages), tuple(aux), fc, variant.head.dropout, variant.head.pool, transform)
 
 
 def _unit(
-    v: Variant,
+    variant: Variant,
     name: str,
     cin: int,
     cout: int,
@@ -133,40 +133,47 @@ def _unit(
     convs have one and ``bias`` (the row's) does not drop it; ``padding`` None keeps the
     size (kernel // 2); ``eps`` overrides the norm's. With the variant's SAME padding
     (TensorFlow's), ``padding`` is 0 and unused."""
-    norm = v.convs.norm if eps is None or v.convs.norm is None else dataclasses.replace(v.convs.norm, eps=eps)
-    padding = 0 if v.convs.same else kernel // 2 if padding is None else padding
-    bias = v.convs.bias and bias
-    return ConvUnit(name, cin, cout, kernel, stride, padding, norm, bias, relu, v.convs.plain, v.convs.same)
+    norm = (
+        variant.convs.norm
+        if eps is None or variant.convs.norm is None
+        else dataclasses.replace(variant.convs.norm, eps=eps)
+    )
+    padding = 0 if variant.convs.same else kernel // 2 if padding is None else padding
+    bias = variant.convs.bias and bias
+    return ConvUnit(name, cin, cout, kernel, stride, padding, norm, bias, relu, variant.convs.plain, variant.convs.same)
 
 
-def _inception(row: Inception, cin: int, v: Variant) -> InceptionBlock:
-    n, b3 = row.name, v.branch3
+def _inception(row: Inception, cin: int, variant: Variant) -> InceptionUnit:
+    n, b3 = row.name, variant.branch3
     # branch 3: 1x1, then `depth` stacked kernel x kernel convs (two 3x3 in pytorch-cifar100)
     widths = (row.ch5x5red,) + (row.ch5x5,) * b3.depth
-    branch3 = [_unit(v, f"{n}.branch3.0", cin, row.ch5x5red, 1)]
+    branch3 = [_unit(variant, f"{n}.branch3.0", cin, row.ch5x5red, 1)]
     for i in range(1, len(widths)):
-        eps = float(widths[i]) if b3.first_eps == "width" and i == 1 else None
-        branch3.append(_unit(v, f"{n}.branch3.{i}", widths[i - 1], widths[i], b3.kernel, eps=eps))
-    pool = dataclasses.replace(v.branch_pool, name=f"{n}.branch4.0")
-    return InceptionBlock(
+        eps = float(widths[i]) if b3.width_as_eps and i == 1 else None
+        branch3.append(_unit(variant, f"{n}.branch3.{i}", widths[i - 1], widths[i], b3.kernel, eps=eps))
+    pool = dataclasses.replace(variant.branch_pool, name=f"{n}.branch4.0")
+    return InceptionUnit(
         n,
         cin,
         (
-            (_unit(v, f"{n}.branch1", cin, row.ch1x1, 1),),
-            (_unit(v, f"{n}.branch2.0", cin, row.ch3x3red, 1), _unit(v, f"{n}.branch2.1", row.ch3x3red, row.ch3x3, 3)),
+            (_unit(variant, f"{n}.branch1", cin, row.ch1x1, 1),),
+            (
+                _unit(variant, f"{n}.branch2.0", cin, row.ch3x3red, 1),
+                _unit(variant, f"{n}.branch2.1", row.ch3x3red, row.ch3x3, 3),
+            ),
             tuple(branch3),
-            (pool, _unit(v, f"{n}.branch4.1", cin, row.pool_proj, 1)),
+            (pool, _unit(variant, f"{n}.branch4.1", cin, row.pool_proj, 1)),
         ),
     )
 
 
-def _inception_a(row: InceptionA, cin: int, v: Variant) -> InceptionBlock:
+def _inception_a(row: InceptionA, cin: int, variant: Variant) -> InceptionUnit:
     n = row.name
 
     def conv(attr: str, c_in: int, c_out: int, kernel: int) -> ConvUnit:
-        return _unit(v, f"{n}.{attr}", c_in, c_out, kernel, relu=False)
+        return _unit(variant, f"{n}.{attr}", c_in, c_out, kernel, relu=False)
 
-    return InceptionBlock(
+    return InceptionUnit(
         n,
         cin,
         (
@@ -177,23 +184,25 @@ def _inception_a(row: InceptionA, cin: int, v: Variant) -> InceptionBlock:
                 conv("branch3x3_2", row.ch3x3red, row.ch3x3, 3),
                 conv("branch3x3_3", row.ch3x3, row.ch3x3, 3),
             ),
-            (dataclasses.replace(v.branch_pool, name=f"{n}.pool"), conv("branch_pool", cin, row.pool_proj, 1)),
+            (dataclasses.replace(variant.branch_pool, name=f"{n}.pool"), conv("branch_pool", cin, row.pool_proj, 1)),
         ),
     )
 
 
-def _stage(row: Row, c: int, v: Variant) -> Stage:
+def _stage(row: Row, channels: int, variant: Variant) -> Stage:
     if isinstance(row, Conv):
-        return _unit(v, row.name, c, row.out, row.kernel, row.stride, row.padding, row.bias, row.relu)
+        return _unit(variant, row.name, channels, row.out, row.kernel, row.stride, row.padding, row.bias, row.relu)
     if isinstance(row, Inception):
-        block = _inception(row, c, v)
+        block = _inception(row, channels, variant)
         if block.out_channels != row.out:  # the table and the branches must agree
             raise SpecError(f"{row.name}: branches give {block.out_channels} channels, the row says {row.out}")
         return block
     if isinstance(row, InceptionA):
-        return _inception_a(row, c, v)
+        return _inception_a(row, channels, variant)
     if isinstance(row, Residual):
         return ResidualUnit(
-            row.name, _unit(v, f"{row.name}.conv1", c, c, 3), _unit(v, f"{row.name}.conv2", c, c, 3, relu=False)
+            row.name,
+            _unit(variant, f"{row.name}.conv1", channels, channels, 3),
+            _unit(variant, f"{row.name}.conv2", channels, channels, 3, relu=False),
         )
     return row

@@ -123,7 +123,7 @@ Row = Conv | Pool | Inception | LRN | ReLU | InceptionA | Residual
 
 
 @dataclass(frozen=True)
-class BatchNorm:
+class BatchNormSettings:
     """BatchNorm after every conv. ``momentum`` uses PyTorch's convention (the weight of
     the new batch statistic); Keras and Gluon take ``1 - momentum``."""
 
@@ -135,12 +135,12 @@ class BatchNorm:
 
 
 @dataclass(frozen=True)
-class Convs:
+class ConvSettings:
     """How every conv unit is built. A conv has a bias when ``bias`` is set and its row
     does not drop it; ``plain`` convs are bare layers named ``<name>.weight`` (Liu's
     lecture), others torchvision's ``BasicConv2d`` with ``<name>.conv.weight``."""
 
-    norm: BatchNorm | None = None
+    norm: BatchNormSettings | None = None
     bias: bool = True
     plain: bool = False
     # TensorFlow's "SAME" padding for every conv (rows' ``padding`` is then unused):
@@ -151,18 +151,18 @@ class Convs:
 @dataclass(frozen=True)
 class Branch3:
     """Branch 3 of every Inception block: a 1x1 reduction, then ``depth`` stacked
-    ``kernel`` x ``kernel`` convs. ``first_eps``: the BatchNorm epsilon of the first
-    stacked conv when it is not the variant's; ``"width"`` is the branch's width, as
-    pytorch-cifar100's ``nn.BatchNorm2d(n5x5, n5x5)`` passes it (the second argument of
-    ``BatchNorm2d`` is eps)."""
+    ``kernel`` x ``kernel`` convs. ``width_as_eps``: the BatchNorm epsilon of the first
+    stacked conv is the branch's width instead of the variant's, as pytorch-cifar100's
+    ``nn.BatchNorm2d(n5x5, n5x5)`` passes it (the second argument of ``BatchNorm2d`` is
+    eps)."""
 
     kernel: int
     depth: int = 1
-    first_eps: Literal["width"] | None = None
+    width_as_eps: bool = False
 
 
 @dataclass(frozen=True)
-class AuxHead:
+class InceptionAux:
     """Auxiliary classifier: pool -> 1x1 conv -> flatten -> fc -> ReLU -> dropout -> fc."""
 
     pool: Pool | AdaptiveAvgPool
@@ -205,9 +205,6 @@ class Input:
     channels: int = 3
     size: int = 224
     transform: InputTransform | None = None  # offered as the transform_input option
-    # Sizes ``check`` runs besides its defaults (the variant's own, 239 and 97), where
-    # those leave a code path untested (Caffe's aux heads at an odd size).
-    check_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,9 +215,9 @@ class Variant:
     description: str
     source: str  # where it comes from, with a link
     rows: tuple[Row, ...]
-    convs: Convs
+    convs: ConvSettings
     branch3: Branch3
     branch_pool: Pool  # the pool opening branch 4 of every Inception block
-    aux: AuxHead | None
+    aux: InceptionAux | None
     head: Head
     input: Input = Input()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .rows import LRN, AdaptiveAvgPool, Pool, ReLU
-from .units import ConvUnit, Dense, InceptionBlock, Plan, ResidualUnit, SpecError, Stage
+from .units import ConvUnit, Dense, InceptionUnit, Plan, ResidualUnit, SpecError, Stage
 
 HW = tuple[int, int]
 CHW = tuple[int, int, int]
@@ -108,24 +108,24 @@ def trace(stages: Sequence[Stage], chw: CHW, out: dict[str, CHW] | None = None) 
     return chw
 
 
-def _shapes(p: Plan, hw: HW) -> dict[str, CHW]:
+def _shapes(plan: Plan, hw: HW) -> dict[str, CHW]:
     out: dict[str, CHW] = {}
-    chw = trace(p.stages, (p.in_channels, *hw), out)
-    if p.head_pool is None:
-        if chw != p.fc.flattened_from:
-            assert p.fc.flattened_from is not None
+    chw = trace(plan.stages, (plan.in_channels, *hw), out)
+    if plan.head_pool is None:
+        if chw != plan.fc.flattened_from:
+            assert plan.fc.flattened_from is not None
             raise SpecError(
-                f"input size {_text(hw)}: the last map is {' x '.join(map(str, chw))}; {p.fc.name} reads "
-                f"{' x '.join(map(str, p.fc.flattened_from))} flattened, so use --input-size {p.input_size}"
+                f"input size {_text(hw)}: the last map is {' x '.join(map(str, chw))}; {plan.fc.name} reads "
+                f"{' x '.join(map(str, plan.fc.flattened_from))} flattened, so use --input-size {plan.input_size}"
             )
         return out
-    if not window_fits(p.head_pool, chw):
-        assert isinstance(p.head_pool, Pool)
+    if not window_fits(plan.head_pool, chw):
+        assert isinstance(plan.head_pool, Pool)
         raise SpecError(
-            f"input size {_text(hw)}: the head pool's {p.head_pool.kernel} x {p.head_pool.kernel} window is larger "
-            f"than the {chw[1]} x {chw[2]} map; fc expects 1 x 1"
+            f"input size {_text(hw)}: the head pool's {plan.head_pool.kernel} x {plan.head_pool.kernel} window "
+            f"is larger than the {chw[1]} x {chw[2]} map; fc expects 1 x 1"
         )
-    pooled = op_chw(p.head_pool, chw)
+    pooled = op_chw(plan.head_pool, chw)
     if pooled[1:] != (1, 1):
         raise SpecError(
             f"input size {_text(hw)}: the head pool turns the {chw[1]} x {chw[2]} map into "
@@ -138,26 +138,26 @@ def _text(hw: HW) -> str:
     return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]} x {hw[1]}"
 
 
-def stage_shapes(p: Plan, size: int | Sequence[int]) -> dict[str, CHW]:
+def stage_shapes(plan: Plan, size: int | Sequence[int]) -> dict[str, CHW]:
     """(C, H, W) after every stage; SpecError if the input is too small for the network,
     or gives the map a flattening fc cannot read. The error says which sizes run."""
     hw = input_hw(size)
     try:
-        return _shapes(p, hw)
+        return _shapes(plan, hw)
     except SpecError as e:
-        raise SpecError(f"{e} ({p.variant.name} runs at {admitted_text(p)})") from None
+        raise SpecError(f"{e} ({plan.variant.name} runs at {admitted_text(plan)})") from None
 
 
 SIZE_LIMIT = 1024  # the largest square input the admitted ranges are searched up to
 
 
 @lru_cache(maxsize=64)
-def admitted(p: Plan, limit: int = SIZE_LIMIT) -> tuple[tuple[int, int], ...]:
+def admitted(plan: Plan, limit: int = SIZE_LIMIT) -> tuple[tuple[int, int], ...]:
     """The square input sizes the plan runs, as inclusive (first, last) ranges up to ``limit``."""
     ok = []
     for s in range(1, limit + 1):
         try:
-            _shapes(p, (s, s))
+            _shapes(plan, (s, s))
         except SpecError:
             continue
         ok.append(s)
@@ -170,31 +170,32 @@ def admitted(p: Plan, limit: int = SIZE_LIMIT) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
-def admitted_text(p: Plan) -> str:
+def admitted_text(plan: Plan) -> str:
     """``223-446``, ``47 and up`` or ``28-31``: where the plan runs, in words."""
-    parts = [f"{a} and up" if b == SIZE_LIMIT else (f"{a}" if a == b else f"{a}-{b}") for a, b in admitted(p)]
+    parts = [f"{a} and up" if b == SIZE_LIMIT else (f"{a}" if a == b else f"{a}-{b}") for a, b in admitted(plan)]
     return ", ".join(parts) or "no square size"
 
 
-def aux_admits(p: Plan, size: int | Sequence[int]) -> bool:
+def aux_admits(plan: Plan, size: int | Sequence[int]) -> bool:
     """Whether the aux heads can run at this input size: their pool must give the
     ``pooled x pooled`` map that fc1's weights expect (avg 5x5/3 needs a 14-16 map)."""
-    if not p.aux:
+    if not plan.aux:
         return False
-    shapes = stage_shapes(p, size)
+    shapes = stage_shapes(plan, size)
     return all(
-        window_fits(a.pool, shapes[a.tap]) and op_chw(a.pool, shapes[a.tap])[1:] == (a.pooled, a.pooled) for a in p.aux
+        window_fits(a.pool, shapes[a.tap]) and op_chw(a.pool, shapes[a.tap])[1:] == (a.pooled, a.pooled)
+        for a in plan.aux
     )
 
 
-def expected_shapes(p: Plan, size: int | Sequence[int], batch: int = 1) -> dict[str, tuple[int, ...]]:
+def expected_shapes(plan: Plan, size: int | Sequence[int], batch: int = 1) -> dict[str, tuple[int, ...]]:
     """Output shape of every stage (NCHW), then ``flatten`` (the features fc reads),
     ``logits`` and, where the size admits them, the aux logits."""
-    shapes: dict[str, tuple[int, ...]] = {name: (batch, *chw) for name, chw in stage_shapes(p, size).items()}
-    shapes["flatten"] = (batch, p.fc.in_features)
-    shapes["logits"] = (batch, p.num_classes)
-    if aux_admits(p, size):
-        shapes.update({head.name: (batch, p.num_classes) for head in p.aux})
+    shapes: dict[str, tuple[int, ...]] = {name: (batch, *chw) for name, chw in stage_shapes(plan, size).items()}
+    shapes["flatten"] = (batch, plan.fc.in_features)
+    shapes["logits"] = (batch, plan.num_classes)
+    if aux_admits(plan, size):
+        shapes.update({head.name: (batch, plan.num_classes) for head in plan.aux})
     return shapes
 
 
@@ -209,39 +210,45 @@ class LayerCount:
     macs: int
 
 
-def conv_params(u: ConvUnit) -> tuple[int, int]:
+def conv_params(unit: ConvUnit) -> tuple[int, int]:
     """(trainable, statistics): the kernel, the bias if any, BatchNorm's scale (if any) and shift, its statistics."""
-    kernel = u.out_channels * u.in_channels * u.kernel * u.kernel + (u.out_channels if u.bias else 0)
-    if u.norm is None:
+    kernel = unit.out_channels * unit.in_channels * unit.kernel * unit.kernel + (unit.out_channels if unit.bias else 0)
+    if unit.norm is None:
         return kernel, 0
-    return kernel + (2 if u.norm.scale else 1) * u.out_channels, 2 * u.out_channels
+    return kernel + (2 if unit.norm.scale else 1) * unit.out_channels, 2 * unit.out_channels
 
 
-def dense_params(d: Dense) -> tuple[int, int]:
-    return d.in_features * d.out_features + d.out_features, 0
+def dense_params(dense: Dense) -> tuple[int, int]:
+    return dense.in_features * dense.out_features + dense.out_features, 0
 
 
-def layer_counts(p: Plan, size: int | Sequence[int] = 224) -> list[LayerCount]:
+def layer_counts(plan: Plan, size: int | Sequence[int] = 224) -> list[LayerCount]:
     """Per conv unit and dense layer, in forward order. Pools, ReLU and BatchNorm's
     element-wise work are not counted as multiply-adds (the usual convention)."""
-    shapes = stage_shapes(p, size)
-    admitted_aux = aux_admits(p, size)
+    shapes = stage_shapes(plan, size)
+    admitted_aux = aux_admits(plan, size)
     rows: list[LayerCount] = []
 
-    def conv_row(u: ConvUnit, in_hw: HW) -> HW:
-        h, w = (conv_out(s, u.kernel, u.stride, u.padding, u.same) for s in in_hw)
-        params, stats = conv_params(u)
-        rows.append(LayerCount(u.name, params, stats, h * w * u.out_channels * u.in_channels * u.kernel * u.kernel))
+    def conv_row(unit: ConvUnit, in_hw: HW) -> HW:
+        h, w = (conv_out(s, unit.kernel, unit.stride, unit.padding, unit.same) for s in in_hw)
+        params, stats = conv_params(unit)
+        rows.append(
+            LayerCount(
+                unit.name, params, stats, h * w * unit.out_channels * unit.in_channels * unit.kernel * unit.kernel
+            )
+        )
         return h, w
 
-    def dense_row(d: Dense, active: bool = True) -> None:
-        rows.append(LayerCount(d.name, *dense_params(d), d.in_features * d.out_features if active else 0))
+    def dense_row(dense: Dense, active: bool = True) -> None:
+        rows.append(
+            LayerCount(dense.name, *dense_params(dense), dense.in_features * dense.out_features if active else 0)
+        )
 
     hw = input_hw(size)
-    for stage in p.stages:
+    for stage in plan.stages:
         if isinstance(stage, ConvUnit):
             conv_row(stage, hw)
-        elif isinstance(stage, InceptionBlock):
+        elif isinstance(stage, InceptionUnit):
             for branch in stage.branches:
                 bhw = hw
                 for op in branch:
@@ -249,17 +256,17 @@ def layer_counts(p: Plan, size: int | Sequence[int] = 224) -> list[LayerCount]:
         elif isinstance(stage, ResidualUnit):
             conv_row(stage.conv2, conv_row(stage.conv1, hw))
         hw = shapes[stage.name][1:]
-        for head in p.aux_for(stage.name):
+        for head in plan.aux_for(stage.name):
             conv_row(head.conv, (head.pooled, head.pooled))
             if not admitted_aux:  # the aux heads do not run at this size
                 rows[-1] = dataclasses.replace(rows[-1], macs=0)
             dense_row(head.fc1, admitted_aux)
             dense_row(head.fc2, admitted_aux)
-    dense_row(p.fc)
+    dense_row(plan.fc)
     return rows
 
 
-def count_params(p: Plan) -> tuple[int, int]:
+def count_params(plan: Plan) -> tuple[int, int]:
     """(trainable parameters, BatchNorm statistics) of the whole plan."""
-    counts = [conv_params(u) if isinstance(u, ConvUnit) else dense_params(u) for u in p.units()]
+    counts = [conv_params(u) if isinstance(u, ConvUnit) else dense_params(u) for u in plan.units()]
     return sum(c[0] for c in counts), sum(c[1] for c in counts)

@@ -13,14 +13,14 @@ from dataclasses import replace
 from .rows import (
     LRN,
     AdaptiveAvgPool,
-    AuxHead,
-    BatchNorm,
+    BatchNormSettings,
     Branch3,
     Conv,
-    Convs,
+    ConvSettings,
     Head,
     Inception,
     InceptionA,
+    InceptionAux,
     Input,
     InputTransform,
     Pool,
@@ -111,10 +111,10 @@ GOOGLENET = Variant(
         max_pool("maxpool4"),                                   # N x  832 x   7 x   7
         _5a, _5b,
     ),
-    convs=Convs(norm=None, bias=True),
+    convs=ConvSettings(norm=None, bias=True),
     branch3=Branch3(kernel=5),
     branch_pool=Pool("branch_pool", "max", 3, 1, padding=1, ceil_mode=True),
-    aux=AuxHead(pool=Pool("pool", "avg", 5, 3)),                # 14 x 14 -> 4 x 4
+    aux=InceptionAux(pool=Pool("pool", "avg", 5, 3)),                # 14 x 14 -> 4 x 4
     head=Head(dropout=0.4),                                     # global average pool
 )
 
@@ -126,9 +126,9 @@ GOOGLENET_BN = replace(
                 "2x2/2 ceil pool before 5a, adaptive 4x4 aux pool, dropout 0.2, optional transform_input",
     source="torchvision (https://github.com/pytorch/vision/blob/main/torchvision/models/googlenet.py)",
     rows=with_rows(GOOGLENET.rows, max_pool("maxpool4", kernel=2)),
-    convs=Convs(norm=BatchNorm(eps=1e-3), bias=False),
+    convs=ConvSettings(norm=BatchNormSettings(eps=1e-3), bias=False),
     branch3=Branch3(kernel=3),  # torchvision's known bug (https://github.com/pytorch/vision/issues/906), kept
-    aux=AuxHead(pool=AdaptiveAvgPool("pool", 4)),
+    aux=InceptionAux(pool=AdaptiveAvgPool("pool", 4)),
     head=Head(dropout=0.2),
     input=Input(transform=half_range(IMAGENET_MEAN, IMAGENET_STD)),
 )
@@ -158,12 +158,9 @@ GOOGLENET_LRN = replace(
                 "(104, 117, 123)",
     source="Caffe (https://github.com/BVLC/caffe/tree/master/models/bvlc_googlenet)",
     rows=inserted(inserted(GOOGLENET.rows, after="maxpool1", row=LRN("lrn1")), after="conv3", row=LRN("lrn2")),
-    aux=AuxHead(pool=Pool("pool", "avg", 5, 3, ceil_mode=True)),  # loss1/ave_pool: 12..14 x 12..14 -> 4 x 4
+    aux=InceptionAux(pool=Pool("pool", "avg", 5, 3, ceil_mode=True)),  # loss1/ave_pool: 12..14 x 12..14 -> 4 x 4
     head=Head(pool=Pool("avgpool", "avg", 7, 1, ceil_mode=True), dropout=0.4),  # pool5/7x7_s1: needs a 7 x 7 map
-    input=Input(
-        transform=caffe_bgr(IMAGENET_MEAN, IMAGENET_STD, pixel_mean=(104.0, 117.0, 123.0)),
-        check_sizes=(231,),  # odd, with the aux heads (at 239 they get a 15 x 15 map and cannot run)
-    ),
+    input=Input(transform=caffe_bgr(IMAGENET_MEAN, IMAGENET_STD, pixel_mean=(104.0, 117.0, 123.0))),
 )
 
 # TF-slim's inception_v1 (tf_slim/nets/inception_v1.py in google-research/tf-slim, the
@@ -198,15 +195,13 @@ GOOGLENET_SLIM = replace(
         _5a, _5b,                                               #                       Mixed_5b, Mixed_5c
     ),
     # decay 0.9997 is the old statistic's weight: the spec's (PyTorch's) momentum is 0.0003
-    convs=Convs(norm=BatchNorm(eps=1e-3, momentum=0.0003, scale=False), bias=False, same=True),
+    convs=ConvSettings(norm=BatchNormSettings(eps=1e-3, momentum=0.0003, scale=False), bias=False, same=True),
     branch3=Branch3(kernel=3),  # Branch_2/Conv2d_0b_3x3 (Conv2d_0a_3x3 in Mixed_5b): the paper's 5x5 is 3x3
     branch_pool=same_max_pool("branch_pool", stride=1),  # Branch_3/MaxPool_0a_3x3
     aux=None,
     head=Head(pool=Pool("avgpool", "avg", 7, 1), dropout=0.2, classes=1001),  # AvgPool_0a_7x7, keep_prob 0.8
-    input=Input(
-        transform=half_range(IMAGENET_MEAN, IMAGENET_STD),  # slim's inception preprocessing: RGB in [-1, 1]
-        check_sizes=(207,),  # odd inside 193-224: SAME pads (3, 3) at 7x7/2 and (1, 1) at 3x3/2
-    ),
+    # slim's inception preprocessing: RGB in [-1, 1]
+    input=Input(transform=half_range(IMAGENET_MEAN, IMAGENET_STD)),
 )
 
 # d2l's GoogLeNet: every max pool 3x3/2 with padding 1, Fashion-MNIST at 96 x 96.
@@ -239,8 +234,9 @@ GOOGLENET_CIFAR = Variant(
         padded_max_pool("maxpool4"),                            # N x  832 x  4 x  4
         _5a, _5b,                                               # N x 1024 x  4 x  4
     ),
-    convs=Convs(norm=BatchNorm(eps=1e-5), bias=True),  # the blocks' convs keep their bias before BatchNorm
-    branch3=Branch3(kernel=3, depth=2, first_eps="width"),  # nn.BatchNorm2d(n5x5, n5x5): eps = n5x5
+    # the blocks' convs keep their bias before BatchNorm
+    convs=ConvSettings(norm=BatchNormSettings(eps=1e-5), bias=True),
+    branch3=Branch3(kernel=3, depth=2, width_as_eps=True),  # nn.BatchNorm2d(n5x5, n5x5): eps = n5x5
     branch_pool=Pool("branch_pool", "max", 3, 1, padding=1),
     aux=None,
     head=Head(dropout=0.4, classes=100),  # Dropout2d on an N x 1024 x 1 x 1 map: the same as Dropout
@@ -264,7 +260,7 @@ INCEPTION_MNIST = Variant(
         ReLU("relu2"),
         InceptionA("incep2"),                                   # N x 88 x  4 x  4 -> fc 1408
     ),
-    convs=Convs(norm=None, bias=True, plain=True),
+    convs=ConvSettings(norm=None, bias=True, plain=True),
     branch3=Branch3(kernel=3),  # unused: InceptionA spells its branches out
     branch_pool=Pool("pool", "avg", 3, 1, padding=1),  # F.avg_pool2d: zero padding counts
     aux=None,

@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .rows import LRN, AdaptiveAvgPool, BatchNorm, InputTransform, Pool, ReLU, Variant
+from .rows import LRN, AdaptiveAvgPool, BatchNormSettings, InputTransform, Pool, ReLU, Variant
 
 
 class SpecError(ValueError):
@@ -47,7 +47,7 @@ class ConvUnit:
     kernel: int
     stride: int
     padding: int
-    norm: BatchNorm | None
+    norm: BatchNormSettings | None
     bias: bool
     relu: bool = True
     plain: bool = False
@@ -74,7 +74,7 @@ Op = ConvUnit | PoolUnit
 
 
 @dataclass(frozen=True)
-class InceptionBlock:
+class InceptionUnit:
     """Four parallel branches, concatenated on channels."""
 
     name: str
@@ -111,11 +111,11 @@ class ResidualUnit:
         return self.conv2.out_channels
 
 
-Stage = ConvUnit | PoolUnit | InceptionBlock | LRN | ReLU | ResidualUnit
+Stage = ConvUnit | PoolUnit | InceptionUnit | LRN | ReLU | ResidualUnit
 
 
 @dataclass(frozen=True)
-class AuxUnit:
+class InceptionAuxUnit:
     name: str  # aux1, aux2
     tap: str  # the stage whose output it reads
     pool: PoolUnit
@@ -131,7 +131,7 @@ class Plan:
     variant: Variant
     options: Options
     stages: tuple[Stage, ...]
-    aux: tuple[AuxUnit, ...]  # empty unless options.aux_logits
+    aux: tuple[InceptionAuxUnit, ...]  # empty unless options.aux_logits
     fc: Dense
     dropout: float
     head_pool: PoolUnit | None  # None: fc reads the last map flattened
@@ -149,7 +149,7 @@ class Plan:
     def num_classes(self) -> int:
         return self.options.num_classes
 
-    def aux_for(self, stage: str) -> tuple[AuxUnit, ...]:
+    def aux_for(self, stage: str) -> tuple[InceptionAuxUnit, ...]:
         return tuple(a for a in self.aux if a.tap == stage)
 
     def units(self) -> Iterator[ConvUnit | Dense]:
@@ -158,7 +158,7 @@ class Plan:
         for stage in self.stages:
             if isinstance(stage, ConvUnit):
                 yield stage
-            elif isinstance(stage, InceptionBlock):
+            elif isinstance(stage, InceptionUnit):
                 for branch in stage.branches:
                     yield from (op for op in branch if isinstance(op, ConvUnit))
             elif isinstance(stage, ResidualUnit):

@@ -118,7 +118,7 @@ def stage_inputs(p: spec.Plan, size: int) -> dict[str, tuple[int, int, int]]:
 
 def stage_ops(stage: spec.Stage) -> list[spec.Stage]:
     """The stage itself, or the ops inside a block."""
-    if isinstance(stage, spec.InceptionBlock):
+    if isinstance(stage, spec.InceptionUnit):
         return [op for branch in stage.branches for op in branch]
     if isinstance(stage, spec.ResidualUnit):
         return [stage.conv1, stage.conv2]
@@ -178,7 +178,8 @@ def _same_max_pool(x: Any) -> Any:
 
 
 def _keras_same(model: Any) -> None:
-    from impl_keras.layers import BasicConv2d, Pool2D, walk
+    from impl_keras.engine import walk
+    from impl_keras.layers import BasicConv2d, Pool2D
 
     for layer in list(walk(model)):
         if isinstance(layer, BasicConv2d) and _same_targets(layer.unit):
@@ -215,7 +216,7 @@ def _where_floor(p: spec.Plan, size: int) -> str | None:
 def _mxnet_floor(model: Any) -> None:
     from mxnet.gluon import nn
 
-    from impl_mxnet.layers import options
+    from impl_mxnet.engine import options
 
     def floor(block: Any) -> None:
         if isinstance(block, nn.MaxPool2D):
@@ -292,7 +293,7 @@ def _variant_eps(op: spec.Stage, eps: float) -> bool:
 def _mxnet_default_eps(model: Any) -> None:
     from mxnet.gluon import nn
 
-    from impl_mxnet.layers import options
+    from impl_mxnet.engine import options
 
     eps = model.plan.variant.convs.norm.eps
 
@@ -306,7 +307,7 @@ def _mxnet_default_eps(model: Any) -> None:
 def _keras_default_eps(model: Any) -> None:
     from keras import layers
 
-    from impl_keras.layers import walk
+    from impl_keras.engine import walk
 
     eps = model.plan.variant.convs.norm.eps
     for layer in walk(model):
@@ -326,7 +327,7 @@ def _needs_bn(quantity: str) -> Callable[[spec.Plan, int], str | None]:
 def _mxnet_untranslated_momentum(model: Any) -> None:
     from mxnet.gluon import nn
 
-    from impl_mxnet.layers import options
+    from impl_mxnet.engine import options
 
     # PyTorch's 0.1 (the weight of the new batch) passed as Gluon's momentum (the weight of the old)
     model.apply(lambda b: options(b).__setitem__("momentum", 0.1) if isinstance(b, nn.BatchNorm) else None)
@@ -358,7 +359,8 @@ def _where_lrn(p: spec.Plan, size: int) -> str | None:
 
 
 def _keras_tf_alpha(model: Any) -> None:
-    from impl_keras.layers import LocalResponseNorm, walk
+    from impl_keras.engine import walk
+    from impl_keras.layers import LocalResponseNorm
 
     for layer in walk(model):
         if isinstance(layer, LocalResponseNorm):
@@ -519,7 +521,7 @@ def _where_gamma(p: spec.Plan, size: int) -> str | None:
 def _mxnet_gamma(model: Any) -> None:
     from mxnet.gluon import nn
 
-    from impl_mxnet.layers import make_trainable, options
+    from impl_mxnet.engine import make_trainable, options
 
     def scaled(block: Any) -> None:
         if isinstance(block, nn.BatchNorm) and options(block)["fix_gamma"]:
@@ -541,7 +543,7 @@ def map_ops(p: spec.Plan, change: OpChange) -> spec.Plan:
     aux heads' pool and conv, the head pool. ``change`` returns an op unchanged as itself."""
 
     def stage(s: spec.Stage) -> spec.Stage:
-        if isinstance(s, spec.InceptionBlock):
+        if isinstance(s, spec.InceptionUnit):
             branches = tuple(tuple(change(op) for op in branch) for branch in s.branches)
             return s if branches == s.branches else dataclasses.replace(s, branches=branches)
         if isinstance(s, spec.ResidualUnit):
@@ -703,7 +705,7 @@ def _relu(present: bool) -> Callable[[spec.Plan], spec.Plan]:
 
 def _where_blocks(p: spec.Plan, size: int) -> str | None:
     for stage in p.stages:
-        if isinstance(stage, spec.InceptionBlock):
+        if isinstance(stage, spec.InceptionUnit):
             return stage.name
     raise NotApplicable("no Inception block")
 
@@ -713,7 +715,7 @@ def _middle_branches_swapped(p: spec.Plan) -> spec.Plan:
     pool written in the order of Liu's lecture (1x1 | 5x5 | 3x3 | pool), or the reverse."""
 
     def swap(s: spec.Stage) -> spec.Stage:
-        if not isinstance(s, spec.InceptionBlock):
+        if not isinstance(s, spec.InceptionUnit):
             return s
         b = s.branches
         return dataclasses.replace(s, branches=(b[0], b[2], b[1], *b[3:]))

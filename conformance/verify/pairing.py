@@ -30,7 +30,7 @@ import numpy as np
 from .. import spec
 from ..canonical import bn_suffixes, canonical_shapes, conv_key, conv_shapes, dense_shapes
 from ..formats import naming
-from ..spec import ConvUnit, Dense, InceptionBlock, Plan, ResidualUnit
+from ..spec import ConvUnit, Dense, InceptionUnit, Plan, ResidualUnit
 
 CONV, NORM, DENSE = "conv", "norm", "dense"
 NORM_ROLES = ("weight", "bias", "running_mean", "running_var")
@@ -157,7 +157,7 @@ def _chains(p: Plan) -> list[_Chain]:
         if isinstance(stage, ConvUnit):
             chains.append(_Chain([stage], list(before), stage.name))
             before = [len(chains) - 1]
-        elif isinstance(stage, InceptionBlock):
+        elif isinstance(stage, InceptionUnit):
             start = len(chains)
             for branch in stage.branches:
                 chains.append(_Chain([op for op in branch if isinstance(op, ConvUnit)], list(before), stage.name))

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import spec
 from ..check.compare import REL_TOL, Agreement, agreement
-from ..check.inputs import ODD_SIZES, inadmissible
+from ..check.inputs import EXTRA_SIZES, ODD_SIZES, inadmissible
 from ..formats.port import read_checkpoint
 from . import diagnose, taps, taps_gluon, taps_keras, taps_onnx, taps_script
 from .options import check_options
@@ -108,7 +108,11 @@ def default_sizes(p: spec.Plan) -> list[int]:
     that the variant admits (97 for a 32 x 32 net: 239 would cost 50 times the work)."""
     own = p.input_size
     odd = sorted(
-        (s for s in (*ODD_SIZES, *p.variant.input.check_sizes) if s != own and not inadmissible(p.variant.name, s)),
+        (
+            s
+            for s in (*ODD_SIZES, *EXTRA_SIZES.get(p.variant.name, ()))
+            if s != own and not inadmissible(p.variant.name, s)
+        ),
         key=lambda s: abs(s - own),
     )
     return [own, *odd[:1]]
@@ -243,7 +247,7 @@ def fits_quietly(
 def _units(stage: spec.Stage) -> list[str]:
     if isinstance(stage, spec.ConvUnit):
         return [stage.name]
-    if isinstance(stage, spec.InceptionBlock):
+    if isinstance(stage, spec.InceptionUnit):
         return [op.name for branch in stage.branches for op in branch if isinstance(op, spec.ConvUnit)]
     if isinstance(stage, spec.ResidualUnit):
         return [stage.conv1.name, stage.conv2.name]
