@@ -9,8 +9,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("impl_torch", "impl_keras", "impl_mxnet", "impl_jax")
 FORWARD = {"forward": "forward", "call": "forward", "hybrid_forward": "forward", "__call__": "forward"}
@@ -63,11 +61,6 @@ def test_shape_comments_sit_in_the_same_blocks():
     counts = [shape_comments(p) for p in FRAMEWORKS]
     assert counts[0] == counts[1] == counts[2] == counts[3]
     assert counts[0]["GoogLeNet"] >= 5 and counts[0]["InceptionAux"] >= 5
-
-
-@pytest.mark.parametrize("module", ["layers", "weights", "train", "__init__"])
-def test_every_framework_has_the_same_file_set(module):
-    assert all((ROOT / p / f"{module}.py").is_file() for p in FRAMEWORKS)
 
 
 def test_layers_share_their_makers_in_the_same_order():
