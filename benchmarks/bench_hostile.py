@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ and conformance/ from a checkout
 
 from tests import hostile  # after the path: a checkout, not an installed package
+from tests.helpers import command
 
 TARGET_MB, TARGET_S = 1000.0, 5.0
 
@@ -100,11 +101,11 @@ def main() -> None:
         d = Path(tmp)
         (d / "out").mkdir()
         for name in ORIGINALS:
-            made = hostile.run_measured(hostile.cli("init", str(d / name), "--variant", hostile.VARIANT))
+            made = hostile.run_measured(command("init", str(d / name), "--variant", hostile.VARIANT))
             assert made.returncode == 0, made.stderr[-2000:]
         for what, args, build in cases(d):
             build()
-            m = hostile.run_measured(hostile.cli(*args))
+            m = hostile.run_measured(command(*args))
             expected = 0 if what.startswith("valid") else 2
             if m.returncode != expected:
                 print(m.stderr.strip()[-500:])

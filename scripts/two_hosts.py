@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests import cluster, netns
+from tests import cluster, cluster_faults, netns
 
 
 def _shell(args: argparse.Namespace) -> int:
@@ -58,9 +58,9 @@ def _parity(args: argparse.Namespace, tmp: Path) -> int:
 
 def _fault(args: argparse.Namespace, tmp: Path) -> int:
     with netns.two_hosts() as hosts:
-        result = cluster.fault_run(args.framework, args.kind, hosts, tmp)
+        result = cluster_faults.fault_run(args.framework, args.kind, hosts, tmp)
     o = result.outcome
-    _print_outcome(f"{args.framework}, {cluster.FAULTS[args.kind]}", o)
+    _print_outcome(f"{args.framework}, {cluster_faults.FAULTS[args.kind]}", o)
     if o.fault_at is None:
         print("  the fault was never made: worker 0 did not reach the middle of epoch 2")
         return 1
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parity.add_argument("framework", choices=cluster.FRAMEWORKS)
     fault = sub.add_parser("fault", help="a network fault in the middle of epoch 2, then --resume")
     fault.add_argument("framework", choices=cluster.FRAMEWORKS)
-    fault.add_argument("kind", choices=list(cluster.FAULTS))
+    fault.add_argument("kind", choices=list(cluster_faults.FAULTS))
     for p in (parity, fault):
         p.add_argument("--keep", type=Path, metavar="DIR", help="a new directory to keep the logs and outputs in")
     args = parser.parse_args(argv)

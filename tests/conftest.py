@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import pytest
 from conformance import canonical, frameworks, spec
 from conformance.check.inputs import full_options
 from conformance.teach import pitfalls
+
+from .helpers import command
 
 # Only where torchvision is installed (a side venv): its CUDA build of torch 2.14.1
 # segfaults when TensorFlow was imported before it.
@@ -73,6 +74,17 @@ def torch_state(variant: str, aux: bool = True, seed: int = 0, num_classes: int 
     return model.state_dict()
 
 
+def mnist_pth(path: Path, variant: str = "inception_mnist") -> Path:
+    """A PyTorch state_dict of ``variant`` (its own classes, no aux) with the seeded weights."""
+    t = backend_or_skip("torch")
+    import torch
+
+    model = t.build(variant)
+    t.from_canonical(model, canonical.random_params(model.plan, 0))
+    torch.save(model.state_dict(), path)
+    return path
+
+
 def save_torch(obj, path: Path) -> Path:
     import torch
 
@@ -84,7 +96,7 @@ def cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Comple
     """``python -m conformance ARGS`` in a fresh process, on this tree's code (whatever ``cwd``)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "conformance", *args],
+        command(*args),
         check=False,
         capture_output=True,
         text=True,

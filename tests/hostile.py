@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance import canonical, spec
+from conformance import spec
+
+from .helpers import seeded_params
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "inception_mnist"  # small: its valid files build in a second
@@ -93,23 +95,11 @@ def run_measured(
     return Measured(returncode, r.stdout, r.stderr, maxrss / 1024, seconds)
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "conformance", *args]
-
-
-def plan() -> spec.Plan:
-    return spec.resolve(VARIANT)
-
-
-def params() -> dict[str, np.ndarray]:
-    return canonical.random_params(plan(), 0)
-
-
 def keras_model():
     import impl_keras
 
     model = impl_keras.build(VARIANT)
-    impl_keras.from_canonical(model, params())
+    impl_keras.from_canonical(model, seeded_params(VARIANT))
     return model
 
 
@@ -201,7 +191,7 @@ def pth_valid(path: Path) -> Path:
     """A valid .pth of the network (the reference the refusals are compared with)."""
     import torch
 
-    torch.save({k: torch.from_numpy(v) for k, v in params().items()}, path)
+    torch.save({k: torch.from_numpy(v) for k, v in seeded_params(VARIANT).items()}, path)
     return path
 
 
@@ -209,7 +199,7 @@ def pth_expanded(path: Path, n: int) -> Path:
     """A .pth whose fc.weight is ``torch.zeros(1).expand(n, n)``: one stored float."""
     import torch
 
-    state = {k: torch.from_numpy(v) for k, v in params().items()}
+    state = {k: torch.from_numpy(v) for k, v in seeded_params(VARIANT).items()}
     state["fc.weight"] = torch.zeros(1).expand(n, n)
     torch.save(state, path)
     return path
@@ -222,7 +212,7 @@ def npz_deflated(path: Path, shape: tuple[int, int] = (1408, 200_000)) -> Path:
     header = io.BytesIO()
     npy.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        for key, value in params().items():
+        for key, value in seeded_params(VARIANT).items():
             if key != "fc.weight":
                 buffer = io.BytesIO()
                 np.save(buffer, value)

@@ -3,6 +3,7 @@ small run that measures every runtime in its own process and writes its figures.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -12,20 +13,13 @@ import pytest
 
 from conformance import bench
 
+from . import conftest
 from .conftest import installed
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "conformance", "bench", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-        check=False,
-    )
+cli = functools.partial(conftest.cli, "bench")
 
 
 @pytest.mark.parametrize(

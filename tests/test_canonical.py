@@ -10,6 +10,8 @@ import pytest
 
 from conformance import canonical, files, spec
 
+from .helpers import seeded
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -42,13 +44,8 @@ def test_random_params_are_seeded_float32_and_complete():
     assert var.min() >= 1e-3 and var.max() <= 1e-2  # comparable to eps: an eps slip shows
 
 
-def _params(variant="googlenet"):
-    p = spec.resolve(variant)
-    return p, canonical.random_params(p, 0)
-
-
 def test_validate_names_missing_key_with_expected_shape():
-    p, params = _params()
+    p, params = seeded("googlenet")
     del params["inception4c.branch2.1.conv.weight"]
     with pytest.raises(
         canonical.CanonicalError,
@@ -58,14 +55,14 @@ def test_validate_names_missing_key_with_expected_shape():
 
 
 def test_validate_names_extra_key():
-    p, params = _params()
+    p, params = seeded("googlenet")
     params["conv1.bn.weight"] = np.ones(64, np.float32)
     with pytest.raises(canonical.CanonicalError, match=r"unexpected key 'conv1.bn.weight' \(shape \(64,\)\)"):
         canonical.validate(p, params)
 
 
 def test_validate_names_shape_mismatch_with_both_shapes():
-    p, params = _params()
+    p, params = seeded("googlenet")
     params["inception3a.branch3.1.conv.weight"] = np.zeros((32, 16, 3, 3), np.float32)
     with pytest.raises(
         canonical.CanonicalError,
@@ -76,7 +73,7 @@ def test_validate_names_shape_mismatch_with_both_shapes():
 
 
 def test_validate_rejects_other_dtypes_and_non_arrays():
-    p, params = _params()
+    p, params = seeded("googlenet")
     params["fc.bias"] = params["fc.bias"].astype(np.float64)
     with pytest.raises(canonical.CanonicalError, match=r"'fc.bias': expected float32, got float64"):
         canonical.validate(p, params)
@@ -87,13 +84,13 @@ def test_validate_rejects_other_dtypes_and_non_arrays():
 
 def test_validate_rejects_the_other_variant():
     p = spec.resolve("googlenet_bn")
-    _, params = _params("googlenet")
+    _, params = seeded("googlenet")
     with pytest.raises(canonical.CanonicalError, match=r"do not fit googlenet_bn"):
         canonical.validate(p, params)
 
 
 def test_save_load_round_trip_and_metadata(tmp_path):
-    p, params = _params()
+    p, params = seeded("googlenet")
     path = canonical.save(params, tmp_path / "w.safetensors", p)
     loaded = canonical.load(path)
     assert sorted(loaded) == sorted(params)  # safetensors stores keys sorted; names carry meaning
@@ -106,7 +103,7 @@ def test_save_load_round_trip_and_metadata(tmp_path):
 
 
 def test_save_never_overwrites_silently(tmp_path):
-    p, params = _params()
+    p, params = seeded("googlenet")
     target = tmp_path / "w.safetensors"
     target.write_bytes(b"precious")
     with pytest.raises(files.OutputError, match=r"already exists"):
@@ -117,7 +114,7 @@ def test_save_never_overwrites_silently(tmp_path):
 
 
 def test_save_validates_before_writing(tmp_path):
-    p, params = _params()
+    p, params = seeded("googlenet")
     del params["fc.bias"]
     with pytest.raises(canonical.CanonicalError, match=r"missing key 'fc.bias'"):
         canonical.save(params, tmp_path / "w.safetensors", p)

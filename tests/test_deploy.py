@@ -25,6 +25,7 @@ from conformance.formats.registry import FORMATS
 from conformance.formats.sniff import sniff
 
 from .conftest import backend_or_skip, cli
+from .helpers import seeded_params
 
 VARIANT = "inception_mnist"
 # format -> DST name (a directory for the SavedModel)
@@ -51,11 +52,6 @@ def needs(fmt: str) -> None:
             pytest.importorskip("onnxscript")
         else:
             backend_or_skip(name)
-
-
-def seeded(variant: str = VARIANT, seed: int = 0) -> canonical.Params:
-    p = spec.resolve(variant, aux_logits=spec.VARIANTS[variant].aux is not None)
-    return canonical.random_params(p, seed)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +108,7 @@ def test_onnx_and_the_gluon_pair_read_back_to_canonical_bit_for_bit(written, fmt
         pytest.skip(f"{fmt}: its framework is not installed")
     dst = written[fmt][0]
     back = read_checkpoint(dst, VARIANT)
-    expected = seeded()
+    expected = seeded_params(VARIANT)
     assert list(back.params) == list(expected)
     assert all(back.params[k].tobytes() == expected[k].tobytes() for k in expected)
 
@@ -182,7 +178,7 @@ def test_a_tampered_onnx_initializer_reads_back_as_what_it_holds(written, tmp_pa
     path = tmp_path / "tampered.onnx"
     onnx.save(model, str(path))
     back = read_checkpoint(path, VARIANT).params
-    expected = seeded()
+    expected = seeded_params(VARIANT)
     assert [k for k in expected if back[k].tobytes() != expected[k].tobytes()] == ["fc.bias"]
 
 
@@ -199,7 +195,7 @@ def test_a_tampered_gluon_pair_reads_back_as_what_it_holds(written, tmp_path):
     arrays[name] = arrays[name] * 1.01
     mx.nd.save(str(tmp_path / "t-0000.params"), arrays)
     back = read_checkpoint(tmp_path / "t-symbol.json", VARIANT).params
-    expected = seeded()
+    expected = seeded_params(VARIANT)
     assert [k for k in expected if back[k].tobytes() != expected[k].tobytes()] == ["conv1.weight"]
 
 
@@ -209,13 +205,13 @@ def test_a_gluon_pair_exported_after_other_models_reads_back_bit_for_bit(tmp_pat
     m = backend_or_skip("mxnet")
     m.build(VARIANT)  # shifts MXNet's name counters
     model = m.build(VARIANT)
-    m.from_canonical(model, seeded())
+    m.from_canonical(model, seeded_params(VARIANT))
     pair = m.to_gluon_export(model)
     (tmp_path / "u-symbol.json").write_bytes(pair["symbol.json"])
     (tmp_path / "u-0000.params").write_bytes(pair["params"])
     assert b"conv0_weight" not in pair["symbol.json"]
     back = read_checkpoint(tmp_path / "u-symbol.json", VARIANT).params
-    expected = seeded()
+    expected = seeded_params(VARIANT)
     assert all(back[k].tobytes() == expected[k].tobytes() for k in expected)
 
 
@@ -339,7 +335,7 @@ def test_init_writes_the_seeded_weights_and_refuses_to_overwrite(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "random_params(seed=3)" in done.stdout and done.stdout.strip().endswith("PASS")
     back = read_checkpoint(dst, VARIANT).params
-    expected = seeded(seed=3)
+    expected = seeded_params(VARIANT, 3)
     assert all(back[k].tobytes() == expected[k].tobytes() for k in expected)
     before = dst.read_bytes()
     again = cli("init", str(dst), "--variant", VARIANT)

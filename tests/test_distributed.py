@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,10 +21,11 @@ import pytest
 
 from conformance import spec
 from conformance.canonical import load
-from conformance.check import distributed
+from conformance.check import distributed, distributed_runs, replica_statistics
 from conformance.world import FAULTS, World
 
 from .conftest import ROOT, backend_or_skip
+from .helpers import command
 
 FRAMEWORKS = ("torch", "keras", "mxnet")
 SIZE = 32  # googlenet_d2l and googlenet_bn admit it; parity does not depend on the size
@@ -62,12 +62,12 @@ def test_the_default_variants_cover_every_case_the_engines_treat_apart():
     rules, and synchronised). The other variants add layers, not distributed cases."""
     seen = set()
     for variant in distributed.VARIANTS:
-        p = distributed._plan(variant)
+        p = distributed_runs.plan(variant)
         size = distributed.default_size(variant)
         assert p.variant.convs.norm is None, variant  # the parity path asserts N*b == one process
         seen.add("aux trained" if spec.aux_admits(p, size) else "aux not admitted" if p.aux else "plain")
     for variant in distributed.BATCHNORM_VARIANTS:
-        assert distributed._plan(variant).variant.convs.norm is not None, variant
+        assert distributed_runs.plan(variant).variant.convs.norm is not None, variant
         seen.add("batchnorm")
     assert seen == {"plain", "aux not admitted", "aux trained", "batchnorm"}
     assert "--variant" not in next(
@@ -162,7 +162,7 @@ RULES = {
 
 
 def _numpy_rules() -> dict[str, dict[str, list[dict[str, np.ndarray]]]]:
-    p = distributed._plan("googlenet_bn")
+    p = distributed_runs.plan("googlenet_bn")
     rng = np.random.default_rng(0)
     params = {f"{UNIT}.running_mean": np.zeros(3), f"{UNIT}.running_var": np.ones(3)}
 
@@ -171,7 +171,7 @@ def _numpy_rules() -> dict[str, dict[str, list[dict[str, np.ndarray]]]]:
 
     shards, later = stats(), [stats()]
     return {
-        name: distributed.expected_statistics(p, params, shards, [2, 2], {UNIT: 4}, rule, later)
+        name: replica_statistics.expected_statistics(p, params, shards, [2, 2], {UNIT: 4}, rule, later)
         for name, rule in RULES.items()
     }
 
@@ -197,7 +197,7 @@ def test_the_numpy_rules_tell_each_other_apart():
 
 
 def _train(fw: str, out: Path, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "conformance", "train", "--framework", fw, "--variant", "googlenet_d2l"]
+    argv = command("train", "--framework", fw, "--variant", "googlenet_d2l")
     argv += ["--limit", "48", "--batch", "16", "--out", str(out), *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -19,7 +19,6 @@ What each engine must do, and what the tests hold it to:
 from __future__ import annotations
 
 import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -27,9 +26,10 @@ import pytest
 
 from conformance import spec
 from conformance.canonical import random_params
-from conformance.check import distributed
+from conformance.check import distributed, distributed_runs
 
 from .conftest import ROOT, backend_or_skip
+from .helpers import command
 
 FRAMEWORKS = ("torch", "keras", "mxnet")
 RESTING = 47  # googlenet's default size here: the aux heads are built, not admitted
@@ -38,7 +38,7 @@ FLAGS = ("--frameworks", "torch")  # one engine keeps the command-line test shor
 
 
 def _plan() -> spec.Plan:
-    return distributed._plan("googlenet")
+    return distributed_runs.plan("googlenet")
 
 
 def test_the_sizes_tell_the_heads_apart():
@@ -181,7 +181,7 @@ def test_check_distributed_on_an_mnist_net_runs_instead_of_a_traceback():
     """Row 9, as a user types it (PyTorch only, to keep the test short)."""
     backend_or_skip("torch")
     done = subprocess.run(
-        [sys.executable, "-m", "conformance", "check", "--distributed", *("--variant", "inception_mnist"), *FLAGS],
+        command("check", "--distributed", *("--variant", "inception_mnist"), *FLAGS),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -17,10 +17,7 @@ from conformance.check import harness
 from conformance.check.compare import REL_TOL, agreement
 
 from .conftest import backend_or_skip, full_plan, loaded_model, patched
-
-
-def image(size: int = 97, batch: int = 1, channels: int = 3, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, channels, size, size)).astype(np.float32)
+from .helpers import random_images
 
 
 def test_the_default_is_a_fast_mode_and_eager_is_there(backend):
@@ -30,7 +27,7 @@ def test_the_default_is_a_fast_mode_and_eager_is_there(backend):
 
 def test_every_mode_gives_eager_stages_and_logits(backend):
     model = loaded_model(backend, "googlenet_bn")
-    x = image()
+    x = random_images(1, 97)
     eager = backend.stages(model, x, mode=interface.EAGER)
     for mode in backend.MODES:
         fast = backend.stages(model, x, mode=mode)
@@ -45,7 +42,7 @@ def test_every_mode_gives_eager_stages_and_logits(backend):
 def test_an_unknown_mode_is_refused_by_name(backend):
     model = loaded_model(backend, "googlenet_bn")
     with pytest.raises(ValueError, match=r"mode: expected one of .*'eager'.*, got 'fast'"):
-        backend.forward(model, image(), mode="fast")
+        backend.forward(model, random_images(1, 97), mode="fast")
 
 
 def test_a_second_call_at_the_same_shape_compiles_nothing(backend, monkeypatch):
@@ -57,13 +54,13 @@ def test_a_second_call_at_the_same_shape_compiles_nothing(backend, monkeypatch):
 
     monkeypatch.setattr(interface, "compiled", counting)
     model = backend.build("inception_mnist")
-    backend.forward(model, image(28, 2, 1))
+    backend.forward(model, random_images(2, 28, channels=1))
     first = len(made)
     assert first <= 1  # one graph (or weight copy) for this shape, or nothing to compile
     for _ in range(2):
-        backend.forward(model, image(28, 2, 1))
+        backend.forward(model, random_images(2, 28, channels=1))
     assert len(made) == first  # the second and third calls compile nothing
-    backend.forward(model, image(28, 3, 1))  # another batch size: another shape
+    backend.forward(model, random_images(3, 28, channels=1))  # another batch size: another shape
     assert len(made) <= first + 1
 
 
@@ -73,7 +70,7 @@ def test_keras_graph_is_traced_once_for_every_size():
     keras_ = backend_or_skip("keras")
     model = keras_.build("inception_mnist")
     for size, batch in ((28, 2), (28, 3), (31, 1), (28, 2)):  # 31: odd maps
-        x = image(size, batch, 1)
+        x = random_images(batch, size, channels=1)
         eager = keras_.forward(model, x, mode=interface.EAGER)
         assert agreement(eager, keras_.forward(model, x), logits=True).passed, (size, batch)
     (graph,) = interface._COMPILED[model].values()
@@ -98,7 +95,7 @@ def test_forgetting_one_shape_keeps_what_serves_any():
 def test_weights_loaded_after_a_fast_call_are_the_ones_used(backend):
     model = backend.build("googlenet_bn")
     p = spec.resolve("googlenet_bn")
-    x = image()
+    x = random_images(1, 97)
     backend.from_canonical(model, canonical.random_params(p, 1))
     before = backend.forward(model, x)
     backend.from_canonical(model, canonical.random_params(p, 2))
@@ -112,7 +109,7 @@ def test_fast_modes_leave_eager_training_as_it_was(backend):
     hybrid mode runs a separate block, so training the model is unaffected."""
     variant = spec.without_dropout(spec.variant("googlenet_bn"))  # random masks differ per run
     params = canonical.initial_params(spec.resolve(variant), 0)
-    x, y = image(97, 2), np.array([3, 7])
+    x, y = random_images(2, 97), np.array([3, 7])
     steps = {}
     for warmed in (False, True):
         model = backend.build(variant)
@@ -130,7 +127,7 @@ def test_fast_modes_leave_eager_training_as_it_was(backend):
 
 def test_what_was_compiled_goes_with_the_model(backend):
     model = backend.build("inception_mnist")
-    backend.forward(model, image(28, 2, 1))
+    backend.forward(model, random_images(2, 28, channels=1))
     gone = weakref.ref(model)
     del model
     gc.collect()
@@ -202,7 +199,7 @@ def test_keras_graphs_per_model_do_not_warn_of_retracing(caplog):
     keras_ = backend_or_skip("keras")
     with caplog.at_level("WARNING"):
         for batch in range(1, 8):
-            keras_.forward(keras_.build("inception_mnist"), image(28, batch, 1))
+            keras_.forward(keras_.build("inception_mnist"), random_images(batch, 28, channels=1))
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
     record = logging.LogRecord(
         "tensorflow", logging.WARNING, "", 0, "5 calls to <function f> triggered tf.function retracing.", None, None

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conformance.check import harness, report
-from conformance.teach import differences, measure, page, source
+from conformance.teach import differences, measure, page_code, source
 from conformance.teach.pitfalls import PITFALLS
 
 from .conftest import PITFALL_BATCH, cli, installed
@@ -243,11 +243,13 @@ def test_cells_link_to_the_model_file_lines_they_name():
     of code elsewhere."""
     layout = next(r for r in differences.read_readme() if r.what == "layout")
     line = next(i for i, text in enumerate(source.read("torch").lines, 1) if "torch.cat(outputs, 1)" in text)
-    assert f'<a href="#torch-L{line}"><code>torch.cat(outputs, 1)</code></a>' in page.markdown_cell(layout.cells[0])
+    assert f'<a href="#torch-L{line}"><code>torch.cat(outputs, 1)</code></a>' in page_code.markdown_cell(
+        layout.cells[0]
+    )
     bn = next(r for r in differences.read_readme() if r.what == "BatchNorm")
-    assert '<span class="where">conformance/canonical.py:' in page.markdown_cell(bn.cells[2])
+    assert '<span class="where">conformance/canonical.py:' in page_code.markdown_cell(bn.cells[2])
     with pytest.raises(ValueError, match="no longer shows"):
-        page.markdown_cell("[`torch.cat(outputs, 2)`][impl_torch.model.Inception.forward]")
+        page_code.markdown_cell("[`torch.cat(outputs, 2)`][impl_torch.model.Inception.forward]")
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from conformance import canonical, files, frameworks
 from conformance.train import data, training
 
 from .conftest import backend_or_skip
+from .helpers import command
 from .resume_run import compare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_reseed_repeats_the_dropout_masks(framework):
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "conformance", "train", *args],
+        command("train", *args),
         check=False,
         capture_output=True,
         text=True,
@@ -108,7 +108,7 @@ def test_sigint_keeps_the_complete_epochs_and_resume_finishes_the_run(tmp_path):
     broken.mkdir()
     assert run(*args, "--out", str(straight)).returncode == 0
     p = subprocess.Popen(
-        [sys.executable, "-m", "conformance", "train", *args, "--out", str(broken)],
+        command("train", *args, "--out", str(broken)),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -22,6 +22,7 @@ from conformance.formats.registry import FORMATS
 
 from . import hostile, slim_files
 from .conftest import backend_or_skip
+from .helpers import command, random_images
 from .test_hostile import assert_refused
 
 pytest.importorskip("tensorflow")
@@ -44,7 +45,7 @@ def checkpoint(tmp_path_factory, values) -> Path:
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    return np.random.default_rng(15).uniform(-1, 1, (2, 3, SIZE, SIZE)).astype(np.float32)
+    return random_images(2, SIZE, seed=15, uniform=True)
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +275,7 @@ def test_an_index_declaring_half_a_million_classes(tmp_path):
     declared = {name: (shape, "DT_FLOAT") for name, shape in slim_files.variables(classes=500_000).items()}
     src = slim_files.write_index(tmp_path / "x.ckpt", declared, b"\x00" * 24)
     assert Path(str(src) + ".index").stat().st_size < 64 << 10
-    m = hostile.run_measured(hostile.cli("port", str(src), str(tmp_path / "y.pth"), "--variant", VARIANT))
+    m = hostile.run_measured(command("port", str(src), str(tmp_path / "y.pth"), "--variant", VARIANT))
     assert_refused(m, "'InceptionV1/Logits/Conv2d_0c_1x1/weights'", "declares float32 [500000, 1024] (2,048 MB)")
 
 
@@ -282,12 +283,12 @@ def test_an_index_declaring_more_than_the_shards_hold(tmp_path):
     """Every variable declared at its right shape, none of the values there."""
     declared = {name: (shape, "DT_FLOAT") for name, shape in slim_files.variables().items()}
     src = slim_files.write_index(tmp_path / "x.ckpt", declared, b"\x00" * 1024)
-    m = hostile.run_measured(hostile.cli("port", str(src), str(tmp_path / "y.pth"), "--variant", VARIANT))
+    m = hostile.run_measured(command("port", str(src), str(tmp_path / "y.pth"), "--variant", VARIANT))
     assert_refused(m, "its data shards hold 1,024 bytes but its index declares 26,532,836 bytes")
 
 
 def test_an_index_of_ten_thousand_variables(tmp_path):
     declared = {f"InceptionV1/v{i:05d}": ((1,), "DT_FLOAT") for i in range(10_000)}
     src = slim_files.write_index(tmp_path / "x.ckpt", declared, b"\x00" * 40_000)
-    m = hostile.run_measured(hostile.cli("port", str(src), str(tmp_path / "y.pth"), "--variant", VARIANT))
+    m = hostile.run_measured(command("port", str(src), str(tmp_path / "y.pth"), "--variant", VARIANT))
     assert_refused(m, "declares 10,000 tensors")

@@ -19,6 +19,7 @@ from conformance import canonical, spec
 from conformance.check.compare import agreement
 
 from .conftest import backend_or_skip
+from .helpers import random_images
 
 DATA = Path(__file__).parent / "data"
 SEED, SIZES, BATCH = 7, (224, 97), 2  # as scripts/make_torchvision_reference.py
@@ -31,7 +32,8 @@ def reference_params() -> dict[str, np.ndarray]:
 
 
 def reference_input(size: int) -> np.ndarray:
-    return np.random.default_rng([SEED, size]).standard_normal((BATCH, 3, size, size)).astype(np.float32)
+    """The input the recorded outputs were computed from (``data/torchvision_googlenet_outputs.npz``)."""
+    return random_images(BATCH, size, seed=[SEED, size])
 
 
 @pytest.fixture(scope="module")

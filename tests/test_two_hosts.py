@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from . import cluster, netns
+from . import cluster, cluster_faults, netns
 
 pytestmark = pytest.mark.two_hosts
 
@@ -142,14 +142,14 @@ def test_parity_fails_against_another_run(hosts, tmp_path, references):
 
 
 @needs_namespaces
-@pytest.mark.parametrize("kind", list(cluster.FAULTS))
+@pytest.mark.parametrize("kind", list(cluster_faults.FAULTS))
 @pytest.mark.parametrize("framework", cluster.FRAMEWORKS)
 def test_network_fault_ends_the_run_and_resume_finishes_it(hosts, tmp_path, framework, kind, references):
     """The fault in the middle of epoch 2: every worker ends within the engine's timeout
     plus the launcher's grace, each host says in one line which peer it lost and what
     worker 0 kept, and --resume after healing ends with one process's weights."""
-    job = cluster.FAULTY
-    result = cluster.fault_run(framework, kind, hosts, tmp_path, job, reference=references(framework, job))
+    job = cluster_faults.FAULTY
+    result = cluster_faults.fault_run(framework, kind, hosts, tmp_path, job, reference=references(framework, job))
     o = result.outcome
     assert o.fault_at is not None, "worker 0 never reached the middle of epoch 2"
     codes = [(e.command.name, e.code) for e in o.workers()]
@@ -168,24 +168,26 @@ def test_network_fault_ends_the_run_and_resume_finishes_it(hosts, tmp_path, fram
 
 
 @needs_namespaces
-@pytest.mark.parametrize("kind", list(cluster.FAULTS))
+@pytest.mark.parametrize("kind", list(cluster_faults.FAULTS))
 def test_mxnet_peer_lost_while_leaving_is_said(hosts, tmp_path, kind):
     """MXNet: the fault made after worker 0's last step, so every exchange of the run is
     done and only leaving the group (ps-lite's barrier, through the scheduler on host0)
     meets it. Each worker still ends within the bound, non-zero, with one line naming
     the group it lost; a barrier given up used to end a worker with status 1 and an empty
     log (the intermittent failure of the fault test, whose fault sometimes came this late)."""
-    job = cluster.FAULTY
+    job = cluster_faults.FAULTY
     logs = tmp_path / "logs"
     logs.mkdir()
     steps = job.limit // job.batch_size
-    late = cluster.make_fault(kind, hosts, lambda: cluster.after_last_step(logs, "mxnet", job.epochs, steps))
+    late = cluster_faults.make_fault(
+        kind, hosts, lambda: cluster_faults.after_last_step(logs, "mxnet", job.epochs, steps)
+    )
     o = cluster.run("mxnet", hosts, job, tmp_path / "runs", logs, 900, fault=late)
     assert o.fault_at is not None, "worker 0 never reported the last step"
     report = [(e.command.name, e.code, e.at, e.lines()[-2:]) for e in o.workers()]
     assert all(e.code not in {0, None} for e in o.workers()), report
     assert o.said_at is not None and o.last_worker_at < job.timeout + cluster.GRACE + cluster.DETECTION_MARGIN, report
-    for name, line in cluster.error_lines(o.ended).items():
+    for name, line in cluster_faults.error_lines(o.ended).items():
         assert line.startswith("error: worker ") and "lost the dist_sync group while leaving it" in line, (name, line)
         assert " of 2 " in line and " saved in " in line, (name, line)  # what the shared --out holds
 

@@ -19,23 +19,20 @@ engine has it on this device; where it has not, the report says so.
 from __future__ import annotations
 
 import dataclasses
-import io
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import spec
-from ..canonical import canonical_shapes, random_params, save
+from ..canonical import canonical_shapes, random_params
 from ..interface import Backend, Unsupported, is_judge
-from ..train import launch
 from ..world import FAULTS, World
+from . import distributed_runs as runs
 from .compare import REL_TOL, Agreement
-from .inputs import full_options, seeded_input
-from .training import TRAIN_DTYPE, TRAIN_LR, TRAIN_MOMENTUM, train_row, zero_gradients
+from .replica_statistics import bn_counts, expected_statistics, replica_results, stated_rule
+from .training import TRAIN_DTYPE, train_row, zero_gradients
 
 WORKERS = 2
 PER_WORKER = 2  # images per worker: the global batch is WORKERS * PER_WORKER
@@ -86,78 +83,6 @@ class Case:
     @property
     def passed(self) -> bool:
         return self.unsupported or (self.error is None and all(r.passed for r in self.rows))
-
-
-def _plan(variant: str) -> spec.Plan:
-    v = spec.without_dropout(spec.variant(variant))
-    return spec.resolve(v, **full_options(spec.VARIANTS[variant]))
-
-
-def _batch(p: spec.Plan, size: int, n: int, seed: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    x = seeded_input(p, size, n, seed).astype(dtype)
-    y = np.random.default_rng([seed, size, 1]).integers(0, p.num_classes, n)
-    return x, y
-
-
-def single(
-    backend: Backend, p: spec.Plan, params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, steps: int
-) -> dict[str, np.ndarray]:
-    """What one process computes: the same quantities as a worker saves (``worker.steps``)."""
-    model = backend.build(p.variant, **p.options.asdict(), dtype=str(x.dtype))
-    backend.from_canonical(model, params)
-    trainer = backend.Trainer(model, lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, record=True)
-    out: dict[str, np.ndarray] = {}
-    for step in range(1, steps + 1):
-        out[f"loss/step {step}"] = np.array([trainer.step(x, y)[0]])
-        if step == 1:
-            out.update({f"gradients/{k}": v for k, v in trainer.gradients().items()})
-            if p.variant.convs.norm is not None:
-                out.update({f"batch statistics/{k}": v for k, v in trainer.batch_stats().items()})
-                stats = backend.to_canonical(model)
-                out.update({f"running statistics/{k}": v for k, v in stats.items() if "running_" in k})
-    weights = backend.to_canonical(model)
-    out.update({f"weights/{k}": v for k, v in weights.items() if "running_" not in k})
-    return out
-
-
-def distributed(
-    framework: str,
-    p: spec.Plan,
-    params: Mapping[str, np.ndarray],
-    x: np.ndarray,
-    y: np.ndarray,
-    steps: int,
-    workers: int,
-    fault: str | None = None,
-    synchronized: bool = False,
-) -> list[dict[str, np.ndarray]]:
-    """What the engine's workers compute (each process's saved quantities, by rank)."""
-    with tempfile.TemporaryDirectory(prefix="conformance-distributed-") as tmp:
-        save(params, Path(tmp, "params.safetensors"), p)
-        np.savez(Path(tmp, "batch.npz"), x=x, y=y)
-        job = {
-            "kind": "steps",
-            "variant": p.variant.name,
-            "options": p.options.asdict(),
-            "params": str(Path(tmp, "params.safetensors")),
-            "batch": str(Path(tmp, "batch.npz")),
-            "result": str(Path(tmp, "result")),
-            "steps": steps,
-            "lr": TRAIN_LR,
-            "momentum": TRAIN_MOMENTUM,
-            "fault": fault,
-            "synchronized": synchronized,
-        }
-        outcome = launch.run(framework, World(workers), job, stdout=io.StringIO(), stderr=io.StringIO())
-        if outcome.code == launch.UNSUPPORTED:
-            raise Unsupported(outcome.said.removeprefix("error: "))
-        if outcome.code:
-            raise RuntimeError(outcome.failed)
-        results = []
-        for path in sorted(Path(tmp).glob("result-*.npz"), key=lambda q: int(q.stem.split("-")[1])):
-            with np.load(path, allow_pickle=False) as f:
-                results.append({k: f[k] for k in f.files})
-        return results
 
 
 def _part(values: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -219,109 +144,6 @@ def resting_rows(
 # -- BatchNorm ---------------------------------------------------------------------------
 
 
-def bn_counts(p: spec.Plan, size: int) -> dict[str, int]:
-    """Values each BatchNorm averages over per image (H x W of its conv's output), by
-    ``<unit>.bn``; from the spec's multiply-add count of each conv."""
-    units = {u.name: u for u in p.conv_units() if u.norm is not None}
-    counts = {}
-    for row in spec.layer_counts(p, size):
-        u = units.get(row.name)
-        if u is not None and row.macs:
-            counts[f"{u.name}.bn"] = row.macs // (u.out_channels * u.in_channels * u.kernel * u.kernel)
-    return counts
-
-
-Stats = dict[str, np.ndarray]  # <unit>.bn.batch_mean / .batch_var, or .running_mean / .running_var
-
-
-def pooled(
-    shards: Sequence[Mapping[str, np.ndarray]], counts: Sequence[int], unit: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """The moments of the union of the shards (what synchronised BatchNorm normalises with)
-    from each shard's biased mean and variance over ``counts`` values."""
-    total = sum(counts)
-    means = [s[f"{unit}.batch_mean"] for s in shards]
-    mean = sum(c * mu for c, mu in zip(counts, means, strict=True)) / total
-    second = sum(c * (s[f"{unit}.batch_var"] + mu**2) for c, s, mu in zip(counts, shards, means, strict=True))
-    return np.asarray(mean), np.asarray(second / total - mean**2)
-
-
-def running_update(
-    running: Sequence[Mapping[str, np.ndarray]],
-    batch: Sequence[Mapping[str, np.ndarray]],
-    counts: Sequence[int],
-    unit: str,
-    m: float,
-    rule: Mapping[str, str],
-) -> list[Stats]:
-    """One BatchNorm's running statistics in each replica after a step, in NumPy, by the
-    engine's rule, from each replica's before the step and the batch statistics it
-    normalised with (biased, over ``counts`` values each). PyTorch's update, the spec's
-    convention: r = (1 - m) r + m s, the variance unbiased (n / (n - 1))."""
-    n = len(running)
-    start = running
-    if rule["running"] == "rank 0" and rule.get("when") == "before each forward":
-        start = [running[0]] * n  # DDP's broadcast_buffers: rank 0's replace every replica's first
-    out: list[Stats] = []
-    for r in range(n):
-        c = counts[r] if rule["batch"] == "replica" else sum(counts)
-        unbiased = batch[r][f"{unit}.batch_var"] * c / (c - 1)
-        out.append(
-            {
-                f"{unit}.running_mean": (1 - m) * start[r][f"{unit}.running_mean"] + m * batch[r][f"{unit}.batch_mean"],
-                f"{unit}.running_var": (1 - m) * start[r][f"{unit}.running_var"] + m * unbiased,
-            }
-        )
-    if rule["running"] == "mean":
-        return [{k: np.mean([o[k] for o in out], axis=0) for k in out[0]}] * n
-    if rule["running"] == "rank 0" and rule.get("when") != "before each forward":
-        return [out[0]] * n
-    return out
-
-
-def expected_statistics(
-    p: spec.Plan,
-    params: Mapping[str, np.ndarray],
-    shards: Sequence[Mapping[str, np.ndarray]],
-    sizes: Sequence[int],
-    spatial: Mapping[str, int],
-    rule: Mapping[str, str],
-    recorded: Sequence[Sequence[Mapping[str, np.ndarray]]] = (),
-) -> dict[str, list[Stats]]:
-    """By step and quantity ("batch statistics/step 1", "running statistics/step 1", ...),
-    each replica's statistics in NumPy. Step 1's batch statistics are each shard's, from
-    one process per shard (``shards``), pooled where BatchNorm is synchronised; a later
-    step's are the replicas' own ``recorded`` ones (they depend on the averaged update),
-    from which the rule must give the running statistics."""
-    momentum = {
-        f"{u.name}.bn": u.norm.momentum for u in p.conv_units() if u.norm is not None and f"{u.name}.bn" in spatial
-    }
-    n = len(shards)
-
-    def normalised(batch: Sequence[Mapping[str, np.ndarray]]) -> list[Stats]:
-        if rule["batch"] == "replica":
-            return [{k: v for k, v in b.items() if k.rsplit(".", 1)[0] in momentum} for b in batch]
-        out: Stats = {}
-        for unit in momentum:
-            counts = [c * spatial[unit] for c in sizes]
-            out[f"{unit}.batch_mean"], out[f"{unit}.batch_var"] = pooled(batch, counts, unit)
-        return [out] * n
-
-    before: list[Stats] = [{k: v for k, v in params.items() if "running_" in k}] * n
-    expected: dict[str, list[Stats]] = {}
-    for step, batch in enumerate([shards, *recorded], 1):
-        stats = normalised(batch) if step == 1 else [dict(b) for b in batch]
-        after: list[Stats] = [{} for _ in range(n)]
-        for unit, m in momentum.items():
-            counts = [c * spatial[unit] for c in sizes]
-            for r, values in enumerate(running_update(before, stats, counts, unit, m, rule)):
-                after[r].update(values)
-        expected[f"batch statistics/step {step}"] = stats
-        expected[f"running statistics/step {step}"] = after
-        before = after
-    return expected
-
-
 def statistics_rows(
     expected: Mapping[str, Sequence[Mapping[str, np.ndarray]]], got: Sequence[Mapping[str, np.ndarray]], rule: str
 ) -> list[Row]:
@@ -339,16 +161,6 @@ def statistics_rows(
     return rows
 
 
-def replica_results(results: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Each replica's statistics, in replica order, whichever process held it."""
-    by_replica: dict[int, dict[str, np.ndarray]] = {}
-    for values in results:
-        for key, value in values.items():
-            if key.startswith(("batch statistics/", "running statistics/")):
-                by_replica.setdefault(int(key.split("/")[2]), {})[key] = value
-    return [by_replica[r] for r in sorted(by_replica)]
-
-
 def check_batchnorm(
     backend: Backend,
     case: Case,
@@ -362,15 +174,15 @@ def check_batchnorm(
     DDP's rank-0 rule shows only from the second step on)."""
     world = World(case.workers)
     bounds = [world.bounds(len(x), r) for r in range(case.workers)]
-    raw = distributed(case.framework, p, params, x, y, STEPS, case.workers, synchronized=case.synchronized)
+    raw = runs.distributed(case.framework, p, params, x, y, STEPS, case.workers, synchronized=case.synchronized)
     if case.synchronized:
         # Synchronised, the replicas compute what one process computes on the global batch
         # (N*b parity); past the first BatchNorm, per-shard runs would see other inputs.
-        whole = single(backend, p, params, x, y, STEPS)
+        whole = runs.single(backend, p, params, x, y, STEPS)
         case.rows += parity_rows(p, whole, raw[0], f"{case.workers} workers vs 1 process", STEPS)
         shards = [_part(whole, "batch statistics/")] * case.workers  # pooled: the global batch's
     else:
-        shards = [_part(single(backend, p, params, x[a:b], y[a:b], 1), "batch statistics/") for a, b in bounds]
+        shards = [_part(runs.single(backend, p, params, x[a:b], y[a:b], 1), "batch statistics/") for a, b in bounds]
     case.rows += resting_rows(p, case.size, params, raw)
     results = replica_results(raw)
     recorded = [
@@ -380,11 +192,6 @@ def check_batchnorm(
     expected = expected_statistics(p, params, shards, sizes, bn_counts(p, case.size), rule, recorded)
     when = f" ({rule['when']})" if rule.get("when") else ""
     case.rows += statistics_rows(expected, results, f"batch per {rule['batch']}, running {rule['running']}{when}")
-
-
-def stated_rule(rule: Mapping[str, str], synchronized: bool) -> dict[str, str]:
-    """The engine's rule, with synchronised BatchNorm's batch statistics global."""
-    return {**rule, "batch": "global"} if synchronized else dict(rule)
 
 
 # -- the check ---------------------------------------------------------------------------
@@ -413,7 +220,7 @@ def check_framework(
     if fault is not None and fault not in FAULTS:
         raise ValueError(f"fault: expected one of {', '.join(FAULTS)}, got {fault!r}")
     eng = engine(framework)
-    p = _plan(variant)
+    p = runs.plan(variant)
     case = Case(
         framework,
         variant,
@@ -427,15 +234,15 @@ def check_framework(
         fault,
     )
     params = random_params(p, seed, training=True)
-    x, y = _batch(p, size, workers * PER_WORKER, seed, TRAIN_DTYPE)
+    x, y = runs.batch(p, size, workers * PER_WORKER, seed, TRAIN_DTYPE)
     results: list[dict[str, np.ndarray]] = []
     try:
         if p.variant.convs.norm is not None:
             stated = stated_rule(rule or eng.BATCHNORM, synchronized)
             check_batchnorm(backend, case, p, params, x, y, stated)
         else:
-            ref = single(backend, p, params, x, y, STEPS)
-            results = distributed(framework, p, params, x, y, STEPS, workers, fault)
+            ref = runs.single(backend, p, params, x, y, STEPS)
+            results = runs.distributed(framework, p, params, x, y, STEPS, workers, fault)
             case.rows += parity_rows(p, ref, results[0], f"{workers} workers vs 1 process", STEPS)
             case.rows += resting_rows(p, size, params, results)
     except Unsupported as e:
@@ -466,7 +273,7 @@ def run(
             if results and first is None:
                 first = (fw, results[0])
             elif results and first is not None:
-                p = _plan(variant)
+                p = runs.plan(variant)
                 case.rows += parity_rows(p, first[1], results[0], f"{fw} vs {first[0]}, both distributed", STEPS)
             if spec.variant(variant).convs.norm is not None:
                 sync, _ = check_framework(fw, b, variant, size, workers, seed, synchronized=True)
