@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import bench
+from conformance.bench import kernels, settings
 
 from .conftest import installed
 
@@ -43,8 +43,8 @@ def test_bad_options_exit_2_before_any_framework_loads(args, message):
 
 def test_settings_are_checked_without_importing_a_framework():
     code = (
-        "import sys\nfrom conformance import bench\n"
-        "try:\n    bench.check_settings(bench.Settings(size=16))\nexcept ValueError as e:\n    print(e)\n"
+        "import sys\nfrom conformance.bench import settings\n"
+        "try:\n    settings.check_settings(settings.Settings(size=16))\nexcept ValueError as e:\n    print(e)\n"
         "print(sorted(m for m in ('torch', 'tensorflow', 'mxnet', 'onnxruntime') if m in sys.modules))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
@@ -82,9 +82,9 @@ def test_a_small_bench_measures_each_runtime_and_writes_its_figures(tmp_path):
         if row["skipped"]:
             continue
         assert row["images_per_s"] > 0 and row["first_s"] > 0 and row["peak_mb"] > 10
-        assert len(row["seconds"]) == bench.Settings().calls  # one round
+        assert len(row["seconds"]) == settings.Settings().calls  # one round
     assert doc["limit"]["gflops"] > 0 and doc["limit"]["gflop_per_image"] == pytest.approx(
-        bench.gflop_per_image(bench.Settings("inception_mnist", 1, 28))
+        kernels.gflop_per_image(settings.Settings("inception_mnist", 1, 28))
     )
     assert doc["ratios"]["default vs best mode"]["torch"] <= 1.0
     if "onnxruntime (torch's ONNX export)" in rows and not rows["onnxruntime (torch's ONNX export)"]["skipped"]:
