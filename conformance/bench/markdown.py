@@ -142,6 +142,9 @@ def _runtimes(doc: dict[str, Any]) -> str:
             f"kernel measured in the rounds ({_cell(limit['kernel'])}, torch) for {limit['gflop_per_image']:.2f} "
             "GFLOP per image (2 x the spec's multiply-adds).",
         ]
+    versions = sorted({r["version"] for r in doc["runtimes"] if isinstance(r.get("version"), str) and r["version"]})
+    if versions:
+        lines += ["", f"Versions: {_cell('; '.join(versions))}."]
     return "\n".join(lines) + "\n"
 
 
