@@ -42,9 +42,10 @@ class Steps:
                 TimeElapsedColumn(),
                 console=Console(file=self.stream),
                 transient=True,  # the bar goes when the work is done; the report stays
-                # what the command prints meanwhile stays where it was sent (stdout may be a file)
-                redirect_stdout=False,
-                redirect_stderr=False,
+                # what the command prints meanwhile goes above the bar when it shares the
+                # bar's terminal; stdout sent to a file or a pipe is left alone
+                redirect_stdout=sys.stdout.isatty(),
+                redirect_stderr=self.stream is sys.stderr,
             )
             self._bar.start()
             self._task = self._bar.add_task(self.title, total=None)

@@ -209,7 +209,8 @@ def run(
         raise ValueError("--batch: --train needs at least 2 images (BatchNorm's batch variance)")
     timer = timer or Timer()
     progress = Steps.silent() if progress is None else progress
-    steps = sum(2 + len(sizes or default_sizes(v)) * len(backends) + train for v in variants)
+    admitted = {v: [n for n in sizes or default_sizes(v) if not inadmissible(v, n)] for v in variants}
+    steps = sum(2 + len(admitted[v]) * len(backends) + train for v in variants)
     progress.total(steps)
     reports = []
     map_large_blocks()
