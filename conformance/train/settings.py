@@ -39,6 +39,8 @@ class Epoch:
 
 
 def plan_of(s: Settings) -> spec.Plan:
+    """The plan a run trains: the variant with --num-classes, and its aux heads where
+    the variant's own input size admits them."""
     v = spec.VARIANTS[s.variant]
     aux = v.aux is not None and spec.aux_admits(spec.resolve(v, aux_logits=True), v.input.size)
     return spec.resolve(v, s.num_classes, aux_logits=aux)
