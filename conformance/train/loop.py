@@ -145,16 +145,17 @@ def train(
                 e = _epoch(backend, model, trainer, rng, epoch, s, (train_x, train_y), progress)
             test_acc, test_loss = evaluate(backend, model, test_x, test_y, s.batch_size) if writer else (0.0, math.nan)
             e = dataclasses.replace(e, test_acc=test_acc, test_loss=test_loss, checkpoint=str(o.checkpoint(epoch)))
-            # a signal waits until both are done: the files on disk and the epochs an
-            # interrupt reports as saved can never disagree
-            with files.signals_held(), _saying_what_is_kept(run, s, backend, history, force):
-                run.save_epoch(backend, model, trainer, rng, [*history, e], force)
-                history.append(e)
-            log(
-                f"epoch {epoch}/{s.epochs}: loss {e.loss:.4f}, train acc {e.train_acc:.3f}, test loss "
-                f"{e.test_loss:.4f}, test acc {e.test_acc:.3f}"
-                f" ({e.images_per_s:.0f} images/s); checkpoint {e.checkpoint}"
-            )
+            # a signal waits until all three are done: the files on disk, the epochs an
+            # interrupt reports as saved and the epochs the log shows can never disagree
+            with files.signals_held():
+                with _saying_what_is_kept(run, s, backend, history, force):
+                    run.save_epoch(backend, model, trainer, rng, [*history, e], force)
+                    history.append(e)
+                log(
+                    f"epoch {epoch}/{s.epochs}: loss {e.loss:.4f}, train acc {e.train_acc:.3f}, test loss "
+                    f"{e.test_loss:.4f}, test acc {e.test_acc:.3f}"
+                    f" ({e.images_per_s:.0f} images/s); checkpoint {e.checkpoint}"
+                )
     except (files.Interrupted, KeyboardInterrupt, WorldError) as interrupt:
         _keep_on_interrupt(run, s, backend, history, force, interrupt)
         raise
