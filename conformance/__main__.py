@@ -15,7 +15,8 @@ import argparse
 import importlib.metadata
 import sys
 
-from . import arguments, bench_command, files
+from . import arguments, files
+from .bench import command as bench_command
 from .check import command as check_command
 from .formats import command as formats_command
 from .formats.base import PortError

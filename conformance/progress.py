@@ -42,6 +42,10 @@ class Steps:
                 TimeElapsedColumn(),
                 console=Console(file=self.stream),
                 transient=True,  # the bar goes when the work is done; the report stays
+                # what the command prints meanwhile goes above the bar when it shares the
+                # bar's terminal; stdout sent to a file or a pipe is left alone
+                redirect_stdout=sys.stdout.isatty(),
+                redirect_stderr=self.stream is sys.stderr,
             )
             self._bar.start()
             self._task = self._bar.add_task(self.title, total=None)
@@ -56,6 +60,17 @@ class Steps:
         """How many steps the work takes, once that is known."""
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, total=steps)
+
+    def count(self, done: int, total: int, text: str, unit: str = "") -> None:
+        """``done`` of the ``total`` parts of the step ``text`` describes (the batches of
+        an epoch): a bar is redrawn at every part; a log gets a line at each quarter only,
+        so that it stays short."""
+        if self.quiet:
+            return
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=done, total=total, description=f"{self.title}: {text}")
+        elif done in {total * quarter // 4 for quarter in (1, 2, 3, 4)}:
+            print(f"{self.title}: {text} ({done}/{total}{' ' + unit if unit else ''})", file=self.stream, flush=True)
 
     def __call__(self, text: str) -> None:
         """Step ``text`` runs now (the one before it is done)."""

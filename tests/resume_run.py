@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from conformance import canonical, frameworks
-from conformance.train import data, training
+from conformance.train import data, loop
+from conformance.train.settings import Settings
 
 
-def settings(variant: str) -> training.Settings:
-    return training.Settings(variant, epochs=3, batch_size=8, momentum=0.9, seed=7)
+def settings(variant: str) -> Settings:
+    return Settings(variant, epochs=3, batch_size=8, momentum=0.9, seed=7)
 
 
 class InterruptAt(io.StringIO):
@@ -45,14 +46,14 @@ def compare(framework: str, variant: str = "inception_mnist") -> dict[str, objec
     quiet = {"log": lambda line: None, "stream": io.StringIO()}
     with tempfile.TemporaryDirectory() as straight, tempfile.TemporaryDirectory() as broken:
         a, b = Path(straight), Path(broken)
-        training.train(backend, s, splits, a, **quiet)  # type: ignore[arg-type]
+        loop.train(backend, s, splits, a, **quiet)  # type: ignore[arg-type]
         try:  # 4 batches an epoch; progress writes a line at each quarter in a log
-            training.train(backend, s, splits, b, log=lambda line: None, stream=InterruptAt(2, 2, 4))
+            loop.train(backend, s, splits, b, log=lambda line: None, stream=InterruptAt(2, 2, 4))
             interrupted = False
         except KeyboardInterrupt:
             interrupted = True
         kept = sorted(p.name for p in b.iterdir())
-        training.train(backend, s, splits, b, resume=True, **quiet)  # type: ignore[arg-type]
+        loop.train(backend, s, splits, b, resume=True, **quiet)  # type: ignore[arg-type]
         stem = f"{variant}-{framework}"
         epochs = {}
         for e in range(1, s.epochs + 1):
@@ -74,5 +75,5 @@ def compare(framework: str, variant: str = "inception_mnist") -> dict[str, objec
 
 
 if __name__ == "__main__":
-    training.reproducible(sys.argv[1])
+    loop.reproducible(sys.argv[1])
     print(json.dumps(compare(*sys.argv[1:3])))

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conformance import bench
+from conformance.bench import kernels, markdown, report, results, settings
 
 from . import conftest
 from .conftest import installed
@@ -37,8 +38,8 @@ def test_bad_options_exit_2_before_any_framework_loads(args, message):
 
 def test_settings_are_checked_without_importing_a_framework():
     code = (
-        "import sys\nfrom conformance import bench\n"
-        "try:\n    bench.check_settings(bench.Settings(size=16))\nexcept ValueError as e:\n    print(e)\n"
+        "import sys\nfrom conformance.bench import settings\n"
+        "try:\n    settings.check_settings(settings.Settings(size=16))\nexcept ValueError as e:\n    print(e)\n"
         "print(sorted(m for m in ('torch', 'tensorflow', 'mxnet', 'onnxruntime') if m in sys.modules))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
@@ -76,10 +77,97 @@ def test_a_small_bench_measures_each_runtime_and_writes_its_figures(tmp_path):
         if row["skipped"]:
             continue
         assert row["images_per_s"] > 0 and row["first_s"] > 0 and row["peak_mb"] > 10
-        assert len(row["seconds"]) == bench.Settings().calls  # one round
+        assert len(row["seconds"]) == settings.Settings().calls  # one round
     assert doc["limit"]["gflops"] > 0 and doc["limit"]["gflop_per_image"] == pytest.approx(
-        bench.gflop_per_image(bench.Settings("inception_mnist", 1, 28))
+        kernels.gflop_per_image(settings.Settings("inception_mnist", 1, 28))
     )
     assert doc["ratios"]["default vs best mode"]["torch"] <= 1.0
     if "onnxruntime (torch's ONNX export)" in rows and not rows["onnxruntime (torch's ONNX export)"]["skipped"]:
         assert "fastest default vs onnxruntime" in doc["ratios"]
+
+
+def made_bench() -> results.Bench:
+    """A run as ``bench`` would return it, with figures chosen so each column is known."""
+    s = settings.Settings("inception_mnist", batch=4, size=28, frameworks=("torch", "onnx"), train=True, rounds=1)
+    rows = [
+        results.Runtime("torch", "channels_last", default=True, version="torch 2", first_s=0.5, seconds=[0.1, 0.2]),
+        results.Runtime("torch", "eager", version="torch 2", first_s=0.25, seconds=[0.2, 0.4], peak_mb=300.0),
+        results.Runtime("onnx", "onnxruntime", version="onnxruntime 1", seconds=[0.05, 0.08], peak_mb=120.0),
+        results.Runtime("torch", "train", kind="train", version="torch 2", first_s=1.0, seconds=[0.5, 1.0]),
+        results.Runtime("mxnet", "-", skipped="not installed | pip install mxnet"),
+    ]
+    return results.Bench(s, 2, (0.5, 1.25), rows, results.Limit(40.0, "a matrix product", 0.02), 12.0)
+
+
+def test_markdown_of_a_json_file_is_the_table(tmp_path):
+    path = report.write_json(made_bench(), tmp_path / "bench.json")
+    assert markdown.render(markdown.read(path)) == (
+        "`inception_mnist`, batch 4, 28 x 28, float32, 2 cores; best of 1 rounds x 2 calls (median beside it); "
+        "load average (1 min) 0.50 before, 1.25 after.\n"
+        "\n"
+        "| inference | images/s | median | x fastest | first call | peak RSS |\n"
+        "|---|---:|---:|---:|---:|---:|\n"
+        "| onnxruntime (torch's ONNX export) | 80.0 | 61.5 | 1.00 | - | 120 MB |\n"
+        "| torch channels_last (default) | 40.0 | 26.7 | 0.50 | 0.5 s | - |\n"
+        "| torch eager | 20.0 | 13.3 | 0.25 | 0.2 s | 300 MB |\n"
+        "\n"
+        "| training (one SGD step per call) | images/s | median | x fastest | first call | peak RSS |\n"
+        "|---|---:|---:|---:|---:|---:|\n"
+        "| torch train | 8.0 | 5.3 | 1.00 | 1.0 s | - |\n"
+        "\n"
+        "Skipped mxnet: not installed \\| pip install mxnet\n"
+        "\n"
+        "Limit: 2000 images/s, at the 40 GFLOP/s of the fastest kernel measured in the rounds (a matrix product, "
+        "torch) for 0.02 GFLOP per image (2 x the spec's multiply-adds).\n"
+        "\n"
+        "Versions: onnxruntime 1; torch 2.\n"
+    )
+
+
+def test_markdown_of_a_scaling_json_is_its_table(tmp_path):
+    s = settings.Settings("googlenet_d2l", batch=32, size=96)
+    rows = [
+        results.Scaling("torch", 1, 50.0, 2.0, 2, 700.0, 1.0),
+        results.Scaling("torch", 2, 60.0, 3.0, 1, 575.0, 0.6),
+        results.Scaling("keras", 2, failed="2 of 2 workers did not join within 60 s"),
+    ]
+    path = tmp_path / "scaling.json"
+    path.write_text(json.dumps(report.scaling_json(s, rows)))
+    lines = markdown.render(markdown.read(path)).splitlines()
+    assert lines[2:] == [
+        "| framework | workers | images/s | speedup | efficiency | threads per worker | first step | peak MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| torch | 1 | 50.0 | 1.00 | 1.00 | 2 | 2.0 s | 700 |",
+        "| torch | 2 | 60.0 | 1.20 | 0.60 | 1 | 3.0 s | 575 |",
+        "| keras | 2 | failed: 2 of 2 workers did not join within 60 s | | | | | |",
+    ]
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda text: text[: len(text) // 2], "not a bench --json document: not JSON"),
+        (
+            lambda text: text.replace('"images_per_s": 40.0', '"images_per_s": "fast"'),
+            "'runtimes' row 1 'images_per_s' is 'fast', expected a number",
+        ),
+        (lambda text: text.replace('"load_average"', '"load"'), "the document has no 'load_average'"),
+        (lambda text: "[1, 2]", "the document is not a JSON object"),
+    ],
+)
+def test_markdown_refuses_a_malformed_json_in_one_line(tmp_path, edit, message):
+    path = report.write_json(made_bench(), tmp_path / "bench.json")
+    text = path.read_text()
+    assert '"images_per_s": 40.0' in text  # what the edits change is there to change
+    path.write_text(edit(text))
+    r = cli("--markdown", str(path), timeout=120)
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"error: --markdown {path}: ") and message in r.stderr
+
+
+def test_the_docs_tables_are_what_markdown_renders_from_their_json():
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    tables = re.findall(r"<!-- bench-table: (\S+) -->\n(.*?)<!-- end bench-table -->", page, re.S)
+    assert tables, "no rendered table on docs/benchmarks.md"
+    for name, shown in tables:
+        assert shown == markdown.render(markdown.read(ROOT / "docs" / name)), name

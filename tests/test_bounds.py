@@ -17,8 +17,10 @@ import pytest
 from conformance import limits, reading, spec
 from conformance.__main__ import _parse
 from conformance.check import inputs
-from conformance.train import data, training
+from conformance.train import data, dataset
 from conformance.train.command import MAX_LR
+from conformance.train.dataset import load_data, max_images
+from conformance.train.settings import Settings, check_work, plan_of
 
 from .conftest import cli
 
@@ -138,14 +140,14 @@ def test_workers_are_bounded_by_cores_and_memory(monkeypatch):
 def test_train_workers_count_each_workers_data(monkeypatch):
     """Each worker prepares every image: a data set that fits one worker is refused for
     two when the memory holds only one copy."""
-    s = training.Settings("inception_mnist", batch_size=16)
-    splits = training.load_data(None, s)
+    s = Settings("inception_mnist", batch_size=16)
+    splits = load_data(None, s)
     monkeypatch.setattr(limits, "usable_cores", lambda: 2)
     prepared = sum(len(x.images) for x in splits.values()) * 28 * 28 * 4
     monkeypatch.setattr(limits, "machine_memory", lambda: limits.WORKER_BASE + prepared + (64 << 20))
-    training.check_work(s, splits, 1)
+    check_work(s, splits, 1)
     with pytest.raises(limits.LimitError, match=r"--workers 2: each worker holds"):
-        training.check_work(s, splits, 2)
+        check_work(s, splits, 2)
 
 
 # -- row 18: float options ------------------------------------------------------------
@@ -186,25 +188,25 @@ def idx(directory: Path, side: int, gz: bool = True) -> Path:
 def test_images_larger_than_the_variant_resizes_from_are_refused_before_reading(tmp_path):
     """inception_mnist trains at 28 x 28: a 113 x 113 image (a gzip of a few hundred
     bytes) is refused from its header; 112 x 112 (4 x) is read (negative control)."""
-    s = training.Settings("inception_mnist")
+    s = Settings("inception_mnist")
     big = idx(tmp_path / "big", limits.MAX_SCALE * 28 + 1)
     with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte.gz: images of 113 x 113 pixels; .* 28 x 28"):
-        training.load_data(big, s)
-    splits = training.load_data(idx(tmp_path / "fits", limits.MAX_SCALE * 28), s)
+        load_data(big, s)
+    splits = load_data(idx(tmp_path / "fits", limits.MAX_SCALE * 28), s)
     assert splits["train"].images.shape == (1, 112, 112)
 
 
 def test_the_image_count_bound_counts_the_pixels_of_the_files_images(tmp_path, monkeypatch):
     """Larger images in the file (before their resize) leave room for fewer of them."""
-    s = training.Settings("googlenet_d2l")
-    most = training._max_images(training._plan(s))
+    s = Settings("googlenet_d2l")
+    most = max_images(plan_of(s))
     assert most((28, 28)) > most((384, 384)) > 0
     with pytest.raises(limits.LimitError):
         most((385, 385))
     directory = idx(tmp_path / "d", 300, gz=False)
-    monkeypatch.setattr(training, "MAX_PREPARED", 1 * 96 * 96 * 4 + 2 * 4 * 300 * 300 - 1)
+    monkeypatch.setattr(dataset, "MAX_PREPARED", 1 * 96 * 96 * 4 + 2 * 4 * 300 * 300 - 1)
     with pytest.raises(data.DataError, match=r"1 images; training holds at most 0 of them"):
-        training.load_data(directory, s)
+        load_data(directory, s)
 
 
 def test_the_row_as_written_a_gzip_declaring_one_30000_pixel_image(tmp_path):

@@ -289,12 +289,12 @@ def test_port_over_an_immutable_dst_is_refused_before_the_work(tmp_path, immutab
 
 
 def test_an_os_error_is_one_line_and_exit_2(monkeypatch, capsys):
-    from conformance.train import training
+    from conformance.train import command
 
     def unreadable(*args):
         raise PermissionError(13, "Permission denied", "/data/train-images-idx3-ubyte")
 
-    monkeypatch.setattr(training, "load_data", unreadable)
+    monkeypatch.setattr(command, "load_data", unreadable)
     assert main(["train", "--framework", "torch", "--variant", "inception_mnist", "--out", "/tmp"]) == 2
     assert capsys.readouterr().err == "error: /data/train-images-idx3-ubyte: Permission denied\n"
 

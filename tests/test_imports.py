@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "conformance.formats.command",
         "conformance.teach.command",
         "conformance.verify.command",
-        "conformance.bench_command",
+        "conformance.bench.command",
     ),
     ("conformance.__main__", "conformance"),
 )

@@ -13,8 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import canonical, files, frameworks
-from conformance.train import data, training
+from conformance import canonical, files, frameworks, reading
+from conformance.train import checkpoints, data, loop
+from conformance.train.dataset import load_data
+from conformance.train.outputs import check_outputs
+from conformance.train.settings import Settings
+from conformance.train.state import read_state
 
 from .conftest import backend_or_skip
 from .helpers import command
@@ -146,24 +150,24 @@ def quiet() -> dict:
 
 def test_resume_checks_the_run_it_continues(tmp_path):
     b = backend_or_skip("torch")
-    s = training.Settings("inception_mnist", epochs=1, batch_size=16, limit=32)
-    splits = training.load_data(None, s)
+    s = Settings("inception_mnist", epochs=1, batch_size=16, limit=32)
+    splits = load_data(None, s)
     with pytest.raises(files.OutputError, match=r"--resume: no run of inception_mnist-torch to continue"):
-        training.check_outputs(tmp_path, s, "torch", False, resume=True)
-    training.train(b, s, splits, tmp_path, **quiet())
+        check_outputs(tmp_path, s, "torch", False, resume=True)
+    loop.train(b, s, splits, tmp_path, **quiet())
     with pytest.raises(files.OutputError, match=r"has done 1 epochs; pass --epochs above 1"):
-        training.check_outputs(tmp_path, s, "torch", False, resume=True)
-    longer = training.Settings("inception_mnist", epochs=2, batch_size=16, limit=32)
-    other = training.Settings("inception_mnist", epochs=2, batch_size=16, limit=32, lr=0.1)
+        check_outputs(tmp_path, s, "torch", False, resume=True)
+    longer = Settings("inception_mnist", epochs=2, batch_size=16, limit=32)
+    other = Settings("inception_mnist", epochs=2, batch_size=16, limit=32, lr=0.1)
     with pytest.raises(files.OutputError, match=r"was started with --lr 0.01, not 0.1; pass the same options"):
-        training.check_outputs(tmp_path, other, "torch", False, resume=True)
+        check_outputs(tmp_path, other, "torch", False, resume=True)
     shifted = {k: data.Split(v.images[::-1].copy(), v.labels[::-1].copy()) for k, v in splits.items()}
     with pytest.raises(files.OutputError, match=r"the data differs from the run's"):
-        training.train(b, longer, shifted, tmp_path, resume=True, **quiet())
-    history = training.train(b, longer, splits, tmp_path, resume=True, **quiet())
+        loop.train(b, longer, shifted, tmp_path, resume=True, **quiet())
+    history = loop.train(b, longer, splits, tmp_path, resume=True, **quiet())
     assert [e.epoch for e in history] == [1, 2]
     with pytest.raises(files.OutputError, match=r"already exists; pass --force to overwrite .*; or --resume"):
-        training.check_outputs(tmp_path, longer, "torch", False)
+        check_outputs(tmp_path, longer, "torch", False)
 
 
 def idx(directory: Path, n_train: int, n_test: int, size: tuple[int, int] = (28, 28)) -> Path:
@@ -219,11 +223,11 @@ def _rewrite_metadata(path: Path, key: str, value: str) -> None:
 def one_epoch(tmp_path_factory):
     """A torch run of inception_mnist that completed epoch 1 of 2: (settings, splits, its --out)."""
     b = backend_or_skip("torch")
-    s = training.Settings("inception_mnist", epochs=1, batch_size=16, limit=32)
-    splits = training.load_data(None, s)
+    s = Settings("inception_mnist", epochs=1, batch_size=16, limit=32)
+    splits = load_data(None, s)
     out = tmp_path_factory.mktemp("one-epoch")
-    training.train(b, s, splits, out, **quiet())
-    return training.Settings("inception_mnist", epochs=2, batch_size=16, limit=32), splits, out
+    loop.train(b, s, splits, out, **quiet())
+    return Settings("inception_mnist", epochs=2, batch_size=16, limit=32), splits, out
 
 
 def _copy(out: Path, to: Path) -> Path:
@@ -258,9 +262,9 @@ def test_edited_state_metadata_is_refused_in_one_line(one_epoch, tmp_path, key, 
     with pytest.raises(
         files.OutputError, match=r"--resume: .*state.safetensors is not a training state of this suite: "
     ):
-        training.check_outputs(out, s, "torch", False, resume=True)
+        check_outputs(out, s, "torch", False, resume=True)
     with pytest.raises(files.OutputError, match=message):
-        training.read_state(out / "inception_mnist-torch.state.safetensors")
+        read_state(out / "inception_mnist-torch.state.safetensors")
 
 
 def test_negative_control_the_unedited_state_and_a_rewritten_equal_one_resume(one_epoch, tmp_path):
@@ -269,9 +273,9 @@ def test_negative_control_the_unedited_state_and_a_rewritten_equal_one_resume(on
     s, _, out = one_epoch
     out = _copy(out, tmp_path / "out")
     state = out / "inception_mnist-torch.state.safetensors"
-    _rewrite_metadata(state, "epoch", training.safetensors(state).metadata["epoch"])
-    assert training.check_outputs(out, s, "torch", False, resume=True).start == 1
-    read = training.read_state(state)
+    _rewrite_metadata(state, "epoch", reading.safetensors(state).metadata["epoch"])
+    assert check_outputs(out, s, "torch", False, resume=True).start == 1
+    read = read_state(state)
     assert read.epoch == 1 and [e.epoch for e in read.history] == [1]
 
 
@@ -283,7 +287,7 @@ def test_a_full_disk_says_which_epochs_are_kept_and_writes_their_plot(one_epoch,
     s, splits, out = one_epoch
     out = _copy(out, tmp_path / "out")
     (out / "inception_mnist-torch.png").unlink()
-    real_save = training.save
+    real_save = canonical.save
 
     def full(params, path, *args, **kwargs):
         if Path(path).name.endswith("epoch2.safetensors"):
@@ -292,16 +296,16 @@ def test_a_full_disk_says_which_epochs_are_kept_and_writes_their_plot(one_epoch,
             )
         return real_save(params, path, *args, **kwargs)
 
-    monkeypatch.setattr(training, "save", full)
+    monkeypatch.setattr(checkpoints, "save", full)
     with pytest.raises(files.OutputError) as e:
-        training.train(b, s, splits, out, resume=True, **quiet())
+        loop.train(b, s, splits, out, resume=True, **quiet())
     assert str(e.value).endswith(
         f"No space left on device; nothing was written; epoch 1 of 2 is saved in {out} "
         f"(checkpoints, plot, history); continue with --resume"
     )
     assert (out / "inception_mnist-torch.png").exists()
-    monkeypatch.setattr(training, "save", real_save)
-    assert [h.epoch for h in training.train(b, s, splits, out, resume=True, **quiet())] == [1, 2]
+    monkeypatch.setattr(checkpoints, "save", real_save)
+    assert [h.epoch for h in loop.train(b, s, splits, out, resume=True, **quiet())] == [1, 2]
 
 
 def test_a_full_disk_that_refuses_the_plot_too_says_so(one_epoch, tmp_path, monkeypatch):
@@ -312,9 +316,9 @@ def test_a_full_disk_that_refuses_the_plot_too_says_so(one_epoch, tmp_path, monk
     def full(path, data, overwrite=False, option=""):
         raise files.OutputError(f"--out {path}: writing failed: No space left on device; nothing was written")
 
-    monkeypatch.setattr(training, "atomic_write", full)  # the history and the plot
+    monkeypatch.setattr(checkpoints, "atomic_write", full)  # the history and the plot
     with pytest.raises(files.OutputError, match=r"epoch 1 of 2 is saved in .* \(checkpoints, history; no plot, it"):
-        training.train(b, s, splits, out, resume=True, **quiet())
+        loop.train(b, s, splits, out, resume=True, **quiet())
 
 
 def test_a_state_never_written_does_not_block_resume_or_restart(one_epoch, tmp_path, capsys):
@@ -333,26 +337,26 @@ def test_a_state_never_written_does_not_block_resume_or_restart(one_epoch, tmp_p
     (out / f"{stem}.png").unlink()
     capsys.readouterr()
     with pytest.raises(files.OutputError, match=r"epoch1.safetensors already exists; .*; or --resume to continue"):
-        training.check_outputs(out, s, "torch", False)
+        check_outputs(out, s, "torch", False)
     assert str(leftover) in capsys.readouterr().err
-    training.train(b, s, splits, out, resume=True, **quiet())
+    loop.train(b, s, splits, out, resume=True, **quiet())
     err = capsys.readouterr().err
     assert (
         "starting again from epoch 1 over inception_mnist-torch-epoch1.safetensors, inception_mnist-torch.json" in err
     )
     again = canonical.load(out / f"{stem}-epoch1.safetensors")
     assert all(np.array_equal(first[k], again[k]) for k in first)
-    assert training.read_state(state).epoch == 2
+    assert read_state(state).epoch == 2
 
 
 def test_negative_control_a_restart_needs_the_same_options_and_some_leftover(one_epoch, tmp_path):
     s, _, out = one_epoch
     out = _copy(out, tmp_path / "out")
     (out / "inception_mnist-torch.state.safetensors").unlink()
-    other = training.Settings("inception_mnist", epochs=2, batch_size=16, limit=32, lr=0.1)
+    other = Settings("inception_mnist", epochs=2, batch_size=16, limit=32, lr=0.1)
     with pytest.raises(files.OutputError, match=r"inception_mnist-torch.json in .* is of a run with other options"):
-        training.check_outputs(out, other, "torch", False, resume=True)
+        check_outputs(out, other, "torch", False, resume=True)
     for leftover in out.iterdir():
         leftover.unlink()
     with pytest.raises(files.OutputError, match=r"no run of inception_mnist-torch to continue"):
-        training.check_outputs(out, s, "torch", False, resume=True)
+        check_outputs(out, s, "torch", False, resume=True)

@@ -7,13 +7,18 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import struct
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conformance import canonical, spec
-from conformance.train import data, training
+from conformance import canonical, files, spec
+from conformance.train import data, loop, plot
+from conformance.train.outputs import check_outputs
+from conformance.train.settings import Epoch, Settings
 
 from .conftest import ROOT, backend_or_skip, cli, installed
 
@@ -110,11 +115,11 @@ def test_generated_data_is_learned_alike_in_every_framework(tmp_path):
     backends = installed()
     if not backends:
         pytest.skip("no framework installed")
-    s = training.Settings("inception_mnist", epochs=3)
+    s = Settings("inception_mnist", epochs=3)
     splits = data.synthetic()
     histories = {}
     for fw, b in backends.items():
-        histories[fw] = training.train(b, s, splits, tmp_path, log=lambda line: None, stream=io.StringIO())
+        histories[fw] = loop.train(b, s, splits, tmp_path, log=lambda line: None, stream=io.StringIO())
         assert histories[fw][-1].test_acc > 0.9, (fw, histories[fw])
     losses = np.array([[e.loss for e in h] for h in histories.values()])
     np.testing.assert_allclose(losses, losses[:1].repeat(len(losses), 0), rtol=1e-3)
@@ -127,12 +132,53 @@ def test_generated_data_is_learned_alike_in_every_framework(tmp_path):
     assert [e["test_acc"] for e in history["epochs"]] == [e.test_acc for e in histories[fw]]
 
 
-def test_progress_bar_in_a_log_prints_quarters():
-    stream = io.StringIO()
-    for i in range(1, 9):
-        training.progress(i, 8, 0.5, stream)
-    lines = stream.getvalue().splitlines()
-    assert lines == [f"  [{'#' * (30 * d // 8)}{'.' * (30 - 30 * d // 8)}] {d}/8 loss 0.5000" for d in (2, 4, 6, 8)]
+class Terminal(io.StringIO):
+    """A progress stream that says it is a terminal, as rich's bar asks."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _train_batches(stream: io.StringIO) -> list[str]:
+    """One epoch of 8 batches in torch; returns the log (what goes to stdout)."""
+    b = backend_or_skip("torch")
+    s = Settings("inception_mnist", epochs=1, batch_size=4)
+    splits = data.synthetic(n_train=32, n_test=4, seed=3)
+    said: list[str] = []
+    with tempfile.TemporaryDirectory() as out:
+        loop.train(b, s, splits, Path(out), log=said.append, stream=stream)
+    return [line.replace(out, "OUT") for line in said]
+
+
+def test_training_progress_in_a_log_is_a_line_at_each_quarter(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    log = io.StringIO()
+    said = _train_batches(log)
+    lines = log.getvalue().splitlines()
+    assert [line.split(", loss")[0] for line in lines] == ["train: epoch 1/1"] * 4
+    assert [line.split("(")[1] for line in lines] == [f"{done}/8 batches)" for done in (2, 4, 6, 8)]
+    assert all(re.fullmatch(r"train: epoch 1/1, loss \d+\.\d{4} \(\d/8 batches\)", line) for line in lines)
+    # the log lines (stdout) are the same as before the bar: a header, an epoch, the outputs
+    assert said[0].startswith("training inception_mnist in torch ") and len(said) == 3
+    assert re.match(r"epoch 1/1: loss \d\.\d{4}, train acc \d\.\d{3}, test loss", said[1])
+    assert said[2] == "plot OUT/inception_mnist-torch.png, history OUT/inception_mnist-torch.json"
+
+
+def test_training_progress_on_a_terminal_is_a_bar_it_clears(monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    screen = Terminal()
+    said = _train_batches(screen)
+    drawn = screen.getvalue()
+    assert "\x1b[?25l" in drawn and "train: epoch 1/1" in drawn  # a live bar, its cursor hidden
+    assert "(2/8 batches)" not in drawn  # the log's quarter lines are not written to a terminal
+    assert said[0].startswith("training inception_mnist in torch ") and len(said) == 3  # stdout as in a log
+    # the negative control: NO_COLOR asks a terminal for the log's plain lines
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = Terminal()
+    _train_batches(plain)
+    assert "\x1b[" not in plain.getvalue() and len(plain.getvalue().splitlines()) == 4
 
 
 def run_cli(*args, cwd=ROOT):
@@ -160,7 +206,7 @@ def test_cli_trains_from_an_idx_directory_and_never_overwrites(tmp_path):
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     assert "64 train / 16 test images at 1 x 28 x 28" in r.stdout and "epoch 1/1: loss" in r.stdout
-    assert "[##############################] 4/4 loss" in r.stderr
+    assert re.search(r"^train: epoch 1/1, loss \d\.\d{4} \(4/4 batches\)$", r.stderr, re.M), r.stderr
     written = tmp_path / "residual_mnist-torch-epoch1.safetensors"
     before = written.read_bytes()
     r = run_cli(*args)
@@ -185,16 +231,16 @@ def test_labels_outside_the_variant_are_refused(tmp_path):
     b = backend_or_skip("torch")
     splits = data.synthetic(n_train=8, n_test=4, classes=20)
     with pytest.raises(ValueError, match=r"--data: train labels run 2..18, the classifier has 10 classes"):
-        training.train(b, training.Settings("residual_mnist", epochs=1), splits, tmp_path, log=lambda line: None)
+        loop.train(b, Settings("residual_mnist", epochs=1), splits, tmp_path, log=lambda line: None)
 
 
 def test_a_diverging_loss_stops_training_with_a_clear_error(tmp_path):
     b = backend_or_skip("torch")
     splits = data.synthetic(n_train=256, n_test=8)
-    with pytest.raises(training.TrainingError, match=r"the loss is nan; training diverged, try a smaller --lr"):
-        training.train(
+    with pytest.raises(loop.TrainingError, match=r"the loss is nan; training diverged, try a smaller --lr"):
+        loop.train(
             b,
-            training.Settings("inception_mnist", epochs=2, lr=1e4),
+            Settings("inception_mnist", epochs=2, lr=1e4),
             splits,
             tmp_path,
             log=lambda line: None,
@@ -206,20 +252,20 @@ def test_a_missing_out_directory_is_made_before_training(tmp_path):
     """As page DIR and the frameworks' own tools do; nested too. The negative control:
     the outputs are then checked in it like in any other directory."""
     out = tmp_path / "runs" / "first"
-    o = training.check_outputs(out, training.Settings("inception_mnist", epochs=1), "torch", force=False)
+    o = check_outputs(out, Settings("inception_mnist", epochs=1), "torch", force=False)
     assert out.is_dir() and o.state.parent == out
     o.plot.write_bytes(b"")
-    with pytest.raises(training.files.OutputError, match="already exists; pass --force"):
-        training.check_outputs(out, training.Settings("inception_mnist", epochs=1), "torch", force=False)
+    with pytest.raises(files.OutputError, match="already exists; pass --force"):
+        check_outputs(out, Settings("inception_mnist", epochs=1), "torch", force=False)
 
 
 def test_a_flat_run_is_drawn_flat_beside_chance():
     """A loss stuck at chance (2.2995 to 2.3010 for ten classes) on an axis from 0 past
     ln 10, not on one spanning its 0.0015 of noise; the plot carries the test loss and
     the learning rate."""
-    flat = [training.Epoch(i, loss, 0.1, 0.1, 100.0, "", 2.3020) for i, loss in enumerate((2.3010, 2.2995), 1)]
-    chance, top = training.loss_axis(flat, 10)
+    flat = [Epoch(i, loss, 0.1, 0.1, 100.0, "", 2.3020) for i, loss in enumerate((2.3010, 2.2995), 1)]
+    chance, top = plot.loss_axis(flat, 10)
     assert chance == pytest.approx(2.302585) and top >= chance * 1.1
     assert (2.3010 - 2.2995) / top < 0.001  # the noise is under a thousandth of the axis
-    png = training.plot(flat, "googlenet_d2l (torch)", training.Settings("googlenet_d2l", lr=0.05))
+    png = plot.plot(flat, "googlenet_d2l (torch)", Settings("googlenet_d2l", lr=0.05))
     assert png.startswith(b"\x89PNG")

@@ -12,6 +12,7 @@ from typing import Any
 from .. import arguments, files, frameworks, limits, spec
 from ..files import check_output
 from ..frameworks import FRAMEWORKS
+from ..progress import Steps
 from . import judges
 from .judges import JUDGES
 
@@ -109,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
     skipped = {fw: why for fw, why in skipped.items() if fw in names}
     if args.distributed and not args.train:
         return _check_distributed(args, backends, args.variant, sizes)
-    result = harness.run(variants, backends, skipped, sizes, args.batch, args.seed, train=args.train)
+    with Steps("check") as progress:
+        result = harness.run(
+            variants, backends, skipped, sizes, args.batch, args.seed, train=args.train, progress=progress
+        )
     print(report.render(result, report.columns(args.wide)), flush=True)
     if args.json is not None and not args.distributed:
         report.write_json(result, args.json, overwrite=args.force)

@@ -13,9 +13,10 @@ the peak is one variant's, not the sum.
 
 from __future__ import annotations
 
+import functools
 import gc
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 from .. import spec
 from ..canonical import random_params
 from ..interface import EAGER, Backend, Unsupported, forget_compiled, is_judge
+from ..progress import Steps
 from .compare import REL_TOL, Agreement, agreement, identical
 from .inputs import DEFAULT_BATCH, default_sizes, full_options, inadmissible, seeded_input
 from .memory import Kept, map_large_blocks, release
@@ -79,6 +81,7 @@ def _check_size(
     timer: Timer,
     errors: dict[str, str],
     unsupported: dict[str, str],
+    progress: Callable[[str], None],
 ) -> SizeReport | None:
     """Every framework's eager stages (a judge's own) against the first that runs, and
     each of its other modes against its eager stages; None if nothing ran."""
@@ -86,6 +89,7 @@ def _check_size(
     ref: Kept | None = None
     with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
         for fw, model in models.items():
+            progress(fw)
             b = backends[fw]
             own = b.MODES[0] if is_judge(b) else EAGER
             try:
@@ -123,9 +127,21 @@ def _check_size(
     return SizeReport(size, spec.aux_admits(p, size), stages.rows(), modes.rows())
 
 
+def _say(progress: Steps, where: str, framework: str) -> None:
+    progress(f"{where}: {framework}")
+
+
 def check_variant(
-    name: str, backends: Mapping[str, Backend], sizes: tuple[int, ...] | list[int], batch: int, seed: int, timer: Timer
+    name: str,
+    backends: Mapping[str, Backend],
+    sizes: tuple[int, ...] | list[int],
+    batch: int,
+    seed: int,
+    timer: Timer,
+    progress: Steps | None = None,
 ) -> VariantReport:
+    progress = Steps.silent() if progress is None else progress
+    progress(f"{name}: build and load")
     options = full_options(spec.VARIANTS[name])
     p = spec.resolve(name, **options)
     params = random_params(p, seed)
@@ -150,10 +166,13 @@ def check_variant(
             report.skipped_sizes[size] = reason
             continue
         x = seeded_input(p, size, batch, seed)
-        checked = _check_size(p, size, x, backends, models, timer, report.errors, report.unsupported)
+        where = f"{name} at {size}"
+        said = functools.partial(_say, progress, where)
+        checked = _check_size(p, size, x, backends, models, timer, report.errors, report.unsupported, said)
         if checked is not None:
             report.sizes.append(checked)
     frameworks = {fw: m for fw, m in models.items() if not is_judge(backends[fw])}
+    progress(f"{name}: round trips")
     for fw, model in frameworks.items():  # canonical -> framework -> canonical
         with timer(fw, "roundtrip"):
             report.roundtrip[fw] = identical(params, backends[fw].to_canonical(model))
@@ -177,16 +196,22 @@ def run(
     seed: int = 0,
     timer: Timer | None = None,
     train: bool = False,
+    progress: Steps | None = None,
 ) -> Report:
     """The full check. ``backends`` maps a framework name to its implementation package
     (or any object with the same functions, e.g. a deliberately broken port). ``sizes``:
     None checks each variant at :func:`default_sizes`. ``train``: also the training
-    parity (:func:`check_training`), at each variant's own size."""
+    parity (:func:`check_training`), at each variant's own size. ``progress`` is told
+    each step: a variant's build, each size's framework, its round trips, its training."""
     if batch < 1:
         raise ValueError(f"--batch: expected a positive integer, got {batch}")
     if train and batch < 2:
         raise ValueError("--batch: --train needs at least 2 images (BatchNorm's batch variance)")
     timer = timer or Timer()
+    progress = Steps.silent() if progress is None else progress
+    admitted = {v: [n for n in sizes or default_sizes(v) if not inadmissible(v, n)] for v in variants}
+    steps = sum(2 + len(admitted[v]) * len(backends) + train for v in variants)
+    progress.total(steps)
     reports = []
     map_large_blocks()
     # What exists now (the frameworks' half a million objects) is left out of the garbage
@@ -194,11 +219,12 @@ def run(
     gc.freeze()
     try:
         for v in variants:
-            reports.append(check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer))
+            reports.append(check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer, progress))
             release()
         # Training after all inference: float64 training leaves each framework a larger
         # working set, which would stand under the largest inference (googlenet_cifar at 239).
         for r in reports if train else ():
+            progress(f"{r.variant}: one training step")
             check_training(r, backends, batch, seed, timer)
             release()
     finally:

@@ -248,9 +248,14 @@ def pitfalls(
     needed = [measure.REFERENCE, *(PITFALLS[n].framework for n in names)]
     backends, skipped = frameworks.load(dict.fromkeys(needed))
     print(measure.header(backends, batch, seed) + "\n", flush=True)
-    results = measure.run(
-        names, variant, backends, skipped, size, batch, seed, log=lambda m: print(measure.render(m) + "\n", flush=True)
-    )
+    with Steps("pitfalls") as steps:
+        steps.total(len(pairs))
+
+        def said(m: measure.Measurement) -> None:
+            print(measure.render(m) + "\n", flush=True)
+            steps(f"{m.pitfall} on {m.variant} measured")
+
+        results = measure.run(names, variant, backends, skipped, size, batch, seed, log=said)
     if json_path is not None:
         measure.write_json(results, json_path, batch, seed, overwrite=force)
         print(f"JSON written to {json_path}")

@@ -15,7 +15,9 @@ from typing import Any
 from .. import arguments, limits, spec
 from ..frameworks import FRAMEWORKS
 from ..world import World, WorldError
-from .training import MAX_EPOCHS, Settings
+from .dataset import load_data
+from .outputs import check_outputs, saved
+from .settings import MAX_EPOCHS, Settings, check_work
 
 MAX_TIMEOUT = 86400.0  # seconds: the longest wait --timeout accepts (a bound on what a user declares)
 # d2l trains GoogLeNet at lr 0.1, Liu's lecture at 0.01: a thousand times d2l's is no
@@ -126,9 +128,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from .. import frameworks
-    from . import launch, training
+    from . import launch, loop
 
-    settings = training.Settings(
+    settings = Settings(
         args.variant,
         args.epochs,
         args.batch_size,
@@ -139,19 +141,19 @@ def run(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
     )
     limits.check_workers(args.workers)  # before the data: the cores alone
-    training.check_work(settings)
-    training.check_outputs(args.out, settings, args.framework, args.force, args.resume)
-    splits = training.load_data(args.data, settings)  # bad data fails here, before any framework loads
-    training.check_work(settings, splits, args.workers)
+    check_work(settings)
+    check_outputs(args.out, settings, args.framework, args.force, args.resume)
+    splits = load_data(args.data, settings)  # bad data fails here, before any framework loads
+    check_work(settings, splits, args.workers)
     if args.workers > 1 or launch.started_by_engine(args.framework):
         return _train_workers(args, settings)
-    training.reproducible(args.framework)
+    loop.reproducible(args.framework)
     backends, skipped = frameworks.load([args.framework])
     if args.framework not in backends:
         raise ValueError(f"--framework {args.framework}: {skipped[args.framework]}")
     try:
-        training.train(backends[args.framework], settings, splits, args.out, args.force, resume=args.resume)
-    except training.TrainingError as e:
+        loop.train(backends[args.framework], settings, splits, args.out, args.force, resume=args.resume)
+    except loop.TrainingError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1
     return 0
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 def _train_workers(args: argparse.Namespace, settings: Settings) -> int:
     """``train --workers N``: start N workers here; or, under torchrun or a cluster's
     launcher (the engine's variables are set), be one of them."""
-    from . import launch, training, worker
+    from . import launch, loop, worker
 
     world = World(args.workers, port=args.port, timeout=args.timeout)
     world.check_batch(args.batch_size)
@@ -172,7 +174,7 @@ def _train_workers(args: argparse.Namespace, settings: Settings) -> int:
                 f"pass the same (or leave --workers out)"
             )
         started.check_batch(args.batch_size)
-        training.reproducible(args.framework)
+        loop.reproducible(args.framework)
         job = {"settings": asdict(settings), "data": args.data and str(args.data), "out": str(args.out)}
         engine, backend, world = worker.join(args.framework, started)
         code = 1
@@ -189,7 +191,7 @@ def _train_workers(args: argparse.Namespace, settings: Settings) -> int:
             try:
                 engine.stop(failed=code != 0)
             except WorldError as e:  # a peer lost after the last step: say what is on disk
-                e.detail = e.detail or training.saved(args.out, settings, args.framework)
+                e.detail = e.detail or saved(args.out, settings, args.framework)
                 raise
     job = {
         "kind": "train",
@@ -201,7 +203,7 @@ def _train_workers(args: argparse.Namespace, settings: Settings) -> int:
     }
     outcome = launch.run(args.framework, world, job)
     if outcome.code:
-        kept = outcome.kept or training.saved(args.out, settings, args.framework)  # worker 0 could not say
+        kept = outcome.kept or saved(args.out, settings, args.framework)  # worker 0 could not say
         print(f"error: {outcome.failed}" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 1
     return 0

@@ -102,9 +102,9 @@ def bench(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]
     import statistics
     import time
 
-    from .training import Settings, _plan
+    from .settings import Settings, plan_of
 
-    p = _plan(Settings(job["variant"]))
+    p = plan_of(Settings(job["variant"]))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((job["batch"], p.in_channels, job["size"], job["size"])).astype(np.float32)
     y = rng.integers(0, p.num_classes, job["batch"])
@@ -131,12 +131,14 @@ def bench(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]
 
 
 def train_job(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]) -> int:
-    from . import training
+    from . import loop
+    from .dataset import load_data
+    from .settings import Settings
 
-    settings = training.Settings(**job["settings"])
-    splits = training.load_data(job["data"], settings)
+    settings = Settings(**job["settings"])
+    splits = load_data(job["data"], settings)
     try:
-        training.train(
+        loop.train(
             backend,
             settings,
             splits,
@@ -147,7 +149,7 @@ def train_job(engine: ModuleType, backend: Any, world: World, job: Mapping[str, 
             engine=engine,
             log=lambda line: print(line, flush=True),
         )
-    except training.TrainingError as e:
+    except loop.TrainingError as e:
         print(f"FAIL: {e}", file=sys.stderr, flush=True)
         return 1
     return 0
@@ -157,7 +159,7 @@ def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
     framework, world = job["framework"], World(**job["world"])
     if job["kind"] == "train":
-        from .training import reproducible
+        from .loop import reproducible
 
         reproducible(framework)
     engine, code = None, 1

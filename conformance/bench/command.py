@@ -1,5 +1,5 @@
 """``python -m conformance bench``: its options (checked before any framework is
-imported), then :mod:`.bench`'s measurement in child processes.
+imported), then the measurement in child processes (:mod:`.run`, :mod:`.scaling`).
 Exit codes as everywhere: 0 measured, 1 a runtime failed, 2 bad usage or input."""
 
 from __future__ import annotations
@@ -7,15 +7,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import arguments, files, limits, spec
-from .files import check_output
-from .frameworks import FRAMEWORKS
-from .progress import Steps
-from .world import World
+from .. import arguments, files, limits, spec
+from ..files import check_output
+from ..frameworks import FRAMEWORKS
+from ..progress import Steps
+from ..world import World
+from . import markdown, report
+from .run import run as measure
+from .scaling import scaling
+from .settings import Settings, check_settings
 
 
 def _worker_counts(text: str) -> list[int]:
@@ -73,20 +76,25 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     cmd.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
     cmd.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    cmd.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print the Markdown tables of a file --json wrote (the docs' benchmark tables)",
+    )
     cmd.set_defaults(run=run)
     return cmd
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import bench
-
+    if args.markdown is not None:
+        print(markdown.render(markdown.read(args.markdown)), end="", flush=True)
+        return 0
     if args.json is not None:  # refuse before a minute of measuring
         check_output(args.json, args.force, "--json")
     names = [n.strip() for n in args.frameworks.split(",") if n.strip()]
-    settings = bench.Settings(
-        args.variant, args.batch, args.input_size, tuple(dict.fromkeys(names)), args.train, args.rounds
-    )
-    bench.check_settings(settings)  # before any framework is imported
+    settings = Settings(args.variant, args.batch, args.input_size, tuple(dict.fromkeys(names)), args.train, args.rounds)
+    check_settings(settings)  # before any framework is imported
     limits.check_work(limits.Work(spec.resolve(args.variant), args.input_size, args.batch, training=args.train))
     if args.workers:
         if not args.train:
@@ -95,21 +103,21 @@ def run(args: argparse.Namespace) -> int:
         if args.batch < max(args.workers):
             World(max(args.workers)).check_batch(args.batch, "--batch")
         with Steps("bench") as progress:
-            rows = bench.scaling(settings, args.workers, progress=progress)
-        print(bench.render_scaling(settings, rows), flush=True)
+            rows = scaling(settings, args.workers, progress=progress)
+        print(report.render_scaling(settings, rows), flush=True)
         if args.json is not None:
-            doc = {"settings": asdict(settings), "scaling": [asdict(r) for r in rows]}
+            doc = report.scaling_json(settings, rows)
             files.atomic_write(args.json, json.dumps(doc, indent=1).encode(), overwrite=args.force)
             print(f"JSON written to {args.json}")
         return 1 if any(r.failed for r in rows) else 0
     try:
         with Steps("bench") as progress:
-            result = bench.run(settings, progress)
+            result = measure(settings, progress)
     except RuntimeError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1
-    print(bench.render(result), flush=True)
+    print(report.render(result), flush=True)
     if args.json is not None:
-        bench.write_json(result, args.json, overwrite=args.force)
+        report.write_json(result, args.json, overwrite=args.force)
         print(f"JSON written to {args.json}")
     return 0
