@@ -5,6 +5,7 @@ memory or time; and what port's log says of sources that carry no checksum."""
 
 from __future__ import annotations
 
+import types
 import zipfile
 from pathlib import Path
 
@@ -219,3 +220,21 @@ def test_the_log_says_which_sources_carry_no_checksum(tmp_path, mnist_files):
         port(need(mnist_files, fmt), tmp_path / f"{fmt}.pth", "inception_mnist", log=lines.append)
         assert not any("checksum" in line or "SHA-256" in line for line in lines), lines
     assert formats.FORMATS["caffe"].checksum == "" and formats.FORMATS["torch"].checksum
+
+
+def test_every_format_without_a_checksum_says_so_in_the_log_and_no_other_does():
+    """Issue 24's checksum item for every format, Caffe's included (its port takes a
+    53 MB googlenet_lrn file): the note comes from the format's own ``checksum``. A
+    format whose digest is missing from the file says so too (the negative control of
+    'a digest format is always covered')."""
+    recorded, unrecorded = types.SimpleNamespace(digest="0" * 64), types.SimpleNamespace(digest=None)
+    unchecked = {name for name, fmt in formats.FORMATS.items() if not fmt.checksum}
+    assert {"caffe", "mxnet"} <= unchecked and "npz" not in unchecked and "torch" not in unchecked
+    for name, fmt in formats.FORMATS.items():
+        said = formats.unchecked(fmt, recorded)
+        if name in unchecked:
+            assert said.startswith(f"{fmt.description} files carry no checksum: a changed byte"), (name, said)
+        else:
+            assert said == "", (name, said)
+    digests = [fmt for fmt in formats.FORMATS.values() if fmt.checksum == "digest"]
+    assert digests and all("records no SHA-256" in formats.unchecked(fmt, unrecorded) for fmt in digests)
