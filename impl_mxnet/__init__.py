@@ -116,7 +116,7 @@ class _Hybrid:
         if fuse is None:
             self.block.hybridize(static_alloc=static, static_shape=static)
         else:
-            _fuse(self.block, fuse, static)
+            _fuse(self.block, fuse)
         weakref.finalize(self, self.block.hybridize, False)
 
     def __call__(self, data: mx.nd.NDArray) -> list:
@@ -124,13 +124,16 @@ class _Hybrid:
         return values if isinstance(values, list) else [values]
 
 
-def _fuse(block: mx.gluon.SymbolBlock, data: mx.nd.NDArray, static: bool) -> None:
+def _fuse(block: mx.gluon.SymbolBlock, data: mx.nd.NDArray) -> None:
     """Partition ``block``'s graph for inputs like ``data`` with the oneDNN backend, and
     say so (:class:`conformance.interface.Unsupported`) where it fused nothing: a graph
-    left as it was would be checked and timed as the hybrid mode under another name."""
+    left as it was would be checked and timed as the hybrid mode under another name.
+    No static memory: with it, a fused conv keeps the BatchNorm it folded into its
+    weights on the first call, and runs with those after new weights are loaded; without
+    it, each call folds the parameters as they are."""
     if not mx.runtime.Features().is_enabled("MKLDNN"):
         raise interface.Unsupported(f"this MXNet build has no oneDNN ({version()})")
-    block.optimize_for(data, backend=ONEDNN_BACKEND, static_alloc=static, static_shape=static)
+    block.optimize_for(data, backend=ONEDNN_BACKEND, static_alloc=False, static_shape=False)
     graph = block._cached_graph[1]  # the partitioned symbol Gluon runs from now on
     if not any(op.startswith("_sg_mkldnn") for op in _operators(graph)):
         raise interface.Unsupported(f"the {ONEDNN_BACKEND} backend fused no operator of this graph")
