@@ -39,6 +39,7 @@ import numpy as np
 from . import spec
 from .files import atomic_write
 from .frameworks import FRAMEWORKS, usable_cores
+from .interface import EAGER, MODE_SETS
 from .progress import Steps
 
 ONNX = "onnx"  # ONNX Runtime on PyTorch's export: the runtime the others are measured against
@@ -54,6 +55,7 @@ class Settings:
     train: bool = False
     rounds: int = 5
     calls: int = 2  # timed calls per round
+    modes: str = "all"  # "default": each framework's default and eager, not the compiled extras
 
 
 @dataclass
@@ -141,6 +143,8 @@ def check_settings(s: Settings) -> None:
         spec.stage_shapes(spec.resolve(s.variant), s.size)
     except spec.SpecError as e:
         raise spec.SpecError(f"--input-size {s.size}: {s.variant} cannot run it: {e}") from None
+    if s.modes not in MODE_SETS:
+        raise ValueError(f"--modes: expected one of {', '.join(MODE_SETS)}, got {s.modes!r}")
     unknown = [n for n in s.frameworks if n not in FRAMEWORKS and n != ONNX]
     if unknown or not s.frameworks:
         raise ValueError(
@@ -239,7 +243,7 @@ def _start(s: Settings, log: IO[str], tmp: Path, rows: list[Runtime], workers: l
         modes = ready["modes"]
         rows.append(Runtime(fw, modes[0], default=True, version=ready["version"], threads=ready["threads"]))
         workers.append((rows[-1], worker))
-        for mode in modes[1:]:
+        for mode in modes[1:] if s.modes == "all" else [m for m in modes[1:] if m == EAGER]:
             other = Worker("infer", s, log, framework=fw, mode=mode)
             answer = other.ask("")
             rows.append(Runtime(fw, mode, version=answer["version"], threads=answer["threads"]))
