@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> environment added to the worker's (the suite's own default is what it does
-# with none: conformance.frameworks.share_cores).
+# with none: conformance.frameworks.yield_idle_threads).
 SETTINGS: dict[str, dict[str, str]] = {
     "suite default": {},
     "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
