@@ -60,6 +60,16 @@ def use_every_core() -> None:
         os.environ.setdefault("MXNET_OMP_MAX_THREADS", str(usable_cores()))
 
 
+def yield_idle_threads() -> None:
+    """Call before a framework is imported (OpenMP reads it when its library loads).
+    PyTorch's and MXNet's operators are OpenMP parallel regions, each ending in a barrier
+    where GNU OpenMP's threads spin by default; when another job holds a core, the
+    spinning thread takes time slices from the one still computing, and every operator
+    waits on both (``train`` at 10-14 images/s). ``OMP_WAIT_POLICY=PASSIVE``: a thread
+    that waits sleeps. A user's ``OMP_WAIT_POLICY`` is kept."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def threads() -> dict[str, int]:
     """How many threads each framework imported so far computes with, as far as it says:
     PyTorch's intra-op threads; TensorFlow's intra- and inter-op pools as configured
@@ -145,6 +155,7 @@ def load(names: Iterable[str]) -> tuple[dict[str, Backend], dict[str, str]]:
             backends[name] = plugin(name)
             continue
         package, hint = {**FRAMEWORKS, **OPTIONAL}[name]
+        yield_idle_threads()
         try:
             found = importlib.import_module(registered().get(name, package))
         except (ImportError, OSError) as e:  # OSError: a wheel whose shared library is missing

@@ -24,13 +24,15 @@ users call them the same way for every framework)::
 ``x`` is always NCHW float32; each implementation handles its own layout.
 
 Modes: ``"eager"`` (every framework has it) runs the model op by op as written, the
-reference the other modes are checked against (``check`` compares every mode with it,
-stage by stage). The default is the framework's fast inference path: the one a user
-would pick to serve the model (PyTorch channels-last under ``inference_mode``, Keras
+reference the other modes are checked against (``check`` compares the default with it,
+stage by stage, and ``check --modes all`` every mode). The default is the framework's
+fast inference path: the one a user would pick to serve the model (PyTorch channels-last under ``inference_mode``, Keras
 a ``tf.function`` graph, Gluon a hybridized static graph). A mode that compiles
 caches what it compiled per model, input shape and outputs (:func:`compiled`), so a
 second call costs no tracing; it never changes the model, so eager training is
-unaffected.
+unaffected. Modes after eager are compiled extras (``torch.compile``, XLA, oneDNN
+fusion), whose first call compiles; a compiler that cannot run a variant or size raises
+:class:`Unsupported`, which the check reports as skipped with its reason.
 """
 
 from __future__ import annotations
@@ -75,6 +77,23 @@ def is_judge(b: object) -> bool:
     """An independent runtime (``conformance.check.judges``): it runs inference only,
     so the harness compares its stages but neither counts, round-trips nor trains it."""
     return bool(getattr(b, "judge", False))
+
+
+MODE_SETS = ("default", "all")
+"""What ``check --modes`` compares with each framework's eager run: ``default`` its
+default mode (``MODES[0]``, what a first call runs); ``all`` every mode it has, the
+compiled extras after eager too (whose first call compiles for seconds to minutes)."""
+
+
+def checked_modes(b: object, modes: str) -> list[str]:
+    """The modes of ``b`` that ``check --modes modes`` compares with its eager run (a
+    judge's one mode is compared across frameworks instead)."""
+    if modes not in MODE_SETS:
+        raise ValueError(f"--modes: expected one of {', '.join(MODE_SETS)}, got {modes!r}")
+    if is_judge(b):
+        return []
+    own: tuple[str, ...] = b.MODES  # type: ignore[attr-defined]
+    return [m for m in (own if modes == "all" else own[:1]) if m != EAGER]
 
 
 def check_mode(mode: object, modes: Sequence[str]) -> str:

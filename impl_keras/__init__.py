@@ -68,7 +68,10 @@ __all__ = [
 # graph: one tf.function per model and outputs (any input size), which TensorFlow runs as a whole
 # graph (Grappler's rewrites, oneDNN's fused conv + BatchNorm + ReLU); eager runs each
 # Keras op from Python. The default: what ``model.predict`` and serving run.
-MODES = ("graph", interface.EAGER)
+# xla: the same function compiled by XLA (``jit_compile=True``), which fuses the
+# elementwise work into the convolutions' neighbours; XLA compiles again for every input
+# shape, so it is an extra, checked by ``check --modes all``.
+MODES = ("graph", interface.EAGER, "xla")
 
 
 def version() -> str:
@@ -114,7 +117,7 @@ def _outputs(model: GoogLeNet, x, with_aux: bool, every_stage: bool) -> tuple:
     return tuple(_nchw(model.plan, k, out.pop(k)) for k in interface.output_names(model.plan, with_aux, every_stage))
 
 
-def _graph(model: GoogLeNet, with_aux: bool, every_stage: bool):
+def _graph(model: GoogLeNet, with_aux: bool, every_stage: bool, xla: bool = False):
     """A tf.function for any batch and input size, traced once on its first call, then
     reused: the layers compute their padding from the traced shape, so one graph serves
     every size (tracing is the cost here: 1-2 s per graph against 0.1 s to run). It holds
@@ -127,12 +130,14 @@ def _graph(model: GoogLeNet, with_aux: bool, every_stage: bool):
         return _outputs(model, x, with_aux, every_stage)
 
     shape = (None, model.plan.in_channels, None, None)
-    return tf.function(run, input_signature=[tf.TensorSpec(shape, tf.float32)], autograph=False)
+    return tf.function(run, input_signature=[tf.TensorSpec(shape, tf.float32)], autograph=False, jit_compile=xla)
 
 
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage: bool) -> dict[str, np.ndarray]:
-    if mode == "graph":
-        run = interface.compiled(model, (mode, with_aux, every_stage), lambda: _graph(model, with_aux, every_stage))
+    if mode in ("graph", "xla"):
+        run = interface.compiled(
+            model, (mode, with_aux, every_stage), lambda: _graph(model, with_aux, every_stage, xla=mode == "xla")
+        )
         out = list(run(x))
     else:
         out = list(_outputs(model, x, with_aux, every_stage))

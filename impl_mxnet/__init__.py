@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import weakref
@@ -62,7 +63,13 @@ __all__ = [
 # hybridized with static memory and shapes (one per input shape and outputs), so
 # MXNet runs it as one cached graph; eager (imperative Gluon) dispatches op by op. The
 # model itself is never hybridized, so eager training is unaffected.
-MODES = ("hybrid", interface.EAGER)
+# onednn: that graph partitioned by MXNet's oneDNN subgraph backend (``optimize_for``):
+# conv + BatchNorm + ReLU and the concatenations fused into oneDNN operators. An extra:
+# the partitioning is paid per input shape, and ``check --modes all`` checks it.
+MODES = ("hybrid", interface.EAGER, "onednn")
+# The oneDNN subgraph backend's name in MXNet 1.9 (src/operator/subgraph/mkldnn); a name
+# MXNet does not know is only logged, and the graph is left as it was.
+ONEDNN_BACKEND = "MKLDNN"
 
 
 def version() -> str:
@@ -97,7 +104,7 @@ class _Hybrid:
     SymbolBlock outlives its last Python reference in Gluon 1.9 (its static memory stays
     with it), so when this goes it drops the block's graph and memory."""
 
-    def __init__(self, model: GoogLeNet, with_aux: bool, every_stage: bool) -> None:
+    def __init__(self, model: GoogLeNet, with_aux: bool, every_stage: bool, fuse: mx.nd.NDArray | None = None) -> None:
         data = mx.sym.var("data", dtype=_dtype(model))
         out = model.forward_stages(data, with_aux=with_aux)
         names = interface.output_names(model.plan, with_aux, every_stage)
@@ -106,12 +113,34 @@ class _Hybrid:
         # that plan keeps all of them besides what it works in (about twice the memory
         # above the outputs), and the plan changes no operator.
         static = not every_stage
-        self.block.hybridize(static_alloc=static, static_shape=static)
+        if fuse is None:
+            self.block.hybridize(static_alloc=static, static_shape=static)
+        else:
+            _fuse(self.block, fuse)
         weakref.finalize(self, self.block.hybridize, False)
 
     def __call__(self, data: mx.nd.NDArray) -> list:
         values = self.block(data)
         return values if isinstance(values, list) else [values]
+
+
+def _fuse(block: mx.gluon.SymbolBlock, data: mx.nd.NDArray) -> None:
+    """Partition ``block``'s graph for inputs like ``data`` with the oneDNN backend, and
+    say so (:class:`conformance.interface.Unsupported`) where it fused nothing: a graph
+    left as it was would be checked and timed as the hybrid mode under another name.
+    No static memory: with it, a fused conv keeps the BatchNorm it folded into its
+    weights on the first call, and runs with those after new weights are loaded; without
+    it, each call folds the parameters as they are."""
+    if not mx.runtime.Features().is_enabled("MKLDNN"):
+        raise interface.Unsupported(f"this MXNet build has no oneDNN ({version()})")
+    block.optimize_for(data, backend=ONEDNN_BACKEND, static_alloc=False, static_shape=False)
+    graph = block._cached_graph[1]  # the partitioned symbol Gluon runs from now on
+    if not any(op.startswith("_sg_mkldnn") for op in _operators(graph)):
+        raise interface.Unsupported(f"the {ONEDNN_BACKEND} backend fused no operator of this graph")
+
+
+def _operators(graph: mx.sym.Symbol) -> list[str]:
+    return [node["op"] for node in json.loads(graph.tojson())["nodes"]]
 
 
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage: bool) -> dict[str, np.ndarray]:
@@ -121,6 +150,11 @@ def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage
     if mode == "hybrid":
         graph = interface.compiled(
             model, (mode, x.shape, with_aux, every_stage), lambda: _Hybrid(model, with_aux, every_stage)
+        )
+        out = dict(zip(names, graph(data), strict=True))
+    elif mode == "onednn":
+        graph = interface.compiled(
+            model, (mode, x.shape, with_aux, every_stage), lambda: _Hybrid(model, with_aux, every_stage, fuse=data)
         )
         out = dict(zip(names, graph(data), strict=True))
     else:

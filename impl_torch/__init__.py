@@ -7,7 +7,9 @@ import io
 import logging
 import os
 import sys
+import types
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -44,7 +46,11 @@ __all__ = [
 # channels_last: NHWC activations and weights, the layout oneDNN's CPU convolutions run
 # natively (NCHW ones are reordered at every conv); under inference_mode nothing is
 # recorded for autograd. The default: what a PyTorch user picks for CPU inference.
-MODES = ("channels_last", interface.EAGER)
+# compile: that channels-last model through ``torch.compile`` (TorchDynamo's graph,
+# Inductor's C++ kernels, built with the machine's C compiler). An extra: its first call
+# compiles for tens of seconds, and a new input shape compiles again; ``check --modes
+# all`` checks it.
+MODES = ("channels_last", interface.EAGER, "compile")
 
 if "mxnet" in sys.modules and "OMP_NUM_THREADS" not in os.environ:
     # MXNet imported earlier without conformance.frameworks.use_every_core: it lowered
@@ -92,17 +98,48 @@ class _ChannelsLast:
         return self.model
 
 
+def _outputs(net: GoogLeNet, x: torch.Tensor, names: tuple[str, ...], with_aux: bool) -> tuple[torch.Tensor, ...]:
+    out = net.forward_stages(x, with_aux=with_aux)
+    return tuple(out[k] for k in names)
+
+
+def _compiled_outputs() -> Callable[..., tuple[torch.Tensor, ...]]:
+    """``torch.compile`` of :func:`_outputs` with a code object of its own: TorchDynamo
+    keeps what it compiled, and its limit of recompilations (past which it runs the
+    function uncompiled, silently), per code object, so each model and outputs get
+    their own instead of sharing one across every variant and size the check runs. The
+    model is an argument, not held: a new copy of the same structure reuses the graph."""
+    fresh = types.FunctionType(_outputs.__code__.replace(), _outputs.__globals__, _outputs.__name__)
+    return torch.compile(fresh, fullgraph=True)  # a graph break would run part of it eagerly: refuse
+
+
+def _compile(run: Callable[..., tuple[torch.Tensor, ...]], *args: object) -> tuple[torch.Tensor, ...]:
+    """``run(*args)``, with what TorchDynamo or Inductor cannot do said as
+    :class:`conformance.interface.Unsupported` (reported as skipped, with the reason)."""
+    import torch._dynamo.exc as dynamo_errors
+
+    try:
+        return run(*args)
+    except (dynamo_errors.Unsupported, dynamo_errors.BackendCompilerFailed) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise interface.Unsupported(f"torch.compile cannot compile it: {first}") from e
+
+
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage: bool) -> dict[str, np.ndarray]:
     names = interface.output_names(model.plan, with_aux, every_stage)
     inputs = torch.from_numpy(x)
     net = model
-    if mode == "channels_last":
-        net = interface.compiled(model, mode, _ChannelsLast)(model)
+    if mode in ("channels_last", "compile"):
+        net = interface.compiled(model, "channels_last", _ChannelsLast)(model)  # the one copy both modes run
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     was_training = net.training
     try:
         with torch.inference_mode():
-            out = net.eval().forward_stages(inputs, with_aux=with_aux)
+            if mode == "compile":
+                run = interface.compiled(model, (mode, names, with_aux), _compiled_outputs)
+                out = dict(zip(names, _compile(run, net.eval(), inputs, names, with_aux), strict=True))
+            else:
+                out = net.eval().forward_stages(inputs, with_aux=with_aux)
     finally:
         net.train(was_training)
     # NCHW whatever the memory layout (a copy for channels_last; each freed once copied)

@@ -60,10 +60,11 @@ def test_a_small_bench_measures_each_runtime_and_writes_its_figures(tmp_path):
     out = tmp_path / "bench.json"
     r = cli(
         "--variant", "inception_mnist", "--batch", "1", "--input-size", "28", "--rounds", "1",
-        "--frameworks", "torch,onnx", "--train", "--json", str(out),
+        "--frameworks", "torch,onnx", "--train", "--modes", "default", "--json", str(out),
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "torch channels_last (default)" in r.stdout and "torch eager" in r.stdout
+    assert "torch compile" not in r.stdout  # --modes default: the extras (minutes of compiling) are left out
     assert "limit:" in r.stdout and "load average" in r.stdout and "threads: torch" in r.stdout
     # what a user reads: figures, not the project's goals; threads only of what ran
     assert "goal" not in r.stdout and "MISSED" not in r.stdout and "issue" not in r.stdout

@@ -25,11 +25,13 @@ def test_the_default_is_a_fast_mode_and_eager_is_there(backend):
     assert len(set(backend.MODES)) == len(backend.MODES)
 
 
-def test_every_mode_gives_eager_stages_and_logits(backend):
+def test_the_default_mode_gives_eager_stages_and_logits(backend):
+    """The compiled extras after eager are checked below at a small size (each of their
+    first calls compiles for seconds to a minute)."""
     model = loaded_model(backend, "googlenet_bn")
     x = random_images(1, 97)
     eager = backend.stages(model, x, mode=interface.EAGER)
-    for mode in backend.MODES:
+    for mode in backend.MODES[:1]:
         fast = backend.stages(model, x, mode=mode)
         assert list(fast) == list(eager)
         worst = max(agreement(eager[k], fast[k]).max_rel for k in eager)
@@ -37,6 +39,42 @@ def test_every_mode_gives_eager_stages_and_logits(backend):
         logits, aux2, aux1 = backend.forward(model, x, aux=True, mode=mode)
         for name, got in (("logits", logits), ("aux2", aux2), ("aux1", aux1)):
             assert agreement(eager[name], got, logits=True).passed, (mode, name)
+
+
+@pytest.mark.parametrize("framework,mode", [("keras", "xla"), ("mxnet", "onednn")])
+def test_a_compiled_extra_gives_eager_stages_and_logits(framework, mode):
+    """XLA and oneDNN fusion agree with eager at every stage, at two batch sizes (XLA and
+    the oneDNN partition compile per shape) and after new weights are loaded. torch's
+    compile is checked once, through the harness, below."""
+    b = backend_or_skip(framework)
+    model = loaded_model(b, "googlenet_cifar")
+    for batch in (2, 3):
+        x = random_images(batch, 32)
+        eager = b.stages(model, x, mode=interface.EAGER)
+        fast = b.stages(model, x, mode=mode)
+        assert list(fast) == list(eager)
+        assert max(agreement(eager[k], fast[k]).max_rel for k in eager) <= REL_TOL, batch
+    fresh = b.build("googlenet_cifar")
+    b.from_canonical(fresh, canonical.random_params(fresh.plan, 1))
+    x = random_images(2, 32)
+    b.forward(fresh, x, mode=mode)
+    b.from_canonical(fresh, canonical.random_params(fresh.plan, 2))
+    assert agreement(b.forward(fresh, x, mode=interface.EAGER), b.forward(fresh, x, mode=mode), logits=True).passed
+
+
+def test_mxnet_onednn_fuses_or_says_it_cannot(monkeypatch):
+    """The partitioned graph holds oneDNN's fused operators: a backend name MXNet does
+    not know would leave the graph as it was (only logged), which is refused, not run as
+    the hybrid mode under another name."""
+    mxnet_ = backend_or_skip("mxnet")
+    model = mxnet_.build("inception_mnist")
+    x = random_images(2, 28, channels=1)
+    mxnet_.forward(model, x, mode="onednn")
+    (fused,) = [v for k, v in interface._COMPILED[model].items() if k[0] == "onednn"]
+    assert any(op.startswith("_sg_mkldnn_conv") for op in mxnet_._operators(fused.block._cached_graph[1]))
+    monkeypatch.setattr(mxnet_, "ONEDNN_BACKEND", "NO_SUCH_BACKEND")
+    with pytest.raises(interface.Unsupported, match="fused no operator"):
+        mxnet_.forward(mxnet_.build("inception_mnist"), x, mode="onednn")
 
 
 def test_an_unknown_mode_is_refused_by_name(backend):
@@ -205,3 +243,52 @@ def test_keras_graphs_per_model_do_not_warn_of_retracing(caplog):
         "tensorflow", logging.WARNING, "", 0, "5 calls to <function f> triggered tf.function retracing.", None, None
     )
     assert keras_._OneGraphPerModel().filter(record)  # another function's warning still shows
+
+
+# --------------------------------------------------------------------------------------
+# check --modes all: every extra compared with eager; one that is wrong fails, one that
+# cannot run a variant is skipped with its reason; --modes default leaves them out.
+# --------------------------------------------------------------------------------------
+
+
+def with_extras(torch_):
+    """torch with two extras after eager: "perturbed", eager with incep2 off by 0.1%
+    (ten times the tolerance), and "refusing", a compiler that cannot run the variant."""
+
+    def stages(model, x, mode=torch_.MODES[0]):
+        if mode == "refusing":
+            raise interface.Unsupported("this compiler lacks an operator of the variant")
+        out = torch_.stages(model, x, mode=interface.EAGER if mode == "perturbed" else mode)
+        if mode == "perturbed":
+            out["incep2"] = out["incep2"] * np.float32(1.001)
+        return out
+
+    return patched(torch_, MODES=(torch_.MODES[0], interface.EAGER, "perturbed", "refusing"), stages=stages)
+
+
+def test_modes_all_catches_a_wrong_extra_and_skips_one_that_cannot_run():
+    torch_ = backend_or_skip("torch")
+    backends = {"torch": with_extras(torch_)}
+    everything = harness.run(["inception_mnist"], backends, {}, sizes=[28], batch=2, modes="all")
+    (size,) = everything.variants[0].sizes
+    rows = {r.stage: r for r in size.modes}
+    assert not everything.passed and not rows["incep2"].passed and rows["incep2"].agreement["torch perturbed"]
+    assert rows["incep1"].passed  # before the perturbed stage it agrees
+    assert everything.variants[0].unsupported == {
+        "torch refusing at 28": "this compiler lacks an operator of the variant"
+    }
+    assert everything.modes == {"torch": [torch_.MODES[0], "eager", "perturbed", "refusing"]}
+    default = harness.run(["inception_mnist"], backends, {}, sizes=[28], batch=2)
+    assert default.passed and default.modes == {"torch": [torch_.MODES[0], "eager"]}
+    assert all(set(r.agreement) == {f"torch {torch_.MODES[0]}"} for r in default.variants[0].sizes[0].modes)
+    with pytest.raises(ValueError, match=r"--modes: expected one of default, all, got 'some'"):
+        harness.run(["inception_mnist"], backends, {}, sizes=[28], modes="some")
+
+
+def test_torch_compile_agrees_with_eager_in_the_check():
+    """The one test that runs torch.compile (its first call compiles for about a minute)."""
+    torch_ = backend_or_skip("torch")
+    report = harness.run(["inception_mnist"], {"torch": torch_}, {}, sizes=[28], batch=2, modes="all")
+    rows = report.variants[0].sizes[0].modes
+    assert report.passed and not report.variants[0].unsupported and not report.variants[0].errors
+    assert all("torch compile" in r.agreement for r in rows) and len(rows) == 10

@@ -13,6 +13,7 @@ from typing import Any
 from .. import arguments, files, limits, spec
 from ..files import check_output
 from ..frameworks import FRAMEWORKS
+from ..interface import MODE_SETS
 from ..progress import Steps
 from ..world import World
 from . import markdown, report
@@ -74,6 +75,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     cmd.add_argument(
         "--rounds", type=arguments.positive, default=5, help="timed rounds, alternating the runtimes (default: 5)"
     )
+    cmd.add_argument(
+        "--modes",
+        choices=MODE_SETS,
+        default="all",
+        help="all: every mode, the compiled extras too (torch compile, keras xla, mxnet onednn: their first call "
+        "compiles for up to minutes, shown as such); default: each framework's default and eager (default: all)",
+    )
     cmd.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
     cmd.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     cmd.add_argument(
@@ -93,7 +101,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:  # refuse before a minute of measuring
         check_output(args.json, args.force, "--json")
     names = [n.strip() for n in args.frameworks.split(",") if n.strip()]
-    settings = Settings(args.variant, args.batch, args.input_size, tuple(dict.fromkeys(names)), args.train, args.rounds)
+    settings = Settings(
+        args.variant,
+        args.batch,
+        args.input_size,
+        tuple(dict.fromkeys(names)),
+        args.train,
+        args.rounds,
+        modes=args.modes,
+    )
     check_settings(settings)  # before any framework is imported
     limits.check_work(limits.Work(spec.resolve(args.variant), args.input_size, args.batch, training=args.train))
     if args.workers:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..frameworks import FRAMEWORKS, usable_cores
+from ..interface import EAGER
 from ..progress import Steps
 from .kernels import KERNELS, limit
 from .results import Bench, Runtime
@@ -113,7 +114,7 @@ def _start(s: Settings, log: IO[str], tmp: Path, rows: list[Runtime], workers: l
         modes = ready["modes"]
         rows.append(Runtime(fw, modes[0], default=True, version=ready["version"], threads=ready["threads"]))
         workers.append((rows[-1], worker))
-        for mode in modes[1:]:
+        for mode in modes[1:] if s.modes == "all" else [m for m in modes[1:] if m == EAGER]:
             other = Worker("infer", s, log, framework=fw, mode=mode)
             answer = other.ask("")
             rows.append(Runtime(fw, mode, version=answer["version"], threads=answer["threads"]))

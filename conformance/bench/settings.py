@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import spec
 from ..frameworks import FRAMEWORKS
+from ..interface import MODE_SETS
 
 ONNX = "onnx"  # ONNX Runtime on PyTorch's export: the runtime the others are measured against
 
@@ -21,6 +22,7 @@ class Settings:
     train: bool = False
     rounds: int = 5
     calls: int = 2  # timed calls per round
+    modes: str = "all"  # "default": each framework's default and eager, not the compiled extras
 
 
 # Each framework's Trainer as ``train`` runs it, and for Gluon also its imperative step
@@ -43,6 +45,8 @@ def check_settings(s: Settings) -> None:
         spec.stage_shapes(spec.resolve(s.variant), s.size)
     except spec.SpecError as e:
         raise spec.SpecError(f"--input-size {s.size}: {s.variant} cannot run it: {e}") from None
+    if s.modes not in MODE_SETS:
+        raise ValueError(f"--modes: expected one of {', '.join(MODE_SETS)}, got {s.modes!r}")
     unknown = [n for n in s.frameworks if n not in FRAMEWORKS and n != ONNX]
     if unknown or not s.frameworks:
         raise ValueError(

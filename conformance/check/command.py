@@ -12,6 +12,7 @@ from typing import Any
 from .. import arguments, files, frameworks, limits, spec
 from ..files import check_output
 from ..frameworks import FRAMEWORKS
+from ..interface import MODE_SETS
 from ..progress import Steps
 from . import judges
 from .judges import JUDGES
@@ -77,6 +78,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     cmd.add_argument(
         "--workers", type=arguments.positive, default=2, metavar="N", help="workers of --distributed (default: 2)"
     )
+    cmd.add_argument(
+        "--modes",
+        choices=MODE_SETS,
+        default="default",
+        help="which of each framework's inference modes to compare with its eager run: default, the mode a "
+        "first call runs; all, the compiled extras too (torch compile, keras xla, mxnet onednn: minutes of "
+        "compiling) (default: default)",
+    )
     cmd.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
     cmd.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     cmd.add_argument(
@@ -112,7 +121,15 @@ def run(args: argparse.Namespace) -> int:
         return _check_distributed(args, backends, args.variant, sizes)
     with Steps("check") as progress:
         result = harness.run(
-            variants, backends, skipped, sizes, args.batch, args.seed, train=args.train, progress=progress
+            variants,
+            backends,
+            skipped,
+            sizes,
+            args.batch,
+            args.seed,
+            train=args.train,
+            progress=progress,
+            modes=args.modes,
         )
     print(report.render(result, report.columns(args.wide)), flush=True)
     if args.json is not None and not args.distributed:

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import spec
 from ..canonical import random_params
-from ..interface import EAGER, Backend, Unsupported, forget_compiled, is_judge
+from ..interface import EAGER, MODE_SETS, Backend, Unsupported, checked_modes, forget_compiled, is_judge
 from ..progress import Steps
 from .compare import REL_TOL, Agreement, agreement, identical
 from .inputs import DEFAULT_BATCH, default_sizes, full_options, inadmissible, seeded_input
@@ -67,6 +67,11 @@ class Rows:
         return rows
 
 
+def _listed_modes(b: Backend, modes: str) -> list[str]:
+    """The report's list: the modes checked and eager, the default first."""
+    return [m for m in b.MODES if m == EAGER or m in checked_modes(b, modes)]
+
+
 def mode_run(fw: str, mode: str) -> str:
     """How a framework's mode is named in the report: ``torch channels_last``."""
     return f"{fw} {mode}"
@@ -82,6 +87,7 @@ def _check_size(
     errors: dict[str, str],
     unsupported: dict[str, str],
     progress: Callable[[str], None],
+    modes_checked: str = "default",
 ) -> SizeReport | None:
     """Every framework's eager stages (a judge's own) against the first that runs, and
     each of its other modes against its eager stages; None if nothing ran."""
@@ -102,7 +108,7 @@ def _check_size(
                 errors[f"{fw} at {size}"] = f"{type(e).__name__}: {e}"
                 continue
             stages.add(fw, out, ref)
-            fast_modes = [m for m in b.MODES if m != EAGER and not is_judge(b)]
+            fast_modes = checked_modes(b, modes_checked)
             kept = Kept(out, Path(tmp)) if ref is None or fast_modes else None  # the reference, or for the modes
             del out
             if ref is None:
@@ -112,6 +118,9 @@ def _check_size(
                 try:
                     with timer(fw, mode):
                         fast = b.stages(model, x, mode=mode)
+                except Unsupported as e:  # a compiler that cannot run this variant or size: said, not failed
+                    unsupported[f"{mode_run(fw, mode)} at {size}"] = str(e)
+                    continue
                 except Exception as e:  # noqa: BLE001 - a broken fast path is a failure, not a crash
                     errors[f"{mode_run(fw, mode)} at {size}"] = f"{type(e).__name__}: {e}"
                     continue
@@ -139,6 +148,7 @@ def check_variant(
     seed: int,
     timer: Timer,
     progress: Steps | None = None,
+    modes: str = "default",
 ) -> VariantReport:
     progress = Steps.silent() if progress is None else progress
     progress(f"{name}: build and load")
@@ -168,7 +178,7 @@ def check_variant(
         x = seeded_input(p, size, batch, seed)
         where = f"{name} at {size}"
         said = functools.partial(_say, progress, where)
-        checked = _check_size(p, size, x, backends, models, timer, report.errors, report.unsupported, said)
+        checked = _check_size(p, size, x, backends, models, timer, report.errors, report.unsupported, said, modes)
         if checked is not None:
             report.sizes.append(checked)
     frameworks = {fw: m for fw, m in models.items() if not is_judge(backends[fw])}
@@ -197,12 +207,17 @@ def run(
     timer: Timer | None = None,
     train: bool = False,
     progress: Steps | None = None,
+    modes: str = "default",
 ) -> Report:
     """The full check. ``backends`` maps a framework name to its implementation package
     (or any object with the same functions, e.g. a deliberately broken port). ``sizes``:
     None checks each variant at :func:`default_sizes`. ``train``: also the training
     parity (:func:`check_training`), at each variant's own size. ``progress`` is told
-    each step: a variant's build, each size's framework, its round trips, its training."""
+    each step: a variant's build, each size's framework, its round trips, its training.
+    ``modes``: which of each framework's modes are compared with its eager run
+    (:data:`MODE_SETS`)."""
+    if modes not in MODE_SETS:
+        raise ValueError(f"--modes: expected one of {', '.join(MODE_SETS)}, got {modes!r}")
     if batch < 1:
         raise ValueError(f"--batch: expected a positive integer, got {batch}")
     if train and batch < 2:
@@ -219,7 +234,7 @@ def run(
     gc.freeze()
     try:
         for v in variants:
-            reports.append(check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer, progress))
+            reports.append(check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer, progress, modes))
             release()
         # Training after all inference: float64 training leaves each framework a larger
         # working set, which would stand under the largest inference (googlenet_cifar at 239).
@@ -238,6 +253,6 @@ def run(
         REL_TOL,
         reports,
         timer.seconds,
-        {fw: list(b.MODES) for fw, b in backends.items() if not is_judge(b)},
+        {fw: _listed_modes(b, modes) for fw, b in backends.items() if not is_judge(b)},
         [fw for fw, b in backends.items() if is_judge(b)],
     )
