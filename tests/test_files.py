@@ -441,9 +441,9 @@ def test_stale_staging_directories_are_named_with_their_remedy(tmp_path):
 def test_staging_directories_are_named_as_temporaries(tmp_path, monkeypatch):
     """What a staged SavedModel or Gluon pair lives in is what the scan looks for, and a
     signal's cleanup removes it."""
-    from conformance.formats import deploy
+    from conformance.formats import staging
 
-    stage = deploy.Staged(tmp_path / "sm", "directory", {"saved_model.pb": b"pb", "variables/": b""})
+    stage = staging.Staged(tmp_path / "sm", "directory", {"saved_model.pb": b"pb", "variables/": b""})
     assert stage.root.parent == tmp_path and stage.root.name.startswith(".sm.") and TMP in stage.root.name
     monkeypatch.setattr(files, "_alive", lambda pid: False)
     assert files.stale_temporaries(tmp_path) == [stage.root]

@@ -30,7 +30,7 @@ from ..canonical import Params, canonical_shapes
 from ..reading import Damaged, Tensor
 from ..spec import LRN, Plan
 from . import bounds, naming
-from .base import Format, PortError, Raw, Written, load_by_name
+from .base import FileContents, Format, PortError, Written, load_by_name
 
 MAX_LAYER_NAME = 1024  # bytes; bvlc_googlenet's longest is 27
 NET_FIELDS = {0x0A, 0x12, 0x1A, 0x20, 0x22, 0x28, 0x32, 0x38, 0x42}  # NetParameter's tags, fields 1-8
@@ -279,7 +279,7 @@ def tensors(layers: list[Layer], expected: Mapping[str, tuple[int, ...]]) -> dic
     return out
 
 
-def _read_caffe(path: Path, p: Plan) -> Raw:
+def _read_caffe(path: Path, p: Plan) -> FileContents:
     """A ``.caffemodel`` as the ``caffe`` format reads it (:func:`parse`): the file's
     size checked against what the variant can hold before protobuf parses it, every
     blob's declared shape before its values are copied."""
@@ -314,7 +314,7 @@ def _read_caffe(path: Path, p: Plan) -> Raw:
     legacy = sum(t.where.startswith("legacy") for t in found.values())
     if legacy:
         notes.append(f"read {legacy} blobs in Caffe's legacy 4-D shape as the matrices and vectors they hold")
-    return Raw(found, "caffe", notes)
+    return FileContents(found, "caffe", notes)
 
 
 def _check_caffe_lrn(path: Path, p: Plan, layers: list[Layer]) -> None:

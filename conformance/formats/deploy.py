@@ -18,28 +18,24 @@ back to canonical tensors, bit for bit.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import files
 from ..canonical import Params, canonical_shapes
 from ..reading import Tensor
 from ..spec import Plan, with_options
 from . import bounds, naming, onnxwire
-from .base import LOADING_MXNET, Format, Native, PortError, Raw, Written, backend, built, meaningful
+from .base import LOADING_MXNET, BackendModel, FileContents, Format, PortError, Written, backend, built, error_line
 from .gluon import read_params
 
 FRESH = Path(__file__).with_name("fresh.py")
@@ -136,8 +132,8 @@ RUNTIMES = {
 }
 
 
-def loader(kind: str) -> Callable[[Path, Plan, str, Native | None], Native]:
-    def load(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
+def loader(kind: str) -> Callable[[Path, Plan, str, BackendModel | None], BackendModel]:
+    def load(path: Path, p: Plan, reference: str, into: BackendModel | None) -> BackendModel:
         return RUNTIMES[kind], Loaded(Path(path), p, kind)
 
     return load
@@ -203,7 +199,7 @@ def tree(directory: Path) -> dict[str, bytes]:
 # --------------------------------------------------------------------------------------
 
 
-def read_onnx(path: Path, p: Plan) -> Raw:
+def read_onnx(path: Path, p: Plan) -> FileContents:
     """The initializers of an ONNX file by name: the suite's own (canonical names) and
     the ONNX judge's (``net.`` before them). A graph whose BatchNorm was folded into
     the convolutions (the exporter's ``optimize=True``, ONNX Runtime's optimiser) is
@@ -263,7 +259,7 @@ def read_onnx(path: Path, p: Plan) -> Raw:
             )
     bounds.check_sizes(path, tensors, bounds.ceiling(p))
     order = [n.op_type for n in proto.graph.node]
-    return Raw(tensors, naming.detect(tensors), notes, transform_input=transformed(order, "Conv"))
+    return FileContents(tensors, naming.detect(tensors), notes, transform_input=transformed(order, "Conv"))
 
 
 def transformed(ops: list[str], conv: str) -> bool:
@@ -319,7 +315,7 @@ def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
     try:
         theirs = _graph_inputs(text)
     except Exception as e:  # noqa: BLE001 - MXNet's parser: its message, with the file
-        raise PortError(f"{symbol}: not an MXNet graph: {type(e).__name__}: {meaningful(e)}") from None
+        raise PortError(f"{symbol}: not an MXNet graph: {type(e).__name__}: {error_line(e)}") from None
     ours = _reference(p)
 
     def kind(name: str) -> str:
@@ -361,7 +357,7 @@ def check_symbol(symbol: Path) -> str:
     return text
 
 
-def read_gluon(symbol: Path, p: Plan) -> Raw:
+def read_gluon(symbol: Path, p: Plan) -> FileContents:
     """An exported Gluon pair, named by its ``-symbol.json``: the ``-0000.params``
     beside it, its names matched to canonical keys through the graph."""
     params = params_of(symbol)
@@ -375,153 +371,28 @@ def read_gluon(symbol: Path, p: Plan) -> Raw:
     if unknown:
         notes.append(f"{len(unknown)} arrays are not inputs of the graph: {unknown[:3]}")
     ops = [node["op"] for node in json.loads(check_symbol(symbol))["nodes"]]
-    return Raw(tensors, "canonical", notes, transform_input=transformed(ops, "Convolution"))
+    return FileContents(tensors, "canonical", notes, transform_input=transformed(ops, "Convolution"))
 
 
-def not_read(description: str, weights: str) -> Callable[[Path, Plan], Raw]:
+def not_read(description: str, weights: str) -> Callable[[Path, Plan], FileContents]:
     """A format port writes only: reading it would run its graph's loader (TorchScript
     code, a TensorFlow graph) to get weights that ``weights`` gives by name."""
 
-    def read(path: Path, p: Plan) -> Raw:
+    def read(path: Path, p: Plan) -> FileContents:
         raise PortError(f"{path}: {description} files are written here, not read; {weights}, and port that")
 
     return read
 
 
-read_torchscript: Callable[[Path, Plan], Raw] = not_read(
+read_torchscript: Callable[[Path, Plan], FileContents] = not_read(
     "TorchScript", "torch.save(torch.jit.load(path).state_dict(), 'model.pth') saves its weights"
 )
-read_exported: Callable[[Path, Plan], Raw] = not_read(
+read_exported: Callable[[Path, Plan], FileContents] = not_read(
     "ExportedProgram", "torch.save(torch.export.load(path).state_dict, 'model.pth') saves its weights"
 )
-read_savedmodel: Callable[[Path, Plan], Raw] = not_read(
+read_savedmodel: Callable[[Path, Plan], FileContents] = not_read(
     "SavedModel", "port the weights it was exported from (.keras, .weights.h5)"
 )
-
-
-# --------------------------------------------------------------------------------------
-# Outputs of more than one file: staged beside DST, verified there, then put in place
-# --------------------------------------------------------------------------------------
-
-
-def outputs(dst: Path, layout: str) -> list[Path]:
-    """The paths a format writes for DST: DST, or the Gluon pair DST names."""
-    if layout == "pair":
-        return [dst, params_of(dst)]
-    return [dst]
-
-
-def check_directory_output(dst: Path) -> None:
-    """A directory output must not exist, whatever ``--force`` says: only regular files
-    are ever replaced, and a directory is not one."""
-    if os.path.lexists(dst):
-        mode = dst.lstat().st_mode
-        raise PortError(
-            f"DST {dst}: already exists ({files.kind(mode)}); a SavedModel is written as a new directory and "
-            f"nothing but a regular file is ever replaced, even with --force: remove it or give another name"
-        )
-    try:
-        files.check_output(dst, False, "DST")
-    except files.OutputError as e:
-        raise PortError(str(e)) from None
-
-
-class Staged:
-    """A directory beside DST holding the files before they are put in place: the
-    verification loads them from ``path``; ``commit`` puts them in place."""
-
-    def __init__(self, dst: Path, layout: str, data: dict[str, bytes]) -> None:
-        self.dst, self.layout, self.data = dst, layout, data
-        try:
-            self.root = files.temporary_directory(dst, "DST")
-        except files.OutputError as e:
-            raise PortError(str(e)) from None
-        try:
-            if layout == "directory":
-                self.path = self.root / "model"
-                for rel, content in data.items():
-                    target = self.path / rel
-                    if rel.endswith("/"):
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(content)
-            else:
-                self.path = self.root / "model-symbol.json"
-                for ending, content in data.items():
-                    (self.root / f"model{ending}").write_bytes(content)
-        except OSError as e:
-            self.discard()
-            raise PortError(f"DST {dst}: writing failed: {files.describe_os_error(e)}; nothing was written") from None
-
-    def commit(self, force: bool) -> None:
-        if self.layout == "directory":
-            _rename_new(self.path, self.dst)
-            return
-        # Both files written beside their places first (a full disk fails here), then
-        # each put in place; the second failing takes back the first, if it was new.
-        stem = self.dst.name.removesuffix("-symbol.json")
-        temporaries = []
-        try:
-            for ending, content in self.data.items():
-                final = self.dst.with_name(stem + ending)
-                temporaries.append((files.Temporary(final, ending, "DST").write(content), final))
-            placed: list[tuple[Path, bool]] = []
-            try:
-                for tmp, final in temporaries:
-                    existed = final.exists()
-                    tmp.commit(force)
-                    placed.append((final, existed))
-            except files.OutputError:
-                for final, existed in placed:
-                    if not existed:
-                        final.unlink(missing_ok=True)
-                raise
-        except files.OutputError as e:
-            raise PortError(str(e)) from None
-        finally:
-            for tmp, _ in temporaries:
-                tmp.discard()
-
-    def discard(self) -> None:
-        files.discard_directory(self.root)
-
-
-_RENAME_NOREPLACE = 1
-
-
-def _rename_new(src: Path, dst: Path) -> None:
-    """Rename a directory to a path that must not exist: Linux's renameat2 with
-    RENAME_NOREPLACE, so a DST made meanwhile (even an empty directory, which a plain
-    rename replaces) is never replaced; elsewhere a check, then the rename."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is not None:
-        at_cwd = -100
-        if renameat2(at_cwd, os.fsencode(src), at_cwd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            raise PortError(f"DST {dst} appeared meanwhile; nothing was replaced (remove it or give another name)")
-        if err not in (errno.ENOSYS, errno.EINVAL):
-            raise PortError(f"DST {dst}: cannot put the directory in place: {os.strerror(err)}")
-    if os.path.lexists(dst):  # pragma: no cover - a kernel without renameat2
-        raise PortError(f"DST {dst} appeared meanwhile; nothing was replaced (remove it or give another name)")
-    os.rename(src, dst)  # pragma: no cover
-
-
-@contextlib.contextmanager
-def staged(dst: Path, layout: str, data: dict[str, bytes]) -> Iterator[Staged]:
-    stage = Staged(dst, layout, data)
-    try:
-        yield stage
-    finally:
-        stage.discard()
-
-
-def describe(data: Any) -> int:
-    """Bytes of a format's output: bytes, or the files of a directory or pair."""
-    return len(data) if isinstance(data, bytes | bytearray) else sum(len(v) for v in data.values())
 
 
 # fmt: off

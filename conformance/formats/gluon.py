@@ -21,10 +21,10 @@ from . import bounds, naming
 from .base import (
     LOADING_BUILT,
     LOADING_MXNET,
+    BackendModel,
+    FileContents,
     Format,
-    Native,
     PortError,
-    Raw,
     Written,
     backend,
     built,
@@ -33,7 +33,7 @@ from .base import (
 )
 
 
-def read_params(path: Path, p: Plan) -> Raw:
+def read_params(path: Path, p: Plan) -> FileContents:
     limit = bounds.ceiling(p)
     declared = reading.mxnet_params(path, limit.count)
     bounds.check_sizes(path, declared, limit)
@@ -64,7 +64,7 @@ def read_params(path: Path, p: Plan) -> Raw:
     for k in dropped:
         del tensors[k]
     notes = [f"dropped {len(dropped)} BatchNorm gammas Gluon keeps for a BatchNorm without scale (unused)"]
-    return Raw(tensors, naming.detect(tensors), notes if dropped else [])  # "arg:" from the Module API removed
+    return FileContents(tensors, naming.detect(tensors), notes if dropped else [])  # "arg:" from the Module API removed
 
 
 @contextlib.contextmanager
@@ -91,7 +91,7 @@ def _write_mxnet(params: Params, p: Plan) -> Written:
         return contents(), (b, model)
 
 
-def _load_mxnet(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
+def _load_mxnet(path: Path, p: Plan, reference: str, into: BackendModel | None) -> BackendModel:
     b, model = wiped_model("mxnet", p, into)
     model.load_parameters(str(path))  # strict: no missing, no extra parameter
     return b, model

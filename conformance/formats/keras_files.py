@@ -18,7 +18,7 @@ from ..canonical import Params, canonical_shapes
 from ..reading import Damaged, Tensor
 from ..spec import MAX_CLASSES, Plan, with_options
 from . import bounds
-from .base import LOADING_BUILT, Format, Native, PortError, Raw, Written, backend, built, wiped_model
+from .base import LOADING_BUILT, BackendModel, FileContents, Format, PortError, Written, backend, built, wiped_model
 from .canonical_files import recorded_transform
 
 MAX_CONFIG = 1 << 20  # a .keras config.json of this suite is ~1 KB
@@ -51,7 +51,7 @@ def _keras_bytes(model, suffix: str) -> bytes:
 _LAYOUTS: dict[Plan, dict[str, tuple[str, tuple[int, ...]]]] = {}
 
 
-def _keras_layout(p: Plan, model: Callable[[], Native]) -> dict[str, tuple[str, tuple[int, ...]]]:
+def _keras_layout(p: Plan, model: Callable[[], BackendModel]) -> dict[str, tuple[str, tuple[int, ...]]]:
     """HDF5 dataset path -> (canonical key, Keras shape) in what ``save_weights`` writes
     for ``p``: found by saving a model (``model()``, a Keras model of ``p``) whose every
     tensor holds its own index, so no guess about Keras's layout is made here."""
@@ -67,11 +67,11 @@ def _keras_layout(p: Plan, model: Callable[[], Native]) -> dict[str, tuple[str, 
     return _LAYOUTS[p]
 
 
-def _once(make: Callable[[], Native]) -> Callable[[], Native]:
+def _once(make: Callable[[], BackendModel]) -> Callable[[], BackendModel]:
     """``make``, called at most once."""
-    made: list[Native] = []
+    made: list[BackendModel] = []
 
-    def get() -> Native:
+    def get() -> BackendModel:
         if not made:
             made.append(make())
         return made[0]
@@ -128,7 +128,7 @@ def _keras_to_canonical_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _h5_tensors(
-    source: Callable[[], Any], p: Plan, src: Path, limit: bounds.Budget, model: Callable[[], Native]
+    source: Callable[[], Any], p: Plan, src: Path, limit: bounds.Budget, model: Callable[[], BackendModel]
 ) -> dict[str, Tensor]:
     """The datasets of a Keras weights file (``source()`` opens it with h5py) as
     canonical tensors: a dataset where ``p``'s layout has one gets its canonical key,
@@ -165,7 +165,7 @@ def _h5_tensors(
     return tensors
 
 
-def _read_keras_weights(path: Path, p: Plan) -> Raw:
+def _read_keras_weights(path: Path, p: Plan) -> FileContents:
     import h5py
 
     p = bounds.full(p)
@@ -178,7 +178,7 @@ def _read_keras_weights(path: Path, p: Plan) -> Raw:
             recorded = recorded_transform(bool(f.attrs[TRANSFORM_ATTRIBUTE]))
     loadable = path.name.endswith(".weights.h5")  # Keras's load_weights refuses other names
     native = (lambda q: _load_keras_weights(path, q, "", model() if q == p else None)) if loadable else None
-    return Raw(
+    return FileContents(
         tensors,
         "canonical",
         [],
@@ -206,13 +206,13 @@ def _write_keras_weights(params: Params, p: Plan) -> Written:
     return buffer.getvalue(), (b, model)
 
 
-def _load_keras_weights(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
+def _load_keras_weights(path: Path, p: Plan, reference: str, into: BackendModel | None) -> BackendModel:
     b, model = wiped_model("keras", p, into)
     model.load_weights(str(path))
     return b, model
 
 
-def _read_keras(path: Path, p: Plan) -> Raw:
+def _read_keras(path: Path, p: Plan) -> FileContents:
     import h5py
 
     limit = bounds.budget(p)
@@ -236,7 +236,7 @@ def _read_keras(path: Path, p: Plan) -> Raw:
     inner = reading.read_member(path, "model.weights.h5")
     tensors = _h5_tensors(lambda: h5py.File(io.BytesIO(inner), "r"), q, path, limit, lambda: built("keras", q))
     loadable = path.name.endswith(".keras")  # load_model takes other names for other formats
-    return Raw(
+    return FileContents(
         tensors,
         "canonical",
         [],
@@ -265,7 +265,7 @@ def _write_keras(params: Params, p: Plan) -> Written:
     return _keras_bytes(model, ".keras"), (b, model)
 
 
-def _load_keras(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
+def _load_keras(path: Path, p: Plan, reference: str, into: BackendModel | None) -> BackendModel:
     import keras
 
     return backend("keras"), keras.models.load_model(path)  # a .keras file builds its own model

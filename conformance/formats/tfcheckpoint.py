@@ -26,7 +26,7 @@ from ..frameworks import quiet_stderr
 from ..reading import Damaged, Tensor
 from ..spec import Plan
 from . import bounds, naming
-from .base import Format, PortError, Raw, Written, load_by_name
+from .base import FileContents, Format, PortError, Written, load_by_name
 
 INDEX_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # the table footer's last 8 bytes (LevelDB's)
 MAX_INDEX = 4 << 20  # TF-slim's inception_v1 index is ~20 KB (230 names, shapes and offsets)
@@ -172,7 +172,7 @@ def counter(t: Tensor) -> bool:
     return t.shape == () and isinstance(t.dtype, np.dtype) and t.dtype.kind in "iu"
 
 
-def _read_tf(path: Path, p: Plan) -> Raw:
+def _read_tf(path: Path, p: Plan) -> FileContents:
     """A TensorFlow checkpoint as the ``tf-checkpoint`` format reads it: the index's
     declarations (:func:`declared`) and the shards' sizes (:func:`check_data`) checked
     before any value is read."""
@@ -202,7 +202,7 @@ def _read_tf(path: Path, p: Plan) -> Raw:
     check_data(path, tensors)
     notes = [f"TensorFlow checkpoint {path.name}: {len(tensors)} variables (the .meta graph is not read)"]
     notes += [f"dropped {', '.join(counters)} (a training counter, not a weight)"] if counters else []
-    return Raw(tensors, "slim", notes)
+    return FileContents(tensors, "slim", notes)
 
 
 def _write_tf(params: Params, p: Plan) -> Written:

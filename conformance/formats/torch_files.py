@@ -18,7 +18,7 @@ from ..canonical import Params
 from ..reading import Tensor
 from ..spec import Plan
 from . import bounds, naming, pickles
-from .base import LOADING_BUILT, Format, Native, PortError, Raw, Written, built, wiped_model
+from .base import LOADING_BUILT, BackendModel, FileContents, Format, PortError, Written, built, wiped_model
 
 MAX_PICKLE = 16 << 20  # a state_dict's data.pkl is ~30 KB
 
@@ -43,7 +43,7 @@ def _torch_tensor(value) -> Tensor:
     return Tensor(shape, dtype, lambda: value.detach().contiguous().numpy().copy())
 
 
-def _read_torch(path: Path, p: Plan) -> Raw:
+def _read_torch(path: Path, p: Plan) -> FileContents:
     limit = bounds.ceiling(p)
     zipped = zipfile.is_zipfile(path)
     if zipped:
@@ -82,7 +82,7 @@ def _read_torch(path: Path, p: Plan) -> Raw:
         notes.append(f"dropped {dropped} num_batches_tracked counters (not weights)")
     tensors = {str(k): _torch_tensor(v) for k, v in obj.items() if not str(k).endswith("num_batches_tracked")}
     bounds.check_sizes(path, tensors, limit)
-    return Raw(tensors, naming.detect(tensors), notes)
+    return FileContents(tensors, naming.detect(tensors), notes)
 
 
 def _replay_zipped_pickles(path: Path, infos: list[zipfile.ZipInfo]) -> None:
@@ -123,7 +123,7 @@ def _write_torch(params: Params, p: Plan) -> Written:
     return buffer.getvalue(), (b, model)
 
 
-def _load_torch(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
+def _load_torch(path: Path, p: Plan, reference: str, into: BackendModel | None) -> BackendModel:
     import torch
 
     b, model = wiped_model("torch", p, into)
