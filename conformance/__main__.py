@@ -15,7 +15,7 @@ import argparse
 import importlib.metadata
 import sys
 
-from . import arguments, bench_command, files
+from . import arguments, bench_command, files, interrupts
 from .check import command as check_command
 from .formats import command as formats_command
 from .formats.base import PortError
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with files.signals():
             return args.run(args)
-    except files.Interrupted as e:
+    except interrupts.Interrupted as e:
         print(f"interrupted by {e.name}: {e.detail or 'nothing was written'}", file=sys.stderr, flush=True)
         return e.exit_code
     except WorldError as e:  # a peer that cannot be reached or is gone (under torchrun or a cluster's launcher)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import canonical, files, spec
+from conformance import canonical, files, interrupts, spec
 from conformance.__main__ import main
 from conformance.formats.port import PortError, port
 
@@ -379,14 +379,14 @@ def test_a_held_signal_waits_for_the_statements_then_interrupts():
     are on disk (seen under load in test_resume). Negative control: without the hold,
     the signal cuts the statements short."""
     done: list[str] = []
-    with pytest.raises(files.Interrupted) as caught, files.signals(), files.signals_held():
+    with pytest.raises(interrupts.Interrupted) as caught, files.signals(), interrupts.signals_held():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)  # the handler has run by now
         done.append("saved")
         done.append("recorded")
     assert done == ["saved", "recorded"] and caught.value.signum == signal.SIGINT
     done.clear()
-    with pytest.raises(files.Interrupted), files.signals():
+    with pytest.raises(interrupts.Interrupted), files.signals():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         done.append("saved")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import reading
+from .. import mxnet_reading, reading
 from ..canonical import Params, gluon_name
 from ..reading import Tensor
 from ..spec import Plan
@@ -35,7 +35,7 @@ from .base import (
 
 def read_params(path: Path, p: Plan) -> FileContents:
     limit = bounds.ceiling(p)
-    declared = reading.mxnet_params(path, limit.count)
+    declared = mxnet_reading.mxnet_params(path, limit.count)
     bounds.check_sizes(path, declared, limit)
     loaded: dict[str, np.ndarray] = {}
 

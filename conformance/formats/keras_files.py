@@ -138,7 +138,7 @@ def _h5_tensors(
     with source() as f:
         found = {path: (tuple(int(d) for d in ds.shape), ds.dtype) for path, ds in h5_datasets(f)}
     bounds.check_sizes(
-        src, {path: Tensor(shape, dtype, reading._refused) for path, (shape, dtype) in found.items()}, limit
+        src, {path: Tensor(shape, dtype, reading.never_loaded) for path, (shape, dtype) in found.items()}, limit
     )
     from impl_keras.weights import table
 
@@ -161,7 +161,7 @@ def _h5_tensors(
             canonical = expected[key] if shape == keras_shape else _keras_to_canonical_shape(shape)
             tensors[key] = Tensor(canonical, dtype, loader(path, key), where=f"HDF5 {path} {shape}")
         else:
-            tensors[path] = Tensor(shape, dtype, reading._refused)
+            tensors[path] = Tensor(shape, dtype, reading.never_loaded)
     return tensors
 
 

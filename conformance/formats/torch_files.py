@@ -31,15 +31,15 @@ def _torch_tensor(value) -> Tensor:
 
     shape = tuple(int(d) for d in value.shape)
     if value.layout != torch.strided:
-        return Tensor(shape, "sparse", reading._refused, f"a sparse tensor ({value.layout}), not dense weights")
+        return Tensor(shape, "sparse", reading.never_loaded, f"a sparse tensor ({value.layout}), not dense weights")
     if value.is_quantized:
-        return Tensor(shape, "quantised", reading._refused, f"quantised ({value.dtype}): dequantise it first")
+        return Tensor(shape, "quantised", reading.never_loaded, f"quantised ({value.dtype}): dequantise it first")
     if value.dtype == torch.bfloat16:
         return Tensor(shape, "bfloat16", lambda: value.detach().float().contiguous().numpy().copy())
     try:
         dtype = np.dtype(str(value.dtype).removeprefix("torch."))
     except TypeError:
-        return Tensor(shape, str(value.dtype), reading._refused, f"of dtype {value.dtype}, which numpy cannot hold")
+        return Tensor(shape, str(value.dtype), reading.never_loaded, f"of dtype {value.dtype}, which numpy cannot hold")
     return Tensor(shape, dtype, lambda: value.detach().contiguous().numpy().copy())
 
 

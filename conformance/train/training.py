@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .. import files, limits, spec
+from .. import files, interrupts, limits, spec
 from ..canonical import CanonicalError, canonical_shapes, initial_params, load_with_metadata, save
 from ..files import atomic_write
 from ..interface import Backend
@@ -624,7 +624,7 @@ def train(
             e = dataclasses.replace(e, test_acc=test_acc, test_loss=test_loss, checkpoint=str(o.checkpoint(epoch)))
             # a signal waits until both are done: the files on disk and the epochs an
             # interrupt reports as saved can never disagree
-            with files.signals_held(), _saying_what_is_kept(run, s, backend, history, force):
+            with interrupts.signals_held(), _saying_what_is_kept(run, s, backend, history, force):
                 run.save_epoch(backend, model, trainer, rng, [*history, e], force)
                 history.append(e)
             log(
@@ -632,7 +632,7 @@ def train(
                 f"{e.test_loss:.4f}, test acc {e.test_acc:.3f}"
                 f" ({e.images_per_s:.0f} images/s); checkpoint {e.checkpoint}"
             )
-    except (files.Interrupted, KeyboardInterrupt, WorldError) as interrupt:
+    except (interrupts.Interrupted, KeyboardInterrupt, WorldError) as interrupt:
         _keep_on_interrupt(run, s, backend, history, force, interrupt)
         raise
     with _saying_what_is_kept(run, s, backend, history, force):
@@ -691,12 +691,12 @@ def _keep_on_interrupt(run: _Run, s: Settings, backend: Backend, history: list[E
     disk already) and say how to go on."""
     done = history
     if done and run.writer:
-        with files.ignoring_signals():  # a second Ctrl-C must not cut the plot short
+        with interrupts.ignoring_signals():  # a second Ctrl-C must not cut the plot short
             run.write(run.o.plot, plot(done, f"{s.variant} ({backend.version()}), interrupted", s), force)
     # another worker (another host, on a cluster) says what worker 0 wrote, not that it wrote it
     what = "checkpoints, plot, history" + ("" if run.writer else ", written by worker 0 on its host")
     detail = kept(done[-1].epoch if done else 0, s.epochs, run.o.out, what)
-    if isinstance(e, files.Interrupted | WorldError):
+    if isinstance(e, interrupts.Interrupted | WorldError):
         e.detail = detail
 
 
