@@ -183,8 +183,8 @@ def check_space(path: Path, size: int, option: str) -> None:
         )
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n:,} bytes"
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size:,} bytes"
 
 
 def temporary_name(path: Path, suffix: str = "") -> str:
@@ -253,10 +253,10 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def describe_os_error(e: OSError) -> str:
-    if e.errno in SPACE_ERRORS:
-        return f"{e.strerror or 'no space left'} (the disk or this process's file-size limit is full)"
-    return e.strerror or str(e)
+def describe_os_error(error: OSError) -> str:
+    if error.errno in SPACE_ERRORS:
+        return f"{error.strerror or 'no space left'} (the disk or this process's file-size limit is full)"
+    return error.strerror or str(error)
 
 
 class Temporary:

@@ -37,20 +37,20 @@ _STORAGE = {1: "row_sparse", 2: "csr"}
 
 
 class _Cursor:
-    def __init__(self, f: io.BufferedIOBase, size: int) -> None:
-        self.f, self.size = f, size
+    def __init__(self, file: io.BufferedIOBase, size: int) -> None:
+        self.f, self.size = file, size
 
-    def take(self, n: int, what: str) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
+    def take(self, size: int, what: str) -> bytes:
+        data = self.f.read(size)
+        if len(data) != size:
             raise Damaged(f"the file ends inside {what} (at byte {self.f.tell():,} of {self.size:,})")
         return data
 
-    def skip(self, n: int, what: str) -> int:
+    def skip(self, size: int, what: str) -> int:
         at = self.f.tell()
-        if at + n > self.size:
-            raise Damaged(f"{what} needs {n:,} bytes at {at:,}; the file ends at {self.size:,}")
-        self.f.seek(n, io.SEEK_CUR)
+        if at + size > self.size:
+            raise Damaged(f"{what} needs {size:,} bytes at {at:,}; the file ends at {self.size:,}")
+        self.f.seek(size, io.SEEK_CUR)
         return at
 
     def u32(self, what: str) -> int:
@@ -102,29 +102,29 @@ def mxnet_params(path: Path, max_arrays: int) -> dict[str, Tensor]:
     return {name: t for name, t in zip(names, arrays, strict=True)}
 
 
-def _mxnet_array(c: _Cursor, i: int) -> Tensor:
-    what = f"array {i}"
-    magic = c.u32(what)
+def _mxnet_array(cursor: _Cursor, index: int) -> Tensor:
+    what = f"array {index}"
+    magic = cursor.u32(what)
     if magic not in _NDARRAY_MAGICS:
         raise Damaged(f"{what}: magic {magic:#x} is not an MXNet >= 1.0 NDArray (V2/V3)")
-    stype = c.i32(what)
+    stype = cursor.i32(what)
     storage = _STORAGE.get(stype)
     if stype and storage is None:
         raise Damaged(f"{what}: unknown storage type {stype}")
-    stored = c.shape(f"{what}'s storage") if storage else None
-    shape = c.shape(what)
+    stored = cursor.shape(f"{what}'s storage") if storage else None
+    shape = cursor.shape(what)
     if not shape and magic == 0xF993FAC9:  # V2: ndim 0 is an empty ("none") array, no more fields
         return Tensor(shape, np.dtype("<f4"), never_loaded, "an empty (none) array")
-    c.take(8, f"{what}'s context")
-    dtype = _mxnet_dtype(c.i32(f"{what}'s type"), what)
+    cursor.take(8, f"{what}'s context")
+    dtype = _mxnet_dtype(cursor.i32(f"{what}'s type"), what)
     aux = []
     for j in range({"row_sparse": 1, "csr": 2}.get(storage or "", 0)):  # row_sparse: indices; csr: indptr, indices
-        aux.append((_mxnet_dtype(c.i32(f"{what}'s aux type"), what), c.shape(f"{what}'s aux {j}")))
+        aux.append((_mxnet_dtype(cursor.i32(f"{what}'s aux type"), what), cursor.shape(f"{what}'s aux {j}")))
     t = Tensor(shape, dtype, never_loaded, f"a sparse ({storage}) array" if storage else None)
     values = Tensor(stored, dtype, never_loaded) if stored is not None else t
-    c.skip(values.nbytes, f"{what}'s {values.nbytes:,} bytes of data")
+    cursor.skip(values.nbytes, f"{what}'s {values.nbytes:,} bytes of data")
     for aux_dtype, aux_shape in aux:
-        c.skip(Tensor(aux_shape, aux_dtype, never_loaded).nbytes, f"{what}'s sparse indices")
+        cursor.skip(Tensor(aux_shape, aux_dtype, never_loaded).nbytes, f"{what}'s sparse indices")
     return t
 
 

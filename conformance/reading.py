@@ -298,19 +298,19 @@ def never_loaded() -> np.ndarray:
     raise AssertionError("a refused tensor is never loaded")
 
 
-def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+def _npy_header(file: IO[bytes]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
     """(shape, dtype, Fortran order, header bytes) of a .npy stream, reading the header only."""
     from numpy.lib import format as npy
 
     try:
-        version = npy.read_magic(f)
+        version = npy.read_magic(file)
         read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
         if read is None:
             raise Damaged(f".npy format version {version} is not supported")
-        shape, fortran, dtype = read(f, max_header_size=1 << 16)  # type: ignore[call-arg]  # numpy >= 1.24
+        shape, fortran, dtype = read(file, max_header_size=1 << 16)  # type: ignore[call-arg]  # numpy >= 1.24
     except ValueError as e:
         raise Damaged(f"a damaged .npy header ({e})") from None
-    return tuple(shape), np.dtype(dtype), bool(fortran), f.tell()
+    return tuple(shape), np.dtype(dtype), bool(fortran), file.tell()
 
 
 def _npy_loader(path: Path, member: str, fortran: bool):

@@ -149,29 +149,29 @@ def backend(name: str):
     return found[name]
 
 
-def built(framework: str, p: Plan, params: Params | None = None) -> BackendModel:
+def built(framework: str, plan: Plan, params: Params | None = None) -> BackendModel:
     """(backend, model) of ``framework`` for the plan's variant and options, holding
     ``params`` when given."""
     b = backend(framework)
-    model = b.build(p.variant.name, **p.options.asdict())
+    model = b.build(plan.variant.name, **plan.options.asdict())
     if params is not None:
         b.from_canonical(model, params)
     return b, model
 
 
-def wipe(b, model, p: Plan) -> None:
+def wipe(package, model, plan: Plan) -> None:
     """Set every weight and statistic to NaN: whatever a load does not restore shows."""
-    b.from_canonical(model, {k: np.full(s, np.nan, np.float32) for k, s in canonical_shapes(p).items()})
+    package.from_canonical(model, {k: np.full(s, np.nan, np.float32) for k, s in canonical_shapes(plan).items()})
 
 
 def one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
-def error_line(e: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """The line of a library's error that says what went wrong: MXNet's start with a
     C++ ``Traceback (most recent call last):`` and end with the check that failed."""
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     noise = ("Traceback", "File ", "[bt]", "Stack trace", "Error in operator")
     useful = [line for line in lines if not line.startswith(noise) and not line[:1].isdigit()]
     checks = [line for line in useful if "Check failed" in line or "Error" in line]
@@ -186,10 +186,10 @@ LOADING_BUILT = "import {framework}; model = {framework}.build({build}); "
 LOADING_MXNET = "import numpy; numpy.bool = bool; import mxnet; "  # MXNet 1.9 uses the alias numpy 1.24 removed
 
 
-def wiped_model(framework: str, p: Plan, into: BackendModel | None) -> BackendModel:
+def wiped_model(framework: str, plan: Plan, into: BackendModel | None) -> BackendModel:
     """The model to load into, wiped to NaN first (saves building another)."""
-    b, model = into if into is not None else built(framework, p)
-    wipe(b, model, p)
+    b, model = into if into is not None else built(framework, plan)
+    wipe(b, model, plan)
     return b, model
 
 
@@ -199,9 +199,9 @@ def load_by_name(
     """Files of canonical tensors (or GluonCV's names): ``read`` them through the naming
     table into ``framework`` (the reference one for canonical files, ``None``)."""
 
-    def load_named(path: Path, p: Plan, reference: str, into: BackendModel | None) -> BackendModel:
-        raw = read(path, p)
-        tensors, _ = naming.to_canonical({k: t.load() for k, t in raw.tensors.items()}, raw.scheme, p)
-        return built(framework or reference, p, tensors)
+    def load_named(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
+        raw = read(path, plan)
+        tensors, _ = naming.to_canonical({k: t.load() for k, t in raw.tensors.items()}, raw.scheme, plan)
+        return built(framework or reference, plan, tensors)
 
     return load_named

@@ -133,8 +133,8 @@ RUNTIMES = {
 
 
 def loader(kind: str) -> Callable[[Path, Plan, str, BackendModel | None], BackendModel]:
-    def load(path: Path, p: Plan, reference: str, into: BackendModel | None) -> BackendModel:
-        return RUNTIMES[kind], Loaded(Path(path), p, kind)
+    def load(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
+        return RUNTIMES[kind], Loaded(Path(path), plan, kind)
 
     return load
 
@@ -148,39 +148,39 @@ load_savedmodel, load_gluon = loader("savedmodel"), loader("gluon")
 # --------------------------------------------------------------------------------------
 
 
-def write_onnx(params: Params, p: Plan) -> Written:
+def write_onnx(params: Params, plan: Plan) -> Written:
     for package in ("onnx", "onnxscript"):
         try:
             __import__(package)
         except ImportError:
             raise PortError(f"--to onnx: {package} is not installed; install with: {ONNX_HINT}") from None
-    b, model = built("torch", p, params)
+    b, model = built("torch", plan, params)
     return b.to_onnx_deployable(model), None
 
 
-def write_torchscript(params: Params, p: Plan) -> Written:
-    b, model = built("torch", p, params)
+def write_torchscript(params: Params, plan: Plan) -> Written:
+    b, model = built("torch", plan, params)
     return b.to_torchscript(model), None
 
 
-def write_exported(params: Params, p: Plan) -> Written:
-    b, model = built("torch", p, params)
+def write_exported(params: Params, plan: Plan) -> Written:
+    b, model = built("torch", plan, params)
     return b.to_exported_program(model), None
 
 
-def write_savedmodel(params: Params, p: Plan) -> Written:
-    b, model = built("keras", p, params)
+def write_savedmodel(params: Params, plan: Plan) -> Written:
+    b, model = built("keras", plan, params)
     with tempfile.TemporaryDirectory(prefix="conformance-savedmodel-") as tmp:
         b.to_savedmodel(model, Path(tmp) / "model")
         return tree(Path(tmp) / "model"), None
 
 
-def write_gluon(params: Params, p: Plan) -> Written:
+def write_gluon(params: Params, plan: Plan) -> Written:
     backend("mxnet")
     import mxnet as mx
 
     with mx.name.NameManager():  # fresh counters: conv0_weight, whatever this process built before
-        b, model = built("mxnet", p, params)
+        b, model = built("mxnet", plan, params)
     pair = b.to_gluon_export(model)
     return {"-symbol.json": pair["symbol.json"], "-0000.params": pair["params"]}, None
 
@@ -199,7 +199,7 @@ def tree(directory: Path) -> dict[str, bytes]:
 # --------------------------------------------------------------------------------------
 
 
-def read_onnx(path: Path, p: Plan) -> FileContents:
+def read_onnx(path: Path, plan: Plan) -> FileContents:
     """The initializers of an ONNX file by name: the suite's own (canonical names) and
     the ONNX judge's (``net.`` before them). A graph whose BatchNorm was folded into
     the convolutions (the exporter's ``optimize=True``, ONNX Runtime's optimiser) is
@@ -209,13 +209,13 @@ def read_onnx(path: Path, p: Plan) -> FileContents:
         from onnx import numpy_helper
     except ImportError:
         raise PortError(f"{path}: reading an .onnx file needs onnx; install with: {ONNX_HINT}") from None
-    limit = bounds.budget(p)
+    limit = bounds.budget(plan)
     if path.stat().st_size > limit.total:
         raise PortError(
-            f"{path}: {path.stat().st_size:,} bytes is more than {p.variant.name} with {p.num_classes} classes "
+            f"{path}: {path.stat().st_size:,} bytes is more than {plan.variant.name} with {plan.num_classes} classes "
             f"can hold ({limit.describe()}); pass --num-classes if it has more classes"
         )
-    count = bounds.ceiling(p).count
+    count = bounds.ceiling(plan).count
     onnxwire.check(path, onnxwire.Bounds(ONNX_NODES * count, count, ONNX_FIELDS * count))
     proto = onnx.load(str(path), load_external_data=False)
     notes: list[str] = []
@@ -249,15 +249,15 @@ def read_onnx(path: Path, p: Plan) -> FileContents:
         notes.append(f"removed the 'net.' prefix of {prefixed} initializers (an export of a wrapped model)")
     if constants:
         notes.append(f"left out {constants} integer constants of the graph (not weights)")
-    if p.variant.convs.norm is not None and not any(k.endswith("running_mean") for k in tensors):
+    if plan.variant.convs.norm is not None and not any(k.endswith("running_mean") for k in tensors):
         ops = {n.op_type for n in proto.graph.node}
         if "BatchNormalization" not in ops:
             raise PortError(
-                f"{path}: its graph has no BatchNormalization ({p.variant.name} has BatchNorm): it was folded into "
+                f"{path}: its graph has no BatchNormalization ({plan.variant.name} has BatchNorm): it was folded into "
                 f"the convolutions (torch.onnx.export(..., optimize=True), or ONNX Runtime's optimiser), and "
                 f"folded weights cannot be separated again; export with optimize=False (port's --to onnx does)"
             )
-    bounds.check_sizes(path, tensors, bounds.ceiling(p))
+    bounds.check_sizes(path, tensors, bounds.ceiling(plan))
     order = [n.op_type for n in proto.graph.node]
     return FileContents(tensors, naming.detect(tensors), notes, transform_input=transformed(order, "Conv"))
 
@@ -288,10 +288,10 @@ def _graph_inputs(symbol_json: str) -> list[str]:
     return [n for n in mx.sym.load_json(symbol_json).list_inputs() if n != "data"]
 
 
-def _reference(p: Plan) -> list[tuple[str, str]]:
+def _reference(plan: Plan) -> list[tuple[str, str]]:
     """(Gluon name, canonical key) of each input of this suite's export of ``p``
     (without aux heads: the exported graph returns the logits), in the graph's order."""
-    q = with_options(p, aux_logits=False)
+    q = with_options(plan, aux_logits=False)
     if q not in _REFERENCE:
         b, model = built("mxnet", q)
         from impl_mxnet.weights import located
@@ -302,7 +302,7 @@ def _reference(p: Plan) -> list[tuple[str, str]]:
     return _REFERENCE[q]
 
 
-def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
+def gluon_names(symbol: Path, plan: Plan) -> dict[str, str]:
     """File name -> canonical key for an exported Gluon pair of ``p``. Gluon names the
     parameters by a process-wide counter (``conv57_weight`` when 57 convolutions were
     made before), so they are matched by position among the graph's inputs against
@@ -316,7 +316,7 @@ def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
         theirs = _graph_inputs(text)
     except Exception as e:  # noqa: BLE001 - MXNet's parser: its message, with the file
         raise PortError(f"{symbol}: not an MXNet graph: {type(e).__name__}: {error_line(e)}") from None
-    ours = _reference(p)
+    ours = _reference(plan)
 
     def kind(name: str) -> str:
         return re.sub(r"\d+", "", name)
@@ -325,7 +325,7 @@ def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
     if differ or len(theirs) != len(ours):
         at = differ[0] if differ else min(len(theirs), len(ours))
         raise PortError(
-            f"{symbol}: its graph is not {p.variant.name}'s as this suite exports it: {len(theirs)} parameters "
+            f"{symbol}: its graph is not {plan.variant.name}'s as this suite exports it: {len(theirs)} parameters "
             f"(expected {len(ours)}), first difference at input {at} "
             f"({theirs[at] if at < len(theirs) else 'none'}, expected {ours[at][0] if at < len(ours) else 'none'})"
         )
@@ -357,14 +357,14 @@ def check_symbol(symbol: Path) -> str:
     return text
 
 
-def read_gluon(symbol: Path, p: Plan) -> FileContents:
+def read_gluon(symbol: Path, plan: Plan) -> FileContents:
     """An exported Gluon pair, named by its ``-symbol.json``: the ``-0000.params``
     beside it, its names matched to canonical keys through the graph."""
     params = params_of(symbol)
     if not params.is_file():
         raise PortError(f"{symbol}: its parameters {params.name} are not beside it (HybridBlock.export writes both)")
-    names = gluon_names(symbol, p)
-    raw = read_params(params, p)
+    names = gluon_names(symbol, plan)
+    raw = read_params(params, plan)
     unknown = [k for k in raw.tensors if k not in names]
     tensors = {names.get(k, k): t for k, t in raw.tensors.items()}
     notes = [f"read {params.name}; names matched through the graph of {symbol.name}"]
@@ -378,7 +378,7 @@ def not_read(description: str, weights: str) -> Callable[[Path, Plan], FileConte
     """A format port writes only: reading it would run its graph's loader (TorchScript
     code, a TensorFlow graph) to get weights that ``weights`` gives by name."""
 
-    def read(path: Path, p: Plan) -> FileContents:
+    def read(path: Path, plan: Plan) -> FileContents:
         raise PortError(f"{path}: {description} files are written here, not read; {weights}, and port that")
 
     return read

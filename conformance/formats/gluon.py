@@ -33,8 +33,8 @@ from .base import (
 )
 
 
-def read_params(path: Path, p: Plan) -> FileContents:
-    limit = bounds.ceiling(p)
+def read_params(path: Path, plan: Plan) -> FileContents:
+    limit = bounds.ceiling(plan)
     declared = mxnet_reading.mxnet_params(path, limit.count)
     bounds.check_sizes(path, declared, limit)
     loaded: dict[str, np.ndarray] = {}
@@ -59,7 +59,7 @@ def read_params(path: Path, p: Plan) -> FileContents:
         raise PortError(f"{path}: two arrays have the same name once 'arg:' / 'aux:' is removed")
     # A BatchNorm without scale (TF-slim's) keeps a gamma Gluon saves and its operator
     # ignores (fix_gamma): not a weight of the network, whatever it holds.
-    fixed = {gluon_name(f"{u.name}.bn.weight") for u in p.conv_units() if u.norm is not None and not u.norm.scale}
+    fixed = {gluon_name(f"{u.name}.bn.weight") for u in plan.conv_units() if u.norm is not None and not u.norm.scale}
     dropped = [k for k in tensors if k in fixed]
     for k in dropped:
         del tensors[k]
@@ -84,24 +84,24 @@ def _memory_file() -> Iterator[tuple[str, Callable[[], bytes]]]:
         yield str(path), path.read_bytes
 
 
-def _write_mxnet(params: Params, p: Plan) -> Written:
-    b, model = built("mxnet", p, params)
+def _write_mxnet(params: Params, plan: Plan) -> Written:
+    b, model = built("mxnet", plan, params)
     with _memory_file() as (path, contents):
         model.save_parameters(path)
         return contents(), (b, model)
 
 
-def _load_mxnet(path: Path, p: Plan, reference: str, into: BackendModel | None) -> BackendModel:
-    b, model = wiped_model("mxnet", p, into)
+def _load_mxnet(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
+    b, model = wiped_model("mxnet", plan, into)
     model.load_parameters(str(path))  # strict: no missing, no extra parameter
     return b, model
 
 
-def _write_gluoncv(params: Params, p: Plan) -> Written:
+def _write_gluoncv(params: Params, plan: Plan) -> Written:
     backend("mxnet")
     import mxnet as mx
 
-    renamed = naming.from_canonical(params, "gluoncv", p)
+    renamed = naming.from_canonical(params, "gluoncv", plan)
     with _memory_file() as (path, contents):
         mx.nd.save(path, {k: mx.nd.array(v, dtype=np.float32) for k, v in renamed.items()})
         return contents(), None

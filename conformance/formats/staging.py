@@ -143,15 +143,15 @@ def written_size(data: Any) -> int:
 _SPACE_WORDS = ("No space left", "File too large", "Disk quota exceeded", "FileStream.Write incomplete")
 
 
-def out_of_space(e: BaseException) -> str:
+def out_of_space(error: BaseException) -> str:
     """What a writer's exception says if the disk or the file-size limit was full ("" if
     it is about something else): the OS error in its chain, or the framework's words."""
-    seen: BaseException | None = e
+    seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in files.SPACE_ERRORS:
             return files.describe_os_error(seen)
         seen = seen.__cause__ or seen.__context__
-    text = str(e)
+    text = str(error)
     word = next((w for w in _SPACE_WORDS if w in text), "")
     if not word:
         return ""

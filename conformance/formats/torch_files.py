@@ -43,8 +43,8 @@ def _torch_tensor(value) -> Tensor:
     return Tensor(shape, dtype, lambda: value.detach().contiguous().numpy().copy())
 
 
-def _read_torch(path: Path, p: Plan) -> FileContents:
-    limit = bounds.ceiling(p)
+def _read_torch(path: Path, plan: Plan) -> FileContents:
+    limit = bounds.ceiling(plan)
     zipped = zipfile.is_zipfile(path)
     if zipped:
         infos = reading.zip_members(path, limit.total, limit.total)
@@ -53,10 +53,10 @@ def _read_torch(path: Path, p: Plan) -> FileContents:
                 raise PortError(f"{path}: its pickle declares {info.file_size:,} bytes; a state_dict's is a few KB")
         reading.check_crcs(path)  # PyTorch's own reader does not
         _replay_zipped_pickles(path, infos)
-    elif path.stat().st_size > bounds.budget(p).total:  # a legacy pickle reads its storages whole
+    elif path.stat().st_size > bounds.budget(plan).total:  # a legacy pickle reads its storages whole
         raise PortError(
-            f"{path}: {path.stat().st_size:,} bytes is more than {p.variant.name} with {p.num_classes} classes "
-            f"can hold ({bounds.budget(p).describe()}); pass --num-classes if it has more classes"
+            f"{path}: {path.stat().st_size:,} bytes is more than {plan.variant.name} with {plan.num_classes} classes "
+            f"can hold ({bounds.budget(plan).describe()}); pass --num-classes if it has more classes"
         )
     else:
         pickles.check_legacy(path)
@@ -114,19 +114,19 @@ def _torch_load(path: Path, mmap: bool):
         ) from None
 
 
-def _write_torch(params: Params, p: Plan) -> Written:
+def _write_torch(params: Params, plan: Plan) -> Written:
     import torch
 
-    b, model = built("torch", p, params)
+    b, model = built("torch", plan, params)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)  # with num_batches_tracked: torchvision loads it strictly
     return buffer.getvalue(), (b, model)
 
 
-def _load_torch(path: Path, p: Plan, reference: str, into: BackendModel | None) -> BackendModel:
+def _load_torch(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
     import torch
 
-    b, model = wiped_model("torch", p, into)
+    b, model = wiped_model("torch", plan, into)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return b, model
 
