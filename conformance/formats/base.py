@@ -72,7 +72,7 @@ class FileContents:
     notes: list[str]
     config: dict[str, Any] | None = None  # a .keras file's own record of its variant and options
     # Loads the file as its framework's users do, into a model of the final plan.
-    native: Callable[[Plan], BackendModel] | None = field(default=None, repr=False)
+    load_natively: Callable[[Plan], BackendModel] | None = field(default=None, repr=False)
     digest: str | None = None  # the SHA-256 of its tensors the file records (the suite's own files)
     # The transform_input the file records (in its metadata, config or graph); None: it
     # records none, as a bare state_dict.
@@ -200,8 +200,8 @@ def load_by_name(
     table into ``framework`` (the reference one for canonical files, ``None``)."""
 
     def load_named(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
-        raw = read(path, plan)
-        tensors, _ = naming.to_canonical({k: t.load() for k, t in raw.tensors.items()}, raw.scheme, plan)
+        contents = read(path, plan)
+        tensors, _ = naming.to_canonical({k: t.load() for k, t in contents.tensors.items()}, contents.scheme, plan)
         return built(framework or reference, plan, tensors)
 
     return load_named

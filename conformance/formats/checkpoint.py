@@ -117,29 +117,29 @@ def _read_params(
     src = source.path
     has_aux = spec.VARIANTS[variant].aux is not None
     p = resolve_plan(variant, num_classes, has_aux, transform_input)
-    raw = read(source, p)
-    declared = _declared(raw, p, src)
+    contents = read(source, p)
+    declared = _declared(contents, p, src)
     _diagnose(declared, src, spec.VARIANTS[variant], num_classes)
     aux = any(k.startswith("aux1.") for k in declared)
     if aux and not has_aux:
         raise PortError(f"{src}: aux head weights found, but `{variant}` has no aux heads")
-    if raw.transform_input and spec.VARIANTS[variant].input.transform is None:
+    if contents.transform_input and spec.VARIANTS[variant].input.transform is None:
         raise PortError(f"{src}: records transform_input on, but `{variant}` defines no input transform")
-    p = resolve_plan(variant, num_classes, aux, transform_input or bool(raw.transform_input))
+    p = resolve_plan(variant, num_classes, aux, transform_input or bool(contents.transform_input))
     try:
         bounds.check(src, p, declared)
     except bounds.BoundsError as e:
         raise PortError(str(e)) from None
     halves = sum(t.dtype == "bfloat16" for t in declared.values())
-    params, notes = naming.to_canonical(materialise(source, raw), raw.scheme, p)
-    notes = raw.notes + notes + ([f"names: {raw.scheme}"] if raw.scheme != "canonical" else [])
+    params, notes = naming.to_canonical(materialise(source, contents), contents.scheme, p)
+    notes = contents.notes + notes + ([f"names: {contents.scheme}"] if contents.scheme != "canonical" else [])
     notes += [f"converted {halves} bfloat16 tensors to float32 (exact)"] if halves else []
     params = _as_float32(params, src, notes)
     try:
         validate(p, params)
     except CanonicalError as e:
         raise PortError(f"{src}: {e}") from None
-    return p, {key: params[key] for key in canonical_shapes(p)}, raw, notes, aux  # files may store keys sorted
+    return p, {key: params[key] for key in canonical_shapes(p)}, contents, notes, aux  # files may store keys sorted
 
 
 @dataclass

@@ -114,8 +114,8 @@ def _state_dict(model: Loaded) -> Params:
 
 
 def _onnx_canonical(model: Loaded) -> Params:
-    raw = read_onnx(model.path, model.plan)
-    return {k: t.load() for k, t in raw.tensors.items()}
+    contents = read_onnx(model.path, model.plan)
+    return {k: t.load() for k, t in contents.tensors.items()}
 
 
 def _gluon_canonical(model: Loaded) -> Params:
@@ -364,9 +364,9 @@ def read_gluon(symbol: Path, plan: Plan) -> FileContents:
     if not params.is_file():
         raise PortError(f"{symbol}: its parameters {params.name} are not beside it (HybridBlock.export writes both)")
     names = gluon_names(symbol, plan)
-    raw = read_params(params, plan)
-    unknown = [k for k in raw.tensors if k not in names]
-    tensors = {names.get(k, k): t for k, t in raw.tensors.items()}
+    contents = read_params(params, plan)
+    unknown = [k for k in contents.tensors if k not in names]
+    tensors = {names.get(k, k): t for k, t in contents.tensors.items()}
     notes = [f"read {params.name}; names matched through the graph of {symbol.name}"]
     if unknown:
         notes.append(f"{len(unknown)} arrays are not inputs of the graph: {unknown[:3]}")

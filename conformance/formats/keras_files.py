@@ -182,7 +182,7 @@ def _read_keras_weights(path: Path, plan: Plan) -> FileContents:
         tensors,
         "canonical",
         [],
-        native=native,
+        load_natively=native,
         digest=digest if isinstance(digest, str) else None,
         transform_input=recorded,
     )
@@ -241,7 +241,7 @@ def _read_keras(path: Path, plan: Plan) -> FileContents:
         "canonical",
         [],
         config=options,
-        native=(lambda r: _load_keras(path, r, "", None)) if loadable else None,
+        load_natively=(lambda r: _load_keras(path, r, "", None)) if loadable else None,
         transform_input=q.options.transform_input,
         variant=q.variant.name,
     )

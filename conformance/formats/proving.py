@@ -84,19 +84,19 @@ def overflow_error(src: Path, params: Params, outputs: list[str]) -> PortError:
 def native_source(contents: FileContents, plan: spec.Plan, params: Params, src: Path, src_fw: str) -> BackendModel:
     """The source in its own framework: loaded as its users load it where the format
     allows, checked to hold what was read; else built from the tensors."""
-    if contents.native is None:
+    if contents.load_natively is None:
         return built(src_fw, plan, params)
     try:
-        native = contents.native(plan)
+        loaded = contents.load_natively(plan)
     except Exception as e:  # noqa: BLE001 - the framework's own loader refused the file: say so, with the file
         raise PortError(f"{src}: {src_fw} cannot load it: {type(e).__name__}: {error_line(e)}") from None
-    b, model = native
+    package, model = loaded
     if getattr(model, "plan", plan) != plan:
         return built(src_fw, plan, params)
-    differ = identical(params, {k: v.astype(np.float32) for k, v in b.to_canonical(model).items()})
+    differ = identical(params, {k: v.astype(np.float32) for k, v in package.to_canonical(model).items()})
     if differ:
         raise PortError(f"{src}: {src_fw} reads other values than the file holds at {differ[:3]}")
-    return native
+    return loaded
 
 
 def check_recorded(tmp: Path, dst: Path, dst_fmt: Format, plan: spec.Plan) -> None:

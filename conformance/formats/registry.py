@@ -57,9 +57,9 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def unchecked(fmt: Format, raw: FileContents) -> str:
+def unchecked(fmt: Format, contents: FileContents) -> str:
     """What port's log says of a source whose bytes no checksum covers ("" if one does)."""
-    if fmt.checksum and (fmt.checksum != "digest" or raw.digest is not None):
+    if fmt.checksum and (fmt.checksum != "digest" or contents.digest is not None):
         return ""
     what = (
         "this file records no SHA-256 of its tensors (written by another tool)"
