@@ -15,7 +15,7 @@ import argparse
 import importlib.metadata
 import sys
 
-from . import arguments, files
+from . import arguments, files, interrupts
 from .bench import command as bench_command
 from .check import command as check_command
 from .formats import command as formats_command
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with files.signals():
             return args.run(args)
-    except files.Interrupted as e:
+    except interrupts.Interrupted as e:
         print(f"interrupted by {e.name}: {e.detail or 'nothing was written'}", file=sys.stderr, flush=True)
         return e.exit_code
     except WorldError as e:  # a peer that cannot be reached or is gone (under torchrun or a cluster's launcher)

@@ -32,11 +32,11 @@ import shutil
 import signal
 import stat
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from . import interrupts
 
 TEMP_MARK = ".conformance-tmp"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)-(?P<token>[0-9a-f]{6})\.conformance-tmp(?P<suffix>.*)$", re.S)
@@ -183,8 +183,8 @@ def check_space(path: Path, size: int, option: str) -> None:
         )
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n:,} bytes"
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size:,} bytes"
 
 
 def temporary_name(path: Path, suffix: str = "") -> str:
@@ -221,7 +221,7 @@ def temporary_directory(path: Path, option: str = "") -> Path:
     directory = _directory(Path(path))
     while True:
         name = directory / temporary_name(Path(path))
-        with signals_held():
+        with interrupts.signals_held():
             try:
                 os.mkdir(name, 0o700)
             except FileExistsError:
@@ -253,10 +253,10 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def describe_os_error(e: OSError) -> str:
-    if e.errno in SPACE_ERRORS:
-        return f"{e.strerror or 'no space left'} (the disk or this process's file-size limit is full)"
-    return e.strerror or str(e)
+def describe_os_error(error: OSError) -> str:
+    if error.errno in SPACE_ERRORS:
+        return f"{error.strerror or 'no space left'} (the disk or this process's file-size limit is full)"
+    return error.strerror or str(error)
 
 
 class Temporary:
@@ -268,7 +268,7 @@ class Temporary:
         directory = _directory(self.path)
         while True:
             self.name = directory / temporary_name(self.path, suffix)
-            with signals_held():  # created and registered together: a signal cannot leave it unknown
+            with interrupts.signals_held():  # created and registered together: a signal cannot leave it unknown
                 try:
                     fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 except FileExistsError:
@@ -399,88 +399,18 @@ def remove_temporaries() -> int:
     return removed
 
 
-class Interrupted(BaseException):
-    """A signal ended the work (not an Exception: no ``except Exception`` swallows it).
-    ``detail`` says what was kept, for the one line the CLI prints."""
-
-    def __init__(self, signum: int, detail: str = "") -> None:
-        super().__init__(signum)
-        self.signum, self.detail = signum, detail
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name
-
-
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-_held: list[int] = []  # signals that arrived inside signals_held(), oldest first
-_holding = 0  # how deep signals_held() is nested
-
-
-def _raise(signum: int, frame: FrameType | None) -> None:
-    if _holding:
-        _held.append(signum)  # raised when the held statements are done
-        return
-    raise Interrupted(signum)
-
-
 @contextlib.contextmanager
 def signals() -> Iterator[None]:
-    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted`, so ``finally`` blocks
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`interrupts.Interrupted`, so ``finally`` blocks
     run and temporary files go; on the way out, whatever is left is removed."""
-    previous = {s: signal.signal(s, _raise) for s in SIGNALS}
+    previous = {s: signal.signal(s, interrupts.raise_interrupted) for s in interrupts.SIGNALS}
     try:
         yield
-    except Interrupted:
-        for s in SIGNALS:  # a second signal during the clean-up must not cut it short
+    except interrupts.Interrupted:
+        for s in interrupts.SIGNALS:  # a second signal during the clean-up must not cut it short
             signal.signal(s, signal.SIG_IGN)
         remove_temporaries()
         raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def ignoring_signals() -> Iterator[None]:
-    """Ignore SIGINT, SIGTERM and SIGHUP for a short clean-up that must finish (only the
-    main thread can; elsewhere this does nothing)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP back until a few statements that must run together
-    are done, then raise :class:`Interrupted` for the first that came. Python runs signal
-    handlers in the main thread whichever thread the kernel picked, so this holds them
-    whatever threads TensorFlow or MXNet started (a thread's signal mask would not). Only
-    the main thread holds: a held signal is raised where the hold ends, and another
-    thread's hold would raise it there, away from the main thread's clean-up."""
-    global _holding
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _holding += 1
-    try:
-        yield
-    finally:
-        _holding -= 1
-        pending = _held[:1] if not _holding else []
-        if not _holding:
-            _held.clear()
-    if pending:
-        raise Interrupted(pending[0])

@@ -1,7 +1,7 @@
 """Reading checkpoint containers without trusting what they declare.
 
 Every reader here looks at a file's own description of its tensors (a safetensors
-header, a zip directory and ``.npy`` headers, an MXNet ``.params`` header) and checks it
+header, a zip directory and ``.npy`` headers; MXNet's ``.params`` in ``mxnet_reading``) and checks it
 against the file's length *before* anything is allocated, so a few-kilobyte file that
 declares gigabytes costs nothing. What the tensors may be (shapes, the class count) is
 decided by the caller, from the spec (``conformance.formats.bounds``). No framework is
@@ -16,7 +16,6 @@ import io
 import json
 import os
 import stat
-import struct
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ from .files import kind
 
 MAX_HEADER = 16 << 20  # a GoogLeNet safetensors header is ~30 KB; 16 MB is any real one's ceiling
 MAX_MEMBERS = 10_000  # zip members (a GoogLeNet .pth has ~350)
-MAX_NAME = 1024  # bytes of a tensor name in an MXNet file
 MAX_JSON = 64 << 20  # a report this suite writes (check, bench, pitfalls --json) is well under 1 MB
 
 
@@ -281,7 +279,7 @@ def npz(path: Path, max_member: int, max_total: int) -> dict[str, Tensor]:
                 tensors[name] = Tensor(
                     shape,
                     dtype,
-                    _refused,
+                    never_loaded,
                     "an object array, which only pickle reads, and pickle can run code (allow_pickle=False)",
                 )
                 continue
@@ -295,23 +293,24 @@ def npz(path: Path, max_member: int, max_total: int) -> dict[str, Tensor]:
     return tensors
 
 
-def _refused() -> np.ndarray:
+def never_loaded() -> np.ndarray:
+    """The loader of a tensor a reader refuses: its declaration is refused first."""
     raise AssertionError("a refused tensor is never loaded")
 
 
-def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+def _npy_header(file: IO[bytes]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
     """(shape, dtype, Fortran order, header bytes) of a .npy stream, reading the header only."""
     from numpy.lib import format as npy
 
     try:
-        version = npy.read_magic(f)
+        version = npy.read_magic(file)
         read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
         if read is None:
             raise Damaged(f".npy format version {version} is not supported")
-        shape, fortran, dtype = read(f, max_header_size=1 << 16)  # type: ignore[call-arg]  # numpy >= 1.24
+        shape, fortran, dtype = read(file, max_header_size=1 << 16)  # type: ignore[call-arg]  # numpy >= 1.24
     except ValueError as e:
         raise Damaged(f"a damaged .npy header ({e})") from None
-    return tuple(shape), np.dtype(dtype), bool(fortran), f.tell()
+    return tuple(shape), np.dtype(dtype), bool(fortran), file.tell()
 
 
 def _npy_loader(path: Path, member: str, fortran: bool):
@@ -322,130 +321,6 @@ def _npy_loader(path: Path, member: str, fortran: bool):
         return np.ascontiguousarray(array)
 
     return load
-
-
-# --------------------------------------------------------------------------------------
-# MXNet .params (mx.nd.save): the list magic 0x112, then NDArrays, then their names
-# --------------------------------------------------------------------------------------
-
-MXNET_LIST_MAGIC = 0x112
-_NDARRAY_MAGICS = {0xF993FAC9: 2, 0xF993FACA: 3}  # NDARRAY_V2_MAGIC, NDARRAY_V3_MAGIC (numpy shapes)
-# mshadow's type flags: numpy dtype (little-endian) or the name of one numpy lacks
-MXNET_DTYPES: dict[int, np.dtype | str] = {
-    0: np.dtype("<f4"),
-    1: np.dtype("<f8"),
-    2: np.dtype("<f2"),
-    3: np.dtype("u1"),
-    4: np.dtype("<i4"),
-    5: np.dtype("i1"),
-    6: np.dtype("<i8"),
-    7: np.dtype("?"),
-    8: np.dtype("<i2"),
-    9: np.dtype("<u2"),
-    10: np.dtype("<u4"),
-    11: np.dtype("<u8"),
-    12: "bfloat16",
-}
-_STORAGE = {1: "row_sparse", 2: "csr"}
-
-
-class _Cursor:
-    def __init__(self, f: io.BufferedIOBase, size: int) -> None:
-        self.f, self.size = f, size
-
-    def take(self, n: int, what: str) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
-            raise Damaged(f"the file ends inside {what} (at byte {self.f.tell():,} of {self.size:,})")
-        return data
-
-    def skip(self, n: int, what: str) -> int:
-        at = self.f.tell()
-        if at + n > self.size:
-            raise Damaged(f"{what} needs {n:,} bytes at {at:,}; the file ends at {self.size:,}")
-        self.f.seek(n, io.SEEK_CUR)
-        return at
-
-    def u32(self, what: str) -> int:
-        return int(struct.unpack("<I", self.take(4, what))[0])
-
-    def i32(self, what: str) -> int:
-        return int(struct.unpack("<i", self.take(4, what))[0])
-
-    def u64(self, what: str) -> int:
-        return int(struct.unpack("<Q", self.take(8, what))[0])
-
-    def shape(self, what: str) -> tuple[int, ...]:
-        ndim = self.i32(f"{what}'s shape")
-        if not 0 <= ndim <= 8:
-            raise Damaged(f"{what} declares {ndim} dimensions")
-        dims = struct.unpack(f"<{ndim}q", self.take(8 * ndim, f"{what}'s shape"))
-        if any(d < 0 for d in dims):
-            raise Damaged(f"{what} declares shape {dims}")
-        return tuple(int(d) for d in dims)
-
-
-def mxnet_params(path: Path, max_arrays: int) -> dict[str, Tensor]:
-    """The arrays of an MXNet ``.params`` file as its header declares them, each one's
-    data checked to lie inside the file, without reading any (the layout of
-    ``NDArray::Save`` in MXNet 1.x, src/ndarray/ndarray.cc)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        c = _Cursor(f, size)
-        if c.u64("the header") != MXNET_LIST_MAGIC:
-            raise Damaged("not an MXNet parameter file (no 0x112 list magic)")
-        c.u64("the header")
-        count = c.u64("the array count")
-        if count > max_arrays:
-            raise Damaged(f"declares {count:,} arrays; this network has at most {max_arrays:,}")
-        arrays = [_mxnet_array(c, i) for i in range(count)]
-        names_count = c.u64("the name count")
-        if names_count != count:
-            raise Damaged(f"holds {count} arrays but {names_count} names")
-        names = []
-        for i in range(count):
-            n = c.u64(f"name {i}'s length")
-            if n > MAX_NAME:
-                raise Damaged(f"name {i} declares {n:,} bytes")
-            names.append(c.take(n, f"name {i}").decode("utf-8", errors="replace"))
-        if f.tell() != size:
-            raise Damaged(f"{size - f.tell():,} bytes follow the last name")
-    if len(set(names)) != len(names):
-        raise Damaged("two arrays share a name")
-    return {name: t for name, t in zip(names, arrays, strict=True)}
-
-
-def _mxnet_array(c: _Cursor, i: int) -> Tensor:
-    what = f"array {i}"
-    magic = c.u32(what)
-    if magic not in _NDARRAY_MAGICS:
-        raise Damaged(f"{what}: magic {magic:#x} is not an MXNet >= 1.0 NDArray (V2/V3)")
-    stype = c.i32(what)
-    storage = _STORAGE.get(stype)
-    if stype and storage is None:
-        raise Damaged(f"{what}: unknown storage type {stype}")
-    stored = c.shape(f"{what}'s storage") if storage else None
-    shape = c.shape(what)
-    if not shape and magic == 0xF993FAC9:  # V2: ndim 0 is an empty ("none") array, no more fields
-        return Tensor(shape, np.dtype("<f4"), _refused, "an empty (none) array")
-    c.take(8, f"{what}'s context")
-    dtype = _mxnet_dtype(c.i32(f"{what}'s type"), what)
-    aux = []
-    for j in range({"row_sparse": 1, "csr": 2}.get(storage or "", 0)):  # row_sparse: indices; csr: indptr, indices
-        aux.append((_mxnet_dtype(c.i32(f"{what}'s aux type"), what), c.shape(f"{what}'s aux {j}")))
-    t = Tensor(shape, dtype, _refused, f"a sparse ({storage}) array" if storage else None)
-    values = Tensor(stored, dtype, _refused) if stored is not None else t
-    c.skip(values.nbytes, f"{what}'s {values.nbytes:,} bytes of data")
-    for aux_dtype, aux_shape in aux:
-        c.skip(Tensor(aux_shape, aux_dtype, _refused).nbytes, f"{what}'s sparse indices")
-    return t
-
-
-def _mxnet_dtype(flag: int, what: str) -> np.dtype | str:
-    dtype = MXNET_DTYPES.get(flag)
-    if dtype is None:
-        raise Damaged(f"{what}: unknown type flag {flag}")
-    return dtype
 
 
 def json_document(path: Path, max_bytes: int = MAX_JSON) -> object:

@@ -19,7 +19,7 @@ import pytest
 
 from conformance import canonical, spec
 from conformance.check.compare import REL_TOL
-from conformance.formats import deploy
+from conformance.formats import deploy, staging
 from conformance.formats.port import PortError, VerificationError, init, port, read_checkpoint
 from conformance.formats.registry import FORMATS
 from conformance.formats.sniff import sniff
@@ -305,9 +305,9 @@ def test_a_directory_is_renamed_only_onto_nothing(tmp_path):
     (staged / "a").write_bytes(b"1")
     (tmp_path / "dst").mkdir()
     with pytest.raises(PortError, match="appeared meanwhile"):
-        deploy._rename_new(staged, tmp_path / "dst")
+        staging._rename_new(staged, tmp_path / "dst")
     assert (staged / "a").is_file() and list((tmp_path / "dst").iterdir()) == []
-    deploy._rename_new(staged, tmp_path / "new")
+    staging._rename_new(staged, tmp_path / "new")
     assert (tmp_path / "new" / "a").read_bytes() == b"1"
 
 

@@ -16,7 +16,15 @@ PACKAGES = ("conformance", "impl_torch", "impl_keras", "impl_mxnet", "impl_jax")
 # The documented order, lowest first: a module may import from its own layer or below.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("conformance.spec",),
-    ("conformance.reading", "conformance.files", "conformance.world", "conformance.canonical", "conformance.progress"),
+    (
+        "conformance.reading",
+        "conformance.mxnet_reading",
+        "conformance.files",
+        "conformance.interrupts",
+        "conformance.world",
+        "conformance.canonical",
+        "conformance.progress",
+    ),
     ("conformance.interface", "conformance.frameworks", "conformance.limits"),
     ("impl_torch", "impl_keras", "impl_mxnet", "impl_jax"),
     ("conformance.train",),

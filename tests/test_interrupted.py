@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import files
+from conformance import files, interrupts
 
 from .conftest import backend_or_skip, cli, mnist_pth
 from .helpers import TMP, command, leftovers
@@ -79,14 +79,14 @@ def test_a_held_signal_waits_for_the_statements_then_interrupts():
     are on disk (seen under load in test_resume). Negative control: without the hold,
     the signal cuts the statements short."""
     done: list[str] = []
-    with pytest.raises(files.Interrupted) as caught, files.signals(), files.signals_held():
+    with pytest.raises(interrupts.Interrupted) as caught, files.signals(), interrupts.signals_held():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)  # the handler has run by now
         done.append("saved")
         done.append("recorded")
     assert done == ["saved", "recorded"] and caught.value.signum == signal.SIGINT
     done.clear()
-    with pytest.raises(files.Interrupted), files.signals():
+    with pytest.raises(interrupts.Interrupted), files.signals():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         done.append("saved")
@@ -125,9 +125,9 @@ def test_stale_staging_directories_are_named_with_their_remedy(tmp_path):
 def test_staging_directories_are_named_as_temporaries(tmp_path, monkeypatch):
     """What a staged SavedModel or Gluon pair lives in is what the scan looks for, and a
     signal's cleanup removes it."""
-    from conformance.formats import deploy
+    from conformance.formats import staging
 
-    stage = deploy.Staged(tmp_path / "sm", "directory", {"saved_model.pb": b"pb", "variables/": b""})
+    stage = staging.Staged(tmp_path / "sm", "directory", {"saved_model.pb": b"pb", "variables/": b""})
     assert stage.root.parent == tmp_path and stage.root.name.startswith(".sm.") and TMP in stage.root.name
     monkeypatch.setattr(files, "_alive", lambda pid: False)
     assert files.stale_temporaries(tmp_path) == [stage.root]

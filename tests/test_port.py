@@ -3,7 +3,9 @@ each conversion verified. Error cases are in test_port_errors.py."""
 
 from __future__ import annotations
 
+import collections
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,13 +118,13 @@ def test_force_overwrites_only_after_verification(tmp_path, monkeypatch):
     dst = tmp_path / "b.safetensors"
     dst.write_bytes(b"old")
     seen_during_verification = []
-    real_verify = port_module._verify
+    real_verify = port_module.verify
 
     def verify(*args):
         seen_during_verification.append(dst.read_bytes())
         return real_verify(*args)
 
-    monkeypatch.setattr(port_module, "_verify", verify)
+    monkeypatch.setattr(port_module, "verify", verify)
     result = port(src, dst, "googlenet", force=True)
     assert seen_during_verification == [b"old"]
     assert result.passed and canonical.load(dst)
@@ -133,3 +135,40 @@ def test_cli_prints_the_figures_and_exits_0(tmp_path):
     r = cli("port", str(src), str(tmp_path / "b.npz"), "--variant", "googlenet")
     assert r.returncode == 0, r.stderr
     assert "logits  max abs" in r.stdout and "top-5 100%" in r.stdout and r.stdout.strip().endswith("PASS")
+
+
+def count_resolving(monkeypatch) -> collections.Counter:
+    """A counter of every step that works out what a path is, by step and path: the
+    TensorFlow checkpoint probe, the format's inference, the look at its bytes."""
+    from conformance.formats import registry, tfcheckpoint
+
+    calls: collections.Counter = collections.Counter()
+
+    def counting(name: str, real):
+        def counted(path, *args):
+            calls[name, Path(path)] += 1
+            return real(path, *args)
+
+        return counted
+
+    for module, name in ((tfcheckpoint, "prefix"), (registry, "format_of"), (registry, "sniff_probed")):
+        monkeypatch.setattr(module, name, counting(name, getattr(module, name)))
+    return calls
+
+
+def test_a_port_resolves_each_path_once(tmp_path, monkeypatch):
+    """SRC is probed, its format inferred and its bytes looked at once, DST probed and
+    inferred once, however many steps take them, even without --variant, where every
+    variant's declarations are read. The control: a step that works the source out
+    again is counted."""
+    src = save_torch(torch_state("googlenet_cifar", aux=False, num_classes=100), tmp_path / "a.pth")
+    dst = tmp_path / "b.safetensors"
+    calls = count_resolving(monkeypatch)
+    result = port(src, dst)
+    assert result.passed and result.variant == "googlenet_cifar", result.notes
+    assert calls["prefix", src] == calls["format_of", src] == calls["sniff_probed", src] == 1, calls
+    assert calls["prefix", dst] == calls["format_of", dst] == 1 and calls["sniff_probed", dst] == 0, calls
+    from conformance.formats import registry
+
+    registry.infer(src, None, "--from")  # a step that takes the path and works it out again
+    assert calls["prefix", src] == calls["format_of", src] == 2

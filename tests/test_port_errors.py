@@ -280,13 +280,13 @@ def test_a_writer_that_crashes_is_a_failed_verification(tmp_path, state, monkeyp
 def test_dst_appearing_during_the_port_is_not_overwritten(tmp_path, state, monkeypatch):
     import conformance.formats.port as port_module
 
-    real_verify = port_module._verify
+    real_verify = port_module.verify
 
     def verify_while_someone_writes(*args):
         (tmp_path / "b.safetensors").write_bytes(b"someone else's")
         return real_verify(*args)
 
-    monkeypatch.setattr(port_module, "_verify", verify_while_someone_writes)
+    monkeypatch.setattr(port_module, "verify", verify_while_someone_writes)
     src = save_torch(state, tmp_path / "a.pth")
     with pytest.raises(PortError, match=r"appeared meanwhile; pass force=True"):
         port(src, tmp_path / "b.safetensors", "googlenet")

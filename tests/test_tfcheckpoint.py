@@ -292,3 +292,18 @@ def test_an_index_of_ten_thousand_variables(tmp_path):
     src = slim_files.write_index(tmp_path / "x.ckpt", declared, b"\x00" * 40_000)
     m = hostile.run_measured(command("port", str(src), str(tmp_path / "y.pth"), "--variant", VARIANT))
     assert_refused(m, "declares 10,000 tensors")
+
+
+def test_a_port_probes_the_prefix_once(tmp_path, checkpoint, monkeypatch):
+    """The prefix is probed once, the format inferred once and the .index looked at once,
+    though the port reads every variant's declarations (no --variant) before the one it
+    takes, and each of those reads and the reader take the source."""
+    from .test_port import count_resolving
+
+    calls = count_resolving(monkeypatch)
+    dst = tmp_path / "slim.safetensors"
+    result = port(checkpoint, dst)
+    assert result.passed and result.variant == VARIANT, result.notes
+    assert calls["prefix", checkpoint] == calls["format_of", checkpoint] == 1, calls
+    assert calls["sniff_probed", checkpoint] == 1, calls
+    assert calls["prefix", dst] == calls["format_of", dst] == 1, calls

@@ -1,5 +1,6 @@
 """What every format module shares: the error a port refuses with, a file as read
-(:class:`Raw`), a format's entry (:class:`Format`), and the implementation packages a
+(:class:`FileContents`), a format's entry (:class:`Format`), a source and a destination
+resolved once (:class:`Source`, :class:`Destination`), and the implementation packages a
 format reads, writes and loads with, and the loaders formats share. The format
 families' modules and the registry build on it."""
 
@@ -19,10 +20,10 @@ from ..reading import Tensor
 from ..spec import Plan
 from . import naming
 
-Native = tuple[Any, Any]  # (implementation package, model)
+BackendModel = tuple[Any, Any]  # (implementation package, model)
 # A file's bytes (or, for a directory or a pair of files, each file's bytes by relative
 # path or name ending), and the (backend, model) that wrote it.
-Written = tuple[bytes | dict[str, bytes], Native | None]
+Written = tuple[bytes | dict[str, bytes], BackendModel | None]
 
 
 class PortError(ValueError):
@@ -61,7 +62,7 @@ def python_spelling(message: str) -> str:
 
 
 @dataclass
-class Raw:
+class FileContents:
     """A file as read: its tensors under the file's own names, as declared (read by
     ``Tensor.load`` only once their declarations were accepted), and what it says of
     itself."""
@@ -71,7 +72,7 @@ class Raw:
     notes: list[str]
     config: dict[str, Any] | None = None  # a .keras file's own record of its variant and options
     # Loads the file as its framework's users do, into a model of the final plan.
-    native: Callable[[Plan], Native] | None = field(default=None, repr=False)
+    load_natively: Callable[[Plan], BackendModel] | None = field(default=None, repr=False)
     digest: str | None = None  # the SHA-256 of its tensors the file records (the suite's own files)
     # The transform_input the file records (in its metadata, config or graph); None: it
     # records none, as a bare state_dict.
@@ -86,13 +87,13 @@ class Format:
     description: str
     framework: str | None  # the framework that reads and writes it natively; None: any
     sniffed: tuple[str, ...]  # what ``sniff`` reports for such a file
-    read: Callable[[Path, Plan], Raw]
+    read: Callable[[Path, Plan], FileContents]
     # The file's bytes, made in memory (a full disk then fails in one place, the final
     # write, which cleans up; HDF5 segfaults when its own write hits a full disk).
     write: Callable[[Params, Plan], Written]
     # Load the path as this format's users load it. ``reference``: the framework for
     # formats that have none; ``into``: a model of this framework to load into.
-    load: Callable[[Path, Plan, str, Native | None], Native]
+    load: Callable[[Path, Plan, str, BackendModel | None], BackendModel]
     # The name endings its framework's loader insists on (Keras); empty: any name.
     names: tuple[str, ...] = ()
     writable: bool = True  # False: a format ``port`` reads only (Caffe's)
@@ -116,6 +117,30 @@ class Format:
     checksum: str = ""
 
 
+@dataclass
+class Source:
+    """A checkpoint to read, resolved once (:func:`formats.paths.source`) and handed to
+    every later step, so none works out again what the path is."""
+
+    path: Path  # what is read: the file, or a TensorFlow checkpoint's prefix
+    format: Format
+    checked: Path  # the regular, readable file checked on resolving (a prefix's .index)
+    tf_prefix: bool  # ``path`` is a TensorFlow checkpoint's prefix
+    # What its bytes are (``sniff``), once the registry first read it; None: not yet.
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """An output checked once (:func:`formats.paths.destination`) before any work: its
+    format, and the temporary file's suffix (the name ending its format is known by)."""
+
+    path: Path
+    format: Format
+    suffix: str
+    force: bool
+
+
 def backend(name: str):
     """An implementation package, or a PortError with its install hint."""
     found, skipped = load([name])
@@ -124,29 +149,29 @@ def backend(name: str):
     return found[name]
 
 
-def built(framework: str, p: Plan, params: Params | None = None) -> Native:
+def built(framework: str, plan: Plan, params: Params | None = None) -> BackendModel:
     """(backend, model) of ``framework`` for the plan's variant and options, holding
     ``params`` when given."""
     b = backend(framework)
-    model = b.build(p.variant.name, **p.options.asdict())
+    model = b.build(plan.variant.name, **plan.options.asdict())
     if params is not None:
         b.from_canonical(model, params)
     return b, model
 
 
-def wipe(b, model, p: Plan) -> None:
+def wipe(package, model, plan: Plan) -> None:
     """Set every weight and statistic to NaN: whatever a load does not restore shows."""
-    b.from_canonical(model, {k: np.full(s, np.nan, np.float32) for k, s in canonical_shapes(p).items()})
+    package.from_canonical(model, {k: np.full(s, np.nan, np.float32) for k, s in canonical_shapes(plan).items()})
 
 
 def one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
-def meaningful(e: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """The line of a library's error that says what went wrong: MXNet's start with a
     C++ ``Traceback (most recent call last):`` and end with the check that failed."""
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     noise = ("Traceback", "File ", "[bt]", "Stack trace", "Error in operator")
     useful = [line for line in lines if not line.startswith(noise) and not line[:1].isdigit()]
     checks = [line for line in useful if "Check failed" in line or "Error" in line]
@@ -161,22 +186,22 @@ LOADING_BUILT = "import {framework}; model = {framework}.build({build}); "
 LOADING_MXNET = "import numpy; numpy.bool = bool; import mxnet; "  # MXNet 1.9 uses the alias numpy 1.24 removed
 
 
-def wiped_model(framework: str, p: Plan, into: Native | None) -> Native:
+def wiped_model(framework: str, plan: Plan, into: BackendModel | None) -> BackendModel:
     """The model to load into, wiped to NaN first (saves building another)."""
-    b, model = into if into is not None else built(framework, p)
-    wipe(b, model, p)
+    b, model = into if into is not None else built(framework, plan)
+    wipe(b, model, plan)
     return b, model
 
 
 def load_by_name(
-    read: Callable[[Path, Plan], Raw], framework: str | None
-) -> Callable[[Path, Plan, str, Native | None], Native]:
+    read: Callable[[Path, Plan], FileContents], framework: str | None
+) -> Callable[[Path, Plan, str, BackendModel | None], BackendModel]:
     """Files of canonical tensors (or GluonCV's names): ``read`` them through the naming
     table into ``framework`` (the reference one for canonical files, ``None``)."""
 
-    def load_named(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
-        raw = read(path, p)
-        tensors, _ = naming.to_canonical({k: t.load() for k, t in raw.tensors.items()}, raw.scheme, p)
-        return built(framework or reference, p, tensors)
+    def load_named(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
+        contents = read(path, plan)
+        tensors, _ = naming.to_canonical({k: t.load() for k, t in contents.tensors.items()}, contents.scheme, plan)
+        return built(framework or reference, plan, tensors)
 
     return load_named

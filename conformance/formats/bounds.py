@@ -40,36 +40,36 @@ class Budget:
         return f"{self.total / 1e6:.0f} MB"
 
 
-def full(p: spec.Plan) -> spec.Plan:
+def full(plan: spec.Plan) -> spec.Plan:
     """The plan with its aux heads where the variant has them (a file may hold them)."""
-    return p if p.aux or p.variant.aux is None else spec.with_options(p, aux_logits=True)
+    return plan if plan.aux or plan.variant.aux is None else spec.with_options(plan, aux_logits=True)
 
 
-def budget(p: spec.Plan, classes: int | None = None) -> Budget:
+def budget(plan: spec.Plan, classes: int | None = None) -> Budget:
     """What a file of ``p`` (with aux heads), or of ``classes`` classes, can need."""
-    q = full(p) if classes is None else spec.with_options(full(p), num_classes=classes)
+    q = full(plan) if classes is None else spec.with_options(full(plan), num_classes=classes)
     sizes = [int(np.prod(s)) * 8 for s in canonical_shapes(q).values()]
     return Budget(max(sizes), 2 * sum(sizes) + (1 << 20), 3 * len(sizes) + 16)
 
 
-def ceiling(p: spec.Plan) -> Budget:
+def ceiling(plan: spec.Plan) -> Budget:
     """The budget at ``spec.MAX_CLASSES`` classes: what a file of any class count may
     declare before its shapes are compared (so that a file with another class count
     is told to pass ``--num-classes``, not refused as too big)."""
-    return budget(p, max(p.num_classes, spec.MAX_CLASSES))
+    return budget(plan, max(plan.num_classes, spec.MAX_CLASSES))
 
 
-def dtype_name(t: Tensor) -> str:
-    return t.dtype if isinstance(t.dtype, str) else np.dtype(t.dtype).name
+def dtype_name(tensor: Tensor) -> str:
+    return tensor.dtype if isinstance(tensor.dtype, str) else np.dtype(tensor.dtype).name
 
 
-def check(src: Path, p: spec.Plan, declared: Mapping[str, Tensor]) -> None:
+def check(src: Path, plan: spec.Plan, declared: Mapping[str, Tensor]) -> None:
     """Every key of ``p`` present, none extra, each shape exact, each dtype a float
     (the wording of ``canonical.validate``, which checks the loaded arrays again)."""
     for key, t in declared.items():  # a tensor no reader may touch, whatever its name
         if t.problem:
             raise BoundsError(f"{src}: refusing to read: {key!r} is {t.problem}")
-    expected = canonical_shapes(p)
+    expected = canonical_shapes(plan)
     problems = [f"missing key {k!r} (expected shape {s})" for k, s in expected.items() if k not in declared]
     problems += [f"unexpected key {k!r} (shape {t.shape})" for k, t in declared.items() if k not in expected]
     problems += [
@@ -79,7 +79,7 @@ def check(src: Path, p: spec.Plan, declared: Mapping[str, Tensor]) -> None:
     ]
     if problems:
         more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
-        raise BoundsError(f"{src}: canonical parameters do not fit {describe(p)}: " + "; ".join(problems[:8]) + more)
+        raise BoundsError(f"{src}: canonical parameters do not fit {describe(plan)}: " + "; ".join(problems[:8]) + more)
     for key, t in declared.items():
         if dtype_name(t) not in FLOATS | {"bfloat16"}:
             raise BoundsError(f"{src}: {key!r} is {dtype_name(t)}; expected floating-point weights")

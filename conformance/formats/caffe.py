@@ -30,7 +30,7 @@ from ..canonical import Params, canonical_shapes
 from ..reading import Damaged, Tensor
 from ..spec import LRN, Plan
 from . import bounds, naming
-from .base import Format, PortError, Raw, Written, load_by_name
+from .base import FileContents, Format, PortError, Written, load_by_name
 
 MAX_LAYER_NAME = 1024  # bytes; bvlc_googlenet's longest is 27
 NET_FIELDS = {0x0A, 0x12, 0x1A, 0x20, 0x22, 0x28, 0x32, 0x38, 0x42}  # NetParameter's tags, fields 1-8
@@ -248,18 +248,18 @@ def _blob(blob, what: str) -> tuple[Tensor, bool]:
     return Tensor(shape, dtype, load), legacy
 
 
-def as_declared(t: Tensor, legacy: bool, expected: tuple[int, ...] | None) -> Tensor:
+def as_declared(tensor: Tensor, legacy: bool, expected: tuple[int, ...] | None) -> Tensor:
     """A legacy 4-D blob in the shape it stands for: Caffe compares it with a blob of
     fewer axes by padding those with leading ones (``Blob::ShapeEquals``), so a 1 x 1 x
     1000 x 1024 blob is a (1000, 1024) matrix."""
     if not legacy or expected is None or len(expected) >= 4:
-        return t
+        return tensor
     cut = 4 - len(expected)
-    if any(d != 1 for d in t.shape[:cut]):
-        return t  # reported as a shape mismatch, in the file's own 4 dimensions
-    shape = t.shape[cut:]
-    legacy_shape = " x ".join(map(str, t.shape))
-    return Tensor(shape, t.dtype, lambda: t.load().reshape(shape), t.problem, f"legacy {legacy_shape}")
+    if any(d != 1 for d in tensor.shape[:cut]):
+        return tensor  # reported as a shape mismatch, in the file's own 4 dimensions
+    shape = tensor.shape[cut:]
+    legacy_shape = " x ".join(map(str, tensor.shape))
+    return Tensor(shape, tensor.dtype, lambda: tensor.load().reshape(shape), tensor.problem, f"legacy {legacy_shape}")
 
 
 def tensors(layers: list[Layer], expected: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
@@ -279,7 +279,7 @@ def tensors(layers: list[Layer], expected: Mapping[str, tuple[int, ...]]) -> dic
     return out
 
 
-def _read_caffe(path: Path, p: Plan) -> Raw:
+def _read_caffe(path: Path, plan: Plan) -> FileContents:
     """A ``.caffemodel`` as the ``caffe`` format reads it (:func:`parse`): the file's
     size checked against what the variant can hold before protobuf parses it, every
     blob's declared shape before its values are copied."""
@@ -287,7 +287,7 @@ def _read_caffe(path: Path, p: Plan) -> Raw:
         from google.protobuf import message  # noqa: F401 - only to say how to install it
     except ImportError:
         raise PortError(f"{path}: reading a .caffemodel needs protobuf: pip install -e '.[caffe]'") from None
-    full = bounds.full(p)
+    full = bounds.full(plan)
     try:
         names = naming.caffe_names(full)
     except naming.NamingError as e:
@@ -298,7 +298,7 @@ def _read_caffe(path: Path, p: Plan) -> Raw:
         net, layer_format, layers = parse(path, most)
     except TooLarge as e:
         raise PortError(
-            f"{path}: {e.size:,} bytes is more than {p.variant.name} with {p.num_classes} classes can hold "
+            f"{path}: {e.size:,} bytes is more than {plan.variant.name} with {plan.num_classes} classes can hold "
             f"({most / 1e6:.0f} MB); pass --num-classes if it has more classes"
         ) from None
     weighted = sum(bool(layer.blobs) for layer in layers)
@@ -308,33 +308,33 @@ def _read_caffe(path: Path, p: Plan) -> Raw:
             f"whose V0 layers keep them where this reader does not look)"
         )
     found = tensors(layers, {theirs: shapes[ours] for ours, theirs in names.items()})
-    bounds.check_sizes(path, found, bounds.ceiling(p))
-    _check_caffe_lrn(path, p, layers)
+    bounds.check_sizes(path, found, bounds.ceiling(plan))
+    _check_caffe_lrn(path, plan, layers)
     notes = [f"Caffe network {net!r}: {len(layers)} layers ({layer_format} format), {weighted} with weights"]
     legacy = sum(t.where.startswith("legacy") for t in found.values())
     if legacy:
         notes.append(f"read {legacy} blobs in Caffe's legacy 4-D shape as the matrices and vectors they hold")
-    return Raw(found, "caffe", notes)
+    return FileContents(found, "caffe", notes)
 
 
-def _check_caffe_lrn(path: Path, p: Plan, layers: list[Layer]) -> None:
+def _check_caffe_lrn(path: Path, plan: Plan, layers: list[Layer]) -> None:
     """The file lists every layer of its network (Caffe writes them all): LRN layers say
     which network it is, where the weights alone cannot (LRN has none)."""
     lrn = [layer.name for layer in layers if layer.type.upper() == "LRN"]
-    wants = any(isinstance(stage, LRN) for stage in p.stages)
+    wants = any(isinstance(stage, LRN) for stage in plan.stages)
     if lrn and not wants:
         raise PortError(
             f"{path}: its network has LocalResponseNorm layers ({', '.join(lrn)}): this is `googlenet_lrn`, "
-            f"not `{p.variant.name}`"
+            f"not `{plan.variant.name}`"
         )
     if wants and not lrn and any(not layer.blobs for layer in layers):
         raise PortError(
             f"{path}: its network lists its layers and has no LocalResponseNorm among them: "
-            f"this is not `{p.variant.name}` (`googlenet` is the paper network without LRN)"
+            f"this is not `{plan.variant.name}` (`googlenet` is the paper network without LRN)"
         )
 
 
-def _write_caffe(params: Params, p: Plan) -> Written:
+def _write_caffe(params: Params, plan: Plan) -> Written:
     raise PortError("--to caffe: a .caffemodel is read, not written; write another format")
 
 

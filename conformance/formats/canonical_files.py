@@ -18,7 +18,7 @@ from .. import reading
 from ..canonical import Params, to_bytes
 from ..spec import Plan
 from . import bounds, naming
-from .base import LOADING_BUILT, Format, Raw, Written, load_by_name
+from .base import LOADING_BUILT, FileContents, Format, Written, load_by_name
 
 
 def recorded_transform(value: object) -> bool | None:
@@ -28,11 +28,11 @@ def recorded_transform(value: object) -> bool | None:
     return {"True": True, "False": False}.get(value) if isinstance(value, str) else None
 
 
-def _read_safetensors(path: Path, p: Plan) -> Raw:
+def _read_safetensors(path: Path, plan: Plan) -> FileContents:
     header = reading.safetensors(path)
-    bounds.check_sizes(path, header.tensors, bounds.ceiling(p))
+    bounds.check_sizes(path, header.tensors, bounds.ceiling(plan))
     metadata = header.metadata
-    return Raw(
+    return FileContents(
         header.tensors,
         naming.detect(header.tensors),
         [],
@@ -42,8 +42,8 @@ def _read_safetensors(path: Path, p: Plan) -> Raw:
     )
 
 
-def _write_safetensors(params: Params, p: Plan) -> Written:
-    return to_bytes(params, p), None
+def _write_safetensors(params: Params, plan: Plan) -> Written:
+    return to_bytes(params, plan), None
 
 
 # The suite's .npz records the plan's options in the zip comment, which numpy ignores:
@@ -51,8 +51,8 @@ def _write_safetensors(params: Params, p: Plan) -> Written:
 NPZ_COMMENT = b"googlenet-canonical "
 
 
-def _read_npz(path: Path, p: Plan) -> Raw:
-    limit = bounds.ceiling(p)
+def _read_npz(path: Path, plan: Plan) -> FileContents:
+    limit = bounds.ceiling(plan)
     tensors = reading.npz(path, limit.tensor + 4096, limit.total)
     bounds.check_sizes(path, tensors, limit)
     with zipfile.ZipFile(path) as z:
@@ -62,9 +62,9 @@ def _read_npz(path: Path, p: Plan) -> Raw:
         with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError):
             options = json.loads(comment[len(NPZ_COMMENT) :])
     if not isinstance(options, dict):
-        return Raw(tensors, naming.detect(tensors), [])
+        return FileContents(tensors, naming.detect(tensors), [])
     variant = options.get("variant")
-    return Raw(
+    return FileContents(
         tensors,
         naming.detect(tensors),
         [],
@@ -73,11 +73,11 @@ def _read_npz(path: Path, p: Plan) -> Raw:
     )
 
 
-def _write_npz(params: Params, p: Plan) -> Written:
+def _write_npz(params: Params, plan: Plan) -> Written:
     buffer = io.BytesIO()
     np.savez(buffer, **params)
     with zipfile.ZipFile(buffer, "a") as z:
-        z.comment = NPZ_COMMENT + json.dumps({"variant": p.variant.name, **p.options.asdict()}).encode()
+        z.comment = NPZ_COMMENT + json.dumps({"variant": plan.variant.name, **plan.options.asdict()}).encode()
     return buffer.getvalue(), None
 
 

@@ -18,28 +18,24 @@ back to canonical tensors, bit for bit.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import files
 from ..canonical import Params, canonical_shapes
 from ..reading import Tensor
 from ..spec import Plan, with_options
 from . import bounds, naming, onnxwire
-from .base import LOADING_MXNET, Format, Native, PortError, Raw, Written, backend, built, meaningful
+from .base import LOADING_MXNET, BackendModel, FileContents, Format, PortError, Written, backend, built, error_line
 from .gluon import read_params
 
 FRESH = Path(__file__).with_name("fresh.py")
@@ -118,8 +114,8 @@ def _state_dict(model: Loaded) -> Params:
 
 
 def _onnx_canonical(model: Loaded) -> Params:
-    raw = read_onnx(model.path, model.plan)
-    return {k: t.load() for k, t in raw.tensors.items()}
+    contents = read_onnx(model.path, model.plan)
+    return {k: t.load() for k, t in contents.tensors.items()}
 
 
 def _gluon_canonical(model: Loaded) -> Params:
@@ -136,9 +132,9 @@ RUNTIMES = {
 }
 
 
-def loader(kind: str) -> Callable[[Path, Plan, str, Native | None], Native]:
-    def load(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
-        return RUNTIMES[kind], Loaded(Path(path), p, kind)
+def loader(kind: str) -> Callable[[Path, Plan, str, BackendModel | None], BackendModel]:
+    def load(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
+        return RUNTIMES[kind], Loaded(Path(path), plan, kind)
 
     return load
 
@@ -152,39 +148,39 @@ load_savedmodel, load_gluon = loader("savedmodel"), loader("gluon")
 # --------------------------------------------------------------------------------------
 
 
-def write_onnx(params: Params, p: Plan) -> Written:
+def write_onnx(params: Params, plan: Plan) -> Written:
     for package in ("onnx", "onnxscript"):
         try:
             __import__(package)
         except ImportError:
             raise PortError(f"--to onnx: {package} is not installed; install with: {ONNX_HINT}") from None
-    b, model = built("torch", p, params)
+    b, model = built("torch", plan, params)
     return b.to_onnx_deployable(model), None
 
 
-def write_torchscript(params: Params, p: Plan) -> Written:
-    b, model = built("torch", p, params)
+def write_torchscript(params: Params, plan: Plan) -> Written:
+    b, model = built("torch", plan, params)
     return b.to_torchscript(model), None
 
 
-def write_exported(params: Params, p: Plan) -> Written:
-    b, model = built("torch", p, params)
+def write_exported(params: Params, plan: Plan) -> Written:
+    b, model = built("torch", plan, params)
     return b.to_exported_program(model), None
 
 
-def write_savedmodel(params: Params, p: Plan) -> Written:
-    b, model = built("keras", p, params)
+def write_savedmodel(params: Params, plan: Plan) -> Written:
+    b, model = built("keras", plan, params)
     with tempfile.TemporaryDirectory(prefix="conformance-savedmodel-") as tmp:
         b.to_savedmodel(model, Path(tmp) / "model")
         return tree(Path(tmp) / "model"), None
 
 
-def write_gluon(params: Params, p: Plan) -> Written:
+def write_gluon(params: Params, plan: Plan) -> Written:
     backend("mxnet")
     import mxnet as mx
 
     with mx.name.NameManager():  # fresh counters: conv0_weight, whatever this process built before
-        b, model = built("mxnet", p, params)
+        b, model = built("mxnet", plan, params)
     pair = b.to_gluon_export(model)
     return {"-symbol.json": pair["symbol.json"], "-0000.params": pair["params"]}, None
 
@@ -203,7 +199,7 @@ def tree(directory: Path) -> dict[str, bytes]:
 # --------------------------------------------------------------------------------------
 
 
-def read_onnx(path: Path, p: Plan) -> Raw:
+def read_onnx(path: Path, plan: Plan) -> FileContents:
     """The initializers of an ONNX file by name: the suite's own (canonical names) and
     the ONNX judge's (``net.`` before them). A graph whose BatchNorm was folded into
     the convolutions (the exporter's ``optimize=True``, ONNX Runtime's optimiser) is
@@ -213,13 +209,13 @@ def read_onnx(path: Path, p: Plan) -> Raw:
         from onnx import numpy_helper
     except ImportError:
         raise PortError(f"{path}: reading an .onnx file needs onnx; install with: {ONNX_HINT}") from None
-    limit = bounds.budget(p)
+    limit = bounds.budget(plan)
     if path.stat().st_size > limit.total:
         raise PortError(
-            f"{path}: {path.stat().st_size:,} bytes is more than {p.variant.name} with {p.num_classes} classes "
+            f"{path}: {path.stat().st_size:,} bytes is more than {plan.variant.name} with {plan.num_classes} classes "
             f"can hold ({limit.describe()}); pass --num-classes if it has more classes"
         )
-    count = bounds.ceiling(p).count
+    count = bounds.ceiling(plan).count
     onnxwire.check(path, onnxwire.Bounds(ONNX_NODES * count, count, ONNX_FIELDS * count))
     proto = onnx.load(str(path), load_external_data=False)
     notes: list[str] = []
@@ -253,17 +249,17 @@ def read_onnx(path: Path, p: Plan) -> Raw:
         notes.append(f"removed the 'net.' prefix of {prefixed} initializers (an export of a wrapped model)")
     if constants:
         notes.append(f"left out {constants} integer constants of the graph (not weights)")
-    if p.variant.convs.norm is not None and not any(k.endswith("running_mean") for k in tensors):
+    if plan.variant.convs.norm is not None and not any(k.endswith("running_mean") for k in tensors):
         ops = {n.op_type for n in proto.graph.node}
         if "BatchNormalization" not in ops:
             raise PortError(
-                f"{path}: its graph has no BatchNormalization ({p.variant.name} has BatchNorm): it was folded into "
+                f"{path}: its graph has no BatchNormalization ({plan.variant.name} has BatchNorm): it was folded into "
                 f"the convolutions (torch.onnx.export(..., optimize=True), or ONNX Runtime's optimiser), and "
                 f"folded weights cannot be separated again; export with optimize=False (port's --to onnx does)"
             )
-    bounds.check_sizes(path, tensors, bounds.ceiling(p))
+    bounds.check_sizes(path, tensors, bounds.ceiling(plan))
     order = [n.op_type for n in proto.graph.node]
-    return Raw(tensors, naming.detect(tensors), notes, transform_input=transformed(order, "Conv"))
+    return FileContents(tensors, naming.detect(tensors), notes, transform_input=transformed(order, "Conv"))
 
 
 def transformed(ops: list[str], conv: str) -> bool:
@@ -292,10 +288,10 @@ def _graph_inputs(symbol_json: str) -> list[str]:
     return [n for n in mx.sym.load_json(symbol_json).list_inputs() if n != "data"]
 
 
-def _reference(p: Plan) -> list[tuple[str, str]]:
+def _reference(plan: Plan) -> list[tuple[str, str]]:
     """(Gluon name, canonical key) of each input of this suite's export of ``p``
     (without aux heads: the exported graph returns the logits), in the graph's order."""
-    q = with_options(p, aux_logits=False)
+    q = with_options(plan, aux_logits=False)
     if q not in _REFERENCE:
         b, model = built("mxnet", q)
         from impl_mxnet.weights import located
@@ -306,7 +302,7 @@ def _reference(p: Plan) -> list[tuple[str, str]]:
     return _REFERENCE[q]
 
 
-def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
+def gluon_names(symbol: Path, plan: Plan) -> dict[str, str]:
     """File name -> canonical key for an exported Gluon pair of ``p``. Gluon names the
     parameters by a process-wide counter (``conv57_weight`` when 57 convolutions were
     made before), so they are matched by position among the graph's inputs against
@@ -319,8 +315,8 @@ def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
     try:
         theirs = _graph_inputs(text)
     except Exception as e:  # noqa: BLE001 - MXNet's parser: its message, with the file
-        raise PortError(f"{symbol}: not an MXNet graph: {type(e).__name__}: {meaningful(e)}") from None
-    ours = _reference(p)
+        raise PortError(f"{symbol}: not an MXNet graph: {type(e).__name__}: {error_line(e)}") from None
+    ours = _reference(plan)
 
     def kind(name: str) -> str:
         return re.sub(r"\d+", "", name)
@@ -329,7 +325,7 @@ def gluon_names(symbol: Path, p: Plan) -> dict[str, str]:
     if differ or len(theirs) != len(ours):
         at = differ[0] if differ else min(len(theirs), len(ours))
         raise PortError(
-            f"{symbol}: its graph is not {p.variant.name}'s as this suite exports it: {len(theirs)} parameters "
+            f"{symbol}: its graph is not {plan.variant.name}'s as this suite exports it: {len(theirs)} parameters "
             f"(expected {len(ours)}), first difference at input {at} "
             f"({theirs[at] if at < len(theirs) else 'none'}, expected {ours[at][0] if at < len(ours) else 'none'})"
         )
@@ -361,167 +357,42 @@ def check_symbol(symbol: Path) -> str:
     return text
 
 
-def read_gluon(symbol: Path, p: Plan) -> Raw:
+def read_gluon(symbol: Path, plan: Plan) -> FileContents:
     """An exported Gluon pair, named by its ``-symbol.json``: the ``-0000.params``
     beside it, its names matched to canonical keys through the graph."""
     params = params_of(symbol)
     if not params.is_file():
         raise PortError(f"{symbol}: its parameters {params.name} are not beside it (HybridBlock.export writes both)")
-    names = gluon_names(symbol, p)
-    raw = read_params(params, p)
-    unknown = [k for k in raw.tensors if k not in names]
-    tensors = {names.get(k, k): t for k, t in raw.tensors.items()}
+    names = gluon_names(symbol, plan)
+    contents = read_params(params, plan)
+    unknown = [k for k in contents.tensors if k not in names]
+    tensors = {names.get(k, k): t for k, t in contents.tensors.items()}
     notes = [f"read {params.name}; names matched through the graph of {symbol.name}"]
     if unknown:
         notes.append(f"{len(unknown)} arrays are not inputs of the graph: {unknown[:3]}")
     ops = [node["op"] for node in json.loads(check_symbol(symbol))["nodes"]]
-    return Raw(tensors, "canonical", notes, transform_input=transformed(ops, "Convolution"))
+    return FileContents(tensors, "canonical", notes, transform_input=transformed(ops, "Convolution"))
 
 
-def not_read(description: str, weights: str) -> Callable[[Path, Plan], Raw]:
+def not_read(description: str, weights: str) -> Callable[[Path, Plan], FileContents]:
     """A format port writes only: reading it would run its graph's loader (TorchScript
     code, a TensorFlow graph) to get weights that ``weights`` gives by name."""
 
-    def read(path: Path, p: Plan) -> Raw:
+    def read(path: Path, plan: Plan) -> FileContents:
         raise PortError(f"{path}: {description} files are written here, not read; {weights}, and port that")
 
     return read
 
 
-read_torchscript: Callable[[Path, Plan], Raw] = not_read(
+read_torchscript: Callable[[Path, Plan], FileContents] = not_read(
     "TorchScript", "torch.save(torch.jit.load(path).state_dict(), 'model.pth') saves its weights"
 )
-read_exported: Callable[[Path, Plan], Raw] = not_read(
+read_exported: Callable[[Path, Plan], FileContents] = not_read(
     "ExportedProgram", "torch.save(torch.export.load(path).state_dict, 'model.pth') saves its weights"
 )
-read_savedmodel: Callable[[Path, Plan], Raw] = not_read(
+read_savedmodel: Callable[[Path, Plan], FileContents] = not_read(
     "SavedModel", "port the weights it was exported from (.keras, .weights.h5)"
 )
-
-
-# --------------------------------------------------------------------------------------
-# Outputs of more than one file: staged beside DST, verified there, then put in place
-# --------------------------------------------------------------------------------------
-
-
-def outputs(dst: Path, layout: str) -> list[Path]:
-    """The paths a format writes for DST: DST, or the Gluon pair DST names."""
-    if layout == "pair":
-        return [dst, params_of(dst)]
-    return [dst]
-
-
-def check_directory_output(dst: Path) -> None:
-    """A directory output must not exist, whatever ``--force`` says: only regular files
-    are ever replaced, and a directory is not one."""
-    if os.path.lexists(dst):
-        mode = dst.lstat().st_mode
-        raise PortError(
-            f"DST {dst}: already exists ({files.kind(mode)}); a SavedModel is written as a new directory and "
-            f"nothing but a regular file is ever replaced, even with --force: remove it or give another name"
-        )
-    try:
-        files.check_output(dst, False, "DST")
-    except files.OutputError as e:
-        raise PortError(str(e)) from None
-
-
-class Staged:
-    """A directory beside DST holding the files before they are put in place: the
-    verification loads them from ``path``; ``commit`` puts them in place."""
-
-    def __init__(self, dst: Path, layout: str, data: dict[str, bytes]) -> None:
-        self.dst, self.layout, self.data = dst, layout, data
-        try:
-            self.root = files.temporary_directory(dst, "DST")
-        except files.OutputError as e:
-            raise PortError(str(e)) from None
-        try:
-            if layout == "directory":
-                self.path = self.root / "model"
-                for rel, content in data.items():
-                    target = self.path / rel
-                    if rel.endswith("/"):
-                        target.mkdir(parents=True, exist_ok=True)
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(content)
-            else:
-                self.path = self.root / "model-symbol.json"
-                for ending, content in data.items():
-                    (self.root / f"model{ending}").write_bytes(content)
-        except OSError as e:
-            self.discard()
-            raise PortError(f"DST {dst}: writing failed: {files.describe_os_error(e)}; nothing was written") from None
-
-    def commit(self, force: bool) -> None:
-        if self.layout == "directory":
-            _rename_new(self.path, self.dst)
-            return
-        # Both files written beside their places first (a full disk fails here), then
-        # each put in place; the second failing takes back the first, if it was new.
-        stem = self.dst.name.removesuffix("-symbol.json")
-        temporaries = []
-        try:
-            for ending, content in self.data.items():
-                final = self.dst.with_name(stem + ending)
-                temporaries.append((files.Temporary(final, ending, "DST").write(content), final))
-            placed: list[tuple[Path, bool]] = []
-            try:
-                for tmp, final in temporaries:
-                    existed = final.exists()
-                    tmp.commit(force)
-                    placed.append((final, existed))
-            except files.OutputError:
-                for final, existed in placed:
-                    if not existed:
-                        final.unlink(missing_ok=True)
-                raise
-        except files.OutputError as e:
-            raise PortError(str(e)) from None
-        finally:
-            for tmp, _ in temporaries:
-                tmp.discard()
-
-    def discard(self) -> None:
-        files.discard_directory(self.root)
-
-
-_RENAME_NOREPLACE = 1
-
-
-def _rename_new(src: Path, dst: Path) -> None:
-    """Rename a directory to a path that must not exist: Linux's renameat2 with
-    RENAME_NOREPLACE, so a DST made meanwhile (even an empty directory, which a plain
-    rename replaces) is never replaced; elsewhere a check, then the rename."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is not None:
-        at_cwd = -100
-        if renameat2(at_cwd, os.fsencode(src), at_cwd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            raise PortError(f"DST {dst} appeared meanwhile; nothing was replaced (remove it or give another name)")
-        if err not in (errno.ENOSYS, errno.EINVAL):
-            raise PortError(f"DST {dst}: cannot put the directory in place: {os.strerror(err)}")
-    if os.path.lexists(dst):  # pragma: no cover - a kernel without renameat2
-        raise PortError(f"DST {dst} appeared meanwhile; nothing was replaced (remove it or give another name)")
-    os.rename(src, dst)  # pragma: no cover
-
-
-@contextlib.contextmanager
-def staged(dst: Path, layout: str, data: dict[str, bytes]) -> Iterator[Staged]:
-    stage = Staged(dst, layout, data)
-    try:
-        yield stage
-    finally:
-        stage.discard()
-
-
-def describe(data: Any) -> int:
-    """Bytes of a format's output: bytes, or the files of a directory or pair."""
-    return len(data) if isinstance(data, bytes | bytearray) else sum(len(v) for v in data.values())
 
 
 # fmt: off

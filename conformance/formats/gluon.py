@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import reading
+from .. import mxnet_reading, reading
 from ..canonical import Params, gluon_name
 from ..reading import Tensor
 from ..spec import Plan
@@ -21,10 +21,10 @@ from . import bounds, naming
 from .base import (
     LOADING_BUILT,
     LOADING_MXNET,
+    BackendModel,
+    FileContents,
     Format,
-    Native,
     PortError,
-    Raw,
     Written,
     backend,
     built,
@@ -33,9 +33,9 @@ from .base import (
 )
 
 
-def read_params(path: Path, p: Plan) -> Raw:
-    limit = bounds.ceiling(p)
-    declared = reading.mxnet_params(path, limit.count)
+def read_params(path: Path, plan: Plan) -> FileContents:
+    limit = bounds.ceiling(plan)
+    declared = mxnet_reading.mxnet_params(path, limit.count)
     bounds.check_sizes(path, declared, limit)
     loaded: dict[str, np.ndarray] = {}
 
@@ -59,12 +59,12 @@ def read_params(path: Path, p: Plan) -> Raw:
         raise PortError(f"{path}: two arrays have the same name once 'arg:' / 'aux:' is removed")
     # A BatchNorm without scale (TF-slim's) keeps a gamma Gluon saves and its operator
     # ignores (fix_gamma): not a weight of the network, whatever it holds.
-    fixed = {gluon_name(f"{u.name}.bn.weight") for u in p.conv_units() if u.norm is not None and not u.norm.scale}
+    fixed = {gluon_name(f"{u.name}.bn.weight") for u in plan.conv_units() if u.norm is not None and not u.norm.scale}
     dropped = [k for k in tensors if k in fixed]
     for k in dropped:
         del tensors[k]
     notes = [f"dropped {len(dropped)} BatchNorm gammas Gluon keeps for a BatchNorm without scale (unused)"]
-    return Raw(tensors, naming.detect(tensors), notes if dropped else [])  # "arg:" from the Module API removed
+    return FileContents(tensors, naming.detect(tensors), notes if dropped else [])  # "arg:" from the Module API removed
 
 
 @contextlib.contextmanager
@@ -84,24 +84,24 @@ def _memory_file() -> Iterator[tuple[str, Callable[[], bytes]]]:
         yield str(path), path.read_bytes
 
 
-def _write_mxnet(params: Params, p: Plan) -> Written:
-    b, model = built("mxnet", p, params)
+def _write_mxnet(params: Params, plan: Plan) -> Written:
+    b, model = built("mxnet", plan, params)
     with _memory_file() as (path, contents):
         model.save_parameters(path)
         return contents(), (b, model)
 
 
-def _load_mxnet(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
-    b, model = wiped_model("mxnet", p, into)
+def _load_mxnet(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
+    b, model = wiped_model("mxnet", plan, into)
     model.load_parameters(str(path))  # strict: no missing, no extra parameter
     return b, model
 
 
-def _write_gluoncv(params: Params, p: Plan) -> Written:
+def _write_gluoncv(params: Params, plan: Plan) -> Written:
     backend("mxnet")
     import mxnet as mx
 
-    renamed = naming.from_canonical(params, "gluoncv", p)
+    renamed = naming.from_canonical(params, "gluoncv", plan)
     with _memory_file() as (path, contents):
         mx.nd.save(path, {k: mx.nd.array(v, dtype=np.float32) for k, v in renamed.items()})
         return contents(), None

@@ -18,7 +18,7 @@ from ..canonical import Params, canonical_shapes
 from ..reading import Damaged, Tensor
 from ..spec import MAX_CLASSES, Plan, with_options
 from . import bounds
-from .base import LOADING_BUILT, Format, Native, PortError, Raw, Written, backend, built, wiped_model
+from .base import LOADING_BUILT, BackendModel, FileContents, Format, PortError, Written, backend, built, wiped_model
 from .canonical_files import recorded_transform
 
 MAX_CONFIG = 1 << 20  # a .keras config.json of this suite is ~1 KB
@@ -51,27 +51,27 @@ def _keras_bytes(model, suffix: str) -> bytes:
 _LAYOUTS: dict[Plan, dict[str, tuple[str, tuple[int, ...]]]] = {}
 
 
-def _keras_layout(p: Plan, model: Callable[[], Native]) -> dict[str, tuple[str, tuple[int, ...]]]:
+def _keras_layout(plan: Plan, model: Callable[[], BackendModel]) -> dict[str, tuple[str, tuple[int, ...]]]:
     """HDF5 dataset path -> (canonical key, Keras shape) in what ``save_weights`` writes
     for ``p``: found by saving a model (``model()``, a Keras model of ``p``) whose every
     tensor holds its own index, so no guess about Keras's layout is made here."""
     import h5py
 
-    if p not in _LAYOUTS:
+    if plan not in _LAYOUTS:
         k, m = model()
-        shapes = canonical_shapes(p)
+        shapes = canonical_shapes(plan)
         keys = list(shapes)
         k.from_canonical(m, {key: np.full(shapes[key], i + 1, np.float32) for i, key in enumerate(keys)})
         with h5py.File(io.BytesIO(_keras_bytes(m, ".weights.h5")), "r") as f:
-            _LAYOUTS[p] = {name: (keys[int(ds[(0,) * ds.ndim]) - 1], tuple(ds.shape)) for name, ds in h5_datasets(f)}
-    return _LAYOUTS[p]
+            _LAYOUTS[plan] = {name: (keys[int(ds[(0,) * ds.ndim]) - 1], tuple(ds.shape)) for name, ds in h5_datasets(f)}
+    return _LAYOUTS[plan]
 
 
-def _once(make: Callable[[], Native]) -> Callable[[], Native]:
+def _once(make: Callable[[], BackendModel]) -> Callable[[], BackendModel]:
     """``make``, called at most once."""
-    made: list[Native] = []
+    made: list[BackendModel] = []
 
-    def get() -> Native:
+    def get() -> BackendModel:
         if not made:
             made.append(make())
         return made[0]
@@ -79,7 +79,7 @@ def _once(make: Callable[[], Native]) -> Callable[[], Native]:
     return get
 
 
-def h5_datasets(f) -> Iterator[tuple[str, Any]]:
+def h5_datasets(h5file) -> Iterator[tuple[str, Any]]:
     """Every dataset of an HDF5 file, refusing links that leave it (external and soft
     links, external or virtual storage), more objects than any weights file holds, and
     an object reached twice: hard links may make the tree a graph, even a cycle (a group
@@ -89,8 +89,8 @@ def h5_datasets(f) -> Iterator[tuple[str, Any]]:
     import h5py
 
     seen = 0
-    entered = {h5py.h5o.get_info(f.id).addr}
-    stack = [("", f)]
+    entered = {h5py.h5o.get_info(h5file.id).addr}
+    stack = [("", h5file)]
     while stack:
         prefix, group = stack.pop()
         for name in group:
@@ -128,7 +128,7 @@ def _keras_to_canonical_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _h5_tensors(
-    source: Callable[[], Any], p: Plan, src: Path, limit: bounds.Budget, model: Callable[[], Native]
+    source: Callable[[], Any], plan: Plan, src: Path, limit: bounds.Budget, model: Callable[[], BackendModel]
 ) -> dict[str, Tensor]:
     """The datasets of a Keras weights file (``source()`` opens it with h5py) as
     canonical tensors: a dataset where ``p``'s layout has one gets its canonical key,
@@ -138,11 +138,11 @@ def _h5_tensors(
     with source() as f:
         found = {path: (tuple(int(d) for d in ds.shape), ds.dtype) for path, ds in h5_datasets(f)}
     bounds.check_sizes(
-        src, {path: Tensor(shape, dtype, reading._refused) for path, (shape, dtype) in found.items()}, limit
+        src, {path: Tensor(shape, dtype, reading.never_loaded) for path, (shape, dtype) in found.items()}, limit
     )
     from impl_keras.weights import table
 
-    layout, rows, expected = _keras_layout(p, model), table(p), canonical_shapes(p)
+    layout, rows, expected = _keras_layout(plan, model), table(plan), canonical_shapes(plan)
     cache: dict[str, np.ndarray] = {}
 
     def loader(path: str, key: str) -> Callable[[], np.ndarray]:
@@ -161,28 +161,28 @@ def _h5_tensors(
             canonical = expected[key] if shape == keras_shape else _keras_to_canonical_shape(shape)
             tensors[key] = Tensor(canonical, dtype, loader(path, key), where=f"HDF5 {path} {shape}")
         else:
-            tensors[path] = Tensor(shape, dtype, reading._refused)
+            tensors[path] = Tensor(shape, dtype, reading.never_loaded)
     return tensors
 
 
-def _read_keras_weights(path: Path, p: Plan) -> Raw:
+def _read_keras_weights(path: Path, plan: Plan) -> FileContents:
     import h5py
 
-    p = bounds.full(p)
-    model = _once(lambda: built("keras", p))  # one Keras model: the layout, then the native load
-    tensors = _h5_tensors(lambda: h5py.File(path, "r"), p, path, bounds.ceiling(p), model)
+    plan = bounds.full(plan)
+    model = _once(lambda: built("keras", plan))  # one Keras model: the layout, then the native load
+    tensors = _h5_tensors(lambda: h5py.File(path, "r"), plan, path, bounds.ceiling(plan), model)
     with h5py.File(path, "r") as f:
         digest = f.attrs.get(DIGEST_ATTRIBUTE)
         recorded = None
         if TRANSFORM_ATTRIBUTE in f.attrs and f.attrs.get_id(TRANSFORM_ATTRIBUTE).shape == ():  # one value, no more
             recorded = recorded_transform(bool(f.attrs[TRANSFORM_ATTRIBUTE]))
     loadable = path.name.endswith(".weights.h5")  # Keras's load_weights refuses other names
-    native = (lambda q: _load_keras_weights(path, q, "", model() if q == p else None)) if loadable else None
-    return Raw(
+    native = (lambda q: _load_keras_weights(path, q, "", model() if q == plan else None)) if loadable else None
+    return FileContents(
         tensors,
         "canonical",
         [],
-        native=native,
+        load_natively=native,
         digest=digest if isinstance(digest, str) else None,
         transform_input=recorded,
     )
@@ -192,30 +192,30 @@ DIGEST_ATTRIBUTE = "conformance_sha256"  # the suite's own .weights.h5: a digest
 TRANSFORM_ATTRIBUTE = "conformance_transform_input"  # and the plan's transform_input, which Keras ignores
 
 
-def _write_keras_weights(params: Params, p: Plan) -> Written:
+def _write_keras_weights(params: Params, plan: Plan) -> Written:
     """What ``save_weights`` writes, plus a root attribute with the SHA-256 of the
     canonical tensors (``reading.tensor_digest``): HDF5 keeps no checksum of its data, so
     without it a flipped byte would be read as a weight. Keras ignores the attribute."""
     import h5py
 
-    b, model = built("keras", p, params)
+    b, model = built("keras", plan, params)
     buffer = io.BytesIO(_keras_bytes(model, ".weights.h5"))
     with h5py.File(buffer, "r+") as f:
         f.attrs[DIGEST_ATTRIBUTE] = reading.tensor_digest(params)
-        f.attrs[TRANSFORM_ATTRIBUTE] = np.bool_(p.options.transform_input)
+        f.attrs[TRANSFORM_ATTRIBUTE] = np.bool_(plan.options.transform_input)
     return buffer.getvalue(), (b, model)
 
 
-def _load_keras_weights(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
-    b, model = wiped_model("keras", p, into)
+def _load_keras_weights(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
+    b, model = wiped_model("keras", plan, into)
     model.load_weights(str(path))
     return b, model
 
 
-def _read_keras(path: Path, p: Plan) -> Raw:
+def _read_keras(path: Path, plan: Plan) -> FileContents:
     import h5py
 
-    limit = bounds.budget(p)
+    limit = bounds.budget(plan)
     config_limit = (MAX_CONFIG, f"a GoogLeNet's is about 1 KB (at most {MAX_CONFIG:,} bytes accepted)")
     reading.zip_members(path, limit.total, limit.total, {"config.json": config_limit})
     reading.check_crcs(path)
@@ -229,43 +229,43 @@ def _read_keras(path: Path, p: Plan) -> Raw:
             f"{path}: a Keras model of class {what!r}, not this suite's GoogLeNet; export its weights by name instead"
         )
     options: dict[str, Any] = config["config"] if isinstance(config.get("config"), dict) else {}
-    _check_keras_config(path, options, p)
+    _check_keras_config(path, options, plan)
     q = with_options(
-        p, aux_logits=bool(options.get("aux_logits")), transform_input=bool(options.get("transform_input"))
+        plan, aux_logits=bool(options.get("aux_logits")), transform_input=bool(options.get("transform_input"))
     )
     inner = reading.read_member(path, "model.weights.h5")
     tensors = _h5_tensors(lambda: h5py.File(io.BytesIO(inner), "r"), q, path, limit, lambda: built("keras", q))
     loadable = path.name.endswith(".keras")  # load_model takes other names for other formats
-    return Raw(
+    return FileContents(
         tensors,
         "canonical",
         [],
         config=options,
-        native=(lambda r: _load_keras(path, r, "", None)) if loadable else None,
+        load_natively=(lambda r: _load_keras(path, r, "", None)) if loadable else None,
         transform_input=q.options.transform_input,
         variant=q.variant.name,
     )
 
 
-def _check_keras_config(path: Path, options: dict[str, Any], p: Plan) -> None:
+def _check_keras_config(path: Path, options: dict[str, Any], plan: Plan) -> None:
     """The model the config builds, before Keras builds it: this variant, a class count
     within bounds and the one asked for."""
     variant, classes = options.get("variant"), options.get("num_classes")
     if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= MAX_CLASSES:
         raise PortError(f"{path}: its config declares {classes!r} classes; expected 1 to {MAX_CLASSES:,}")
-    if (variant, classes) != (p.variant.name, p.num_classes):
+    if (variant, classes) != (plan.variant.name, plan.num_classes):
         raise PortError(
             f"{path}: this Keras model is {variant} with {classes} classes; "
             f"pass --variant {variant} --num-classes {classes}"
         )
 
 
-def _write_keras(params: Params, p: Plan) -> Written:
-    b, model = built("keras", p, params)
+def _write_keras(params: Params, plan: Plan) -> Written:
+    b, model = built("keras", plan, params)
     return _keras_bytes(model, ".keras"), (b, model)
 
 
-def _load_keras(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
+def _load_keras(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
     import keras
 
     return backend("keras"), keras.models.load_model(path)  # a .keras file builds its own model

@@ -59,10 +59,10 @@ class NamingError(ValueError):
     """An unknown naming scheme, or a file whose names contradict themselves."""
 
 
-def _gluoncv_units(p: Plan) -> dict[str, str]:
+def _gluoncv_units(plan: Plan) -> dict[str, str]:
     """Canonical unit prefix -> GluonCV unit prefix."""
     units: dict[str, str] = {}
-    for stage in p.stages:
+    for stage in plan.stages:
         if isinstance(stage, ConvUnit):
             units[stage.name] = stage.name
         elif isinstance(stage, InceptionUnit):
@@ -70,19 +70,19 @@ def _gluoncv_units(p: Plan) -> dict[str, str]:
                 for i, op in enumerate(branch):
                     if isinstance(op, ConvUnit):
                         units[op.name] = f"{stage.name}.{b}.{i}"
-    for head in p.aux:
+    for head in plan.aux:
         for part, position in {"conv": "1", "fc1": "3", "fc2": "6"}.items():  # positions in GluonCV's _make_aux
             units[f"{head.name}.{part}"] = f"{head.name}.{position}"
-    units[p.fc.name] = "output"
+    units[plan.fc.name] = "output"
     return units
 
 
-def gluoncv_names(p: Plan) -> dict[str, str]:
+def gluoncv_names(plan: Plan) -> dict[str, str]:
     """Canonical key -> GluonCV key, for every key of the plan."""
-    units = _gluoncv_units(p)
+    units = _gluoncv_units(plan)
     bn = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean", "running_var": "running_var"}
     names: dict[str, str] = {}
-    for key in canonical_shapes(p):
+    for key in canonical_shapes(plan):
         for prefix in (key.rsplit(".", 2)[0], key.rsplit(".", 1)[0]):
             if prefix in units:  # "<unit>.conv.weight" / "<unit>.bn.bias" or "<dense>.weight"
                 rest = key[len(prefix) + 1 :]
@@ -119,14 +119,14 @@ def _gluoncv_write(params: Params) -> Params:
     return {**params, **{alias: params[key] for alias, key in GLUONCV_ALIASES.items()}}  # as GluonCV saves it
 
 
-def cifar100_names(p: Plan) -> dict[str, str]:
+def cifar100_names(plan: Plan) -> dict[str, str]:
     """Canonical key -> pytorch-cifar100 key, for every key of the plan."""
     names: dict[str, str] = {}
-    stem = [s for s in p.stages if isinstance(s, ConvUnit)]
+    stem = [s for s in plan.stages if isinstance(s, ConvUnit)]
     for i, unit in enumerate(stem):
         names[f"{unit.name}.conv.weight"] = f"prelayer.{3 * i}.weight"  # (conv, bn, relu) x 3
         names.update({f"{unit.name}.bn.{s}": f"prelayer.{3 * i + 1}.{s}" for s in BN_SUFFIXES})
-    for stage in p.stages:
+    for stage in plan.stages:
         if not isinstance(stage, InceptionUnit):
             continue
         block = stage.name[-1] + stage.name[-2]  # inception3a -> a3
@@ -137,27 +137,27 @@ def cifar100_names(p: Plan) -> dict[str, str]:
                     prefix = f"{block}.b{b}"
                     names.update({f"{op.name}.conv.{s}": f"{prefix}.{at}.{s}" for s in ("weight", "bias")})
                     names.update({f"{op.name}.bn.{s}": f"{prefix}.{at + 1}.{s}" for s in BN_SUFFIXES})
-    names.update({f"{p.fc.name}.{s}": f"linear.{s}" for s in ("weight", "bias")})
+    names.update({f"{plan.fc.name}.{s}": f"linear.{s}" for s in ("weight", "bias")})
     return names
 
 
-def _caffe_conv(op: ConvUnit, chain: tuple[Op, ...], i: int) -> str:
+def _caffe_conv(op: ConvUnit, chain: tuple[Op, ...], index: int) -> str:
     """Caffe's name for conv ``i`` of a chain: after a pool, its projection; a 1x1 that
     feeds a larger conv, that conv's reduction; else its kernel (and stride)."""
-    if any(isinstance(o, Pool) for o in chain[:i]):
+    if any(isinstance(o, Pool) for o in chain[:index]):
         return "pool_proj"
-    after = next((o for o in chain[i + 1 :] if isinstance(o, ConvUnit)), None)
+    after = next((o for o in chain[index + 1 :] if isinstance(o, ConvUnit)), None)
     if op.kernel == 1 and after is not None and after.kernel > 1:
         return f"{after.kernel}x{after.kernel}_reduce"
     return f"{op.kernel}x{op.kernel}" + (f"_s{op.stride}" if op.stride > 1 else "")
 
 
-def _caffe_units(p: Plan) -> dict[str, str]:
+def _caffe_units(plan: Plan) -> dict[str, str]:
     """Canonical unit prefix -> Caffe layer name."""
     units: dict[str, str] = {}
     stem: list[ConvUnit] = []
     pools = 0
-    for stage in p.stages:
+    for stage in plan.stages:
         if isinstance(stage, ConvUnit):
             stem.append(stage)
         elif isinstance(stage, Pool) and stem:  # the stem's convs before this pool: conv1, conv2
@@ -171,27 +171,27 @@ def _caffe_units(p: Plan) -> dict[str, str]:
                 for i, op in enumerate(branch):
                     if isinstance(op, ConvUnit):
                         units[op.name] = f"{block}/{_caffe_conv(op, branch, i)}"
-    for i, head in enumerate(p.aux, start=1):
+    for i, head in enumerate(plan.aux, start=1):
         units.update({f"{head.name}.{part}": f"loss{i}/{name}" for part, name in CAFFE_AUX.items()})
-    heads = len(p.variant.aux.taps) if p.variant.aux is not None else 0
-    units[p.fc.name] = f"loss{heads + 1}/classifier"  # after the variant's aux heads, built or not
+    heads = len(plan.variant.aux.taps) if plan.variant.aux is not None else 0
+    units[plan.fc.name] = f"loss{heads + 1}/classifier"  # after the variant's aux heads, built or not
     return units
 
 
 CAFFE_AUX = {"conv": "conv", "fc1": "fc", "fc2": "classifier"}
 
 
-def caffe_names(p: Plan) -> dict[str, str]:
+def caffe_names(plan: Plan) -> dict[str, str]:
     """Canonical key -> Caffe blob key, for every key of the plan: a conv unit's or dense
     layer's weight is its layer's blob 0, its bias blob 1. Only nets Caffe's GoogLeNet
     names: conv units with a bias and without BatchNorm."""
-    if p.variant.convs.norm is not None or p.variant.convs.plain or not p.variant.convs.bias:
-        raise NamingError(f"{p.variant.name}'s conv units are not bvlc_googlenet's (conv + bias, no BatchNorm)")
-    units = _caffe_units(p)
+    if plan.variant.convs.norm is not None or plan.variant.convs.plain or not plan.variant.convs.bias:
+        raise NamingError(f"{plan.variant.name}'s conv units are not bvlc_googlenet's (conv + bias, no BatchNorm)")
+    units = _caffe_units(plan)
     if len(set(units.values())) != len(units):
-        raise NamingError(f"{p.variant.name}: two of its units would have the same Caffe name")
+        raise NamingError(f"{plan.variant.name}: two of its units would have the same Caffe name")
     names: dict[str, str] = {}
-    for key in canonical_shapes(p):
+    for key in canonical_shapes(plan):
         unit, _, kind = key.rpartition(".")
         unit = unit.removesuffix(".conv")  # a conv unit's "<unit>.conv.weight"; a dense layer's "<name>.weight"
         blob = {"weight": 0, "bias": 1}.get(kind)
@@ -220,11 +220,11 @@ def _slim_op(op: Op, letter: str) -> str:
     raise NamingError(f"{op.name}: TF-slim's inception_v1 has no such op")
 
 
-def _slim_units(p: Plan) -> dict[str, str]:
+def _slim_units(plan: Plan) -> dict[str, str]:
     """Canonical unit prefix -> TF-slim scope (without ``InceptionV1/``)."""
     units: dict[str, str] = {}
     group, letter = 1, 0
-    for stage in p.stages:
+    for stage in plan.stages:
         if isinstance(stage, Pool):  # a max pool opens the next group
             group, letter = group + 1, 0
         at = f"{group}{chr(ord('a') + letter)}"
@@ -240,16 +240,16 @@ def _slim_units(p: Plan) -> dict[str, str]:
     return units
 
 
-def slim_names(p: Plan) -> dict[str, str]:
+def slim_names(plan: Plan) -> dict[str, str]:
     """Canonical key -> TF-slim variable name, for every key of the plan: conv units
     without bias, with a BatchNorm without scale, and no aux heads (TF-slim's own)."""
-    norm = p.variant.convs.norm
-    if norm is None or norm.scale or p.variant.convs.bias or p.aux:
-        raise NamingError(f"{p.variant.name}'s units are not TF-slim's (no conv bias, BatchNorm without scale)")
-    units = _slim_units(p)
+    norm = plan.variant.convs.norm
+    if norm is None or norm.scale or plan.variant.convs.bias or plan.aux:
+        raise NamingError(f"{plan.variant.name}'s units are not TF-slim's (no conv bias, BatchNorm without scale)")
+    units = _slim_units(plan)
     names: dict[str, str] = {}
-    for key in canonical_shapes(p):
-        if key.startswith(f"{p.fc.name}."):
+    for key in canonical_shapes(plan):
+        if key.startswith(f"{plan.fc.name}."):
             kind = {"weight": "weights", "bias": "biases"}[key.rpartition(".")[2]]
             names[key] = f"{SLIM_SCOPE}/{SLIM_LOGITS}/{kind}"
             continue
@@ -258,7 +258,7 @@ def slim_names(p: Plan) -> dict[str, str]:
             raise NamingError(f"{key}: no TF-slim variable holds it")
         names[key] = f"{SLIM_SCOPE}/{units[unit]}/" + ("weights" if part == "conv" else SLIM_BN[kind])
     if len(set(names.values())) != len(names):
-        raise NamingError(f"{p.variant.name}: two of its keys would have the same TF-slim name")
+        raise NamingError(f"{plan.variant.name}: two of its keys would have the same TF-slim name")
     return names
 
 
@@ -334,27 +334,27 @@ def detect(keys: Iterable[str]) -> str:
     return next(s.name for s in SCHEMES.values() if s.detects(keys))
 
 
-def _with_aux(p: Plan) -> Plan:
+def _with_aux(plan: Plan) -> Plan:
     """The plan with aux heads, so that names of a file with or without them map."""
-    return p if p.aux or p.variant.aux is None else with_options(p, aux_logits=True)
+    return plan if plan.aux or plan.variant.aux is None else with_options(plan, aux_logits=True)
 
 
-def to_canonical(raw: Mapping[str, np.ndarray], name: str, p: Plan) -> tuple[Params, list[str]]:
+def to_canonical(raw: Mapping[str, np.ndarray], name: str, plan: Plan) -> tuple[Params, list[str]]:
     """Rename ``raw`` from scheme ``name`` to canonical keys. Keys the scheme does not know
     keep their name, so strict validation reports them. Returns (params, notes)."""
     s = scheme(name)
     tensors, notes = s.on_read({k: v for k, v in raw.items() if not k.endswith("num_batches_tracked")})
-    inverse = {theirs: ours for ours, theirs in s.names(_with_aux(p)).items()}
+    inverse = {theirs: ours for ours, theirs in s.names(_with_aux(plan)).items()}
     return {inverse.get(k, k): v for k, v in tensors.items()}, notes
 
 
-def canonical_names(keys: Iterable[str], name: str, p: Plan) -> dict[str, str]:
+def canonical_names(keys: Iterable[str], name: str, plan: Plan) -> dict[str, str]:
     """File key -> canonical key by the names alone, before any tensor is read (so that
     declared shapes can be checked first). A second name of a key (GluonCV's ``head.2``)
     maps to the same canonical key; keys the scheme does not know keep their name;
     ``num_batches_tracked`` counters are left out."""
     s = scheme(name)
-    inverse = {theirs: ours for ours, theirs in s.names(_with_aux(p)).items()}
+    inverse = {theirs: ours for ours, theirs in s.names(_with_aux(plan)).items()}
     out = {}
     for key in keys:
         if key.endswith("num_batches_tracked"):
@@ -364,8 +364,8 @@ def canonical_names(keys: Iterable[str], name: str, p: Plan) -> dict[str, str]:
     return out
 
 
-def from_canonical(params: Mapping[str, np.ndarray], name: str, p: Plan) -> Params:
+def from_canonical(params: Mapping[str, np.ndarray], name: str, plan: Plan) -> Params:
     """Canonical ``params`` under scheme ``name``'s keys."""
     s = scheme(name)
-    names = s.names(_with_aux(p))
+    names = s.names(_with_aux(plan))
     return s.on_write({names[k]: v for k, v in params.items()})

@@ -97,17 +97,17 @@ class _Walk:
                 return value, at
             shift += 7
 
-    def count(self, what: str, n: int = 1) -> None:
+    def count(self, what: str, amount: int = 1) -> None:
         c, limit = self.counts, self.limit
         if what == "node":
-            c.nodes += n
+            c.nodes += amount
             if c.nodes > limit.nodes:
                 raise Damaged(f"its graphs hold more than {limit.nodes:,} nodes; this network's graph needs far fewer")
         elif what == "initializer":
-            c.initializers += n
+            c.initializers += amount
             if c.initializers > limit.initializers:
                 raise Damaged(f"its graph holds more than {limit.initializers:,} initializers; this network has fewer")
-        c.fields += n if what == "field" else 0
+        c.fields += amount if what == "field" else 0
         if c.fields > limit.fields:
             raise Damaged(
                 f"it holds more than {limit.fields:,} protobuf fields; this network's graph needs far fewer "

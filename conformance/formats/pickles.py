@@ -94,8 +94,8 @@ class _Window:
     def __init__(self, data: bytes | mmap.mmap) -> None:
         self.data, self.view, self.at = data, memoryview(data), 0
 
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.view) if n is None or n < 0 else min(len(self.view), self.at + n)
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.view) if size is None or size < 0 else min(len(self.view), self.at + size)
         chunk = self.view[self.at : end].tobytes()
         self.at = end
         return chunk

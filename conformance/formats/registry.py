@@ -37,8 +37,8 @@ from ..frameworks import FRAMEWORKS, load
 from ..reading import Damaged
 from ..spec import Plan
 from . import bounds, caffe, canonical_files, deploy, gluon, keras_files, tfcheckpoint, torch_files
-from .base import Format, PortError, Raw, meaningful, one_line
-from .sniff import check_content
+from .base import FileContents, Format, PortError, Source, error_line, one_line
+from .sniff import check_content, sniff_probed
 
 # In this order: a name's format is the first whose suffix it ends with (.pt: torch, not
 # torchscript; .params: mxnet, not gluoncv), and the CLI lists them so.
@@ -57,9 +57,9 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def unchecked(fmt: Format, raw: Raw) -> str:
+def unchecked(fmt: Format, contents: FileContents) -> str:
     """What port's log says of a source whose bytes no checksum covers ("" if one does)."""
-    if fmt.checksum and (fmt.checksum != "digest" or raw.digest is not None):
+    if fmt.checksum and (fmt.checksum != "digest" or contents.digest is not None):
         return ""
     what = (
         "this file records no SHA-256 of its tensors (written by another tool)"
@@ -74,11 +74,18 @@ def unchecked(fmt: Format, raw: Raw) -> str:
 
 def infer(path: Path, explicit: str | None, option: str) -> Format:
     """The format named by ``--from``/``--to``, else the one the file name says."""
+    tf_prefix = tfcheckpoint.prefix(path) if explicit is None else None
+    return format_of(path, explicit, option, tf_prefix is not None)
+
+
+def format_of(path: Path, explicit: str | None, option: str, tf_prefix: bool) -> Format:
+    """:func:`infer` of a path already probed for a TensorFlow checkpoint (``tf_prefix``:
+    it names one)."""
     if explicit is not None:
         if explicit not in FORMATS:
             raise PortError(f"{option}: unknown format {explicit!r}; expected one of {', '.join(FORMATS)}")
         return FORMATS[explicit]
-    if tfcheckpoint.prefix(path) is not None:  # a prefix has no suffix of its own (model.ckpt-1000)
+    if tf_prefix:  # a prefix has no suffix of its own (model.ckpt-1000)
         return FORMATS["tf-checkpoint"]
     for f in FORMATS.values():
         if path.name.endswith(f.suffixes):
@@ -87,22 +94,25 @@ def infer(path: Path, explicit: str | None, option: str) -> Format:
     raise PortError(f"{path}: cannot tell the format from the name (known: {suffixes}); pass {option}")
 
 
-def read(path: Path, fmt: Format, p: Plan) -> Raw:
-    """Read what ``path`` declares (no tensor yet); corrupt, truncated or misleading
+def read(source: Source, plan: Plan) -> FileContents:
+    """Read what ``source`` declares (no tensor yet), its bytes checked to be its format
+    (looked at once, whatever the number of reads); corrupt, truncated or misleading
     files become a PortError naming the file."""
-    with _reading(path, fmt):
-        check_content(path, fmt, FORMATS.values())
-        return fmt.read(path, p)
+    with _reading(source.path, source.format):
+        if source.kind is None:
+            source.kind = sniff_probed(source.path, source.path if source.tf_prefix else None)
+        check_content(source.path, source.format, FORMATS.values(), source.kind)
+        return source.format.read(source.path, plan)
 
 
-def materialise(path: Path, fmt: Format, raw: Raw) -> dict[str, np.ndarray]:
+def materialise(source: Source, contents: FileContents) -> dict[str, np.ndarray]:
     """Every declared tensor read (call once the declarations were accepted), the
     file's recorded SHA-256 checked where it has one."""
-    with _reading(path, fmt):
-        arrays = {k: t.load() for k, t in raw.tensors.items()}
-    if raw.digest is not None and reading.tensor_digest(arrays) != raw.digest:
+    with _reading(source.path, source.format):
+        arrays = {k: t.load() for k, t in contents.tensors.items()}
+    if contents.digest is not None and reading.tensor_digest(arrays) != contents.digest:
         raise PortError(
-            f"{path}: damaged: its tensors do not match the SHA-256 recorded in its metadata "
+            f"{source.path}: damaged: its tensors do not match the SHA-256 recorded in its metadata "
             f"(the file changed after it was written)"
         )
     return arrays
@@ -122,7 +132,7 @@ def _reading(path: Path, fmt: Format) -> Iterator[None]:
         message = one_line(str(e))
         raise PortError(message if message.startswith(str(path)) else f"{path}: {message}") from None
     except Exception as e:  # noqa: BLE001 - truncated or corrupt: the libraries' own errors, with the file named
-        raise PortError(f"{path}: cannot read it as {fmt.description}: {type(e).__name__}: {meaningful(e)}") from None
+        raise PortError(f"{path}: cannot read it as {fmt.description}: {type(e).__name__}: {error_line(e)}") from None
 
 
 def installed_reference() -> str:

@@ -37,7 +37,12 @@ _MXNET_MAGIC = (0x112).to_bytes(8, "little")
 def sniff(path: Path) -> str:
     """What the bytes of ``path`` are, whatever its name says. A TensorFlow checkpoint
     is a prefix: its ``.index`` file says."""
-    tf_prefix = tfcheckpoint.prefix(path)
+    return sniff_probed(path, tfcheckpoint.prefix(path))
+
+
+def sniff_probed(path: Path, tf_prefix: Path | None) -> str:
+    """:func:`sniff` of a path whose TensorFlow checkpoint prefix was already looked
+    for (``tf_prefix``: the prefix it names, or None)."""
     if tf_prefix is not None:
         return "tf-checkpoint" if tfcheckpoint.looks_like_index(tfcheckpoint.index(tf_prefix)) else "damaged-tf"
     with open(path, "rb") as f:
@@ -97,10 +102,9 @@ def _looks_like_onnx(head: bytes) -> bool:
 _ZIPPED = {"npz", "torch", "keras", "torchscript", "exported"}
 
 
-def check_content(path: Path, fmt: Format, known: Iterable[Format]) -> None:
-    """Refuse an empty file, or one whose bytes are another format than ``fmt`` (with a
-    hint naming the format of ``known`` the bytes are)."""
-    kind = sniff(path)
+def check_content(path: Path, fmt: Format, known: Iterable[Format], kind: str) -> None:
+    """Refuse an empty file, or one whose bytes (``kind``, as :func:`sniff` says) are
+    another format than ``fmt`` (with a hint naming the format of ``known`` the bytes are)."""
     if kind == "empty":
         raise PortError(f"{path}: the file is empty")
     if kind == "damaged-zip" and fmt.name in _ZIPPED:

@@ -26,7 +26,7 @@ from ..frameworks import quiet_stderr
 from ..reading import Damaged, Tensor
 from ..spec import Plan
 from . import bounds, naming
-from .base import Format, PortError, Raw, Written, load_by_name
+from .base import FileContents, Format, PortError, Written, load_by_name
 
 INDEX_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # the table footer's last 8 bytes (LevelDB's)
 MAX_INDEX = 4 << 20  # TF-slim's inception_v1 index is ~20 KB (230 names, shapes and offsets)
@@ -57,8 +57,8 @@ def _is(path: Path, test: Callable[[Path], bool]) -> bool:
         return False
 
 
-def index(p: Path) -> Path:
-    return p.with_name(p.name + ".index")
+def index(prefix: Path) -> Path:
+    return prefix.with_name(prefix.name + ".index")
 
 
 def looks_like_index(path: Path) -> bool:
@@ -71,9 +71,9 @@ def looks_like_index(path: Path) -> bool:
         return f.read(8) == INDEX_MAGIC
 
 
-def shards(p: Path) -> list[Path]:
+def shards(prefix: Path) -> list[Path]:
     """The data shards beside the prefix, as the index's names say (``-of-`` their count)."""
-    found = sorted(q for q in p.parent.glob(f"{glob_escape(p.name)}.data-*-of-*") if SHARD.search(q.name))
+    found = sorted(q for q in prefix.parent.glob(f"{glob_escape(prefix.name)}.data-*-of-*") if SHARD.search(q.name))
     return found
 
 
@@ -81,10 +81,10 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def check_files(p: Path) -> list[Path]:
+def check_files(prefix: Path) -> list[Path]:
     """The index (a regular file of bounded size, with the table's magic) and a complete
     set of data shards, before TensorFlow opens anything. Returns the shards."""
-    idx = index(p)
+    idx = index(prefix)
     if not idx.is_file():
         raise Damaged(
             f"{idx} is missing or not a regular file: a TensorFlow checkpoint is PREFIX.index + PREFIX.data-*"
@@ -96,26 +96,28 @@ def check_files(p: Path) -> list[Path]:
         )
     if not looks_like_index(idx):
         raise Damaged(f"{idx.name} is not a TensorFlow checkpoint index (no table magic at its end: truncated?)")
-    found = shards(p)
+    found = shards(prefix)
     counts = {int(SHARD.search(q.name).group(2)) for q in found}  # type: ignore[union-attr]
     numbers = {int(SHARD.search(q.name).group(1)) for q in found}  # type: ignore[union-attr]
     if not found or len(counts) != 1 or numbers != set(range(counts.pop())):
         names = ", ".join(q.name for q in found) or "none"
-        raise Damaged(f"its data shards are incomplete ({p.name}.data-NNNNN-of-MMMMM; found: {names})")
+        raise Damaged(f"its data shards are incomplete ({prefix.name}.data-NNNNN-of-MMMMM; found: {names})")
     for q in found:
         if not q.is_file():
             raise Damaged(f"{q.name} is not a regular file")
     return found
 
 
-def declared(p: Path, plan: Plan, canonical: dict[str, str], expected: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+def declared(
+    prefix: Path, plan: Plan, canonical: dict[str, str], expected: dict[str, tuple[int, ...]]
+) -> dict[str, Tensor]:
     """Every variable of the checkpoint as the index declares it (nothing read yet), in
     the canonical layout where its canonical key is known (``canonical``: file name ->
     canonical key; ``expected``: canonical shapes)."""
     import tensorflow as tf
 
-    check_files(p)
-    reader = tf.train.load_checkpoint(str(p))  # reads the index only
+    check_files(prefix)
+    reader = tf.train.load_checkpoint(str(prefix))  # reads the index only
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
     tensors: dict[str, Tensor] = {}
@@ -136,10 +138,10 @@ def declared(p: Path, plan: Plan, canonical: dict[str, str], expected: dict[str,
     return tensors
 
 
-def check_data(p: Path, tensors: dict[str, Tensor]) -> None:
+def check_data(prefix: Path, tensors: dict[str, Tensor]) -> None:
     """The shards hold at least the bytes the index declares (else they were cut short)."""
     need = sum(t.nbytes for t in tensors.values())
-    have = sum(q.stat().st_size for q in shards(p))
+    have = sum(q.stat().st_size for q in shards(prefix))
     if have < need:
         raise Damaged(
             f"its data shards hold {have:,} bytes but its index declares {need:,} bytes of values (truncated)"
@@ -167,12 +169,12 @@ def _loader(reader, name: str, convert: Callable, dtype: str) -> Callable[[], np
     return load
 
 
-def counter(t: Tensor) -> bool:
+def counter(tensor: Tensor) -> bool:
     """A scalar integer counter (``global_step``), not a weight."""
-    return t.shape == () and isinstance(t.dtype, np.dtype) and t.dtype.kind in "iu"
+    return tensor.shape == () and isinstance(tensor.dtype, np.dtype) and tensor.dtype.kind in "iu"
 
 
-def _read_tf(path: Path, p: Plan) -> Raw:
+def _read_tf(path: Path, plan: Plan) -> FileContents:
     """A TensorFlow checkpoint as the ``tf-checkpoint`` format reads it: the index's
     declarations (:func:`declared`) and the shards' sizes (:func:`check_data`) checked
     before any value is read."""
@@ -185,16 +187,16 @@ def _read_tf(path: Path, p: Plan) -> Raw:
             f"{path}: reading a TensorFlow checkpoint needs tensorflow: pip install -e '.[keras]'"
         ) from None
     try:
-        names = naming.slim_names(p)
+        names = naming.slim_names(plan)
     except naming.NamingError as e:
         raise PortError(
             f"{path}: a TensorFlow checkpoint is read as TF-slim's inception_v1 (--variant googlenet_slim); {e}"
         ) from None
-    tensors = declared(path, p, {theirs: ours for ours, theirs in names.items()}, canonical_shapes(p))
+    tensors = declared(path, plan, {theirs: ours for ours, theirs in names.items()}, canonical_shapes(plan))
     counters = [k for k, t in tensors.items() if k in COUNTERS and counter(t)]
     for k in counters:
         del tensors[k]
-    bounds.check_sizes(path, tensors, bounds.ceiling(p))
+    bounds.check_sizes(path, tensors, bounds.ceiling(plan))
     missing = [f"{theirs!r} ({ours})" for ours, theirs in names.items() if theirs not in tensors]
     if missing:  # named as the checkpoint names them; extra and mis-shaped ones as every format's are
         more = f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""
@@ -202,10 +204,10 @@ def _read_tf(path: Path, p: Plan) -> Raw:
     check_data(path, tensors)
     notes = [f"TensorFlow checkpoint {path.name}: {len(tensors)} variables (the .meta graph is not read)"]
     notes += [f"dropped {', '.join(counters)} (a training counter, not a weight)"] if counters else []
-    return Raw(tensors, "slim", notes)
+    return FileContents(tensors, "slim", notes)
 
 
-def _write_tf(params: Params, p: Plan) -> Written:
+def _write_tf(params: Params, plan: Plan) -> Written:
     raise PortError("--to tf-checkpoint: a TensorFlow checkpoint is read, not written; write another format")
 
 

@@ -18,7 +18,7 @@ from ..canonical import Params
 from ..reading import Tensor
 from ..spec import Plan
 from . import bounds, naming, pickles
-from .base import LOADING_BUILT, Format, Native, PortError, Raw, Written, built, wiped_model
+from .base import LOADING_BUILT, BackendModel, FileContents, Format, PortError, Written, built, wiped_model
 
 MAX_PICKLE = 16 << 20  # a state_dict's data.pkl is ~30 KB
 
@@ -31,20 +31,20 @@ def _torch_tensor(value) -> Tensor:
 
     shape = tuple(int(d) for d in value.shape)
     if value.layout != torch.strided:
-        return Tensor(shape, "sparse", reading._refused, f"a sparse tensor ({value.layout}), not dense weights")
+        return Tensor(shape, "sparse", reading.never_loaded, f"a sparse tensor ({value.layout}), not dense weights")
     if value.is_quantized:
-        return Tensor(shape, "quantised", reading._refused, f"quantised ({value.dtype}): dequantise it first")
+        return Tensor(shape, "quantised", reading.never_loaded, f"quantised ({value.dtype}): dequantise it first")
     if value.dtype == torch.bfloat16:
         return Tensor(shape, "bfloat16", lambda: value.detach().float().contiguous().numpy().copy())
     try:
         dtype = np.dtype(str(value.dtype).removeprefix("torch."))
     except TypeError:
-        return Tensor(shape, str(value.dtype), reading._refused, f"of dtype {value.dtype}, which numpy cannot hold")
+        return Tensor(shape, str(value.dtype), reading.never_loaded, f"of dtype {value.dtype}, which numpy cannot hold")
     return Tensor(shape, dtype, lambda: value.detach().contiguous().numpy().copy())
 
 
-def _read_torch(path: Path, p: Plan) -> Raw:
-    limit = bounds.ceiling(p)
+def _read_torch(path: Path, plan: Plan) -> FileContents:
+    limit = bounds.ceiling(plan)
     zipped = zipfile.is_zipfile(path)
     if zipped:
         infos = reading.zip_members(path, limit.total, limit.total)
@@ -53,10 +53,10 @@ def _read_torch(path: Path, p: Plan) -> Raw:
                 raise PortError(f"{path}: its pickle declares {info.file_size:,} bytes; a state_dict's is a few KB")
         reading.check_crcs(path)  # PyTorch's own reader does not
         _replay_zipped_pickles(path, infos)
-    elif path.stat().st_size > bounds.budget(p).total:  # a legacy pickle reads its storages whole
+    elif path.stat().st_size > bounds.budget(plan).total:  # a legacy pickle reads its storages whole
         raise PortError(
-            f"{path}: {path.stat().st_size:,} bytes is more than {p.variant.name} with {p.num_classes} classes "
-            f"can hold ({bounds.budget(p).describe()}); pass --num-classes if it has more classes"
+            f"{path}: {path.stat().st_size:,} bytes is more than {plan.variant.name} with {plan.num_classes} classes "
+            f"can hold ({bounds.budget(plan).describe()}); pass --num-classes if it has more classes"
         )
     else:
         pickles.check_legacy(path)
@@ -82,7 +82,7 @@ def _read_torch(path: Path, p: Plan) -> Raw:
         notes.append(f"dropped {dropped} num_batches_tracked counters (not weights)")
     tensors = {str(k): _torch_tensor(v) for k, v in obj.items() if not str(k).endswith("num_batches_tracked")}
     bounds.check_sizes(path, tensors, limit)
-    return Raw(tensors, naming.detect(tensors), notes)
+    return FileContents(tensors, naming.detect(tensors), notes)
 
 
 def _replay_zipped_pickles(path: Path, infos: list[zipfile.ZipInfo]) -> None:
@@ -114,19 +114,19 @@ def _torch_load(path: Path, mmap: bool):
         ) from None
 
 
-def _write_torch(params: Params, p: Plan) -> Written:
+def _write_torch(params: Params, plan: Plan) -> Written:
     import torch
 
-    b, model = built("torch", p, params)
+    b, model = built("torch", plan, params)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)  # with num_batches_tracked: torchvision loads it strictly
     return buffer.getvalue(), (b, model)
 
 
-def _load_torch(path: Path, p: Plan, reference: str, into: Native | None) -> Native:
+def _load_torch(path: Path, plan: Plan, reference: str, into: BackendModel | None) -> BackendModel:
     import torch
 
-    b, model = wiped_model("torch", p, into)
+    b, model = wiped_model("torch", plan, into)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return b, model
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .. import files
+from .. import interrupts
 from ..world import World
 
 ROOT = Path(__file__).resolve().parents[2]  # the directory holding conformance/ and impl_*/
@@ -170,7 +170,7 @@ def run(
             for p in procs:
                 running.append(_start(p, job_file, env, Path(tmp), (stdout, stderr), relay, threads))
             outcome = _watch(running, Path(tmp), world.timeout + STARTUP, relay)
-        except files.Interrupted as e:
+        except interrupts.Interrupted as e:
             relay.stop.set()  # worker 0's own "interrupted" line becomes the launcher's detail
             _end(running, e.signum)
             e.detail = _kept(_first(running, Path(tmp))) if running else ""

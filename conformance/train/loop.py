@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .. import files, spec
+from .. import files, interrupts, spec
 from ..canonical import initial_params
 from ..interface import Backend
 from ..progress import Steps
@@ -147,7 +147,7 @@ def train(
             e = dataclasses.replace(e, test_acc=test_acc, test_loss=test_loss, checkpoint=str(o.checkpoint(epoch)))
             # a signal waits until all three are done: the files on disk, the epochs an
             # interrupt reports as saved and the epochs the log shows can never disagree
-            with files.signals_held():
+            with interrupts.signals_held():
                 with _saying_what_is_kept(run, s, backend, history, force):
                     run.save_epoch(backend, model, trainer, rng, [*history, e], force)
                     history.append(e)
@@ -156,7 +156,7 @@ def train(
                     f"{e.test_loss:.4f}, test acc {e.test_acc:.3f}"
                     f" ({e.images_per_s:.0f} images/s); checkpoint {e.checkpoint}"
                 )
-    except (files.Interrupted, KeyboardInterrupt, WorldError) as interrupt:
+    except (interrupts.Interrupted, KeyboardInterrupt, WorldError) as interrupt:
         _keep_on_interrupt(run, s, backend, history, force, interrupt)
         raise
     with _saying_what_is_kept(run, s, backend, history, force):
@@ -213,10 +213,10 @@ def _keep_on_interrupt(run: Run, s: Settings, backend: Backend, history: list[Ep
     disk already) and say how to go on."""
     done = history
     if done and run.writer:
-        with files.ignoring_signals():  # a second Ctrl-C must not cut the plot short
+        with interrupts.ignoring_signals():  # a second Ctrl-C must not cut the plot short
             run.write(run.o.plot, plot(done, f"{s.variant} ({backend.version()}), interrupted", s), force)
     # another worker (another host, on a cluster) says what worker 0 wrote, not that it wrote it
     what = "checkpoints, plot, history" + ("" if run.writer else ", written by worker 0 on its host")
     detail = kept(done[-1].epoch if done else 0, s.epochs, run.o.out, what)
-    if isinstance(e, files.Interrupted | WorldError):
+    if isinstance(e, interrupts.Interrupted | WorldError):
         e.detail = detail

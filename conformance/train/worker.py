@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import files, spec
+from .. import files, interrupts, spec
 from ..canonical import load
 from ..interface import Unsupported
 from ..world import World, WorldError
@@ -171,7 +171,7 @@ def main(argv: list[str]) -> int:
                 code = 0
             else:
                 code = train_job(engine, backend, world, job)
-    except files.Interrupted as e:
+    except interrupts.Interrupted as e:
         print(f"interrupted by {e.name}: {e.detail or 'nothing was written'}", file=sys.stderr, flush=True)
         code = e.exit_code
     except Unsupported as e:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import reading
+from .. import mxnet_reading
 from ..formats import bounds, deploy
 from ..formats.base import PortError, backend
 from . import taps_onnx
@@ -418,7 +418,7 @@ def read(symbol: Path) -> Any:
         )
     limit = taps_onnx.largest()
     try:
-        declared = reading.mxnet_params(params, limit.count)
+        declared = mxnet_reading.mxnet_params(params, limit.count)
         bounds.check_sizes(params, declared, limit)
     except ValueError as e:
         raise ValueError(f"MODEL {symbol}: {params.name}: {e}") from None
