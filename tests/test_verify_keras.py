@@ -256,7 +256,7 @@ def test_bad_keras_paths_are_one_line_in_a_fresh_process(tmp_path):
     not_zip.write_text("hello")
     for args, words in (
         (["missing.keras"], "MODEL missing.keras: no such file"),
-        ([str(tmp_path)], "a directory (a SavedModel?) is not supported"),  # refused, not run
+        ([str(tmp_path)], "a directory without a saved_model.pb"),  # refused, not run
         ([str(not_zip)], "not a Keras model archive"),
     ):
         r = cli("verify", *args)

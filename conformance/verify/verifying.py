@@ -30,7 +30,7 @@ from .. import spec
 from ..check.compare import REL_TOL, Agreement, agreement
 from ..check.inputs import ODD_SIZES, inadmissible
 from ..formats.port import read_checkpoint
-from . import diagnose, taps, taps_gluon, taps_keras, taps_onnx, taps_script
+from . import diagnose, taps, taps_gluon, taps_keras, taps_onnx, taps_saved, taps_script
 from .options import check_options
 from .pairing import Layer, Pairing, PairingError, by_names, by_structure, whose
 
@@ -125,7 +125,7 @@ def seeded_input(p: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-ADAPTERS = (taps_script, taps, taps_onnx, taps_gluon, taps_keras)  # TorchScript (an nn.Module too) first
+ADAPTERS = (taps_script, taps, taps_onnx, taps_saved, taps_gluon, taps_keras)  # TorchScript (an nn.Module too) first
 
 
 def adapter(model: Any) -> Any:
