@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from .verifying import Result
+    from .results import Result
 
 
 def verify(
@@ -37,12 +37,28 @@ def verify(
     transform_input: bool | None = None,
     run_diagnosis: bool = True,
     log: Callable[[str], None] | None = None,
+    bgr: bool = False,
+    input_scale: float | None = None,
+    input_mean: Sequence[float] | None = None,
+    input_std: Sequence[float] | None = None,
 ) -> Result:
     """See :func:`conformance.verify.verifying.verify`."""
     from . import verifying
 
     return verifying.verify(
-        model, variant, weights, input_sizes, batch, seed, transform_input, run_diagnosis=run_diagnosis, log=log
+        model,
+        variant,
+        weights,
+        input_sizes,
+        batch,
+        seed,
+        transform_input,
+        run_diagnosis=run_diagnosis,
+        log=log,
+        bgr=bgr,
+        input_scale=input_scale,
+        input_mean=input_mean,
+        input_std=input_std,
     )
 
 
