@@ -36,7 +36,7 @@ def test_the_caffe_transform_is_the_conversion_between_the_two_references():
     import torch
 
     assert np.allclose(converted, _transformed(with_transform, torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-3)
-    assert convention.variant(without).describe().startswith("BGR in 0-1, mean (0.4078")  # 104 / 255
+    assert convention.variant(without).describe().startswith("BGR in 0-1, mean (0.408")  # 104 / 255
     back = convention.convert(converted, convention.variant(without), convention.variant(with_transform))
     assert np.allclose(back, x, atol=1e-5)
 

@@ -6,7 +6,9 @@ disagree.
 * :mod:`.pairing` - which of the user's tensors is which canonical key;
 * :mod:`.taps` - the user's PyTorch model through forward hooks;
 * :mod:`.taps_keras` - the user's Keras model (or ``.keras`` file) through wrapped ``call`` methods;
-* :mod:`.verifying` - the comparison, and :func:`verify`;
+* :mod:`.taps_saved` - a SavedModel directory through its frozen serving signature;
+* :mod:`.convention` - the user's input convention (BGR, scale, mean, std) against the variant's;
+* :mod:`.verifying` - the comparison, and :func:`verify`; :mod:`.results` - what it finds;
 * :mod:`.diagnose` - the pitfall catalogue replayed with the user's weights;
 * :mod:`.report` - the terminal report and the JSON document;
 * :mod:`.command` - ``python -m conformance verify``.

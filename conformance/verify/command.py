@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="MODEL",
         help="module:callable or path/to/file.py:callable returning a torch.nn.Module, a keras.Model or "
         "a Gluon Block (imported only now); or an ONNX, .keras, TorchScript (.pt, .ts) or .pt2 file, "
-        "or a Gluon NAME-symbol.json beside its NAME-0000.params",
+        "a SavedModel directory, or a Gluon NAME-symbol.json beside its NAME-0000.params",
     )
     cmd.add_argument(
         "--variant",

@@ -40,8 +40,8 @@ class Convention:
         names = "RGB" if len(self.order) == 3 and self.order == (0, 1, 2) else "BGR" if len(self.order) == 3 else "gray"
         scale = "0-1" if self.scale == 1 else f"0-{self.scale:g}"
         return (
-            f"{names} in {scale}, mean ({', '.join(f'{m:.4g}' for m in self.mean)}), "
-            f"std ({', '.join(f'{s:.4g}' for s in self.std)})"
+            f"{names} in {scale}, mean ({', '.join(f'{m:.3g}' for m in self.mean)}), "
+            f"std ({', '.join(f'{s:.3g}' for s in self.std)})"
         )
 
 

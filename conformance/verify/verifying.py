@@ -419,7 +419,7 @@ def verify(
         inputs_as = None if theirs is None else (reference, theirs)
         attempt, xs, ys = compare(model, pairing, sizes, batch, seed, rel_tol, log, inputs_as)
         if theirs is not None:
-            attempt.input_convention = f"{theirs.describe()}; converted from the reference's {reference.describe()}"
+            attempt.input_convention = f"{theirs.describe()}; the reference's: {reference.describe()}"
         if chosen is None or attempt.agree:
             chosen, result, inputs, got = pairing, attempt, xs, ys
         if attempt.agree:
