@@ -5,7 +5,8 @@ disagree.
 * :mod:`.load` - ``module:callable`` or ``path/file.py:callable`` -> the user's model;
 * :mod:`.pairing` - which of the user's tensors is which canonical key;
 * :mod:`.taps` - the user's PyTorch model through forward hooks;
-* :mod:`.taps_keras` - the user's Keras model (or ``.keras`` file) through wrapped ``call`` methods;
+* :mod:`.taps_keras` - the user's Keras model through wrapped ``call`` methods;
+* :mod:`.keras_file` - a ``.keras`` file, checked before Keras rebuilds it;
 * :mod:`.taps_saved` - a SavedModel directory through its frozen serving signature;
 * :mod:`.convention` - the user's input convention (BGR, scale, mean, std) against the variant's;
 * :mod:`.verifying` - the comparison, and :func:`verify`; :mod:`.results` - what it finds;

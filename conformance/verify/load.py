@@ -119,9 +119,9 @@ def load(source: Source) -> Any:
 
         return taps_onnx.read(source.onnx)
     if source.keras is not None:
-        from . import taps_keras
+        from . import keras_file
 
-        return taps_keras.read(source.keras)
+        return keras_file.read(source.keras)
     if source.savedmodel is not None:
         from . import taps_saved
 
