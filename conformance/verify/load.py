@@ -56,7 +56,7 @@ def parse(text: str) -> Source:
                 f"module:callable or path/to/file.py:callable, with --weights {text}"
             )
         path = Path(text)
-        if path.is_symlink():
+        if path.is_symlink() and path.is_dir():
             raise ValueError(f"MODEL {text}: a symlink; give the SavedModel directory itself")
         if path.is_dir():
             return Source(text, None, None, "", savedmodel=path)
