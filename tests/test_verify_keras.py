@@ -17,7 +17,7 @@ import pytest
 import conformance
 from conformance import canonical, spec
 from conformance.__main__ import main
-from conformance.verify import load, pairing, taps_keras
+from conformance.verify import keras_file, load, pairing, taps_keras
 
 from .conftest import backend_or_skip, cli
 
@@ -176,7 +176,7 @@ def _rewritten(source: Path, target: Path, config: bytes | None = None, weights:
             data = z.read(info.filename)
             if info.filename == "config.json" and config is not None:
                 data = config
-            if info.filename == taps_keras.WEIGHTS and weights is not None:
+            if info.filename == keras_file.WEIGHTS and weights is not None:
                 data = weights
             out.writestr(info.filename, data)
     return target
@@ -203,7 +203,7 @@ def test_a_truncated_keras_file_is_one_line(keras_files, tmp_path, capsys):
 def test_a_corrupt_member_is_refused_by_its_crc(keras_files, tmp_path, capsys):
     data = bytearray(keras_files["functional"].read_bytes())
     with zipfile.ZipFile(keras_files["functional"]) as z:
-        info = z.getinfo(taps_keras.WEIGHTS)
+        info = z.getinfo(keras_file.WEIGHTS)
     at = info.header_offset + 30 + len(info.filename) + len(info.extra) + 5000  # inside the stored weights
     data[at] ^= 0xFF
     bad = tmp_path / "flipped.keras"
@@ -230,7 +230,7 @@ def test_a_lambda_layer_is_refused(keras_files, tmp_path, capsys):
 
 
 def test_an_oversized_config_and_oversized_weights_are_refused(keras_files, tmp_path, capsys):
-    big = _rewritten(keras_files["functional"], tmp_path / "big.keras", b" " * (taps_keras.MAX_CONFIG + 1))
+    big = _rewritten(keras_files["functional"], tmp_path / "big.keras", b" " * (keras_file.MAX_CONFIG + 1))
     assert "config.json declares" in _one_line(capsys, [str(big)])
     h5py = pytest.importorskip("h5py")
     weights = tmp_path / "huge.h5"
@@ -256,7 +256,7 @@ def test_bad_keras_paths_are_one_line_in_a_fresh_process(tmp_path):
     not_zip.write_text("hello")
     for args, words in (
         (["missing.keras"], "MODEL missing.keras: no such file"),
-        ([str(tmp_path)], "a directory (a SavedModel?) is not supported"),  # refused, not run
+        ([str(tmp_path)], "a directory without a saved_model.pb"),  # refused, not run
         ([str(not_zip)], "not a Keras model archive"),
     ):
         r = cli("verify", *args)

@@ -5,8 +5,11 @@ disagree.
 * :mod:`.load` - ``module:callable`` or ``path/file.py:callable`` -> the user's model;
 * :mod:`.pairing` - which of the user's tensors is which canonical key;
 * :mod:`.taps` - the user's PyTorch model through forward hooks;
-* :mod:`.taps_keras` - the user's Keras model (or ``.keras`` file) through wrapped ``call`` methods;
-* :mod:`.verifying` - the comparison, and :func:`verify`;
+* :mod:`.taps_keras` - the user's Keras model through wrapped ``call`` methods;
+* :mod:`.keras_file` - a ``.keras`` file, checked before Keras rebuilds it;
+* :mod:`.taps_saved` - a SavedModel directory through its frozen serving signature;
+* :mod:`.convention` - the user's input convention (BGR, scale, mean, std) against the variant's;
+* :mod:`.verifying` - the comparison, and :func:`verify`; :mod:`.results` - what it finds;
 * :mod:`.diagnose` - the pitfall catalogue replayed with the user's weights;
 * :mod:`.report` - the terminal report and the JSON document;
 * :mod:`.command` - ``python -m conformance verify``.
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from .verifying import Result
+    from .results import Result
 
 
 def verify(
@@ -37,12 +40,28 @@ def verify(
     transform_input: bool | None = None,
     run_diagnosis: bool = True,
     log: Callable[[str], None] | None = None,
+    bgr: bool = False,
+    input_scale: float | None = None,
+    input_mean: Sequence[float] | None = None,
+    input_std: Sequence[float] | None = None,
 ) -> Result:
     """See :func:`conformance.verify.verifying.verify`."""
     from . import verifying
 
     return verifying.verify(
-        model, variant, weights, input_sizes, batch, seed, transform_input, run_diagnosis=run_diagnosis, log=log
+        model,
+        variant,
+        weights,
+        input_sizes,
+        batch,
+        seed,
+        transform_input,
+        run_diagnosis=run_diagnosis,
+        log=log,
+        bgr=bgr,
+        input_scale=input_scale,
+        input_mean=input_mean,
+        input_std=input_std,
     )
 
 

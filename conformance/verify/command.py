@@ -14,7 +14,7 @@ from .. import arguments, frameworks, spec
 from ..files import check_output
 from ..formats import tfcheckpoint
 from ..formats.registry import infer
-from . import load
+from . import convention, load
 from .options import check_options
 
 
@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="MODEL",
         help="module:callable or path/to/file.py:callable returning a torch.nn.Module, a keras.Model or "
         "a Gluon Block (imported only now); or an ONNX, .keras, TorchScript (.pt, .ts) or .pt2 file, "
-        "or a Gluon NAME-symbol.json beside its NAME-0000.params",
+        "a SavedModel directory, or a Gluon NAME-symbol.json beside its NAME-0000.params",
     )
     cmd.add_argument(
         "--variant",
@@ -67,6 +67,24 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="your model applies the variant's input transform (default: its own transform_input flag)",
     )
+    cmd.add_argument(
+        "--bgr", action="store_true", help="your model takes its channels in BGR order (default: the variant's, RGB)"
+    )
+    cmd.add_argument(
+        "--input-scale",
+        metavar="S",
+        help="your model takes pixels in 0-S (255 for 8-bit pixels; default: the variant's, 0-1)",
+    )
+    cmd.add_argument(
+        "--input-mean",
+        metavar="M[,M,M]",
+        help="subtracted from your model's scaled pixels, per channel in your model's order (default: the variant's)",
+    )
+    cmd.add_argument(
+        "--input-std",
+        metavar="S[,S,S]",
+        help="divides your model's scaled pixels less the mean, per channel (default: the variant's)",
+    )
     cmd.add_argument("--no-diagnosis", action="store_true", help="do not replay the pitfall catalogue on a difference")
     cmd.add_argument("--json", type=Path, metavar="PATH", help="also write the result as JSON")
     cmd.add_argument("--force", action="store_true", help="overwrite an existing --json file")
@@ -77,6 +95,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     sizes = list(dict.fromkeys(args.input_size)) if args.input_size else None
     check_options(args.variant, sizes, args.batch, args.seed)
+    scale, mean, std = _numbers("--input-scale", args.input_scale), None, None
+    if args.input_mean is not None:
+        mean = _numbers("--input-mean", args.input_mean)
+    if args.input_std is not None:
+        std = _numbers("--input-std", args.input_std)
+    if scale is not None and len(scale) != 1:
+        raise ValueError(f"--input-scale: expected one number, got {args.input_scale!r}")
+    input_scale = scale[0] if scale is not None else None
+    convention.check(args.bgr, input_scale, mean, std)
     if args.json is not None:
         check_output(args.json, args.force, "--json")
     if args.weights is not None:
@@ -101,9 +128,23 @@ def run(args: argparse.Namespace) -> int:
         True if args.transform_input else None,
         run_diagnosis=not args.no_diagnosis,
         log=lambda line: print(line, file=sys.stderr, flush=True),
+        bgr=args.bgr,
+        input_scale=input_scale,
+        input_mean=mean,
+        input_std=std,
     )
     print(report.render(result, args.model), flush=True)
     if args.json is not None:
         report.write_json(result, args.json, overwrite=args.force)
         print(f"JSON written to {args.json}")
     return 0 if result.agree else 1
+
+
+def _numbers(option: str, text: str | None) -> list[float] | None:
+    """An option's comma-separated numbers; ValueError naming the option."""
+    if text is None:
+        return None
+    try:
+        return convention.parse_numbers(text)
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None

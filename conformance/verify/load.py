@@ -31,6 +31,7 @@ class Source:
     onnx: Path | None = None  # an ONNX file, run by ONNX Runtime
     saved: Path | None = None  # a TorchScript, torch.export or Gluon symbol file, read by its framework
     keras: Path | None = None  # a .keras file, rebuilt by Keras
+    savedmodel: Path | None = None  # a SavedModel directory, loaded by TensorFlow
 
 
 def parse(text: str) -> Source:
@@ -54,11 +55,11 @@ def parse(text: str) -> Source:
                 f"MODEL {text}: a file of weights, not a model; give the code that builds the model as "
                 f"module:callable or path/to/file.py:callable, with --weights {text}"
             )
-        if Path(text).is_dir():
-            raise ValueError(
-                f"MODEL {text}: a directory (a SavedModel?) is not supported: Keras 3 loads one only as a "
-                "TFSMLayer, which has no layers to pair; give the code as module:callable or save it as .keras"
-            )
+        path = Path(text)
+        if path.is_symlink() and path.is_dir():
+            raise ValueError(f"MODEL {text}: a symlink; give the SavedModel directory itself")
+        if path.is_dir():
+            return Source(text, None, None, "", savedmodel=path)
         raise ValueError(f"MODEL {text}: expected module:callable or path/to/file.py:callable")
     if not _DOTTED.match(attribute):
         raise ValueError(f"MODEL {text}: {attribute!r} is not a Python name; expected module:callable")
@@ -118,9 +119,13 @@ def load(source: Source) -> Any:
 
         return taps_onnx.read(source.onnx)
     if source.keras is not None:
-        from . import taps_keras
+        from . import keras_file
 
-        return taps_keras.read(source.keras)
+        return keras_file.read(source.keras)
+    if source.savedmodel is not None:
+        from . import taps_saved
+
+        return taps_saved.read(source.savedmodel)
     if source.saved is not None:
         from . import taps_gluon, taps_script
 

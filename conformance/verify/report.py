@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 from ..files import atomic_write, finite
-from .verifying import Result
+from .results import Result
 
 
 def _mark(ok: bool) -> str:
@@ -29,6 +29,13 @@ def _finding(pitfalls: tuple[str, ...], max_rel: float, where: tuple[str, ...]) 
     )
 
 
+def _convention(text: str) -> list[str]:
+    """What the user's model was fed, where it is not the reference's inputs: two lines."""
+    if text == "the reference's":
+        return []
+    return [f"  {'your input:' if i == 0 else '':<12}{part}" for i, part in enumerate(text.split("; "))]
+
+
 def render(r: Result, model: str = "your model") -> str:
     options = ", ".join(f"{k}={v}" for k, v in r.options.items())
     lines = [
@@ -38,6 +45,14 @@ def render(r: Result, model: str = "your model") -> str:
         f"  pairing:    {r.pairing}, {r.tensors} tensors",
         f"  weights:    {r.weights}",
         f"  inputs:     batch {r.batch}, seeded standard normal (seed {r.seed}), NCHW float32",
+        *(
+            [
+                f"  your input: {part}" if i == 0 else f"              {part}"
+                for i, part in enumerate(r.input_convention.split("; "))
+            ]
+            if r.input_convention != "the reference's"
+            else []
+        ),
         f"  tolerance:  max relative error <= {r.rel_tol:.0e} (to the reference's largest magnitude);",
         "              logits: identical top-1 and top-5",
     ]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,72 +29,13 @@ from .. import spec
 from ..check.compare import REL_TOL, Agreement, agreement
 from ..check.inputs import EXTRA_SIZES, ODD_SIZES, inadmissible
 from ..formats.port import read_checkpoint
-from . import diagnose, taps, taps_gluon, taps_keras, taps_onnx, taps_script
+from . import convention, diagnose, taps, taps_gluon, taps_keras, taps_onnx, taps_saved, taps_script
 from .options import check_options
 from .pairing import Layer, Pairing, PairingError, by_names, by_structure, whose
+from .results import DiagnosisResult, LogitsResult, OutputResult, Result, StageResult
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class StageResult:
-    name: str  # the spec's stage
-    size: int  # the input it ran on
-    module: str  # the user's module whose output it is
-    max_abs: float
-    max_rel: float
-    passed: bool
-
-
-@dataclass(frozen=True)
-class OutputResult:
-    name: str  # logits, aux1, aux2
-    size: int
-    max_abs: float
-    max_rel: float
-    top1: float | None
-    top5: float | None
-    passed: bool
-
-
-@dataclass(frozen=True)
-class LogitsResult:
-    """The logits over every input size: the largest errors, the lowest agreement."""
-
-    max_abs: float
-    max_rel: float
-    top1: float
-    top5: float
-
-
-@dataclass(frozen=True)
-class DiagnosisResult:
-    pitfalls: tuple[str, ...]
-    max_rel: float
-    where: tuple[str, ...]
-
-
-@dataclass
-class Result:
-    variant: str
-    framework: str
-    agree: bool
-    first_divergence: str | None
-    stages: list[StageResult]
-    logits: LogitsResult
-    diagnosis: list[DiagnosisResult]
-    outputs: list[OutputResult] = field(default_factory=list)  # logits and aux logits, per size
-    options: dict[str, Any] = field(default_factory=dict)
-    pairing: str = ""
-    tensors: int = 0
-    sizes: list[int] = field(default_factory=list)
-    batch: int = 2
-    seed: int = 0
-    rel_tol: float = REL_TOL
-    weights: str = "your model's own"
-    also_fits: list[str] = field(default_factory=list)  # other variants whose tensors the model holds
-    unexposed: list[str] = field(default_factory=list)  # spec stages the model shows no module output for
-    seconds: float = 0.0
+Conversion = tuple[convention.Convention, convention.Convention]  # the reference's convention, the user's
 
 
 # --------------------------------------------------------------------------------------
@@ -129,7 +69,7 @@ def seeded_input(p: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-ADAPTERS = (taps_script, taps, taps_onnx, taps_gluon, taps_keras)  # TorchScript (an nn.Module too) first
+ADAPTERS = (taps_script, taps, taps_onnx, taps_saved, taps_gluon, taps_keras)  # TorchScript (an nn.Module too) first
 
 
 def adapter(model: Any) -> Any:
@@ -345,8 +285,11 @@ def compare(
     seed: int,
     rel_tol: float = REL_TOL,
     log: Log | None = None,
+    inputs_as: Conversion | None = None,
 ) -> tuple[Result, list[np.ndarray], list[np.ndarray]]:
-    """The comparison at each size; also the inputs and the user's logits (for the diagnosis)."""
+    """The comparison at each size; also the inputs and the user's logits (for the
+    diagnosis). ``inputs_as``: the user's input convention (from the reference's to the user's
+    channels): the user's model is fed each input converted into it."""
     import impl_torch
 
     p = pairing.plan
@@ -364,8 +307,9 @@ def compare(
         x = seeded_input(p, size, batch, seed)
         ref = impl_torch.stages(reference, x, mode="eager")
         shapes = {tuple(ref[s.name].shape) for s in p.stages}
+        theirs = x if inputs_as is None else convention.convert(x, inputs_as[0], inputs_as[1])
         try:
-            run = adapter(model).run(model, x, shapes, calls)
+            run = adapter(model).run(model, theirs, shapes, calls)
         except Exception as e:  # noqa: BLE001 - the user's model may fail at a size its variant runs
             outputs.append(OutputResult("logits", size, float("inf"), float("inf"), 0.0, 0.0, False))
             unexposed.append(f"input {size}: your model fails: {type(e).__name__}: {str(e)[:200]}")
@@ -442,17 +386,25 @@ def verify(
     rel_tol: float = REL_TOL,
     run_diagnosis: bool = True,
     log: Log | None = None,
+    bgr: bool = False,
+    input_scale: float | None = None,
+    input_mean: Sequence[float] | None = None,
+    input_std: Sequence[float] | None = None,
 ) -> Result:
     """Check ``model`` (a ``torch.nn.Module`` or a ``keras.Model``) against the suite's reference of its
     variant. ``variant``: a variant name, or ``auto`` (the one whose tensors fit);
     ``weights``: a checkpoint any format ``port`` reads, or canonical parameters, written
     into the model first; ``input_sizes``: default the variant's own and an odd one it
     admits; ``transform_input``: None reads the model's own ``transform_input`` flag
-    (torchvision's). Raises PairingError (a ValueError) when the model's tensors do not
+    (torchvision's); ``bgr``, ``input_scale``, ``input_mean``, ``input_std``: the input
+    convention the model expects where it is not the variant's (:mod:`.convention`).
+    Raises PairingError (a ValueError) when the model's tensors do not
     fit, naming the first mismatch."""
     started = time.perf_counter()
     check_options(variant, input_sizes, batch, seed)
+    convention.check(bgr, input_scale, input_mean, input_std)
     adapter(model)
+    wanted = (bgr, input_scale, input_mean, input_std)
     if transform_input is None:
         transform_input = getattr(model, "transform_input", False) is True
     pairings = fits(model, variant, transform_input)
@@ -466,7 +418,12 @@ def verify(
         sizes = [s for s in sizes if not inadmissible(pairing.plan.variant.name, s)]
         if not sizes:
             continue
-        attempt, xs, ys = compare(model, pairing, sizes, batch, seed, rel_tol, log)
+        reference = convention.variant(pairing.plan)
+        theirs = convention.user(reference, adapter(model).channels(model), *wanted)
+        inputs_as = None if theirs is None else (reference, theirs)
+        attempt, xs, ys = compare(model, pairing, sizes, batch, seed, rel_tol, log, inputs_as)
+        if theirs is not None:
+            attempt.input_convention = f"{theirs.describe()}; the reference's: {reference.describe()}"
         if chosen is None or attempt.agree:
             chosen, result, inputs, got = pairing, attempt, xs, ys
         if attempt.agree:
