@@ -11,13 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Faults a negative control injects into a distributed Trainer: each must make the
-# distributed parity check fail.
-FAULTS = {
-    "sum": "gradients summed across workers where they should be averaged",
-    "same-shard": "every worker reads the first shard of each global batch",
-}
-
 
 class WorldError(RuntimeError):
     """A worker that cannot join, or a peer that is gone: one line, no traceback.

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from conformance.spec import aux_admits
-from conformance.world import FAULTS, World, WorldError
+from conformance.world import World, WorldError
 
 from . import train
 from .engine import op_determinism
@@ -200,11 +200,8 @@ class Trainer(train.Trainer):
         deterministic: bool = False,
         *,
         world: World,
-        fault: str | None = None,
         synchronized: bool = False,
     ) -> None:
-        if fault is not None and fault not in FAULTS:
-            raise ValueError(f"fault: expected None or one of {', '.join(FAULTS)}, got {fault!r}")
         s = strategy()
         if world.workers != s.num_replicas_in_sync:
             raise WorldError(f"--workers {world.workers}: the strategy has {s.num_replicas_in_sync} replicas")
@@ -212,7 +209,7 @@ class Trainer(train.Trainer):
             super().__init__(model, lr, momentum, aux_weight, record, deterministic)
             # built here, in cross-replica context: its variables cannot be made in a replica
             self.optimizer.build(model.trainable_variables)
-        self.world, self.fault, self.record = world, fault, record
+        self.world, self.record = world, record
         for layer in self.bns:
             layer.synchronized = synchronized
         self._ids = [int(i) for i in _local(s.experimental_distribute_values_from_function(_replica_id))]
@@ -224,59 +221,76 @@ class Trainer(train.Trainer):
         """The replica ids (global ranks) this process holds."""
         return list(self._ids)
 
-    def _replica_step(self, x, y, weight, with_aux: bool):
-        """One replica's part: its shard's loss weighted as a share of the global mean,
-        the gradient Keras's optimizer all-reduces (SUM) and applies."""
+    def _replica_step(self, x, y, weight, share, with_aux: bool):
+        """One replica's part: its shard's loss times ``weight`` (:meth:`loss_weight`), whose
+        gradient Keras's optimizer all-reduces (SUM) and applies, and times ``share`` (its
+        rows' fraction of the global batch) for the global batch's mean loss."""
         variables = train.trained_variables(self.model, with_aux)
         with tf.GradientTape() as tape:
             out = self.model.forward_stages(x, with_aux=with_aux, training=True)
             loss = self.loss(out, y, with_aux)
-            share = loss * keras.ops.cast(weight, loss.dtype)  # this shard's part of the global mean
-            # Keras's scale_loss_for_distribution: 1 / N, as the optimizer sums (fault "sum": not)
-            scaled = share if self.fault == "sum" else share / self.world.workers
+            scaled = loss * keras.ops.cast(weight, loss.dtype)
         grads = train.gradients_of(tape, scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         predicted = keras.ops.cast(keras.ops.argmax(out["logits"], 1), y.dtype)
         correct = keras.ops.sum(keras.ops.cast(predicted == y, "int32"))
         rid = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
         stats = [layer.replica_stats[int(rid)] for layer in self.bns] if self.record else []
-        return share / self.world.workers, correct, grads, stats
+        return loss * keras.ops.cast(share, loss.dtype), correct, grads, stats
 
-    def _replicated(self, x, y, weight, with_aux: bool):
+    def _replicated(self, x, y, weight, share, with_aux: bool):
         s = strategy()
-        loss, correct, grads, stats = s.run(self._replica_step, args=(x, y, weight, with_aux))
+        loss, correct, grads, stats = s.run(self._replica_step, args=(x, y, weight, share, with_aux))
         total = s.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
         right = s.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
         applied = [s.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]  # what the optimizer did
         return total, right, applied, stats
 
+    def shard(self, rows: int, replica: int) -> tuple[int, int]:
+        """Rows [start, stop) of a global batch of ``rows`` that ``replica`` trains on."""
+        return self.world.bounds(rows, replica)
+
+    def loss_weight(self, rows: int, replica: int) -> float:
+        """What ``replica`` multiplies its shard's mean loss by before the gradient: the
+        optimizer sums the replicas' gradients, so ``World.weight`` over N (Keras's own
+        scale_loss_for_distribution divides by N too) makes that sum the gradient of the
+        global batch's mean loss."""
+        return self.world.weight(rows, replica) / self.world.workers
+
     def _shards(self, x: np.ndarray, y: np.ndarray):
-        """Per-replica values: rows ``World.bounds(n, replica)`` and the loss weight
-        (fault "same-shard": every replica takes replica 0's rows)."""
+        """Per-replica values: its rows (:meth:`shard`), its loss weight
+        (:meth:`loss_weight`) and its rows' fraction of the global batch."""
         n = len(x)
         self.world.check_batch(n)
-        a = self.world
 
-        def rows(ctx: tf.distribute.InputContext | tf.distribute.experimental.ValueContext) -> int:
-            return 0 if self.fault == "same-shard" else int(ctx.replica_id_in_sync_group)
+        def replica(ctx: tf.distribute.experimental.ValueContext) -> int:
+            return int(ctx.replica_id_in_sync_group)
 
         def take(values: np.ndarray):
-            return lambda ctx: tf.constant(values[slice(*a.bounds(n, rows(ctx)))])
+            return lambda ctx: tf.constant(values[slice(*self.shard(n, replica(ctx)))])
+
+        def weight(ctx: tf.distribute.experimental.ValueContext):
+            return tf.constant(self.loss_weight(n, replica(ctx)), tf.float64)
+
+        def share(ctx: tf.distribute.experimental.ValueContext):
+            start, stop = self.shard(n, replica(ctx))
+            return tf.constant((stop - start) / n, tf.float64)
 
         s = strategy()
         return (
             s.experimental_distribute_values_from_function(take(x)),
             s.experimental_distribute_values_from_function(take(y)),
-            s.experimental_distribute_values_from_function(lambda ctx: tf.constant(a.weight(n, rows(ctx)))),
+            s.experimental_distribute_values_from_function(weight),
+            s.experimental_distribute_values_from_function(share),
         )
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on the GLOBAL batch (NCHW float, int labels), split over the
         replicas: (mean loss over the global batch, correct over the global batch)."""
         with_aux = aux_admits(self.model.plan, x.shape[2:])
-        xs, ys, ws = self._shards(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), y.astype(np.int64))
+        xs, ys, weights, shares = self._shards(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), y.astype(np.int64))
         with op_determinism(self.deterministic), _peers(self.world):
-            loss, correct, grads, stats = self._run(xs, ys, ws, with_aux)
+            loss, correct, grads, stats = self._run(xs, ys, weights, shares, with_aux)
         self._last = (train.trained_variables(self.model, with_aux), grads)
         self._stats = [
             {

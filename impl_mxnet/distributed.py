@@ -51,7 +51,7 @@ import mxnet as mx
 import numpy as np
 
 from conformance.interface import Unsupported
-from conformance.world import FAULTS, World, WorldError
+from conformance.world import World, WorldError
 
 from .model import GoogLeNet
 from .train import Trainer as SingleTrainer
@@ -70,7 +70,7 @@ GRADIENTS = {
         "hands the sum back to every worker's pull; gluon.Trainer.step(batch_size) then updates "
         "with rescale_grad = 1 / batch_size times it. Each worker's loss is its shard's mean "
         "times World.weight, so the suite calls step(N): the global batch's mean gradient at "
-        "the single-process learning rate (fault 'sum': step(1), N times the step)."
+        "the single-process learning rate."
     ),
     "source": f"{MXNET}/src/kvstore/kvstore_dist_server.h#L753",
     "trainer": f"{MXNET}/python/mxnet/gluon/trainer.py#L338",
@@ -231,11 +231,8 @@ class Trainer(SingleTrainer):
         deterministic: bool = False,
         *,
         world: World,
-        fault: str | None = None,
         synchronized: bool = False,
     ) -> None:
-        if fault is not None and fault not in FAULTS:
-            raise ValueError(f"fault: expected None or one of {', '.join(map(repr, FAULTS))}, got {fault!r}")
         if synchronized:
             raise Unsupported(f"synchronized BatchNorm: {SYNC_BN} ({SYNC_BN_SOURCE})")
         if "world" not in _state:
@@ -244,9 +241,7 @@ class Trainer(SingleTrainer):
         if world.workers != self.world.workers:
             raise ValueError(f"world: {world.workers} workers, but this process joined {self.world.workers}")
         super().__init__(model, lr, momentum, aux_weight, record, deterministic)
-        self.fault, self.kv = fault, _state["kv"]
-        # The summed gradients are divided by N: the global mean (fault "sum": not divided).
-        self.divisor = 1 if fault == "sum" else self.world.workers
+        self.kv = _state["kv"]
         if self.kv is not None:
             self.trainer = mx.gluon.Trainer(
                 model.collect_params(),
@@ -261,20 +256,27 @@ class Trainer(SingleTrainer):
             self.kv.init(_STATS_KEY, mx.nd.zeros(2, dtype=np.float64))
             _trainers.add(self)
 
-    def _bounds(self, rows: int) -> tuple[int, int]:
-        return self.world.bounds(rows, 0 if self.fault == "same-shard" else self.world.rank)
+    def shard(self, rows: int, replica: int) -> tuple[int, int]:
+        """Rows [start, stop) of a global batch of ``rows`` that ``replica`` trains on."""
+        return self.world.bounds(rows, replica)
+
+    def loss_weight(self, rows: int, replica: int) -> float:
+        """What ``replica`` multiplies its shard's mean loss by before backward: the store
+        sums the workers' gradients and the update divides the sum by N (``step(N)``), so
+        ``World.weight`` makes that the gradient of the global batch's mean loss."""
+        return self.world.weight(rows, replica)
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One step on this worker's shard of the global batch ``x``, ``y``: the global
         batch's mean loss and correct count (the same in every worker)."""
         n = len(x)
         self.world.check_batch(n, "x")
-        start, stop = self._bounds(n)
-        loss, correct = self.backward(x[start:stop], y[start:stop], self.world.weight(n, self.world.rank))
+        start, stop = self.shard(n, self.world.rank)
+        loss, correct = self.backward(x[start:stop], y[start:stop], self.loss_weight(n, self.world.rank))
         sums = mx.nd.array([float(loss.asscalar()) * (stop - start) / n, float(correct.asscalar())], dtype=np.float64)
 
         def exchange() -> np.ndarray:
-            self.update(self.divisor)
+            self.update(self.world.workers)  # the summed gradients over N: the global mean
             if self.kv is not None:
                 self.kv.pushpull(_STATS_KEY, sums, out=sums)
             # every pull and update of this step, not only the sums: MXNet's engine runs
@@ -314,8 +316,8 @@ class Trainer(SingleTrainer):
         return done[0]
 
     def gradients(self) -> dict[str, np.ndarray]:
-        """The gradient the update applied: the pulled sum over the workers over ``divisor``."""
-        return {key: g / self.divisor for key, g in super().gradients().items()}
+        """The gradient the update applied: the pulled sum over the workers, over N."""
+        return {key: g / self.world.workers for key, g in super().gradients().items()}
 
     def reseed(self, seed: int) -> None:
         """Each worker its own stream of dropout masks (with one seed the workers would

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from conformance.frameworks import usable_cores
 from conformance.interface import Unsupported
 from conformance.spec import aux_admits
-from conformance.world import FAULTS, World, WorldError
+from conformance.world import World, WorldError
 
 from . import train
 from .model import GoogLeNet
@@ -268,11 +268,8 @@ class Trainer(train.Trainer):
         deterministic: bool = False,
         *,
         world: World,
-        fault: str | None = None,
         synchronized: bool = False,
     ) -> None:
-        if fault is not None and fault not in FAULTS:
-            raise ValueError(f"fault: expected None or one of {', '.join(map(repr, FAULTS))}, got {fault!r}")
         if not dist.is_initialized():
             raise WorldError("Trainer: this process has not joined a group; call impl_torch.distributed.start first")
         if dist.get_world_size() != world.workers or dist.get_rank() != world.rank:
@@ -290,7 +287,7 @@ class Trainer(train.Trainer):
                 "but this suite does not convert the model to it yet"
             )
         super().__init__(model, lr, momentum, aux_weight, record, deterministic)
-        self.world, self.fault = world, fault
+        self.world = world
         self.heads = _Heads(model)
         self.wrapped: tuple[bool, DistributedDataParallel] | None = None
 
@@ -311,8 +308,7 @@ class Trainer(train.Trainer):
         arrays in every worker): (mean loss, correct count) over the global batch."""
         n = len(x)
         self.world.check_batch(n, "x")
-        shard = 0 if self.fault == "same-shard" else self.world.rank
-        start, stop = self.world.bounds(n, shard)
+        start, stop = self.shard(n, self.world.rank)
         plan = self.model.plan
         with_aux = aux_admits(plan, x.shape[2:])
         target = torch.from_numpy(y[start:stop].astype(np.int64))
@@ -322,18 +318,22 @@ class Trainer(train.Trainer):
             out = ddp(torch.from_numpy(np.ascontiguousarray(x[start:stop])), with_aux)
             loss = self.loss(out, target, with_aux)
             self.optimizer.zero_grad()
-            # the shard's mean loss weighted so that DDP's mean of the workers' gradients is
-            # the gradient of the global batch's mean loss (unequal shards included)
-            (loss * self.world.weight(n, shard)).backward()  # DDP's hooks all-reduce here
-            if self.fault == "sum":  # the negative control: as if the engine summed
-                for p in self.model.parameters():
-                    if p.grad is not None:
-                        p.grad.mul_(self.world.workers)
+            (loss * self.loss_weight(n, self.world.rank)).backward()  # DDP's hooks all-reduce here
             self.optimizer.step()
             correct = int((out["logits"].argmax(1) == target).sum())
             totals = torch.tensor([float(loss.detach()) * (stop - start), correct], dtype=torch.float64)
             dist.all_reduce(totals)
         return float(totals[0]) / n, int(totals[1])
+
+    def shard(self, rows: int, replica: int) -> tuple[int, int]:
+        """Rows [start, stop) of a global batch of ``rows`` that ``replica`` trains on."""
+        return self.world.bounds(rows, replica)
+
+    def loss_weight(self, rows: int, replica: int) -> float:
+        """What ``replica`` multiplies its shard's mean loss by before backward: DDP averages
+        the workers' gradients, so ``World.weight`` makes that mean the gradient of the
+        global batch's mean loss (unequal shards included)."""
+        return self.world.weight(rows, replica)
 
     def reseed(self, seed: int) -> None:
         """Each worker its own stream of dropout masks (with one seed the workers would

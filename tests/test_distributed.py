@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,9 +23,11 @@ import pytest
 from conformance import spec
 from conformance.canonical import load
 from conformance.check import distributed, distributed_runs, replica_statistics
-from conformance.world import FAULTS, World
+from conformance.train.worker import trainer_class
+from conformance.world import World
 
 from .conftest import ROOT, backend_or_skip
+from .distributed_faults import FAULTS
 from .helpers import command
 
 FRAMEWORKS = ("torch", "keras", "mxnet")
@@ -101,12 +104,23 @@ def test_two_workers_equal_one_process_with_the_global_batch(fw):
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_a_broken_engine_fails_the_parity(fw, fault):
-    """Negative controls: gradients summed instead of averaged; every worker on shard 0."""
-    case = _case(fw, "googlenet_d2l", fault=fault)
+    """Negative controls: gradients summed instead of averaged; every worker on shard 0
+    (tests/distributed_faults.py, run in the engine's own worker processes)."""
+    case = _case(fw, "googlenet_d2l", trainer=FAULTS[fault])
     assert case.error is None, case.error
     assert not case.passed, distributed.render([case])
     grads = next(r for r in case.rows if r.quantity == "gradients of step 1")
     assert grads.agreement.max_rel > 1e-2, distributed.render([case])  # far beyond the 1e-4 tolerance
+
+
+def test_a_worker_steps_with_the_trainer_the_job_names():
+    """The broken ports reach the workers by name only; a malformed name is refused."""
+    engine = SimpleNamespace(Trainer=type("Trainer", (), {"shard": lambda self, rows, replica: (replica, rows)}))
+    assert trainer_class(engine, None) is engine.Trainer
+    same = trainer_class(engine, FAULTS["same-shard"])
+    assert issubclass(same, engine.Trainer) and same().shard(4, 1) == (0, 4)
+    with pytest.raises(ValueError, match=r"trainer: expected 'module:callable', got 'tests\.distributed_faults'"):
+        trainer_class(engine, "tests.distributed_faults")
 
 
 # -- BatchNorm: each engine's rule, asserted against NumPy --------------------------------

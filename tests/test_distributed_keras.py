@@ -1,6 +1,6 @@
 """impl_keras.distributed beyond the parity every engine passes (tests/test_distributed.py,
 whose "sum" control shows Keras's optimizer summing the replicas' gradients): a start
-after TensorFlow set up its devices is refused in one line, and so is an unknown fault."""
+after TensorFlow set up its devices is refused in one line."""
 
 from __future__ import annotations
 
@@ -24,15 +24,3 @@ def test_start_refuses_too_few_devices_after_tensorflow_initialised():
     with pytest.raises(WorldError, match=f"--workers {many}: TensorFlow initialised its devices"):
         distributed.start(World(many))
     distributed.stop()
-
-
-def test_trainer_refuses_unknown_fault():
-    backend_or_skip("keras")
-    from impl_keras import distributed
-
-    distributed.start(World(1))
-    try:
-        with pytest.raises(ValueError, match="fault: expected None or one of sum, same-shard"):
-            distributed.Trainer(None, 0.01, 0.9, world=World(1), fault="typo")  # type: ignore[arg-type]
-    finally:
-        distributed.stop()

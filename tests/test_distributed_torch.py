@@ -1,7 +1,7 @@
 """impl_torch.distributed beyond the parity every engine passes (tests/test_distributed.py,
 through the suite's launcher): a group of one is the plain Trainer, aux heads a size
-does not admit, synchronised BatchNorm refused with torch's own reason, an unknown
-fault refused, and a worker alone giving up after the timeout in one line."""
+does not admit, synchronised BatchNorm refused with torch's own reason, and a
+worker alone giving up after the timeout in one line."""
 
 from __future__ import annotations
 
@@ -120,12 +120,6 @@ def test_synchronised_batchnorm_is_unsupported_with_torchs_own_reason(group_of_o
     with pytest.raises(Unsupported, match="SyncBatchNorm layers only work with GPU modules") as caught:
         distributed.Trainer(net, lr=0.01, momentum=0.9, world=group_of_one, synchronized=True)
     print(caught.value)
-
-
-def test_an_unknown_fault_is_refused(group_of_one):
-    net = model({**JOB, "variant": "googlenet_d2l"})
-    with pytest.raises(ValueError, match="fault: expected None or one of 'sum', 'same-shard'"):
-        distributed.Trainer(net, lr=0.01, momentum=0.9, world=group_of_one, fault="mean")
 
 
 def test_a_worker_alone_gives_up_after_the_timeout_in_one_line():

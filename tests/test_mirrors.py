@@ -112,6 +112,36 @@ def test_trainers_expose_the_same_hooks():
         assert "BatchStats" in definitions(package, "engine"), package
 
 
+SEAMS = {"shard", "loss_weight"}
+
+
+def trainer_methods(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    (trainer,) = [c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "Trainer"]
+    return {f.name for f in trainer.body if isinstance(f, ast.FunctionDef)}
+
+
+def test_distributed_trainers_have_the_seams_the_negative_controls_override():
+    """``shard`` and ``loss_weight``, the same in every distributed Trainer, and the only
+    methods tests/distributed_faults.py's broken ports override; no fault in the Trainers."""
+    faults = ast.parse((ROOT / "tests" / "distributed_faults.py").read_text())
+    classes = [c for c in ast.walk(faults) if isinstance(c, ast.ClassDef)]
+    overridden = {f.name for c in classes for f in c.body if isinstance(f, ast.FunctionDef)}
+    assert overridden == SEAMS
+    for package in FRAMEWORKS:
+        path = ROOT / package / "distributed.py"
+        if path.is_file():
+            assert trainer_methods(path) >= SEAMS, path
+            assert not re.search(r"\bfault\b", path.read_text()), path
+
+
+def test_the_seams_check_fails_on_a_trainer_without_them(tmp_path):
+    """Negative control: a distributed Trainer with its shard picked inline."""
+    path = tmp_path / "distributed.py"
+    path.write_text("class Trainer:\n    def step(self, x, y):\n        return x[: len(x) // 2]\n")
+    assert SEAMS - trainer_methods(path) == SEAMS
+
+
 def test_distributed_trainers_take_the_loss_from_train():
     for package in FRAMEWORKS:
         path = ROOT / package / "distributed.py"

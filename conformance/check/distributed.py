@@ -28,7 +28,7 @@ import numpy as np
 from .. import spec
 from ..canonical import canonical_shapes, random_params
 from ..interface import Backend, Unsupported, is_judge
-from ..world import FAULTS, World
+from ..world import World
 from . import distributed_runs as runs
 from .compare import REL_TOL, Agreement
 from .replica_statistics import bn_counts, expected_statistics, replica_results, stated_rule
@@ -75,7 +75,6 @@ class Case:
     rule: dict[str, str] = field(default_factory=dict)  # the engine's BatchNorm rule, as it states it
     gradients: dict[str, str] = field(default_factory=dict)  # how the engine reduces gradients
     synchronized: bool = False
-    fault: str | None = None
     rows: list[Row] = field(default_factory=list)
     error: str | None = None  # the run failed, or the engine cannot (Unsupported)
     unsupported: bool = False
@@ -210,15 +209,14 @@ def check_framework(
     size: int,
     workers: int,
     seed: int,
-    fault: str | None = None,
+    trainer: str | None = None,
     synchronized: bool = False,
     rule: Mapping[str, str] | None = None,
 ) -> tuple[Case, list[dict[str, np.ndarray]]]:
     """One framework, one variant: the distributed run against its own single process (no
     BatchNorm), or its replicas' statistics against NumPy (BatchNorm). ``rule``: assert
-    this BatchNorm rule instead of the engine's (a negative control)."""
-    if fault is not None and fault not in FAULTS:
-        raise ValueError(f"fault: expected one of {', '.join(FAULTS)}, got {fault!r}")
+    this BatchNorm rule instead of the engine's; ``trainer``: step the workers with the
+    class this ``"module:callable"`` makes of the engine's Trainer (negative controls)."""
     eng = engine(framework)
     p = runs.plan(variant)
     case = Case(
@@ -231,7 +229,6 @@ def check_framework(
         dict(eng.BATCHNORM),
         dict(eng.GRADIENTS),
         synchronized,
-        fault,
     )
     params = random_params(p, seed, training=True)
     x, y = runs.batch(p, size, workers * PER_WORKER, seed, TRAIN_DTYPE)
@@ -242,7 +239,7 @@ def check_framework(
             check_batchnorm(backend, case, p, params, x, y, stated)
         else:
             ref = runs.single(backend, p, params, x, y, STEPS)
-            results = runs.distributed(framework, p, params, x, y, STEPS, workers, fault)
+            results = runs.distributed(framework, p, params, x, y, STEPS, workers, trainer)
             case.rows += parity_rows(p, ref, results[0], f"{workers} workers vs 1 process", STEPS)
             case.rows += resting_rows(p, size, params, results)
     except Unsupported as e:

@@ -60,10 +60,12 @@ def distributed(
     y: np.ndarray,
     steps: int,
     workers: int,
-    fault: str | None = None,
+    trainer: str | None = None,
     synchronized: bool = False,
 ) -> list[dict[str, np.ndarray]]:
-    """What the engine's workers compute (each process's saved quantities, by rank)."""
+    """What the engine's workers compute (each process's saved quantities, by rank).
+    ``trainer``: ``"module:callable"`` making the class the workers step with from the
+    engine's Trainer (``train.worker.trainer_class``; a negative control's broken port)."""
     with tempfile.TemporaryDirectory(prefix="conformance-distributed-") as tmp:
         save(params, Path(tmp, "params.safetensors"), p)
         np.savez(Path(tmp, "batch.npz"), x=x, y=y)
@@ -77,7 +79,7 @@ def distributed(
             "steps": steps,
             "lr": TRAIN_LR,
             "momentum": TRAIN_MOMENTUM,
-            "fault": fault,
+            "trainer": trainer,
             "synchronized": synchronized,
         }
         outcome = launch.run(framework, World(workers), job, stdout=io.StringIO(), stderr=io.StringIO())

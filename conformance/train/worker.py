@@ -4,7 +4,9 @@ The launcher (``launch.py``) starts it with the engine's variables set; it joins
 engine's group (``impl_<framework>.distributed.start``), says so to the launcher, runs
 the job and leaves the group. Two jobs: ``train`` (the ``train`` command's loop, on a
 shard of each global batch) and ``steps`` (a few SGD steps from given weights on one
-given global batch, every quantity saved for the distributed parity check).
+given global batch, every quantity saved for the distributed parity check). A ``steps``
+job may name ``"trainer"``, ``"module:callable"``: called with the engine's Trainer class,
+it returns the class to step with (the negative controls' broken ports, from tests/).
 """
 
 from __future__ import annotations
@@ -72,13 +74,12 @@ def steps(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]
     with engine.scope():
         model = backend.build(p.variant, **p.options.asdict(), dtype=str(x.dtype))
     backend.from_canonical(model, load(job["params"], p))
-    trainer = engine.Trainer(
+    trainer = trainer_class(engine, job.get("trainer"))(
         model,
         lr=job["lr"],
         momentum=job["momentum"],
         record=True,
         world=world,
-        fault=job.get("fault"),
         synchronized=job.get("synchronized", False),
     )
     out: dict[str, np.ndarray] = {}
@@ -92,6 +93,17 @@ def steps(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]
     weights = backend.to_canonical(model)
     out.update({f"weights/{k}": v for k, v in weights.items() if not k.endswith(("running_mean", "running_var"))})
     np.savez(f"{job['result']}-{world.rank}.npz", **out)
+
+
+def trainer_class(engine: ModuleType, wrapper: str | None) -> Any:
+    """The engine's Trainer, or what ``wrapper`` (``"module:callable"``, imported only when
+    named) makes of it."""
+    if wrapper is None:
+        return engine.Trainer
+    module, _, name = wrapper.partition(":")
+    if not module or not name:
+        raise ValueError(f"trainer: expected 'module:callable', got {wrapper!r}")
+    return getattr(importlib.import_module(module), name)(engine.Trainer)
 
 
 def bench(engine: ModuleType, backend: Any, world: World, job: Mapping[str, Any]) -> None:
