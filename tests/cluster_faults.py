@@ -42,7 +42,9 @@ def after_last_step(logs: Path, framework: str, epoch: int, steps: int) -> bool:
     now lands after every exchange of the run, while the workers leave the group."""
     for lines in _worker0(logs, framework):
         done = [i for i, line in enumerate(lines) if line.startswith(f"epoch {epoch - 1}/")]
-        if done and any(f" {steps}/{steps} loss " in line for line in lines[done[-1] + 1 :]):
+        last = f"train: epoch {epoch}/"  # train's progress line, ending "(2/2 batches)" at the last step
+        later = lines[done[-1] + 1 :] if done else []
+        if any(line.startswith(last) and line.endswith(f"({steps}/{steps} batches)") for line in later):
             return True
     return False
 
