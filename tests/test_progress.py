@@ -221,3 +221,40 @@ def test_check_distributed_shows_one_step_per_case():
     assert "check: inception_mnist at 31: torch, 2 workers" in drawn and not any(
         f"{line}\r\n" in drawn for line in lines
     )
+
+
+HELD = """
+import time
+from conformance import frameworks, progress
+
+with progress.Steps("load") as steps:
+    steps("importing")
+    with frameworks.quiet_stderr():  # as verify loads a model, and impl_keras imports TensorFlow
+        steps("held")
+        time.sleep(0.5)
+    steps("after")
+    time.sleep(0.3)
+"""
+
+
+def test_the_bar_is_not_caught_by_stderr_held_back():
+    """``frameworks.quiet_stderr`` points descriptor 2 at a file for a while and passes on
+    what it caught: a bar drawn there would come back as text above the live bar."""
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"} | {"TERM": "xterm", "PYTHONPATH": str(ROOT)}
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-c", HELD], stderr=follower, cwd=ROOT, env=env)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    assert process.wait(timeout=60) == 0
+    text = drawn.decode(errors="replace")
+    assert "load: held" in text  # drawn while descriptor 2 was held back
+    assert text.count("\x1b[?25l") == 1  # one bar, never a second drawing passed on as text
