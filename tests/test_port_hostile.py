@@ -205,7 +205,10 @@ def test_a_file_size_limit_during_a_framework_write_is_one_line(tmp_path, mnist_
         env={"MEASURED_FSIZE": str(200 * 1024)},
         ignore_xfsz=True,
     )
-    assert_cli_refused(m, f"DST {tmp_path / dst}: writing", "file-size limit is full")
+    assert_cli_refused(m, f"DST {tmp_path / dst}: writing", "file-size limit is full", alone=False)
+    # one line, after the progress line of the write it stops (the input's checks had passed)
+    said = m.stderr.splitlines()
+    assert len(said) == 2 and said[0].startswith(f"port: writing {tmp_path / dst} ("), m.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -148,7 +148,8 @@ def _check_distributed(args: argparse.Namespace, backends, variants, sizes, resu
     fixed = {v: sizes[0] for v in variants} if sizes else None
     print(f"data-parallel training, {args.workers} workers (each framework's own engine):", flush=True)
     print(distributed.rules([fw for fw in backends if fw in FRAMEWORKS]), flush=True)
-    cases = distributed.run(backends, variants, fixed, args.workers, args.seed)
+    with Steps("check") as progress:
+        cases = distributed.run(backends, variants, fixed, args.workers, args.seed, progress)
     print(distributed.render(cases), flush=True)
     passed = all(c.passed for c in cases)
     print(f"distributed: {'PASS' if passed else 'FAIL'} ({sum(c.passed for c in cases)}/{len(cases)} cases)")

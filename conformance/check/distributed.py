@@ -28,6 +28,7 @@ import numpy as np
 from .. import spec
 from ..canonical import canonical_shapes, random_params
 from ..interface import Backend, Unsupported, is_judge
+from ..progress import Steps
 from ..world import World
 from . import distributed_runs as runs
 from .compare import REL_TOL, Agreement
@@ -255,9 +256,14 @@ def run(
     sizes: Mapping[str, int] | None = None,
     workers: int = WORKERS,
     seed: int = 0,
+    progress: Steps | None = None,
 ) -> list[Case]:
     """Every framework on every variant; then each framework's distributed run against
-    the reference framework's (the first), variant by variant."""
+    the reference framework's (the first), variant by variant. ``progress`` is told each case."""
+    progress = Steps.silent() if progress is None else progress
+    engines = [fw for fw, b in backends.items() if not is_judge(b)]
+    chosen = variants or [*VARIANTS, *BATCHNORM_VARIANTS]
+    progress.total(sum(len(engines) * (1 + (spec.variant(v).convs.norm is not None)) for v in chosen))
     cases: list[Case] = []
     for variant in variants or [*VARIANTS, *BATCHNORM_VARIANTS]:
         size = (sizes or {}).get(variant) or default_size(variant)
@@ -265,6 +271,7 @@ def run(
         for fw, b in backends.items():
             if is_judge(b):
                 continue
+            progress(f"{variant} at {size}: {fw}, {workers} workers")
             case, results = check_framework(fw, b, variant, size, workers, seed)
             cases.append(case)
             if results and first is None:
@@ -273,6 +280,7 @@ def run(
                 p = runs.plan(variant)
                 case.rows += parity_rows(p, first[1], results[0], f"{fw} vs {first[0]}, both distributed", STEPS)
             if spec.variant(variant).convs.norm is not None:
+                progress(f"{variant} at {size}: {fw}, {workers} workers, synchronised BatchNorm")
                 sync, _ = check_framework(fw, b, variant, size, workers, seed, synchronized=True)
                 cases.append(sync)
     return cases

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import arguments, spec
+from ..progress import Steps
 from .registry import FORMATS
 
 # --to offers what can be written; --from everything that can be read.
@@ -104,18 +105,20 @@ def run_port(args: argparse.Namespace) -> int:
     from .port import VerificationError, port
 
     try:
-        port(
-            args.src,
-            args.dst,
-            args.variant,
-            args.src_format,
-            args.dst_format,
-            args.num_classes,
-            args.transform_input,
-            args.force,
-            log=lambda line: print(line, flush=True),
-            drop_background=args.drop_background,
-        )
+        with Steps("port") as progress:
+            port(
+                args.src,
+                args.dst,
+                args.variant,
+                args.src_format,
+                args.dst_format,
+                args.num_classes,
+                args.transform_input,
+                args.force,
+                log=lambda line: print(line, flush=True),
+                drop_background=args.drop_background,
+                progress=progress,
+            )
     except VerificationError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1
@@ -127,17 +130,19 @@ def run_init(args: argparse.Namespace) -> int:
     from .port import VerificationError, init
 
     try:
-        init(
-            args.dst,
-            args.variant,
-            args.dst_format,
-            args.num_classes,
-            args.seed,
-            False if args.no_aux_logits else None,
-            args.transform_input,
-            args.force,
-            log=lambda line: print(line, flush=True),
-        )
+        with Steps("init") as progress:
+            init(
+                args.dst,
+                args.variant,
+                args.dst_format,
+                args.num_classes,
+                args.seed,
+                False if args.no_aux_logits else None,
+                args.transform_input,
+                args.force,
+                log=lambda line: print(line, flush=True),
+                progress=progress,
+            )
     except VerificationError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ import numpy as np
 from .. import spec
 from ..canonical import Params, random_params
 from ..check.compare import Agreement
+from ..progress import Steps
 from . import deploy, paths, registry, staging
 from .base import Destination, FileContents, Format, PortError, Source, error_line
 from .checkpoint import Checkpoint, read_checkpoint, resolve_plan
@@ -61,14 +62,18 @@ def port(
     force: bool = False,
     log: Callable[[str], None] = lambda line: None,
     drop_background: bool = False,
+    progress: Steps | None = None,
 ) -> PortResult:
     """Convert ``src`` to ``dst`` and prove it. Raises PortError (bad input, or an
     output that cannot be written; nothing written) or VerificationError (the written
     file disagrees; nothing written). ``variant`` (None: the one the file's tensors fit)
-    and ``drop_background``: see :func:`read_checkpoint`."""
+    and ``drop_background``: see :func:`read_checkpoint`; ``progress`` is told each step."""
     start = time.perf_counter()
+    progress = Steps.silent() if progress is None else progress
     source = paths.source(src, src_format)
     destination = paths.destination(dst, dst_format, source, force)
+    progress.total(4)
+    progress(f"reading {source.path}", logged=False)  # a refusal of it stays one line in a log
     checkpoint = read_checkpoint(source, variant, None, num_classes, transform_input, drop_background)
     plan, params, notes, contents = checkpoint.plan, checkpoint.params, checkpoint.notes, checkpoint.contents
     src_fmt = source.format
@@ -86,7 +91,7 @@ def port(
     blind = unchecked(src_fmt, contents)
     if blind:
         log(f"note   {src_fmt.name}: {blind}")
-    return _write(source, contents, plan, params, notes, destination, log, start)
+    return _write(source, contents, plan, params, notes, destination, log, start, progress)
 
 
 # Where well-known weights of a variant expect its input transform.
@@ -142,6 +147,7 @@ def _write(
     destination: Destination,
     log: Callable[[str], None],
     start: float,
+    progress: Steps,
 ) -> PortResult:
     """Write ``params`` as the destination's format beside it, verify it against the
     source (loaded from ``contents`` as its users load it, or built in its framework;
@@ -157,6 +163,7 @@ def _write(
     reference = installed_reference() if None in (src_framework, dst_fmt.framework) else ""
     src_fw = src_framework or reference
     staging.check_space(dst, sum(value.nbytes for value in params.values()))
+    progress(f"writing {dst} ({dst_fmt.description})")
     try:
         data, writer = dst_fmt.write(params, plan)
     except PortError:
@@ -181,7 +188,9 @@ def _write(
         log(f"note   {dst_fmt.name}: {lost}")
     with staging.staging(destination, data) as (tmp, commit):
         del data
+        progress(f"proving {dst}: the source in {src_fw}")
         original = native_source(contents, plan, params, src, src_fw)
+        progress(f"proving {dst}: the written file loaded, both run on a seeded input")
         try:
             verified = verify(params, plan, original, tmp, dst_fmt, reference, writer)
         except PortError:
@@ -247,14 +256,17 @@ def init(
     transform_input: bool = False,
     force: bool = False,
     log: Callable[[str], None] = lambda line: None,
+    progress: Steps | None = None,
 ) -> PortResult:
     """A first checkpoint: the suite's seeded weights of ``variant``
     (``canonical.random_params(plan, seed)``, what ``check`` and ``diff`` run) written as
     any format ``port`` writes, and verified as ``port`` verifies. Seeded weights rather
     than ``default_params`` (build's initialisation: zero biases, BatchNorm statistics
     at 0 and 1): every tensor holds distinct values, so a port that loses one shows.
-    ``aux_logits``: None gives the variant's aux heads where it has them."""
+    ``aux_logits``: None gives the variant's aux heads where it has them; ``progress``
+    is told each step."""
     start = time.perf_counter()
+    progress = Steps.silent() if progress is None else progress
     dst = Path(dst)
     dst_fmt = registry.infer(dst, dst_format, "--to")
     if variant not in spec.VARIANTS:
@@ -272,4 +284,5 @@ def init(
         f"{plan.num_classes} classes, aux heads {'yes' if plan.aux else 'no'}"
         + (f", transform_input {_on(transform_input)}" if plan.variant.input.transform is not None else "")
     )
-    return _write(seeded, FileContents({}, "canonical", []), plan, params, [], destination, log, start)
+    progress.total(3)
+    return _write(seeded, FileContents({}, "canonical", []), plan, params, [], destination, log, start, progress)

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     import numpy as np
 
+    from ..progress import Steps
     from .results import Result
 
 
@@ -39,7 +40,7 @@ def verify(
     seed: int = 0,
     transform_input: bool | None = None,
     run_diagnosis: bool = True,
-    log: Callable[[str], None] | None = None,
+    progress: Steps | None = None,
     bgr: bool = False,
     input_scale: float | None = None,
     input_mean: Sequence[float] | None = None,
@@ -57,7 +58,7 @@ def verify(
         seed,
         transform_input,
         run_diagnosis=run_diagnosis,
-        log=log,
+        progress=progress,
         bgr=bgr,
         input_scale=input_scale,
         input_mean=input_mean,

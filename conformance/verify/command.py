@@ -6,7 +6,6 @@ or input (a model whose tensors do not fit the variant included)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from .. import arguments, frameworks, spec
 from ..files import check_output
 from ..formats import tfcheckpoint
 from ..formats.registry import infer
+from ..progress import Steps
 from . import convention, load
 from .options import check_options
 
@@ -116,23 +116,25 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"verify runs PyTorch models, and torch is {skipped['torch']}")
     from . import report, verifying
 
-    with frameworks.quiet_stderr():  # TensorFlow's start-up notices, where the user's code imports it
-        model = load.load(source)
-    result = verifying.verify(
-        model,
-        args.variant,
-        args.weights,
-        sizes,
-        args.batch,
-        args.seed,
-        True if args.transform_input else None,
-        run_diagnosis=not args.no_diagnosis,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
-        bgr=args.bgr,
-        input_scale=input_scale,
-        input_mean=mean,
-        input_std=std,
-    )
+    with Steps("verify") as progress:
+        progress(f"loading {args.model}", logged=False)  # a refusal of it stays one line in a log
+        with frameworks.quiet_stderr():  # TensorFlow's start-up notices, where the user's code imports it
+            model = load.load(source)
+        result = verifying.verify(
+            model,
+            args.variant,
+            args.weights,
+            sizes,
+            args.batch,
+            args.seed,
+            True if args.transform_input else None,
+            run_diagnosis=not args.no_diagnosis,
+            progress=progress,
+            bgr=args.bgr,
+            input_scale=input_scale,
+            input_mean=mean,
+            input_std=std,
+        )
     print(report.render(result, args.model), flush=True)
     if args.json is not None:
         report.write_json(result, args.json, overwrite=args.force)

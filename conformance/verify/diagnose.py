@@ -25,6 +25,7 @@ from impl_torch.model import make_stage
 
 from .. import spec
 from ..check import compare
+from ..progress import Steps
 from ..teach.pitfalls import PITFALLS, Params, Replay, where
 
 HEAD = "head"  # what a run reaches after the last stage: head pool, flatten, fc
@@ -193,17 +194,25 @@ Keep = Callable[[Combo, list[np.ndarray]], bool]
 
 
 def _logits(
-    runs: _Runs, combos: Sequence[Combo], xs: Sequence[np.ndarray], nets: dict[Combo, _Net], keep: Keep | None = None
+    runs: _Runs,
+    combos: Sequence[Combo],
+    xs: Sequence[np.ndarray],
+    nets: dict[Combo, _Net],
+    keep: Keep | None = None,
+    done: Callable[[int], None] = lambda count: None,
 ) -> dict[Combo, list[np.ndarray]]:
     """Each combination's logits on each of ``xs``; a combination that cannot be made
     with these weights, or does not run, is left out. A mistake's run starts where it
     changes the network, from the reference's activations; a pair's from its first
     mistake's, which are kept while the pairs opening with it run. ``nets``: the networks
     already made, by combination; those ``keep`` accepts stay there for the next call
-    (with the first mistake of a pair kept)."""
+    (with the first mistake of a pair kept). ``done`` is told how many combinations
+    have run (or been left out), after each first mistake's."""
     base = [runs.run(runs.base, x, -1, []) for x in xs]
     out: dict[Combo, list[np.ndarray]] = {}
+    counted = 0
     for a in dict.fromkeys(c[0] for c in combos):
+        counted += sum(combo[0] == a for combo in combos)
         try:
             net_a = nets.get((a,)) or runs.net([a.replay])
             start = runs.start(net_a, runs.base)
@@ -211,6 +220,7 @@ def _logits(
                 acts if start is None else runs.run(net_a, x, start, acts) for x, acts in zip(xs, base, strict=True)
             ]
         except (ValueError, KeyError, RuntimeError):
+            done(counted)
             continue  # cannot be made with these weights (a kernel of another size), or does not run
         kept = False
         if (a,) in combos:
@@ -232,6 +242,7 @@ def _logits(
                 nets[combo], kept = net, True
         if kept:
             nets[(a,)] = net_a
+        done(counted)
     return out
 
 
@@ -264,6 +275,7 @@ def diagnose(
     inputs: Sequence[np.ndarray],
     got: Sequence[np.ndarray],
     rel_tol: float = compare.REL_TOL,
+    progress: Steps | None = None,
 ) -> list[Finding]:
     """plan: the variant with the user's options (num_classes, aux_logits, transform_input);
     params: the user's weights in canonical keys and layouts; inputs: the NCHW float32 batches
@@ -273,7 +285,7 @@ def diagnose(
     [] as well when the reference itself reproduces ``got`` (nothing to diagnose). A pair is
     reported only when neither of its mistakes alone reproduces ``got``. Every mistake and
     pair runs first on the first image alone, and only those that image leaves possible
-    run on every input.
+    run on every input. ``progress`` counts the replays.
     """
     if not inputs or any(x.ndim != 4 or not len(x) for x in inputs):
         raise ValueError("inputs: expected one or more non-empty NCHW batches")
@@ -289,12 +301,21 @@ def diagnose(
     pool = candidates(plan, list(dict.fromkeys(x.shape[-1] for x in inputs)))
     combos: list[Combo] = [(c,) for c in pool] + list(itertools.combinations(pool, 2))
     nets: dict[Combo, _Net] = {}
+    progress = Steps.silent() if progress is None else progress
     screened = _logits(
-        runs, combos, [first], nets, keep=lambda combo, logits: _may_agree(logits[0], first_got, got[0], rel_tol)
+        runs,
+        combos,
+        [first],
+        nets,
+        keep=lambda combo, logits: _may_agree(logits[0], first_got, got[0], rel_tol),
+        done=lambda count: progress.count(count, len(combos), "diagnosis: the catalogue on the first image", "replays"),
     )
     survivors = [c for c in combos if c in screened and _may_agree(screened[c][0], first_got, got[0], rel_tol)]
     found = []
-    for combo, logits in _logits(runs, survivors, inputs, nets).items():
+    every = "diagnosis: the replays that may agree, on every input"
+    for combo, logits in _logits(
+        runs, survivors, inputs, nets, done=lambda count: progress.count(count, len(survivors), every, "replays")
+    ).items():
         max_rel, passed = _agreement(logits, got, rel_tol)
         if passed:
             found.append(Finding(tuple(c.name for c in combo), max_rel, tuple(c.where for c in combo)))

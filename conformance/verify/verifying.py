@@ -19,7 +19,7 @@ same variant holding the same weights, stage by stage, on the same seeded inputs
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,12 @@ from .. import spec
 from ..check.compare import REL_TOL, Agreement, agreement
 from ..check.inputs import EXTRA_SIZES, ODD_SIZES, inadmissible
 from ..formats.port import read_checkpoint
+from ..progress import Steps
 from . import convention, diagnose, taps, taps_gluon, taps_keras, taps_onnx, taps_saved, taps_script
 from .options import check_options
 from .pairing import Layer, Pairing, PairingError, by_names, by_structure, whose
 from .results import DiagnosisResult, LogitsResult, OutputResult, Result, StageResult
 
-Log = Callable[[str], None]
 Conversion = tuple[convention.Convention, convention.Convention]  # the reference's convention, the user's
 
 
@@ -284,12 +284,13 @@ def compare(
     batch: int,
     seed: int,
     rel_tol: float = REL_TOL,
-    log: Log | None = None,
+    progress: Steps | None = None,
     inputs_as: Conversion | None = None,
 ) -> tuple[Result, list[np.ndarray], list[np.ndarray]]:
     """The comparison at each size; also the inputs and the user's logits (for the
     diagnosis). ``inputs_as``: the user's input convention (from the reference's to the user's
-    channels): the user's model is fed each input converted into it."""
+    channels): the user's model is fed each input converted into it. ``progress`` is told
+    each size."""
     import impl_torch
 
     p = pairing.plan
@@ -302,8 +303,8 @@ def compare(
     unexposed: list[str] = []
     inputs, got = [], []
     for size in sizes:
-        if log:
-            log(f"  running {p.variant.name} at {size} x {size} (batch {batch})")
+        if progress is not None:
+            progress(f"{p.variant.name} at {size} x {size}, batch {batch}: your model and the reference")
         x = seeded_input(p, size, batch, seed)
         ref = impl_torch.stages(reference, x, mode="eager")
         shapes = {tuple(ref[s.name].shape) for s in p.stages}
@@ -385,7 +386,7 @@ def verify(
     transform_input: bool | None = None,
     rel_tol: float = REL_TOL,
     run_diagnosis: bool = True,
-    log: Log | None = None,
+    progress: Steps | None = None,
     bgr: bool = False,
     input_scale: float | None = None,
     input_mean: Sequence[float] | None = None,
@@ -398,6 +399,7 @@ def verify(
     admits; ``transform_input``: None reads the model's own ``transform_input`` flag
     (torchvision's); ``bgr``, ``input_scale``, ``input_mean``, ``input_std``: the input
     convention the model expects where it is not the variant's (:mod:`.convention`).
+    ``progress`` is told each step (pairing, each size, the diagnosis's replays).
     Raises PairingError (a ValueError) when the model's tensors do not
     fit, naming the first mismatch."""
     started = time.perf_counter()
@@ -407,7 +409,13 @@ def verify(
     wanted = (bgr, input_scale, input_mean, input_std)
     if transform_input is None:
         transform_input = getattr(model, "transform_input", False) is True
+    progress = Steps.silent() if progress is None else progress
+    # Pairing and reading --weights are checks of the user's input: shown on a bar, not
+    # logged, so that a refusal of it stays one line in a log.
+    progress(f"pairing your model's tensors with {'every variant' if variant == 'auto' else variant}", logged=False)
     pairings = fits(model, variant, transform_input)
+    if weights is not None and not isinstance(weights, Mapping):
+        progress(f"reading --weights {weights}", logged=False)
     what = "your model's own" if weights is None else _weights(model, pairings, weights)
     chosen, result, inputs, got = None, None, [], []
     for pairing in pairings:  # where several variants fit, the first whose outputs agree
@@ -421,7 +429,7 @@ def verify(
         reference = convention.variant(pairing.plan)
         theirs = convention.user(reference, adapter(model).channels(model), *wanted)
         inputs_as = None if theirs is None else (reference, theirs)
-        attempt, xs, ys = compare(model, pairing, sizes, batch, seed, rel_tol, log, inputs_as)
+        attempt, xs, ys = compare(model, pairing, sizes, batch, seed, rel_tol, progress, inputs_as)
         if theirs is not None:
             attempt.input_convention = f"{theirs.describe()}; the reference's: {reference.describe()}"
         if chosen is None or attempt.agree:
@@ -435,7 +443,7 @@ def verify(
     result.weights = what
     result.also_fits = [p.plan.variant.name for p in pairings if p is not chosen]
     if not result.agree and run_diagnosis and inputs:
-        findings = diagnose.diagnose(chosen.plan, chosen.params, inputs, got, rel_tol)
+        findings = diagnose.diagnose(chosen.plan, chosen.params, inputs, got, rel_tol, progress)
         result.diagnosis = [DiagnosisResult(tuple(f.pitfalls), f.max_rel, tuple(f.where)) for f in findings]
     result.seconds = time.perf_counter() - started
     return result
