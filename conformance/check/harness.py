@@ -28,19 +28,19 @@ from ..interface import EAGER, MODE_SETS, Backend, Unsupported, checked_modes, f
 from ..progress import Steps
 from .compare import REL_TOL, Agreement, agreement, identical
 from .inputs import DEFAULT_BATCH, default_sizes, full_options, inadmissible, seeded_input
-from .memory import Kept, map_large_blocks, release
+from .memory import StoredRun, map_large_blocks, release
 from .results import Report, SizeReport, StageRow, Timer, VariantReport
 from .training import check_training
 
 
-class Rows:
+class StageTable:
     """One input size's stage table, built one run at a time: a run's activations are
     compared when they exist and can then be freed (a stage of googlenet_cifar at 239 is
     84 MB), instead of every framework's being held until the end."""
 
-    def __init__(self, p: spec.Plan, size: int, batch: int) -> None:
-        self.p = p
-        self.expected = spec.expected_shapes(p, size, batch)
+    def __init__(self, plan: spec.Plan, size: int, batch: int) -> None:
+        self.plan = plan
+        self.expected = spec.expected_shapes(plan, size, batch)
         self.names: dict[str, None] = dict.fromkeys(self.expected)
         self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}  # run -> stage -> shape
         self.agree: dict[str, dict[str, Agreement]] = {}  # stage -> run -> agreement
@@ -49,7 +49,7 @@ class Rows:
         """Record a run's shapes and compare it with ``ref`` (None: it is the reference)."""
         self.names.update(dict.fromkeys(out))
         self.shapes[run] = {k: v.shape for k, v in out.items()}
-        heads = {"logits", *(h.name for h in self.p.aux)}
+        heads = {"logits", *(h.name for h in self.plan.aux)}
         for stage, got in out.items():
             want = None if ref is None else ref.get(stage)
             if want is not None and want.shape == got.shape:
@@ -78,7 +78,7 @@ def mode_run(fw: str, mode: str) -> str:
 
 
 def _check_size(
-    p: spec.Plan,
+    plan: spec.Plan,
     size: int,
     x: np.ndarray,
     backends: Mapping[str, Backend],
@@ -91,8 +91,8 @@ def _check_size(
 ) -> SizeReport | None:
     """Every framework's eager stages (a judge's own) against the first that runs, and
     each of its other modes against its eager stages; None if nothing ran."""
-    stages, modes = Rows(p, size, len(x)), Rows(p, size, len(x))
-    ref: Kept | None = None
+    stages, modes = StageTable(plan, size, len(x)), StageTable(plan, size, len(x))
+    ref: StoredRun | None = None
     with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
         for fw, model in models.items():
             progress(fw)
@@ -109,7 +109,7 @@ def _check_size(
                 continue
             stages.add(fw, out, ref)
             fast_modes = checked_modes(b, modes_checked)
-            kept = Kept(out, Path(tmp)) if ref is None or fast_modes else None  # the reference, or for the modes
+            kept = StoredRun(out, Path(tmp)) if ref is None or fast_modes else None  # the reference, or for the modes
             del out
             if ref is None:
                 ref = kept
@@ -133,7 +133,7 @@ def _check_size(
         del ref
     if not stages.shapes:
         return None
-    return SizeReport(size, spec.aux_admits(p, size), stages.rows(), modes.rows())
+    return SizeReport(size, spec.aux_admits(plan, size), stages.rows(), modes.rows())
 
 
 def _say(progress: Steps, where: str, framework: str) -> None:
@@ -153,9 +153,9 @@ def check_variant(
     progress = Steps.silent() if progress is None else progress
     progress(f"{name}: build and load")
     options = full_options(spec.VARIANTS[name])
-    p = spec.resolve(name, **options)
-    params = random_params(p, seed)
-    report = VariantReport(name, options, {"spec": spec.count_params(p)}, {})
+    plan = spec.resolve(name, **options)
+    params = random_params(plan, seed)
+    report = VariantReport(name, options, {"spec": spec.count_params(plan)}, {})
     models = {}
     for fw, b in backends.items():
         try:
@@ -175,10 +175,10 @@ def check_variant(
         if reason:
             report.skipped_sizes[size] = reason
             continue
-        x = seeded_input(p, size, batch, seed)
+        x = seeded_input(plan, size, batch, seed)
         where = f"{name} at {size}"
         said = functools.partial(_say, progress, where)
-        checked = _check_size(p, size, x, backends, models, timer, report.errors, report.unsupported, said, modes)
+        checked = _check_size(plan, size, x, backends, models, timer, report.errors, report.unsupported, said, modes)
         if checked is not None:
             report.sizes.append(checked)
     frameworks = {fw: m for fw, m in models.items() if not is_judge(backends[fw])}

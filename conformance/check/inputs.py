@@ -52,18 +52,18 @@ def check_work(variants: list[str], sizes: list[int] | None, batch: int, train: 
     """Refuse, before any framework is imported, a --batch whose activations at any size
     the check runs (each variant's own and the odd ones by default) exceed the memory."""
     for v in variants:
-        p = spec.resolve(v)
+        plan = spec.resolve(v)
         for size in sizes or default_sizes(v):
             if inadmissible(v, size) is None:
-                limits.check_work(limits.Work(p, size, batch, size_option="--input-size" if sizes else None))
+                limits.check_work(limits.Work(plan, size, batch, size_option="--input-size" if sizes else None))
         if train:
-            limits.check_work(limits.Work(p, p.input_size, batch, True, size_option=None))
+            limits.check_work(limits.Work(plan, plan.input_size, batch, True, size_option=None))
 
 
-def seeded_input(p: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:
+def seeded_input(plan: spec.Plan, size: int, batch: int, seed: int) -> np.ndarray:
     """A seeded NCHW float32 batch of standard normal pixels, fixed by seed and size."""
     rng = np.random.default_rng([seed, size])
-    return rng.standard_normal((batch, p.in_channels, size, size)).astype(np.float32)
+    return rng.standard_normal((batch, plan.in_channels, size, size)).astype(np.float32)
 
 
 def default_sizes(variant: str) -> list[int]:

@@ -15,7 +15,7 @@ import numpy as np
 SPILL_BYTES = 64 << 20  # a run's stages above this wait on disk, not in memory
 
 
-class Kept(Mapping[str, np.ndarray]):
+class StoredRun(Mapping[str, np.ndarray]):
     """A run's stages, kept to compare later runs with. Above ``SPILL_BYTES`` (the
     stages of googlenet_cifar at 239 are 352 MB per run) they wait in a temporary
     directory and each is mapped back only while it is compared: the kernel's page

@@ -16,7 +16,7 @@ from ..canonical import conv_key, random_params
 from ..interface import Backend, is_judge
 from .compare import Agreement, agreement
 from .inputs import seeded_input
-from .memory import Kept, release
+from .memory import StoredRun, release
 from .results import Timer, TrainRow, VariantReport
 
 TRAIN_LR = 0.01
@@ -31,7 +31,7 @@ TRAIN_DTYPE = "float64"
 
 def _quantities(
     backend: Backend,
-    p: spec.Plan,
+    plan: spec.Plan,
     params: Mapping[str, np.ndarray],
     x: np.ndarray,
     y: np.ndarray,
@@ -42,7 +42,7 @@ def _quantities(
     """Every quantity of two SGD steps from ``params``, by canonical key, each as soon as
     it exists (so it can be compared and dropped)."""
     with timer(fw, "build"):
-        model = backend.build(p.variant, **p.options.asdict(), dtype=dtype)
+        model = backend.build(plan.variant, **plan.options.asdict(), dtype=dtype)
         backend.from_canonical(model, params)
     trainer = backend.Trainer(model, lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, record=True)
     loss = {}
@@ -51,7 +51,7 @@ def _quantities(
             loss[f"step {step}"] = np.array([trainer.step(x, y)[0]])
         if step == 1:
             yield "gradients", trainer.gradients()
-            if p.variant.convs.norm is not None:
+            if plan.variant.convs.norm is not None:
                 yield "batch statistics", trainer.batch_stats()
         weights = backend.to_canonical(model)
         stats = {k: weights.pop(k) for k in list(weights) if k.endswith(("running_mean", "running_var"))}
@@ -62,12 +62,12 @@ def _quantities(
     yield "loss", loss
 
 
-def zero_gradients(p: spec.Plan) -> dict[str, str]:
+def zero_gradients(plan: spec.Plan) -> dict[str, str]:
     """Conv biases followed by BatchNorm (pytorch-cifar100's) -> their conv weight. In
     training mode BatchNorm subtracts the batch mean, so a per-channel constant has no
     effect: the exact gradient is zero and what a framework returns is round-off, to be
     measured against the gradient of the unit's weight, not its own."""
-    return {f"{conv_key(u)}.bias": f"{conv_key(u)}.weight" for u in p.conv_units() if u.bias and u.norm}
+    return {f"{conv_key(u)}.bias": f"{conv_key(u)}.weight" for u in plan.conv_units() if u.bias and u.norm}
 
 
 def train_row(
@@ -95,12 +95,12 @@ def check_training(
     """From one set of canonical weights and one batch, with dropout off: the loss, every
     gradient, BatchNorm's batch statistics, and the weights and running statistics after
     each of two SGD-with-momentum steps, compared key by key with the reference."""
-    p = spec.resolve(spec.without_dropout(spec.variant(report.variant)), **report.options)
-    params = random_params(p, seed, training=True)
-    size = p.input_size
-    x = seeded_input(p, size, batch, seed).astype(dtype)
-    y = np.random.default_rng([seed, size, 1]).integers(0, p.num_classes, batch)
-    ref: dict[str, Kept] = {}  # the first framework that trains is the reference: its quantities
+    plan = spec.resolve(spec.without_dropout(spec.variant(report.variant)), **report.options)
+    params = random_params(plan, seed, training=True)
+    size = plan.input_size
+    x = seeded_input(plan, size, batch, seed).astype(dtype)
+    y = np.random.default_rng([seed, size, 1]).integers(0, plan.num_classes, batch)
+    ref: dict[str, StoredRun] = {}  # the first framework that trains is the reference: its quantities
     results: dict[str, dict[str, tuple[str, Agreement]]] = {}  # quantity -> framework -> worst key
     trained = 0
     with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
@@ -109,11 +109,11 @@ def check_training(
                 continue
             mine: dict[str, tuple[str, Agreement]] = {}
             try:
-                for quantity, values in _quantities(b, p, params, x, y, timer, fw, dtype):
+                for quantity, values in _quantities(b, plan, params, x, y, timer, fw, dtype):
                     if not trained:
-                        ref[quantity] = Kept(values, Path(tmp))
+                        ref[quantity] = StoredRun(values, Path(tmp))
                     elif quantity in ref:
-                        scales = zero_gradients(p) if quantity == "gradients" else {}
+                        scales = zero_gradients(plan) if quantity == "gradients" else {}
                         mine[quantity] = train_row(quantity, ref[quantity], values, scales)
                     del values  # before the next step: a copy of every weight (107 MB at googlenet in float64)
             except Exception as e:  # noqa: BLE001 - a broken port may fail to train at all: report it
