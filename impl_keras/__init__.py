@@ -14,8 +14,8 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of reports
 # TensorFlow's oneDNN kernels otherwise allocate from their own pool, which never returns
-# memory: after one float64 training step of googlenet at 224 the process keeps 680 MB
-# it no longer uses (measured), and the check's peak becomes the sum of every framework's.
+# memory: after a float64 training step the process keeps what it no longer uses, and the
+# check's peak becomes the sum of every framework's (docs/benchmarks.md has the figure).
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 
 from conformance.frameworks import quiet_stderr
