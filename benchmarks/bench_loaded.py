@@ -1,10 +1,9 @@
 """Training images/s when another job takes a core: PyTorch's OpenMP threads against a
 busy core, with the settings that could hold it up, side by side.
 
-Issue #22: a newcomer's ``train --framework torch --variant googlenet_d2l`` ran at 10-14
-images/s while another job used one core. Each setting below runs ``bench``'s own
-training worker (``python -m conformance.bench --worker train``: the framework's
-``Trainer``, one SGD step per call) in a fresh process with its environment, in
+Each setting below runs ``bench``'s own training worker (``conformance.bench.run.Worker``
+in the ``train`` role: the framework's ``Trainer``, one SGD step per call) in a fresh
+process with its environment, in
 alternating rounds; ``--busy N`` starts N processes that spin on a core each for the
 whole run (the other job), ``--busy 0`` measures without them. The load average and
 ``uptime`` are printed before and after: other work on the machine counts too.
@@ -16,7 +15,6 @@ whole run (the other job), ``--busy 0`` measures without them. The load average 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -25,6 +23,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from conformance.bench.run import Worker  # noqa: E402 - the checkout's, not an installed copy
+from conformance.bench.settings import Settings  # noqa: E402
 
 # name -> environment added to the worker's (the suite's own default is what it does
 # with none: conformance.frameworks.yield_idle_threads).
@@ -46,32 +48,6 @@ def _spin() -> None:
         pass
 
 
-class Worker:
-    def __init__(self, framework: str, settings: dict[str, object], env: dict[str, str]) -> None:
-        args = [sys.executable, "-m", "conformance.bench", "--worker", "train", "--settings", json.dumps(settings)]
-        args += ["--framework", framework, "--mode", "train"]
-        self.process = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, **env},
-        )
-        self.ready = self.ask("")
-
-    def ask(self, command: str) -> dict:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        if command:
-            self.process.stdin.write(command + "\n")
-            self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the worker exited ({self.process.wait()}) instead of answering {command!r}")
-        return json.loads(line)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--framework", default="torch")
@@ -87,15 +63,9 @@ def main() -> None:
     unknown = [name for name in chosen if name not in SETTINGS]
     if unknown or not chosen:
         parser.error(f"--settings: unknown {unknown}; expected a comma-separated subset of {', '.join(SETTINGS)}")
-    settings = {
-        "variant": args.variant,
-        "batch": args.batch,
-        "size": args.input_size,
-        "frameworks": [args.framework],
-        "train": True,
-        "rounds": args.rounds,
-        "calls": args.calls,
-    }
+    settings = Settings(
+        args.variant, args.batch, args.input_size, (args.framework,), True, args.rounds, args.calls, modes="default"
+    )
     print(f"uptime before: {_uptime()}")
     print(
         f"{args.framework} training of {args.variant}, batch {args.batch} at {args.input_size}, "
@@ -106,17 +76,21 @@ def main() -> None:
     for spinner in spinners:
         spinner.start()
     workers: dict[str, Worker] = {}
+    ready: dict[str, dict] = {}
     try:
         for name in chosen:
-            workers[name] = Worker(args.framework, settings, SETTINGS[name])
+            workers[name] = Worker(
+                "train", settings, sys.stderr, SETTINGS[name], framework=args.framework, mode="train"
+            )
+            ready[name] = workers[name].ask("")
         first = {name: w.ask("first")["seconds"] for name, w in workers.items()}
         seconds: dict[str, list[float]] = {name: [] for name in workers}
         for r in range(args.rounds):
             for name in chosen if r % 2 == 0 else chosen[::-1]:
                 seconds[name] += workers[name].ask(f"run {args.calls}")["seconds"]
         print(f"  {'setting':<26} {'threads':>20} {'images/s best':>13} {'median':>7} {'first step':>10}")
-        for name, worker in workers.items():
-            threads = ",".join(f"{k} {v}" for k, v in worker.ready["threads"].items())
+        for name in workers:
+            threads = ",".join(f"{k} {v}" for k, v in ready[name]["threads"].items())
             best, median = args.batch / min(seconds[name]), args.batch / statistics.median(seconds[name])
             print(f"  {name:<26} {threads:>20} {best:>13.1f} {median:>7.1f} {first[name]:>9.1f}s")
     finally:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,13 +37,22 @@ from .settings import ONNX, TRAIN_MODES, Settings, check_settings
 class Worker:
     """A runtime in its own process, driven by one-line commands; it answers in JSON."""
 
-    def __init__(self, role: str, s: Settings, log: IO[str], **extra: str) -> None:
+    def __init__(
+        self, role: str, s: Settings, log: IO[str], env: Mapping[str, str] | None = None, **extra: str
+    ) -> None:
+        """``env``: variables added to this process's environment for the worker."""
         settings = json.dumps(dataclasses.asdict(s))
         args = [sys.executable, "-m", "conformance.bench.worker", "--worker", role, "--settings", settings]
         for key, value in extra.items():
             args += [f"--{key}", value]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=os.getcwd()
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=os.getcwd(),
+            env=None if env is None else {**os.environ, **env},
         )
 
     def ask(self, command: str) -> dict[str, Any]:
