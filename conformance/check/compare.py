@@ -69,9 +69,12 @@ def agreement(
     return Agreement(max_abs, max_rel, top1, top5, passed and top1 == 1.0 and top5 == 1.0, ties)
 
 
-def percent(fraction: float) -> str:
+def percent(fraction: float | None) -> str:
     """``fraction`` as a percentage that never rounds a disagreement up to 100%
-    (19,999 of 20,000 is 99.995%, shown as 99.99%) nor an agreement down to 0%."""
+    (19,999 of 20,000 is 99.995%, shown as 99.99%) nor an agreement down to 0%; "-" for
+    none (outputs that are not logits have no top-k)."""
+    if fraction is None:
+        return "-"
     if 0.99 < fraction < 1.0:
         return f"{np.floor(fraction * 1e4) / 100:.2f}%"
     if 0.0 < fraction < 0.01:

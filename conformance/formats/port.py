@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import spec
 from ..canonical import Params, random_params
-from ..check.compare import Agreement
+from ..check.compare import Agreement, percent
 from ..progress import Steps
 from . import deploy, paths, registry, staging
 from .base import Destination, FileContents, Format, PortError, Source, error_line
@@ -224,8 +224,8 @@ def _write(
         )
         for name, a in verified.agreement.items():
             log(
-                f"       {name:<7} max abs {a.max_abs:.1e}, max rel {a.max_rel:.1e}, top-1 {a.top1:.0%}, "
-                f"top-5 {a.top5:.0%}  {'PASS' if a.passed else 'FAIL'}"
+                f"       {name:<7} max abs {a.max_abs:.1e}, max rel {a.max_rel:.1e}, top-1 {percent(a.top1)}, "
+                f"top-5 {percent(a.top5)}  {'PASS' if a.passed else 'FAIL'}"
             )
         changed = verified.changed
         if verified.weighed:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import frameworks, spec
 from ..canonical import Params, canonical_shapes, random_params
-from ..check.compare import REL_TOL
+from ..check.compare import REL_TOL, percent
 from ..formats.base import PortError
 from ..formats.port import read_checkpoint
 from ..formats.registry import infer
@@ -231,7 +231,7 @@ def render(r: DiffResult, top: int = DEFAULT_TOP) -> str:
         if row.note:
             lines.append(f"  {'':<14} {row.note}")
         if row.top1 is not None:
-            lines.append(f"  {'':<14} top-1 {row.top1:.0%}, top-5 {row.top5:.0%} of {r.batch} images")
+            lines.append(f"  {'':<14} top-1 {percent(row.top1)}, top-5 {percent(row.top5)} of {r.batch} images")
     if r.tensors:
         lines.append(f"tensors that differ most ({min(top, len(r.tensors))} of {len(r.tensors)} that differ):")
         width = max(len(t.key) for t in r.tensors[:top])

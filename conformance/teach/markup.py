@@ -31,9 +31,5 @@ def scientific(v: float | None) -> str:
     return "-" if v is None else f"{v:.1e}"
 
 
-def percent(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0%}"
-
-
 def verdict(ok: bool) -> str:
     return '<span class="pass">PASS</span>' if ok else '<span class="fail">FAIL</span>'

@@ -23,7 +23,7 @@ from typing import Any
 from .. import spec
 from ..canonical import random_params
 from ..check import inputs, results, training
-from ..check.compare import REL_TOL
+from ..check.compare import REL_TOL, percent
 from ..files import atomic_write, finite
 from ..interface import Backend
 from ..reading import Damaged, json_document
@@ -253,7 +253,7 @@ def _rel(v: float | None) -> str:
 
 
 def _pct(v: float | None, batch: int) -> str:
-    return "-" if v is None else f"{v:.0%} ({round(v * batch)} of {batch})"
+    return "-" if v is None else f"{percent(v)} ({round(v * batch)} of {batch})"
 
 
 def render(m: Measurement) -> str:

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import spec
-from ..check.compare import REL_TOL
+from ..check.compare import REL_TOL, percent
 from . import differences, measure
-from .markup import esc, linkify, percent, scientific, table, verdict
+from .markup import esc, linkify, scientific, table, verdict
 from .page_code import NAMES, markdown_cell
 from .pitfalls import PITFALLS
 

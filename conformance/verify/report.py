@@ -7,6 +7,7 @@ import json
 import textwrap
 from pathlib import Path
 
+from ..check.compare import percent
 from ..files import atomic_write, finite
 from .results import Result
 
@@ -68,7 +69,7 @@ def render(r: Result, model: str = "your model") -> str:
                 f"    {s.name:<13} {_cut(s.module, 30):<30} {s.max_abs:9.1e} {s.max_rel:9.1e}   {_mark(s.passed)}"
             )
         for o in (o for o in r.outputs if o.size == size):
-            topk = "" if o.top1 is None else f"   top-1 {o.top1:.0%}, top-5 {o.top5:.0%}"
+            topk = "" if o.top1 is None else f"   top-1 {percent(o.top1)}, top-5 {percent(o.top5)}"
             lines.append(
                 f"    {o.name:<13} {'(returned)':<30} {o.max_abs:9.1e} {o.max_rel:9.1e}   {_mark(o.passed)}{topk}"
             )
