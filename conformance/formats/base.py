@@ -115,6 +115,10 @@ class Format:
     # keeps ("zip CRC-32"), "digest" (the suite's SHA-256 when the file records one), or
     # "" (nothing: a flipped bit is read as a weight, which port's log says).
     checksum: str = ""
+    # Why the format cannot hold a plan, in one line ("" if it can): asked as soon as the
+    # plan is known, before any framework is imported (a layer the format has no way to
+    # express, as keras-builtin's LRN).
+    refuses: Callable[[Plan], str] | None = None
 
 
 @dataclass

@@ -8,7 +8,8 @@ put them on ``sys.path``), so what the runtime loads is the file alone.
 
 KIND: ``onnx`` (onnxruntime), ``torchscript`` (torch.jit.load), ``exported``
 (torch.export.load), ``savedmodel`` (tf.saved_model.load), ``gluon``
-(a SymbolBlock of the graph, its input declared float32; PATH is the ``-symbol.json``). INPUT is NCHW float32.
+(a SymbolBlock of the graph, its input declared float32; PATH is the ``-symbol.json``),
+``keras-builtin`` (``keras.saving.load_model`` on ``KERAS_BACKEND``'s backend). INPUT is NCHW float32.
 OUTPUT holds ``out:NAME`` for each output (``logits``, ``aux2``, ``aux1``) and
 ``w:NAME`` for each named weight the runtime exposes.
 """
@@ -92,6 +93,16 @@ def _gluon(path: str, x, aux: bool) -> tuple[dict, dict]:
     return {"logits": logits}, {p.name: p.data().asnumpy() for p in block.collect_params().values()}
 
 
+def _keras_builtin(path: str, x, aux: bool) -> tuple[dict, dict]:
+    import keras  # the backend is KERAS_BACKEND's, as the reader's would be
+
+    model = keras.saving.load_model(path)  # safe_mode: built-in layers, no code in the file
+    out = model(x.transpose(0, 2, 3, 1), training=False)  # Keras models take NHWC
+    outputs = out if isinstance(out, dict) else {"logits": out}
+    weights = {v.path: keras.ops.convert_to_numpy(v.value) for v in model.weights}
+    return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}, weights
+
+
 def main(argv: list[str]) -> int:
     kind, path, source, target = argv[:4]
     _isolate()
@@ -99,7 +110,8 @@ def main(argv: list[str]) -> int:
 
     x = np.load(source)
     run = {"onnx": _onnx, "torchscript": _torchscript, "exported": _exported, "savedmodel": _savedmodel}
-    outputs, weights = {**run, "gluon": _gluon}[kind](path, x, "--aux" in argv)
+    run = {**run, "gluon": _gluon, "keras-builtin": _keras_builtin}
+    outputs, weights = run[kind](path, x, "--aux" in argv)
     np.savez(
         target,
         **{f"out:{k}": np.asarray(v) for k, v in outputs.items()},

@@ -76,6 +76,7 @@ def port(
     progress(f"reading {source.path}", logged=False)  # a refusal of it stays one line in a log
     checkpoint = read_checkpoint(source, variant, None, num_classes, transform_input, drop_background)
     plan, params, notes, contents = checkpoint.plan, checkpoint.params, checkpoint.notes, checkpoint.contents
+    refuse_plan(destination.format, plan)
     src_fmt = source.format
     num_classes, aux = plan.num_classes, bool(plan.aux)
     transform, unrecorded = _transform_said(src_fmt, contents, plan, transform_input)
@@ -92,6 +93,14 @@ def port(
     if blind:
         log(f"note   {src_fmt.name}: {blind}")
     return _write(source, contents, plan, params, notes, destination, log, start, progress)
+
+
+def refuse_plan(fmt: Format, plan: spec.Plan) -> None:
+    """A PortError where the destination's format cannot hold the plan (a layer it has
+    no way to express), before any framework is imported."""
+    said = fmt.refuses(plan) if fmt.refuses is not None else ""
+    if said:
+        raise PortError(said)
 
 
 # Where well-known weights of a variant expect its input transform.
@@ -278,6 +287,7 @@ def init(
     plan = resolve_plan(variant, classes, has_aux if aux_logits is None else aux_logits, transform_input)
     seeded = Path(f"seeded-{variant}-seed{seed}")  # no file: named in the result and messages
     destination = paths.check_destination(dst, dst_fmt, None, force)
+    refuse_plan(dst_fmt, plan)
     params = {k: v.astype(np.float32) for k, v in random_params(plan, seed).items()}
     log(
         f"seeded {variant}: canonical.random_params(seed={seed}), {len(params)} tensors, "

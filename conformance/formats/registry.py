@@ -19,6 +19,8 @@ the way that framework's users load it (for verification).
 |                 |                  | TF-slim's ``inception_v1`` names (``googlenet_slim``)  |
 | ``onnx``, ``torchscript``, ``exported``, ``savedmodel``, ``gluon-export``: deployment  |
 | graphs (``conformance.formats.deploy``), verified in a fresh process by their runtimes    |
+| ``keras-builtin`` | ``.keras``    | written only (``--to keras-builtin``): a functional model of  |
+|                 |                  | Keras's built-in layers (``conformance.formats.keras_builtin``) |
 
 Each family's module exports its :class:`Format` entries (``ENTRIES``); a new format is
 one entry in its family's module, a new family one module and one line in :data:`FORMATS`.
@@ -36,7 +38,7 @@ from .. import reading
 from ..frameworks import FRAMEWORKS, load
 from ..reading import Damaged
 from ..spec import Plan
-from . import bounds, caffe, canonical_files, deploy, gluon, keras_files, tfcheckpoint, torch_files
+from . import bounds, caffe, canonical_files, deploy, gluon, keras_builtin, keras_files, tfcheckpoint, torch_files
 from .base import FileContents, Format, PortError, Source, error_line, one_line
 from .sniff import check_content, sniff_probed
 
@@ -52,6 +54,7 @@ FORMATS: dict[str, Format] = {
         caffe,
         tfcheckpoint,
         deploy,
+        keras_builtin,
     )
     for f in family.ENTRIES
 }
