@@ -88,7 +88,8 @@ def _pool_problem(pool: Pool | AdaptiveAvgPool, size: int, nonnegative: bool) ->
             return ""
         return (
             f"{pool.name} averages adaptively {size} x {size} -> {pool.size} x {pool.size} (overlapping windows), "
-            f"which needs torch's AdaptiveAvgPool2d: Keras has no such layer"
+            f"which needs torch's AdaptiveAvgPool2d: Keras has no such layer (without aux heads it can be "
+            f"written: init --no-aux-logits)"
         )
     before, after = pool_pads(pool, size)
     if pool.kind == "max":
@@ -269,6 +270,7 @@ def build(plan: Plan, params: Params) -> Any:
     check(plan)
     backend("keras")
     import keras
+
     from impl_keras import weights
 
     b = _Builder(keras, params, weights)
@@ -353,9 +355,7 @@ def load(path: Path, plan: Plan, reference: str, into: Any) -> Any:
 
 
 def read(path: Path, plan: Plan) -> FileContents:
-    raise PortError(
-        f"{path}: keras-builtin files are written here, not read; port the weights it was written from"
-    )
+    raise PortError(f"{path}: keras-builtin files are written here, not read; port the weights it was written from")
 
 
 # fmt: off
