@@ -173,7 +173,7 @@ def test_to_a_read_only_format_is_refused_by_the_parser_with_the_list(fmt):
     r = cli("port", "a.pth", "b.caffemodel", "--variant", "googlenet", "--to", fmt)
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
     assert f"argument --to: invalid choice: '{fmt}' (choose from 'safetensors', 'npz', 'torch'" in r.stderr
-    assert "'gluon-export')" in r.stderr
+    assert "'gluon-export', 'keras-builtin')" in r.stderr
     # the negative control: reading one is still offered
     assert _parse(["port", "a.caffemodel", "b.pth", "--variant", "googlenet", "--from", fmt]).src_format == fmt
 
