@@ -33,6 +33,7 @@ from .base import LOADING_BUILT, BackendModel, FileContents, Format, PortError, 
 MAX_DEPTH = 12  # maps inside maps: GoogLeNet's deepest variable, inception3a/branch2/1/conv/kernel/value, is 6
 MAX_KEY = 1024  # characters of one key (a module's or variable's name)
 MAX_DIMS = 8  # dimensions of one array (a weight has at most 4)
+TRUNCATED = "truncated: the msgpack data ends inside a value (or a value declares more bytes than the file holds)"
 NDARRAY, SCALAR = 1, 3  # Flax's msgpack extension types: an array, a numpy scalar
 # dtype names an array may declare; any other is reported, never handed to numpy
 DTYPES = {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
@@ -137,12 +138,14 @@ def parse(data: bytes, limit: bounds.Budget) -> dict[tuple[str, ...], Tensor]:
     except Damaged:
         raise
     except msgpack.OutOfData:
-        raise Damaged("truncated: the msgpack data ends inside a value") from None
+        raise Damaged(TRUNCATED) from None
     except msgpack.ExtraData:
         raise Damaged("holds bytes after the state's map (not one msgpack value)") from None
     except msgpack.StackError:
         raise Damaged(f"maps nest deeper than {MAX_DEPTH}; a Flax state of GoogLeNet nests at most 6 deep") from None
     except (ValueError, TypeError) as e:  # a declared length above its bound, or bytes msgpack cannot parse
+        if "incomplete input" in str(e):  # unpackb's word for data that ends inside a value
+            raise Damaged(TRUNCATED) from None
         raise Damaged(f"not a bounded Flax msgpack state: {reading_error(e)}") from None
     if not isinstance(root, _Map):
         raise Damaged(f"holds a msgpack {type(root).__name__}, not the map of a Flax state")

@@ -109,7 +109,7 @@ def _looks_like_msgpack(head: bytes) -> bool:
     """A msgpack map of at least one entry whose first key is a string, as Flax's
     ``to_bytes`` writes a state (a pickle's 0x80 is an empty map, never a state)."""
     skip = {0xDE: 3, 0xDF: 5}.get(head[0], 1 if 0x81 <= head[0] <= 0x8F else 0)
-    return skip > 0 and len(head) > skip and (0xA1 <= head[skip] <= 0xBF or head[skip] in (0xD9, 0xDA))
+    return skip > 0 and len(head) > skip and (0xA1 <= head[skip] <= 0xBF or head[skip] in (0xD9, 0xDA, 0xDB))
 
 
 # The zip-based formats: a damaged archive is reported as what it should have been.
