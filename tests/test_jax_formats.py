@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import msgpack
@@ -25,7 +27,7 @@ from conformance.formats.port import PortError, port, read_checkpoint
 from conformance.reading import Damaged
 
 from . import hostile
-from .conftest import cli
+from .conftest import ROOT, cli
 from .helpers import assert_refused, command, seeded
 
 HAS_JAX = all(importlib.util.find_spec(name) is not None for name in ("jax", "flax", "orbax.checkpoint"))
@@ -370,3 +372,67 @@ def test_orbax_zarr_metadata_disagreeing_with_metadata(tmp_path):
     entry["value_metadata"]["write_shape"] = list(reversed(entry["value_metadata"]["write_shape"]))
     (src / "_METADATA").write_text(json.dumps(document))
     refused(src, "'fc/kernel': its zarr metadata declares", variant="inception_mnist")
+
+
+@needs_jax
+def test_orbax_digest_catches_a_changed_record(tmp_path):
+    """The negative control of the SHA-256 an Orbax checkpoint of this suite records:
+    a record that no longer matches the tensors is refused."""
+    plan, params = seeded("inception_mnist")
+    src = orbax_dir(tmp_path / "ckpt", params, plan)
+    document = json.loads((src / orbax_files.CHECKPOINT_METADATA).read_text())
+    document["custom_metadata"][orbax_files.RECORD]["sha256"] = "0" * 64
+    (src / orbax_files.CHECKPOINT_METADATA).write_text(json.dumps(document))
+    with pytest.raises(PortError, match="do not match the SHA-256 recorded in its metadata"):
+        read_checkpoint(src, "inception_mnist")
+
+
+@needs_jax
+def test_both_formats_are_read_without_jax(tmp_path):
+    """A process in which jax, Flax and Orbax cannot be imported reads both files (msgpack
+    and tensorstore only)."""
+    plan, params = seeded("inception_mnist")
+    msgpack_file(tmp_path / "m.msgpack", params, plan)
+    orbax_dir(tmp_path / "ckpt", params, plan)
+    canonical.save(params, tmp_path / "m.safetensors", plan)
+    script = (
+        "import sys; sys.modules.update(jax=None, flax=None, orbax=None)\n"
+        "import numpy as np\n"
+        "from conformance import canonical\n"
+        "from conformance.formats.checkpoint import read_checkpoint\n"
+        "want = canonical.load('m.safetensors')\n"
+        "for src in ('m.msgpack', 'ckpt'):\n"
+        "    got = read_checkpoint(src, 'inception_mnist').params\n"
+        "    assert all(np.array_equal(got[k], want[k]) for k in want) and got.keys() == want.keys(), src\n"
+        "print('read without jax')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0 and done.stdout == "read without jax\n", done.stderr[-2000:]
+
+
+def test_mutated_msgpack_files_are_read_or_refused_in_one_line(tmp_path, valid_msgpack):
+    """Seeded truncations and byte flips of a valid state: each is read (a flip inside an
+    array's bytes changes a weight, which a msgpack file cannot detect: port says so) or
+    refused with a PortError, never another exception."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "m.msgpack"
+    outcomes = {"read": 0, "refused": 0}
+    header = valid_msgpack[:4096]  # where the structure is: maps, keys, array headers
+    for case in range(60):
+        data = bytearray(valid_msgpack)
+        if case % 3 == 0:
+            data = data[: int(rng.integers(1, len(data)))]
+        else:
+            at = int(rng.integers(0, len(header)))
+            data[at] ^= int(rng.integers(1, 256))
+        src.write_bytes(bytes(data))
+        try:
+            read_checkpoint(src, "googlenet_bn")
+            outcomes["read"] += 1
+        except PortError as e:
+            assert "\n" not in e.cli, e.cli
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 20, outcomes
