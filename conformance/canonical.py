@@ -46,6 +46,41 @@ def gluon_name(key: str) -> str:
     return key
 
 
+# Flax's name for a variable -> the canonical suffix: every module sits at its canonical
+# path (impl_jax), so a Flax variable's path is its canonical key with Flax's name for
+# the variable at the end (BatchNorm's ``scale`` is PyTorch's ``weight``).
+FLAX_SUFFIXES = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
+
+
+def flax_path(key: str, ndim: int) -> tuple[str, ...]:
+    """Canonical key -> the Flax variable's path (``conv1.bn.weight``, 1-D -> ``('conv1',
+    'bn', 'scale')``; a conv or dense ``weight`` has two or more dimensions: ``kernel``)."""
+    *module, suffix = key.split(".")
+    names = {"weight": "kernel" if ndim > 1 else "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+    return (*module, names[suffix])
+
+
+def flax_key(path: tuple[object, ...]) -> str:
+    """``('inception3a', 'branch2', '0', 'conv', 'kernel')`` -> ``inception3a.branch2.0.conv.weight``;
+    KeyError for a path whose last part is not a Flax weight's name."""
+    *module, variable = (str(part) for part in path)
+    return ".".join([*module, FLAX_SUFFIXES[variable]])
+
+
+def to_flax(canonical: np.ndarray) -> np.ndarray:
+    """A canonical tensor in Flax's layout (a view): conv OIHW -> HWIO, dense (out, in) -> (in, out)."""
+    if canonical.ndim == 4:
+        return canonical.transpose(2, 3, 1, 0)
+    return canonical.T if canonical.ndim == 2 else canonical
+
+
+def from_flax(value: np.ndarray) -> np.ndarray:
+    """:func:`to_flax` undone: HWIO -> OIHW, (in, out) -> (out, in)."""
+    if value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)
+    return value.T if value.ndim == 2 else value
+
+
 def conv_shapes(u: ConvUnit) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {f"{conv_key(u)}.weight": (u.out_channels, u.in_channels, u.kernel, u.kernel)}
     if u.bias:

@@ -15,28 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from conformance.canonical import CanonicalError, canonical_shapes, validate
+from conformance.canonical import CanonicalError, canonical_shapes, flax_key, from_flax, to_flax, validate
 
-# Flax's variable name -> the canonical suffix (BatchNorm's ``scale`` is PyTorch's ``weight``)
-SUFFIXES = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
-
-
-def to_flax(canonical: np.ndarray) -> np.ndarray:
-    if canonical.ndim == 4:
-        return canonical.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    return canonical.T if canonical.ndim == 2 else canonical  # (out, in) -> (in, out)
-
-
-def from_flax(value: np.ndarray) -> np.ndarray:
-    if value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    return value.T if value.ndim == 2 else value
-
-
-def canonical_key(path: tuple) -> str:
-    """``('inception3a', 'branch2', '0', 'conv', 'kernel')`` -> ``inception3a.branch2.0.conv.weight``."""
-    *module, variable = (str(part) for part in path)
-    return ".".join([*module, SUFFIXES[variable]])
+# The names and layouts are conformance.canonical's (flax_key, to_flax, from_flax): the
+# Orbax and msgpack formats read and write them without importing jax.
+canonical_key = flax_key
 
 
 def located(model) -> Iterator[tuple[str, nnx.Variable]]:

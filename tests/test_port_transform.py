@@ -36,6 +36,8 @@ WRITTEN = {
     "exported": ("w.pt2", None, ("torch",)),
     "savedmodel": ("w_savedmodel", "savedmodel", ("keras",)),
     "gluon-export": ("w-symbol.json", None, ("mxnet",)),
+    "flax-msgpack": ("w.msgpack", None, ("jax",)),
+    "orbax": ("w_orbax", "orbax", ("jax",)),
 }
 RECORDING = [name for name, fmt in registry.FORMATS.items() if fmt.keeps_transform and fmt.readable]
 NOT_RECORDING = [name for name in WRITTEN if not registry.FORMATS[name].keeps_transform]

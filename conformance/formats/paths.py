@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from .. import files
-from . import registry, staging, tfcheckpoint
+from . import orbax_files, registry, staging, tfcheckpoint
 from .base import Destination, Format, PortError, Source
 
 
@@ -17,6 +17,9 @@ def source(src: str | Path, src_format: str | None, option: str = "--from") -> S
     and its ``.index`` checked), checked to be a readable regular file, and its format
     taken from ``src_format`` or the name (``option`` names the choice in messages)."""
     path = Path(src)
+    if path.is_dir() and orbax_files.looks_like(path):  # a checkpoint that is a directory: its _METADATA checked
+        fmt = registry.format_of(path, src_format or "orbax", option, False)
+        return Source(path, fmt, path / orbax_files.METADATA, False)
     prefix = tfcheckpoint.prefix(path)
     read_path, checked = (path, path) if prefix is None else (prefix, tfcheckpoint.index(prefix))
     _check_source(checked)
@@ -28,7 +31,10 @@ def _check_source(src: Path) -> None:
     if not src.exists():
         raise PortError(f"SRC {src}: no such file" + (" (a symbolic link to nothing)" if src.is_symlink() else ""))
     if src.is_dir():
-        raise PortError(f"SRC {src}: a directory; give a checkpoint file")
+        raise PortError(
+            f"SRC {src}: a directory; give a checkpoint file "
+            f"(or an Orbax checkpoint directory, which holds a {orbax_files.METADATA})"
+        )
     if not src.is_file():
         raise PortError(f"SRC {src}: {files.kind(src.stat().st_mode)}, not a regular file; give a checkpoint file")
     try:

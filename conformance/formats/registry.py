@@ -17,6 +17,10 @@ the way that framework's users load it (for verification).
 | ``tf-checkpoint`` | ``PREFIX``       | read only: ``PREFIX.index`` + ``PREFIX.data-*`` with   |
 |                 |                  | ``tf.train.load_checkpoint`` (never the ``.meta`` graph); |
 |                 |                  | TF-slim's ``inception_v1`` names (``googlenet_slim``)  |
+| ``flax-msgpack`` | ``.msgpack``     | Flax's ``to_bytes`` of an nnx state (bounded msgpack  |
+|                 |                  | parse, no jax to read or write); loaded with Flax     |
+| ``orbax``       | a directory      | Orbax's ``StandardCheckpointer`` of an nnx state;     |
+|                 |                  | read with tensorstore, written with Orbax             |
 | ``onnx``, ``torchscript``, ``exported``, ``savedmodel``, ``gluon-export``: deployment  |
 | graphs (``conformance.formats.deploy``), verified in a fresh process by their runtimes    |
 | ``keras-builtin`` | ``.keras``    | written only (``--to keras-builtin``): a functional model of  |
@@ -38,7 +42,19 @@ from .. import reading
 from ..frameworks import FRAMEWORKS, load
 from ..reading import Damaged
 from ..spec import Plan
-from . import bounds, caffe, canonical_files, deploy, gluon, keras_builtin, keras_files, tfcheckpoint, torch_files
+from . import (
+    bounds,
+    caffe,
+    canonical_files,
+    deploy,
+    flax_files,
+    gluon,
+    keras_builtin,
+    keras_files,
+    orbax_files,
+    tfcheckpoint,
+    torch_files,
+)
 from .base import FileContents, Format, PortError, Source, error_line, one_line
 from .sniff import check_content, sniff_probed
 
@@ -53,6 +69,8 @@ FORMATS: dict[str, Format] = {
         gluon,
         caffe,
         tfcheckpoint,
+        flax_files,
+        orbax_files,
         deploy,
         keras_builtin,
     )

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .. import reading
-from . import caffe, tfcheckpoint
+from . import caffe, orbax_files, tfcheckpoint
 from .base import Format, PortError
 
 _KIND_NAMES = {
@@ -28,6 +28,9 @@ _KIND_NAMES = {
     "mxnet-symbol": "an MXNet graph (-symbol.json)",
     "caffe-text": "a Caffe text prototxt (the network's description; its weights are in the .caffemodel)",
     "tf-checkpoint": "a TensorFlow checkpoint (PREFIX.index + PREFIX.data-*)",
+    "msgpack": "a msgpack map (Flax's serialization)",
+    "orbax": "an Orbax checkpoint directory",
+    "directory": "a directory",
     "damaged-tf": "a damaged TensorFlow checkpoint (its .index has no table magic at its end: truncated or corrupt)",
     "unknown": "not a known checkpoint format",
 }
@@ -45,6 +48,8 @@ def sniff_probed(path: Path, tf_prefix: Path | None) -> str:
     for (``tf_prefix``: the prefix it names, or None)."""
     if tf_prefix is not None:
         return "tf-checkpoint" if tfcheckpoint.looks_like_index(tfcheckpoint.index(tf_prefix)) else "damaged-tf"
+    if path.is_dir():
+        return "orbax" if orbax_files.looks_like(path) else "directory"
     with open(path, "rb") as f:
         head = f.read(256)  # a Caffe network's name and first layer tag; 16 bytes tell the others
     size = path.stat().st_size
@@ -74,6 +79,8 @@ def sniff_probed(path: Path, tf_prefix: Path | None) -> str:
         return "safetensors"
     if head[:1] == b"\x80":
         return "pickle"
+    if _looks_like_msgpack(head):
+        return "msgpack"
     if _looks_like_onnx(head):
         return "onnx"
     if head.lstrip()[:1] == b"{" and b'"nodes"' in head:
@@ -96,6 +103,13 @@ def _looks_like_onnx(head: bytes) -> bool:
         and 3 <= head[1] <= 30
         and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42)
     )
+
+
+def _looks_like_msgpack(head: bytes) -> bool:
+    """A msgpack map of at least one entry whose first key is a string, as Flax's
+    ``to_bytes`` writes a state (a pickle's 0x80 is an empty map, never a state)."""
+    skip = {0xDE: 3, 0xDF: 5}.get(head[0], 1 if 0x81 <= head[0] <= 0x8F else 0)
+    return skip > 0 and len(head) > skip and (0xA1 <= head[skip] <= 0xBF or head[skip] in (0xD9, 0xDA, 0xDB))
 
 
 # The zip-based formats: a damaged archive is reported as what it should have been.

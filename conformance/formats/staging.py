@@ -30,7 +30,8 @@ def check_directory_output(dst: Path) -> None:
     if os.path.lexists(dst):
         mode = dst.lstat().st_mode
         raise PortError(
-            f"DST {dst}: already exists ({files.kind(mode)}); a SavedModel is written as a new directory and "
+            f"DST {dst}: already exists ({files.kind(mode)}); a directory output (SavedModel, Orbax) is written "
+            f"as a new one and "
             f"nothing but a regular file is ever replaced, even with --force: remove it or give another name"
         )
     try:
