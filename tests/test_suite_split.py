@@ -10,7 +10,6 @@ import itertools
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,9 +18,11 @@ CI = ROOT / ".ci" / "run"
 OWN_LINE = "two_hosts"  # root only: its own line of .ci/run runs tests/test_two_hosts.py
 
 
-def registered_markers() -> list[str]:
-    options = tomllib.loads(PYPROJECT.read_text())["tool"]["pytest"]["ini_options"]
-    return [entry.split(":")[0].strip() for entry in options["markers"]]
+def registered_markers(config) -> list[str]:
+    """The markers pyproject.toml registers, as this pytest read them (pytest and its plugins
+    register theirs in the same list: skip, xfail, ...)."""
+    text = PYPROJECT.read_text()
+    return [entry.split(":")[0] for entry in config.getini("markers") if f'"{entry}"' in text]
 
 
 def pytest_lines(script: str) -> list[list[str]]:
@@ -53,9 +54,18 @@ def selected(tmp_path: Path, tests: dict[str, tuple[str, ...]], options: list[st
     for name, marks in tests.items():
         source += [f"@pytest.mark.{mark}" for mark in marks] + [f"def {name}():", "    pass", ""]
     (tmp_path / "test_combinations.py").write_text("\n".join(source))
+    configured = ["-c", str(PYPROJECT), "--rootdir", str(tmp_path), "-p", "no:cacheprovider"]
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-c", str(PYPROJECT), "--rootdir", str(tmp_path), "-p", "no:cacheprovider"]
-        + ["--collect-only", "-q", *(o for o in options if o != "-q"), str(tmp_path / "test_combinations.py")],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *configured,
+            "--collect-only",
+            "-q",
+            *(o for o in options if o != "-q"),
+            str(tmp_path / "test_combinations.py"),
+        ],
         check=False,
         capture_output=True,
         text=True,
@@ -66,31 +76,33 @@ def selected(tmp_path: Path, tests: dict[str, tuple[str, ...]], options: list[st
     return {line.split("::", 1)[1] for line in run.stdout.splitlines() if "::" in line}
 
 
-def coverage(tmp_path: Path, lines: list[list[str]]) -> tuple[set[str], set[str]]:
+def coverage(tmp_path: Path, markers: list[str], lines: list[list[str]]) -> tuple[set[str], set[str]]:
     """The tests (not two-host) no line runs, and those more than one line runs."""
-    tests = combinations(registered_markers())
+    tests = combinations(markers)
     owed = {name for name, marks in tests.items() if OWN_LINE not in marks}
     runs = [selected(tmp_path, tests, options) for options in lines]
     twice = {name for a, b in itertools.combinations(runs, 2) for name in a & b}
     return owed - set().union(*runs), twice
 
 
-def test_the_readme_command_and_the_marker_line_run_every_test_once(tmp_path):
+def test_the_readme_command_and_the_marker_line_run_every_test_once(tmp_path, pytestconfig):
     lines = pytest_lines(CI.read_text())
     assert ["-q"] in lines and ["-q", "-m", "e2e"] in lines, lines  # the README's command, the marker line
-    assert coverage(tmp_path, lines) == (set(), set())
-    assert "e2e" in registered_markers()
+    markers = registered_markers(pytestconfig)
+    assert "e2e" in markers and OWN_LINE in markers
+    assert coverage(tmp_path, markers, lines) == (set(), set())
 
 
-def test_the_readme_command_alone_leaves_the_end_to_end_tests_out(tmp_path):
+def test_the_readme_command_alone_leaves_the_end_to_end_tests_out(tmp_path, pytestconfig):
     """Negative control: without the marker line, every test marked e2e goes unrun."""
+    markers = registered_markers(pytestconfig)
     lines = [options for options in pytest_lines(CI.read_text()) if "e2e" not in options]
-    missing, _ = coverage(tmp_path, lines)
-    assert missing and all("e2e" in name and OWN_LINE not in name for name in missing), missing
-    assert missing == {name for name in combinations(registered_markers()) if "e2e" in name and OWN_LINE not in name}
+    missing, _ = coverage(tmp_path, markers, lines)
+    assert missing == {name for name in combinations(markers) if "e2e" in name and OWN_LINE not in name}, missing
+    assert missing  # the combinations hold e2e tests
 
 
-def test_a_line_running_everything_would_run_the_end_to_end_tests_twice(tmp_path):
+def test_a_line_running_everything_would_run_the_end_to_end_tests_twice(tmp_path, pytestconfig):
     """Negative control: a marker line that overrode nothing (``-m ''``) repeats the suite."""
-    missing, twice = coverage(tmp_path, [["-q"], ["-q", "-m", ""]])
+    missing, twice = coverage(tmp_path, registered_markers(pytestconfig), [["-q"], ["-q", "-m", ""]])
     assert missing == set() and twice and all(OWN_LINE not in name for name in twice)
