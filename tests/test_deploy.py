@@ -233,6 +233,7 @@ def test_a_gluon_graph_of_another_network_is_refused(written, tmp_path):
         read_checkpoint(tmp_path / "r-symbol.json", "residual_mnist")
 
 
+@pytest.mark.e2e
 def test_an_onnx_graph_with_batchnorm_folded_is_refused(tmp_path):
     """The ONNX judge's export (optimize=True) folds BatchNorm into the convolutions:
     its weights cannot be separated into canonical ones, and reading says so."""
