@@ -20,11 +20,13 @@ def report():
     return harness.run(list(spec.VARIANTS), backends, {}, batch=2)  # each variant's default sizes
 
 
+@pytest.mark.e2e
 def test_every_check_passes(report):
     failing = [(v.variant, s.size, r.stage) for v in report.variants for s in v.sizes for r in s.stages if not r.passed]
     assert report.passed, failing
 
 
+@pytest.mark.e2e
 def test_logits_within_tolerance_with_identical_top5(report):
     for v in report.variants:
         for s in v.sizes:
@@ -34,6 +36,7 @@ def test_logits_within_tolerance_with_identical_top5(report):
                 assert a.max_rel <= REL_TOL and a.top1 == 1.0 and a.top5 == 1.0, (v.variant, s.size, fw)
 
 
+@pytest.mark.e2e
 def test_every_stage_of_the_spec_was_compared(report):
     for v in report.variants:
         p = spec.resolve(v.variant, **v.options)
@@ -43,6 +46,7 @@ def test_every_stage_of_the_spec_was_compared(report):
             assert ("aux1" in compared) == s.aux
 
 
+@pytest.mark.e2e
 def test_aux_heads_compared_at_224_and_odd_sizes(report):
     sizes = {v.variant: {s.size: s.aux for s in v.sizes} for v in report.variants}
     assert sizes["googlenet"] == {224: True, 239: True, 97: False}  # avg 5x5/3 needs a 14..16 map
@@ -62,6 +66,7 @@ def test_aux_heads_compared_at_224_and_odd_sizes(report):
     assert "fc expects 1 x 1" in gluoncv.skipped_sizes[97]
 
 
+@pytest.mark.e2e
 def test_round_trips_are_bit_identical(report):
     for v in report.variants:
         assert v.roundtrip and all(not bad for bad in v.roundtrip.values()), v.roundtrip

@@ -54,6 +54,7 @@ def test_an_existing_json_is_refused_before_measuring(tmp_path):
     assert out.read_text() == "keep me"
 
 
+@pytest.mark.e2e
 def test_a_small_bench_measures_each_runtime_and_writes_its_figures(tmp_path):
     if "torch" not in installed():
         pytest.skip("needs torch")

@@ -43,6 +43,7 @@ def test_check_passes_prints_the_table_and_writes_json(tmp_path):
     assert doc["variants"][0]["counts"]["torch"] == [13_378_280, 0]
 
 
+@pytest.mark.e2e
 def test_check_train_reports_the_training_step(tmp_path):
     if len(installed()) < 2:
         pytest.skip("needs two frameworks")

@@ -78,6 +78,7 @@ def written(source) -> dict[str, tuple[Path, object, list[str]]]:
     return out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", list(OUTPUTS))
 def test_each_deployment_format_is_written_and_verified_in_its_runtime(written, fmt):
     if fmt not in written:
@@ -102,6 +103,7 @@ def test_each_deployment_format_is_written_and_verified_in_its_runtime(written, 
     assert not leftovers  # staging directories and temporary files are gone
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", ["onnx", "gluon-export"])
 def test_onnx_and_the_gluon_pair_read_back_to_canonical_bit_for_bit(written, fmt):
     if fmt not in written:
@@ -113,6 +115,7 @@ def test_onnx_and_the_gluon_pair_read_back_to_canonical_bit_for_bit(written, fmt
     assert all(back.params[k].tobytes() == expected[k].tobytes() for k in expected)
 
 
+@pytest.mark.e2e
 def test_the_sniffer_names_deployment_files(written):
     kinds = {"onnx": "onnx", "torchscript": "torchscript", "exported": "exported", "gluon-export": "mxnet-symbol"}
     for fmt, kind in kinds.items():
@@ -120,6 +123,7 @@ def test_the_sniffer_names_deployment_files(written):
             assert sniff(written[fmt][0]) == kind
 
 
+@pytest.mark.e2e
 def test_a_torchscript_file_is_not_read_as_a_state_dict(written, tmp_path):
     if "torchscript" not in written:
         pytest.skip("torch is not installed")
@@ -149,6 +153,7 @@ def _tampered_writer(monkeypatch, fmt: str, key: str, factor: float) -> None:
     monkeypatch.setitem(FORMATS, fmt, dataclasses.replace(original, write=write))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", list(OUTPUTS))
 def test_a_deployment_file_with_a_changed_weight_fails_and_nothing_is_written(source, tmp_path, monkeypatch, fmt):
     needs(fmt)
@@ -163,6 +168,7 @@ def test_a_deployment_file_with_a_changed_weight_fails_and_nothing_is_written(so
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e
 def test_a_tampered_onnx_initializer_reads_back_as_what_it_holds(written, tmp_path):
     """Reading takes the initializers as they are: a changed one is not the seeded tensor."""
     if "onnx" not in written:
@@ -182,6 +188,7 @@ def test_a_tampered_onnx_initializer_reads_back_as_what_it_holds(written, tmp_pa
     assert [k for k in expected if back[k].tobytes() != expected[k].tobytes()] == ["fc.bias"]
 
 
+@pytest.mark.e2e
 def test_a_tampered_gluon_pair_reads_back_as_what_it_holds(written, tmp_path):
     if "gluon-export" not in written:
         pytest.skip("mxnet is not installed")
@@ -215,6 +222,7 @@ def test_a_gluon_pair_exported_after_other_models_reads_back_bit_for_bit(tmp_pat
     assert all(back[k].tobytes() == expected[k].tobytes() for k in expected)
 
 
+@pytest.mark.e2e
 def test_a_gluon_graph_of_another_network_is_refused(written, tmp_path):
     if "gluon-export" not in written:
         pytest.skip("mxnet is not installed")
@@ -225,6 +233,7 @@ def test_a_gluon_graph_of_another_network_is_refused(written, tmp_path):
         read_checkpoint(tmp_path / "r-symbol.json", "residual_mnist")
 
 
+@pytest.mark.e2e
 def test_an_onnx_graph_with_batchnorm_folded_is_refused(tmp_path):
     """The ONNX judge's export (optimize=True) folds BatchNorm into the convolutions:
     its weights cannot be separated into canonical ones, and reading says so."""
@@ -239,6 +248,7 @@ def test_an_onnx_graph_with_batchnorm_folded_is_refused(tmp_path):
         read_checkpoint(path, "googlenet_cifar")
 
 
+@pytest.mark.e2e
 def test_onnx_carries_the_aux_heads_and_batchnorm_unfolded(tmp_path):
     """googlenet_bn: the ONNX file returns logits, aux2 and aux1, its BatchNorm kept as
     BatchNormalization, and reads back bit for bit (about a minute: the exporter solves

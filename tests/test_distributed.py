@@ -87,6 +87,7 @@ def _case(fw: str, variant: str, **kw) -> distributed.Case:
     return case
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_two_workers_equal_one_process_with_the_global_batch(fw):
     case = _case(fw, "googlenet_d2l")
@@ -101,6 +102,7 @@ def test_two_workers_equal_one_process_with_the_global_batch(fw):
         assert r.agreement.max_rel < (1e-10 if carried == "float64" else 1e-5), distributed.render([case])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_a_broken_engine_fails_the_parity(fw, fault):
@@ -126,6 +128,7 @@ def test_a_worker_steps_with_the_trainer_the_job_names():
 # -- BatchNorm: each engine's rule, asserted against NumPy --------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_batchnorm_statistics_follow_the_engines_stated_rule(fw):
     case = _case(fw, "googlenet_bn")
@@ -143,6 +146,7 @@ def test_batchnorm_statistics_follow_the_engines_stated_rule(fw):
 WRONG = {"own": "mean", "rank 0": "own", "mean": "own"}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_a_wrong_running_statistics_rule_fails(fw):
     """Negative control: the running statistics asserted by another rule than the engine's."""
@@ -155,6 +159,7 @@ def test_a_wrong_running_statistics_rule_fails(fw):
     assert max(r.agreement.max_rel for r in case.rows) > 1e-2, distributed.render([case])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_synchronised_batchnorm_gives_the_global_batch_or_is_refused_by_name(fw):
     case = _case(fw, "googlenet_bn", synchronized=True)
@@ -217,6 +222,7 @@ def _train(fw: str, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_two_workers_train_what_one_process_trains(fw, tmp_path):
     """The README command: one epoch (3 global batches of 16) with 2 workers and without;
@@ -264,6 +270,7 @@ def _workers(root: int) -> list[int]:
     return sorted(found)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fw", ["torch", "mxnet"])
 def test_a_killed_worker_ends_the_run_with_one_line_and_resume_continues_it(fw, tmp_path):
     """A worker killed after the first epoch: every process ends (MXNet's peers would wait

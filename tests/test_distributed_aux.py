@@ -91,6 +91,7 @@ def test_the_resting_row_passes_untouched_heads_and_fails_a_moved_or_graded_one(
 # -- each engine: distributed, and its single process ---------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_every_engine_leaves_a_resting_head_without_gradient_and_unchanged(fw):
     b = backend_or_skip(fw)
@@ -177,6 +178,7 @@ def test_keras_refuses_a_trained_variable_without_gradient():
     assert len(train.trained_variables(model, with_aux=False)) == len(variables) - 12
 
 
+@pytest.mark.e2e
 def test_check_distributed_on_an_mnist_net_runs_instead_of_a_traceback():
     """Row 9, as a user types it (PyTorch only, to keep the test short)."""
     backend_or_skip("torch")

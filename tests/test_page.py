@@ -139,6 +139,7 @@ def site(tmp_path_factory, pitfall_measurements):
     return out, measured
 
 
+@pytest.mark.e2e
 def test_the_page_renders_in_chromium_with_every_part(site, tmp_path):
     out, measured = site
     url = (out / "index.html").resolve().as_uri()
@@ -175,6 +176,7 @@ def test_the_page_renders_in_chromium_with_every_part(site, tmp_path):
     assert all((out / src).is_file() for tag, src in dom.links if tag == "img")
 
 
+@pytest.mark.e2e
 def test_a_screenshot_is_kept(site, tmp_path):
     out, _ = site
     shot = tmp_path / "page.png"

@@ -90,6 +90,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_sigint_keeps_the_complete_epochs_and_resume_finishes_the_run(tmp_path):
     """A real SIGINT in epoch 2 of 3 (MXNet: the quickest to start): exit 130 with one
     line, epoch 1's checkpoint, history, state and plot kept, no temporary file; then

@@ -109,6 +109,7 @@ def test_resize_is_bilinear_with_half_pixel_centres():
     assert data.prepare(np.zeros((1, 28, 28), np.uint8), 3, 32).shape == (1, 3, 32, 32)
 
 
+@pytest.mark.e2e
 def test_generated_data_is_learned_alike_in_every_framework(tmp_path):
     """inception_mnist on the generated set: clearly above chance (0.1) within three
     epochs, and, from the same canonical start, the same curve in every framework."""

@@ -318,6 +318,7 @@ def onnx_files(tmp_path_factory):
     return paths
 
 
+@pytest.mark.e2e
 def test_an_onnx_file_pairs_by_node_order_and_agrees_stage_by_stage(onnx_files, capsys):
     code = main(["verify", str(onnx_files["d2l"]), "--input-size", "96", "--batch", "1"])
     printed = capsys.readouterr().out
@@ -327,12 +328,14 @@ def test_an_onnx_file_pairs_by_node_order_and_agrees_stage_by_stage(onnx_files, 
     assert "not compared" not in printed
 
 
+@pytest.mark.e2e
 def test_an_onnx_file_with_a_mistake_disagrees_where_it_is_made(onnx_files, capsys):
     code = main(["verify", str(onnx_files["d2l_no_relu"]), "--input-size", "96", "--batch", "1", "--no-diagnosis"])
     printed = capsys.readouterr().out
     assert code == 1 and "first divergence: inception3a" in printed
 
 
+@pytest.mark.e2e
 def test_weights_are_written_into_an_onnx_graphs_initializers(onnx_files, tmp_path):
     from onnx import numpy_helper
 
