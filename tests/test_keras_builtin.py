@@ -75,6 +75,7 @@ def test_every_variant_left_is_refused():
     assert keras_builtin.refusal(spec.resolve("googlenet_bn")) == ""
 
 
+@pytest.mark.e2e  # suite-less processes load exported .keras files
 @pytest.mark.parametrize("variant", list(WRITABLE))
 def test_each_variant_loads_without_the_suite_and_agrees(written, variant):
     dst, result, log = written[variant]
@@ -109,6 +110,7 @@ def keras_classes(config: object) -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.e2e  # suite-less processes load exported .keras files
 @pytest.mark.parametrize("variant", ["googlenet", "googlenet_bn", "inception_mnist"])
 def test_the_config_names_only_keras_classes(written, variant):
     dst, _, _ = written[variant]
@@ -134,6 +136,7 @@ def test_the_config_check_finds_a_suite_class():
     assert keras_classes(custom) == [("keras.layers", "Pool2D")]
 
 
+@pytest.mark.e2e  # suite-less processes load exported .keras files
 @pytest.mark.parametrize("keras_backend", ["jax", "torch"])
 @pytest.mark.parametrize("variant", ["googlenet_bn", "googlenet_d2l"])
 def test_it_loads_on_every_keras_backend(written, variant, keras_backend, monkeypatch):
@@ -185,6 +188,7 @@ def test_a_padded_max_pool_on_a_signed_input_is_refused():
     assert "maxpool2 pads a max pool whose input can be negative" in said and "-inf" in said
 
 
+@pytest.mark.e2e  # suite-less processes load exported .keras files
 def test_a_wrong_padding_fails_the_agreement_check(tmp_path, monkeypatch):
     """Negative control: ceil mode's extra cell padded on both sides instead of at the
     end only (googlenet_bn's maxpool1 on 112 needs (0, 1)) makes port's check fail, and
