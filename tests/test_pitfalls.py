@@ -45,7 +45,7 @@ ISSUE_LIST = {  # the issue's list, one name per mistake
 # Measured harmless on their default variants (they change nothing there, at any size);
 # tests/test_pitfalls_jax.py shows each diverging where it can.
 HARMLESS = {"zero-padded-max-pool"}
-REFUSED = {"flax-kernel-io": "'conv1.weight': converted to"}  # the broken port's loader refuses it
+REFUSED = {"flax-kernel-io": "'conv1.conv.weight': converted to"}  # the broken port's loader refuses it
 PAIRS = measure.planned(list(PITFALLS), None)
 PNG = b"\x89PNG\r\n\x1a\n"
 

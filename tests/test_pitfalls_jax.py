@@ -199,7 +199,7 @@ def test_the_catalogue_measures_the_jax_entries(pitfall_measurements):
         assert m.where is None and m.first is None and not m.error and m.points and m.as_expected
         assert all(pt.passed for pt in m.points) and m.top1 == 1.0
     m = got[("flax-kernel-io", "googlenet_cifar")]  # refused by shape before any forward
-    assert "'conv1.weight': converted to (3, 3, 64, 3), Flax variable is (3, 3, 3, 64)" in m.error
+    assert "'conv1.conv.weight': converted to (3, 3, 64, 3), Flax variable is (3, 3, 3, 64)" in m.error
     m = got[("flax-avg-pool", "inception_mnist")]
     assert m.first == m.where == "incep1" and m.first_rel is not None and m.first_rel > 1e-2
     for name in ("flax-bn-momentum", "flax-running-variance"):
