@@ -114,5 +114,9 @@ def pitfall_measurements():
     """Every pitfall on each of its default variants, measured once per session (small batch)."""
     from conformance.teach import measure
 
-    results = measure.run(list(pitfalls.PITFALLS), None, _BACKENDS, _SKIPPED, batch=PITFALL_BATCH)
+    # the optional frameworks whose ports the catalogue names (jax): skipped with the reason where not installed
+    optional = sorted({p.framework for p in pitfalls.PITFALLS.values()} - set(FRAMEWORKS))
+    extra, extra_skipped = frameworks.load(optional)
+    backends, skipped = {**_BACKENDS, **extra}, {**_SKIPPED, **extra_skipped}
+    results = measure.run(list(pitfalls.PITFALLS), None, backends, skipped, batch=PITFALL_BATCH)
     return {(m.pitfall, m.variant): m for m in results}

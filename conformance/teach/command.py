@@ -17,6 +17,8 @@ from ..progress import Steps
 from . import measure, outputs
 from .pitfalls import PITFALLS
 
+PORTS = list(dict.fromkeys(p.framework for p in PITFALLS.values()))  # the frameworks whose ports err
+
 
 def add_parsers(sub: Any) -> None:
     """The ``pitfalls``, ``diff`` and ``page`` subcommands on ``sub``."""
@@ -35,6 +37,7 @@ def _add_pitfalls(sub: Any) -> None:
         "the reference and by how much; PASS when each diverges first where its mistake is made.",
         [
             ("one mistake, with its plot", "--pitfall floor-pooling --plot plots/"),
+            ("the mistakes of JAX + Flax ports", "--frameworks jax"),
             ("every mistake on d2l's GoogLeNet, as JSON for page", "--variant googlenet_d2l --json pitfalls.json"),
         ],
     )
@@ -44,6 +47,12 @@ def _add_pitfalls(sub: Any) -> None:
         choices=list(PITFALLS),
         metavar="NAME",
         help=f"a pitfall to measure (repeatable; default: all): {', '.join(PITFALLS)}",
+    )
+    cmd.add_argument(
+        *arguments.FRAMEWORK_FLAGS,
+        dest="frameworks",
+        metavar="LIST",
+        help=f"only the mistakes of ports to these frameworks, e.g. jax (default: all): a subset of {','.join(PORTS)}",
     )
     cmd.add_argument(
         "--variant",
@@ -161,8 +170,36 @@ def _add_page(sub: Any) -> None:
 
 def run_pitfalls(args: argparse.Namespace) -> int:
     return pitfalls(
-        args.pitfall, args.variant, args.input_size, args.batch, args.seed, args.json, args.plot, args.force
+        selected(args.pitfall, None if args.frameworks is None else ports(args.frameworks)),
+        args.variant,
+        args.input_size,
+        args.batch,
+        args.seed,
+        args.json,
+        args.plot,
+        args.force,
     )
+
+
+def ports(text: str) -> list[str]:
+    """``--frameworks jax,keras``: frameworks whose ports the catalogue holds mistakes of."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PORTS]
+    if unknown or not names:
+        raise ValueError(
+            f"--frameworks: no pitfall of a port to {','.join(unknown) or repr(text)}; "
+            f"expected a comma-separated subset of {','.join(PORTS)}"
+        )
+    return names
+
+
+def selected(names: list[str] | None, frameworks: list[str] | None) -> list[str]:
+    """The pitfalls named (default: all), of the ports to ``frameworks`` (default: any)."""
+    chosen = [n for n in dict.fromkeys(names or PITFALLS) if frameworks is None or PITFALLS[n].framework in frameworks]
+    if not chosen:
+        asked = ",".join(frameworks or [])
+        raise ValueError(f"--frameworks {asked}: no pitfall --pitfall names is made by such a port")
+    return chosen
 
 
 def run_diff(args: argparse.Namespace) -> int:
@@ -344,7 +381,7 @@ def page(
         limits.check_size(spec.resolve(variant), size)
     if pitfalls_json is None:
         print(f"measuring the pitfalls ({batch} images each; --pitfalls-json reuses a pitfalls --json report)")
-        backends, skipped = frameworks.load(frameworks.FRAMEWORKS)
+        backends, skipped = frameworks.load([measure.REFERENCE, *PORTS])  # jax: skipped where not installed
         with Steps("page") as steps:
             steps.total(len(measure.planned(list(PITFALLS), None)))
             # each measured pitfall named with its variant: dense-rows runs on two

@@ -221,3 +221,74 @@ def where_dropout(p: spec.Plan, size: int) -> str | None:
     if p.dropout == 0:
         raise NotApplicable("no dropout before the classifier")
     return "logits"
+
+
+def signed_out(op: spec.Stage, signed: bool) -> bool:
+    """Whether an op's output can be negative, given whether its input can: a ReLU (a
+    conv unit's own, a ReLU stage, a residual block's last) makes it nonnegative; pools
+    and LRN keep the sign; a block is signed if any branch's output is."""
+    if isinstance(op, spec.ConvUnit):
+        return not op.relu
+    if isinstance(op, (spec.ReLU, spec.ResidualUnit)):
+        return False
+    if isinstance(op, spec.InceptionUnit):
+        return any(_chain_signed(branch, signed)[1] for branch in op.branches)
+    return signed
+
+
+def max_pool_pads(op: spec.Pool, n: int) -> tuple[int, int]:
+    """(before, after) padding a max pool reads on an n-pixel side: its own, the end the
+    ceil mode reaches past the map, or TensorFlow's SAME."""
+    if op.same:
+        return spec.same_pads(n, op.kernel, op.stride)
+    out = spec.pool_out(n, op.kernel, op.stride, op.padding, op.ceil_mode)
+    return op.padding, max(0, (out - 1) * op.stride + op.kernel - n - op.padding)
+
+
+def _zero_wins(op: Any, n: int, signed: bool) -> bool:
+    return isinstance(op, spec.Pool) and op.kind == "max" and signed and max_pool_pads(op, n) != (0, 0)
+
+
+def _chain_signed(ops: Any, signed: bool, n: int = 0) -> tuple[bool, bool]:
+    """(a padded max pool of the chain reads a signed map, the chain's output is signed)."""
+    hit = False
+    for op in ops:
+        hit = hit or (n > 0 and _zero_wins(op, n, signed))
+        signed = signed_out(op, signed)
+    return hit, signed
+
+
+def where_zero_pad(p: spec.Plan, size: int) -> str | None:
+    """The first stage where a max pool padded with zeros instead of -inf reads padding
+    beside a map that can be negative, and hands it on unrectified (``relu(max_pool(x))``
+    is the same with either padding): None where every padded max pool reads a ReLU's
+    output, which no zero can beat."""
+    pools = [op for s in p.stages for op in stage_ops(s) if isinstance(op, spec.Pool) and op.kind == "max"]
+    if not any(op.padding or op.ceil_mode or op.same for op in pools):
+        raise NotApplicable("its max pools have no padding and round down: no window reaches past the map")
+    inputs = stage_inputs(p, size)
+    signed = True  # the input image
+    for i, stage in enumerate(p.stages):
+        n = inputs[stage.name][1]
+        if isinstance(stage, spec.InceptionUnit):  # its branch pool reads the block's input, a conv the pool
+            hit = any(_chain_signed(branch, signed, n)[0] for branch in stage.branches)
+        else:
+            rectified = i + 1 < len(p.stages) and isinstance(p.stages[i + 1], spec.ReLU)
+            hit = _zero_wins(stage, n, signed) and not rectified
+        if hit:
+            return stage.name
+        signed = signed_out(stage, signed)
+    return None
+
+
+def counts_padding(op: Any) -> bool:
+    """An average pool whose mean counts its zero padding (PyTorch's ``count_include_pad``)."""
+    return isinstance(op, spec.Pool) and op.kind == "avg" and op.padding > 0 and op.count_include_pad
+
+
+def where_counted_padding(p: spec.Plan, size: int) -> str | None:
+    return first_stage(p, counts_padding, "no average pool counts padding in its mean")
+
+
+def where_first_conv(p: spec.Plan, size: int) -> str | None:
+    return first_stage(p, lambda op: isinstance(op, spec.ConvUnit), "no conv")

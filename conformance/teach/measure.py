@@ -92,7 +92,8 @@ def _number(v: Any) -> Any:
 
 def default_size(pitfall: Pitfall, p: spec.Plan) -> int:
     """Inference: ``MODEST_SIZE`` where the variant runs it and the mistake shows there
-    as at the variant's own size; otherwise the variant's own size."""
+    as at the variant's own size (or changes nothing at either); otherwise the variant's
+    own size."""
     own = p.input_size
     if pitfall.kind == "training" or own <= MODEST_SIZE:
         return own
@@ -100,7 +101,9 @@ def default_size(pitfall: Pitfall, p: spec.Plan) -> int:
         spec.stage_shapes(p, MODEST_SIZE)
     except spec.SpecError:
         return own
-    return MODEST_SIZE if where(pitfall, p, MODEST_SIZE)[0] is not None else own
+    modest = where(pitfall, p, MODEST_SIZE)[0]
+    # a mistake that changes nothing at the variant's own size is shown harmless where it is fast
+    return MODEST_SIZE if modest is not None or where(pitfall, p, own)[0] is None else own
 
 
 def harmless_sizes(pitfall: Pitfall, p: spec.Plan) -> list[int]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .. import spec
-from . import locate, mistakes, replays
+from . import locate, mistakes, mistakes_jax, replays
 from .locate import NotApplicable
 from .mistakes import GLUON_BN_EPS, KERAS_BN_EPS, Broken, as_variant, made_by, patched, rebuilt, replayed
 from .replays import Params, Replay
@@ -224,6 +224,52 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
         '"same") does not: a 3x3/1 pool padded by 1 divides its border cells by 4 or 6 instead of 9 (and the '
         "reverse where a source excludes it).",
         locate.where_padded_avg, replayed(_COUNT_FLIPPED), _COUNT_FLIPPED,
+    ),
+    Pitfall(
+        "zero-padded-max-pool", "a max pool padded with zeros (jnp.pad, then a valid lax.reduce_window), not -inf",
+        "inference", "jax", ("googlenet_d2l", "googlenet_bn"), "ceil-mode pools",
+        "lax.reduce_window pads with the initial value it is given, -inf for a max; a zero pad wins every window "
+        "whose cells are all negative. In the suite's GoogLeNets every padded max pool (d2l's padding 1, the ceil "
+        "mode's extra end, SAME) reads a ReLU's output, so no zero can win: measured, nothing changes. It matters "
+        "where a padded pool reads a map before its ReLU (a pre-activation net, a pool on the image); Liu's "
+        "relu(mp(conv(x))) reads one, but its 2x2 pools are unpadded, and a ReLU after the pool would hide it.",
+        locate.where_zero_pad, made_by(lambda b: rebuilt(b, mistakes_jax.zero_padded_max_pools)),
+    ),
+    Pitfall(
+        "flax-avg-pool", "an average pool as Flax's avg_pool(count_include_pad=False) where the source counts padding",
+        "inference", "jax", ("inception_mnist",), None,
+        "nnx.avg_pool counts zero padding by default, as F.avg_pool2d does; passing count_include_pad=False, "
+        "TensorFlow's convention (a port of Keras's AveragePooling2D(padding=\"same\")), divides border cells by "
+        "4 or 6 instead of 9. The default is wrong the other way where a source excludes padding, and on a ceil-mode "
+        "window's extra end, which Flax counts and PyTorch never does (no GoogLeNet's average pool has one).",
+        locate.where_counted_padding, made_by(lambda b: rebuilt(b, mistakes_jax.flax_avg_pools)),
+    ),
+    Pitfall(
+        "flax-kernel-io", "a conv kernel ported OIHW -> HWIO as transpose(2, 3, 0, 1): in and out channels swapped",
+        "inference", "jax", ("googlenet_cifar",), "kernel layouts",
+        "Flax's HWIO is transpose(2, 3, 1, 0) of PyTorch's OIHW; (2, 3, 0, 1) gives (kh, kw, out, in), which keeps "
+        "the shape of every conv with as many outputs as inputs (pytorch-cifar100's conv2, 64 -> 64; googlenet's "
+        "conv2 1x1; Liu's residual blocks), so those load and compute another network. Every GoogLeNet's first "
+        "conv (3 -> 64) changes shape, and impl_jax's loader refuses it by key, before any forward.",
+        locate.where_first_conv, mistakes_jax.io_kernels,
+    ),
+    Pitfall(
+        "flax-bn-momentum", "PyTorch's BatchNorm momentum (0.1) passed to Flax's nnx.BatchNorm (training)",
+        "training", "jax", ("googlenet_cifar",), "BatchNorm",
+        "Flax's momentum is the old statistic's weight (0.99 by default), PyTorch's the new batch's: "
+        "nnx.BatchNorm(momentum=0.1) keeps 10% of the old running statistics instead of 90%, while the loss and "
+        "gradients still agree.",
+        locate.needs_bn("running statistics after step 1"),
+        made_by(lambda b: rebuilt(b, mistakes_jax.flax_momentum_untranslated)),
+    ),
+    Pitfall(
+        "flax-running-variance", "Flax's own nnx.BatchNorm: the biased batch variance in the running one (training)",
+        "training", "jax", ("googlenet_cifar",), "BatchNorm running variance",
+        "nnx.BatchNorm, its momentum rightly 0.9, folds the batch variance it normalises with (biased) into var; "
+        "PyTorch folds the unbiased one, n / (n - 1) larger (3% at a 4 x 4 map and batch 2): training agrees, "
+        "the statistics inference uses do not.",
+        locate.needs_bn("running statistics after step 1"),
+        made_by(lambda b: rebuilt(b, mistakes_jax.flax_stock_batchnorm)),
     ),
 )}
 # fmt: on
