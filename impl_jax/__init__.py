@@ -2,8 +2,8 @@
 ``conformance.interface``). Inputs and outputs are NCHW numpy; the model runs NHWC.
 
 Not a built-in framework: it registers through the ``googlenet_conformance.backends``
-entry point (framework name ``jax``), as a third party's package would, and needs the
-``jax`` extra in an environment of its own (jax 0.7 wants numpy < 2 beside MXNet).
+entry point (framework name ``jax``), as a third party's package would; the ``jax``
+extra (in ``all``) pins jax 0.7 and flax 0.11, the last to run on numpy < 2 beside MXNet.
 It has no data-parallel Trainer, so no ``distributed.py``: ``check --distributed`` and
 ``train --workers`` are for torch, keras and mxnet."""
 
