@@ -35,7 +35,7 @@ FRAMEWORKS: dict[str, tuple[str, str]] = {
 }
 # Built-ins outside the default set: checked when asked for by name.
 OPTIONAL: dict[str, tuple[str, str]] = {
-    "jax": ("impl_jax", "pip install -e '.[torch,jax]' in a virtual environment of its own (docs/jax.md)"),
+    "jax": ("impl_jax", "pip install -e '.[jax]'  (jax 0.7 and flax 0.11: the last to run on numpy<2)"),
 }
 
 

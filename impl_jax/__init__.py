@@ -2,8 +2,8 @@
 ``conformance.interface``). Inputs and outputs are NCHW numpy; the model runs NHWC.
 
 Not a built-in framework: it registers through the ``googlenet_conformance.backends``
-entry point (framework name ``jax``), as a third party's package would, and needs the
-``jax`` extra in an environment of its own (jax 0.7 wants numpy < 2 beside MXNet).
+entry point (framework name ``jax``), as a third party's package would; the ``jax``
+extra (in ``all``) pins jax 0.7 and flax 0.11, the last to run on numpy < 2 beside MXNet.
 It has no data-parallel Trainer, so no ``distributed.py``: ``check --distributed`` and
 ``train --workers`` are for torch, keras and mxnet."""
 
@@ -71,10 +71,10 @@ def build(
 
 
 def _outputs(net: GoogLeNet, x: jax.Array, with_aux: bool, every_stage: bool) -> tuple[jax.Array, ...]:
-    """The :func:`interface.output_names` of an NHWC run, maps back in NCHW."""
+    """The :func:`interface.output_names` of an NHWC run, as the network gives them (maps
+    NHWC: :func:`_run` turns them NCHW in numpy, an exact copy that compiles nothing)."""
     out = net.forward_stages(x, with_aux=with_aux)
-    names = interface.output_names(net.plan, with_aux, every_stage)
-    return tuple(out[k].transpose(0, 3, 1, 2) if out[k].ndim == 4 else out[k] for k in names)
+    return tuple(out[k] for k in interface.output_names(net.plan, with_aux, every_stage))
 
 
 def _pure(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, with_aux: bool, every_stage: bool):
@@ -83,6 +83,11 @@ def _pure(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, with_aux: bool
     net = nnx.merge(graphdef, state)
     net.eval()
     return _outputs(net, x, with_aux, every_stage)
+
+
+def _nchw(value: jax.Array) -> np.ndarray:
+    array = np.asarray(value)
+    return np.ascontiguousarray(array.transpose(0, 3, 1, 2)) if array.ndim == 4 else array
 
 
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage: bool) -> dict[str, np.ndarray]:
@@ -96,7 +101,7 @@ def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage
         out = run(graphdef, state, inputs, with_aux, every_stage)
     else:
         out = _pure(graphdef, state, inputs, with_aux, every_stage)
-    return {k: np.asarray(v) for k, v in zip(names, out, strict=True)}
+    return {k: _nchw(v) for k, v in zip(names, out, strict=True)}
 
 
 def forward(model: GoogLeNet, x: np.ndarray, aux: bool = False, mode: str = MODES[0]):

@@ -8,6 +8,8 @@ the same way.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -27,8 +29,10 @@ class BatchStats:
     def __init__(self, model: nnx.Module) -> None:
         for _, module in nnx.iter_graph(model):
             if isinstance(module, nnx.Module) and hasattr(module, "batch_mean") and hasattr(module, "mean"):
-                module.batch_mean = Recorded(jnp.zeros_like(module.mean.value))
-                module.batch_var = Recorded(jnp.zeros_like(module.var.value))
+                norm: Any = module  # a BatchNormalization (layers.py imports this file, not the reverse)
+                # made in numpy: jnp.zeros_like compiles a fill for every shape
+                norm.batch_mean = Recorded(jnp.asarray(np.zeros(norm.mean.value.shape, norm.mean.value.dtype)))
+                norm.batch_var = Recorded(jnp.asarray(np.zeros(norm.var.value.shape, norm.var.value.dtype)))
         self.model = model
 
     def last(self) -> dict[str, np.ndarray]:

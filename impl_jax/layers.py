@@ -45,6 +45,12 @@ from conformance.spec import same_pads as tf_same_pads
 from .engine import Recorded
 
 
+def zeros(key: jax.Array | None, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """An initializer of zeros made in numpy and copied in: ``nnx.initializers.zeros``
+    compiles a fill for every shape, and ``build`` overwrites every weight anyway."""
+    return jnp.asarray(np.zeros(shape, dtype))
+
+
 def _rngs() -> nnx.Rngs:
     """Flax's layers want random keys to initialise; every weight starts at zero and
     ``build`` loads the suite's initial weights (the same in every framework)."""
@@ -59,24 +65,29 @@ class BatchNormalization(nnx.Module):
 
     def __init__(self, channels: int, norm: BatchNormSettings, dtype) -> None:
         self.eps, self.momentum = norm.eps, norm.momentum  # the spec's: the new statistic's weight
-        self.scale = nnx.Param(jnp.ones((channels,), dtype)) if norm.scale else None  # none in TF-slim's
-        self.bias = nnx.Param(jnp.zeros((channels,), dtype))
-        self.mean = nnx.BatchStat(jnp.zeros((channels,), dtype))
-        self.var = nnx.BatchStat(jnp.ones((channels,), dtype))
+        self.scale = nnx.Param(jnp.asarray(np.ones((channels,), dtype))) if norm.scale else None  # none in TF-slim's
+        self.bias = nnx.Param(zeros(None, (channels,), dtype))
+        self.mean = nnx.BatchStat(zeros(None, (channels,), dtype))
+        self.var = nnx.BatchStat(jnp.asarray(np.ones((channels,), dtype)))
         self.use_running_average = True  # Module.train() / eval() switch it
         self.batch_mean: Recorded | None = None  # set by engine.BatchStats
         self.batch_var: Recorded | None = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.use_running_average:
-            mean, var = self.mean.value, self.var.value
-        else:
-            mean, var = jnp.mean(x, axis=(0, 1, 2)), jnp.var(x, axis=(0, 1, 2))  # biased, as it normalises
-            n = x.shape[0] * x.shape[1] * x.shape[2]
-            self.mean.value = (1 - self.momentum) * self.mean.value + self.momentum * mean
-            self.var.value = (1 - self.momentum) * self.var.value + self.momentum * var * (n / (n - 1))
-            if self.batch_mean is not None and self.batch_var is not None:
-                self.batch_mean.value, self.batch_var.value = mean, var
+            # folded into one scale and one shift per channel, as PyTorch's and TensorFlow's
+            # inference kernels fold them: two ops on the activation (eager mode compiles
+            # each op per shape), and the per-channel ops are shared by every input size
+            alpha = lax.rsqrt(self.var.value + self.eps)
+            if self.scale is not None:
+                alpha = alpha * self.scale.value
+            return x * alpha + (self.bias.value - self.mean.value * alpha)
+        mean, var = jnp.mean(x, axis=(0, 1, 2)), jnp.var(x, axis=(0, 1, 2))  # biased, as it normalises
+        n = x.shape[0] * x.shape[1] * x.shape[2]
+        self.mean.value = (1 - self.momentum) * self.mean.value + self.momentum * mean
+        self.var.value = (1 - self.momentum) * self.var.value + self.momentum * var * (n / (n - 1))
+        if self.batch_mean is not None and self.batch_var is not None:
+            self.batch_mean.value, self.batch_var.value = mean, var
         y = (x - mean) * lax.rsqrt(var + self.eps)
         if self.scale is not None:
             y = y * self.scale.value
@@ -104,7 +115,8 @@ def conv_options(unit: ConvUnit, dtype) -> dict[str, Any]:
         "use_bias": unit.bias,
         "dtype": dtype,
         "param_dtype": dtype,
-        "kernel_init": nnx.initializers.zeros,
+        "kernel_init": zeros,
+        "bias_init": zeros,
         "rngs": _rngs(),
     }
 
@@ -200,7 +212,7 @@ class AdaptiveAvgPool2D(nnx.Module):
         )
 
 
-def make_pool(pool: PoolUnit) -> nnx.Module:
+def make_pool(pool: PoolUnit) -> Pool2D | AdaptiveAvgPool2D:
     return Pool2D(pool) if isinstance(pool, Pool) else AdaptiveAvgPool2D(pool)
 
 
@@ -234,7 +246,7 @@ def make_relu(name: str) -> nnx.Module:
     return ReLU()
 
 
-def make_op(op: Op, dtype) -> nnx.Module:
+def make_op(op: Op, dtype) -> PlainConv2d | BasicConv2d | Pool2D | AdaptiveAvgPool2D:
     if isinstance(op, ConvUnit):
         return PlainConv2d(op, dtype) if op.plain else BasicConv2d(op, dtype)
     return make_pool(op)
@@ -273,6 +285,7 @@ def make_dense(in_features: int, out_features: int, dtype) -> nnx.Linear:
         out_features,
         dtype=dtype,
         param_dtype=dtype,
-        kernel_init=nnx.initializers.zeros,
+        kernel_init=zeros,
+        bias_init=zeros,
         rngs=nnx.Rngs(0),
     )

@@ -16,6 +16,8 @@ Mirrors ``impl_torch/train.py``. What differs, and why:
 
 from __future__ import annotations
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +57,12 @@ def keep_resting(new, old, resting: tuple[str, ...]):
     )
 
 
+def split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(structure, parameters, the rest: running statistics, dropout keys, recorded
+    batch statistics), the three parts a step takes apart and puts back."""
+    return cast("tuple[nnx.GraphDef, nnx.State, nnx.State]", nnx.split(model, nnx.Param, ...))
+
+
 def _train_step(graphdef, params, rest, opt_state, x, labels, with_aux, aux_weight, resting, optimizer):
     """One SGD step as a pure function: (params, rest, opt_state, loss, correct, grads)."""
 
@@ -64,7 +72,7 @@ def _train_step(graphdef, params, rest, opt_state, x, labels, with_aux, aux_weig
         net = nnx.merge(graphdef, params, jax.tree_util.tree_map(lambda leaf: leaf, rest))
         out = net.forward_stages(x, with_aux=with_aux)
         loss = total_loss(out, labels, net.plan, with_aux, aux_weight)
-        return loss, (out["logits"], nnx.split(net, nnx.Param, ...)[2])
+        return loss, (out["logits"], split(net)[2])
 
     (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
@@ -96,7 +104,9 @@ class Trainer:
         self.trained: set[str] = set()  # canonical keys that had a gradient: what has momentum
         self.kept = BatchStats(model) if record else None
         self._grads: dict[str, np.ndarray] = {}
-        self._step = jax.jit(_train_step, static_argnums=(0, 6, 7, 8, 9))
+        # the old parameters, state and momentum are donated: the step's outputs take their
+        # buffers, so a step holds one copy of each, not two (the model gets the new ones)
+        self._step = jax.jit(_train_step, static_argnums=(0, 6, 7, 8, 9), donate_argnums=(1, 2, 3))
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One SGD step on an NCHW batch and its int labels: (loss, correct)."""
@@ -104,9 +114,9 @@ class Trainer:
         with_aux = aux_admits(plan, x.shape[2:])
         resting = () if with_aux else tuple(head.name for head in plan.aux)
         self.model.train()
-        graphdef, params, rest = nnx.split(self.model, nnx.Param, ...)
+        graphdef, params, rest = split(self.model)
         if self.opt_state is None:
-            self.opt_state = self.optimizer.init(params)
+            self.opt_state = self._initial_state(params)
         inputs = jnp.asarray(x.transpose(0, 2, 3, 1), self.model.dtype)
         labels = jnp.asarray(y.astype(np.int64))
         params, rest, self.opt_state, loss, correct, grads = self._step(
@@ -120,6 +130,12 @@ class Trainer:
         }
         self.trained |= set(self._grads)
         return float(loss), int(correct)
+
+    def _initial_state(self, params: nnx.State):
+        """``optimizer.init(params)`` made in numpy: sgd's trace (and any count) starts at
+        zero, and optax's own init, run op by op, compiles a fill for every distinct shape."""
+        shapes = jax.eval_shape(self.optimizer.init, params)
+        return jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.zeros(leaf.shape, leaf.dtype)), shapes)
 
     def loss(self, out: dict[str, jax.Array], target: jax.Array, with_aux: bool) -> jax.Array:
         """Cross-entropy of the logits plus ``aux_weight`` times each aux head's (the pure
@@ -154,7 +170,7 @@ class Trainer:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Set what ``state()`` returned (of a Trainer of the same framework and plan)."""
         if self.opt_state is None:
-            self.opt_state = self.optimizer.init(nnx.state(self.model, nnx.Param))
+            self.opt_state = self._initial_state(nnx.state(self.model, nnx.Param))
         known = {key for key, _ in self._traces()}
         unknown = sorted(set(state) - known)
         if unknown:
