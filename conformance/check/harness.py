@@ -128,7 +128,9 @@ def _check_size(
                 modes.add(mode_run(fw, mode), fast, kept)
                 del fast
             del kept
-            forget_compiled(model, x.shape)  # this size's graphs and buffers; one that serves any size stays
+            # This size's graphs and buffers (one that serves any size stays), in the
+            # framework's own process when it has one (processes.Child).
+            getattr(b, "forget_compiled", forget_compiled)(model, x.shape)
             release()  # before the next framework, whose threads allocate from other heaps
         del ref
     if not stages.shapes:
