@@ -155,7 +155,8 @@ class Child:
     def forget_compiled(self, model: Any, shape: tuple[int, ...] | None = None) -> None:
         """What the child compiled for ``model`` at ``shape``, dropped there, and what it
         freed returned to the OS."""
-        self.call(("forget",), (model, shape), {})
+        with contextlib.suppress(ChildDied):  # a dead process holds nothing more
+            self.call(("forget",), (model, shape), {})
 
     def _answer(self) -> Any:
         try:
@@ -179,10 +180,11 @@ class Child:
         said = " | ".join(line.strip() for line in lines if line.strip()) or "(nothing on stderr)"
         return ChildDied(f"{self.name}'s process {how}; its last words: {said}")
 
-    def close(self) -> None:
-        """End the child: the closed pipe tells it to; one that does not listen is killed."""
+    def close(self, wait: bool = True) -> None:
+        """End the child: the closed pipe tells it to; one that does not listen, or any
+        when not ``wait`` (the check was interrupted), is killed."""
         self.conn.close()
-        self.process.join(STOP_SECONDS)
+        self.process.join(STOP_SECONDS if wait else 0)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
@@ -202,18 +204,25 @@ def children(names: list[str], threads: int | None = None) -> Iterator[tuple[dic
     directory = files.temporary_directory(Path(tempfile.gettempdir()) / "conformance-check")
     started: dict[str, Any] = {}
     skipped: dict[str, str] = {}
+    wait = True
     try:
         for name in names:
-            child = Child(name, directory, threads)
+            try:
+                child = Child(name, directory, threads)
+            except ChildDied as e:  # while importing: nothing of it can be checked
+                skipped[name] = str(e)
+                continue
+            started[name] = child
             if "skipped" in child.attributes:
-                skipped[name] = child.attributes["skipped"]
+                skipped[name] = started.pop(name).attributes["skipped"]
                 child.close()
-            else:
-                started[name] = child
         yield started, skipped
+    except BaseException:
+        wait = False  # interrupted, or failed: no child's answer is wanted any more
+        raise
     finally:
         for child in started.values():
-            child.close()
+            child.close(wait)
         files.discard_directory(directory)
 
 
