@@ -185,7 +185,7 @@ def load(names: Iterable[str]) -> tuple[dict[str, Backend], dict[str, str]]:
         package, hint = {**FRAMEWORKS, **OPTIONAL}[name]
         needs = _environment_differs(name)
         if needs:
-            skipped[name] = f"needs {needs} before its import: it runs in a process of its own (check without --in-process)"
+            skipped[name] = f"needs {needs} before its import: a process of its own (check without --in-process)"
             continue
         yield_idle_threads()
         try:

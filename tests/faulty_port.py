@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from impl_torch import *  # noqa: F403 - the whole interface, then one name replaced
-from impl_torch import __all__  # noqa: F401 - the same names, this module's own
-from impl_torch import INTERFACE_VERSION  # noqa: F401 - the contract it speaks
+from impl_torch import (
+    INTERFACE_VERSION,  # noqa: F401 - the contract it speaks
+    __all__,  # noqa: F401 - the same names, this module's own
+)
 from impl_torch import stages as _stages
 
 name = "faulty"
