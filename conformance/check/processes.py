@@ -123,6 +123,8 @@ class Child:
     forwarding; ``name`` is the framework's name in the check (``keras-jax``), and the
     attributes the harness reads (``MODES``, ``judge``) are the child's own."""
 
+    in_own_process = True  # what training asks: several can train at once
+
     def __init__(self, name: str, directory: Path, threads: int | None = None) -> None:
         self.name = name
         self.dropped: list[int] = []  # handles the parent let go of, freed with the next call
@@ -135,7 +137,11 @@ class Child:
         )
         self.process.start()
         theirs.close()
-        self.attributes: dict[str, Any] = self._answer()
+        self.attributes: dict[str, Any] = {}
+
+    def hello(self) -> None:
+        """Wait for the child's constants (``MODES``, ``judge``), or why it cannot load."""
+        self.attributes = self._answer()
 
     def __getattr__(self, name: str) -> Any:
         if name in self.__dict__.get("attributes", {}):
@@ -206,16 +212,17 @@ def children(names: list[str], threads: int | None = None) -> Iterator[tuple[dic
     skipped: dict[str, str] = {}
     wait = True
     try:
-        for name in names:
+        for name in names:  # all at once: their imports take seconds each
+            started[name] = Child(name, directory, threads)
+        for name, child in list(started.items()):
             try:
-                child = Child(name, directory, threads)
+                child.hello()
             except ChildDied as e:  # while importing: nothing of it can be checked
                 skipped[name] = str(e)
-                continue
-            started[name] = child
-            if "skipped" in child.attributes:
-                skipped[name] = started.pop(name).attributes["skipped"]
-                child.close()
+            else:
+                skipped.update({name: child.attributes["skipped"]} if "skipped" in child.attributes else {})
+            if name in skipped:
+                started.pop(name).close()
         yield started, skipped
     except BaseException:
         wait = False  # interrupted, or failed: no child's answer is wanted any more
