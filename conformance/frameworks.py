@@ -36,7 +36,35 @@ FRAMEWORKS: dict[str, tuple[str, str]] = {
 # Built-ins outside the default set: checked when asked for by name.
 OPTIONAL: dict[str, tuple[str, str]] = {
     "jax": ("impl_jax", "pip install -e '.[jax]'  (jax 0.7 and flax 0.11: the last to run on numpy<2)"),
+    "keras-jax": ("impl_keras", "pip install -e '.[keras,jax]'"),
+    "keras-torch": ("impl_keras", "pip install -e '.[keras,torch]'"),
 }
+# What a framework's process needs set before its package is imported: Keras 3 fixes its
+# backend on import, so each of its backends is a framework of its own, in its own process.
+ENVIRONMENTS: dict[str, dict[str, str]] = {
+    "keras": {"KERAS_BACKEND": "tensorflow"},
+    "keras-jax": {"KERAS_BACKEND": "jax"},
+    "keras-torch": {"KERAS_BACKEND": "torch"},
+}
+_UNSET = {"KERAS_BACKEND": "tensorflow"}  # what each variable means when it is not set
+
+
+def environment(name: str) -> dict[str, str]:
+    """The variables framework ``name``'s process sets before importing it."""
+    return dict(ENVIRONMENTS.get(name, {}))
+
+
+def every_builtin() -> list[str]:
+    """The built-ins, default and optional: what ``check`` runs when not told which."""
+    return [*FRAMEWORKS, *OPTIONAL]
+
+
+def _environment_differs(name: str) -> str | None:
+    """Which variable this process has set otherwise than framework ``name`` needs."""
+    for variable, value in environment(name).items():
+        if os.environ.get(variable, _UNSET.get(variable)) != value:
+            return f"{variable}={value}"
+    return None
 
 
 def usable_cores() -> int:
@@ -155,6 +183,10 @@ def load(names: Iterable[str]) -> tuple[dict[str, Backend], dict[str, str]]:
             backends[name] = plugin(name)
             continue
         package, hint = {**FRAMEWORKS, **OPTIONAL}[name]
+        needs = _environment_differs(name)
+        if needs:
+            skipped[name] = f"needs {needs} before its import: a process of its own (check without --in-process)"
+            continue
         yield_idle_threads()
         try:
             found = importlib.import_module(registered().get(name, package))

@@ -99,7 +99,12 @@ def test_missing_framework_is_skipped_with_its_install_hint(monkeypatch, capsys)
     assert backends == {} and "install with: pip install ghost" in skipped["ghost"]
     # alongside a real one: reported as skipped, never a traceback, and the rest still runs
     assert (
-        main(["check", "--variant", "googlenet", "--frameworks", "torch,ghost", "--input-size", "97", "--batch", "1"])
+        main(
+            [
+                *("check", "--in-process", "--variant", "googlenet", "--frameworks", "torch,ghost"),
+                *("--input-size", "97", "--batch", "1"),
+            ]
+        )
         == 0
     )
     out = capsys.readouterr().out
@@ -108,7 +113,7 @@ def test_missing_framework_is_skipped_with_its_install_hint(monkeypatch, capsys)
 
 def test_no_framework_at_all_fails(monkeypatch, capsys):
     monkeypatch.setitem(frameworks.FRAMEWORKS, "ghost", ("impl_ghost", "pip install ghost"))
-    assert main(["check", "--frameworks", "ghost", "--input-size", "97"]) == 1
+    assert main(["check", "--in-process", "--frameworks", "ghost", "--input-size", "97"]) == 1
     out = capsys.readouterr().out
     assert "FAIL: no framework asked for is installed (ghost), nothing was checked" in out
     assert "skipped:    ghost: not installed" in out and "install with: pip install ghost" in out

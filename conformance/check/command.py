@@ -5,6 +5,7 @@ Exit codes as everywhere: 0 every check passed, 1 a check failed, 2 bad usage or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from .judges import JUDGES
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """The ``check`` subcommand on ``sub``."""
-    names = ",".join(FRAMEWORKS)
+    names = ",".join(frameworks.every_builtin())
     cmd = arguments.command(
         sub,
         "check",
@@ -43,10 +44,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     cmd.add_argument(
         *arguments.FRAMEWORK_FLAGS,
         dest="frameworks",
-        default=names,
+        default=",".join(FRAMEWORKS),
         metavar="LIST",
         help=f"comma-separated subset of {names}, and judges {','.join(JUDGES)} (ONNX Runtime on each "
-        "framework's ONNX export; needs .[onnx]) (default: the frameworks installed)",
+        f"framework's ONNX export; needs .[onnx]) (default: {','.join(FRAMEWORKS)}; the others by name)",
+    )
+    cmd.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every framework in this one process, one after another (for a debugger; keras-jax and "
+        "keras-torch need a process of their own and are skipped) (default: a child process per framework)",
     )
     cmd.add_argument(
         "--require",
@@ -98,7 +105,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import harness, inputs, report
+    from . import inputs, processes
 
     if args.json is not None:  # refuse before spending a minute on the check
         check_output(args.json, args.force, "--json")
@@ -111,12 +118,24 @@ def run(args: argparse.Namespace) -> int:
     inputs.check_work(variants, sizes, args.batch, args.train)
     if args.distributed:
         limits.check_workers(args.workers)
-    backends, skipped = judges.load_with_judges([*names, *required])
-    missing = [fw for fw in required if fw not in backends]
-    if missing:
-        raise ValueError(f"--require: {missing[0]} is {skipped[missing[0]]}")
-    backends = {fw: b for fw, b in backends.items() if fw in names}
-    skipped = {fw: why for fw, why in skipped.items() if fw in names}
+    wanted = list(dict.fromkeys([*names, *required]))
+    # --distributed starts each engine's own workers from in-process backends.
+    with (
+        contextlib.nullcontext(judges.load_with_judges(wanted))
+        if args.in_process or args.distributed
+        else processes.children(wanted)
+    ) as (backends, skipped):
+        missing = [fw for fw in required if fw not in backends]
+        if missing:
+            raise ValueError(f"--require: {missing[0]} is {skipped[missing[0]]}")
+        backends = {fw: b for fw, b in backends.items() if fw in names}
+        skipped = {fw: why for fw, why in skipped.items() if fw in names}
+        return _check(args, variants, sizes, backends, skipped)
+
+
+def _check(args: argparse.Namespace, variants, sizes, backends, skipped) -> int:
+    from . import harness, report
+
     if args.distributed and not args.train:
         return _check_distributed(args, backends, args.variant, sizes)
     with Steps("check") as progress:

@@ -128,7 +128,9 @@ def _check_size(
                 modes.add(mode_run(fw, mode), fast, kept)
                 del fast
             del kept
-            forget_compiled(model, x.shape)  # this size's graphs and buffers; one that serves any size stays
+            # This size's graphs and buffers (one that serves any size stays), in the
+            # framework's own process when it has one (processes.Child).
+            getattr(b, "forget_compiled", forget_compiled)(model, x.shape)
             release()  # before the next framework, whose threads allocate from other heaps
         del ref
     if not stages.shapes:
@@ -183,9 +185,13 @@ def check_variant(
             report.sizes.append(checked)
     frameworks = {fw: m for fw, m in models.items() if not is_judge(backends[fw])}
     progress(f"{name}: round trips")
-    for fw, model in frameworks.items():  # canonical -> framework -> canonical
-        with timer(fw, "roundtrip"):
-            report.roundtrip[fw] = identical(params, backends[fw].to_canonical(model))
+    for fw, model in list(frameworks.items()):  # canonical -> framework -> canonical
+        try:
+            with timer(fw, "roundtrip"):
+                report.roundtrip[fw] = identical(params, backends[fw].to_canonical(model))
+        except Exception as e:  # noqa: BLE001 - a port (or its process) that fails here fails alone
+            report.errors[f"{fw} round trip"] = f"{type(e).__name__}: {e}"
+            del frameworks[fw]
     if len(frameworks) > 1:  # torch -> keras -> mxnet -> torch, through each adapter
         chain = [*frameworks, next(iter(frameworks))]
         current = params
@@ -224,6 +230,7 @@ def run(
         raise ValueError("--batch: --train needs at least 2 images (BatchNorm's batch variance)")
     timer = timer or Timer()
     progress = Steps.silent() if progress is None else progress
+    versions = {fw: b.version() for fw, b in backends.items()}  # asked first: a framework's process may die
     admitted = {v: [n for n in sizes or default_sizes(v) if not inadmissible(v, n)] for v in variants}
     steps = sum(2 + len(admitted[v]) * len(backends) + train for v in variants)
     progress.total(steps)
@@ -245,7 +252,7 @@ def run(
     finally:
         gc.unfreeze()
     return Report(
-        {fw: b.version() for fw, b in backends.items()},
+        versions,
         dict(skipped),
         next((fw for fw, b in backends.items() if not is_judge(b)), None),
         batch,

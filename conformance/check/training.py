@@ -4,20 +4,26 @@ the reference's as soon as it exists."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from .. import spec
 from ..canonical import conv_key, random_params
+from ..frameworks import usable_cores
 from ..interface import Backend, is_judge
 from .compare import Agreement, agreement
 from .inputs import seeded_input
 from .memory import StoredRun, release
 from .results import Timer, TrainRow, VariantReport
+
+T = TypeVar("T")
 
 TRAIN_LR = 0.01
 TRAIN_MOMENTUM = 0.9  # SGD's momentum means the same in all three; BatchNorm's does not
@@ -84,6 +90,22 @@ def train_row(
     return worst, dataclasses.replace(agree[worst], passed=all(a.passed for a in agree.values()))
 
 
+@contextlib.contextmanager
+def _each(work: Callable[[str], T], names: list[str], at_once: int) -> Iterator[Iterator[tuple[str, T]]]:
+    """(name, ``work(name)``) for each name, in order; with ``at_once`` above 1, that many
+    run at a time in threads (each waiting on a framework's own process), and those still
+    waiting when the caller stops (a signal) are left to end with their processes."""
+    if at_once == 1:  # in this thread, where a signal interrupts the work itself
+        yield ((name, work(name)) for name in names)
+        return
+    pool = ThreadPoolExecutor(at_once, thread_name_prefix="train")
+    try:
+        pending = [pool.submit(work, name) for name in names]
+        yield ((name, done.result()) for name, done in zip(names, pending, strict=True))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def check_training(
     report: VariantReport,
     backends: Mapping[str, Backend],
@@ -100,33 +122,37 @@ def check_training(
     size = plan.input_size
     x = seeded_input(plan, size, batch, seed).astype(dtype)
     y = np.random.default_rng([seed, size, 1]).integers(0, plan.num_classes, batch)
-    ref: dict[str, StoredRun] = {}  # the first framework that trains is the reference: its quantities
+    trainers = [fw for fw, b in backends.items() if not is_judge(b)]  # a judge runs inference only
+    # Frameworks in processes of their own train at once, as many as there are cores; in
+    # one process, one after another.
+    at_once = usable_cores() if all(getattr(backends[fw], "in_own_process", False) for fw in trainers) else 1
     results: dict[str, dict[str, tuple[str, Agreement]]] = {}  # quantity -> framework -> worst key
+    ref: dict[str, StoredRun] = {}  # the first framework that trains is the reference: its quantities
     trained = 0
     with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
-        for fw, b in backends.items():
-            if is_judge(b):  # inference only
-                continue
-            mine: dict[str, tuple[str, Agreement]] = {}
+
+        def record(fw: str) -> dict[str, StoredRun] | str:
+            """Every quantity of ``fw``, stored (on disk when large), or what it raised."""
             try:
-                for quantity, values in _quantities(b, plan, params, x, y, timer, fw, dtype):
-                    if not trained:
-                        ref[quantity] = StoredRun(values, Path(tmp))
-                    elif quantity in ref:
-                        scales = zero_gradients(plan) if quantity == "gradients" else {}
-                        mine[quantity] = train_row(quantity, ref[quantity], values, scales)
-                    del values  # before the next step: a copy of every weight (107 MB at googlenet in float64)
+                quantities = _quantities(backends[fw], plan, params, x, y, timer, fw, dtype)
+                return {quantity: StoredRun(values, Path(tmp)) for quantity, values in quantities}
             except Exception as e:  # noqa: BLE001 - a broken port may fail to train at all: report it
-                report.errors[f"{fw} training"] = f"{type(e).__name__}: {e}"
-                if not trained:
-                    ref.clear()
-                continue
-            for quantity in ref.keys() - mine.keys() if trained else ():  # the reference has it, fw not
-                mine[quantity] = train_row(quantity, ref[quantity], {}, {})
-            for quantity, row in mine.items():
-                results.setdefault(quantity, {})[fw] = row
-            trained += 1
-            release()
+                return f"{type(e).__name__}: {e}"
+
+        with _each(record, trainers, at_once) as records:
+            for fw, found in records:
+                if isinstance(found, str):
+                    report.errors[f"{fw} training"] = found
+                elif not trained:
+                    ref = found
+                else:  # a quantity the reference has and fw lacks fails
+                    for quantity in ref:
+                        scales = zero_gradients(plan) if quantity == "gradients" else {}
+                        row = train_row(quantity, ref[quantity], found.get(quantity, {}), scales)
+                        results.setdefault(quantity, {})[fw] = row
+                trained += not isinstance(found, str)
+                del found
+                release()
         if trained < 2:
             return
         for quantity in sorted(ref, key=lambda q: q != "loss"):  # the loss first, as the steps ran
