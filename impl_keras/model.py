@@ -4,9 +4,10 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
 
 * Layout is NHWC (channels last): TensorFlow's CPU kernels want it. Shape comments
   read ``N x H x W x C``; concatenation is on the last axis.
-* Every weight-carrying layer is named with its canonical prefix
-  (``inception3a.branch2.1.conv``), so the weight adapter is a table, not a pairing
-  by order. Nested Keras layers do not prefix names, so full names are passed.
+* Every weight-carrying layer is named with its canonical prefix, spelled with "-" for
+  "." (``inception3a-branch2-1-conv``: Keras's torch backend refuses a "." in a layer
+  name, ``weights.keras_name``), so the weight adapter is a table, not a pairing by
+  order. Nested Keras layers do not prefix names, so full names are passed.
 * ``Flatten`` reads NHWC in (H, W, C) order; the weight adapter permutes fc1's rows.
 * Keras infers input channels when a layer is built; each block's ``build`` passes
   them from the spec (as Gluon's ``in_channels``), so no dummy forward pass runs.
