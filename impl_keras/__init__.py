@@ -1,5 +1,6 @@
-"""GoogLeNet in Keras 3 (TensorFlow backend): the shared interface (see
-``conformance.interface``). Inputs and outputs are NCHW numpy; the model runs NHWC."""
+"""GoogLeNet in Keras 3 on the backend Keras runs (``KERAS_BACKEND``: tensorflow, the
+default here, jax or torch): the shared interface (see ``conformance.interface``).
+Inputs and outputs are NCHW numpy; the model runs NHWC."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from conformance.frameworks import quiet_stderr
 
 with quiet_stderr():  # TensorFlow's absl and oneDNN lines, printed before its logging starts
     import keras
-    import tensorflow as tf
 
 import numpy as np
 
@@ -33,6 +33,8 @@ from conformance.spec import Variant, resolve
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical
+
+BACKEND = keras.backend.backend()
 
 
 class _OneGraphPerModel(logging.Filter):
@@ -45,7 +47,16 @@ class _OneGraphPerModel(logging.Filter):
         return not ("triggered tf.function retracing" in message and "_graph.<locals>.run" in message)
 
 
-tf.get_logger().addFilter(_OneGraphPerModel())
+if BACKEND == "tensorflow":
+    with quiet_stderr():
+        import tensorflow as tf
+    tf.get_logger().addFilter(_OneGraphPerModel())
+elif BACKEND == "jax":
+    import jax
+
+    # float64 arrays exist in JAX only with x64 on (process-wide, before any array is
+    # made): the training-parity check builds the model in float64
+    jax.config.update("jax_enable_x64", True)
 
 name = "keras"
 INTERFACE_VERSION = interface.VERSION
@@ -65,23 +76,28 @@ __all__ = [
 ]
 
 
-# graph: one tf.function per model and outputs (any input size), which TensorFlow runs as a whole
-# graph (Grappler's rewrites, oneDNN's fused conv + BatchNorm + ReLU); eager runs each
-# Keras op from Python. The default: what ``model.predict`` and serving run.
-# xla: the same function compiled by XLA (``jit_compile=True``), which fuses the
+# Each backend's own modes, its default first:
+# graph (TensorFlow): one tf.function per model and outputs (any input size), which TensorFlow
+# runs as a whole graph (Grappler's rewrites, oneDNN's fused conv + BatchNorm + ReLU); eager
+# runs each Keras op from Python. The default: what ``model.predict`` and serving run.
+# xla (TensorFlow): the same function compiled by XLA (``jit_compile=True``), which fuses the
 # elementwise work into the convolutions' neighbours; XLA compiles again for every input
 # shape, so it is an extra, checked by ``check --modes all``.
-MODES = ("graph", interface.EAGER, "xla")
+# jit (JAX): the outputs as one function of the variables' values (``keras.StatelessScope``)
+# compiled by ``jax.jit``, once per input shape: what Keras's own JAX trainer runs.
+# torch runs eagerly, as Keras's torch trainer does by default.
+BACKEND_MODES = {"tensorflow": ("graph", interface.EAGER, "xla"), "jax": ("jit", interface.EAGER)}
+MODES = BACKEND_MODES.get(BACKEND, (interface.EAGER,))
 
 
 def version() -> str:
-    return f"keras {keras.__version__} ({keras.backend.backend()} {_backend_version()})"
+    return f"keras {keras.__version__} ({BACKEND} {_backend_version()})"
 
 
 def _backend_version() -> str:
     import importlib
 
-    module = importlib.import_module(keras.backend.backend())
+    module = importlib.import_module(BACKEND)
     return getattr(module, "__version__", "?")
 
 
@@ -133,12 +149,38 @@ def _graph(model: GoogLeNet, with_aux: bool, every_stage: bool, xla: bool = Fals
     return tf.function(run, input_signature=[tf.TensorSpec(shape, tf.float32)], autograph=False, jit_compile=xla)
 
 
+def _jitted(model: GoogLeNet, with_aux: bool, every_stage: bool):
+    """``jax.jit`` of the outputs as a function of every variable's value and the input:
+    each call passes the values, so an assigned weight is never a stale constant. It
+    holds the model weakly, as ``_graph`` does."""
+    ref = weakref.ref(model)
+
+    def run(values, x):
+        model = ref()
+        assert model is not None  # the cache goes with the model
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, values, strict=True))):
+            return _outputs(model, x, with_aux, every_stage)
+
+    jitted = jax.jit(run)
+
+    def call(x):
+        model = ref()
+        assert model is not None  # the cache goes with the model
+        return jitted([v.value for v in model.variables], x)
+
+    return call
+
+
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage: bool) -> dict[str, np.ndarray]:
     if mode in ("graph", "xla"):
         run = interface.compiled(
             model, (mode, with_aux, every_stage), lambda: _graph(model, with_aux, every_stage, xla=mode == "xla")
         )
         out = list(run(x))
+    elif mode == "jit":
+        out = list(
+            interface.compiled(model, (mode, with_aux, every_stage), lambda: _jitted(model, with_aux, every_stage))(x)
+        )
     else:
         out = list(_outputs(model, x, with_aux, every_stage))
     # convert_to_numpy copies: each tensor is dropped once copied, so the stages are held

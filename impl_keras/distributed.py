@@ -35,12 +35,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from conformance.interface import Unsupported
 from conformance.spec import aux_admits
 from conformance.world import World, WorldError
 
 from . import train
-from .engine import op_determinism
+from .engine import every_gradient, op_determinism
 from .model import GoogLeNet
+from .weights import canonical_name
 
 ENGINE = (
     "tf.distribute.MirroredStrategy over N logical CPU devices in one process "
@@ -202,6 +204,11 @@ class Trainer(train.Trainer):
         world: World,
         synchronized: bool = False,
     ) -> None:
+        if keras.backend.backend() != "tensorflow":
+            raise Unsupported(
+                f"data-parallel Keras training is tf.distribute's, on the TensorFlow backend only; this process "
+                f"runs Keras on {keras.backend.backend()} (KERAS_BACKEND)"
+            )
         s = strategy()
         if world.workers != s.num_replicas_in_sync:
             raise WorldError(f"--workers {world.workers}: the strategy has {s.num_replicas_in_sync} replicas")
@@ -230,7 +237,7 @@ class Trainer(train.Trainer):
             out = self.model.forward_stages(x, with_aux=with_aux, training=True)
             loss = self.loss(out, y, with_aux)
             scaled = loss * keras.ops.cast(weight, loss.dtype)
-        grads = train.gradients_of(tape, scaled, variables)
+        grads = every_gradient(variables, tape.gradient(scaled, variables))
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
         predicted = keras.ops.cast(keras.ops.argmax(out["logits"], 1), y.dtype)
         correct = keras.ops.sum(keras.ops.cast(predicted == y, "int32"))
@@ -294,7 +301,7 @@ class Trainer(train.Trainer):
         self._last = (train.trained_variables(self.model, with_aux), grads)
         self._stats = [
             {
-                f"{layer.name}.{kind}": np.asarray(_local(value)[i])
+                f"{canonical_name(layer.name)}.{kind}": np.asarray(_local(value)[i])
                 for layer, (mean, var) in zip(self.bns, stats, strict=True)
                 for kind, value in (("batch_mean", mean), ("batch_var", var))
             }
@@ -314,7 +321,7 @@ class Trainer(train.Trainer):
         mirrored moving_mean / moving_variance."""
         i = self._ids.index(replica)
         return {
-            f"{layer.name}.{key}": np.asarray(_local(var.value)[i])
+            f"{canonical_name(layer.name)}.{key}": np.asarray(_local(var.value)[i])
             for layer in self.bns
             for key, var in (("running_mean", layer.moving_mean), ("running_var", layer.moving_variance))
         }

@@ -1,6 +1,7 @@
 """What Keras's trainer and backend need beside the layers: tf.distribute's replica
 context, the walk over nested layers, the optimizer's momentums, dropout's seeds, op
-determinism, and the catch of each BatchNorm's batch statistics during a training step.
+determinism, the catch of each BatchNorm's batch statistics during a training step, and
+the gradient of a loss on each of Keras's backends (TensorFlow, JAX, torch).
 
 Mirrors ``impl_torch/engine.py``, ``impl_mxnet/engine.py`` and ``impl_jax/engine.py``:
 the same ``BatchStats`` in each, so every ``Trainer`` hands its batch statistics back
@@ -10,17 +11,23 @@ the same way.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import keras
 import numpy as np
 from keras import layers
 
+from .weights import canonical_name
+
 
 # tf.distribute's replica context (public API): outside any strategy it is the default
 # strategy's, one replica whose id is 0.
 def replica_id() -> int:
-    """The id of the tf.distribute replica running the caller (0 outside a strategy)."""
+    """The id of the tf.distribute replica running the caller (0 outside a strategy, and
+    on a backend other than TensorFlow's)."""
+    if keras.backend.backend() != "tensorflow":
+        return 0
     import tensorflow as tf
 
     ctx = tf.distribute.get_replica_context()
@@ -29,7 +36,10 @@ def replica_id() -> int:
 
 
 def all_reduce_sum(value):
-    """``value`` summed over the replicas in sync (itself outside a strategy)."""
+    """``value`` summed over the replicas in sync (itself outside a strategy, and on a
+    backend other than TensorFlow's)."""
+    if keras.backend.backend() != "tensorflow":
+        return value
     import tensorflow as tf
 
     ctx = tf.distribute.get_replica_context()
@@ -53,8 +63,8 @@ class BatchStats:
         stats = {}
         for layer in self.norms:
             mean, var = layer.batch_stats
-            stats[f"{layer.name}.batch_mean"] = np.asarray(mean)
-            stats[f"{layer.name}.batch_var"] = np.asarray(var)
+            stats[f"{canonical_name(layer.name)}.batch_mean"] = keras.ops.convert_to_numpy(mean)
+            stats[f"{canonical_name(layer.name)}.batch_var"] = keras.ops.convert_to_numpy(var)
         return stats
 
 
@@ -89,9 +99,24 @@ def reseed_dropout(model: layers.Layer, seed: int) -> None:
 
 @contextlib.contextmanager
 def op_determinism(on: bool) -> Iterator[None]:
-    """TensorFlow's op determinism while the block runs, then as it was. TensorFlow
-    offers only ``enable_op_determinism`` (process-wide, for good); the switch back is
-    ``tensorflow.python.framework.config.disable_op_determinism``."""
+    """Deterministic kernels while the block runs, then as it was. TensorFlow offers only
+    ``enable_op_determinism`` (process-wide, for good); the switch back is
+    ``tensorflow.python.framework.config.disable_op_determinism``. torch has its own
+    switch (``torch.use_deterministic_algorithms``); XLA's CPU kernels, JAX's, are
+    deterministic already."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        was_torch = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(on or was_torch)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_torch)
+        return
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
     from tensorflow.python.framework import config
 
     was = config.is_op_determinism_enabled()
@@ -102,3 +127,90 @@ def op_determinism(on: bool) -> Iterator[None]:
     finally:
         if on and not was:
             config.disable_op_determinism()
+
+
+Forward = Callable[[Any, Any], tuple[Any, dict]]  # (x, labels) -> (loss, every output by name)
+Gradient = Callable[[Any, Any], tuple[Any, dict, list]]  # (x, labels) -> (loss, outputs, gradients)
+
+
+def gradient(model: layers.Layer, variables: list, forward: Forward) -> Gradient:
+    """The loss, outputs and gradient with respect to ``variables`` of ``forward``, which
+    runs ``model`` in training mode, on the backend Keras runs: the three ways Keras's
+    "writing a training loop from scratch" guides take. A variable the loss does not
+    reach is refused (among the trained ones, a model bug Keras's optimizer would skip
+    with only a warning)."""
+    run = {"tensorflow": _tape, "torch": _autograd, "jax": _jax}[keras.backend.backend()]
+    step = run(model, variables, forward)
+
+    def checked(x, labels):
+        loss, out, grads = step(x, labels)
+        return loss, out, every_gradient(variables, grads)
+
+    return checked
+
+
+def every_gradient(variables: list, grads: list) -> list:
+    """``grads``, refusing a variable without one (None: TensorFlow's tape and torch's
+    autograd say so; JAX's gradient of an unused argument is zeros instead)."""
+    missing = [var.path for var, grad in zip(variables, grads, strict=True) if grad is None]
+    if missing:
+        raise ValueError(f"no gradient reaches {', '.join(missing[:3])}: the loss does not depend on them")
+    return grads
+
+
+def _tape(model: layers.Layer, variables: list, forward: Forward) -> Gradient:
+    import tensorflow as tf
+
+    def step(x, labels):
+        with tf.GradientTape() as tape:
+            loss, out = forward(x, labels)
+        return loss, out, tape.gradient(loss, variables)
+
+    return step
+
+
+def _autograd(model: layers.Layer, variables: list, forward: Forward) -> Gradient:
+    """torch's autograd on each variable's tensor (``Variable.value``, a Parameter);
+    ``autograd.grad`` leaves no ``.grad`` behind to zero before the next step."""
+    import torch
+
+    def step(x, labels):
+        loss, out = forward(keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(labels))
+        grads = torch.autograd.grad(loss, [var.value for var in variables], allow_unused=True)
+        return loss.detach(), {k: v.detach() for k, v in out.items()}, list(grads)
+
+    return step
+
+
+def _jax(model: layers.Layer, variables: list, forward: Forward) -> Gradient:
+    """``jax.value_and_grad`` of ``forward`` run statelessly (``keras.StatelessScope``:
+    every variable's value is an argument), compiled by ``jax.jit`` once per input
+    shape. What the step assigns (BatchNorm's moving statistics, dropout's seed) comes
+    back as values and is assigned after, and so do the batch statistics a recording
+    BatchNorm keeps (inside the trace they are tracers)."""
+    import jax
+
+    trained = {id(var) for var in variables}
+    others = [var for var in model.variables if id(var) not in trained]
+    norms = [layer for layer in walk(model) if getattr(layer, "record", False)]
+
+    def compute(values, other_values, x, labels):
+        mapping = [*zip(variables, values, strict=True), *zip(others, other_values, strict=True)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            loss, out = forward(x, labels)
+            updated = [scope.get_current_value(var) for var in others]
+        return loss, (out, updated, [norm.batch_stats for norm in norms])
+
+    compiled = jax.jit(jax.value_and_grad(compute, has_aux=True))
+
+    def step(x, labels):
+        values = [var.value for var in variables]
+        (loss, (out, updated, kept)), grads = compiled(values, [var.value for var in others], x, labels)
+        for var, value in zip(others, updated, strict=True):
+            if value is not None:
+                var.assign(value)
+        for norm, stats in zip(norms, kept, strict=True):
+            norm.batch_stats = stats
+        return loss, out, list(grads)
+
+    return step

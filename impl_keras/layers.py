@@ -44,6 +44,7 @@ from conformance.spec import (
 )
 
 from .engine import all_reduce_sum, replica_id
+from .weights import canonical_name, keras_name
 
 
 def init() -> keras.initializers.Initializer:
@@ -73,7 +74,7 @@ class Block(layers.Layer):
     head), named by it, whose output shape is the spec's."""
 
     def __init__(self, unit: Stage | InceptionAuxUnit, dtype=None) -> None:
-        super().__init__(name=unit.name, dtype=dtype)
+        super().__init__(name=keras_name(unit.name), dtype=dtype)
         self.unit = unit
 
     def compute_output_shape(self, input_shape) -> tuple:
@@ -123,12 +124,14 @@ class BasicConv2d(layers.Layer):
     except where ``"same"`` is symmetric (stride 1, odd kernel)."""
 
     def __init__(self, unit: ConvUnit, dtype=None) -> None:
-        super().__init__(name=unit.name, dtype=dtype)
+        super().__init__(name=keras_name(unit.name), dtype=dtype)
         self.unit = unit
         # TensorFlow's SAME (TF-slim's units) is Keras's own "same", asymmetric at stride 2
         same = unit.same or (unit.stride == 1 and 2 * unit.padding == unit.kernel - 1)  # else symmetric, so safe
         explicit = unit.padding > 0 and not same
-        self.pad = layers.ZeroPadding2D(unit.padding, name=f"{unit.name}.pad", dtype=dtype) if explicit else None
+        self.pad = (
+            layers.ZeroPadding2D(unit.padding, name=keras_name(f"{unit.name}.pad"), dtype=dtype) if explicit else None
+        )
         self.conv = layers.Conv2D(
             unit.out_channels,
             unit.kernel,
@@ -136,7 +139,7 @@ class BasicConv2d(layers.Layer):
             padding="same" if same and (unit.padding or unit.same) else "valid",
             use_bias=unit.bias,
             kernel_initializer=init(),
-            name=f"{unit.name}.conv",
+            name=keras_name(f"{unit.name}.conv"),
             dtype=dtype,
         )
         # momentum: the weight of the old statistic, 1 - the spec's (PyTorch's) 0.1
@@ -147,7 +150,7 @@ class BasicConv2d(layers.Layer):
                 epsilon=unit.norm.eps,
                 momentum=1.0 - unit.norm.momentum,
                 scale=unit.norm.scale,  # TF-slim's has no gamma: Keras's scale=False is TensorFlow's own
-                name=f"{unit.name}.bn",
+                name=keras_name(f"{unit.name}.bn"),
                 dtype=dtype,
             )
         )
@@ -188,7 +191,7 @@ class PlainConv2d(layers.Conv2D):
             use_bias=unit.bias,
             activation="relu" if unit.relu else None,
             kernel_initializer=init(),
-            name=unit.name,
+            name=keras_name(unit.name),
             dtype=dtype,
         )
         self.unit = unit
@@ -244,7 +247,7 @@ class Pool2D(layers.Layer):
     model runs at any input size."""
 
     def __init__(self, pool: Pool, dtype=None, **kwargs) -> None:
-        super().__init__(name=pool.name, dtype=dtype, **kwargs)
+        super().__init__(name=keras_name(pool.name), dtype=dtype, **kwargs)
         self.pool = pool
 
     def get_config(self) -> dict:
@@ -290,7 +293,7 @@ class AdaptiveAvgPool2D(layers.Layer):
     overlap unevenly (14 -> 4: [0,4) [3,7) [7,11) [10,14)). Keras has no such layer."""
 
     def __init__(self, pool: AdaptiveAvgPool, dtype=None, **kwargs) -> None:
-        super().__init__(name=pool.name, dtype=dtype, **kwargs)
+        super().__init__(name=keras_name(pool.name), dtype=dtype, **kwargs)
         self.size = pool.size
 
     def get_config(self) -> dict:
@@ -299,7 +302,7 @@ class AdaptiveAvgPool2D(layers.Layer):
     @classmethod
     def from_config(cls, config: dict) -> AdaptiveAvgPool2D:
         config = dict(config)
-        return cls(AdaptiveAvgPool(config.pop("name"), config.pop("size")), **config)
+        return cls(AdaptiveAvgPool(canonical_name(config.pop("name")), config.pop("size")), **config)
 
     def compute_output_shape(self, input_shape) -> tuple:
         return (input_shape[0], self.size, self.size, input_shape[3])
@@ -328,7 +331,7 @@ class LocalResponseNorm(layers.Layer):
     radius: it does not divide by the window.)"""
 
     def __init__(self, lrn: LRN, dtype=None, **kwargs) -> None:
-        super().__init__(name=lrn.name, dtype=dtype, **kwargs)
+        super().__init__(name=keras_name(lrn.name), dtype=dtype, **kwargs)
         self.lrn = lrn
         self.scale = lrn.alpha / lrn.size  # the translation point: per-element weight of the sum
 
@@ -355,7 +358,7 @@ def make_lrn(lrn: LRN, dtype=None) -> layers.Layer:
 
 
 def make_relu(name: str, dtype=None) -> layers.Layer:
-    return layers.ReLU(name=name, dtype=dtype)
+    return layers.ReLU(name=keras_name(name), dtype=dtype)
 
 
 def make_op(op: Op, dtype=None) -> layers.Layer:
@@ -369,7 +372,7 @@ class Sequential(layers.Layer):
     ``keras.Sequential`` is a model, and would not name its layers ``0``, ``1``."""
 
     def __init__(self, ops_: tuple[Op, ...], name: str, dtype=None) -> None:
-        super().__init__(name=name, dtype=dtype)
+        super().__init__(name=keras_name(name), dtype=dtype)
         self.chain = ops_
         self.ops = [make_op(op, dtype) for op in ops_]
 

@@ -4,9 +4,10 @@ Mirrors ``impl_torch/model.py`` block for block. What differs, and why:
 
 * Layout is NHWC (channels last): TensorFlow's CPU kernels want it. Shape comments
   read ``N x H x W x C``; concatenation is on the last axis.
-* Every weight-carrying layer is named with its canonical prefix
-  (``inception3a.branch2.1.conv``), so the weight adapter is a table, not a pairing
-  by order. Nested Keras layers do not prefix names, so full names are passed.
+* Every weight-carrying layer is named with its canonical prefix, spelled with "-" for
+  "." (``inception3a-branch2-1-conv``: Keras's torch backend refuses a "." in a layer
+  name, ``weights.keras_name``), so the weight adapter is a table, not a pairing by
+  order. Nested Keras layers do not prefix names, so full names are passed.
 * ``Flatten`` reads NHWC in (H, W, C) order; the weight adapter permutes fc1's rows.
 * Keras infers input channels when a layer is built; each block's ``build`` passes
   them from the spec (as Gluon's ``in_channels``), so no dummy forward pass runs.
@@ -33,6 +34,7 @@ from keras import layers, ops
 from conformance.spec import LRN, InceptionAuxUnit, InceptionUnit, Plan, ReLU, ResidualUnit, Stage, resolve
 
 from .layers import BasicConv2d, Block, init, make_chain, make_lrn, make_op, make_pool, make_relu
+from .weights import keras_name
 
 
 class Inception(Block):
@@ -83,8 +85,12 @@ class InceptionAux(Block):
         self.pool = make_pool(head.pool, dtype)
         self.conv = BasicConv2d(head.conv, dtype)
         self.flatten = layers.Flatten(dtype=dtype)
-        self.fc1 = layers.Dense(head.fc1.out_features, kernel_initializer=init(), name=head.fc1.name, dtype=dtype)
-        self.fc2 = layers.Dense(head.fc2.out_features, kernel_initializer=init(), name=head.fc2.name, dtype=dtype)
+        self.fc1 = layers.Dense(
+            head.fc1.out_features, kernel_initializer=init(), name=keras_name(head.fc1.name), dtype=dtype
+        )
+        self.fc2 = layers.Dense(
+            head.fc2.out_features, kernel_initializer=init(), name=keras_name(head.fc2.name), dtype=dtype
+        )
         self.dropout = layers.Dropout(head.dropout, dtype=dtype)
 
     def build(self, input_shape=None) -> None:
@@ -123,25 +129,27 @@ def make_stage(stage: Stage, dtype=None) -> layers.Layer:
 class GoogLeNet(keras.Model):
     def __init__(self, plan: Plan, dtype=None, image_shape: tuple | None = None, **kwargs) -> None:
         self.plan = plan
-        for stage in plan.stages:  # conv1, maxpool1, ..., inception5b, in table order
-            setattr(self, stage.name, make_stage(stage, dtype))
-        for head in plan.aux:  # aux1, aux2
-            setattr(self, head.name, InceptionAux(head, dtype))
+        made = {stage.name: make_stage(stage, dtype) for stage in plan.stages}  # conv1, ..., inception5b
+        made.update({head.name: InceptionAux(head, dtype) for head in plan.aux})  # aux1, aux2
         # global average (a fixed 7x7 in GluonCV; none in Liu's nets)
-        self.avgpool = None if plan.head_pool is None else make_pool(plan.head_pool, dtype)
-        self.flatten = layers.Flatten(name="flatten", dtype=dtype)
-        self.dropout = layers.Dropout(plan.dropout, name="dropout", dtype=dtype)
-        setattr(
-            self,
-            plan.fc.name,
-            layers.Dense(plan.fc.out_features, kernel_initializer=init(), name=plan.fc.name, dtype=dtype),
+        made["avgpool"] = None if plan.head_pool is None else make_pool(plan.head_pool, dtype)
+        made["flatten"] = layers.Flatten(name="flatten", dtype=dtype)
+        made["dropout"] = layers.Dropout(plan.dropout, name="dropout", dtype=dtype)
+        made[plan.fc.name] = layers.Dense(
+            plan.fc.out_features, kernel_initializer=init(), name=keras_name(plan.fc.name), dtype=dtype
         )  # fc (l: Liu's)
-        getattr(self, plan.fc.name).build((None, plan.fc.in_features))  # fc may read a map of open size
+        made[plan.fc.name].build((None, plan.fc.in_features))  # fc may read a map of open size
         # A functional model, as keras-hub builds its backbones: the graph is this call on an
         # Input of any size (H and W None), so summary() and plot_model() show every stage.
+        # On the torch backend a layer is a torch Module, which cannot be an attribute before
+        # Module.__init__ (keras.Model's): the graph is traced on the dict, then the layers
+        # become attributes, as keras-hub's backbones do.
         self.image_shape = tuple(image_shape or (None, None, plan.in_channels))
         image = keras.Input(self.image_shape, dtype=dtype, name="image")
-        super().__init__(inputs=image, outputs=self.call(image), name=plan.variant.name, **kwargs)
+        outputs = self.call(image, made=made)
+        super().__init__(inputs=image, outputs=outputs, name=plan.variant.name, **kwargs)
+        for attr, layer in made.items():
+            setattr(self, attr, layer)
 
     def get_config(self) -> dict:
         """The variant, its options, the input's shape and dtype: enough to rebuild the model
@@ -159,8 +167,10 @@ class GoogLeNet(keras.Model):
         dtype, image_shape = config.pop("dtype", None), config.pop("image_shape", None)
         return cls(resolve(config.pop("variant"), **config), dtype=dtype, image_shape=image_shape)
 
-    def forward_stages(self, x, with_aux: bool = False, training: bool = False) -> dict:
-        """Every stage's output by name (NHWC), then ``flatten``, ``logits`` and the aux logits."""
+    def forward_stages(self, x, with_aux: bool = False, training: bool = False, made: dict | None = None) -> dict:
+        """Every stage's output by name (NHWC), then ``flatten``, ``logits`` and the aux logits.
+        ``made``: the layers by attribute name, while ``__init__`` traces the graph."""
+        layer = made.__getitem__ if made is not None else lambda attr: getattr(self, attr)
         out = {}
         if self.plan.transform is not None:  # transform_input: channel by channel, reordered (Caffe's BGR)
             t = self.plan.transform
@@ -169,27 +179,27 @@ class GoogLeNet(keras.Model):
             )
         # N x 224 x 224 x 3
         for stage in self.plan.stages:
-            x = getattr(self, stage.name)(x, training=training)
+            x = layer(stage.name)(x, training=training)
             # conv1: N x 112 x 112 x 64 ... inception5b: N x 7 x 7 x 1024 (spec table)
             out[stage.name] = x
             for head in self.plan.aux_for(stage.name) if with_aux else ():
-                out[head.name] = getattr(self, head.name)(x, training=training)
-        if self.avgpool is not None:
-            x = self.avgpool(x)
+                out[head.name] = layer(head.name)(x, training=training)
+        if layer("avgpool") is not None:
+            x = layer("avgpool")(x)
             # N x 1 x 1 x 1024
-        x = self.flatten(x)
+        x = layer("flatten")(x)
         # N x 1024, or the whole last map in (H, W, C) order: N x 1408 (inception_mnist),
         # so the weight adapter permutes fc's rows
         out["flatten"] = x
-        x = self.dropout(x, training=training)
+        x = layer("dropout")(x, training=training)
         # N x 1024
-        out["logits"] = getattr(self, self.plan.fc.name)(x)  # N x 1000 (num_classes)
+        out["logits"] = layer(self.plan.fc.name)(x)  # N x 1000 (num_classes)
         return out
 
-    def call(self, x, training: bool = False):
+    def call(self, x, training: bool = False, made: dict | None = None):
         """The logits; with aux heads, a dict of ``logits``, ``aux2`` and ``aux1`` (a functional
         model's outputs are fixed: torchvision returns the aux logits in training only)."""
-        out = self.forward_stages(x, with_aux=bool(self.plan.aux), training=training)
+        out = self.forward_stages(x, with_aux=bool(self.plan.aux), training=training, made=made)
         if self.plan.aux:
             return {"logits": out["logits"], **{head.name: out[head.name] for head in reversed(self.plan.aux)}}
         return out["logits"]

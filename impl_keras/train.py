@@ -5,8 +5,11 @@ Mirrors ``impl_torch/train.py``. What differs, and why:
 
 * Keras's SGD keeps ``v = momentum * v - lr * grad; w += v``: with a constant learning
   rate that is PyTorch's ``buf = momentum * buf + grad; w -= lr * buf``, v = -lr * buf.
-* The step is a ``tf.function`` (TensorFlow runs eager code several times slower);
-  ``record`` runs it eagerly so BatchNorm can hand its batch statistics back.
+* The gradient is each backend's own (``engine.gradient``): on TensorFlow a
+  ``GradientTape`` in a ``tf.function`` (TensorFlow runs eager code several times slower;
+  ``record`` runs it eagerly so BatchNorm can hand its batch statistics back), on JAX
+  ``jax.value_and_grad`` under ``jax.jit``, on torch autograd, eagerly. The optimizer's
+  update runs outside it, the same on every backend.
 * Gradients come back in canonical layouts through the weight adapter's table.
 * ``deterministic``: TensorFlow's op determinism (process-wide), see ``Trainer``.
 """
@@ -15,11 +18,10 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from conformance.spec import aux_admits
 
-from .engine import BatchStats, momentums, op_determinism, reseed_dropout, walk
+from .engine import BatchStats, Gradient, gradient, momentums, op_determinism, reseed_dropout, walk
 from .layers import BatchNorm
 from .model import GoogLeNet
 from .weights import located
@@ -52,18 +54,33 @@ class Trainer:
         self.optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
         self.bns = [layer for layer in walk(model) if isinstance(layer, BatchNorm)]
         self.kept = BatchStats(model) if record else None
-        self._step = self._eager_step if record else tf.function(self._eager_step)
+        # on TensorFlow the whole step is one tf.function (record: eager, so BatchNorm's batch
+        # statistics exist after it); JAX compiles the gradient itself, torch runs eagerly
+        self._step = self._eager_step
+        if keras.backend.backend() == "tensorflow" and not record:
+            import tensorflow as tf
+
+            self._step = tf.function(self._eager_step)
+        self._gradients: dict[bool, Gradient] = {}  # by with_aux: the trained variables differ
         self._last: tuple[list, list] = ([], [])  # the variables and gradients of the last step
+
+    def _gradient(self, with_aux: bool) -> Gradient:
+        if with_aux not in self._gradients:
+            variables = trained_variables(self.model, with_aux)
+
+            def forward(x, y):
+                out = self.model.forward_stages(x, with_aux=with_aux, training=True)
+                return self.loss(out, y, with_aux), out
+
+            self._gradients[with_aux] = gradient(self.model, variables, forward)
+        return self._gradients[with_aux]
 
     def _eager_step(self, x, y, with_aux: bool):
         variables = trained_variables(self.model, with_aux)
-        with tf.GradientTape() as tape:
-            out = self.model.forward_stages(x, with_aux=with_aux, training=True)
-            loss = self.loss(out, y, with_aux)
-        grads = gradients_of(tape, loss, variables)
+        loss, out, grads = self._gradient(with_aux)(x, y)
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
-        predicted = keras.ops.cast(keras.ops.argmax(out["logits"], 1), y.dtype)
-        correct = keras.ops.sum(keras.ops.cast(predicted == y, "int32"))
+        predicted = keras.ops.cast(keras.ops.argmax(out["logits"], 1), "int64")
+        correct = keras.ops.sum(keras.ops.cast(keras.ops.equal(predicted, y), "int32"))
         return loss, correct, grads
 
     def loss(self, out: dict, target, with_aux: bool):
@@ -80,15 +97,16 @@ class Trainer:
         if not self.optimizer.built:  # over every variable: a step at a size that admits the heads trains them
             self.optimizer.build(self.model.trainable_variables)
         with op_determinism(self.deterministic):
-            loss, correct, grads = self._step(x.transpose(0, 2, 3, 1), y.astype(np.int64), with_aux)
+            nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            loss, correct, grads = self._step(nhwc, y.astype(np.int64), with_aux)
         self._last = (trained_variables(self.model, with_aux), grads)
-        return float(loss), int(correct)
+        return float(keras.ops.convert_to_numpy(loss)), int(keras.ops.convert_to_numpy(correct))
 
     def gradients(self) -> dict[str, np.ndarray]:
         """The last step's gradient of every trainable parameter, by canonical key and
         in canonical layout."""
         variables, grads = self._last
-        by_path = {v.path: np.asarray(g) for v, g in zip(variables, grads, strict=True)}
+        by_path = {v.path: keras.ops.convert_to_numpy(g) for v, g in zip(variables, grads, strict=True)}
         return {
             key: np.ascontiguousarray(row.to_canonical(by_path[var.path]))
             for key, row, var in located(self.model, self.model.plan)
@@ -107,7 +125,7 @@ class Trainer:
             return {}
         by_path = {v.path: m for v, m in momentums(self.optimizer, self.model.trainable_variables)}
         return {
-            key: np.ascontiguousarray(row.to_canonical(np.asarray(by_path[var.path].numpy())))
+            key: np.ascontiguousarray(row.to_canonical(keras.ops.convert_to_numpy(by_path[var.path].value)))
             for key, row, var in located(self.model, self.model.plan)
             if var.path in by_path
         }
@@ -136,13 +154,3 @@ def trained_variables(model: GoogLeNet, with_aux: bool) -> list:
     heads = () if with_aux else tuple(f"{head.name}." for head in model.plan.aux)
     resting = {var.path for key, _, var in located(model, model.plan) if key.startswith(heads)}
     return [var for var in model.trainable_variables if var.path not in resting]
-
-
-def gradients_of(tape: tf.GradientTape, loss, variables: list) -> list:
-    """``tape.gradient``, refusing a variable without one: among :func:`trained_variables`
-    that is a model bug, which Keras's optimizer would skip with only a warning."""
-    grads = tape.gradient(loss, variables)
-    missing = [var.path for var, grad in zip(variables, grads, strict=True) if grad is None]
-    if missing:
-        raise ValueError(f"no gradient reaches {', '.join(missing[:3])}: the loss does not depend on them")
-    return grads

@@ -1,8 +1,8 @@
 """Canonical <-> Keras weights: one table row per canonical key.
 
-Each row names the Keras layer (its canonical prefix), the Keras variable and the
-two layout conversions. Every conversion is a pure permutation, so a round trip
-is bit-identical.
+Each row names the Keras layer (its canonical prefix, in Keras's spelling:
+:func:`keras_name`), the Keras variable and the two layout conversions. Every
+conversion is a pure permutation, so a round trip is bit-identical.
 """
 
 from __future__ import annotations
@@ -42,6 +42,27 @@ def dense_from_keras(dense: Dense) -> Convert:
     return lambda k: k.reshape(h, w_, c, dense.out_features).transpose(3, 2, 0, 1).reshape(dense.out_features, -1)
 
 
+# Keras's torch backend keys each layer's variables by their path in a torch
+# ParameterDict, which refuses "."; so a Keras layer spells its canonical name with
+# "-" (``inception3a-branch2-1-conv``). No canonical name holds "-", so the two
+# spellings map one to one; files written before the change hold the dotted names,
+# which :func:`canonical_name` reads too.
+SEPARATOR = "-"
+
+
+def keras_name(canonical: str) -> str:
+    """The Keras layer name of a canonical prefix: ``inception3a.branch2.1.conv`` ->
+    ``inception3a-branch2-1-conv``."""
+    if SEPARATOR in canonical:
+        raise ValueError(f"canonical name {canonical!r} holds {SEPARATOR!r}, which Keras names use for '.'")
+    return canonical.replace(".", SEPARATOR)
+
+
+def canonical_name(keras: str) -> str:
+    """The canonical prefix of a Keras layer name, in either spelling (dotted or dashed)."""
+    return keras.replace(SEPARATOR, ".")
+
+
 def same(array: np.ndarray) -> np.ndarray:
     return array
 
@@ -61,15 +82,15 @@ def table(plan: Plan) -> dict[str, Row]:
     rows: dict[str, Row] = {}
     for u in plan.units():
         if isinstance(u, Dense):
-            rows[f"{u.name}.weight"] = Row(u.name, "kernel", dense_to_keras(u), dense_from_keras(u))
-            rows[f"{u.name}.bias"] = Row(u.name, "bias", same, same)
+            rows[f"{u.name}.weight"] = Row(keras_name(u.name), "kernel", dense_to_keras(u), dense_from_keras(u))
+            rows[f"{u.name}.bias"] = Row(keras_name(u.name), "bias", same, same)
             continue
         conv = conv_key(u)
-        rows[f"{conv}.weight"] = Row(conv, "kernel", oihw_to_hwio, hwio_to_oihw)
+        rows[f"{conv}.weight"] = Row(keras_name(conv), "kernel", oihw_to_hwio, hwio_to_oihw)
         if u.bias:
-            rows[f"{conv}.bias"] = Row(conv, "bias", same, same)
+            rows[f"{conv}.bias"] = Row(keras_name(conv), "bias", same, same)
         for ours in bn_suffixes(u) if u.norm is not None else ():  # no gamma without a scale (TF-slim's)
-            rows[f"{u.name}.bn.{ours}"] = Row(f"{u.name}.bn", BN_VARIABLES[ours], same, same)
+            rows[f"{u.name}.bn.{ours}"] = Row(keras_name(f"{u.name}.bn"), BN_VARIABLES[ours], same, same)
     return rows
 
 
