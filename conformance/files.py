@@ -89,6 +89,38 @@ def kind(mode: int) -> str:
     return next((what for test, what in kinds.items() if test(mode)), "not a regular file")
 
 
+def directory_problem(path: Path, max_entries: int, max_depth: int, max_bytes: int, holder: str) -> str | None:
+    """What keeps directory ``path`` from being one a reader may open (None: nothing):
+    anything but regular files and directories, more than ``max_entries`` of them, nested
+    deeper than ``max_depth``, or more than ``max_bytes`` in all. Walked without following
+    a link, and stopped at the first limit, before any file is read. ``holder`` names what
+    the directory should be (``a SavedModel``) in the reason."""
+    total, entries = 0, 0
+    stack = [(path, 0)]
+    while stack:
+        directory, depth = stack.pop()
+        with os.scandir(directory) as scan:
+            for entry in scan:
+                entries += 1
+                if entries > max_entries:
+                    return f"holds more than {max_entries:,} files and directories; {holder} holds fewer"
+                inner = Path(entry.path).relative_to(path)
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISLNK(mode):
+                    return f"{inner} is a symlink; {holder} holds none"
+                if stat.S_ISDIR(mode):
+                    if depth + 1 > max_depth:
+                        return f"{inner} nests deeper than {holder} does"
+                    stack.append((Path(entry.path), depth + 1))
+                    continue
+                if not stat.S_ISREG(mode):
+                    return f"{inner} is {kind(mode)}, not a regular file"
+                total += entry.stat(follow_symlinks=False).st_size
+                if total > max_bytes:
+                    return f"holds more than {max_bytes:,} bytes, more than {holder} of this network needs"
+    return None
+
+
 def _flags(path: Path) -> int:
     """The file's inode flags (chattr), 0 where the file system has none."""
     import fcntl

@@ -148,7 +148,7 @@ def test_an_oversized_directory_is_refused_before_tensorflow_reads_it(saved, tmp
     bad = _copy(saved["functional"], tmp_path / "big")
     with open(bad / "variables" / "variables.data-00000-of-00001", "r+b") as f:
         f.truncate(taps_saved.largest_file() + taps_saved.MAX_GRAPH + 1)  # sparse: declared, never written
-    assert "bytes; no GoogLeNet's SavedModel needs more" in _one_line(capsys, bad)
+    assert "bytes, more than a SavedModel of this network needs" in _one_line(capsys, bad)
 
 
 def test_a_damaged_graph_is_one_line(saved, tmp_path, capsys):

@@ -54,33 +54,9 @@ def looks_like(path: Path) -> bool:
 def check_directory(path: Path, limit: bounds.Budget) -> None:
     """Regular files and directories only, at most :data:`MAX_ENTRIES`, nested at most
     :data:`MAX_DEPTH` deep, no more bytes than a checkpoint of the plan holds."""
-    ceiling = limit.total + MAX_METADATA
-    total, entries = 0, 0
-    stack = [(path, 0)]
-    while stack:
-        directory, depth = stack.pop()
-        with os.scandir(directory) as scan:
-            for entry in scan:
-                entries += 1
-                if entries > MAX_ENTRIES:
-                    raise Damaged(
-                        f"holds more than {MAX_ENTRIES:,} files and directories; an Orbax checkpoint of "
-                        f"GoogLeNet holds a few dozen"
-                    )
-                inner = Path(entry.path)
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if stat.S_ISLNK(mode):
-                    raise Damaged(f"{inner.relative_to(path)} is a symlink; an Orbax checkpoint holds none")
-                if stat.S_ISDIR(mode):
-                    if depth + 1 > MAX_DEPTH:
-                        raise Damaged(f"{inner.relative_to(path)} nests deeper than an Orbax checkpoint does")
-                    stack.append((inner, depth + 1))
-                    continue
-                if not stat.S_ISREG(mode):
-                    raise Damaged(f"{inner.relative_to(path)} is {files.kind(mode)}, not a regular file")
-                total += entry.stat(follow_symlinks=False).st_size
-                if total > ceiling:
-                    raise Damaged(f"holds more than {ceiling:,} bytes; no Orbax checkpoint of this network needs more")
+    problem = files.directory_problem(path, MAX_ENTRIES, MAX_DEPTH, limit.total + MAX_METADATA, "an Orbax checkpoint")
+    if problem:
+        raise Damaged(problem)
 
 
 def metadata(path: Path, limit: bounds.Budget) -> tuple[dict[tuple[str, ...], tuple[int, ...]], bool, bool]:

@@ -24,8 +24,6 @@ total size bounded by what the largest GoogLeNet holds plus its graph.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,30 +91,9 @@ def check_directory(path: Path) -> None:
     what = f"MODEL {path}"
     if not (path / "saved_model.pb").is_file() or (path / "saved_model.pb").is_symlink():
         raise ValueError(f"{what}: a directory without a saved_model.pb (tf.saved_model.save writes one)")
-    limit = largest_file() + MAX_GRAPH
-    total, entries = 0, 0
-    stack = [(path, 0)]
-    while stack:
-        directory, depth = stack.pop()
-        with os.scandir(directory) as scan:
-            for entry in scan:
-                entries += 1
-                if entries > MAX_ENTRIES:
-                    raise ValueError(f"{what}: more than {MAX_ENTRIES} files; a GoogLeNet's SavedModel holds a few")
-                inner = Path(entry.path)
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if stat.S_ISLNK(mode):
-                    raise ValueError(f"{what}: {inner.relative_to(path)} is a symlink; a SavedModel holds none")
-                if stat.S_ISDIR(mode):
-                    if depth + 1 > MAX_DEPTH:
-                        raise ValueError(f"{what}: {inner.relative_to(path)} nests deeper than a SavedModel does")
-                    stack.append((inner, depth + 1))
-                    continue
-                if not stat.S_ISREG(mode):
-                    raise ValueError(f"{what}: {inner.relative_to(path)} is {files.kind(mode)}, not a regular file")
-                total += entry.stat(follow_symlinks=False).st_size
-                if total > limit:
-                    raise ValueError(f"{what}: more than {limit:,} bytes; no GoogLeNet's SavedModel needs more")
+    problem = files.directory_problem(path, MAX_ENTRIES, MAX_DEPTH, largest_file() + MAX_GRAPH, "a SavedModel")
+    if problem:
+        raise ValueError(f"{what}: {problem}")
 
 
 def read(path: Path) -> SavedModel:
