@@ -21,7 +21,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-SUITE = ("conformance", "impl_torch", "impl_keras", "impl_mxnet")
+SUITE = ("conformance", "impl_torch", "impl_keras", "impl_mxnet", "impl_jax")
 
 
 class _Blocked(importlib.abc.MetaPathFinder):
