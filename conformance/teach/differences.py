@@ -157,7 +157,9 @@ MODEL_ROWS = [
             "returns a fixed (logits, aux2, aux1)",
             "a functional `keras.Model`, as keras-hub builds backbones: `__init__` runs `call` on a "
             "`keras.Input` of open size and hands the graph to `keras.Model`; its outputs are fixed: "
-            "the logits, or a dict of `logits`, `aux2`, `aux1`",
+            "the logits, or a dict of `logits`, `aux2`, `aux1`; the layers are made into a dict (`made`) "
+            "that the graph is traced on and become attributes after `keras.Model.__init__` (on the torch "
+            "backend a layer is a torch Module, which cannot be an attribute before it)",
             "`hybridize()` traces `hybrid_forward` once; the network's base (`Network`) traces it again "
             "when the training mode changes",
         ),
@@ -197,7 +199,8 @@ RULES: list[tuple[str, str]] = [
         r"TorchScript|self\.(starts|ends|trunk|taps|classifier|order|scale|shift|values|items)\b|^(taps|order|scale|shift):"
         r"|out\[\"aux2\"\], out\[\"aux1\"\]|\bout\[(name|stage\.name)\] = x|t = self\.plan\.transform|aux_for"
         r"|^for (branch in self\.branches|attr in branch):"
-        r"|keras\.Input|image_shape|[Ff]unctional|summary\(\)|plot_model|\{\"logits\": |\(Network\)",
+        r"|keras\.Input|image_shape|[Ff]unctional|summary\(\)|plot_model|\{\"logits\": |\(Network\)"
+        r"|\bmade\b|\blayer\(|torch backend|Module\.__init__|become attributes",
     ),
 ]
 SCOPES: dict[str, str] = {
