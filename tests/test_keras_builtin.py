@@ -157,8 +157,9 @@ def test_it_loads_on_every_keras_backend(written, variant, keras_backend, monkey
     x = x.astype(np.float32)
     b, model = built("torch", plan, params)
     ref = b.forward(model, x)
-    monkeypatch.setenv("KERAS_BACKEND", keras_backend)
-    outputs, weights = deploy.run_fresh("keras-builtin", dst, x, aux=False)
+    with monkeypatch.context() as backend:  # the loading process's backend; this one keeps TensorFlow
+        backend.setenv("KERAS_BACKEND", keras_backend)
+        outputs, weights = deploy.run_fresh("keras-builtin", dst, x, aux=False)
     a = agreement(ref, outputs["logits"], logits=True)
     assert a.passed and a.top1 == 1.0 and a.top5 == 1.0, (keras_backend, a)
     loaded = keras_builtin.RUNTIME.to_canonical(deploy.Loaded(dst, plan, "keras-builtin", weights))
