@@ -5,6 +5,7 @@ Inputs and outputs are NCHW numpy; the model runs NHWC."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import tempfile
@@ -30,6 +31,7 @@ from conformance import interface
 from conformance.canonical import default_params
 from conformance.spec import Variant, resolve
 
+from .engine import keep_float64
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical
@@ -57,6 +59,8 @@ elif BACKEND == "jax":
     # float64 arrays exist in JAX only with x64 on (process-wide, before any array is
     # made): the training-parity check builds the model in float64
     jax.config.update("jax_enable_x64", True)
+if BACKEND != "tensorflow":
+    keep_float64()  # else a float64 model computes its matmuls and means in float32
 
 name = "keras"
 INTERFACE_VERSION = interface.VERSION
@@ -88,6 +92,18 @@ __all__ = [
 # torch runs eagerly, as Keras's torch trainer does by default.
 BACKEND_MODES = {"tensorflow": ("graph", interface.EAGER, "xla"), "jax": ("jit", interface.EAGER)}
 MODES = BACKEND_MODES.get(BACKEND, (interface.EAGER,))
+
+
+# What Keras's ``export(format="onnx")`` imports on each backend but TensorFlow's (whose
+# tf2onnx the onnx judge's own check asks for).
+ONNX_EXPORTERS = {"jax": "jax2onnx", "torch": "onnxscript"}
+# Why Keras's ``export(format="tf_saved_model")`` cannot write the suite's SavedModel (any
+# batch, any size) on the other backends.
+SAVEDMODEL_REFUSED = {
+    "jax": "its jax2tf trace of a symbolic batch and size fails in the pools' size-dependent padding",
+    "torch": "Keras exports a SavedModel from torch only through torch_xla, and torch.export refuses the "
+    "model's input signature",
+}
 
 
 def version() -> str:
@@ -216,7 +232,14 @@ class _Outputs(keras.Model):
 def to_onnx(model: GoogLeNet, shape: tuple[int, ...], with_aux: bool, every_stage: bool) -> bytes:
     """The model in inference mode as an ONNX graph for NCHW inputs of ``shape``, whose
     outputs are ``interface.output_names``: Keras's ``model.export(format="onnx")``,
-    which converts the traced graph with tf2onnx. Needs the ``onnx`` extra."""
+    which converts the traced graph with tf2onnx on TensorFlow, runs ``torch.onnx.export``
+    on torch, and jax2onnx on JAX. Needs the ``onnx`` extra; ``interface.Unsupported``
+    where the backend's exporter is not installed."""
+    if BACKEND in ONNX_EXPORTERS and importlib.util.find_spec(ONNX_EXPORTERS[BACKEND]) is None:
+        raise interface.Unsupported(
+            f"keras on {BACKEND}: Keras's ONNX export on {BACKEND} runs {ONNX_EXPORTERS[BACKEND]}, "
+            f"which is not installed (pip install {ONNX_EXPORTERS[BACKEND]})"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         # stdout: "Saved artifact at ..."; the warning: tf2onnx's import probes np.object
@@ -232,7 +255,13 @@ def to_savedmodel(model: GoogLeNet, directory: str | Path) -> None:
     """Keras's ``model.export``: a TensorFlow SavedModel in ``directory`` (which must not
     exist) whose ``serve`` endpoint takes NHWC images of any batch and size the variant
     admits and returns the model's outputs (the logits, or a dict of ``logits``, ``aux2``
-    and ``aux1``), loadable with ``tf.saved_model.load`` without Keras or this suite."""
+    and ``aux1``), loadable with ``tf.saved_model.load`` without Keras or this suite.
+    TensorFlow's backend only: ``interface.Unsupported`` on another."""
+    if BACKEND != "tensorflow":
+        raise interface.Unsupported(
+            f"keras on {BACKEND}: SavedModel export needs TensorFlow's backend: "
+            f"{SAVEDMODEL_REFUSED.get(BACKEND, 'Keras has no SavedModel export there')}"
+        )
     with contextlib.redirect_stdout(None):  # "Saved artifact at ..."
         model.export(str(directory), format="tf_saved_model", verbose=False)
 

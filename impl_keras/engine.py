@@ -21,6 +21,27 @@ from keras import layers
 from .weights import canonical_name
 
 
+# Keras's type promotion (``keras.backend.result_type``, which ``ops.matmul``, ``ops.mean``
+# and the torch backend's binary ops compute in) ends with ``BIT64_TO_BIT32_DTYPE``, which
+# maps float64 to float32 on every backend but TensorFlow, whatever ``floatx`` or the
+# layers' dtype policy says (keras-team/keras#23704). A float64 model on JAX or torch then
+# runs its dense layers, means and BatchNorm statistics in float32. The table is private;
+# this is the suite's one write into it.
+def keep_float64() -> None:
+    """Make Keras's type promotion keep float64 on this process's backend, as JAX (with
+    x64 on) and torch themselves do: float32 inputs still promote to float32. Refuses a
+    Keras whose table is gone or says otherwise, so a changed Keras is noticed."""
+    from keras.src.backend.common import dtypes
+
+    table = getattr(dtypes, "BIT64_TO_BIT32_DTYPE", None)
+    if not isinstance(table, dict) or table.get("float64") not in ("float32", "float64"):
+        raise RuntimeError(
+            f"keras {keras.__version__}: keras.src.backend.common.dtypes.BIT64_TO_BIT32_DTYPE is not the table "
+            "impl_keras.engine.keep_float64 expects (float64 -> float32); see keras-team/keras#23704"
+        )
+    table["float64"] = "float64"
+
+
 # tf.distribute's replica context (public API): outside any strategy it is the default
 # strategy's, one replica whose id is 0.
 def replica_id() -> int:

@@ -16,8 +16,15 @@ Jobs:
 * ``train VARIANT SIZE DTYPE``: one recorded SGD step from seeded weights without
   dropout: the loss and every gradient.
 
+* ``exports VARIANT SIZE``: the backend's ONNX export of every stage run by ONNX
+  Runtime beside its own stages, and its SavedModel export; each refusal's line
+  (``interface.Unsupported``) where it has none.
+
 ``--swap`` (stages and train) loads the weights with two of conv1's output channels
 swapped: the negative control, which must disagree with impl_torch.
+``--float32-promotion`` puts back what ``impl_keras.engine.keep_float64`` mends (Keras's
+type promotion turning float64 into float32 on jax and torch): the negative control of
+the float64 step's precision.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +40,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from conformance import spec  # noqa: E402
+from conformance import interface, spec  # noqa: E402
 from conformance.canonical import random_params  # noqa: E402
 from conformance.check.inputs import seeded_input  # noqa: E402
+from conformance.interface import Unsupported  # noqa: E402
 
 SEED = 0
 BATCH = 2
@@ -86,9 +95,36 @@ def train(impl, variant: str, size: int, dtype: str, swap: bool) -> dict[str, np
     return {"loss": np.array([loss]), **{f"grad/{k}": v for k, v in trainer.gradients().items()}}
 
 
+def exports(impl, variant: str, size: int) -> dict[str, np.ndarray]:
+    from conformance.check.judges import session
+
+    plan = spec.resolve(variant)
+    model = impl.build(variant)
+    x = seeded_input(plan, size, BATCH, SEED)
+    out: dict[str, np.ndarray] = {}
+    try:
+        graph = impl.to_onnx(model, x.shape, False, True)
+    except Unsupported as e:
+        out["onnx_refused"] = np.array(str(e))
+    else:
+        run = session(graph)
+        names = interface.output_names(plan, False, True)
+        found = dict(zip(names, run.run(None, {run.get_inputs()[0].name: x}), strict=True))
+        out.update({f"onnx/{k}": v for k, v in found.items()})
+        out.update({f"default/{k}": v for k, v in impl.stages(model, x).items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            impl.to_savedmodel(model, Path(tmp) / "model")
+        except Unsupported as e:
+            out["savedmodel_refused"] = np.array(str(e))
+        else:
+            out["savedmodel_files"] = np.array(len(list((Path(tmp) / "model").rglob("*"))))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("job", choices=("counts", "stages", "train"))
+    parser.add_argument("job", choices=("counts", "stages", "train", "exports"))
     parser.add_argument("out", type=Path)
     parser.add_argument("variant", nargs="?")
     parser.add_argument("size", nargs="?", type=int)
@@ -96,12 +132,19 @@ def main() -> None:
     parser.add_argument("--swap", action="store_true")
     parser.add_argument("--eager", action="store_true")
     parser.add_argument("--package", default="impl_keras")
+    parser.add_argument("--float32-promotion", action="store_true")
     args = parser.parse_args()
     impl = importlib.import_module(args.package)
+    if args.float32_promotion:
+        from keras.src.backend.common import dtypes
+
+        dtypes.BIT64_TO_BIT32_DTYPE["float64"] = "float32"
     if args.job == "counts":
         found = counts(impl)
     elif args.job == "stages":
         found = stages(impl, args.variant, args.size, args.dtype, args.swap, args.eager)
+    elif args.job == "exports":
+        found = exports(impl, args.variant, args.size)
     else:
         found = train(impl, args.variant, args.size, args.dtype, args.swap)
     np.savez(args.out, **found)

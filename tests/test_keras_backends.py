@@ -6,6 +6,7 @@ tolerance (``conformance.check.compare``). The worker is tests/keras_backend_wor
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -25,7 +26,14 @@ ROOT = WORKER.parents[1]
 BACKENDS = ("tensorflow", "jax", "torch")
 STAGES = ("googlenet_bn", 64, "float32")  # BatchNorm, ceil-mode pools, aux-free at 64
 TRAIN = ("googlenet_cifar", 32, "float64")  # BatchNorm in training mode, conv biases, at its own size
+EXPORT = ("inception_mnist", 28)  # the smallest network: an export traces the whole graph
 SEED, BATCH = 0, 2  # the worker's
+# The float64 step against impl_torch's: one rounding of float64 (1.1e-16) grown over the
+# forward and backward passes' sums (TensorFlow's loss: 3e-16, gradients 2e-13 of their
+# scale); a float32 operation anywhere inside leaves 1e-8 in the loss and 1e-7 in the
+# gradients, four orders above these.
+FLOAT64_LOSS = 1e-12
+FLOAT64_GRADIENTS = 1e-10
 
 
 def run(backend: str, tmp_path: Path, *args: str) -> dict[str, np.ndarray]:
@@ -82,6 +90,20 @@ def step_disagreements(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], v
     return failed + ([] if agreement(ref["loss"], got["loss"]).passed else ["loss"])
 
 
+def float64_errors(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], variant: str) -> tuple[float, float]:
+    """(the loss's relative error, the worst gradient's largest error over its largest
+    value; a gradient that is exactly zero, over its unit's weight gradient's)."""
+    plan = spec.resolve(spec.without_dropout(spec.variant(variant)))
+    scale = zero_gradients(plan)
+    loss = float(abs(got["loss"][0] - ref["loss"][0]) / abs(ref["loss"][0]))
+    grads = [k.removeprefix("grad/") for k in ref if k.startswith("grad/")]
+    worst = max(
+        float(np.abs(got[f"grad/{k}"] - ref[f"grad/{k}"]).max() / np.abs(ref[f"grad/{scale.get(k, k)}"]).max())
+        for k in grads
+    )
+    return loss, worst
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict[str, dict[str, np.ndarray]]:
     return {"stages": torch_stages(*STAGES), "train": torch_step(*TRAIN)}
@@ -106,6 +128,19 @@ def test_stages_match_torch_and_the_round_trip_is_exact(backend, tmp_path, refer
 def test_one_training_step_matches_torch(backend, tmp_path, reference):
     found = run(backend, tmp_path, "train", *map(str, TRAIN))
     assert step_disagreements(reference["train"], found, TRAIN[0]) == []
+    loss, gradients = float64_errors(reference["train"], found, TRAIN[0])
+    assert loss < FLOAT64_LOSS and gradients < FLOAT64_GRADIENTS, (loss, gradients)
+
+
+@pytest.mark.e2e  # a float64 training step of its own: a minute on a loaded machine
+def test_float32_promotion_inside_the_float64_step_is_caught(tmp_path, reference):
+    """Negative control: Keras's own type promotion on the torch backend (float64 to
+    float32 in ``ops.matmul`` and ``ops.mean``, which ``impl_keras.engine.keep_float64``
+    mends) still passes the suite's float32 tolerance, and fails the float64 bounds."""
+    found = run("torch", tmp_path, "train", *map(str, TRAIN), "--float32-promotion")
+    assert step_disagreements(reference["train"], found, TRAIN[0]) == []
+    loss, gradients = float64_errors(reference["train"], found, TRAIN[0])
+    assert loss > FLOAT64_LOSS * 1000 and gradients > FLOAT64_GRADIENTS * 100, (loss, gradients)
 
 
 def test_a_swapped_weight_fails_the_stages_and_the_step(tmp_path, reference):
@@ -133,3 +168,55 @@ def test_keras_names_spell_canonical_names_one_to_one():
     assert canonical_name("inception3a.branch2.1.conv") == "inception3a.branch2.1.conv"  # the old spelling
     with pytest.raises(ValueError, match="holds '-'"):
         keras_name("inception3a.branch-2")
+
+
+@pytest.mark.e2e  # torch.onnx.export traces the model: 30-90 s on a loaded machine
+def test_keras_on_torch_exports_onnx_and_refuses_a_savedmodel(tmp_path):
+    """torch's ONNX export (``torch.onnx.export``, under Keras's ``export``) run by ONNX
+    Runtime agrees with the backend's own stages; a SavedModel is refused in one line
+    naming the backend and why."""
+    found = run("torch", tmp_path, "exports", *map(str, EXPORT))
+    assert str(found["savedmodel_refused"]).startswith("keras on torch: SavedModel export needs TensorFlow's backend")
+    if "onnx_refused" in found:
+        pytest.skip(str(found["onnx_refused"]))
+    onnx = {k.removeprefix("onnx/"): v for k, v in found.items() if k.startswith("onnx/")}
+    assert onnx and disagreements(onnx, found, "default/") == []
+
+
+@pytest.mark.e2e  # JAX compiles each op of the model's first run: minutes on a loaded machine
+def test_keras_on_jax_refuses_what_it_cannot_export(tmp_path):
+    """Keras's ONNX export on JAX runs jax2onnx: refused in one line where it is not
+    installed, else held to the backend's stages; a SavedModel is refused in one line."""
+    found = run("jax", tmp_path, "exports", *map(str, EXPORT))
+    assert str(found["savedmodel_refused"]).startswith("keras on jax: SavedModel export needs TensorFlow's backend")
+    if importlib.util.find_spec("jax2onnx") is None:
+        assert str(found["onnx_refused"]) == (
+            "keras on jax: Keras's ONNX export on jax runs jax2onnx, which is not installed (pip install jax2onnx)"
+        )
+    else:
+        onnx = {k.removeprefix("onnx/"): v for k, v in found.items() if k.startswith("onnx/")}
+        assert onnx and disagreements(onnx, found, "default/") == []
+
+
+@pytest.mark.parametrize(("backend", "fmt"), [("torch", "keras"), ("jax", "savedmodel")])
+def test_port_refuses_keras_formats_on_another_backend(backend, fmt, tmp_path):
+    """port writes Keras's files with Keras on TensorFlow: with KERAS_BACKEND set
+    otherwise it says so in one line, exit 2, before reading anything, and writes
+    nothing. The source is not even a checkpoint: it is never read."""
+    source = tmp_path / "weights.npz"
+    source.write_bytes(b"not read")
+    target = tmp_path / f"out.{fmt}"
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "conformance", "port", str(source), str(target), "--to", fmt],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: --to {fmt}: this process has KERAS_BACKEND={backend}, ")
+    assert "unset KERAS_BACKEND" in lines[0] and not target.exists()
+    assert ("SavedModel export needs TensorFlow" in lines[0]) == (fmt == "savedmodel")

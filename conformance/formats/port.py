@@ -11,6 +11,7 @@ overflow are refused. ``init`` writes the suite's seeded weights the same way.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ def port(
     progress = Steps.silent() if progress is None else progress
     source = paths.source(src, src_format)
     destination = paths.destination(dst, dst_format, source, force)
+    refuse_backend(source.format, "--from")
+    refuse_backend(destination.format, "--to")
     progress.total(4)
     progress(f"reading {source.path}", logged=False)  # a refusal of it stays one line in a log
     checkpoint = read_checkpoint(source, variant, None, num_classes, transform_input, drop_background)
@@ -93,6 +96,25 @@ def port(
     if blind:
         log(f"note   {src_fmt.name}: {blind}")
     return _write(source, contents, plan, params, notes, destination, log, start, progress)
+
+
+def refuse_backend(fmt: Format, option: str) -> None:
+    """A PortError, before anything is read, where ``fmt`` is Keras's and this process's
+    Keras would run on a backend other than TensorFlow's (``KERAS_BACKEND``, which Keras
+    reads once, on import): port reads and writes Keras's files with the suite's
+    ``keras``, Keras on TensorFlow, and a SavedModel can be exported on no other."""
+    keras_backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if fmt.framework != "keras" or keras_backend == "tensorflow":
+        return
+    why = (
+        "SavedModel export needs TensorFlow's backend"
+        if fmt.name == "savedmodel"
+        else "port reads and writes Keras's files with Keras on TensorFlow"
+    )
+    raise PortError(
+        f"{option} {fmt.name}: this process has KERAS_BACKEND={keras_backend}, and {why}; "
+        "unset KERAS_BACKEND or set it to tensorflow"
+    )
 
 
 def refuse_plan(fmt: Format, plan: spec.Plan) -> None:
