@@ -183,7 +183,6 @@ def test_keras_on_torch_exports_onnx_and_refuses_a_savedmodel(tmp_path):
     assert onnx and disagreements(onnx, found, "default/") == []
 
 
-@pytest.mark.e2e  # JAX compiles each op of the model's first run: minutes on a loaded machine
 def test_keras_on_jax_refuses_what_it_cannot_export(tmp_path):
     """Keras's ONNX export on JAX runs jax2onnx: refused in one line where it is not
     installed, else held to the backend's stages; a SavedModel is refused in one line."""
