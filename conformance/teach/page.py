@@ -85,7 +85,8 @@ span.legend { padding: 0 .3em; }
 a.why { font: 10px system-ui, sans-serif; background: #e67e22; color: #fff; border-radius: 3px;
   padding: 0 .35em; margin-left: .6em; text-decoration: none; vertical-align: 1px; }
 tr.difference:target, tr.pitfall:target { background: #fff4d6; }
-td.effects { min-width: 240px; } .effect { margin-bottom: .6em; } td.why { max-width: 420px; }
+td.effects { min-width: 200px; } .effect { margin-bottom: .6em; } td.why { max-width: 420px; }
+table.differences { font-size: 13px; } table.differences code { overflow-wrap: anywhere; }
 tr.plot td { border-top: none; } tr.plot img { max-width: 100%; height: auto; }
 """
 

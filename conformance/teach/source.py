@@ -195,12 +195,13 @@ def _columns(runs: list[list[int]], pairs: Pairer, files: list[int]) -> list[tup
         between: list[list[int]] = [[] for _ in rest]  # lines only the others have, here
         for f, alignment in enumerate(alignments):
             while at[f] < len(alignment) and alignment[at[f]][0] is None:
-                between[f].append(_at(rest[f], alignment[at[f]][1]))
+                only = alignment[at[f]][1]  # never None: a pair holds a line of one file at least
+                between[f] += [] if only is None else [rest[f][only]]
                 at[f] += 1
         if any(between):
             rows += [(None, *row) for row in _columns(between, pairs, files[1:])]
         elif at[0] < len(alignments[0]):  # every alignment at the same line of the first file
-            line = first[alignments[0][at[0]][0]]  # type: ignore[index]
+            line = _at(first, alignments[0][at[0]][0])
             others = [_at(run, a[k][1]) for run, a, k in zip(rest, alignments, at, strict=True)]
             rows.append((line, *others))
             at = [k + 1 for k in at]
