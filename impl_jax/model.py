@@ -33,7 +33,7 @@ from .layers import BasicConv2d, flatten, make_chain, make_dense, make_lrn, make
 class Inception(nnx.Module):
     def __init__(self, block: InceptionUnit, dtype) -> None:
         # 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 (3x3 in torchvision) | 3x3 max pool -> 1x1
-        self.branches = tuple(tuple(attr for attr, _ in branch) for branch in block.modules())
+        self.branches = [[attr for attr, _ in branch] for branch in block.modules()]
         for branch in block.modules():
             for attr, ops in branch:  # branch1, branch2 (ops 0, 1), ...; Liu's: branch5x5_1, ...
                 setattr(self, attr, make_chain(ops, dtype))

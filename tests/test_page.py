@@ -147,13 +147,13 @@ def test_the_page_renders_in_chromium_with_every_part(site, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     dom = Dom()
     dom.feed(r.stdout)
-    # three code columns, every block name in each
-    assert set(dom.code) == {"torch", "keras", "mxnet"}
+    # four code columns (torch, keras, mxnet, jax), every block name in each
+    assert set(dom.code) == set(source.PACKAGES) and len(source.PACKAGES) == 4
     assert len({len(columns) for columns in dom.code.values()}) == 1  # one column per framework per block
-    # one grid row per aligned line, the three frameworks side by side in each
-    assert dom.rows and all(row == ["torch", "keras", "mxnet"] for row in dom.rows)
+    # one grid row per aligned line, the four frameworks side by side in each
+    assert dom.rows and all(row == list(source.PACKAGES) for row in dom.rows)
     # what differs in substance is highlighted, API spelling is not: fewer than half the lines
-    assert 0 < dom.marks["substance"] < len(dom.rows) * 3 / 2 and dom.marks["quiet"] > 0
+    assert 0 < dom.marks["substance"] < len(dom.rows) * len(source.PACKAGES) / 2 and dom.marks["quiet"] > 0
     for fw, columns in dom.code.items():
         text = "\n".join(columns)
         for name in BLOCKS:
@@ -202,9 +202,72 @@ def test_every_framework_specific_line_is_explained_by_a_row():
     assert source.unexplained(blocks) == []
     marked = [line for b in blocks for lines in b.columns.values() for line in lines if line.specific]
     assert len(marked) > 100
+    assert len([line for b in blocks for line in b.columns["jax"] if line.specific]) > 50
     names = {r.what for r in differences.read_readme() + differences.MODEL_ROWS}
     assert {row for line in marked for row in line.rows} <= names
     assert {row for row, _ in differences.RULES} <= names and set(differences.SCOPES.values()) <= names
+    # the table has a column per model file, in the page's order
+    assert list(differences.FRAMEWORK_COLUMNS) == list(source.PACKAGES)
+    assert all(len(r.cells) == len(source.PACKAGES) for r in differences.read_readme() + differences.MODEL_ROWS)
+
+
+def test_a_jax_line_no_row_explains_is_caught(monkeypatch):
+    """The negative control: without the rule tying JAX's explicit random keys to the
+    "random numbers" row, the JAX lines that make the network's key stream are named."""
+    files = {fw: source.read(fw) for fw in source.PACKAGES}
+    rules = [(row, pattern) for row, pattern in differences.RULES if row != "random numbers"]
+    monkeypatch.setattr(differences, "RULES", rules)
+    found = source.unexplained(source.align(files))
+    assert found and {fw for fw, _, _ in found} == {"jax"}
+    assert {files["jax"].lines[n - 1].strip() for _, block, n in found if block == "GoogLeNet"} >= {
+        "rngs = nnx.Rngs(dropout=0)"
+    }
+
+
+@pytest.mark.parametrize(
+    "frameworks", [("torch", "jax"), ("torch", "keras", "mxnet"), ("jax", "mxnet", "keras", "torch")]
+)
+def test_any_number_of_files_is_aligned(frameworks):
+    """N files, no special case: every file's lines appear once each, in order, in its
+    column; lines written alike share a row; two files give their pairwise alignment."""
+    files = {fw: source.read(fw) for fw in frameworks}
+    for b in source.align(files):
+        for fw, lines in b.columns.items():
+            numbers = [line.number for line in lines if line.number is not None]
+            first, last = files[fw].blocks[b.name]
+            assert numbers == list(range(first, numbers[-1] + 1)) and numbers[-1] <= last, (fw, b.name)
+        rows = list(zip(*b.columns.values(), strict=True))
+        assert all(any(line.number for line in row) for row in rows)
+        for row in rows:  # a row's lines alike, when all are there: "return out" beside "return out"
+            texts = {files[fw].lines[ln.number - 1].strip() for fw, ln in zip(files, row, strict=True) if ln.number}
+            if len(texts) == 1 and all(ln.number for ln in row):
+                assert not any(ln.specific for ln in row)
+    if len(frameworks) == 2:
+        block = source.align(files)[1]
+        numbers = {fw: source._trimmed(f, *f.blocks[block.name]) for fw, f in files.items()}
+        text = {fw: [files[fw].lines[n - 1].strip() for n in numbers[fw]] for fw in files}
+        prose = {fw: [n in files[fw].prose for n in numbers[fw]] for fw in files}
+        expected = source._pairs(*text.values(), *prose.values())
+        a, b = frameworks
+        assert [(x.number, y.number) for x, y in zip(*block.columns.values(), strict=True)] == [
+            (None if i is None else numbers[a][i], None if j is None else numbers[b][j]) for i, j in expected
+        ]
+
+
+@pytest.mark.parametrize(
+    ("texts", "apart"),
+    [
+        ({"torch": "a", "keras": "b", "mxnet": "a"}, {"keras"}),
+        ({"torch": "a", "keras": "b", "mxnet": "c"}, {"torch", "keras", "mxnet"}),
+        ({"torch": "a", "keras": "b", "mxnet": "a", "jax": "b"}, {"torch", "keras", "mxnet", "jax"}),
+        ({"torch": "a", "keras": "b", "mxnet": "a", "jax": "a"}, {"keras"}),
+        ({"torch": "a", "keras": "b", "mxnet": "a", "jax": None}, {"keras", "jax"}),
+    ],
+)
+def test_a_line_is_highlighted_where_it_stands_apart(texts, apart):
+    """NCHW beside NHWC, two and two: both halves stand apart; one of four written
+    otherwise: that one."""
+    assert {fw for fw in texts if page_code._apart(texts, fw)} == apart
 
 
 def test_the_same_lines_are_aligned_side_by_side():
@@ -225,9 +288,18 @@ def test_the_same_lines_are_aligned_side_by_side():
         "return torch.cat(outputs, 1)",
         "return ops.concatenate(outputs, axis=-1)",
         "return F.concat(*outputs, dim=1)",
+        "return jnp.concatenate(outputs, axis=-1)",
     ) in text
     forward = next(t for t in text if t[0] and t[0].startswith("def forward"))
     assert forward[1].startswith("def call") and forward[2].startswith("def hybrid_forward")
+    assert forward[3].startswith("def __call__")
+    # the loops TorchScript cannot write stand side by side in the other three
+    assert (
+        None,
+        "for branch in self.branches:",
+        "for branch in self.branches:",
+        "for branch in self.branches:",
+    ) in text
     concat = next(r for r in rows if r[0].number and "torch.cat" in files["torch"].lines[r[0].number - 1])
     assert all("layout" in line.rows for line in concat)
 
@@ -238,6 +310,9 @@ def test_readme_rows_are_read_from_the_readme():
     assert all(PITFALLS[name].row in {r.what for r in rows} for name in PITFALLS if PITFALLS[name].row)
     with pytest.raises(ValueError, match="no section"):
         differences.readme_rows("# nothing here")
+    three = f"{differences.TITLE}\n\n| what | PyTorch | Keras 3 | MXNet Gluon |\n|---|---|---|---|\n| a | b | c | d |\n"
+    with pytest.raises(ValueError, match=r"whose columns are what \| PyTorch \| Keras 3 \| MXNet Gluon \| JAX"):
+        differences.readme_rows(three)
 
 
 def test_cells_link_to_the_model_file_lines_they_name():

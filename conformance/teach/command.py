@@ -136,7 +136,7 @@ def _add_page(sub: Any) -> None:
         "page",
         "build a static site: the spec, the model files side by side, the pitfalls",
         "Write a static site a teacher can open without a network: a variant's spec table, the "
-        "three frameworks' model files side by side with the differences that matter marked, "
+        "four frameworks' model files side by side with the differences that matter marked, "
         "each pitfall's measurement and plot, and a check or bench report when given.",
         [
             ("measure every pitfall now and write the site", "site"),

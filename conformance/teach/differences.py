@@ -1,14 +1,14 @@
-"""The differences table, and which lines of the three model files each row explains.
+"""The differences table, and which lines of the model files each row explains.
 
-The rows are the table "Where the three frameworks differ", read from its page of the
+The rows are the table "Where the four frameworks differ", read from its page of the
 docs, ``docs/differences.md`` (one source: the page shows what the docs say). Its cells
 link to code by name (``[`code`][impl_torch.layers.make_norm]``, which the docs site
 resolves); :func:`locate` finds the line of the named object that shows the code. The model files
 show a few framework APIs that table leaves to the code (base classes, operator
 namespaces, layer names, saving, imports); :data:`MODEL_ROWS` states them in the
 same form. :data:`RULES` say which rows explain a line: a framework-specific line of
-a model file (one that is not the same in all three, once aligned) is explained by
-every row whose pattern matches it or its counterparts in the other two files.
+a model file (one that is not the same in all of them, once aligned) is explained by
+every row whose pattern matches it, or, if none does, by its counterparts' rows.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-FRAMEWORK_COLUMNS = ("torch", "keras", "mxnet")
-TITLE = "# Where the three frameworks differ"
+# the table's columns after "what", in the order of source.PACKAGES
+FRAMEWORK_COLUMNS = {"torch": "PyTorch", "keras": "Keras 3", "mxnet": "MXNet Gluon", "jax": "JAX + Flax"}
+TITLE = "# Where the four frameworks differ"
 ROOT = Path(__file__).resolve().parents[2]
 TABLE_PAGE = ROOT / "docs" / "differences.md"
 
@@ -27,7 +28,7 @@ TABLE_PAGE = ROOT / "docs" / "differences.md"
 @dataclass(frozen=True)
 class Row:
     what: str
-    cells: tuple[str, str, str]  # PyTorch, Keras 3, MXNet Gluon: markdown, as the docs write them
+    cells: tuple[str, ...]  # one per FRAMEWORK_COLUMNS, in its order: markdown, as the docs write them
     source: str  # "docs" or "model files"
 
     @property
@@ -41,14 +42,17 @@ def readme_rows(text: str) -> list[Row]:
         raise ValueError(f"{TABLE_PAGE.name}: no section {TITLE!r}")
     section = text.split(TITLE, 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
-    if len(lines) < 3 or lines[0].strip("|").split("|")[0].strip() != "what":
-        raise ValueError(f"{TABLE_PAGE.name}: the section {TITLE!r} holds no table whose first column is 'what'")
+    heads = ["what", *FRAMEWORK_COLUMNS.values()]
+    if len(lines) < 3 or [c.strip() for c in lines[0].strip().strip("|").split("|")] != heads:
+        raise ValueError(
+            f"{TABLE_PAGE.name}: the section {TITLE!r} holds no table whose columns are {' | '.join(heads)}"
+        )
     rows = []
     for line in lines[2:]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 4:
-            raise ValueError(f"{TABLE_PAGE.name}: a differences row needs 4 cells, got {len(cells)}: {line}")
-        rows.append(Row(cells[0], (cells[1], cells[2], cells[3]), "docs"))
+        if len(cells) != len(heads):
+            raise ValueError(f"{TABLE_PAGE.name}: a differences row needs {len(heads)} cells, got {len(cells)}: {line}")
+        rows.append(Row(cells[0], tuple(cells[1:]), "docs"))
     return rows
 
 
@@ -109,6 +113,9 @@ MODEL_ROWS = [
             "for the network); `call(self, x, training=None)`; children by attribute",
             "subclass `nn.HybridBlock` (`Network` for the network); `hybrid_forward(self, F, x)`, `F` is "
             "`mx.nd` or `mx.sym`; children by attribute; `forward_stages` runs `_stages` with `mx.nd`",
+            "subclass `nnx.Module` (no `super().__init__()`); `__call__(self, x)`; children and variables by "
+            "attribute, made with their shapes (every layer is given its input features); the training mode is "
+            "set on the layers (`train()` / `eval()`)",
         ),
         "model files",
     ),
@@ -118,6 +125,7 @@ MODEL_ROWS = [
             "`torch.*` and `torch.nn.functional` as `F`",
             "`keras.ops` (so a chain of ops is `ops_`)",
             "`F.*`: the namespace `hybrid_forward` receives",
+            "`jax.numpy` as `jnp`, `jax.nn`, `jax.lax`",
         ),
         "model files",
     ),
@@ -127,6 +135,8 @@ MODEL_ROWS = [
             "the attribute path (`state_dict` keys)",
             "every weight-carrying layer is given its canonical name (`name=`): nested layers do not prefix",
             "the attribute path (structural names)",
+            "the attribute path: a variable's path is its canonical key with Flax's variable name at the end "
+            "(`kernel` for `weight`)",
         ),
         "model files",
     ),
@@ -136,6 +146,8 @@ MODEL_ROWS = [
             "each layer's own initialiser, then `build` loads `canonical.default_params`",
             "`kernel_initializer=init()` (zeros: nothing random is drawn), then the same",
             "`initialize(mx.init.Zero())`, then the same",
+            "`kernel_init=zeros` (Flax's layers want random keys, `nnx.Rngs(0)`, though nothing is drawn), "
+            "then the same",
         ),
         "model files",
     ),
@@ -145,6 +157,7 @@ MODEL_ROWS = [
             "the `state_dict`",
             "a `.keras` file rebuilds the model: `register_keras_serializable`, `get_config`, `from_config`",
             "`save_parameters`",
+            "the model's state (`nnx.state`): an Orbax checkpoint directory, or Flax's msgpack",
         ),
         "model files",
     ),
@@ -162,6 +175,9 @@ MODEL_ROWS = [
             "backend a layer is a torch Module, which cannot be an attribute before it)",
             "`hybridize()` traces `hybrid_forward` once; the network's base (`Network`) traces it again "
             "when the training mode changes",
+            "`jax.jit` traces a pure function of the split model (`nnx.split`: its structure and its state) "
+            "once per input shape; eager runs op by op, each op compiled for its shapes, so fewer ops "
+            "cost less: the input transform is one gather, not a concatenation of slices",
         ),
         "model files",
     ),
@@ -171,6 +187,7 @@ MODEL_ROWS = [
             "`import torch`; tensors annotated as `Tensor`",
             "`import keras`",
             "`import mxnet`; `from mxnet.gluon import nn`",
+            "`import jax`, `jax.numpy as jnp`, `from flax import nnx`; arrays annotated as `jax.Array`",
         ),
         "model files",
     ),
@@ -180,27 +197,36 @@ MODEL_ROWS = [
 # every line of a function of that name.
 RULES: list[tuple[str, str]] = [
     ("layout", r"#.*\bN x \d"),
-    ("layout", r"torch\.cat\(|ops\.concatenate\(|F\.concat\(|channel axis"),
-    ("layout", r"x\[:, c : c \+ 1\]|x\[\.\.\., c : c \+ 1\]|slice_axis"),
+    ("layout", r"torch\.cat\(|ops\.concatenate\(|F\.concat\(|jnp\.concatenate\(|channel axis"),
+    ("layout", r"x\[:, c : c \+ 1\]|x\[\.\.\., c : c \+ 1\]|slice_axis|x\[\.\.\., np\.asarray"),
     ("flatten before a dense layer", r"[Ff]latten|\((C, H, W|H, W, C)\) order|permut"),
     ("input channels", r"\bin_units=|nn\.Linear\(|self\.head = head|\.build\("),
     ("variable dtype", r"\bdtype\b"),
     ("training mode", r"training"),
-    ("module API", r"^class \w+\((nn\.Module(Dict)?|layers\.Layer|Block|keras\.Model|nn\.HybridBlock|Network)\)"),
-    ("module API", r"def (forward|call|hybrid_forward|forward_stages|_stages)\(|self\._stages\("),
-    ("module API", r"super\(\)\.__init__\(|add_module\(|setattr\(|-> (nn\.Module|layers\.Layer|nn\.HybridBlock)"),
-    ("operators", r"\b(F|ops|torch)\.(relu|cat|concat|concatenate|flatten)\b|\bops_\b|\bops\b"),
+    (
+        "module API",
+        r"^class \w+\((nn\.Module(Dict)?|layers\.Layer|Block|keras\.Model|nn\.HybridBlock|Network|nnx\.Module)\)",
+    ),
+    ("module API", r"def (forward|call|hybrid_forward|forward_stages|_stages|__call__)\(|self\._stages\("),
+    (
+        "module API",
+        r"super\(\)\.__init__\(|add_module\(|setattr\(|-> (nn\.Module|layers\.Layer|nn\.HybridBlock|nnx\.Module)",
+    ),
+    ("operators", r"\b(F|ops|torch|jnp|jax\.nn|lax)\.(relu|cat|concat|concatenate|flatten)\b|\bops_\b|\bops\b"),
     ("layer names", r"\bname=|f\"\{block\.name\}"),
     ("initial weights", r"kernel_initializer"),
     ("saving a model", r"register_keras_serializable|config"),
-    ("imports and type hints", r"^(import|from) |\bTensor\b"),
+    ("imports and type hints", r"^(import|from) |\bTensor\b|\bjax\.Array\b"),
+    # JAX's explicit random keys: the one stream the network's dropouts draw from
+    ("random numbers", r"\b[Rr]ngs\b|\bkey stream\b|\bstreams seeded\b"),
     (  # TorchScript's walks over children and plain lists, and what Keras's and Gluon's files do instead
         "graphs and scripting",
         r"TorchScript|self\.(starts|ends|trunk|taps|classifier|order|scale|shift|values|items)\b|^(taps|order|scale|shift):"
         r"|out\[\"aux2\"\], out\[\"aux1\"\]|\bout\[(name|stage\.name)\] = x|t = self\.plan\.transform|aux_for"
         r"|^for (branch in self\.branches|attr in branch):"
         r"|keras\.Input|image_shape|[Ff]unctional|summary\(\)|plot_model|\{\"logits\": |\(Network\)"
-        r"|\bmade\b|\blayer\(|torch backend|Module\.__init__|become attributes",
+        r"|\bmade\b|\blayer\(|torch backend|Module\.__init__|become attributes"
+        r"|eager compiles",  # JAX's eager mode compiles op by op: fewer ops
     ),
 ]
 SCOPES: dict[str, str] = {

@@ -4,7 +4,8 @@ One HTML file and its stylesheet (no script, nothing fetched: it opens from disk
 the pitfalls' plots:
 
 * the spec table of a variant: every stage's shape, parameters and multiply-adds;
-* the three model files side by side, aligned block by block and line by line,
+* the model files side by side (four: PyTorch, Keras 3, MXNet Gluon, JAX + Flax),
+  aligned block by block and line by line,
   Pygments-highlighted, each framework-specific line marked and linked to the row
   of the differences table that explains it (:mod:`.source`, :mod:`.differences`);
 * the differences table, each row with what its pitfalls measure, and their plots;
@@ -25,10 +26,11 @@ from .. import spec
 from ..files import atomic_write
 from ..reading import Damaged, json_document
 from . import differences, measure, outputs
-from .page_code import code_section, code_style
+from .page_code import NAMES, code_section, code_style
 from .page_sections import PLOTS, bench_section, check_section, differences_section, pitfalls_section, spec_section
 
 INDEX, STYLE = "index.html", "style.css"
+TITLE = f"GoogLeNet in {', '.join(list(NAMES.values())[:-1])} and {list(NAMES.values())[-1]}: what differs"
 
 
 def read_report(path: Path, option: str, keys: Sequence[str] = ()) -> Any:
@@ -65,25 +67,26 @@ table { border-collapse: collapse; margin: .5em 0; } th, td { border: 1px solid 
   vertical-align: top; text-align: left; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.spec td { padding: .1em .6em; } .where { color: #777; font-size: 90%; }
 .pass { color: #16813b; font-weight: bold; } .fail { color: #c0392b; font-weight: bold; }
-.grid { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); column-gap: .6em; }
+.grid { display: grid; grid-template-columns: repeat(var(--columns, 4), minmax(0, 1fr)); column-gap: .5em; }
 .heads { position: sticky; top: 0; background: #fff; z-index: 2; padding: .3em 0; border-bottom: 1px solid #ccc; }
 .colhead { font-weight: bold; overflow-wrap: anywhere; }
 .block h3 { margin: 1em 0 .3em; font: bold 13px monospace; color: #444; }
 details summary { cursor: pointer; } details summary h3 { display: inline-block; }
-.grid.code { font: 11.5px/1.5 ui-monospace, Menlo, Consolas, monospace; }
-.grid.code .line { background: #fafafa; white-space: pre-wrap; overflow-wrap: anywhere; padding: 0 .5em 0 3.8em;
-  text-indent: -3.8em; min-height: 1.5em; border-left: 3px solid transparent; }
+.grid.code { font: 11px/1.45 ui-monospace, Menlo, Consolas, monospace; }
+.grid.code .line { background: #fafafa; white-space: pre-wrap; overflow-wrap: anywhere; padding: 0 .4em 0 3.2em;
+  text-indent: -3.2em; min-height: 1.45em; border-left: 3px solid transparent; }
 .grid.code .filler { background: repeating-linear-gradient(135deg, #f3f3f3 0 4px, #fafafa 4px 8px); }
 .grid.code .line.substance, span.line.substance { background: #fff4d6; border-left: 3px solid #e67e22; }
 .line:target { outline: 2px solid #e67e22; }
 span.legend { padding: 0 .3em; }
 .line.quiet a.why { display: none; } .line.quiet:hover a.why { display: inline; background: #999; }
-.ln { display: inline-block; width: 3em; color: #aaa; text-align: right; margin-right: .8em; text-indent: 0;
+.ln { display: inline-block; width: 2.6em; color: #aaa; text-align: right; margin-right: .6em; text-indent: 0;
   user-select: none; }
 a.why { font: 10px system-ui, sans-serif; background: #e67e22; color: #fff; border-radius: 3px;
   padding: 0 .35em; margin-left: .6em; text-decoration: none; vertical-align: 1px; }
 tr.difference:target, tr.pitfall:target { background: #fff4d6; }
-td.effects { min-width: 240px; } .effect { margin-bottom: .6em; } td.why { max-width: 420px; }
+td.effects { min-width: 200px; } .effect { margin-bottom: .6em; } td.why { max-width: 420px; }
+table.differences { font-size: 13px; } table.differences code { overflow-wrap: anywhere; }
 tr.plot td { border-top: none; } tr.plot img { max-width: 100%; height: auto; }
 """
 
@@ -110,10 +113,11 @@ def render(
     nav = " ".join(f'<a href="#{anchor}">{title}</a>' for anchor, (title, _) in shown.items())
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        "<title>GoogLeNet in PyTorch, Keras 3 and MXNet Gluon: what differs</title>"
+        f"<title>{TITLE}</title>"
         f'<link rel="stylesheet" href="{STYLE}"></head><body>'
-        "<h1>GoogLeNet in PyTorch, Keras 3 and MXNet Gluon: what differs</h1>"
-        "<p>One spec, three implementations, and what each framework difference does when a port gets it wrong. "
+        f"<h1>{TITLE}</h1>"
+        "<p>One spec, an implementation in each framework, and what each framework difference does when a port "
+        "gets it wrong. "
         f"Built by <code>python -m conformance page</code>.</p><nav>{nav}</nav>"
         + "".join(html_part for _, html_part in shown.values())
         + "</body></html>"

@@ -116,7 +116,7 @@ def differences_section(rows: list[differences.Row], measured: list[measure.Meas
         )
     head = "".join(f"<th>{h}</th>" for h in ("what", *NAMES.values(), "measured: what the mistake does"))
     return (
-        '<section id="differences"><h2>Where the three frameworks differ</h2>'
+        '<section id="differences"><h2>Where the frameworks differ</h2>'
         "<p>The docs' differences table, then the framework APIs the model files show (marked). The last column: what "
         "getting the row wrong does to a correct port, measured by <code>python -m conformance pitfalls</code> "
         "(first divergent stage and its max relative error; the logits' max relative error and top-5 "

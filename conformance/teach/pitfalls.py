@@ -36,7 +36,7 @@ class Pitfall:
     kind: Literal["inference", "training"]
     framework: str  # the framework whose port makes the mistake
     variants: tuple[str, ...]  # where it is shown by default
-    row: str | None  # the row ("what") of the docs' "Where the three frameworks differ", if any
+    row: str | None  # the row ("what") of the docs' "Where the four frameworks differ", if any
     why: str  # one sentence
     # The stage (inference) or quantity (training) where the mistake is made in this plan
     # at this input size; None: it changes nothing at this size. NotApplicable: it cannot
@@ -219,7 +219,7 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
     ),
     Pitfall(
         "count-include-pad", "an average pool leaving its zero padding out of the mean where the source counts it",
-        "inference", "torch", ("inception_mnist",), None,
+        "inference", "torch", ("inception_mnist",), "average-pool divisor",
         'F.avg_pool2d counts zero padding in the mean (count_include_pad=True), Keras\'s AveragePooling2D(padding='
         '"same") does not: a 3x3/1 pool padded by 1 divides its border cells by 4 or 6 instead of 9 (and the '
         "reverse where a source excludes it).",
@@ -237,7 +237,7 @@ PITFALLS: dict[str, Pitfall] = {p.name: p for p in (
     ),
     Pitfall(
         "flax-avg-pool", "an average pool as Flax's avg_pool(count_include_pad=False) where the source counts padding",
-        "inference", "jax", ("inception_mnist",), None,
+        "inference", "jax", ("inception_mnist",), "average-pool divisor",
         "nnx.avg_pool counts zero padding by default, as F.avg_pool2d does; passing count_include_pad=False, "
         "TensorFlow's convention (a port of Keras's AveragePooling2D(padding=\"same\")), divides border cells by "
         "4 or 6 instead of 9. The default is wrong the other way where a source excludes padding, and on a ceil-mode "

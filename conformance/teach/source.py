@@ -1,5 +1,5 @@
-"""The three model files, side by side: split into blocks (the module's header, then each
-class and function, in the same order in all three: ``tests/test_mirrors.py``), each
+"""The model files, side by side: split into blocks (the module's header, then each
+class and function, in the same order in every file: ``tests/test_mirrors.py``), each
 block's lines aligned across the files, and every framework-specific line tied to the
 rows of the differences table that explain it."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .differences import rows_for
 
-PACKAGES = {"torch": "impl_torch", "keras": "impl_keras", "mxnet": "impl_mxnet"}
+PACKAGES = {"torch": "impl_torch", "keras": "impl_keras", "mxnet": "impl_mxnet", "jax": "impl_jax"}
 FRAMEWORKS = tuple(PACKAGES)
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = "(module)"
@@ -79,9 +79,14 @@ def read(framework: str, root: Path = ROOT) -> ModelFile:
             scope.update(dict.fromkeys(range(node.lineno, (node.end_lineno or node.lineno) + 1), node.name))
         if isinstance(node, ast.stmt):
             _record(node, statement)
-    for n, line in enumerate(lines, 1):  # a comment on its own line is its own unit
+    comment: list[int] = []  # comment lines on their own, one after another, are one unit: one thought
+    for n, line in enumerate([*lines, ""], 1):
         if line.strip().startswith("#"):
-            statement[n] = (n, n)
+            comment.append(n)
+        else:
+            for c in comment:
+                statement[c] = (comment[0], comment[-1])
+            comment = []
     return ModelFile(framework, path, lines, blocks, _docstrings(tree), statement, scope)
 
 
@@ -98,7 +103,7 @@ def _record(node: ast.stmt, statement: dict[int, tuple[int, int]]) -> None:
 @dataclass
 class Line:
     number: int | None  # None: a filler, so that the next lines stay side by side
-    specific: bool = False  # code that is not the same in all three files
+    specific: bool = False  # code that is not the same in every file
     rows: list[str] = field(default_factory=list)  # the differences rows that explain it
 
 
@@ -113,13 +118,14 @@ SIMILAR = 0.5  # difflib ratio from which two lines are taken as one line writte
 
 HEAD = re.compile(r"^([\w.]+)\s*(?::[^=]*)?=(?!=)|^([\w.()]+)\(")  # an assignment's target, a call's callee
 DEFINITION = re.compile(r"^(?:def|class) (\w+)")
-# The forward pass is forward (PyTorch), call (Keras), hybrid_forward (Gluon): as tests/test_mirrors.py
-FORWARD = {"call": "forward", "hybrid_forward": "forward"}
+# The forward pass is forward (PyTorch), call (Keras), hybrid_forward (Gluon), __call__ (Flax):
+# as tests/test_mirrors.py
+FORWARD = {"call": "forward", "hybrid_forward": "forward", "__call__": "forward"}
 
 
 def _score(a: str, b: str, prose: bool = False) -> float | None:
     """How well two (stripped) lines correspond: the same code scores highest, then
-    definitions of the same function (the forward pass under its three names), lines
+    definitions of the same function (the forward pass under its four names), lines
     alike (difflib's ratio), lines assigning the same name or calling the same thing
     (``out = {}`` and ``out: dict[str, Tensor] = {}``)."""
     if prose:  # two lines of docstrings: side by side, whatever they say
@@ -169,28 +175,42 @@ def _pairs(a: list[str], b: list[str], prose_a: list[bool], prose_b: list[bool])
 
 
 Pairs = list[tuple[int | None, int | None]]
+Pairer = Callable[[int, int, list[int], list[int]], Pairs]
 
 
-def _merge(tk: Pairs, tm: Pairs, km: Callable[[list[int], list[int]], Pairs]) -> list[tuple[int | None, ...]]:
-    """Two alignments that share their first column, as one of three columns. Lines that
-    only the second and third files have at the same place are aligned with ``km``."""
+def _columns(runs: list[list[int]], pairs: Pairer, files: list[int]) -> list[tuple[int | None, ...]]:
+    """Rows of one column per file, aligning ``runs`` (line indexes, one run per file of
+    ``files``) progressively: the first file with each other (``pairs``), merged on the
+    first file's lines; the lines the others hold between two of them are aligned the
+    same way among themselves, recursively, with the first file's column empty. Two
+    files give their pairwise alignment; the order of ``files`` decides which file
+    anchors which."""
+    first, rest = runs[0], runs[1:]
+    if not rest:
+        return [(i,) for i in first]
+    alignments = [pairs(files[0], fw, first, run) for fw, run in zip(files[1:], rest, strict=True)]
+    at = [0] * len(rest)  # where each alignment with the first file has got to
     rows: list[tuple[int | None, ...]] = []
-    i = j = 0
-    while i < len(tk) or j < len(tm):
-        ks, ms = [], []
-        while i < len(tk) and tk[i][0] is None:
-            ks.append(tk[i][1])
-            i += 1
-        while j < len(tm) and tm[j][0] is None:
-            ms.append(tm[j][1])
-            j += 1
-        if ks or ms:
-            pairs = km(ks, ms)  # type: ignore[arg-type]
-            rows += [(None, None if a is None else ks[a], None if b is None else ms[b]) for a, b in pairs]
-        elif i < len(tk):  # both at the same line of the first file
-            rows.append((tk[i][0], tk[i][1], tm[j][1]))
-            i, j = i + 1, j + 1
+    while any(k < len(a) for k, a in zip(at, alignments, strict=True)):
+        between: list[list[int]] = [[] for _ in rest]  # lines only the others have, here
+        for f, alignment in enumerate(alignments):
+            while at[f] < len(alignment) and alignment[at[f]][0] is None:
+                only = alignment[at[f]][1]  # never None: a pair holds a line of one file at least
+                between[f] += [] if only is None else [rest[f][only]]
+                at[f] += 1
+        if any(between):
+            rows += [(None, *row) for row in _columns(between, pairs, files[1:])]
+        elif at[0] < len(alignments[0]):  # every alignment at the same line of the first file
+            line = _at(first, alignments[0][at[0]][0])
+            others = [_at(run, a[k][1]) for run, a, k in zip(rest, alignments, at, strict=True)]
+            rows.append((line, *others))
+            at = [k + 1 for k in at]
     return rows
+
+
+def _at(run: list[int], i: int | None) -> int | None:
+    """The line index at position ``i`` of a run, None for a gap."""
+    return None if i is None else run[i]
 
 
 def _code(f: ModelFile, n: int) -> bool:
@@ -198,33 +218,33 @@ def _code(f: ModelFile, n: int) -> bool:
 
 
 def align(files: dict[str, ModelFile]) -> list[Block]:
-    """Every block of the three files, lines aligned, framework-specific lines tied to rows."""
-    torch, keras, mxnet = (files[fw] for fw in FRAMEWORKS)
-    if not list(torch.blocks) == list(keras.blocks) == list(mxnet.blocks):
-        raise ValueError("the three model files do not define the same classes and functions in the same order")
-    return [_block(name, files) for name in torch.blocks]
+    """Every block of the files, lines aligned, framework-specific lines tied to rows."""
+    names = [list(f.blocks) for f in files.values()]
+    if any(n != names[0] for n in names):
+        raise ValueError(
+            f"the model files of {', '.join(files)} do not define the same classes and functions in the same order"
+        )
+    return [_block(name, files) for name in names[0]]
 
 
 def _block(name: str, files: dict[str, ModelFile]) -> Block:
+    frameworks = list(files)
     numbers = {fw: _trimmed(f, *f.blocks[name]) for fw, f in files.items()}
     norm = {fw: [files[fw].lines[n - 1].strip() for n in numbers[fw]] for fw in files}
     prose = {fw: [n in files[fw].prose for n in numbers[fw]] for fw in files}
 
-    def pairs(a: str, b: str, ia: list[int] | None = None, ib: list[int] | None = None) -> Pairs:
-        ia, ib = (
-            ia if ia is not None else list(range(len(norm[a]))),
-            ib if ib is not None else list(range(len(norm[b]))),
-        )
+    def pairs(a: int, b: int, ia: list[int], ib: list[int]) -> Pairs:
+        fa, fb = frameworks[a], frameworks[b]
         return _pairs(
-            [norm[a][i] for i in ia], [norm[b][i] for i in ib], [prose[a][i] for i in ia], [prose[b][i] for i in ib]
+            [norm[fa][i] for i in ia], [norm[fb][i] for i in ib], [prose[fa][i] for i in ia], [prose[fb][i] for i in ib]
         )
 
-    rows = _merge(pairs("torch", "keras"), pairs("torch", "mxnet"), lambda ks, ms: pairs("keras", "mxnet", ks, ms))
+    runs = [list(range(len(numbers[fw]))) for fw in frameworks]
     columns: dict[str, list[Line]] = {fw: [] for fw in files}
-    for row in rows:
-        found = {fw: numbers[fw][i] for fw, i in zip(FRAMEWORKS, row, strict=True) if i is not None}
+    for row in _columns(runs, pairs, list(range(len(frameworks)))):
+        found = {fw: numbers[fw][i] for fw, i in zip(frameworks, row, strict=True) if i is not None}
         texts = {fw: files[fw].lines[n - 1].strip() for fw, n in found.items()}
-        shared = len(found) == 3 and len(set(texts.values())) == 1
+        shared = len(found) == len(files) and len(set(texts.values())) == 1
         own = {
             fw: rows_for(files[fw].text(n), files[fw].scope.get(n))
             for fw, n in found.items()
