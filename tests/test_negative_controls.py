@@ -1,6 +1,6 @@
 """Negative controls: every parity check is shown to fail on a deliberately broken port.
 
-Each test breaks one thing a real port gets wrong (`docs/differences.md`, "Where the three
+Each test breaks one thing a real port gets wrong (`docs/differences.md`, "Where the four
 frameworks differ"), runs
 the same harness as ``python -m conformance check``, and asserts that the report
 fails exactly where the bug is, while the rest still passes. The mistakes that
