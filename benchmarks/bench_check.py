@@ -12,6 +12,12 @@ and the load average before and after (other work on the cores slows the check):
     python benchmarks/bench_check.py                              # check and check --train, two variants
     python benchmarks/bench_check.py --variant googlenet --rounds 2
     python benchmarks/bench_check.py --no-train -- --frameworks torch,keras,mxnet
+    python benchmarks/bench_check.py --layout children --against /work/main --profile
+
+``--against DIR`` runs the same commands from another checkout (its code, its
+directory), alternating with this one's; ``--profile`` prints each run's own timing
+lines: each framework's seconds per phase (import, build, load, each input size's eager
+run and each mode, round trips, the training step per dtype), wall time of its child.
 """
 
 from __future__ import annotations
@@ -64,10 +70,12 @@ def _name(pid: int) -> str:
     return "spawn child" if "multiprocessing" in text else "check"
 
 
-def measure(command: list[str]) -> tuple[float, int, dict[int, tuple[str, float]], str]:
-    """(seconds, exit code, {pid: (what, peak MB)}, the last line) of one run."""
+def measure(command: list[str], root: Path = ROOT) -> tuple[float, int, dict[int, tuple[str, float]], str, list[str]]:
+    """(seconds, exit code, {pid: (what, peak MB)}, the last line, the timing lines) of
+    one run of ``command`` in checkout ``root``."""
     start = time.perf_counter()
-    check = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    check = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peaks: dict[int, tuple[str, float]] = {}
     while check.poll() is None:
         for pid in _tree(check.pid):
@@ -77,8 +85,13 @@ def measure(command: list[str]) -> tuple[float, int, dict[int, tuple[str, float]
         time.sleep(POLL_SECONDS)
     seconds = time.perf_counter() - start
     out = check.stdout.read() if check.stdout else ""
-    last = next((line for line in reversed(out.splitlines()) if line.startswith(("PASS", "FAIL"))), "(no verdict)")
-    return seconds, check.returncode, peaks, last
+    lines = out.splitlines()
+    last = next((line for line in reversed(lines) if line.startswith(("PASS", "FAIL"))), "(no verdict)")
+    timing, current = [], False
+    for line in lines:  # "  time: torch 10.5 s (build 1.8, ...)" and its wrapped lines
+        current = line.startswith("  time:") or (current and line.startswith("        "))
+        timing += [line] if current else []
+    return seconds, check.returncode, peaks, last, timing
 
 
 def main() -> None:
@@ -88,6 +101,11 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true", help="measure `check` only")
     parser.add_argument("--no-inference", action="store_true", help="measure `check --train` only")
     parser.add_argument(
+        "--layout", choices=("both", "children", "in-process"), default="both", help="which layouts (default: both)"
+    )
+    parser.add_argument("--against", type=Path, metavar="DIR", help="another checkout to run side by side (the head)")
+    parser.add_argument("--profile", action="store_true", help="print each run's seconds per framework and phase")
+    parser.add_argument(
         "extra", nargs="*", help="more options for check (after --; default: --frameworks " + ",".join(SAME) + ")"
     )
     args = parser.parse_args()
@@ -95,21 +113,28 @@ def main() -> None:
     variants = args.variant or ["inception_mnist", "googlenet"]
     trains = [t for t in (False, True) if not (t and args.no_train) and not (not t and args.no_inference)]
     print(f"{os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    heads = f"{'variant':<16} {'check':<8} {'layout':<11} {'seconds':>8} {'processes':>9} {'max MB':>7} {'sum MB':>7}"
+    layouts = ("children", "in-process") if args.layout == "both" else (args.layout,)
+    roots = {"this": ROOT, **({"against": args.against.resolve()} if args.against else {})}
+    heads = f"{'variant':<16} {'check':<8} {'code':<8} {'layout':<11} {'seconds':>8} {'processes':>9} {'max MB':>7}"
+    heads += f" {'sum MB':>7}"
     print(f"{heads}  verdict")
     for variant in variants:
         for train in trains:
             for _ in range(args.rounds):
-                for layout in ("children", "in-process"):
-                    command = [sys.executable, "-m", "conformance", "check", "--variant", variant, *args.extra]
-                    command += ["--train"] * train + ["--in-process"] * (layout == "in-process")
-                    seconds, code, peaks, last = measure(command)
-                    sizes = [mb for _, mb in peaks.values()]
-                    most, total = max(sizes, default=0.0), sum(sizes)
-                    met = seconds <= TARGET_SECONDS[train] and most <= TARGET_MB
-                    what = f"{variant:<16} {'--train' if train else '-':<8} {layout:<11}"
-                    row = f"{what} {seconds:8.1f} {len(peaks):9d} {most:7.0f} {total:7.0f}"
-                    print(f"{row}  {last.split(':')[0]} (exit {code}); goal {'met' if met else 'MISSED'}", flush=True)
+                for layout in layouts:
+                    for code_name, root in roots.items():
+                        command = [sys.executable, "-m", "conformance", "check", "--variant", variant, *args.extra]
+                        command += ["--train"] * train + ["--in-process"] * (layout == "in-process")
+                        seconds, code, peaks, last, timing = measure(command, root)
+                        sizes = [mb for _, mb in peaks.values()]
+                        most, total = max(sizes, default=0.0), sum(sizes)
+                        met = seconds <= TARGET_SECONDS[train] and most <= TARGET_MB
+                        what = f"{variant:<16} {'--train' if train else '-':<8} {code_name:<8} {layout:<11}"
+                        row = f"{what} {seconds:8.1f} {len(peaks):9d} {most:7.0f} {total:7.0f}"
+                        verdict = f"{last.split(':')[0]} (exit {code}); goal {'met' if met else 'MISSED'}"
+                        print(f"{row}  {verdict}", flush=True)
+                        for line in timing if args.profile else ():
+                            print(f"    {line.strip()}")
     print(f"ru_maxrss of the largest process: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB")
     print(f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (above 0: other work shared them)")
 

@@ -13,6 +13,7 @@ the peak is one variant's, not the sum.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import tempfile
@@ -26,11 +27,25 @@ from .. import spec
 from ..canonical import random_params
 from ..interface import EAGER, MODE_SETS, Backend, Unsupported, checked_modes, forget_compiled, is_judge
 from ..progress import Steps
+from . import parallel
 from .compare import REL_TOL, Agreement, agreement, identical
 from .inputs import DEFAULT_BATCH, default_sizes, full_options, inadmissible, seeded_input
 from .memory import StoredRun, map_large_blocks, release
 from .results import Report, SizeReport, StageRow, Timer, VariantReport
 from .training import check_training
+
+
+def compared(
+    plan: spec.Plan, out: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray] | None
+) -> tuple[dict[str, tuple[int, ...]], dict[str, Agreement]]:
+    """A run's (shapes, agreements with ``ref`` by stage); no agreements without a ``ref``."""
+    heads = {"logits", *(h.name for h in plan.aux)}
+    agree = {}
+    for stage, got in out.items():
+        want = None if ref is None else ref.get(stage)
+        if want is not None and want.shape == got.shape:
+            agree[stage] = agreement(want, got, logits=stage in heads)
+    return {k: v.shape for k, v in out.items()}, agree
 
 
 class StageTable:
@@ -47,13 +62,14 @@ class StageTable:
 
     def add(self, run: str, out: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray] | None) -> None:
         """Record a run's shapes and compare it with ``ref`` (None: it is the reference)."""
-        self.names.update(dict.fromkeys(out))
-        self.shapes[run] = {k: v.shape for k, v in out.items()}
-        heads = {"logits", *(h.name for h in self.plan.aux)}
-        for stage, got in out.items():
-            want = None if ref is None else ref.get(stage)
-            if want is not None and want.shape == got.shape:
-                self.agree.setdefault(stage, {})[run] = agreement(want, got, logits=stage in heads)
+        self.record(run, *compared(self.plan, out, ref))
+
+    def record(self, run: str, shapes: Mapping[str, tuple[int, ...]], agree: Mapping[str, Agreement]) -> None:
+        """Record a run compared already (:func:`compared`)."""
+        self.names.update(dict.fromkeys(shapes))
+        self.shapes[run] = dict(shapes)
+        for stage, agreed in agree.items():
+            self.agree.setdefault(stage, {})[run] = agreed
 
     def rows(self) -> list[StageRow]:
         rows = []
@@ -77,6 +93,65 @@ def mode_run(fw: str, mode: str) -> str:
     return f"{fw} {mode}"
 
 
+@dataclasses.dataclass
+class _Runs:
+    """One framework's runs at one size: its own stages (kept, to compare with the
+    reference), each other mode compared with them already, and what failed or cannot
+    run, by the report's name for it."""
+
+    own: StoredRun | None = None
+    modes: dict[str, tuple[dict[str, tuple[int, ...]], dict[str, Agreement]]] = dataclasses.field(default_factory=dict)
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
+    unsupported: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _framework_runs(
+    plan: spec.Plan,
+    size: int,
+    x: np.ndarray,
+    b: Backend,
+    model: Any,
+    fw: str,
+    modes_checked: str,
+    timer: Timer,
+    tmp: Path,
+) -> _Runs:
+    """``fw``'s own stages at ``size`` (a judge's own mode, else eager) and each checked
+    mode against them; then what it compiled for this size is dropped."""
+    runs = _Runs()
+    own = b.MODES[0] if is_judge(b) else EAGER
+    try:
+        with timer(fw, f"{'forward' if own == EAGER else own} {size}"):
+            out = b.stages(model, x, mode=own)
+    except Unsupported as e:  # a judge whose exporter cannot: said, not failed
+        runs.unsupported[f"{fw} at {size}"] = str(e)
+        return runs
+    except Exception as e:  # noqa: BLE001 - a broken port may fail to run at all: report it
+        runs.errors[f"{fw} at {size}"] = f"{type(e).__name__}: {e}"
+        return runs
+    runs.own = StoredRun(out, tmp)
+    del out
+    for mode in checked_modes(b, modes_checked):
+        release()
+        run = mode_run(fw, mode)
+        try:
+            with timer(fw, f"{mode} {size}"):
+                fast = b.stages(model, x, mode=mode)
+        except Unsupported as e:  # a compiler that cannot run this variant or size: said, not failed
+            runs.unsupported[f"{run} at {size}"] = str(e)
+            continue
+        except Exception as e:  # noqa: BLE001 - a broken fast path is a failure, not a crash
+            runs.errors[f"{run} at {size}"] = f"{type(e).__name__}: {e}"
+            continue
+        runs.modes[run] = compared(plan, fast, runs.own)
+        del fast
+    # This size's graphs and buffers (one that serves any size stays), in the
+    # framework's own process when it has one (processes.Child).
+    getattr(b, "forget_compiled", forget_compiled)(model, x.shape)
+    release()  # before the next framework, whose threads allocate from other heaps
+    return runs
+
+
 def _check_size(
     plan: spec.Plan,
     size: int,
@@ -90,48 +165,28 @@ def _check_size(
     modes_checked: str = "default",
 ) -> SizeReport | None:
     """Every framework's eager stages (a judge's own) against the first that runs, and
-    each of its other modes against its eager stages; None if nothing ran."""
+    each of its other modes against its eager stages; None if nothing ran. Frameworks in
+    processes of their own run at once (the slowest so far first), compared in order."""
     stages, modes = StageTable(plan, size, len(x)), StageTable(plan, size, len(x))
     ref: StoredRun | None = None
+    names = list(models)
     with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
-        for fw, model in models.items():
-            progress(fw)
-            b = backends[fw]
-            own = b.MODES[0] if is_judge(b) else EAGER
-            try:
-                with timer(fw, "forward" if own == EAGER else own):
-                    out = b.stages(model, x, mode=own)
-            except Unsupported as e:  # a judge whose exporter cannot: said, not failed
-                unsupported[f"{fw} at {size}"] = str(e)
-                continue
-            except Exception as e:  # noqa: BLE001 - a broken port may fail to run at all: report it
-                errors[f"{fw} at {size}"] = f"{type(e).__name__}: {e}"
-                continue
-            stages.add(fw, out, ref)
-            fast_modes = checked_modes(b, modes_checked)
-            kept = StoredRun(out, Path(tmp)) if ref is None or fast_modes else None  # the reference, or for the modes
-            del out
-            if ref is None:
-                ref = kept
-            for mode in fast_modes:
-                release()
-                try:
-                    with timer(fw, mode):
-                        fast = b.stages(model, x, mode=mode)
-                except Unsupported as e:  # a compiler that cannot run this variant or size: said, not failed
-                    unsupported[f"{mode_run(fw, mode)} at {size}"] = str(e)
-                    continue
-                except Exception as e:  # noqa: BLE001 - a broken fast path is a failure, not a crash
-                    errors[f"{mode_run(fw, mode)} at {size}"] = f"{type(e).__name__}: {e}"
-                    continue
-                assert kept is not None
-                modes.add(mode_run(fw, mode), fast, kept)
-                del fast
-            del kept
-            # This size's graphs and buffers (one that serves any size stays), in the
-            # framework's own process when it has one (processes.Child).
-            getattr(b, "forget_compiled", forget_compiled)(model, x.shape)
-            release()  # before the next framework, whose threads allocate from other heaps
+
+        def work(fw: str) -> _Runs:
+            return _framework_runs(plan, size, x, backends[fw], models[fw], fw, modes_checked, timer, Path(tmp))
+
+        workers = parallel.at_once(backends, names)
+        with parallel.each(work, names, workers, parallel.longest_first(names, timer)) as done:
+            for fw, runs in done:
+                progress(fw)
+                errors.update(runs.errors)
+                unsupported.update(runs.unsupported)
+                if runs.own is not None:
+                    stages.add(fw, runs.own, ref)
+                    ref = ref or runs.own
+                for run, (shapes, agree) in runs.modes.items():
+                    modes.record(run, shapes, agree)
+                del runs
         del ref
     if not stages.shapes:
         return None
@@ -229,6 +284,10 @@ def run(
     if train and batch < 2:
         raise ValueError("--batch: --train needs at least 2 images (BatchNorm's batch variance)")
     timer = timer or Timer()
+    for fw, b in backends.items():  # a child's import of its framework, timed there
+        imported = getattr(b, "import_seconds", None)
+        if imported is not None:
+            timer.seconds.setdefault(fw, {})["import"] = imported
     progress = Steps.silent() if progress is None else progress
     versions = {fw: b.version() for fw, b in backends.items()}  # asked first: a framework's process may die
     admitted = {v: [n for n in sizes or default_sizes(v) if not inadmissible(v, n)] for v in variants}

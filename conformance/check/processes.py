@@ -26,6 +26,7 @@ import pickle
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -121,7 +122,8 @@ def _raise(kind: str, message: str) -> None:
 class Child:
     """One framework's process, satisfying :class:`~conformance.interface.Backend` by
     forwarding; ``name`` is the framework's name in the check (``keras-jax``), and the
-    attributes the harness reads (``MODES``, ``judge``) are the child's own."""
+    attributes the harness reads (``MODES``, ``judge``, ``import_seconds``) are the
+    child's own."""
 
     in_own_process = True  # what training asks: several can train at once
 
@@ -242,6 +244,7 @@ def serve(name: str, conn: Connection, stderr: str, environment: Mapping[str, st
     os.dup2(log, 2)
     os.environ.update(environment)
     map_large_blocks()
+    start = time.perf_counter()
     try:
         backends, skipped = judges.load_with_judges([name])
     except ValueError as e:
@@ -252,6 +255,7 @@ def serve(name: str, conn: Connection, stderr: str, environment: Mapping[str, st
         return
     backend = backends[name]
     attributes = {"MODES": backend.MODES, "judge": bool(getattr(backend, "judge", False))}
+    attributes["import_seconds"] = time.perf_counter() - start
     _send(conn, ("value", attributes))
     objects: dict[int, Any] = {}
     numbers = itertools.count(1)

@@ -4,26 +4,21 @@ the reference's as soon as it exists."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
 from .. import spec
 from ..canonical import conv_key, random_params
-from ..frameworks import usable_cores
 from ..interface import Backend, is_judge
+from . import parallel
 from .compare import Agreement, agreement
 from .inputs import seeded_input
 from .memory import StoredRun, release
 from .results import Timer, TrainRow, VariantReport
-
-T = TypeVar("T")
 
 TRAIN_LR = 0.01
 TRAIN_MOMENTUM = 0.9  # SGD's momentum means the same in all three; BatchNorm's does not
@@ -33,6 +28,9 @@ TRAIN_STEPS = 2  # the second step is the first that the momentum buffer changes
 # between two, whatever their conventions. In float64 the same amplification stays far
 # below the 1e-4 tolerance, which then tests the conventions (docs/training.md).
 TRAIN_DTYPE = "float64"
+# Without BatchNorm float32 is not enough either at GoogLeNet's depth and random
+# weights: the frameworks' float32 gradients and second-step weights part by more than
+# the tolerance (docs/training.md has the figures), so every variant trains in float64.
 
 
 def _quantities(
@@ -47,13 +45,13 @@ def _quantities(
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Every quantity of two SGD steps from ``params``, by canonical key, each as soon as
     it exists (so it can be compared and dropped)."""
-    with timer(fw, "build"):
+    with timer(fw, f"build {dtype}"):
         model = backend.build(plan.variant, **plan.options.asdict(), dtype=dtype)
         backend.from_canonical(model, params)
     trainer = backend.Trainer(model, lr=TRAIN_LR, momentum=TRAIN_MOMENTUM, record=True)
     loss = {}
     for step in range(1, TRAIN_STEPS + 1):
-        with timer(fw, "train"):
+        with timer(fw, f"train {dtype}"):
             loss[f"step {step}"] = np.array([trainer.step(x, y)[0]])
         if step == 1:
             yield "gradients", trainer.gradients()
@@ -90,22 +88,6 @@ def train_row(
     return worst, dataclasses.replace(agree[worst], passed=all(a.passed for a in agree.values()))
 
 
-@contextlib.contextmanager
-def _each(work: Callable[[str], T], names: list[str], at_once: int) -> Iterator[Iterator[tuple[str, T]]]:
-    """(name, ``work(name)``) for each name, in order; with ``at_once`` above 1, that many
-    run at a time in threads (each waiting on a framework's own process), and those still
-    waiting when the caller stops (a signal) are left to end with their processes."""
-    if at_once == 1:  # in this thread, where a signal interrupts the work itself
-        yield ((name, work(name)) for name in names)
-        return
-    pool = ThreadPoolExecutor(at_once, thread_name_prefix="train")
-    try:
-        pending = [pool.submit(work, name) for name in names]
-        yield ((name, done.result()) for name, done in zip(names, pending, strict=True))
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 def check_training(
     report: VariantReport,
     backends: Mapping[str, Backend],
@@ -123,9 +105,6 @@ def check_training(
     x = seeded_input(plan, size, batch, seed).astype(dtype)
     y = np.random.default_rng([seed, size, 1]).integers(0, plan.num_classes, batch)
     trainers = [fw for fw, b in backends.items() if not is_judge(b)]  # a judge runs inference only
-    # Frameworks in processes of their own train at once, as many as there are cores; in
-    # one process, one after another.
-    at_once = usable_cores() if all(getattr(backends[fw], "in_own_process", False) for fw in trainers) else 1
     results: dict[str, dict[str, tuple[str, Agreement]]] = {}  # quantity -> framework -> worst key
     ref: dict[str, StoredRun] = {}  # the first framework that trains is the reference: its quantities
     trained = 0
@@ -139,7 +118,9 @@ def check_training(
             except Exception as e:  # noqa: BLE001 - a broken port may fail to train at all: report it
                 return f"{type(e).__name__}: {e}"
 
-        with _each(record, trainers, at_once) as records:
+        # Frameworks in processes of their own train at once, the slowest so far first.
+        workers = parallel.at_once(backends, trainers)
+        with parallel.each(record, trainers, workers, parallel.longest_first(trainers, timer)) as records:
             for fw, found in records:
                 if isinstance(found, str):
                     report.errors[f"{fw} training"] = found
