@@ -116,7 +116,7 @@ def cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Comple
 
 
 PITFALL_BATCH = 4  # the command's default is 64; the first divergent stage does not depend on it
-EAGER_STAGES = {"keras", "mxnet"}  # measured in eager mode by the pitfall fixture (JAX's eager compiles each op)
+EAGER_STAGES = {"keras", "mxnet", "jax"}  # the frameworks whose stages the pitfall fixture runs eagerly
 
 
 @pytest.fixture(scope="session")
@@ -128,9 +128,10 @@ def pitfall_measurements():
     optional = sorted({p.framework for p in pitfalls.PITFALLS.values()} - set(FRAMEWORKS))
     extra, extra_skipped = frameworks.load(optional)
     backends, skipped = {**_BACKENDS, **extra}, {**_SKIPPED, **extra_skipped}
-    # Keras's and Gluon's stages eagerly: their default modes trace a graph first, for one
-    # batch here; the stage where a port first diverges is the same in either mode, and
-    # tests/test_pitfalls.py's command test measures through the default modes.
+    # Stages eagerly: the default modes compile the whole network first (Keras's traced graph,
+    # Gluon's hybrid graph, JAX's XLA program with every stage an output) for one batch here.
+    # The stage where a port first diverges is the same in either mode; the command test in
+    # tests/test_pitfalls.py measures through the default modes.
     for name in EAGER_STAGES & set(backends):
         backends[name] = patched(backends[name], stages=functools.partial(backends[name].stages, mode=EAGER))
     results = measure.run(list(pitfalls.PITFALLS), None, backends, skipped, batch=PITFALL_BATCH)
