@@ -4,6 +4,7 @@ GoogLeNet takes a second or two to build on 2 cores)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import types
@@ -13,6 +14,7 @@ import pytest
 
 from conformance import canonical, frameworks, spec
 from conformance.check.inputs import full_options
+from conformance.interface import EAGER
 from conformance.teach import pitfalls
 
 from .helpers import command
@@ -66,6 +68,13 @@ def patched(b, **overrides) -> types.SimpleNamespace:
     return pitfalls.patched(b, **overrides)
 
 
+def eager_only(backends: dict) -> dict:
+    """``backends`` with their eager mode only, for a negative control: the harness compares
+    the frameworks' eager stages, so a broken port fails there; each fast mode is held to
+    eager by the checks of correct ports (tests/test_modes.py, the check itself)."""
+    return {name: patched(b, MODES=(EAGER,)) for name, b in backends.items()}
+
+
 def torch_state(variant: str, aux: bool = True, seed: int = 0, num_classes: int = 1000, **options):
     """A PyTorch state_dict as torchvision writes one (num_batches_tracked included)."""
     t = backend_or_skip("torch")
@@ -107,6 +116,7 @@ def cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.Comple
 
 
 PITFALL_BATCH = 4  # the command's default is 64; the first divergent stage does not depend on it
+EAGER_STAGES = {"keras", "mxnet", "jax"}  # the frameworks whose stages the pitfall fixture runs eagerly
 
 
 @pytest.fixture(scope="session")
@@ -118,5 +128,11 @@ def pitfall_measurements():
     optional = sorted({p.framework for p in pitfalls.PITFALLS.values()} - set(FRAMEWORKS))
     extra, extra_skipped = frameworks.load(optional)
     backends, skipped = {**_BACKENDS, **extra}, {**_SKIPPED, **extra_skipped}
+    # Stages eagerly: the default modes compile the whole network first (Keras's traced graph,
+    # Gluon's hybrid graph, JAX's XLA program with every stage an output) for one batch here.
+    # The stage where a port first diverges is the same in either mode; the command test in
+    # tests/test_pitfalls.py measures through the default modes.
+    for name in EAGER_STAGES & set(backends):
+        backends[name] = patched(backends[name], stages=functools.partial(backends[name].stages, mode=EAGER))
     results = measure.run(list(pitfalls.PITFALLS), None, backends, skipped, batch=PITFALL_BATCH)
     return {(m.pitfall, m.variant): m for m in results}

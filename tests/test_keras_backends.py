@@ -10,6 +10,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +37,25 @@ FLOAT64_LOSS = 1e-12
 FLOAT64_GRADIENTS = 1e-10
 
 
-def run(backend: str, tmp_path: Path, *args: str) -> dict[str, np.ndarray]:
-    out = tmp_path / f"{backend}-{args[0]}.npz"
+# The worker's jobs one after another in one process: Keras and its backend import once
+# (seconds each), and each job is the command line the worker takes on its own.
+IN_ONE_PROCESS = (
+    "import runpy, shlex, sys\n"
+    "main = runpy.run_path(sys.argv[1])['main']\n"
+    "for job in sys.argv[2:]:\n"
+    "    sys.argv = [sys.argv[1], *shlex.split(job)]\n"
+    "    main()\n"
+)
+
+
+def run_jobs(backend: str, tmp_path: Path, *jobs: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+    """What the worker found for each job (its arguments after the output file), in one
+    process of ``backend``."""
+    outs = [tmp_path / f"{backend}-{i}-{job[0]}.npz" for i, job in enumerate(jobs)]
+    lines = [" ".join([job[0], str(out), *job[1:]]) for job, out in zip(jobs, outs, strict=True)]
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, str(WORKER), args[0], str(out), *args[1:]],
+        [sys.executable, "-c", IN_ONE_PROCESS, str(WORKER), *lines],
         check=False,
         env=env,
         capture_output=True,
@@ -48,8 +63,11 @@ def run(backend: str, tmp_path: Path, *args: str) -> dict[str, np.ndarray]:
         timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(out) as found:
-        return {k: found[k] for k in found.files}
+    found = []
+    for out in outs:
+        with np.load(out) as contents:
+            found.append({k: contents[k] for k in contents.files})
+    return found
 
 
 def torch_stages(variant: str, size: int, dtype: str) -> dict[str, np.ndarray]:
@@ -109,24 +127,44 @@ def reference() -> dict[str, dict[str, np.ndarray]]:
     return {"stages": torch_stages(*STAGES), "train": torch_step(*TRAIN)}
 
 
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> Callable[[str], dict[str, dict[str, np.ndarray]]]:
+    """Each backend's counts, stages and training step, from one process per backend
+    (started when a test first asks for that backend)."""
+    found: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+
+    def of(backend: str) -> dict[str, dict[str, np.ndarray]]:
+        if backend not in found:
+            jobs = {
+                "counts": ("counts",),
+                "stages": ("stages", *map(str, STAGES)),
+                "train": ("train", *map(str, TRAIN)),
+            }
+            results = run_jobs(backend, tmp_path_factory.mktemp(backend), *jobs.values())
+            found[backend] = dict(zip(jobs, results, strict=True))
+        return found[backend]
+
+    return of
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_every_variant_builds_with_the_spec_counts(backend, tmp_path):
-    counts = run(backend, tmp_path, "counts")
+def test_every_variant_builds_with_the_spec_counts(backend, measured):
+    counts = measured(backend)["counts"]
     assert set(counts) == set(spec.VARIANTS)
     for variant, (trainable, statistics, spec_trainable, spec_statistics) in counts.items():
         assert (trainable, statistics) == (spec_trainable, spec_statistics), variant
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_stages_match_torch_and_the_round_trip_is_exact(backend, tmp_path, reference):
-    found = run(backend, tmp_path, "stages", *map(str, STAGES))
+def test_stages_match_torch_and_the_round_trip_is_exact(backend, measured, reference):
+    found = measured(backend)["stages"]
     assert bool(found["round_trip_identical"])
     assert disagreements(reference["stages"], found, "default/") == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_one_training_step_matches_torch(backend, tmp_path, reference):
-    found = run(backend, tmp_path, "train", *map(str, TRAIN))
+def test_one_training_step_matches_torch(backend, measured, reference):
+    found = measured(backend)["train"]
     assert step_disagreements(reference["train"], found, TRAIN[0]) == []
     loss, gradients = float64_errors(reference["train"], found, TRAIN[0])
     assert loss < FLOAT64_LOSS and gradients < FLOAT64_GRADIENTS, (loss, gradients)
@@ -146,11 +184,12 @@ def test_float32_promotion_inside_the_float64_step_is_caught(tmp_path, reference
 def test_a_swapped_weight_fails_the_stages_and_the_step(tmp_path, reference):
     """Negative control: two of conv1's output channels exchanged when loading (a wrong
     mapping) moves every stage from conv1 on, and the step's loss and gradients."""
-    found = run("torch", tmp_path, "stages", *map(str, STAGES), "--swap")
+    found, stepped = run_jobs(
+        "torch", tmp_path, ("stages", *map(str, STAGES), "--swap"), ("train", *map(str, TRAIN), "--swap")
+    )
     assert bool(found["round_trip_identical"]) is False  # what went in is not what comes out
     assert disagreements(reference["stages"], found, "default/")[:1] == ["conv1"]
-    found = run("torch", tmp_path, "train", *map(str, TRAIN), "--swap")
-    assert step_disagreements(reference["train"], found, TRAIN[0]) != []
+    assert step_disagreements(reference["train"], stepped, TRAIN[0]) != []
 
 
 def test_keras_names_spell_canonical_names_one_to_one():
