@@ -175,7 +175,7 @@ def test_float32_promotion_inside_the_float64_step_is_caught(tmp_path, reference
     """Negative control: Keras's own type promotion on the torch backend (float64 to
     float32 in ``ops.matmul`` and ``ops.mean``, which ``impl_keras.engine.keep_float64``
     mends) still passes the suite's float32 tolerance, and fails the float64 bounds."""
-    found = run("torch", tmp_path, "train", *map(str, TRAIN), "--float32-promotion")
+    (found,) = run_jobs("torch", tmp_path, ("train", *map(str, TRAIN), "--float32-promotion"))
     assert step_disagreements(reference["train"], found, TRAIN[0]) == []
     loss, gradients = float64_errors(reference["train"], found, TRAIN[0])
     assert loss > FLOAT64_LOSS * 1000 and gradients > FLOAT64_GRADIENTS * 100, (loss, gradients)
@@ -214,7 +214,7 @@ def test_keras_on_torch_exports_onnx_and_refuses_a_savedmodel(tmp_path):
     """torch's ONNX export (``torch.onnx.export``, under Keras's ``export``) run by ONNX
     Runtime agrees with the backend's own stages; a SavedModel is refused in one line
     naming the backend and why."""
-    found = run("torch", tmp_path, "exports", *map(str, EXPORT))
+    (found,) = run_jobs("torch", tmp_path, ("exports", *map(str, EXPORT)))
     assert str(found["savedmodel_refused"]).startswith("keras on torch: SavedModel export needs TensorFlow's backend")
     if "onnx_refused" in found:
         pytest.skip(str(found["onnx_refused"]))
@@ -225,7 +225,7 @@ def test_keras_on_torch_exports_onnx_and_refuses_a_savedmodel(tmp_path):
 def test_keras_on_jax_refuses_what_it_cannot_export(tmp_path):
     """Keras's ONNX export on JAX runs jax2onnx: refused in one line where it is not
     installed, else held to the backend's stages; a SavedModel is refused in one line."""
-    found = run("jax", tmp_path, "exports", *map(str, EXPORT))
+    (found,) = run_jobs("jax", tmp_path, ("exports", *map(str, EXPORT)))
     assert str(found["savedmodel_refused"]).startswith("keras on jax: SavedModel export needs TensorFlow's backend")
     if importlib.util.find_spec("jax2onnx") is None:
         assert str(found["onnx_refused"]) == (
