@@ -77,6 +77,24 @@ def test_mxnet_onednn_fuses_or_says_it_cannot(monkeypatch):
         mxnet_.forward(mxnet_.build("inception_mnist"), x, mode="onednn")
 
 
+def test_mxnet_graphs_run_relu_as_a_onednn_activation():
+    """The hybrid and oneDNN graphs run ReLU as ``Activation`` (oneDNN runs it in its own
+    layout, and its backend fuses it into the convolution before it), not as the model's
+    ``relu``, which has no oneDNN kernel; the model's own graph keeps ``relu``."""
+    mxnet_ = backend_or_skip("mxnet")
+    model = mxnet_.build("googlenet_bn")
+    x = random_images(1, 97)
+    graphs = {}
+    for mode in ("hybrid", "onednn"):
+        mxnet_.forward(model, x, mode=mode)
+        (graphs[mode],) = [v for k, v in interface._COMPILED[model].items() if k[0] == mode]
+    hybrid = mxnet_._operators(graphs["hybrid"].block._cached_graph[1])
+    assert "relu" not in hybrid and "Activation" in hybrid
+    fused = mxnet_._operators(graphs["onednn"].block._cached_graph[1])
+    assert "relu" not in fused and "Activation" not in fused  # each one fused into its conv
+    assert "relu" in mxnet_._operators(model.forward_stages(mxnet_.mx.sym.var("data"))["logits"])
+
+
 def test_an_unknown_mode_is_refused_by_name(backend):
     model = loaded_model(backend, "googlenet_bn")
     with pytest.raises(ValueError, match=r"mode: expected one of .*'eager'.*, got 'fast'"):
