@@ -95,6 +95,33 @@ def test_mxnet_graphs_run_relu_as_a_onednn_activation():
     assert "relu" in mxnet_._operators(model.forward_stages(mxnet_.mx.sym.var("data"))["logits"])
 
 
+@pytest.mark.parametrize("eps,agrees", [(None, True), (1e-5, False)], ids=["own epsilon", "Gluon's default 1e-5"])
+def test_torch_fast_modes_run_every_batchnorm_folded_into_its_conv(monkeypatch, eps, agrees):
+    """The copy the channels-last and compile modes run has no BatchNorm left (one pass
+    over each map, as in ONNX Runtime's graph) and agrees with eager; the model keeps
+    its own. Folded with another epsilon than the BatchNorm's, it fails."""
+    torch_ = backend_or_skip("torch")
+    if eps is not None:
+        real = torch_._fold_batchnorm
+
+        def wrong(net):
+            for unit in net.modules():
+                if isinstance(unit, torch_.torch.nn.BatchNorm2d):
+                    unit.eps = eps
+            real(net)
+
+        monkeypatch.setattr(torch_, "_fold_batchnorm", wrong)
+    model = torch_.build("googlenet_bn")
+    torch_.from_canonical(model, canonical.random_params(model.plan, 1))
+    x = random_images(1, 97)
+    eager = torch_.stages(model, x, mode=interface.EAGER)
+    fast = torch_.stages(model, x)
+    assert (max(agreement(eager[k], fast[k]).max_rel for k in eager) <= REL_TOL) == agrees
+    copy = interface._COMPILED[model]["channels_last"].model
+    assert not any(isinstance(m, torch_.torch.nn.BatchNorm2d) for m in copy.modules())
+    assert any(isinstance(m, torch_.torch.nn.BatchNorm2d) for m in model.modules())
+
+
 def test_an_unknown_mode_is_refused_by_name(backend):
     model = loaded_model(backend, "googlenet_bn")
     with pytest.raises(ValueError, match=r"mode: expected one of .*'eager'.*, got 'fast'"):
