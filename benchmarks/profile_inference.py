@@ -305,7 +305,7 @@ def report(results: dict[str, dict[str, Any]], s: Settings, top: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a file gets the table whole
     done = {k: v for k, v in results.items() if "skipped" not in v}
     for runtime, result in results.items():
         if "skipped" in result:
