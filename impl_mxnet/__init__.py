@@ -108,7 +108,8 @@ class _Hybrid:
         data = mx.sym.var("data", dtype=_dtype(model))
         out = model.forward_stages(data, with_aux=with_aux)
         names = interface.output_names(model.plan, with_aux, every_stage)
-        self.block = mx.gluon.SymbolBlock(mx.sym.Group([out[k] for k in names]), data, params=model.collect_params())
+        graph = _onednn_relu(mx.sym.Group([out[k] for k in names]))
+        self.block = mx.gluon.SymbolBlock(graph, data, params=model.collect_params())
         # Static memory and shapes: Gluon plans the graph's memory once. Not for every stage:
         # that plan keeps all of them besides what it works in (about twice the memory
         # above the outputs), and the plan changes no operator.
@@ -122,6 +123,19 @@ class _Hybrid:
     def __call__(self, data: mx.nd.NDArray) -> list:
         values = self.block(data)
         return values if isinstance(values, list) else [values]
+
+
+def _onednn_relu(graph: mx.sym.Symbol) -> mx.sym.Symbol:
+    """``graph`` with each ``relu`` operator as ``Activation(act_type="relu")``, the same
+    max(x, 0): MXNet's ``relu`` has no oneDNN kernel, so it turns each oneDNN-layout map
+    back into NCHW and runs apart, and the oneDNN backend fuses only ``Activation`` into
+    the convolution before it. The model keeps ``F.relu`` (a mirror of the other
+    frameworks' layers); only the compiled graph is rewritten."""
+    nodes = json.loads(graph.tojson())
+    for node in nodes["nodes"]:
+        if node["op"] == "relu":
+            node["op"], node["attrs"] = "Activation", {"act_type": "relu"}
+    return mx.sym.load_json(json.dumps(nodes))
 
 
 def _fuse(block: mx.gluon.SymbolBlock, data: mx.nd.NDArray) -> None:

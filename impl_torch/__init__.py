@@ -19,6 +19,7 @@ from conformance.canonical import default_params
 from conformance.spec import Variant, resolve
 
 from .engine import weights_version
+from .layers import BasicConv2d
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical
@@ -77,11 +78,34 @@ def build(
     return model.eval()
 
 
+def _fold_batchnorm(net: GoogLeNet) -> None:
+    """Each BatchNorm folded into the conv before it, as ONNX Runtime's and oneDNN's
+    inference graphs do: the conv's weights times gamma / sqrt(var + eps), its bias
+    beta + (bias - mean) * gamma / sqrt(var + eps), so inference makes one pass over each
+    map where it made two. Computed in float64, so the fold rounds once, at the end.
+    Only for a copy that runs inference: the folded net has no statistics to update."""
+    with torch.no_grad():
+        for unit in net.modules():
+            if not isinstance(unit, BasicConv2d) or unit.bn is None:
+                continue
+            bn, conv = unit.bn, unit.conv
+            assert bn.running_mean is not None and bn.running_var is not None  # the spec's BatchNorm tracks them
+            gamma = torch.ones_like(bn.running_var) if bn.weight is None else bn.weight
+            scale = gamma.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            bias = torch.zeros_like(bn.running_mean) if conv.bias is None else conv.bias
+            beta = torch.zeros_like(bn.running_mean) if bn.bias is None else bn.bias
+            folded = beta.double() + (bias.double() - bn.running_mean.double()) * scale
+            conv.weight.copy_(conv.weight.double() * scale[:, None, None, None])
+            conv.bias = torch.nn.Parameter(folded.to(conv.weight.dtype), requires_grad=False)
+            unit.bn = None
+
+
 class _ChannelsLast:
-    """The model with its weights in channels-last too: oneDNN's convolutions read NHWC
-    kernels, and a model whose weights stay NCHW has them reordered at every call. A
-    copy of the model, so the model itself (and its eager mode) keeps its layout; made
-    again whenever the model's weights changed (PyTorch counts every in-place write)."""
+    """The model with its weights in channels-last too (oneDNN's convolutions read NHWC
+    kernels, and a model whose weights stay NCHW has them reordered at every call) and
+    each BatchNorm folded into its conv. A copy of the model, so the model itself (and
+    its eager mode) keeps its layout and BatchNorms; made again whenever the model's
+    weights changed (PyTorch counts every in-place write)."""
 
     def __init__(self) -> None:
         self.model: GoogLeNet | None = None
@@ -93,6 +117,7 @@ class _ChannelsLast:
             # A new module, not a deepcopy: nothing of the model but its weights (no hooks).
             net = GoogLeNet(model.plan).to(next(model.parameters()).dtype)
             net.load_state_dict(model.state_dict())
+            _fold_batchnorm(net)
             self.model = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.seen = seen
         return self.model

@@ -77,6 +77,51 @@ def test_mxnet_onednn_fuses_or_says_it_cannot(monkeypatch):
         mxnet_.forward(mxnet_.build("inception_mnist"), x, mode="onednn")
 
 
+def test_mxnet_graphs_run_relu_as_a_onednn_activation():
+    """The hybrid and oneDNN graphs run ReLU as ``Activation`` (oneDNN runs it in its own
+    layout, and its backend fuses it into the convolution before it), not as the model's
+    ``relu``, which has no oneDNN kernel; the model's own graph keeps ``relu``."""
+    mxnet_ = backend_or_skip("mxnet")
+    model = mxnet_.build("googlenet_bn")
+    x = random_images(1, 97)
+    graphs = {}
+    for mode in ("hybrid", "onednn"):
+        mxnet_.forward(model, x, mode=mode)
+        (graphs[mode],) = [v for k, v in interface._COMPILED[model].items() if k[0] == mode]
+    hybrid = mxnet_._operators(graphs["hybrid"].block._cached_graph[1])
+    assert "relu" not in hybrid and "Activation" in hybrid
+    fused = mxnet_._operators(graphs["onednn"].block._cached_graph[1])
+    assert "relu" not in fused and "Activation" not in fused  # each one fused into its conv
+    assert "relu" in mxnet_._operators(model.forward_stages(mxnet_.mx.sym.var("data"))["logits"])
+
+
+@pytest.mark.parametrize("eps,agrees", [(None, True), (1e-5, False)], ids=["own epsilon", "Gluon's default 1e-5"])
+def test_torch_fast_modes_run_every_batchnorm_folded_into_its_conv(monkeypatch, eps, agrees):
+    """The copy the channels-last and compile modes run has no BatchNorm left (one pass
+    over each map, as in ONNX Runtime's graph) and agrees with eager; the model keeps
+    its own. Folded with another epsilon than the BatchNorm's, it fails."""
+    torch_ = backend_or_skip("torch")
+    if eps is not None:
+        real = torch_._fold_batchnorm
+
+        def wrong(net):
+            for unit in net.modules():
+                if isinstance(unit, torch_.torch.nn.BatchNorm2d):
+                    unit.eps = eps
+            real(net)
+
+        monkeypatch.setattr(torch_, "_fold_batchnorm", wrong)
+    model = torch_.build("googlenet_bn")
+    torch_.from_canonical(model, canonical.random_params(model.plan, 1))
+    x = random_images(1, 97)
+    eager = torch_.stages(model, x, mode=interface.EAGER)
+    fast = torch_.stages(model, x)
+    assert (max(agreement(eager[k], fast[k]).max_rel for k in eager) <= REL_TOL) == agrees
+    copy = interface._COMPILED[model]["channels_last"].model
+    assert not any(isinstance(m, torch_.torch.nn.BatchNorm2d) for m in copy.modules())
+    assert any(isinstance(m, torch_.torch.nn.BatchNorm2d) for m in model.modules())
+
+
 def test_an_unknown_mode_is_refused_by_name(backend):
     model = loaded_model(backend, "googlenet_bn")
     with pytest.raises(ValueError, match=r"mode: expected one of .*'eager'.*, got 'fast'"):
