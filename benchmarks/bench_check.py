@@ -109,6 +109,10 @@ def main() -> None:
         "extra", nargs="*", help="more options for check (after --; default: --frameworks " + ",".join(SAME) + ")"
     )
     args = parser.parse_args()
+    if args.against is not None and not (args.against / "conformance").is_dir():
+        parser.error(f"--against {args.against}: expected a checkout of this repository (holding conformance/)")
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: expected 1 or more")
     args.extra = args.extra or ["--frameworks", ",".join(SAME)]
     variants = args.variant or ["inception_mnist", "googlenet"]
     trains = [t for t in (False, True) if not (t and args.no_train) and not (not t and args.no_inference)]

@@ -207,7 +207,7 @@ def child(runtime: str, s: Settings, warmup: int, graph: str | None) -> dict[str
             return {"skipped": skipped[framework]}
         backend = backends[framework]
         if mode not in backend.MODES:
-            return {"skipped": f"{framework} has no mode {mode!r} (it has {', '.join(backend.MODES)})"}
+            return {"refused": f"{framework} has no mode {mode!r} (it has {', '.join(backend.MODES)})"}
         model = backend.build(s.variant)
 
         def call() -> object:
@@ -388,6 +388,9 @@ def main() -> None:
             if runtime not in results:
                 print(f"profiling {_label(runtime)} ...", file=sys.stderr, flush=True)
                 results[runtime] = _run_child(runtime, s, warmup, graph)
+                if "refused" in results[runtime]:  # a mode is known once its framework is imported
+                    print(f"profile_inference: --runtimes {runtime}: {results[runtime]['refused']}", file=sys.stderr)
+                    raise SystemExit(2)
     print(f"uptime after: {_uptime()}")
     report(results, s, args.top)
 

@@ -8,6 +8,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+from conformance import limits, spec
 from conformance.check import parallel, results
 
 
@@ -47,5 +48,18 @@ def test_the_slowest_so_far_goes_first():
 def test_at_once_only_when_every_framework_has_a_process_of_its_own(monkeypatch):
     monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
     child, module = SimpleNamespace(in_own_process=True), SimpleNamespace()
-    assert parallel.at_once({"torch": child, "keras": child}, ["torch", "keras"]) == 2
-    assert parallel.at_once({"torch": child, "keras": module}, ["torch", "keras"]) == 1
+    work = limits.Work(spec.resolve("inception_mnist"), 28, 2)
+    assert parallel.at_once({"torch": child, "keras": child}, ["torch", "keras"], work) == 2
+    assert parallel.at_once({"torch": child, "keras": module}, ["torch", "keras"], work) == 1
+
+
+def test_at_once_no_more_than_the_memory_holds(monkeypatch):
+    """--batch was checked against the memory for one run; runs at once share it."""
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 4)
+    child = SimpleNamespace(in_own_process=True)
+    backends, names = dict.fromkeys(["torch", "keras", "mxnet"], child), ["torch", "keras", "mxnet"]
+    work = limits.Work(spec.resolve("inception_mnist"), 28, 64)
+    monkeypatch.setattr(limits, "machine_memory", lambda: 2 * work.bytes + 1)
+    assert parallel.at_once(backends, names, work) == 2
+    monkeypatch.setattr(limits, "machine_memory", lambda: work.bytes)
+    assert parallel.at_once(backends, names, work) == 1  # the one run check_work admitted

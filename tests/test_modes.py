@@ -223,27 +223,17 @@ def test_what_was_compiled_goes_with_the_model(backend):
 
 
 def folded(torch_model, eps: float | None = None):
-    """A copy with every BatchNorm folded into its conv, as inference compilers do:
-    w' = w * gamma / sqrt(var + eps), b' = beta - mean * gamma / sqrt(var + eps); with
-    ``eps`` in place of the BatchNorm's own when given."""
-    import torch
-
-    from impl_torch.layers import BasicConv2d
+    """A copy with every BatchNorm folded into its conv, as the torch fast modes run it
+    (``impl_torch._fold_batchnorm``), with ``eps`` in place of each BatchNorm's own when
+    given."""
+    import impl_torch
 
     model = copy.deepcopy(torch_model)
-    with torch.no_grad():
+    if eps is not None:
         for unit in model.modules():
-            if not isinstance(unit, BasicConv2d) or unit.bn is None:
-                continue
-            bn, conv = unit.bn, unit.conv
-            scale = bn.weight / torch.sqrt(bn.running_var + (bn.eps if eps is None else eps))
-            fused = torch.nn.Conv2d(
-                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
-            )
-            fused.weight.copy_(conv.weight * scale[:, None, None, None])
-            shift = bn.bias - bn.running_mean * scale
-            fused.bias.copy_(shift if conv.bias is None else shift + conv.bias * scale)
-            unit.conv, unit.bn = fused, None
+            if hasattr(unit, "running_var"):
+                unit.eps = eps
+    impl_torch._fold_batchnorm(model)
     return model
 
 

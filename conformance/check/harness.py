@@ -8,7 +8,7 @@ framework (its fast inference path) against that framework's own eager run.
 
 Memory: each run's activations are compared as soon as they exist and then dropped,
 and what a variant allocated is returned to the OS before the next (``release``), so
-the peak is one variant's, not the sum.
+the peak is one variant's (one run per framework running at once), not the sum.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import spec
+from .. import limits, spec
 from ..canonical import random_params
 from ..interface import EAGER, MODE_SETS, Backend, Unsupported, checked_modes, forget_compiled, is_judge
 from ..progress import Steps
@@ -170,15 +170,17 @@ def _check_size(
     stages, modes = StageTable(plan, size, len(x)), StageTable(plan, size, len(x))
     ref: StoredRun | None = None
     names = list(models)
-    with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
+    # a worker still writing when a signal ends the check must not turn the one-line
+    # interruption into a failed removal
+    with tempfile.TemporaryDirectory(prefix="conformance-", ignore_cleanup_errors=True) as tmp:
 
         def work(fw: str) -> _Runs:
+            progress(fw)  # as it starts: a log's last line names the framework that hangs
             return _framework_runs(plan, size, x, backends[fw], models[fw], fw, modes_checked, timer, Path(tmp))
 
-        workers = parallel.at_once(backends, names)
+        workers = parallel.at_once(backends, names, limits.Work(plan, size, len(x), size_option=None))
         with parallel.each(work, names, workers, parallel.longest_first(names, timer)) as done:
             for fw, runs in done:
-                progress(fw)
                 errors.update(runs.errors)
                 unsupported.update(runs.unsupported)
                 if runs.own is not None:

@@ -1,6 +1,7 @@
-"""Keeping the check's peak at one variant's and one run's: a run's stages spilled to
-disk when large, large blocks served from their own mappings, and what was freed
-returned to the OS before the next framework allocates its own."""
+"""Keeping the check's peak at one variant's and one run per framework running at once
+(no more than the machine holds: ``parallel.at_once``): a run's stages spilled to disk
+when large, large blocks served from their own mappings, and what was freed returned
+to the OS before the next framework allocates its own."""
 
 from __future__ import annotations
 

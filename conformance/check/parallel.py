@@ -9,16 +9,21 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from .. import limits
 from ..frameworks import usable_cores
 from .results import Timer
 
 T = TypeVar("T")
 
 
-def at_once(backends: Mapping[str, Any], names: list[str]) -> int:
+def at_once(backends: Mapping[str, Any], names: list[str], work: limits.Work) -> int:
     """How many of ``names`` may work at a time: one per core when every one runs in a
-    process of its own (:class:`~conformance.check.processes.Child`), else one."""
-    return usable_cores() if all(getattr(backends[fw], "in_own_process", False) for fw in names) else 1
+    process of its own (:class:`~conformance.check.processes.Child`), else one; and no
+    more than the machine holds ``work`` at once, the bound its options were checked
+    against for one (:func:`conformance.limits.check_work`)."""
+    if not all(getattr(backends[fw], "in_own_process", False) for fw in names):
+        return 1
+    return max(1, min(usable_cores(), limits.machine_memory() // work.bytes))
 
 
 def longest_first(names: list[str], timer: Timer) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import spec
+from .. import limits, spec
 from ..canonical import conv_key, random_params
 from ..interface import Backend, is_judge
 from . import parallel
@@ -108,7 +108,9 @@ def check_training(
     results: dict[str, dict[str, tuple[str, Agreement]]] = {}  # quantity -> framework -> worst key
     ref: dict[str, StoredRun] = {}  # the first framework that trains is the reference: its quantities
     trained = 0
-    with tempfile.TemporaryDirectory(prefix="conformance-") as tmp:
+    # a worker still writing when a signal ends the check must not turn the one-line
+    # interruption into a failed removal
+    with tempfile.TemporaryDirectory(prefix="conformance-", ignore_cleanup_errors=True) as tmp:
 
         def record(fw: str) -> dict[str, StoredRun] | str:
             """Every quantity of ``fw``, stored (on disk when large), or what it raised."""
@@ -119,7 +121,7 @@ def check_training(
                 return f"{type(e).__name__}: {e}"
 
         # Frameworks in processes of their own train at once, the slowest so far first.
-        workers = parallel.at_once(backends, trainers)
+        workers = parallel.at_once(backends, trainers, limits.Work(plan, size, batch, True, size_option=None))
         with parallel.each(record, trainers, workers, parallel.longest_first(trainers, timer)) as records:
             for fw, found in records:
                 if isinstance(found, str):

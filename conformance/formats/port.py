@@ -309,6 +309,7 @@ def init(
     plan = resolve_plan(variant, classes, has_aux if aux_logits is None else aux_logits, transform_input)
     seeded = Path(f"seeded-{variant}-seed{seed}")  # no file: named in the result and messages
     destination = paths.check_destination(dst, dst_fmt, None, force)
+    refuse_backend(dst_fmt, "--to")
     refuse_plan(dst_fmt, plan)
     params = {k: v.astype(np.float32) for k, v in random_params(plan, seed).items()}
     log(
