@@ -59,8 +59,9 @@ def every_builtin() -> list[str]:
     return [*FRAMEWORKS, *OPTIONAL]
 
 
-def _environment_differs(name: str) -> str | None:
-    """Which variable this process has set otherwise than framework ``name`` needs."""
+def environment_differs(name: str) -> str | None:
+    """Which variable this process has set otherwise than framework ``name`` needs (as
+    ``VARIABLE=the value it needs``); None where the process fits."""
     for variable, value in environment(name).items():
         if os.environ.get(variable, _UNSET.get(variable)) != value:
             return f"{variable}={value}"
@@ -183,7 +184,7 @@ def load(names: Iterable[str]) -> tuple[dict[str, Backend], dict[str, str]]:
             backends[name] = plugin(name)
             continue
         package, hint = {**FRAMEWORKS, **OPTIONAL}[name]
-        needs = _environment_differs(name)
+        needs = environment_differs(name)
         if needs:
             skipped[name] = f"needs {needs} before its import: a process of its own (check without --in-process)"
             continue

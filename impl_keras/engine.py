@@ -24,9 +24,9 @@ from .weights import canonical_name
 # Keras's type promotion (``keras.backend.result_type``, which ``ops.matmul``, ``ops.mean``
 # and the torch backend's binary ops compute in) ends with ``BIT64_TO_BIT32_DTYPE``, which
 # maps float64 to float32 on every backend but TensorFlow, whatever ``floatx`` or the
-# layers' dtype policy says (keras-team/keras#23704). A float64 model on JAX or torch then
-# runs its dense layers, means and BatchNorm statistics in float32. The table is private;
-# this is the suite's one write into it.
+# layers' dtype policy says (a known Keras issue: docs/frameworks.md). A float64 model on
+# JAX or torch then runs its dense layers, means and BatchNorm statistics in float32. The
+# table is private; this is the suite's one write into it.
 def keep_float64() -> None:
     """Make Keras's type promotion keep float64 on this process's backend, as JAX (with
     x64 on) and torch themselves do: float32 inputs still promote to float32. Refuses a

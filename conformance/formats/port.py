@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import spec
+from .. import frameworks, spec
 from ..canonical import Params, random_params
 from ..check.compare import Agreement, percent
 from ..progress import Steps
@@ -103,8 +103,7 @@ def refuse_backend(fmt: Format, option: str) -> None:
     Keras would run on a backend other than TensorFlow's (``KERAS_BACKEND``, which Keras
     reads once, on import): port reads and writes Keras's files with the suite's
     ``keras``, Keras on TensorFlow, and a SavedModel can be exported on no other."""
-    keras_backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if fmt.framework != "keras" or keras_backend == "tensorflow":
+    if fmt.framework != "keras" or frameworks.environment_differs("keras") is None:
         return
     why = (
         "SavedModel export needs TensorFlow's backend"
@@ -112,7 +111,7 @@ def refuse_backend(fmt: Format, option: str) -> None:
         else "port reads and writes Keras's files with Keras on TensorFlow"
     )
     raise PortError(
-        f"{option} {fmt.name}: this process has KERAS_BACKEND={keras_backend}, and {why}; "
+        f"{option} {fmt.name}: this process has KERAS_BACKEND={os.environ['KERAS_BACKEND']}, and {why}; "
         "unset KERAS_BACKEND or set it to tensorflow"
     )
 
