@@ -66,7 +66,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="append",
         type=arguments.positive,
         metavar="PIXELS",
-        help="square input size (repeatable; default: each variant's own, 239 and 97)",
+        help="square input size (repeatable; default: each variant's own and its odd sizes, 239 and 97 for most)",
     )
     cmd.add_argument("--batch", type=arguments.positive, default=2, help="images per input (default: 2)")
     cmd.add_argument("--seed", type=arguments.non_negative, default=0, help="seed of weights and inputs (default: 0)")

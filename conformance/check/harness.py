@@ -50,7 +50,7 @@ def compared(
 
 class StageTable:
     """One input size's stage table, built one run at a time: a run's activations are
-    compared when they exist and can then be freed (a stage of googlenet_cifar at 239 is
+    compared when they exist and can then be freed (a stage of googlenet_cifar at --input-size 239 is
     84 MB), instead of every framework's being held until the end."""
 
     def __init__(self, plan: spec.Plan, size: int, batch: int) -> None:
@@ -305,7 +305,7 @@ def run(
             reports.append(check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer, progress, modes))
             release()
         # Training after all inference: float64 training leaves each framework a larger
-        # working set, which would stand under the largest inference (googlenet_cifar at 239).
+        # working set, which would stand under the largest inference.
         for r in reports if train else ():
             progress(f"{r.variant}: one training step")
             check_training(r, backends, batch, seed, timer)

@@ -18,7 +18,7 @@ SPILL_BYTES = 64 << 20  # a run's stages above this wait on disk, not in memory
 
 class StoredRun(Mapping[str, np.ndarray]):
     """A run's stages, kept to compare later runs with. Above ``SPILL_BYTES`` (the
-    stages of googlenet_cifar at 239 are 352 MB per run) they wait in a temporary
+    stages of googlenet_cifar at --input-size 239 are 352 MB per run) they wait in a temporary
     directory and each is mapped back only while it is compared: the kernel's page
     cache holds them, and the process holds one stage instead of a whole run."""
 

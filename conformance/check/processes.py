@@ -39,7 +39,7 @@ from ..interface import Unsupported, forget_compiled
 from . import judges
 from .memory import map_large_blocks, release
 
-MAX_BYTES = 4 << 30  # one message or buffer: googlenet_cifar's stages at 239 are 352 MB a run
+MAX_BYTES = 4 << 30  # one message or buffer: googlenet_cifar's stages at --input-size 239: 352 MB a run
 TAIL_LINES = 12  # of a dead child's stderr, in its failure
 STOP_SECONDS = 10.0  # a child that does not end on its own after the pipe closes is killed
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import spec
 from ..check.compare import REL_TOL, Agreement, agreement
-from ..check.inputs import EXTRA_SIZES, ODD_SIZES, inadmissible
+from ..check.inputs import inadmissible, odd_sizes
 from ..formats.port import read_checkpoint
 from ..progress import Steps
 from . import convention, diagnose, taps, taps_gluon, taps_keras, taps_onnx, taps_saved, taps_script
@@ -45,14 +45,10 @@ Conversion = tuple[convention.Convention, convention.Convention]  # the referenc
 
 def default_sizes(p: spec.Plan) -> list[int]:
     """The variant's own size and, of the odd sizes ``check`` runs, the one nearest it
-    that the variant admits (97 for a 32 x 32 net: 239 would cost 50 times the work)."""
+    that the variant admits (97 for a GoogLeNet at 96: 239 would cost 6 times the work)."""
     own = p.input_size
     odd = sorted(
-        (
-            s
-            for s in (*ODD_SIZES, *EXTRA_SIZES.get(p.variant.name, ()))
-            if s != own and not inadmissible(p.variant.name, s)
-        ),
+        (s for s in odd_sizes(p.variant.name) if s != own and not inadmissible(p.variant.name, s)),
         key=lambda s: abs(s - own),
     )
     return [own, *odd[:1]]
