@@ -119,13 +119,17 @@ PITFALL_BATCH = 4  # the command's default is 64; the first divergent stage does
 EAGER_STAGES = {"keras", "mxnet", "jax"}  # the frameworks whose stages the pitfall fixture runs eagerly
 
 
-@pytest.fixture(scope="session")
-def pitfall_measurements():
-    """Every pitfall on each of its default variants, measured once per session (small batch)."""
+# Measured by the long tests only (pytest -m e2e): each compiles a float64 training step with
+# XLA, whose CPU convolutions in float64 are generated loops, not a library's (minutes on 2 cores).
+XLA_TRAINING = frozenset(n for n, p in pitfalls.PITFALLS.items() if p.framework == "jax" and p.kind == "training")
+
+
+def _measure_pitfalls(names: list[str]) -> dict:
+    """``names`` on each of their default variants (small batch), by (pitfall, variant)."""
     from conformance.teach import measure
 
     # the optional frameworks whose ports the catalogue names (jax): skipped with the reason where not installed
-    optional = sorted({p.framework for p in pitfalls.PITFALLS.values()} - set(FRAMEWORKS))
+    optional = sorted({pitfalls.PITFALLS[n].framework for n in names} - set(FRAMEWORKS))
     extra, extra_skipped = frameworks.load(optional)
     backends, skipped = {**_BACKENDS, **extra}, {**_SKIPPED, **extra_skipped}
     # Stages eagerly: the default modes compile the whole network first (Keras's traced graph,
@@ -134,5 +138,17 @@ def pitfall_measurements():
     # tests/test_pitfalls.py measures through the default modes.
     for name in EAGER_STAGES & set(backends):
         backends[name] = patched(backends[name], stages=functools.partial(backends[name].stages, mode=EAGER))
-    results = measure.run(list(pitfalls.PITFALLS), None, backends, skipped, batch=PITFALL_BATCH)
+    results = measure.run(names, None, backends, skipped, batch=PITFALL_BATCH)
     return {(m.pitfall, m.variant): m for m in results}
+
+
+@pytest.fixture(scope="session")
+def pitfall_measurements():
+    """Every pitfall but ``XLA_TRAINING`` on each of its default variants, measured once per session."""
+    return _measure_pitfalls([n for n in pitfalls.PITFALLS if n not in XLA_TRAINING])
+
+
+@pytest.fixture(scope="session")
+def xla_training_pitfall_measurements():
+    """The ``XLA_TRAINING`` pitfalls on each of their default variants (for -m e2e)."""
+    return _measure_pitfalls(sorted(XLA_TRAINING))

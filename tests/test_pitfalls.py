@@ -11,7 +11,7 @@ from conformance import spec
 from conformance.teach import measure
 from conformance.teach.pitfalls import PITFALLS
 
-from .conftest import PITFALL_BATCH, cli, installed
+from .conftest import PITFALL_BATCH, XLA_TRAINING, cli, installed
 
 ISSUE_LIST = {  # the issue's list, one name per mistake
     "same-padding",
@@ -47,6 +47,8 @@ ISSUE_LIST = {  # the issue's list, one name per mistake
 HARMLESS = {"zero-padded-max-pool"}
 REFUSED = {"flax-kernel-io": "'conv1.conv.weight': converted to"}  # the broken port's loader refuses it
 PAIRS = measure.planned(list(PITFALLS), None)
+# the pairs whose measurement compiles a float64 training step with XLA run with -m e2e
+PARAMS = [pytest.param(n, v, id=f"{n}-{v}", marks=[pytest.mark.e2e] if n in XLA_TRAINING else []) for n, v in PAIRS]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -66,9 +68,10 @@ def test_the_catalogue_holds_every_pitfall_of_the_issue():
     assert PITFALLS["bn-eps-keras"].variants == ("googlenet_cifar",)
 
 
-@pytest.mark.parametrize(("name", "variant"), PAIRS, ids=[f"{n}-{v}" for n, v in PAIRS])
-def test_first_divergence_is_where_the_mistake_is_made(pitfall_measurements, name, variant):
-    m = pitfall_measurements[(name, variant)]
+@pytest.mark.parametrize(("name", "variant"), PARAMS)
+def test_first_divergence_is_where_the_mistake_is_made(request, name, variant):
+    fixture = "xla_training_pitfall_measurements" if name in XLA_TRAINING else "pitfall_measurements"
+    m = request.getfixturevalue(fixture)[(name, variant)]
     if m.skipped:
         pytest.skip(m.skipped)
     if name in REFUSED:
