@@ -206,9 +206,9 @@ def fold_batchnorm(conv: layers.Conv2D, bn: BatchNorm) -> tuple:
     gamma / sqrt(var + eps), as ONNX Runtime's and oneDNN's inference graphs fold them.
     Computed from the variables in the graph, so it runs at every call and weights
     assigned later are the ones folded. The per-channel terms are float64, rounded once;
-    the kernel's product is in the kernel's dtype (one more rounding, 6e-8 relative in
-    float32), on the kernel as a matrix, one output channel per column: a float64 copy of
-    every kernel at every call cost three times as much (docs/benchmarks.md)."""
+    the kernel's product is in the kernel's dtype (one more rounding of the scale), on the
+    kernel as a matrix, one output channel per column: a float64 copy of every kernel at
+    every call is the slower fold (docs/benchmarks.md has the figures)."""
     wide = "float64"
     var = ops.cast(bn.moving_variance, wide)
     gamma = ops.ones_like(var) if bn.gamma is None else ops.cast(bn.gamma, wide)
