@@ -32,6 +32,7 @@ from conformance.canonical import default_params
 from conformance.spec import Variant, resolve
 
 from .engine import keep_float64
+from .layers import folding_batchnorm
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical
@@ -159,7 +160,8 @@ def _graph(model: GoogLeNet, with_aux: bool, every_stage: bool, xla: bool = Fals
     def run(x):
         model = ref()
         assert model is not None  # the cache goes with the model
-        return _outputs(model, x, with_aux, every_stage)
+        with folding_batchnorm():  # each conv's BatchNorm folded in, from the variables at each call
+            return _outputs(model, x, with_aux, every_stage)
 
     shape = (None, model.plan.in_channels, None, None)
     return tf.function(run, input_signature=[tf.TensorSpec(shape, tf.float32)], autograph=False, jit_compile=xla)

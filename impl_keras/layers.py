@@ -23,7 +23,10 @@ layers above are registered with Keras (``conformance>Pool2D``, ...) with their 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -169,10 +172,52 @@ class BasicConv2d(layers.Layer):
     def call(self, x, training=None):
         if self.pad is not None:
             x = self.pad(x)
-        x = self.conv(x)
-        if self.bn is not None:
-            x = self.bn(x, training=training)
+        if self.bn is not None and not training and _FOLDING.get():
+            kernel, bias = fold_batchnorm(self.conv, self.bn)
+            x = self.conv.convolution_op(x, kernel) + bias
+        else:
+            x = self.conv(x)
+            if self.bn is not None:
+                x = self.bn(x, training=training)
         return ops.relu(x) if self.relu else x
+
+
+# Set while a fast mode traces its graph (``folding_batchnorm``): each BasicConv2d in
+# inference then runs one conv with its BatchNorm folded in, the pass over every map that
+# BatchNorm's scale and shift made is gone, and TensorFlow's Grappler fuses the conv, the
+# bias and the ReLU into one oneDNN convolution (_FusedConv2D). A context, not an
+# argument: the blocks between the model and its convs pass only ``training`` down.
+_FOLDING = contextvars.ContextVar("folding_batchnorm", default=False)
+
+
+@contextlib.contextmanager
+def folding_batchnorm() -> Iterator[None]:
+    """Within it, a BasicConv2d called in inference runs its conv and BatchNorm as one
+    conv (``fold_batchnorm``). The model is unchanged: this is how a graph is traced."""
+    token = _FOLDING.set(True)
+    try:
+        yield
+    finally:
+        _FOLDING.reset(token)
+
+
+def fold_batchnorm(conv: layers.Conv2D, bn: BatchNorm) -> tuple:
+    """The conv's kernel times gamma / sqrt(var + eps) and its bias beta + (bias - mean) *
+    gamma / sqrt(var + eps), as ONNX Runtime's and oneDNN's inference graphs fold them.
+    Computed from the variables in the graph, so it runs at every call and weights
+    assigned later are the ones folded. The per-channel terms are float64, rounded once;
+    the kernel's product is in the kernel's dtype (one more rounding of the scale), on the
+    kernel as a matrix, one output channel per column: a float64 copy of every kernel at
+    every call is the slower fold (docs/benchmarks.md has the figures)."""
+    wide = "float64"
+    var = ops.cast(bn.moving_variance, wide)
+    gamma = ops.ones_like(var) if bn.gamma is None else ops.cast(bn.gamma, wide)
+    beta = ops.zeros_like(var) if bn.beta is None else ops.cast(bn.beta, wide)
+    bias = ops.zeros_like(var) if conv.bias is None else ops.cast(conv.bias, wide)
+    scale = gamma / ops.sqrt(var + bn.epsilon)
+    dtype, shape = conv.kernel.dtype, tuple(conv.kernel.shape)  # HWIO: output channels last
+    kernel = ops.reshape(ops.reshape(conv.kernel, (-1, shape[-1])) * ops.cast(scale, dtype), shape)
+    return kernel, ops.cast(beta + (bias - ops.cast(bn.moving_mean, wide)) * scale, dtype)
 
 
 class PlainConv2d(layers.Conv2D):
@@ -263,7 +308,10 @@ class Pool2D(layers.Layer):
 
     def call(self, x):
         p = self.pool
-        if p.same:  # TensorFlow's SAME: Keras's own padding="same" (padded cells never win)
+        # TensorFlow's SAME: Keras's own padding="same", where padded cells never win. A max
+        # pool of stride 1 padded to keep the size (each Inception's pool branch) is the
+        # same pool: no -inf copy of the map to make first.
+        if p.same or (p.kind == "max" and p.stride == 1 and 2 * p.padding == p.kernel - 1):
             return ops.max_pool(x, p.kernel, p.stride, padding="same")
         h, w = length(x, 1), length(x, 2)
         (top, bottom), (left, right) = _pads(h, p), _pads(w, p)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import gc
 import logging
+import types
 import weakref
 
 import numpy as np
@@ -16,7 +17,7 @@ from conformance import canonical, interface, spec
 from conformance.check import harness
 from conformance.check.compare import REL_TOL, agreement
 
-from .conftest import backend_or_skip, full_plan, loaded_model, patched
+from .conftest import backend_or_skip, eager_only, full_plan, loaded_model, patched
 from .helpers import random_images
 
 
@@ -120,6 +121,104 @@ def test_torch_fast_modes_run_every_batchnorm_folded_into_its_conv(monkeypatch, 
     copy = interface._COMPILED[model]["channels_last"].model
     assert not any(isinstance(m, torch_.torch.nn.BatchNorm2d) for m in copy.modules())
     assert any(isinstance(m, torch_.torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def _wrong_epsilon(keras_, monkeypatch, eps: float) -> None:
+    """Keras's fold, given each BatchNorm's statistics with ``eps`` for its own epsilon."""
+    real = keras_.layers.fold_batchnorm
+
+    def wrong(conv, bn):
+        stats = {k: getattr(bn, k) for k in ("moving_mean", "moving_variance", "gamma", "beta")}
+        return real(conv, types.SimpleNamespace(**stats, epsilon=eps))
+
+    monkeypatch.setattr(keras_.layers, "fold_batchnorm", wrong)
+
+
+def _multiplied_maps(graph) -> int:
+    """Products of a traced graph on maps of the batch (BatchNorm's scale runs as one on
+    every map; the fold multiplies only kernels)."""
+    return sum(
+        op.type == "Mul" and op.outputs[0].shape.rank == 4 and op.outputs[0].shape[0] is None
+        for op in graph.get_operations()
+    )
+
+
+@pytest.mark.parametrize("eps,agrees", [(None, True), (1e-3, False)], ids=["own epsilon", "Keras's default 1e-3"])
+def test_keras_graph_runs_every_batchnorm_folded_into_its_conv(monkeypatch, eps, agrees):
+    """The graph mode traces each conv and its BatchNorm as one conv, folded from the
+    variables (one product on the maps fewer per BatchNorm than the same outputs traced
+    without the fold), and agrees with eager. Folded with another epsilon, it fails.
+    googlenet_cifar: its convs have a bias, and some BatchNorms an epsilon of 16 or 32."""
+    keras_ = backend_or_skip("keras")
+    if eps is not None:
+        _wrong_epsilon(keras_, monkeypatch, eps)
+    model = keras_.build("googlenet_cifar")
+    keras_.from_canonical(model, canonical.random_params(model.plan, 1))
+    x = random_images(1, 33)
+    eager = keras_.stages(model, x, mode=interface.EAGER)
+    fast = keras_.stages(model, x, mode="graph")
+    assert (max(agreement(eager[k], fast[k]).max_rel for k in eager) <= REL_TOL) == agrees
+    (graph,) = [v for k, v in interface._COMPILED[model].items() if k[0] == "graph"]
+    folded = _multiplied_maps(graph.get_concrete_function().graph)
+    spec_ = keras_.tf.TensorSpec((None, 3, None, None), keras_.tf.float32)
+    unfolded = keras_.tf.function(lambda x: keras_._outputs(model, x, False, True), autograph=False)
+    batchnorms = sum(v.name == "moving_variance" for v in model.non_trainable_variables)
+    assert batchnorms > 50 and _multiplied_maps(unfolded.get_concrete_function(spec_).graph) == folded + batchnorms
+
+
+def test_a_keras_fold_with_the_wrong_epsilon_fails_the_check(monkeypatch):
+    """Through the harness, as ``check --modes all`` runs it: the graph and xla modes,
+    folded with Keras's default eps 1e-3 instead of the BatchNorm's own (1e-5, or the
+    branch width), fail from the first conv on, while eager, which keeps the BatchNorm,
+    agrees with PyTorch."""
+    keras_, torch_ = backend_or_skip("keras"), backend_or_skip("torch")
+    _wrong_epsilon(keras_, monkeypatch, 1e-3)
+    backends = {**eager_only({"torch": torch_}), "keras": keras_}  # torch's compile would take a minute
+    report = harness.run(["googlenet_cifar"], backends, {}, sizes=[33], batch=1, modes="all")
+    size = report.variants[0].sizes[0]
+    rows = {r.stage: r for r in size.modes}
+    assert all(r.passed for r in size.stages) and not report.passed
+    for mode in ("graph", "xla"):
+        assert rows["conv1"].agreement[f"keras {mode}"].max_rel > 100 * REL_TOL, mode
+        assert not rows["logits"].agreement[f"keras {mode}"].passed, mode
+
+
+def test_keras_fold_rounds_as_float64_would_to_within_an_ulp():
+    """The folded kernel and bias against the same fold in float64 with numpy, rounded
+    once: the kernel's product in float32 adds at most one rounding of the scale."""
+    keras_ = backend_or_skip("keras")
+    model = keras_.build("googlenet_bn")
+    keras_.from_canonical(model, canonical.random_params(model.plan, 1))
+    unit = model.conv1
+    bn, conv = unit.bn, unit.conv
+    kernel, bias = (keras_.keras.ops.convert_to_numpy(v) for v in keras_.layers.fold_batchnorm(conv, bn))
+    names = ("moving_mean", "moving_variance", "gamma", "beta")
+    values = {k: np.asarray(getattr(bn, k).numpy(), np.float64) for k in names}
+    scale = values["gamma"] / np.sqrt(values["moving_variance"] + bn.epsilon)
+    exact = np.asarray(conv.kernel.numpy(), np.float64) * scale
+    assert np.all(np.abs(kernel - exact) <= 2 * np.finfo(np.float32).eps * np.abs(exact))
+    np.testing.assert_array_equal(bias, (values["beta"] - values["moving_mean"] * scale).astype(np.float32))
+    assert kernel.dtype == bias.dtype == np.float32
+
+
+@pytest.mark.parametrize("zero_padded", [False, True], ids=["same", "zero padding"])
+def test_keras_size_keeping_max_pool_is_pytorchs_on_signed_maps(zero_padded):
+    """Each Inception's pool branch (3x3, stride 1, padding 1) runs as Keras's own "same"
+    max pool, whose padded cells never win, as PyTorch's -inf padding: equal on maps of
+    negative values, odd and even, in a graph of open size. Padded with zeros, it fails."""
+    keras_, torch_ = backend_or_skip("keras"), backend_or_skip("torch")
+    pool = spec.Pool("branch4.0", "max", 3, 1, padding=1, ceil_mode=True)
+    layer = keras_.layers.Pool2D(pool)
+    if zero_padded:
+        pad, valid = keras_.keras.layers.ZeroPadding2D(1), keras_.keras.layers.MaxPooling2D(3, 1)
+        layer = keras_.keras.Sequential([pad, valid])
+    graph = keras_.tf.function(layer, input_signature=[keras_.tf.TensorSpec((None, None, None, 4))])
+    torch_pool = torch_.torch.nn.MaxPool2d(3, 1, padding=1, ceil_mode=True)
+    for size in (7, 8):
+        x = np.random.default_rng(size).standard_normal((2, 4, size, size + 1)).astype(np.float32) - 1.0
+        expected = torch_pool(torch_.torch.from_numpy(x)).numpy()
+        got = np.asarray(graph(x.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+        assert np.array_equal(got, expected) != zero_padded, size
 
 
 def test_an_unknown_mode_is_refused_by_name(backend):
