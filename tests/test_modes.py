@@ -166,6 +166,7 @@ def test_keras_graph_runs_every_batchnorm_folded_into_its_conv(monkeypatch, eps,
     assert batchnorms > 50 and _multiplied_maps(unfolded.get_concrete_function(spec_).graph) == folded + batchnorms
 
 
+@pytest.mark.e2e  # XLA compiles the network; the quick control: test_keras_graph_runs_every_batchnorm_folded...
 def test_a_keras_fold_with_the_wrong_epsilon_fails_the_check(monkeypatch):
     """Through the harness, as ``check --modes all`` runs it: the graph and xla modes,
     folded with Keras's default eps 1e-3 instead of the BatchNorm's own (1e-5, or the
