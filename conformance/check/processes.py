@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import gc
 import itertools
 import multiprocessing
 import os
@@ -257,6 +258,9 @@ def serve(name: str, conn: Connection, stderr: str, environment: Mapping[str, st
     attributes = {"MODES": backend.MODES, "judge": bool(getattr(backend, "judge", False))}
     attributes["import_seconds"] = time.perf_counter() - start
     _send(conn, ("value", attributes))
+    # What exists now (the framework's modules) is left out of the collections release()
+    # makes, as in the parent.
+    gc.freeze()
     objects: dict[int, Any] = {}
     numbers = itertools.count(1)
     while True:
@@ -266,6 +270,12 @@ def serve(name: str, conn: Connection, stderr: str, environment: Mapping[str, st
             return
         for number in dropped:
             objects.pop(number, None)
+        if dropped:
+            # A model or trainer the parent let go of is freed now, not at a collection
+            # the interpreter may never make (models sit in reference cycles), and its
+            # memory returned before this call allocates: else each variant's float64
+            # training stands on the last one's.
+            release()
         args = tuple(objects[a.number] if isinstance(a, _Ref) else a for a in args)
         try:
             if target[0] == "forget":
