@@ -43,6 +43,11 @@ from .memory import map_large_blocks, release
 MAX_BYTES = 4 << 30  # one message or buffer: googlenet_cifar's stages at --input-size 239: 352 MB a run
 TAIL_LINES = 12  # of a dead child's stderr, in its failure
 STOP_SECONDS = 10.0  # a child that does not end on its own after the pipe closes is killed
+# Modules a framework's process keeps out, as not installed: TensorFlow imports JAX when
+# it can, for TFLite's converter alone, which the check never calls (95 MB resident in
+# Keras's process, under its float64 training peak). The in-process layout, where JAX may
+# be a framework of its own, imports it as usual.
+KEPT_OUT = {"keras": ("jax",)}
 
 
 class ChildDied(RuntimeError):
@@ -244,6 +249,8 @@ def serve(name: str, conn: Connection, stderr: str, environment: Mapping[str, st
     log = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 2)
     os.environ.update(environment)
+    for module in KEPT_OUT.get(name, ()):
+        sys.modules.setdefault(module, None)  # type: ignore[arg-type]  # an import of it raises ImportError
     map_large_blocks()
     start = time.perf_counter()
     try:
