@@ -301,14 +301,19 @@ def run(
     # collections release() makes, which then need not walk them each time.
     gc.freeze()
     try:
-        for v in variants:
-            reports.append(check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer, progress, modes))
-            release()
-        # Training after all inference: float64 training leaves each framework a larger
-        # working set, which would stand under the largest inference.
-        for r in reports if train else ():
-            progress(f"{r.variant}: one training step")
+        # Training before any inference: the largest peak (Keras's float64 step) then
+        # stands on a fresh process, and inference, lower, on what training left.
+        trained = {v: VariantReport(v, full_options(spec.VARIANTS[v]), {}, {}) for v in variants if train}
+        for v, r in trained.items():
+            progress(f"{v}: one training step")
             check_training(r, backends, batch, seed, timer)
+            release()
+        for v in variants:
+            report = check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer, progress, modes)
+            if v in trained:
+                report.training = trained[v].training
+                report.errors.update(trained[v].errors)
+            reports.append(report)
             release()
     finally:
         gc.unfreeze()
