@@ -260,6 +260,16 @@ def check_variant(
     return report
 
 
+def _largest_first(variants: list[str], batch: int) -> list[str]:
+    """``variants``, the one whose training step needs the most memory first."""
+
+    def work(name: str) -> int:
+        plan = spec.resolve(name, **full_options(spec.VARIANTS[name]))
+        return limits.Work(plan, plan.input_size, batch, True, size_option=None).bytes
+
+    return sorted(variants, key=lambda name: -work(name))
+
+
 def run(
     variants: list[str],
     backends: Mapping[str, Backend],
@@ -301,14 +311,20 @@ def run(
     # collections release() makes, which then need not walk them each time.
     gc.freeze()
     try:
-        for v in variants:
-            reports.append(check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer, progress, modes))
-            release()
-        # Training after all inference: float64 training leaves each framework a larger
-        # working set, which would stand under the largest inference.
-        for r in reports if train else ():
-            progress(f"{r.variant}: one training step")
+        # Training before any inference, the largest first: the largest peak (Keras's
+        # float64 step) then stands on a fresh process, and the rest, lower, on what it left.
+        order = _largest_first(variants, batch) if train else []
+        trained = {v: VariantReport(v, full_options(spec.VARIANTS[v]), {}, {}) for v in order}
+        for v, r in trained.items():
+            progress(f"{v}: one training step")
             check_training(r, backends, batch, seed, timer)
+            release()
+        for v in variants:
+            report = check_variant(v, backends, sizes or default_sizes(v), batch, seed, timer, progress, modes)
+            if v in trained:
+                report.training = trained[v].training
+                report.errors.update(trained[v].errors)
+            reports.append(report)
             release()
     finally:
         gc.unfreeze()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import gc
 import itertools
 import multiprocessing
 import os
@@ -42,6 +43,11 @@ from .memory import map_large_blocks, release
 MAX_BYTES = 4 << 30  # one message or buffer: googlenet_cifar's stages at --input-size 239: 352 MB a run
 TAIL_LINES = 12  # of a dead child's stderr, in its failure
 STOP_SECONDS = 10.0  # a child that does not end on its own after the pipe closes is killed
+# Modules a framework's process keeps out, as not installed: TensorFlow imports JAX when
+# it can, for TFLite's converter alone, which the check never calls (95 MB resident in
+# Keras's process, under its float64 training peak). The in-process layout, where JAX may
+# be a framework of its own, imports it as usual.
+KEPT_OUT = {"keras": ("jax",)}
 
 
 class ChildDied(RuntimeError):
@@ -243,6 +249,8 @@ def serve(name: str, conn: Connection, stderr: str, environment: Mapping[str, st
     log = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 2)
     os.environ.update(environment)
+    for module in KEPT_OUT.get(name, ()):
+        sys.modules.setdefault(module, None)  # type: ignore[arg-type]  # an import of it raises ImportError
     map_large_blocks()
     start = time.perf_counter()
     try:
@@ -257,6 +265,9 @@ def serve(name: str, conn: Connection, stderr: str, environment: Mapping[str, st
     attributes = {"MODES": backend.MODES, "judge": bool(getattr(backend, "judge", False))}
     attributes["import_seconds"] = time.perf_counter() - start
     _send(conn, ("value", attributes))
+    # What exists now (the framework's modules) is left out of the collections release()
+    # makes, as in the parent.
+    gc.freeze()
     objects: dict[int, Any] = {}
     numbers = itertools.count(1)
     while True:
@@ -266,6 +277,12 @@ def serve(name: str, conn: Connection, stderr: str, environment: Mapping[str, st
             return
         for number in dropped:
             objects.pop(number, None)
+        if dropped:
+            # A model or trainer the parent let go of is freed now, not at a collection
+            # the interpreter may never make (models sit in reference cycles), and its
+            # memory returned before this call allocates: else each variant's float64
+            # training stands on the last one's.
+            release()
         args = tuple(objects[a.number] if isinstance(a, _Ref) else a for a in args)
         try:
             if target[0] == "forget":
