@@ -1,4 +1,4 @@
-"""Every test runs in CI, and once: the README's command (``python -m pytest -q``, whose
+"""Every test runs in CI, and once: the README's command (``python -m pytest -q -n auto --dist loadfile``, whose
 ``addopts`` leave out the long end-to-end tests) and the marker line of .ci/run together
 select each test that is not a two-host test, whatever markers it carries. Checked by pytest
 itself, under this project's pyproject.toml, on a file holding one test per combination of
@@ -33,7 +33,7 @@ def pytest_lines(script: str) -> list[list[str]]:
         if line.lstrip().startswith("#") or "python -m pytest" not in line:
             continue
         args = shlex.split(line.split("python -m pytest", 1)[1].split("&&")[0])
-        values = {i + 1 for i, arg in enumerate(args) if arg in ("-m", "-k")}
+        values = {i + 1 for i, arg in enumerate(args) if arg in ("-m", "-k", "-n", "--dist")}
         paths = [arg for i, arg in enumerate(args) if not arg.startswith("-") and i not in values]
         if not paths:
             lines.append(args)
@@ -87,7 +87,8 @@ def coverage(tmp_path: Path, markers: list[str], lines: list[list[str]]) -> tupl
 
 def test_the_readme_command_and_the_marker_line_run_every_test_once(tmp_path, pytestconfig):
     lines = pytest_lines(CI.read_text())
-    assert ["-q"] in lines and ["-q", "-m", "e2e"] in lines, lines  # the README's command, the marker line
+    readme = ["-q", "-n", "auto", "--dist", "loadfile"]  # a worker per core, each file in one
+    assert readme in lines and ["-q", "-m", "e2e"] in lines, lines  # the README's command, the marker line
     markers = registered_markers(pytestconfig)
     assert "e2e" in markers and OWN_LINE in markers
     assert coverage(tmp_path, markers, lines) == (set(), set())
