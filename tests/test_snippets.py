@@ -6,7 +6,8 @@ the path. A block that imports a framework that is not installed skips, naming i
 ```bash blocks run when every command in them is cheap (``spec``, ``--help``); any other
 block says why it is not run, in an HTML comment just before it:
 ``<!-- not run: why -->``, and the test lists that reason as a skip. A block that is
-neither cheap nor marked fails, so a new snippet is either run or explained.
+neither cheap nor marked fails, so a new snippet is either run or explained. A block of
+minutes says so (``<!-- long: why -->``) and runs with the long tests (``-m e2e``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
 NOT_RUN = re.compile(r"<!-- not run: ([^\n]+?) -->\s*\Z")
+LONG = re.compile(r"<!-- long: ([^\n]+?) -->\s*\Z")
 # The packages a block's imports need, beyond the suite's own (which needs nothing here).
 NEEDS = {"impl_torch": "torch", "impl_keras": "keras", "impl_mxnet": "mxnet"}
 CHEAP = re.compile(r"^python -m conformance (spec\b.*|\S+ --help|--help)$")
@@ -40,6 +42,7 @@ class Block:
     language: str
     code: str
     not_run: str | None  # the reason the page gives, if any
+    long: str | None = None  # why it runs with -m e2e, if it does
 
     @property
     def id(self) -> str:
@@ -49,9 +52,11 @@ class Block:
 def parse(text: str, page: str) -> list[Block]:
     found = []
     for m in FENCE.finditer(text):
-        marked = NOT_RUN.search(text[: m.start()])
+        marked, long = NOT_RUN.search(text[: m.start()]), LONG.search(text[: m.start()])
         line = text.count("\n", 0, m.start()) + 1
-        found.append(Block(page, line, m.group(1), m.group(2), marked.group(1) if marked else None))
+        found.append(
+            Block(page, line, m.group(1), m.group(2), marked.group(1) if marked else None, long and long.group(1))
+        )
     return found
 
 
@@ -93,7 +98,7 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 
-@pytest.mark.parametrize("block", PYTHON, ids=lambda b: b.id)
+@pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=[pytest.mark.e2e] if b.long else []) for b in PYTHON])
 def test_python_block_runs(block, workdirs):
     if block.not_run:
         pytest.skip(f"{block.id} not run: {block.not_run}")
