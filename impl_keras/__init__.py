@@ -83,7 +83,8 @@ __all__ = [
 
 # Each backend's own modes, its default first:
 # graph (TensorFlow): one tf.function per model and outputs (any input size), which TensorFlow
-# runs as a whole graph (Grappler's rewrites, oneDNN's fused conv + BatchNorm + ReLU); eager
+# runs as a whole graph, each BatchNorm folded into its conv (``layers.folding_batchnorm``) and
+# Grappler fusing conv + bias + ReLU into one oneDNN convolution; eager
 # runs each Keras op from Python. The default: what ``model.predict`` and serving run.
 # xla (TensorFlow): the same function compiled by XLA (``jit_compile=True``), which fuses the
 # elementwise work into the convolutions' neighbours; XLA compiles again for every input

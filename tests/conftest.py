@@ -1,5 +1,5 @@
-"""Shared fixtures: frameworks load once, models are built once per session (a Keras
-GoogLeNet takes a second or two to build on 2 cores)."""
+"""Shared fixtures: frameworks load once, models are built once per session (per worker
+with pytest-xdist; a Keras GoogLeNet takes a second or two to build on 2 cores)."""
 
 from __future__ import annotations
 
@@ -120,11 +120,11 @@ EAGER_STAGES = {"keras", "mxnet", "jax"}  # the frameworks whose stages the pitf
 
 
 # Measured by the long tests only (pytest -m e2e): each compiles a float64 training step with
-# XLA, whose CPU convolutions in float64 are generated loops, not a library's (minutes on 2 cores).
+# XLA, whose CPU convolutions in float64 are generated loops, not a library's call.
 XLA_TRAINING = frozenset(n for n, p in pitfalls.PITFALLS.items() if p.framework == "jax" and p.kind == "training")
 
 
-def _measure_pitfalls(names: list[str]) -> dict:
+def measure_pitfalls(names: list[str]) -> dict:
     """``names`` on each of their default variants (small batch), by (pitfall, variant)."""
     from conformance.teach import measure
 
@@ -142,13 +142,21 @@ def _measure_pitfalls(names: list[str]) -> dict:
     return {(m.pitfall, m.variant): m for m in results}
 
 
+def skip_without_jax(measured: dict) -> None:
+    """Skip, with the catalogue's reason, where every one of ``measured`` went unmeasured for want of jax."""
+    if all(m.skipped for m in measured.values()):
+        reason = next(iter(measured.values())).skipped
+        assert reason.startswith("jax is not installed")
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def pitfall_measurements():
     """Every pitfall but ``XLA_TRAINING`` on each of its default variants, measured once per session."""
-    return _measure_pitfalls([n for n in pitfalls.PITFALLS if n not in XLA_TRAINING])
+    return measure_pitfalls([n for n in pitfalls.PITFALLS if n not in XLA_TRAINING])
 
 
 @pytest.fixture(scope="session")
 def xla_training_pitfall_measurements():
     """The ``XLA_TRAINING`` pitfalls on each of their default variants (for -m e2e)."""
-    return _measure_pitfalls(sorted(XLA_TRAINING))
+    return measure_pitfalls(sorted(XLA_TRAINING))

@@ -174,7 +174,7 @@ def test_a_keras_fold_with_the_wrong_epsilon_fails_the_check(monkeypatch):
     agrees with PyTorch."""
     keras_, torch_ = backend_or_skip("keras"), backend_or_skip("torch")
     _wrong_epsilon(keras_, monkeypatch, 1e-3)
-    backends = {**eager_only({"torch": torch_}), "keras": keras_}  # torch's compile would take a minute
+    backends = {**eager_only({"torch": torch_}), "keras": keras_}  # torch's compile is not what this tests
     report = harness.run(["googlenet_cifar"], backends, {}, sizes=[33], batch=1, modes="all")
     size = report.variants[0].sizes[0]
     rows = {r.stage: r for r in size.modes}

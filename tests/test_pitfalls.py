@@ -11,7 +11,7 @@ from conformance import spec
 from conformance.teach import measure
 from conformance.teach.pitfalls import PITFALLS
 
-from .conftest import PITFALL_BATCH, XLA_TRAINING, cli, installed
+from .conftest import PITFALL_BATCH, XLA_TRAINING, cli, installed, skip_without_jax
 
 ISSUE_LIST = {  # the issue's list, one name per mistake
     "same-padding",
@@ -47,6 +47,7 @@ ISSUE_LIST = {  # the issue's list, one name per mistake
 HARMLESS = {"zero-padded-max-pool"}
 REFUSED = {"flax-kernel-io": "'conv1.conv.weight': converted to"}  # the broken port's loader refuses it
 PAIRS = measure.planned(list(PITFALLS), None)
+JAX_PITFALLS = [n for n, p in PITFALLS.items() if p.framework == "jax"]
 # the pairs whose measurement compiles a float64 training step with XLA run with -m e2e
 PARAMS = [pytest.param(n, v, id=f"{n}-{v}", marks=[pytest.mark.e2e] if n in XLA_TRAINING else []) for n, v in PAIRS]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -238,3 +239,19 @@ def test_same_padding_changes_nothing_at_the_sizes_it_names():
     if {"torch", "keras"} <= set(installed()):
         m = measure.measure(pitfall, "googlenet_bn", installed(), size=47, batch=2)
         assert m.where is None and m.first is None and m.as_expected
+
+
+def test_the_catalogue_measures_the_jax_entries(pitfall_measurements):
+    """The JAX entries measured with the rest (tests/test_pitfalls_jax.py: each mistake on its
+    layer, and the Flax training entries with -m e2e): one file reads the session's fixture."""
+    got = {k: m for k, m in pitfall_measurements.items() if k[0] in JAX_PITFALLS}
+    assert {k[0] for k in got} == set(JAX_PITFALLS) - XLA_TRAINING
+    skip_without_jax(got)
+    for variant in ("googlenet_d2l", "googlenet_bn"):  # measured harmless: nothing diverges
+        m = got[("zero-padded-max-pool", variant)]
+        assert m.where is None and m.first is None and not m.error and m.points and m.as_expected
+        assert all(pt.passed for pt in m.points) and m.top1 == 1.0
+    m = got[("flax-kernel-io", "googlenet_cifar")]  # refused by shape before any forward
+    assert "'conv1.conv.weight': converted to (3, 3, 64, 3), Flax variable is (3, 3, 3, 64)" in m.error
+    m = got[("flax-avg-pool", "inception_mnist")]
+    assert m.first == m.where == "incep1" and m.first_rel is not None and m.first_rel > 1e-2

@@ -14,7 +14,7 @@ from conformance import spec
 from conformance.teach import command, locate, replays
 from conformance.teach.pitfalls import PITFALLS
 
-from .conftest import XLA_TRAINING, cli
+from .conftest import XLA_TRAINING, cli, skip_without_jax
 
 JAX_PITFALLS = ["zero-padded-max-pool", "flax-avg-pool", "flax-kernel-io", "flax-bn-momentum", "flax-running-variance"]
 
@@ -187,32 +187,11 @@ def test_a_kernel_with_in_and_out_swapped_loads_where_they_are_equal_and_compute
     assert weight[:, :3].transpose(2, 3, 0, 1).shape != to_flax(weight[:, :3]).shape
 
 
-def _skip_without_jax(got: dict) -> None:
-    if all(m.skipped for m in got.values()):
-        reason = next(iter(got.values())).skipped
-        assert reason.startswith("jax is not installed")
-        pytest.skip(reason)
-
-
-def test_the_catalogue_measures_the_jax_entries(pitfall_measurements):
-    got = {k: m for k, m in pitfall_measurements.items() if k[0] in JAX_PITFALLS}
-    assert {k[0] for k in got} == set(JAX_PITFALLS) - XLA_TRAINING
-    _skip_without_jax(got)
-    for variant in ("googlenet_d2l", "googlenet_bn"):  # measured harmless: nothing diverges
-        m = got[("zero-padded-max-pool", variant)]
-        assert m.where is None and m.first is None and not m.error and m.points and m.as_expected
-        assert all(pt.passed for pt in m.points) and m.top1 == 1.0
-    m = got[("flax-kernel-io", "googlenet_cifar")]  # refused by shape before any forward
-    assert "'conv1.conv.weight': converted to (3, 3, 64, 3), Flax variable is (3, 3, 3, 64)" in m.error
-    m = got[("flax-avg-pool", "inception_mnist")]
-    assert m.first == m.where == "incep1" and m.first_rel is not None and m.first_rel > 1e-2
-
-
 @pytest.mark.e2e
 def test_the_catalogue_measures_the_flax_training_entries(xla_training_pitfall_measurements):
     got = xla_training_pitfall_measurements
     assert {k[0] for k in got} == XLA_TRAINING == {"flax-bn-momentum", "flax-running-variance"}
-    _skip_without_jax(got)
+    skip_without_jax(got)
     for name in sorted(XLA_TRAINING):
         m = got[(name, "googlenet_cifar")]
         assert m.first == "running statistics after step 1" and m.first_note.endswith(("running_mean", "running_var"))

@@ -146,3 +146,12 @@ def test_a_marked_block_is_found_with_its_reason():
     first, second = parse(text, "page.md")
     assert first.not_run == "needs the published file" and first.language == "bash" and first.line == 4
     assert second.not_run is None and second.code == "pass\n"
+
+
+def test_a_long_block_runs_with_the_long_tests():
+    """``<!-- long: why -->`` makes the block after it an e2e test; the block after that,
+    unmarked, runs with the README's command (the marker reaches one block only)."""
+    text = "<!-- long: minutes -->\n```python\nx = 1\n```\n\n```python\ny = 2\n```\n"
+    first, second = parse(text, "page.md")
+    assert (first.long, first.not_run, second.long) == ("minutes", None, None)
+    assert [b.page for b in PYTHON if b.long] == ["docs/frameworks.md"] * 3  # Keras's fit and file, TorchScript

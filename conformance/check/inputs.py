@@ -14,8 +14,8 @@ ODD_SIZES = (239, 97)  # besides each variant's own size: odd maps, where ceil a
 DEFAULT_BATCH = 2
 
 # A net made for small images has odd sizes at its own scale, with the maps that 239 and
-# 97 give it: googlenet_cifar keeps its input's size until maxpool2, so 239 costs it
-# twenty times a GoogLeNet's work at 224 and tests nothing 39 does not.
+# 97 give it: googlenet_cifar keeps its input's size until maxpool2, so at 239 it costs
+# many times a GoogLeNet at 224 and tests nothing 39 does not.
 OWN_ODD_SIZES: dict[str, tuple[int, ...]] = {
     # into maxpool2, 3 and 4: 39, 20, 10 and 33, 17, 9 (odd, even, even and odd, odd, odd),
     # as 239, 120, 60 and 97, 49, 25 are

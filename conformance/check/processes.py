@@ -44,9 +44,9 @@ MAX_BYTES = 4 << 30  # one message or buffer: googlenet_cifar's stages at --inpu
 TAIL_LINES = 12  # of a dead child's stderr, in its failure
 STOP_SECONDS = 10.0  # a child that does not end on its own after the pipe closes is killed
 # Modules a framework's process keeps out, as not installed: TensorFlow imports JAX when
-# it can, for TFLite's converter alone, which the check never calls (95 MB resident in
-# Keras's process, under its float64 training peak). The in-process layout, where JAX may
-# be a framework of its own, imports it as usual.
+# it can, for TFLite's converter alone, which the check never calls, and it would stand
+# under Keras's float64 training peak (docs/benchmarks.md). The in-process layout, where
+# JAX may be a framework of its own, imports it as usual.
 KEPT_OUT = {"keras": ("jax",)}
 
 
