@@ -206,17 +206,17 @@ def fold_batchnorm(conv: layers.Conv2D, bn: BatchNorm) -> tuple:
     gamma / sqrt(var + eps), as ONNX Runtime's and oneDNN's inference graphs fold them.
     Computed from the variables in the graph, so it runs at every call and weights
     assigned later are the ones folded. The per-channel terms are float64, rounded once;
-    the kernel's product is in the kernel's dtype (one more rounding of the scale), on the
-    kernel as a matrix, one output channel per column: a float64 copy of every kernel at
-    every call is the slower fold (docs/benchmarks.md has the figures)."""
+    the kernel's product is in the kernel's dtype (one more rounding of the scale): a
+    float64 copy of every kernel at every call is the slower fold (docs/benchmarks.md has
+    the figures)."""
     wide = "float64"
     var = ops.cast(bn.moving_variance, wide)
     gamma = ops.ones_like(var) if bn.gamma is None else ops.cast(bn.gamma, wide)
     beta = ops.zeros_like(var) if bn.beta is None else ops.cast(bn.beta, wide)
     bias = ops.zeros_like(var) if conv.bias is None else ops.cast(conv.bias, wide)
     scale = gamma / ops.sqrt(var + bn.epsilon)
-    dtype, shape = conv.kernel.dtype, tuple(conv.kernel.shape)  # HWIO: output channels last
-    kernel = ops.reshape(ops.reshape(conv.kernel, (-1, shape[-1])) * ops.cast(scale, dtype), shape)
+    dtype = conv.kernel.dtype
+    kernel = conv.kernel * ops.cast(scale, dtype)  # HWIO: the scale broadcasts over output channels, last
     return kernel, ops.cast(beta + (bias - ops.cast(bn.moving_mean, wide)) * scale, dtype)
 
 
