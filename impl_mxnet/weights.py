@@ -33,6 +33,9 @@ def located(model, plan: Plan) -> list[tuple[str, mx.gluon.Parameter]]:
 
 
 def to_canonical(model) -> dict[str, np.ndarray]:
+    # An inference call re-lays a convolution's weight in place, queued in a way a read
+    # does not wait for (apache/mxnet#15555): read once every queued operation is done.
+    mx.nd.waitall()
     return {key: param.data().asnumpy() for key, param in located(model, model.plan)}
 
 

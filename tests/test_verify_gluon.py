@@ -68,6 +68,7 @@ def test_branches_concatenated_in_another_order_are_diagnosed_by_name(name, tmp_
 
 def test_the_api_takes_a_block_and_leaves_it_as_it_was():
     net = gluon_user_nets.d2l()
+    gluon_user_nets.nd.waitall()  # the net's first call may still be re-laying its weights (taps_gluon._predicting)
     before = {k: v.data().asnumpy().copy() for k, v in net.collect_params().items()}
     r = conformance.verify(net, input_sizes=[96], batch=1)
     assert r.agree and r.variant == "googlenet_d2l" and r.framework == "gluon"
@@ -77,7 +78,8 @@ def test_the_api_takes_a_block_and_leaves_it_as_it_was():
         b = blocks.pop()
         assert not b._forward_hooks and not b._forward_pre_hooks
         blocks += list(b._children.values())
-    assert all(np.array_equal(before[k], v.data().asnumpy()) for k, v in net.collect_params().items())
+    changed = [k for k, v in net.collect_params().items() if not np.array_equal(before[k], v.data().asnumpy())]
+    assert not changed, changed
 
 
 def test_weights_are_written_into_a_gluon_block():

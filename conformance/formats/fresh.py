@@ -90,6 +90,7 @@ def _gluon(path: str, x, aux: bool) -> tuple[dict, dict]:
     block = mx.gluon.SymbolBlock(mx.sym.load(path), mx.sym.var("data", dtype="float32"))
     block.collect_params().load(params)
     logits = block(mx.nd.array(x)).asnumpy()
+    mx.nd.waitall()  # the inference call re-lays conv weights in place, unwaited (apache/mxnet#15555)
     return {"logits": logits}, {p.name: p.data().asnumpy() for p in block.collect_params().values()}
 
 

@@ -25,6 +25,7 @@ a Gluon object (``mxnet`` in ``sys.modules``), or when a symbol pair is read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator, Mapping
@@ -132,6 +133,7 @@ def channels(model: Any) -> int:
 
 
 def state(model: Any) -> dict[str, np.ndarray]:
+    _mx().nd.waitall()  # the user's last inference call may still be re-laying weights (_predicting)
     return {k: _value(p) for k, p in _params(model).items()}
 
 
@@ -181,8 +183,18 @@ def _input(x: np.ndarray) -> Any:
     return _mx().nd.array(x, dtype="float32")
 
 
-def _predicting() -> Any:
-    return _mx().autograd.predict_mode()  # inference behaviour: running statistics, no dropout
+@contextlib.contextmanager
+def _predicting() -> Iterator[None]:
+    """Inference behaviour (running statistics, no dropout), settled on exit: MXNet's
+    oneDNN convolution re-lays its weight in place after an inference call, in an
+    operation it queues while running, which a later read of that weight does not wait
+    for (apache/mxnet#15555); a read that overlaps it sees the values permuted."""
+    mx = _mx()
+    try:
+        with mx.autograd.predict_mode():
+            yield
+    finally:
+        mx.nd.waitall()
 
 
 def _eager_layers(model: Any, x: np.ndarray) -> list[Layer]:
