@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conformance import frameworks
@@ -69,6 +70,40 @@ def test_a_child_that_dies_is_its_frameworks_failure_and_the_others_stand(monkey
     assert all(set(row.shapes) == {"torch", "mxnet"} and row.passed for row in rows)
     assert variant.roundtrip["torch -> mxnet -> torch"] == []
     assert not checked.passed
+
+
+def test_a_child_that_dies_in_training_is_started_again_for_inference(monkeypatch):
+    """Training runs first: without a new process the framework's every inference row
+    would go with the one that died."""
+    monkeypatch.setenv("FAULTY_PORT", "train-kill")
+    with processes.children(["torch", FAULTY]) as (backends, skipped):
+        checked = harness.run([VARIANT], backends, skipped, train=True)
+        restarted = backends[FAULTY].generation
+    variant = checked.variants[0]
+    died = next(error for key, error in variant.errors.items() if key.startswith(f"{FAULTY} training"))
+    assert f"ChildDied: {FAULTY}'s process was killed by SIGKILL" in died and "about to be killed in training" in died
+    rows = variant.sizes[0].stages
+    assert rows and all(set(row.shapes) == {"torch", FAULTY} and row.passed for row in rows)
+    assert variant.roundtrip[f"torch -> {FAULTY} -> torch"] == []
+    assert restarted == 1 and not checked.passed
+
+
+def test_a_child_that_keeps_dying_is_started_again_at_most_restarts_times(monkeypatch):
+    monkeypatch.setenv("FAULTY_PORT", "exit")
+    monkeypatch.setattr(processes, "RESTARTS", 1)
+    with processes.children([FAULTY]) as (backends, _):
+        child = backends[FAULTY]
+        model = child.build(VARIANT)
+        with pytest.raises(processes.ChildDied, match="exited with 3"):
+            child.stages(model, np.zeros((1, 1, 28, 28), np.float32))
+        with pytest.raises(processes.ChildDied, match="the object asked for lived in its process that died"):
+            model.eval()  # the dead process's model is gone with it
+        again = child.build(VARIANT)  # a new process
+        assert child.generation == 1
+        with pytest.raises(processes.ChildDied, match="exited with 3"):
+            child.stages(again, np.zeros((1, 1, 28, 28), np.float32))
+        with pytest.raises(processes.ChildDied, match="died 2 times; it is not started again"):
+            child.build(VARIANT)
 
 
 def test_a_broken_port_in_a_child_fails_the_stage_it_breaks(monkeypatch):

@@ -43,6 +43,7 @@ from .memory import map_large_blocks, release
 MAX_BYTES = 4 << 30  # one message or buffer: googlenet_cifar's stages at --input-size 239: 352 MB a run
 TAIL_LINES = 12  # of a dead child's stderr, in its failure
 STOP_SECONDS = 10.0  # a child that does not end on its own after the pipe closes is killed
+RESTARTS = 2  # a framework's process started again after it died, at most (each start imports it)
 # Modules a framework's process keeps out, as not installed: TensorFlow imports JAX when
 # it can, for TFLite's converter alone, which the check never calls, and it would stand
 # under Keras's float64 training peak (docs/benchmarks.md). The in-process layout, where
@@ -95,18 +96,19 @@ class Handle:
     the next call."""
 
     def __init__(self, child: Child, number: int) -> None:
-        self.child, self.number = child, number
+        self.child, self.number, self.generation = child, number, child.generation
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        return lambda *args, **kwargs: self.child.call(("method", self.number, name), args, kwargs)
+        return lambda *args, **kwargs: self.child.call(("method", self.number, name), args, kwargs, self)
 
     def __reduce__(self) -> Any:
         return (_Ref, (self.number,))
 
     def __del__(self) -> None:
-        self.child.dropped.append(self.number)
+        if self.generation == self.child.generation:  # else it went with the process that died
+            self.child.dropped.append(self.number)
 
 
 class _Ref:
@@ -137,15 +139,22 @@ class Child:
         self.name = name
         self.dropped: list[int] = []  # handles the parent let go of, freed with the next call
         self.stderr = directory / f"{name}.stderr"
+        self.environment = {**frameworks.environment(name), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        self.generation = 0  # which of the framework's processes this is: 0, then 1 after a restart
+        self.attributes: dict[str, Any] = {}
+        self._start()
+
+    def _start(self) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, theirs = context.Pipe()
-        environment = {**frameworks.environment(name), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         self.process = context.Process(
-            target=serve, args=(name, theirs, str(self.stderr), environment), name=f"check {name}", daemon=True
+            target=serve,
+            args=(self.name, theirs, str(self.stderr), self.environment),
+            name=f"check {self.name}",
+            daemon=True,
         )
         self.process.start()
         theirs.close()
-        self.attributes: dict[str, Any] = {}
 
     def hello(self) -> None:
         """Wait for the child's constants (``MODES``, ``judge``), or why it cannot load."""
@@ -158,7 +167,19 @@ class Child:
             raise AttributeError(name)
         return lambda *args, **kwargs: self.call(("backend", name), args, kwargs)
 
-    def call(self, target: tuple[Any, ...], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    def call(
+        self, target: tuple[Any, ...], args: tuple[Any, ...], kwargs: Mapping[str, Any], of: Handle | None = None
+    ) -> Any:
+        """``target`` called in the child (a method ``of`` one of its objects), a
+        :class:`Handle` among ``args`` standing for that object there. A process that
+        died in an earlier call is started again for a call that needs none of its
+        objects (the next variant's build), within :data:`RESTARTS`."""
+        held = [a for a in (of, *args) if isinstance(a, Handle)]
+        dead = self.process.exitcode is not None
+        if any(h.generation != self.generation for h in held) or (dead and held):
+            raise ChildDied(f"{self.name}: the object asked for lived in its process that died")
+        if dead:
+            self._restart()
         dropped, self.dropped = self.dropped, []
         try:
             _send(self.conn, (target, args, dict(kwargs), dropped))
@@ -182,6 +203,15 @@ class Child:
         if kind == "error":
             _raise(*value)
         return value
+
+    def _restart(self) -> None:
+        if self.generation >= RESTARTS:
+            raise ChildDied(f"{self.name}'s process died {self.generation + 1} times; it is not started again")
+        self.conn.close()
+        self.generation += 1
+        self.dropped = []  # the dead process's objects went with it
+        self._start()
+        self.hello()
 
     def _died(self) -> ChildDied:
         self.process.join(STOP_SECONDS)
