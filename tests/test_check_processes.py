@@ -4,6 +4,7 @@ nothing is left behind, and a broken port in a child still fails the check."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -148,3 +149,19 @@ def test_a_signal_ends_the_children_and_removes_the_temporary_directory(tmp_path
     assert _ours(tmp_path) == []
     with pytest.raises(ProcessLookupError):
         os.kill(hanging, 0)  # the framework's process ended with the check
+
+
+@pytest.mark.parametrize("kept_out", [True, False])
+def test_keras_process_keeps_jax_out_and_tensorflow_imports_it_otherwise(kept_out):
+    """The negative control: without the finder, importing Keras on TensorFlow brings
+    JAX in (TFLite's converter), which is what the Keras process keeps out."""
+    if "keras" not in installed() or importlib.util.find_spec("jax") is None:
+        pytest.skip("needs keras and jax")
+    finder = "sys.meta_path.insert(0, processes._KeptOut(processes.KEPT_OUT['keras']))" if kept_out else ""
+    code = "\n".join(["import sys", "from conformance.check import processes", finder, "import impl_keras"])
+    code += "\nprint('jax' in sys.modules)"
+    environment = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, check=False, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == str(not kept_out)

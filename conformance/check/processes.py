@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import gc
+import importlib.abc
 import itertools
 import multiprocessing
 import os
@@ -44,7 +45,7 @@ MAX_BYTES = 4 << 30  # one message or buffer: googlenet_cifar's stages at --inpu
 TAIL_LINES = 12  # of a dead child's stderr, in its failure
 STOP_SECONDS = 10.0  # a child that does not end on its own after the pipe closes is killed
 RESTARTS = 2  # a framework's process started again after it died, at most (each start imports it)
-# Modules a framework's process keeps out, as not installed: TensorFlow imports JAX when
+# Packages a framework's process keeps out, as not installed (_KeptOut): TensorFlow imports JAX when
 # it can, for TFLite's converter alone, which the check never calls, and it would stand
 # under Keras's float64 training peak (docs/benchmarks.md). The in-process layout, where
 # JAX may be a framework of its own, imports it as usual.
@@ -271,6 +272,20 @@ def children(names: list[str], threads: int | None = None) -> Iterator[tuple[dic
         files.discard_directory(directory)
 
 
+class _KeptOut(importlib.abc.MetaPathFinder):
+    """Packages imported as if not installed: their import raises ModuleNotFoundError,
+    as the importing library expects of an optional dependency, and nothing of them
+    enters ``sys.modules``."""
+
+    def __init__(self, packages: tuple[str, ...]) -> None:
+        self.packages = packages
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.split(".")[0] in self.packages:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (kept out of this check process)", name=fullname)
+        return None
+
+
 def serve(name: str, conn: Connection, stderr: str, environment: Mapping[str, str]) -> None:
     """The child: load framework ``name`` with its environment, say its constants (or why
     it cannot load), then answer calls until the parent closes the pipe."""
@@ -279,8 +294,8 @@ def serve(name: str, conn: Connection, stderr: str, environment: Mapping[str, st
     log = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 2)
     os.environ.update(environment)
-    for module in KEPT_OUT.get(name, ()):
-        sys.modules.setdefault(module, None)  # type: ignore[arg-type]  # an import of it raises ImportError
+    if name in KEPT_OUT:
+        sys.meta_path.insert(0, _KeptOut(KEPT_OUT[name]))
     map_large_blocks()
     start = time.perf_counter()
     try:
