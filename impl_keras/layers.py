@@ -121,6 +121,13 @@ class BatchNorm(layers.BatchNormalization):
         return self.__dict__["_replica_stats"]
 
 
+def keeps_size(kernel: int, stride: int, padding: int) -> bool:
+    """Whether PyTorch's padding keeps the map's size, as Keras's ``"same"`` does: at
+    stride 1 an odd kernel padded by half of it on each side, where ``"same"`` is
+    symmetric too."""
+    return stride == 1 and 2 * padding == kernel - 1
+
+
 class BasicConv2d(layers.Layer):
     """conv -> [BatchNorm] -> [ReLU], padded exactly as PyTorch pads: ``"same"`` would pad
     (2, 3) on the strided 7x7 conv at 224, PyTorch pads (3, 3), so the padding is explicit
@@ -130,7 +137,7 @@ class BasicConv2d(layers.Layer):
         super().__init__(name=keras_name(unit.name), dtype=dtype)
         self.unit = unit
         # TensorFlow's SAME (TF-slim's units) is Keras's own "same", asymmetric at stride 2
-        same = unit.same or (unit.stride == 1 and 2 * unit.padding == unit.kernel - 1)  # else symmetric, so safe
+        same = unit.same or keeps_size(unit.kernel, unit.stride, unit.padding)
         explicit = unit.padding > 0 and not same
         self.pad = (
             layers.ZeroPadding2D(unit.padding, name=keras_name(f"{unit.name}.pad"), dtype=dtype) if explicit else None
@@ -226,7 +233,7 @@ class PlainConv2d(layers.Conv2D):
     (``"same"`` at stride 1 is symmetric) or is zero."""
 
     def __init__(self, unit: ConvUnit, dtype=None) -> None:
-        if unit.padding and not (unit.stride == 1 and 2 * unit.padding == unit.kernel - 1):
+        if unit.padding and not keeps_size(unit.kernel, unit.stride, unit.padding):
             raise ValueError(f"{unit.name}: a plain conv pads to keep the size or not at all")
         super().__init__(
             unit.out_channels,
@@ -311,7 +318,7 @@ class Pool2D(layers.Layer):
         # TensorFlow's SAME: Keras's own padding="same", where padded cells never win. A max
         # pool of stride 1 padded to keep the size (each Inception's pool branch) is the
         # same pool: no -inf copy of the map to make first.
-        if p.same or (p.kind == "max" and p.stride == 1 and 2 * p.padding == p.kernel - 1):
+        if p.same or (p.kind == "max" and keeps_size(p.kernel, p.stride, p.padding)):
             return ops.max_pool(x, p.kernel, p.stride, padding="same")
         h, w = length(x, 1), length(x, 2)
         (top, bottom), (left, right) = _pads(h, p), _pads(w, p)
