@@ -32,7 +32,7 @@ from .compare import REL_TOL, Agreement, agreement, identical
 from .inputs import DEFAULT_BATCH, default_sizes, full_options, inadmissible, seeded_input
 from .memory import StoredRun, map_large_blocks, release
 from .results import Report, SizeReport, StageRow, Timer, VariantReport
-from .training import check_training
+from .training import check_training, step_work, training_plan
 
 
 def compared(
@@ -264,8 +264,7 @@ def _largest_first(variants: list[str], batch: int) -> list[str]:
     """``variants``, the one whose training step needs the most memory first."""
 
     def work(name: str) -> int:
-        plan = spec.resolve(name, **full_options(spec.VARIANTS[name]))
-        return limits.Work(plan, plan.input_size, batch, True, size_option=None).bytes
+        return step_work(training_plan(name, full_options(spec.VARIANTS[name])), batch).bytes
 
     return sorted(variants, key=lambda name: -work(name))
 

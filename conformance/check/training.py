@@ -8,6 +8,7 @@ import dataclasses
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,17 @@ def _quantities(
     yield "loss", loss
 
 
+def training_plan(variant: str, options: Mapping[str, Any]) -> spec.Plan:
+    """The plan a variant trains with in the check: dropout off, so every framework's
+    step is the same arithmetic."""
+    return spec.resolve(spec.without_dropout(spec.variant(variant)), **options)
+
+
+def step_work(plan: spec.Plan, batch: int) -> limits.Work:
+    """What one training step of ``plan`` holds in memory, at the variant's own size."""
+    return limits.Work(plan, plan.input_size, batch, True, size_option=None)
+
+
 def zero_gradients(plan: spec.Plan) -> dict[str, str]:
     """Conv biases followed by BatchNorm (pytorch-cifar100's) -> their conv weight. In
     training mode BatchNorm subtracts the batch mean, so a per-channel constant has no
@@ -99,7 +111,7 @@ def check_training(
     """From one set of canonical weights and one batch, with dropout off: the loss, every
     gradient, BatchNorm's batch statistics, and the weights and running statistics after
     each of two SGD-with-momentum steps, compared key by key with the reference."""
-    plan = spec.resolve(spec.without_dropout(spec.variant(report.variant)), **report.options)
+    plan = training_plan(report.variant, report.options)
     params = random_params(plan, seed, training=True)
     size = plan.input_size
     x = seeded_input(plan, size, batch, seed).astype(dtype)
@@ -121,7 +133,7 @@ def check_training(
                 return f"{type(e).__name__}: {e}"
 
         # Frameworks in processes of their own train at once, the slowest so far first.
-        workers = parallel.at_once(backends, trainers, limits.Work(plan, size, batch, True, size_option=None))
+        workers = parallel.at_once(backends, trainers, step_work(plan, batch))
         with parallel.each(record, trainers, workers, parallel.longest_first(trainers, timer)) as records:
             for fw, found in records:
                 if isinstance(found, str):
