@@ -87,7 +87,7 @@ __all__ = [
 # Grappler fusing conv + bias + ReLU into one oneDNN convolution; eager
 # runs each Keras op from Python. The default: what ``model.predict`` and serving run.
 # xla (TensorFlow): the same function compiled by XLA (``jit_compile=True``), which fuses the
-# elementwise work into the convolutions' neighbours; XLA compiles again for every input
+# elementwise work into the convolutions' neighbours, traced and compiled for each input
 # shape, so it is an extra, checked by ``check --modes all``.
 # jit (JAX): the outputs as one function of the variables' values (``keras.StatelessScope``)
 # compiled by ``jax.jit``, once per input shape: what Keras's own JAX trainer runs.
@@ -151,11 +151,14 @@ def _outputs(model: GoogLeNet, x, with_aux: bool, every_stage: bool) -> tuple:
     return tuple(_nchw(model.plan, k, out.pop(k)) for k in interface.output_names(model.plan, with_aux, every_stage))
 
 
-def _graph(model: GoogLeNet, with_aux: bool, every_stage: bool, xla: bool = False):
+def _graph(model: GoogLeNet, with_aux: bool, every_stage: bool, shape: tuple[int, ...] | None = None):
     """A tf.function for any batch and input size, traced once on its first call, then
     reused: the layers compute their padding from the traced shape, so one graph serves
     every size (tracing is the cost here: 1-2 s per graph against 0.1 s to run). It holds
-    the model weakly (the graph holds its variables), so the cache never keeps it alive."""
+    the model weakly (the graph holds its variables), so the cache never keeps it alive.
+    With ``shape``, XLA's program for that input shape alone: XLA compiles each shape
+    anyway, and a trace of known sizes leaves no size to decide at run time (a
+    conditional whose branches' shapes differ, which XLA cannot compile)."""
     ref = weakref.ref(model)
 
     def run(x):
@@ -164,8 +167,9 @@ def _graph(model: GoogLeNet, with_aux: bool, every_stage: bool, xla: bool = Fals
         with folding_batchnorm():  # each conv's BatchNorm folded in, from the variables at each call
             return _outputs(model, x, with_aux, every_stage)
 
-    shape = (None, model.plan.in_channels, None, None)
-    return tf.function(run, input_signature=[tf.TensorSpec(shape, tf.float32)], autograph=False, jit_compile=xla)
+    xla = shape is not None
+    signature = [tf.TensorSpec(shape if xla else (None, model.plan.in_channels, None, None), tf.float32)]
+    return tf.function(run, input_signature=signature, autograph=False, jit_compile=xla)
 
 
 def _jitted(model: GoogLeNet, with_aux: bool, every_stage: bool):
@@ -191,11 +195,12 @@ def _jitted(model: GoogLeNet, with_aux: bool, every_stage: bool):
 
 
 def _run(model: GoogLeNet, x: np.ndarray, with_aux: bool, mode: str, every_stage: bool) -> dict[str, np.ndarray]:
-    if mode in ("graph", "xla"):
-        run = interface.compiled(
-            model, (mode, with_aux, every_stage), lambda: _graph(model, with_aux, every_stage, xla=mode == "xla")
-        )
+    if mode == "graph":
+        run = interface.compiled(model, (mode, with_aux, every_stage), lambda: _graph(model, with_aux, every_stage))
         out = list(run(x))
+    elif mode == "xla":
+        key = (mode, with_aux, every_stage, tuple(x.shape))
+        out = list(interface.compiled(model, key, lambda: _graph(model, with_aux, every_stage, tuple(x.shape)))(x))
     elif mode == "jit":
         out = list(
             interface.compiled(model, (mode, with_aux, every_stage), lambda: _jitted(model, with_aux, every_stage))(x)

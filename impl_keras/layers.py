@@ -280,6 +280,28 @@ def _pads(size, pool: Pool) -> tuple:
     return pool.padding, max(0, after) if isinstance(after, int) else ops.maximum(after, 0)
 
 
+def _same_as_torch(size, pool: Pool):
+    """Whether Keras's ``"same"`` pads this axis as PyTorch's pool does (the same output
+    size, the same cells before and after): a bool for an int size, else a tensor. A
+    stride-2 ceil-mode pool of 3 fits at every even size (one cell after)."""
+    out = -(-size // pool.stride)
+    total = (out - 1) * pool.stride + pool.kernel - size
+    total = max(0, total) if isinstance(total, int) else ops.maximum(total, 0)
+    before, after = _pads(size, pool)
+    fits = (out == _pool_out(size, pool), total // 2 == before, total - total // 2 == after)
+    return all(fits) if isinstance(size, int) else ops.all(ops.stack(fits))
+
+
+def _max_valid(x, pool: Pool):
+    """PyTorch's max pool as a valid pool of the map padded with -inf: a padded cell must
+    never win the max (a zero would beat negatives). The padding is reckoned here from
+    the map itself, so that XLA, compiling this inside a branch, still sees it constant."""
+    (top, bottom), (left, right) = _pads(length(x, 1), pool), _pads(length(x, 2), pool)
+    if not all(isinstance(n, int) for n in (bottom, right)) or top or bottom or left or right:
+        x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=-np.inf)
+    return ops.max_pool(x, pool.kernel, pool.stride, padding="valid")
+
+
 def _avg_divisor(size, pool: Pool):
     """Cells counted in each window's mean, along one axis, as PyTorch counts them:
     padding counts if ``count_include_pad``, the ceil mode's extra end never does.
@@ -321,14 +343,20 @@ class Pool2D(layers.Layer):
         if p.same or (p.kind == "max" and keeps_size(p.kernel, p.stride, p.padding)):
             return ops.max_pool(x, p.kernel, p.stride, padding="same")
         h, w = length(x, 1), length(x, 2)
-        (top, bottom), (left, right) = _pads(h, p), _pads(w, p)
         static = isinstance(h, int) and isinstance(w, int)
-        padded = not static or bool(top or bottom or left or right)
         if p.kind == "max":
-            # -inf padding: a padded cell must never win the max (a zero would beat negatives).
-            if padded:
-                x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=-np.inf)
-            return ops.max_pool(x, p.kernel, p.stride, padding="valid")
+            # Where "same" pads as PyTorch does, it is the same pool without a padded copy
+            # of the map; a graph for any size decides at each call.
+            fits = (_same_as_torch(h, p), _same_as_torch(w, p))
+
+            def same():
+                return ops.max_pool(x, p.kernel, p.stride, padding="same")
+
+            if static:
+                return same() if all(fits) else _max_valid(x, p)
+            return ops.cond(ops.logical_and(*fits), same, lambda: _max_valid(x, p))
+        (top, bottom), (left, right) = _pads(h, p), _pads(w, p)
+        padded = not static or bool(top or bottom or left or right)
         rows, cols = _avg_divisor(h, p), _avg_divisor(w, p)
         if padded:
             x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])

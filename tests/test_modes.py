@@ -202,24 +202,37 @@ def test_keras_fold_rounds_as_float64_would_to_within_an_ulp():
     assert kernel.dtype == bias.dtype == np.float32
 
 
+POOLS = {  # an Inception's pool branch, and the stride-2 ceil-mode pool between stages
+    "size-keeping": (spec.Pool("branch4.0", "max", 3, 1, padding=1, ceil_mode=True), ((1, 1), (1, 1)), 1),
+    "stride-2 ceil": (spec.Pool("maxpool2", "max", 3, 2, ceil_mode=True), ((0, 1), (0, 1)), 2),
+}
+
+
 @pytest.mark.parametrize("zero_padded", [False, True], ids=["same", "zero padding"])
-def test_keras_size_keeping_max_pool_is_pytorchs_on_signed_maps(zero_padded):
-    """Each Inception's pool branch (3x3, stride 1, padding 1) runs as Keras's own "same"
-    max pool, whose padded cells never win, as PyTorch's -inf padding: equal on maps of
-    negative values, odd and even, in a graph of open size. Padded with zeros, it fails."""
+@pytest.mark.parametrize("pool_name", list(POOLS))
+def test_keras_max_pools_are_pytorchs_on_signed_maps(pool_name, zero_padded):
+    """Where Keras's own "same" pads as PyTorch does (each Inception's pool branch; a
+    stride-2 ceil-mode pool at even sizes), the pool runs as it, whose padded cells never
+    win, as PyTorch's -inf padding: equal on maps of negative values, odd and even, in a
+    graph of open size, compiled by XLA, and eagerly. Padded with zeros, it fails."""
     keras_, torch_ = backend_or_skip("keras"), backend_or_skip("torch")
-    pool = spec.Pool("branch4.0", "max", 3, 1, padding=1, ceil_mode=True)
+    pool, zeros, stride = POOLS[pool_name]
     layer = keras_.layers.Pool2D(pool)
     if zero_padded:
-        pad, valid = keras_.keras.layers.ZeroPadding2D(1), keras_.keras.layers.MaxPooling2D(3, 1)
+        pad, valid = keras_.keras.layers.ZeroPadding2D(zeros), keras_.keras.layers.MaxPooling2D(3, stride)
         layer = keras_.keras.Sequential([pad, valid])
-    graph = keras_.tf.function(layer, input_signature=[keras_.tf.TensorSpec((None, None, None, 4))])
-    torch_pool = torch_.torch.nn.MaxPool2d(3, 1, padding=1, ceil_mode=True)
-    for size in (7, 8):
-        x = np.random.default_rng(size).standard_normal((2, 4, size, size + 1)).astype(np.float32) - 1.0
+    signature = [keras_.tf.TensorSpec((None, None, None, 4))]
+    graph = keras_.tf.function(layer, input_signature=signature)
+    xla = keras_.tf.function(layer, input_signature=signature, jit_compile=True)
+    torch_pool = torch_.torch.nn.MaxPool2d(3, stride, padding=pool.padding, ceil_mode=True)
+    equal = []
+    for h, w in ((7, 8), (8, 9), (8, 8), (7, 7)):
+        x = np.random.default_rng([h, w]).standard_normal((2, 4, h, w)).astype(np.float32) - 1.0
         expected = torch_pool(torch_.torch.from_numpy(x)).numpy()
-        got = np.asarray(graph(x.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
-        assert np.array_equal(got, expected) != zero_padded, size
+        for run in (graph, xla, layer):
+            got = np.asarray(run(x.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+            equal.append(got.shape == expected.shape and np.array_equal(got, expected))
+    assert all(equal) if not zero_padded else not all(equal), equal
 
 
 def test_an_unknown_mode_is_refused_by_name(backend):
