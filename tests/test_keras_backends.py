@@ -37,12 +37,6 @@ FLOAT64_LOSS = 1e-12
 FLOAT64_GRADIENTS = 1e-10
 
 
-# Each program XLA compiles here runs once: LLVM's optimisation of its generated loops (the
-# float64 convolutions of the training step) costs more than it saves. It changes how the
-# machine code runs, not which operations it runs: the same bounds hold the results.
-XLA_ONE_CALL = "--xla_backend_optimization_level=0"
-
-
 # The worker's jobs one after another in one process: Keras and its backend import once
 # (seconds each), and each job is the command line the worker takes on its own.
 IN_ONE_PROCESS = (
@@ -60,8 +54,6 @@ def run_jobs(backend: str, tmp_path: Path, *jobs: tuple[str, ...]) -> list[dict[
     outs = [tmp_path / f"{backend}-{i}-{job[0]}.npz" for i, job in enumerate(jobs)]
     lines = [" ".join([job[0], str(out), *job[1:]]) for job, out in zip(jobs, outs, strict=True)]
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
-    if backend == "jax":
-        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_CALL}".strip()
     done = subprocess.run(
         [sys.executable, "-c", IN_ONE_PROCESS, str(WORKER), *lines],
         check=False,
@@ -253,8 +245,6 @@ def test_port_refuses_keras_formats_on_another_backend(backend, fmt, tmp_path):
     source.write_bytes(b"not read")
     target = tmp_path / f"out.{fmt}"
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
-    if backend == "jax":
-        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_CALL}".strip()
     done = subprocess.run(
         [sys.executable, "-m", "conformance", "port", str(source), str(target), "--to", fmt],
         check=False,
