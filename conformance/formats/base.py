@@ -183,8 +183,8 @@ def error_line(error: BaseException) -> str:
 
 
 # How a reader's process loads each written format (``Format.loading``): one line of
-# Python, run as printed (tests/test_port_transform.py runs each in a fresh process and
-# wants stderr empty). A format loaded into a model its framework builds starts with
+# Python, run as printed (tests/test_port_transform*.py run each in a fresh process and
+# want stderr empty). A format loaded into a model its framework builds starts with
 # LOADING_BUILT; MXNet's start with LOADING_MXNET.
 LOADING_BUILT = "import {framework}; model = {framework}.build({build}); "
 LOADING_MXNET = "import numpy; numpy.bool = bool; import mxnet; "  # MXNet 1.9 uses the alias numpy 1.24 removed
