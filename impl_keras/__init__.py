@@ -32,7 +32,7 @@ from conformance.canonical import default_params
 from conformance.spec import Variant, resolve
 
 from .engine import keep_float64
-from .layers import folding_batchnorm
+from .layers import fast_graph
 from .model import GoogLeNet
 from .train import Trainer
 from .weights import from_canonical, to_canonical
@@ -83,7 +83,7 @@ __all__ = [
 
 # Each backend's own modes, its default first:
 # graph (TensorFlow): one tf.function per model and outputs (any input size), which TensorFlow
-# runs as a whole graph, each BatchNorm folded into its conv (``layers.folding_batchnorm``) and
+# runs as a whole graph, each BatchNorm folded into its conv (``layers.fast_graph``) and
 # Grappler fusing conv + bias + ReLU into one oneDNN convolution; eager
 # runs each Keras op from Python. The default: what ``model.predict`` and serving run.
 # xla (TensorFlow): the same function compiled by XLA (``jit_compile=True``), which fuses the
@@ -164,7 +164,7 @@ def _graph(model: GoogLeNet, with_aux: bool, every_stage: bool, shape: tuple[int
     def run(x):
         model = ref()
         assert model is not None  # the cache goes with the model
-        with folding_batchnorm():  # each conv's BatchNorm folded in, from the variables at each call
+        with fast_graph():  # each conv's BatchNorm folded in, from the variables at each call; pools decided
             return _outputs(model, x, with_aux, every_stage)
 
     xla = shape is not None

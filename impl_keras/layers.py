@@ -179,7 +179,7 @@ class BasicConv2d(layers.Layer):
     def call(self, x, training=None):
         if self.pad is not None:
             x = self.pad(x)
-        if self.bn is not None and not training and _FOLDING.get():
+        if self.bn is not None and not training and _FAST.get():
             kernel, bias = fold_batchnorm(self.conv, self.bn)
             x = self.conv.convolution_op(x, kernel) + bias
         else:
@@ -189,23 +189,27 @@ class BasicConv2d(layers.Layer):
         return ops.relu(x) if self.relu else x
 
 
-# Set while a fast mode traces its graph (``folding_batchnorm``): each BasicConv2d in
-# inference then runs one conv with its BatchNorm folded in, the pass over every map that
+# Set while a fast mode traces its graph (``fast_graph``): each BasicConv2d in inference
+# then runs one conv with its BatchNorm folded in, the pass over every map that
 # BatchNorm's scale and shift made is gone, and TensorFlow's Grappler fuses the conv, the
-# bias and the ReLU into one oneDNN convolution (_FusedConv2D). A context, not an
-# argument: the blocks between the model and its convs pass only ``training`` down.
-_FOLDING = contextvars.ContextVar("folding_batchnorm", default=False)
+# bias and the ReLU into one oneDNN convolution (_FusedConv2D); and a max pool of open
+# size decides at each call whether Keras's "same" pool is PyTorch's (``Pool2D``). A
+# context, not an argument: the blocks between the model and its layers pass only
+# ``training`` down.
+_FAST = contextvars.ContextVar("fast_graph", default=False)
 
 
 @contextlib.contextmanager
-def folding_batchnorm() -> Iterator[None]:
+def fast_graph() -> Iterator[None]:
     """Within it, a BasicConv2d called in inference runs its conv and BatchNorm as one
-    conv (``fold_batchnorm``). The model is unchanged: this is how a graph is traced."""
-    token = _FOLDING.set(True)
+    conv (``fold_batchnorm``), and a max pool of open size chooses its padding at run
+    time. The model is unchanged: this is how the suite's fast graph is traced; what a
+    model exports (a SavedModel, ONNX) keeps the plain layers."""
+    token = _FAST.set(True)
     try:
         yield
     finally:
-        _FOLDING.reset(token)
+        _FAST.reset(token)
 
 
 def fold_batchnorm(conv: layers.Conv2D, bn: BatchNorm) -> tuple:
@@ -346,7 +350,9 @@ class Pool2D(layers.Layer):
         static = isinstance(h, int) and isinstance(w, int)
         if p.kind == "max":
             # Where "same" pads as PyTorch does, it is the same pool without a padded copy
-            # of the map; a graph for any size decides at each call.
+            # of the map. The fast graph for any size decides at each call; an exported
+            # graph keeps one path (a conditional's branches, lowered, leave tensors
+            # without values to whoever reads the graph's internals, as verify does).
             fits = (_same_as_torch(h, p), _same_as_torch(w, p))
 
             def same():
@@ -354,6 +360,8 @@ class Pool2D(layers.Layer):
 
             if static:
                 return same() if all(fits) else _max_valid(x, p)
+            if not _FAST.get():
+                return _max_valid(x, p)
             return ops.cond(ops.logical_and(*fits), same, lambda: _max_valid(x, p))
         (top, bottom), (left, right) = _pads(h, p), _pads(w, p)
         padded = not static or bool(top or bottom or left or right)

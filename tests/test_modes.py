@@ -214,7 +214,8 @@ def test_keras_max_pools_are_pytorchs_on_signed_maps(pool_name, zero_padded):
     """Where Keras's own "same" pads as PyTorch does (each Inception's pool branch; a
     stride-2 ceil-mode pool at even sizes), the pool runs as it, whose padded cells never
     win, as PyTorch's -inf padding: equal on maps of negative values, odd and even, in a
-    graph of open size, compiled by XLA, and eagerly. Padded with zeros, it fails."""
+    graph of open size (as exported, and as the default mode decides per call), compiled
+    by XLA, and eagerly. Padded with zeros, it fails."""
     keras_, torch_ = backend_or_skip("keras"), backend_or_skip("torch")
     pool, zeros, stride = POOLS[pool_name]
     layer = keras_.layers.Pool2D(pool)
@@ -222,14 +223,20 @@ def test_keras_max_pools_are_pytorchs_on_signed_maps(pool_name, zero_padded):
         pad, valid = keras_.keras.layers.ZeroPadding2D(zeros), keras_.keras.layers.MaxPooling2D(3, stride)
         layer = keras_.keras.Sequential([pad, valid])
     signature = [keras_.tf.TensorSpec((None, None, None, 4))]
-    graph = keras_.tf.function(layer, input_signature=signature)
+
+    def fast(x):
+        with keras_.layers.fast_graph():
+            return layer(x)
+
+    graph = keras_.tf.function(layer, input_signature=signature)  # as exported: one path
+    fast_graph = keras_.tf.function(fast, input_signature=signature)  # the default mode's: decided per call
     xla = keras_.tf.function(layer, input_signature=signature, jit_compile=True)
     torch_pool = torch_.torch.nn.MaxPool2d(3, stride, padding=pool.padding, ceil_mode=True)
     equal = []
     for h, w in ((7, 8), (8, 9), (8, 8), (7, 7)):
         x = np.random.default_rng([h, w]).standard_normal((2, 4, h, w)).astype(np.float32) - 1.0
         expected = torch_pool(torch_.torch.from_numpy(x)).numpy()
-        for run in (graph, xla, layer):
+        for run in (graph, fast_graph, xla, layer):
             got = np.asarray(run(x.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
             equal.append(got.shape == expected.shape and np.array_equal(got, expected))
     assert all(equal) if not zero_padded else not all(equal), equal
