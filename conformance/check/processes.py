@@ -10,7 +10,8 @@ the framework, so the parent imports none. What a call returns that is not plain
 Arrays cross the pipe out of band (pickle protocol 5): each buffer is received into
 memory of its own size, checked against :data:`MAX_BYTES` before it is taken, and
 viewed by the unpickled array, not copied. A child that dies is that framework's
-failure, with the last lines it wrote to stderr; the others go on. The children's
+failure, with the last lines it wrote to stderr; the others go on, and a new process
+takes the framework's next call that needs nothing of the dead one (:data:`RESTARTS`). The children's
 stderr files live in one temporary directory, removed on exit and on a signal
 (:func:`conformance.files.temporary_directory`).
 """
