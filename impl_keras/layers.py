@@ -298,8 +298,7 @@ def _same_as_torch(size, pool: Pool):
 
 def _max_valid(x, pool: Pool):
     """PyTorch's max pool as a valid pool of the map padded with -inf: a padded cell must
-    never win the max (a zero would beat negatives). The padding is reckoned here from
-    the map itself, so that XLA, compiling this inside a branch, still sees it constant."""
+    never win the max (a zero would beat negatives)."""
     (top, bottom), (left, right) = _pads(length(x, 1), pool), _pads(length(x, 2), pool)
     if not all(isinstance(n, int) for n in (bottom, right)) or top or bottom or left or right:
         x = ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=-np.inf)
@@ -353,6 +352,8 @@ class Pool2D(layers.Layer):
             # of the map. The fast graph for any size decides at each call; an exported
             # graph keeps one path (a conditional's branches, lowered, leave tensors
             # without values to whoever reads the graph's internals, as verify does).
+            if not static and not _FAST.get():
+                return _max_valid(x, p)
             fits = (_same_as_torch(h, p), _same_as_torch(w, p))
 
             def same():
@@ -360,8 +361,6 @@ class Pool2D(layers.Layer):
 
             if static:
                 return same() if all(fits) else _max_valid(x, p)
-            if not _FAST.get():
-                return _max_valid(x, p)
             return ops.cond(ops.logical_and(*fits), same, lambda: _max_valid(x, p))
         (top, bottom), (left, right) = _pads(h, p), _pads(w, p)
         padded = not static or bool(top or bottom or left or right)
