@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 XLA_ONE_CALL = "--xla_backend_optimization_level=0"
 if XLA_ONE_CALL not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_CALL}".strip()
+# TensorFlow turns oneDNN on by itself on some CPUs only (not on AMD's): on, the suite runs
+# the same kernels on every x86 machine, and a channels_first Keras model runs on the CPU.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # A third party's package and its own tests: tests/test_plugins.py installs it first.
 collect_ignore = ["plugin_demo"]
 FRAMEWORKS = list(frameworks.FRAMEWORKS)

@@ -164,6 +164,14 @@ def test_a_channels_first_model_is_run_in_its_own_layout():
     assert r.agree, r
 
 
+def test_a_channels_first_model_where_tensorflow_cannot_convolve_it_is_one_line(monkeypatch):
+    """On a CPU where TensorFlow leaves oneDNN off (AMD's), its own kernels refuse NCHW."""
+    model = _seeded(keras_nets.functional_channels_first)
+    monkeypatch.setattr(taps_keras, "_convolves_channels_last_only", lambda: True)
+    with pytest.raises(ValueError, match=r"^MODEL: your Keras model is channels_first, .* TF_ENABLE_ONEDNN_OPTS=1"):
+        conformance.verify(model, variant="googlenet_d2l", input_sizes=[96], batch=1, run_diagnosis=False)
+
+
 # --------------------------------------------------------------------------------------
 # Hostile and damaged .keras files
 # --------------------------------------------------------------------------------------

@@ -147,10 +147,29 @@ def _unbuilt(model: Any) -> ValueError:
     )
 
 
+def _convolves_channels_last_only() -> bool:
+    """Whether Keras runs on TensorFlow's own CPU kernels, which convolve channels_last
+    maps only: channels_first runs on a GPU or on oneDNN's kernels, which TensorFlow
+    turns on by itself on some CPUs only (TF_ENABLE_ONEDNN_OPTS decides elsewhere)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+    from tensorflow.python.util import _pywrap_util_port
+
+    return not tf.config.list_physical_devices("GPU") and not _pywrap_util_port.IsMklEnabled()
+
+
 def channels(model: Any) -> int:
     """The input channels: the first conv's kernel's (three where the model has none)."""
     if not model.built:
         raise _unbuilt(model)
+    if not _channels_last(model) and _convolves_channels_last_only():
+        raise ValueError(
+            "MODEL: your Keras model is channels_first, and TensorFlow convolves channels_first maps on this CPU "
+            "only with oneDNN, which is off here: run with TF_ENABLE_ONEDNN_OPTS=1 (set before TensorFlow starts)"
+        )
     for layer in _walk(model).values():
         kernel = _own(layer).get("weight")
         if kernel is not None and len(kernel.shape) == 4:
