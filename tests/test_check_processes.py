@@ -115,6 +115,20 @@ def test_a_broken_port_in_a_child_fails_the_stage_it_breaks(monkeypatch):
     assert not checked.variants[0].errors
 
 
+@pytest.mark.parametrize("users", [None, "glibc.malloc.arena_max=2"])
+def test_a_child_starts_with_mallocs_tunables_and_the_parents_environment_stays(monkeypatch, users):
+    """glibc reads GLIBC_TUNABLES when a process starts: the child must start with it,
+    and a user's own setting is theirs to keep."""
+    if users is None:
+        monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    else:
+        monkeypatch.setenv("GLIBC_TUNABLES", users)
+    with processes.children(["torch"]) as (backends, _):
+        started = Path(f"/proc/{backends['torch'].process.pid}/environ").read_bytes().split(b"\0")
+    assert f"GLIBC_TUNABLES={users or processes.TUNABLES}".encode() in started
+    assert os.environ.get("GLIBC_TUNABLES") == users
+
+
 def test_a_framework_that_cannot_load_in_its_child_is_skipped_with_why():
     with processes.children(["torch", "no_such_module_here"]) as (backends, skipped):
         assert list(backends) == ["torch"]

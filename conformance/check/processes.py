@@ -29,6 +29,7 @@ import pickle
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from multiprocessing.connection import Connection
@@ -51,6 +52,13 @@ RESTARTS = 2  # a framework's process started again after it died, at most (each
 # under Keras's float64 training peak (docs/benchmarks.md). The in-process layout, where
 # JAX may be a framework of its own, imports it as usual.
 KEPT_OUT = {"keras": ("jax",)}
+# glibc's malloc backs its large blocks with transparent huge pages: the frameworks free
+# and allocate their activations by the gigabyte, and each 4 KB page of a new block is
+# a page fault that zeroes it.
+# glibc reads its tunables when a process starts, so they are in the environment the
+# child starts with; a user's own GLIBC_TUNABLES is left as it is.
+TUNABLES = "glibc.malloc.hugetlb=1"
+_STARTING = threading.Lock()  # os.environ holds TUNABLES only while one child starts
 
 
 class ChildDied(RuntimeError):
@@ -75,7 +83,9 @@ def _receive(conn: Connection) -> Any:
         raise ChildError(f"a reply of {max(sizes)} bytes, above the bound of {MAX_BYTES}")
     buffers = []
     for size in sizes:
-        buffer = bytearray(size)
+        # numpy's memory, not a bytearray: it is not zeroed first, and numpy has the kernel
+        # back a large block with huge pages (one page fault per 2 MB instead of per 4 KB)
+        buffer = np.empty(size, np.uint8)
         conn.recv_bytes_into(buffer)
         buffers.append(buffer)
     return pickle.loads(head, buffers=buffers)
@@ -155,7 +165,15 @@ class Child:
             name=f"check {self.name}",
             daemon=True,
         )
-        self.process.start()
+        with _STARTING:
+            own = "GLIBC_TUNABLES" not in os.environ
+            if own:
+                os.environ["GLIBC_TUNABLES"] = TUNABLES
+            try:
+                self.process.start()
+            finally:
+                if own:
+                    del os.environ["GLIBC_TUNABLES"]
         theirs.close()
 
     def hello(self) -> None:
