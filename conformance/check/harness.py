@@ -215,18 +215,32 @@ def check_variant(
     plan = spec.resolve(name, **options)
     params = random_params(plan, seed)
     report = VariantReport(name, options, {"spec": spec.count_params(plan)}, {})
-    models = {}
-    for fw, b in backends.items():
+
+    def build(fw: str) -> tuple[Any, tuple[int, int] | None] | str:
+        b = backends[fw]
         try:
             with timer(fw, "build"):
                 model = b.build(name, **options)
             with timer(fw, "load"):
                 b.from_canonical(model, params)
-            models[fw] = model
-            if not is_judge(b):
-                report.counts[fw] = tuple(b.count_params(model))  # type: ignore[assignment]
+            return model, None if is_judge(b) else tuple(b.count_params(model))  # type: ignore[return-value]
         except Exception as e:  # noqa: BLE001 - one framework's failure must not hide the others' results
-            report.errors[fw] = f"{type(e).__name__}: {e}"
+            return f"{type(e).__name__}: {e}"
+
+    models = {}
+    names = list(backends)
+    # Each framework builds, loads and later takes its round trip at the same time as
+    # the others, where each has a process of its own, within what the machine holds.
+    own_size = limits.Work(plan, plan.input_size, batch, size_option=None)
+    workers = parallel.at_once(backends, names, own_size)
+    with parallel.each(build, names, workers, parallel.longest_first(names, timer)) as built:
+        for fw, result in built:
+            if isinstance(result, str):
+                report.errors[fw] = result
+                continue
+            models[fw], counts = result
+            if counts is not None:
+                report.counts[fw] = counts
     # Frameworks first: the first that runs is the reference, a judge never is.
     models = {fw: m for fw, m in sorted(models.items(), key=lambda item: is_judge(backends[item[0]]))}
     for size in sizes if models else ():
@@ -242,13 +256,22 @@ def check_variant(
             report.sizes.append(checked)
     frameworks = {fw: m for fw, m in models.items() if not is_judge(backends[fw])}
     progress(f"{name}: round trips")
-    for fw, model in list(frameworks.items()):  # canonical -> framework -> canonical
+
+    def roundtrip(fw: str) -> list[str] | str:  # canonical -> framework -> canonical
         try:
             with timer(fw, "roundtrip"):
-                report.roundtrip[fw] = identical(params, backends[fw].to_canonical(model))
+                return identical(params, backends[fw].to_canonical(frameworks[fw]))
         except Exception as e:  # noqa: BLE001 - a port (or its process) that fails here fails alone
-            report.errors[f"{fw} round trip"] = f"{type(e).__name__}: {e}"
-            del frameworks[fw]
+            return f"{type(e).__name__}: {e}"
+
+    names = list(frameworks)
+    with parallel.each(roundtrip, names, workers, parallel.longest_first(names, timer)) as tripped:
+        for fw, keys in tripped:
+            if isinstance(keys, str):
+                report.errors[f"{fw} round trip"] = keys
+                del frameworks[fw]
+            else:
+                report.roundtrip[fw] = keys
     if len(frameworks) > 1:  # torch -> keras -> mxnet -> torch, through each adapter
         chain = [*frameworks, next(iter(frameworks))]
         current = params
