@@ -4,12 +4,14 @@ process per framework (the default) and side by side with ``--in-process`` (ever
 in one), alternating the two so that other work on the machine weighs on both alike.
 
 Goals (issue #22): ``check --train`` at most 60 s and every process at most 1.5 GB peak
-on this 2-core machine, ``check`` at most 40 s. Prints, per run, the wall time, each
-process's peak resident memory (the kernel's ``VmHWM``, read from ``/proc`` while the
+on this 2-core machine, ``check`` at most 40 s. Prints, per run, the wall time, the
+user and system CPU seconds of all its processes (steadier than the wall time when other
+work shares the cores), each process's peak resident memory (the kernel's ``VmHWM``, read from ``/proc`` while the
 check runs; the largest is also the kernel's ``ru_maxrss`` of the children), their sum,
 and the load average before and after (other work on the cores slows the check):
 
     python benchmarks/bench_check.py                              # check and check --train, two variants
+    python benchmarks/bench_check.py --variant all --no-inference --layout children  # the README's check
     python benchmarks/bench_check.py --variant googlenet --rounds 2
     python benchmarks/bench_check.py --no-train -- --frameworks torch,keras,mxnet
     python benchmarks/bench_check.py --layout children --against /work/main --profile
@@ -70,9 +72,12 @@ def _name(pid: int) -> str:
     return "spawn child" if "multiprocessing" in text else "check"
 
 
-def measure(command: list[str], root: Path = ROOT) -> tuple[float, int, dict[int, tuple[str, float]], str, list[str]]:
-    """(seconds, exit code, {pid: (what, peak MB)}, the last line, the timing lines) of
-    one run of ``command`` in checkout ``root``."""
+def measure(
+    command: list[str], root: Path = ROOT
+) -> tuple[float, tuple[float, float], int, dict[int, tuple[str, float]], str, list[str]]:
+    """(seconds, (user, system) CPU seconds of every process, exit code, {pid: (what, peak
+    MB)}, the last line, the timing lines) of one run of ``command`` in checkout ``root``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(root)}
     check = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -84,6 +89,8 @@ def measure(command: list[str], root: Path = ROOT) -> tuple[float, int, dict[int
                 peaks[pid] = (peaks.get(pid, ("", 0))[0] or _name(pid), mb)
         time.sleep(POLL_SECONDS)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the check's, its children's included
+    cpu = (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
     out = check.stdout.read() if check.stdout else ""
     lines = out.splitlines()
     last = next((line for line in reversed(lines) if line.startswith(("PASS", "FAIL"))), "(no verdict)")
@@ -91,12 +98,17 @@ def measure(command: list[str], root: Path = ROOT) -> tuple[float, int, dict[int
     for line in lines:  # "  time: torch 10.5 s (build 1.8, ...)" and its wrapped lines
         current = line.startswith("  time:") or (current and line.startswith("        "))
         timing += [line] if current else []
-    return seconds, check.returncode, peaks, last, timing
+    return seconds, cpu, check.returncode, peaks, last, timing
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", action="append", help="variant (repeatable; default: inception_mnist, googlenet)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        help="variant, or all: every variant in one check as a user runs it "
+        "(repeatable; default: inception_mnist, googlenet)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="alternations of the two layouts (default: 1)")
     parser.add_argument("--no-train", action="store_true", help="measure `check` only")
     parser.add_argument("--no-inference", action="store_true", help="measure `check --train` only")
@@ -119,7 +131,8 @@ def main() -> None:
     print(f"{os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}", flush=True)
     layouts = ("children", "in-process") if args.layout == "both" else (args.layout,)
     roots = {"this": ROOT, **({"against": args.against.resolve()} if args.against else {})}
-    heads = f"{'variant':<16} {'check':<8} {'code':<8} {'layout':<11} {'seconds':>8} {'processes':>9} {'max MB':>7}"
+    heads = f"{'variant':<16} {'check':<8} {'code':<8} {'layout':<11} {'seconds':>8} {'user':>6} {'sys':>6}"
+    heads += f" {'processes':>9} {'max MB':>7}"
     heads += f" {'sum MB':>7}"
     print(f"{heads}  verdict")
     for variant in variants:
@@ -127,14 +140,17 @@ def main() -> None:
             for _ in range(args.rounds):
                 for layout in layouts:
                     for code_name, root in roots.items():
-                        command = [sys.executable, "-m", "conformance", "check", "--variant", variant, *args.extra]
+                        chosen = [] if variant == "all" else ["--variant", variant]
+                        command = [sys.executable, "-m", "conformance", "check", *chosen, *args.extra]
                         command += ["--train"] * train + ["--in-process"] * (layout == "in-process")
-                        seconds, code, peaks, last, timing = measure(command, root)
+                        seconds, (user, system), code, peaks, last, timing = measure(command, root)
                         sizes = [mb for _, mb in peaks.values()]
                         most, total = max(sizes, default=0.0), sum(sizes)
                         met = seconds <= TARGET_SECONDS[train] and most <= TARGET_MB
                         what = f"{variant:<16} {'--train' if train else '-':<8} {code_name:<8} {layout:<11}"
-                        row = f"{what} {seconds:8.1f} {len(peaks):9d} {most:7.0f} {total:7.0f}"
+                        row = (
+                            f"{what} {seconds:8.1f} {user:6.1f} {system:6.1f} {len(peaks):9d} {most:7.0f} {total:7.0f}"
+                        )
                         verdict = f"{last.split(':')[0]} (exit {code}); goal {'met' if met else 'MISSED'}"
                         print(f"{row}  {verdict}", flush=True)
                         for line in timing if args.profile else ():
