@@ -29,6 +29,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,18 +81,22 @@ def measure(
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(root)}
-    check = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peaks: dict[int, tuple[str, float]] = {}
-    while check.poll() is None:
-        for pid in _tree(check.pid):
-            mb = _peak_mb(pid)
-            if mb is not None and not (pid in peaks and peaks[pid][1] >= mb):
-                peaks[pid] = (peaks.get(pid, ("", 0))[0] or _name(pid), mb)
-        time.sleep(POLL_SECONDS)
-    seconds = time.perf_counter() - start
+    # the report into a file: a pipe read only at the end would hold a whole check's
+    # report (beyond the pipe's 64 KB) and stop it at its last print
+    with tempfile.TemporaryFile("w+") as printed:
+        check = subprocess.Popen(command, cwd=root, env=env, stdout=printed, stderr=subprocess.DEVNULL, text=True)
+        peaks: dict[int, tuple[str, float]] = {}
+        while check.poll() is None:
+            for pid in _tree(check.pid):
+                mb = _peak_mb(pid)
+                if mb is not None and not (pid in peaks and peaks[pid][1] >= mb):
+                    peaks[pid] = (peaks.get(pid, ("", 0))[0] or _name(pid), mb)
+            time.sleep(POLL_SECONDS)
+        seconds = time.perf_counter() - start
+        printed.seek(0)
+        out = printed.read()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the check's, its children's included
     cpu = (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
-    out = check.stdout.read() if check.stdout else ""
     lines = out.splitlines()
     last = next((line for line in reversed(lines) if line.startswith(("PASS", "FAIL"))), "(no verdict)")
     timing, current = [], False
