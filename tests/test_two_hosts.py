@@ -36,6 +36,14 @@ def references(tmp_path_factory):
 _PARITY: dict[str, cluster.ParityRun] = {}  # torch's parity run, which the negative control reuses
 
 
+def engines() -> list:
+    """cluster.FRAMEWORKS, each in its own xdist group: CI runs these tests with
+    ``-n 3 --dist loadgroup``, so one engine's tests share a worker (its references, and the
+    torch parity run the negative control reuses) while the engines' fault tests, which
+    mostly wait out a peer's timeout, run at once."""
+    return [pytest.param(f, marks=pytest.mark.xdist_group(f)) for f in cluster.FRAMEWORKS]
+
+
 @pytest.fixture
 def hosts():
     """Two hosts with their own addresses, removed afterwards whatever happens."""
@@ -111,7 +119,7 @@ def test_stale_namespaces_of_a_killed_owner_are_removed():
 
 
 @needs_namespaces
-@pytest.mark.parametrize("framework", cluster.FRAMEWORKS)
+@pytest.mark.parametrize("framework", engines())
 def test_parity_across_two_hosts(hosts, tmp_path, framework, references):
     """The README's cluster command on both hosts: the loss and weights after two steps
     equal one process's on the global batch."""
@@ -125,6 +133,7 @@ def test_parity_across_two_hosts(hosts, tmp_path, framework, references):
 
 
 @needs_namespaces
+@pytest.mark.xdist_group("torch")
 def test_parity_fails_against_another_run(hosts, tmp_path, references):
     """Negative control: the same comparison against one process that stepped on the
     same 8 images in batches of 2, half the global batch (as if each step had used one
@@ -143,7 +152,7 @@ def test_parity_fails_against_another_run(hosts, tmp_path, references):
 
 @needs_namespaces
 @pytest.mark.parametrize("kind", list(cluster_faults.FAULTS))
-@pytest.mark.parametrize("framework", cluster.FRAMEWORKS)
+@pytest.mark.parametrize("framework", engines())
 def test_network_fault_ends_the_run_and_resume_finishes_it(hosts, tmp_path, framework, kind, references):
     """The fault in the middle of epoch 2: every worker ends within the engine's timeout
     plus the launcher's grace, each host says in one line which peer it lost and what
