@@ -37,10 +37,10 @@ _PARITY: dict[str, cluster.ParityRun] = {}  # torch's parity run, which the nega
 
 
 def engines() -> list:
-    """cluster.FRAMEWORKS, each in its own xdist group: CI runs these tests with
-    ``-n 3 --dist loadgroup``, so one engine's tests share a worker (its references, and the
-    torch parity run the negative control reuses) while the engines' fault tests, which
-    mostly wait out a peer's timeout, run at once."""
+    """cluster.FRAMEWORKS, each in its own xdist group. CI runs these tests with
+    ``-n 3 --dist loadgroup`` (the fault tests mostly wait out a peer's timeout): a group's
+    tests run in one worker, in order, so torch's parity run is there for the negative
+    control, and an engine's two faults (blackhole selected too) share its reference."""
     return [pytest.param(f, marks=pytest.mark.xdist_group(f)) for f in cluster.FRAMEWORKS]
 
 
