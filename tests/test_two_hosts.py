@@ -36,12 +36,11 @@ def references(tmp_path_factory):
 _PARITY: dict[str, cluster.ParityRun] = {}  # torch's parity run, which the negative control reuses
 
 
-def engines() -> list:
-    """cluster.FRAMEWORKS, each in its own xdist group. CI runs these tests with
-    ``-n 3 --dist loadgroup`` (the fault tests mostly wait out a peer's timeout): a group's
-    tests run in one worker, in order, so torch's parity run is there for the negative
-    control, and an engine's two faults (blackhole selected too) share its reference."""
-    return [pytest.param(f, marks=pytest.mark.xdist_group(f)) for f in cluster.FRAMEWORKS]
+# cluster.FRAMEWORKS, each in its own xdist group. CI runs these tests with ``-n 3 --dist
+# loadgroup`` (the fault tests mostly wait out a peer's timeout): a group's tests run in one
+# worker, in order, so torch's parity run is there for the negative control, and an engine's
+# two faults (blackhole selected too) share its reference.
+ENGINES = [pytest.param(f, marks=pytest.mark.xdist_group(f)) for f in cluster.FRAMEWORKS]
 
 
 @pytest.fixture
@@ -119,7 +118,7 @@ def test_stale_namespaces_of_a_killed_owner_are_removed():
 
 
 @needs_namespaces
-@pytest.mark.parametrize("framework", engines())
+@pytest.mark.parametrize("framework", ENGINES)
 def test_parity_across_two_hosts(hosts, tmp_path, framework, references):
     """The README's cluster command on both hosts: the loss and weights after two steps
     equal one process's on the global batch."""
@@ -152,7 +151,7 @@ def test_parity_fails_against_another_run(hosts, tmp_path, references):
 
 @needs_namespaces
 @pytest.mark.parametrize("kind", list(cluster_faults.FAULTS))
-@pytest.mark.parametrize("framework", engines())
+@pytest.mark.parametrize("framework", ENGINES)
 def test_network_fault_ends_the_run_and_resume_finishes_it(hosts, tmp_path, framework, kind, references):
     """The fault in the middle of epoch 2: every worker ends within the engine's timeout
     plus the launcher's grace, each host says in one line which peer it lost and what
