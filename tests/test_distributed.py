@@ -8,11 +8,15 @@ dist_sync) on small inputs: 2 workers x 2 images at 32 x 32."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import itertools
 import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +27,7 @@ import pytest
 from conformance import spec
 from conformance.canonical import load
 from conformance.check import distributed, distributed_runs, replica_statistics
+from conformance.train import launch
 from conformance.train.worker import trainer_class
 from conformance.world import World
 
@@ -76,6 +81,85 @@ def test_the_default_variants_cover_every_case_the_engines_treat_apart():
     assert "--variant" not in next(
         line for line in (ROOT / ".ci/run").read_text().splitlines() if "check --distributed" in line and line[0] != "#"
     )
+
+
+# -- engine runs started ahead ----------------------------------------------------------
+
+
+def test_engine_runs_started_ahead_are_given_by_key():
+    def run(value, stop):
+        if value is None:
+            raise RuntimeError("worker 1 exited with status 1")
+        return [{"x": np.array(value)}]
+
+    with distributed_runs.Engines(2) as engines:
+        for key, value in (("a", 1), ("b", 2), ("broken", None)):
+            engines.start(key, functools.partial(run, value))
+        assert engines.results("b")[0]["x"] == 2 and engines.results("a")[0]["x"] == 1
+        assert engines.results("a") is None  # given once; not started: None, the caller runs it
+        with pytest.raises(RuntimeError, match="worker 1 exited"):
+            engines.results("broken")
+        with pytest.raises(ValueError, match="engine run 'b' started twice"):
+            engines.start("b", functools.partial(run, 3))
+            engines.start("b", functools.partial(run, 4))
+
+
+def test_an_exception_ends_the_engine_runs_under_way_and_starts_no_other():
+    """A signal reaches the main thread only: leaving the block must end the run a thread
+    waits on (its ``stop``), and start none of the queued ones."""
+    began, stopped, ran = threading.Event(), [], []
+
+    def waits(stop):
+        began.set()
+        stopped.append(stop.wait(60))
+        return []
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), distributed_runs.Engines(1) as engines:
+        engines.start("under way", waits)
+        engines.start("queued", lambda stop: ran.append(1))
+        assert began.wait(10)
+        raise KeyboardInterrupt
+    assert stopped == [True] and not ran and time.monotonic() - t0 < 10
+
+
+def test_a_stopped_launch_ends_its_processes_with_one_line(monkeypatch):
+    """``launch.run(stop=...)`` in a thread: the workers (here, processes that would sleep
+    a minute) are ended within the grace time, and the outcome says why."""
+    sleeper = (sys.executable, "-c", "import time; time.sleep(60)")
+    fake = lambda world: [launch.Process(f"worker {r}", {}, True, sleeper) for r in range(world.workers)]  # noqa: E731
+    monkeypatch.setitem(launch.PROCESSES, "sleepers", fake)
+    stop, outcome = threading.Event(), []
+    t = threading.Thread(
+        target=lambda: outcome.append(launch.run("sleepers", World(2), {}, io.StringIO(), io.StringIO(), stop))
+    )
+    t0 = time.monotonic()
+    t.start()
+    time.sleep(1)
+    stop.set()
+    t.join(launch.GRACE + 5)
+    assert not t.is_alive() and time.monotonic() - t0 < launch.GRACE + 5
+    assert outcome[0].code == 1 and outcome[0].failed == "stopped by the launcher's caller"
+
+
+@pytest.mark.e2e
+def test_the_report_with_engine_runs_started_ahead_equals_the_one_run_after_another(monkeypatch):
+    """``run`` starts the engines' runs ahead (threads); each case must get its own run's
+    results: BatchNorm, plain and synchronised (torch refuses it on a CPU), are the two
+    runs of one variant that differ only by ``synchronized`` in the key."""
+    b = backend_or_skip("torch")
+    launched = []
+    real = distributed_runs.distributed
+    monkeypatch.setattr(distributed_runs, "distributed", lambda *a, **kw: launched.append(1) or real(*a, **kw))
+    ahead = distributed.run({"torch": b}, ["googlenet_bn"], {"googlenet_bn": SIZE})
+    assert len(launched) == 2  # each case's run once: none run again after one started ahead
+    monkeypatch.undo()
+    one_by_one = [
+        distributed.check_framework("torch", b, "googlenet_bn", SIZE, 2, seed=0, synchronized=sync)[0]
+        for sync in (False, True)
+    ]
+    assert [c.unsupported for c in ahead] == [False, True]
+    assert distributed.render(ahead) == distributed.render(one_by_one)
 
 
 # -- parity without BatchNorm, and its negative controls ---------------------------------

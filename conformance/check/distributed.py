@@ -19,7 +19,9 @@ engine has it on this device; where it has not, the report says so.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+import threading
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,20 +171,23 @@ def check_batchnorm(
     x: np.ndarray,
     y: np.ndarray,
     rule: Mapping[str, str],
+    engine_results: Callable[[], list[dict[str, np.ndarray]]],
 ) -> None:
     """Two steps with BatchNorm: each replica's statistics against NumPy by ``rule`` (two:
-    DDP's rank-0 rule shows only from the second step on)."""
+    DDP's rank-0 rule shows only from the second step on). ``engine_results``: the engine's
+    results, asked for after the single-process runs (it may be running meanwhile)."""
     world = World(case.workers)
     bounds = [world.bounds(len(x), r) for r in range(case.workers)]
-    raw = runs.distributed(case.framework, p, params, x, y, STEPS, case.workers, synchronized=case.synchronized)
     if case.synchronized:
         # Synchronised, the replicas compute what one process computes on the global batch
         # (N*b parity); past the first BatchNorm, per-shard runs would see other inputs.
         whole = runs.single(backend, p, params, x, y, STEPS)
-        case.rows += parity_rows(p, whole, raw[0], f"{case.workers} workers vs 1 process", STEPS)
         shards = [_part(whole, "batch statistics/")] * case.workers  # pooled: the global batch's
     else:
         shards = [_part(runs.single(backend, p, params, x[a:b], y[a:b], 1), "batch statistics/") for a, b in bounds]
+    raw = engine_results()
+    if case.synchronized:
+        case.rows += parity_rows(p, whole, raw[0], f"{case.workers} workers vs 1 process", STEPS)
     case.rows += resting_rows(p, case.size, params, raw)
     results = replica_results(raw)
     recorded = [
@@ -203,6 +208,16 @@ def engine(framework: str) -> Any:
     return engine_of(framework)
 
 
+def inputs(
+    variant: str, size: int, workers: int, seed: int
+) -> tuple[spec.Plan, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The plan, canonical weights and global batch every run of a case starts from."""
+    p = runs.plan(variant)
+    params = random_params(p, seed, training=True)
+    x, y = runs.batch(p, size, workers * PER_WORKER, seed, TRAIN_DTYPE)
+    return p, params, x, y
+
+
 def check_framework(
     framework: str,
     backend: Backend,
@@ -213,13 +228,15 @@ def check_framework(
     trainer: str | None = None,
     synchronized: bool = False,
     rule: Mapping[str, str] | None = None,
+    engines: runs.Engines | None = None,
 ) -> tuple[Case, list[dict[str, np.ndarray]]]:
     """One framework, one variant: the distributed run against its own single process (no
     BatchNorm), or its replicas' statistics against NumPy (BatchNorm). ``rule``: assert
     this BatchNorm rule instead of the engine's; ``trainer``: step the workers with the
-    class this ``"module:callable"`` makes of the engine's Trainer (negative controls)."""
+    class this ``"module:callable"`` makes of the engine's Trainer (negative controls);
+    ``engines``: where :func:`run` started this case's engine run ahead."""
     eng = engine(framework)
-    p = runs.plan(variant)
+    p, params, x, y = inputs(variant, size, workers, seed)
     case = Case(
         framework,
         variant,
@@ -231,16 +248,21 @@ def check_framework(
         dict(eng.GRADIENTS),
         synchronized,
     )
-    params = random_params(p, seed, training=True)
-    x, y = runs.batch(p, size, workers * PER_WORKER, seed, TRAIN_DTYPE)
+
+    def engine_results() -> list[dict[str, np.ndarray]]:
+        started = engines.results(case_key(case, seed)) if engines is not None and trainer is None else None
+        if started is None:
+            started = runs.distributed(framework, p, params, x, y, STEPS, workers, trainer, synchronized)
+        return started
+
     results: list[dict[str, np.ndarray]] = []
     try:
         if p.variant.convs.norm is not None:
             stated = stated_rule(rule or eng.BATCHNORM, synchronized)
-            check_batchnorm(backend, case, p, params, x, y, stated)
+            check_batchnorm(backend, case, p, params, x, y, stated, engine_results)
         else:
             ref = runs.single(backend, p, params, x, y, STEPS)
-            results = runs.distributed(framework, p, params, x, y, STEPS, workers, trainer)
+            results = engine_results()
             case.rows += parity_rows(p, ref, results[0], f"{workers} workers vs 1 process", STEPS)
             case.rows += resting_rows(p, size, params, results)
     except Unsupported as e:
@@ -248,6 +270,19 @@ def check_framework(
     except Exception as e:  # noqa: BLE001 - a broken engine may fail to run at all: report it
         case.error = f"{type(e).__name__}: {e}"
     return case, results
+
+
+def case_key(case: Case, seed: int) -> Hashable:
+    return (case.framework, case.variant, case.size, case.workers, seed, case.synchronized)
+
+
+def engine_run(case: Case, seed: int, stop: threading.Event) -> list[dict[str, np.ndarray]]:
+    """``case``'s engine run, from the inputs :func:`check_framework` computes for it."""
+    p, params, x, y = inputs(case.variant, case.size, case.workers, seed)
+    return runs.distributed(case.framework, p, params, x, y, STEPS, case.workers, None, case.synchronized, stop)
+
+
+ENGINES_AT_ONCE = 2  # engine runs under way while this process computes single-process runs
 
 
 def run(
@@ -259,30 +294,40 @@ def run(
     progress: Steps | None = None,
 ) -> list[Case]:
     """Every framework on every variant; then each framework's distributed run against
-    the reference framework's (the first), variant by variant. ``progress`` is told each case."""
+    the reference framework's (the first), variant by variant. ``progress`` is told each case.
+
+    The engines' runs (each its own processes) are started ahead, the synchronised
+    BatchNorm ones first (Keras traces its synchronised BatchNorm for minutes on one
+    core), while this process computes the single-process runs case by case; the report
+    comes in the same order either way."""
     progress = Steps.silent() if progress is None else progress
     engines = [fw for fw, b in backends.items() if not is_judge(b)]
-    chosen = variants or [*VARIANTS, *BATCHNORM_VARIANTS]
-    progress.total(sum(len(engines) * (1 + (spec.variant(v).convs.norm is not None)) for v in chosen))
+    todo = []
+    for v in variants or [*VARIANTS, *BATCHNORM_VARIANTS]:
+        size = (sizes or {}).get(v) or default_size(v)
+        for fw in engines:
+            for sync in (False, True) if spec.variant(v).convs.norm is not None else (False,):
+                todo.append(Case(fw, v, size, workers, PER_WORKER, TRAIN_DTYPE, synchronized=sync))
+    progress.total(len(todo))
     cases: list[Case] = []
-    for variant in variants or [*VARIANTS, *BATCHNORM_VARIANTS]:
-        size = (sizes or {}).get(variant) or default_size(variant)
-        first: tuple[str, dict[str, np.ndarray]] | None = None
-        for fw, b in backends.items():
-            if is_judge(b):
-                continue
-            progress(f"{variant} at {size}: {fw}, {workers} workers")
-            case, results = check_framework(fw, b, variant, size, workers, seed)
+    first: dict[str, tuple[str, dict[str, np.ndarray]]] = {}  # variant: the first engine's results
+    with runs.Engines(ENGINES_AT_ONCE) as started:
+        for c in sorted(todo, key=lambda c: (not c.synchronized, spec.variant(c.variant).convs.norm is None)):
+            started.start(case_key(c, seed), functools.partial(engine_run, c, seed))
+        for c in todo:
+            what = ", synchronised BatchNorm" if c.synchronized else ""
+            progress(f"{c.variant} at {c.size}: {c.framework}, {workers} workers{what}")
+            b = backends[c.framework]
+            case, results = check_framework(
+                c.framework, b, c.variant, c.size, workers, seed, synchronized=c.synchronized, engines=started
+            )
             cases.append(case)
-            if results and first is None:
-                first = (fw, results[0])
-            elif results and first is not None:
-                p = runs.plan(variant)
-                case.rows += parity_rows(p, first[1], results[0], f"{fw} vs {first[0]}, both distributed", STEPS)
-            if spec.variant(variant).convs.norm is not None:
-                progress(f"{variant} at {size}: {fw}, {workers} workers, synchronised BatchNorm")
-                sync, _ = check_framework(fw, b, variant, size, workers, seed, synchronized=True)
-                cases.append(sync)
+            if results and c.variant in first:
+                ref_fw, ref = first[c.variant]
+                compared = f"{c.framework} vs {ref_fw}, both distributed"
+                case.rows += parity_rows(runs.plan(c.variant), ref, results[0], compared, STEPS)
+            elif results:
+                first[c.variant] = (c.framework, results[0])
     return cases
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import io
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 
@@ -62,10 +65,12 @@ def distributed(
     workers: int,
     trainer: str | None = None,
     synchronized: bool = False,
+    stop: threading.Event | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """What the engine's workers compute (each process's saved quantities, by rank).
     ``trainer``: ``"module:callable"`` making the class the workers step with from the
-    engine's Trainer (``train.worker.trainer_class``; a negative control's broken port)."""
+    engine's Trainer (``train.worker.trainer_class``; a negative control's broken port).
+    ``stop``: ends the workers (``launch.run``), for a run in a thread."""
     with tempfile.TemporaryDirectory(prefix="conformance-distributed-") as tmp:
         save(params, Path(tmp, "params.safetensors"), p)
         np.savez(Path(tmp, "batch.npz"), x=x, y=y)
@@ -82,7 +87,7 @@ def distributed(
             "trainer": trainer,
             "synchronized": synchronized,
         }
-        outcome = launch.run(framework, World(workers), job, stdout=io.StringIO(), stderr=io.StringIO())
+        outcome = launch.run(framework, World(workers), job, io.StringIO(), io.StringIO(), stop)
         if outcome.code == launch.UNSUPPORTED:
             raise Unsupported(outcome.said.removeprefix("error: "))
         if outcome.code:
@@ -92,3 +97,34 @@ def distributed(
             with np.load(path, allow_pickle=False) as f:
                 results.append({k: f[k] for k in f.files})
         return results
+
+
+class Engines:
+    """Engine runs started ahead, ``at_once`` at a time, each in a thread that waits on its
+    own processes, while this process computes the single-process runs they are checked
+    against. Leaving the ``with`` block on an exception (a signal) ends every run's
+    processes; runs not started are not started."""
+
+    def __init__(self, at_once: int) -> None:
+        self._pool = ThreadPoolExecutor(at_once, thread_name_prefix="engine")
+        self._stop = threading.Event()
+        self._started: dict[Hashable, Future[list[dict[str, np.ndarray]]]] = {}
+
+    def start(self, key: Hashable, engine_run: Callable[[threading.Event], list[dict[str, np.ndarray]]]) -> None:
+        """Queue ``engine_run`` (called with the event that ends its processes) under ``key``."""
+        if key in self._started:
+            raise ValueError(f"engine run {key!r} started twice: its results would be another case's")
+        self._started[key] = self._pool.submit(engine_run, self._stop)
+
+    def results(self, key: Hashable) -> list[dict[str, np.ndarray]] | None:
+        """The run's results (its exception raised here), or None if it was not started."""
+        future = self._started.pop(key, None)
+        return None if future is None else future.result()
+
+    def __enter__(self) -> Engines:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is not None:
+            self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -147,13 +147,19 @@ class _Relay:
 
 
 def run(
-    framework: str, world: World, job: Mapping[str, Any], stdout: IO[str] = sys.stdout, stderr: IO[str] = sys.stderr
+    framework: str,
+    world: World,
+    job: Mapping[str, Any],
+    stdout: IO[str] = sys.stdout,
+    stderr: IO[str] = sys.stderr,
+    stop: threading.Event | None = None,
 ) -> Outcome:
     """Start ``framework``'s processes for ``world`` on ``job`` (handed to each worker as a
     JSON file) and wait for them. Worker 0's output is relayed; every worker's is kept,
     and only the failed one's last line shown if one fails. A signal to the launcher is
     passed on to the workers (worker 0 keeps what it has, as a run without workers does)
-    and raised here with worker 0's detail."""
+    and raised here with worker 0's detail. ``stop``: set by a caller that runs this in a
+    thread (signals reach the main thread only), it ends the processes as a failure does."""
     if not world.port:
         world = World(world.workers, 0, world.address, free_port(world.address), world.timeout)
     procs = PROCESSES[framework](world)
@@ -169,7 +175,7 @@ def run(
         try:
             for p in procs:
                 running.append(_start(p, job_file, env, Path(tmp), (stdout, stderr), relay, threads))
-            outcome = _watch(running, Path(tmp), world.timeout + STARTUP, relay)
+            outcome = _watch(running, Path(tmp), world.timeout + STARTUP, relay, stop)
         except interrupts.Interrupted as e:
             relay.stop.set()  # worker 0's own "interrupted" line becomes the launcher's detail
             _end(running, e.signum)
@@ -255,9 +261,9 @@ def _joined(tmp: Path) -> int:
     return sum(1 for entry in tmp.iterdir() if entry.name.startswith("joined-"))
 
 
-def _watch(running: Running, tmp: Path, join_limit: float, relay: _Relay) -> Outcome:
-    """Wait until every worker ended; at the first failure, or a rendezvous not reached
-    within ``join_limit`` seconds, end them all."""
+def _watch(running: Running, tmp: Path, join_limit: float, relay: _Relay, stop: threading.Event | None) -> Outcome:
+    """Wait until every worker ended; at the first failure, a rendezvous not reached
+    within ``join_limit`` seconds, or ``stop`` set, end them all."""
     workers = sum(p.worker for p, _, _ in running)
     started = time.monotonic()
     while True:
@@ -278,6 +284,8 @@ def _watch(running: Running, tmp: Path, join_limit: float, relay: _Relay) -> Out
         if _joined(tmp) < workers and time.monotonic() - started > join_limit:
             why = f"{workers - _joined(tmp)} of {workers} workers did not join within {join_limit:.0f} s"
             return _fail(running, tmp, relay, why, 1)
+        if stop is not None and stop.is_set():
+            return _fail(running, tmp, relay, "stopped by the launcher's caller", 1)
         time.sleep(POLL)
 
 
