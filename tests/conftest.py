@@ -10,6 +10,7 @@ import subprocess
 import types
 from pathlib import Path
 
+import filelock
 import pytest
 
 from conformance import canonical, frameworks, spec
@@ -163,13 +164,33 @@ def skip_without_jax(measured: dict) -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def pitfall_measurements():
-    """Every pitfall but ``XLA_TRAINING`` on each of its default variants, measured once per session."""
-    return measure_pitfalls([n for n in pitfalls.PITFALLS if n not in XLA_TRAINING])
+def measured_once(key: str, names: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """:func:`measure_pitfalls` once for the whole run. Under pytest-xdist each worker is a
+    session of its own: the first worker to ask measures and writes the ``pitfalls --json``
+    report into the run's shared temporary directory, and the others wait on its lock and
+    read it (xdist's documented pattern for a session fixture)."""
+    from conformance.teach import measure
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return measure_pitfalls(names)
+    path = tmp_path_factory.getbasetemp().parent / f"{key}.json"
+    with filelock.FileLock(f"{path}.lock"):
+        if not path.is_file():
+            measured = measure_pitfalls(names)
+            measure.write_json(list(measured.values()), path, PITFALL_BATCH, 0)
+            return measured
+    return {(m.pitfall, m.variant): m for m in measure.read_json(path, key)[0]}
 
 
 @pytest.fixture(scope="session")
-def xla_training_pitfall_measurements():
-    """The ``XLA_TRAINING`` pitfalls on each of their default variants (for -m e2e)."""
-    return measure_pitfalls(sorted(XLA_TRAINING))
+def pitfall_measurements(tmp_path_factory):
+    """Every pitfall but ``XLA_TRAINING`` on each of its default variants, measured once per run."""
+    names = [n for n in pitfalls.PITFALLS if n not in XLA_TRAINING]
+    return measured_once("pitfall_measurements", names, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def xla_training_pitfall_measurements(tmp_path_factory):
+    """The ``XLA_TRAINING`` pitfalls on each of their default variants (for -m e2e: three
+    of its files read them), measured once per run."""
+    return measured_once("xla_training_pitfall_measurements", sorted(XLA_TRAINING), tmp_path_factory)
