@@ -99,8 +99,8 @@ def test_engine_runs_started_ahead_are_given_by_key():
         assert engines.results("a") is None  # given once; not started: None, the caller runs it
         with pytest.raises(RuntimeError, match="worker 1 exited"):
             engines.results("broken")
+        engines.start("b", functools.partial(run, 3))
         with pytest.raises(ValueError, match="engine run 'b' started twice"):
-            engines.start("b", functools.partial(run, 3))
             engines.start("b", functools.partial(run, 4))
 
 
@@ -150,9 +150,12 @@ def test_the_report_with_engine_runs_started_ahead_equals_the_one_run_after_anot
     b = backend_or_skip("torch")
     launched = []
     real = distributed_runs.distributed
-    monkeypatch.setattr(distributed_runs, "distributed", lambda *a, **kw: launched.append(1) or real(*a, **kw))
-    ahead = distributed.run({"torch": b}, ["googlenet_bn"], {"googlenet_bn": SIZE})
-    assert len(launched) == 2  # each case's run once: none run again after one started ahead
+    monkeypatch.setattr(
+        distributed_runs, "distributed", lambda *a, **kw: launched.append(threading.current_thread()) or real(*a, **kw)
+    )
+    ahead = distributed.run({"torch": b}, ["googlenet_bn", "googlenet_bn"], {"googlenet_bn": SIZE})
+    # each case's run once, in a thread of its own: none run again after one started ahead
+    assert len(launched) == 2 and threading.main_thread() not in launched
     monkeypatch.undo()
     one_by_one = [
         distributed.check_framework("torch", b, "googlenet_bn", SIZE, 2, seed=0, synchronized=sync)[0]

@@ -273,6 +273,8 @@ def check_framework(
 
 
 def case_key(case: Case, seed: int) -> Hashable:
+    """What tells one engine run from another in :func:`run`: every input of
+    :func:`engine_run` (a negative control's ``trainer`` or ``rule`` is never started ahead)."""
     return (case.framework, case.variant, case.size, case.workers, seed, case.synchronized)
 
 
@@ -298,28 +300,28 @@ def run(
 
     The engines' runs (each its own processes) are started ahead, the synchronised
     BatchNorm ones first (Keras traces its synchronised BatchNorm for minutes on one
-    core), while this process computes the single-process runs case by case; the report
-    comes in the same order either way."""
+    core), the others in the report's order, while this process computes the
+    single-process runs case by case; the report comes in the same order either way."""
     progress = Steps.silent() if progress is None else progress
-    engines = [fw for fw, b in backends.items() if not is_judge(b)]
+    frameworks = [fw for fw, b in backends.items() if not is_judge(b)]
     todo = []
-    for v in variants or [*VARIANTS, *BATCHNORM_VARIANTS]:
+    for v in dict.fromkeys(variants or [*VARIANTS, *BATCHNORM_VARIANTS]):  # a variant named twice runs once
         size = (sizes or {}).get(v) or default_size(v)
-        for fw in engines:
+        for fw in frameworks:
             for sync in (False, True) if spec.variant(v).convs.norm is not None else (False,):
                 todo.append(Case(fw, v, size, workers, PER_WORKER, TRAIN_DTYPE, synchronized=sync))
     progress.total(len(todo))
     cases: list[Case] = []
     first: dict[str, tuple[str, dict[str, np.ndarray]]] = {}  # variant: the first engine's results
-    with runs.Engines(ENGINES_AT_ONCE) as started:
-        for c in sorted(todo, key=lambda c: (not c.synchronized, spec.variant(c.variant).convs.norm is None)):
-            started.start(case_key(c, seed), functools.partial(engine_run, c, seed))
+    with runs.Engines(ENGINES_AT_ONCE) as engines:
+        for c in sorted(todo, key=lambda c: not c.synchronized):
+            engines.start(case_key(c, seed), functools.partial(engine_run, c, seed))
         for c in todo:
             what = ", synchronised BatchNorm" if c.synchronized else ""
             progress(f"{c.variant} at {c.size}: {c.framework}, {workers} workers{what}")
             b = backends[c.framework]
             case, results = check_framework(
-                c.framework, b, c.variant, c.size, workers, seed, synchronized=c.synchronized, engines=started
+                c.framework, b, c.variant, c.size, workers, seed, synchronized=c.synchronized, engines=engines
             )
             cases.append(case)
             if results and c.variant in first:

@@ -102,8 +102,8 @@ def distributed(
 class Engines:
     """Engine runs started ahead, ``at_once`` at a time, each in a thread that waits on its
     own processes, while this process computes the single-process runs they are checked
-    against. Leaving the ``with`` block on an exception (a signal) ends every run's
-    processes; runs not started are not started."""
+    against. Leaving the ``with`` block (on a signal, say) ends the processes of every run
+    still going, and starts none of those queued."""
 
     def __init__(self, at_once: int) -> None:
         self._pool = ThreadPoolExecutor(at_once, thread_name_prefix="engine")
@@ -125,6 +125,5 @@ class Engines:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        if kind is not None:
-            self._stop.set()
+        self._stop.set()  # a run still going is nobody's now (its case failed first, or a signal came)
         self._pool.shutdown(wait=True, cancel_futures=True)
