@@ -173,7 +173,8 @@ def measured_once(key: str, names: list[str], tmp_path_factory: pytest.TempPathF
 
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return measure_pitfalls(names)
-    path = tmp_path_factory.getbasetemp().parent / f"{key}.json"
+    # the run's own name too: with remote workers (no basetemp given) the parent outlives the run
+    path = tmp_path_factory.getbasetemp().parent / f"{key}-{os.environ.get('PYTEST_XDIST_TESTRUNUID', '')}.json"
     with filelock.FileLock(f"{path}.lock"):
         if not path.is_file():
             measured = measure_pitfalls(names)
